@@ -1,0 +1,65 @@
+"""The lightvm error tree: every error the package raises derives from one root.
+
+    LightVMError                 root; str(err) is one line saying what to do
+     +-- SpecError               a VM config file is invalid (names file and key)
+     +-- NoxsError               the NoXS region cannot be built or read
+     +-- StateError              an operation needs another VM/machine state
+     +-- MachineError            a QEMU process failed (carries argv, exit code, log)
+     |    +-- LaunchError        QEMU did not start or QMP did not answer
+     |    +-- QMPError           a QMP command failed or timed out
+     +-- GuestError              the guest reported an error or never became READY
+     +-- NetworkError            bridge/tap/address setup failed
+     +-- NotFoundError           no such VM (or network)
+     +-- ExistsError             a VM (or network) with that name exists
+     +-- AccelError              the requested accelerator cannot be used
+"""
+
+from __future__ import annotations
+
+
+class LightVMError(Exception):
+    """Root of every error lightvm raises on purpose."""
+
+
+class SpecError(LightVMError):
+    """A VM specification is invalid."""
+
+
+class NoxsError(LightVMError):
+    """The NoXS shared page cannot be created, written or read."""
+
+
+class StateError(LightVMError):
+    """An operation was asked of a VM or machine in the wrong state."""
+
+
+class MachineError(LightVMError):
+    """A QEMU process failed."""
+
+
+class LaunchError(MachineError):
+    """QEMU did not start, or its QMP socket did not answer in time."""
+
+
+class QMPError(MachineError):
+    """A QMP command failed or timed out."""
+
+
+class GuestError(LightVMError):
+    """The guest reported an error, or never became READY."""
+
+
+class NetworkError(LightVMError):
+    """A bridge, tap or address could not be set up."""
+
+
+class NotFoundError(LightVMError):
+    """No VM (or network) by that name."""
+
+
+class ExistsError(LightVMError):
+    """A VM (or network) by that name already exists."""
+
+
+class AccelError(LightVMError):
+    """The requested accelerator is unusable on this host."""
