@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine: system packages, the Python
+# venv (.venv) and the guest images. Both README commands start with it, so a
+# new machine needs nothing else. Safe to re-run: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+    qemu-system-x86      # the hypervisor we drive (qemu-system-x86_64, microvm)
+    gcc make binutils    # guest unikernels and the noxs-read tool
+    libc6-dev            # noxs-read is a static Linux program
+    python3 python3-venv # the toolstack
+    iproute2 nftables    # namespaces in tests; NAT for --nat networks
+    iputils-ping netcat-openbsd busybox  # real clients for the guests in tests
+)
+
+need=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if ((${#need[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "bootstrap: missing packages: ${need[*]}; run as root or: sudo apt-get install ${need[*]}" >&2
+        exit 1
+    fi
+    echo "bootstrap: installing ${need[*]}"
+    timeout 900 apt-get update -q
+    DEBIAN_FRONTEND=noninteractive timeout 1800 apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+PY=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+    echo "bootstrap: creating .venv"
+    rm -rf .venv
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.lightvm-deps
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+    echo "bootstrap: installing Python dependencies"
+    timeout 900 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+    touch "$stamp"
+fi
+
+echo "bootstrap: building guest images"
+timeout 600 make -s -C images
+timeout 300 make -s -C noxs-virtio
