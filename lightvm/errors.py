@@ -9,6 +9,10 @@
      |    +-- QMPError           a QMP command failed or timed out
      +-- GuestError              the guest reported an error or never became READY
      +-- NetworkError            bridge/tap/address setup failed
+     |    +-- SubnetConflictError    a subnet overlaps another network or a host address
+     |    +-- AddressExhaustedError  a network has no free IP address left
+     |    +-- ForeignLinkError       an interface of that name exists and is not lightvm's
+     |    +-- CapabilityError        the operation needs CAP_NET_ADMIN (or a tool) we lack
      +-- NotFoundError           no such VM (or network)
      +-- ExistsError             a VM (or network) with that name exists
      +-- AccelError              the requested accelerator cannot be used
@@ -51,6 +55,22 @@ class GuestError(LightVMError):
 
 class NetworkError(LightVMError):
     """A bridge, tap or address could not be set up."""
+
+
+class SubnetConflictError(NetworkError):
+    """A subnet overlaps another lightvm network or an address on the host."""
+
+
+class AddressExhaustedError(NetworkError):
+    """A network has no free IP address (or MAC) left to lease."""
+
+
+class ForeignLinkError(NetworkError):
+    """An interface by that name exists and was not created by lightvm."""
+
+
+class CapabilityError(NetworkError):
+    """The operation needs a capability (CAP_NET_ADMIN) or a host tool that is missing."""
 
 
 class NotFoundError(LightVMError):
