@@ -1,0 +1,262 @@
+/*
+ * noxs.c - the NoXS front-end: find the ivshmem device, validate the page
+ * (noxs_validate.c, shared with the Linux tool), keep private snapshots of
+ * the configuration, and keep the boot record and the Xenbus frontend
+ * states up to date. The page is hostile input: decisions are only ever
+ * taken on snapshots, and we only dereference validated offsets.
+ */
+#include "base.h"
+#include "noxs_validate.h"
+
+#define SEQ_SPINS 2000000u
+
+static volatile uint8_t *region;
+static uint64_t region_bytes;
+static struct noxs_device_page snap;       /* validated copy of the device page */
+static struct noxs_layout layout;
+static volatile struct noxs_sysctl_ctrl *sys;
+static struct noxs_vif_info vifs[NOXS_MAX_DEVICES];
+static volatile struct noxs_ctrl_hdr *vbd_hdr[NOXS_MAX_DEVICES];
+static uint64_t tsc_at_read;
+
+static volatile uint64_t *generation_ptr(void)
+{
+	return (volatile uint64_t *)(region + offsetof(struct noxs_device_page, generation));
+}
+
+static void copy_in(void *dst, uint32_t off, size_t n)
+{
+	/* off and n are validated against region_bytes by the callers */
+	memcpy(dst, (const void *)(uintptr_t)(region + off), n);
+}
+
+static void bad_page(const char *msg)
+{
+	guest_fatal(NOXS_ERR_BAD_PAGE, "%s", msg);
+}
+
+/* One consistent read of everything host-written we use, through the
+ * generation seqlock. Returns 0, or -1 with err if the page is invalid
+ * and the host was not in the middle of rewriting it. */
+static int read_config(char *err, size_t errlen)
+{
+	for (unsigned spin = 0;; spin++) {
+		if (spin > SEQ_SPINS) {
+			snprintf(err, errlen, "noxs: page generation stays odd (host never finished writing)");
+			return -1;
+		}
+		uint64_t g1 = *generation_ptr();
+		if (g1 & 1) {
+			cpu_pause();
+			continue;
+		}
+		barrier();
+		copy_in(&snap, 0, sizeof(snap));
+		tsc_at_read = tsc_read();
+		int rc = noxs_validate_page(&snap, region_bytes, &layout, err, errlen);
+		for (uint32_t i = 0; rc == 0 && i < layout.n_vif; i++) {
+			struct noxs_vif_ctrl c;
+			copy_in(&c, layout.vif_offset[i], NOXS_VIF_HOST_BYTES);
+			rc = noxs_validate_vif(&c, layout.vif_id[i], err, errlen);
+			struct noxs_vif_info *v = &vifs[i];
+			v->id = layout.vif_id[i];
+			memcpy(v->mac, c.mac, 6);
+			v->mtu = c.mtu;
+			memcpy(v->ip, c.ip, 4);
+			memcpy(v->gateway, c.gateway, 4);
+			v->prefix = c.prefix;
+			v->ctrl = (volatile struct noxs_vif_ctrl *)(region + layout.vif_offset[i]);
+		}
+		for (uint32_t i = 0; rc == 0 && i < layout.n_vbd; i++) {
+			struct noxs_vbd_ctrl c;
+			copy_in(&c, layout.vbd_offset[i], NOXS_VBD_HOST_BYTES);
+			rc = noxs_validate_vbd(&c, layout.vbd_id[i], err, errlen);
+			vbd_hdr[i] = (volatile struct noxs_ctrl_hdr *)(region + layout.vbd_offset[i]);
+		}
+		barrier();
+		if (*generation_ptr() != g1)
+			continue;   /* torn read: the host rewrote the page meanwhile */
+		return rc;
+	}
+}
+
+void noxs_init(void)
+{
+	struct pci_dev dev;
+	if (pci_find(NOXS_PCI_VENDOR, NOXS_PCI_DEVICE, 0, &dev) != 0)
+		guest_fatal(NOXS_ERR_NO_DEVICE,
+		            "noxs: no NoXS device (ivshmem-plain %04x:%04x) on the PCI bus",
+		            NOXS_PCI_VENDOR, NOXS_PCI_DEVICE);
+	uint64_t size = 0;
+	uint64_t base = pci_bar_map(&dev, NOXS_PCI_BAR, &size);
+	if (!base)
+		guest_fatal(NOXS_ERR_NO_DEVICE, "noxs: cannot map BAR%u of %02x:%02x.%u", NOXS_PCI_BAR,
+		            dev.bus, dev.slot, dev.func);
+	if (size < NOXS_REGION_MIN)
+		guest_fatal(NOXS_ERR_BAD_PAGE, "noxs: BAR%u is %llu bytes (want >= %u)", NOXS_PCI_BAR,
+		            (unsigned long long)size, NOXS_REGION_MIN);
+	region = (volatile uint8_t *)(uintptr_t)base;
+	region_bytes = size;
+
+	char err[128];
+	if (read_config(err, sizeof(err)) != 0)
+		bad_page(err);
+
+	sys = (volatile struct noxs_sysctl_ctrl *)(region + layout.sysctl_offset);
+	volatile struct noxs_boot_record *b = &sys->boot;
+	b->tsc_entry = boot_tsc_entry;
+	b->generation_seen = (uint32_t)snap.generation;
+	for (unsigned i = 0; i < NOXS_APP_LEN; i++)
+		b->app[i] = 0;
+	size_t n = strnlen(guest_app_name, NOXS_APP_LEN);
+	for (size_t i = 0; i < n; i++)
+		b->app[i] = guest_app_name[i];
+	barrier();
+	b->state = NOXS_BOOT_BOOTING;
+
+	noxs_set_fe_state(&sys->hdr, NOXS_STATE_INITIALISED);
+	for (uint32_t i = 0; i < layout.n_vif; i++)
+		noxs_set_fe_state(&vifs[i].ctrl->hdr, NOXS_STATE_INITIALISED);
+	for (uint32_t i = 0; i < layout.n_vbd; i++)
+		noxs_set_fe_state(vbd_hdr[i], NOXS_STATE_INITIALISED);
+}
+
+uint64_t noxs_tsc_hint(void)
+{
+	return (snap.features & NOXS_FEAT_TSC_HZ) ? snap.tsc_hz : 0;
+}
+
+/* After clock_init: the rate in the record, and the wall clock base. */
+void noxs_clock_ready(void)
+{
+	clock_rebase_wall(snap.host_time_ns, tsc_at_read);
+	if (!sys)
+		return;
+	sys->boot.tsc_hz = tsc_hz();
+	sys->boot.tsc_source = clock_source();
+}
+
+unsigned noxs_vif_count(void)
+{
+	return layout.n_vif;
+}
+
+const struct noxs_vif_info *noxs_vif(unsigned i)
+{
+	return i < layout.n_vif ? &vifs[i] : NULL;
+}
+
+const volatile struct noxs_device_page *noxs_page(void)
+{
+	return (const volatile struct noxs_device_page *)region;
+}
+
+void noxs_set_fe_state(volatile struct noxs_ctrl_hdr *hdr, uint32_t state)
+{
+	if (!hdr)
+		return;
+	hdr->fe_state = state;
+	barrier();
+	hdr->fe_events = hdr->fe_events + 1;
+}
+
+void noxs_devices_up(void)
+{
+	if (sys) {
+		sys->boot.tsc_devices_up = tsc_read();
+		barrier();
+		sys->boot.state = NOXS_BOOT_DEVICES_UP;
+		noxs_set_fe_state(&sys->hdr, NOXS_STATE_CONNECTED);
+	}
+	console_puts("lightvm-guest: devices up\n");
+}
+
+void noxs_ready(const char *app)
+{
+	if (sys) {
+		volatile struct noxs_boot_record *b = &sys->boot;
+		b->tsc_ready = tsc_read();
+		size_t n = strnlen(app, NOXS_APP_LEN);
+		for (size_t i = 0; i < NOXS_APP_LEN; i++)
+			b->app[i] = i < n ? app[i] : 0;
+		barrier();
+		b->state = NOXS_BOOT_READY;
+	}
+	printf("READY %s\n", app);
+}
+
+void noxs_count(uint64_t app_counter)
+{
+	if (sys)
+		sys->boot.app_counter = app_counter;
+}
+
+void noxs_heartbeat(void)
+{
+	if (sys)
+		sys->boot.heartbeat = sys->boot.heartbeat + 1;
+}
+
+/* Called from idle_until: act on sysctl requests, follow page rewrites. */
+void noxs_service(void)
+{
+	if (!sys)
+		return;
+	uint32_t req = sys->status_req;
+	if (req & NOXS_SYSCTL_POWEROFF) {
+		sys->status_ack = sys->status_ack | NOXS_SYSCTL_POWEROFF;
+		guest_poweroff();
+	}
+	if (req & NOXS_SYSCTL_CRASH) {
+		sys->status_ack = sys->status_ack | NOXS_SYSCTL_CRASH;
+		guest_fatal(NOXS_ERR_APP, "sysctl: crash requested by the host");
+	}
+	/* A rewritten page (e.g. after migration): re-base the wall clock. */
+	uint64_t g1 = *generation_ptr();
+	if ((g1 & 1) || (uint32_t)g1 == sys->boot.generation_seen)
+		return;
+	barrier();
+	uint64_t host_ns = *(volatile uint64_t *)(region + offsetof(struct noxs_device_page, host_time_ns));
+	uint64_t now = tsc_read();
+	barrier();
+	if (*generation_ptr() != g1)
+		return;   /* mid-rewrite: try again on the next pass */
+	clock_rebase_wall(host_ns, now);
+	sys->boot.generation_seen = (uint32_t)g1;
+}
+
+void noxs_set_stopping(void)
+{
+	if (sys)
+		sys->boot.state = NOXS_BOOT_STOPPING;
+}
+
+void noxs_close_all(void)
+{
+	if (!sys)
+		return;
+	for (uint32_t i = 0; i < layout.n_vif; i++)
+		noxs_set_fe_state(&vifs[i].ctrl->hdr, NOXS_STATE_CLOSED);
+	for (uint32_t i = 0; i < layout.n_vbd; i++)
+		noxs_set_fe_state(vbd_hdr[i], NOXS_STATE_CLOSED);
+	noxs_set_fe_state(&sys->hdr, NOXS_STATE_CLOSED);
+}
+
+void noxs_set_halted(void)
+{
+	if (sys)
+		sys->boot.state = NOXS_BOOT_HALTED;
+}
+
+void noxs_fatal_record(uint32_t err, const char *msg)
+{
+	if (!sys)
+		return;
+	volatile struct noxs_boot_record *b = &sys->boot;
+	size_t n = strnlen(msg, NOXS_MESSAGE_LEN - 1);
+	for (size_t i = 0; i < NOXS_MESSAGE_LEN; i++)
+		b->message[i] = i < n ? msg[i] : 0;
+	b->error = err;
+	barrier();
+	b->state = NOXS_BOOT_ERROR;
+}
