@@ -211,7 +211,7 @@ class Devd:
                     self._nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError as exc:
                     raise NetworkError(f"network namespace {netns!r} ({path}): {exc.strerror}") from exc
-            with self._inside():
+            with self.inside():
                 self._ipr = IPRoute()
                 self._ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         except PermissionError as exc:
@@ -241,8 +241,13 @@ class Devd:
         self.close()
 
     @contextlib.contextmanager
-    def _inside(self) -> Iterator[None]:
-        """Run the block with the calling thread inside our namespace."""
+    def inside(self) -> Iterator[None]:
+        """Run the block with the calling thread inside our namespace (no-op for the host's).
+
+        Sockets, ``/dev/net/tun`` descriptors and child processes made in the
+        block belong to the namespace: the toolstack launches QEMU inside it so
+        that ``-netdev tap,ifname=...`` finds taps made in a namespace.
+        """
         if self._nsfd is None:
             yield
             return
@@ -479,7 +484,7 @@ class Devd:
         """Write a /proc/sys/net value for our namespace (e.g. ``ipv4/ip_forward``)."""
         path = Path("/proc/sys/net") / key
         try:
-            with self._inside(), open(path, "w") as fh:  # /proc/sys/net follows the opener's netns
+            with self.inside(), open(path, "w") as fh:  # /proc/sys/net follows the opener's netns
                 fh.write(value)
         except OSError as exc:
             raise NetworkError(f"cannot write {path}: {exc.strerror}") from exc
@@ -493,7 +498,7 @@ class Devd:
         :raise NetworkError: it failed or timed out.
         """
         try:
-            with self._inside():  # the child inherits the calling thread's namespace
+            with self.inside():  # the child inherits the calling thread's namespace
                 done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
         except FileNotFoundError as exc:
             raise CapabilityError(f"{argv[0]} is not installed (Debian: apt-get install nftables)") from exc
@@ -525,7 +530,7 @@ class Devd:
                 raise NetworkError(f"cannot delete interface {index}: {exc}") from exc
 
     def _tun_create(self, name: str, owner_uid: int | None) -> None:
-        with self._inside():
+        with self.inside():
             try:
                 fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
             except OSError as exc:
