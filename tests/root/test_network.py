@@ -1,0 +1,261 @@
+"""Networks and vifs end to end in a private namespace: bridge, IPAM, taps, NAT, QEMU on the tap."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute
+
+from lightvm.devd import UndoStack
+from lightvm.devices import net
+from lightvm.errors import AddressExhaustedError, ForeignLinkError, NotFoundError, SpecError, SubnetConflictError
+from lightvm.util import wait_until
+
+pytestmark = pytest.mark.root
+
+QEMU = "qemu-system-x86_64"
+
+
+@pytest.fixture
+def ctx(nsname: str, state_dir: Path) -> Iterator[net.NetContext]:
+    with net.NetContext.open(state_dir, mode="tap", netns=nsname) as c:
+        yield c
+
+
+def _taps(ctx: net.NetContext) -> list[str]:
+    return sorted(info.name for info in ctx.devd().links() if info.kind == "tun")
+
+
+def _create_vm(ctx: net.NetContext, name: str, entries: list[dict[str, object]]) -> list[net.PreparedVif]:
+    specs = [net.validate(e, f"vifs[{i}]") for i, e in enumerate(entries)]
+    with UndoStack() as undo:
+        vifs = net.prepare_all(specs, name, ctx, undo)
+        undo.commit()
+    return vifs
+
+
+def _destroy_vm(ctx: net.NetContext, name: str, vifs: list[net.PreparedVif]) -> None:
+    for vif in vifs:
+        net.release(net.PreparedVif.from_dict(vif.to_dict()), name, ctx)  # as if read back from disk
+
+
+def test_network_with_nat_and_delete(ctx: net.NetContext) -> None:
+    store, devd = ctx.store(), ctx.devd()
+    record = store.create("web", "10.128.0.0/16", nat=True)
+    info = devd.link("lv-web")
+    assert info is not None and info.kind == "bridge" and info.up and info.alias == "lightvm:net=web"
+    assert ("lv-web", ipaddress.IPv4Interface("10.128.0.1/16")) in devd.addresses()
+    assert "ip saddr 10.128.0.0/16 ip daddr != 10.128.0.0/16 masquerade" in devd.run(["nft", "list", "ruleset"])
+    with devd.inside():
+        assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    assert record.capacity == 65533
+    store.delete("web")
+    assert devd.link("lv-web") is None
+    assert "lightvm_web" not in devd.run(["nft", "list", "ruleset"])
+    assert store.networks() == []
+
+
+def test_subnet_on_a_host_interface_is_refused(ctx: net.NetContext, nsname: str) -> None:
+    with IPRoute(netns=nsname) as ipr:
+        ipr.link("add", ifname="uplink", kind="veth", peer="uplink-p")
+        ipr.addr("add", index=ipr.link_lookup(ifname="uplink")[0], address="10.50.0.1", prefixlen=24)
+    with pytest.raises(SubnetConflictError, match="uplink"):
+        ctx.store().create("lan", "10.50.0.0/16")
+    assert ctx.devd().link("lv-lan") is None and ctx.store().networks() == []
+
+
+def test_foreign_bridge_name_is_refused_and_untouched(ctx: net.NetContext, nsname: str) -> None:
+    with IPRoute(netns=nsname) as ipr:
+        ipr.link("add", ifname="lv-foo", kind="bridge")
+    with pytest.raises(ForeignLinkError):
+        ctx.store().create("foo", "10.60.0.0/24")
+    info = ctx.devd().link("lv-foo")
+    assert (
+        info is not None
+        and info.alias == ""
+        and ctx.devd().addresses() == [("lo", ipaddress.IPv4Interface("127.0.0.1/8"))]
+    )
+    assert ctx.store().networks() == []
+
+
+def test_exhausted_subnet_creates_no_tap(ctx: net.NetContext) -> None:
+    ctx.store().create("tiny", "10.70.0.0/29")
+    vms = {f"vm{i}": _create_vm(ctx, f"vm{i}", [{"network": "tiny"}]) for i in range(5)}
+    assert sorted(v[0].ip for v in vms.values()) == [f"10.70.0.{i}" for i in range(2, 7)]
+    with pytest.raises(AddressExhaustedError, match="tiny"):
+        _create_vm(ctx, "vm5", [{"network": "tiny"}])
+    assert len(_taps(ctx)) == 5 and len(ctx.store().get("tiny").leases) == 5
+    for name, vifs in vms.items():
+        _destroy_vm(ctx, name, vifs)
+    assert _taps(ctx) == [] and ctx.store().get("tiny").leases == []
+
+
+def test_non_unicast_mac_is_refused_before_anything_exists(ctx: net.NetContext) -> None:
+    ctx.store().create("n", "10.71.0.0/24")
+    with pytest.raises(SpecError, match="unicast"):
+        _create_vm(ctx, "vm", [{"network": "n", "mac": "03:00:00:00:00:01"}])
+    assert _taps(ctx) == [] and ctx.store().get("n").leases == []
+
+
+def test_two_vifs_on_two_networks(ctx: net.NetContext) -> None:
+    store = ctx.store()
+    store.create("outside", "10.80.0.0/24")
+    store.create("inside", "10.81.0.0/24", mtu=1400)
+    vifs = _create_vm(ctx, "firewall", [{"network": "outside"}, {"network": "inside", "ip": "10.81.0.254"}])
+    assert [(v.ip, v.bridge, v.mtu) for v in vifs] == [
+        ("10.80.0.2", "lv-outside", 1500),
+        ("10.81.0.254", "lv-inside", 1400),
+    ]
+    devd = ctx.devd()
+    assert devd.ports("lv-outside") == [vifs[0].tap] and devd.ports("lv-inside") == [vifs[1].tap]
+    pages = [net.noxs_config(v) for v in vifs]
+    assert [(p.ip, p.prefix, p.gateway, p.mtu, p.bridge) for p in pages] == [
+        ("10.80.0.2", 24, "10.80.0.1", 1500, "lv-outside"),
+        ("10.81.0.254", 24, "10.81.0.1", 1400, "lv-inside"),
+    ]
+    args = [a for v in vifs for a in net.qemu_args(v)]
+    assert args.count("-netdev") == 2 and f"ifname={vifs[1].tap}" in args[5]
+    _destroy_vm(ctx, "firewall", vifs)
+    assert _taps(ctx) == [] and devd.ports("lv-outside") == devd.ports("lv-inside") == []
+
+
+def test_a_failed_vm_setup_unwinds_every_vif(ctx: net.NetContext) -> None:
+    ctx.store().create("n", "10.82.0.0/24")
+    with pytest.raises(NotFoundError, match="nope"):
+        _create_vm(ctx, "vm", [{"network": "n"}, {"network": "n"}, {"network": "nope"}])
+    assert _taps(ctx) == [] and ctx.store().get("n").leases == []
+
+
+def test_200_vms_then_destroy_all_leaves_nothing(ctx: net.NetContext) -> None:
+    ctx.store().create("big", "10.90.0.0/16")
+    vms = {f"daytime-{i}": _create_vm(ctx, f"daytime-{i}", [{"network": "big"}]) for i in range(200)}
+    ips = {v[0].ip for v in vms.values()}
+    macs = {v[0].mac for v in vms.values()}
+    assert len(ips) == len(macs) == 200
+    assert len(ctx.devd().ports("lv-big")) == 200
+    for name, vifs in vms.items():
+        _destroy_vm(ctx, name, vifs)
+    assert _taps(ctx) == [] and ctx.devd().ports("lv-big") == [] and ctx.store().get("big").leases == []
+    ctx.store().delete("big")
+    assert {info.name for info in ctx.devd().links()} == {"lo"}
+
+
+def test_restart_keeps_leases_and_rebuilds_a_lost_bridge(ctx: net.NetContext, nsname: str, state_dir: Path) -> None:
+    ctx.store().create("n", "10.91.0.0/24")
+    first = _create_vm(ctx, "vm1", [{"network": "n"}])
+    ctx.devd().delete_bridge("lv-n", force=True)  # as after a host reboot
+    ctx.devd().delete_tap(first[0].tap)
+    with net.NetContext.open(state_dir, mode="tap", netns=nsname) as again:
+        second = _create_vm(again, "vm2", [{"network": "n"}])
+        assert second[0].ip != first[0].ip  # vm1's lease survived the "restart"
+        assert again.devd().ports("lv-n") == [second[0].tap]
+        assert again.devd().addresses()[-1] == ("lv-n", ipaddress.IPv4Interface("10.91.0.1/24"))
+        assert net.forget_vm("vm1", again) == 1
+        assert net.forget_vm("vm2", again) == 2  # its lease and its tap, found without saved state
+        assert _taps(again) == [] and again.store().get("n").leases == []
+
+
+def test_vif_on_a_users_own_bridge(ctx: net.NetContext, nsname: str) -> None:
+    with IPRoute(netns=nsname) as ipr:
+        ipr.link("add", ifname="br0", kind="bridge", mtu=1450)
+    vifs = _create_vm(ctx, "vm", [{"bridge": "br0", "ip": "192.168.7.5/24", "gateway": "192.168.7.1"}])
+    vif = vifs[0]
+    assert (vif.ip, vif.prefix, vif.gateway, vif.mtu, vif.mac) == (
+        "192.168.7.5",
+        24,
+        "192.168.7.1",
+        1450,
+        "52:54:c0:a8:07:05",
+    )
+    assert ctx.devd().ports("br0") == [vif.tap]
+    _destroy_vm(ctx, "vm", vifs)
+    assert ctx.devd().link("br0") is not None and ctx.devd().ports("br0") == []
+
+
+# ---- QEMU on the result: the args work and the tap gets a reader ----
+
+
+@pytest.fixture
+def qemu() -> str:
+    path = shutil.which(QEMU)
+    if path is None:
+        pytest.skip(f"needs {QEMU} (missing)")
+    return path
+
+
+def _spawn(argv: list[str], ctx: net.NetContext, user: int | None = None) -> subprocess.Popen[bytes]:
+    def drop() -> None:
+        if user is not None:
+            os.setgroups([])
+            os.setgid(user)
+            os.setuid(user)
+
+    with ctx.devd().inside():  # QEMU must open the tap / bind its port inside the namespace
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=drop
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    proc.kill()
+    out, _ = proc.communicate(timeout=10)
+    return out.decode(errors="replace")
+
+
+BASE = ["-M", "microvm", "-accel", "tcg", "-S", "-nodefaults", "-no-user-config", "-display", "none", "-m", "16M"]
+
+
+def test_qemu_attaches_to_the_tap(ctx: net.NetContext, qemu: str, nsname: str) -> None:
+    ctx.store().create("n", "10.92.0.0/24")
+    vifs = _create_vm(ctx, "vm", [{"network": "n"}])
+    proc = _spawn([qemu, *BASE, *net.qemu_args(vifs[0])], ctx)
+    try:
+        with IPRoute(netns=nsname) as ipr:
+
+            def carrier() -> bool:
+                return bool(ipr.link("get", ifname=vifs[0].tap)[0].get("IFLA_CARRIER")) or proc.poll() is not None
+
+            assert wait_until(carrier, timeout=10)
+            assert proc.poll() is None, "QEMU exited"
+    finally:
+        log = _stop(proc)
+    assert "error" not in log.lower(), log
+    _destroy_vm(ctx, "vm", vifs)
+    assert _taps(ctx) == []
+
+
+def test_rootless_user_networking_publishes_the_port(tmp_path: Path, qemu: str, nsname: str) -> None:
+    # As an unprivileged user (nobody) inside the test's namespace: QEMU's
+    # hostfwd listens on the host port without any capability.
+    with net.NetContext.open(tmp_path, mode="user", netns=nsname) as ctx:
+        assert "user" in ctx.describe()
+        vifs = net.prepare_all(
+            [net.validate({"network": "default"})], "daytime", ctx, UndoStack(), ["127.0.0.1:18013:13"]
+        )
+        assert net.noxs_config(vifs[0]).ip == "10.0.2.15"
+        proc = _spawn([qemu, *BASE, *net.qemu_args(vifs[0])], ctx, user=65534)
+        try:
+
+            def listening() -> bool:
+                with ctx.devd().inside():
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(1)
+                    return sock.connect_ex(("127.0.0.1", 18013)) == 0 or proc.poll() is not None
+                finally:
+                    sock.close()
+
+            assert wait_until(listening, timeout=10)
+            assert proc.poll() is None, "QEMU exited"
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            assert "Uid:\t65534" in status
+        finally:
+            log = _stop(proc)
+        assert "error" not in log.lower(), log
