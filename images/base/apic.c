@@ -85,6 +85,11 @@ void apic_init(void)
 		ioapic_probe(0xfec10000ull, ioapics[0].count);
 }
 
+unsigned apic_ioapic_count(void)
+{
+	return n_ioapics;
+}
+
 void apic_eoi(void)
 {
 	lapic_write(LAPIC_EOI, 0);

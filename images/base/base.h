@@ -63,6 +63,7 @@ void trap_init(void);
 void apic_init(void);
 void apic_timer_arm(uint64_t ns);
 void apic_eoi(void);
+unsigned apic_ioapic_count(void);
 void clock_init(void);
 uint32_t clock_source(void);
 void clock_rebase_wall(uint64_t host_time_ns, uint64_t tsc);

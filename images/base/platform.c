@@ -68,7 +68,7 @@ static bool parse_num(const char **p, uint64_t *out)
 	return true;
 }
 
-int virtio_mmio_find(unsigned n, uint64_t *base, unsigned *gsi)
+static int virtio_mmio_from_cmdline(unsigned n, uint64_t *base, unsigned *gsi)
 {
 	static const char key[] = "virtio_mmio.device=";
 	const size_t klen = sizeof(key) - 1;
@@ -97,6 +97,38 @@ int virtio_mmio_find(unsigned n, uint64_t *base, unsigned *gsi)
 		if (found++ == n) {
 			*base = addr;
 			*gsi = (unsigned)irq;
+			return 0;
+		}
+	}
+	return found ? -1 : -2;   /* -2: the command line names no device at all */
+}
+
+/*
+ * QEMU 7.2's microvm appends "virtio_mmio.device=512@ADDR:IRQ" to the
+ * command line only when its ACPI is off, and `pcie=on` (which NoXS needs)
+ * requires ACPI. With ACPI on, the transports are described in the DSDT
+ * only; their layout is fixed by hw/i386/microvm.c: 512-byte transports
+ * from 0xfeb00000, 24 of them on GSI 24.. when the second IO-APIC exists
+ * (ioapic2=auto, the default), else 8 on GSI 16... We probe that layout
+ * (magic "virt", DeviceID != 0: an empty transport reads DeviceID 0).
+ */
+#define VIRTIO_MMIO_BASE  0xfeb00000ull
+#define VIRTIO_MMIO_MAGIC 0x74726976u
+
+int virtio_mmio_find(unsigned n, uint64_t *base, unsigned *gsi)
+{
+	int rc = virtio_mmio_from_cmdline(n, base, gsi);
+	if (rc != -2)
+		return rc;
+	bool two = apic_ioapic_count() > 1;
+	unsigned transports = two ? 24 : 8, irq_base = two ? 24 : 16, found = 0;
+	for (unsigned i = 0; i < transports; i++) {
+		uint64_t a = VIRTIO_MMIO_BASE + 512ull * i;
+		if (mmio_read32(a) != VIRTIO_MMIO_MAGIC || mmio_read32(a + 8) == 0)
+			continue;
+		if (found++ == n) {
+			*base = a;
+			*gsi = irq_base + i;
 			return 0;
 		}
 	}

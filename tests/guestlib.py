@@ -1,0 +1,317 @@
+"""Launch lightvm unikernels under QEMU for tests and measurements.
+
+One :class:`Guest` is one QEMU process plus its NoXS region (a /dev/shm file
+named ``lvtest-*``) and its console log. It is a context manager: whatever
+happens, :meth:`Guest.close` kills and reaps QEMU, closes the QMP socket and
+unlinks the region and the log. Every wait has a deadline.
+
+Typical use::
+
+    images = build_images()
+    with Guest(images / "noop.elf") as g:
+        g.write_config(PageConfig(name="t"))
+        g.launch()
+        g.wait_boot_state(BootState.READY, timeout=10)
+        g.region.request(Sysctl.POWEROFF)
+        assert g.wait_exit(timeout=10) == EXIT_POWEROFF
+
+Hostile-page tests write the page with ``g.region`` / ``g.region.raw()``
+before :meth:`Guest.launch`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lightvm.noxs import BootRecord, BootState, NoxsRegion, PageConfig
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGES_DIR = REPO / "images"
+BUILD_DIR = IMAGES_DIR / "build"
+QEMU = "qemu-system-x86_64"
+SHM_PREFIX = "lvtest-"
+
+# QEMU exit statuses of our guests (isa-debug-exit: status = value << 1 | 1).
+EXIT_POWEROFF = 1  # guest_poweroff(): clean
+EXIT_FATAL = 3  # guest_fatal()
+EXIT_TRIPLE_FAULT = 0  # -no-reboot and the guest reset itself
+
+MACHINE = "microvm,pcie=on,x-option-roms=off,rtc=off,pic=off"
+
+_counter = itertools.count()
+
+
+def build_images(timeout: float = 300.0) -> Path:
+    """Run ``make -C images`` and return the build directory.
+
+    :raise subprocess.CalledProcessError: if the build fails (output attached).
+    """
+    subprocess.run(
+        ["make", "-C", str(IMAGES_DIR), "-s", "-j2"],
+        check=True,
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+    )
+    return BUILD_DIR
+
+
+def qemu_argv(
+    kernel: Path,
+    region_path: Path | None,
+    region_size: int,
+    *,
+    console: str,
+    memory: str = "4M",
+    machine: str = MACHINE,
+    qmp_socket: Path | None = None,
+    paused: bool = False,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The QEMU command line our guests need (TCG, microvm with PCIe).
+
+    ``console`` is a QEMU ``-serial`` backend spec, e.g. ``file:/tmp/x.log``.
+    """
+    argv = [
+        QEMU,
+        "-M", machine,
+        "-accel", "tcg",
+        "-m", memory,
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(kernel),
+        "-serial", console,
+        "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+    ]  # fmt: skip
+    if region_path is not None:
+        argv += [
+            "-object", f"memory-backend-file,id=noxs,mem-path={region_path},size={region_size},share=on",
+            "-device", "ivshmem-plain,memdev=noxs",
+        ]  # fmt: skip
+    if qmp_socket is not None:
+        argv += ["-qmp", f"unix:{qmp_socket},server=on,wait=off"]
+    if paused:
+        argv.append("-S")
+    argv += list(extra)
+    return argv
+
+
+class QmpSync:
+    """A minimal blocking QMP client (greeting, capabilities, commands)."""
+
+    def __init__(self, path: Path, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        while True:
+            try:
+                self._sock.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    self._sock.close()
+                    raise TimeoutError(f"QMP socket {path} did not accept within {timeout}s") from None
+                time.sleep(0.001)
+        self._buf = b""
+        self._read_msg()  # greeting
+        self.execute("qmp_capabilities")
+
+    def _read_msg(self) -> dict[str, Any]:
+        while b"\n" not in self._buf:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("QMP connection closed")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        msg: dict[str, Any] = json.loads(line)
+        return msg
+
+    def send(self, cmd: str, **args: Any) -> None:
+        """Send a command without waiting for its reply."""
+        msg: dict[str, Any] = {"execute": cmd}
+        if args:
+            msg["arguments"] = args
+        self._sock.sendall(json.dumps(msg).encode() + b"\n")
+
+    def execute(self, cmd: str, **args: Any) -> Any:
+        """Send a command and return its ``return`` value (events skipped)."""
+        self.send(cmd, **args)
+        while True:
+            msg = self._read_msg()
+            if "return" in msg:
+                return msg["return"]
+            if "error" in msg:
+                raise RuntimeError(f"QMP {cmd}: {msg['error']}")
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class Guest:
+    """One guest: QEMU + NoXS region + console log, always cleaned up."""
+
+    def __init__(
+        self,
+        kernel: Path,
+        *,
+        device_count: int = 1,
+        region: bool = True,
+        memory: str = "4M",
+        machine: str = MACHINE,
+        extra_args: Iterable[str] = (),
+        qmp: bool = False,
+    ) -> None:
+        self.kernel = Path(kernel)
+        self.memory = memory
+        self.machine = machine
+        self.extra_args = list(extra_args)
+        self.want_qmp = qmp
+        tag = f"{SHM_PREFIX}{os.getpid()}-{next(_counter)}"
+        self._tmp = tempfile.TemporaryDirectory(prefix=tag + "-")
+        self.console_path = Path(self._tmp.name) / "console.log"
+        self.qmp_path = Path(self._tmp.name) / "qmp.sock"
+        self.region: NoxsRegion | None = None
+        if region:
+            try:
+                self.region = NoxsRegion.create(Path("/dev/shm") / tag, device_count)
+            except BaseException:
+                self._tmp.cleanup()
+                raise
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.qmp: QmpSync | None = None
+        self.argv: list[str] = []
+
+    # -- setup --
+
+    def write_config(self, config: PageConfig) -> None:
+        assert self.region is not None
+        self.region.write_config(config)
+
+    def launch(self, *, paused: bool = False) -> None:
+        """Start QEMU (paused with ``-S`` if asked; then call :meth:`cont`)."""
+        self.argv = qemu_argv(
+            self.kernel,
+            self.region.path if self.region else None,
+            self.region.size if self.region else 0,
+            console=f"file:{self.console_path}",
+            memory=self.memory,
+            machine=self.machine,
+            qmp_socket=self.qmp_path if (self.want_qmp or paused) else None,
+            paused=paused,
+            extra=self.extra_args,
+        )
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        if self.want_qmp or paused:
+            self.qmp = QmpSync(self.qmp_path)
+
+    def cont(self) -> None:
+        """Resume a paused guest; does not wait for the reply (the guest may exit first)."""
+        assert self.qmp is not None
+        self.qmp.send("cont")
+
+    # -- observation --
+
+    def boot_record(self) -> BootRecord:
+        assert self.region is not None
+        return self.region.boot_record()
+
+    def wait_boot_state(self, state: BootState, timeout: float = 10.0) -> BootRecord:
+        """Poll the boot record until it reaches ``state``.
+
+        :raise AssertionError: on timeout, QEMU exit, or the guest reporting ERROR
+            first (the message carries the console).
+        """
+        assert self.region is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            raw = self.region.boot_state()
+            if raw == state:
+                return self.region.boot_record()
+            if raw == BootState.ERROR and state != BootState.ERROR:
+                raise AssertionError(f"guest reported ERROR: {self.boot_record()}\n{self.console()}")
+            if self.proc is not None and self.proc.poll() is not None:
+                if self.region.boot_state() == state:
+                    return self.region.boot_record()
+                raise AssertionError(
+                    f"QEMU exited ({self.proc.returncode}) before {state.name}: "
+                    f"{self.stderr_text()}\n{self.console()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {state.name} within {timeout}s: {self.boot_record()}\n{self.console()}")
+            time.sleep(0.0002)
+
+    def wait_console(self, text: str, timeout: float = 10.0) -> str:
+        """Wait until the console log contains ``text``; return the whole log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.console()
+            if text in log:
+                return log
+            if self.proc is not None and self.proc.poll() is not None:
+                log = self.console()
+                if text in log:
+                    return log
+                raise AssertionError(f"QEMU exited ({self.proc.returncode}) without {text!r}:\n{log}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} on the console within {timeout}s:\n{log}")
+            time.sleep(0.002)
+
+    def wait_exit(self, timeout: float = 10.0) -> int:
+        """Wait for QEMU to exit by itself; return its status.
+
+        :raise subprocess.TimeoutExpired: if it is still running at the deadline.
+        """
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def console(self) -> str:
+        try:
+            return self.console_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def console_lines(self) -> list[str]:
+        return self.console().splitlines()
+
+    def stderr_text(self) -> str:
+        if self.proc is None or self.proc.poll() is None or self.proc.stderr is None:
+            return ""
+        return self.proc.stderr.read().decode(errors="replace")
+
+    # -- teardown --
+
+    def close(self) -> None:
+        try:
+            if self.qmp is not None:
+                self.qmp.close()
+        finally:
+            self.qmp = None
+            try:
+                if self.proc is not None:
+                    if self.proc.poll() is None:
+                        self.proc.send_signal(signal.SIGKILL)
+                    self.proc.wait(timeout=10)
+                    if self.proc.stderr is not None:
+                        self.proc.stderr.close()
+            finally:
+                if self.region is not None:
+                    self.region.close()
+                    self.region.unlink()
+                self._tmp.cleanup()
+
+    def __enter__(self) -> Guest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
