@@ -351,14 +351,13 @@ def prepare(
         owner = store.by_bridge(vif.bridge)
         network = owner.name if owner is not None else None
     if network is not None:
-        store.ensure_up(network)
         fixed_ip = vif.ip.split("/", 1)[0] if vif.ip else None
-        if vif.ip and "/" in vif.ip and int(vif.ip.split("/", 1)[1]) != store.get(network).prefix:
-            raise SpecError(
-                f"vif {index}: ip {vif.ip} has another prefix than network {network} ({store.get(network).subnet})"
-            )
         addr = store.lease(network, vm_name, index, ip=fixed_ip, mac=vif.mac)
         undo.push(f"lease {addr.ip} on {network}", lambda: store.release(vm_name, network, index))
+        if vif.ip and "/" in vif.ip and int(vif.ip.split("/", 1)[1]) != addr.prefix:
+            raise SpecError(f"vif {index}: ip {vif.ip} has another prefix than network {network} (/{addr.prefix})")
+        if ctx.devd().ifindex(addr.bridge) is None:
+            store.ensure_up(network)  # the bridge is gone (host reboot?): rebuild it
         prepared = PreparedVif(
             index,
             NetMode.TAP,
