@@ -1,0 +1,113 @@
+"""The execute phase of a boot: queue ``cont``, watch the NoXS boot record until READY.
+
+Shared by the toolstack (every create) and the accelerator probe. The host polls the
+boot state word in the shared page it already has mapped, and the QMP socket in the
+same ``select`` (replies timestamp "QEMU up" and "resumed"; EOF means QEMU exited).
+
+Boot breakdown, all in ms from the start of the create (``t0``):
+
+* ``qemu_up``      QMP answered ``qmp_capabilities`` (QEMU initialised, main loop up)
+* ``resumed``      QEMU acknowledged ``cont`` (vCPUs running)
+* ``guest_entry``  first guest instruction
+* ``devices_up``   the guest's devices were all up
+* ``ready``        the host observed READY in the boot record
+
+``guest_entry`` and ``devices_up`` come from the guest's TSC stamps, anchored at the
+host's READY observation: ready - (tsc_ready - tsc_x) / tsc_hz. They are upper bounds
+by at most one poll interval; None when the guest gave no usable stamps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from lightvm.errors import GuestError, LightVMError
+from lightvm.machine import Machine
+from lightvm.noxs import BootRecord, BootState, NoxsRegion
+from lightvm.util import Deadline, last_line, tail
+
+POLL_INTERVAL = 0.0002
+
+
+@dataclass
+class BootTimes:
+    qemu_up: float | None = None
+    resumed: float | None = None
+    guest_entry: float | None = None
+    devices_up: float | None = None
+    ready: float | None = None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {k: (round(v, 3) if v is not None else None) for k, v in vars(self).items()}
+
+
+def boot(machine: Machine, region: NoxsRegion, t0: float, timeout: float) -> tuple[BootTimes, BootRecord]:
+    """Resume a launched (paused) machine and wait until the guest reports READY.
+
+    :raise GuestError: if the guest reports ERROR or powers off, QEMU exits, or READY
+        does not come within ``timeout`` seconds; the message quotes the console.
+    """
+    times = BootTimes()
+    qmp = machine.qmp
+    negotiate_id = qmp.negotiate_id if qmp.negotiate_id is not None else -1
+    cont_id = machine.resume(wait=False)
+    deadline = Deadline(timeout)
+    ready_state = int(BootState.READY)
+    final_states = (int(BootState.ERROR), int(BootState.HALTED))
+    while True:
+        state = region.boot_state()
+        if state == ready_state:
+            times.ready = (time.perf_counter() - t0) * 1000
+            break
+        if state in final_states:
+            raise _guest_failed(machine, region, "stopped during boot")
+        alive = qmp.pump(POLL_INTERVAL)
+        if times.qemu_up is None and qmp.reply(negotiate_id) is not None:
+            times.qemu_up = (time.perf_counter() - t0) * 1000
+        if times.resumed is None and qmp.reply(cont_id) is not None:
+            times.resumed = (time.perf_counter() - t0) * 1000
+        if not alive:
+            # One last look: a guest may write READY and exit within one poll.
+            if region.boot_state() == ready_state:
+                continue
+            machine.wait(1.0)
+            raise _guest_failed(machine, region, "QEMU exited during boot")
+        if deadline.expired():
+            raise _guest_failed(machine, region, f"not READY after {timeout:.1f} s")
+    record = region.boot_record()
+    # Collect the QMP replies that are already on their way (cheap, bounded).
+    if times.resumed is None or times.qemu_up is None:
+        qmp.pump(0)
+        now = (time.perf_counter() - t0) * 1000
+        if times.qemu_up is None and qmp.reply(negotiate_id) is not None:
+            times.qemu_up = now
+        if times.resumed is None and qmp.reply(cont_id) is not None:
+            times.resumed = now
+    _anchor_guest_times(times, record)
+    return times, record
+
+
+def _anchor_guest_times(times: BootTimes, record: BootRecord) -> None:
+    assert times.ready is not None
+    for attr, stamp in (("guest_entry", record.tsc_entry), ("devices_up", record.tsc_devices_up)):
+        delta = record.tsc_delta_ms(stamp, record.tsc_ready)
+        if delta is not None and 0 <= delta <= times.ready:
+            setattr(times, attr, times.ready - delta)
+
+
+def _guest_failed(machine: Machine, region: NoxsRegion, what: str) -> LightVMError:
+    record = region.boot_record()
+    console = tail(machine.config.console_path, 1024)
+    detail = record.message or last_line(console) or last_line(tail(machine.config.log_path, 600))
+    code = machine.exitcode
+    if record.state is BootState.ERROR:
+        what = f"guest error {record.error.name}"
+    elif record.state is BootState.HALTED:
+        # Not the exit code alone: QEMU's own startup errors exit with 1 as well.
+        what = "guest powered off during boot"
+    if code is not None:
+        what += f" (QEMU exit code {code})"
+    err = GuestError(f"{machine.name}: {what}: {detail or 'no console output'}")
+    err.console = console  # type: ignore[attr-defined]
+    return err

@@ -1,0 +1,446 @@
+"""Machine: owns one QEMU process, after QEMU's own ``QEMUMachine``.
+
+Lifecycle, with the runstate after each step::
+
+    Machine(config)            CREATED
+      .launch()                PRELAUNCH   QEMU started paused (-S), QMP connected,
+                                           qmp_capabilities queued (not awaited)
+      .resume()                RUNNING     `cont`
+      .pause() / .resume()     PAUSED / RUNNING
+      .shutdown()              SHUTDOWN    QMP `quit`, then SIGKILL; cleanup always
+
+``launch`` is split into ``_pre_launch`` (QMP listening socket, log file),
+``_launch`` (spawn) and ``_post_launch`` (connect QMP) like QEMUMachine's hooks.
+``Machine.adopt`` wraps a QEMU started by another lightvm process (re-adoption
+after a CLI restart): it is identified by PID *and* start time and driven through a
+pidfd, so a recycled PID is never signalled.
+
+The QMP socket is created and bound by us and handed to QEMU as a listening fd:
+we can connect (and queue ``qmp_capabilities`` and ``cont``) before QEMU has even
+finished loading, instead of polling for the socket file to appear.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import os
+import select
+import signal
+import socket
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from lightvm.errors import LaunchError, MachineError, QMPError, StateError
+from lightvm.qmp import QMPClient
+from lightvm.util import proc_start_time, qemu_opt_escape, short_unix_path, tail
+
+QEMU_BINARY = "qemu-system-x86_64"
+MICROVM = "microvm,pcie=on,x-option-roms=off,rtc=off,pic=off"
+DEBUG_EXIT_IOBASE = 0xF4
+# isa-debug-exit turns the guest's write of v into exit status (v << 1) | 1.
+EXIT_CLEAN = 1
+EXIT_FATAL = 3
+
+
+class Runstate(enum.Enum):
+    CREATED = "created"
+    PRELAUNCH = "prelaunch"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """Everything needed to build one QEMU command line."""
+
+    name: str
+    kernel: Path
+    memory_mib: int
+    vcpus: int
+    cmdline: str
+    accel: str  # "tcg" or "kvm"
+    noxs_path: Path
+    noxs_size: int
+    console_path: Path
+    qmp_path: Path
+    log_path: Path
+    machine: str = MICROVM
+    binary: str = QEMU_BINARY
+    extra_args: tuple[str, ...] = field(default=())
+
+
+def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
+    """The QEMU command line for ``config``; ``qmp_fd`` is the inherited listening socket."""
+    if config.accel == "kvm":
+        accel = ["-accel", "kvm", "-cpu", "host,-arch-capabilities"]
+    elif config.accel == "tcg":
+        accel = ["-accel", "tcg"]
+    else:
+        raise MachineError(f"unknown accelerator {config.accel!r}; use tcg or kvm")
+    return [
+        config.binary,
+        "-name", qemu_opt_escape(config.name),
+        "-nodefaults",
+        "-no-user-config",
+        "-display", "none",
+        "-M", config.machine,
+        *accel,
+        "-m", f"{config.memory_mib}M",
+        "-smp", str(config.vcpus),
+        "-kernel", str(config.kernel),
+        "-append", config.cmdline,
+        "-object",
+        f"memory-backend-file,id=noxs,mem-path={qemu_opt_escape(str(config.noxs_path))},"
+        f"size={config.noxs_size},share=on",
+        "-device", "ivshmem-plain,memdev=noxs",
+        "-device", f"isa-debug-exit,iobase={DEBUG_EXIT_IOBASE:#x},iosize=4",
+        "-no-reboot",
+        "-chardev", f"file,id=con,path={qemu_opt_escape(str(config.console_path))}",
+        "-serial", "chardev:con",
+        "-chardev", f"socket,id=qmp,fd={qmp_fd},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
+        *config.extra_args,
+        "-S",
+    ]  # fmt: skip
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def require(
+    *states: Runstate,
+) -> Callable[[Callable[Concatenate[Machine, P], R]], Callable[Concatenate[Machine, P], R]]:
+    """Guard a Machine method: raise StateError unless the runstate is one of ``states``."""
+
+    def decorator(method: Callable[Concatenate[Machine, P], R]) -> Callable[Concatenate[Machine, P], R]:
+        @functools.wraps(method)
+        def wrapper(self: Machine, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            if self.runstate not in states:
+                wanted = " or ".join(s.value for s in states)
+                raise StateError(
+                    f"{self.name}: cannot {method.__name__} a machine that is {self.runstate.value} (needs {wanted})"
+                )
+            return method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+class ProcessHandle:
+    """A process named by PID and start time, watched through a pidfd."""
+
+    def __init__(self, pid: int, start_time: int | None, popen: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self.start_time = start_time
+        self.popen = popen
+        self.returncode: int | None = None
+        self._pidfd: int | None = None
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            fd = None  # already gone (or pidfd unsupported; then we fall back to /proc)
+        if fd is not None and popen is None and start_time is not None and proc_start_time(pid) != start_time:
+            os.close(fd)  # the PID was recycled: this is not our process
+            fd = None
+            self.returncode = -1
+        self._pidfd = fd
+
+    def alive(self) -> bool:
+        if self.returncode is not None:
+            return False
+        if self._pidfd is not None:
+            ready, _, _ = select.select([self._pidfd], [], [], 0)
+            if ready:
+                self._reap()
+                return False
+            return True
+        return proc_start_time(self.pid) == self.start_time if self.start_time is not None else False
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the process to exit; True if it has."""
+        if not self.alive():
+            return True
+        if self._pidfd is not None:
+            ready, _, _ = select.select([self._pidfd], [], [], timeout)
+            if ready:
+                self._reap()
+                return True
+            return False
+        if self.popen is not None:
+            try:
+                self.returncode = self.popen.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        return not self.alive()
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is not None:
+            return
+        try:
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            elif self.popen is not None:
+                self.popen.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def _reap(self) -> None:
+        if self.popen is not None:
+            try:
+                self.returncode = self.popen.wait(1.0)
+            except subprocess.TimeoutExpired:
+                self.returncode = -1
+        else:
+            # Not our child (usually): its parent reaps it. If it was our child, reap it here.
+            try:
+                _, status = os.waitpid(self.pid, os.WNOHANG)
+                self.returncode = os.waitstatus_to_exitcode(status) if status else -1
+            except ChildProcessError:
+                self.returncode = -1
+        self.close()
+
+    def close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+class Machine:
+    """One QEMU process. A context manager: leaving the block always shuts it down.
+
+    :raise LaunchError: from :meth:`launch`, carrying argv, exit code and log tail.
+    """
+
+    def __init__(self, config: MachineConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.runstate = Runstate.CREATED
+        self.argv: list[str] = []
+        self.process: ProcessHandle | None = None
+        self._qmp: QMPClient | None = None
+        self._listener: socket.socket | None = None
+        self._log: int | None = None
+        self._owns_socket = True
+
+    # -- construction for a QEMU that already runs --
+
+    @classmethod
+    def adopt(cls, config: MachineConfig, pid: int, start_time: int | None, paused: bool) -> Machine:
+        """Wrap a running QEMU started by another lightvm process.
+
+        :raise StateError: if that process is gone (or its PID now names another process).
+        """
+        machine = cls(config)
+        handle = ProcessHandle(pid, start_time)
+        if not handle.alive():
+            handle.close()
+            raise StateError(f"{config.name}: QEMU (pid {pid}) is not running")
+        machine.process = handle
+        machine.runstate = Runstate.PAUSED if paused else Runstate.RUNNING
+        return machine
+
+    # -- launch --
+
+    @require(Runstate.CREATED)
+    def launch(self) -> None:
+        """Start QEMU paused and connect QMP (``qmp_capabilities`` queued, not awaited).
+
+        :raise LaunchError: if QEMU cannot be spawned or the QMP socket cannot be used.
+        """
+        try:
+            self._pre_launch()
+            self._launch()
+            self._post_launch()
+        except BaseException as exc:
+            self._cleanup(kill=True)
+            self.runstate = Runstate.SHUTDOWN
+            if isinstance(exc, LaunchError) or not isinstance(exc, Exception):
+                raise
+            raise self.launch_error(f"QEMU launch failed: {exc}") from exc
+        self.runstate = Runstate.PRELAUNCH
+
+    def _pre_launch(self) -> None:
+        path = self.config.qmp_path
+        path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        address, dirfd = short_unix_path(path)
+        try:
+            listener.bind(address)
+            listener.listen(4)
+        except OSError as exc:
+            listener.close()
+            raise LaunchError(f"cannot create QMP socket {path}: {exc.strerror or exc}") from exc
+        finally:
+            if dirfd is not None:
+                os.close(dirfd)
+        self._listener = listener
+        self._log = os.open(self.config.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def _launch(self) -> None:
+        assert self._listener is not None and self._log is not None
+        fd = self._listener.fileno()
+        self.argv = build_argv(self.config, fd)
+        try:
+            # No preexec_fn: it would forbid vfork and cost a millisecond per spawn. A new
+            # session keeps the VM out of the terminal's process group (Ctrl-C of the CLI
+            # must not kill VMs it created); stdout/stderr go to a file so that nothing
+            # waiting on the CLI's pipes waits for the VM too.
+            popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=self._log,
+                pass_fds=(fd,),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise LaunchError(f"cannot run {self.config.binary}: {exc.strerror or exc}") from exc
+        self.process = ProcessHandle(popen.pid, proc_start_time(popen.pid), popen)
+
+    def _post_launch(self) -> None:
+        assert self._listener is not None
+        # Our listener accepted the connection into its backlog already; QEMU accepts
+        # it when its monitor thread starts. Queue qmp_capabilities right away.
+        self._qmp = QMPClient.connect(self.config.qmp_path, timeout=2.0)
+        self._listener.close()
+        self._listener = None
+        self._qmp.send_negotiate()
+
+    def launch_error(self, message: str) -> LaunchError:
+        """A LaunchError carrying argv, exit code and the tail of QEMU's log."""
+        code = self.process.returncode if self.process else None
+        log = tail(self.config.log_path, 600)
+        err = LaunchError(f"{message} (exit code {code}); QEMU said: {log.splitlines()[-1] if log else '(nothing)'}")
+        err.argv = self.argv  # type: ignore[attr-defined]
+        err.exitcode = code  # type: ignore[attr-defined]
+        err.log = log  # type: ignore[attr-defined]
+        return err
+
+    # -- QMP --
+
+    @property
+    def qmp(self) -> QMPClient:
+        """The QMP connection, connected on first use for adopted machines.
+
+        :raise QMPError: if QEMU does not answer.
+        """
+        if self._qmp is None:
+            client = QMPClient.connect(self.config.qmp_path, timeout=2.0)
+            try:
+                client.negotiate(timeout=2.0)
+            except BaseException:
+                client.close()
+                raise
+            self._qmp = client
+        return self._qmp
+
+    def disconnect(self) -> None:
+        """Close our QMP connection (QEMU serves one client at a time)."""
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.returncode if self.process else None
+
+    # -- lifecycle --
+
+    @require(Runstate.PRELAUNCH, Runstate.PAUSED)
+    def resume(self, wait: bool = True, timeout: float = 5.0) -> int:
+        """Send ``cont``. With ``wait=False`` return at once with the command id
+        (a fast guest may exit QEMU before the reply comes).
+
+        :raise QMPError: if ``cont`` fails (only when waiting).
+        """
+        cmd_id = self.qmp.send("cont")
+        self.runstate = Runstate.RUNNING
+        if wait:
+            self.qmp.wait(cmd_id, timeout, "cont")
+        return cmd_id
+
+    @require(Runstate.RUNNING)
+    def pause(self, timeout: float = 5.0) -> None:
+        """Stop the vCPUs (QMP ``stop``).
+
+        :raise QMPError: if QEMU refuses or does not answer.
+        """
+        self.qmp.execute("stop", timeout=timeout)
+        self.runstate = Runstate.PAUSED
+
+    def query_status(self, timeout: float = 2.0) -> str:
+        """QEMU's own runstate name (``running``, ``paused``, ``prelaunch``, ...).
+
+        :raise QMPError: if QEMU does not answer.
+        """
+        result = self.qmp.execute("query-status", timeout=timeout)
+        return str(result.get("status", "unknown")) if isinstance(result, dict) else "unknown"
+
+    def shutdown(self, timeout: float = 3.0, hard: bool = False) -> None:
+        """Stop QEMU: QMP ``quit`` (unless ``hard``), then SIGKILL; always clean up.
+
+        Never raises for a QEMU that is already gone. Idempotent.
+        """
+        if self.runstate is Runstate.SHUTDOWN:
+            return
+        try:
+            if not hard and self.is_running():
+                try:
+                    self.qmp.send("quit")
+                    assert self.process is not None
+                    self.process.wait(timeout)
+                except (QMPError, OSError):
+                    pass  # QMP gone or busy: fall through to SIGKILL
+        finally:
+            self._cleanup(kill=True)
+            self.runstate = Runstate.SHUTDOWN
+
+    def kill(self) -> None:
+        """SIGKILL QEMU at once and clean up."""
+        self.shutdown(hard=True)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait for QEMU to exit by itself (e.g. guest poweroff); True if it did."""
+        return self.process is None or self.process.wait(timeout)
+
+    def _cleanup(self, kill: bool) -> None:
+        self.disconnect()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self.process is not None:
+            if kill and self.process.alive():
+                self.process.send_signal(signal.SIGKILL)
+                self.process.wait(5.0)
+            self.process.close()
+        if self._log is not None:
+            os.close(self._log)
+            self._log = None
+        if self._owns_socket:
+            self.config.qmp_path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Let go of a launched QEMU without stopping it (it outlives this process)."""
+        self.disconnect()
+        if self._log is not None:
+            os.close(self._log)
+            self._log = None
+        if self.process is not None:
+            self.process.close()
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()

@@ -1,0 +1,398 @@
+"""The VM spec: parse and validate a config file before anything is created.
+
+Two formats carry the same keys:
+
+* TOML (``*.toml``)::
+
+      name = "daytime"
+      kernel = "../images/build/daytime.elf"   # relative to the config file's folder
+      memory = "4M"                            # MiB as an int, or "4M" / "64M" / "1G"
+      vcpus = 1
+      cmdline = ""
+      [[vifs]]
+      network = "lightvm0"                      # or bridge = "br0"
+      ip = "10.10.0.2/24"
+      [[disks]]
+      path = "data.img"
+      readonly = true
+
+* chaos-style JSON (``*.json``): one object with the same keys; as in chaos and
+  xl, a vif or disk may also be written as one string of ``key=value`` pairs,
+  e.g. ``"vifs": ["bridge=br0,ip=10.0.0.2/24,mac=52:54:00:12:34:56"]``.
+
+Every problem is a :class:`SpecError` whose one-line message names the file and the
+key. Unknown keys are errors. The kernel must exist and be an x86 ELF carrying the
+PVH entry note, since that is how QEMU boots our guests without firmware.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import struct
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightvm.errors import NoxsError, SpecError
+from lightvm.noxs import parse_mac
+
+MEMORY_MIN_MIB = 2
+MEMORY_MAX_MIB = 65536
+VCPUS_MAX = 64
+CMDLINE_MAX = 2048
+# Room for a "-NNNN" suffix from `create -n` inside the NoXS name field.
+NAME_MAX = 48
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+TOP_KEYS = ("name", "kernel", "memory", "vcpus", "cmdline", "vifs", "disks")
+VIF_KEYS = ("network", "bridge", "ip", "gateway", "mac", "mtu")
+DISK_KEYS = ("path", "readonly")
+
+XEN_ELFNOTE_PHYS32_ENTRY = 18
+EM_386 = 3
+EM_X86_64 = 62
+PT_NOTE = 4
+NOTE_SCAN_MAX = 1 << 16
+
+
+@dataclass(frozen=True)
+class VifSpec:
+    """One NIC as written in the config; lightvm/devices/net.py turns it into a tap."""
+
+    network: str | None = None
+    bridge: str | None = None
+    ip: str | None = None  # "a.b.c.d/prefix" (normalised) or None for the network's IPAM
+    gateway: str | None = None
+    mac: str | None = None  # normalised lower-case, or None to generate one
+    mtu: int | None = None
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    path: Path
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    """A validated VM specification. ``source`` is the config file it came from."""
+
+    name: str
+    kernel: Path
+    memory_mib: int = 16
+    vcpus: int = 1
+    cmdline: str = ""
+    vifs: tuple[VifSpec, ...] = ()
+    disks: tuple[DiskSpec, ...] = ()
+    source: Path | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able copy (absolute paths), as stored in the VM's state folder."""
+        return {
+            "name": self.name,
+            "kernel": str(self.kernel),
+            "memory": self.memory_mib,
+            "vcpus": self.vcpus,
+            "cmdline": self.cmdline,
+            "vifs": [{k: v for k, v in vars(vif).items() if v is not None} for vif in self.vifs],
+            "disks": [{"path": str(d.path), "readonly": d.readonly} for d in self.disks],
+        }
+
+    def with_name(self, name: str) -> VMSpec:
+        check_name(name, what="name")
+        return VMSpec(name, self.kernel, self.memory_mib, self.vcpus, self.cmdline, self.vifs, self.disks, self.source)
+
+
+def load_spec(path: str | Path, check_kernel: bool = True) -> VMSpec:
+    """Read and validate a TOML or JSON config file.
+
+    :raise SpecError: naming the file and the key for any problem.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read config: {exc.strerror}") from exc
+    data = parse_text(raw, path)
+    return parse_spec(data, path, check_kernel=check_kernel)
+
+
+def parse_text(raw: bytes, path: Path) -> dict[str, Any]:
+    """Decode config bytes as JSON (``.json`` or a leading ``{``) or TOML.
+
+    :raise SpecError: on malformed input.
+    """
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: config is not UTF-8 text (byte {exc.start})") from exc
+    is_json = path.suffix.lower() == ".json" or (path.suffix.lower() != ".toml" and text.lstrip().startswith("{"))
+    if is_json:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{path}: malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: malformed JSON: the top level must be an object, got {_kind(data)}")
+        return data
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: malformed TOML: {exc}") from exc
+
+
+def parse_spec(data: Mapping[str, Any], source: Path, check_kernel: bool = True) -> VMSpec:
+    """Validate a decoded config mapping. Relative paths are taken from ``source``'s folder.
+
+    :raise SpecError: naming the file and the key.
+    """
+    where = str(source)
+    _unknown_keys(data, TOP_KEYS, where, "")
+    base = source.parent
+
+    name = data.get("name", source.stem)
+    if not isinstance(name, str):
+        raise SpecError(f"{where}: key 'name': expected a string, got {_kind(name)}")
+    check_name(name, what=f"{where}: key 'name'")
+
+    if "kernel" not in data:
+        raise SpecError(f"{where}: missing key 'kernel' (path of the guest ELF)")
+    kernel_raw = data["kernel"]
+    if not isinstance(kernel_raw, str) or not kernel_raw:
+        raise SpecError(f"{where}: key 'kernel': expected a path string, got {_kind(kernel_raw)}")
+    kernel = (base / kernel_raw).resolve() if not Path(kernel_raw).is_absolute() else Path(kernel_raw)
+    if check_kernel:
+        check_kernel_file(kernel, f"{where}: key 'kernel'")
+
+    memory = parse_memory(data.get("memory", 16), f"{where}: key 'memory'")
+    vcpus = data.get("vcpus", 1)
+    if not isinstance(vcpus, int) or isinstance(vcpus, bool):
+        raise SpecError(f"{where}: key 'vcpus': expected an integer, got {_kind(vcpus)}")
+    if not 1 <= vcpus <= VCPUS_MAX:
+        raise SpecError(f"{where}: key 'vcpus': {vcpus} is out of range 1..{VCPUS_MAX}")
+    cmdline = data.get("cmdline", "")
+    if not isinstance(cmdline, str):
+        raise SpecError(f"{where}: key 'cmdline': expected a string, got {_kind(cmdline)}")
+    if len(cmdline.encode()) > CMDLINE_MAX or "\0" in cmdline:
+        raise SpecError(f"{where}: key 'cmdline': longer than {CMDLINE_MAX} bytes or contains NUL")
+
+    vifs = tuple(_parse_vif(item, f"{where}: key 'vifs[{i}]'") for i, item in enumerate(_list(data, "vifs", where)))
+    disks = tuple(
+        _parse_disk(item, f"{where}: key 'disks[{i}]'", base) for i, item in enumerate(_list(data, "disks", where))
+    )
+    return VMSpec(name, kernel, memory, vcpus, cmdline, vifs, disks, source)
+
+
+def check_name(name: str, what: str = "name") -> None:
+    """:raise SpecError: if ``name`` cannot name a VM (folder, NoXS name field)."""
+    if not name or len(name) > NAME_MAX or not NAME_RE.match(name):
+        raise SpecError(
+            f"{what}: invalid VM name {name!r}: use 1..{NAME_MAX} letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
+        )
+
+
+_MEM_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_MEM_SCALE_KIB = {"K": 1, "M": 1024, "G": 1024 * 1024, "T": 1024 * 1024 * 1024}
+
+
+def parse_memory(value: object, what: str) -> int:
+    """Memory in MiB from an int (MiB) or a string like "4M", "64MiB", "1G", "8192K".
+
+    :raise SpecError: on a bad type, unit, or a size outside 2 MiB..64 GiB.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise SpecError(f'{what}: expected MiB as an integer or a size string like "64M", got {_kind(value)}')
+    if isinstance(value, int):
+        mib = value
+    else:
+        match = _MEM_RE.match(value)
+        if not match:
+            raise SpecError(f'{what}: cannot parse size {value!r}; write e.g. "4M", "64M" or "1G"')
+        kib = int(match.group(1)) * _MEM_SCALE_KIB[(match.group(2) or "M").upper()]
+        if kib % 1024:
+            raise SpecError(f"{what}: {value!r} is not a whole number of MiB")
+        mib = kib // 1024
+    if mib < MEMORY_MIN_MIB:
+        raise SpecError(f"{what}: {mib} MiB is below the {MEMORY_MIN_MIB} MiB minimum")
+    if mib > MEMORY_MAX_MIB:
+        raise SpecError(f"{what}: {mib} MiB is above the {MEMORY_MAX_MIB} MiB maximum")
+    return mib
+
+
+def check_kernel_file(path: Path, what: str) -> None:
+    """Check that ``path`` is a readable x86 ELF with the PVH entry note (cheap: bounded reads).
+
+    :raise SpecError: naming ``what`` and the problem.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF":
+                raise SpecError(f"{what}: {path} is not an ELF file (bad magic); build the guest with `make -C images`")
+            if len(head) < 52 or head[5] != 1 or head[4] not in (1, 2):
+                raise SpecError(f"{what}: {path} is not a little-endian 32/64-bit ELF")
+            is64 = head[4] == 2
+            machine = struct.unpack_from("<H", head, 18)[0]
+            if machine not in (EM_386, EM_X86_64):
+                raise SpecError(f"{what}: {path} is an ELF for machine {machine}, not x86")
+            if not _has_pvh_note(f, head, is64):
+                raise SpecError(
+                    f"{what}: {path} has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); QEMU cannot boot it directly"
+                )
+    except FileNotFoundError:
+        raise SpecError(f"{what}: kernel {path} does not exist") from None
+    except IsADirectoryError:
+        raise SpecError(f"{what}: kernel {path} is a directory") from None
+    except OSError as exc:
+        raise SpecError(f"{what}: cannot read kernel {path}: {exc.strerror}") from exc
+
+
+def _has_pvh_note(f: Any, head: bytes, is64: bool) -> bool:
+    if is64:
+        if len(head) < 64:
+            return False
+        phoff = struct.unpack_from("<Q", head, 32)[0]
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+    else:
+        phoff = struct.unpack_from("<I", head, 28)[0]
+        phentsize, phnum = struct.unpack_from("<HH", head, 42)
+    if phnum == 0 or phnum > 128 or phentsize < (56 if is64 else 32):
+        return False
+    f.seek(phoff)
+    table = f.read(phentsize * phnum)
+    for i in range(phnum):
+        entry = table[i * phentsize : (i + 1) * phentsize]
+        if len(entry) < phentsize:
+            return False
+        p_type = struct.unpack_from("<I", entry, 0)[0]
+        if p_type != PT_NOTE:
+            continue
+        if is64:
+            offset, filesz = struct.unpack_from("<Q", entry, 8)[0], struct.unpack_from("<Q", entry, 32)[0]
+        else:
+            offset, filesz = struct.unpack_from("<I", entry, 4)[0], struct.unpack_from("<I", entry, 16)[0]
+        f.seek(offset)
+        if _notes_have_pvh(f.read(min(filesz, NOTE_SCAN_MAX))):
+            return True
+    return False
+
+
+def _notes_have_pvh(notes: bytes) -> bool:
+    pos = 0
+    while pos + 12 <= len(notes):
+        namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
+        pos += 12
+        name = notes[pos : pos + namesz]
+        pos += (namesz + 3) & ~3
+        pos += (descsz + 3) & ~3
+        if name.rstrip(b"\0") == b"Xen" and ntype == XEN_ELFNOTE_PHYS32_ENTRY:
+            return True
+    return False
+
+
+def _parse_vif(item: object, where: str) -> VifSpec:
+    table = _table_or_kv(item, where)
+    _unknown_keys(table, VIF_KEYS, where, "")
+    for key in ("network", "bridge", "gateway"):
+        if key in table and not isinstance(table[key], str):
+            raise SpecError(f"{where}.{key}: expected a string, got {_kind(table[key])}")
+    if "network" in table and "bridge" in table:
+        raise SpecError(f"{where}: give either 'network' or 'bridge', not both")
+    for key in ("network", "bridge"):
+        value = table.get(key)
+        if value is not None and not re.match(r"^[A-Za-z0-9_.-]{1,15}$", value):
+            raise SpecError(f"{where}.{key}: {value!r} is not a valid interface name (1..15 chars)")
+    ip = table.get("ip")
+    if ip is not None:
+        if not isinstance(ip, str):
+            raise SpecError(f'{where}.ip: expected "a.b.c.d/prefix", got {_kind(ip)}')
+        try:
+            iface = ipaddress.IPv4Interface(ip)
+        except ValueError as exc:
+            raise SpecError(f"{where}.ip: {exc}") from None
+        ip = f"{iface.ip}/{iface.network.prefixlen}"
+    gateway = table.get("gateway")
+    if gateway is not None:
+        try:
+            gateway = str(ipaddress.IPv4Address(gateway))
+        except ValueError as exc:
+            raise SpecError(f"{where}.gateway: {exc}") from None
+    mac = table.get("mac")
+    if mac is not None:
+        if not isinstance(mac, str):
+            raise SpecError(f"{where}.mac: expected a string like 52:54:00:12:34:56, got {_kind(mac)}")
+        try:
+            mac_bytes = parse_mac(mac.lower())
+        except NoxsError as exc:
+            raise SpecError(f"{where}.mac: {exc}") from None
+        if mac_bytes[0] & 1:
+            raise SpecError(f"{where}.mac: {mac} is a multicast address; use a unicast MAC")
+        mac = mac.lower()
+    mtu = table.get("mtu")
+    if mtu is not None:
+        if isinstance(mtu, str) and mtu.isdigit():
+            mtu = int(mtu)
+        if not isinstance(mtu, int) or isinstance(mtu, bool) or not 68 <= mtu <= 9000:
+            raise SpecError(f"{where}.mtu: expected an integer in 68..9000, got {mtu!r}")
+    return VifSpec(table.get("network"), table.get("bridge"), ip, gateway, mac, mtu)
+
+
+def _parse_disk(item: object, where: str, base: Path) -> DiskSpec:
+    table = _table_or_kv(item, where)
+    _unknown_keys(table, DISK_KEYS, where, "")
+    raw = table.get("path")
+    if not isinstance(raw, str) or not raw:
+        raise SpecError(f"{where}.path: expected a path string, got {_kind(raw)}")
+    path = (base / raw).resolve()
+    if not path.is_file():
+        raise SpecError(f"{where}.path: disk image {path} does not exist or is not a file")
+    readonly = table.get("readonly", False)
+    if isinstance(readonly, str) and readonly.lower() in ("true", "false", "yes", "no", "1", "0"):
+        readonly = readonly.lower() in ("true", "yes", "1")
+    if not isinstance(readonly, bool):
+        raise SpecError(f"{where}.readonly: expected true or false, got {_kind(readonly)}")
+    return DiskSpec(path, readonly)
+
+
+def _table_or_kv(item: object, where: str) -> dict[str, Any]:
+    if isinstance(item, dict):
+        return item
+    if isinstance(item, str):
+        table: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in item.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise SpecError(f"{where}: expected key=value pairs separated by commas, got {part!r}")
+            table[key.strip()] = value.strip()
+        return table
+    raise SpecError(f'{where}: expected a table or a "key=value,..." string, got {_kind(item)}')
+
+
+def _list(data: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise SpecError(f"{where}: key '{key}': expected a list, got {_kind(value)}")
+    return value
+
+
+def _unknown_keys(data: Mapping[str, Any], allowed: tuple[str, ...], where: str, prefix: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise SpecError(f"{where}: unknown key '{prefix}{key}' (allowed: {', '.join(allowed)})")
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return f"boolean {value}".lower()
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing"
+    return f"{type(value).__name__} {value!r}"

@@ -1,0 +1,552 @@
+"""The toolstack (chaos analog): create, destroy, shutdown, pause, unpause, list, info.
+
+It orchestrates :mod:`spec` (already validated), :mod:`state` (the VM folder),
+:mod:`noxs` (the device page), the device modules and :class:`~lightvm.machine.Machine`.
+
+Create, the cold path, in the order that keeps a kill -9 at any point cleanable:
+
+1. allocate the folder + ``creating`` marker (under the state lock; all names or none)
+2. write vm.json naming the NoXS file to be created
+3. create the NoXS file; prepare the devices (taps, ...) and record them
+4. launch QEMU paused; record its PID (and start time) at once
+5. write the NoXS page while QEMU initialises; ``cont`` is queued right behind
+   ``qmp_capabilities``, so the vCPUs start the moment QEMU's main loop does
+6. poll the boot record until READY; mark created; let go of QEMU
+
+Every step registers its undo; a failure unwinds all of them (newest first) and the
+error names the VM and the step. ``create -n N`` is all-or-nothing too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightvm import accel as accelmod
+from lightvm import host
+from lightvm.devices import blk
+from lightvm.errors import GuestError, LightVMError, NoxsError, QMPError, StateError
+from lightvm.machine import Machine, MachineConfig, ProcessHandle
+from lightvm.noxs import BootState, NoxsRegion, PageConfig, Sysctl, VbdConfig, VifConfig, region_size_for
+from lightvm.spec import VMSpec, check_name
+from lightvm.state import StateDir, VMDir, VMRecord, VMStatus, status_of
+from lightvm.util import find_processes_with_arg, proc_cmdline, tail
+
+DEFAULT_BOOT_TIMEOUT = 10.0
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "lightvm-"
+
+
+@dataclass
+class CreateResult:
+    name: str
+    id: str
+    accel: str
+    boot_ms: dict[str, float | None]
+    pid: int
+    app: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "id": self.id, "accel": self.accel, "pid": self.pid, "app": self.app,
+                "boot_ms": self.boot_ms}  # fmt: skip
+
+
+@dataclass
+class VMInfo:
+    name: str
+    status: str
+    id: str = ""
+    pid: int | None = None
+    accel: str = ""
+    memory_mib: int | None = None
+    vcpus: int | None = None
+    created: float | None = None
+    ready_ms: float | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class _Undo:
+    steps: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
+
+    def push(self, what: str, step: Callable[[], object]) -> None:
+        self.steps.append((what, step))
+
+    def unwind(self) -> None:
+        while self.steps:
+            _, step = self.steps.pop()
+            with contextlib.suppress(Exception):  # an undo must not hide the original failure
+                step()
+
+
+class Toolstack:
+    """The VM operations over one state dir. Safe to use from several processes at once."""
+
+    def __init__(self, state_dir: Path | None = None, boot_timeout: float = DEFAULT_BOOT_TIMEOUT) -> None:
+        self.state = StateDir(state_dir)
+        self.boot_timeout = boot_timeout
+
+    # ------------------------------------------------------------------ create
+
+    def create(
+        self,
+        spec: VMSpec,
+        name: str | None = None,
+        count: int = 1,
+        accel: str = "auto",
+        jobs: int | None = None,
+        progress: Callable[[CreateResult, int, int], None] | None = None,
+    ) -> list[CreateResult]:
+        """Create ``count`` VMs from ``spec`` (named NAME, or NAME-0..NAME-<count-1>).
+
+        All or nothing: if one fails, every VM of this call is destroyed again.
+
+        :raise SpecError: invalid name or device entries (nothing created).
+        :raise ExistsError: a name is taken (nothing created).
+        :raise AccelError: the accelerator cannot be used.
+        :raise LightVMError: a step failed; the message names the VM and the step.
+        """
+        base = name or spec.name
+        check_name(base, "--name")
+        if not 1 <= count <= 4096:
+            raise LightVMError(f"-n {count}: create between 1 and 4096 VMs at a time")
+        names = [base] if count == 1 else [f"{base}-{i}" for i in range(count)]
+        for n in names:
+            check_name(n, "VM name")
+        self._validate_devices(spec)
+        choice = accelmod.select(accel)
+        tsc_hz = host.tsc_hz()
+        self.state.ensure()
+        vmdirs = self.state.allocate(names)
+        results: list[CreateResult | None] = [None] * len(vmdirs)
+        workers = max(1, min(jobs or os.cpu_count() or 1, len(vmdirs)))
+        done = 0
+        try:
+            if workers == 1:
+                for i, vmdir in enumerate(vmdirs):
+                    results[i] = self._create_one(vmdir, spec, choice.accel, tsc_hz)
+                    done += 1
+                    if progress:
+                        progress(results[i], done, len(vmdirs))  # type: ignore[arg-type]
+            else:
+                lock = threading.Lock()
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="create") as pool:
+                    futures: dict[Future[CreateResult], int] = {
+                        pool.submit(self._create_one, vmdir, spec, choice.accel, tsc_hz): i
+                        for i, vmdir in enumerate(vmdirs)
+                    }
+                    try:
+                        for future in _as_completed(futures):
+                            i = futures[future]
+                            results[i] = future.result()
+                            with lock:
+                                done += 1
+                            if progress:
+                                progress(results[i], done, len(vmdirs))  # type: ignore[arg-type]
+                    except BaseException:
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise
+        except BaseException:
+            # All or nothing: the failed VM unwound itself; remove the ones that made it.
+            for vmdir in vmdirs:
+                with contextlib.suppress(Exception):
+                    self._destroy_dir(vmdir)
+            raise
+        return [r for r in results if r is not None]
+
+    def _validate_devices(self, spec: VMSpec) -> None:
+        if spec.vifs:
+            from lightvm.devices import net  # pyroute2 is slow to import: only when needed
+
+            for i, vif in enumerate(spec.vifs):
+                net.validate(vif, f"vifs[{i}]")
+        for i, disk in enumerate(spec.disks):
+            blk.validate(disk, f"disks[{i}]")
+
+    def _create_one(self, vmdir: VMDir, spec: VMSpec, accel: str, tsc_hz: int) -> CreateResult:
+        t0 = time.perf_counter()
+        vm_uuid = uuidlib.uuid4()
+        vm_id = vm_uuid.hex[:16]
+        ndev = 1 + len(spec.vifs) + len(spec.disks)
+        record = VMRecord(
+            name=vmdir.name, id=vm_id, uuid=str(vm_uuid), created=time.time(), accel=accel,
+            noxs_path=str(SHM_DIR / f"{SHM_PREFIX}{vm_id}"), noxs_size=region_size_for(ndev),
+            spec=spec.to_dict(),
+        )  # fmt: skip
+        if spec.vifs:
+            record.devices["vifs_pending"] = True  # destroy must look for taps even if we die now
+        undo = _Undo()
+        step = "record state"
+        try:
+            vmdir.write(record)
+            step = "create NoXS region"
+            region = NoxsRegion.create(Path(record.noxs_path), ndev)
+            undo.push("NoXS region", region.close)
+            undo.push("NoXS file", region.unlink)
+            step = "prepare devices"
+            extra_args, vif_configs, vbd_configs = self._prepare_devices(vmdir, spec, record, undo)
+            config = MachineConfig(
+                name=vmdir.name, kernel=spec.kernel, memory_mib=spec.memory_mib, vcpus=spec.vcpus,
+                cmdline=spec.cmdline, accel=accel, noxs_path=Path(record.noxs_path), noxs_size=region.size,
+                console_path=vmdir.console_path, qmp_path=vmdir.qmp_path, log_path=vmdir.log_path,
+                extra_args=tuple(extra_args),
+            )  # fmt: skip
+            step = "launch QEMU"
+            machine = Machine(config)
+            machine.launch()
+            undo.push("QEMU", machine.kill)
+            assert machine.process is not None
+            # QEMU is initialising now (~20 ms); the host-side bookkeeping runs meanwhile.
+            record.pid, record.pid_start = machine.process.pid, machine.process.start_time
+            record.argv = machine.argv
+            vmdir.write(record)
+            step = "write NoXS page"
+            page = PageConfig(name=vmdir.name, uuid=vm_uuid, vifs=vif_configs, vbds=vbd_configs, tsc_hz=tsc_hz,
+                              nmi_doorbell=True)  # fmt: skip
+            region.write_config(page)
+            step = "boot"
+            from lightvm.boot import boot
+
+            times, boot_record = boot(machine, region, t0, self.boot_timeout)
+            step = "record state"
+            record.state = VMStatus.RUNNING.value
+            record.boot_ms = times.as_dict()
+            vmdir.write(record)
+            vmdir.mark_created()
+            machine.release()
+            region.close()
+            return CreateResult(vmdir.name, vm_id, accel, record.boot_ms, record.pid, boot_record.app)
+        except BaseException as exc:
+            undo.unwind()
+            self._destroy_dir(vmdir)
+            if isinstance(exc, GuestError):
+                raise
+            if isinstance(exc, LightVMError):
+                raise type(exc)(f"{vmdir.name}: {step}: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise LightVMError(f"{vmdir.name}: {step}: {exc}") from exc
+            raise
+
+    def _prepare_devices(
+        self, vmdir: VMDir, spec: VMSpec, record: VMRecord, undo: _Undo
+    ) -> tuple[list[str], list[VifConfig], list[VbdConfig]]:
+        args: list[str] = []
+        vif_configs: list[VifConfig] = []
+        if spec.vifs:
+            args, vif_configs, saved = _prepare_vifs(self.state.root, vmdir.name, spec, undo)
+            record.devices["vifs"] = saved
+            record.devices.pop("vifs_pending", None)
+        vbd_configs = []
+        disks = []
+        for i, disk in enumerate(spec.disks):
+            prepared = blk.prepare(disk, i)
+            args += blk.qemu_args(prepared)
+            vbd_configs.append(blk.noxs_config(prepared))
+            disks.append(prepared.to_dict())
+        if disks:
+            record.devices["disks"] = disks
+        if spec.vifs or disks:
+            vmdir.write(record)
+        return args, vif_configs, vbd_configs
+
+    # ------------------------------------------------------------------ destroy
+
+    def destroy(self, name: str) -> None:
+        """Stop the VM's QEMU (quit, then SIGKILL) and remove every trace of it.
+
+        Works for every status, including ``incomplete`` folders left by a killed create.
+
+        :raise NotFoundError: no such VM.
+        """
+        self._destroy_dir(self.state.get(name))
+
+    def destroy_all(self) -> list[str]:
+        """Destroy every VM in the state dir; returns their names."""
+        names = self.state.names()
+        for n in names:
+            with contextlib.suppress(LightVMError):
+                self.destroy(n)
+        return names
+
+    def _destroy_dir(self, vmdir: VMDir) -> None:
+        try:
+            record = vmdir.read()
+        except StateError:
+            record = None
+        if record is not None and record.pid:
+            handle = ProcessHandle(record.pid, record.pid_start)
+            if handle.alive():
+                handle.close()
+                machine = Machine.adopt(_machine_config(vmdir, record), record.pid, record.pid_start, paused=False)
+                machine.shutdown(timeout=1.0, hard=not vmdir.qmp_path.exists())
+            else:
+                handle.close()
+        # A QEMU whose PID was never recorded (creator killed right after the spawn):
+        # find it by the NoXS path, unique to this VM, on its command line.
+        # (The record naming the NoXS path is written before any resource exists.)
+        shm_paths = {record.noxs_path} if record else set()
+        for shm in shm_paths:
+            for pid in find_processes_with_arg(f"mem-path={shm},"):
+                if "qemu" in os.path.basename(proc_cmdline(pid)[0] if proc_cmdline(pid) else ""):
+                    _kill_pid(pid)
+        if record is not None and (record.devices.get("vifs") or record.devices.get("vifs_pending")):
+            _release_vifs(self.state.root, vmdir.name, record.devices)
+        for shm in shm_paths:
+            Path(shm).unlink(missing_ok=True)
+        vmdir.qmp_path.unlink(missing_ok=True)
+        self.state.remove(vmdir)
+
+    # ------------------------------------------------------------------ power
+
+    def shutdown(self, name: str, keep: bool = False, timeout: float = 5.0) -> float:
+        """Ask the guest to power off through its NoXS sysctl page, wait for QEMU to exit,
+        then destroy the VM (unless ``keep``: it stays listed as ``halted``).
+
+        :return: ms from the request to QEMU's exit.
+        :raise StateError: the VM is not running or paused.
+        :raise GuestError: the guest did not power off within ``timeout`` s (the VM is left as it was).
+        """
+        vmdir = self.state.get(name)
+        record = self._record(vmdir)
+        status = status_of(vmdir, record)
+        if status not in (VMStatus.RUNNING, VMStatus.PAUSED):
+            raise StateError(f"{name}: cannot shut down a VM that is {status.value} (use destroy)")
+        machine = Machine.adopt(_machine_config(vmdir, record), record.pid or 0, record.pid_start,
+                                paused=status is VMStatus.PAUSED)  # fmt: skip
+        try:
+            t0 = time.perf_counter()
+            with NoxsRegion.open(Path(record.noxs_path)) as region:
+                region.request(Sysctl.POWEROFF)
+            try:
+                if status is VMStatus.PAUSED:
+                    machine.resume()  # a paused guest cannot act on the request
+                # NMI doorbell: wake the guest from hlt now rather than at its next idle tick.
+                machine.qmp.execute("inject-nmi", timeout=1.0)
+            except QMPError:
+                pass  # QEMU may already be exiting; the wait below decides
+            exited = machine.wait(timeout)
+            elapsed = (time.perf_counter() - t0) * 1000
+            if not exited:
+                raise GuestError(
+                    f"{name}: guest did not power off within {timeout:.1f} s; use `lightvm destroy {name}`"
+                )
+        finally:
+            machine.disconnect()
+            if machine.process:
+                machine.process.close()
+        if keep:
+            record.state = VMStatus.HALTED.value
+            record.exit_reason = "shutdown"
+            vmdir.write(record)
+            vmdir.qmp_path.unlink(missing_ok=True)
+        else:
+            self._destroy_dir(vmdir)
+        return elapsed
+
+    def pause(self, name: str) -> float:
+        """Stop the VM's vCPUs. :return: ms taken. :raise StateError: not running."""
+        return self._set_paused(name, True)
+
+    def unpause(self, name: str) -> float:
+        """Resume the VM's vCPUs. :return: ms taken. :raise StateError: not paused."""
+        return self._set_paused(name, False)
+
+    def _set_paused(self, name: str, paused: bool) -> float:
+        t0 = time.perf_counter()
+        vmdir = self.state.get(name)
+        record = self._record(vmdir)
+        status = status_of(vmdir, record)
+        wanted = VMStatus.RUNNING if paused else VMStatus.PAUSED
+        if status is not wanted:
+            verb = "pause" if paused else "unpause"
+            raise StateError(f"{name}: cannot {verb} a VM that is {status.value} (needs {wanted.value})")
+        machine = Machine.adopt(_machine_config(vmdir, record), record.pid or 0, record.pid_start, paused=not paused)
+        try:
+            if paused:
+                machine.pause()
+            else:
+                machine.resume()
+        finally:
+            machine.disconnect()
+            if machine.process:
+                machine.process.close()
+        record.state = VMStatus.PAUSED.value if paused else VMStatus.RUNNING.value
+        vmdir.write(record)
+        return (time.perf_counter() - t0) * 1000
+
+    # ------------------------------------------------------------------ queries
+
+    def list(self) -> list[VMInfo]:
+        """Every VM with its status, re-adopting live ones and reaping dead ones:
+        a VM whose QEMU died is recorded as ``crashed`` (or ``halted`` after a clean
+        guest poweroff) and its NoXS file and socket are freed; destroy removes the rest.
+        """
+        infos = []
+        for n in self.state.names():
+            vmdir = VMDir(self.state.vms_root / n)
+            try:
+                record = vmdir.read()
+            except StateError as exc:
+                infos.append(VMInfo(n, VMStatus.INCOMPLETE.value, detail=str(exc)))
+                continue
+            status = status_of(vmdir, record)
+            if record is not None and status in (VMStatus.CRASHED, VMStatus.HALTED) and record.state != status.value:
+                status = self._reap(vmdir, record)
+            infos.append(_info(n, status, record))
+        return infos
+
+    def _reap(self, vmdir: VMDir, record: VMRecord) -> VMStatus:
+        status = VMStatus.CRASHED
+        reason = "QEMU exited unexpectedly"
+        try:
+            with NoxsRegion.open(Path(record.noxs_path)) as region:
+                boot_record = region.boot_record()
+            if boot_record.state is BootState.HALTED:
+                status, reason = VMStatus.HALTED, "guest powered off"
+            elif boot_record.state is BootState.ERROR:
+                reason = f"guest error {boot_record.error.name}: {boot_record.message}"
+        except NoxsError:
+            pass
+        last = tail(vmdir.console_path, 300).splitlines()
+        if status is VMStatus.CRASHED and last and last[-1].startswith("FATAL"):
+            reason = last[-1]
+        record.state = status.value
+        record.exit_reason = reason
+        vmdir.write(record)
+        Path(record.noxs_path).unlink(missing_ok=True)
+        vmdir.qmp_path.unlink(missing_ok=True)
+        return status
+
+    def info(self, name: str) -> dict[str, Any]:
+        """Everything known about one VM: record, status, QEMU's runstate, live boot record.
+
+        :raise NotFoundError: no such VM.
+        """
+        vmdir = self.state.get(name)
+        infos = {i.name: i for i in self.list()}
+        record = vmdir.read()
+        out: dict[str, Any] = {"name": name, "status": infos[name].status if name in infos else "unknown",
+                               "folder": str(vmdir.path), "console": str(vmdir.console_path)}  # fmt: skip
+        if record is None:
+            return out
+        out.update({k: v for k, v in vars(record).items() if k not in ("argv",)})
+        out["status"] = infos[name].status if name in infos else out["status"]
+        out["argv"] = record.argv
+        if out["status"] in (VMStatus.RUNNING.value, VMStatus.PAUSED.value):
+            try:
+                with NoxsRegion.open(Path(record.noxs_path)) as region:
+                    br = region.boot_record()
+                out["guest"] = {"state": br.state.name, "app": br.app, "heartbeat": br.heartbeat,
+                                "app_counter": br.app_counter, "tsc_source": br.tsc_source.name,
+                                "message": br.message}  # fmt: skip
+            except NoxsError as exc:
+                out["guest"] = {"error": str(exc)}
+            machine = Machine.adopt(_machine_config(vmdir, record), record.pid or 0, record.pid_start, paused=False)
+            try:
+                out["qemu_status"] = machine.query_status(timeout=1.0)
+            except (QMPError, StateError) as exc:
+                out["qemu_status"] = f"unknown ({exc})"
+            finally:
+                machine.disconnect()
+                if machine.process:
+                    machine.process.close()
+        return out
+
+    def console_path(self, name: str) -> Path:
+        """:raise NotFoundError: no such VM."""
+        return self.state.get(name).console_path
+
+    def is_alive(self, name: str) -> bool:
+        vmdir = self.state.get(name)
+        return status_of(vmdir, vmdir.read()) in (VMStatus.RUNNING, VMStatus.PAUSED, VMStatus.CREATING)
+
+    def _record(self, vmdir: VMDir) -> VMRecord:
+        record = vmdir.read()
+        if record is None:
+            raise StateError(f"{vmdir.name}: incomplete VM (its create was interrupted); `lightvm destroy` it")
+        return record
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _as_completed(futures: dict[Future[CreateResult], int]) -> Iterator[Future[CreateResult]]:
+    from concurrent.futures import as_completed
+
+    return as_completed(futures)
+
+
+def _machine_config(vmdir: VMDir, record: VMRecord) -> MachineConfig:
+    spec = record.spec
+    return MachineConfig(
+        name=record.name, kernel=Path(spec.get("kernel", "")), memory_mib=int(spec.get("memory", 0)),
+        vcpus=int(spec.get("vcpus", 1)), cmdline=str(spec.get("cmdline", "")), accel=record.accel,
+        noxs_path=Path(record.noxs_path), noxs_size=record.noxs_size, console_path=vmdir.console_path,
+        qmp_path=vmdir.qmp_path, log_path=vmdir.log_path,
+    )  # fmt: skip
+
+
+def _kill_pid(pid: int) -> None:
+    handle = ProcessHandle(pid, None)
+    handle.send_signal(signal.SIGKILL)
+    handle.wait(5.0)
+    handle.close()
+
+
+def _info(name: str, status: VMStatus, record: VMRecord | None) -> VMInfo:
+    if record is None:
+        return VMInfo(name, status.value, detail="create interrupted before the record was written")
+    ready = (record.boot_ms or {}).get("ready")
+    return VMInfo(
+        name=name, status=status.value, id=record.id, pid=record.pid, accel=record.accel,
+        memory_mib=record.spec.get("memory"), vcpus=record.spec.get("vcpus"), created=record.created,
+        ready_ms=ready, detail=record.exit_reason or "",
+    )  # fmt: skip
+
+
+def _prepare_vifs(
+    state_root: Path, vm_name: str, spec: VMSpec, undo: _Undo
+) -> tuple[list[str], list[VifConfig], list[dict[str, Any]]]:
+    """All vif handling in one place: lightvm.devices.net does the work."""
+    from lightvm.devd import UndoStack
+    from lightvm.devices import net
+
+    specs = [net.validate(v, f"vifs[{i}]") for i, v in enumerate(spec.vifs)]
+    ctx = net.NetContext.open(state_root)
+    net_undo = UndoStack()
+    # Undo steps reopen what they need (NetContext.devd() reconnects after close()).
+    undo.push("vifs", net_undo.unwind)
+    try:
+        prepared = net.prepare_all(specs, vm_name, ctx, net_undo)
+    finally:
+        ctx.close()
+    args = [a for p in prepared for a in net.qemu_args(p, machine="microvm")]
+    configs = [net.noxs_config(p) for p in prepared]
+    saved = [p.to_dict() for p in prepared]
+    return args, configs, saved
+
+
+def _release_vifs(state_root: Path, vm_name: str, devices: dict[str, Any]) -> None:
+    from lightvm.devices import net
+
+    with net.NetContext.open(state_root) as ctx:
+        for data in devices.get("vifs") or []:
+            with contextlib.suppress(LightVMError):
+                net.release(net.PreparedVif.from_dict(data), vm_name, ctx)
+        with contextlib.suppress(LightVMError):
+            net.forget_vm(vm_name, ctx)
+
+
+__all__ = ["CreateResult", "Toolstack", "VMInfo"]

@@ -1,0 +1,166 @@
+"""Small helpers shared by the toolstack modules: deadlines, atomic files, process identity.
+
+Nothing here knows about VMs. Every wait in lightvm goes through :func:`wait_until`
+(a deadline, never a bare sleep), every state file through :func:`atomic_write`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+# AF_UNIX paths are limited to 108 bytes including the NUL.
+UNIX_PATH_MAX = 107
+
+
+class Deadline:
+    """A point in monotonic time; ``remaining()`` never goes below zero."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.end = time.monotonic() + timeout
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end
+
+
+def wait_until(
+    predicate: Callable[[], T | None],
+    timeout: float,
+    interval: float = 0.001,
+    max_interval: float = 0.05,
+) -> T | None:
+    """Call ``predicate`` until it returns something truthy or ``timeout`` passes.
+
+    The polling interval starts at ``interval`` and doubles up to ``max_interval``,
+    so short waits stay precise and long ones stay cheap. Returns the truthy value,
+    or None when the deadline passed (the caller names what it was waiting for).
+    """
+    deadline = Deadline(timeout)
+    delay = interval
+    while True:
+        value = predicate()
+        if value:
+            return value
+        left = deadline.remaining()
+        if left <= 0:
+            return None
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, max_interval)
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
+    """Write ``path`` so that readers see the old content or the new, never a mix.
+
+    Writes a temporary file in the same folder, then renames it over the target.
+    No fsync: state lives on tmpfs (/run) and dies with the VMs on a host crash.
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, raw)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def proc_start_time(pid: int) -> int | None:
+    """The kernel start time (clock ticks since boot) of ``pid``, or None if it is gone.
+
+    A PID plus its start time names one process for good: PIDs are reused,
+    start times of different processes with the same PID never match.
+    Zombies count as gone.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def proc_alive(pid: int | None, start_time: int | None) -> bool:
+    """True if the process ``pid`` that started at ``start_time`` still runs."""
+    if not pid or pid <= 0:
+        return False
+    now = proc_start_time(pid)
+    return now is not None and (start_time is None or now == start_time)
+
+
+def proc_cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def find_processes_with_arg(needle: str) -> list[int]:
+    """PIDs of live processes whose argv contains ``needle`` as a substring of one argument.
+
+    Used to find a QEMU whose PID was never recorded (its creator was killed
+    between spawn and the write of the PID).
+    """
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid == os.getpid():
+            continue
+        if any(needle in arg for arg in proc_cmdline(pid)) and proc_start_time(pid) is not None:
+            pids.append(pid)
+    return pids
+
+
+def qemu_opt_escape(value: str) -> str:
+    """Escape a value for a QEMU ``key=value,...`` option string (commas double)."""
+    return value.replace(",", ",,")
+
+
+def short_unix_path(path: Path) -> tuple[str, int | None]:
+    """A path usable with AF_UNIX bind/connect, and a folder fd to close afterwards.
+
+    Long state folders (deep tmp dirs) overflow the 108-byte limit; going through
+    /proc/self/fd/N of the folder keeps the address short and names the same file.
+    """
+    text = os.fsencode(path)
+    if len(text) <= UNIX_PATH_MAX:
+        return str(path), None
+    dirfd = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
+    return f"/proc/self/fd/{dirfd}/{path.name}", dirfd
+
+
+def tail(path: Path, max_bytes: int = 2048) -> str:
+    """The last ``max_bytes`` of a log file as printable text ('' if unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            raw = f.read()
+    except OSError:
+        return ""
+    return raw.decode(errors="replace").strip()
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
