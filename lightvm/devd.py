@@ -204,16 +204,22 @@ class Devd:
         self._nsfd: int | None = None
         self._ipr: Any = None
         self._ctl: socket.socket | None = None
+        self._open()
+
+    def _open(self) -> None:
+        """Open the namespace and sockets; also after :meth:`close` (undo steps may run late)."""
+        if self._ipr is not None:
+            return
         try:
-            if netns is not None:
-                path = _netns_path(netns)
+            if self.netns is not None and self._nsfd is None:
+                path = _netns_path(self.netns)
                 try:
                     self._nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError as exc:
-                    raise NetworkError(f"network namespace {netns!r} ({path}): {exc.strerror}") from exc
-            with self.inside():
-                self._ipr = IPRoute()
+                    raise NetworkError(f"network namespace {self.netns!r} ({path}): {exc.strerror}") from exc
+            with self._enter():
                 self._ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._ipr = IPRoute()
         except PermissionError as exc:
             self.close()
             raise CapabilityError(f"cannot open netlink/namespace: {exc}; devd needs CAP_NET_ADMIN") from exc
@@ -224,6 +230,7 @@ class Devd:
     # -- lifetime --
 
     def close(self) -> None:
+        """Release the sockets; a later call reopens them (so late undo steps still work)."""
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
@@ -248,9 +255,17 @@ class Devd:
         block belong to the namespace: the toolstack launches QEMU inside it so
         that ``-netdev tap,ifname=...`` finds taps made in a namespace.
         """
-        if self._nsfd is None:
+        self._open()
+        with self._enter():
+            yield
+
+    @contextlib.contextmanager
+    def _enter(self) -> Iterator[None]:
+        if self.netns is None:
             yield
             return
+        if self._nsfd is None:  # never fall back to the host's namespace
+            raise NetworkError(f"devd for namespace {self.netns!r} is closed")
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             _setns(self._nsfd)
@@ -265,16 +280,15 @@ class Devd:
 
     @property
     def ipr(self) -> Any:
-        if self._ipr is None:
-            raise NetworkError("devd is closed")
+        self._open()
         return self._ipr
 
     # -- queries --
 
     def ifindex(self, name: str) -> int | None:
         """The ifindex of ``name`` in our namespace, or None (one ioctl, no netlink)."""
-        if self._ctl is None:
-            raise NetworkError("devd is closed")
+        self._open()
+        assert self._ctl is not None
         ifr = struct.pack("16si20x", name.encode(), 0)
         try:
             out = fcntl.ioctl(self._ctl.fileno(), _SIOCGIFINDEX, ifr)

@@ -139,3 +139,17 @@ def test_inside_runs_sockets_in_the_namespace(devd: Devd) -> None:
 def test_missing_namespace_is_a_clear_error() -> None:
     with pytest.raises(NetworkError, match="no-such-ns"):
         Devd(netns="no-such-ns")
+
+
+def test_undo_still_works_after_close(nsname: str) -> None:
+    # The toolstack closes its devd before a later step fails: the undo must reopen it,
+    # in the same namespace (never the host's).
+    undo = UndoStack()
+    devd = Devd(netns=nsname)
+    devd.ensure_bridge("lvbr", 1500, bridge_alias("n"), undo=undo)
+    devd.create_tap("lvt-0", 1500, "lvbr", alias=tap_alias("vm", 0), undo=undo)
+    devd.close()
+    assert undo.unwind() == []
+    with Devd(netns=nsname) as fresh:
+        assert _names(fresh) == set()
+    devd.close()
