@@ -2,7 +2,7 @@
 
 cli.py calls :func:`register` with its subparsers; every command sets
 ``func(args) -> int`` and reads ``args.state_dir`` (set by cli.py's common
-options; if absent, ``$LIGHTVM_STATE_DIR`` or ``/run/lightvm``). Errors are raised
+options; if absent, :func:`lightvm.state.default_state_dir`, as for VMs). Errors are raised
 as :class:`~lightvm.errors.LightVMError` for cli.py to print; the exit code is 0.
 ``LIGHTVM_NETNS=name`` runs the bridge work inside that network namespace.
 """
@@ -17,8 +17,7 @@ from pathlib import Path
 
 from lightvm.devd import Devd
 from lightvm.network import DEFAULT_MTU, Network, NetworkStore
-
-DEFAULT_STATE_DIR = "/run/lightvm"
+from lightvm.state import default_state_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -45,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
-    value = getattr(args, "state_dir", None) or os.environ.get("LIGHTVM_STATE_DIR") or DEFAULT_STATE_DIR
-    return Path(value)
+    value = getattr(args, "state_dir", None)
+    return Path(value) if value else default_state_dir()
 
 
 def _devd() -> Devd:
