@@ -44,7 +44,8 @@ Toolstack usage, in order (each step's undo goes on one UndoStack)::
         vifs = net.prepare_all(specs, vm.name, ctx, undo, publish=args.publish)
         argv += [a for v in vifs for a in net.qemu_args(v, machine="microvm")]
         page.vifs = [net.noxs_config(v) for v in vifs]
-        save [v.to_dict() for v in vifs] in the VM's state; launch QEMU ...
+        save [v.to_dict() for v in vifs] in the VM's state
+        with ctx.inside(): launch QEMU   # only matters with a netns (tests, LIGHTVM_NETNS)
         undo.commit()
     # destroy (after QEMU has exited):
     for d in saved: net.release(net.PreparedVif.from_dict(d), vm.name, ctx)
@@ -53,6 +54,7 @@ Toolstack usage, in order (each step's undo goes on one UndoStack)::
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import ipaddress
@@ -241,6 +243,10 @@ class NetContext:
         if self._store is None:
             self._store = NetworkStore(self.state_dir, ops=self.devd() if self.mode is NetMode.TAP else None)
         return self._store
+
+    def inside(self) -> contextlib.AbstractContextManager[None]:
+        """Where to spawn QEMU: inside ``netns`` when there is one (taps live there), else a no-op."""
+        return self.devd().inside() if self.netns is not None else contextlib.nullcontext()
 
     def describe(self) -> str:
         """One line for the CLI: which networking mode and why."""

@@ -107,6 +107,8 @@ def test_user_mode_prepare_needs_no_host_resources(tmp_path: Path) -> None:
     cfg = net.noxs_config(first)
     assert cfg == VifConfig(bytes.fromhex(first.mac.replace(":", "")), "10.0.2.15", 24, "10.0.2.2", 1500, "")
     assert "user" in ctx.describe()
+    with ctx.inside():  # no namespace: a no-op that opens nothing
+        assert ctx._devd is None
     net.release(first, "daytime", ctx)  # nothing to do, must not fail
     assert not (tmp_path / "networks").exists() or not list((tmp_path / "networks").glob("*.json"))
 
