@@ -192,9 +192,11 @@ def _setns(fd: int) -> None:
 class Devd:
     """Bridges, taps and addresses in one network namespace, over one netlink socket.
 
-    ``Devd()`` works in the calling thread's namespace (the host's);
+    ``Devd()`` works in the namespace of the thread that made it (the host's);
     ``Devd(netns="name")`` in a named namespace that must already exist.
-    Close it (or use ``with``) to release its sockets.
+    Close it (or use ``with``) to release its sockets. Like pyroute2's
+    ``IPRoute``, one Devd must not be used by two threads at once: give each
+    thread (e.g. a pool refiller) its own.
 
     :raise CapabilityError: if netlink or the namespace cannot be opened.
     """

@@ -50,6 +50,7 @@ from typing import Any, NamedTuple, Protocol
 from lightvm.devd import UndoStack, bridge_alias, check_ifname
 from lightvm.errors import (
     AddressExhaustedError,
+    CapabilityError,
     ExistsError,
     NetworkError,
     NotFoundError,
@@ -389,6 +390,8 @@ class NetworkStore:
         table = _nat_table(record.name)
         try:
             ops.run(["nft", "delete", "table", "ip", table], timeout=NFT_TIMEOUT)
+        except CapabilityError:
+            return  # no nft on this host (any more): there is no table to delete either
         except NetworkError as exc:
             if "No such file or directory" not in str(exc):
                 raise

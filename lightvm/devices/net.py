@@ -360,6 +360,8 @@ def prepare(
         fixed_ip = vif.ip.split("/", 1)[0] if vif.ip else None
         addr = store.lease(network, vm_name, index, ip=fixed_ip, mac=vif.mac)
         undo.push(f"lease {addr.ip} on {network}", lambda: store.release(vm_name, network, index))
+        if vif.mtu is not None and vif.mtu > addr.mtu:
+            raise SpecError(f"vif {index}: mtu {vif.mtu} exceeds network {network}'s mtu {addr.mtu}")
         if vif.ip and "/" in vif.ip and int(vif.ip.split("/", 1)[1]) != addr.prefix:
             raise SpecError(f"vif {index}: ip {vif.ip} has another prefix than network {network} (/{addr.prefix})")
         if ctx.devd().ifindex(addr.bridge) is None:

@@ -259,3 +259,14 @@ def test_rootless_user_networking_publishes_the_port(tmp_path: Path, qemu: str, 
         finally:
             log = _stop(proc)
         assert "error" not in log.lower(), log
+
+
+def test_vif_mtu_above_the_network_is_refused_and_unwound(ctx: net.NetContext) -> None:
+    ctx.store().create("n", "10.93.0.0/24", mtu=1400)
+    with pytest.raises(SpecError, match="exceeds"):
+        _create_vm(ctx, "vm", [{"network": "n", "mtu": 9000}])
+    assert _taps(ctx) == [] and ctx.store().get("n").leases == []
+    vifs = _create_vm(ctx, "vm", [{"network": "n", "mtu": 1280}])
+    link = ctx.devd().link(vifs[0].tap)
+    assert link is not None and link.mtu == 1280 == net.noxs_config(vifs[0]).mtu
+    _destroy_vm(ctx, "vm", vifs)
