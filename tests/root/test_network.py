@@ -270,3 +270,29 @@ def test_vif_mtu_above_the_network_is_refused_and_unwound(ctx: net.NetContext) -
     link = ctx.devd().link(vifs[0].tap)
     assert link is not None and link.mtu == 1280 == net.noxs_config(vifs[0]).mtu
     _destroy_vm(ctx, "vm", vifs)
+
+
+def test_parallel_creates_from_threads_never_collide(nsname: str, state_dir: Path, ctx: net.NetContext) -> None:
+    # The toolstack creates VMs from a thread pool, each thread with its own context.
+    from concurrent.futures import ThreadPoolExecutor
+
+    ctx.store().create("par", "10.94.0.0/24")
+
+    def create(worker: int) -> list[net.PreparedVif]:
+        with net.NetContext.open(state_dir, mode="tap", netns=nsname) as own:
+            return [_create_vm(own, f"w{worker}-{i}", [{"network": "par"}])[0] for i in range(10)]
+
+    def destroy(vifs: list[net.PreparedVif]) -> None:
+        with net.NetContext.open(state_dir, mode="tap", netns=nsname) as own:
+            for vif in vifs:
+                _destroy_vm(own, next(lease.vm for lease in leases if lease.ip == vif.ip), [vif])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        made = list(pool.map(create, range(8)))
+    ips = [vif.ip for vifs in made for vif in vifs]
+    assert len(set(ips)) == 80 and len(set(vif.tap for vifs in made for vif in vifs)) == 80
+    assert len(ctx.devd().ports("lv-par")) == 80
+    leases = ctx.store().get("par").leases
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(destroy, made))
+    assert _taps(ctx) == [] and ctx.store().get("par").leases == []
