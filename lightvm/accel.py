@@ -135,10 +135,18 @@ def probe_boot(kernel: Path, accel: str, timeout: float) -> float:
         try:
             region.write_config(PageConfig(name=f"probe-{accel}", tsc_hz=host.tsc_hz()))
             config = MachineConfig(
-                name=f"probe-{accel}", kernel=kernel, memory_mib=16, vcpus=1, cmdline="", accel=accel,
-                noxs_path=shm, noxs_size=size, console_path=work / "console.log",
-                qmp_path=work / "qmp.sock", log_path=work / "qemu.log",
-            )  # fmt: skip
+                name=f"probe-{accel}",
+                kernel=kernel,
+                memory_mib=16,
+                vcpus=1,
+                cmdline="",
+                accel=accel,
+                noxs_path=shm,
+                noxs_size=size,
+                console_path=work / "console.log",
+                qmp_path=work / "qmp.sock",
+                log_path=work / "qemu.log",
+            )
             with Machine(config) as machine:
                 t0 = time.perf_counter()
                 machine.launch()

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from lightvm.errors import LightVMError
+from lightvm.errors import LightVMError, NotFoundError
 
 if TYPE_CHECKING:
     from lightvm.toolstack import CreateResult, Toolstack
@@ -59,53 +59,88 @@ def _state_parent() -> argparse.ArgumentParser:
     # --state-dir is accepted before or after the command; SUPPRESS keeps the
     # subcommand's default from overwriting a value given before it.
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS,
-                        help="run dir holding the VMs' state (default: $LIGHTVM_STATE_DIR, /run/lightvm as root, "
-                             "else $XDG_RUNTIME_DIR/lightvm)")  # fmt: skip
+    parent.add_argument(
+        "--state-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="run dir holding the VMs' state (default: $LIGHTVM_STATE_DIR, /run/lightvm as root, "
+        "else $XDG_RUNTIME_DIR/lightvm)",
+    )
     return parent
 
 
 def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
     """The argument parser. ``with_network`` adds ``network`` (imports pyroute2: slow)."""
     parent = _state_parent()
-    parser = argparse.ArgumentParser(prog="lightvm", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, parents=[parent])  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="lightvm",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[parent],
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("create", parents=[parent], help="create and boot VMs from a config file",
-                       description="Create VMs from CONFIG and wait until each guest reports READY. Prints the "
-                                   "boot breakdown (ms since the create started): QEMU up (QMP answered), vCPU "
-                                   "resumed, guest entry, devices up, READY. With -n N, creates N VMs named "
-                                   "NAME-0..NAME-N-1, all or none.")  # fmt: skip
+    p = sub.add_parser(
+        "create",
+        parents=[parent],
+        help="create and boot VMs from a config file",
+        description="Create VMs from CONFIG and wait until each guest reports READY. Prints the "
+        "boot breakdown (ms since the create started): QEMU up (QMP answered), vCPU "
+        "resumed, guest entry, devices up, READY. With -n N, creates N VMs named "
+        "NAME-0..NAME-N-1, all or none.",
+    )
     p.add_argument("config", type=Path, help="VM config file (.toml or chaos-style .json)")
     p.add_argument("--name", help="VM name (default: the config's name, else the file name)")
-    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
-                   help="accelerator: auto probes whether kvm really works here (cached per host), else tcg")
+    p.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="accelerator: auto probes whether kvm really works here (cached per host), else tcg",
+    )
     p.add_argument("-n", "--count", type=int, default=1, metavar="N", help="create N VMs (NAME-0..NAME-N-1)")
-    p.add_argument("-j", "--jobs", type=int, default=None, metavar="J",
-                   help="create up to J VMs at a time (default: number of CPUs)")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="J",
+        help="create up to J VMs at a time (default: number of CPUs)",
+    )
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for READY per VM")
     p.add_argument("--json", action="store_true", help="print one JSON object per VM (one per line)")
     p.set_defaults(func=cmd_create)
 
-    p = sub.add_parser("list", parents=[parent], help="list VMs and their status",
-                       description="List every VM of the state dir: creating, running, paused, halted (clean "
-                                   "guest poweroff), crashed (QEMU died), incomplete (its create was killed). "
-                                   "Dead VMs are reaped (their shared memory and socket freed); destroy removes "
-                                   "the rest.")  # fmt: skip
+    p = sub.add_parser(
+        "list",
+        parents=[parent],
+        help="list VMs and their status",
+        description="List every VM of the state dir: creating, running, paused, halted (clean "
+        "guest poweroff), crashed (QEMU died), incomplete (its create was killed). "
+        "Dead VMs are reaped (their shared memory and socket freed); destroy removes "
+        "the rest.",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("destroy", parents=[parent], help="stop VMs at once and remove every trace",
-                       description="Stop each VM's QEMU (QMP quit, then SIGKILL) and remove its process, "
-                                   "socket, shared memory, devices and state folder. Works on any status.")
+    p = sub.add_parser(
+        "destroy",
+        parents=[parent],
+        help="stop VMs at once and remove every trace",
+        description="Stop each VM's QEMU (QMP quit, then SIGKILL) and remove its process, "
+        "socket, shared memory, devices and state folder. Works on any status.",
+    )
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--all", action="store_true", help="destroy every VM in the state dir")
     p.set_defaults(func=cmd_destroy)
 
-    p = sub.add_parser("shutdown", parents=[parent], help="clean guest poweroff (NoXS sysctl), then destroy",
-                       description="Ask the guest to power off through its NoXS sysctl page (plus an NMI so it "
-                                   "wakes at once), wait for QEMU to exit, then destroy the VM unless --keep.")
+    p = sub.add_parser(
+        "shutdown",
+        parents=[parent],
+        help="clean guest poweroff (NoXS sysctl), then destroy",
+        description="Ask the guest to power off through its NoXS sysctl page (plus an NMI so it "
+        "wakes at once), wait for QEMU to exit, then destroy the VM unless --keep.",
+    )
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--keep", action="store_true", help="keep the VM's folder (listed as halted)")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait for the poweroff")
@@ -119,16 +154,24 @@ def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(func=cmd_unpause)
 
-    p = sub.add_parser("console", parents=[parent], help="print a VM's serial console",
-                       description="Print the guest's serial console log; with -f, keep printing new output "
-                                   "until the VM stops (Ctrl-C to leave).")  # fmt: skip
+    p = sub.add_parser(
+        "console",
+        parents=[parent],
+        help="print a VM's serial console",
+        description="Print the guest's serial console log; with -f, keep printing new output "
+        "until the VM stops (Ctrl-C to leave).",
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("-f", "--follow", action="store_true", help="follow the console while the VM runs")
     p.set_defaults(func=cmd_console)
 
-    p = sub.add_parser("info", parents=[parent], help="everything known about one VM",
-                       description="Show a VM's record (spec, PID, accelerator, boot breakdown), its QEMU "
-                                   "runstate and the live guest boot record (heartbeat, app counter).")
+    p = sub.add_parser(
+        "info",
+        parents=[parent],
+        help="everything known about one VM",
+        description="Show a VM's record (spec, PID, accelerator, boot breakdown), its QEMU "
+        "runstate and the live guest boot record (heartbeat, app counter).",
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
@@ -182,9 +225,9 @@ def cmd_create(args: argparse.Namespace) -> int:
             print(f"  {label:<13}{_fmt_ms(r.boot_ms.get(key))}  {what}")
         print(f"  (lightvm command: {(time.perf_counter() - _T_IMPORT) * 1000:.1f} ms since its import)")
     else:
-        ready = [r.boot_ms["ready"] for r in results if r.boot_ms.get("ready") is not None]
-        med = statistics.median(ready) if ready else 0.0
-        print(f"created {len(results)} VMs in {wall:.0f} ms; READY median {med:.1f} ms, max {max(ready):.1f} ms")
+        ready = [v for r in results if (v := r.boot_ms.get("ready")) is not None]
+        med, worst = (statistics.median(ready), max(ready)) if ready else (0.0, 0.0)
+        print(f"created {len(results)} VMs in {wall:.0f} ms; READY median {med:.1f} ms, max {worst:.1f} ms")
     return 0
 
 
@@ -200,8 +243,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     for i in infos:
         mem = f"{i.memory_mib}M" if i.memory_mib else "-"
         ready = f"{i.ready_ms:.1f}ms" if i.ready_ms is not None else "-"
-        print(f"{i.name:<24} {i.status:<11} {i.pid or '-':>7} {i.accel or '-':<5} {mem:>6} {i.vcpus or '-':>4} "
-              f"{ready:>9}  {i.detail}")  # fmt: skip
+        print(
+            f"{i.name:<24} {i.status:<11} {i.pid or '-':>7} {i.accel or '-':<5} {mem:>6} {i.vcpus or '-':>4} "
+            f"{ready:>9}  {i.detail}"
+        )
     return 0
 
 
@@ -258,16 +303,26 @@ def cmd_console(args: argparse.Namespace) -> int:
             if not args.follow:
                 return 0
             while True:
-                chunk = wait_until(lambda: f.read() or (not ts.is_alive(args.name) and b"\0"),
-                                   timeout=3600.0, interval=0.05, max_interval=0.25)  # fmt: skip
-                if chunk is None:
+
+                def more() -> tuple[bytes, bool] | None:
+                    data = f.read()
+                    try:
+                        alive = ts.is_alive(args.name)
+                    except NotFoundError:
+                        alive = False  # destroyed while we followed
+                    return (data, alive) if data or not alive else None
+
+                # None when the (long) deadline passed with nothing new: keep following.
+                got = wait_until(more, timeout=3600.0, interval=0.05, max_interval=0.25)
+                if got is None:
                     continue
-                if chunk == b"\0":
+                data, alive = got
+                out.write(data)
+                out.flush()
+                if not alive:
                     out.write(f.read())
                     out.flush()
                     return 0
-                out.write(chunk)
-                out.flush()
     except FileNotFoundError:
         return 0  # the VM has printed nothing yet (or was just destroyed)
 
@@ -282,9 +337,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"{key + ':':<13}{info[key]}")
     if info.get("spec"):
         spec = info["spec"]
-        print(f"{'spec:':<13}kernel {spec.get('kernel')}, {spec.get('memory')} MiB, {spec.get('vcpus')} vCPU, "
-              f"cmdline {spec.get('cmdline')!r}, {len(spec.get('vifs', []))} vif(s), "
-              f"{len(spec.get('disks', []))} disk(s)")  # fmt: skip
+        print(
+            f"{'spec:':<13}kernel {spec.get('kernel')}, {spec.get('memory')} MiB, {spec.get('vcpus')} vCPU, "
+            f"cmdline {spec.get('cmdline')!r}, {len(spec.get('vifs', []))} vif(s), "
+            f"{len(spec.get('disks', []))} disk(s)"
+        )
     if info.get("boot_ms"):
         print("boot:        " + ", ".join(f"{k} {v:.1f} ms" for k, v in info["boot_ms"].items() if v is not None))
     if info.get("guest"):

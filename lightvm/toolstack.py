@@ -56,8 +56,14 @@ class CreateResult:
     app: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "id": self.id, "accel": self.accel, "pid": self.pid, "app": self.app,
-                "boot_ms": self.boot_ms}  # fmt: skip
+        return {
+            "name": self.name,
+            "id": self.id,
+            "accel": self.accel,
+            "pid": self.pid,
+            "app": self.app,
+            "boot_ms": self.boot_ms,
+        }
 
 
 @dataclass
@@ -83,6 +89,13 @@ class _Undo:
 
     def push(self, what: str, step: Callable[[], object]) -> None:
         self.steps.append((what, step))
+
+    def run_only(self, what: str) -> None:
+        """Run the steps named ``what`` now (resources to close on success too)."""
+        for name, step in [s for s in self.steps if s[0] == what]:
+            self.steps.remove((name, step))
+            with contextlib.suppress(Exception):
+                step()
 
     def unwind(self) -> None:
         while self.steps:
@@ -181,10 +194,15 @@ class Toolstack:
         vm_id = vm_uuid.hex[:16]
         ndev = 1 + len(spec.vifs) + len(spec.disks)
         record = VMRecord(
-            name=vmdir.name, id=vm_id, uuid=str(vm_uuid), created=time.time(), accel=accel,
-            noxs_path=str(SHM_DIR / f"{SHM_PREFIX}{vm_id}"), noxs_size=region_size_for(ndev),
+            name=vmdir.name,
+            id=vm_id,
+            uuid=str(vm_uuid),
+            created=time.time(),
+            accel=accel,
+            noxs_path=str(SHM_DIR / f"{SHM_PREFIX}{vm_id}"),
+            noxs_size=region_size_for(ndev),
             spec=spec.to_dict(),
-        )  # fmt: skip
+        )
         if spec.vifs:
             record.devices["vifs_pending"] = True  # destroy must look for taps even if we die now
         undo = _Undo()
@@ -196,16 +214,25 @@ class Toolstack:
             undo.push("NoXS region", region.close)
             undo.push("NoXS file", region.unlink)
             step = "prepare devices"
-            extra_args, vif_configs, vbd_configs = self._prepare_devices(vmdir, spec, record, undo)
+            extra_args, vif_configs, vbd_configs, netns = self._prepare_devices(vmdir, spec, record, undo)
             config = MachineConfig(
-                name=vmdir.name, kernel=spec.kernel, memory_mib=spec.memory_mib, vcpus=spec.vcpus,
-                cmdline=spec.cmdline, accel=accel, noxs_path=Path(record.noxs_path), noxs_size=region.size,
-                console_path=vmdir.console_path, qmp_path=vmdir.qmp_path, log_path=vmdir.log_path,
+                name=vmdir.name,
+                kernel=spec.kernel,
+                memory_mib=spec.memory_mib,
+                vcpus=spec.vcpus,
+                cmdline=spec.cmdline,
+                accel=accel,
+                noxs_path=Path(record.noxs_path),
+                noxs_size=region.size,
+                console_path=vmdir.console_path,
+                qmp_path=vmdir.qmp_path,
+                log_path=vmdir.log_path,
                 extra_args=tuple(extra_args),
-            )  # fmt: skip
+            )
             step = "launch QEMU"
             machine = Machine(config)
-            machine.launch()
+            with netns():  # taps made in a network namespace are opened from inside it
+                machine.launch()
             undo.push("QEMU", machine.kill)
             assert machine.process is not None
             # QEMU is initialising now (~20 ms); the host-side bookkeeping runs meanwhile.
@@ -213,8 +240,9 @@ class Toolstack:
             record.argv = machine.argv
             vmdir.write(record)
             step = "write NoXS page"
-            page = PageConfig(name=vmdir.name, uuid=vm_uuid, vifs=vif_configs, vbds=vbd_configs, tsc_hz=tsc_hz,
-                              nmi_doorbell=True)  # fmt: skip
+            page = PageConfig(
+                name=vmdir.name, uuid=vm_uuid, vifs=vif_configs, vbds=vbd_configs, tsc_hz=tsc_hz, nmi_doorbell=True
+            )
             region.write_config(page)
             step = "boot"
             from lightvm.boot import boot
@@ -227,6 +255,7 @@ class Toolstack:
             vmdir.mark_created()
             machine.release()
             region.close()
+            undo.run_only("network context")
             return CreateResult(vmdir.name, vm_id, accel, record.boot_ms, record.pid, boot_record.app)
         except BaseException as exc:
             undo.unwind()
@@ -241,11 +270,12 @@ class Toolstack:
 
     def _prepare_devices(
         self, vmdir: VMDir, spec: VMSpec, record: VMRecord, undo: _Undo
-    ) -> tuple[list[str], list[VifConfig], list[VbdConfig]]:
+    ) -> tuple[list[str], list[VifConfig], list[VbdConfig], Callable[[], contextlib.AbstractContextManager[None]]]:
         args: list[str] = []
         vif_configs: list[VifConfig] = []
+        netns: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
         if spec.vifs:
-            args, vif_configs, saved = _prepare_vifs(self.state.root, vmdir.name, spec, undo)
+            args, vif_configs, saved, netns = _prepare_vifs(self.state.root, vmdir.name, spec, undo)
             record.devices["vifs"] = saved
             record.devices.pop("vifs_pending", None)
         vbd_configs = []
@@ -259,7 +289,7 @@ class Toolstack:
             record.devices["disks"] = disks
         if spec.vifs or disks:
             vmdir.write(record)
-        return args, vif_configs, vbd_configs
+        return args, vif_configs, vbd_configs, netns
 
     # ------------------------------------------------------------------ destroy
 
@@ -323,8 +353,9 @@ class Toolstack:
         status = status_of(vmdir, record)
         if status not in (VMStatus.RUNNING, VMStatus.PAUSED):
             raise StateError(f"{name}: cannot shut down a VM that is {status.value} (use destroy)")
-        machine = Machine.adopt(_machine_config(vmdir, record), record.pid or 0, record.pid_start,
-                                paused=status is VMStatus.PAUSED)  # fmt: skip
+        machine = Machine.adopt(
+            _machine_config(vmdir, record), record.pid or 0, record.pid_start, paused=status is VMStatus.PAUSED
+        )
         try:
             t0 = time.perf_counter()
             with NoxsRegion.open(Path(record.noxs_path)) as region:
@@ -437,8 +468,12 @@ class Toolstack:
         vmdir = self.state.get(name)
         infos = {i.name: i for i in self.list()}
         record = vmdir.read()
-        out: dict[str, Any] = {"name": name, "status": infos[name].status if name in infos else "unknown",
-                               "folder": str(vmdir.path), "console": str(vmdir.console_path)}  # fmt: skip
+        out: dict[str, Any] = {
+            "name": name,
+            "status": infos[name].status if name in infos else "unknown",
+            "folder": str(vmdir.path),
+            "console": str(vmdir.console_path),
+        }
         if record is None:
             return out
         out.update({k: v for k, v in vars(record).items() if k not in ("argv",)})
@@ -448,9 +483,14 @@ class Toolstack:
             try:
                 with NoxsRegion.open(Path(record.noxs_path)) as region:
                     br = region.boot_record()
-                out["guest"] = {"state": br.state.name, "app": br.app, "heartbeat": br.heartbeat,
-                                "app_counter": br.app_counter, "tsc_source": br.tsc_source.name,
-                                "message": br.message}  # fmt: skip
+                out["guest"] = {
+                    "state": br.state.name,
+                    "app": br.app,
+                    "heartbeat": br.heartbeat,
+                    "app_counter": br.app_counter,
+                    "tsc_source": br.tsc_source.name,
+                    "message": br.message,
+                }
             except NoxsError as exc:
                 out["guest"] = {"error": str(exc)}
             machine = Machine.adopt(_machine_config(vmdir, record), record.pid or 0, record.pid_start, paused=False)
@@ -491,11 +531,18 @@ def _as_completed(futures: dict[Future[CreateResult], int]) -> Iterator[Future[C
 def _machine_config(vmdir: VMDir, record: VMRecord) -> MachineConfig:
     spec = record.spec
     return MachineConfig(
-        name=record.name, kernel=Path(spec.get("kernel", "")), memory_mib=int(spec.get("memory", 0)),
-        vcpus=int(spec.get("vcpus", 1)), cmdline=str(spec.get("cmdline", "")), accel=record.accel,
-        noxs_path=Path(record.noxs_path), noxs_size=record.noxs_size, console_path=vmdir.console_path,
-        qmp_path=vmdir.qmp_path, log_path=vmdir.log_path,
-    )  # fmt: skip
+        name=record.name,
+        kernel=Path(spec.get("kernel", "")),
+        memory_mib=int(spec.get("memory", 0)),
+        vcpus=int(spec.get("vcpus", 1)),
+        cmdline=str(spec.get("cmdline", "")),
+        accel=record.accel,
+        noxs_path=Path(record.noxs_path),
+        noxs_size=record.noxs_size,
+        console_path=vmdir.console_path,
+        qmp_path=vmdir.qmp_path,
+        log_path=vmdir.log_path,
+    )
 
 
 def _kill_pid(pid: int) -> None:
@@ -510,32 +557,51 @@ def _info(name: str, status: VMStatus, record: VMRecord | None) -> VMInfo:
         return VMInfo(name, status.value, detail="create interrupted before the record was written")
     ready = (record.boot_ms or {}).get("ready")
     return VMInfo(
-        name=name, status=status.value, id=record.id, pid=record.pid, accel=record.accel,
-        memory_mib=record.spec.get("memory"), vcpus=record.spec.get("vcpus"), created=record.created,
-        ready_ms=ready, detail=record.exit_reason or "",
-    )  # fmt: skip
+        name=name,
+        status=status.value,
+        id=record.id,
+        pid=record.pid,
+        accel=record.accel,
+        memory_mib=record.spec.get("memory"),
+        vcpus=record.spec.get("vcpus"),
+        created=record.created,
+        ready_ms=ready,
+        detail=record.exit_reason or "",
+    )
 
 
 def _prepare_vifs(
     state_root: Path, vm_name: str, spec: VMSpec, undo: _Undo
-) -> tuple[list[str], list[VifConfig], list[dict[str, Any]]]:
-    """All vif handling in one place: lightvm.devices.net does the work."""
+) -> tuple[list[str], list[VifConfig], list[dict[str, Any]], Callable[[], contextlib.AbstractContextManager[None]]]:
+    """All vif handling in one place: lightvm.devices.net does the work.
+
+    Returns the QEMU args, the NoXS vif configs, what to save for destroy, and a
+    context manager factory to launch QEMU in (inside devd's network namespace).
+    """
     from lightvm.devd import UndoStack
     from lightvm.devices import net
 
     specs = [net.validate(v, f"vifs[{i}]") for i, v in enumerate(spec.vifs)]
     ctx = net.NetContext.open(state_root)
     net_undo = UndoStack()
-    # Undo steps reopen what they need (NetContext.devd() reconnects after close()).
+    # The context is closed by the create's undo list (on failure) or its end (success);
+    # undo steps that run later reopen what they need.
+    undo.push("network context", ctx.close)
     undo.push("vifs", net_undo.unwind)
-    try:
-        prepared = net.prepare_all(specs, vm_name, ctx, net_undo)
-    finally:
-        ctx.close()
+    prepared = net.prepare_all(specs, vm_name, ctx, net_undo)
     args = [a for p in prepared for a in net.qemu_args(p, machine="microvm")]
     configs = [net.noxs_config(p) for p in prepared]
     saved = [p.to_dict() for p in prepared]
-    return args, configs, saved
+
+    @contextlib.contextmanager
+    def inside() -> Iterator[None]:
+        if ctx.netns is None:
+            yield
+            return
+        with ctx.devd().inside():
+            yield
+
+    return args, configs, saved, inside
 
 
 def _release_vifs(state_root: Path, vm_name: str, devices: dict[str, Any]) -> None:

@@ -1,0 +1,98 @@
+"""QEMU command line and Machine runstate guards: no QEMU needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lightvm.errors import MachineError, StateError
+from lightvm.machine import MICROVM, Machine, MachineConfig, Runstate, build_argv
+
+
+def config(tmp_path: Path, **overrides: object) -> MachineConfig:
+    values: dict[str, object] = dict(
+        name="vm1",
+        kernel=Path("/k/noop.elf"),
+        memory_mib=8,
+        vcpus=2,
+        cmdline="a=b c",
+        accel="tcg",
+        noxs_path=Path("/dev/shm/lightvm-abc"),
+        noxs_size=8192,
+        console_path=tmp_path / "console.log",
+        qmp_path=tmp_path / "qmp.sock",
+        log_path=tmp_path / "qemu.log",
+    )
+    values.update(overrides)
+    return MachineConfig(**values)  # type: ignore[arg-type]
+
+
+def opt(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_argv_for_tcg(tmp_path: Path) -> None:
+    argv = build_argv(config(tmp_path), qmp_fd=7)
+    assert argv[0] == "qemu-system-x86_64"
+    assert argv[-1] == "-S"  # launched paused
+    for flag in ("-nodefaults", "-no-user-config", "-no-reboot"):
+        assert flag in argv
+    assert opt(argv, "-M") == [MICROVM]
+    assert MICROVM.startswith("microvm,pcie=on")
+    assert opt(argv, "-accel") == ["tcg"] and "-cpu" not in argv
+    assert opt(argv, "-m") == ["8M"] and opt(argv, "-smp") == ["2"]
+    assert opt(argv, "-kernel") == ["/k/noop.elf"] and opt(argv, "-append") == ["a=b c"]
+    assert opt(argv, "-display") == ["none"]
+    assert "memory-backend-file,id=noxs,mem-path=/dev/shm/lightvm-abc,size=8192,share=on" in opt(argv, "-object")
+    devices = opt(argv, "-device")
+    assert "ivshmem-plain,memdev=noxs" in devices
+    assert "isa-debug-exit,iobase=0xf4,iosize=4" in devices
+    chardevs = opt(argv, "-chardev")
+    assert f"file,id=con,path={tmp_path}/console.log" in chardevs
+    assert "socket,id=qmp,fd=7,server=on,wait=off" in chardevs
+    assert opt(argv, "-serial") == ["chardev:con"] and opt(argv, "-mon") == ["chardev=qmp,mode=control"]
+
+
+def test_argv_for_kvm_avoids_the_msr_abort(tmp_path: Path) -> None:
+    argv = build_argv(config(tmp_path, accel="kvm"), qmp_fd=3)
+    assert opt(argv, "-accel") == ["kvm"]
+    assert opt(argv, "-cpu") == ["host,-arch-capabilities"]
+
+
+def test_argv_escapes_commas_in_option_values(tmp_path: Path) -> None:
+    argv = build_argv(config(tmp_path, noxs_path=Path("/dev/shm/a,b"), console_path=Path("/x,y/c.log")), qmp_fd=3)
+    assert any("mem-path=/dev/shm/a,,b," in o for o in opt(argv, "-object"))
+    assert "file,id=con,path=/x,,y/c.log" in opt(argv, "-chardev")
+
+
+def test_extra_args_come_before_S(tmp_path: Path) -> None:
+    argv = build_argv(config(tmp_path, extra_args=("-netdev", "user,id=n0")), qmp_fd=3)
+    assert argv[-3:] == ["-netdev", "user,id=n0", "-S"]
+
+
+def test_unknown_accel(tmp_path: Path) -> None:
+    with pytest.raises(MachineError, match="unknown accelerator"):
+        build_argv(config(tmp_path, accel="hvf"), qmp_fd=3)
+
+
+def test_runstate_guards(tmp_path: Path) -> None:
+    machine = Machine(config(tmp_path))
+    assert machine.runstate is Runstate.CREATED
+    with pytest.raises(StateError, match="cannot pause a machine that is created.*needs running"):
+        machine.pause()
+    with pytest.raises(StateError, match="cannot resume"):
+        machine.resume()
+    machine.shutdown()  # nothing launched: a no-op that still cleans up
+    assert machine.runstate is Runstate.SHUTDOWN
+    with pytest.raises(StateError, match="cannot launch a machine that is shutdown"):
+        machine.launch()
+
+
+def test_launch_error_carries_command_and_log(tmp_path: Path) -> None:
+    machine = Machine(config(tmp_path, binary=str(tmp_path / "no-such-qemu")))
+    with pytest.raises(MachineError, match="cannot run") as info:
+        machine.launch()
+    assert "\n" not in str(info.value)
+    assert machine.runstate is Runstate.SHUTDOWN
+    assert not (tmp_path / "qmp.sock").exists()
