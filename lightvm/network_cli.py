@@ -81,7 +81,8 @@ def _summary(record: Network) -> dict[str, object]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    records = NetworkStore(_state_dir(args)).networks()
+    store = NetworkStore(_state_dir(args))
+    records = store.networks(with_leases=args.json)
     if args.json:
         json.dump([_summary(r) for r in records], sys.stdout, indent=1)
         print()
@@ -92,7 +93,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"{'NAME':<16} {'SUBNET':<18} {'BRIDGE':<15} {'GATEWAY':<15} {'MTU':>5} {'NAT':<3} {'LEASES':>7}")
     for r in records:
         nat = "yes" if r.nat else "no"
-        used = f"{len(r.leases)}/{r.capacity}"
+        used = f"{store.lease_count(r.name)}/{r.capacity}"
         print(f"{r.name:<16} {r.subnet:<18} {r.bridge:<15} {r.gateway:<15} {r.mtu:>5} {nat:<3} {used:>7}")
     return 0
 

@@ -480,7 +480,7 @@ def forget_vm(vm_name: str, ctx: NetContext) -> int:
 
     :return: how many taps and leases were removed.
     """
-    removed = ctx.store().release(vm_name)
+    removed = ctx.store().release(vm_name, thorough=True)
     if ctx.mode is NetMode.TAP:
         devd = ctx.devd()
         prefix = f"{ALIAS_PREFIX}vm={vm_name}/"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,50 @@ def test_concurrent_leases_never_collide(tmp_path: Path) -> None:
         assert p.exitcode == 0
     assert len(ips) == 60 and len(set(ips)) == 60
     assert len(NetworkStore(tmp_path).get("n").leases) == 60
+
+
+def test_layout_is_one_entry_per_lease(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.create("n", "10.1.0.0/24")
+    s.lease("n", "vm1", 0)
+    s.lease("n", "vm1", 1, mac="02:00:00:00:00:07")
+    root = tmp_path / "networks" / "n"
+    assert os.readlink(root / "ip" / "10.1.0.2") == "vm1#0#52:54:0a:01:00:02#0"
+    assert os.readlink(root / "vm" / "vm1#1") == "10.1.0.3"
+    assert os.readlink(root / "mac" / "02:00:00:00:00:07") == "10.1.0.3"
+    assert s.lease_count("n") == 2
+    assert s.release("vm1") == 2
+    assert [sorted(os.listdir(root / d)) for d in ("ip", "vm", "mac")] == [[], [], []]
+
+
+def test_thorough_release_finds_a_lease_whose_index_was_lost(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.create("n", "10.1.0.0/24")
+    s.lease("n", "vm1", 0)
+    (tmp_path / "networks" / "n" / "vm" / "vm1#0").unlink()  # a crash between the two symlinks
+    assert s.release("vm1") == 0
+    assert s.release("vm1", thorough=True) == 1
+    assert s.get("n").leases == []
+
+
+def test_a_fixed_mac_may_not_shadow_a_derived_one(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.create("n", "10.1.0.0/24")
+    s.lease("n", "vm1", 0)  # 10.1.0.2, MAC 52:54:0a:01:00:02
+    with pytest.raises(SpecError, match="vm1"):
+        s.lease("n", "vm2", 0, mac="52:54:0a:01:00:02")
+    s.lease("n", "vm3", 0, ip="10.1.0.10", mac="52:54:0a:01:00:04")  # the MAC 10.1.0.4 would derive
+    with pytest.raises(SpecError, match="vm3"):
+        s.lease("n", "vm4", 0, ip="10.1.0.4")
+    assert s.lease("n", "vm4", 0).ip == "10.1.0.3"
+    assert s.lease("n", "vm5", 0).ip == "10.1.0.5"  # the allocator skips .4
+
+
+def test_bad_vm_names_cannot_escape_the_state_dir(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.create("n", "10.1.0.0/24")
+    for bad in ("../x", "a/b", ".hidden", "a#b", ""):
+        with pytest.raises(NetworkError):
+            s.lease("n", bad, 0)
+    with pytest.raises(NetworkError):
+        s.lease("n", "vm", 32)
