@@ -429,6 +429,17 @@ def prepare_all(
     return [prepare(v, vm_name, i, ctx, undo, publish if i == 0 else ()) for i, v in enumerate(vifs)]
 
 
+def summary(prepared: Sequence[PreparedVif]) -> str:
+    """One line for the CLI after create: the mode each vif got, its address and forwards."""
+    if not prepared:
+        return "networking: none (no vifs)"
+    modes = sorted({p.mode.value for p in prepared})
+    why = ""
+    if NetMode.USER.value in modes and not has_cap_net_admin():
+        why = ", rootless: no CAP_NET_ADMIN"
+    return f"networking: {'+'.join(modes)}{why}; " + "; ".join(p.describe() for p in prepared)
+
+
 def qemu_args(prepared: PreparedVif, machine: str = "microvm", transport: str | None = None) -> list[str]:
     """The ``-netdev``/``-device`` pair for one vif.
 

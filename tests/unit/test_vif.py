@@ -107,6 +107,9 @@ def test_user_mode_prepare_needs_no_host_resources(tmp_path: Path) -> None:
     cfg = net.noxs_config(first)
     assert cfg == VifConfig(bytes.fromhex(first.mac.replace(":", "")), "10.0.2.15", 24, "10.0.2.2", 1500, "")
     assert "user" in ctx.describe()
+    line = net.summary(vifs)
+    assert line.startswith("networking: user") and "8013->13/tcp" in line and "vif1: 10.0.2.15/24" in line
+    assert net.summary([]) == "networking: none (no vifs)"
     with ctx.inside():  # no namespace: a no-op that opens nothing
         assert ctx._devd is None
     net.release(first, "daytime", ctx)  # nothing to do, must not fail
