@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from lightvm.errors import GuestError, LightVMError
+from lightvm.errors import GuestError, LightVMError, QMPError
 from lightvm.machine import Machine
 from lightvm.noxs import BootRecord, BootState, NoxsRegion
 from lightvm.util import Deadline, last_line, tail
@@ -51,7 +51,11 @@ def boot(machine: Machine, region: NoxsRegion, t0: float, timeout: float) -> tup
     times = BootTimes()
     qmp = machine.qmp
     negotiate_id = qmp.negotiate_id if qmp.negotiate_id is not None else -1
-    cont_id = machine.resume(wait=False)
+    try:
+        cont_id = machine.resume(wait=False)
+    except QMPError:
+        machine.wait(1.0)  # QEMU died before we could even queue cont
+        raise _guest_failed(machine, region, "QEMU exited while starting (before the guest ran)") from None
     deadline = Deadline(timeout)
     ready_state = int(BootState.READY)
     final_states = (int(BootState.ERROR), int(BootState.HALTED))
@@ -72,7 +76,8 @@ def boot(machine: Machine, region: NoxsRegion, t0: float, timeout: float) -> tup
             if region.boot_state() == ready_state:
                 continue
             machine.wait(1.0)
-            raise _guest_failed(machine, region, "QEMU exited during boot")
+            where = "during boot" if times.qemu_up is not None else "while starting (before the guest ran)"
+            raise _guest_failed(machine, region, f"QEMU exited {where}")
         if deadline.expired():
             raise _guest_failed(machine, region, f"not READY after {timeout:.1f} s")
     record = region.boot_record()

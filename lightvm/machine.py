@@ -38,7 +38,7 @@ from lightvm.errors import LaunchError, MachineError, QMPError, StateError
 from lightvm.qmp import QMPClient
 from lightvm.util import proc_start_time, qemu_opt_escape, short_unix_path, tail
 
-QEMU_BINARY = "qemu-system-x86_64"
+QEMU_BINARY = os.environ.get("LIGHTVM_QEMU", "qemu-system-x86_64")  # override: another QEMU build
 MICROVM = "microvm,pcie=on,x-option-roms=off,rtc=off,pic=off"
 DEBUG_EXIT_IOBASE = 0xF4
 # isa-debug-exit turns the guest's write of v into exit status (v << 1) | 1.
@@ -273,10 +273,17 @@ class Machine:
             self._launch()
             self._post_launch()
         except BaseException as exc:
+            exited = False
+            if isinstance(exc, Exception) and self.process is not None:
+                # QEMU failing on its own (bad option, no memory) exits within moments:
+                # give it that moment so the error carries its exit code and words.
+                exited = self.process.wait(0.5)
             self._cleanup(kill=True)
             self.runstate = Runstate.SHUTDOWN
             if isinstance(exc, LaunchError) or not isinstance(exc, Exception):
                 raise
+            if exited:
+                raise self.launch_error("QEMU exited while starting") from exc
             raise self.launch_error(f"QEMU launch failed: {exc}") from exc
         self.runstate = Runstate.PRELAUNCH
 
@@ -331,7 +338,8 @@ class Machine:
         """A LaunchError carrying argv, exit code and the tail of QEMU's log."""
         code = self.process.returncode if self.process else None
         log = tail(self.config.log_path, 600)
-        err = LaunchError(f"{message} (exit code {code}); QEMU said: {log.splitlines()[-1] if log else '(nothing)'}")
+        said = log.splitlines()[-1] if log else "(nothing)"
+        err = LaunchError(f"{message} (exit code {code}): {said}")
         err.argv = self.argv  # type: ignore[attr-defined]
         err.exitcode = code  # type: ignore[attr-defined]
         err.log = log  # type: ignore[attr-defined]

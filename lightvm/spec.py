@@ -10,8 +10,8 @@ Two formats carry the same keys:
       vcpus = 1
       cmdline = ""
       [[vifs]]
-      network = "lightvm0"                      # or bridge = "br0"
-      ip = "10.10.0.2/24"
+      network = "lightvm0"                      # or bridge = "br0"; neither: user networking
+      ip = "10.10.0.2/24"                       # also gateway, mac, mtu; publish = ["8013:13"]
       [[disks]]
       path = "data.img"
       readonly = true
@@ -49,7 +49,7 @@ NAME_MAX = 48
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 TOP_KEYS = ("name", "kernel", "memory", "vcpus", "cmdline", "vifs", "disks")
-VIF_KEYS = ("network", "bridge", "ip", "gateway", "mac", "mtu")
+VIF_KEYS = ("network", "bridge", "ip", "gateway", "mac", "mtu", "publish")
 DISK_KEYS = ("path", "readonly")
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18
@@ -69,6 +69,7 @@ class VifSpec:
     gateway: str | None = None
     mac: str | None = None  # normalised lower-case, or None to generate one
     mtu: int | None = None
+    publish: tuple[str, ...] = ()  # user networking port forwards, "HOSTPORT:GUESTPORT[/udp]"
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class VMSpec:
             "memory": self.memory_mib,
             "vcpus": self.vcpus,
             "cmdline": self.cmdline,
-            "vifs": [{k: v for k, v in vars(vif).items() if v is not None} for vif in self.vifs],
+            "vifs": [{k: v for k, v in vars(vif).items() if v not in (None, ())} for vif in self.vifs],
             "disks": [{"path": str(d.path), "readonly": d.readonly} for d in self.disks],
         }
 
@@ -339,7 +340,12 @@ def _parse_vif(item: object, where: str) -> VifSpec:
             mtu = int(mtu)
         if not isinstance(mtu, int) or isinstance(mtu, bool) or not 68 <= mtu <= 9000:
             raise SpecError(f"{where}.mtu: expected an integer in 68..9000, got {mtu!r}")
-    return VifSpec(table.get("network"), table.get("bridge"), ip, gateway, mac, mtu)
+    publish = table.get("publish", ())
+    if isinstance(publish, str):
+        publish = (publish,)
+    if not isinstance(publish, list | tuple) or not all(isinstance(p, str) for p in publish):
+        raise SpecError(f'{where}.publish: expected a list of "HOSTPORT:GUESTPORT" strings, got {_kind(publish)}')
+    return VifSpec(table.get("network"), table.get("bridge"), ip, gateway, mac, mtu, tuple(publish))
 
 
 def _parse_disk(item: object, where: str, base: Path) -> DiskSpec:

@@ -34,7 +34,7 @@ from typing import Any
 from lightvm import accel as accelmod
 from lightvm import host
 from lightvm.devices import blk
-from lightvm.errors import GuestError, LightVMError, NoxsError, QMPError, StateError
+from lightvm.errors import GuestError, LightVMError, NoxsError, QMPError, SpecError, StateError
 from lightvm.machine import Machine, MachineConfig, ProcessHandle
 from lightvm.noxs import BootState, NoxsRegion, PageConfig, Sysctl, VbdConfig, VifConfig, region_size_for
 from lightvm.spec import VMSpec, check_name
@@ -139,6 +139,7 @@ class Toolstack:
         for n in names:
             check_name(n, "VM name")
         self._validate_devices(spec)
+        _check_host_memory(spec)
         choice = accelmod.select(accel)
         tsc_hz = host.tsc_hz()
         self.state.ensure()
@@ -526,6 +527,20 @@ def _as_completed(futures: dict[Future[CreateResult], int]) -> Iterator[Future[C
     from concurrent.futures import as_completed
 
     return as_completed(futures)
+
+
+def _check_host_memory(spec: VMSpec) -> None:
+    """:raise SpecError: if one guest wants more RAM than the host has at all."""
+    try:
+        with open("/proc/meminfo") as f:
+            total_kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return
+    if spec.memory_mib * 1024 > total_kib:
+        raise SpecError(
+            f"{spec.source or 'spec'}: key 'memory': {spec.memory_mib} MiB is more than this host's "
+            f"{total_kib // 1024} MiB of RAM"
+        )
 
 
 def _machine_config(vmdir: VMDir, record: VMRecord) -> MachineConfig:

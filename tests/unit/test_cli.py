@@ -42,7 +42,7 @@ def test_network_command_is_registered() -> None:
 
 
 def test_missing_config_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, out, err = run(capsys, "--state-dir", str(tmp_path / "s"), "create", str(tmp_path / "nope.toml"))
+    code, _, err = run(capsys, "--state-dir", str(tmp_path / "s"), "create", str(tmp_path / "nope.toml"))
     assert code == 1
     assert err.startswith("lightvm: error: ") and err.count("\n") == 1 and "nope.toml" in err
     assert not (tmp_path / "s" / "vms").exists() or not any((tmp_path / "s" / "vms").iterdir())

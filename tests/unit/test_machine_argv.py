@@ -79,7 +79,7 @@ def test_unknown_accel(tmp_path: Path) -> None:
 def test_runstate_guards(tmp_path: Path) -> None:
     machine = Machine(config(tmp_path))
     assert machine.runstate is Runstate.CREATED
-    with pytest.raises(StateError, match="cannot pause a machine that is created.*needs running"):
+    with pytest.raises(StateError, match=r"cannot pause a machine that is created.*needs running"):
         machine.pause()
     with pytest.raises(StateError, match="cannot resume"):
         machine.resume()

@@ -82,7 +82,7 @@ def test_record_round_trip_and_atomic_write(tmp_path: Path) -> None:
 def test_corrupt_record(tmp_path: Path) -> None:
     (vmdir,) = StateDir(tmp_path).allocate(["a"])
     vmdir.record_path.write_text("{not json")
-    with pytest.raises(StateError, match="corrupt VM record.*destroy"):
+    with pytest.raises(StateError, match=r"corrupt VM record.*destroy"):
         vmdir.read()
 
 
