@@ -219,7 +219,8 @@ class NetContext:
 
     ``netns`` (or the LIGHTVM_NETNS environment variable) makes every tap and
     bridge live in that network namespace instead of the host's: tests and
-    benchmarks use it.
+    benchmarks use it. LIGHTVM_NET_MODE=user|tap overrides the ``auto`` choice
+    (e.g. root wanting ``--publish``) until the CLI grows a ``--net`` option.
     """
 
     state_dir: Path
@@ -231,7 +232,12 @@ class NetContext:
 
     @classmethod
     def open(cls, state_dir: Path | str, mode: str | NetMode = "auto", netns: str | None = None) -> NetContext:
-        """:raise CapabilityError: ``mode="tap"`` without CAP_NET_ADMIN."""
+        """Choose the mode (``auto``: ``$LIGHTVM_NET_MODE`` if set, else by capability) and namespace.
+
+        :raise CapabilityError: ``mode="tap"`` without CAP_NET_ADMIN.
+        """
+        if mode == "auto":
+            mode = os.environ.get("LIGHTVM_NET_MODE") or "auto"
         return cls(Path(state_dir), choose_mode(mode), netns if netns is not None else os.environ.get("LIGHTVM_NETNS"))
 
     def devd(self) -> Devd:

@@ -152,6 +152,9 @@ def test_choose_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     assert net.choose_mode("auto") is net.NetMode.TAP
     with pytest.raises(SpecError):
         net.choose_mode("bridge")
+    monkeypatch.setenv("LIGHTVM_NET_MODE", "user")
+    assert net.NetContext.open("/nonexistent").mode is net.NetMode.USER
+    assert net.NetContext.open("/nonexistent", mode="tap").mode is net.NetMode.TAP
 
 
 def test_check_ifname() -> None:
