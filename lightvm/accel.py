@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +122,9 @@ def probe_boot(kernel: Path, accel: str, timeout: float) -> float:
 
     :raise LightVMError: if it does not reach READY in ``timeout`` seconds.
     """
+    import tempfile
+    import uuid
+
     from lightvm.boot import boot  # boot imports machine; keep the import graph acyclic
 
     tag = uuid.uuid4().hex[:12]
