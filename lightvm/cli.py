@@ -11,6 +11,7 @@ devices_up, ready}; ``list --json`` prints a JSON array; ``--state-dir`` (or
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -21,9 +22,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from lightvm.errors import LightVMError, NotFoundError
+from lightvm.errors import LightVMError, NotFoundError, SpecError
 
 if TYPE_CHECKING:
+    from lightvm.spec import VMSpec
     from lightvm.toolstack import CreateResult, Toolstack
 
 _T_IMPORT = time.perf_counter()
@@ -108,6 +110,13 @@ def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
         help="create up to J VMs at a time (default: number of CPUs)",
     )
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for READY per VM")
+    p.add_argument(
+        "--publish",
+        action="append",
+        default=[],
+        metavar="[ADDR:]HOSTPORT:GUESTPORT[/udp]",
+        help="forward a host port to the first vif (user networking only; one VM)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per VM (one per line)")
     p.set_defaults(func=cmd_create)
 
@@ -204,6 +213,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     from lightvm.spec import load_spec
 
     spec = load_spec(args.config)
+    if args.publish:
+        spec = _with_publish(spec, args.publish, args.count)
     ts = _toolstack(args)
     total = args.count
     start = time.perf_counter()
@@ -223,12 +234,27 @@ def cmd_create(args: argparse.Namespace) -> int:
         print(f"{r.name}: {r.app or 'guest'} READY in {r.boot_ms.get('ready') or 0:.1f} ms ({r.accel}, pid {r.pid})")
         for key, label, what in BOOT_STEPS:
             print(f"  {label:<13}{_fmt_ms(r.boot_ms.get(key))}  {what}")
+        if r.network:
+            print(f"  {r.network}")
         print(f"  (lightvm command: {(time.perf_counter() - _T_IMPORT) * 1000:.1f} ms since its import)")
     else:
         ready = [v for r in results if (v := r.boot_ms.get("ready")) is not None]
         med, worst = (statistics.median(ready), max(ready)) if ready else (0.0, 0.0)
         print(f"created {len(results)} VMs in {wall:.0f} ms; READY median {med:.1f} ms, max {worst:.1f} ms")
     return 0
+
+
+def _with_publish(spec: VMSpec, publish: list[str], count: int) -> VMSpec:
+    """The spec with ``--publish`` forwards added to its first vif.
+
+    :raise SpecError: no vif to forward to, or several VMs that would share the host port.
+    """
+    if not spec.vifs:
+        raise SpecError(f"{spec.source}: --publish needs a vif: add a [[vifs]] table (empty = user networking)")
+    if count > 1:
+        raise SpecError("--publish with -n: the VMs would all want the same host port; publish one VM at a time")
+    first = dataclasses.replace(spec.vifs[0], publish=spec.vifs[0].publish + tuple(publish))
+    return dataclasses.replace(spec, vifs=(first, *spec.vifs[1:]))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -343,7 +369,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"{len(spec.get('disks', []))} disk(s)"
         )
     if info.get("boot_ms"):
-        print("boot:        " + ", ".join(f"{k} {v:.1f} ms" for k, v in info["boot_ms"].items() if v is not None))
+        boot = info["boot_ms"]
+        print("boot:        " + ", ".join(f"{label} {boot[k]:.1f} ms" for k, label, _ in BOOT_STEPS if boot.get(k)))
     if info.get("guest"):
         print("guest:       " + ", ".join(f"{k} {v}" for k, v in info["guest"].items()))
     if info.get("exit_reason"):

@@ -55,6 +55,7 @@ class CreateResult:
     boot_ms: dict[str, float | None]
     pid: int
     app: str = ""
+    network: str = ""  # one line on the vifs' networking mode and addresses (empty without vifs)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class CreateResult:
             "accel": self.accel,
             "pid": self.pid,
             "app": self.app,
+            "network": self.network,
             "boot_ms": self.boot_ms,
         }
 
@@ -273,7 +275,8 @@ class Toolstack:
             machine.release()
             region.close()
             undo.run_only("network context")
-            return CreateResult(vmdir.name, vm_id, accel, record.boot_ms, record.pid, boot_record.app)
+            network = str(record.devices.get("summary", ""))
+            return CreateResult(vmdir.name, vm_id, accel, record.boot_ms, record.pid, boot_record.app, network)
         except BaseException as exc:
             undo.unwind()
             self._destroy_dir(vmdir)
@@ -292,8 +295,9 @@ class Toolstack:
         vif_configs: list[VifConfig] = []
         netns: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
         if spec.vifs:
-            args, vif_configs, saved, netns = _prepare_vifs(self.state.root, vmdir.name, spec, undo)
+            args, vif_configs, saved, netns, summary = _prepare_vifs(self.state.root, vmdir.name, spec, undo)
             record.devices["vifs"] = saved
+            record.devices["summary"] = summary
             record.devices.pop("vifs_pending", None)
         vbd_configs = []
         disks = []
@@ -597,11 +601,14 @@ def _info(name: str, status: VMStatus, record: VMRecord | None) -> VMInfo:
 
 def _prepare_vifs(
     state_root: Path, vm_name: str, spec: VMSpec, undo: _Undo
-) -> tuple[list[str], list[VifConfig], list[dict[str, Any]], Callable[[], contextlib.AbstractContextManager[None]]]:
+) -> tuple[
+    list[str], list[VifConfig], list[dict[str, Any]], Callable[[], contextlib.AbstractContextManager[None]], str
+]:
     """All vif handling in one place: lightvm.devices.net does the work.
 
-    Returns the QEMU args, the NoXS vif configs, what to save for destroy, and a
-    context manager factory to launch QEMU in (inside devd's network namespace).
+    Returns the QEMU args, the NoXS vif configs, what to save for destroy, a context
+    manager factory to launch QEMU in (inside devd's network namespace), and a one-line
+    summary of the networking each vif got.
     """
     from lightvm.devd import UndoStack
     from lightvm.devices import net
@@ -626,7 +633,7 @@ def _prepare_vifs(
         with ctx.devd().inside():
             yield
 
-    return args, configs, saved, inside
+    return args, configs, saved, inside, net.summary(prepared)
 
 
 def _release_vifs(state_root: Path, vm_name: str, devices: dict[str, Any]) -> None:
