@@ -29,9 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from guestlib import BUILD_DIR, Guest, build_images  # noqa: E402
+from guestlib import BUILD_DIR, Guest, build_images
 
-from lightvm.noxs import BootState, PageConfig, Sysctl  # noqa: E402
+from lightvm.noxs import BootState, PageConfig, Sysctl
 
 READY = int(BootState.READY)
 POLL_S = 0.0001

@@ -21,19 +21,31 @@ before :meth:`Guest.launch`.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightvm.noxs import BootRecord, BootState, NoxsRegion, PageConfig
+from lightvm.noxs import (
+    BootRecord,
+    BootState,
+    DevEntry,
+    DevicePage,
+    DevType,
+    NoxsRegion,
+    PageConfig,
+    VifConfig,
+    VifCtrl,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES_DIR = REPO / "images"
@@ -244,8 +256,7 @@ class Guest:
                 if self.region.boot_state() == state:
                     return self.region.boot_record()
                 raise AssertionError(
-                    f"QEMU exited ({self.proc.returncode}) before {state.name}: "
-                    f"{self.stderr_text()}\n{self.console()}"
+                    f"QEMU exited ({self.proc.returncode}) before {state.name}: {self.stderr_text()}\n{self.console()}"
                 )
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {state.name} within {timeout}s: {self.boot_record()}\n{self.console()}")
@@ -315,3 +326,54 @@ class Guest:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---- hostile page content: one defect each (used by the guest and tool tests) ----
+
+
+def _put(region: NoxsRegion, offset: int, fmt: str, value: int) -> None:
+    struct.pack_into("<" + fmt, region.raw(), offset, value)
+
+
+def _dev(index: int, field: str) -> int:
+    return DevicePage.devs.offset + index * ctypes.sizeof(DevEntry) + getattr(DevEntry, field).offset
+
+
+_VIF0 = 2 * 4096  # write_config: sysctl at page 1, the first vif at page 2
+
+# id -> (what to break in a region written by write_config(one vif), expected message)
+HOSTILE_PAGES: dict[str, tuple[Callable[[NoxsRegion], None], str]] = {
+    "bad_magic": (lambda r: _put(r, DevicePage.magic.offset, "I", 0xDEADBEEF), "noxs: bad magic 0xdeadbeef"),
+    "zero_page": (lambda r: r.raw().__setitem__(slice(0, 4096), bytes(4096)), "noxs: bad magic 0x00000000"),
+    "bad_version": (lambda r: _put(r, DevicePage.abi_version.offset, "H", 99), "noxs: unsupported ABI version 99"),
+    "short_header": (lambda r: _put(r, DevicePage.header_size.offset, "H", 100), "noxs: bad header_size 100"),
+    "region_too_big": (
+        lambda r: _put(r, DevicePage.region_size.offset, "I", 64 * 4096),
+        "noxs: region_size 262144 exceeds",
+    ),
+    "region_not_pow2": (lambda r: _put(r, DevicePage.region_size.offset, "I", 12288), "noxs: bad region_size 12288"),
+    "dev_count_zero": (lambda r: _put(r, DevicePage.dev_count.offset, "I", 0), "noxs: bad dev_count 0"),
+    "dev_count_huge": (
+        lambda r: _put(r, DevicePage.dev_count.offset, "I", 0xFFFFFFFF),
+        "noxs: bad dev_count 4294967295",
+    ),
+    "ctrl_offset_unaligned": (
+        lambda r: _put(r, _dev(1, "ctrl_offset"), "I", 4096 + 8),
+        "noxs: device 1: bad ctrl_offset",
+    ),
+    "ctrl_offset_outside": (lambda r: _put(r, _dev(1, "ctrl_offset"), "I", 1 << 30), "noxs: device 1: bad ctrl_offset"),
+    "ctrl_offset_zero": (lambda r: _put(r, _dev(0, "ctrl_offset"), "I", 0), "noxs: device 0: bad ctrl_offset"),
+    "ctrl_offset_shared": (lambda r: _put(r, _dev(1, "ctrl_offset"), "I", 4096), "share ctrl_offset"),
+    "no_sysctl": (lambda r: _put(r, _dev(0, "type"), "I", int(DevType.VBD)), "noxs: 0 sysctl devices"),
+    "two_sysctl": (lambda r: _put(r, _dev(1, "type"), "I", int(DevType.SYSCTL)), "noxs: 2 sysctl devices"),
+    "unknown_type": (lambda r: _put(r, _dev(1, "type"), "I", 77), "noxs: device 1: unknown type 77"),
+    "generation_odd": (lambda r: _put(r, DevicePage.generation.offset, "Q", 7), "generation stays odd"),
+    "vif_bad_mtu": (lambda r: _put(r, _VIF0 + VifCtrl.mtu.offset, "H", 20), "noxs: vif 0: bad MTU 20"),
+    "vif_bad_prefix": (lambda r: _put(r, _VIF0 + VifCtrl.prefix.offset, "B", 33), "noxs: vif 0: bad prefix /33"),
+    "vif_multicast_mac": (lambda r: _put(r, _VIF0 + VifCtrl.mac.offset, "B", 0x01), "noxs: vif 0: bad MAC"),
+}
+
+
+def hostile_base_config() -> PageConfig:
+    """The valid page each hostile case starts from: sysctl + one vif."""
+    return PageConfig(name="hostile", vifs=[VifConfig(mac=bytes.fromhex("525400abcdef"), ip="10.9.0.2", prefix=24)])

@@ -68,27 +68,21 @@ int irq_alloc_vector(irq_handler_t fn, void *ctx)
 static void dump_and_die(const struct trap_frame *f)
 {
 	unsigned v = (unsigned)f->vector;
-	printf("exception %u (%s) error=0x%llx\n"
-	       " rip=%016llx cs=%llx rflags=%016llx rsp=%016llx ss=%llx cr2=%016llx\n"
-	       " rax=%016llx rbx=%016llx rcx=%016llx rdx=%016llx\n"
-	       " rsi=%016llx rdi=%016llx rbp=%016llx r8 =%016llx\n"
-	       " r9 =%016llx r10=%016llx r11=%016llx r12=%016llx\n"
-	       " r13=%016llx r14=%016llx r15=%016llx\n",
-	       v, v < 32 && exc_names[v] ? exc_names[v] : "reserved",
-	       (unsigned long long)f->error, (unsigned long long)f->rip,
-	       (unsigned long long)f->cs, (unsigned long long)f->rflags,
-	       (unsigned long long)f->rsp, (unsigned long long)f->ss,
-	       (unsigned long long)read_cr2(), (unsigned long long)f->rax,
-	       (unsigned long long)f->rbx, (unsigned long long)f->rcx,
-	       (unsigned long long)f->rdx, (unsigned long long)f->rsi,
-	       (unsigned long long)f->rdi, (unsigned long long)f->rbp,
-	       (unsigned long long)f->r8, (unsigned long long)f->r9,
-	       (unsigned long long)f->r10, (unsigned long long)f->r11,
-	       (unsigned long long)f->r12, (unsigned long long)f->r13,
-	       (unsigned long long)f->r14, (unsigned long long)f->r15);
-	guest_fatal(NOXS_ERR_EXCEPTION, "exception %u (%s) at rip=0x%llx error=0x%llx", v,
-	            v < 32 && exc_names[v] ? exc_names[v] : "reserved",
-	            (unsigned long long)f->rip, (unsigned long long)f->error);
+	const char *name = v < 32 && exc_names[v] ? exc_names[v] : "reserved";
+	typedef unsigned long long ull;
+	/* printf formats into 256 bytes: one call per line */
+	printf("exception %u (%s) error=0x%llx cr2=%016llx\n", v, name, (ull)f->error, (ull)read_cr2());
+	printf(" rip=%016llx cs=%llx rflags=%016llx rsp=%016llx ss=%llx\n", (ull)f->rip, (ull)f->cs,
+	       (ull)f->rflags, (ull)f->rsp, (ull)f->ss);
+	printf(" rax=%016llx rbx=%016llx rcx=%016llx rdx=%016llx\n", (ull)f->rax, (ull)f->rbx,
+	       (ull)f->rcx, (ull)f->rdx);
+	printf(" rsi=%016llx rdi=%016llx rbp=%016llx r8 =%016llx\n", (ull)f->rsi, (ull)f->rdi,
+	       (ull)f->rbp, (ull)f->r8);
+	printf(" r9 =%016llx r10=%016llx r11=%016llx r12=%016llx\n", (ull)f->r9, (ull)f->r10,
+	       (ull)f->r11, (ull)f->r12);
+	printf(" r13=%016llx r14=%016llx r15=%016llx\n", (ull)f->r13, (ull)f->r14, (ull)f->r15);
+	guest_fatal(NOXS_ERR_EXCEPTION, "exception %u (%s) at rip=0x%llx error=0x%llx", v, name,
+	            (ull)f->rip, (ull)f->error);
 }
 
 void trap_entry(struct trap_frame *f)

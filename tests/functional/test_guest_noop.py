@@ -1,0 +1,182 @@
+"""The noop unikernel under TCG: boot to READY, boot record, idle, sysctl, NMI, faults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lightvm.noxs import BootState, GuestError, PageConfig, Sysctl, TscSource, VifConfig, XenbusState
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from guestlib import EXIT_FATAL, EXIT_POWEROFF, Guest, build_images
+
+pytestmark = pytest.mark.functional
+
+MAC = bytes.fromhex("525400c0ffee")
+
+
+@pytest.fixture(scope="session")
+def images() -> Path:
+    return build_images()
+
+
+def _config(**kw: object) -> PageConfig:
+    return PageConfig(name="noop-test", vifs=[VifConfig(mac=MAC, ip="10.1.0.2", prefix=24)], **kw)  # type: ignore[arg-type]
+
+
+def test_ready_then_clean_poweroff(images: Path) -> None:
+    with Guest(images / "noop.elf", device_count=2) as g:
+        g.write_config(_config())
+        g.launch()
+        br = g.wait_boot_state(BootState.READY, timeout=20)
+        assert br.app == "noop"
+        assert br.error == GuestError.NONE
+        assert 0 < br.tsc_entry < br.tsc_devices_up <= br.tsc_ready
+        assert 100_000_000 <= br.tsc_hz <= 20_000_000_000
+        assert br.tsc_source != TscSource.UNKNOWN
+        assert br.generation_seen == 2  # the first write_config
+        assert g.region is not None
+        assert g.region.frontend_state(0) == XenbusState.CONNECTED  # sysctl
+        assert g.region.frontend_state(1) == XenbusState.INITIALISED  # vif: no driver in noop
+        log = g.wait_console("READY noop\n")
+        assert log.startswith("lightvm-guest: noop booting\n")
+
+        g.region.request(Sysctl.POWEROFF)
+        assert g.wait_exit(timeout=20) == EXIT_POWEROFF
+        br = g.boot_record()
+        assert br.state == BootState.HALTED
+        assert g.region.frontend_state(0) == XenbusState.CLOSED
+        assert g.region.frontend_state(1) == XenbusState.CLOSED
+        ack = int.from_bytes(g.region.raw()[4096 + 2048 : 4096 + 2052], "little")
+        assert ack & Sysctl.POWEROFF
+        lines = g.console_lines()
+        assert lines[-1] == "POWEROFF"
+        assert "READY noop" in lines
+        assert not any(line.startswith("FATAL") for line in lines)
+
+
+def test_idle_heartbeat_is_slow(images: Path) -> None:
+    """Idle costs ~nothing: the timer ticks at most ~10 Hz when nothing is due."""
+    with Guest(images / "noop.elf") as g:
+        g.write_config(PageConfig(name="idle"))
+        g.launch()
+        first = g.wait_boot_state(BootState.READY, timeout=20).heartbeat
+        time.sleep(1.0)
+        beats = g.boot_record().heartbeat - first
+        assert 3 <= beats <= 15, beats
+
+
+def test_tsc_rate_from_page_hint(images: Path) -> None:
+    with Guest(images / "noop.elf") as g:
+        g.write_config(PageConfig(name="hint", tsc_hz=1_234_567_890))
+        g.launch()
+        br = g.wait_boot_state(BootState.READY, timeout=20)
+        assert br.tsc_source == TscSource.PAGE
+        assert br.tsc_hz == 1_234_567_890
+
+
+def test_calibrated_rate_matches_host_clock(images: Path) -> None:
+    """Without a hint the guest measures its TSC; check it against host time."""
+    with Guest(images / "noop.elf") as g:
+        g.write_config(PageConfig(name="calib"))
+        g.launch()
+        br = g.wait_boot_state(BootState.READY, timeout=20)
+        assert br.tsc_source in (TscSource.CPUID_15H, TscSource.CPUID_16H, TscSource.HV_LEAF, TscSource.PIT)
+        # The idle tick (100 ms of guest time) must take ~100 ms of host time.
+        t0, b0 = time.monotonic(), br.heartbeat
+        time.sleep(2.0)
+        beats, elapsed = g.boot_record().heartbeat - b0, time.monotonic() - t0
+        assert abs(beats - elapsed * 10) <= 3, (beats, elapsed)
+
+
+def test_nmi_doorbell(images: Path) -> None:
+    """With NOXS_FEAT_NMI_DOORBELL, an NMI makes the idle guest act at once."""
+    with Guest(images / "noop.elf", qmp=True) as g:
+        g.write_config(PageConfig(name="nmi", nmi_doorbell=True))
+        g.launch()
+        g.wait_boot_state(BootState.READY, timeout=20)
+        assert g.qmp is not None and g.region is not None
+        time.sleep(0.15)  # well inside an idle sleep
+        latencies = []
+        for _ in range(3):
+            # An NMI without a request is harmless: the guest checks and sleeps again.
+            t0 = time.monotonic()
+            g.qmp.execute("inject-nmi")
+            latencies.append(time.monotonic() - t0)
+        g.wait_boot_state(BootState.READY, timeout=1)
+        t0 = time.monotonic()
+        g.region.request(Sysctl.POWEROFF)
+        g.qmp.send("inject-nmi")
+        g.wait_boot_state(BootState.HALTED, timeout=10)
+        latency = time.monotonic() - t0
+        assert g.wait_exit(timeout=10) == EXIT_POWEROFF
+        # Without the doorbell the guest notices within its 100 ms idle tick.
+        assert latency < 0.05, latency
+
+
+def test_sysctl_crash_request(images: Path) -> None:
+    with Guest(images / "noop.elf") as g:
+        g.write_config(PageConfig(name="crash"))
+        g.launch()
+        g.wait_boot_state(BootState.READY, timeout=20)
+        assert g.region is not None
+        g.region.request(Sysctl.CRASH)
+        assert g.wait_exit(timeout=20) == EXIT_FATAL
+        br = g.boot_record()
+        assert (br.state, br.error) == (BootState.ERROR, GuestError.APP)
+        assert br.message == "sysctl: crash requested by the host"
+        assert "FATAL: sysctl: crash requested by the host" in g.console_lines()
+
+
+@pytest.mark.parametrize(
+    ("kind", "text"),
+    [
+        ("ud", "exception 6 (invalid opcode)"),
+        ("pf", "exception 14 (page fault)"),
+        ("de", "exception 0 (divide error)"),
+        ("gp", "exception 13 (general protection)"),
+    ],
+)
+def test_cpu_exception_is_fatal(images: Path, kind: str, text: str) -> None:
+    with Guest(images / "fault.elf", extra_args=["-append", f"fault={kind}"]) as g:
+        g.write_config(PageConfig(name="fault"))
+        g.launch()
+        assert g.wait_exit(timeout=20) == EXIT_FATAL
+        log = g.console()
+        assert "READY fault" in log
+        assert f"FATAL: {text} at rip=0x" in log
+        assert " rip=" in log and " rax=" in log and " r15=" in log and "cr2=" in log
+        br = g.boot_record()
+        assert (br.state, br.error) == (BootState.ERROR, GuestError.EXCEPTION)
+        assert br.message.startswith(text)
+        if kind == "pf":
+            assert "cr2=0000000100000000" in log
+
+
+@pytest.mark.parametrize("memory", ["2M", "4M"])
+def test_small_memory(images: Path, memory: str) -> None:
+    with Guest(images / "noop.elf", memory=memory) as g:
+        g.write_config(PageConfig(name="small"))
+        g.launch()
+        g.wait_boot_state(BootState.READY, timeout=20)
+
+
+def test_image_is_small(images: Path) -> None:
+    size = (images / "noop.elf").stat().st_size
+    assert size < 64 * 1024, size
+
+
+def test_no_qemu_left_behind(images: Path) -> None:
+    with Guest(images / "noop.elf") as g:
+        g.write_config(PageConfig(name="reap"))
+        g.launch()
+        g.wait_boot_state(BootState.READY, timeout=20)
+        assert g.proc is not None
+        pid = g.proc.pid
+        region_path = g.region.path if g.region else None
+    assert subprocess.run(["kill", "-0", str(pid)], capture_output=True, timeout=10).returncode != 0
+    assert region_path is not None and not region_path.exists()
