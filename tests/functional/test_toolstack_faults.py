@@ -38,13 +38,35 @@ def test_qemu_killed_then_destroy_without_list(lightvm: Any, noop_vm: dict[str, 
     assert lightvm.leftovers() == []
 
 
-@pytest.mark.parametrize("delay_ms", [0, 40, 60, 90, 150, 300])
-def test_cli_killed_mid_create(lightvm: Any, delay_ms: int) -> None:
-    """kill -9 of the CLI at various points of `create -n 4`: list and destroy clean up."""
+def _records(lightvm: Any) -> list[dict[str, Any]]:
+    import json
+
+    out = []
+    for folder in lightvm.vm_dirs():
+        try:
+            out.append(json.loads((folder / "vm.json").read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+STAGES = {
+    # kill -9 the CLI as soon as ...
+    "folder": lambda lv: bool(lv.vm_dirs()),  # the first VM folder exists
+    "record": lambda lv: bool(_records(lv)),  # a record names the NoXS file
+    "pid": lambda lv: any(r.get("pid") for r in _records(lv)),  # a QEMU is recorded
+    "running": lambda lv: any(r.get("state") == "running" for r in _records(lv)),  # one VM is up
+}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_cli_killed_mid_create(lightvm: Any, stage: str) -> None:
+    """kill -9 of the CLI at each stage of `create -n 4`: a later list and destroy clean everything."""
+    reached = STAGES[stage]
     proc = lightvm.popen("create", str(NOOP), "--accel", "tcg", "-n", "4", "-j", "2", "--name", "k")
     try:
-        # Wait for the process to get somewhere (imports take ~50 ms), then kill it.
-        wait_until(lambda: proc.poll() is not None, delay_ms / 1000) if delay_ms else None
+        # Poll fast: the stages are milliseconds apart.
+        assert wait_until(lambda: reached(lightvm) or proc.poll() is not None, 60, interval=0.0002, max_interval=0.001)
         proc.kill()
         proc.wait(30)
     finally:
@@ -52,7 +74,10 @@ def test_cli_killed_mid_create(lightvm: Any, delay_ms: int) -> None:
             proc.kill()
     lightvm.remember_ids()
     statuses = lightvm.status()
+    assert statuses, "the kill came after the create finished: nothing was tested"
     assert set(statuses.values()) <= {"incomplete", "running", "crashed"}, statuses
+    if stage != "running":
+        assert "incomplete" in statuses.values(), statuses
     lightvm.ok("destroy", "--all")
     assert lightvm.list() == []
     assert lightvm.leftovers() == []
