@@ -69,6 +69,7 @@ uint32_t clock_source(void);
 void clock_rebase_wall(uint64_t host_time_ns, uint64_t tsc);
 void cmdline_init(void);
 void noxs_init(void);
+uint64_t pci_bar_map_nodma(const struct pci_dev *d, unsigned bar, uint64_t *size);
 void noxs_service(void);
 uint64_t noxs_tsc_hint(void);
 void noxs_clock_ready(void);

@@ -88,7 +88,7 @@ void noxs_init(void)
 		            "noxs: no NoXS device (ivshmem-plain %04x:%04x) on the PCI bus",
 		            NOXS_PCI_VENDOR, NOXS_PCI_DEVICE);
 	uint64_t size = 0;
-	uint64_t base = pci_bar_map(&dev, NOXS_PCI_BAR, &size);
+	uint64_t base = pci_bar_map_nodma(&dev, NOXS_PCI_BAR, &size);
 	if (!base)
 		guest_fatal(NOXS_ERR_NO_DEVICE, "noxs: cannot map BAR%u of %02x:%02x.%u", NOXS_PCI_BAR,
 		            dev.bus, dev.slot, dev.func);
@@ -182,7 +182,10 @@ void noxs_ready(const char *app)
 		barrier();
 		b->state = NOXS_BOOT_READY;
 	}
-	printf("READY %s\n", app);
+	/* console_puts, not printf: printf's first use costs ~0.3 ms of TCG translation */
+	console_puts("READY ");
+	console_puts(app);
+	console_puts("\n");
 }
 
 void noxs_count(uint64_t app_counter)

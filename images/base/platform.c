@@ -186,7 +186,9 @@ void guest_start(void);
 void guest_start(void)
 {
 	console_init();
-	printf("lightvm-guest: %s booting\n", guest_app_name);
+	console_puts("lightvm-guest: ");
+	console_puts(guest_app_name);
+	console_puts(" booting\n");
 	trap_init();
 	cmdline_init();
 	apic_init();
