@@ -72,6 +72,7 @@ class MachineConfig:
     machine: str = MICROVM
     binary: str = QEMU_BINARY
     extra_args: tuple[str, ...] = field(default=())
+    bios: Path | None = None  # e.g. images/build/lvfw.bin; None: QEMU's default firmware
 
 
 def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
@@ -82,44 +83,33 @@ def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
         accel = ["-accel", "tcg"]
     else:
         raise MachineError(f"unknown accelerator {config.accel!r}; use tcg or kvm")
+    # fmt: off
     return [
         config.binary,
-        "-name",
-        qemu_opt_escape(config.name),
+        "-name", qemu_opt_escape(config.name),
         "-nodefaults",
         "-no-user-config",
-        "-display",
-        "none",
-        "-M",
-        config.machine,
+        "-display", "none",
+        "-M", config.machine,
         *accel,
-        "-m",
-        f"{config.memory_mib}M",
-        "-smp",
-        str(config.vcpus),
-        "-kernel",
-        str(config.kernel),
-        "-append",
-        config.cmdline,
-        "-object",
-        f"memory-backend-file,id=noxs,mem-path={qemu_opt_escape(str(config.noxs_path))},"
-        f"size={config.noxs_size},share=on",
-        "-device",
-        "ivshmem-plain,memdev=noxs",
-        "-device",
-        f"isa-debug-exit,iobase={DEBUG_EXIT_IOBASE:#x},iosize=4",
+        "-m", f"{config.memory_mib}M",
+        "-smp", str(config.vcpus),
+        *(["-bios", str(config.bios)] if config.bios else []),
+        "-kernel", str(config.kernel),
+        "-append", config.cmdline,
+        "-object", f"memory-backend-file,id=noxs,mem-path={qemu_opt_escape(str(config.noxs_path))},"
+                   f"size={config.noxs_size},share=on",
+        "-device", "ivshmem-plain,memdev=noxs",
+        "-device", f"isa-debug-exit,iobase={DEBUG_EXIT_IOBASE:#x},iosize=4",
         "-no-reboot",
-        "-chardev",
-        f"file,id=con,path={qemu_opt_escape(str(config.console_path))}",
-        "-serial",
-        "chardev:con",
-        "-chardev",
-        f"socket,id=qmp,fd={qmp_fd},server=on,wait=off",
-        "-mon",
-        "chardev=qmp,mode=control",
+        "-chardev", f"file,id=con,path={qemu_opt_escape(str(config.console_path))}",
+        "-serial", "chardev:con",
+        "-chardev", f"socket,id=qmp,fd={qmp_fd},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
         *config.extra_args,
         "-S",
     ]
+    # fmt: on
 
 
 P = ParamSpec("P")

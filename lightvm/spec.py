@@ -6,6 +6,7 @@ Two formats carry the same keys:
 
       name = "daytime"
       kernel = "../images/build/daytime.elf"   # relative to the config file's folder
+      firmware = "../images/build/lvfw.bin"    # optional QEMU -bios; default: QEMU's own
       memory = "4M"                            # MiB as an int, or "4M" / "64M" / "1G"
       vcpus = 1
       cmdline = ""
@@ -27,6 +28,7 @@ PVH entry note, since that is how QEMU boots our guests without firmware.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import re
@@ -48,7 +50,8 @@ CMDLINE_MAX = 2048
 NAME_MAX = 48
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-TOP_KEYS = ("name", "kernel", "memory", "vcpus", "cmdline", "vifs", "disks")
+TOP_KEYS = ("name", "kernel", "firmware", "memory", "vcpus", "cmdline", "vifs", "disks")
+FIRMWARE_MAX = 16 << 20
 VIF_KEYS = ("network", "bridge", "ip", "gateway", "mac", "mtu", "publish")
 DISK_KEYS = ("path", "readonly")
 
@@ -90,6 +93,7 @@ class VMSpec:
     vifs: tuple[VifSpec, ...] = ()
     disks: tuple[DiskSpec, ...] = ()
     source: Path | None = field(default=None, compare=False)
+    firmware: Path | None = None  # QEMU -bios image; None: QEMU's default firmware
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able copy (absolute paths), as stored in the VM's state folder."""
@@ -101,11 +105,12 @@ class VMSpec:
             "cmdline": self.cmdline,
             "vifs": [{k: v for k, v in vars(vif).items() if v not in (None, ())} for vif in self.vifs],
             "disks": [{"path": str(d.path), "readonly": d.readonly} for d in self.disks],
+            "firmware": str(self.firmware) if self.firmware else None,
         }
 
     def with_name(self, name: str) -> VMSpec:
         check_name(name, what="name")
-        return VMSpec(name, self.kernel, self.memory_mib, self.vcpus, self.cmdline, self.vifs, self.disks, self.source)
+        return dataclasses.replace(self, name=name)
 
 
 def load_spec(path: str | Path, check_kernel: bool = True) -> VMSpec:
@@ -169,6 +174,20 @@ def parse_spec(data: Mapping[str, Any], source: Path, check_kernel: bool = True)
     if check_kernel:
         check_kernel_file(kernel, f"{where}: key 'kernel'")
 
+    firmware = None
+    if data.get("firmware") is not None:
+        raw_fw = data["firmware"]
+        if not isinstance(raw_fw, str) or not raw_fw:
+            raise SpecError(f"{where}: key 'firmware': expected a path string, got {_kind(raw_fw)}")
+        firmware = (base / raw_fw).resolve()
+        if check_kernel:
+            try:
+                size = firmware.stat().st_size
+            except OSError as exc:
+                raise SpecError(f"{where}: key 'firmware': {firmware}: {exc.strerror}") from None
+            if not firmware.is_file() or not 0 < size <= FIRMWARE_MAX or size % 4096:
+                raise SpecError(f"{where}: key 'firmware': {firmware} is not a firmware image (size {size})")
+
     memory = parse_memory(data.get("memory", 16), f"{where}: key 'memory'")
     vcpus = data.get("vcpus", 1)
     if not isinstance(vcpus, int) or isinstance(vcpus, bool):
@@ -185,7 +204,7 @@ def parse_spec(data: Mapping[str, Any], source: Path, check_kernel: bool = True)
     disks = tuple(
         _parse_disk(item, f"{where}: key 'disks[{i}]'", base) for i, item in enumerate(_list(data, "disks", where))
     )
-    return VMSpec(name, kernel, memory, vcpus, cmdline, vifs, disks, source)
+    return VMSpec(name, kernel, memory, vcpus, cmdline, vifs, disks, source, firmware)
 
 
 def check_name(name: str, what: str = "name") -> None:

@@ -247,6 +247,7 @@ class Toolstack:
                 qmp_path=vmdir.qmp_path,
                 log_path=vmdir.log_path,
                 extra_args=tuple(extra_args),
+                bios=spec.firmware,
             )
             step = "launch QEMU"
             machine = Machine(config)

@@ -96,3 +96,10 @@ def test_launch_error_carries_command_and_log(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
     assert machine.runstate is Runstate.SHUTDOWN
     assert not (tmp_path / "qmp.sock").exists()
+
+
+def test_bios_goes_before_the_kernel(tmp_path: Path) -> None:
+    argv = build_argv(config(tmp_path, bios=Path("/fw/lvfw.bin")), qmp_fd=3)
+    assert opt(argv, "-bios") == ["/fw/lvfw.bin"]
+    assert argv.index("-bios") < argv.index("-kernel")
+    assert "-bios" not in build_argv(config(tmp_path), qmp_fd=3)

@@ -198,7 +198,7 @@ def test_missing_config(tmp_path: Path) -> None:
 
 def test_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "vm.toml"
-    path.write_bytes(b"kernel = \"\xff\"\n")
+    path.write_bytes(b'kernel = "\xff"\n')
     assert "UTF-8" in error_of(path)
 
 
@@ -209,3 +209,21 @@ def test_real_images_pass_the_kernel_check() -> None:
     build = Path(__file__).resolve().parents[2] / "images" / "build"
     for elf in sorted(build.glob("*.elf")):
         check_kernel_file(elf, "kernel")
+
+
+def test_firmware_key(tmp_path: Path, kernel: Path) -> None:
+    (tmp_path / "fw.bin").write_bytes(b"\0" * 65536)
+    spec = load_spec(write(tmp_path, 'kernel = "guest.elf"\nfirmware = "fw.bin"\n'))
+    assert spec.firmware == (tmp_path / "fw.bin").resolve()
+    assert spec.to_dict()["firmware"] == str(spec.firmware)
+    assert "key 'firmware'" in error_of(write(tmp_path, 'kernel = "guest.elf"\nfirmware = "none.bin"\n'))
+    (tmp_path / "odd.bin").write_bytes(b"\0" * 100)
+    assert "not a firmware image" in error_of(write(tmp_path, 'kernel = "guest.elf"\nfirmware = "odd.bin"\n'))
+
+
+def test_with_name_keeps_everything_else(tmp_path: Path, kernel: Path) -> None:
+    spec = load_spec(write(tmp_path, 'kernel = "guest.elf"\nmemory = 8\n[[vifs]]\n'))
+    renamed = spec.with_name("other")
+    assert renamed.name == "other" and renamed.memory_mib == 8 and renamed.vifs == spec.vifs
+    with pytest.raises(SpecError):
+        spec.with_name("bad name")
