@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import signal
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -238,6 +237,8 @@ def cmd_create(args: argparse.Namespace) -> int:
             print(f"  {r.network}")
         print(f"  (lightvm command: {(time.perf_counter() - _T_IMPORT) * 1000:.1f} ms since its import)")
     else:
+        import statistics
+
         ready = [v for r in results if (v := r.boot_ms.get("ready")) is not None]
         med, worst = (statistics.median(ready), max(ready)) if ready else (0.0, 0.0)
         print(f"created {len(results)} VMs in {wall:.0f} ms; READY median {med:.1f} ms, max {worst:.1f} ms")
