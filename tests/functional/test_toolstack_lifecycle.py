@@ -160,3 +160,19 @@ def test_env_var_selects_the_state_dir(lightvm: Any) -> None:
     assert proc.returncode == 0, proc.stderr
     assert lightvm.status() == {"noop": "running"}
     assert os.path.isdir(lightvm.state_dir / "vms" / "noop")
+
+
+def test_state_dir_longer_than_a_unix_socket_path(tmp_path: Path, cache_dir: Path) -> None:
+    """AF_UNIX paths stop at 108 bytes; a deep --state-dir must still work end to end."""
+    from conftest import LightVM  # type: ignore[import-not-found]
+
+    deep = LightVM(tmp_path / ("d" * 60) / ("e" * 60) / "state", cache_dir)
+    deep.create(NOOP)
+    try:
+        assert len(str(deep.state_dir / "vms" / "noop" / "qmp.sock")) > 108
+        deep.ok("pause", "noop")
+        deep.ok("unpause", "noop")
+        deep.ok("shutdown", "noop")
+    finally:
+        deep.run("destroy", "--all")
+    assert deep.leftovers() == []
