@@ -15,6 +15,14 @@ Create, the cold path, in the order that keeps a kill -9 at any point cleanable:
 
 Every step registers its undo; a failure unwinds all of them (newest first) and the
 error names the VM and the step. ``create -n N`` is all-or-nothing too.
+
+Why QEMU does not die with its creator (no PR_SET_PDEATHSIG): the VMs must outlive a
+CLI that exits normally, and the death signal cannot be cleared from outside the
+child once READY. It also fires when the spawning *thread* exits (a pool worker of
+``create -n``), and setting it needs a preexec_fn, which rules out vfork and costs a
+millisecond per spawn. Instead the state folder always holds enough to find and
+clean what a killed create left: list shows it ``incomplete``, destroy removes it.
+SIGTERM and Ctrl-C of the CLI unwind the create in process.
 """
 
 from __future__ import annotations
