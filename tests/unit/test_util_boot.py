@@ -1,0 +1,81 @@
+"""Helpers: deadlines, atomic writes, AF_UNIX path shortening; boot-time anchoring."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from lightvm.boot import BootTimes, _anchor_guest_times
+from lightvm.noxs import BootRecord, BootState, GuestError, TscSource
+from lightvm.util import atomic_write, last_line, qemu_opt_escape, short_unix_path, tail, wait_until
+
+
+def test_wait_until_returns_the_value_or_none() -> None:
+    calls = iter([None, 0, "", "done"])
+    assert wait_until(lambda: next(calls), timeout=5, interval=0.0001) == "done"
+    start = time.monotonic()
+    assert wait_until(lambda: None, timeout=0.05) is None
+    assert 0.04 <= time.monotonic() - start < 1.0
+
+
+def test_atomic_write_replaces(tmp_path: Path) -> None:
+    path = tmp_path / "f.json"
+    atomic_write(path, "one")
+    atomic_write(path, b"two")
+    assert path.read_text() == "two"
+    assert os.listdir(tmp_path) == ["f.json"]
+    assert (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_short_unix_path_for_deep_folders(tmp_path: Path) -> None:
+    deep = tmp_path / ("x" * 80) / ("y" * 40)
+    deep.mkdir(parents=True)
+    target = deep / "s.sock"
+    address, dirfd = short_unix_path(target)
+    assert dirfd is not None and len(address) < 108
+    try:
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(address)
+            server.listen(1)
+            assert target.exists()
+    finally:
+        os.close(dirfd)
+    assert short_unix_path(tmp_path / "s.sock") == (str(tmp_path / "s.sock"), None)
+
+
+def test_qemu_opt_escape() -> None:
+    assert qemu_opt_escape("/a,b/c") == "/a,,b/c"
+
+
+def test_tail_and_last_line(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_bytes(b"first\n" + b"x" * 5000 + b"\nlast line\n\n")
+    assert tail(log, 20).endswith("last line")
+    assert last_line(tail(log)) == "last line"
+    assert tail(tmp_path / "missing") == ""
+
+
+def record(**kw: int) -> BootRecord:
+    values = dict(tsc_hz=1_000_000, tsc_entry=1_000, tsc_devices_up=3_000, tsc_ready=4_000)
+    values.update(kw)
+    return BootRecord(
+        state=BootState.READY, error=GuestError.NONE, heartbeat=0, app_counter=0, tsc_source=TscSource.PAGE,
+        generation_seen=0, app="noop", message="", **values,
+    )  # fmt: skip
+
+
+def test_guest_times_are_anchored_at_ready() -> None:
+    times = BootTimes(qemu_up=20.0, resumed=20.5, ready=30.0)
+    _anchor_guest_times(times, record())  # 1 MHz: entry 3 ms and devices 1 ms before READY
+    assert times.guest_entry == 27.0 and times.devices_up == 29.0
+    assert times.as_dict() == {"qemu_up": 20.0, "resumed": 20.5, "guest_entry": 27.0, "devices_up": 29.0,
+                               "ready": 30.0}  # fmt: skip
+
+
+def test_hostile_or_missing_stamps_are_dropped() -> None:
+    for bad in (dict(tsc_hz=0), dict(tsc_entry=0), dict(tsc_entry=9_000), dict(tsc_entry=1, tsc_hz=1)):
+        times = BootTimes(ready=30.0)
+        _anchor_guest_times(times, record(**bad))
+        assert times.guest_entry is None  # never negative, never before the create started
