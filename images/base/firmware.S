@@ -21,6 +21,7 @@
 #define FW_CFG_SEL     0x510
 #define FW_CFG_DATA    0x511
 #define FW_CFG_SIGNATURE     0x00
+#define FW_CFG_RAM_SIZE      0x03
 #define FW_CFG_KERNEL_ENTRY  0x10
 #define FW_CFG_CMDLINE_SIZE  0x14
 #define FW_CFG_CMDLINE_DATA  0x15
@@ -66,6 +67,20 @@ fw_start32:
 	jz fail
 	movl %eax, %ebp                 /* PVH entry */
 
+	/* The kernel must have landed in RAM (with -m 1M QEMU silently drops
+	 * the ELF loaded at 1 MiB and we would jump into nothing). */
+	movw $FW_CFG_RAM_SIZE, %ax
+	movw $FW_CFG_SEL, %dx
+	outw %ax, %dx
+	call fw_cfg_read32
+	movl %eax, %esi                 /* low 32 bits of the RAM size */
+	call fw_cfg_read32
+	testl %eax, %eax
+	jnz 4f                          /* >= 4 GiB: the entry is below it */
+	cmpl %esi, %ebp
+	jae fail_ram
+4:
+
 	movw $FW_CFG_CMDLINE_SIZE, %ax
 	movw $FW_CFG_SEL, %dx
 	outw %ax, %dx
@@ -104,13 +119,30 @@ fw_cfg_read32:
 	loop 2b
 	ret
 
-/* No kernel to run: leave through isa-debug-exit (status 3), else halt. */
+/* No kernel to run: say why on COM1, leave through isa-debug-exit
+ * (QEMU exit status 3), else halt. */
+fail_ram:
+	movl $(FW_BASE + msg_ram), %esi
+	jmp 5f
 fail:
+	movl $(FW_BASE + msg_nokernel), %esi
+5:	movw $0x3f8, %dx
+6:	lodsb
+	testb %al, %al
+	jz 7f
+	outb %al, %dx
+	jmp 6b
+7:
 	movw $0xf4, %dx
 	movl $1, %eax
 	outl %eax, %dx
 3:	hlt
 	jmp 3b
+
+msg_ram:
+	.asciz "FATAL: lvfw: the kernel entry point is not in RAM (more -m needed)\n"
+msg_nokernel:
+	.asciz "FATAL: lvfw: no PVH kernel in fw_cfg (use -kernel with a PVH ELF)\n"
 
 	.p2align 3
 gdt:
