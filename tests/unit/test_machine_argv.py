@@ -38,9 +38,10 @@ def test_argv_for_tcg(tmp_path: Path) -> None:
     assert argv[-1] == "-S"  # launched paused
     for flag in ("-nodefaults", "-no-user-config", "-no-reboot"):
         assert flag in argv
-    assert opt(argv, "-M") == [MICROVM]
+    assert opt(argv, "-M") == [f"{MICROVM},memory-backend=ram"]
     assert MICROVM.startswith("microvm,pcie=on")
-    assert opt(argv, "-accel") == ["tcg"] and "-cpu" not in argv
+    assert "memory-backend-memfd,id=ram,size=8M" in opt(argv, "-object")
+    assert opt(argv, "-accel") == ["tcg,tb-size=1"] and "-cpu" not in argv
     assert opt(argv, "-m") == ["8M"] and opt(argv, "-smp") == ["2"]
     assert opt(argv, "-kernel") == ["/k/noop.elf"] and opt(argv, "-append") == ["a=b c"]
     assert opt(argv, "-display") == ["none"]
@@ -52,6 +53,12 @@ def test_argv_for_tcg(tmp_path: Path) -> None:
     assert f"file,id=con,path={tmp_path}/console.log" in chardevs
     assert "socket,id=qmp,fd=7,server=on,wait=off" in chardevs
     assert opt(argv, "-serial") == ["chardev:con"] and opt(argv, "-mon") == ["chardev=qmp,mode=control"]
+
+
+def test_big_guests_keep_the_default_translation_cache(tmp_path: Path) -> None:
+    argv = build_argv(config(tmp_path, memory_mib=512), qmp_fd=3)
+    assert opt(argv, "-accel") == ["tcg"]
+    assert "memory-backend-memfd,id=ram,size=512M" in opt(argv, "-object")
 
 
 def test_argv_for_kvm_avoids_the_msr_abort(tmp_path: Path) -> None:
