@@ -92,6 +92,7 @@ def qemu_argv(
     machine: str = MACHINE,
     firmware: Path | None = FIRMWARE,
     accel: str = ACCEL,
+    debug_exit: bool = True,
     qmp_socket: Path | None = None,
     paused: bool = False,
     extra: Sequence[str] = (),
@@ -116,8 +117,9 @@ def qemu_argv(
         *(["-bios", str(firmware)] if firmware is not None else []),
         "-kernel", str(kernel),
         "-serial", console,
-        "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
     ]  # fmt: skip
+    if debug_exit:  # the guest's poweroff: exit status 1 clean, 3 fatal
+        argv += ["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
     if region_path is not None:
         argv += [
             "-object", f"memory-backend-file,id=noxs,mem-path={region_path},size={region_size},share=on",
@@ -197,6 +199,7 @@ class Guest:
         qmp: bool = False,
         firmware: Path | None = FIRMWARE,
         accel: str = ACCEL,
+        debug_exit: bool = True,
     ) -> None:
         self.kernel = Path(kernel)
         self.memory = memory
@@ -205,6 +208,7 @@ class Guest:
         self.want_qmp = qmp
         self.firmware = firmware
         self.accel = accel
+        self.debug_exit = debug_exit
         tag = f"{SHM_PREFIX}{os.getpid()}-{next(_counter)}"
         self._tmp = tempfile.TemporaryDirectory(prefix=tag + "-")
         self.console_path = Path(self._tmp.name) / "console.log"
@@ -237,6 +241,7 @@ class Guest:
             machine=self.machine,
             firmware=self.firmware,
             accel=self.accel,
+            debug_exit=self.debug_exit,
             qmp_socket=self.qmp_path if (self.want_qmp or paused) else None,
             paused=paused,
             extra=self.extra_args,

@@ -12,7 +12,7 @@ import pytest
 from lightvm.noxs import BootState, GuestError, PageConfig, Sysctl, TscSource, VifConfig, XenbusState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from guestlib import EXIT_FATAL, EXIT_POWEROFF, Guest, build_images, qemu_argv
+from guestlib import EXIT_FATAL, EXIT_POWEROFF, EXIT_TRIPLE_FAULT, Guest, build_images, qemu_argv
 
 pytestmark = pytest.mark.functional
 
@@ -57,6 +57,19 @@ def test_ready_then_clean_poweroff(images: Path) -> None:
         assert lines[-1] == "POWEROFF"
         assert "READY noop" in lines
         assert not any(line.startswith("FATAL") for line in lines)
+
+
+def test_poweroff_without_debug_exit_device(images: Path) -> None:
+    """Without isa-debug-exit the guest triple-faults; QEMU -no-reboot then exits (status 0)."""
+    with Guest(images / "noop.elf", debug_exit=False) as g:
+        g.write_config(PageConfig(name="tf"))
+        g.launch()
+        g.wait_boot_state(BootState.READY, timeout=20)
+        assert g.region is not None
+        g.region.request(Sysctl.POWEROFF)
+        assert g.wait_exit(timeout=20) == EXIT_TRIPLE_FAULT
+        assert g.boot_record().state == BootState.HALTED
+        assert g.console_lines()[-1] == "POWEROFF"
 
 
 def test_idle_heartbeat_is_slow(images: Path) -> None:
