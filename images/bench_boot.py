@@ -111,7 +111,7 @@ def main() -> int:
     ap.add_argument("--qemu-arg", action="append", default=[], help="extra QEMU argument (repeatable)")
     args = ap.parse_args()
 
-    build_images()
+    build_images(f"{args.image}.elf")
     image = BUILD_DIR / f"{args.image}.elf"
 
     # Warm-up (page cache, the TSC rate for the hint); not measured.

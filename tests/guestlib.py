@@ -67,13 +67,15 @@ FIRMWARE = BUILD_DIR / "lvfw.bin"
 _counter = itertools.count()
 
 
-def build_images(timeout: float = 300.0) -> Path:
-    """Run ``make -C images`` and return the build directory.
+def build_images(*targets: str, timeout: float = 300.0) -> Path:
+    """Run ``make -C images`` (all images, or just ``targets`` such as
+    ``"noop.elf"``; the firmware is always built) and return the build directory.
 
     :raise subprocess.CalledProcessError: if the build fails (output attached).
     """
+    goals = [f"build/{t}" for t in (*targets, "lvfw.bin")] if targets else []
     subprocess.run(
-        ["make", "-C", str(IMAGES_DIR), "-s", "-j2"],
+        ["make", "-C", str(IMAGES_DIR), "-s", "-j2", *goals],
         check=True,
         timeout=timeout,
         capture_output=True,

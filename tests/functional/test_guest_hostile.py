@@ -25,7 +25,7 @@ pytestmark = pytest.mark.functional
 
 @pytest.fixture(scope="session")
 def images() -> Path:
-    return build_images()
+    return build_images("noop.elf")
 
 
 def _fatal_lines(g: Guest) -> list[str]:

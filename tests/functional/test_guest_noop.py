@@ -21,7 +21,7 @@ MAC = bytes.fromhex("525400c0ffee")
 
 @pytest.fixture(scope="session")
 def images() -> Path:
-    return build_images()
+    return build_images("noop.elf", "fault.elf", "probe.elf")
 
 
 def _config(**kw: object) -> PageConfig:
@@ -70,6 +70,20 @@ def test_poweroff_without_debug_exit_device(images: Path) -> None:
         assert g.wait_exit(timeout=20) == EXIT_TRIPLE_FAULT
         assert g.boot_record().state == BootState.HALTED
         assert g.console_lines()[-1] == "POWEROFF"
+
+
+def test_page_rewrite_is_followed(images: Path) -> None:
+    """A rewritten page (e.g. after migration) is noticed at the next idle tick."""
+    with Guest(images / "noop.elf") as g:
+        g.write_config(PageConfig(name="gen"))
+        g.launch()
+        assert g.wait_boot_state(BootState.READY, timeout=20).generation_seen == 2
+        assert g.region is not None
+        g.region.write_config(PageConfig(name="gen"))
+        deadline = time.monotonic() + 5
+        while g.boot_record().generation_seen != 4:
+            assert time.monotonic() < deadline, g.boot_record()
+            time.sleep(0.01)
 
 
 def test_idle_heartbeat_is_slow(images: Path) -> None:
