@@ -58,7 +58,9 @@ EXIT_POWEROFF = 1  # guest_poweroff(): clean
 EXIT_FATAL = 3  # guest_fatal()
 EXIT_TRIPLE_FAULT = 0  # -no-reboot and the guest reset itself
 
-MACHINE = "microvm,pcie=on,x-option-roms=off,rtc=off,pic=off"
+# ioapic2=off: microvm's second IO-APIC brings 16 more virtio-mmio transports
+# (24 in all); one IO-APIC and 8 transports (GSI 16-23) boot ~2-3 ms faster.
+MACHINE = "microvm,pcie=on,ioapic2=off,x-option-roms=off,rtc=off,pic=off"
 ACCEL = "tcg,tb-size=1"
 # Our minimal firmware (images/base/firmware.S): microvm with ACPI (needed for
 # pcie=on) would otherwise run SeaBIOS for ~2.3 ms before the guest starts.

@@ -12,7 +12,7 @@ import pytest
 from lightvm.noxs import BootState, GuestError, PageConfig, Sysctl, TscSource, VifConfig, XenbusState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from guestlib import EXIT_FATAL, EXIT_POWEROFF, EXIT_TRIPLE_FAULT, Guest, build_images, qemu_argv
+from guestlib import EXIT_FATAL, EXIT_POWEROFF, EXIT_TRIPLE_FAULT, MACHINE, Guest, build_images, qemu_argv
 
 pytestmark = pytest.mark.functional
 
@@ -250,18 +250,24 @@ def test_ioapic_interrupts_wake_idle(images: Path) -> None:
         assert 50 <= int(wakeups) <= int(count) + 1, log
 
 
-def test_virtio_mmio_find(images: Path) -> None:
+@pytest.mark.parametrize(("ioapic2", "transports", "gsi_base"), [("off", 8, 16), ("on", 24, 24)])
+def test_virtio_mmio_find(images: Path, ioapic2: str, transports: int, gsi_base: int) -> None:
     """microvm with ACPI (pcie=on) puts no virtio_mmio.device= on the command line: found by probing."""
     nics = []
     for i in range(2):
         nics += ["-netdev", f"hubport,id=n{i},hubid=0", "-device", f"virtio-net-device,netdev=n{i}"]
-    g, log = _probe(images, "mmio", nics)
+    machine = MACHINE.replace("ioapic2=off", f"ioapic2={ioapic2}")
+    g = Guest(images / "probe.elf", machine=machine, extra_args=["-append", "probe=mmio", *nics])
     with g:
+        g.write_config(PageConfig(name="probe"))
+        g.launch()
+        log = g.wait_console("MMIO end", timeout=20)
         found = [line.split() for line in log.splitlines() if line.startswith("MMIO ") and line != "MMIO end"]
         assert len(found) == 2, log
         for _, _, base, gsi in found:
-            assert 0xFEB00000 <= int(base, 16) < 0xFEB00000 + 24 * 512 and int(base, 16) % 512 == 0
-            assert 24 <= int(gsi) < 48  # the second IO-APIC (microvm ioapic2=auto)
+            index, rest = divmod(int(base, 16) - 0xFEB00000, 512)
+            assert rest == 0 and 0 <= index < transports
+            assert int(gsi) == gsi_base + index
 
 
 def test_virtio_mmio_find_prefers_command_line(images: Path) -> None:
