@@ -48,60 +48,69 @@ static volatile void *ecam(const struct pci_dev *d, unsigned off)
 	                                    ((uint64_t)(d->func & 7) << 12) + (off & 0xfff));
 }
 
+/* One config access of `size` bytes; always inlined into the boot path
+ * (scan, bar_map): every call/return is a TCG block boundary, and each
+ * block costs a few microseconds to translate on first use. */
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE uint32_t cfg_read(const struct pci_dev *d, unsigned off, unsigned size)
+{
+	if (mode == 1) {
+		outl(0xcf8, cf8_addr(d, off));
+		uint16_t port = (uint16_t)(0xcfc + (off & 3));
+		return size == 4 ? inl(port) : size == 2 ? inw(port) : inb(port);
+	}
+	volatile void *p = ecam(d, off);
+	return size == 4 ? *(volatile uint32_t *)p : size == 2 ? *(volatile uint16_t *)p
+	                                                         : *(volatile uint8_t *)p;
+}
+
+INLINE void cfg_write(const struct pci_dev *d, unsigned off, unsigned size, uint32_t val)
+{
+	if (mode == 1) {
+		outl(0xcf8, cf8_addr(d, off));
+		uint16_t port = (uint16_t)(0xcfc + (off & 3));
+		if (size == 4)
+			outl(port, val);
+		else
+			outw(port, (uint16_t)val);
+		return;
+	}
+	volatile void *p = ecam(d, off);
+	if (size == 4)
+		*(volatile uint32_t *)p = val;
+	else
+		*(volatile uint16_t *)p = (uint16_t)val;
+}
+
 uint32_t pci_cfg_read32(const struct pci_dev *d, unsigned off)
 {
 	probe();
-	off &= ~3u;
-	if (mode == 1) {
-		outl(0xcf8, cf8_addr(d, off));
-		return inl(0xcfc);
-	}
-	return *(volatile uint32_t *)ecam(d, off);
+	return cfg_read(d, off & ~3u, 4);
 }
 
 void pci_cfg_write32(const struct pci_dev *d, unsigned off, uint32_t val)
 {
 	probe();
-	off &= ~3u;
-	if (mode == 1) {
-		outl(0xcf8, cf8_addr(d, off));
-		outl(0xcfc, val);
-		return;
-	}
-	*(volatile uint32_t *)ecam(d, off) = val;
+	cfg_write(d, off & ~3u, 4, val);
 }
 
 uint16_t pci_cfg_read16(const struct pci_dev *d, unsigned off)
 {
 	probe();
-	off &= ~1u;
-	if (mode == 1) {
-		outl(0xcf8, cf8_addr(d, off));
-		return inw((uint16_t)(0xcfc + (off & 2)));
-	}
-	return *(volatile uint16_t *)ecam(d, off);
+	return (uint16_t)cfg_read(d, off & ~1u, 2);
 }
 
 void pci_cfg_write16(const struct pci_dev *d, unsigned off, uint16_t val)
 {
 	probe();
-	off &= ~1u;
-	if (mode == 1) {
-		outl(0xcf8, cf8_addr(d, off));
-		outw((uint16_t)(0xcfc + (off & 2)), val);
-		return;
-	}
-	*(volatile uint16_t *)ecam(d, off) = val;
+	cfg_write(d, off & ~1u, 2, val);
 }
 
 uint8_t pci_cfg_read8(const struct pci_dev *d, unsigned off)
 {
 	probe();
-	if (mode == 1) {
-		outl(0xcf8, cf8_addr(d, off));
-		return inb((uint16_t)(0xcfc + (off & 3)));
-	}
-	return *(volatile uint8_t *)ecam(d, off);
+	return (uint8_t)cfg_read(d, off, 1);
 }
 
 /* Depth-first scan from `bus`, following bridges that have a secondary bus
@@ -111,13 +120,13 @@ static int scan(uint8_t bus, unsigned depth, uint16_t vendor, uint16_t device, u
 {
 	for (unsigned slot = 0; slot < 32; slot++) {
 		struct pci_dev d = { bus, (uint8_t)slot, 0, 0, 0 };
-		uint16_t v0 = pci_cfg_read16(&d, 0);
+		uint16_t v0 = (uint16_t)cfg_read(&d, 0, 2);
 		if (v0 == 0xffff || v0 == 0)
 			continue;
-		unsigned nfunc = (pci_cfg_read8(&d, 0x0e) & 0x80) ? 8 : 1;
+		unsigned nfunc = ((uint8_t)cfg_read(&d, 0x0e, 1) & 0x80) ? 8 : 1;
 		for (unsigned f = 0; f < nfunc; f++) {
 			d.func = (uint8_t)f;
-			uint32_t id = pci_cfg_read32(&d, 0);
+			uint32_t id = cfg_read(&d, 0, 4);
 			d.vendor = (uint16_t)id;
 			d.device = (uint16_t)(id >> 16);
 			if (d.vendor == 0xffff || d.vendor == 0)
@@ -126,8 +135,8 @@ static int scan(uint8_t bus, unsigned depth, uint16_t vendor, uint16_t device, u
 				*out = d;
 				return 0;
 			}
-			if ((pci_cfg_read8(&d, 0x0e) & 0x7f) == 1 && depth < MAX_DEPTH) {
-				uint8_t sec = pci_cfg_read8(&d, 0x19);
+			if (((uint8_t)cfg_read(&d, 0x0e, 1) & 0x7f) == 1 && depth < MAX_DEPTH) {
+				uint8_t sec = (uint8_t)cfg_read(&d, 0x19, 1);
 				if (sec > bus && scan(sec, depth + 1, vendor, device, n, out) == 0)
 					return 0;
 			}
@@ -138,6 +147,7 @@ static int scan(uint8_t bus, unsigned depth, uint16_t vendor, uint16_t device, u
 
 int pci_find(uint16_t vendor, uint16_t device, unsigned n, struct pci_dev *out)
 {
+	probe();
 	return scan(0, 0, vendor, device, &n, out);
 }
 
@@ -145,30 +155,31 @@ static uint64_t bar_map(const struct pci_dev *d, unsigned bar, uint64_t *size, u
 {
 	if (bar > 5)
 		return 0;
+	probe();
 	unsigned off = 0x10 + 4 * bar;
-	uint32_t lo = pci_cfg_read32(d, off);
+	uint32_t lo = cfg_read(d, off, 4);
 	if (lo & 1)
 		return 0;                       /* an I/O BAR */
 	bool is64 = ((lo >> 1) & 3) == 2;
 	if (is64 && bar == 5)
 		return 0;
-	uint16_t cmd = pci_cfg_read16(d, 4);
-	pci_cfg_write16(d, 4, cmd & (uint16_t)~3u);    /* no decoding while sizing */
+	uint16_t cmd = (uint16_t)cfg_read(d, 4, 2);
+	cfg_write(d, 4, 2, cmd & (uint16_t)~3u);    /* no decoding while sizing */
 
-	pci_cfg_write32(d, off, 0xffffffffu);
-	uint32_t mlo = pci_cfg_read32(d, off) & ~0xfu;
-	pci_cfg_write32(d, off, lo);
+	cfg_write(d, off, 4, 0xffffffffu);
+	uint32_t mlo = cfg_read(d, off, 4) & ~0xfu;
+	cfg_write(d, off, 4, lo);
 	uint32_t hi = 0, mhi = 0xffffffffu;
 	if (is64) {
-		hi = pci_cfg_read32(d, off + 4);
-		pci_cfg_write32(d, off + 4, 0xffffffffu);
-		mhi = pci_cfg_read32(d, off + 4);
-		pci_cfg_write32(d, off + 4, hi);
+		hi = cfg_read(d, off + 4, 4);
+		cfg_write(d, off + 4, 4, 0xffffffffu);
+		mhi = cfg_read(d, off + 4, 4);
+		cfg_write(d, off + 4, 4, hi);
 	}
 	uint64_t mask = ((uint64_t)mhi << 32) | mlo;
 	uint64_t sz = ~mask + 1;
 	if (!mlo || !sz || (sz & (sz - 1))) {
-		pci_cfg_write16(d, 4, cmd);
+		cfg_write(d, 4, 2, cmd);
 		return 0;                       /* no such BAR */
 	}
 	uint64_t addr = ((uint64_t)hi << 32) | (lo & ~0xfu);
@@ -177,16 +188,16 @@ static uint64_t bar_map(const struct pci_dev *d, unsigned bar, uint64_t *size, u
 		uint64_t align = sz < 4096 ? 4096 : sz;
 		uint64_t a = (window_next + align - 1) & ~(align - 1);
 		if (a + sz > WINDOW_END || a + sz < a) {
-			pci_cfg_write16(d, 4, cmd);
+			cfg_write(d, 4, 2, cmd);
 			return 0;
 		}
 		window_next = a + sz;
 		addr = a;
-		pci_cfg_write32(d, off, (uint32_t)a | (lo & 0xfu));
+		cfg_write(d, off, 4, (uint32_t)a | (lo & 0xfu));
 		if (is64)
-			pci_cfg_write32(d, off + 4, 0);
+			cfg_write(d, off + 4, 4, 0);
 	}
-	pci_cfg_write16(d, 4, cmd | enable);
+	cfg_write(d, 4, 2, cmd | enable);
 	*size = sz;
 	return addr;
 }

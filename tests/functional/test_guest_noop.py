@@ -313,3 +313,19 @@ def test_firmware_without_kernel(images: Path, tmp_path: Path) -> None:
     result = subprocess.run(argv, capture_output=True, timeout=30)
     assert result.returncode == EXIT_FATAL
     assert (tmp_path / "console").read_text() == "FATAL: lvfw: no PVH kernel in fw_cfg (use -kernel with a PVH ELF)\n"
+
+
+@pytest.mark.parametrize("machine", ["pc", "q35"])
+def test_port_cf8_config_access_with_seabios(images: Path, machine: str) -> None:
+    """pc/q35 have no ECAM at 0xe0000000 but port 0xCF8, and SeaBIOS assigns the BAR."""
+    g = Guest(images / "probe.elf", machine=machine, firmware=None, extra_args=["-append", "probe=pci"])
+    with g:
+        g.write_config(PageConfig(name="cf8"))
+        g.launch()
+        g.wait_boot_state(BootState.READY, timeout=30)
+        _, _, bar, size, _cmd = _line(g.wait_console("PCI ", timeout=20), "PCI ")
+        assert not 0xC0000000 <= int(bar, 16) < 0xE0000000  # SeaBIOS's address, kept
+        assert int(size) == 8192
+        assert g.region is not None
+        g.region.request(Sysctl.POWEROFF)
+        assert g.wait_exit(timeout=20) == EXIT_POWEROFF
