@@ -396,7 +396,7 @@ HOSTILE_PAGES: dict[str, tuple[Callable[[NoxsRegion], None], str]] = {
     "no_sysctl": (lambda r: _put(r, _dev(0, "type"), "I", int(DevType.VBD)), "noxs: 0 sysctl devices"),
     "two_sysctl": (lambda r: _put(r, _dev(1, "type"), "I", int(DevType.SYSCTL)), "noxs: 2 sysctl devices"),
     "unknown_type": (lambda r: _put(r, _dev(1, "type"), "I", 77), "noxs: device 1: unknown type 77"),
-    "generation_odd": (lambda r: _put(r, DevicePage.generation.offset, "Q", 7), "generation stays odd"),
+    "generation_odd": (lambda r: _put(r, DevicePage.generation.offset, "Q", 7), "noxs: page generation never settles"),
     "vif_bad_mtu": (lambda r: _put(r, _VIF0 + VifCtrl.mtu.offset, "H", 20), "noxs: vif 0: bad MTU 20"),
     "vif_bad_prefix": (lambda r: _put(r, _VIF0 + VifCtrl.prefix.offset, "B", 33), "noxs: vif 0: bad prefix /33"),
     "vif_multicast_mac": (lambda r: _put(r, _VIF0 + VifCtrl.mac.offset, "B", 0x01), "noxs: vif 0: bad MAC"),

@@ -42,7 +42,7 @@ static int read_config(char *err, size_t errlen)
 {
 	for (unsigned spin = 0;; spin++) {
 		if (spin > SEQ_SPINS) {
-			snprintf(err, errlen, "noxs: page generation stays odd (host never finished writing)");
+			snprintf(err, errlen, "noxs: page generation never settles (odd, or rewritten on every read)");
 			return -1;
 		}
 		uint64_t g1 = *generation_ptr();

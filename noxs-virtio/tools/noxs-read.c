@@ -56,6 +56,14 @@ static int find_device(char *out, size_t outlen)
 		if (read_hex_file(p, &device) != 0)
 			continue;
 		if (vendor == NOXS_PCI_VENDOR && device == NOXS_PCI_DEVICE) {
+			/* No kernel driver binds ivshmem, so nobody has enabled its memory
+			 * decoding: ask the PCI core to (best effort; needs root). */
+			snprintf(p, sizeof(p), "%s/%s/enable", root, e->d_name);
+			FILE *en = fopen(p, "w");
+			if (en) {
+				fputs("1", en);
+				fclose(en);
+			}
 			snprintf(out, outlen, "%s/%s/resource%u", root, e->d_name, NOXS_PCI_BAR);
 			rc = 0;
 			break;
@@ -136,7 +144,7 @@ int main(int argc, char **argv)
 		(const volatile uint64_t *)(region + offsetof(struct noxs_device_page, generation));
 	for (int tries = 0;; tries++) {
 		if (tries > SEQ_TRIES) {
-			snprintf(err, sizeof(err), "noxs: page generation stays odd (host never finished writing)");
+			snprintf(err, sizeof(err), "noxs: page generation never settles (odd, or rewritten on every read)");
 			rc = -1;
 			break;
 		}
