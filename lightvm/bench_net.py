@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from pyroute2 import config as pyroute2_config
 from pyroute2 import netns
 
 from lightvm.devd import Devd, UndoStack, bridge_alias, tap_alias
@@ -27,6 +28,9 @@ from lightvm.devices import net
 @contextmanager
 def private_netns(prefix: str = "lvbench") -> Iterator[str]:
     """A fresh network namespace, removed (with everything in it) on exit."""
+    # pyroute2 makes the namespace in a forked helper that it stops with SIGTERM:
+    # the helper must die then, not run a SIGTERM handler of ours (cli.main has one).
+    pyroute2_config.disable_mp_signal = True
     name = f"{prefix}-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
     netns.create(name)
     try:

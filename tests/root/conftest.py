@@ -9,15 +9,32 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute, netns
+from pyroute2 import config as pyroute2_config
 
 from lightvm.devd import Devd, has_cap_net_admin
 
 _counter = itertools.count()
+
+# pyroute2 forks helpers (netns.create, IPRoute(netns=...)) and stops them with
+# SIGTERM. A handler that raises instead (cli.main installs one) would make such a
+# fork unwind into pytest and run the rest of the session a second time.
+pyroute2_config.disable_mp_signal = True
+
+
+@pytest.fixture(autouse=True)
+def default_sigterm() -> Iterator[None]:
+    """Run each root test with the default SIGTERM action, whatever an earlier test installed."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _host_links() -> set[tuple[int, str]]:
