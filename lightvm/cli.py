@@ -379,7 +379,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+_SIGTERM_OWNER = 0
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() != _SIGTERM_OWNER:
+        # A forked helper (pyroute2 forks some) inherited this handler: die as by default
+        # instead of unwinding the parent's stack in the child.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     # Unwind like Ctrl-C, so a create being killed politely removes what it made.
     raise SystemExit(128 + signum)
 
@@ -393,7 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(with_network=_wants_network(argv))
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    global _SIGTERM_OWNER
+    _SIGTERM_OWNER = os.getpid()
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (an embedding program): keep its handler
+        previous = None
     try:
         result: Any = args.func(args)
         return int(result or 0)
@@ -406,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)  # main() called in-process: leave no trace
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ from lightvm.qmp import QMPClient
 from lightvm.util import proc_start_time, qemu_opt_escape, short_unix_path, tail
 
 QEMU_BINARY = os.environ.get("LIGHTVM_QEMU", "qemu-system-x86_64")  # override: another QEMU build
-MICROVM = "microvm,pcie=on,x-option-roms=off,rtc=off,pic=off"
+# ioapic2=off: 8 virtio-mmio transports instead of 24, QEMU starts ~2-3 ms sooner (images/base/README.md).
+MICROVM = "microvm,pcie=on,ioapic2=off,x-option-roms=off,rtc=off,pic=off"
 DEBUG_EXIT_IOBASE = 0xF4
 SMALL_GUEST_MIB = 64  # up to this much RAM, a guest gets a 1 MiB TCG translation cache
 # isa-debug-exit turns the guest's write of v into exit status (v << 1) | 1.

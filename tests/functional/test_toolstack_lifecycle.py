@@ -42,7 +42,7 @@ def test_create_text_output(lightvm: Any) -> None:
 def test_list_info_console(lightvm: Any, noop_vm: dict[str, Any]) -> None:
     (entry,) = lightvm.list()
     assert entry["name"] == "noop" and entry["status"] == "running" and entry["pid"] == noop_vm["pid"]
-    assert entry["memory_mib"] == 8 and entry["vcpus"] == 1 and entry["accel"] == "tcg"
+    assert entry["memory_mib"] == 4 and entry["vcpus"] == 1 and entry["accel"] == "tcg"
     table = lightvm.ok("list").out
     assert "noop" in table and "running" in table
     info = json.loads(lightvm.ok("info", "noop", "--json").out)

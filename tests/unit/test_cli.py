@@ -77,3 +77,11 @@ def test_env_state_dir(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
     (tmp_path / "vms" / "leftover").mkdir(parents=True)
     code, out, _ = run(capsys, "list")
     assert code == 0 and "leftover" in out and "incomplete" in out
+
+
+def test_main_leaves_no_sigterm_handler(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    run(capsys, "--state-dir", str(tmp_path), "list")
+    assert signal.getsignal(signal.SIGTERM) == before
