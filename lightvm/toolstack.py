@@ -292,7 +292,11 @@ class Toolstack:
             if isinstance(exc, GuestError):
                 raise
             if isinstance(exc, LightVMError):
-                raise type(exc)(f"{vmdir.name}: {step}: {exc}") from exc
+                try:
+                    named = type(exc)(f"{vmdir.name}: {step}: {exc}")
+                except TypeError:  # a subclass with another constructor: keep the message
+                    named = LightVMError(f"{vmdir.name}: {step}: {exc}")
+                raise named from exc
             if isinstance(exc, OSError):
                 raise LightVMError(f"{vmdir.name}: {step}: {exc}") from exc
             raise
