@@ -308,7 +308,7 @@ class Devd:
         except NetlinkError as exc:
             if exc.code == errno.ENODEV:
                 return None
-            raise NetworkError(f"cannot read interface {name}: {exc}") from exc
+            raise _netlink_error(f"cannot read interface {name}: {exc}", exc) from exc
         return _link_info(msgs[0])
 
     def links(self) -> list[LinkInfo]:
@@ -353,7 +353,7 @@ class Devd:
         try:
             self.ipr.link("add", ifname=name, kind="bridge")
         except NetlinkError as exc:
-            raise NetworkError(f"cannot create bridge {name}: {exc}") from exc
+            raise _netlink_error(f"cannot create bridge {name}: {exc}", exc) from exc
         index = self.ifindex(name)
         if index is None:
             raise NetworkError(f"bridge {name} vanished right after it was created")
@@ -481,7 +481,7 @@ class Devd:
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
                 return
-            raise NetworkError(f"cannot add address {iface} to {ifname}: {exc}") from exc
+            raise _netlink_error(f"cannot add address {iface} to {ifname}: {exc}", exc) from exc
         if undo is not None:
             undo.push(f"address {iface} on {ifname}", lambda: self.delete_address(ifname, iface))
 
@@ -494,7 +494,7 @@ class Devd:
             self.ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
         except NetlinkError as exc:
             if exc.code not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
-                raise NetworkError(f"cannot remove address {iface} from {ifname}: {exc}") from exc
+                raise _netlink_error(f"cannot remove address {iface} from {ifname}: {exc}", exc) from exc
 
     def write_sysctl(self, key: str, value: str) -> None:
         """Write a /proc/sys/net value for our namespace (e.g. ``ipv4/ip_forward``)."""
@@ -536,21 +536,23 @@ class Devd:
         try:
             self.ipr.link("set", index=index, **attrs)
         except NetlinkError as exc:
-            raise NetworkError(f"cannot {what}: {exc}") from exc
+            raise _netlink_error(f"cannot {what}: {exc}", exc) from exc
 
     def _delete_index(self, index: int) -> None:
         try:
             self.ipr.link("del", index=index)
         except NetlinkError as exc:
             if exc.code != errno.ENODEV:
-                raise NetworkError(f"cannot delete interface {index}: {exc}") from exc
+                raise _netlink_error(f"cannot delete interface {index}: {exc}", exc) from exc
 
     def _tun_create(self, name: str, owner_uid: int | None) -> None:
         with self.inside():
             try:
                 fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
             except OSError as exc:
-                raise CapabilityError(f"cannot open /dev/net/tun: {exc.strerror}") from exc
+                raise CapabilityError(
+                    f"cannot open /dev/net/tun: {exc.strerror}; taps need CAP_NET_ADMIN (else use user networking)"
+                ) from exc
         try:
             ifr = struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_TUN_EXCL)
             fcntl.ioctl(fd, _TUNSETIFF, ifr)
@@ -563,6 +565,13 @@ class Devd:
             raise NetworkError(f"cannot create tap {name}: {exc.strerror}") from exc
         finally:
             os.close(fd)
+
+
+def _netlink_error(message: str, exc: NetlinkError) -> NetworkError:
+    """The error for a refused netlink request; EPERM means a missing capability."""
+    if exc.code == errno.EPERM:
+        return CapabilityError(f"{message.rsplit(':', 1)[0]}: not permitted; needs CAP_NET_ADMIN (run as root)")
+    return NetworkError(message)
 
 
 def _link_info(msg: Any) -> LinkInfo:

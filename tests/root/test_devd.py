@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import multiprocessing
+import os
 import socket
 
 import pytest
 from pyroute2 import IPRoute
 
 from lightvm.devd import Devd, UndoStack, bridge_alias, tap_alias
-from lightvm.errors import ForeignLinkError, NetworkError
+from lightvm.errors import CapabilityError, ForeignLinkError, NetworkError
 
 pytestmark = pytest.mark.root
 
@@ -153,3 +155,33 @@ def test_undo_still_works_after_close(nsname: str) -> None:
     with Devd(netns=nsname) as fresh:
         assert _names(fresh) == set()
     devd.close()
+
+
+def _as_nobody(out: multiprocessing.Queue[list[str]]) -> None:
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)  # drops every capability
+    results = []
+    with Devd() as d:
+        for attempt in (lambda: d.ensure_bridge("lvx", 1500), lambda: d.create_tap("lvx-0", 1500)):
+            try:
+                attempt()
+                results.append("created")
+            except CapabilityError as exc:
+                results.append(f"CapabilityError {exc}")
+    out.put(results)
+
+
+def test_without_cap_net_admin_errors_name_the_capability(need_net_admin: None) -> None:
+    # A forked child running as nobody: every attempt is refused before anything exists.
+    ctx = multiprocessing.get_context("fork")
+    out: multiprocessing.Queue[list[str]] = ctx.Queue()
+    child = ctx.Process(target=_as_nobody, args=(out,))
+    child.start()
+    try:
+        lines = out.get(timeout=30)
+    finally:
+        child.join(timeout=30)
+    assert child.exitcode == 0
+    assert all(line.startswith("CapabilityError") for line in lines) and len(lines) == 2, lines
+    assert all("CAP_NET_ADMIN" in line for line in lines), lines
