@@ -1,0 +1,213 @@
+"""The guest IPv4 stack (images/net/), run as a host process on a tap in a private namespace.
+
+The harness (images/net/test/tap_harness.c) links the very sources the unikernels link, built here
+with the host gcc under ASan+UBSan, so a memory error anywhere in the stack aborts it and fails the
+test. Clients are the real Linux ones (busybox ping, openbsd nc) plus netclient.py, all run inside
+the namespace with ``ip netns exec``.
+"""
+
+from __future__ import annotations
+
+import calendar
+import random
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nettools import Netns, require_netns, run
+
+REPO = Path(__file__).resolve().parents[2]
+NET = REPO / "images" / "net"
+STACK_SOURCES = ["eth.c", "arp.c", "ip.c", "tcp.c", "daytime_fmt.c"]   # the portable half
+GUEST_ONLY = {"virtio_net.c", "netif.c"}                                 # these need guest.h
+STACK_IP = "10.213.0.2"
+STACK_MAC = "52:54:00:13:00:02"
+
+pytestmark = pytest.mark.functional
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("needs a host gcc to build the tap harness")
+    # every portable source must be in the harness, or it would go untested
+    assert {p.name for p in NET.glob("*.c")} - GUEST_ONLY == set(STACK_SOURCES)
+    out = tmp_path_factory.mktemp("harness") / "tap_harness"
+    argv = ["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g",
+            "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+            "-I", str(REPO / "images" / "include"),
+            *[str(NET / s) for s in STACK_SOURCES], str(NET / "test" / "tap_harness.c"), "-o", str(out)]
+    proc = run(argv, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def expected_daytime(t: int) -> str:
+    g = time.gmtime(t)
+    return (f"{calendar.day_name[g.tm_wday]}, {calendar.month_name[g.tm_mon]} {g.tm_mday}, {g.tm_year} "
+            f"{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d}-UTC")
+
+
+def parse_daytime(text: str) -> float:
+    """Seconds since the epoch from our RFC 867 line; raises ValueError if malformed."""
+    if not text.endswith("\r\n"):
+        raise ValueError(f"no CRLF: {text!r}")
+    parsed = time.strptime(text[:-2], "%A, %B %d, %Y %H:%M:%S-UTC")
+    return calendar.timegm(parsed)
+
+
+def test_daytime_format_matches_python_calendar(harness: Path) -> None:
+    rnd = random.Random(867)
+    stamps = [0, 59, 86399, 86400, 951782400, 951868800, 978307199, 1709164800, 1763753712,
+              4107542400, 4102444799, 253402300799]
+    stamps += [rnd.randrange(0, 253402300799) for _ in range(400)]
+    proc = run([str(harness), "fmt", *map(str, stamps)], timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines == [expected_daytime(t) for t in stamps]
+    # and what a client parses back is the same instant
+    assert parse_daytime(lines[8] + "\r\n") == stamps[8]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_stack_survives_fuzzed_frames(harness: Path, seed: int) -> None:
+    proc = run([str(harness), "fuzz", "150000", str(seed)], timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "FUZZ OK" in proc.stdout
+    fields = dict(kv.split("=") for kv in proc.stdout.split("FUZZ OK", 1)[1].split())
+    # the fuzzer must reach deep into TCP, not only bounce off checksums
+    assert int(fields["accepted"]) > 100
+    assert int(fields["retransmits"]) > 100
+    assert int(fields["tx"]) > 10000
+
+
+class Stack:
+    """The harness serving on a tap in a fresh namespace."""
+
+    def __init__(self, harness: Path, ns: Netns, loss: int = 0) -> None:
+        argv = ns.argv([str(harness), "run", ns.tap, STACK_MAC, f"{STACK_IP}/24", ns.host_ip,
+                        "--loss", str(loss), "--seed", str(1000 + loss)])
+        self.ns = ns
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()   # the harness prints READY or dies
+        if line.strip() != "READY":
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=10)
+            raise AssertionError(f"tap harness did not start: {line!r} {err}")
+        self.stats: dict[str, int] = {}
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> dict[str, int]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate(timeout=10)
+        assert self.proc.returncode == 0, f"harness exited {self.proc.returncode}: {err[-3000:]}"
+        for line in out.splitlines():
+            if line.startswith("STATS "):
+                self.stats = {k: int(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+        return self.stats
+
+
+@pytest.fixture
+def stack(harness: Path) -> Iterator[Stack]:
+    require_netns()
+    with Netns() as ns:
+        s = Stack(harness, ns)
+        try:
+            yield s
+        finally:
+            if s.proc.poll() is None:
+                s.proc.kill()
+                s.proc.communicate(timeout=10)
+
+
+def test_ping(stack: Stack) -> None:
+    proc = stack.ns.exec(["busybox", "ping", "-c", "3", "-W", "2", STACK_IP], timeout=20, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 packets received" in proc.stdout
+    # a big one too (no fragmentation: 1472 + 28 = the 1500-byte MTU)
+    proc = stack.ns.exec(["busybox", "ping", "-c", "1", "-s", "1472", "-W", "2", STACK_IP], timeout=20, check=False)
+    assert "1 packets received" in proc.stdout, proc.stdout
+    assert stack.stop()["icmp_echo_replies"] == 4
+
+
+def test_daytime_with_netcat(stack: Stack) -> None:
+    assert abs(parse_daytime(stack.ns.nc(STACK_IP, 13)) - time.time()) < 5
+
+
+def test_time_protocol_with_rdate(stack: Stack) -> None:
+    proc = stack.ns.exec(["busybox", "rdate", "-p", STACK_IP], timeout=20, check=False)
+    assert proc.returncode == 0, proc.stderr
+    # busybox prints the time as ctime(), in the local zone; the client result is exact
+    assert abs(stack.ns.client("time37", STACK_IP)["unix"] - time.time()) < 5
+
+
+def test_hundred_sequential_clients(stack: Stack) -> None:
+    result = stack.ns.client("daytime", STACK_IP, 13, 100)
+    assert result["errors"] == []
+    assert result["ok"] == 100
+    for text in result["texts"]:
+        assert abs(parse_daytime(text) - time.time()) < 30
+    stats = stack.stop()
+    assert stats["daytime_served"] == 100
+    assert stats["tcp_table_full"] == 0
+    # 100 finished connections went through a 16-slot table: TIME_WAIT slots were recycled
+    assert stats["tcp_recycled_time_wait"] >= 100 - 16
+
+
+def test_closed_port_is_refused(stack: Stack) -> None:
+    assert stack.ns.client("refused", STACK_IP, 9) == {"refused": True}
+    assert stack.stop()["tcp_resets_sent"] >= 1
+
+
+def test_concurrent_echo_connections(stack: Stack) -> None:
+    result = stack.ns.client("echo", STACK_IP, 7, 8, 50_000)
+    for conn in result["conns"]:
+        assert conn["match"] and conn["eof"], conn
+
+
+def test_udp_echo_and_daytime(stack: Stack) -> None:
+    assert stack.ns.client("udp", STACK_IP, 7, "hello udp")["reply"] == "hello udp"
+    reply = stack.ns.client("udp", STACK_IP, 13, "?")["reply"]
+    assert abs(parse_daytime(reply) - time.time()) < 5
+
+
+def test_garbage_frames_do_not_crash(stack: Stack) -> None:
+    mac = stack.ns.tap_mac()
+    result = stack.ns.client("garbage", stack.ns.tap, STACK_MAC, mac, stack.ns.host_ip, STACK_IP, 3000, 7)
+    assert result["sent"] == 3000
+    assert stack.alive()
+    assert abs(parse_daytime(stack.ns.nc(STACK_IP, 13)) - time.time()) < 5
+    stats = stack.stop()
+    assert stats["rx_dropped"] > 1000
+
+
+def test_retransmission_under_loss(harness: Path) -> None:
+    """20% of frames lost each way: every byte still arrives, through retransmission."""
+    require_netns()
+    with Netns() as ns:
+        s = Stack(harness, ns, loss=20)
+        try:
+            # backoff reaches 8 s per attempt: give each client a minute
+            result = ns.client("daytime", STACK_IP, 13, 20, 60, timeout=600)
+            assert result["errors"] == [] and result["ok"] == 20
+            echo = ns.client("echo", STACK_IP, 7, 3, 20_000, timeout=300)
+            for conn in echo["conns"]:
+                assert conn["match"] and conn["eof"], conn
+            stats = s.stop()
+            assert stats["tcp_retransmits"] > 0
+        finally:
+            if s.proc.poll() is None:
+                s.proc.kill()
+                s.proc.communicate(timeout=10)
