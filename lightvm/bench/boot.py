@@ -1,0 +1,155 @@
+"""``lightvm bench boot``: time to READY of the Nth instance while N-1 run (paper Fig. 9).
+
+One table row per (variant, N). Before a variant's rows the previous variant's
+fleet is torn down (variants never share the host); each row grows the fleet
+to N-1 running instances, then every iteration starts one more, times it to
+ready and removes it. The lightvm rows also record the boot breakdown per point
+(QEMU up, vCPU resumed, guest entry, devices up, READY).
+
+The variant table is :data:`VARIANTS`. Only what exists is in it:
+
+* ``lightvm-cold``  the toolstack's cold path (NoXS, no pool), public API
+* ``libvirt``       a private libvirtd creating the same guest (virDomainCreateXML)
+* ``crun``          a busybox container started by crun (reference)
+* ``fork-exec``     a static binary, to its ready byte (reference)
+
+Not yet in the table, because they are not implemented: ``lightvm-split`` (the
+pool, lightvm/pool.py) and ``lightvm-xenstore`` (the XenStore-style control
+plane, lightvm/store.py). Each will be one :class:`Variant` entry whose factory
+returns a fleet (grow/measure/close, see :mod:`lightvm.bench.fleets`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightvm.bench import crun, forkexec, libvirtd
+from lightvm.bench.fleets import BOOT_STEPS, Fleet, LightvmColdFleet, guest_spec
+from lightvm.bench.runner import Benchmark, Result
+from lightvm.bench.suite import SuiteOptions
+from lightvm.errors import LightVMError
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    kind: str  # "lightvm" or "baseline"
+    factory: Callable[[SuiteOptions], Fleet]
+    available: Callable[[], str | None]
+    doc: str
+
+
+def _lightvm_cold(opts: SuiteOptions) -> Fleet:
+    return LightvmColdFleet(guest_spec(opts.app), opts.accel)
+
+
+def _libvirt(opts: SuiteOptions) -> Fleet:
+    from lightvm.bench.libvirt_fleet import LibvirtFleet
+
+    return LibvirtFleet(guest_spec(opts.app), opts.accel)
+
+
+def _crun(opts: SuiteOptions) -> Fleet:
+    return crun.CrunFleet()
+
+
+def _fork_exec(opts: SuiteOptions) -> Fleet:
+    return forkexec.ForkExecFleet()
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("lightvm-cold", "lightvm", _lightvm_cold, lambda: None, "Toolstack.create, cold path (NoXS, no pool)"),
+    # Variant("lightvm-split", "lightvm", ...): when lightvm/pool.py exists (execute phase of a prepared shell).
+    # Variant("lightvm-xenstore", "lightvm", ...): when lightvm/store.py exists (XenStore-style control plane).
+    Variant("libvirt", "baseline", _libvirt, libvirtd.available, "private libvirtd, virDomainCreateXML, same guest"),
+    Variant("crun", "baseline", _crun, crun.available, "crun run of a busybox OCI bundle, to its first output byte"),
+    Variant(
+        "fork-exec", "baseline", _fork_exec, forkexec.available, "posix_spawn of a static binary, to its ready byte"
+    ),
+)
+BASELINES = tuple(v.name for v in VARIANTS if v.kind == "baseline")
+REFERENCE = "lightvm-cold"  # ratios in the summary are against this variant
+
+
+class _Current:
+    """The one fleet alive at a time; switching variants tears the previous one down."""
+
+    def __init__(self, opts: SuiteOptions) -> None:
+        self.opts = opts
+        self.variant: Variant | None = None
+        self.fleet: Fleet | None = None
+
+    def get(self, variant: Variant) -> Fleet:
+        if self.variant is not variant or self.fleet is None:
+            self.close()
+            why = variant.available()
+            if why:
+                raise LightVMError(f"{variant.name}: {why}")
+            self.variant = variant
+            self.fleet = variant.factory(self.opts)
+        return self.fleet
+
+    def close(self) -> None:
+        fleet, self.fleet, self.variant = self.fleet, None, None
+        if fleet is not None:
+            fleet.close()
+
+
+def benchmarks(opts: SuiteOptions, stack: contextlib.ExitStack) -> list[Benchmark]:
+    """The rows for the selected variants, N ascending within each variant."""
+    current = _Current(opts)
+    stack.callback(current.close)
+    rows = []
+    for variant in VARIANTS:
+        if variant.kind == "baseline" and variant.name not in opts.baselines:
+            continue
+        for n in sorted(set(opts.vms)):
+
+            def before(variant: Variant = variant, n: int = n) -> None:
+                current.get(variant).grow(n - 1)
+
+            def measure(variant: Variant = variant) -> dict[str, float]:
+                return current.get(variant).measure()
+
+            rows.append(
+                Benchmark(
+                    name=f"boot/{variant.name}/n={n}",
+                    fn=measure,
+                    warmup=opts.warmup,
+                    iterations=opts.iterations,
+                    params={"variant": variant.name, "n": n, "kind": variant.kind},
+                    metric="ms",
+                    unit="ms",
+                    before=before,
+                )
+            )
+    return rows
+
+
+def describe() -> dict[str, Any]:
+    """What each variant is, for the results file (so a reader knows what was compared)."""
+    return {
+        "variants": {v.name: {"kind": v.kind, "doc": v.doc} for v in VARIANTS},
+        "not_implemented": ["lightvm-split (needs lightvm/pool.py)", "lightvm-xenstore (needs lightvm/store.py)"],
+        "reference": REFERENCE,
+        "boot_steps": list(BOOT_STEPS),
+    }
+
+
+def plot(results: list[Result], outdir: Path) -> list[Path]:
+    from lightvm.bench import plots
+
+    return [
+        *plots.lines(
+            results, outdir / "boot", title="Time to ready of the Nth instance while N-1 run",
+            ylabel="time to ready (ms, log)", logy=True,
+        ),
+        *plots.breakdown(results, outdir / "boot-breakdown", variant=REFERENCE, steps=BOOT_STEPS),
+    ]  # fmt: skip
+
+
+__all__ = ["BASELINES", "REFERENCE", "VARIANTS", "Variant", "benchmarks", "describe", "plot"]

@@ -1,0 +1,161 @@
+"""``lightvm bench SUITE``: run a benchmark suite, write results.json and plots.
+
+cli.py calls :func:`register` with its subparsers (as with network_cli).
+``lightvm bench boot --vms 1,10,50 --accel tcg`` writes
+``bench-results/<timestamp>-boot/`` with ``results.json`` (metadata and every
+sample), ``summary.txt`` (medians and ratios, also printed) and the plots.
+The exit status is 1 when any row failed (its error is in the JSON), so CI
+notices a baseline that broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+from lightvm.bench import runner, suite
+from lightvm.errors import LightVMError
+
+# --smoke: checks that results are produced and sane, not that they are fast.
+SMOKE_VMS = (1, 2)
+SMOKE_ITERATIONS = 2
+SMOKE_WARMUP = 1
+SMOKE_IDLE_WINDOW_S = 1.0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``bench`` to the ``lightvm`` argument parser."""
+    p = subparsers.add_parser(
+        "bench",
+        help="run a benchmark suite (boot, density, net): JSON results + plots",
+        description="Run a benchmark suite side by side with its baselines; write results.json "
+        "(git describe, host, CPU, accel, QEMU version, every sample), summary.txt and PNG/SVG plots.",
+    )
+    p.add_argument("suite", choices=suite.SUITES, metavar="SUITE", help=f"one of {', '.join(suite.SUITES)}")
+    p.add_argument("--vms", type=_int_list, default=None, help="N values, e.g. 1,10,100 (default 1,10,100)")
+    p.add_argument("--iterations", type=int, default=None, help="measured iterations per point (default 10)")
+    p.add_argument("--warmup", type=int, default=None, help="unmeasured iterations per point (default 1)")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto", help="accelerator (default auto)")
+    p.add_argument("--out", type=Path, help="results folder (default bench-results/<timestamp>-SUITE)")
+    p.add_argument("--smoke", action="store_true", help="few VMs, few iterations: checks it works, not speed")
+    p.add_argument(
+        "--baselines",
+        type=_name_list,
+        default=None,
+        help="boot suite baselines to run, comma-separated (default fork-exec,crun,libvirt; 'none' for none)",
+    )
+    p.add_argument("--app", default="noop", help="example guest the VMs boot (default noop)")
+    p.add_argument("--idle-window", type=float, default=None, help="density: seconds of idle CPU sampling (10)")
+    p.add_argument("--max-vms", type=int, default=200, help="refuse N above this unless raised (default 200)")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.set_defaults(func=cmd_bench)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: N must be >= 1")
+    return values
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return () if text == "none" else tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def options(args: argparse.Namespace) -> suite.SuiteOptions:
+    from lightvm import accel as accelmod
+
+    opts = suite.SuiteOptions(accel=accelmod.select(args.accel).accel, app=args.app)
+    if args.smoke:
+        opts.vms, opts.iterations, opts.warmup = list(SMOKE_VMS), SMOKE_ITERATIONS, SMOKE_WARMUP
+        opts.idle_window_s = SMOKE_IDLE_WINDOW_S
+    if args.vms is not None:
+        opts.vms = args.vms
+    if args.iterations is not None:
+        opts.iterations = args.iterations
+    if args.warmup is not None:
+        opts.warmup = args.warmup
+    if args.idle_window is not None:
+        opts.idle_window_s = args.idle_window
+    if args.baselines is not None:
+        from lightvm.bench.boot import BASELINES
+
+        unknown = [b for b in args.baselines if b not in BASELINES]
+        if unknown:
+            raise LightVMError(f"--baselines: unknown {', '.join(unknown)}; known: {', '.join(BASELINES)}")
+        opts.baselines = args.baselines
+    if max(opts.vms) > args.max_vms:
+        raise LightVMError(f"--vms up to {max(opts.vms)}: above --max-vms {args.max_vms} (raise it to run)")
+    return opts
+
+
+def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True) -> tuple[Path, list[runner.Result]]:
+    """Run suite ``name``; write results.json, summary.txt and plots into ``out``."""
+    module = suite.load(name)
+    meta = runner.metadata(
+        name,
+        opts.accel,
+        {
+            "vms": opts.vms,
+            "iterations": opts.iterations,
+            "warmup": opts.warmup,
+            "baselines": list(opts.baselines),
+            "app": opts.app,
+            "idle_window_s": opts.idle_window_s,
+        },
+    )
+    with contextlib.ExitStack() as stack:
+        rows = module.benchmarks(opts, stack)
+        results = runner.run(rows)
+    reference = {str(r.params.get("variant")): module.REFERENCE for r in results if "variant" in r.params}
+    table = runner.summary_table(results, reference)
+    written: list[Path] = []
+    if plots:
+        try:
+            written = module.plot(results, out)
+        except Exception as exc:  # plots are a view; the numbers must still be written
+            print(f"plots failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    path = out / "results.json"
+    runner.write_json(
+        path,
+        meta,
+        results,
+        {"describe": module.describe(), "plots": [p.name for p in written], "summary_table": table},
+    )
+    (out / "summary.txt").write_text(table + "\n")
+    return path, results
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    opts = options(args)
+    out = args.out or Path("bench-results") / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.suite}"
+    path, results = run_suite(args.suite, opts, out, plots=not args.no_plots)
+    print((out / "summary.txt").read_text(), end="")
+    print(f"results: {path}")
+    failed = [r.name for r in results if r.error]
+    if failed:
+        print(f"lightvm: {len(failed)} benchmark(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lightvm.bench.cli SUITE ...`` (the same as ``lightvm bench``)."""
+    parser = argparse.ArgumentParser(prog="lightvm")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args))
+    except LightVMError as exc:
+        print(f"lightvm: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Reference: a container started with crun (a real OCI runtime, busybox rootfs).
+
+crun refuses this host's hybrid cgroup v1/v2 layout, so (QEMU-NOTES, "Baselines")
+all crun calls run in a worker process started as
+``unshare -m --propagation private python -m lightvm.bench.crun WORKDIR``, which
+first unmounts /sys/fs/cgroup/unified in its private mount namespace (the host's
+mounts are untouched). The worker reads one JSON command per line on stdin and
+answers one JSON line on stdout, so the timings exclude the unshare and Python
+start-up: ``start`` runs a detached ``busybox sleep`` container (the N-1 that
+keep running); ``measure`` times ``crun run`` of a container whose process
+writes ``R`` to stdout and exits (ms to that byte, and to crun's exit);
+``stop`` kills and deletes every container. The state lives under a suite-owned
+``--root``; on EOF the worker deletes whatever is left.
+
+The bundle: a rootfs with only the static busybox (Debian's busybox-static),
+read-only root, the default namespaces of ``crun spec`` (pid, net, ipc, uts, mnt).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lightvm.bench.runner import Sample
+from lightvm.errors import LightVMError
+
+TIMEOUT = 30.0
+CGROUP_UNIFIED = "/sys/fs/cgroup/unified"
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def busybox() -> Path | None:
+    """A statically linked busybox (busybox-static), or None."""
+    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
+        path = Path(candidate)
+        if path.is_file() and _is_static(path):
+            return path
+    return None
+
+
+def _is_static(path: Path) -> bool:
+    # A dynamic ELF has a PT_INTERP naming the loader; look for its path in the headers.
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return head[:4] == b"\x7fELF" and b"/lib64/ld-linux" not in head and b"/lib/ld-linux" not in head
+
+
+def available() -> str | None:
+    """Why this baseline cannot run here, or None."""
+    if shutil.which("crun") is None:
+        return "crun not found (apt install crun)"
+    if shutil.which("unshare") is None:
+        return "unshare not found (util-linux)"
+    if busybox() is None:
+        return "no static busybox (apt install busybox-static)"
+    if os.geteuid() != 0:
+        return "crun needs root here"
+    return None
+
+
+def make_bundle(bundle: Path, args: list[str]) -> None:
+    """An OCI bundle at ``bundle`` (rootfs + config.json from ``crun spec``) running ``args``."""
+    bb = busybox()
+    if bb is None:
+        raise LightVMError("crun baseline: no static busybox (apt install busybox-static)")
+    (bundle / "rootfs" / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(bb, bundle / "rootfs" / "bin" / "busybox")
+    subprocess.run(["crun", "spec"], cwd=bundle, capture_output=True, timeout=TIMEOUT, check=True)
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["process"]["args"] = args
+    config["root"] = {"path": "rootfs", "readonly": True}
+    (bundle / "config.json").write_text(json.dumps(config))
+
+
+class CrunFleet:
+    """N-1 running busybox containers plus one measured ``crun run`` at a time."""
+
+    variant = "crun"
+
+    def __init__(self) -> None:
+        why = available()
+        if why:
+            raise LightVMError(f"crun baseline: {why}")
+        self._tmp = tempfile.TemporaryDirectory(prefix="lightvm-bench-crun-")
+        work = Path(self._tmp.name)
+        make_bundle(work / "ready", ["/bin/busybox", "echo", "R"])
+        make_bundle(work / "sleep", ["/bin/busybox", "sleep", "3600"])
+        self.count = 0
+        self._proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", sys.executable, "-m", "lightvm.bench.crun", str(work)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent.parent)},
+        )
+        try:
+            self._call({"op": "hello"})
+        except BaseException:
+            self.close()
+            raise
+
+    def _call(self, command: dict[str, Any]) -> dict[str, Any]:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(json.dumps(command) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()  # the worker answers every command (or dies)
+        if not line:
+            self._proc.wait(TIMEOUT)
+            raise LightVMError(f"crun worker exited with status {self._proc.returncode}")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise LightVMError(f"crun baseline: {reply['error']}")
+        return reply
+
+    def grow(self, count: int) -> None:
+        while self.count < count:
+            self._call({"op": "start", "id": f"bg{self.count}"})
+            self.count += 1
+
+    def measure(self) -> Sample:
+        reply = self._call({"op": "measure"})
+        return {"ms": float(reply["ms"]), "exit_ms": float(reply["exit_ms"])}
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if self._proc.stdin:
+                self._proc.stdin.close()  # EOF: the worker deletes every container, then exits
+        try:
+            self._proc.wait(TIMEOUT + self.count)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(TIMEOUT)
+        if self._proc.stdout:
+            self._proc.stdout.close()
+        self._tmp.cleanup()
+
+
+# ---------------------------------------------------------------------- the worker
+
+
+class _Worker:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.root = work / "state"
+        self.root.mkdir(exist_ok=True)
+        self.started: list[str] = []
+        self.seq = 0
+        self.started_any = False
+
+    def crun(self, *args: str) -> None:
+        # stderr goes to a file, not a pipe: a detached container inherits it and would
+        # hold a pipe open for its whole life.
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.run(
+                ["crun", "--root", str(self.root), *args],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                timeout=TIMEOUT,
+                check=False,
+            )
+            if proc.returncode != 0:
+                err.seek(0)
+                text = err.read().decode(errors="replace").strip()[-300:]
+                raise LightVMError(f"crun {' '.join(args)}: {text}")
+
+    def start(self, cid: str) -> dict[str, Any]:
+        self.crun("run", "--detach", "--bundle", str(self.work / "sleep"), cid)
+        self.started.append(cid)
+        self.started_any = True
+        return {"ok": True}
+
+    def measure(self) -> dict[str, Any]:
+        self.seq += 1
+        cid = f"m{self.seq}"
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            ["crun", "--root", str(self.root), "run", "--bundle", str(self.work / "ready"), cid],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        assert proc.stdout is not None
+        byte = proc.stdout.read(1)
+        ready = (time.perf_counter() - t0) * 1000
+        try:
+            _, err = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate(timeout=TIMEOUT)
+        exited = (time.perf_counter() - t0) * 1000
+        if byte != b"R" or proc.returncode != 0:
+            with contextlib.suppress(LightVMError):
+                self.crun("delete", "--force", cid)
+            msg = err.decode(errors="replace").strip()[-300:]
+            return {"error": f"crun run exited {proc.returncode} (first byte {byte!r}): {msg}"}
+        return {"ms": ready, "exit_ms": exited}
+
+    def stop_all(self) -> None:
+        for cid in self.started:
+            with contextlib.suppress(LightVMError, subprocess.SubprocessError):
+                self.crun("delete", "--force", cid)
+        self.started.clear()
+
+
+def _reap() -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def _worker_main(work: Path) -> int:
+    # Detached containers outlive the crun that started them: make this worker their
+    # subreaper, so their exit is reaped here and not left to the host's PID 1.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    if os.path.ismount(CGROUP_UNIFIED):
+        subprocess.run(["umount", CGROUP_UNIFIED], capture_output=True, timeout=TIMEOUT, check=False)
+    worker = _Worker(work)
+    try:
+        for line in sys.stdin:
+            command = json.loads(line)
+            op = command.get("op")
+            try:
+                if op == "hello":
+                    reply: dict[str, Any] = {"ok": True}
+                elif op == "start":
+                    reply = worker.start(str(command["id"]))
+                elif op == "measure":
+                    reply = worker.measure()
+                else:
+                    reply = {"error": f"unknown op {op!r}"}
+            except (LightVMError, OSError, subprocess.SubprocessError) as exc:
+                reply = {"error": str(exc)}
+            _reap()
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()
+    finally:
+        worker.stop_all()
+        deadline = time.monotonic() + TIMEOUT
+        while worker.started_any and time.monotonic() < deadline:
+            try:
+                if os.waitpid(-1, 0)[0] <= 0:
+                    break
+            except ChildProcessError:
+                break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(Path(sys.argv[1])))

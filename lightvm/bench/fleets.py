@@ -1,0 +1,97 @@
+"""The lightvm side of the comparisons: a fleet of VMs made by the toolstack's public API.
+
+A *fleet* is what every boot-suite variant provides (lightvm here; fork/exec,
+crun and libvirt in their modules): ``grow(k)`` keeps k instances running (the
+N-1 of "the Nth VM while N-1 run"), ``measure()`` starts one more, times it to
+ready, removes it and returns the sample, ``close()`` removes everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Protocol
+
+from lightvm.bench.runner import REPO, Sample
+from lightvm.errors import LightVMError
+from lightvm.spec import VMSpec, load_spec
+
+BOOT_STEPS = ("qemu_up", "resumed", "guest_entry", "devices_up", "ready")
+
+
+class Fleet(Protocol):
+    variant: str
+
+    def grow(self, count: int) -> None: ...
+
+    def measure(self) -> Sample: ...
+
+    def close(self) -> None: ...
+
+
+def guest_spec(app: str = "noop") -> VMSpec:
+    """examples/<app>.toml (noop by default): the guest every VM variant boots.
+
+    :raise LightVMError: the example or its kernel is missing (run ``make -C images``).
+    """
+    path = REPO / "examples" / f"{app}.toml"
+    if not path.is_file():
+        raise LightVMError(f"{path}: no such example")
+    return load_spec(path)
+
+
+class LightvmColdFleet:
+    """lightvm's cold path (NoXS, no pool): ``Toolstack.create`` of one VM, in a private state dir.
+
+    The sample is the toolstack's own boot breakdown (ms from the start of create):
+    ``ms`` = READY seen by the host, plus qemu_up, resumed, guest_entry, devices_up,
+    and ``wall_ms`` around the call (Python-side bookkeeping included).
+    """
+
+    variant = "lightvm-cold"
+
+    def __init__(self, spec: VMSpec, accel: str) -> None:
+        from lightvm.toolstack import Toolstack
+
+        self.spec = spec
+        self.accel = accel
+        self._tmp = tempfile.TemporaryDirectory(prefix="lightvm-bench-state-")
+        self.ts = Toolstack(Path(self._tmp.name) / "state")
+        self.count = 0
+        self.seq = 0
+
+    def grow(self, count: int) -> None:
+        while self.count < count:
+            self.ts.create(self.spec, name=f"bg{self.count}", accel=self.accel)
+            self.count += 1
+
+    def measure(self) -> Sample:
+        self.seq += 1
+        name = f"m{self.seq}"
+        t0 = time.perf_counter()
+        (result,) = self.ts.create(self.spec, name=name, accel=self.accel)
+        wall = (time.perf_counter() - t0) * 1000
+        t1 = time.perf_counter()
+        self.ts.destroy(name)
+        destroy = (time.perf_counter() - t1) * 1000
+        sample: Sample = {"wall_ms": wall, "destroy_ms": destroy}
+        for step in BOOT_STEPS:
+            value = result.boot_ms.get(step)
+            if value is not None:
+                sample[step] = float(value)
+        sample["ms"] = sample.get("ready", wall)
+        return sample
+
+    def pids(self) -> list[int]:
+        return [info.pid for info in self.ts.list() if info.pid]
+
+    def close(self) -> None:
+        with contextlib.suppress(LightVMError):
+            self.ts.destroy_all()
+        self.count = 0
+        self._tmp.cleanup()
+
+
+__all__ = ["BOOT_STEPS", "Fleet", "LightvmColdFleet", "guest_spec"]

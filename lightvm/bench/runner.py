@@ -1,0 +1,296 @@
+"""The table-driven benchmark harness (after Cloud Hypervisor's metrics runner).
+
+A suite is a list of :class:`Benchmark` rows: a name, a function returning one
+:data:`Sample` per call, warm-up and iteration counts, parameters (variant, N)
+and an optional ``before`` hook that brings the host into the state the row
+measures (e.g. grows a fleet of N-1 running VMs). :func:`run` executes the
+rows in order under a progress bar on stderr and keeps every sample;
+:func:`write_json` writes them with the run's metadata (``git describe``, host,
+CPU, accelerator, QEMU version, kernel, time). Benchmarks only record: the
+comparison between commits is ci/ab_compare.py's job.
+
+A sample is a dict of metric -> value; each row names its primary metric
+(``metric``, e.g. ``ms``) and may record more (a boot breakdown). A row whose
+function raises is recorded with its error and no samples, and the run goes
+on: one broken baseline must not lose the other variants' numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+Sample = dict[str, float]
+
+REPO = Path(__file__).resolve().parent.parent.parent
+SCHEMA = 1
+QEMU_BINARY = "qemu-system-x86_64"
+
+
+@dataclass
+class Benchmark:
+    """One row of a suite's table."""
+
+    name: str  # unique within the run, e.g. "boot/lightvm-cold/n=10"
+    fn: Callable[[], Sample]
+    warmup: int = 1
+    iterations: int = 10
+    params: Mapping[str, Any] = field(default_factory=dict)  # {"variant": ..., "n": ...}
+    metric: str = "ms"  # the primary metric in each sample
+    unit: str = "ms"
+    before: Callable[[], None] | None = None  # host set-up for this row, not timed
+
+
+@dataclass
+class Result:
+    name: str
+    params: dict[str, Any]
+    metric: str
+    unit: str
+    warmup: int
+    iterations: int
+    samples: list[Sample] = field(default_factory=list)
+    error: str = ""
+
+    def values(self, metric: str | None = None) -> list[float]:
+        key = metric or self.metric
+        return [s[key] for s in self.samples if key in s]
+
+    def as_dict(self) -> dict[str, Any]:
+        metrics = sorted({k for s in self.samples for k in s})
+        return {
+            "name": self.name,
+            "params": self.params,
+            "metric": self.metric,
+            "unit": self.unit,
+            "warmup": self.warmup,
+            "iterations": self.iterations,
+            "error": self.error,
+            "summary": {m: summarize(self.values(m)) for m in metrics},
+            "samples": self.samples,
+        }
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """median, mean, stdev, min, max, p10, p90 and n of ``values`` ({} when empty)."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    n = len(ordered)
+    return {
+        "median": statistics.median(ordered),
+        "mean": statistics.fmean(ordered),
+        "stdev": statistics.stdev(ordered) if n > 1 else 0.0,
+        "min": ordered[0],
+        "max": ordered[-1],
+        "p10": _quantile(ordered, 0.10),
+        "p90": _quantile(ordered, 0.90),
+        "n": float(n),
+    }
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float:
+    # Linear interpolation between closest ranks (numpy's default).
+    pos = (len(ordered) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+class Progress:
+    """A one-line progress bar on a stream (stderr); plain lines when it is not a terminal."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, width: int = 30) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self.tty = self.stream.isatty()
+        self.started = time.monotonic()
+        self._last_line = ""
+
+    def step(self, label: str, count: int = 1) -> None:
+        self.done = min(self.total, self.done + count)
+        self.show(label)
+
+    def show(self, label: str) -> None:
+        frac = self.done / self.total
+        filled = int(frac * self.width)
+        elapsed = time.monotonic() - self.started
+        bar = "#" * filled + "-" * (self.width - filled)
+        line = f"[{bar}] {self.done}/{self.total} {elapsed:5.0f}s {label}"
+        if self.tty:
+            self.stream.write("\r\x1b[K" + line[:150])
+        elif label != self._last_line:
+            self.stream.write(line + "\n")  # one line per row, not per iteration
+        self._last_line = label
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def run(benchmarks: Sequence[Benchmark], progress: Progress | None = None) -> list[Result]:
+    """Run every row (warm-up, then iterations); every sample is kept, errors recorded."""
+    bar = progress or Progress(sum(b.warmup + b.iterations for b in benchmarks))
+    results = []
+    for bench in benchmarks:
+        result = Result(bench.name, dict(bench.params), bench.metric, bench.unit, bench.warmup, bench.iterations)
+        results.append(result)
+        todo = bench.warmup + bench.iterations
+        try:
+            bar.show(f"{bench.name} (set-up)")
+            if bench.before is not None:
+                bench.before()
+            for i in range(todo):
+                sample = bench.fn()
+                if i >= bench.warmup:
+                    result.samples.append({k: float(v) for k, v in sample.items()})
+                todo -= 1
+                bar.step(bench.name)
+        except Exception as exc:
+            result.error = f"{type(exc).__name__}: {exc}"
+            tb = traceback.format_exc(limit=4)
+            bar.stream.write(f"\n{bench.name}: FAILED: {result.error}\n{tb}")
+            bar.step(f"{bench.name} failed", todo)
+    bar.close()
+    return results
+
+
+# ---------------------------------------------------------------------- metadata
+
+
+def _run_text(argv: list[str], cwd: Path | None = None) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False, cwd=cwd)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def qemu_version(binary: str = QEMU_BINARY) -> str:
+    out = _run_text([binary, "--version"])
+    return out.splitlines()[0] if out else "unknown"
+
+
+def metadata(suite: str, accel: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a result needs to be compared later: code, host, accelerator, QEMU, time."""
+    mem_kib = 0
+    try:
+        with open("/proc/meminfo") as f:
+            mem_kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return {
+        "suite": suite,
+        "git_describe": _run_text(["git", "describe", "--always", "--dirty"], cwd=REPO) or "unknown",
+        "git_commit": _run_text(["git", "rev-parse", "HEAD"], cwd=REPO) or "unknown",
+        "hostname": socket.gethostname(),
+        "cpu_model": cpu_model(),
+        "nproc": os.cpu_count() or 0,
+        "mem_total_mib": mem_kib // 1024,
+        "accel": accel,
+        "qemu_version": qemu_version() if shutil.which(QEMU_BINARY) else "missing",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_start": list(os.getloadavg()),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "options": dict(options or {}),
+    }
+
+
+def write_json(
+    path: Path, meta: Mapping[str, Any], results: Sequence[Result], extra: Mapping[str, Any] | None = None
+) -> None:
+    """Write the results file (atomically: a reader never sees half a file)."""
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "meta": {**meta, "loadavg_end": list(os.getloadavg())},
+        "benchmarks": [r.as_dict() for r in results],
+    }
+    if extra:
+        doc.update(extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+# ---------------------------------------------------------------------- summary
+
+
+def summary_table(results: Sequence[Result], reference: Mapping[str, str] | None = None) -> str:
+    """Medians, p10..p90 and the ratio to a reference variant at the same parameters.
+
+    ``reference`` maps a variant to the variant it is compared with (e.g. every
+    baseline -> ``lightvm-cold``); rows without a ``variant`` param get no ratio.
+    """
+    by_key = {(r.params.get("variant"), _point(r.params)): r for r in results}
+    lines = [f"{'benchmark':<44} {'median':>12} {'p10':>9} {'p90':>9} {'n':>4}  ratio (median / reference's)"]
+    for r in results:
+        values = r.values()
+        if r.error or not values:
+            lines.append(f"{r.name:<44} {'FAILED' if r.error else 'no data':>12}  {r.error[:70]}")
+            continue
+        s = summarize(values)
+        ratio = ""
+        variant = r.params.get("variant")
+        ref_name = (reference or {}).get(str(variant)) if variant is not None else None
+        if ref_name and ref_name != variant:
+            ref = by_key.get((ref_name, _point(r.params)))
+            if ref is not None and ref.values():
+                ref_median = statistics.median(ref.values())
+                if ref_median > 0:
+                    ratio = f"{s['median'] / ref_median:.2f}x {ref_name}"
+        median = f"{s['median']:.3f} {r.unit}"
+        lines.append(f"{r.name:<44} {median:>12} {s['p10']:>9.3f} {s['p90']:>9.3f} {int(s['n']):>4}  {ratio}")
+    return "\n".join(lines)
+
+
+def _point(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, str(v)) for k, v in params.items() if k not in ("variant", "kind")))
+
+
+__all__ = [
+    "Benchmark",
+    "Progress",
+    "Result",
+    "Sample",
+    "load_json",
+    "metadata",
+    "run",
+    "summarize",
+    "summary_table",
+    "write_json",
+]

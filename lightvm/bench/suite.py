@@ -1,0 +1,37 @@
+"""What every suite module shares: its options, and the suite registry.
+
+A suite module provides ``benchmarks(opts, stack) -> list[Benchmark]`` (its
+table; fleets it starts are registered on ``stack`` so they are torn down
+whatever happens), ``plot(results, outdir) -> list[Path]`` and ``describe()``
+(what was compared, for the results file), and ``REFERENCE``: the variant
+ratios are quoted against.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+
+SUITES = ("boot", "density", "net")  # checkpoint: when the toolstack has save/restore
+
+
+@dataclass
+class SuiteOptions:
+    vms: list[int] = field(default_factory=lambda: [1, 10, 100])
+    iterations: int = 10
+    warmup: int = 1
+    accel: str = "tcg"  # resolved (kvm or tcg), never "auto"
+    baselines: tuple[str, ...] = ("fork-exec", "crun", "libvirt")
+    app: str = "noop"  # the example guest the VM variants boot
+    idle_window_s: float = 10.0  # density: how long idle CPU is integrated
+
+
+def load(name: str) -> ModuleType:
+    """The suite module ``lightvm.bench.<name>``. :raise ValueError: unknown suite."""
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; one of {', '.join(SUITES)}")
+    return importlib.import_module(f"lightvm.bench.{name}")
+
+
+__all__ = ["SUITES", "SuiteOptions", "load"]
