@@ -68,7 +68,7 @@ class VifSpec:
 
     network: str | None = None
     bridge: str | None = None
-    ip: str | None = None  # "a.b.c.d/prefix" (normalised) or None for the network's IPAM
+    ip: str | None = None  # "a.b.c.d/prefix", or "a.b.c.d" on a network; None: the network's IPAM
     gateway: str | None = None
     mac: str | None = None  # normalised lower-case, or None to generate one
     mtu: int | None = None
@@ -335,7 +335,8 @@ def _parse_vif(item: object, where: str) -> VifSpec:
             iface = ipaddress.IPv4Interface(ip)
         except ValueError as exc:
             raise SpecError(f"{where}.ip: {exc}") from None
-        ip = f"{iface.ip}/{iface.network.prefixlen}"
+        # Keep "no prefix" as such: on a network the prefix is the network's (devices/net).
+        ip = f"{iface.ip}/{iface.network.prefixlen}" if "/" in ip else str(iface.ip)
     gateway = table.get("gateway")
     if gateway is not None:
         try:

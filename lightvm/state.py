@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,9 @@ class VMRecord:
     exit_reason: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True)
+        # Every field is already JSON-native: a shallow copy, no dataclasses.asdict deep walk
+        # (this runs on the create path). Compact: nobody reads it but lightvm and jq.
+        return json.dumps(vars(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str, where: str) -> VMRecord:

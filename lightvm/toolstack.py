@@ -266,6 +266,7 @@ class Toolstack:
             # QEMU is initialising now (~20 ms); the host-side bookkeeping runs meanwhile.
             record.pid, record.pid_start = machine.process.pid, machine.process.start_time
             record.argv = machine.argv
+            record.devices.pop("vifs_pending", None)  # the vifs are in this very write
             vmdir.write(record)
             step = "write NoXS page"
             page = PageConfig(
@@ -311,7 +312,6 @@ class Toolstack:
             args, vif_configs, saved, netns, summary = _prepare_vifs(self.state.root, vmdir.name, spec, undo)
             record.devices["vifs"] = saved
             record.devices["summary"] = summary
-            record.devices.pop("vifs_pending", None)
         vbd_configs = []
         disks = []
         for i, disk in enumerate(spec.disks):
@@ -321,8 +321,8 @@ class Toolstack:
             disks.append(prepared.to_dict())
         if disks:
             record.devices["disks"] = disks
-        if spec.vifs or disks:
-            vmdir.write(record)
+        # Not written here: the record goes to disk right after the spawn (off the critical
+        # path), and until then "vifs_pending" makes destroy look for this VM's taps by name.
         return args, vif_configs, vbd_configs, netns
 
     # ------------------------------------------------------------------ destroy
@@ -650,14 +650,19 @@ def _prepare_vifs(
 
 
 def _release_vifs(state_root: Path, vm_name: str, devices: dict[str, Any]) -> None:
+    saved = devices.get("vifs") or []
+    pending = bool(devices.get("vifs_pending"))
+    if not pending and all(v.get("mode") == "user" for v in saved):
+        return  # user networking: nothing on the host to undo
     from lightvm.devices import net
 
     with net.NetContext.open(state_root) as ctx:
-        for data in devices.get("vifs") or []:
+        for data in saved:
             with contextlib.suppress(LightVMError):
                 net.release(net.PreparedVif.from_dict(data), vm_name, ctx)
-        with contextlib.suppress(LightVMError):
-            net.forget_vm(vm_name, ctx)
+        if pending:  # the create died before recording its vifs: find them by name (slower)
+            with contextlib.suppress(LightVMError):
+                net.forget_vm(vm_name, ctx)
 
 
 __all__ = ["CreateResult", "Toolstack", "VMInfo"]

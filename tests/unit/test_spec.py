@@ -227,3 +227,8 @@ def test_with_name_keeps_everything_else(tmp_path: Path, kernel: Path) -> None:
     assert renamed.name == "other" and renamed.memory_mib == 8 and renamed.vifs == spec.vifs
     with pytest.raises(SpecError):
         spec.with_name("bad name")
+
+
+def test_vif_ip_without_prefix_stays_bare(tmp_path: Path, kernel: Path) -> None:
+    spec = load_spec(write(tmp_path, 'kernel = "guest.elf"\n[[vifs]]\nnetwork = "n"\nip = "10.0.0.7"\n'))
+    assert spec.vifs[0].ip == "10.0.0.7"
