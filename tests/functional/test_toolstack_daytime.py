@@ -95,3 +95,12 @@ def test_daytime_on_a_tap(lightvm: Any, netns: str, tmp_path: Path) -> None:
 
     reply = wait_until(ask, timeout=20, interval=0.05)
     assert reply and len(reply) > 10, reply
+
+
+def test_fifty_daytime_vms(lightvm: Any) -> None:
+    vms = lightvm.create(DAYTIME, "-n", "50")
+    assert len(vms) == 50 and all(vm["app"] == "daytime" for vm in vms)
+    status = lightvm.status()
+    assert len(status) == 50 and set(status.values()) == {"running"}
+    lightvm.ok("destroy", "--all", timeout=300)
+    assert lightvm.list() == [] and lightvm.leftovers() == []
