@@ -12,8 +12,8 @@ writes ``R`` to stdout and exits (ms to that byte, and to crun's exit);
 ``stop`` kills and deletes every container. The state lives under a suite-owned
 ``--root``; on EOF the worker deletes whatever is left.
 
-The bundle: a rootfs with only the static busybox (Debian's busybox-static),
-read-only root, the default namespaces of ``crun spec`` (pid, net, ipc, uts, mnt).
+The bundle: a rootfs with only busybox (and, for Debian's dynamic busybox, the
+shared libraries ldd names; busybox-static needs none), read-only root, the default namespaces of ``crun spec`` (pid, net, ipc, uts, mnt).
 """
 
 from __future__ import annotations
@@ -39,19 +39,24 @@ PR_SET_CHILD_SUBREAPER = 36
 
 
 def busybox() -> Path | None:
-    """A statically linked busybox (busybox-static), or None."""
+    """The host's busybox (busybox-static or Debian's dynamic busybox), or None."""
     for candidate in ("/bin/busybox", "/usr/bin/busybox"):
         path = Path(candidate)
-        if path.is_file() and _is_static(path):
+        if path.is_file():
             return path
     return None
 
 
-def _is_static(path: Path) -> bool:
-    # A dynamic ELF has a PT_INTERP naming the loader; look for its path in the headers.
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    return head[:4] == b"\x7fELF" and b"/lib64/ld-linux" not in head and b"/lib/ld-linux" not in head
+def shared_libraries(binary: Path) -> list[Path]:
+    """The shared objects ``binary`` loads (from ldd), loader included; [] for a static binary."""
+    proc = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    libs = []
+    for line in proc.stdout.splitlines():
+        # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        for word in line.split():
+            if word.startswith("/") and Path(word).exists():
+                libs.append(Path(word))
+    return libs
 
 
 def available() -> str | None:
@@ -61,7 +66,7 @@ def available() -> str | None:
     if shutil.which("unshare") is None:
         return "unshare not found (util-linux)"
     if busybox() is None:
-        return "no static busybox (apt install busybox-static)"
+        return "no busybox (apt install busybox or busybox-static)"
     if os.geteuid() != 0:
         return "crun needs root here"
     return None
@@ -71,9 +76,14 @@ def make_bundle(bundle: Path, args: list[str]) -> None:
     """An OCI bundle at ``bundle`` (rootfs + config.json from ``crun spec``) running ``args``."""
     bb = busybox()
     if bb is None:
-        raise LightVMError("crun baseline: no static busybox (apt install busybox-static)")
-    (bundle / "rootfs" / "bin").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(bb, bundle / "rootfs" / "bin" / "busybox")
+        raise LightVMError("crun baseline: no busybox (apt install busybox or busybox-static)")
+    rootfs = bundle / "rootfs"
+    (rootfs / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(bb, rootfs / "bin" / "busybox")
+    for lib in shared_libraries(bb):  # Debian's busybox is dynamic; busybox-static needs none
+        dest = rootfs / lib.relative_to("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(lib.resolve(), dest)
     subprocess.run(["crun", "spec"], cwd=bundle, capture_output=True, timeout=TIMEOUT, check=True)
     config = json.loads((bundle / "config.json").read_text())
     config["process"]["terminal"] = False
