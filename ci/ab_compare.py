@@ -50,7 +50,9 @@ class Comparison:
     verdict: str  # "regression", "improvement", "no change", "insufficient data"
 
 
-def permutation_test(a: Sequence[float], b: Sequence[float], permutations: int = PERMUTATIONS, seed: int = SEED) -> float:
+def permutation_test(
+    a: Sequence[float], b: Sequence[float], permutations: int = PERMUTATIONS, seed: int = SEED
+) -> float:
     """Two-sided p-value for |median(b) - median(a)| under random relabelling.
 
     Exact (every split) when there are at most EXACT_LIMIT splits; otherwise a
@@ -109,7 +111,9 @@ def _benchmarks(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {b["name"]: b for b in doc.get("benchmarks", []) if not b.get("error")}
 
 
-def compare(doc_a: dict[str, Any], doc_b: dict[str, Any], alpha: float = 0.01, threshold: float = 0.05) -> list[Comparison]:
+def compare(
+    doc_a: dict[str, Any], doc_b: dict[str, Any], alpha: float = 0.01, threshold: float = 0.05
+) -> list[Comparison]:
     """Every (benchmark, metric) recorded in both results, A = baseline, B = candidate."""
     a, b = _benchmarks(doc_a), _benchmarks(doc_b)
     out = []
@@ -165,9 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     comparisons = compare(doc_a, doc_b, args.alpha, args.threshold)
     print(render(comparisons, _label(doc_a), _label(doc_b), primary_only=not args.all_metrics))
     if args.json:
-        args.json.write_text(
-            json.dumps({"a": _label(doc_a), "b": _label(doc_b), "comparisons": [asdict(c) for c in comparisons]}, indent=1)
-        )
+        doc = {"a": _label(doc_a), "b": _label(doc_b), "comparisons": [asdict(c) for c in comparisons]}
+        args.json.write_text(json.dumps(doc, indent=1))
     regressions = [c for c in comparisons if c.verdict == "regression"]
     if regressions:
         names = ", ".join(f"{c.benchmark}:{c.metric}" for c in regressions)

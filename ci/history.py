@@ -90,7 +90,8 @@ def render(entries: list[dict[str, Any]], out: Path, runs: list[Path], ab_texts:
         parts.append(
             "<p>"
             + html.escape(
-                f"{meta.get('timestamp')} on {meta.get('hostname')} ({meta.get('cpu_model')}, {meta.get('nproc')} CPUs), "
+                f"{meta.get('timestamp')} on {meta.get('hostname')} "
+                f"({meta.get('cpu_model')}, {meta.get('nproc')} CPUs), "
                 f"accel {meta.get('accel')}, {meta.get('qemu_version')}, kernel {meta.get('kernel')}"
             )
             + "</p>"
@@ -106,11 +107,13 @@ def render(entries: list[dict[str, Any]], out: Path, runs: list[Path], ab_texts:
     for text in ab_texts:
         if text.exists():
             body = html.escape(text.read_text())
-            body = "\n".join(f"<span class='bad'>{line}</span>" if "&lt;&lt;&lt;" in line else line for line in body.splitlines())
+            lines = body.splitlines()
+            body = "\n".join(f"<span class='bad'>{x}</span>" if "&lt;&lt;&lt;" in x else x for x in lines)
             parts.append(f"<h2>A/B: {html.escape(text.stem)}</h2><pre>{body}</pre>")
     if entries:
         latest = entries[-1]
-        same = [e for e in entries if e.get("hostname") == latest.get("hostname") and e.get("accel") == latest.get("accel")]
+        key = (latest.get("hostname"), latest.get("accel"))
+        same = [e for e in entries if (e.get("hostname"), e.get("accel")) == key]
         parts.append(f"<h2>History (medians, last {KEEP} runs on {html.escape(str(latest.get('hostname')))})</h2>")
         names = sorted({n for e in same for n in e.get("benchmarks", {})})
         for suite in sorted({str(e.get("suite")) for e in same}):

@@ -13,7 +13,8 @@ writes ``R`` to stdout and exits (ms to that byte, and to crun's exit);
 ``--root``; on EOF the worker deletes whatever is left.
 
 The bundle: a rootfs with only busybox (and, for Debian's dynamic busybox, the
-shared libraries ldd names; busybox-static needs none), read-only root, the default namespaces of ``crun spec`` (pid, net, ipc, uts, mnt).
+shared libraries ldd names; busybox-static needs none), read-only root, the
+default namespaces of ``crun spec`` (pid, net, ipc, uts, mnt).
 """
 
 from __future__ import annotations
