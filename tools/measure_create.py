@@ -69,6 +69,7 @@ def main() -> int:
         "kernel": platform.release(),
         "accel": "tcg",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_before": os.getloadavg(),
     }
     with tempfile.TemporaryDirectory(prefix="lightvm-measure-") as tmp:
         ts = Toolstack(Path(tmp) / "state")
@@ -115,7 +116,9 @@ def main() -> int:
         finally:
             ts.destroy_all()
 
-    print(f"config {results['config']} (tcg), {args.iterations} cold creates; medians [p10..p90] in ms:")
+    results["loadavg_after"] = os.getloadavg()
+    load = f"load average {results['loadavg_before'][0]:.2f} -> {results['loadavg_after'][0]:.2f}"
+    print(f"config {results['config']} (tcg), {args.iterations} cold creates, {load}; medians [p10..p90] in ms:")
     for k in STEPS:
         s = results["create_ms"][k]
         if s:
