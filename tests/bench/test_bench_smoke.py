@@ -1,0 +1,145 @@
+"""Smoke runs of every implemented benchmark suite: results are produced and sane (not fast).
+
+Each suite runs in smoke mode (N = 1, 2; one warm-up, two iterations; TCG) with
+every baseline of the boot suite: fork/exec of a static binary, crun with a
+busybox bundle and a private libvirtd creating the same guest. Checked: the
+results file carries the metadata, no row failed, every row has its samples,
+every value is finite and positive (CPU shares: >= 0), the plots exist, and
+nothing the suite started is left: no process of its temp dirs (QEMU,
+libvirtd, the crun worker), no container, no NoXS file, no network namespace.
+Needs root (crun, libvirtd, netns), like the rest of CI here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lightvm.bench import suite
+from lightvm.bench.cli import run_suite
+
+REPO = Path(__file__).resolve().parent.parent.parent
+META_KEYS = ("git_describe", "hostname", "cpu_model", "nproc", "accel", "qemu_version", "kernel", "timestamp")
+ITERATIONS = 2
+VMS = [1, 2]
+ZERO_OK = ("cpu_pct_per_vm", "cpu_pct_total", "host_mib_per_vm")  # idle CPU can be 0; MemAvailable is noisy
+
+
+def _leftovers() -> list[str]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = Path(entry.path, "cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+            state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and ("lightvm-bench-" in argv or "busybox sleep 3600" in argv):
+            found.append(f"{entry.name}: {argv[:160]}")
+    found += [f"/dev/shm/{p.name}" for p in Path("/dev/shm").glob("lightvm-bench-*")]
+    netns = Path("/run/netns")
+    if netns.is_dir():
+        found += [f"netns {p.name}" for p in netns.glob("lvbench-*")]
+    return found
+
+
+@pytest.fixture
+def clean_host() -> Any:
+    before = _leftovers()
+    yield
+    after = [x for x in _leftovers() if x not in before]
+    assert not after, f"left behind: {after}"
+
+
+def _opts() -> suite.SuiteOptions:
+    return suite.SuiteOptions(
+        vms=list(VMS),
+        iterations=ITERATIONS,
+        warmup=1,
+        accel="tcg",
+        baselines=("fork-exec", "crun", "libvirt"),
+        idle_window_s=0.5,
+    )
+
+
+def _check(out: Path, name: str, expected_rows: set[str]) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((out / "results.json").read_text())
+    meta = doc["meta"]
+    for key in META_KEYS:
+        assert meta.get(key) not in (None, "", "unknown"), f"meta {key}: {meta.get(key)!r}"
+    assert meta["suite"] == name and meta["accel"] == "tcg"
+    rows = {b["name"]: b for b in doc["benchmarks"]}
+    assert set(rows) == expected_rows
+    for b in rows.values():
+        assert not b["error"], f"{b['name']}: {b['error']}"
+        assert len(b["samples"]) == b["iterations"] >= 1, b["name"]
+        for sample in b["samples"]:
+            assert b["metric"] in sample
+            for metric, value in sample.items():
+                assert math.isfinite(value), (b["name"], metric, value)
+                if metric in ZERO_OK:
+                    assert value >= 0 or metric == "host_mib_per_vm", (b["name"], metric, value)
+                else:
+                    assert value > 0, (b["name"], metric, value)
+        assert b["summary"][b["metric"]]["n"] == len(b["samples"])
+    assert doc["plots"], "no plots"
+    for plot in doc["plots"]:
+        assert (out / plot).stat().st_size > 1000, plot
+    assert (out / "summary.txt").read_text().count("\n") == len(rows) + 1
+    return doc
+
+
+def test_boot_smoke_with_every_baseline(images: Path, tmp_path: Path, clean_host: None) -> None:
+    run_suite("boot", _opts(), tmp_path)
+    variants = ("lightvm-cold", "libvirt", "crun", "fork-exec")
+    doc = _check(tmp_path, "boot", {f"boot/{v}/n={n}" for v in variants for n in VMS})
+    rows = {b["name"]: b for b in doc["benchmarks"]}
+    # The boot breakdown is recorded per point for lightvm, in order.
+    for sample in rows["boot/lightvm-cold/n=2"]["samples"]:
+        steps = [sample[k] for k in ("qemu_up", "resumed", "guest_entry", "devices_up", "ready")]
+        assert steps == sorted(steps), steps
+        assert sample["ms"] == sample["ready"]
+    # Same-guest libvirt: READY detected in the NoXS page, after createXML returned or with it.
+    for sample in rows["boot/libvirt/n=1"]["samples"]:
+        assert sample["ms"] >= sample["create_xml_ms"]
+    assert "ratio" in doc["summary_table"] and "x lightvm-cold" in doc["summary_table"]
+    assert {"boot.png", "boot.svg", "boot-breakdown.png", "boot-breakdown.svg"} <= set(doc["plots"])
+
+
+def test_density_smoke(images: Path, tmp_path: Path, clean_host: None) -> None:
+    run_suite("density", _opts(), tmp_path)
+    doc = _check(tmp_path, "density", {f"density/{m}/n={n}" for m in ("memory", "cpu") for n in VMS})
+    rows = {b["name"]: b for b in doc["benchmarks"]}
+    pss = rows["density/memory/n=2"]["summary"]["pss_mib_per_vm"]["median"]
+    assert 1 < pss < 200, pss  # MiB per idle noop VM: QEMU + 4 MiB guest
+
+
+def test_net_smoke(tmp_path: Path, clean_host: None) -> None:
+    run_suite("net", _opts(), tmp_path)
+    _check(tmp_path, "net", {f"net/{v}/n={n}" for v in ("tap", "vif-prepare") for n in VMS})
+
+
+def test_cli_writes_results_and_exits_zero(images: Path, tmp_path: Path, clean_host: None) -> None:
+    out = tmp_path / "cli"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightvm.bench.cli", "boot", "--vms", "1", "--iterations", "1", "--warmup", "0",
+         "--accel", "tcg", "--baselines", "fork-exec", "--out", str(out)],
+        capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "boot/fork-exec/n=1" in proc.stdout and "results:" in proc.stdout
+    doc = json.loads((out / "results.json").read_text())
+    assert [b["name"] for b in doc["benchmarks"]] == ["boot/lightvm-cold/n=1", "boot/fork-exec/n=1"]
+    bad = subprocess.run(
+        [sys.executable, "-m", "lightvm.bench.cli", "boot", "--vms", "500", "--accel", "tcg", "--out", str(out)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert bad.returncode == 1 and "--max-vms" in bad.stderr
