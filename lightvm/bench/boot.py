@@ -140,13 +140,13 @@ def describe() -> dict[str, Any]:
     }
 
 
-def plot(results: list[Result], outdir: Path) -> list[Path]:
+def plot(results: list[Result], outdir: Path, subtitle: str = "") -> list[Path]:
     from lightvm.bench import plots
 
     return [
         *plots.lines(
             results, outdir / "boot", title="Time to ready of the Nth instance while N-1 run",
-            ylabel="time to ready (ms, log)", logy=True,
+            ylabel="time to ready (ms, log)", logy=True, subtitle=subtitle,
         ),
         *plots.breakdown(results, outdir / "boot-breakdown", variant=REFERENCE, steps=BOOT_STEPS),
     ]  # fmt: skip

@@ -11,13 +11,18 @@ notices a baseline that broke.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lightvm.bench import runner, suite
+from lightvm.bench import suite
 from lightvm.errors import LightVMError
+
+if TYPE_CHECKING:
+    from lightvm.bench.runner import Result
+
+# Only argparse work happens at import: `lightvm create` must not pay for the harness
+# (runner, matplotlib) just because `bench` is one of its subcommands.
 
 # --smoke: checks that results are produced and sane, not that they are fast.
 SMOKE_VMS = (1, 2)
@@ -95,8 +100,12 @@ def options(args: argparse.Namespace) -> suite.SuiteOptions:
     return opts
 
 
-def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True) -> tuple[Path, list[runner.Result]]:
+def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True) -> tuple[Path, list[Result]]:
     """Run suite ``name``; write results.json, summary.txt and plots into ``out``."""
+    import contextlib
+
+    from lightvm.bench import runner
+
     module = suite.load(name)
     meta = runner.metadata(
         name,
@@ -118,7 +127,11 @@ def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True
     written: list[Path] = []
     if plots:
         try:
-            written = module.plot(results, out)
+            subtitle = (
+                f"{meta['git_describe']} | accel {meta['accel']} | {meta['hostname']}, {meta['nproc']} CPUs | "
+                f"{meta['qemu_version'].replace('QEMU emulator version ', 'QEMU ')}"
+            )
+            written = module.plot(results, out, subtitle)
         except Exception as exc:  # plots are a view; the numbers must still be written
             print(f"plots failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     path = out / "results.json"
@@ -133,6 +146,8 @@ def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import time
+
     opts = options(args)
     out = args.out or Path("bench-results") / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.suite}"
     path, results = run_suite(args.suite, opts, out, plots=not args.no_plots)

@@ -152,14 +152,14 @@ def describe() -> dict[str, Any]:
     }
 
 
-def plot(results: list[Result], outdir: Path) -> list[Path]:
+def plot(results: list[Result], outdir: Path, subtitle: str = "") -> list[Path]:
     from lightvm.bench import plots
 
     memory = [r for r in results if r.params.get("measure") == "memory"]
     cpu = [r for r in results if r.params.get("measure") == "cpu"]
     return [
-        *plots.lines(memory, outdir / "density-memory", "Host memory per VM (PSS)", "MiB per VM"),
-        *plots.lines(cpu, outdir / "density-cpu", "Idle CPU per VM", "% of one CPU per VM"),
+        *plots.lines(memory, outdir / "density-memory", "Host memory per VM (PSS)", "MiB per VM", subtitle=subtitle),
+        *plots.lines(cpu, outdir / "density-cpu", "Idle CPU per VM", "% of one CPU per VM", subtitle=subtitle),
     ]
 
 

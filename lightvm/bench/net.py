@@ -173,10 +173,11 @@ def describe() -> dict[str, Any]:
     }
 
 
-def plot(results: list[Result], outdir: Path) -> list[Path]:
+def plot(results: list[Result], outdir: Path, subtitle: str = "") -> list[Path]:
     from lightvm.bench import plots
 
-    return plots.lines(results, outdir / "net", "Network setup of the Nth VM while N-1 have theirs", "ms")
+    title = "Network setup of the Nth VM while N-1 have theirs"
+    return plots.lines(results, outdir / "net", title, "ms", subtitle=subtitle)
 
 
 __all__ = ["REFERENCE", "benchmarks", "describe", "plot"]

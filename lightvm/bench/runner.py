@@ -142,7 +142,10 @@ class Progress:
     def close(self) -> None:
         if self.tty:
             self.stream.write("\n")
-            self.stream.flush()
+        else:
+            self._last_line = ""
+            self.show("done")
+        self.stream.flush()
 
 
 def run(benchmarks: Sequence[Benchmark], progress: Progress | None = None) -> list[Result]:

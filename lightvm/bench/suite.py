@@ -2,7 +2,7 @@
 
 A suite module provides ``benchmarks(opts, stack) -> list[Benchmark]`` (its
 table; fleets it starts are registered on ``stack`` so they are torn down
-whatever happens), ``plot(results, outdir) -> list[Path]`` and ``describe()``
+whatever happens), ``plot(results, outdir, subtitle) -> list[Path]`` and ``describe()``
 (what was compared, for the results file), and ``REFERENCE``: the variant
 ratios are quoted against.
 """
