@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
+import multiprocessing
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyroute2 import IPRoute
 
-from lightvm.devd import UndoStack
+from lightvm.devd import UndoStack, has_cap_net_admin
 from lightvm.devices import net
 from lightvm.errors import AddressExhaustedError, ForeignLinkError, NotFoundError, SpecError, SubnetConflictError
 from lightvm.util import wait_until
@@ -296,3 +300,96 @@ def test_parallel_creates_from_threads_never_collide(nsname: str, state_dir: Pat
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(destroy, made))
     assert _taps(ctx) == [] and ctx.store().get("par").leases == []
+
+
+# ---- a real guest: daytime answers on the address its NoXS vif page gave it ----
+
+DAYTIME = Path(__file__).resolve().parents[2] / "images" / "build" / "daytime.elf"
+
+
+def _daytime_toml(tmp: Path, vif: str) -> Path:
+    path = tmp / "daytime.toml"
+    path.write_text(f'name = "daytime"\nkernel = "{DAYTIME}"\nmemory = 16\n[[vifs]]\n{vif}\n')
+    return path
+
+
+def _read_daytime(devd_inside: Any, host: str, port: int) -> str:
+    with devd_inside():
+        sock = socket.create_connection((host, port), timeout=10)
+    with sock:
+        sock.settimeout(10)
+        chunks = []
+        while data := sock.recv(256):
+            chunks.append(data)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_daytime_answers_on_its_leased_address(
+    ctx: net.NetContext, nsname: str, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightvm.spec import load_spec
+    from lightvm.toolstack import Toolstack
+
+    monkeypatch.setenv("LIGHTVM_NETNS", nsname)
+    monkeypatch.setenv("LIGHTVM_NET_MODE", "tap")
+    ctx.store().create("dt", "10.96.0.0/24")
+    ts = Toolstack(state_dir)
+    (result,) = ts.create(load_spec(_daytime_toml(tmp_path, 'network = "dt"')))
+    try:
+        (lease,) = ctx.store().get("dt").leases
+        text = _read_daytime(ctx.devd().inside, lease.ip, 13)
+        assert text.endswith("-UTC\r\n") and str(time.gmtime().tm_year) in text, text
+    finally:
+        ts.destroy(result.name)
+    assert _taps(ctx) == [] and ctx.store().get("dt").leases == []
+
+
+def _rootless_daytime(nsname: str, state: str, config: str, port: int, out: multiprocessing.Queue[str]) -> None:
+    # In a forked child: enter the test's namespace while still root, then become nobody.
+    from pyroute2.netns import setns
+
+    from lightvm.spec import load_spec
+    from lightvm.toolstack import Toolstack
+
+    setns(nsname, flags=0)
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+    try:
+        if has_cap_net_admin():
+            raise RuntimeError("still holds CAP_NET_ADMIN after dropping to nobody")
+        ts = Toolstack(Path(state))
+        (result,) = ts.create(load_spec(config))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.settimeout(10)
+                chunks = []
+                while data := sock.recv(256):
+                    chunks.append(data)
+            out.put(b"".join(chunks).decode(errors="replace"))
+        finally:
+            ts.destroy(result.name)
+    except Exception as exc:
+        out.put(f"ERROR {type(exc).__name__}: {exc}")
+
+
+def test_rootless_daytime_answers_on_the_published_port(nsname: str) -> None:
+    import lightvm.toolstack  # noqa: F401  (imported as root, before the fork drops privileges)
+
+    base = Path(tempfile.mkdtemp(prefix="lvrootless-"))  # not under pytest's root-only tmp dir
+    try:
+        base.chmod(0o777)
+        config = _daytime_toml(base, 'publish = ["127.0.0.1:18013:13"]')
+        ctx = multiprocessing.get_context("fork")
+        out: multiprocessing.Queue[str] = ctx.Queue()
+        child = ctx.Process(target=_rootless_daytime, args=(nsname, str(base / "state"), str(config), 18013, out))
+        child.start()
+        try:
+            text = out.get(timeout=60)
+        finally:
+            child.join(timeout=30)
+            if child.exitcode is None:
+                child.kill()
+        assert text.endswith("-UTC\r\n") and str(time.gmtime().tm_year) in text, text
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
