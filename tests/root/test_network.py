@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from lightvm.devd import UndoStack, has_cap_net_admin
+from lightvm.devd import Devd, UndoStack, has_cap_net_admin
 from lightvm.devices import net
 from lightvm.errors import AddressExhaustedError, ForeignLinkError, NotFoundError, SpecError, SubnetConflictError
 from lightvm.util import wait_until
@@ -393,3 +393,46 @@ def test_rootless_daytime_answers_on_the_published_port(nsname: str) -> None:
         assert text.endswith("-UTC\r\n") and str(time.gmtime().tm_year) in text, text
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_daytime_vms_reachable_from_a_separate_routed_namespace(
+    ctx: net.NetContext, nsname: str, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lead's bar in small: VMs on one network, queried from another namespace
+    # routed to the bridge through a veth (forwarding on where the bridge lives).
+    from pyroute2 import netns
+
+    from lightvm.spec import load_spec
+    from lightvm.toolstack import Toolstack
+
+    client = f"{nsname}-client"
+    netns.create(client)
+    try:
+        with IPRoute(netns=nsname) as ipr:
+            ipr.link("add", ifname="lvup", kind="veth", peer={"ifname": "lvcl", "net_ns_fd": client})
+            up = ipr.link_lookup(ifname="lvup")[0]
+            ipr.addr("add", index=up, address="192.168.250.1", prefixlen=30)
+            ipr.link("set", index=up, state="up")
+        with IPRoute(netns=client) as ipr:
+            cl = ipr.link_lookup(ifname="lvcl")[0]
+            ipr.addr("add", index=cl, address="192.168.250.2", prefixlen=30)
+            ipr.link("set", index=cl, state="up")
+            ipr.route("add", dst="10.97.0.0/24", gateway="192.168.250.1")
+        ctx.store().create("routed", "10.97.0.0/24")
+        ctx.devd().write_sysctl("ipv4/ip_forward", "1")
+        monkeypatch.setenv("LIGHTVM_NETNS", nsname)
+        monkeypatch.setenv("LIGHTVM_NET_MODE", "tap")
+        ts = Toolstack(state_dir)
+        results = ts.create(load_spec(_daytime_toml(tmp_path, 'network = "routed"')), count=8)
+        try:
+            leases = ctx.store().get("routed").leases
+            assert len({lease.ip for lease in leases}) == 8
+            with Devd(netns=client) as there:
+                texts = [_read_daytime(there.inside, lease.ip, 13) for lease in leases]
+            assert all(t.endswith("-UTC\r\n") for t in texts), texts
+        finally:
+            for result in results:
+                ts.destroy(result.name)
+        assert _taps(ctx) == [] and ctx.devd().ports("lv-routed") == [] and ctx.store().get("routed").leases == []
+    finally:
+        netns.remove(client)
