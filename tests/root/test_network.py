@@ -436,3 +436,35 @@ def test_daytime_vms_reachable_from_a_separate_routed_namespace(
         assert _taps(ctx) == [] and ctx.devd().ports("lv-routed") == [] and ctx.store().get("routed").leases == []
     finally:
         netns.remove(client)
+
+
+def test_network_cli_create_list_delete(
+    nsname: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+    import json
+
+    from lightvm import network_cli
+    from lightvm.errors import NetworkError
+
+    monkeypatch.setenv("LIGHTVM_NETNS", nsname)
+    parser = argparse.ArgumentParser(prog="lightvm")
+    parser.add_argument("--state-dir")
+    network_cli.register(parser.add_subparsers(dest="command", required=True))
+
+    def run(*argv: str) -> str:
+        args = parser.parse_args(["--state-dir", str(state_dir), *argv])
+        assert args.func(args) == 0
+        return capsys.readouterr().out
+
+    assert "gateway 10.99.0.1" in run("network", "create", "cli", "--subnet", "10.99.0.0/24", "--nat", "--mtu", "1400")
+    assert "0/253" in run("network", "list")
+    (listed,) = json.loads(run("network", "list", "--json"))
+    assert (listed["bridge"], listed["nat"], listed["mtu"]) == ("lv-cli", True, 1400)
+    network_cli.NetworkStore(state_dir).lease("cli", "vm", 0)
+    with pytest.raises(NetworkError, match="--force"):
+        run("network", "delete", "cli")
+    assert "dropped 1 leases" in run("network", "delete", "cli", "--force")
+    with Devd(netns=nsname) as devd:
+        assert devd.link("lv-cli") is None
+        assert "lightvm_cli" not in devd.run(["nft", "list", "ruleset"])
