@@ -142,6 +142,15 @@ class CrunFleet:
         reply = self._call({"op": "measure"})
         return {"ms": float(reply["ms"]), "exit_ms": float(reply["exit_ms"])}
 
+    def pids(self) -> list[int]:
+        """The running containers' processes: the worker is their subreaper, so its children.
+
+        (crun leaves no monitor process per container, unlike containerd's shims.)
+        """
+        from lightvm.bench.fleets import children_of
+
+        return children_of(self._proc.pid, "busybox sleep")
+
     def close(self) -> None:
         with contextlib.suppress(OSError, ValueError):
             if self._proc.stdin:

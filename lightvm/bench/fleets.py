@@ -30,6 +30,28 @@ class Fleet(Protocol):
 
     def close(self) -> None: ...
 
+    def pids(self) -> list[int]:
+        """The host processes the running instances cost (for density), daemons included."""
+        ...
+
+
+def children_of(parent: int, needle: str = "") -> list[int]:
+    """Live child processes of ``parent`` whose command line contains ``needle``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != parent or fields[0] == "Z":
+                continue
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if needle in argv:
+            out.append(int(entry.name))
+    return out
+
 
 def guest_spec(app: str = "noop") -> VMSpec:
     """examples/<app>.toml (noop by default): the guest every VM variant boots.
@@ -94,4 +116,4 @@ class LightvmColdFleet:
         self._tmp.cleanup()
 
 
-__all__ = ["BOOT_STEPS", "Fleet", "LightvmColdFleet", "guest_spec"]
+__all__ = ["BOOT_STEPS", "Fleet", "LightvmColdFleet", "children_of", "guest_spec"]

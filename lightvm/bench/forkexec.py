@@ -94,6 +94,9 @@ class ForkExecFleet:
             _stop(proc)
         return {"ms": ready, "exit_ms": exited}
 
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.running]
+
     def close(self) -> None:
         for proc in self.running:
             _stop(proc)

@@ -142,6 +142,18 @@ class LibvirtFleet:
         destroy = (time.perf_counter() - t0) * 1000
         return {"ms": ready, "create_xml_ms": created, "destroy_ms": destroy}
 
+    def pids(self) -> list[int]:
+        """Each domain's QEMU (from libvirt's pid files), plus libvirtd itself: the daemon is
+        part of what running VMs through libvirt costs the host."""
+        from lightvm.bench.fleets import children_of
+
+        pids = []
+        for dom, _ in self.domains:
+            pidfile = self.daemon.work / "run" / "qemu" / f"{dom.name()}.pid"
+            with contextlib.suppress(OSError, ValueError):
+                pids.append(int(pidfile.read_text().strip()))
+        return pids + children_of(self.daemon.launcher_pid, "libvirtd")
+
     def close(self) -> None:
         try:
             for dom, region in self.domains:

@@ -106,6 +106,11 @@ class LibvirtDaemon:
             self.close()
             raise
 
+    @property
+    def launcher_pid(self) -> int:
+        """The launcher (unshare execs it in place): libvirtd and its QEMUs are its children."""
+        return self._proc.pid
+
     def _wait_socket(self) -> None:
         deadline = time.monotonic() + TIMEOUT
         while not self.socket.exists():

@@ -116,10 +116,13 @@ def test_boot_smoke_with_every_baseline(images: Path, tmp_path: Path, clean_host
 
 def test_density_smoke(images: Path, tmp_path: Path, clean_host: None) -> None:
     run_suite("density", _opts(), tmp_path)
-    doc = _check(tmp_path, "density", {f"density/{m}/n={n}" for m in ("memory", "cpu") for n in VMS})
+    variants = ("lightvm-cold", "libvirt", "crun", "fork-exec")
+    expected = {f"density/{v}/{m}/n={n}" for v in variants for m in ("memory", "cpu") for n in VMS}
+    doc = _check(tmp_path, "density", expected)
     rows = {b["name"]: b for b in doc["benchmarks"]}
-    pss = rows["density/memory/n=2"]["summary"]["pss_mib_per_vm"]["median"]
-    assert 1 < pss < 200, pss  # MiB per idle noop VM: QEMU + 4 MiB guest
+    pss = {v: rows[f"density/{v}/memory/n=2"]["summary"]["pss_mib_per_vm"]["median"] for v in variants}
+    assert 1 < pss["lightvm-cold"] < 200, pss  # MiB per idle noop VM: QEMU + 4 MiB guest
+    assert pss["fork-exec"] < pss["crun"] < pss["lightvm-cold"] < pss["libvirt"], pss  # libvirtd is counted
 
 
 def test_net_smoke(tmp_path: Path, clean_host: None) -> None:
