@@ -184,6 +184,10 @@ def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
+    from lightvm import daemon_cli
+
+    daemon_cli.register(sub)
+
     if with_network:
         try:
             from lightvm import network_cli
@@ -235,6 +239,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             print(f"  {label:<13}{_fmt_ms(r.boot_ms.get(key))}  {what}")
         if r.network:
             print(f"  {r.network}")
+        print("  path: cold (one-shot: no lightvmd answers on this state dir)")
         print(f"  (lightvm command: {(time.perf_counter() - _T_IMPORT) * 1000:.1f} ms since its import)")
     else:
         import statistics
@@ -409,7 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:  # not the main thread (an embedding program): keep its handler
         previous = None
     try:
-        result: Any = args.func(args)
+        from lightvm import daemon_cli
+
+        # A daemon answering on the state dir's socket does the work (and may use its pool).
+        routed = daemon_cli.dispatch(args)
+        result: Any = routed if routed is not None else args.func(args)
         return int(result or 0)
     except LightVMError as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__

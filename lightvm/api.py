@@ -1,0 +1,333 @@
+"""The lightvmd API: versioned JSON over a unix socket (server dispatch + client).
+
+Protocol, version 1:
+
+1. Transport: a ``SOCK_STREAM`` unix socket, ``STATE/lightvmd.sock`` (mode 0600, or
+   0660 with the daemon's ``--group``). Whoever can connect can do everything: the
+   socket's permissions are the access control.
+2. Framing: one request per line, one response per line; UTF-8 JSON objects ended by
+   ``\\n``. A client may send several requests on one connection, one at a time (the
+   daemon answers each before reading the next).
+3. Request: ``{"v": 1, "id": ID, "op": OP, "args": {...}}``. ``id`` is any JSON scalar
+   chosen by the client and echoed back; ``args`` may be omitted (= ``{}``).
+4. Response: ``{"v": 1, "id": ID, "ok": true, "result": ...}`` or
+   ``{"v": 1, "id": ID, "ok": false, "error": {"type": T, "message": M}}``. ``T`` is the
+   name of a :mod:`lightvm.errors` class (``SpecError``, ``NotFoundError``, ...) or one
+   of the protocol's own: ``ProtocolError`` (not JSON, not an object, bad ``v``, a line
+   longer than :data:`MAX_REQUEST`), ``UnknownOpError``, ``InternalError`` (a bug; the
+   daemon logs it and keeps serving).
+5. Limits: a request line is at most :data:`MAX_REQUEST` bytes; a longer one gets a
+   ``ProtocolError`` and the connection is closed (the rest is not read). An idle
+   connection is closed after :data:`IDLE_TIMEOUT` s. No client can stop the daemon
+   by what it sends.
+6. Operations (``args`` keys; * = required):
+
+   ==========  ===========================================  ==================================
+   op          args                                         result
+   ==========  ===========================================  ==================================
+   ping        -                                            {"daemon": "lightvmd", "pid", "v",
+                                                             "started", "pool": {...}}
+   create      config* (absolute path of a TOML/JSON        [CreateResult + "path": "pool" or
+               config), name, count, accel, timeout,        "cold"] one per VM
+               publish [list], pool (bool, default true)
+   list        -                                            [VMInfo]
+   info        name*                                        {record, status, guest, ...}
+   destroy     names* [list] or all (bool)                  {"destroyed": [names]}
+   shutdown    name*, keep, timeout                         {"ms": float}
+   pause       name*                                        {"ms": float}
+   unpause     name*                                        {"ms": float}
+   pool        -                                            pool statistics
+   ==========  ===========================================  ==================================
+
+7. Versioning: ``v`` is this protocol's major version. A request with another ``v``
+   gets a ``ProtocolError`` naming the versions served. New ops and new optional args
+   are added without a bump; removing or changing one bumps ``v``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lightvm import errors
+from lightvm.errors import LightVMError
+from lightvm.util import Deadline, short_unix_path
+
+VERSION = 1
+MAX_REQUEST = 1 << 20  # 1 MiB: a request is a few hundred bytes; anything near this is abuse
+IDLE_TIMEOUT = 60.0
+SOCKET_NAME = "lightvmd.sock"
+
+
+class ApiError(LightVMError):
+    """An error reported by the daemon (``type`` is its class name there), or a
+    failure to talk to it."""
+
+    def __init__(self, message: str, type_name: str = "ApiError") -> None:
+        super().__init__(message)
+        self.type_name = type_name
+
+
+class ProtocolError(ApiError):
+    """A request or response that breaks the protocol."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "ProtocolError")
+
+
+class UnknownOpError(ApiError):
+    """A request naming an operation the daemon does not have."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "UnknownOpError")
+
+
+class DaemonUnavailable(ApiError):
+    """Nothing answers on the daemon socket (no daemon: use one-shot mode)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "DaemonUnavailable")
+
+
+def socket_path(state_root: Path) -> Path:
+    return state_root / SOCKET_NAME
+
+
+# ---------------------------------------------------------------------- server side
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+def error_body(exc: BaseException) -> dict[str, str]:
+    """The ``error`` object for an exception: lightvm errors keep their class name."""
+    if isinstance(exc, ApiError):
+        return {"type": exc.type_name, "message": str(exc)}
+    if isinstance(exc, LightVMError):
+        return {"type": type(exc).__name__, "message": str(exc)}
+    return {"type": "InternalError", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def response(req_id: Any, result: Any = None, exc: BaseException | None = None) -> bytes:
+    body: dict[str, Any] = {"v": VERSION, "id": req_id}
+    if exc is None:
+        body["ok"] = True
+        body["result"] = result
+    else:
+        body["ok"] = False
+        body["error"] = error_body(exc)
+    return json.dumps(body, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+def parse_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
+    """(id, op, args) of one request line.
+
+    :raise ProtocolError: not a valid version-1 request.
+    """
+    try:
+        msg = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"request is not JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"request must be a JSON object, got {type(msg).__name__}")
+    req_id = msg.get("id")
+    if isinstance(req_id, (dict, list)):
+        raise ProtocolError("request id must be a JSON scalar")
+    if msg.get("v") != VERSION:
+        raise ProtocolError(f"protocol version {msg.get('v')!r} not served; this daemon speaks v{VERSION}")
+    op = msg.get("op")
+    if not isinstance(op, str) or not op:
+        raise ProtocolError("request needs an 'op' string")
+    args = msg.get("args", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise ProtocolError("'args' must be a JSON object")
+    return req_id, op, args
+
+
+def handle_line(line: bytes, handlers: dict[str, Handler]) -> bytes:
+    """Answer one request line. Never raises (except BaseException like SystemExit)."""
+    req_id: Any = None
+    try:
+        req_id, op, args = parse_request(line)
+        handler = handlers.get(op)
+        if handler is None:
+            raise UnknownOpError(f"unknown op {op!r}; known: {', '.join(sorted(handlers))}")
+        return response(req_id, handler(args))
+    except Exception as exc:  # every failure becomes a structured error
+        return response(req_id, exc=exc)
+
+
+def serve_connection(conn: socket.socket, handlers: dict[str, Handler], log: Callable[[str], None]) -> None:
+    """Serve one client until it hangs up, idles out, or breaks the framing."""
+    conn.settimeout(IDLE_TIMEOUT)
+    buf = b""
+    try:
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                if len(buf) > MAX_REQUEST:
+                    conn.sendall(response(None, exc=ProtocolError(f"request longer than {MAX_REQUEST} bytes")))
+                    return
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    return
+                if not chunk:
+                    return
+                buf += chunk
+                continue
+            line, buf = buf[:nl], buf[nl + 1 :]
+            if len(line) > MAX_REQUEST:
+                conn.sendall(response(None, exc=ProtocolError(f"request longer than {MAX_REQUEST} bytes")))
+                return
+            if not line.strip():
+                continue
+            reply = handle_line(line, handlers)
+            if b'"InternalError"' in reply:
+                log(f"internal error answering {line[:200]!r}: {reply[:500]!r}")
+            conn.sendall(reply)
+    except OSError:
+        return  # the client went away; nothing to answer
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------- client side
+
+
+_ERROR_TYPES: dict[str, type[LightVMError]] = {
+    name: cls
+    for name, cls in vars(errors).items()
+    if isinstance(cls, type) and issubclass(cls, LightVMError)
+}
+
+
+def raise_error(err: Any) -> None:
+    """Re-raise a daemon's error object as the matching lightvm error class.
+
+    :raise LightVMError: always (ApiError when the type is not a lightvm error class).
+    """
+    if not isinstance(err, dict):
+        raise ProtocolError(f"daemon sent a malformed error: {err!r}")
+    type_name = str(err.get("type", "ApiError"))
+    message = str(err.get("message", ""))
+    cls = _ERROR_TYPES.get(type_name)
+    if cls is not None:
+        try:
+            raise cls(message)
+        except TypeError:
+            pass
+    raise ApiError(message, type_name)
+
+
+class Client:
+    """One connection to lightvmd. Every call has a timeout.
+
+    :raise DaemonUnavailable: from :meth:`connect` when no daemon answers.
+    """
+
+    def __init__(self, sock: socket.socket, path: Path) -> None:
+        self._sock = sock
+        self.path = path
+        self._buf = b""
+        self._next = 1
+
+    @classmethod
+    def connect(cls, state_root: Path, timeout: float = 2.0) -> Client:
+        path = socket_path(state_root)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        address, dirfd = short_unix_path(path)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
+                raise DaemonUnavailable(f"no lightvmd on {path}") from None
+            raise DaemonUnavailable(f"cannot connect to lightvmd on {path}: {exc.strerror or exc}") from exc
+        finally:
+            if dirfd is not None:
+                os.close(dirfd)
+        return cls(sock, path)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send_raw(self, data: bytes) -> None:
+        self._sock.settimeout(5.0)
+        self._sock.sendall(data)
+
+    def read_line(self, timeout: float) -> bytes:
+        """One response line.
+
+        :raise ApiError: timeout, or the daemon hung up.
+        """
+        deadline = Deadline(timeout)
+        while b"\n" not in self._buf:
+            left = deadline.remaining()
+            if left <= 0:
+                raise ApiError(f"lightvmd on {self.path} did not answer within {timeout:.1f} s")
+            self._sock.settimeout(left)
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                raise ApiError(f"lightvmd on {self.path}: {exc.strerror or exc}") from exc
+            if not chunk:
+                raise ApiError(f"lightvmd on {self.path} closed the connection")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line
+
+    def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+        """Send one request and return its ``result``.
+
+        :raise LightVMError: the daemon's error, re-raised as the same class.
+        :raise ApiError: timeout, a hang-up or a malformed response.
+        """
+        req_id = self._next
+        self._next += 1
+        msg = {"v": VERSION, "id": req_id, "op": op, "args": args or {}}
+        try:
+            self.send_raw(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+        except OSError as exc:
+            raise ApiError(f"cannot send to lightvmd on {self.path}: {exc.strerror or exc}") from exc
+        line = self.read_line(timeout)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise ProtocolError(f"lightvmd sent a line that is not JSON: {line[:200]!r}") from None
+        if not isinstance(reply, dict) or reply.get("id") != req_id:
+            raise ProtocolError(f"lightvmd sent an unexpected response: {line[:200]!r}")
+        if reply.get("ok"):
+            return reply.get("result")
+        raise_error(reply.get("error"))
+        return None  # unreachable
+
+
+__all__ = [
+    "IDLE_TIMEOUT",
+    "MAX_REQUEST",
+    "VERSION",
+    "ApiError",
+    "Client",
+    "DaemonUnavailable",
+    "ProtocolError",
+    "UnknownOpError",
+    "handle_line",
+    "serve_connection",
+    "socket_path",
+]

@@ -1,0 +1,409 @@
+"""lightvmd: the long-lived daemon holding the pool, serving :mod:`lightvm.api`.
+
+Files in the state dir::
+
+    STATE/lightvmd.lock   flock held for the daemon's whole life (one daemon per state dir)
+    STATE/lightvmd.pid    {"pid", "start"} of the daemon (written after the socket is bound)
+    STATE/lightvmd.sock   the API socket, 0600 (0660 and the group with --group)
+    STATE/lightvmd.log    stdout/stderr of a daemon started with `lightvm daemon start`
+    STATE/pool/ID/        prepared shells (lightvm/pool.py)
+
+Threads, not asyncio: every request is served on its own thread, so a slow create (a
+cold path, a guest that never gets READY) never delays another client, and the execute
+path runs the same synchronous code as one-shot mode (QMP client, READY poll) with no
+event-loop hop in between. The main thread only accepts connections and watches
+SIGTERM/SIGINT through a wakeup fd.
+
+Start-up: take the lock (else another daemon runs: refuse), discard the shells a
+killed predecessor left in STATE/pool (their QEMUs, NoXS files, folders), bind the
+socket, write the pid file, start the pool. Running VMs need nothing: their state
+folders say everything (:mod:`lightvm.state`), so a new daemon "re-adopts" them by
+simply serving them. A VM whose create was cut by a kill -9 of the daemon lists as
+``incomplete``; ``destroy`` removes it.
+
+Stop (SIGTERM, SIGINT): close the socket, let in-flight requests finish (bounded),
+discard every prepared shell, remove the socket and pid file. VMs keep running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import grp
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightvm import api
+from lightvm.errors import LightVMError, SpecError, StateError
+from lightvm.pool import Pool, poolable
+from lightvm.state import StateDir
+from lightvm.util import atomic_write, proc_alive, proc_start_time, short_unix_path
+
+PID_NAME = "lightvmd.pid"
+LOCK_NAME = "lightvmd.lock"
+LOG_NAME = "lightvmd.log"
+STOP_GRACE = 15.0
+
+
+@dataclass
+class DaemonConfig:
+    state_root: Path
+    group: str | None = None
+    pool_configs: list[Path] = field(default_factory=list)
+    pool_size: int = 4
+    pool_max: int = 64
+    pool_memory_mib: int = 2048
+    accel: str = "auto"
+
+
+def _log(msg: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"lightvmd {stamp} {msg}", file=sys.stderr, flush=True)
+
+
+def read_pid(state_root: Path) -> tuple[int, int | None] | None:
+    """(pid, start) of the daemon recorded in the state dir, if that process still runs."""
+    try:
+        data = json.loads((state_root / PID_NAME).read_text())
+        pid, start = int(data["pid"]), data.get("start")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (pid, start) if proc_alive(pid, start) else None
+
+
+class Daemon:
+    """One lightvmd over one state dir."""
+
+    def __init__(self, config: DaemonConfig, log: Callable[[str], None] = _log) -> None:
+        self.config = config
+        self.state = StateDir(config.state_root)
+        self.log = log
+        self.started = time.time()
+        self.pool: Pool | None = None
+        self._lock_fd: int | None = None
+        self._listener: socket.socket | None = None
+        self._threads: set[threading.Thread] = set()
+        self._threads_lock = threading.Lock()
+        self._tsc_hz = 0
+        self.handlers: dict[str, api.Handler] = {
+            "ping": self.op_ping,
+            "create": self.op_create,
+            "list": self.op_list,
+            "info": self.op_info,
+            "destroy": self.op_destroy,
+            "shutdown": self.op_shutdown,
+            "pause": self.op_pause,
+            "unpause": self.op_unpause,
+            "pool": self.op_pool,
+        }
+
+    # ------------------------------------------------------------------ lifetime
+
+    def setup(self) -> None:
+        """Lock, clean, bind, record, start the pool.
+
+        :raise StateError: another daemon holds the state dir, or the socket cannot be made.
+        """
+        from lightvm import accel as accelmod
+        from lightvm import host
+        from lightvm.spec import load_spec
+
+        self.state.ensure()
+        fd = os.open(self.state.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            other = read_pid(self.state.root)
+            who = f"pid {other[0]}" if other else "another process"
+            raise StateError(f"lightvmd already runs on {self.state.root} ({who})") from None
+        self._lock_fd = fd
+        self._tsc_hz = host.tsc_hz()
+        specs = []
+        accel = accelmod.select(self.config.accel).accel
+        for path in self.config.pool_configs:
+            spec = load_spec(path)
+            why = poolable(spec)
+            if why:
+                raise SpecError(f"{path}: cannot pool a VM with {why}")
+            specs.append((spec, accel))
+        self.pool = Pool(
+            self.state,
+            specs,
+            size=self.config.pool_size,
+            max_shells=self.config.pool_max,
+            memory_budget_mib=self.config.pool_memory_mib,
+            log=self.log,
+        )
+        self.pool.start()  # discards a killed predecessor's shells first
+        self._bind()
+        atomic_write(
+            self.state.root / PID_NAME, json.dumps({"pid": os.getpid(), "start": proc_start_time(os.getpid())})
+        )
+        flavours = self.pool.stats()["flavours"]
+        self.log(f"serving {api.socket_path(self.state.root)} (pid {os.getpid()}); pool {flavours}")
+
+    def _bind(self) -> None:
+        path = api.socket_path(self.state.root)
+        path.unlink(missing_ok=True)  # only a dead daemon's: we hold the lock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        address, dirfd = short_unix_path(path)
+        old = os.umask(0o177)  # born 0600: no window where others could connect
+        try:
+            sock.bind(address)
+            sock.listen(128)
+            if self.config.group:
+                try:
+                    gid = grp.getgrnam(self.config.group).gr_gid
+                except KeyError:
+                    raise StateError(f"--group {self.config.group}: no such group") from None
+                os.chown(path, -1, gid)
+                os.chmod(path, 0o660)
+        except OSError as exc:
+            sock.close()
+            raise StateError(f"cannot serve {path}: {exc.strerror or exc}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            os.umask(old)
+            if dirfd is not None:
+                os.close(dirfd)
+        self._listener = sock
+
+    def serve_forever(self, wakeup_fd: int) -> None:
+        """Accept connections until a byte arrives on ``wakeup_fd`` (a signal; main thread)."""
+        assert self._listener is not None
+        rfd = wakeup_fd
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ, "accept")
+        sel.register(rfd, selectors.EVENT_READ, "signal")
+        try:
+            while True:
+                events = sel.select(timeout=60.0)
+                if any(key.data == "signal" for key, _ in events):
+                    self.log("stopping (signal)")
+                    return
+                for _ in events:
+                    try:
+                        conn, _addr = self._listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError as exc:
+                        self.log(f"accept failed: {exc}")  # e.g. EMFILE: keep serving the others
+                        continue
+                    thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+                    with self._threads_lock:
+                        self._threads.add(thread)
+                    thread.start()
+        finally:
+            sel.close()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            api.serve_connection(conn, self.handlers, self.log)
+        except Exception:  # a client must never kill the daemon
+            self.log("connection handler failed:\n" + traceback.format_exc())
+        finally:
+            with self._threads_lock:
+                self._threads.discard(threading.current_thread())
+
+    def close(self) -> None:
+        """Stop serving, finish in-flight requests (bounded), discard shells, remove files.
+
+        A daemon that never got the lock touches nothing (the files are another daemon's).
+        """
+        if self._lock_fd is None:
+            return
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        api.socket_path(self.state.root).unlink(missing_ok=True)
+        end = time.monotonic() + STOP_GRACE
+        with self._threads_lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, end - time.monotonic()))
+        if self.pool is not None:
+            self.pool.stop()
+        if self._lock_fd is not None:
+            (self.state.root / PID_NAME).unlink(missing_ok=True)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        self.log("stopped; prepared shells discarded, VMs left running")
+
+    # ------------------------------------------------------------------ ops
+
+    def _toolstack(self, timeout: float | None = None) -> Any:
+        from lightvm.toolstack import DEFAULT_BOOT_TIMEOUT, Toolstack
+
+        return Toolstack(self.state.root, boot_timeout=timeout or DEFAULT_BOOT_TIMEOUT)
+
+    def op_ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "daemon": "lightvmd",
+            "v": api.VERSION,
+            "pid": os.getpid(),
+            "started": self.started,
+            "state_dir": str(self.state.root),
+            "pool": self.pool.stats() if self.pool else None,
+        }
+
+    def op_pool(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.pool.stats() if self.pool else {}
+
+    def op_create(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        from lightvm import accel as accelmod
+        from lightvm.spec import check_name, load_spec
+
+        config = _arg(args, "config", str, required=True)
+        if not os.path.isabs(config):
+            raise SpecError(f"config {config!r}: give an absolute path (the daemon has its own working dir)")
+        name = _arg(args, "name", str)
+        count = _arg(args, "count", int) or 1
+        accel = _arg(args, "accel", str) or "auto"
+        timeout = float(_arg(args, "timeout", (int, float)) or 10.0)
+        publish = _arg(args, "publish", list) or []
+        use_pool = _arg(args, "pool", bool)
+        use_pool = True if use_pool is None else use_pool
+        if not all(isinstance(p, str) for p in publish):
+            raise SpecError("'publish' must be a list of strings")
+        if not 0 < timeout <= 3600:
+            raise SpecError(f"timeout {timeout}: between 0 and 3600 s")
+        spec = load_spec(config)
+        if publish:
+            from lightvm.cli import _with_publish
+
+            spec = _with_publish(spec, publish, count)
+        ts = self._toolstack(timeout)
+        base = name or spec.name
+        check_name(base, "--name")
+        if not 1 <= count <= 4096:
+            raise LightVMError(f"-n {count}: create between 1 and 4096 VMs at a time")
+        choice = accelmod.select(accel).accel
+        names = [base] if count == 1 else [f"{base}-{i}" for i in range(count)]
+        for n in names:
+            check_name(n, "VM name")
+        pool = self.pool if use_pool else None
+        out: list[dict[str, Any]] = []
+        made: list[str] = []
+        try:
+            for n in names:
+                shell = pool.take(spec, choice) if pool is not None else None
+                if shell is not None:
+                    from lightvm import pool as poolmod
+
+                    assert pool is not None
+                    with pool.busy():
+                        result = poolmod.execute(shell, self.state, spec, n, self._tsc_hz, t0, timeout)
+                    path = "pool"
+                else:
+                    (result,) = ts.create(spec, name=n, count=1, accel=choice)
+                    path = "cold"
+                made.append(n)
+                entry = result.as_dict()
+                entry["path"] = path
+                out.append(entry)
+                t0 = time.perf_counter()
+        except BaseException:
+            for n in made:  # all or nothing, as in one-shot mode
+                with contextlib.suppress(LightVMError):
+                    ts.destroy(n)
+            raise
+        return out
+
+    def op_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [i.as_dict() for i in self._toolstack().list()]
+
+    def op_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        info: dict[str, Any] = self._toolstack().info(_arg(args, "name", str, required=True))
+        return info
+
+    def op_destroy(self, args: dict[str, Any]) -> dict[str, Any]:
+        ts = self._toolstack()
+        if _arg(args, "all", bool):
+            return {"destroyed": ts.destroy_all()}
+        names = _arg(args, "names", list, required=True)
+        if not all(isinstance(n, str) for n in names):
+            raise SpecError("'names' must be a list of strings")
+        errors = []
+        done = []
+        for n in names:
+            try:
+                ts.destroy(n)
+                done.append(n)
+            except LightVMError as exc:
+                errors.append(exc)
+        if errors:
+            if len(errors) == 1 and not done:
+                raise errors[0]
+            raise LightVMError("; ".join(str(e) for e in errors))
+        return {"destroyed": done}
+
+    def op_shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
+        ms = self._toolstack().shutdown(
+            _arg(args, "name", str, required=True),
+            keep=bool(_arg(args, "keep", bool)),
+            timeout=float(_arg(args, "timeout", (int, float)) or 5.0),
+        )
+        return {"ms": ms}
+
+    def op_pause(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ms": self._toolstack().pause(_arg(args, "name", str, required=True))}
+
+    def op_unpause(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ms": self._toolstack().unpause(_arg(args, "name", str, required=True))}
+
+
+def _arg(args: dict[str, Any], key: str, kind: type | tuple[type, ...], required: bool = False) -> Any:
+    """``args[key]`` checked against ``kind``; None when absent and optional.
+
+    :raise SpecError: missing or of the wrong JSON type.
+    """
+    if key not in args or args[key] is None:
+        if required:
+            raise SpecError(f"missing argument {key!r}")
+        return None
+    value = args[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise SpecError(f"argument {key!r} must be {'/'.join(k.__name__ for k in kinds)}, got a boolean")
+    if not isinstance(value, kinds):
+        raise SpecError(f"argument {key!r} must be {'/'.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
+    return value
+
+
+def run(config: DaemonConfig) -> int:
+    """Run lightvmd in the foreground until SIGTERM/SIGINT; the exit status."""
+    # The signal handlers go in first: a SIGTERM during setup (pool start, bind) then
+    # stops the daemon cleanly through the same path as one that comes later.
+    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGTERM, signal.SIGINT)}
+    old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+    daemon = Daemon(config)
+    try:
+        daemon.setup()
+        daemon.serve_forever(rfd)
+    finally:
+        daemon.close()
+        signal.set_wakeup_fd(old_wakeup)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        os.close(rfd)
+        os.close(wfd)
+    return 0
+
+
+__all__ = ["Daemon", "DaemonConfig", "read_pid", "run"]

@@ -1,0 +1,321 @@
+"""``lightvm daemon run|start|stop|status``, and routing the VM commands through lightvmd.
+
+When a daemon answers on the state dir's socket, ``create``, ``list``, ``info``,
+``destroy``, ``shutdown``, ``pause`` and ``unpause`` go through it (``create`` can then
+take a prepared shell: ``path: pool``); otherwise the CLI does the work itself
+(one-shot mode, ``path: cold``). A note on stderr says which. ``LIGHTVM_NO_DAEMON=1``
+forces one-shot mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lightvm import api
+from lightvm.errors import LightVMError, StateError
+from lightvm.state import default_state_dir
+from lightvm.util import proc_alive, tail, wait_until
+
+ROUTED = ("create", "list", "info", "destroy", "shutdown", "pause", "unpause")
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 60.0
+
+
+def register(sub: Any) -> None:
+    """Add ``daemon`` and its subcommands to the CLI's subparsers."""
+    from lightvm.cli import _state_parent
+
+    parent = _state_parent()
+    p = sub.add_parser(
+        "daemon",
+        parents=[parent],
+        help="lightvmd: the daemon holding prepared VM shells (the split toolstack)",
+        description="lightvmd serves a JSON API on STATE/lightvmd.sock (mode 0600; 0660 with "
+        "--group) and keeps prepared VM shells (paused QEMUs) per flavour, so that a create "
+        "is only 'write the NoXS page, cont'. The CLI uses it when it runs.",
+    )
+    dsub = p.add_subparsers(dest="daemon_command", metavar="ACTION", required=True)
+    for action, helptext in (
+        ("run", "run in the foreground (under a service manager); SIGTERM stops it"),
+        ("start", "start detached and wait until the socket answers"),
+    ):
+        q = dsub.add_parser(action, parents=[parent], help=helptext)
+        q.add_argument("--group", help="let this group use the socket (mode 0660)")
+        q.add_argument(
+            "--pool",
+            action="append",
+            default=[],
+            type=Path,
+            metavar="CONFIG",
+            help="keep prepared shells for this VM config's flavour (repeatable)",
+        )
+        q.add_argument("--pool-size", type=int, default=4, metavar="N", help="shells per flavour (default 4)")
+        q.add_argument("--pool-max", type=int, default=64, metavar="N", help="shells in all (default 64)")
+        q.add_argument(
+            "--pool-memory",
+            type=int,
+            default=2048,
+            metavar="MIB",
+            help="memory budget of all shells: guest RAM + 16 MiB each (default 2048)",
+        )
+        q.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto", help="accelerator of the shells")
+        q.set_defaults(func=cmd_daemon_run if action == "run" else cmd_daemon_start)
+    q = dsub.add_parser("stop", parents=[parent], help="stop the daemon (SIGTERM); VMs keep running")
+    q.set_defaults(func=cmd_daemon_stop)
+    q = dsub.add_parser("status", parents=[parent], help="is a daemon running; its pool")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_daemon_status)
+
+
+def _state_root(args: argparse.Namespace) -> Path:
+    state_dir = getattr(args, "state_dir", None)
+    return Path(state_dir) if state_dir is not None else default_state_dir()
+
+
+def _daemon_argv(args: argparse.Namespace, root: Path) -> list[str]:
+    argv = [sys.executable, "-m", "lightvm.cli", "--state-dir", str(root), "daemon", "run"]
+    if args.group:
+        argv += ["--group", args.group]
+    for cfg in args.pool:
+        argv += ["--pool", str(Path(cfg).resolve())]
+    argv += ["--pool-size", str(args.pool_size), "--pool-max", str(args.pool_max)]
+    argv += ["--pool-memory", str(args.pool_memory), "--accel", args.accel]
+    return argv
+
+
+def cmd_daemon_run(args: argparse.Namespace) -> int:
+    from lightvm.daemon import DaemonConfig, run
+
+    config = DaemonConfig(
+        state_root=_state_root(args),
+        group=args.group,
+        pool_configs=[Path(p).resolve() for p in args.pool],
+        pool_size=args.pool_size,
+        pool_max=args.pool_max,
+        pool_memory_mib=args.pool_memory,
+        accel=args.accel,
+    )
+    return run(config)
+
+
+def cmd_daemon_start(args: argparse.Namespace) -> int:
+    from lightvm.daemon import LOG_NAME, read_pid
+
+    root = _state_root(args).resolve()
+    running = read_pid(root)
+    if running:
+        raise StateError(f"lightvmd already runs on {root} (pid {running[0]})")
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log_path = root / LOG_NAME
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        proc = subprocess.Popen(
+            _daemon_argv(args, root),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            cwd="/",
+        )
+    finally:
+        os.close(log)
+
+    def answers() -> dict[str, Any] | None:
+        if proc.poll() is not None:
+            raise StateError(f"lightvmd exited at start ({proc.returncode}): {tail(log_path, 400)}")
+        try:
+            with api.Client.connect(root, timeout=1.0) as client:
+                result: dict[str, Any] = client.call("ping", timeout=2.0)
+                return result if result.get("pid") == proc.pid else None
+        except api.DaemonUnavailable:
+            return None
+
+    info = wait_until(answers, timeout=START_TIMEOUT, interval=0.005, max_interval=0.1)
+    if info is None:
+        proc.send_signal(signal.SIGTERM)
+        raise StateError(f"lightvmd did not answer within {START_TIMEOUT:.0f} s (log: {log_path})")
+    print(f"lightvmd started (pid {proc.pid}) on {api.socket_path(root)}")
+    return 0
+
+
+def cmd_daemon_stop(args: argparse.Namespace) -> int:
+    from lightvm.daemon import read_pid
+
+    root = _state_root(args)
+    running = read_pid(root)
+    if running is None:
+        print(f"no lightvmd on {root}")
+        return 0
+    pid, start = running
+    os.kill(pid, signal.SIGTERM)
+    if not wait_until(lambda: not proc_alive(pid, start), timeout=STOP_TIMEOUT, interval=0.01, max_interval=0.1):
+        raise StateError(f"lightvmd (pid {pid}) did not stop within {STOP_TIMEOUT:.0f} s")
+    print(f"lightvmd (pid {pid}) stopped; VMs keep running")
+    return 0
+
+
+def cmd_daemon_status(args: argparse.Namespace) -> int:
+    root = _state_root(args)
+    try:
+        with api.Client.connect(root, timeout=2.0) as client:
+            info = client.call("ping", timeout=5.0)
+    except api.DaemonUnavailable:
+        if args.json:
+            print(json.dumps({"running": False}))
+        else:
+            print(f"lightvmd: not running on {root}")
+        return 3
+    if args.json:
+        print(json.dumps({"running": True, **info}))
+        return 0
+    up = time.time() - float(info.get("started", time.time()))
+    print(f"lightvmd: running, pid {info['pid']}, up {up:.0f} s, API v{info['v']}, {api.socket_path(root)}")
+    pool = info.get("pool") or {}
+    for f in pool.get("flavours", []):
+        print(f"  pool {f['flavour']}: {f['ready']} ready, {f['preparing']} preparing")
+    if pool:
+        print(
+            f"  taken {pool['taken']}, missed {pool['missed']}, memory {pool['memory_committed_mib']}/"
+            f"{pool['memory_budget_mib']} MiB"
+        )
+    return 0
+
+
+# ---------------------------------------------------------------------- routing
+
+
+def connect(args: argparse.Namespace) -> api.Client | None:
+    """A connection to the state dir's daemon, or None (one-shot mode)."""
+    if os.environ.get("LIGHTVM_NO_DAEMON"):
+        return None
+    root = _state_root(args)
+    if not api.socket_path(root).exists():  # the common no-daemon case: one stat
+        return None
+    try:
+        return api.Client.connect(root, timeout=2.0)
+    except api.DaemonUnavailable:
+        return None  # a dead daemon's socket file
+
+
+def dispatch(args: argparse.Namespace) -> int | None:
+    """Run a VM command through lightvmd if one answers; None: do it one-shot."""
+    if args.command not in ROUTED:
+        return None
+    client = connect(args)
+    if client is None:
+        return None
+    with client:
+        print(f"lightvm: via lightvmd ({client.path})", file=sys.stderr)
+        handler = {
+            "create": _create,
+            "list": _list,
+            "info": _info,
+            "destroy": _destroy,
+            "shutdown": _shutdown,
+            "pause": _pause,
+            "unpause": _unpause,
+        }[args.command]
+        return handler(client, args)
+
+
+def _create(client: api.Client, args: argparse.Namespace) -> int:
+    from lightvm.cli import BOOT_STEPS, _fmt_ms
+
+    t0 = time.perf_counter()
+    request = {
+        "config": str(Path(args.config).resolve()),
+        "name": args.name,
+        "count": args.count,
+        "accel": args.accel,
+        "timeout": args.timeout,
+        "publish": args.publish,
+    }
+    results = client.call("create", request, timeout=args.timeout * max(1, args.count) + 30.0)
+    wall = (time.perf_counter() - t0) * 1000
+    if args.json:
+        for r in results:
+            print(json.dumps(r), flush=True)
+        return 0
+    if len(results) == 1:
+        r = results[0]
+        ready = r["boot_ms"].get("ready") or 0
+        print(f"{r['name']}: {r['app'] or 'guest'} READY in {ready:.1f} ms ({r['accel']}, pid {r['pid']})")
+        for key, label, what in BOOT_STEPS:
+            print(f"  {label:<13}{_fmt_ms(r['boot_ms'].get(key))}  {what}")
+        if r.get("network"):
+            print(f"  {r['network']}")
+        print(f"  path: {r['path']} (lightvmd; request -> READY reply {wall:.1f} ms at the client)")
+    else:
+        paths = {p: sum(1 for r in results if r["path"] == p) for p in ("pool", "cold")}
+        print(f"created {len(results)} VMs in {wall:.0f} ms; path: pool {paths['pool']}, cold {paths['cold']}")
+    return 0
+
+
+def _list(client: api.Client, args: argparse.Namespace) -> int:
+    infos: list[dict[str, Any]] = client.call("list")
+    if args.json:
+        print(json.dumps(infos, indent=1))
+        return 0
+    if not infos:
+        print("no VMs")
+        return 0
+    print(f"{'NAME':<24} {'STATUS':<11} {'PID':>7} {'ACCEL':<5} {'MEM':>6} {'VCPU':>4} {'READY':>9}  DETAIL")
+    for i in infos:
+        mem = f"{i['memory_mib']}M" if i.get("memory_mib") else "-"
+        ready = f"{i['ready_ms']:.1f}ms" if i.get("ready_ms") is not None else "-"
+        print(
+            f"{i['name']:<24} {i['status']:<11} {i.get('pid') or '-':>7} {i.get('accel') or '-':<5} {mem:>6} "
+            f"{i.get('vcpus') or '-':>4} {ready:>9}  {i.get('detail', '')}"
+        )
+    return 0
+
+
+def _info(client: api.Client, args: argparse.Namespace) -> int:
+    info = client.call("info", {"name": args.name})
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+    else:
+        for key in ("name", "status", "qemu_status", "id", "uuid", "pid", "accel", "folder", "console", "noxs_path"):
+            if key in info:
+                print(f"{key + ':':<13}{info[key]}")
+    return 0
+
+
+def _destroy(client: api.Client, args: argparse.Namespace) -> int:
+    if args.all == bool(args.names):
+        raise LightVMError("destroy: give VM names or --all (not both)")
+    request: dict[str, Any] = {"all": True} if args.all else {"names": args.names}
+    done = client.call("destroy", request, timeout=600.0)["destroyed"]
+    if len(done) > 1:
+        print(f"destroyed {len(done)} VMs")
+    return 0
+
+
+def _shutdown(client: api.Client, args: argparse.Namespace) -> int:
+    for name in args.names:
+        ms = client.call("shutdown", {"name": name, "keep": args.keep, "timeout": args.timeout}, args.timeout + 30)
+        print(f"{name}: powered off in {ms['ms']:.1f} ms" + (" (kept, halted)" if args.keep else ""))
+    return 0
+
+
+def _pause(client: api.Client, args: argparse.Namespace) -> int:
+    for name in args.names:
+        print(f"{name}: paused in {client.call('pause', {'name': name})['ms']:.2f} ms")
+    return 0
+
+
+def _unpause(client: api.Client, args: argparse.Namespace) -> int:
+    for name in args.names:
+        print(f"{name}: resumed in {client.call('unpause', {'name': name})['ms']:.2f} ms")
+    return 0
+
+
+__all__ = ["ROUTED", "connect", "dispatch", "register"]

@@ -1,0 +1,462 @@
+"""The split toolstack: prepared VM shells per flavour, so that a create is only "execute".
+
+Prepare (ahead of time, in a background thread): a *shell* is one QEMU spawned paused
+(``-S``) with the flavour's kernel loaded, its NoXS region created and mapped, QMP
+connected and ``qmp_capabilities`` answered. It lives in ``STATE/pool/ID/`` (the same
+files as a VM folder: vm.json naming its PID and NoXS file, qmp.sock, console.log,
+qemu.log) until a create takes it.
+
+Execute (per create, on the caller's thread):
+
+1. under the state lock, check the name is free and rename ``pool/ID`` to ``vms/NAME``
+   (the folder, its ``creating`` marker and its record move in one step, so a kill -9
+   at any point leaves a VM folder that destroy cleans, never a half-owned shell)
+2. write the VM's identity (name, a fresh UUID) and device config into the page; the
+   page was created zeroed with the shell and is written exactly once
+3. ``cont`` and poll the boot record until READY (:func:`lightvm.boot.boot`)
+4. write the final record, drop the ``creating`` marker, let go of QEMU
+
+A shell is used once: taking it removes it from the pool; a failed execute destroys it.
+
+Flavour = (kernel, firmware, memory, vCPUs, command line, accelerator). Only specs
+without vifs and disks are poolable for now (pre-created taps attached at execute are
+not implemented): those creates take the cold path, and say so (``path: cold``).
+
+Bounds: at most ``size`` shells per flavour, ``max_shells`` in all, and the sum of
+the shells' worst-case memory (guest RAM + :data:`SHELL_OVERHEAD_MIB`) within
+``memory_budget_mib``. The refill thread never spawns while an execute is in flight
+(QEMU start-up would steal the CPU the booting guest needs), and never holds the pool
+lock while it spawns, so the execute path waits on nothing but its own guest.
+
+Prepared variants: only the "not yet booted, paused with -S" shell is implemented. The
+other one (guest booted to a "waiting for config" point, then stopped) needs a guest
+side wait point in images/base and is not measured yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import threading
+import time
+import uuid as uuidlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightvm.errors import ExistsError, LightVMError
+from lightvm.machine import Machine, MachineConfig, ProcessHandle
+from lightvm.noxs import NoxsRegion, PageConfig, region_size_for
+from lightvm.spec import VMSpec, check_name
+from lightvm.state import StateDir, VMDir, VMRecord, VMStatus
+from lightvm.toolstack import SHM_DIR, SHM_PREFIX, CreateResult
+from lightvm.util import atomic_write, find_processes_with_arg, proc_cmdline, proc_start_time
+
+SHELL_OVERHEAD_MIB = 16  # host memory of one idle QEMU beyond guest RAM (QEMU-NOTES: ~16 MiB)
+POOL_DIR = "pool"
+RETRY_AFTER_FAILURE = 2.0
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """What a shell must match to serve a create."""
+
+    kernel: str
+    firmware: str
+    memory_mib: int
+    vcpus: int
+    cmdline: str
+    accel: str
+
+    @classmethod
+    def of(cls, spec: VMSpec, accel: str) -> Flavour:
+        return cls(
+            kernel=str(Path(spec.kernel).resolve()),
+            firmware=str(Path(spec.firmware).resolve()) if spec.firmware else "",
+            memory_mib=spec.memory_mib,
+            vcpus=spec.vcpus,
+            cmdline=spec.cmdline,
+            accel=accel,
+        )
+
+    def label(self) -> str:
+        return f"{Path(self.kernel).name}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}"
+
+    def cost_mib(self) -> int:
+        return self.memory_mib + SHELL_OVERHEAD_MIB
+
+
+def poolable(spec: VMSpec) -> str | None:
+    """Why ``spec`` cannot use a shell, or None if it can."""
+    if spec.vifs:
+        return "vifs (pre-created taps are not implemented: cold path)"
+    if spec.disks:
+        return "disks (cold path)"
+    return None
+
+
+@dataclass
+class Shell:
+    id: str
+    flavour: Flavour
+    folder: Path
+    machine: Machine
+    region: NoxsRegion
+    record: VMRecord
+    prepared_at: float
+
+    def discard(self) -> None:
+        """Kill its QEMU and remove its NoXS file and folder."""
+        with contextlib.suppress(Exception):
+            self.machine.kill()
+        with contextlib.suppress(Exception):
+            self.region.close()
+        self.region.unlink()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def prepare_shell(root: Path, flavour: Flavour, spec: VMSpec) -> Shell:
+    """Spawn one paused QEMU for ``flavour`` in ``root/ID`` and wait until QMP answers.
+
+    :raise LightVMError: QEMU could not be started (nothing is left behind).
+    """
+    shell_id = uuidlib.uuid4().hex[:16]
+    folder = root / shell_id
+    folder.mkdir(mode=0o700, parents=True)
+    vmdir = VMDir(folder)
+    record = VMRecord(
+        name=shell_id,
+        id=shell_id,
+        uuid="",
+        created=time.time(),
+        accel=flavour.accel,
+        noxs_path=str(SHM_DIR / f"{SHM_PREFIX}{shell_id}"),
+        noxs_size=region_size_for(1),
+        spec=spec.to_dict(),
+    )
+    region: NoxsRegion | None = None
+    machine: Machine | None = None
+    try:
+        # The marker names the daemon: once the folder moves to vms/, the VM lists as
+        # "creating" while the daemon lives and "incomplete" if it was killed mid-execute.
+        atomic_write(vmdir.creating_path, f'{{"pid": {os.getpid()}, "start": {proc_start_time(os.getpid())}}}')
+        vmdir.write(record)  # names the NoXS file before it exists
+        region = NoxsRegion.create(Path(record.noxs_path), 1)
+        config = MachineConfig(
+            name=f"pool-{shell_id}",
+            kernel=Path(flavour.kernel),
+            memory_mib=flavour.memory_mib,
+            vcpus=flavour.vcpus,
+            cmdline=flavour.cmdline,
+            accel=flavour.accel,
+            noxs_path=Path(record.noxs_path),
+            noxs_size=region.size,
+            console_path=vmdir.console_path,
+            qmp_path=vmdir.qmp_path,
+            log_path=vmdir.log_path,
+            bios=Path(flavour.firmware) if flavour.firmware else None,
+        )
+        machine = Machine(config)
+        machine.launch()
+        assert machine.process is not None
+        record.pid, record.pid_start, record.argv = machine.process.pid, machine.process.start_time, machine.argv
+        vmdir.write(record)
+        machine.qmp.negotiate(timeout=10.0)  # QEMU initialised: execute is only `cont`
+        return Shell(shell_id, flavour, folder, machine, region, record, time.monotonic())
+    except BaseException:
+        if machine is not None:
+            machine.kill()
+        if region is not None:
+            region.close()
+            region.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def execute(
+    shell: Shell,
+    state: StateDir,
+    spec: VMSpec,
+    name: str,
+    tsc_hz: int,
+    t0: float,
+    timeout: float,
+) -> CreateResult:
+    """The execute phase: give ``shell`` the identity ``name`` and boot it to READY.
+
+    The shell is consumed whatever happens (destroyed on failure).
+
+    :raise ExistsError: ``name`` is taken (the shell is discarded, never reused).
+    :raise GuestError: the guest failed to boot.
+    """
+    from lightvm.boot import boot
+
+    vm_uuid = uuidlib.uuid4()
+    target = state.vms_root / name
+    try:
+        with state.lock():
+            if target.exists():
+                raise ExistsError(f"a VM named {name!r} already exists in {state.root}; pick another --name")
+            os.rename(shell.folder, target)
+    except BaseException:
+        shell.discard()
+        raise
+    vmdir = VMDir(target)
+    machine = shell.machine
+    machine.config = dataclasses.replace(
+        machine.config, console_path=vmdir.console_path, qmp_path=vmdir.qmp_path, log_path=vmdir.log_path
+    )
+    record = shell.record
+    try:
+        shell.region.write_config(PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=True))
+        times, boot_record = boot(machine, shell.region, t0, timeout)
+        record.name = name
+        record.uuid = str(vm_uuid)
+        record.created = time.time()
+        record.spec = spec.with_name(name).to_dict() if spec.name != name else spec.to_dict()
+        record.state = VMStatus.RUNNING.value
+        record.boot_ms = times.as_dict()
+        record.devices["pool"] = {"shell": shell.id, "age_s": round(time.monotonic() - shell.prepared_at, 3)}
+        vmdir.write(record)
+        vmdir.mark_created()
+        machine.release()
+        shell.region.close()
+        return CreateResult(name, record.id, record.accel, record.boot_ms, record.pid or 0, boot_record.app)
+    except BaseException:
+        shell.folder = target
+        shell.discard()
+        raise
+
+
+class Pool:
+    """Prepared shells for a set of flavours, refilled by one background thread."""
+
+    def __init__(
+        self,
+        state: StateDir,
+        specs: list[tuple[VMSpec, str]],
+        size: int = 4,
+        max_shells: int = 64,
+        memory_budget_mib: int = 2048,
+        log: Callable[[str], None] = lambda _msg: None,
+    ) -> None:
+        self.state = state
+        self.root = state.root / POOL_DIR
+        self.size = max(0, size)
+        self.max_shells = max(0, max_shells)
+        self.memory_budget_mib = max(0, memory_budget_mib)
+        self.log = log
+        self.flavours: dict[Flavour, VMSpec] = {}
+        for spec, accel in specs:
+            why = poolable(spec)
+            if why:
+                raise LightVMError(f"{spec.source or spec.name}: cannot pool a VM with {why}")
+            self.flavours.setdefault(Flavour.of(spec, accel), spec)
+        self._shells: dict[Flavour, deque[Shell]] = {f: deque() for f in self.flavours}
+        self._preparing: dict[Flavour, int] = dict.fromkeys(self.flavours, 0)
+        self._cond = threading.Condition()
+        self._busy = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.stats_taken = 0
+        self.stats_missed = 0
+        self.stats_prepared = 0
+        self.stats_failed = 0
+        self.last_error = ""
+
+    # -- lifetime --
+
+    def start(self) -> None:
+        """Discard what a previous daemon left in the pool folder, then start refilling."""
+        discard_orphans(self.state)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.flavours and self.size:
+            self._thread = threading.Thread(target=self._refill_loop, name="pool-refill", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop refilling and discard every prepared shell (their QEMUs, NoXS files, folders)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30.0)
+        with self._cond:
+            shells = [s for q in self._shells.values() for s in q]
+            for q in self._shells.values():
+                q.clear()
+        for shell in shells:
+            shell.discard()
+        discard_orphans(self.state)
+
+    # -- execute side --
+
+    def take(self, spec: VMSpec, accel: str) -> Shell | None:
+        """A prepared shell for ``spec`` (removed from the pool), or None: use the cold path."""
+        if poolable(spec):
+            return None
+        flavour = Flavour.of(spec, accel)
+        with self._cond:
+            queue = self._shells.get(flavour)
+            while queue:
+                shell = queue.popleft()
+                if shell.machine.is_running():
+                    self.stats_taken += 1
+                    self._cond.notify_all()
+                    return shell
+                self.log(f"pool: shell {shell.id} died while waiting; discarded")
+                threading.Thread(target=shell.discard, daemon=True).start()
+            self.stats_missed += 1
+            self._cond.notify_all()
+        return None
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Mark an execute in flight: the refill thread waits until none is."""
+        with self._cond:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify_all()
+
+    def wait_full(self, timeout: float) -> bool:
+        """Wait until every flavour has its shells (or the bounds stop it); True if so."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._next_flavour() is None:
+                    return True
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            return {
+                "size": self.size,
+                "max_shells": self.max_shells,
+                "memory_budget_mib": self.memory_budget_mib,
+                "memory_committed_mib": self._committed_mib(),
+                "variant": "paused-unbooted",
+                "flavours": [
+                    {"flavour": f.label(), "ready": len(q), "preparing": self._preparing[f]}
+                    for f, q in self._shells.items()
+                ],
+                "taken": self.stats_taken,
+                "missed": self.stats_missed,
+                "prepared": self.stats_prepared,
+                "failed": self.stats_failed,
+                "last_error": self.last_error,
+            }
+
+    def shell_pids(self) -> list[int]:
+        with self._cond:
+            return [s.record.pid for q in self._shells.values() for s in q if s.record.pid]
+
+    # -- refill side --
+
+    def _count(self) -> int:
+        return sum(len(q) for q in self._shells.values()) + sum(self._preparing.values())
+
+    def _committed_mib(self) -> int:
+        return sum(f.cost_mib() * (len(q) + self._preparing[f]) for f, q in self._shells.items())
+
+    def _next_flavour(self) -> Flavour | None:
+        """The emptiest flavour below its size that the bounds allow one more shell of."""
+        best: Flavour | None = None
+        best_have = self.size
+        for f, q in self._shells.items():
+            have = len(q) + self._preparing[f]
+            if have >= best_have:
+                continue
+            if self._count() + 1 > self.max_shells:
+                return None
+            if self._committed_mib() + f.cost_mib() > self.memory_budget_mib:
+                continue
+            best, best_have = f, have
+        return best
+
+    def _refill_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and (self._busy or self._next_flavour() is None):
+                    self._cond.wait(0.5)
+                if self._stopping:
+                    return
+                flavour = self._next_flavour()
+                if flavour is None:
+                    continue
+                self._preparing[flavour] += 1
+            failed = False
+            try:
+                shell = prepare_shell(self.root, flavour, self.flavours[flavour])
+            except Exception as exc:  # the daemon must outlive a broken flavour
+                failed = True
+                self.last_error = f"{flavour.label()}: {exc}"
+                self.log(f"pool: cannot prepare a shell: {self.last_error}")
+            with self._cond:
+                self._preparing[flavour] -= 1
+                if failed:
+                    self.stats_failed += 1
+                else:
+                    if self._stopping:
+                        discard = shell
+                    else:
+                        self._shells[flavour].append(shell)
+                        self.stats_prepared += 1
+                        discard = None
+                self._cond.notify_all()
+            if not failed and discard is not None:
+                discard.discard()
+            if failed:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._stopping, RETRY_AFTER_FAILURE)
+
+
+def discard_orphans(state: StateDir) -> list[str]:
+    """Kill and remove every shell in ``STATE/pool`` (left by a killed daemon); their names."""
+    root = state.root / POOL_DIR
+    try:
+        entries = [e for e in os.scandir(root) if e.is_dir()]
+    except FileNotFoundError:
+        return []
+    gone = []
+    for entry in entries:
+        vmdir = VMDir(Path(entry.path))
+        record = None
+        with contextlib.suppress(LightVMError):
+            record = vmdir.read()
+        if record is not None:
+            if record.pid:
+                handle = ProcessHandle(record.pid, record.pid_start)
+                handle.send_signal(signal.SIGKILL)
+                handle.wait(5.0)
+                handle.close()
+            # A QEMU whose PID was never recorded: found by its NoXS path, unique to the shell.
+            for pid in find_processes_with_arg(f"mem-path={record.noxs_path},"):
+                argv = proc_cmdline(pid)
+                if argv and "qemu" in os.path.basename(argv[0]):
+                    handle = ProcessHandle(pid, proc_start_time(pid))
+                    handle.send_signal(signal.SIGKILL)
+                    handle.wait(5.0)
+                    handle.close()
+            Path(record.noxs_path).unlink(missing_ok=True)
+        shutil.rmtree(entry.path, ignore_errors=True)
+        gone.append(entry.name)
+    return gone
+
+
+def check_pool_name(name: str) -> None:
+    check_name(name, "VM name")
+
+
+__all__ = ["SHELL_OVERHEAD_MIB", "Flavour", "Pool", "Shell", "discard_orphans", "execute", "poolable", "prepare_shell"]
