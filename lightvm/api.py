@@ -202,9 +202,7 @@ def serve_connection(conn: socket.socket, handlers: dict[str, Handler], log: Cal
 
 
 _ERROR_TYPES: dict[str, type[LightVMError]] = {
-    name: cls
-    for name, cls in vars(errors).items()
-    if isinstance(cls, type) and issubclass(cls, LightVMError)
+    name: cls for name, cls in vars(errors).items() if isinstance(cls, type) and issubclass(cls, LightVMError)
 }
 
 

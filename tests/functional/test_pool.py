@@ -1,0 +1,127 @@
+"""The pool: creates through lightvmd take prepared shells (path: pool), never reuse one,
+refill in the background within the size and memory bounds, and fall back to the cold path."""
+
+from __future__ import annotations
+
+import ctypes
+import uuid
+from pathlib import Path
+
+import pytest
+from daemonlib import NOOP, Lightvmd, lightvmd, wait_pool
+
+from lightvm.noxs import DevicePage, NoxsRegion
+from lightvm.pool import SHELL_OVERHEAD_MIB
+from lightvm.util import proc_alive
+
+pytestmark = pytest.mark.functional
+__all__ = ["lightvmd"]
+REPO = Path(__file__).resolve().parents[2]
+DAYTIME = REPO / "examples" / "daytime.toml"
+
+
+def page_identity(noxs_path: str) -> tuple[str, str]:
+    with NoxsRegion.open(Path(noxs_path)) as region:
+        page = DevicePage.from_buffer_copy(region.raw()[: ctypes.sizeof(DevicePage)])
+    return page.name.decode(), str(uuid.UUID(bytes=bytes(page.uuid)))
+
+
+def test_create_takes_a_shell_and_reaches_ready(lightvmd: Lightvmd) -> None:
+    lightvmd.start(size=2)
+    wait_pool(lightvmd, 2)
+    shells = {s["id"]: s for s in lightvmd.shell_records()}
+    vm = lightvmd.create("p1")
+    assert vm["path"] == "pool" and vm["app"] == "noop" and vm["accel"] == "tcg"
+    assert vm["id"] in shells and vm["pid"] == shells[vm["id"]]["pid"]  # the shell's own QEMU
+    assert vm["boot_ms"]["ready"] > 0
+    info = lightvmd.call("info", {"name": "p1"})
+    assert info["status"] == "running" and info["guest"]["state"] == "READY" and info["guest"]["app"] == "noop"
+    assert info["spec"]["name"] == "p1" and info["devices"]["pool"]["shell"] == vm["id"]
+    assert page_identity(info["noxs_path"]) == ("p1", info["uuid"])
+    lightvmd.call("destroy", {"names": ["p1"]})
+    assert not proc_alive(vm["pid"], None) and not Path(info["noxs_path"]).exists()
+
+
+def test_shells_are_never_reused_identity_is_fresh(lightvmd: Lightvmd) -> None:
+    lightvmd.start(size=2)
+    wait_pool(lightvmd, 2)
+    vms = []
+    for i in range(4):
+        wait_pool(lightvmd, 2)  # every create finds a full pool: all four go through it
+        vms.append(lightvmd.create(f"v{i}"))
+    assert [vm["path"] for vm in vms] == ["pool"] * 4
+    infos = [lightvmd.call("info", {"name": vm["name"]}) for vm in vms]
+    assert len({vm["id"] for vm in vms}) == 4 and len({vm["pid"] for vm in vms}) == 4
+    assert len({i["uuid"] for i in infos}) == 4 and len({i["noxs_path"] for i in infos}) == 4
+    for info in infos:
+        assert page_identity(info["noxs_path"]) == (info["name"], info["uuid"])
+    stats = wait_pool(lightvmd, 2)
+    assert stats["taken"] == 4 and stats["prepared"] >= 6
+    remaining = {s["id"] for s in lightvmd.shell_records()}
+    assert not remaining & {vm["id"] for vm in vms}  # a taken shell never comes back
+    lightvmd.call("destroy", {"all": True})
+
+
+def test_refill_after_takes(lightvmd: Lightvmd) -> None:
+    lightvmd.start(size=3)
+    wait_pool(lightvmd, 3)
+    before = {s["id"] for s in lightvmd.shell_records()}
+    lightvmd.create("r1")
+    lightvmd.create("r2")
+    stats = wait_pool(lightvmd, 3)
+    after = {s["id"] for s in lightvmd.shell_records()}
+    assert len(after) == 3 and len(after - before) >= 2
+    assert stats["prepared"] >= 5 and stats["taken"] == 2
+
+
+def test_size_and_memory_bounds(lightvmd: Lightvmd) -> None:
+    # noop is a 4 MiB guest: a shell counts 4 + SHELL_OVERHEAD_MIB. The budget fits two.
+    cost = 4 + SHELL_OVERHEAD_MIB
+    lightvmd.start("--pool-memory", str(2 * cost + cost // 2), size=5)
+    stats = wait_pool(lightvmd, 2)
+    assert stats["memory_committed_mib"] == 2 * cost <= stats["memory_budget_mib"]
+    assert len(lightvmd.shell_records()) == 2
+    lightvmd.create("m1")
+    stats = wait_pool(lightvmd, 2)
+    assert len(lightvmd.shell_records()) == 2
+    lightvmd.stop()
+    lightvmd.start("--pool-max", "1", size=5)
+    wait_pool(lightvmd, 1)
+    assert len(lightvmd.shell_records()) == 1
+    lightvmd.call("destroy", {"all": True})
+
+
+def test_cold_path_when_no_shell_fits(lightvmd: Lightvmd) -> None:
+    lightvmd.start(size=1)
+    wait_pool(lightvmd, 1)
+    # A flavour the pool does not keep (other memory size), and pool=false: both cold.
+    spec = lightvmd.state_dir.parent / "noop8.toml"
+    spec.write_text(
+        NOOP.read_text().replace('memory = "4M"', 'memory = "8M"').replace("../images", str(REPO / "images"))
+    )
+    assert lightvmd.create("c1", config=spec)["path"] == "cold"
+    assert lightvmd.create("c2", pool=False)["path"] == "cold"
+    assert lightvmd.pool_stats()["flavours"][0]["ready"] == 1  # untouched
+    # A VM with a vif is cold too (pre-created taps are not implemented).
+    vm = lightvmd.create("d1", config=DAYTIME)
+    assert vm["path"] == "cold" and vm["app"] == "daytime"
+    # -n through the pool: each VM takes a shell while there is one, then cold.
+    vms = lightvmd.call("create", {"config": str(NOOP), "name": "n", "count": 3, "accel": "tcg"}, timeout=120)
+    assert [v["name"] for v in vms] == ["n-0", "n-1", "n-2"] and vms[0]["path"] == "pool"
+    assert all(v["path"] in ("pool", "cold") for v in vms)
+    lightvmd.seen_ids.update(v["id"] for v in vms)
+    lightvmd.call("destroy", {"all": True})
+
+
+def test_name_taken_discards_the_shell(lightvmd: Lightvmd) -> None:
+    from lightvm.errors import ExistsError
+
+    lightvmd.start(size=1)
+    wait_pool(lightvmd, 1)
+    lightvmd.create("dup")
+    wait_pool(lightvmd, 1)
+    (shell,) = lightvmd.shell_records()
+    with pytest.raises(ExistsError):
+        lightvmd.create("dup")
+    assert not proc_alive(shell["pid"], shell["pid_start"]) and not Path(shell["noxs_path"]).exists()
+    lightvmd.call("destroy", {"all": True})
