@@ -103,6 +103,14 @@ def socket_path(state_root: Path) -> Path:
 Handler = Callable[[dict[str, Any]], Any]
 
 
+class Deferred:
+    """A handler result with work to do right *after* the response is sent."""
+
+    def __init__(self, result: Any, after: Callable[[], None]) -> None:
+        self.result = result
+        self.after = after
+
+
 def error_body(exc: BaseException) -> dict[str, str]:
     """The ``error`` object for an exception: lightvm errors keep their class name."""
     if isinstance(exc, ApiError):
@@ -150,17 +158,23 @@ def parse_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
     return req_id, op, args
 
 
-def handle_line(line: bytes, handlers: dict[str, Handler]) -> bytes:
-    """Answer one request line. Never raises (except BaseException like SystemExit)."""
+def handle_line(line: bytes, handlers: dict[str, Handler]) -> tuple[bytes, Callable[[], None] | None]:
+    """Answer one request line: the response, and what to run once it is sent.
+
+    Never raises (except BaseException like SystemExit).
+    """
     req_id: Any = None
     try:
         req_id, op, args = parse_request(line)
         handler = handlers.get(op)
         if handler is None:
             raise UnknownOpError(f"unknown op {op!r}; known: {', '.join(sorted(handlers))}")
-        return response(req_id, handler(args))
+        result = handler(args)
+        if isinstance(result, Deferred):
+            return response(req_id, result.result), result.after
+        return response(req_id, result), None
     except Exception as exc:  # every failure becomes a structured error
-        return response(req_id, exc=exc)
+        return response(req_id, exc=exc), None
 
 
 def serve_connection(conn: socket.socket, handlers: dict[str, Handler], log: Callable[[str], None]) -> None:
@@ -188,10 +202,17 @@ def serve_connection(conn: socket.socket, handlers: dict[str, Handler], log: Cal
                 return
             if not line.strip():
                 continue
-            reply = handle_line(line, handlers)
+            reply, after = handle_line(line, handlers)
             if b'"InternalError"' in reply:
                 log(f"internal error answering {line[:200]!r}: {reply[:500]!r}")
-            conn.sendall(reply)
+            try:
+                conn.sendall(reply)
+            finally:
+                if after is not None:
+                    try:
+                        after()
+                    except Exception as exc:  # bookkeeping after a reply must not kill the server
+                        log(f"after answering {line[:200]!r}: {type(exc).__name__}: {exc}")
     except OSError:
         return  # the client went away; nothing to answer
     finally:
@@ -323,6 +344,7 @@ __all__ = [
     "ApiError",
     "Client",
     "DaemonUnavailable",
+    "Deferred",
     "ProtocolError",
     "UnknownOpError",
     "handle_line",

@@ -8,11 +8,14 @@ Files in the state dir::
     STATE/lightvmd.log    stdout/stderr of a daemon started with `lightvm daemon start`
     STATE/pool/ID/        prepared shells (lightvm/pool.py)
 
-Threads, not asyncio: every request is served on its own thread, so a slow create (a
-cold path, a guest that never gets READY) never delays another client, and the execute
-path runs the same synchronous code as one-shot mode (QMP client, READY poll) with no
-event-loop hop in between. The main thread only accepts connections and watches
-SIGTERM/SIGINT through a wakeup fd.
+Threads, not asyncio: every connection is served by a thread of its own, so a slow
+create (a cold path, a guest that never gets READY) never delays another client, and the
+execute path runs the same synchronous code as one-shot mode (QMP client, READY poll)
+with no event-loop hop in between. The threads are kept and reused: starting a thread
+per connection cost ~0.23 ms of a 0.27 ms new-connection round trip (measured), a
+handoff to an idle worker ~0.03 ms. When every worker is busy, one more is started (no
+connection ever waits for another). The main thread only accepts connections and
+watches SIGTERM/SIGINT through a wakeup fd.
 
 Start-up: take the lock (else another daemon runs: refuse), discard the shells a
 killed predecessor left in STATE/pool (their QEMUs, NoXS files, folders), bind the
@@ -32,6 +35,7 @@ import fcntl
 import grp
 import json
 import os
+import queue
 import selectors
 import signal
 import socket
@@ -95,7 +99,11 @@ class Daemon:
         self._listener: socket.socket | None = None
         self._threads: set[threading.Thread] = set()
         self._threads_lock = threading.Lock()
+        self._idle = 0  # workers waiting on the queue (under _threads_lock)
+        self._queue: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
         self._tsc_hz = 0
+        self._finishing: dict[str, threading.Event] = {}
+        self._spec_cache: dict[str, tuple[tuple[Any, ...], Any]] = {}
         self.handlers: dict[str, api.Handler] = {
             "ping": self.op_ping,
             "create": self.op_create,
@@ -203,18 +211,34 @@ class Daemon:
                     except OSError as exc:
                         self.log(f"accept failed: {exc}")  # e.g. EMFILE: keep serving the others
                         continue
-                    thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-                    with self._threads_lock:
-                        self._threads.add(thread)
-                    thread.start()
+                    self._dispatch(conn)
         finally:
             sel.close()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _dispatch(self, conn: socket.socket) -> None:
+        """Hand ``conn`` to an idle worker, or start one more when none is idle."""
+        with self._threads_lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        if spawn:
+            thread = threading.Thread(target=self._worker, args=(conn,), name="api", daemon=True)
+            with self._threads_lock:
+                self._threads.add(thread)
+            thread.start()
+        else:
+            self._queue.put(conn)
+
+    def _worker(self, conn: socket.socket | None) -> None:
         try:
-            api.serve_connection(conn, self.handlers, self.log)
-        except Exception:  # a client must never kill the daemon
-            self.log("connection handler failed:\n" + traceback.format_exc())
+            while conn is not None:
+                try:
+                    api.serve_connection(conn, self.handlers, self.log)
+                except Exception:  # a client must never kill the daemon
+                    self.log("connection handler failed:\n" + traceback.format_exc())
+                with self._threads_lock:
+                    self._idle += 1
+                conn = self._queue.get()
         finally:
             with self._threads_lock:
                 self._threads.discard(threading.current_thread())
@@ -233,6 +257,8 @@ class Daemon:
         end = time.monotonic() + STOP_GRACE
         with self._threads_lock:
             threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)  # idle workers leave; busy ones finish their client first
         for thread in threads:
             thread.join(max(0.0, end - time.monotonic()))
         if self.pool is not None:
@@ -263,10 +289,10 @@ class Daemon:
     def op_pool(self, args: dict[str, Any]) -> dict[str, Any]:
         return self.pool.stats() if self.pool else {}
 
-    def op_create(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+    def op_create(self, args: dict[str, Any]) -> list[dict[str, Any]] | api.Deferred:
         t0 = time.perf_counter()
         from lightvm import accel as accelmod
-        from lightvm.spec import check_name, load_spec
+        from lightvm.spec import check_name
 
         config = _arg(args, "config", str, required=True)
         if not os.path.isabs(config):
@@ -282,7 +308,7 @@ class Daemon:
             raise SpecError("'publish' must be a list of strings")
         if not 0 < timeout <= 3600:
             raise SpecError(f"timeout {timeout}: between 0 and 3600 s")
-        spec = load_spec(config)
+        spec = self._load_spec(config)
         if publish:
             from lightvm.cli import _with_publish
 
@@ -299,6 +325,7 @@ class Daemon:
         pool = self.pool if use_pool else None
         out: list[dict[str, Any]] = []
         made: list[str] = []
+        finish: Callable[[], None] | None = None
         try:
             for n in names:
                 shell = pool.take(spec, choice) if pool is not None else None
@@ -306,8 +333,15 @@ class Daemon:
                     from lightvm import pool as poolmod
 
                     assert pool is not None
-                    with pool.busy():
-                        result = poolmod.execute(shell, self.state, spec, n, self._tsc_hz, t0, timeout)
+                    self._begin(n)
+                    try:
+                        result, finish = poolmod.execute_deferred(shell, self.state, spec, n, self._tsc_hz, t0, timeout)
+                    except BaseException:
+                        self._end(n)
+                        raise
+                    if len(names) > 1:  # only a single create answers before its bookkeeping
+                        self._finish(n, finish)
+                        finish = None
                     path = "pool"
                 else:
                     (result,) = ts.create(spec, name=n, count=1, accel=choice)
@@ -315,29 +349,96 @@ class Daemon:
                 made.append(n)
                 entry = result.as_dict()
                 entry["path"] = path
+                entry["daemon_ms"] = round((time.perf_counter() - t0) * 1000, 3)  # handler start -> reply
                 out.append(entry)
                 t0 = time.perf_counter()
         except BaseException:
+            if finish is not None:  # a single pool create that failed after READY
+                self._finish(names[0], finish)
             for n in made:  # all or nothing, as in one-shot mode
                 with contextlib.suppress(LightVMError):
                     ts.destroy(n)
             raise
+        if finish is not None:
+            deferred, name0 = finish, names[0]
+            return api.Deferred(out, lambda: self._finish(name0, deferred))
         return out
 
+    # A pool create answers at READY and completes its record right after (pool.py,
+    # execute_deferred); operations on that name wait for it meanwhile.
+
+    def _begin(self, name: str) -> None:
+        with self._threads_lock:
+            self._finishing[name] = threading.Event()
+
+    def _end(self, name: str) -> None:
+        with self._threads_lock:
+            event = self._finishing.pop(name, None)
+        if event is not None:
+            event.set()
+        if self.pool is not None:
+            self.pool.done()  # the refill may spawn again (taken in pool.take)
+
+    def _finish(self, name: str, finish: Callable[[], None]) -> None:
+        try:
+            finish()
+        finally:
+            self._end(name)
+
+    def _settle(self, names: list[str] | None = None) -> None:
+        """Wait (bounded) until the named VMs' (or all) pending bookkeeping is done."""
+        with self._threads_lock:
+            events = [e for n, e in self._finishing.items() if names is None or n in names]
+        for event in events:
+            event.wait(10.0)
+
+    def _load_spec(self, config: str) -> Any:
+        """``load_spec`` cached on the (config, kernel, firmware) files' identity and mtime:
+        parsing TOML and checking the kernel's PVH note cost ~0.4 ms of the execute path.
+
+        :raise SpecError: as load_spec.
+        """
+        from lightvm.spec import load_spec
+
+        def sig(path: str | Path | None) -> tuple[int, int, int] | None:
+            if path is None:
+                return None
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+        cached = self._spec_cache.get(config)
+        if cached is not None:
+            sigs, spec = cached
+            if sigs == (sig(config), sig(spec.kernel), sig(spec.firmware)) and sigs[0] is not None:
+                return spec
+        spec = load_spec(config)
+        if len(self._spec_cache) > 256:
+            self._spec_cache.clear()
+        self._spec_cache[config] = ((sig(config), sig(spec.kernel), sig(spec.firmware)), spec)
+        return spec
+
     def op_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        self._settle()  # a VM answered READY a moment ago lists as running, not creating
         return [i.as_dict() for i in self._toolstack().list()]
 
     def op_info(self, args: dict[str, Any]) -> dict[str, Any]:
-        info: dict[str, Any] = self._toolstack().info(_arg(args, "name", str, required=True))
+        name = _arg(args, "name", str, required=True)
+        self._settle([name])
+        info: dict[str, Any] = self._toolstack().info(name)
         return info
 
     def op_destroy(self, args: dict[str, Any]) -> dict[str, Any]:
         ts = self._toolstack()
         if _arg(args, "all", bool):
+            self._settle()
             return {"destroyed": ts.destroy_all()}
         names = _arg(args, "names", list, required=True)
         if not all(isinstance(n, str) for n in names):
             raise SpecError("'names' must be a list of strings")
+        self._settle(names)
         errors = []
         done = []
         for n in names:
@@ -353,18 +454,24 @@ class Daemon:
         return {"destroyed": done}
 
     def op_shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = _arg(args, "name", str, required=True)
+        self._settle([name])
         ms = self._toolstack().shutdown(
-            _arg(args, "name", str, required=True),
+            name,
             keep=bool(_arg(args, "keep", bool)),
             timeout=float(_arg(args, "timeout", (int, float)) or 5.0),
         )
         return {"ms": ms}
 
     def op_pause(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"ms": self._toolstack().pause(_arg(args, "name", str, required=True))}
+        name = _arg(args, "name", str, required=True)
+        self._settle([name])
+        return {"ms": self._toolstack().pause(name)}
 
     def op_unpause(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"ms": self._toolstack().unpause(_arg(args, "name", str, required=True))}
+        name = _arg(args, "name", str, required=True)
+        self._settle([name])
+        return {"ms": self._toolstack().unpause(name)}
 
 
 def _arg(args: dict[str, Any], key: str, kind: type | tuple[type, ...], required: bool = False) -> Any:

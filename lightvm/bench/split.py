@@ -114,6 +114,8 @@ class SplitFleet:
             value = result["boot_ms"].get(step)
             if value is not None:
                 sample[f"daemon_{step}"] = float(value)
+        if "daemon_ms" in result:
+            sample["daemon_total"] = float(result["daemon_ms"])
         t1 = time.perf_counter()
         self.call("destroy", {"names": [name]})
         sample["destroy_ms"] = (time.perf_counter() - t1) * 1000
@@ -178,6 +180,7 @@ def run(vms: list[int], iterations: int, app: str, bg_app: str | None, warmup: i
                 "grow_s": round(grow_s, 1),
                 "execute_ms": _summary(execute),
                 "daemon_ready_ms": _summary([s["daemon_ready"] for s in split if "daemon_ready" in s]),
+                "daemon_total_ms": _summary([s["daemon_total"] for s in split if "daemon_total" in s]),
                 "fork_exec_ms": _summary(forks),
                 "all_pool": all(s["pool"] == 1.0 for s in split),
                 "ratio_median": statistics.median(execute) / statistics.median(forks),
@@ -187,7 +190,9 @@ def run(vms: list[int], iterations: int, app: str, bg_app: str | None, warmup: i
             out["points"].append(point)
             print(
                 f"N={n:>5}: execute path median {point['execute_ms']['median']:.2f} ms "
-                f"(daemon-side READY {point['daemon_ready_ms']['median']:.2f} ms), fork/exec median "
+                f"(daemon: READY {point['daemon_ready_ms']['median']:.2f}, "
+                f"reply {point['daemon_total_ms']['median']:.2f} ms), "
+                f"fork/exec median "
                 f"{point['fork_exec_ms']['median']:.2f} ms, ratio {point['ratio_median']:.2f}x, "
                 f"all via pool: {point['all_pool']}, load {point['loadavg'][0]:.1f}, grow {grow_s:.0f} s",
                 flush=True,
