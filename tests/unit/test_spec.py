@@ -232,3 +232,12 @@ def test_with_name_keeps_everything_else(tmp_path: Path, kernel: Path) -> None:
 def test_vif_ip_without_prefix_stays_bare(tmp_path: Path, kernel: Path) -> None:
     spec = load_spec(write(tmp_path, 'kernel = "guest.elf"\n[[vifs]]\nnetwork = "n"\nip = "10.0.0.7"\n'))
     assert spec.vifs[0].ip == "10.0.0.7"
+
+
+def test_examples_parse() -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    paths = sorted(examples.glob("*.toml")) + sorted(examples.glob("*.json"))
+    specs = [load_spec(p, check_kernel=False) for p in paths]  # unit tests do not need built images
+    assert {s.name for s in specs} >= {"noop", "daytime", "noop-json"}
+    daytime = next(s for s in specs if s.name == "daytime")
+    assert len(daytime.vifs) == 1 and daytime.memory_mib == 4
