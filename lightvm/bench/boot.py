@@ -9,14 +9,15 @@ ready and removes it. The lightvm rows also record the boot breakdown per point
 The variant table is :data:`VARIANTS`. Only what exists is in it:
 
 * ``lightvm-cold``  the toolstack's cold path (NoXS, no pool), public API
+* ``lightvm-split`` lightvmd's execute path: a create request on the API socket taking a
+                    prepared shell, to the READY reply (lightvm/bench/split.py)
 * ``libvirt``       a private libvirtd creating the same guest (virDomainCreateXML)
 * ``crun``          a busybox container started by crun (reference)
 * ``fork-exec``     a static binary, to its ready byte (reference)
 
-Not yet in the table, because they are not implemented: ``lightvm-split`` (the
-pool, lightvm/pool.py) and ``lightvm-xenstore`` (the XenStore-style control
-plane, lightvm/store.py). Each will be one :class:`Variant` entry whose factory
-returns a fleet (grow/measure/close, see :mod:`lightvm.bench.fleets`).
+Not yet in the table, because it is not implemented: ``lightvm-xenstore`` (the
+XenStore-style control plane, lightvm/store.py). It will be one :class:`Variant` entry
+whose factory returns a fleet (grow/measure/close, see :mod:`lightvm.bench.fleets`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def _lightvm_cold(opts: SuiteOptions) -> Fleet:
     return LightvmColdFleet(guest_spec(opts.app), opts.accel)
 
 
+def _lightvm_split(opts: SuiteOptions) -> Fleet:
+    from lightvm.bench.split import SplitFleet
+
+    return SplitFleet(app=opts.app, accel=opts.accel)
+
+
 def _libvirt(opts: SuiteOptions) -> Fleet:
     from lightvm.bench.libvirt_fleet import LibvirtFleet
 
@@ -63,7 +70,7 @@ def _fork_exec(opts: SuiteOptions) -> Fleet:
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("lightvm-cold", "lightvm", _lightvm_cold, lambda: None, "Toolstack.create, cold path (NoXS, no pool)"),
-    # Variant("lightvm-split", "lightvm", ...): when lightvm/pool.py exists (execute phase of a prepared shell).
+    Variant("lightvm-split", "lightvm", _lightvm_split, lambda: None, "lightvmd request -> READY reply, pool shell"),
     # Variant("lightvm-xenstore", "lightvm", ...): when lightvm/store.py exists (XenStore-style control plane).
     Variant("libvirt", "baseline", _libvirt, libvirtd.available, "private libvirtd, virDomainCreateXML, same guest"),
     Variant("crun", "baseline", _crun, crun.available, "crun run of a busybox OCI bundle, to its first output byte"),
@@ -134,7 +141,7 @@ def describe() -> dict[str, Any]:
     """What each variant is, for the results file (so a reader knows what was compared)."""
     return {
         "variants": {v.name: {"kind": v.kind, "doc": v.doc} for v in VARIANTS},
-        "not_implemented": ["lightvm-split (needs lightvm/pool.py)", "lightvm-xenstore (needs lightvm/store.py)"],
+        "not_implemented": ["lightvm-xenstore (needs lightvm/store.py)"],
         "reference": REFERENCE,
         "boot_steps": list(BOOT_STEPS),
     }

@@ -144,6 +144,46 @@ class SplitFleet:
         self._tmp.cleanup()
 
 
+def _idle_probe(pids: list[int], seconds: float = 5.0, sample: int = 50) -> dict[str, float]:
+    """Host cost of the running VMs while idle: PSS and private memory per VM (a sample of
+    ``sample`` VMs, from smaps_rollup), and CPU of all of them over ``seconds`` (in % of one core)."""
+    if not pids:
+        return {}
+    clk = os.sysconf("SC_CLK_TCK")
+
+    def ticks() -> int:
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
+
+    t0, c0 = time.monotonic(), ticks()
+    deadline = t0 + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 0.5))  # a measurement window, not a wait for a condition
+    cpu = (ticks() - c0) / clk / (time.monotonic() - t0) * 100
+    pss, private = [], []
+    step = max(1, len(pids) // sample)
+    for pid in pids[::step][:sample]:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        kb = {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines()[1:] if line.split()[1:2]}
+        pss.append(kb.get("Pss", 0) / 1024)
+        private.append((kb.get("Private_Dirty", 0) + kb.get("Private_Clean", 0)) / 1024)
+    return {
+        "vms": len(pids),
+        "cpu_percent_of_one_core": round(cpu, 2),
+        "pss_mib_median": round(statistics.median(pss), 2) if pss else 0.0,
+        "private_mib_median": round(statistics.median(private), 2) if private else 0.0,
+    }
+
+
 def _summary(samples: list[float]) -> dict[str, float]:
     return {
         "median": statistics.median(samples),
@@ -166,6 +206,7 @@ def run(vms: list[int], iterations: int, app: str, bg_app: str | None, warmup: i
             t_grow = time.perf_counter()
             fleet.grow(n - 1)
             grow_s = time.perf_counter() - t_grow
+            idle = _idle_probe(fleet.pids()[1:]) if n > 1 else {}
             split: list[Sample] = []
             forks: list[float] = []
             for i in range(warmup + iterations):
@@ -178,6 +219,7 @@ def run(vms: list[int], iterations: int, app: str, bg_app: str | None, warmup: i
             point: dict[str, Any] = {
                 "n": n,
                 "grow_s": round(grow_s, 1),
+                "idle": idle,
                 "execute_ms": _summary(execute),
                 "daemon_ready_ms": _summary([s["daemon_ready"] for s in split if "daemon_ready" in s]),
                 "daemon_total_ms": _summary([s["daemon_total"] for s in split if "daemon_total" in s]),
@@ -194,7 +236,7 @@ def run(vms: list[int], iterations: int, app: str, bg_app: str | None, warmup: i
                 f"reply {point['daemon_total_ms']['median']:.2f} ms), "
                 f"fork/exec median "
                 f"{point['fork_exec_ms']['median']:.2f} ms, ratio {point['ratio_median']:.2f}x, "
-                f"all via pool: {point['all_pool']}, load {point['loadavg'][0]:.1f}, grow {grow_s:.0f} s",
+                f"all via pool: {point['all_pool']}, load {point['loadavg'][0]:.1f}, grow {grow_s:.0f} s; idle {idle}",
                 flush=True,
             )
     finally:

@@ -99,7 +99,7 @@ def _check(out: Path, name: str, expected_rows: set[str]) -> dict[str, Any]:
 
 def test_boot_smoke_with_every_baseline(images: Path, tmp_path: Path, clean_host: None) -> None:
     run_suite("boot", _opts(), tmp_path)
-    variants = ("lightvm-cold", "libvirt", "crun", "fork-exec")
+    variants = ("lightvm-cold", "lightvm-split", "libvirt", "crun", "fork-exec")
     doc = _check(tmp_path, "boot", {f"boot/{v}/n={n}" for v in variants for n in VMS})
     rows = {b["name"]: b for b in doc["benchmarks"]}
     # The boot breakdown is recorded per point for lightvm, in order.
@@ -116,7 +116,7 @@ def test_boot_smoke_with_every_baseline(images: Path, tmp_path: Path, clean_host
 
 def test_density_smoke(images: Path, tmp_path: Path, clean_host: None) -> None:
     run_suite("density", _opts(), tmp_path)
-    variants = ("lightvm-cold", "libvirt", "crun", "fork-exec")
+    variants = ("lightvm-cold", "lightvm-split", "libvirt", "crun", "fork-exec")
     expected = {f"density/{v}/{m}/n={n}" for v in variants for m in ("memory", "cpu") for n in VMS}
     doc = _check(tmp_path, "density", expected)
     rows = {b["name"]: b for b in doc["benchmarks"]}
