@@ -102,6 +102,26 @@ class QMPClient:
             self._sock.setblocking(False)
         return cmd_id
 
+    def send_fd(self, fd: int, fdname: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Hand ``fd`` to QEMU as ``fdname`` (QMP ``getfd`` with SCM_RIGHTS), e.g. for ``migrate fd:NAME``.
+
+        :raise QMPError: if the fd cannot be sent or QEMU refuses it.
+        """
+        cmd_id = self._next_id
+        self._next_id += 1
+        data = json.dumps({"execute": "getfd", "arguments": {"fdname": fdname}, "id": cmd_id}).encode() + b"\n"
+        try:
+            self._sock.settimeout(DEFAULT_TIMEOUT)
+            # The fd rides on the first byte; QEMU attaches it to the command parsed from this message.
+            sent = socket.send_fds(self._sock, [data], [fd])
+            if sent < len(data):
+                self._sock.sendall(data[sent:])
+        except OSError as exc:
+            raise QMPError(f"QMP getfd: cannot send: {exc.strerror or exc}") from exc
+        finally:
+            self._sock.setblocking(False)
+        self.wait(cmd_id, timeout, "getfd")
+
     def send_negotiate(self) -> int:
         """Queue ``qmp_capabilities``; may be sent before the greeting has arrived."""
         self._negotiate_id = self.send("qmp_capabilities")

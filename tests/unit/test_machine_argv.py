@@ -47,7 +47,7 @@ def test_argv_for_tcg(tmp_path: Path) -> None:
     assert opt(argv, "-display") == ["none"]
     assert "memory-backend-file,id=noxs,mem-path=/dev/shm/lightvm-abc,size=8192,share=on" in opt(argv, "-object")
     devices = opt(argv, "-device")
-    assert "ivshmem-plain,memdev=noxs" in devices
+    assert "ivshmem-plain,memdev=noxs,master=on" in devices
     assert "isa-debug-exit,iobase=0xf4,iosize=4" in devices
     chardevs = opt(argv, "-chardev")
     assert f"file,id=con,path={tmp_path}/console.log" in chardevs
