@@ -188,6 +188,10 @@ def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
 
     daemon_cli.register(sub)
 
+    from lightvm import checkpoint_cli
+
+    checkpoint_cli.register(sub)
+
     if with_network:
         try:
             from lightvm import network_cli
