@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lightvm.bench import suite
 from lightvm.errors import LightVMError
@@ -39,7 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Run a benchmark suite side by side with its baselines; write results.json "
         "(git describe, host, CPU, accel, QEMU version, every sample), summary.txt and PNG/SVG plots.",
     )
-    p.add_argument("suite", choices=suite.SUITES, metavar="SUITE", help=f"one of {', '.join(suite.SUITES)}")
+    p.add_argument(
+        "suite", choices=(*suite.SUITES, "replot"), metavar="SUITE",
+        help=f"one of {', '.join(suite.SUITES)}; or 'replot RESULTS.json' to redraw a run's plots",
+    )  # fmt: skip
+    p.add_argument("results", nargs="?", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--vms", type=_int_list, default=None, help="N values, e.g. 1,10,100 (default 1,10,100)")
     p.add_argument("--iterations", type=int, default=None, help="measured iterations per point (default 10)")
     p.add_argument("--warmup", type=int, default=None, help="unmeasured iterations per point (default 1)")
@@ -100,6 +104,24 @@ def options(args: argparse.Namespace) -> suite.SuiteOptions:
     return opts
 
 
+def plot_subtitle(meta: dict[str, Any]) -> str:
+    qemu = str(meta.get("qemu_version", "")).replace("QEMU emulator version ", "QEMU ")
+    host = f"{meta.get('hostname')}, {meta.get('nproc')} CPUs"
+    return f"{meta.get('git_describe')} | accel {meta.get('accel')} | {host} | {qemu}"
+
+
+def replot(results_json: Path, out: Path | None = None) -> list[Path]:
+    """Draw a results file's plots again (e.g. after a plot changed), next to it by default."""
+    from lightvm.bench import runner
+
+    doc = runner.load_json(results_json)
+    module = suite.load(doc["meta"]["suite"])
+    written: list[Path] = module.plot(
+        runner.results_from_doc(doc), out or results_json.parent, plot_subtitle(doc["meta"])
+    )
+    return written
+
+
 def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True) -> tuple[Path, list[Result]]:
     """Run suite ``name``; write results.json, summary.txt and plots into ``out``."""
     import contextlib
@@ -127,11 +149,7 @@ def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True
     written: list[Path] = []
     if plots:
         try:
-            subtitle = (
-                f"{meta['git_describe']} | accel {meta['accel']} | {meta['hostname']}, {meta['nproc']} CPUs | "
-                f"{meta['qemu_version'].replace('QEMU emulator version ', 'QEMU ')}"
-            )
-            written = module.plot(results, out, subtitle)
+            written = module.plot(results, out, plot_subtitle(meta))
         except Exception as exc:  # plots are a view; the numbers must still be written
             print(f"plots failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     path = out / "results.json"
@@ -147,6 +165,13 @@ def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True
 
 def cmd_bench(args: argparse.Namespace) -> int:
     import time
+
+    if args.suite == "replot":
+        if args.results is None:
+            raise LightVMError("replot: name a results.json")
+        for path in replot(args.results, args.out):
+            print(path)
+        return 0
 
     opts = options(args)
     out = args.out or Path("bench-results") / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.suite}"

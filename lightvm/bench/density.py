@@ -199,8 +199,7 @@ def plot(results: list[Result], outdir: Path, subtitle: str = "") -> list[Path]:
             cpu,
             outdir / "density-cpu",
             "Idle CPU per instance",
-            "% of one CPU per instance (log)",
-            logy=True,
+            "% of one CPU per instance",
             subtitle=subtitle,
         ),
     ]

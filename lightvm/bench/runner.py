@@ -250,6 +250,17 @@ def load_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def results_from_doc(doc: dict[str, Any]) -> list[Result]:
+    """The :class:`Result` rows of a results file (to re-plot or re-summarise it)."""
+    return [
+        Result(
+            b["name"], dict(b.get("params", {})), b["metric"], b.get("unit", ""), int(b.get("warmup", 0)),
+            int(b.get("iterations", 0)), [dict(s) for s in b.get("samples", [])], b.get("error", ""),
+        )
+        for b in doc.get("benchmarks", [])
+    ]  # fmt: skip
+
+
 # ---------------------------------------------------------------------- summary
 
 
@@ -292,6 +303,7 @@ __all__ = [
     "Sample",
     "load_json",
     "metadata",
+    "results_from_doc",
     "run",
     "summarize",
     "summary_table",
