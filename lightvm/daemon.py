@@ -69,6 +69,7 @@ class DaemonConfig:
     pool_max: int = 64
     pool_memory_mib: int = 2048
     accel: str = "auto"
+    pool_variant: str = "waiting"
 
 
 def _log(msg: str) -> None:
@@ -153,6 +154,7 @@ class Daemon:
             max_shells=self.config.pool_max,
             memory_budget_mib=self.config.pool_memory_mib,
             log=self.log,
+            variant=self.config.pool_variant,
         )
         self.pool.start()  # discards a killed predecessor's shells first
         self._bind()

@@ -67,6 +67,13 @@ def register(sub: Any) -> None:
             help="memory budget of all shells: guest RAM + 16 MiB each (default 2048)",
         )
         q.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto", help="accelerator of the shells")
+        q.add_argument(
+            "--pool-variant",
+            choices=("waiting", "paused"),
+            default="waiting",
+            help="waiting (default, faster): the guest booted to its wait-for-config point, then "
+            "stopped; paused: QEMU started with -S, the guest never ran",
+        )
         q.set_defaults(func=cmd_daemon_run if action == "run" else cmd_daemon_start)
     q = dsub.add_parser("stop", parents=[parent], help="stop the daemon (SIGTERM); VMs keep running")
     q.set_defaults(func=cmd_daemon_stop)
@@ -87,7 +94,7 @@ def _daemon_argv(args: argparse.Namespace, root: Path) -> list[str]:
     for cfg in args.pool:
         argv += ["--pool", str(Path(cfg).resolve())]
     argv += ["--pool-size", str(args.pool_size), "--pool-max", str(args.pool_max)]
-    argv += ["--pool-memory", str(args.pool_memory), "--accel", args.accel]
+    argv += ["--pool-memory", str(args.pool_memory), "--accel", args.accel, "--pool-variant", args.pool_variant]
     return argv
 
 
@@ -102,6 +109,7 @@ def cmd_daemon_run(args: argparse.Namespace) -> int:
         pool_max=args.pool_max,
         pool_memory_mib=args.pool_memory,
         accel=args.accel,
+        pool_variant=args.pool_variant,
     )
     return run(config)
 

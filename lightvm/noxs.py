@@ -39,6 +39,7 @@ APP_LEN = 16
 
 FEAT_TSC_HZ = 1 << 0
 FEAT_NMI_DOORBELL = 1 << 1
+FEAT_WAIT_CONFIG = 1 << 2  # placeholder page: the guest waits (BootState.WAITING) for the real one
 
 
 class DevType(enum.IntEnum):
@@ -76,6 +77,7 @@ class BootState(enum.IntEnum):
     STOPPING = 4
     HALTED = 5
     ERROR = 6
+    WAITING = 7
 
 
 class GuestError(enum.IntEnum):
@@ -251,6 +253,7 @@ class PageConfig:
     vbds: list[VbdConfig] = field(default_factory=list)
     tsc_hz: int = 0
     nmi_doorbell: bool = False
+    wait_config: bool = False  # a prepared shell's placeholder (FEAT_WAIT_CONFIG)
 
 
 @dataclass(frozen=True)
@@ -434,6 +437,7 @@ class NoxsRegion:
         page.abi_version = ABI_VERSION
         page.header_size = ctypes.sizeof(DevicePage)
         page.features = (FEAT_TSC_HZ if config.tsc_hz else 0) | (FEAT_NMI_DOORBELL if config.nmi_doorbell else 0)
+        page.features |= FEAT_WAIT_CONFIG if config.wait_config else 0
         page.region_size = self.size
         page.dev_count = len(devices)
         page.host_time_ns = time.time_ns() if host_time_ns is None else host_time_ns

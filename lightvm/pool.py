@@ -28,9 +28,17 @@ the shells' worst-case memory (guest RAM + :data:`SHELL_OVERHEAD_MIB`) within
 (QEMU start-up would steal the CPU the booting guest needs), and never holds the pool
 lock while it spawns, so the execute path waits on nothing but its own guest.
 
-Prepared variants: only the "not yet booted, paused with -S" shell is implemented. The
-other one (guest booted to a "waiting for config" point, then stopped) needs a guest
-side wait point in images/base and is not measured yet.
+Prepared variants (``--pool-variant``), both implemented and measured side by side
+(``python -m lightvm.bench.split --variant ...``, TCG, 30 samples, same host):
+
+* ``waiting`` (default): at prepare, a placeholder page with NOXS_FEAT_WAIT_CONFIG is
+  written and the guest runs to its wait point (images/base/noxs.c: it reports
+  BootState.WAITING and spins on the page generation), then QMP ``stop``. Execute
+  rewrites the whole page and resumes: the guest's early boot and its TCG translations
+  are already done. Request -> READY reply median ~2.0 ms.
+* ``paused``: QEMU spawned with ``-S``, the guest never ran. ~4.0-4.4 ms.
+
+A flavour whose guest has no wait point (it goes past it) falls back to ``paused``.
 """
 
 from __future__ import annotations
@@ -49,14 +57,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightvm.errors import ExistsError, LightVMError
+from lightvm.errors import ExistsError, GuestError, LightVMError
 from lightvm.machine import Machine, MachineConfig, ProcessHandle
-from lightvm.noxs import NoxsRegion, PageConfig, region_size_for
+from lightvm.noxs import BootState, NoxsRegion, PageConfig, region_size_for
 from lightvm.spec import VMSpec, check_name
 from lightvm.state import StateDir, VMDir, VMRecord, VMStatus
 from lightvm.toolstack import SHM_DIR, SHM_PREFIX, CreateResult
-from lightvm.util import atomic_write, find_processes_with_arg, proc_cmdline, proc_start_time
+from lightvm.util import atomic_write, find_processes_with_arg, proc_cmdline, proc_start_time, wait_until
 
+PAUSED = "paused"  # prepared variant: QEMU spawned with -S, the guest never ran
+WAITING = "waiting"  # prepared variant: the guest booted to its wait point, then stopped
+VARIANTS = (PAUSED, WAITING)
 SHELL_OVERHEAD_MIB = 16  # host memory of one idle QEMU beyond guest RAM (QEMU-NOTES: ~16 MiB)
 POOL_DIR = "pool"
 RETRY_AFTER_FAILURE = 2.0
@@ -110,6 +121,7 @@ class Shell:
     region: NoxsRegion
     record: VMRecord
     prepared_at: float
+    waited: bool = False  # booted to the wait point at prepare (variant WAITING)
 
     def discard(self) -> None:
         """Kill its QEMU and remove its NoXS file and folder."""
@@ -121,10 +133,14 @@ class Shell:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def prepare_shell(root: Path, flavour: Flavour, spec: VMSpec) -> Shell:
+def prepare_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAUSED) -> Shell:
     """Spawn one paused QEMU for ``flavour`` in ``root/ID`` and wait until QMP answers.
 
-    :raise LightVMError: QEMU could not be started (nothing is left behind).
+    ``variant`` :data:`WAITING`: also boot the guest to its wait point (a placeholder
+    page with NOXS_FEAT_WAIT_CONFIG; the guest reports BootState.WAITING), then stop it.
+
+    :raise LightVMError: QEMU could not be started, or the guest did not reach its wait
+        point (nothing is left behind).
     """
     shell_id = uuidlib.uuid4().hex[:16]
     folder = root / shell_id
@@ -168,7 +184,9 @@ def prepare_shell(root: Path, flavour: Flavour, spec: VMSpec) -> Shell:
         record.pid, record.pid_start, record.argv = machine.process.pid, machine.process.start_time, machine.argv
         vmdir.write(record)
         machine.qmp.negotiate(timeout=10.0)  # QEMU initialised: execute is only `cont`
-        return Shell(shell_id, flavour, folder, machine, region, record, time.monotonic())
+        if variant == WAITING:
+            _boot_to_wait_point(machine, region, shell_id)
+        return Shell(shell_id, flavour, folder, machine, region, record, time.monotonic(), variant == WAITING)
     except BaseException:
         if machine is not None:
             machine.kill()
@@ -177,6 +195,32 @@ def prepare_shell(root: Path, flavour: Flavour, spec: VMSpec) -> Shell:
             region.unlink()
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def _boot_to_wait_point(machine: Machine, region: NoxsRegion, shell_id: str, timeout: float = 10.0) -> None:
+    """Run the guest to its NOXS_FEAT_WAIT_CONFIG wait point, then stop its vCPUs.
+
+    The placeholder page carries no identity (a neutral name, the nil UUID); execute
+    rewrites every field of it.
+
+    :raise GuestError: the guest went past the wait point (no FEAT_WAIT_CONFIG support),
+        failed, or did not get there in time.
+    """
+    region.write_config(PageConfig(name=f"pool-{shell_id}", uuid=uuidlib.UUID(int=0), wait_config=True))
+    machine.resume(wait=True, timeout=timeout)
+    waiting, past = int(BootState.WAITING), (int(BootState.READY), int(BootState.ERROR), int(BootState.HALTED))
+
+    def there() -> int | None:
+        state = region.boot_state()
+        if state == waiting or state in past or not machine.is_running():
+            return state + 1  # truthy even for 0
+        return None
+
+    state = wait_until(there, timeout=timeout, interval=0.0005, max_interval=0.01)
+    if state is None or state - 1 != waiting:
+        what = "did not reach it in time" if state is None else f"is in state {state - 1} instead"
+        raise GuestError(f"pool shell {shell_id}: guest has no NOXS_FEAT_WAIT_CONFIG wait point ({what})")
+    machine.pause(timeout=timeout)
 
 
 def execute(
@@ -239,6 +283,8 @@ def execute_deferred(
     try:
         shell.region.write_config(PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=True))
         times, boot_record = boot(machine, shell.region, t0, timeout)
+        if shell.waited:
+            times.guest_entry = None  # the guest entered at prepare time, not in this create
     except BaseException:
         shell.folder = target
         shell.discard()
@@ -275,7 +321,11 @@ class Pool:
         max_shells: int = 64,
         memory_budget_mib: int = 2048,
         log: Callable[[str], None] = lambda _msg: None,
+        variant: str = WAITING,
     ) -> None:
+        if variant not in VARIANTS:
+            raise LightVMError(f"pool variant {variant!r}: one of {', '.join(VARIANTS)}")
+        self.variant = variant
         self.state = state
         self.root = state.root / POOL_DIR
         self.size = max(0, size)
@@ -292,6 +342,7 @@ class Pool:
         self._preparing: dict[Flavour, int] = dict.fromkeys(self.flavours, 0)
         self._cond = threading.Condition()
         self._busy = 0
+        self._paused_only: set[Flavour] = set()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.stats_taken = 0
@@ -375,9 +426,14 @@ class Pool:
                 "max_shells": self.max_shells,
                 "memory_budget_mib": self.memory_budget_mib,
                 "memory_committed_mib": self._committed_mib(),
-                "variant": "paused-unbooted",
+                "variant": self.variant,
                 "flavours": [
-                    {"flavour": f.label(), "ready": len(q), "preparing": self._preparing[f]}
+                    {
+                        "flavour": f.label(),
+                        "ready": len(q),
+                        "preparing": self._preparing[f],
+                        "variant": self._variant_of(f),
+                    }
                     for f, q in self._shells.items()
                 ],
                 "taken": self.stats_taken,
@@ -414,6 +470,9 @@ class Pool:
             best, best_have = f, have
         return best
 
+    def _variant_of(self, flavour: Flavour) -> str:
+        return PAUSED if flavour in self._paused_only else self.variant
+
     def _refill_loop(self) -> None:
         while True:
             with self._cond:
@@ -427,7 +486,17 @@ class Pool:
                 self._preparing[flavour] += 1
             failed = False
             try:
-                shell = prepare_shell(self.root, flavour, self.flavours[flavour])
+                shell = prepare_shell(self.root, flavour, self.flavours[flavour], self._variant_of(flavour))
+            except GuestError as exc:
+                failed = True
+                if self._variant_of(flavour) == WAITING:
+                    # A guest without the wait point (an older image, another kernel): this
+                    # flavour gets paused shells instead, which every guest supports.
+                    self._paused_only.add(flavour)
+                    self.log(f"pool: {flavour.label()}: {exc}; using paused shells for it")
+                else:
+                    self.last_error = f"{flavour.label()}: {exc}"
+                    self.log(f"pool: cannot prepare a shell: {self.last_error}")
             except Exception as exc:  # the daemon must outlive a broken flavour
                 failed = True
                 self.last_error = f"{flavour.label()}: {exc}"

@@ -104,6 +104,18 @@ void noxs_init(void)
 
 	sys = (volatile struct noxs_sysctl_ctrl *)(region + layout.sysctl_offset);
 	volatile struct noxs_boot_record *b = &sys->boot;
+	if (snap.features & NOXS_FEAT_WAIT_CONFIG) {
+		/* A prepared shell: say so, and wait for the host to write the real
+		 * page (it stops our vCPU here, and resumes it after the rewrite). */
+		uint64_t g = snap.generation;
+		b->state = NOXS_BOOT_WAITING;
+		while (*generation_ptr() == g)
+			cpu_pause();
+		if (read_config(err, sizeof(err)) != 0)
+			bad_page(err);
+		sys = (volatile struct noxs_sysctl_ctrl *)(region + layout.sysctl_offset);
+		b = &sys->boot;
+	}
 	b->tsc_entry = boot_tsc_entry;
 	b->generation_seen = (uint32_t)snap.generation;
 	for (unsigned i = 0; i < NOXS_APP_LEN; i++)

@@ -45,7 +45,14 @@ class SplitFleet:
 
     variant = "lightvm-split"
 
-    def __init__(self, app: str = "noop", accel: str = "tcg", pool_size: int = 2, bg_app: str | None = None) -> None:
+    def __init__(
+        self,
+        app: str = "noop",
+        accel: str = "tcg",
+        pool_size: int = 2,
+        bg_app: str | None = None,
+        variant: str = "waiting",
+    ) -> None:
         self.config = REPO / "examples" / f"{app}.toml"
         self.bg_config = REPO / "examples" / f"{bg_app or app}.toml"
         for path in (self.config, self.bg_config):
@@ -57,7 +64,7 @@ class SplitFleet:
         self.state.mkdir()
         self.log_path = Path(self._tmp.name) / "lightvmd.log"
         argv = [sys.executable, "-m", "lightvm.cli", "--state-dir", str(self.state), "daemon", "run"]
-        argv += ["--accel", accel, "--pool", str(self.config), "--pool-size", str(pool_size)]
+        argv += ["--accel", accel, "--pool", str(self.config), "--pool-size", str(pool_size), "--pool-variant", variant]
         env = dict(os.environ)
         env.pop("LIGHTVM_STATE_DIR", None)
         with open(self.log_path, "ab") as log:
@@ -194,13 +201,15 @@ def _summary(samples: list[float]) -> dict[str, float]:
     }
 
 
-def run(vms: list[int], iterations: int, app: str, bg_app: str | None, warmup: int) -> dict[str, Any]:
+def run(
+    vms: list[int], iterations: int, app: str, bg_app: str | None, warmup: int, variant: str = "waiting"
+) -> dict[str, Any]:
     """Side by side in one run: execute path and fork/exec, at each N (N-1 VMs running)."""
     from lightvm.bench.forkexec import ForkExecFleet
 
-    out: dict[str, Any] = {"app": app, "bg_app": bg_app or app, "accel": "tcg", "points": []}
+    out: dict[str, Any] = {"app": app, "bg_app": bg_app or app, "accel": "tcg", "variant": variant, "points": []}
     fork = ForkExecFleet()
-    fleet = SplitFleet(app=app, bg_app=bg_app)
+    fleet = SplitFleet(app=app, bg_app=bg_app, variant=variant)
     try:
         for n in sorted(set(vms)):
             t_grow = time.perf_counter()
@@ -254,9 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--app", default="noop", help="the measured guest (a poolable example)")
     p.add_argument("--bg-app", default=None, help="the N-1 background guests (default: --app)")
+    p.add_argument("--variant", choices=("waiting", "paused"), default="waiting", help="prepared shell variant")
     p.add_argument("--out", type=Path, help="write the JSON results here")
     args = p.parse_args(argv)
-    result = run([int(v) for v in args.vms.split(",")], args.iterations, args.app, args.bg_app, args.warmup)
+    result = run(
+        [int(v) for v in args.vms.split(",")], args.iterations, args.app, args.bg_app, args.warmup, args.variant
+    )
     print(f"scaling: median at N={result['points'][-1]['n']} / at N={result['points'][0]['n']}: "
           f"{result['scaling_ratio']:.2f}x")  # fmt: skip
     if args.out:

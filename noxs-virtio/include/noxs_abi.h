@@ -50,6 +50,11 @@
 #define NOXS_FEAT_TSC_HZ      (1ull << 0) /* tsc_hz carries the guest TSC rate */
 #define NOXS_FEAT_NMI_DOORBELL (1ull << 1) /* host injects an NMI after writing
                                              a sysctl request */
+#define NOXS_FEAT_WAIT_CONFIG (1ull << 2) /* a placeholder page (a prepared shell):
+                                             the guest sets NOXS_BOOT_WAITING and
+                                             waits until the host rewrites the page
+                                             (generation changes), then reads the
+                                             real one */
 
 /* Device types (noxs_dev_entry.type). */
 #define NOXS_DEV_NONE       0u
@@ -83,6 +88,7 @@
 #define NOXS_BOOT_STOPPING    4u  /* acting on a sysctl request */
 #define NOXS_BOOT_HALTED      5u  /* clean poweroff; the next thing is exit */
 #define NOXS_BOOT_ERROR       6u  /* fatal error; see error and message */
+#define NOXS_BOOT_WAITING     7u  /* NOXS_FEAT_WAIT_CONFIG: waiting for the real page */
 
 /* Boot record error codes (noxs_boot_record.error). */
 #define NOXS_ERR_NONE         0u

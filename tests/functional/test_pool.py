@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from daemonlib import NOOP, Lightvmd, lightvmd, wait_pool
 
-from lightvm.noxs import DevicePage, NoxsRegion
+from lightvm.noxs import BootState, DevicePage, NoxsRegion
 from lightvm.pool import SHELL_OVERHEAD_MIB
 from lightvm.util import proc_alive
 
@@ -124,4 +124,28 @@ def test_name_taken_discards_the_shell(lightvmd: Lightvmd) -> None:
     with pytest.raises(ExistsError):
         lightvmd.create("dup")
     assert not proc_alive(shell["pid"], shell["pid_start"]) and not Path(shell["noxs_path"]).exists()
+    lightvmd.call("destroy", {"all": True})
+
+
+def test_waiting_shells_sit_at_the_wait_point_paused_shells_never_ran(lightvmd: Lightvmd) -> None:
+    lightvmd.start(size=1)  # default variant: waiting
+    stats = wait_pool(lightvmd, 1)
+    assert stats["variant"] == "waiting" and stats["flavours"][0]["variant"] == "waiting"
+    (shell,) = lightvmd.shell_records()
+    with NoxsRegion.open(Path(shell["noxs_path"])) as region:
+        assert region.boot_state() == BootState.WAITING
+        assert page_identity(shell["noxs_path"])[1] == str(uuid.UUID(int=0))  # no identity yet
+    vm = lightvmd.create("w1")
+    assert vm["path"] == "pool" and vm["id"] == shell["id"]
+    info = lightvmd.call("info", {"name": "w1"})
+    assert info["guest"]["state"] == "READY" and page_identity(info["noxs_path"]) == ("w1", info["uuid"])
+    lightvmd.stop()
+    lightvmd.start("--pool-variant", "paused", size=1)
+    stats = wait_pool(lightvmd, 1)
+    assert stats["flavours"][0]["variant"] == "paused"
+    (shell,) = lightvmd.shell_records()
+    with NoxsRegion.open(Path(shell["noxs_path"])) as region:
+        assert region.boot_state() == BootState.UNKNOWN  # the guest never ran
+    vm = lightvmd.create("p1")
+    assert vm["path"] == "pool" and vm["app"] == "noop"
     lightvmd.call("destroy", {"all": True})
