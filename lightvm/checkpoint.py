@@ -275,14 +275,17 @@ def wait_migration(machine: Machine, timeout: float, what: str) -> dict[str, Any
         delay = min(delay * 2, 0.01)
 
 
-def wait_incoming(machine: Machine, timeout: float, what: str) -> None:
+def wait_incoming(machine: Machine, timeout: float, what: str, check: Callable[[], None] | None = None) -> None:
     """Wait until QEMU has loaded an incoming stream (its runstate leaves ``inmigrate``).
+    ``check`` runs on every poll and may raise to abort (e.g. the migration's peer went away).
 
     :raise QMPError: the load failed (QEMU exits or reports failure) or took too long.
     """
     deadline = Deadline(timeout)
     delay = MIGRATE_POLL
     while True:
+        if check is not None:
+            check()
         status = machine.query_status(timeout=max(0.5, deadline.remaining()))
         if status != "inmigrate":
             info = machine.qmp.execute("query-migrate", timeout=2.0)

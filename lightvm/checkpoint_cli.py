@@ -51,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_restore)
 
+    from lightvm import migrate_cli
+
+    migrate_cli.register(subparsers, parent)
+
 
 def _toolstack(args: argparse.Namespace) -> Toolstack:
     from lightvm.toolstack import Toolstack

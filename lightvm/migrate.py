@@ -1,0 +1,447 @@
+"""Live migration of a VM to another host: paramiko drives the destination's lightvm.
+
+Protocol, one JSON object per line over the SSH exec channel of
+``lightvm --state-dir DIR migrate-receive`` on the destination:
+
+1. source -> dest  ``{"meta": <checkpoint header>, "name": NAME, "listen": ADDR}``
+   (the header is the one ``lightvm save`` writes: spec, NoXS page, vifs, QEMU args)
+2. dest: allocates the VM, recreates its networking (tap + bridge, or user networking
+   with its forwards), spawns QEMU with ``-incoming defer`` (QEMU up before the
+   stream starts), listens on ADDR:0 -> ``{"port": N}``
+3. source: ``migrate-set-parameters`` (max-bandwidth, downtime-limit), then QEMU's
+   ``migrate`` to ``tcp:ADDR:N`` (direct), or with ``--tunnel`` to a socketpair bridged
+   to a paramiko ``direct-tcpip`` channel (ADDR is then the destination's 127.0.0.1);
+   the dest accepts the connection and hands it to QEMU (``migrate-incoming fd:``).
+   Pre-copy runs while the guest runs; the source polls ``query-migrate``.
+4. dest: stream loaded -> NoXS page identity rewritten (name, uuid, host_time_ns,
+   generation bumped), ``cont``, the guest acknowledges the new generation ->
+   ``{"ready": true, ...}``
+5. source -> ``{"commit": true}``; dest -> ``{"committed": true}``; source destroys its VM.
+
+Failure rules: until the source has the ``committed`` answer, the destination VM is
+provisional: the receiver destroys it if the channel closes (SSH cut, source killed),
+QEMU dies, or a deadline passes. The source resumes its own VM (``migrate_cancel`` if
+the stream still runs, ``cont`` if QEMU had already stopped it) on any failure before
+``ready``. Host keys are checked against known_hosts with paramiko's RejectPolicy:
+an unknown or changed key refuses the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shlex
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightvm.checkpoint import (
+    FDNAME,
+    CheckpointError,
+    _running_record,
+    header_for,
+    prepare_incoming,
+    wait_incoming,
+    wait_migration,
+)
+from lightvm.errors import LightVMError, QMPError
+from lightvm.machine import Machine
+from lightvm.migrate_cli import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
+from lightvm.state import VMStatus, status_of
+from lightvm.toolstack import Toolstack, _machine_config
+from lightvm.util import Deadline
+
+
+class MigrationError(LightVMError):
+    """A live migration failed; the message says where and what happened to the VM."""
+
+
+@dataclass
+class MigrateResult:
+    name: str
+    destination: str
+    total_ms: float  # command start -> VM running on the destination, source destroyed
+    ssh_ms: float  # SSH connect + host key check + auth
+    prepare_ms: float  # destination ready to receive (QEMU up, networking made)
+    migrate_ms: float  # QEMU's total-time: migrate -> completed
+    downtime_ms: float  # QEMU's downtime: source stopped -> stream complete
+    handover_ms: float  # stream complete -> guest running on the destination
+    bytes: int  # ram.transferred (bytes sent)
+    tunnel: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+# ---------------------------------------------------------------------- the channel
+
+
+class LineChannel:
+    """JSON lines over a paramiko channel, every read with a deadline."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self._buf = b""
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        self.channel.settimeout(10.0)
+        self.channel.sendall(data)
+
+    def receive(self, timeout: float, what: str) -> dict[str, Any]:
+        """The next JSON line; :raise MigrationError: on timeout or a closed channel."""
+        deadline = Deadline(timeout)
+        while b"\n" not in self._buf:
+            left = deadline.remaining()
+            if left <= 0:
+                raise MigrationError(f"destination: no answer ({what}) within {timeout:.1f} s")
+            self.channel.settimeout(min(left, 1.0))
+            try:
+                chunk = self.channel.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                raise MigrationError(f"destination: connection lost waiting for {what}: {exc}") from exc
+            if not chunk:
+                raise MigrationError(f"destination: {self.stderr() or 'connection closed'} (waiting for {what})")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            raise MigrationError(f"destination: unexpected output {line[:200]!r}") from None
+        if not isinstance(msg, dict):
+            raise MigrationError(f"destination: unexpected output {line[:200]!r}")
+        if "error" in msg:
+            raise MigrationError(f"destination: {msg['error']}")
+        return msg
+
+    def stderr(self) -> str:
+        """What the remote command said on stderr (its one-line error), if anything."""
+        chunks = []
+        with contextlib.suppress(OSError):
+            self.channel.settimeout(2.0)
+            deadline = Deadline(2.0)
+            while not deadline.expired():
+                if self.channel.recv_stderr_ready():
+                    chunks.append(self.channel.recv_stderr(65536))
+                elif self.channel.exit_status_ready():
+                    if not self.channel.recv_stderr_ready():
+                        break
+                else:
+                    time.sleep(0.01)
+        text = b"".join(chunks).decode(errors="replace").strip()
+        return text.splitlines()[-1] if text else ""
+
+
+def _split_target(target: str) -> tuple[str | None, str]:
+    user, _, hostname = target.rpartition("@")
+    return (user or None), hostname
+
+
+def connect_ssh(target: str, port: int, known_hosts: Path | None, identity: Path | None, timeout: float = 10.0) -> Any:
+    """An authenticated paramiko SSHClient; host keys verified, unknown keys rejected.
+
+    :raise MigrationError: unknown or changed host key, authentication or network failure.
+    """
+    import paramiko
+
+    user, hostname = _split_target(target)
+    client = paramiko.SSHClient()
+    try:
+        if known_hosts is not None:
+            client.load_host_keys(str(known_hosts))
+        else:
+            client.load_system_host_keys()
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect(
+            hostname,
+            port=port,
+            username=user,
+            key_filename=str(identity) if identity else None,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            allow_agent=identity is None,
+            look_for_keys=identity is None,
+        )
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise MigrationError(
+            f"{hostname}: host key mismatch ({exc.key.get_name()} key differs from known_hosts): refusing to migrate"
+        ) from exc
+    except paramiko.SSHException as exc:
+        client.close()
+        if "not found in known_hosts" in str(exc):
+            raise MigrationError(f"{hostname}: host key not in known_hosts: refusing to migrate ({exc})") from exc
+        raise MigrationError(f"{hostname}: SSH failed: {exc}") from exc
+    except OSError as exc:
+        client.close()
+        raise MigrationError(f"{hostname}:{port}: cannot connect: {exc.strerror or exc}") from exc
+    return client
+
+
+# ---------------------------------------------------------------------- source
+
+
+class _Tunnel:
+    """QEMU's outgoing stream through the SSH connection: socketpair <-> direct-tcpip channel."""
+
+    def __init__(self, transport: Any, dest: tuple[str, int]) -> None:
+        self.channel = transport.open_channel("direct-tcpip", dest, ("127.0.0.1", 0), timeout=10.0)
+        self.qemu_end, self._ours = socket.socketpair()
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._pump, name="migrate-tunnel", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            self._ours.settimeout(1.0)
+            while True:
+                try:
+                    data = self._ours.recv(1 << 18)
+                except TimeoutError:
+                    if self.channel.closed:
+                        self.error = "SSH channel closed"
+                        return
+                    continue
+                if not data:
+                    break
+                self.channel.sendall(data)
+            self.channel.shutdown_write()
+        except (OSError, EOFError) as exc:
+            self.error = str(exc) or type(exc).__name__
+        finally:
+            self._ours.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.qemu_end.close()
+        self._thread.join(5.0)
+        with contextlib.suppress(Exception):
+            self.channel.close()
+
+
+def migrate(
+    toolstack: Toolstack,
+    name: str,
+    target: str,
+    port: int = 22,
+    known_hosts: Path | None = None,
+    identity: Path | None = None,
+    remote_command: str = "lightvm",
+    remote_state_dir: str | None = None,
+    tunnel: bool = False,
+    bandwidth_mib: float = DEFAULT_BANDWIDTH_MIB,
+    downtime_ms: int = DEFAULT_DOWNTIME_MS,
+    timeout: float = 30.0,
+    log: Callable[[str], None] | None = None,
+) -> MigrateResult:
+    """Live-migrate VM ``name`` to ``[user@]host``; destroy it here once it runs there.
+
+    :raise MigrationError: any failure; the VM keeps running here and nothing is left there.
+    :raise NotFoundError: no such VM. :raise StateError: the VM is not running.
+    """
+    t0 = time.perf_counter()
+    vmdir = toolstack.state.get(name)
+    record = _running_record(vmdir)
+    paused = status_of(vmdir, record) is VMStatus.PAUSED
+    meta = header_for(record, paused)
+    client = connect_ssh(target, port, known_hosts, identity)
+    t_ssh = time.perf_counter()
+    machine = Machine.adopt(_machine_config(vmdir, record), record.pid or 0, record.pid_start, paused=paused)
+    stream: _Tunnel | None = None
+    started = False
+    try:
+        argv = shlex.split(remote_command)
+        if remote_state_dir:
+            argv += ["--state-dir", remote_state_dir]
+        argv += ["migrate-receive", "--timeout", str(timeout)]
+        transport = client.get_transport()
+        peer = transport.getpeername()[0]
+        channel = transport.open_session(timeout=10.0)
+        channel.exec_command(shlex.join(argv))
+        lines = LineChannel(channel)
+        listen = "127.0.0.1" if tunnel else peer
+        lines.send({"meta": meta, "name": name, "listen": listen})
+        port_msg = lines.receive(timeout, "the receiving side")
+        dest_port = int(port_msg["port"])
+        t_prepared = time.perf_counter()
+        qmp = machine.qmp
+        qmp.execute(
+            "migrate-set-parameters",
+            {"max-bandwidth": int(bandwidth_mib * (1 << 20)), "downtime-limit": downtime_ms},
+            timeout=5.0,
+        )
+        if tunnel:
+            stream = _Tunnel(transport, (listen, dest_port))
+            qmp.send_fd(stream.qemu_end.fileno(), FDNAME)
+            stream.qemu_end.close()
+            uri = f"fd:{FDNAME}"
+        else:
+            uri = f"tcp:{peer}:{dest_port}"
+        qmp.execute("migrate", {"uri": uri}, timeout=5.0)
+        started = True
+        info = wait_migration(machine, timeout, "migration")
+        t_done = time.perf_counter()
+        ready = lines.receive(timeout, "the guest to run on the destination")
+        if not ready.get("ready"):
+            raise MigrationError(f"destination: unexpected answer {ready}")
+        t_ready = time.perf_counter()
+        lines.send({"commit": True})
+        lines.receive(10.0, "the commit")
+    except BaseException as exc:
+        _resume_source(machine, started, paused)
+        if isinstance(exc, MigrationError):
+            raise MigrationError(f"{name}: migration to {target} failed: {exc}; the VM keeps running here") from exc
+        if isinstance(exc, (LightVMError, OSError, EOFError)):
+            raise MigrationError(
+                f"{name}: migration to {target} failed: {exc or type(exc).__name__}; the VM keeps running here"
+            ) from exc
+        raise
+    finally:
+        if stream is not None:
+            stream.close()
+        machine.disconnect()
+        if machine.process is not None:
+            machine.process.close()
+        client.close()
+    toolstack.destroy(name)
+    t_end = time.perf_counter()
+    ram = info.get("ram", {}) if isinstance(info.get("ram"), dict) else {}
+    return MigrateResult(
+        name=name,
+        destination=target,
+        total_ms=(t_end - t0) * 1000,
+        ssh_ms=(t_ssh - t0) * 1000,
+        prepare_ms=(t_prepared - t_ssh) * 1000,
+        migrate_ms=float(info.get("total-time", (t_done - t_prepared) * 1000)),
+        downtime_ms=float(info.get("downtime", 0)),
+        handover_ms=(t_ready - t_done) * 1000,
+        bytes=int(ram.get("transferred", 0)),
+        tunnel=tunnel,
+    )
+
+
+def _resume_source(machine: Machine, started: bool, paused: bool) -> None:
+    """Leave the source VM as it was: cancel a running stream, ``cont`` a stopped guest."""
+    with contextlib.suppress(LightVMError, OSError):
+        qmp = machine.qmp
+        if started:
+            with contextlib.suppress(QMPError):
+                qmp.execute("migrate_cancel", timeout=2.0)
+
+            def settled() -> bool:
+                info = qmp.execute("query-migrate", timeout=2.0)
+                return str(info.get("status", "")) not in ("active", "cancelling", "device", "pre-switchover")
+
+            deadline = Deadline(5.0)
+            while not settled() and not deadline.expired():
+                qmp.pump(0.01)
+        if not paused and machine.query_status() != "running":
+            qmp.execute("cont", timeout=5.0)
+
+
+# ---------------------------------------------------------------------- destination
+
+
+class _Stdin:
+    """The receiver's control input (the SSH channel): JSON lines, EOF = the source is gone."""
+
+    def __init__(self) -> None:
+        self.fd = sys.stdin.fileno()
+        self._buf = b""
+        self.eof = False
+
+    def poll(self, timeout: float = 0.0) -> dict[str, Any] | None:
+        if b"\n" not in self._buf and not self.eof:
+            ready, _, _ = select.select([self.fd], [], [], timeout)
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                if chunk:
+                    self._buf += chunk
+                else:
+                    self.eof = True
+        if b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            msg = json.loads(line)
+            if not isinstance(msg, dict):
+                raise MigrationError("source sent a malformed message")
+            return msg
+        return None
+
+    def read(self, timeout: float, what: str) -> dict[str, Any]:
+        deadline = Deadline(timeout)
+        while True:
+            msg = self.poll(min(deadline.remaining(), 0.5))
+            if msg is not None:
+                return msg
+            if self.eof:
+                raise MigrationError(f"the source went away (waiting for {what})")
+            if deadline.expired():
+                raise MigrationError(f"no {what} from the source within {timeout:.1f} s")
+
+    def check(self) -> None:
+        """:raise MigrationError: if the source closed the channel."""
+        self.poll(0.0)
+        if self.eof:
+            raise MigrationError("the source went away (SSH channel closed) during the migration")
+
+
+def _say(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def receive(toolstack: Toolstack, timeout: float = 30.0) -> int:
+    """The destination side (``lightvm migrate-receive``), driven over stdin/stdout.
+
+    :raise MigrationError: any failure; nothing of the VM is left on this host.
+    """
+    control = _Stdin()
+    hello = control.read(timeout, "migration request")
+    meta, name, listen = hello.get("meta"), hello.get("name"), hello.get("listen")
+    if not isinstance(meta, dict) or not isinstance(name, str) or not isinstance(listen, str):
+        raise MigrationError("malformed migration request")
+    prepared = prepare_incoming(toolstack, meta, name, f"<migration of {name}>", timeout)
+    committed = False
+    try:
+        with socket.create_server((listen, 0)) as server:
+            _say({"port": server.getsockname()[1]})
+            deadline = Deadline(timeout)
+            while True:
+                ready, _, _ = select.select([server, control.fd], [], [], min(0.5, deadline.remaining()))
+                if server in ready:
+                    conn, _ = server.accept()
+                    break
+                control.check()
+                if deadline.expired():
+                    raise MigrationError(f"the source did not connect within {timeout:.1f} s")
+        with conn:
+            prepared.machine.qmp.send_fd(conn.fileno(), FDNAME)
+        prepared.machine.qmp.execute("migrate-incoming", {"uri": f"fd:{FDNAME}"}, timeout=5.0)
+        t1 = time.perf_counter()
+        wait_incoming(prepared.machine, timeout, f"{name}: incoming migration", control.check)
+        result = prepared.resume(t1)
+        _say({"ready": True, "resume_ms": result.finish_ms, "heartbeat": result.heartbeat})
+        control.read(timeout, "commit")
+        committed = True
+        _say({"committed": True})
+    except BaseException as exc:
+        if prepared.done:  # it ran already: a provisional VM the source did not commit
+            if not committed:
+                with contextlib.suppress(LightVMError):
+                    toolstack.destroy(prepared.vmdir.name)
+        else:
+            prepared.abort()
+        if isinstance(exc, (OSError, CheckpointError, QMPError)) and not isinstance(exc, MigrationError):
+            raise MigrationError(f"{name}: {exc}") from exc
+        raise
+    return 0
