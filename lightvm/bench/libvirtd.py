@@ -89,7 +89,11 @@ class LibvirtDaemon:
             (self.work / sub).mkdir()
         (self.work / "etc" / "qemu.conf").write_text(QEMU_CONF)
         (self.work / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF)
-        self.socket = self.work / "run" / "libvirt-sock"
+        # An AF_UNIX path has at most 107 bytes and $TMPDIR may be deep: clients reach
+        # the socket through a short symlink to the run dir.
+        self._short = Path(tempfile.mkdtemp(prefix="lvb-", dir="/tmp"))
+        (self._short / "run").symlink_to(self.work / "run")
+        self.socket = self._short / "run" / "libvirt-sock"
         self.uri = f"qemu:///system?socket={self.socket}"
         self.log_path = self.work / "libvirtd.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
@@ -137,6 +141,7 @@ class LibvirtDaemon:
             self._proc.wait(TIMEOUT)
         self._log.close()
         self._tmp.cleanup()
+        shutil.rmtree(self._short, ignore_errors=True)
 
     def __enter__(self) -> LibvirtDaemon:
         return self

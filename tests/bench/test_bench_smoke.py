@@ -17,6 +17,8 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,9 @@ VMS = [1, 2]
 ZERO_OK = ("cpu_pct_per_vm", "cpu_pct_total", "host_mib_per_vm")  # idle CPU can be 0; MemAvailable is noisy
 
 
-def _leftovers() -> list[str]:
+def _leftovers(marker: str) -> list[str]:
+    """What a suite could leave: processes naming our private temp dir (QEMUs, libvirtd, the
+    crun worker), crun's busybox containers, libvirt NoXS files, bench network namespaces."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -42,7 +46,7 @@ def _leftovers() -> list[str]:
             state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z" and ("lightvm-bench-" in argv or "busybox sleep 3600" in argv):
+        if state != "Z" and (marker in argv or "busybox sleep 3600" in argv):
             found.append(f"{entry.name}: {argv[:160]}")
     found += [f"/dev/shm/{p.name}" for p in Path("/dev/shm").glob("lightvm-bench-*")]
     netns = Path("/run/netns")
@@ -52,10 +56,16 @@ def _leftovers() -> list[str]:
 
 
 @pytest.fixture
-def clean_host() -> Any:
-    before = _leftovers()
+def clean_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every temp dir of the suite goes under a private dir, so leftovers are ours for sure
+    (other tests on the same host may be running VMs of their own meanwhile)."""
+    private = tmp_path / "suite-tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    monkeypatch.setenv("TMPDIR", str(private))
+    before = _leftovers(str(private))
     yield
-    after = [x for x in _leftovers() if x not in before]
+    after = [x for x in _leftovers(str(private)) if x not in before]
     assert not after, f"left behind: {after}"
 
 
@@ -140,9 +150,24 @@ def test_cli_writes_results_and_exits_zero(images: Path, tmp_path: Path, clean_h
     assert proc.returncode == 0, proc.stderr
     assert "boot/fork-exec/n=1" in proc.stdout and "results:" in proc.stdout
     doc = json.loads((out / "results.json").read_text())
-    assert [b["name"] for b in doc["benchmarks"]] == ["boot/lightvm-cold/n=1", "boot/fork-exec/n=1"]
+    names = [b["name"] for b in doc["benchmarks"]]
+    assert names[0] == "boot/lightvm-cold/n=1" and names[-1] == "boot/fork-exec/n=1"  # lightvm variants, then baselines
+    assert not any("libvirt" in n or "crun" in n for n in names)  # --baselines fork-exec
     bad = subprocess.run(
         [sys.executable, "-m", "lightvm.bench.cli", "boot", "--vms", "500", "--accel", "tcg", "--out", str(out)],
         capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
     )  # fmt: skip
     assert bad.returncode == 1 and "--max-vms" in bad.stderr
+
+
+def test_checkpoint_smoke(images: Path, tmp_path: Path, clean_host: None) -> None:
+    run_suite("checkpoint", _opts(), tmp_path)
+    doc = _check(
+        tmp_path, "checkpoint", {f"checkpoint/{op}/n={n}" for op in ("save", "save-live", "restore") for n in VMS}
+    )
+    rows = {b["name"]: b for b in doc["benchmarks"]}
+    for sample in rows["checkpoint/save/n=2"]["samples"]:
+        assert sample["total_ms"] >= sample["ms"] >= sample["downtime_ms"] > 0
+        assert sample["file_kib"] > 4  # at least the guest's used pages and the header
+    for sample in rows["checkpoint/restore/n=2"]["samples"]:
+        assert sample["ms"] >= sample["finish_ms"] > 0

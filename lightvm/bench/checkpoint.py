@@ -1,0 +1,121 @@
+"""``lightvm bench checkpoint``: save and restore times vs running VMs (paper Figs. 12-13).
+
+Through the public API of :mod:`lightvm.checkpoint` (the toolstack's save and
+restore), on the cold-path fleet of :mod:`lightvm.bench.fleets`: for each N the
+fleet grows to N-1 running VMs, then every iteration creates one more VM and
+
+* ``save``          saves it to a file and destroys it (``SaveResult.save_ms``:
+                    request -> file complete; also the downtime and the file size);
+* ``save-live``     saves it and keeps it running (``--keep-running``: the downtime
+                    is stop -> resumed);
+* ``restore``       saves it (untimed), then restores it from the file
+                    (``RestoreResult.restore_ms``: one cold restore command, QEMU
+                    spawn included, to the guest running again).
+
+The measured VM and its file are removed after each iteration. Migration
+(Fig. 13) is not in the table: lightvm has no migrate yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lightvm.bench.fleets import LightvmColdFleet, guest_spec
+from lightvm.bench.runner import Benchmark, Result, Sample
+from lightvm.bench.suite import SuiteOptions
+
+REFERENCE = "save"
+OPS = ("save", "save-live", "restore")
+
+
+class _Checkpoints:
+    def __init__(self, opts: SuiteOptions) -> None:
+        self.opts = opts
+        self.fleet: LightvmColdFleet | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="lightvm-bench-ckpt-")
+        self.seq = 0
+
+    def grow(self, n: int) -> None:
+        if self.fleet is None:
+            self.fleet = LightvmColdFleet(guest_spec(self.opts.app), self.opts.accel)
+        self.fleet.grow(n)
+
+    def measure(self, op: str) -> Sample:
+        from lightvm import checkpoint
+
+        assert self.fleet is not None, "grow() first"
+        ts = self.fleet.ts
+        self.seq += 1
+        name = f"ck{self.seq}"
+        path = Path(self._tmp.name) / f"{name}.lvck"
+        ts.create(self.fleet.spec, name=name, accel=self.opts.accel)
+        try:
+            if op in ("save", "save-live"):
+                saved = checkpoint.save(ts, name, path, keep_running=op == "save-live")
+                return {
+                    "ms": saved.save_ms,
+                    "downtime_ms": saved.downtime_ms,
+                    "total_ms": saved.total_ms,
+                    "file_kib": saved.bytes / 1024,
+                }
+            checkpoint.save(ts, name, path)
+            restored = checkpoint.restore(ts, path)
+            return {"ms": restored.restore_ms, "finish_ms": restored.finish_ms}
+        finally:
+            with contextlib.suppress(Exception):
+                ts.destroy(name)
+            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        try:
+            if self.fleet is not None:
+                self.fleet.close()
+                self.fleet = None
+        finally:
+            self._tmp.cleanup()
+
+
+def benchmarks(opts: SuiteOptions, stack: contextlib.ExitStack) -> list[Benchmark]:
+    state = _Checkpoints(opts)
+    stack.callback(state.close)
+
+    def row(op: str, n: int) -> Benchmark:
+        def before() -> None:
+            state.grow(n - 1)
+
+        def measure() -> Sample:
+            return state.measure(op)
+
+        return Benchmark(
+            f"checkpoint/{op}/n={n}", measure, warmup=opts.warmup, iterations=opts.iterations,
+            params={"variant": op, "n": n}, before=before,
+        )  # fmt: skip
+
+    # N outer: the fleet only grows; every op is measured at each N.
+    return [row(op, n) for n in sorted(set(opts.vms)) for op in OPS]
+
+
+def describe() -> dict[str, Any]:
+    return {
+        "variants": {
+            "save": {"kind": "lightvm", "doc": "checkpoint.save, VM destroyed after (save_ms)"},
+            "save-live": {"kind": "lightvm", "doc": "checkpoint.save --keep-running (save_ms; downtime_ms)"},
+            "restore": {"kind": "lightvm", "doc": "checkpoint.restore, one cold command (restore_ms)"},
+        },
+        "not_implemented": ["migrate (no lightvm/migrate.py yet)", "libvirt save/restore baseline"],
+        "reference": REFERENCE,
+    }
+
+
+def plot(results: list[Result], outdir: Path, subtitle: str = "") -> list[Path]:
+    from lightvm.bench import plots
+
+    return plots.lines(
+        results, outdir / "checkpoint", "Save and restore of one VM while N-1 run", "ms", subtitle=subtitle
+    )
+
+
+__all__ = ["OPS", "REFERENCE", "benchmarks", "describe", "plot"]
