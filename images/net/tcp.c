@@ -35,6 +35,10 @@ enum {
 #define C_APP       0x01u   /* the app owns it: callbacks go to the app */
 #define C_FIN_QUEUED 0x02u  /* app closed: FIN follows the queued data */
 #define C_ACK_NOW   0x04u   /* an ACK is owed and no segment has carried it yet */
+#define C_WUPD      0x08u   /* we reopened a closed window and the peer has not
+                               sent since: repeat the update on the timer, as a
+                               lost update would leave the peer to its persist
+                               timer (Linux backs that off to minutes) */
 
 #define SEQ_LT(a, b)  ((int32_t)((a) - (b)) < 0)
 #define SEQ_LEQ(a, b) ((int32_t)((a) - (b)) <= 0)
@@ -75,7 +79,8 @@ static uint16_t rcv_window(struct tcp_conn *c)
 {
 	size_t w = NET_TCP_RCVWND;
 
-	if (app_owned(c) && c->lst && c->lst->ops->window) {
+	/* the app's limit from the SYN-ACK on, so the peer's first flight fits */
+	if ((app_owned(c) || c->state == ST_SYN_RCVD) && c->lst && c->lst->ops->window) {
 		size_t a = c->lst->ops->window(c->lst->ctx, c);
 		if (a < w)
 			w = a;
@@ -138,6 +143,13 @@ static void conn_send(struct tcp_conn *c, uint32_t seq, uint8_t flags, const uin
 
 	if (flags & F_ACK) {
 		c->flags &= (uint8_t)~C_ACK_NOW;
+		if (c->rcv_adv < c->mss && wnd >= c->mss && c->state != ST_SYN_RCVD) {
+			c->flags |= C_WUPD;
+			if (c->timer == NET_TIME_NEVER)
+				c->timer = n->now + (uint64_t)c->rto_ms * MS;
+		} else if (wnd < c->mss) {
+			c->flags &= (uint8_t)~C_WUPD;
+		}
 		c->rcv_adv = wnd;
 	}
 	send_segment(n, c->rip, c->lport, c->rport, seq, c->rcv_nxt, flags, wnd, data, len, mss);
@@ -386,6 +398,12 @@ static bool process_ack(struct tcp_conn *c, const struct seg *s)
 			c->buf_len = (uint16_t)(c->buf_len - done);
 			c->buf_seq += done;
 		}
+		/* the peer is getting through again: drop the backoff (as Linux
+		 * does), back to the RTO the measurements give */
+		if (c->retries && c->srtt_ms) {
+			uint32_t rto = c->srtt_ms + 4 * c->rttvar_ms;
+			c->rto_ms = rto < RTO_MIN_MS ? RTO_MIN_MS : rto > RTO_MAX_MS ? RTO_MAX_MS : rto;
+		}
 		c->retries = 0;
 		c->timer = NET_TIME_NEVER;
 		if (c->snd_una != c->snd_max)
@@ -491,6 +509,7 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 			}
 		}
 		c->flags |= C_ACK_NOW;
+		c->flags &= (uint8_t)~C_WUPD;   /* the peer is sending again */
 		if (len && seq == c->rcv_nxt &&
 		    (c->state == ST_ESTABLISHED || c->state == ST_FIN_WAIT_1 || c->state == ST_FIN_WAIT_2)) {
 			size_t take = len;
@@ -608,8 +627,17 @@ static void conn_timeout(struct tcp_conn *c)
 	bool outstanding = c->snd_una != c->snd_max;
 	bool pending = SEQ_LT(c->snd_nxt, c->buf_seq + c->buf_len) ||
 		       ((c->flags & C_FIN_QUEUED) && c->snd_nxt == c->buf_seq + c->buf_len);
-	if (!outstanding && !pending)
+	if (!outstanding && !pending) {
+		if ((c->flags & C_WUPD) && c->retries < DATA_RETRIES) {
+			c->retries++;
+			c->rto_ms = c->rto_ms * 2 > RTO_MAX_MS ? RTO_MAX_MS : c->rto_ms * 2;
+			send_ack(c);   /* carries the open window again */
+			arm_rtx(c);
+		} else {
+			c->flags &= (uint8_t)~C_WUPD;
+		}
 		return;
+	}
 	unsigned limit = c->state == ST_SYN_RCVD ? SYN_RETRIES : DATA_RETRIES;
 	if (c->retries >= limit) {
 		n->stats.tcp_timeouts++;

@@ -9,8 +9,8 @@
  *       Attach to tap TAP (IFF_TAP|IFF_NO_PI) and serve:
  *         tcp/13 daytime (RFC 867), tcp/37 time (RFC 868), tcp/7 echo,
  *         udp/7 echo, udp/13 daytime,
- *         ICMP echo. --loss drops PCT% of frames in each direction (to test
- *         retransmission). Prints "READY" when serving; on SIGTERM/SIGINT
+ *         ICMP echo. --loss drops PCT% of IPv4 frames in each direction (to
+ *         test retransmission). Prints "READY" when serving; on SIGTERM/SIGINT
  *         prints one "STATS key=value ..." line and exits 0.
  *   tap_harness fmt SECONDS...
  *       Print net_format_daytime() for each Unix time, one per line.
@@ -198,10 +198,17 @@ static void trace_frame(const char *dir, const uint8_t *f, size_t len, bool lost
 		total - (size_t)(f[14] & 0xf) * 4 - hl);
 }
 
+/* --loss applies to IPv4 only: it is there to exercise TCP, and a lost ARP
+ * exchange makes the kernel report "no route to host" to the client. */
+static bool lose(const uint8_t *f, size_t len)
+{
+	return loss_pct && len >= 14 && f[12] == 0x08 && f[13] == 0x00 && rng() % 100 < loss_pct;
+}
+
 static int tap_tx(void *ctx, const void *frame, size_t len)
 {
 	(void)ctx;
-	bool lost = loss_pct && rng() % 100 < loss_pct;
+	bool lost = lose(frame, len);
 	trace_frame("tx", frame, len, lost);
 	if (lost)
 		return 0;   /* "sent", and lost on the wire */
@@ -299,7 +306,7 @@ static int cmd_run(int argc, char **argv)
 				ssize_t len = read(tap_fd, frame, sizeof(frame));
 				if (len <= 0)
 					break;
-				bool lost = loss_pct && rng() % 100 < loss_pct;
+				bool lost = lose(frame, (size_t)len);
 				trace_frame("rx", frame, (size_t)len, lost);
 				if (!lost)
 					net_input(&the_net, frame, (size_t)len, now_ns());
