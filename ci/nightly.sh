@@ -4,11 +4,11 @@
 # host, compare them statistically (ci/ab_compare.py), append both to a JSON
 # history and render an HTML report with the plots (ci/history.py).
 #
-#   ci/nightly.sh                       # KVM, suites boot density net, N = 1,10,100
+#   ci/nightly.sh                       # KVM, every suite, N = 1,10,100
 #   ACCEL=tcg VMS=1,10 ci/nightly.sh    # by hand on a host without usable KVM
 #
 # Environment (defaults):
-#   SUITES="boot density net"  VMS=1,10,100  ITERATIONS=10  ACCEL=kvm
+#   SUITES="boot density net checkpoint"  VMS=1,10,100  ITERATIONS=10  ACCEL=kvm
 #   BASE=HEAD~1 (the A side; skipped when it has no lightvm/bench)
 #   OUT=ci-results/<UTC timestamp>   HISTORY=ci-results/history.jsonl
 #   PYTHON=.venv/bin/python (must have the bench deps: matplotlib, libvirt-python)
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
-SUITES=${SUITES:-"boot density net"}
+SUITES=${SUITES:-"boot density net checkpoint"}
 VMS=${VMS:-1,10,100}
 ITERATIONS=${ITERATIONS:-10}
 ACCEL=${ACCEL:-kvm}
