@@ -192,6 +192,10 @@ def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
 
     checkpoint_cli.register(sub)
 
+    from lightvm.bench import cli as bench_cli
+
+    bench_cli.register(sub)
+
     if with_network:
         try:
             from lightvm import network_cli
