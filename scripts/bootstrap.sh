@@ -12,6 +12,10 @@ APT_PACKAGES=(
     python3 python3-venv # the toolstack
     iproute2 nftables    # namespaces in tests; NAT for --nat networks
     iputils-ping netcat-openbsd busybox  # real clients for the guests in tests
+    openssh-server       # each test "host" (a netns) runs its own sshd for migration
+    crun                 # the container baseline of `lightvm bench`
+    libvirt-daemon libvirt-daemon-driver-qemu  # the libvirt baseline (a private libvirtd)
+    libvirt-dev pkg-config python3-dev         # to build libvirt-python in the venv
 )
 
 need=()
@@ -37,7 +41,7 @@ fi
 stamp=.venv/.lightvm-deps
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
     echo "bootstrap: installing Python dependencies"
-    timeout 900 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+    timeout 900 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,bench,libvirt]'
     touch "$stamp"
 fi
 
