@@ -296,3 +296,28 @@ def test_destination_qemu_killed(hosts: TwoHosts) -> None:
     assert hosts.a.lv.status() == {"daytime": "running"}
     assert wait_until(lambda: hosts.a.daytime(port), timeout=10, interval=0.05)
     assert wait_until(lambda: _b_clean(hosts), timeout=30), f"leftovers on B: {hosts.b.lv.vm_dirs()}"
+
+
+def test_migrate_daytime_on_a_tap(hosts: TwoHosts, tmp_path: Path) -> None:
+    """Networking is recreated on the destination: a tap on the same-named network, same IP and MAC."""
+    for h in (hosts.a, hosts.b):
+        h.lv.ok("network", "create", "mignet", "--subnet", "10.214.9.0/24")
+    cfg = tmp_path / "daytime.toml"
+    text = DAYTIME.read_text().replace("[[vifs]]", '[[vifs]]\nnetwork = "mignet"')
+    cfg.write_text(text.replace('"../images/build/', f'"{REPO}/images/build/'))
+    (vm,) = hosts.a.lv.create(cfg)
+    ip = next(w for w in vm["network"].split() if w.startswith("10.214.9.")).split("/")[0]
+    client = DAYTIME_CLIENT.replace('"127.0.0.1"', f'"{ip}"').replace("int(sys.argv[1])", "13")
+
+    def ask(h: Host) -> str | None:
+        return run(["ip", "netns", "exec", h.ns, sys.executable, "-c", client]).stdout or None
+
+    assert wait_until(lambda: ask(hosts.a), timeout=20, interval=0.05)
+    hosts.a.lv.ok(*hosts.migrate_args("daytime"))
+    assert hosts.b.lv.status() == {"daytime": "running"} and hosts.a.lv.status() == {}
+    assert wait_until(lambda: ask(hosts.b), timeout=20, interval=0.05)
+    leases = {h.ns: json.loads(h.lv.ok("network", "list", "--json").out)[0]["leases"] for h in (hosts.a, hosts.b)}
+    assert leases[hosts.a.ns] == [] and [lease["ip"] for lease in leases[hosts.b.ns]] == [ip]
+    taps = run(["ip", "-n", hosts.a.ns, "-o", "link", "show", "type", "tun"]).stdout
+    assert taps.strip() == "", f"tap left on the source: {taps}"
+    assert hosts.b.guest("daytime")["app_counter"] >= 1
