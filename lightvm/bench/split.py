@@ -52,7 +52,9 @@ class SplitFleet:
         pool_size: int = 2,
         bg_app: str | None = None,
         variant: str = "waiting",
+        settle: bool = True,
     ) -> None:
+        self.settle = settle  # False: measure while the refill of the previous take runs
         self.config = REPO / "examples" / f"{app}.toml"
         self.bg_config = REPO / "examples" / f"{bg_app or app}.toml"
         for path in (self.config, self.bg_config):
@@ -94,6 +96,8 @@ class SplitFleet:
     def _wait_pool_full(self, timeout: float = 60.0) -> None:
         def full() -> bool:
             stats = self.call("pool")
+            if not self.settle:  # only a shell to take: the refill may be running meanwhile
+                return all(f["ready"] >= 1 for f in stats["flavours"])
             return all(f["ready"] >= stats["size"] and not f["preparing"] for f in stats["flavours"])
 
         if not wait_until(full, timeout=timeout, interval=0.002, max_interval=0.05):
@@ -202,14 +206,27 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 
 def run(
-    vms: list[int], iterations: int, app: str, bg_app: str | None, warmup: int, variant: str = "waiting"
+    vms: list[int],
+    iterations: int,
+    app: str,
+    bg_app: str | None,
+    warmup: int,
+    variant: str = "waiting",
+    settle: bool = True,
 ) -> dict[str, Any]:
     """Side by side in one run: execute path and fork/exec, at each N (N-1 VMs running)."""
     from lightvm.bench.forkexec import ForkExecFleet
 
-    out: dict[str, Any] = {"app": app, "bg_app": bg_app or app, "accel": "tcg", "variant": variant, "points": []}
+    out: dict[str, Any] = {
+        "app": app,
+        "bg_app": bg_app or app,
+        "accel": "tcg",
+        "variant": variant,
+        "settle": settle,
+        "points": [],
+    }
     fork = ForkExecFleet()
-    fleet = SplitFleet(app=app, bg_app=bg_app, variant=variant)
+    fleet = SplitFleet(app=app, bg_app=bg_app, variant=variant, settle=settle)
     try:
         for n in sorted(set(vms)):
             t_grow = time.perf_counter()
@@ -264,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--app", default="noop", help="the measured guest (a poolable example)")
     p.add_argument("--bg-app", default=None, help="the N-1 background guests (default: --app)")
     p.add_argument("--variant", choices=("waiting", "paused"), default="waiting", help="prepared shell variant")
+    p.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="take the next sample as soon as a shell is ready (the refill of the last one may be running)",
+    )
     p.add_argument("--out", type=Path, help="write the JSON results here")
     args = p.parse_args(argv)
     result = run(
