@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemonlib import NOOP, Lightvmd, lightvmd, wait_pool
@@ -148,4 +149,35 @@ def test_waiting_shells_sit_at_the_wait_point_paused_shells_never_ran(lightvmd: 
         assert region.boot_state() == BootState.UNKNOWN  # the guest never ran
     vm = lightvmd.create("p1")
     assert vm["path"] == "pool" and vm["app"] == "noop"
+    lightvmd.call("destroy", {"all": True})
+
+
+def test_concurrent_creates_share_the_pool_without_reuse(lightvmd: Lightvmd) -> None:
+    import threading
+
+    lightvmd.start(size=3)
+    wait_pool(lightvmd, 3)
+    results: dict[str, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            results[f"c{i}"] = lightvmd.create(f"c{i}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(results) == 8
+    paths = [vm["path"] for vm in results.values()]
+    assert paths.count("pool") >= 1 and set(paths) <= {"pool", "cold"}
+    assert len({vm["pid"] for vm in results.values()}) == 8 and len({vm["id"] for vm in results.values()}) == 8
+    listed = {vm["name"]: vm["status"] for vm in lightvmd.call("list")}
+    assert listed == dict.fromkeys(results, "running")
+    for name in results:
+        info = lightvmd.call("info", {"name": name})
+        assert page_identity(info["noxs_path"]) == (name, info["uuid"])
     lightvmd.call("destroy", {"all": True})
