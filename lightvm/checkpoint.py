@@ -252,13 +252,17 @@ def device_args(argv: list[str]) -> list[str]:
 # ---------------------------------------------------------------------- QMP helpers
 
 
-def wait_migration(machine: Machine, timeout: float, what: str) -> dict[str, Any]:
+def wait_migration(machine: Machine, timeout: float, what: str, stall: float | None = None) -> dict[str, Any]:
     """Poll ``query-migrate`` until the migration completes; its final answer.
 
-    :raise QMPError: it failed or was cancelled (QEMU's reason quoted), or did not finish in time.
+    With ``stall``, a stream that sends nothing for that many seconds is cancelled (a cut
+    network stalls TCP silently; QEMU itself would wait for minutes).
+
+    :raise QMPError: it failed or was cancelled (QEMU's reason quoted), stalled, or did not finish in time.
     """
     deadline = Deadline(timeout)
     delay = MIGRATE_POLL
+    sent, since = -1, time.monotonic()
     while True:
         info = machine.qmp.execute("query-migrate", timeout=max(0.5, deadline.remaining()))
         status = str(info.get("status", "")) if isinstance(info, dict) else ""
@@ -267,9 +271,19 @@ def wait_migration(machine: Machine, timeout: float, what: str) -> dict[str, Any
         if status in ("failed", "cancelled"):
             reason = str(info.get("error-desc", status))
             raise QMPError(f"{what} {status}: {reason}")
-        if deadline.expired():
+        ram = info.get("ram") if isinstance(info, dict) else None
+        now_sent = int(ram.get("transferred", 0)) if isinstance(ram, dict) else 0
+        if now_sent != sent:
+            sent, since = now_sent, time.monotonic()
+        stalled = stall is not None and status == "active" and time.monotonic() - since > stall
+        if deadline.expired() or stalled:
             with contextlib.suppress(QMPError):
                 machine.qmp.execute("migrate_cancel", timeout=1.0)
+            if stalled:
+                raise QMPError(
+                    f"{what} stalled: nothing sent for {stall:.1f} s after {sent} bytes "
+                    "(is the network to the destination down?)"
+                )
             raise QMPError(f"{what} did not complete within {timeout:.1f} s (status {status or 'unknown'})")
         machine.qmp.pump(delay)
         delay = min(delay * 2, 0.01)

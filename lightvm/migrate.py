@@ -58,6 +58,8 @@ from lightvm.state import VMStatus, status_of
 from lightvm.toolstack import Toolstack, _machine_config
 from lightvm.util import Deadline
 
+STALL_S = 5.0  # no byte sent for this long: the stream is dead (cut link), cancel it
+
 
 class MigrationError(LightVMError):
     """A live migration failed; the message says where and what happened to the VM."""
@@ -289,7 +291,7 @@ def migrate(
             uri = f"tcp:{peer}:{dest_port}"
         qmp.execute("migrate", {"uri": uri}, timeout=5.0)
         started = True
-        info = wait_migration(machine, timeout, "migration")
+        info = wait_migration(machine, timeout, "migration", stall=STALL_S)
         t_done = time.perf_counter()
         ready = lines.receive(timeout, "the guest to run on the destination")
         if not ready.get("ready"):

@@ -269,6 +269,7 @@ def test_veth_cut_mid_migration(hosts: TwoHosts) -> None:
             proc.kill()
             proc.communicate(timeout=10)
     assert proc.returncode == 1 and "keeps running here" in err, err
+    assert "stalled" in err and "network to the destination down" in err, err
     assert hosts.a.lv.status() == {"daytime": "running"}
     assert wait_until(lambda: hosts.a.daytime(port), timeout=10, interval=0.05)
     assert wait_until(lambda: _b_clean(hosts), timeout=30), f"leftovers on B: {hosts.b.lv.vm_dirs()}"
