@@ -447,3 +447,81 @@ def receive(toolstack: Toolstack, timeout: float = 30.0) -> int:
             raise MigrationError(f"{name}: {exc}") from exc
         raise
     return 0
+
+
+# ---------------------------------------------------------------------- same host, no SSH
+
+
+def migrate_local(
+    source: Toolstack,
+    name: str,
+    destination: Toolstack,
+    bandwidth_mib: float = DEFAULT_BANDWIDTH_MIB,
+    downtime_ms: int = DEFAULT_DOWNTIME_MS,
+    timeout: float = 30.0,
+) -> MigrateResult:
+    """Live-migrate VM ``name`` from one state dir to another of this host, in process,
+    over loopback TCP: the migration proper without SSH (what the benchmark measures).
+
+    Same steps and failure rules as :func:`migrate`. Published host ports cannot be
+    bound twice on one host: use it for guests without forwards.
+
+    :raise MigrationError: any failure; the VM keeps running in ``source``.
+    """
+    t0 = time.perf_counter()
+    vmdir = source.state.get(name)
+    record = _running_record(vmdir)
+    paused = status_of(vmdir, record) is VMStatus.PAUSED
+    prepared = prepare_incoming(destination, header_for(record, paused), name, f"<migration of {name}>", timeout)
+    t_prepared = time.perf_counter()
+    machine = Machine.adopt(_machine_config(vmdir, record), record.pid or 0, record.pid_start, paused=paused)
+    started = False
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            qmp = machine.qmp
+            qmp.execute(
+                "migrate-set-parameters",
+                {"max-bandwidth": int(bandwidth_mib * (1 << 20)), "downtime-limit": downtime_ms},
+                timeout=5.0,
+            )
+            qmp.execute("migrate", {"uri": f"tcp:127.0.0.1:{server.getsockname()[1]}"}, timeout=5.0)
+            started = True
+            server.settimeout(timeout)
+            conn, _ = server.accept()
+        with conn:
+            prepared.machine.qmp.send_fd(conn.fileno(), FDNAME)
+        prepared.machine.qmp.execute("migrate-incoming", {"uri": f"fd:{FDNAME}"}, timeout=5.0)
+        info = wait_migration(machine, timeout, "migration", stall=STALL_S)
+        t_done = time.perf_counter()
+        wait_incoming(prepared.machine, timeout, f"{name}: incoming migration")
+        prepared.resume(t_done)
+        t_ready = time.perf_counter()
+    except BaseException as exc:
+        if prepared.done:
+            with contextlib.suppress(LightVMError):
+                destination.destroy(name)
+        else:
+            prepared.abort()
+        _resume_source(machine, started, paused)
+        if isinstance(exc, (LightVMError, OSError)):
+            raise MigrationError(f"{name}: local migration failed: {exc}; the VM keeps running") from exc
+        raise
+    finally:
+        machine.disconnect()
+        if machine.process is not None:
+            machine.process.close()
+    source.destroy(name)
+    t_end = time.perf_counter()
+    ram = info.get("ram", {}) if isinstance(info.get("ram"), dict) else {}
+    return MigrateResult(
+        name=name,
+        destination=str(destination.state.root),
+        total_ms=(t_end - t0) * 1000,
+        ssh_ms=0.0,
+        prepare_ms=(t_prepared - t0) * 1000,
+        migrate_ms=float(info.get("total-time", 0)),
+        downtime_ms=float(info.get("downtime", 0)),
+        handover_ms=(t_ready - t_done) * 1000,
+        bytes=int(ram.get("transferred", 0)),
+        tunnel=False,
+    )

@@ -137,3 +137,26 @@ def test_save_to_full_disk(lightvm: Any, tiny_fs: Path) -> None:
     assert list(tiny_fs.iterdir()) == []  # no partial file
     assert lightvm.status() == {"daytime": "running"}
     assert wait_until(lambda: read_daytime("127.0.0.1", port), timeout=10, interval=0.05)
+
+
+def test_migrate_between_state_dirs(lightvm: Any, tmp_path: Path) -> None:
+    """The migration proper (no SSH): a noop guest goes to another state dir and back; its
+    own counters continue and the source is destroyed each time."""
+    from lightvm.migrate import migrate_local
+    from lightvm.toolstack import Toolstack
+
+    lightvm.create(DAYTIME.parent / "noop.toml")
+    here = Toolstack(lightvm.state_dir)
+    there = Toolstack(tmp_path / "there")
+    try:
+        first = migrate_local(here, "noop", there)
+        assert first.bytes > 0 and first.migrate_ms > 0 and lightvm.status() == {}
+        assert {i.name: i.status for i in there.list()} == {"noop": "running"}
+        beat = there.info("noop")["guest"]["heartbeat"]
+        back = migrate_local(there, "noop", here)
+        assert back.bytes > 0 and there.list() == []
+        assert lightvm.status() == {"noop": "running"}
+        assert guest(lightvm, "noop")["heartbeat"] >= beat
+    finally:
+        there.destroy_all()
+    assert not list((tmp_path / "there" / "vms").iterdir())
