@@ -18,7 +18,8 @@
  * listen/accept, data in both directions with retransmission (RFC 6298 RTO,
  * Karn, exponential backoff), window probing, FIN close in both directions,
  * RST for closed ports, RFC 5961 challenge ACKs, and a connection table whose
- * TIME_WAIT slots are recycled so fast sequential clients never exhaust it.
+ * finished slots (TIME_WAIT, FIN_WAIT_2) are recycled so fast sequential
+ * clients never exhaust it.
  *
  * Every length and offset of a received frame is validated before use: the
  * input is hostile. IP addresses in this API are uint32_t in host byte order
@@ -78,7 +79,8 @@ struct net_stats {
 	uint64_t icmp_echo_replies;
 	uint64_t udp_in, udp_out;
 	uint64_t tcp_accepted, tcp_resets_sent, tcp_retransmits, tcp_timeouts;
-	uint64_t tcp_recycled_time_wait, tcp_table_full;
+	uint64_t tcp_recycled;   /* TIME_WAIT/FIN_WAIT_2 slots reused for a new SYN */
+	uint64_t tcp_table_full;
 };
 
 /* 0 on success, -1 if the configuration is unusable (bad MTU, no tx, MAC

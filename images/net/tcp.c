@@ -7,8 +7,8 @@
  * go-back-N from snd_una. Received in-order data is handed to the app at
  * once and acknowledged; out-of-order segments are dropped with a duplicate
  * ACK (the peer retransmits), which keeps the stack free of reassembly
- * buffers. The table is small and fixed: TIME_WAIT and half-open slots are
- * recycled oldest first, so clients arriving back to back never find it
+ * buffers. The table is small and fixed: TIME_WAIT, FIN_WAIT_2 and half-open
+ * slots are recycled oldest first, so clients arriving back to back never find it
  * exhausted by connections that are already finished.
  */
 #include "net_internal.h"
@@ -254,10 +254,12 @@ static struct tcp_conn *conn_lookup(struct net *n, uint32_t rip, uint16_t rport,
 	return 0;
 }
 
-/* A free slot, else the oldest TIME_WAIT, else the oldest half-open one. */
+/* A free slot, else the oldest finished one (TIME_WAIT, then FIN_WAIT_2:
+ * the app has closed it and the peer has acknowledged everything we sent;
+ * all that is left is the peer's FIN), else the oldest half-open one. */
 static struct tcp_conn *conn_alloc(struct net *n)
 {
-	struct tcp_conn *tw = 0, *syn = 0;
+	struct tcp_conn *tw = 0, *fw2 = 0, *syn = 0;
 
 	for (unsigned i = 0; i < NET_TCP_CONNS; i++) {
 		struct tcp_conn *c = &n->conns[i];
@@ -265,11 +267,15 @@ static struct tcp_conn *conn_alloc(struct net *n)
 			return c;
 		if (c->state == ST_TIME_WAIT && (!tw || c->since < tw->since))
 			tw = c;
+		if (c->state == ST_FIN_WAIT_2 && (!fw2 || c->since < fw2->since))
+			fw2 = c;
 		if (c->state == ST_SYN_RCVD && (!syn || c->since < syn->since))
 			syn = c;
 	}
+	if (!tw)
+		tw = fw2;
 	if (tw) {
-		n->stats.tcp_recycled_time_wait++;
+		n->stats.tcp_recycled++;
 		conn_free(tw);
 		return tw;
 	}

@@ -6,6 +6,7 @@ the host tap harness or in a booted unikernel.
 
 Commands:
   daytime IP PORT N [TIMEOUT]  N sequential TCP clients; each reads until the server closes
+  parallel IP PORT N           N TCP clients connected at once, then each reads until closed
   time37 IP                    one RFC 868 client; prints the server's Unix time
   echo IP PORT CONNS SIZE      CONNS concurrent connections each echo SIZE random bytes
   udp IP PORT TEXT             one datagram, one reply
@@ -16,6 +17,7 @@ Commands:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import selectors
@@ -53,6 +55,27 @@ def cmd_daytime(ip: str, port: int, count: int, timeout: float = TIMEOUT) -> Non
     _out({"ok": len(texts), "texts": texts, "errors": errors, "elapsed": time.monotonic() - start})
 
 
+def cmd_parallel(ip: str, port: int, count: int) -> None:
+    """count clients connected at the same time (connects first, then all the reads)."""
+    socks: list[socket.socket] = []
+    errors: list[str] = []
+    texts: list[str] = []
+    start = time.monotonic()
+    for i in range(count):
+        try:
+            socks.append(socket.create_connection((ip, port), timeout=3 * TIMEOUT))
+        except OSError as exc:
+            errors.append(f"connect {i}: {exc!r}")
+    for i, sock in enumerate(socks):
+        try:
+            texts.append(_read_all(sock).decode("ascii", "replace"))
+        except OSError as exc:
+            errors.append(f"read {i}: {exc!r}")
+        finally:
+            sock.close()
+    _out({"ok": len(texts), "texts": texts, "errors": errors, "elapsed": time.monotonic() - start})
+
+
 def cmd_time37(ip: str) -> None:
     with socket.create_connection((ip, 37), timeout=TIMEOUT) as sock:
         raw = _read_all(sock)
@@ -77,10 +100,8 @@ def cmd_echo(ip: str, port: int, conns: int, size: int) -> None:
             assert isinstance(sock, socket.socket)
             st = state[sock]
             if events & selectors.EVENT_WRITE and st["sent"] < len(st["out"]):
-                try:
+                with contextlib.suppress(BlockingIOError):
                     st["sent"] += sock.send(st["out"][st["sent"] : st["sent"] + 1000])
-                except BlockingIOError:
-                    pass
                 if st["sent"] == len(st["out"]):
                     sock.shutdown(socket.SHUT_WR)
                     sel.modify(sock, selectors.EVENT_READ)
@@ -96,8 +117,15 @@ def cmd_echo(ip: str, port: int, conns: int, size: int) -> None:
                     sel.unregister(sock)
     results = []
     for sock, st in state.items():
-        results.append({"i": st["i"], "sent": st["sent"], "got": len(st["got"]), "eof": st["eof"],
-                        "match": bytes(st["got"]) == st["want"]})
+        results.append(
+            {
+                "i": st["i"],
+                "sent": st["sent"],
+                "got": len(st["got"]),
+                "eof": st["eof"],
+                "match": bytes(st["got"]) == st["want"],
+            }
+        )
         sock.close()
     _out({"conns": sorted(results, key=lambda r: r["i"])})
 
@@ -134,11 +162,34 @@ def _csum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def _ip(src: bytes, dst: bytes, proto: int, payload: bytes, *, total: int | None = None, ihl: int = 5,
-        frag: int = 0, good_csum: bool = True) -> bytes:
+def _ip(
+    src: bytes,
+    dst: bytes,
+    proto: int,
+    payload: bytes,
+    *,
+    total: int | None = None,
+    ihl: int = 5,
+    frag: int = 0,
+    good_csum: bool = True,
+) -> bytes:
     opts = b"\x01" * (max(ihl, 5) * 4 - 20)
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | (ihl & 0xF), 0, total if total is not None else 20 + len(opts)
-                      + len(payload), 0x1234, frag, 64, proto, 0, src, dst) + opts
+    hdr = (
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x40 | (ihl & 0xF),
+            0,
+            total if total is not None else 20 + len(opts) + len(payload),
+            0x1234,
+            frag,
+            64,
+            proto,
+            0,
+            src,
+            dst,
+        )
+        + opts
+    )
     if good_csum:
         hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
     return hdr + payload
@@ -150,8 +201,20 @@ def _l4_csum(src: bytes, dst: bytes, proto: int, seg: bytes, at: int) -> bytes:
     return seg[:at] + struct.pack("!H", _csum(pseudo + seg)) + seg[at + 2 :]
 
 
-def _tcp(src: bytes, dst: bytes, sport: int, dport: int, flags: int, *, seq: int = 0, ack: int = 0,
-         offset: int = 5, opts: bytes = b"", data: bytes = b"", good_csum: bool = True) -> bytes:
+def _tcp(
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    flags: int,
+    *,
+    seq: int = 0,
+    ack: int = 0,
+    offset: int = 5,
+    opts: bytes = b"",
+    data: bytes = b"",
+    good_csum: bool = True,
+) -> bytes:
     seg = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, (offset & 0xF) << 4, flags, 65535, 0, 0) + opts + data
     return _l4_csum(src, dst, 6, seg, 16) if good_csum else seg
 
@@ -163,32 +226,65 @@ def garbage_frames(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, count
     eth_arp = dst_mac + src_mac + b"\x08\x06"
     frames: list[bytes] = []
     makers = [
-        lambda: dst_mac + src_mac + rnd.randbytes(rnd.randrange(0, 1500)),              # noise after the MACs
-        lambda: eth_ip + rnd.randbytes(rnd.randrange(0, 60)),                          # short junk "IP"
-        lambda: eth_ip + _ip(src, dst, 6, b"", total=rnd.randrange(0, 65536)),         # IP total length lies
+        lambda: dst_mac + src_mac + rnd.randbytes(rnd.randrange(0, 1500)),  # noise after the MACs
+        lambda: eth_ip + rnd.randbytes(rnd.randrange(0, 60)),  # short junk "IP"
+        lambda: eth_ip + _ip(src, dst, 6, b"", total=rnd.randrange(0, 65536)),  # IP total length lies
         lambda: eth_ip + _ip(src, dst, 6, rnd.randbytes(20), ihl=rnd.randrange(0, 16)),  # IHL lies
         lambda: eth_ip + _ip(src, dst, 1, b"\x08\x00" + rnd.randbytes(30), frag=0x2000),  # a fragment
         lambda: eth_ip + _ip(src, dst, 1, b"\x08\x00" + rnd.randbytes(30), frag=rnd.randrange(1, 0x1FFF)),
-        lambda: eth_ip + _ip(src, dst, 6, _tcp(src, dst, rnd.randrange(1, 65536), 13, 0x02,
-                                              offset=rnd.randrange(0, 16))),           # TCP data offset lies
-        lambda: eth_ip + _ip(src, dst, 6, _tcp(src, dst, rnd.randrange(1, 65536), 13, 0x02, offset=8,
-                                              opts=bytes([2, rnd.randrange(0, 256), 0, 0, 3, 0, 8, 255, 1, 0, 0, 0]))),
-        lambda: eth_ip + _ip(src, dst, 6, _tcp(src, dst, rnd.randrange(1, 65536), 13, rnd.randrange(0, 256),
-                                              seq=rnd.getrandbits(32), ack=rnd.getrandbits(32),
-                                              data=rnd.randbytes(rnd.randrange(0, 100)))),  # random flags
+        lambda: (
+            eth_ip + _ip(src, dst, 6, _tcp(src, dst, rnd.randrange(1, 65536), 13, 0x02, offset=rnd.randrange(0, 16)))
+        ),  # TCP data offset lies
+        lambda: (
+            eth_ip
+            + _ip(
+                src,
+                dst,
+                6,
+                _tcp(
+                    src,
+                    dst,
+                    rnd.randrange(1, 65536),
+                    13,
+                    0x02,
+                    offset=8,
+                    opts=bytes([2, rnd.randrange(0, 256), 0, 0, 3, 0, 8, 255, 1, 0, 0, 0]),
+                ),
+            )
+        ),
+        lambda: (
+            eth_ip
+            + _ip(
+                src,
+                dst,
+                6,
+                _tcp(
+                    src,
+                    dst,
+                    rnd.randrange(1, 65536),
+                    13,
+                    rnd.randrange(0, 256),
+                    seq=rnd.getrandbits(32),
+                    ack=rnd.getrandbits(32),
+                    data=rnd.randbytes(rnd.randrange(0, 100)),
+                ),
+            )
+        ),  # random flags
         lambda: eth_ip + _ip(src, dst, 6, _tcp(src, dst, 40000, 13, 0x02, good_csum=False)),  # bad checksum
         lambda: eth_ip + _ip(src, dst, 17, struct.pack("!HHHH", 5000, 7, rnd.randrange(0, 65536), 0) + b"x" * 8),
-        lambda: eth_ip + _ip(src, dst, 1, rnd.randbytes(rnd.randrange(0, 8))),        # short ICMP
-        lambda: eth_ip + _ip(src, dst, rnd.randrange(0, 256), rnd.randbytes(40)),     # any protocol
-        lambda: eth_ip + _ip(src, dst, 6, rnd.randbytes(40), good_csum=False),       # bad IP checksum
-        lambda: eth_arp + rnd.randbytes(rnd.randrange(0, 40)),                        # junk ARP
-        lambda: eth_arp + struct.pack("!HHBBH6s4s6s4s", 1, 0x800, 6, 4, 1, src_mac, b"\xff\xff\xff\xff",
-                                      b"\0" * 6, dst),                                 # ARP from broadcast IP
+        lambda: eth_ip + _ip(src, dst, 1, rnd.randbytes(rnd.randrange(0, 8))),  # short ICMP
+        lambda: eth_ip + _ip(src, dst, rnd.randrange(0, 256), rnd.randbytes(40)),  # any protocol
+        lambda: eth_ip + _ip(src, dst, 6, rnd.randbytes(40), good_csum=False),  # bad IP checksum
+        lambda: eth_arp + rnd.randbytes(rnd.randrange(0, 40)),  # junk ARP
+        lambda: (
+            eth_arp + struct.pack("!HHBBH6s4s6s4s", 1, 0x800, 6, 4, 1, src_mac, b"\xff\xff\xff\xff", b"\0" * 6, dst)
+        ),  # ARP from broadcast IP
         lambda: eth_ip + _ip(b"\xff\xff\xff\xff", dst, 6, _tcp(b"\xff\xff\xff\xff", dst, 1234, 13, 0x02)),
-        lambda: eth_ip + _ip(dst, dst, 6, _tcp(dst, dst, 13, 13, 0x02)),              # LAND attack
+        lambda: eth_ip + _ip(dst, dst, 6, _tcp(dst, dst, 13, 13, 0x02)),  # LAND attack
         lambda: b"\xff" * 6 + src_mac + b"\x08\x00" + _ip(src, dst, 1, b"\x08\x00\xf7\xff" + b"\0" * 4),
-        lambda: eth_ip + _ip(src, dst, 6, _tcp(src, dst, rnd.randrange(1024, 65536), 13, 0x02,
-                                              seq=rnd.getrandbits(32))),               # SYN flood
+        lambda: (
+            eth_ip + _ip(src, dst, 6, _tcp(src, dst, rnd.randrange(1024, 65536), 13, 0x02, seq=rnd.getrandbits(32)))
+        ),  # SYN flood
     ]
     for _ in range(count):
         frames.append(rnd.choice(makers)())
@@ -196,8 +292,14 @@ def garbage_frames(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, count
 
 
 def cmd_garbage(ifname: str, dst_mac: str, src_mac: str, src_ip: str, dst_ip: str, count: int, seed: int) -> None:
-    frames = garbage_frames(bytes.fromhex(dst_mac.replace(":", "")), bytes.fromhex(src_mac.replace(":", "")),
-                            socket.inet_aton(src_ip), socket.inet_aton(dst_ip), count, seed)
+    frames = garbage_frames(
+        bytes.fromhex(dst_mac.replace(":", "")),
+        bytes.fromhex(src_mac.replace(":", "")),
+        socket.inet_aton(src_ip),
+        socket.inet_aton(dst_ip),
+        count,
+        seed,
+    )
     sent = 0
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
         sock.bind((ifname, 0))
@@ -208,7 +310,7 @@ def cmd_garbage(ifname: str, dst_mac: str, src_mac: str, src_ip: str, dst_ip: st
             sock.send(frame)
             sent += 1
             if sent % 50 == 0:
-                time.sleep(0.01)   # let a slow (TCG) guest keep up rather than overflow its ring
+                time.sleep(0.01)  # let a slow (TCG) guest keep up rather than overflow its ring
     _out({"sent": sent})
 
 
@@ -216,6 +318,8 @@ def main(argv: list[str]) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd == "daytime":
         cmd_daytime(args[0], int(args[1]), int(args[2]), *(float(a) for a in args[3:4]))
+    elif cmd == "parallel":
+        cmd_parallel(args[0], int(args[1]), int(args[2]))
     elif cmd == "time37":
         cmd_time37(args[0])
     elif cmd == "echo":

@@ -28,18 +28,18 @@ import pytest
 from nettools import Netns, require_netns
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from guestlib import EXIT_POWEROFF, Guest, build_images  # noqa: E402
+from guestlib import EXIT_POWEROFF, Guest, build_images
 
-from lightvm.noxs import BootState, PageConfig, Sysctl, VifConfig, VifCtrl, XenbusState  # noqa: E402
+from lightvm.noxs import BootState, PageConfig, Sysctl, VifConfig, VifCtrl, XenbusState
 
 pytestmark = [pytest.mark.functional, pytest.mark.root]
 
 GUEST_IP = "10.213.0.2"
 HOST_IP = "10.213.0.1"
 GUEST_MAC = "52:54:00:13:00:02"
-VIF0_PAGE = 2 * 4096   # write_config: device page, sysctl, then vif 0
+VIF0_PAGE = 2 * 4096  # write_config: device page, sysctl, then vif 0
 IMAGE_BUDGET = 480 * 1024
-MEMORY = "4M"   # every microvm guest here runs in 4 MiB, the paper's target
+MEMORY = "4M"  # every microvm guest here runs in 4 MiB, the paper's target
 
 MMIO_MODERN = ["-global", "virtio-mmio.force-legacy=false"]
 
@@ -76,15 +76,22 @@ class Daytime:
         return self.guest.proc is not None and self.guest.proc.poll() is None
 
 
-def boot(image: Path, ns: Netns, *, nic: Sequence[str], machine: dict[str, object] | None = None,
-         extra: Sequence[str] = ()) -> Guest:
+def boot(
+    image: Path, ns: Netns, *, nic: Sequence[str], machine: dict[str, object] | None = None, extra: Sequence[str] = ()
+) -> Guest:
     """Boot daytime.elf paused, move its tap into ``ns``, resume, wait for READY."""
     netdev = ["-netdev", f"tap,id=n0,ifname={ns.tap},script=no,downscript=no"]
     options: dict[str, object] = {"memory": MEMORY, **(machine or {})}
     guest = Guest(image, device_count=2, extra_args=[*extra, *netdev, *nic], **options)  # type: ignore[arg-type]
     try:
-        guest.write_config(PageConfig(name="daytime-test", vifs=[
-            VifConfig(mac=bytes.fromhex(GUEST_MAC.replace(":", "")), ip=GUEST_IP, prefix=24, gateway=HOST_IP)]))
+        guest.write_config(
+            PageConfig(
+                name="daytime-test",
+                vifs=[
+                    VifConfig(mac=bytes.fromhex(GUEST_MAC.replace(":", "")), ip=GUEST_IP, prefix=24, gateway=HOST_IP)
+                ],
+            )
+        )
         guest.launch(paused=True)
         ns.adopt_tap()
         guest.cont()
@@ -116,7 +123,7 @@ def test_ready_then_daytime_and_time(daytime: Daytime) -> None:
     assert rec.state == BootState.READY and rec.app == "daytime"
     assert rec.tsc_devices_up <= rec.tsc_ready
     assert daytime.guest.region is not None
-    assert daytime.guest.region.frontend_state(1) == XenbusState.CONNECTED   # the vif
+    assert daytime.guest.region.frontend_state(1) == XenbusState.CONNECTED  # the vif
     assert abs(parse_daytime(daytime.nc(13)) - time.time()) < 5
     # RFC 868 as `rdate -p` asks for it; the exact value through netclient
     proc = daytime.ns.exec(["busybox", "rdate", "-p", GUEST_IP], timeout=20, check=False)
@@ -143,6 +150,16 @@ def test_hundred_sequential_clients(daytime: Daytime) -> None:
     assert daytime.guest.boot_record().app_counter == before + 100
 
 
+def test_clients_at_once(daytime: Daytime) -> None:
+    """10 clients connected together fit the 16-slot table; 40 overflow it: SYNs that find no
+    slot are dropped and retried by the client, so every one is still served."""
+    for count in (10, 40):
+        result = daytime.ns.client("parallel", GUEST_IP, 13, count, timeout=300)
+        assert result["errors"] == [] and result["ok"] == count
+        for text in result["texts"]:
+            assert abs(parse_daytime(text) - time.time()) < 60
+
+
 def test_sysctl_poweroff(daytime: Daytime) -> None:
     assert daytime.guest.region is not None
     daytime.guest.region.request(Sysctl.POWEROFF)
@@ -152,8 +169,9 @@ def test_sysctl_poweroff(daytime: Daytime) -> None:
 
 
 def test_garbage_frames_do_not_crash_it(daytime: Daytime) -> None:
-    result = daytime.ns.client("garbage", daytime.ns.tap, GUEST_MAC, daytime.ns.tap_mac(), HOST_IP, GUEST_IP,
-                               2000, 11, timeout=300)
+    result = daytime.ns.client(
+        "garbage", daytime.ns.tap, GUEST_MAC, daytime.ns.tap_mac(), HOST_IP, GUEST_IP, 2000, 11, timeout=300
+    )
     assert result["sent"] == 2000
     assert daytime.alive(), daytime.guest.console()
     assert "FATAL" not in daytime.guest.console()
@@ -166,20 +184,20 @@ def test_garbage_frames_do_not_crash_it(daytime: Daytime) -> None:
 def test_idle_guest_halts(daytime: Daytime) -> None:
     """Idle means hlt until an interrupt or the next timer: QEMU burns almost no CPU."""
     assert daytime.guest.proc is not None
-    daytime.nc(13)   # leave TCP timers (TIME_WAIT) behind, as a real server would
+    daytime.nc(13)  # leave TCP timers (TIME_WAIT) behind, as a real server would
     pid = daytime.guest.proc.pid
     tick = os.sysconf("SC_CLK_TCK")
 
     def cpu() -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick   # utime + stime
+        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
 
     start, t0 = cpu(), time.monotonic()
     time.sleep(3)
     used = cpu() - start
     elapsed = time.monotonic() - t0
     assert used / elapsed < 0.05, f"idle guest used {used:.2f}s CPU in {elapsed:.1f}s"
-    assert abs(parse_daytime(daytime.nc(13)) - time.time()) < 5   # and still wakes up for a client
+    assert abs(parse_daytime(daytime.nc(13)) - time.time()) < 5  # and still wakes up for a client
 
 
 def test_image_size(image: Path) -> None:
@@ -199,8 +217,12 @@ def test_other_transports_and_mac_matching(image: Path, transport: str) -> None:
     if transport.startswith("mmio-decoy"):
         # a NIC with another MAC (on an empty QEMU hub: no host traffic), before or after ours:
         # whichever order discovery sees them in, the driver must skip the decoy
-        decoy = ["-netdev", "hubport,id=decoy,hubid=7",
-                 "-device", "virtio-net-device,netdev=decoy,mac=52:54:00:99:99:99"]
+        decoy = [
+            "-netdev",
+            "hubport,id=decoy,hubid=7",
+            "-device",
+            "virtio-net-device,netdev=decoy,mac=52:54:00:99:99:99",
+        ]
         ours = ["-device", f"virtio-net-device,netdev=n0,mac={GUEST_MAC}"]
         extra = [*MMIO_MODERN, *(decoy if transport == "mmio-decoy-first" else [])]
         nic = [*ours, *(decoy if transport == "mmio-decoy-last" else [])]
@@ -209,12 +231,11 @@ def test_other_transports_and_mac_matching(image: Path, transport: str) -> None:
         nic = ["-device", f"virtio-net-pci,netdev=n0,mac={GUEST_MAC},romfile="]
         expect = "msi-x"
         if transport == "pci-q35":
-            machine = {"machine": "q35", "firmware": None, "memory": "16M"}   # SeaBIOS assigns BARs
-    with Netns(HOST_IP, create_tap=False) as ns:
-        with boot(image, ns, nic=nic, machine=machine, extra=extra) as guest:
-            assert expect in guest.console(), guest.console()
-            assert abs(parse_daytime(ns.nc(GUEST_IP, 13)) - time.time()) < 5
-            result = ns.client("daytime", GUEST_IP, 13, 20, timeout=120)
-            assert result["ok"] == 20, result["errors"]
-            proc = ns.exec(["busybox", "ping", "-c", "2", "-W", "2", GUEST_IP], timeout=20, check=False)
-            assert "2 packets received" in proc.stdout
+            machine = {"machine": "q35", "firmware": None, "memory": "16M"}  # SeaBIOS assigns BARs
+    with Netns(HOST_IP, create_tap=False) as ns, boot(image, ns, nic=nic, machine=machine, extra=extra) as guest:
+        assert expect in guest.console(), guest.console()
+        assert abs(parse_daytime(ns.nc(GUEST_IP, 13)) - time.time()) < 5
+        result = ns.client("daytime", GUEST_IP, 13, 20, timeout=120)
+        assert result["ok"] == 20, result["errors"]
+        proc = ns.exec(["busybox", "ping", "-c", "2", "-W", "2", GUEST_IP], timeout=20, check=False)
+        assert "2 packets received" in proc.stdout

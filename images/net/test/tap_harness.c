@@ -221,7 +221,7 @@ static void print_stats(const struct net *n)
 	printf("STATS rx_frames=%llu rx_dropped=%llu tx_frames=%llu tx_errors=%llu "
 	       "arp_requests_sent=%llu arp_replies_sent=%llu icmp_echo_replies=%llu udp_in=%llu "
 	       "udp_out=%llu tcp_accepted=%llu tcp_resets_sent=%llu tcp_retransmits=%llu "
-	       "tcp_timeouts=%llu tcp_recycled_time_wait=%llu tcp_table_full=%llu "
+	       "tcp_timeouts=%llu tcp_recycled=%llu tcp_table_full=%llu "
 	       "daytime_served=%lu active=%u\n",
 	       (unsigned long long)s->rx_frames, (unsigned long long)s->rx_dropped,
 	       (unsigned long long)s->tx_frames, (unsigned long long)s->tx_errors,
@@ -229,7 +229,7 @@ static void print_stats(const struct net *n)
 	       (unsigned long long)s->icmp_echo_replies, (unsigned long long)s->udp_in,
 	       (unsigned long long)s->udp_out, (unsigned long long)s->tcp_accepted,
 	       (unsigned long long)s->tcp_resets_sent, (unsigned long long)s->tcp_retransmits,
-	       (unsigned long long)s->tcp_timeouts, (unsigned long long)s->tcp_recycled_time_wait,
+	       (unsigned long long)s->tcp_timeouts, (unsigned long long)s->tcp_recycled,
 	       (unsigned long long)s->tcp_table_full, daytime_served, tcp_active_count(n));
 	fflush(stdout);
 }
@@ -631,7 +631,7 @@ static int cmd_fuzz(int argc, char **argv)
 	       "recycled=%llu idle_echo_left=%u\n",
 	       iters, fz_tx_frames, (unsigned long long)s->tcp_accepted,
 	       (unsigned long long)s->tcp_resets_sent, (unsigned long long)s->tcp_retransmits,
-	       (unsigned long long)s->tcp_timeouts, (unsigned long long)s->tcp_recycled_time_wait, idle);
+	       (unsigned long long)s->tcp_timeouts, (unsigned long long)s->tcp_recycled, idle);
 	return 0;
 }
 
