@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent.parent
 META_KEYS = ("git_describe", "hostname", "cpu_model", "nproc", "accel", "qemu_version", "kernel", "timestamp")
 ITERATIONS = 2
 VMS = [1, 2]
-ZERO_OK = ("cpu_pct_per_vm", "cpu_pct_total", "host_mib_per_vm")  # idle CPU can be 0; MemAvailable is noisy
+# idle CPU can be 0; MemAvailable is noisy; QEMU reports migration downtime in whole ms (< 1 ms reads 0)
+ZERO_OK = ("cpu_pct_per_vm", "cpu_pct_total", "host_mib_per_vm", "qemu_downtime_ms")
 
 
 def _leftovers(marker: str) -> list[str]:
@@ -163,7 +164,13 @@ def test_cli_writes_results_and_exits_zero(images: Path, tmp_path: Path, clean_h
 def test_checkpoint_smoke(images: Path, tmp_path: Path, clean_host: None) -> None:
     run_suite("checkpoint", _opts(), tmp_path)
     doc = _check(
-        tmp_path, "checkpoint", {f"checkpoint/{op}/n={n}" for op in ("save", "save-live", "restore") for n in VMS}
+        tmp_path,
+        "checkpoint",
+        {
+            f"checkpoint/{op}/n={n}"
+            for op in ("save", "save-live", "restore", "restore-prepared", "migrate")
+            for n in VMS
+        },
     )
     rows = {b["name"]: b for b in doc["benchmarks"]}
     for sample in rows["checkpoint/save/n=2"]["samples"]:
@@ -171,3 +178,7 @@ def test_checkpoint_smoke(images: Path, tmp_path: Path, clean_host: None) -> Non
         assert sample["file_kib"] > 4  # at least the guest's used pages and the header
     for sample in rows["checkpoint/restore/n=2"]["samples"]:
         assert sample["ms"] >= sample["finish_ms"] > 0
+    for sample in rows["checkpoint/restore-prepared/n=2"]["samples"]:
+        assert sample["prepare_and_finish_ms"] >= sample["ms"] > 0
+    for sample in rows["checkpoint/migrate/n=2"]["samples"]:
+        assert sample["ms"] > sample["migrate_ms"] > 0 and sample["bytes"] > 4096
