@@ -160,3 +160,38 @@ def test_migrate_between_state_dirs(lightvm: Any, tmp_path: Path) -> None:
     finally:
         there.destroy_all()
     assert not list((tmp_path / "there" / "vms").iterdir())
+
+
+def _dirty_spec(tmp_path: Path, kib: int) -> Path:
+    build = DAYTIME.parents[1] / "images" / "build"
+    cfg = tmp_path / "dirty.toml"
+    cfg.write_text(
+        f'name = "dirty"\nkernel = "{build}/dirty.elf"\nfirmware = "{build}/lvfw.bin"\n'
+        f'memory = "16M"\ncmdline = "dirty_kib={kib}"\n'
+    )
+    return cfg
+
+
+def test_migration_of_a_guest_writing_memory(lightvm: Any, tmp_path: Path) -> None:
+    """A guest re-dirtying 4 MiB converges at lightvm's bandwidth setting; at 32 MiB/s it
+    cannot (each round re-sends more than the downtime allows): the migration gives up at its
+    deadline and the guest keeps running at the source."""
+    from lightvm.migrate import MigrationError, migrate_local
+    from lightvm.toolstack import Toolstack
+
+    lightvm.create(_dirty_spec(tmp_path, 4096))
+    here, there = Toolstack(lightvm.state_dir), Toolstack(tmp_path / "there")
+    try:
+        passes = guest(lightvm, "dirty")["app_counter"]
+        with pytest.raises(MigrationError, match=r"did not complete within 3\.0 s.*keeps running"):
+            migrate_local(here, "dirty", there, bandwidth_mib=32, timeout=3.0)
+        assert there.list() == [] and lightvm.status() == {"dirty": "running"}
+        later = wait_until(lambda: (n := guest(lightvm, "dirty")["app_counter"]) > passes and n, timeout=10)
+        assert later, "the guest stopped writing after the failed migration"
+        moved = migrate_local(here, "dirty", there)  # default: 4 GiB/s, 10 ms downtime
+        assert moved.bytes > 4 << 20 and moved.downtime_ms <= 50, moved
+        on_there = there.info("dirty")["guest"]
+        assert on_there["state"] == "READY" and on_there["app_counter"] >= later
+        assert wait_until(lambda: there.info("dirty")["guest"]["app_counter"] > on_there["app_counter"], timeout=10)
+    finally:
+        there.destroy_all()
