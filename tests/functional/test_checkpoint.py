@@ -55,6 +55,8 @@ def test_save_restore_daytime_continues(lightvm: Any, tmp_path: Path) -> None:
     assert after and after["app_counter"] == before["app_counter"] + 1 and after["state"] == "READY"
     console = (lightvm.state_dir / "vms" / "daytime" / "console.log").read_text(errors="replace")
     assert "READY" not in console  # the restored guest did not boot again
+    lightvm.ok("shutdown", "daytime")  # the rewritten NoXS page still drives the guest (sysctl poweroff)
+    assert lightvm.status() == {}
 
 
 def test_keep_running_then_restore_under_another_name(lightvm: Any, tmp_path: Path) -> None:
