@@ -28,9 +28,9 @@ import pytest
 from nettools import Netns, require_netns
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from guestlib import EXIT_POWEROFF, Guest, build_images
+from guestlib import EXIT_FATAL, EXIT_POWEROFF, Guest, build_images
 
-from lightvm.noxs import BootState, PageConfig, Sysctl, VifConfig, VifCtrl, XenbusState
+from lightvm.noxs import BootState, GuestError, PageConfig, Sysctl, VifConfig, VifCtrl, XenbusState
 
 pytestmark = [pytest.mark.functional, pytest.mark.root]
 
@@ -198,6 +198,21 @@ def test_idle_guest_halts(daytime: Daytime) -> None:
     elapsed = time.monotonic() - t0
     assert used / elapsed < 0.05, f"idle guest used {used:.2f}s CPU in {elapsed:.1f}s"
     assert abs(parse_daytime(daytime.nc(13)) - time.time()) < 5  # and still wakes up for a client
+
+
+def test_no_matching_nic_is_a_named_error(image: Path) -> None:
+    """A vif whose MAC no device has: ERROR/NO_DEVICE in the boot record, FATAL, status 3."""
+    decoy = ["-netdev", "hubport,id=decoy,hubid=7", "-device", "virtio-net-device,netdev=decoy,mac=52:54:00:99:99:99"]
+    with Guest(image, device_count=2, memory=MEMORY, extra_args=decoy) as guest:
+        guest.write_config(
+            PageConfig(name="nonic", vifs=[VifConfig(mac=bytes.fromhex("525400130002"), ip=GUEST_IP, prefix=24)])
+        )
+        guest.launch()
+        assert guest.wait_exit(timeout=30) == EXIT_FATAL
+        rec = guest.boot_record()
+        assert rec.state == BootState.ERROR and rec.error == GuestError.NO_DEVICE
+        assert "virtio-net: no device with MAC 52:54:00:13:00:02" in guest.console()
+        assert "FATAL: daytime: network vif 0 not available" in guest.console()
 
 
 def test_image_size(image: Path) -> None:
