@@ -108,17 +108,17 @@ _LE = ctypes.LittleEndianStructure
 
 class DevEntry(_LE):
     _pack_ = 8
-    _fields_ = [
+    _fields_ = (
         ("type", ctypes.c_uint32),
         ("id", ctypes.c_uint32),
         ("backend_id", ctypes.c_uint32),
         ("ctrl_offset", ctypes.c_uint32),
-    ]
+    )
 
 
 class DevicePage(_LE):
     _pack_ = 8
-    _fields_ = [
+    _fields_ = (
         ("magic", ctypes.c_uint32),
         ("abi_version", ctypes.c_uint16),
         ("header_size", ctypes.c_uint16),
@@ -132,22 +132,22 @@ class DevicePage(_LE):
         ("name", ctypes.c_char * NAME_LEN),
         ("reserved", ctypes.c_uint8 * 64),
         ("devs", DevEntry * MAX_DEVICES),
-    ]
+    )
 
 
 class CtrlHdr(_LE):
     _pack_ = 8
-    _fields_ = [
+    _fields_ = (
         ("be_state", ctypes.c_uint32),
         ("be_events", ctypes.c_uint32),
         ("fe_state", ctypes.c_uint32),
         ("fe_events", ctypes.c_uint32),
-    ]
+    )
 
 
 class BootRecordRaw(_LE):
     _pack_ = 8
-    _fields_ = [
+    _fields_ = (
         ("state", ctypes.c_uint32),
         ("error", ctypes.c_uint32),
         ("tsc_hz", ctypes.c_uint64),
@@ -160,24 +160,24 @@ class BootRecordRaw(_LE):
         ("generation_seen", ctypes.c_uint32),
         ("app", ctypes.c_char * APP_LEN),
         ("message", ctypes.c_char * MESSAGE_LEN),
-    ]
+    )
 
 
 class SysctlCtrl(_LE):
     _pack_ = 8
-    _fields_ = [
+    _fields_ = (
         ("hdr", CtrlHdr),
         ("status_req", ctypes.c_uint32),
         ("host_pad", ctypes.c_uint8 * (CTRL_GUEST_OFFSET - 20)),
         ("status_ack", ctypes.c_uint32),
         ("guest_pad", ctypes.c_uint32),
         ("boot", BootRecordRaw),
-    ]
+    )
 
 
 class VifCtrl(_LE):
     _pack_ = 8
-    _fields_ = [
+    _fields_ = (
         ("hdr", CtrlHdr),
         ("mac", ctypes.c_uint8 * 6),
         ("mtu", ctypes.c_uint16),
@@ -189,12 +189,12 @@ class VifCtrl(_LE):
         ("host_pad", ctypes.c_uint8 * (CTRL_GUEST_OFFSET - 52)),
         ("rx_packets", ctypes.c_uint64),
         ("tx_packets", ctypes.c_uint64),
-    ]
+    )
 
 
 class VbdCtrl(_LE):
     _pack_ = 8
-    _fields_ = [
+    _fields_ = (
         ("hdr", CtrlHdr),
         ("sectors", ctypes.c_uint64),
         ("sector_size", ctypes.c_uint32),
@@ -202,7 +202,7 @@ class VbdCtrl(_LE):
         ("host_pad", ctypes.c_uint8 * (CTRL_GUEST_OFFSET - 32)),
         ("reads", ctypes.c_uint64),
         ("writes", ctypes.c_uint64),
-    ]
+    )
 
 
 # ---- host-side configuration (the host's own copy; never read back) ----
