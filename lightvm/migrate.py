@@ -260,6 +260,7 @@ def migrate(
     t_ssh = time.perf_counter()
     machine = Machine.adopt(_machine_config(vmdir, record), record.pid or 0, record.pid_start, paused=paused)
     stream: _Tunnel | None = None
+    channel: Any = None
     started = False
     try:
         argv = shlex.split(remote_command)
@@ -301,6 +302,9 @@ def migrate(
         lines.receive(10.0, "the commit")
     except BaseException as exc:
         _resume_source(machine, started, paused)
+        if isinstance(exc, QMPError) and channel is not None and _session_gone(channel):
+            said = LineChannel(channel).stderr() or "closed"
+            exc = MigrationError(f"{exc} (the SSH session to {target} is gone: {said})")
         if isinstance(exc, MigrationError):
             raise MigrationError(f"{name}: migration to {target} failed: {exc}; the VM keeps running here") from exc
         if isinstance(exc, (LightVMError, OSError, EOFError)):
@@ -330,6 +334,16 @@ def migrate(
         bytes=int(ram.get("transferred", 0)),
         tunnel=tunnel,
     )
+
+
+def _session_gone(channel: Any) -> bool:
+    """True if the destination's side of the control channel has closed (within a moment)."""
+    deadline = Deadline(1.0)
+    while not deadline.expired():
+        if channel.closed or channel.exit_status_ready() or channel.eof_received:
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def _resume_source(machine: Machine, started: bool, paused: bool) -> None:

@@ -322,3 +322,41 @@ def test_migrate_daytime_on_a_tap(hosts: TwoHosts, tmp_path: Path) -> None:
     taps = run(["ip", "-n", hosts.a.ns, "-o", "link", "show", "type", "tun"]).stdout
     assert taps.strip() == "", f"tap left on the source: {taps}"
     assert hosts.b.guest("daytime")["app_counter"] >= 1
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def test_ssh_session_killed_mid_migration(hosts: TwoHosts) -> None:
+    """Only the SSH connection dies (its sshd session on B is killed), the direct stream
+    would go on: the receiver sees its control channel close and removes everything; the
+    source sees the stream fail and resumes the VM."""
+    port = boot_daytime(hosts)
+    proc = _start_slow_migration(hosts)
+    try:
+        assert wait_until(lambda: _migrating(hosts), timeout=60)
+        assert hosts.b.sshd is not None
+        sessions = _children(hosts.b.sshd.pid)
+        assert sessions, "no sshd session on B"
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 1 and "keeps running here" in err, err
+    assert "SSH session" in err or "stalled" in err, err
+    assert hosts.a.lv.status() == {"daytime": "running"}
+    assert wait_until(lambda: hosts.a.daytime(port), timeout=10, interval=0.05)
+    assert wait_until(lambda: _b_clean(hosts), timeout=30), f"leftovers on B: {hosts.b.lv.vm_dirs()}"
