@@ -22,7 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,6 +182,17 @@ def lightvm(request: pytest.FixtureRequest, tmp_path: Path, cache_dir: Path, ima
         for vm_id in runner.seen_ids:
             Path(f"/dev/shm/lightvm-{vm_id}").unlink(missing_ok=True)
         assert not leftovers, f"leftovers after destroying every VM: {leftovers}"
+
+
+@pytest.fixture
+def make_lightvm(cache_dir: Path) -> Callable[[Path], LightVM]:
+    """Make a runner on another state dir (tests that need two). Tests must not
+    `import conftest`: with tests/root collected too, that name is ambiguous."""
+
+    def make(state_dir: Path) -> LightVM:
+        return LightVM(state_dir, cache_dir)
+
+    return make
 
 
 @pytest.fixture

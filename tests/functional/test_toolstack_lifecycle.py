@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +116,10 @@ def test_many_vms_with_n(lightvm: Any) -> None:
     assert lightvm.leftovers() == []
 
 
-def test_state_dirs_are_separate(lightvm: Any, noop_vm: dict[str, Any], tmp_path: Path, cache_dir: Path) -> None:
-    from conftest import LightVM  # type: ignore[import-not-found]
-
-    other = LightVM(tmp_path / "other-state", cache_dir)
+def test_state_dirs_are_separate(
+    lightvm: Any, noop_vm: dict[str, Any], tmp_path: Path, make_lightvm: Callable[[Path], Any]
+) -> None:
+    other = make_lightvm(tmp_path / "other-state")
     assert other.list() == []
     # The same name in another state dir is fine and does not touch the first VM.
     (vm,) = other.create(NOOP)
@@ -162,11 +163,9 @@ def test_env_var_selects_the_state_dir(lightvm: Any) -> None:
     assert os.path.isdir(lightvm.state_dir / "vms" / "noop")
 
 
-def test_state_dir_longer_than_a_unix_socket_path(tmp_path: Path, cache_dir: Path) -> None:
+def test_state_dir_longer_than_a_unix_socket_path(tmp_path: Path, make_lightvm: Callable[[Path], Any]) -> None:
     """AF_UNIX paths stop at 108 bytes; a deep --state-dir must still work end to end."""
-    from conftest import LightVM  # type: ignore[import-not-found]
-
-    deep = LightVM(tmp_path / ("d" * 60) / ("e" * 60) / "state", cache_dir)
+    deep = make_lightvm(tmp_path / ("d" * 60) / ("e" * 60) / "state")
     deep.create(NOOP)
     try:
         assert len(str(deep.state_dir / "vms" / "noop" / "qmp.sock")) > 108
