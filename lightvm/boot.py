@@ -15,6 +15,11 @@ Boot breakdown, all in ms from the start of the create (``t0``):
 ``guest_entry`` and ``devices_up`` come from the guest's TSC stamps, anchored at the
 host's READY observation: ready - (tsc_ready - tsc_x) / tsc_hz. They are upper bounds
 by at most one poll interval; None when the guest gave no usable stamps.
+
+``qemu_up`` and ``resumed`` are upper bounds too: the host reads QMP replies when its
+poll loop gets to them, and ``cont`` is never waited on, so a fast guest can enter
+before its reply is read. The steps are causally ordered (the vCPU resumed no later
+than the guest's first instruction), so each is capped by the step after it.
 """
 
 from __future__ import annotations
@@ -99,6 +104,20 @@ def _anchor_guest_times(times: BootTimes, record: BootRecord) -> None:
         delta = record.tsc_delta_ms(stamp, record.tsc_ready)
         if delta is not None and 0 <= delta <= times.ready:
             setattr(times, attr, times.ready - delta)
+    _cap_by_later_steps(times)
+
+
+def _cap_by_later_steps(times: BootTimes) -> None:
+    """Cap each observed step by the earliest later one (see the module docstring)."""
+    later: float | None = None
+    for attr in ("ready", "devices_up", "guest_entry", "resumed", "qemu_up"):
+        value = getattr(times, attr)
+        if value is None:
+            continue
+        if later is not None and value > later:
+            setattr(times, attr, later)
+        else:
+            later = value
 
 
 def _guest_failed(machine: Machine, region: NoxsRegion, what: str) -> LightVMError:

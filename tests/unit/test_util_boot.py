@@ -74,6 +74,17 @@ def test_guest_times_are_anchored_at_ready() -> None:
                                "ready": 30.0}  # fmt: skip
 
 
+def test_replies_read_late_are_capped_by_the_guest_entry() -> None:
+    # cont's reply was read 0.8 ms after the guest (by its TSC) had already entered.
+    times = BootTimes(qemu_up=26.5, resumed=27.8, ready=30.0)
+    _anchor_guest_times(times, record())
+    assert times.as_dict() == {"qemu_up": 26.5, "resumed": 27.0, "guest_entry": 27.0, "devices_up": 29.0,
+                               "ready": 30.0}  # fmt: skip
+    times = BootTimes(qemu_up=28.0, resumed=28.0, ready=30.0)
+    _anchor_guest_times(times, record())
+    assert times.qemu_up == times.resumed == times.guest_entry == 27.0
+
+
 def test_hostile_or_missing_stamps_are_dropped() -> None:
     for bad in (dict(tsc_hz=0), dict(tsc_entry=0), dict(tsc_entry=9_000), dict(tsc_entry=1, tsc_hz=1)):
         times = BootTimes(ready=30.0)
