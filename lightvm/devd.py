@@ -54,12 +54,23 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING, Any, cast
 
 from lightvm.errors import CapabilityError, ForeignLinkError, NetworkError
+
+if TYPE_CHECKING:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+
+def _netlink_errors() -> type[NetlinkError]:
+    """pyroute2's NetlinkError, imported on first use (in ``except`` clauses).
+
+    pyroute2 takes ~130 ms to import; imported at module level, every CLI command
+    paid it, though most (list, a VM with user networking) never touch a link.
+    """
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    return cast("type[NetlinkError]", NetlinkError)
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +232,8 @@ class Devd:
                     raise NetworkError(f"network namespace {self.netns!r} ({path}): {exc.strerror}") from exc
             with self._enter():
                 self._ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                from pyroute2 import IPRoute  # see _netlink_errors: imported on first use
+
                 self._ipr = IPRoute()
         except PermissionError as exc:
             self.close()
@@ -305,7 +318,7 @@ class Devd:
         """Everything devd checks about link ``name``, or None if it does not exist."""
         try:
             msgs = self.ipr.link("get", ifname=check_ifname(name))
-        except NetlinkError as exc:
+        except _netlink_errors() as exc:
             if exc.code == errno.ENODEV:
                 return None
             raise _netlink_error(f"cannot read interface {name}: {exc}", exc) from exc
@@ -352,7 +365,7 @@ class Devd:
             return info.index
         try:
             self.ipr.link("add", ifname=name, kind="bridge")
-        except NetlinkError as exc:
+        except _netlink_errors() as exc:
             raise _netlink_error(f"cannot create bridge {name}: {exc}", exc) from exc
         index = self.ifindex(name)
         if index is None:
@@ -478,7 +491,7 @@ class Devd:
         index = self._require_index(ifname)
         try:
             self.ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        except NetlinkError as exc:
+        except _netlink_errors() as exc:
             if exc.code == errno.EEXIST:
                 return
             raise _netlink_error(f"cannot add address {iface} to {ifname}: {exc}", exc) from exc
@@ -492,7 +505,7 @@ class Devd:
             return
         try:
             self.ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        except NetlinkError as exc:
+        except _netlink_errors() as exc:
             if exc.code not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
                 raise _netlink_error(f"cannot remove address {iface} from {ifname}: {exc}", exc) from exc
 
@@ -535,13 +548,13 @@ class Devd:
     def _set(self, index: int, what: str, **attrs: Any) -> None:
         try:
             self.ipr.link("set", index=index, **attrs)
-        except NetlinkError as exc:
+        except _netlink_errors() as exc:
             raise _netlink_error(f"cannot {what}: {exc}", exc) from exc
 
     def _delete_index(self, index: int) -> None:
         try:
             self.ipr.link("del", index=index)
-        except NetlinkError as exc:
+        except _netlink_errors() as exc:
             if exc.code != errno.ENODEV:
                 raise _netlink_error(f"cannot delete interface {index}: {exc}", exc) from exc
 
