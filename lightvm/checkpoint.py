@@ -60,7 +60,7 @@ from lightvm.machine import Machine
 from lightvm.noxs import BootState, DevicePage, NoxsRegion, PageConfig, VbdConfig, VifConfig, parse_mac
 from lightvm.spec import VMSpec, check_name, parse_spec
 from lightvm.state import VMDir, VMRecord, VMStatus, status_of
-from lightvm.toolstack import SHM_DIR, SHM_PREFIX, Toolstack, _machine_config, _Undo
+from lightvm.toolstack import Toolstack, _machine_config, _Undo
 from lightvm.util import Deadline
 
 MAGIC = b"LVMCKPT\0"
@@ -584,18 +584,9 @@ def prepare_incoming(
     vm_uuid = uuidlib.uuid4() if vm_name != meta["name"] or "uuid" not in meta else uuidlib.UUID(str(meta["uuid"]))
     vm_id = uuidlib.uuid4().hex[:16]
     ndev = 1 + len(spec.vifs) + len(spec.disks)
-    record = VMRecord(
-        name=vm_name,
-        id=vm_id,
-        uuid=str(vm_uuid),
-        created=time.time(),
-        accel=str(meta.get("accel", "tcg")),
-        noxs_path=str(SHM_DIR / f"{SHM_PREFIX}{vm_id}"),
-        noxs_size=int(meta["noxs_size"]),
-        spec=spec.to_dict(),
+    record = VMRecord.new(
+        vm_name, vm_id, str(vm_uuid), str(meta.get("accel", "tcg")), int(meta["noxs_size"]), spec.to_dict()
     )
-    if spec.vifs:
-        record.devices["vifs_pending"] = True
     undo = _Undo()
     step = "record state"
     try:

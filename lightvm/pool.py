@@ -62,7 +62,7 @@ from lightvm.machine import Machine, MachineConfig, ProcessHandle
 from lightvm.noxs import BootState, NoxsRegion, PageConfig, region_size_for
 from lightvm.spec import VMSpec, check_name
 from lightvm.state import StateDir, VMDir, VMRecord, VMStatus
-from lightvm.toolstack import SHM_DIR, SHM_PREFIX, CreateResult
+from lightvm.toolstack import CreateResult
 from lightvm.util import atomic_write, find_processes_with_arg, proc_cmdline, proc_start_time, wait_until
 
 PAUSED = "paused"  # prepared variant: QEMU spawned with -S, the guest never ran
@@ -146,16 +146,7 @@ def prepare_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAU
     folder = root / shell_id
     folder.mkdir(mode=0o700, parents=True)
     vmdir = VMDir(folder)
-    record = VMRecord(
-        name=shell_id,
-        id=shell_id,
-        uuid="",
-        created=time.time(),
-        accel=flavour.accel,
-        noxs_path=str(SHM_DIR / f"{SHM_PREFIX}{shell_id}"),
-        noxs_size=region_size_for(1),
-        spec=spec.to_dict(),
-    )
+    record = VMRecord.new(shell_id, shell_id, "", flavour.accel, region_size_for(1), spec.to_dict())
     region: NoxsRegion | None = None
     machine: Machine | None = None
     try:

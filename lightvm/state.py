@@ -27,6 +27,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,9 @@ from typing import Any
 
 from lightvm.errors import ExistsError, NotFoundError, StateError
 from lightvm.util import atomic_write, proc_alive, proc_start_time
+
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "lightvm-"
 
 STATE_ENV = "LIGHTVM_STATE_DIR"
 
@@ -79,6 +83,26 @@ class VMRecord:
     argv: list[str] = field(default_factory=list)
     devices: dict[str, Any] = field(default_factory=dict)  # per-device undo info (taps, ...)
     exit_reason: str | None = None
+
+    @classmethod
+    def new(cls, name: str, vm_id: str, uuid: str, accel: str, noxs_size: int, spec: dict[str, Any]) -> VMRecord:
+        """A fresh record. The NoXS file is named after the VM id (``/dev/shm/lightvm-ID``):
+        destroy and the leftover checks find a VM's region by that name. A spec with vifs
+        is marked ``vifs_pending`` until its taps are recorded, so that destroy looks for
+        taps even if the creator dies first."""
+        record = cls(
+            name=name,
+            id=vm_id,
+            uuid=uuid,
+            created=time.time(),
+            accel=accel,
+            noxs_path=str(SHM_DIR / f"{SHM_PREFIX}{vm_id}"),
+            noxs_size=noxs_size,
+            spec=spec,
+        )
+        if spec.get("vifs"):
+            record.devices["vifs_pending"] = True
+        return record
 
     def to_json(self) -> str:
         # Every field is already JSON-native: a shallow copy, no dataclasses.asdict deep walk

@@ -51,8 +51,6 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
 DEFAULT_BOOT_TIMEOUT = 10.0
-SHM_DIR = Path("/dev/shm")
-SHM_PREFIX = "lightvm-"
 
 
 @dataclass
@@ -225,18 +223,7 @@ class Toolstack:
         vm_uuid = uuidlib.uuid4()
         vm_id = vm_uuid.hex[:16]
         ndev = 1 + len(spec.vifs) + len(spec.disks)
-        record = VMRecord(
-            name=vmdir.name,
-            id=vm_id,
-            uuid=str(vm_uuid),
-            created=time.time(),
-            accel=accel,
-            noxs_path=str(SHM_DIR / f"{SHM_PREFIX}{vm_id}"),
-            noxs_size=region_size_for(ndev),
-            spec=spec.to_dict(),
-        )
-        if spec.vifs:
-            record.devices["vifs_pending"] = True  # destroy must look for taps even if we die now
+        record = VMRecord.new(vmdir.name, vm_id, str(vm_uuid), accel, region_size_for(ndev), spec.to_dict())
         undo = _Undo()
         step = "record state"
         try:
