@@ -185,6 +185,29 @@ def lightvm(request: pytest.FixtureRequest, tmp_path: Path, cache_dir: Path, ima
 
 
 @pytest.fixture
+def netns(lightvm: LightVM) -> Iterator[str]:
+    """A fresh network namespace in which `lightvm` makes its bridges and taps
+    (LIGHTVM_NETNS, tap mode forced); teardown destroys the VMs and every network the
+    test made, then the namespace. Never touches the host's own interfaces."""
+    from lightvm.devd import has_cap_net_admin
+
+    if not has_cap_net_admin():
+        pytest.skip("needs CAP_NET_ADMIN (missing: run as root)")
+    name = f"lvtn-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    lightvm.env["LIGHTVM_NETNS"] = name
+    lightvm.env["LIGHTVM_NET_MODE"] = "tap"
+    try:
+        yield name
+    finally:
+        lightvm.run("destroy", "--all")
+        listed = lightvm.run("network", "list", "--json")
+        for network in json.loads(listed.out) if listed.code == 0 else []:
+            lightvm.run("network", "delete", network["name"], "--force")
+        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
+
+
+@pytest.fixture
 def make_lightvm(cache_dir: Path) -> Callable[[Path], LightVM]:
     """Make a runner on another state dir (tests that need two). Tests must not
     `import conftest`: with tests/root collected too, that name is ambiguous."""

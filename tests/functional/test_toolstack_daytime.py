@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,24 +51,6 @@ def test_daytime_over_user_networking(lightvm: Any) -> None:
     assert info["guest"]["app_counter"] >= 1  # the guest counts clients served
     lightvm.ok("shutdown", "daytime")
     assert lightvm.leftovers() == []
-
-
-@pytest.fixture
-def netns(lightvm: Any) -> Iterator[str]:
-    from lightvm.devd import has_cap_net_admin
-
-    if not has_cap_net_admin():
-        pytest.skip("needs CAP_NET_ADMIN (missing: run as root)")
-    name = f"lvtd-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-    lightvm.env["LIGHTVM_NETNS"] = name
-    lightvm.env["LIGHTVM_NET_MODE"] = "tap"
-    try:
-        yield name
-    finally:
-        lightvm.run("destroy", "--all")
-        lightvm.run("network", "delete", "tdnet", "--force")
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
 
 
 @pytest.mark.root

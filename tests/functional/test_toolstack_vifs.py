@@ -4,9 +4,7 @@ network inside a private network namespace (root)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,28 +52,6 @@ def test_bad_vif_is_refused_before_anything_exists(lightvm: Any, tmp_path: Path)
     result = lightvm.run("create", str(cfg), "--accel", "tcg")
     assert result.code == 1 and result.err.count("\n") == 1 and "ip" in result.err
     assert lightvm.vm_dirs() == []
-
-
-def _can_admin_net() -> bool:
-    from lightvm.devd import has_cap_net_admin
-
-    return bool(has_cap_net_admin())
-
-
-@pytest.fixture
-def netns(lightvm: Any) -> Iterator[str]:
-    if not _can_admin_net():
-        pytest.skip("needs CAP_NET_ADMIN (missing: run as root)")
-    name = f"lvts-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-    lightvm.env["LIGHTVM_NETNS"] = name
-    lightvm.env["LIGHTVM_NET_MODE"] = "tap"
-    try:
-        yield name
-    finally:
-        lightvm.run("destroy", "--all")
-        lightvm.run("network", "delete", "tsnet", "--force")
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
 
 
 @pytest.mark.root
