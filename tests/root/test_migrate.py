@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,22 +257,32 @@ def _start_slow_migration(hs: TwoHosts) -> subprocess.Popen[str]:
     return proc
 
 
-def test_veth_cut_mid_migration(hosts: TwoHosts) -> None:
+def _fail_mid_migration(hosts: TwoHosts, fault: Callable[[], object]) -> str:
+    """Boot daytime on A, start a slow migration to B, inject ``fault`` once the stream
+    flows, and check what every mid-migration fault must leave: the command fails saying
+    the VM keeps running on A, it does (daytime answers there), and B holds nothing.
+    Returns the command's stderr for the fault's own checks."""
     port = boot_daytime(hosts)
     proc = _start_slow_migration(hosts)
     try:
         assert wait_until(lambda: _migrating(hosts), timeout=60)
-        run(["ip", "-n", hosts.a.ns, "link", "set", hosts.veth_a, "down"])  # the link between the hosts is cut
+        fault()
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
     assert proc.returncode == 1 and "keeps running here" in err, err
-    assert "stalled" in err and "network to the destination down" in err, err
     assert hosts.a.lv.status() == {"daytime": "running"}
     assert wait_until(lambda: hosts.a.daytime(port), timeout=10, interval=0.05)
     assert wait_until(lambda: _b_clean(hosts), timeout=30), f"leftovers on B: {hosts.b.lv.vm_dirs()}"
+    return err
+
+
+def test_veth_cut_mid_migration(hosts: TwoHosts) -> None:
+    # The link between the hosts is cut.
+    err = _fail_mid_migration(hosts, lambda: run(["ip", "-n", hosts.a.ns, "link", "set", hosts.veth_a, "down"]))
+    assert "stalled" in err and "network to the destination down" in err, err
 
 
 def _migrating(hs: TwoHosts) -> bool:
@@ -282,21 +292,11 @@ def _migrating(hs: TwoHosts) -> bool:
 
 
 def test_destination_qemu_killed(hosts: TwoHosts) -> None:
-    port = boot_daytime(hosts)
-    proc = _start_slow_migration(hosts)
-    try:
-        assert wait_until(lambda: _migrating(hosts), timeout=60)
+    def kill_destination_qemu() -> None:
         for pid in qemu_pids_mentioning(str(hosts.b.lv.state_dir)):
             os.kill(pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
-    assert proc.returncode == 1 and "keeps running here" in err, err
-    assert hosts.a.lv.status() == {"daytime": "running"}
-    assert wait_until(lambda: hosts.a.daytime(port), timeout=10, interval=0.05)
-    assert wait_until(lambda: _b_clean(hosts), timeout=30), f"leftovers on B: {hosts.b.lv.vm_dirs()}"
+
+    _fail_mid_migration(hosts, kill_destination_qemu)
 
 
 def test_migrate_daytime_on_a_tap(hosts: TwoHosts, tmp_path: Path) -> None:
@@ -341,22 +341,13 @@ def test_ssh_session_killed_mid_migration(hosts: TwoHosts) -> None:
     """Only the SSH connection dies (its sshd session on B is killed), the direct stream
     would go on: the receiver sees its control channel close and removes everything; the
     source sees the stream fail and resumes the VM."""
-    port = boot_daytime(hosts)
-    proc = _start_slow_migration(hosts)
-    try:
-        assert wait_until(lambda: _migrating(hosts), timeout=60)
+
+    def kill_ssh_session_on_b() -> None:
         assert hosts.b.sshd is not None
         sessions = _children(hosts.b.sshd.pid)
         assert sessions, "no sshd session on B"
         for pid in sessions:
             os.kill(pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
-    assert proc.returncode == 1 and "keeps running here" in err, err
+
+    err = _fail_mid_migration(hosts, kill_ssh_session_on_b)
     assert "SSH session" in err or "stalled" in err, err
-    assert hosts.a.lv.status() == {"daytime": "running"}
-    assert wait_until(lambda: hosts.a.daytime(port), timeout=10, interval=0.05)
-    assert wait_until(lambda: _b_clean(hosts), timeout=30), f"leftovers on B: {hosts.b.lv.vm_dirs()}"
