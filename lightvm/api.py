@@ -56,7 +56,7 @@ from typing import Any
 
 from lightvm import errors
 from lightvm.errors import LightVMError
-from lightvm.util import Deadline, short_unix_path
+from lightvm.util import Deadline, recv_line, short_unix_path
 
 VERSION = 1
 MAX_REQUEST = 1 << 20  # 1 MiB: a request is a few hundred bytes; anything near this is abuse
@@ -293,22 +293,14 @@ class Client:
 
         :raise ApiError: timeout, or the daemon hung up.
         """
-        deadline = Deadline(timeout)
-        while b"\n" not in self._buf:
-            left = deadline.remaining()
-            if left <= 0:
-                raise ApiError(f"lightvmd on {self.path} did not answer within {timeout:.1f} s")
-            self._sock.settimeout(left)
-            try:
-                chunk = self._sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                raise ApiError(f"lightvmd on {self.path}: {exc.strerror or exc}") from exc
-            if not chunk:
-                raise ApiError(f"lightvmd on {self.path} closed the connection")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
+        try:
+            line, self._buf = recv_line(self._sock, self._buf, Deadline(timeout))
+        except TimeoutError:
+            raise ApiError(f"lightvmd on {self.path} did not answer within {timeout:.1f} s") from None
+        except EOFError:
+            raise ApiError(f"lightvmd on {self.path} closed the connection") from None
+        except OSError as exc:
+            raise ApiError(f"lightvmd on {self.path}: {exc.strerror or exc}") from exc
         return line
 
     def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:

@@ -56,7 +56,7 @@ from lightvm.machine import Machine
 from lightvm.migrate_cli import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
 from lightvm.state import VMStatus, status_of
 from lightvm.toolstack import Toolstack, _machine_config
-from lightvm.util import Deadline
+from lightvm.util import Deadline, recv_line
 
 STALL_S = 5.0  # no byte sent for this long: the stream is dead (cut link), cancel it
 
@@ -99,22 +99,14 @@ class LineChannel:
 
     def receive(self, timeout: float, what: str) -> dict[str, Any]:
         """The next JSON line; :raise MigrationError: on timeout or a closed channel."""
-        deadline = Deadline(timeout)
-        while b"\n" not in self._buf:
-            left = deadline.remaining()
-            if left <= 0:
-                raise MigrationError(f"destination: no answer ({what}) within {timeout:.1f} s")
-            self.channel.settimeout(min(left, 1.0))
-            try:
-                chunk = self.channel.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                raise MigrationError(f"destination: connection lost waiting for {what}: {exc}") from exc
-            if not chunk:
-                raise MigrationError(f"destination: {self.stderr() or 'connection closed'} (waiting for {what})")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
+        try:
+            line, self._buf = recv_line(self.channel, self._buf, Deadline(timeout), max_wait=1.0)
+        except TimeoutError:
+            raise MigrationError(f"destination: no answer ({what}) within {timeout:.1f} s") from None
+        except EOFError:
+            raise MigrationError(f"destination: {self.stderr() or 'connection closed'} (waiting for {what})") from None
+        except OSError as exc:
+            raise MigrationError(f"destination: connection lost waiting for {what}: {exc}") from exc
         try:
             msg = json.loads(line)
         except ValueError:

@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -30,6 +30,42 @@ class Deadline:
 
     def expired(self) -> bool:
         return time.monotonic() >= self.end
+
+
+class LineConnection(Protocol):
+    """What :func:`recv_line` needs: a socket, or a paramiko channel."""
+
+    def recv(self, size: int, /) -> bytes: ...
+
+    def settimeout(self, value: float | None, /) -> None: ...
+
+
+def recv_line(
+    conn: LineConnection, buf: bytes, deadline: Deadline, max_wait: float | None = None
+) -> tuple[bytes, bytes]:
+    """Read from ``conn`` until ``buf`` holds a whole line; return the line (without its
+    newline) and the bytes after it. Both newline-delimited JSON peers use it: the
+    lightvmd API client and the migration control channel. ``max_wait`` caps each
+    blocking ``recv``.
+
+    :raise TimeoutError: the deadline passed before a whole line arrived.
+    :raise EOFError: the peer closed the connection.
+    :raise OSError: the connection failed.
+    """
+    while b"\n" not in buf:
+        left = deadline.remaining()
+        if left <= 0:
+            raise TimeoutError
+        conn.settimeout(left if max_wait is None else min(left, max_wait))
+        try:
+            chunk = conn.recv(65536)
+        except TimeoutError:
+            continue
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    line, rest = buf.split(b"\n", 1)
+    return line, rest
 
 
 def wait_until(

@@ -90,3 +90,24 @@ def test_hostile_or_missing_stamps_are_dropped() -> None:
         times = BootTimes(ready=30.0)
         _anchor_guest_times(times, record(**bad))
         assert times.guest_entry is None  # never negative, never before the create started
+
+
+def test_recv_line_keeps_what_follows_and_names_each_failure() -> None:
+    import socket
+
+    import pytest
+
+    from lightvm.util import Deadline, recv_line
+
+    a, b = socket.socketpair()
+    with a, b:
+        b.sendall(b'{"x":1}\n{"y"')
+        line, rest = recv_line(a, b"", Deadline(1.0))
+        assert (line, rest) == (b'{"x":1}', b'{"y"')
+        b.sendall(b":2}\n")
+        assert recv_line(a, rest, Deadline(1.0)) == (b'{"y":2}', b"")
+        with pytest.raises(TimeoutError):
+            recv_line(a, b"partial", Deadline(0.05), max_wait=0.01)
+        b.close()
+        with pytest.raises(EOFError):
+            recv_line(a, b"", Deadline(1.0))
