@@ -21,29 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import qemu_pids_mentioning
 
 from lightvm import api
 from lightvm.util import proc_alive, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 NOOP = REPO / "examples" / "noop.toml"
-
-
-def qemu_pids_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                argv = f.read().decode(errors="replace")
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-        except (OSError, IndexError):
-            continue
-        if text in argv and "qemu" in argv.split("\0", 1)[0] and not zombie:
-            pids.append(int(entry.name))
-    return pids
 
 
 class Lightvmd:
@@ -141,7 +125,7 @@ class Lightvmd:
     # -- cleanliness --
 
     def leftovers(self) -> list[str]:
-        found = [f"QEMU process {pid}" for pid in qemu_pids_mentioning(str(self.state_dir))]
+        found = [f"QEMU process {pid}" for pid in qemu_pids_mentioning(str(self.state_dir), live_only=True)]
         found += [f"NoXS file of {i}" for i in sorted(self.seen_ids) if Path(f"/dev/shm/lightvm-{i}").exists()]
         for sub in ("vms", "pool"):
             root = self.state_dir / sub
@@ -180,7 +164,7 @@ def lightvmd(request: pytest.FixtureRequest, tmp_path: Path, cache_dir: Path, im
             env=env, capture_output=True, timeout=300, check=False,
         )  # fmt: skip
         leftovers = d.leftovers()
-        for pid in qemu_pids_mentioning(str(d.state_dir)):  # never leave QEMU behind, even on failure
+        for pid in qemu_pids_mentioning(str(d.state_dir), live_only=True):  # never leave QEMU behind, even on failure
             os.kill(pid, signal.SIGKILL)
         for i in d.seen_ids:
             Path(f"/dev/shm/lightvm-{i}").unlink(missing_ok=True)
@@ -199,4 +183,4 @@ def wait_pool(d: Lightvmd, ready: int, timeout: float = 60.0) -> dict[str, Any]:
     return stats
 
 
-__all__ = ["NOOP", "Lightvmd", "lightvmd", "qemu_pids_mentioning", "wait_pool"]
+__all__ = ["NOOP", "Lightvmd", "lightvmd", "wait_pool"]

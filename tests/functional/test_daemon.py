@@ -9,7 +9,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from daemonlib import NOOP, Lightvmd, lightvmd, qemu_pids_mentioning, wait_pool
+from daemonlib import NOOP, Lightvmd, lightvmd, wait_pool
+from harness import qemu_pids_mentioning
 
 from lightvm import api
 from lightvm.util import proc_alive, wait_until
@@ -152,7 +153,7 @@ def test_sigterm_discards_shells_vms_keep_running(lightvmd: Lightvmd) -> None:
     assert all(not proc_alive(s["pid"], s["pid_start"]) for s in shells)
     assert not list((lightvmd.state_dir / "pool").iterdir())
     assert proc_alive(vm["pid"], None)
-    assert set(qemu_pids_mentioning(str(lightvmd.state_dir))) == {vm["pid"]}
+    assert set(qemu_pids_mentioning(str(lightvmd.state_dir), live_only=True)) == {vm["pid"]}
     # One-shot mode serves the VM the daemon made.
     r = lightvmd.cli("destroy", "stays")
     assert r.returncode == 0 and "via lightvmd" not in r.stderr

@@ -9,7 +9,6 @@ used, never the system service).
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import LightVM, qemu_pids_mentioning
 
 from lightvm.util import wait_until
 
@@ -33,21 +33,6 @@ SSHD = Path("/usr/sbin/sshd")
 SSH_PORT = 2222
 SUBNET = "10.213.77"  # .1 = host A, .2 = host B (a /30 inside the test's namespaces only)
 _counter = itertools.count()
-
-
-def _top_conftest() -> Any:
-    # tests/conftest.py's LightVM runner; "conftest" here names tests/root/conftest.py.
-    spec = importlib.util.spec_from_file_location("lightvm_tests_conftest", REPO / "tests" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_top = _top_conftest()
-LightVM = _top.LightVM
-qemu_pids_mentioning = _top.qemu_pids_mentioning
 
 
 def run(argv: list[str], timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess[str]:
