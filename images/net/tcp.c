@@ -52,6 +52,8 @@ enum {
 #define DATA_RETRIES      8u
 #define TIME_WAIT_NS      (10000 * MS)   /* short 2MSL; slots are recycled anyway */
 #define FIN_WAIT_2_NS     (30000 * MS)   /* peer never closes: give up on it */
+#define HALF_OPEN_STALE_NS (3000 * MS)   /* SYN-ACK sent twice, never answered: a
+					    dead or flooding peer, not a slow one */
 #define DEFAULT_MSS       536u
 
 /* ---- helpers ---- */
@@ -256,7 +258,13 @@ static struct tcp_conn *conn_lookup(struct net *n, uint32_t rip, uint16_t rport,
 
 /* A free slot, else the oldest finished one (TIME_WAIT, then FIN_WAIT_2:
  * the app has closed it and the peer has acknowledged everything we sent;
- * all that is left is the peer's FIN), else the oldest half-open one. */
+ * all that is left is the peer's FIN), else the oldest stale half-open one.
+ *
+ * A young half-open slot is never taken: its peer may well have sent the
+ * handshake's ACK (lost, or still queued), so the peer holds a connection we
+ * would forget and would hang or be reset later. Dropping the new SYN instead
+ * costs that client one SYN retransmit. A half-open slot that outlived two
+ * SYN-ACKs is recycled, and its peer is told with a RST. */
 static struct tcp_conn *conn_alloc(struct net *n)
 {
 	struct tcp_conn *tw = 0, *fw2 = 0, *syn = 0;
@@ -269,7 +277,8 @@ static struct tcp_conn *conn_alloc(struct net *n)
 			tw = c;
 		if (c->state == ST_FIN_WAIT_2 && (!fw2 || c->since < fw2->since))
 			fw2 = c;
-		if (c->state == ST_SYN_RCVD && (!syn || c->since < syn->since))
+		if (c->state == ST_SYN_RCVD && n->now - c->since >= HALF_OPEN_STALE_NS &&
+		    (!syn || c->since < syn->since))
 			syn = c;
 	}
 	if (!tw)
@@ -280,6 +289,8 @@ static struct tcp_conn *conn_alloc(struct net *n)
 		return tw;
 	}
 	if (syn) {
+		n->stats.tcp_resets_sent++;
+		send_segment(n, syn->rip, syn->lport, syn->rport, syn->iss + 1, 0, F_RST, 0, 0, 0, 0);
 		conn_free(syn);
 		return syn;
 	}
