@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--baselines",
         type=_name_list,
         default=None,
-        help="boot suite baselines to run, comma-separated (default fork-exec,crun,libvirt; 'none' for none)",
+        help="boot suite baselines to run, comma-separated "
+        "(default fork-exec,crun,libvirt,lightvm-xenstore; 'none' for none)",
     )
     p.add_argument("--app", default="noop", help="example guest the VMs boot (default noop)")
     p.add_argument("--idle-window", type=float, default=None, help="density: seconds of idle CPU sampling (10)")

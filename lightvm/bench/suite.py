@@ -22,7 +22,7 @@ class SuiteOptions:
     iterations: int = 10
     warmup: int = 1
     accel: str = "tcg"  # resolved (kvm or tcg), never "auto"
-    baselines: tuple[str, ...] = ("fork-exec", "crun", "libvirt")
+    baselines: tuple[str, ...] = ("fork-exec", "crun", "libvirt", "lightvm-xenstore")
     app: str = "noop"  # the example guest the VM variants boot
     idle_window_s: float = 10.0  # density: how long idle CPU is integrated
 

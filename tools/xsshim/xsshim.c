@@ -1,0 +1,231 @@
+/*
+ * xsshim: an LD_PRELOAD library that lets Debian's real C xenstored
+ * (xen-utils-4.17, /usr/lib/xen-4.17/bin/xenstored) run on a host with no Xen
+ * hypervisor, as the XenStore-style control-plane baseline of `lightvm bench boot`.
+ *
+ * Why a shim and not our own store: a real baseline beats a home-made one. The
+ * daemon's store, transactions, watches, permissions and per-domain accounting
+ * are all Xen's own code; only the hypervisor interfaces below are faked:
+ *
+ *  - libxenctrl:   xc_interface_open succeeds; xc_domain_getinfo reports every
+ *                  domid below DOMID_FIRST_RESERVED as alive and running (lightvm,
+ *                  not the hypervisor, decides when a domain goes: XS_RELEASE).
+ *  - libxengnttab: mapping a domain's xenstore ring grant returns a fresh zeroed
+ *                  anonymous page, so the daemon sees an idle ring (guests reach
+ *                  the store through the host relay in lightvm/store.py instead).
+ *  - libxenevtchn: ports are numbers handed out in order; the event fd is a pipe
+ *                  that never becomes readable; notify/unmask do nothing.
+ *  - /proc/xen/xsd_port and /proc/xen/xsd_kva (read by the daemon to introduce
+ *    dom0) are redirected to files in $XSSHIM_DIR (written by lightvm/store.py).
+ *
+ * Only the entry points that xenstored 4.17 imports are defined (nm -D).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define DOMID_FIRST_RESERVED 0x7FF0U
+#define PAGE 4096
+
+/* ---- /proc/xen redirection ------------------------------------------------ */
+
+static const char *redirect(const char *path, char *buf, size_t len)
+{
+    const char *dir = getenv("XSSHIM_DIR");
+    if (!dir || !path || strncmp(path, "/proc/xen/", 10) != 0)
+        return path;
+    if (strcmp(path + 10, "xsd_port") != 0 && strcmp(path + 10, "xsd_kva") != 0)
+        return path;
+    snprintf(buf, len, "%s/%s", dir, path + 10);
+    return buf;
+}
+
+typedef int (*open_fn)(const char *, int, ...);
+typedef int (*openat_fn)(int, const char *, int, ...);
+
+static int call_open(const char *sym, const char *path, int flags, va_list ap)
+{
+    char buf[4096];
+    mode_t mode = (flags & (O_CREAT | O_TMPFILE)) ? va_arg(ap, mode_t) : 0;
+    open_fn real = (open_fn)dlsym(RTLD_NEXT, sym);
+    if (!real) {
+        errno = ENOSYS;
+        return -1;
+    }
+    return real(redirect(path, buf, sizeof(buf)), flags, mode);
+}
+
+int open(const char *path, int flags, ...)
+{
+    va_list ap;
+    va_start(ap, flags);
+    int fd = call_open("open", path, flags, ap);
+    va_end(ap);
+    return fd;
+}
+
+int open64(const char *path, int flags, ...)
+{
+    va_list ap;
+    va_start(ap, flags);
+    int fd = call_open("open64", path, flags, ap);
+    va_end(ap);
+    return fd;
+}
+
+int openat(int dirfd, const char *path, int flags, ...)
+{
+    char buf[4096];
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = (flags & (O_CREAT | O_TMPFILE)) ? va_arg(ap, mode_t) : 0;
+    va_end(ap);
+    openat_fn real = (openat_fn)dlsym(RTLD_NEXT, "openat");
+    if (!real) {
+        errno = ENOSYS;
+        return -1;
+    }
+    return real(dirfd, redirect(path, buf, sizeof(buf)), flags, mode);
+}
+
+/* ---- libxenctrl ------------------------------------------------------------ */
+
+static int dummy_handle;
+
+void *xc_interface_open(void *logger, void *dombuild_logger, unsigned open_flags)
+{
+    (void)logger, (void)dombuild_logger, (void)open_flags;
+    return &dummy_handle;
+}
+
+int xc_interface_close(void *xch)
+{
+    (void)xch;
+    return 0;
+}
+
+/*
+ * xc_dominfo_t starts with uint32_t domid, uint32_t ssidref, then a word of
+ * bit-fields (dying, crashed, shutdown, paused, blocked, running, ...). The
+ * daemon reads only domid and those flags, so only they are written: the
+ * rest of the caller's struct is left alone (its full layout is not ours).
+ */
+int xc_domain_getinfo(void *xch, uint32_t first_domid, unsigned int max_doms, void *info)
+{
+    (void)xch;
+    if (max_doms == 0 || first_domid >= DOMID_FIRST_RESERVED)
+        return 0;
+    uint32_t *words = info;
+    words[0] = first_domid;
+    words[1] = 0;
+    words[2] = 1U << 5; /* running; not dying, crashed or shut down */
+    return 1;
+}
+
+/* ---- libxengnttab ---------------------------------------------------------- */
+
+void *xengnttab_open(void *logger, unsigned open_flags)
+{
+    (void)logger, (void)open_flags;
+    return &dummy_handle;
+}
+
+int xengnttab_close(void *xgt)
+{
+    (void)xgt;
+    return 0;
+}
+
+int xengnttab_set_max_grants(void *xgt, uint32_t nr_grants)
+{
+    (void)xgt, (void)nr_grants;
+    return 0;
+}
+
+void *xengnttab_map_grant_ref(void *xgt, uint32_t domid, uint32_t ref, int prot)
+{
+    (void)xgt, (void)domid, (void)ref;
+    void *p = mmap(NULL, PAGE, prot | PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+int xengnttab_unmap(void *xgt, void *start_address, uint32_t count)
+{
+    (void)xgt;
+    return munmap(start_address, (size_t)count * PAGE);
+}
+
+/* ---- libxenevtchn ---------------------------------------------------------- */
+
+static int evt_pipe[2] = {-1, -1};
+static int next_port = 1;
+
+static void *evt_open(void)
+{
+    if (evt_pipe[0] < 0 && pipe2(evt_pipe, O_CLOEXEC) < 0)
+        return NULL;
+    return &evt_pipe;
+}
+
+void *xenevtchn_open(void *logger, unsigned open_flags)
+{
+    (void)logger, (void)open_flags;
+    return evt_open();
+}
+
+void *xenevtchn_fdopen(void *logger, int fd, unsigned open_flags)
+{
+    (void)logger, (void)fd, (void)open_flags;
+    return evt_open();
+}
+
+int xenevtchn_fd(void *xce)
+{
+    (void)xce;
+    return evt_pipe[0];
+}
+
+int xenevtchn_bind_interdomain(void *xce, uint32_t domid, uint32_t remote_port)
+{
+    (void)xce, (void)domid, (void)remote_port;
+    return next_port++;
+}
+
+int xenevtchn_bind_virq(void *xce, unsigned int virq)
+{
+    (void)xce, (void)virq;
+    return next_port++;
+}
+
+int xenevtchn_unbind(void *xce, uint32_t port)
+{
+    (void)xce, (void)port;
+    return 0;
+}
+
+int xenevtchn_notify(void *xce, uint32_t port)
+{
+    (void)xce, (void)port;
+    return 0;
+}
+
+int xenevtchn_pending(void *xce)
+{
+    (void)xce;
+    errno = EAGAIN;
+    return -1;
+}
+
+int xenevtchn_unmask(void *xce, uint32_t port)
+{
+    (void)xce, (void)port;
+    return 0;
+}
