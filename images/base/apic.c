@@ -21,8 +21,15 @@
 #define LVT_MASKED   (1u << 16)
 
 /* QEMU's APIC timer counts at 1 GHz / divider: with divide-by-1 one
- * count is one nanosecond (a KVM in-kernel APIC uses the same rate). */
-#define IDLE_TICK_NS 100000000ull   /* at most 10 wakeups/s when nothing is due */
+ * count is one nanosecond (a KVM in-kernel APIC uses the same rate), so
+ * the 32-bit count reaches 4.29 s; longer sleeps use divide-by-128
+ * (128 ns a count, up to ~549 s). */
+#define TIMER_DIV1   0xb
+#define TIMER_DIV128 0xa
+#define TIMER_MAX_COUNT 0xffffffffull
+/* Without the NMI doorbell the host cannot wake us: poll the sysctl page
+ * every 100 ms (10 wake-ups/s). With it, idle is tickless. */
+#define POLL_TICK_NS 100000000ull
 
 /* microvm has a second IO-APIC (GSI 24-47) when its ACPI is on. */
 struct ioapic {
@@ -32,6 +39,7 @@ struct ioapic {
 static struct ioapic ioapics[2];
 static unsigned n_ioapics;
 static uint32_t lapic_id;
+static uint32_t timer_div = TIMER_DIV1;
 extern volatile uint64_t irq_seq;
 static uint64_t irq_seen;
 
@@ -76,7 +84,7 @@ void apic_init(void)
 	lapic_write(LAPIC_LVT_LINT0, LVT_MASKED);
 	lapic_write(LAPIC_LVT_LINT1, 0x400);        /* NMI */
 	lapic_write(LAPIC_LVT_ERROR, LVT_MASKED);
-	lapic_write(LAPIC_TIMER_DIV, 0xb);          /* divide by 1 */
+	lapic_write(LAPIC_TIMER_DIV, TIMER_DIV1);
 	lapic_write(LAPIC_LVT_TIMER, TIMER_VECTOR); /* one-shot */
 	lapic_write(LAPIC_TIMER_INIT, 0);
 
@@ -95,13 +103,29 @@ void apic_eoi(void)
 	lapic_write(LAPIC_EOI, 0);
 }
 
+/* One-shot: one interrupt in ~ns (at most ~549 s; the caller re-arms). */
 void apic_timer_arm(uint64_t ns)
 {
+	uint32_t div = TIMER_DIV1;
+	if (ns > TIMER_MAX_COUNT) {
+		div = TIMER_DIV128;
+		ns >>= 7;
+		if (ns > TIMER_MAX_COUNT)
+			ns = TIMER_MAX_COUNT;
+	}
 	if (ns == 0)
 		ns = 1;
-	if (ns > 0xffffffffull)
-		ns = 0xffffffffull;
+	if (div != timer_div) {
+		lapic_write(LAPIC_TIMER_DIV, div);
+		timer_div = div;
+	}
 	lapic_write(LAPIC_TIMER_INIT, (uint32_t)ns);
+}
+
+/* No timer interrupt until the next apic_timer_arm(). */
+void apic_timer_stop(void)
+{
+	lapic_write(LAPIC_TIMER_INIT, 0);
 }
 
 int irq_attach_gsi(unsigned gsi, irq_handler_t fn, void *ctx)
@@ -132,6 +156,12 @@ uint32_t msi_data(int vector)
 	return (uint32_t)vector & 0xff;   /* edge, fixed delivery */
 }
 
+/*
+ * Tickless: the LAPIC one-shot timer is armed only for the caller's deadline
+ * (NET_TIME_NEVER / UINT64_MAX: not at all), so an idle guest with nothing
+ * due sleeps until an interrupt or the NMI doorbell. A host without the
+ * doorbell (NOXS_FEAT_NMI_DOORBELL clear) gets the page polled at 10 Hz.
+ */
 void idle_until(uint64_t deadline_ns)
 {
 	for (;;) {
@@ -149,7 +179,13 @@ void idle_until(uint64_t deadline_ns)
 		if (now >= deadline_ns)
 			break;
 		uint64_t wait = deadline_ns - now;
-		apic_timer_arm(wait < IDLE_TICK_NS ? wait : IDLE_TICK_NS);
+		bool poll = !noxs_doorbell();
+		if (poll && wait > POLL_TICK_NS)
+			wait = POLL_TICK_NS;
+		if (deadline_ns == UINT64_MAX && !poll)
+			apic_timer_stop();
+		else
+			apic_timer_arm(wait);
 		idle_halt();   /* returns with interrupts on */
 	}
 	cpu_sti();

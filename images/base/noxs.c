@@ -18,6 +18,7 @@ static volatile struct noxs_sysctl_ctrl *sys;
 static struct noxs_vif_info vifs[NOXS_MAX_DEVICES];
 static volatile struct noxs_ctrl_hdr *vbd_hdr[NOXS_MAX_DEVICES];
 static uint64_t tsc_at_read;
+static bool doorbell;   /* NOXS_FEAT_NMI_DOORBELL of the page we follow */
 
 static volatile uint64_t *generation_ptr(void)
 {
@@ -116,6 +117,7 @@ void noxs_init(void)
 		sys = (volatile struct noxs_sysctl_ctrl *)(region + layout.sysctl_offset);
 		b = &sys->boot;
 	}
+	doorbell = (snap.features & NOXS_FEAT_NMI_DOORBELL) != 0;
 	b->tsc_entry = boot_tsc_entry;
 	b->generation_seen = (uint32_t)snap.generation;
 	for (unsigned i = 0; i < NOXS_APP_LEN; i++)
@@ -206,10 +208,18 @@ void noxs_count(uint64_t app_counter)
 		sys->boot.app_counter = app_counter;
 }
 
+/* One more interrupt taken (timer, device or NMI): the vCPU runs. */
 void noxs_heartbeat(void)
 {
 	if (sys)
 		sys->boot.heartbeat = sys->boot.heartbeat + 1;
+}
+
+/* Will the host ring the NMI doorbell after a sysctl request? If not,
+ * idle_until() has to poll the page. */
+bool noxs_doorbell(void)
+{
+	return doorbell;
 }
 
 /* Called from idle_until: act on sysctl requests, follow page rewrites. */
@@ -226,17 +236,20 @@ void noxs_service(void)
 		sys->status_ack = sys->status_ack | NOXS_SYSCTL_CRASH;
 		guest_fatal(NOXS_ERR_APP, "sysctl: crash requested by the host");
 	}
-	/* A rewritten page (e.g. after migration): re-base the wall clock. */
+	/* A rewritten page (e.g. after migration): re-base the wall clock and
+	 * follow the new host's doorbell feature. */
 	uint64_t g1 = *generation_ptr();
 	if ((g1 & 1) || (uint32_t)g1 == sys->boot.generation_seen)
 		return;
 	barrier();
 	uint64_t host_ns = *(volatile uint64_t *)(region + offsetof(struct noxs_device_page, host_time_ns));
+	uint64_t features = *(volatile uint64_t *)(region + offsetof(struct noxs_device_page, features));
 	uint64_t now = tsc_read();
 	barrier();
 	if (*generation_ptr() != g1)
 		return;   /* mid-rewrite: try again on the next pass */
 	clock_rebase_wall(host_ns, now);
+	doorbell = (features & NOXS_FEAT_NMI_DOORBELL) != 0;
 	sys->boot.generation_seen = (uint32_t)g1;
 }
 

@@ -91,6 +91,7 @@ void trap_entry(struct trap_frame *f)
 	if (v == 2) {
 		/* NMI doorbell: note it, and never let idle_halt sleep through it. */
 		nmi_pending = 1;
+		noxs_heartbeat();
 		if (f->rip >= (uintptr_t)idle_window_start && f->rip < (uintptr_t)idle_window_end)
 			f->rip = (uintptr_t)idle_window_end;
 		return;
@@ -99,9 +100,8 @@ void trap_entry(struct trap_frame *f)
 		dump_and_die(f);
 	if (v == SPURIOUS_VECTOR)
 		return;
-	if (v == TIMER_VECTOR) {
-		noxs_heartbeat();
-	} else {
+	noxs_heartbeat();
+	if (v != TIMER_VECTOR) {   /* the timer only ends an idle_until() sleep */
 		irq_seq++;
 		if (handlers[v].fn)
 			handlers[v].fn(handlers[v].ctx);

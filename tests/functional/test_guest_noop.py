@@ -87,7 +87,7 @@ def test_page_rewrite_is_followed(images: Path) -> None:
 
 
 def test_idle_heartbeat_is_slow(images: Path) -> None:
-    """Idle costs ~nothing: the timer ticks at most ~10 Hz when nothing is due."""
+    """Without the NMI doorbell the idle guest polls its page at ~10 Hz (one heartbeat each)."""
     with Guest(images / "noop.elf") as g:
         g.write_config(PageConfig(name="idle"))
         g.launch()
@@ -95,6 +95,33 @@ def test_idle_heartbeat_is_slow(images: Path) -> None:
         time.sleep(1.0)
         beats = g.boot_record().heartbeat - first
         assert 3 <= beats <= 15, beats
+
+
+def test_idle_is_tickless_with_doorbell(images: Path) -> None:
+    """With NOXS_FEAT_NMI_DOORBELL and nothing due, the idle guest never wakes by itself;
+    each NMI is one wake-up (heartbeat + 1), and a page rewrite is followed at the poke."""
+    with Guest(images / "noop.elf", qmp=True) as g:
+        g.write_config(PageConfig(name="tickless", nmi_doorbell=True))
+        g.launch()
+        first = g.wait_boot_state(BootState.READY, timeout=20).heartbeat
+        time.sleep(1.0)
+        assert g.boot_record().heartbeat == first  # not a single timer wake-up in 1 s
+        assert g.qmp is not None and g.region is not None
+        for i in range(1, 4):
+            g.qmp.execute("inject-nmi")
+            deadline = time.monotonic() + 5
+            while g.boot_record().heartbeat != first + i:
+                assert time.monotonic() < deadline, (g.boot_record(), first, i)
+                time.sleep(0.005)
+        seen = g.boot_record().generation_seen
+        g.region.write_config(PageConfig(name="tickless", nmi_doorbell=True))
+        time.sleep(0.3)
+        assert g.boot_record().generation_seen == seen  # asleep: the rewrite waits for a poke
+        g.qmp.execute("inject-nmi")
+        deadline = time.monotonic() + 5
+        while g.boot_record().generation_seen == seen:
+            assert time.monotonic() < deadline, g.boot_record()
+            time.sleep(0.005)
 
 
 def test_tsc_rate_from_page_hint(images: Path) -> None:
@@ -141,7 +168,7 @@ def test_nmi_doorbell(images: Path) -> None:
         g.wait_boot_state(BootState.HALTED, timeout=10)
         latency = time.monotonic() - t0
         assert g.wait_exit(timeout=10) == EXIT_POWEROFF
-        # Without the doorbell the guest notices within its 100 ms idle tick.
+        # Tickless idle: only the NMI wakes the guest (no timer is armed at all).
         assert latency < 0.05, latency
 
 
