@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from guestlib import BUILD_DIR, Guest, build_images
+from guestlib import BUILD_DIR, QEMU, Guest, build_images
 
 from lightvm.noxs import BootState, PageConfig, Sysctl
 
@@ -127,9 +127,7 @@ def main() -> int:
         "image": args.image,
         "memory": args.memory,
         "tsc_hz_hint": tsc_hz,
-        "qemu": subprocess.run(
-            ["qemu-system-x86_64", "--version"], capture_output=True, text=True, timeout=10
-        ).stdout.splitlines()[0],
+        "qemu": subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=10).stdout.splitlines()[0],
     }
     for name, fn in (("cold_start_to_ready", run_cold), ("split_cont_to_ready", run_split)):
         times, guest_ready, firmware = [], [], []

@@ -35,10 +35,12 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from lightvm.errors import LaunchError, MachineError, QMPError, StateError
+from lightvm.qemubin import qemu_binary
 from lightvm.qmp import QMPClient
 from lightvm.util import proc_start_time, qemu_opt_escape, short_unix_path, tail
 
-QEMU_BINARY = os.environ.get("LIGHTVM_QEMU", "qemu-system-x86_64")  # override: another QEMU build
+# $LIGHTVM_QEMU, else the slim build (qemu/build.sh), else Debian's: lightvm/qemubin.py.
+QEMU_BINARY = qemu_binary("microvm")
 # ioapic2=off: 8 virtio-mmio transports instead of 24, QEMU starts ~2-3 ms sooner (images/base/README.md).
 MICROVM = "microvm,pcie=on,ioapic2=off,x-option-roms=off,rtc=off,pic=off"
 DEBUG_EXIT_IOBASE = 0xF4

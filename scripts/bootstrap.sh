@@ -49,3 +49,11 @@ fi
 echo "bootstrap: building guest images"
 timeout 600 make -s -C images
 timeout 300 make -s -C noxs-virtio
+
+# The slim QEMU lightvm runs for microvm guests (qemu/build.sh; lightvm/qemubin.py picks it
+# up, Debian's full binary stays for pc/q35 and libvirt). A no-op when this build exists.
+echo "bootstrap: building the slim QEMU (qemu/build.sh; ~10 min on a fresh 2-core machine)"
+if ! timeout 3600 qemu/build.sh; then
+    echo "bootstrap: error: building the slim QEMU failed: see qemu/build.sh's message above (logs in qemu/build/obj-*/)" >&2
+    exit 1
+fi

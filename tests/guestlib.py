@@ -46,11 +46,12 @@ from lightvm.noxs import (
     VifConfig,
     VifCtrl,
 )
+from lightvm.qemubin import qemu_binary
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES_DIR = REPO / "images"
 BUILD_DIR = IMAGES_DIR / "build"
-QEMU = "qemu-system-x86_64"
+QEMU = qemu_binary("microvm")  # for MACHINE; qemu_argv picks per machine (lightvm/qemubin.py)
 SHM_PREFIX = "lvtest-"
 
 # QEMU exit statuses of our guests (isa-debug-exit: status = value << 1 | 1).
@@ -112,7 +113,7 @@ def qemu_argv(
     # 1 MiB translation cache stays below huge-page size for the same reason (and
     # our guests' code is tens of KiB).
     argv = [
-        QEMU,
+        qemu_binary(machine),
         "-M", f"{machine},memory-backend=lvram",
         "-accel", accel,
         "-m", memory,

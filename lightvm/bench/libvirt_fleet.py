@@ -27,8 +27,9 @@ from lightvm import host
 from lightvm.bench.libvirtd import LibvirtDaemon
 from lightvm.bench.runner import Sample
 from lightvm.errors import LightVMError
-from lightvm.machine import MICROVM, QEMU_BINARY
+from lightvm.machine import MICROVM
 from lightvm.noxs import BootState, NoxsRegion, PageConfig
+from lightvm.qemubin import DEBIAN_QEMU
 from lightvm.spec import VMSpec
 
 SHM_DIR = Path("/dev/shm")
@@ -69,7 +70,7 @@ def domain_xml(name: str, spec: VMSpec, noxs_path: Path, noxs_size: int, accel: 
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    <emulator>/usr/bin/{QEMU_BINARY}</emulator>
+    <emulator>/usr/bin/{DEBIAN_QEMU}</emulator>
     <serial type='file'><source path='{html.escape(str(log_path))}'/></serial>
     <controller type='usb' model='none'/>
     <memballoon model='none'/>

@@ -33,11 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from lightvm.qemubin import qemu_binary
+
 Sample = dict[str, float]
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SCHEMA = 1
-QEMU_BINARY = "qemu-system-x86_64"
+QEMU_BINARY = qemu_binary("microvm")  # what lightvm runs (lightvm/qemubin.py)
 
 
 @dataclass

@@ -28,7 +28,7 @@ import pytest
 from nettools import Netns, require_netns
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from guestlib import EXIT_FATAL, EXIT_POWEROFF, Guest, build_images
+from guestlib import EXIT_FATAL, EXIT_POWEROFF, QEMU, Guest, build_images
 
 from lightvm.noxs import BootState, GuestError, PageConfig, Sysctl, VifConfig, VifCtrl, XenbusState
 
@@ -52,8 +52,8 @@ def parse_daytime(text: str) -> float:
 
 @pytest.fixture(scope="module")
 def image() -> Path:
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("needs qemu-system-x86_64")
+    if shutil.which(QEMU) is None:
+        pytest.skip(f"needs {QEMU}")
     return build_images("daytime.elf") / "daytime.elf"
 
 

@@ -20,11 +20,12 @@ from pyroute2 import IPRoute
 from lightvm.devd import Devd, UndoStack, has_cap_net_admin
 from lightvm.devices import net
 from lightvm.errors import AddressExhaustedError, ForeignLinkError, NotFoundError, SpecError, SubnetConflictError
+from lightvm.qemubin import qemu_binary
 from lightvm.util import wait_until
 
 pytestmark = pytest.mark.root
 
-QEMU = "qemu-system-x86_64"
+QEMU = qemu_binary("microvm")  # BASE runs -M microvm
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lightvm.errors import MachineError, StateError
-from lightvm.machine import MICROVM, Machine, MachineConfig, Runstate, build_argv
+from lightvm.machine import MICROVM, QEMU_BINARY, Machine, MachineConfig, Runstate, build_argv
 
 
 def config(tmp_path: Path, **overrides: object) -> MachineConfig:
@@ -34,7 +34,7 @@ def opt(argv: list[str], flag: str) -> list[str]:
 
 def test_argv_for_tcg(tmp_path: Path) -> None:
     argv = build_argv(config(tmp_path), qmp_fd=7)
-    assert argv[0] == "qemu-system-x86_64"
+    assert argv[0] == QEMU_BINARY
     assert argv[-1] == "-S"  # launched paused
     for flag in ("-nodefaults", "-no-user-config", "-no-reboot"):
         assert flag in argv
