@@ -52,7 +52,7 @@ import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightvm import host
 from lightvm.errors import GuestError, LightVMError, QMPError, StateError
@@ -62,6 +62,9 @@ from lightvm.spec import VMSpec, check_name, parse_spec
 from lightvm.state import VMDir, VMRecord, VMStatus, status_of
 from lightvm.toolstack import Toolstack, _machine_config, _Undo
 from lightvm.util import Deadline
+
+if TYPE_CHECKING:
+    from lightvm.incoming import IncomingShell
 
 MAGIC = b"LVMCKPT\0"
 VERSION = 1
@@ -246,7 +249,10 @@ def device_args(argv: list[str]) -> list[str]:
     except ValueError:
         return []
     end = len(argv) - 1 if argv and argv[-1] == "-S" else len(argv)
-    return argv[start:end]
+    args = argv[start:end]
+    if args[-2:] == ["-incoming", "defer"]:  # a restored VM's QEMU: not a device
+        args = args[:-2]
+    return args
 
 
 # ---------------------------------------------------------------------- QMP helpers
@@ -491,6 +497,27 @@ class PreparedRestore:
     t0: float
     timeout: float
     done: bool = field(default=False)
+    pending_name: str | None = None  # provisional: still in the pool folder until commit()
+
+    def commit(self) -> None:
+        """Make a provisional VM (an incoming migration, prepared in ``STATE/pool``) a VM of
+        the state dir: its folder moves to ``vms/NAME``. Until then a killed daemon's
+        successor discards it like any shell, and ``lightvm list`` does not show it.
+
+        :raise ExistsError: a VM of that name appeared meanwhile.
+        """
+        if self.pending_name is None:
+            return
+        from lightvm.errors import ExistsError
+
+        state = self.toolstack.state
+        target = state.vms_root / self.pending_name
+        with state.lock():
+            if target.exists():
+                raise ExistsError(f"a VM named {self.pending_name!r} already exists in {state.root}")
+            os.rename(self.vmdir.path, target)
+        self.vmdir = VMDir(target)
+        self.pending_name = None
 
     def finish(self, path: Path, offset: int) -> RestoreResult:
         """Feed the stream at ``offset`` of ``path``, rewrite the page, resume, wait for the guest.
@@ -651,6 +678,82 @@ def prepare_incoming(
         raise
 
 
+def prepare_from_shell(
+    toolstack: Toolstack,
+    shell: IncomingShell,
+    meta: dict[str, Any],
+    name: str | None,
+    where: str,
+    timeout: float = 10.0,
+    provisional: bool = False,
+) -> PreparedRestore:
+    """Like :func:`prepare_incoming`, with an ``-incoming defer`` QEMU spawned ahead of time
+    (:mod:`lightvm.incoming`): the shell becomes the VM (its folder renamed to the VM's,
+    or with ``provisional`` only at :meth:`PreparedRestore.commit`), its host forwards are
+    added; the shell is consumed whatever happens.
+
+    :raise ExistsError: the name is taken. :raise LightVMError: a step failed (nothing is left).
+    """
+    from lightvm import incoming
+
+    t0 = time.perf_counter()
+    try:
+        spec = parse_spec(meta["spec"], source=Path(where), check_kernel=True)
+        vm_name = name or str(meta["name"])
+        check_name(vm_name, "--name")
+        spec = pinned_spec(spec.with_name(vm_name) if vm_name != spec.name else spec, list(meta["vifs"]))
+    except BaseException:
+        shell.discard()
+        raise
+    if provisional:
+        if (toolstack.state.vms_root / vm_name).exists():
+            shell.discard()
+            from lightvm.errors import ExistsError
+
+            raise ExistsError(f"a VM named {vm_name!r} already exists in {toolstack.state.root}")
+        vmdir = VMDir(shell.folder)
+    else:
+        vmdir = incoming.adopt(shell, toolstack.state, vm_name)
+    vm_uuid = uuidlib.uuid4() if vm_name != meta["name"] or "uuid" not in meta else uuidlib.UUID(str(meta["uuid"]))
+    record = VMRecord.new(vm_name, shell.id, str(vm_uuid), shell.flavour.accel, shell.flavour.noxs_size, spec.to_dict())
+    machine = shell.machine
+    undo = _Undo()
+    undo.push("NoXS region", shell.region.close)
+    undo.push("NoXS file", shell.region.unlink)
+    undo.push("QEMU", machine.kill)
+    step = "record state"
+    try:
+        saved_args = [str(a) for a in meta.get("qemu_args") or []]
+        record.pid, record.pid_start = shell.record.pid, shell.record.pid_start
+        # The VM's own device args (MAC, forwards) in its record: a later save carries them.
+        record.argv = [*machine.argv[: len(machine.argv) - len(shell.flavour.device_args) - 3], *saved_args, "-S"]
+        if meta["vifs"]:
+            record.devices["vifs"] = list(meta["vifs"])
+        vmdir.write(record)
+        step = "add host forwards"
+        for netdev, rule in incoming.normalise(saved_args)[1]:
+            said = machine.qmp.execute(
+                "human-monitor-command", {"command-line": f"hostfwd_add {netdev} {rule}"}, timeout=5.0
+            )
+            if isinstance(said, str) and said.strip():
+                raise LightVMError(f"hostfwd {rule}: {said.strip()}")
+        page = page_from_json(meta["page"], vm_name, vm_uuid)
+        prepared = PreparedRestore(
+            toolstack, vmdir, record, machine, shell.region, page, bool(meta.get("paused")), undo, t0, timeout
+        )
+        prepared.pending_name = vm_name if provisional else None
+        return prepared
+    except BaseException as exc:
+        undo.unwind()
+        with contextlib.suppress(Exception):
+            toolstack._destroy_dir(vmdir)
+        if isinstance(exc, LightVMError) and not isinstance(exc, CheckpointError):
+            raise type(exc)(f"{vm_name}: restore: {step}: {exc}") from exc
+        if isinstance(exc, OSError):
+            raise LightVMError(f"{vm_name}: restore: {step}: {exc}") from exc
+        raise
+
+
 def restore(toolstack: Toolstack, path: Path, name: str | None = None, timeout: float = 10.0) -> RestoreResult:
     """Restore the VM saved in ``path`` (named as saved, or ``name``); the file is kept.
 
@@ -673,6 +776,7 @@ __all__ = [
     "PreparedRestore",
     "RestoreResult",
     "SaveResult",
+    "prepare_from_shell",
     "prepare_incoming",
     "read_header",
     "restore",
