@@ -111,6 +111,17 @@ class Deferred:
         self.after = after
 
 
+class Takeover:
+    """A handler result that keeps the connection for a conversation of its own (an
+    incoming migration): once the response is sent, ``run(conn, rest)`` owns the socket
+    (``rest``: bytes the client sent past its request line). It returns what it read past
+    its last line, and the connection serves requests again; or None to close it."""
+
+    def __init__(self, result: Any, run: Callable[[socket.socket, bytes], bytes | None]) -> None:
+        self.result = result
+        self.run = run
+
+
 def error_body(exc: BaseException) -> dict[str, str]:
     """The ``error`` object for an exception: lightvm errors keep their class name."""
     if isinstance(exc, ApiError):
@@ -163,6 +174,11 @@ def handle_line(line: bytes, handlers: dict[str, Handler]) -> tuple[bytes, Calla
 
     Never raises (except BaseException like SystemExit).
     """
+    reply, after, _ = _handle(line, handlers)
+    return reply, after
+
+
+def _handle(line: bytes, handlers: dict[str, Handler]) -> tuple[bytes, Callable[[], None] | None, Takeover | None]:
     req_id: Any = None
     try:
         req_id, op, args = parse_request(line)
@@ -171,10 +187,12 @@ def handle_line(line: bytes, handlers: dict[str, Handler]) -> tuple[bytes, Calla
             raise UnknownOpError(f"unknown op {op!r}; known: {', '.join(sorted(handlers))}")
         result = handler(args)
         if isinstance(result, Deferred):
-            return response(req_id, result.result), result.after
-        return response(req_id, result), None
+            return response(req_id, result.result), result.after, None
+        if isinstance(result, Takeover):
+            return response(req_id, result.result), None, result
+        return response(req_id, result), None, None
     except Exception as exc:  # every failure becomes a structured error
-        return response(req_id, exc=exc), None
+        return response(req_id, exc=exc), None, None
 
 
 def serve_connection(conn: socket.socket, handlers: dict[str, Handler], log: Callable[[str], None]) -> None:
@@ -202,17 +220,27 @@ def serve_connection(conn: socket.socket, handlers: dict[str, Handler], log: Cal
                 return
             if not line.strip():
                 continue
-            reply, after = handle_line(line, handlers)
+            reply, after, takeover = _handle(line, handlers)
             if b'"InternalError"' in reply:
                 log(f"internal error answering {line[:200]!r}: {reply[:500]!r}")
             try:
                 conn.sendall(reply)
+            except BaseException:
+                if takeover is not None:
+                    takeover.run(conn, b"")  # it must still clean up (its peer is gone)
+                raise
             finally:
                 if after is not None:
                     try:
                         after()
                     except Exception as exc:  # bookkeeping after a reply must not kill the server
                         log(f"after answering {line[:200]!r}: {type(exc).__name__}: {exc}")
+            if takeover is not None:
+                rest = takeover.run(conn, buf)
+                if rest is None:
+                    return
+                buf = rest
+                conn.settimeout(IDLE_TIMEOUT)
     except OSError:
         return  # the client went away; nothing to answer
     finally:
@@ -338,6 +366,7 @@ __all__ = [
     "DaemonUnavailable",
     "Deferred",
     "ProtocolError",
+    "Takeover",
     "UnknownOpError",
     "handle_line",
     "serve_connection",

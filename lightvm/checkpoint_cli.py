@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lightvm.state import default_state_dir
 
@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="restore a VM from a checkpoint file",
         description="Start a VM from FILE (made by `lightvm save`): the guest continues where it "
         "was saved (no reboot). Its NoXS page identity (name, uuid, clock) is rewritten. "
-        "The file is kept.",
+        "The file is kept. Through lightvmd (when one runs on the state dir) a prepared "
+        "-incoming QEMU of the VM's kind takes the QEMU start off the restore (path: pool).",
     )
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--name", help="name of the restored VM (default: the saved VM's name)")
@@ -79,6 +80,31 @@ def cmd_save(args: argparse.Namespace) -> int:
     return 0
 
 
+def restore_via_daemon(client: Any, args: argparse.Namespace) -> int:
+    """``lightvm restore`` through lightvmd: a prepared -incoming shell when one fits."""
+    import time
+
+    t0 = time.perf_counter()
+    request = {"file": str(Path(args.file).resolve()), "name": args.name, "timeout": args.timeout}
+    result = client.call("restore", request, timeout=args.timeout + 30.0)
+    wall = (time.perf_counter() - t0) * 1000
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    _print_restore(result, args.file)
+    print(f"  path: {result['path']} (lightvmd; request -> reply {wall:.1f} ms at the client)")
+    return 0
+
+
+def _print_restore(result: dict[str, Any], file: Path) -> None:
+    state = "paused (it was saved paused)" if result["paused"] else "running"
+    print(
+        f"{result['name']}: restored from {file} in {result['restore_ms']:.1f} ms "
+        f"(stream + resume {result['finish_ms']:.1f} ms), {state}, pid {result['pid']}; "
+        f"guest heartbeat {result['heartbeat']}, app counter {result['app_counter']}"
+    )
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     from lightvm import checkpoint
 
@@ -87,10 +113,5 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0
-    state = "paused (it was saved paused)" if result.paused else "running"
-    print(
-        f"{result.name}: restored from {args.file} in {result.restore_ms:.1f} ms "
-        f"(stream + resume {result.finish_ms:.1f} ms), {state}, pid {result.pid}; "
-        f"guest heartbeat {result.heartbeat}, app counter {result.app_counter}"
-    )
+    _print_restore(result.as_dict(), args.file)
     return 0

@@ -50,7 +50,9 @@ from typing import Any
 
 from lightvm import api
 from lightvm.errors import LightVMError, SpecError, StateError
+from lightvm.incoming import IncomingFlavour, IncomingPool
 from lightvm.pool import Pool, poolable
+from lightvm.sshlink import Sessions
 from lightvm.state import StateDir
 from lightvm.util import atomic_write, proc_alive, proc_start_time, short_unix_path
 
@@ -70,6 +72,8 @@ class DaemonConfig:
     pool_memory_mib: int = 2048
     accel: str = "auto"
     pool_variant: str = "waiting"
+    incoming_size: int = 1  # prepared -incoming shells per known checkpoint flavour (0: none)
+    incoming_files: list[Path] = field(default_factory=list)  # checkpoints whose flavour to prepare at start
 
 
 def _log(msg: str) -> None:
@@ -96,6 +100,8 @@ class Daemon:
         self.log = log
         self.started = time.time()
         self.pool: Pool | None = None
+        self.incoming: IncomingPool | None = None
+        self.sessions = Sessions(log)
         self._lock_fd: int | None = None
         self._listener: socket.socket | None = None
         self._threads: set[threading.Thread] = set()
@@ -115,6 +121,10 @@ class Daemon:
             "pause": self.op_pause,
             "unpause": self.op_unpause,
             "pool": self.op_pool,
+            "restore": self.op_restore,
+            "migrate-in": self.op_migrate_in,
+            "migrate": self.op_migrate,
+            "ssh": self.op_ssh,
         }
 
     # ------------------------------------------------------------------ lifetime
@@ -161,6 +171,16 @@ class Daemon:
             variant=self.config.pool_variant,
         )
         self.pool.start()  # discards a killed predecessor's shells first
+        self.incoming = IncomingPool(self.state, self.config.incoming_size, log=self.log)
+        self.incoming.start()
+        for path in self.config.incoming_files:
+            from lightvm.checkpoint import read_header
+
+            flavour = IncomingFlavour.of(read_header(path)[0])
+            if flavour is None:
+                raise StateError(f"--incoming {path}: its VM has taps or disks; only user networking is prepared")
+            self.incoming.learn(flavour)
+        self.sessions.start()
         self._bind()
         atomic_write(
             self.state.root / PID_NAME, json.dumps({"pid": os.getpid(), "start": proc_start_time(os.getpid())})
@@ -267,6 +287,9 @@ class Daemon:
             self._queue.put(None)  # idle workers leave; busy ones finish their client first
         for thread in threads:
             thread.join(max(0.0, end - time.monotonic()))
+        self.sessions.stop()
+        if self.incoming is not None:
+            self.incoming.stop()
         if self.pool is not None:
             self.pool.stop()
         if self._lock_fd is not None:
@@ -290,6 +313,8 @@ class Daemon:
             "started": self.started,
             "state_dir": str(self.state.root),
             "pool": self.pool.stats() if self.pool else None,
+            "incoming": self.incoming.stats() if self.incoming else [],
+            "ssh": self.sessions.stats(),
         }
 
     def op_pool(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -478,6 +503,162 @@ class Daemon:
         name = _arg(args, "name", str, required=True)
         self._settle([name])
         return {"ms": self._toolstack().unpause(name)}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _prepare_restore(
+        self, meta: dict[str, Any], name: str | None, where: str, timeout: float, provisional: bool = False
+    ) -> tuple[Any, bool]:
+        """A PreparedRestore from a ready ``-incoming`` shell if one fits, else a cold one;
+        and whether a pool shell was taken (then :meth:`_restore_done` must follow).
+
+        ``provisional`` (an incoming migration): the VM stays in the pool folder until the
+        source commits, so that a kill -9 of this daemon leaves nothing the next one does not
+        discard; without a ready shell one is spawned now for it (when the kind is poolable).
+        """
+        from lightvm import checkpoint, incoming
+
+        ts = self._toolstack(timeout)
+        flavour = IncomingFlavour.of(meta)
+        shell = self.incoming.take(flavour) if self.incoming is not None else None
+        taken = shell is not None
+        try:
+            if shell is None and provisional and flavour is not None:
+                shell = incoming.prepare_shell(self.state.root / incoming.POOL_DIR, flavour, timeout)
+            if shell is not None:
+                return checkpoint.prepare_from_shell(ts, shell, meta, name, where, timeout, provisional), taken
+            return checkpoint.prepare_incoming(ts, meta, name, where, timeout), False
+        except BaseException:
+            self._restore_done(meta, taken)
+            raise
+
+    def _restore_done(self, meta: dict[str, Any], used_shell: bool) -> None:
+        if self.incoming is None:
+            return
+        if used_shell:
+            self.incoming.done()
+        flavour = IncomingFlavour.of(meta)
+        if flavour is not None:
+            self.incoming.learn(flavour)  # the next restore of this kind finds a shell
+
+    def op_restore(self, args: dict[str, Any]) -> dict[str, Any]:
+        from lightvm import checkpoint
+
+        t0 = time.perf_counter()
+        file = _arg(args, "file", str, required=True)
+        if not os.path.isabs(file):
+            raise SpecError(f"file {file!r}: give an absolute path (the daemon has its own working dir)")
+        name = _arg(args, "name", str)
+        timeout = float(_arg(args, "timeout", (int, float)) or 10.0)
+        meta, offset = checkpoint.read_header(Path(file))
+        prepared, used_shell = self._prepare_restore(meta, name, file, timeout)
+        try:
+            prepared.t0 = t0
+            result = prepared.finish(Path(file), offset)
+        finally:
+            self._restore_done(meta, used_shell)
+        out: dict[str, Any] = result.as_dict()
+        out["path"] = "pool" if used_shell else "cold"
+        out["daemon_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return out
+
+    def op_migrate_in(self, args: dict[str, Any]) -> api.Takeover:
+        """The receiving end of a migration: this connection becomes its control channel
+        (lightvm/migrate.py's protocol after the first answer, ``{"port": N}``)."""
+        from lightvm import migrate
+
+        meta, name, listen = migrate.parse_hello(args)
+        timeout = float(_arg(args, "timeout", (int, float)) or 30.0)
+        ts = self._toolstack(timeout)
+        prepared, used_shell = self._prepare_restore(meta, name, f"<migration of {name}>", timeout, provisional=True)
+        try:
+            server = socket.create_server((listen, 0))
+        except BaseException as exc:
+            prepared.abort()
+            self._restore_done(meta, used_shell)
+            if isinstance(exc, OSError):
+                raise migrate.MigrationError(f"{name}: cannot listen on {listen}: {exc.strerror or exc}") from exc
+            raise
+
+        def run(conn: socket.socket, rest: bytes) -> bytes | None:
+            control = migrate.Control(conn.fileno(), conn.sendall, rest)
+            try:
+                migrate.run_incoming(ts, prepared, server, control, name, timeout)
+                return control.rest()
+            except Exception as exc:
+                self.log(f"migrate-in {name}: {exc}")
+                with contextlib.suppress(OSError):
+                    control.say({"error": str(exc)})
+                return None  # the conversation's state is unknown: close the connection
+            finally:
+                server.close()
+                self._restore_done(meta, used_shell)
+
+        receiver = "lightvmd-pool" if used_shell else "lightvmd-cold"
+        return api.Takeover({"port": server.getsockname()[1], "receiver": receiver}, run)
+
+    def _target(self, args: dict[str, Any]) -> Any:
+        from lightvm.sshlink import Target
+
+        paths = {}
+        for key in ("known_hosts", "identity"):
+            value = _arg(args, key, str)
+            if value is not None and not os.path.isabs(value):
+                raise SpecError(f"{key} {value!r}: give an absolute path (the daemon has its own working dir)")
+            paths[key] = value
+        return Target(
+            target=_arg(args, "target", str, required=True),
+            port=_arg(args, "port", int) or 22,
+            known_hosts=paths["known_hosts"],
+            identity=paths["identity"],
+            remote_command=_arg(args, "remote_command", str) or "lightvm",
+            remote_state_dir=_arg(args, "remote_state_dir", str),
+        )
+
+    def op_migrate(self, args: dict[str, Any]) -> api.Deferred:
+        """Migrate a VM over this daemon's kept SSH connection to the destination."""
+        from lightvm import sshlink
+        from lightvm.migrate import MigrationError
+        from lightvm.migrate_cli import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
+
+        t0 = time.perf_counter()
+        name = _arg(args, "name", str, required=True)
+        target = self._target(args)
+        timeout = float(_arg(args, "timeout", (int, float)) or 30.0)
+        self._settle([name])
+        ts = self._toolstack(timeout)
+        try:
+            session = self.sessions.get(target)
+        except MigrationError as exc:
+            raise MigrationError(
+                f"{name}: migration to {target.target} failed: {exc}; the VM keeps running here"
+            ) from exc
+        result = sshlink.migrate_warm(
+            ts,
+            session,
+            name,
+            tunnel=bool(_arg(args, "tunnel", bool)),
+            bandwidth_mib=float(_arg(args, "bandwidth_mib", (int, float)) or DEFAULT_BANDWIDTH_MIB),
+            downtime_ms=int(_arg(args, "downtime_ms", int) or DEFAULT_DOWNTIME_MS),
+            timeout=timeout,
+            t0=t0,
+        )
+        return api.Deferred(result.as_dict(), session.keep_spare)
+
+    def op_ssh(self, args: dict[str, Any]) -> Any:
+        """Kept SSH sessions: ``action`` list (default), connect (open one now, with a
+        spare relay), or drop."""
+        action = _arg(args, "action", str) or "list"
+        if action == "list":
+            return self.sessions.stats()
+        target = self._target(args)
+        if action == "connect":
+            session = self.sessions.get(target)
+            session.keep_spare()
+            return session.stats()
+        if action == "drop":
+            return {"dropped": self.sessions.drop(target)}
+        raise SpecError(f"ssh action {action!r}: one of list, connect, drop")
 
 
 def _arg(args: dict[str, Any], key: str, kind: type | tuple[type, ...], required: bool = False) -> Any:

@@ -24,7 +24,7 @@ from lightvm.errors import LightVMError, StateError
 from lightvm.state import default_state_dir
 from lightvm.util import proc_alive, tail, wait_until
 
-ROUTED = ("create", "list", "info", "destroy", "shutdown", "pause", "unpause")
+ROUTED = ("create", "list", "info", "destroy", "shutdown", "pause", "unpause", "restore", "migrate")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
 
@@ -74,7 +74,37 @@ def register(sub: Any) -> None:
             help="waiting (default, faster): the guest booted to its wait-for-config point, then "
             "stopped; paused: QEMU started with -S, the guest never ran",
         )
+        q.add_argument(
+            "--incoming-size",
+            type=int,
+            default=1,
+            metavar="N",
+            help="prepared -incoming QEMUs per checkpoint kind seen (restore, incoming migration; "
+            "default 1, 0: none): the next restore or migration of that kind skips the QEMU start",
+        )
+        q.add_argument(
+            "--incoming",
+            action="append",
+            default=[],
+            type=Path,
+            metavar="CHECKPOINT",
+            help="prepare -incoming QEMUs for this checkpoint file's kind from the start (repeatable)",
+        )
         q.set_defaults(func=cmd_daemon_run if action == "run" else cmd_daemon_start)
+    q = dsub.add_parser(
+        "connect",
+        parents=[parent],
+        help="open (and keep) an SSH connection to a migration destination now",
+        description="Make the daemon connect to [USER@]HOST (host key checked against known_hosts; "
+        "an unknown or changed key is refused) and open a relay to the lightvmd there, so that the "
+        "first `lightvm migrate` to it is already fast. Prints what it found there.",
+    )
+    from lightvm.migrate_cli import add_ssh_args
+
+    add_ssh_args(q)
+    q.add_argument("--drop", action="store_true", help="close the kept connection instead")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_daemon_connect)
     q = dsub.add_parser("stop", parents=[parent], help="stop the daemon (SIGTERM); VMs keep running")
     q.set_defaults(func=cmd_daemon_stop)
     q = dsub.add_parser("status", parents=[parent], help="is a daemon running; its pool")
@@ -95,6 +125,9 @@ def _daemon_argv(args: argparse.Namespace, root: Path) -> list[str]:
         argv += ["--pool", str(Path(cfg).resolve())]
     argv += ["--pool-size", str(args.pool_size), "--pool-max", str(args.pool_max)]
     argv += ["--pool-memory", str(args.pool_memory), "--accel", args.accel, "--pool-variant", args.pool_variant]
+    argv += ["--incoming-size", str(args.incoming_size)]
+    for ckpt in args.incoming:
+        argv += ["--incoming", str(Path(ckpt).resolve())]
     return argv
 
 
@@ -110,8 +143,44 @@ def cmd_daemon_run(args: argparse.Namespace) -> int:
         pool_memory_mib=args.pool_memory,
         accel=args.accel,
         pool_variant=args.pool_variant,
+        incoming_size=args.incoming_size,
+        incoming_files=[Path(p).resolve() for p in args.incoming],
     )
     return run(config)
+
+
+def cmd_daemon_connect(args: argparse.Namespace) -> int:
+    from lightvm.migrate_cli import target_args
+
+    root = _state_root(args)
+    try:
+        client = api.Client.connect(root, timeout=2.0)
+    except api.DaemonUnavailable:
+        raise StateError(f"no lightvmd on {root}: start one first (lightvm daemon start)") from None
+    with client:
+        request = {"action": "drop" if args.drop else "connect", **target_args(args)}
+        info = client.call("ssh", request, timeout=60.0)
+    if args.json:
+        print(json.dumps(info))
+    elif args.drop:
+        print(f"{args.target}: " + ("connection closed" if info["dropped"] else "no kept connection"))
+    else:
+        print(_session_line(info))
+    return 0
+
+
+def _session_line(s: dict[str, Any]) -> str:
+    there = (
+        f"lightvmd pid {s['remote_lightvmd']} there, incoming shells (at last contact): "
+        + (", ".join(f"{f['flavour']} {f['ready']} ready" for f in s["remote_incoming"]) or "none yet")
+        if s.get("remote_lightvmd")
+        else f"no lightvmd there ({s.get('no_daemon') or 'not checked yet'}): migrate-receive per migration"
+    )
+    state = "connected" if s["connected"] else "disconnected"
+    return (
+        f"  ssh {s['target']}:{s['port']}: {state} (handshake {s['connect_ms']:.0f} ms), {s['idle_relays']} idle "
+        f"relay(s), {s['migrations']} migration(s); {there}"
+    )
 
 
 def cmd_daemon_start(args: argparse.Namespace) -> int:
@@ -194,6 +263,10 @@ def cmd_daemon_status(args: argparse.Namespace) -> int:
             f"  taken {pool['taken']}, missed {pool['missed']}, memory {pool['memory_committed_mib']}/"
             f"{pool['memory_budget_mib']} MiB"
         )
+    for f in info.get("incoming") or []:
+        print(f"  incoming {f['flavour']}: {f['ready']} ready, {f['preparing']} preparing")
+    for s in info.get("ssh") or []:
+        print(_session_line(s))
     return 0
 
 
@@ -222,7 +295,12 @@ def dispatch(args: argparse.Namespace) -> int | None:
         return None
     with client:
         print(f"lightvm: via lightvmd ({client.path})", file=sys.stderr)
+        from lightvm.checkpoint_cli import restore_via_daemon
+        from lightvm.migrate_cli import via_daemon
+
         handler = {
+            "restore": restore_via_daemon,
+            "migrate": via_daemon,
             "create": _create,
             "list": _list,
             "info": _info,

@@ -45,6 +45,7 @@ from typing import Any
 from lightvm.checkpoint import (
     FDNAME,
     CheckpointError,
+    PreparedRestore,
     _running_record,
     header_for,
     prepare_incoming,
@@ -77,6 +78,9 @@ class MigrateResult:
     handover_ms: float  # stream complete -> guest running on the destination
     bytes: int  # ram.transferred (bytes sent)
     tunnel: bool
+    receiver: str = "migrate-receive"  # what received: migrate-receive (one-shot), lightvmd-pool, lightvmd-cold
+    link: str = "new"  # the SSH connection: new (this command's) or kept (lightvmd's, already open)
+    teardown_ms: float = 0.0  # guest running there -> source QEMU gone and its folder removed
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -114,7 +118,9 @@ class LineChannel:
         if not isinstance(msg, dict):
             raise MigrationError(f"destination: unexpected output {line[:200]!r}")
         if "error" in msg:
-            raise MigrationError(f"destination: {msg['error']}")
+            err = msg["error"]
+            text = err.get("message", err) if isinstance(err, dict) else err
+            raise MigrationError(f"destination: {text}")
         return msg
 
     def stderr(self) -> str:
@@ -240,34 +246,82 @@ def migrate(
 ) -> MigrateResult:
     """Live-migrate VM ``name`` to ``[user@]host``; destroy it here once it runs there.
 
+    One-shot: a new SSH connection, and ``lightvm migrate-receive`` started on the
+    destination for this migration (lightvmd's kept connections: :mod:`lightvm.sshlink`).
+
     :raise MigrationError: any failure; the VM keeps running here and nothing is left there.
     :raise NotFoundError: no such VM. :raise StateError: the VM is not running.
     """
     t0 = time.perf_counter()
+    _running_record(toolstack.state.get(name))  # fail fast, before any SSH
+    client = connect_ssh(target, port, known_hosts, identity)
+    t_ssh = time.perf_counter()
+    try:
+        transport = client.get_transport()
+
+        def open_control(hello: dict[str, Any]) -> tuple[LineChannel, dict[str, Any]]:
+            argv = receive_argv(remote_command, remote_state_dir, timeout)
+            channel = transport.open_session(timeout=10.0)
+            channel.exec_command(shlex.join(argv))
+            lines = LineChannel(channel)
+            lines.send(hello)
+            return lines, lines.receive(timeout, "the receiving side")
+
+        result, lines = migrate_over(
+            toolstack, name, target, transport, open_control, tunnel, bandwidth_mib, downtime_ms, timeout, t0
+        )
+        lines.channel.close()
+    finally:
+        client.close()
+    result.ssh_ms = (t_ssh - t0) * 1000
+    result.prepare_ms -= result.ssh_ms
+    return result
+
+
+def receive_argv(remote_command: str, remote_state_dir: str | None, timeout: float) -> list[str]:
+    argv = shlex.split(remote_command)
+    if remote_state_dir:
+        argv += ["--state-dir", remote_state_dir]
+    return [*argv, "migrate-receive", "--timeout", str(timeout)]
+
+
+OpenControl = Callable[[dict[str, Any]], tuple[LineChannel, dict[str, Any]]]
+
+
+def migrate_over(
+    toolstack: Toolstack,
+    name: str,
+    target: str,
+    transport: Any,
+    open_control: OpenControl,
+    tunnel: bool,
+    bandwidth_mib: float,
+    downtime_ms: int,
+    timeout: float,
+    t0: float,
+) -> tuple[MigrateResult, LineChannel]:
+    """The migration over an SSH ``transport``: ``open_control(hello)`` reaches a receiver
+    on the destination (a new ``migrate-receive``, or lightvmd through a kept relay) and
+    returns its control channel with the receiver's first answer (``{"port": N}``).
+    Returns the result and that channel (usable again once the receiver has committed).
+
+    :raise MigrationError: any failure; the VM keeps running here and nothing is left there.
+    """
     vmdir = toolstack.state.get(name)
     record = _running_record(vmdir)
     paused = status_of(vmdir, record) is VMStatus.PAUSED
     meta = header_for(record, paused)
-    client = connect_ssh(target, port, known_hosts, identity)
-    t_ssh = time.perf_counter()
     machine = Machine.adopt(_machine_config(vmdir, record), record.pid or 0, record.pid_start, paused=paused)
     stream: _Tunnel | None = None
-    channel: Any = None
+    lines: LineChannel | None = None
     started = False
+    committed = False
     try:
-        argv = shlex.split(remote_command)
-        if remote_state_dir:
-            argv += ["--state-dir", remote_state_dir]
-        argv += ["migrate-receive", "--timeout", str(timeout)]
-        transport = client.get_transport()
         peer = transport.getpeername()[0]
-        channel = transport.open_session(timeout=10.0)
-        channel.exec_command(shlex.join(argv))
-        lines = LineChannel(channel)
         listen = "127.0.0.1" if tunnel else peer
-        lines.send({"meta": meta, "name": name, "listen": listen})
-        port_msg = lines.receive(timeout, "the receiving side")
+        lines, port_msg = open_control({"meta": meta, "name": name, "listen": listen})
         dest_port = int(port_msg["port"])
+        receiver = str(port_msg.get("receiver", "migrate-receive"))
         t_prepared = time.perf_counter()
         qmp = machine.qmp
         qmp.execute(
@@ -292,25 +346,37 @@ def migrate(
         t_ready = time.perf_counter()
         lines.send({"commit": True})
         lines.receive(10.0, "the commit")
+        committed = True
+        # The guest runs there: the source QEMU (stopped, postmigrate) has nothing left to
+        # keep; SIGKILL is ~5 ms faster than `quit` and destroy then only removes files.
+        machine.kill()
     except BaseException as exc:
-        _resume_source(machine, started, paused)
-        if isinstance(exc, QMPError) and channel is not None and _session_gone(channel):
-            said = LineChannel(channel).stderr() or "closed"
-            exc = MigrationError(f"{exc} (the SSH session to {target} is gone: {said})")
-        if isinstance(exc, MigrationError):
-            raise MigrationError(f"{name}: migration to {target} failed: {exc}; the VM keeps running here") from exc
-        if isinstance(exc, (LightVMError, OSError, EOFError)):
-            raise MigrationError(
-                f"{name}: migration to {target} failed: {exc or type(exc).__name__}; the VM keeps running here"
-            ) from exc
-        raise
+        if committed:  # only the kill failed: the VM runs there; destroy below cleans up
+            pass
+        else:
+            if lines is not None:
+                with contextlib.suppress(Exception):
+                    lines.channel.close()
+            _resume_source(machine, started, paused)
+            channel = lines.channel if lines is not None else None
+            if isinstance(exc, QMPError) and channel is not None and _session_gone(channel):
+                said = LineChannel(channel).stderr() or "closed"
+                exc = MigrationError(f"{exc} (the SSH session to {target} is gone: {said})")
+            if isinstance(exc, MigrationError):
+                raise MigrationError(f"{name}: migration to {target} failed: {exc}; the VM keeps running here") from exc
+            if isinstance(exc, (LightVMError, OSError, EOFError)):
+                raise MigrationError(
+                    f"{name}: migration to {target} failed: {exc or type(exc).__name__}; the VM keeps running here"
+                ) from exc
+            raise
     finally:
         if stream is not None:
             stream.close()
         machine.disconnect()
         if machine.process is not None:
             machine.process.close()
-        client.close()
+    assert lines is not None
+    assert lines is not None
     toolstack.destroy(name)
     t_end = time.perf_counter()
     ram = info.get("ram", {}) if isinstance(info.get("ram"), dict) else {}
@@ -318,14 +384,16 @@ def migrate(
         name=name,
         destination=target,
         total_ms=(t_end - t0) * 1000,
-        ssh_ms=(t_ssh - t0) * 1000,
-        prepare_ms=(t_prepared - t_ssh) * 1000,
+        ssh_ms=0.0,
+        prepare_ms=(t_prepared - t0) * 1000,
         migrate_ms=float(info.get("total-time", (t_done - t_prepared) * 1000)),
         downtime_ms=float(info.get("downtime", 0)),
         handover_ms=(t_ready - t_done) * 1000,
         bytes=int(ram.get("transferred", 0)),
         tunnel=tunnel,
-    )
+        receiver=receiver,
+        teardown_ms=(t_end - t_ready) * 1000,
+    ), lines
 
 
 def _session_gone(channel: Any) -> bool:
@@ -360,26 +428,44 @@ def _resume_source(machine: Machine, started: bool, paused: bool) -> None:
 # ---------------------------------------------------------------------- destination
 
 
-class _Stdin:
-    """The receiver's control input (the SSH channel): JSON lines, EOF = the source is gone."""
+class Control:
+    """The receiver's control channel: JSON lines in from ``rfd`` (EOF = the source is
+    gone), out through ``write``. Over SSH it is the receiver's stdin/stdout; in lightvmd
+    the API connection that asked for the migration."""
 
-    def __init__(self) -> None:
-        self.fd = sys.stdin.fileno()
-        self._buf = b""
+    def __init__(self, rfd: int, write: Callable[[bytes], object], buf: bytes = b"") -> None:
+        self.fd = rfd
+        self._write = write
+        self._buf = buf
         self.eof = False
+
+    def say(self, message: dict[str, Any]) -> None:
+        self._write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def rest(self) -> bytes:
+        """What was read past the last line (the next request on an API connection)."""
+        return self._buf
 
     def poll(self, timeout: float = 0.0) -> dict[str, Any] | None:
         if b"\n" not in self._buf and not self.eof:
             ready, _, _ = select.select([self.fd], [], [], timeout)
             if ready:
-                chunk = os.read(self.fd, 65536)
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except BlockingIOError:
+                    chunk = None
+                except OSError:
+                    chunk = b""  # reset by the peer: as good as gone
                 if chunk:
                     self._buf += chunk
-                else:
+                elif chunk is not None:
                     self.eof = True
         if b"\n" in self._buf:
             line, self._buf = self._buf.split(b"\n", 1)
-            msg = json.loads(line)
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                msg = None
             if not isinstance(msg, dict):
                 raise MigrationError("source sent a malformed message")
             return msg
@@ -403,9 +489,9 @@ class _Stdin:
             raise MigrationError("the source went away (SSH channel closed) during the migration")
 
 
-def _say(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+def _stdout_write(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
 
 
 def receive(toolstack: Toolstack, timeout: float = 30.0) -> int:
@@ -413,20 +499,45 @@ def receive(toolstack: Toolstack, timeout: float = 30.0) -> int:
 
     :raise MigrationError: any failure; nothing of the VM is left on this host.
     """
-    control = _Stdin()
+    control = Control(sys.stdin.fileno(), _stdout_write)
     hello = control.read(timeout, "migration request")
+    meta, name, listen = parse_hello(hello)
+    prepared = prepare_incoming(toolstack, meta, name, f"<migration of {name}>", timeout)
+    try:
+        server = socket.create_server((listen, 0))
+    except BaseException as exc:
+        prepared.abort()
+        if isinstance(exc, OSError):
+            raise MigrationError(f"{name}: cannot listen on {listen}: {exc.strerror or exc}") from exc
+        raise
+    control.say({"port": server.getsockname()[1], "receiver": "migrate-receive"})
+    run_incoming(toolstack, prepared, server, control, name, timeout)
+    return 0
+
+
+def parse_hello(hello: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
+    """(meta, name, listen) of a migration request. :raise MigrationError: malformed."""
     meta, name, listen = hello.get("meta"), hello.get("name"), hello.get("listen")
     if not isinstance(meta, dict) or not isinstance(name, str) or not isinstance(listen, str):
-        raise MigrationError("malformed migration request")
-    prepared = prepare_incoming(toolstack, meta, name, f"<migration of {name}>", timeout)
+        raise MigrationError("malformed migration request (needs meta, name, listen)")
+    return meta, name, listen
+
+
+def run_incoming(
+    toolstack: Toolstack, prepared: PreparedRestore, server: socket.socket, control: Control, name: str, timeout: float
+) -> None:
+    """The receiving end after its first answer (the port): accept the stream, load it,
+    resume the guest, say ``ready``, wait for ``commit``. Closes ``server``.
+
+    :raise MigrationError: any failure; nothing of the VM is left on this host.
+    """
     committed = False
     try:
-        with socket.create_server((listen, 0)) as server:
-            _say({"port": server.getsockname()[1]})
+        with server:
             deadline = Deadline(timeout)
             while True:
-                ready, _, _ = select.select([server, control.fd], [], [], min(0.5, deadline.remaining()))
-                if server in ready:
+                ready, _, _ = select.select([server.fileno(), control.fd], [], [], min(0.5, deadline.remaining()))
+                if server.fileno() in ready:
                     conn, _ = server.accept()
                     break
                 control.check()
@@ -438,21 +549,21 @@ def receive(toolstack: Toolstack, timeout: float = 30.0) -> int:
         t1 = time.perf_counter()
         wait_incoming(prepared.machine, timeout, f"{name}: incoming migration", control.check)
         result = prepared.resume(t1)
-        _say({"ready": True, "resume_ms": result.finish_ms, "heartbeat": result.heartbeat})
+        control.say({"ready": True, "resume_ms": result.finish_ms, "heartbeat": result.heartbeat})
         control.read(timeout, "commit")
+        prepared.commit()
         committed = True
-        _say({"committed": True})
+        control.say({"committed": True})
     except BaseException as exc:
         if prepared.done:  # it ran already: a provisional VM the source did not commit
             if not committed:
-                with contextlib.suppress(LightVMError):
-                    toolstack.destroy(prepared.vmdir.name)
+                with contextlib.suppress(LightVMError, OSError):
+                    toolstack._destroy_dir(prepared.vmdir)
         else:
             prepared.abort()
         if isinstance(exc, (OSError, CheckpointError, QMPError)) and not isinstance(exc, MigrationError):
             raise MigrationError(f"{name}: {exc}") from exc
         raise
-    return 0
 
 
 # ---------------------------------------------------------------------- same host, no SSH
@@ -509,13 +620,14 @@ def migrate_local(
         else:
             prepared.abort()
         _resume_source(machine, started, paused)
-        if isinstance(exc, (LightVMError, OSError)):
-            raise MigrationError(f"{name}: local migration failed: {exc}; the VM keeps running") from exc
-        raise
-    finally:
         machine.disconnect()
         if machine.process is not None:
             machine.process.close()
+        if isinstance(exc, (LightVMError, OSError)):
+            raise MigrationError(f"{name}: local migration failed: {exc}; the VM keeps running") from exc
+        raise
+    with contextlib.suppress(LightVMError, OSError):
+        machine.kill()  # postmigrate: nothing to keep; faster than `quit` (destroy removes the rest)
     source.destroy(name)
     t_end = time.perf_counter()
     ram = info.get("ram", {}) if isinstance(info.get("ram"), dict) else {}
@@ -530,4 +642,7 @@ def migrate_local(
         handover_ms=(t_ready - t_done) * 1000,
         bytes=int(ram.get("transferred", 0)),
         tunnel=False,
+        receiver="in-process",
+        link="none",
+        teardown_ms=(t_end - t_ready) * 1000,
     )

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 # Here, not in lightvm.migrate: parsing any lightvm command must not import the migration code.
 DEFAULT_BANDWIDTH_MIB = 4096  # QEMU's default (128 MiB/s) never converges for a guest writing memory
@@ -23,21 +24,15 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         "key is refused), run `lightvm migrate-receive` there (it recreates the VM's "
         "networking and waits with an -incoming QEMU), stream the VM (direct TCP, or inside "
         "the SSH connection with --tunnel), wait until the guest runs there, then destroy it "
-        "here. On any failure the VM keeps running here and nothing is left there.",
+        "here. On any failure the VM keeps running here and nothing is left there. "
+        "When a lightvmd runs on this host's state dir the migration goes through it: it "
+        "keeps the SSH connection open between migrations, and when a lightvmd runs on HOST "
+        "too, a prepared -incoming QEMU there receives the VM (no handshake, no process or "
+        "QEMU start: the fast path; see docs/checkpoint.md). LIGHTVM_NO_DAEMON=1: one-shot.",
     )
     p.add_argument("name", metavar="VM")
-    p.add_argument("target", metavar="[USER@]HOST")
-    p.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
-    p.add_argument("--known-hosts", type=Path, help="known_hosts file (default: ~/.ssh/known_hosts)")
-    p.add_argument("--identity", type=Path, help="private key file (default: agent and ~/.ssh keys)")
+    add_ssh_args(p)
     p.add_argument("--tunnel", action="store_true", help="send the stream through the SSH connection")
-    p.add_argument(
-        "--remote-command",
-        default="lightvm",
-        metavar="CMD",
-        help="how to run lightvm on HOST (default: lightvm), e.g. '/opt/lv/bin/python -m lightvm.cli'",
-    )
-    p.add_argument("--remote-state-dir", metavar="DIR", help="--state-dir of lightvm on HOST")
     p.add_argument(
         "--bandwidth-mib",
         type=float,
@@ -57,10 +52,110 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_migrate)
 
-    # No help=: argparse leaves it out of the command list (it is run by `migrate` over SSH).
+    # No help=: argparse leaves them out of the command list (run by `migrate` over SSH).
     p = subparsers.add_parser("migrate-receive", parents=[parent])
     p.add_argument("--timeout", type=float, default=30.0)
     p.set_defaults(func=cmd_receive)
+    p = subparsers.add_parser("migrate-relay", parents=[parent])
+    p.set_defaults(func=cmd_relay)
+
+
+def add_ssh_args(p: argparse.ArgumentParser) -> None:
+    """[USER@]HOST and how to reach lightvm there (shared by ``migrate`` and ``daemon connect``)."""
+    p.add_argument("target", metavar="[USER@]HOST")
+    p.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
+    p.add_argument("--known-hosts", type=Path, help="known_hosts file (default: ~/.ssh/known_hosts)")
+    p.add_argument("--identity", type=Path, help="private key file (default: agent and ~/.ssh keys)")
+    p.add_argument(
+        "--remote-command",
+        default="lightvm",
+        metavar="CMD",
+        help="how to run lightvm on HOST (default: lightvm), e.g. '/opt/lv/bin/python -m lightvm.cli'",
+    )
+    p.add_argument("--remote-state-dir", metavar="DIR", help="--state-dir of lightvm on HOST")
+
+
+def target_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The API's target arguments (absolute paths: the daemon has its own working dir)."""
+    return {
+        "target": args.target,
+        "port": args.port,
+        "known_hosts": str(args.known_hosts.resolve()) if args.known_hosts else None,
+        "identity": str(args.identity.resolve()) if args.identity else None,
+        "remote_command": args.remote_command,
+        "remote_state_dir": args.remote_state_dir,
+    }
+
+
+def print_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    how = "through the SSH tunnel" if result["tunnel"] else "direct TCP"
+    link = "kept SSH connection" if result.get("link") == "kept" else f"ssh {result['ssh_ms']:.1f} ms"
+    print(
+        f"{result['name']}: migrated to {result['destination']} ({how}) in {result['total_ms']:.1f} ms: "
+        f"migration {result['migrate_ms']:.1f} ms, downtime {result['downtime_ms']:.1f} ms, "
+        f"{result['bytes']} bytes sent; {link}, destination ready {result['prepare_ms']:.1f} ms "
+        f"({result.get('receiver', 'migrate-receive')}), guest running there {result['handover_ms']:.1f} ms "
+        f"after the stream, source removed {result.get('teardown_ms', 0.0):.1f} ms later"
+    )
+
+
+def via_daemon(client: Any, args: argparse.Namespace) -> int:
+    """``lightvm migrate`` through the local lightvmd (its kept SSH connection)."""
+    request = {
+        "name": args.name,
+        **target_args(args),
+        "tunnel": args.tunnel,
+        "bandwidth_mib": args.bandwidth_mib,
+        "downtime_ms": args.downtime_ms,
+        "timeout": args.timeout,
+    }
+    result = client.call("migrate", request, timeout=args.timeout * 4 + 30.0)
+    print_result(result, args.json)
+    return 0
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    """Pump bytes between stdin/stdout (an SSH channel) and this host's lightvmd socket,
+    until either side closes. Exit 3 (and say so) when no lightvmd answers."""
+    import os
+    import select
+
+    from lightvm import api
+    from lightvm.errors import LightVMError
+    from lightvm.state import default_state_dir
+
+    root = Path(args.state_dir) if getattr(args, "state_dir", None) else default_state_dir()
+    try:
+        client = api.Client.connect(root, timeout=5.0)
+    except api.DaemonUnavailable as exc:
+        print(f"lightvm: error: {exc} (start one: lightvm daemon start)", file=sys.stderr)
+        return 3
+    sock = client._sock
+    sock.setblocking(True)
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    try:
+        while True:
+            ready, _, _ = select.select([stdin, sock], [], [])
+            if stdin in ready:
+                data = os.read(stdin, 1 << 16)
+                if not data:
+                    break
+                sock.sendall(data)
+            if sock in ready:
+                data = sock.recv(1 << 16)
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(stdout, view) :]
+    except OSError as exc:
+        raise LightVMError(f"relay to lightvmd on {root}: {exc.strerror or exc}") from exc
+    finally:
+        client.close()
+    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -81,16 +176,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         downtime_ms=args.downtime_ms,
         timeout=args.timeout,
     )
-    if args.json:
-        print(json.dumps(result.as_dict()))
-        return 0
-    how = "through the SSH tunnel" if result.tunnel else "direct TCP"
-    print(
-        f"{result.name}: migrated to {result.destination} ({how}) in {result.total_ms:.1f} ms: "
-        f"migration {result.migrate_ms:.1f} ms, downtime {result.downtime_ms:.1f} ms, "
-        f"{result.bytes} bytes sent; ssh {result.ssh_ms:.1f} ms, destination ready {result.prepare_ms:.1f} ms, "
-        f"guest running there {result.handover_ms:.1f} ms after the stream"
-    )
+    print_result(result.as_dict(), args.json)
     return 0
 
 
