@@ -16,12 +16,28 @@ The measured VM and its file are removed after each iteration. Migration
 (Fig. 13): ``migrate`` moves it to a second state dir of this host
 (migrate.migrate_local: the migration proper, no SSH); ``restore-prepared`` times the
 execute phase of a split restore (QEMU already waiting on ``-incoming defer``).
+
+Through lightvmd and SSH (a second "host": sshd on loopback with its own host key, and
+lightvmd on a destination state dir keeping one prepared ``-incoming`` shell per kind,
+:mod:`lightvm.bench.sshhost`; needs root and openssh-server, else these rows are listed
+as not run):
+
+* ``restore-pool``     ``restore`` request to the destination lightvmd -> its reply
+                       (guest running again), timed at the client; a prepared shell
+                       is ready before each sample (as the split bench does);
+* ``migrate-ssh``      one-shot ``migrate.migrate``: new SSH connection (host key
+                       checked), ``migrate-receive`` started there, QEMU started there;
+* ``migrate-ssh-warm`` ``migrate`` request to a lightvmd on the source state dir: its
+                       kept SSH connection and relay, the destination lightvmd's prepared
+                       shell; timed at the client (request -> reply: guest running there,
+                       source destroyed). ``qemu_downtime_ms`` is QEMU's own figure.
 """
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +46,13 @@ from lightvm.bench.runner import Benchmark, Result, Sample
 from lightvm.bench.suite import SuiteOptions
 
 if TYPE_CHECKING:
+    from lightvm.bench.sshhost import SshHost
     from lightvm.toolstack import Toolstack
 
 REFERENCE = "save"
-OPS = ("save", "save-live", "restore", "restore-prepared", "migrate")
+LOCAL_OPS = ("save", "save-live", "restore", "restore-prepared", "migrate")
+SSH_OPS = ("restore-pool", "migrate-ssh", "migrate-ssh-warm")
+OPS = LOCAL_OPS + SSH_OPS
 
 
 class _Checkpoints:
@@ -43,6 +62,9 @@ class _Checkpoints:
         self._tmp = tempfile.TemporaryDirectory(prefix="lightvm-bench-ckpt-")
         self.seq = 0
         self._there: Toolstack | None = None  # migrate's destination state dir
+        self._ssh: SshHost | None = None
+        self._dest = Path(self._tmp.name) / "dest"  # lightvmd with prepared -incoming shells
+        self._oneshot = Path(self._tmp.name) / "oneshot"  # migrate-receive's state dir (no daemon)
 
     def grow(self, n: int) -> None:
         if self.fleet is None:
@@ -69,7 +91,11 @@ class _Checkpoints:
                 }
             if op == "migrate":
                 return self._migrate(name)
+            if op in ("migrate-ssh", "migrate-ssh-warm"):
+                return self._migrate_ssh(name, warm=op == "migrate-ssh-warm")
             checkpoint.save(ts, name, path)
+            if op == "restore-pool":
+                return self._restore_pool(path)
             if op == "restore-prepared":
                 # Split restore: the -incoming QEMU is spawned first (untimed, like a pool
                 # shell); timed is the execute phase: stream -> page rewrite -> cont -> guest runs.
@@ -85,7 +111,84 @@ class _Checkpoints:
             if self._there is not None:
                 with contextlib.suppress(Exception):
                     self._there.destroy(name)
+            if self._ssh is not None:
+                from lightvm.toolstack import Toolstack
+
+                for root in (self._dest, self._oneshot):
+                    with contextlib.suppress(Exception):
+                        Toolstack(root).destroy(name)
             path.unlink(missing_ok=True)
+
+    def _ssh_host(self) -> SshHost:
+        from lightvm.bench.sshhost import SshHost, unavailable
+
+        why = unavailable()
+        if why:
+            raise RuntimeError(f"SSH rows not run: {why}")
+        if self._ssh is None:
+            assert self.fleet is not None
+            ssh = SshHost(Path(self._tmp.name) / "ssh")
+            self._ssh = ssh
+            ssh.start()
+            ssh.start_daemon(self._dest, self.opts.accel, incoming_size=1)
+            ssh.start_daemon(self.fleet.ts.state.root, self.opts.accel, incoming_size=0)  # keeps the SSH link
+        return self._ssh
+
+    def _restore_pool(self, path: Path) -> Sample:
+        from lightvm.bench import sshhost
+
+        self._ssh_host()
+        # A fresh flavour is learned by the first restore (the warm-up); then one is ready.
+        sshhost.wait_incoming_ready(self._dest, timeout=5.0)
+        t0 = time.perf_counter()
+        restored = sshhost.call(self._dest, "restore", {"file": str(path)})
+        wall = (time.perf_counter() - t0) * 1000
+        return {
+            "ms": wall,
+            "daemon_ms": restored["restore_ms"],
+            "finish_ms": restored["finish_ms"],
+            "pool_hit": 1.0 if restored["path"] == "pool" else 0.0,
+        }
+
+    def _migrate_ssh(self, name: str, warm: bool) -> Sample:
+        from lightvm import migrate
+        from lightvm.bench import sshhost
+
+        assert self.fleet is not None
+        ssh = self._ssh_host()
+        if warm:
+            sshhost.wait_incoming_ready(self._dest, timeout=5.0)
+            request = {"name": name, **ssh.target_args(self._dest)}
+            t0 = time.perf_counter()
+            moved = sshhost.call(self.fleet.ts.state.root, "migrate", request)
+            wall = (time.perf_counter() - t0) * 1000
+        else:
+            t = ssh.target_args(self._oneshot)
+            t0 = time.perf_counter()
+            result = migrate.migrate(
+                self.fleet.ts,
+                name,
+                t["target"],
+                port=t["port"],
+                known_hosts=Path(t["known_hosts"]),
+                identity=Path(t["identity"]),
+                remote_command=t["remote_command"],
+                remote_state_dir=t["remote_state_dir"],
+            )
+            wall = (time.perf_counter() - t0) * 1000
+            moved = result.as_dict()
+        return {
+            "ms": wall,
+            "total_ms": moved["total_ms"],
+            "ssh_ms": moved["ssh_ms"],
+            "prepare_ms": moved["prepare_ms"],
+            "migrate_ms": moved["migrate_ms"],
+            "qemu_downtime_ms": moved["downtime_ms"],
+            "handover_ms": moved["handover_ms"],
+            "teardown_ms": moved["teardown_ms"],
+            "bytes": moved["bytes"],
+            "pool_hit": 1.0 if moved["receiver"] == "lightvmd-pool" else 0.0,
+        }
 
     def _migrate(self, name: str) -> Sample:
         # Live migration to a second state dir of this host over loopback TCP (no SSH):
@@ -108,6 +211,14 @@ class _Checkpoints:
 
     def close(self) -> None:
         try:
+            if self._ssh is not None:
+                self._ssh.close()  # the daemons first: they leave VMs running, destroyed below
+                self._ssh = None
+                from lightvm.toolstack import Toolstack
+
+                for root in (self._dest, self._oneshot):
+                    with contextlib.suppress(Exception):
+                        Toolstack(root).destroy_all()
             if self._there is not None:
                 self._there.destroy_all()
                 self._there = None
@@ -135,7 +246,10 @@ def benchmarks(opts: SuiteOptions, stack: contextlib.ExitStack) -> list[Benchmar
         )  # fmt: skip
 
     # N outer: the fleet only grows; every op is measured at each N.
-    return [row(op, n) for n in sorted(set(opts.vms)) for op in OPS]
+    from lightvm.bench.sshhost import unavailable
+
+    ops = OPS if unavailable() is None else LOCAL_OPS
+    return [row(op, n) for n in sorted(set(opts.vms)) for op in ops]
 
 
 def describe() -> dict[str, Any]:
@@ -148,6 +262,18 @@ def describe() -> dict[str, Any]:
                 "kind": "lightvm",
                 "doc": "prepare_incoming untimed, then finish: stream -> page -> cont -> guest runs (finish_ms)",
             },
+            "restore-pool": {
+                "kind": "lightvm",
+                "doc": "restore request to lightvmd with a prepared -incoming shell -> reply (client wall)",
+            },
+            "migrate-ssh": {
+                "kind": "lightvm",
+                "doc": "one-shot migrate.migrate over SSH on loopback: handshake + migrate-receive + QEMU start",
+            },
+            "migrate-ssh-warm": {
+                "kind": "lightvm",
+                "doc": "migrate request to the source lightvmd: kept SSH link, destination lightvmd's prepared shell",
+            },
             "migrate": {
                 "kind": "lightvm",
                 "doc": "migrate.migrate_local to another state dir over loopback TCP, no SSH (total_ms; "
@@ -155,11 +281,17 @@ def describe() -> dict[str, Any]:
             },
         },
         "not_implemented": [
-            "migrate over SSH between hosts (tests/root/test_migrate.py)",
             "libvirt save/restore baseline",
+            *([f"restore-pool, migrate-ssh, migrate-ssh-warm: {why}"] if (why := _ssh_unavailable()) else []),
         ],
         "reference": REFERENCE,
     }
+
+
+def _ssh_unavailable() -> str | None:
+    from lightvm.bench.sshhost import unavailable
+
+    return unavailable()
 
 
 def plot(results: list[Result], outdir: Path, subtitle: str = "") -> list[Path]:

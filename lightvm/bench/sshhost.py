@@ -1,0 +1,148 @@
+"""A second "host" for the checkpoint benchmark: an sshd on loopback with its own host key,
+and lightvmd on two state dirs (the source's and the destination's).
+
+Why loopback and not two network namespaces (as tests/root/test_migrate.py does): the
+benchmark measures what lightvm adds (SSH handshake, process starts, QEMU start, the
+stream, the handover), and both ends share this host's two cores either way; a veth
+between namespaces adds nothing measurable for ~200 KB. Needs root (sshd) and
+openssh-server; :func:`unavailable` says why not when it cannot run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightvm import api
+from lightvm.util import wait_until
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+def unavailable() -> str | None:
+    """Why the SSH rows cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (sshd)"
+    if not SSHD.exists():
+        return "needs openssh-server (apt-get install openssh-server)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(argv: list[str], timeout: float = 60.0) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:6])} failed ({done.returncode}): {done.stderr.strip()[-400:]}")
+    return done.stdout
+
+
+class SshHost:
+    """sshd on 127.0.0.1:PORT (keys and config in ``root``), and lightvmd helpers."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.key = root / "id_ed25519"
+        self.known_hosts = root / "known_hosts"
+        self.remote_command = f"{sys.executable} -m lightvm.cli"
+        self._sshd: subprocess.Popen[bytes] | None = None
+        self._daemons: list[Path] = []
+        self._made_run_sshd = False
+
+    def start(self) -> None:
+        hostkey = self.root / "ssh_host_ed25519_key"
+        for k in (hostkey, self.key):
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(k)])
+        authorized = self.root / "authorized_keys"
+        authorized.write_text(Path(f"{self.key}.pub").read_text())
+        cfg = self.root / "sshd_config"
+        cfg.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {hostkey}\nPidFile {self.root}/sshd.pid\n"
+            f"AuthorizedKeysFile {authorized}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+            "ClientAliveInterval 1\nClientAliveCountMax 3\nLogLevel ERROR\n"
+        )
+        parts = Path(f"{hostkey}.pub").read_text().split()
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {parts[0]} {parts[1]}\n")
+        if not Path("/run/sshd").exists():
+            Path("/run/sshd").mkdir(mode=0o755)
+            self._made_run_sshd = True
+        log = self.root / "sshd.log"
+        self._sshd = subprocess.Popen(
+            [str(SSHD), "-D", "-f", str(cfg), "-E", str(log)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def listening() -> bool:
+            if self._sshd is not None and self._sshd.poll() is not None:
+                raise RuntimeError(f"sshd exited: {log.read_text() if log.exists() else ''}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+            return False
+
+        if not wait_until(listening, timeout=10.0):
+            raise RuntimeError("sshd did not listen within 10 s")
+
+    def target_args(self, state_dir: Path) -> dict[str, Any]:
+        return {
+            "target": "root@127.0.0.1",
+            "port": self.port,
+            "known_hosts": str(self.known_hosts),
+            "identity": str(self.key),
+            "remote_command": self.remote_command,
+            "remote_state_dir": str(state_dir),
+        }
+
+    def start_daemon(self, state_dir: Path, accel: str, incoming_size: int) -> None:
+        """``lightvm daemon start`` on ``state_dir`` (stopped by :meth:`close`)."""
+        argv = [sys.executable, "-m", "lightvm.cli", "--state-dir", str(state_dir), "daemon", "start"]
+        self._daemons.append(state_dir)
+        _run([*argv, "--accel", accel, "--incoming-size", str(incoming_size)])
+
+    def close(self) -> None:
+        for state_dir in self._daemons:
+            with contextlib.suppress(Exception):
+                _run([sys.executable, "-m", "lightvm.cli", "--state-dir", str(state_dir), "daemon", "stop"], 90.0)
+        self._daemons.clear()
+        if self._sshd is not None:
+            self._sshd.terminate()
+            try:
+                self._sshd.wait(10)
+            except subprocess.TimeoutExpired:
+                self._sshd.kill()
+                self._sshd.wait(10)
+            self._sshd = None
+        if self._made_run_sshd:
+            with contextlib.suppress(OSError):
+                Path("/run/sshd").rmdir()
+
+
+def call(state_dir: Path, op: str, args: dict[str, Any], timeout: float = 60.0) -> Any:
+    with api.Client.connect(state_dir, timeout=2.0) as client:
+        return client.call(op, args, timeout=timeout)
+
+
+def wait_incoming_ready(state_dir: Path, timeout: float = 30.0) -> bool:
+    """Until the daemon on ``state_dir`` has a prepared -incoming shell (a quiet pool)."""
+
+    def ready() -> bool:
+        info = call(state_dir, "ping", {})
+        return any(f["ready"] >= 1 and not f["preparing"] for f in info.get("incoming") or [])
+
+    return bool(wait_until(ready, timeout=timeout, interval=0.01, max_interval=0.1))
+
+
+__all__ = ["SshHost", "call", "unavailable", "wait_incoming_ready"]
