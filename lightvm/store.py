@@ -327,7 +327,8 @@ def available() -> str | None:
 class XenStored:
     """Debian's real xenstored in a private run dir, started here and stopped by :meth:`stop`.
 
-    ``-N`` keeps it in the foreground as our child (we own its lifetime); it keeps
+    ``-N`` keeps it in the foreground as our child (we own its lifetime; the shim also
+    makes it die with the thread that started it, PR_SET_PDEATHSIG); it keeps
     its data base in memory (the 4.17 default). It introduces dom0 itself, through
     the files the shim serves as /proc/xen/xsd_port and xsd_kva.
     """
@@ -354,6 +355,7 @@ class XenStored:
             "LD_PRELOAD": str(shim),
             "XSSHIM_DIR": str(self.rundir),
             "XENSTORED_RUNDIR": str(self.rundir),
+            "XSSHIM_PDEATHSIG": "1",  # dies with us: a killed benchmark leaves no daemon
             # relative to its cwd (the run dir): deep temp dirs overflow AF_UNIX's 108 bytes
             "XENSTORED_PATH": self.socket.name,
         }

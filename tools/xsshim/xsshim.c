@@ -18,6 +18,9 @@
  *  - /proc/xen/xsd_port and /proc/xen/xsd_kva (read by the daemon to introduce
  *    dom0) are redirected to files in $XSSHIM_DIR (written by lightvm/store.py).
  *
+ *  - With XSSHIM_PDEATHSIG=1 the daemon gets SIGTERM when the process that started
+ *    it dies (prctl PR_SET_PDEATHSIG), so a killed benchmark leaves no xenstored.
+ *
  * Only the entry points that xenstored 4.17 imports are defined (nm -D).
  */
 #define _GNU_SOURCE
@@ -29,11 +32,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #define DOMID_FIRST_RESERVED 0x7FF0U
 #define PAGE 4096
+
+__attribute__((constructor)) static void die_with_parent(void)
+{
+    const char *want = getenv("XSSHIM_PDEATHSIG");
+    if (!want || strcmp(want, "1") != 0)
+        return;
+    pid_t parent = getppid();
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) /* the parent died before the prctl took effect */
+        raise(SIGTERM);
+}
 
 /* ---- /proc/xen redirection ------------------------------------------------ */
 
