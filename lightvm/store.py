@@ -16,9 +16,11 @@ The module has three layers:
 2. :class:`XenStored`: starts the daemon in a private run dir and stops it again.
 3. :func:`domain_create` / :func:`domain_destroy`: what xl/libxl write for one domain
    (its nodes, the console and one vif with backend and frontend halves, in
-   transactions), the domain introduction, and the backend half of the device
-   handshake (netback's InitWait and the hotplug script's ``connected``) that the
-   toolstack waits for through a watch before it unpauses the domain.
+   transactions) and the domain introduction; the toolstack then waits through a
+   watch for the backend's InitWait and the hotplug script's ``connected``.
+
+The backend (netback's part of the handshake) and the relay that lets a guest talk to
+the store are in :mod:`lightvm.store_guest`.
 """
 
 from __future__ import annotations
@@ -278,6 +280,18 @@ class XsClient:
                 raise StoreError(f"unexpected xenstore message {rtype} while waiting for watch {token!r}")
             self.events.append(_event(reply))
 
+    def next_event(self, timeout: float | None = None) -> tuple[str, str]:
+        """(path, token) of the next queued or arriving watch event, whatever its token.
+
+        :raise StoreError: none arrived in time.
+        """
+        if not self.events:
+            rtype, _rid, reply = self._recv_msg(Deadline(self.timeout if timeout is None else timeout))
+            if rtype != XS_WATCH_EVENT:
+                raise StoreError(f"unexpected xenstore message {rtype} while waiting for a watch event")
+            return _event(reply)
+        return self.events.pop(0)
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[int]:
         """One attempt of a transaction; use :func:`in_transaction` to retry on EAGAIN."""
@@ -504,60 +518,31 @@ def _add_vif(c: XsClient, d: Domain, tx: int) -> None:
     c.write(f"/libxl/{d.domid}/device/vif/0", back, tx)
 
 
-class Backend:
-    """The dom0 side of the vif handshake, as netback and the hotplug script do it.
-
-    It watches /local/domain/0/backend/vif (netback's watch on its backend tree); for
-    each new device it moves the backend to InitWait and the hotplug script writes
-    ``hotplug-status = connected``. It runs on its own connection, as netback does.
-    """
-
-    TOKEN = "netback"
-
-    def __init__(self, client: XsClient) -> None:
-        self.c = client
-        self.c.watch("/local/domain/0/backend/vif", self.TOKEN)
-        self.c.wait_watch(self.TOKEN)  # xenstored fires every new watch once
-
-    def serve(self, d: Domain) -> None:
-        """Wait for the watch event of ``d``'s new vif (skipping older devices' events), then
-        move it to InitWait and report the hotplug script done.
-
-        :raise StoreError: no event for the device in time, or it is not online.
-        """
-        back = d.vif_backend
-        while True:
-            path = self.c.wait_watch(self.TOKEN)
-            if path == back or path.startswith(back + "/"):
-                break
-        if self.c.read(f"{back}/online") != "1":
-            raise StoreError(f"domain {d.domid}: vif backend is not online")
-        self.c.write(f"{back}/state", str(XENBUS_INIT_WAIT))
-        self.c.write(f"{back}/hotplug-status", "connected")
-
-
-def domain_create(toolstack: XsClient, backend: Backend, d: Domain) -> None:
+def domain_create(toolstack: XsClient, d: Domain) -> None:
     """The store traffic of ``xl create`` for one PVH domain with a console and one vif.
 
     Transaction 1 makes the domain (libxl__domain_make), transaction 2 writes the
     build results (libxl__build_post); then XS_INTRODUCE, transaction 3 adds the vif,
-    and the toolstack waits through a watch until the backend is in InitWait with its
-    hotplug script done, as libxl does before unpausing. The toolstack keeps a watch
-    on @releaseDomain per domain (xl's per-domain death watcher).
+    and the toolstack waits through a watch until the backend (a running
+    :class:`lightvm.store_guest.Netback`) is in InitWait with its hotplug script done,
+    as libxl does before unpausing. The toolstack keeps a watch on @releaseDomain per
+    domain (xl's per-domain death watcher).
 
     :raise StoreError: a request failed or the backend did not answer in time.
     """
     in_transaction(toolstack, lambda tx: _make_domain(toolstack, d, tx))
     in_transaction(toolstack, lambda tx: _build_post(toolstack, d, tx))
     toolstack.introduce(d.domid, 0, 1)
-    toolstack.watch(f"{d.vif_backend}/state", d.token)
+    # the whole backend dir: its state and the hotplug script's status both fire it
+    toolstack.watch(d.vif_backend, d.token)
     toolstack.wait_watch(d.token)  # the initial firing
     in_transaction(toolstack, lambda tx: _add_vif(toolstack, d, tx))
-    backend.serve(d)
     deadline = Deadline(toolstack.timeout)
     while toolstack.read(f"{d.vif_backend}/state") != str(XENBUS_INIT_WAIT) or not _hotplug_done(toolstack, d):
+        if deadline.expired():
+            raise StoreError(f"domain {d.domid}: the vif backend did not reach InitWait (is Netback running?)")
         toolstack.wait_watch(d.token, deadline.remaining())
-    toolstack.unwatch(f"{d.vif_backend}/state", d.token)
+    toolstack.unwatch(d.vif_backend, d.token)
     toolstack.watch("@releaseDomain", d.token)
     _forget(toolstack, d.token)
 
@@ -594,6 +579,6 @@ def domain_destroy(toolstack: XsClient, d: Domain) -> None:
 
 
 __all__ = [
-    "Backend", "Domain", "StoreError", "XenStored", "XsClient", "XsError", "available", "domain_create",
+    "Domain", "StoreError", "XenStored", "XsClient", "XsError", "available", "domain_create",
     "domain_destroy", "ensure_shim", "in_transaction", "pack", "split_strings", "strings", "unpack_header",
 ]  # fmt: skip

@@ -32,7 +32,7 @@ import os
 import signal
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,9 +116,16 @@ class _Undo:
 class Toolstack:
     """The VM operations over one state dir. Safe to use from several processes at once."""
 
-    def __init__(self, state_dir: Path | None = None, boot_timeout: float = DEFAULT_BOOT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
+        extra_qemu_args: Callable[[str], Sequence[str]] | None = None,
+    ) -> None:
         self.state = StateDir(state_dir)
         self.boot_timeout = boot_timeout
+        # VM name -> more QEMU arguments (the XenStore baseline's store channel, lightvm/store_guest.py)
+        self.extra_qemu_args = extra_qemu_args
 
     # ------------------------------------------------------------------ create
 
@@ -246,7 +253,7 @@ class Toolstack:
                 console_path=vmdir.console_path,
                 qmp_path=vmdir.qmp_path,
                 log_path=vmdir.log_path,
-                extra_args=tuple(extra_args),
+                extra_args=(*extra_args, *(self.extra_qemu_args(vmdir.name) if self.extra_qemu_args else ())),
                 bios=spec.firmware,
             )
             step = "launch QEMU"

@@ -183,6 +183,7 @@ void guest_fatal(uint32_t err, const char *fmt, ...)
 /* ---- entry ---- */
 
 void guest_start(void);
+void xs_boot(void);   /* xs.c: config from the store when the cmdline says lightvm.xs */
 void guest_start(void)
 {
 	console_init();
@@ -195,6 +196,7 @@ void guest_start(void)
 	noxs_init();
 	clock_init();
 	noxs_clock_ready();
+	xs_boot();
 	cpu_sti();
 	app_main();
 	guest_poweroff();

@@ -1,20 +1,20 @@
 """The ``lightvm-xenstore`` boot variant: lightvm with a XenStore-style control plane.
 
 Each VM is described in Debian's real xenstored (lightvm/store.py: the daemon with the
-xsshim preload, started and stopped by this fleet) the way ``xl create`` does it, and
-the host waits for the vif backend's InitWait/hotplug handshake through a watch before
-it boots the VM with the toolstack's cold path. The N-1 running VMs stay introduced
-and keep their nodes and death watches in the store, so the store's per-request cost
-grows with N as in the paper (Fig. 9).
-
-What it does not do yet: the guest still reads its config from its NoXS page, not key by
-key from the store, so the frontend half of the handshake (guest writes Initialised /
-Connected) is not in the measured path; see lightvm/bench/README.md.
+xsshim preload, started and stopped by this fleet) the way ``xl create`` does it; the
+host waits for the vif backend's InitWait/hotplug through a watch, then boots the VM
+with the toolstack's cold path and ``lightvm.xs`` on its command line. The guest
+(images/base/xs.c) then reads its config key by key from the store over its store
+channel (a UART relayed to xenstored by lightvm/store_guest.py) and does the frontend
+half of its vif's XenbusState handshake with the netback thread before it goes on to
+READY. The N-1 running VMs stay introduced, with their nodes, watches and store
+connections, so the store's cost grows with N as in the paper (Fig. 9).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -24,13 +24,22 @@ from lightvm.bench.fleets import BOOT_STEPS
 from lightvm.bench.runner import Sample
 from lightvm.errors import LightVMError
 from lightvm.spec import VMSpec
+from lightvm.store_guest import Netback, Relay
+
+GUEST_FLAG = "lightvm.xs"  # images/base/xs.c: read the config from the store
+
+
+def store_channel_args(path: Path) -> list[str]:
+    """QEMU arguments of a guest's store channel: COM2, connected to the relay's socket."""
+    return ["-chardev", f"socket,id=xs,path={path}", "-device", "isa-serial,chardev=xs,iobase=0x2f8,irq=3"]
 
 
 class StoreFleet:
     """``store.domain_create`` + ``Toolstack.create`` per VM; ``domain_destroy`` + destroy after.
 
-    The sample: ``ms`` = store traffic (``store_ms``) plus the toolstack's time to READY,
-    the boot breakdown shifted by ``store_ms``, and ``destroy_ms``.
+    The sample: ``ms`` = host store traffic (``store_ms``) plus the toolstack's time to
+    READY (which includes the guest's own store traffic), the boot breakdown shifted
+    by ``store_ms``, and ``destroy_ms``.
     """
 
     variant = "lightvm-xenstore"
@@ -38,22 +47,29 @@ class StoreFleet:
     def __init__(self, spec: VMSpec, accel: str) -> None:
         from lightvm.toolstack import Toolstack
 
-        self.spec = spec
+        self.spec = dataclasses.replace(spec, cmdline=f"{spec.cmdline} {GUEST_FLAG}".strip())
         self.accel = accel
         self._tmp = tempfile.TemporaryDirectory(prefix="lightvm-bench-store-")
-        self.ts = Toolstack(Path(self._tmp.name) / "state")
+        self.channels: dict[str, Path] = {}
+        self.ts = Toolstack(Path(self._tmp.name) / "state", extra_qemu_args=self._qemu_args)
         self.daemon = store.XenStored(Path(self._tmp.name) / "xenstored")
-        self.daemon.start()
+        self.client: store.XsClient | None = None
+        self.netback: Netback | None = None
+        self.relay: Relay | None = None
         try:
+            self.daemon.start()
             self.client = self.daemon.client()
-            self.backend = store.Backend(self.daemon.client())
+            self.netback = Netback(self.daemon)
+            self.relay = Relay(self.daemon)
         except BaseException:
-            self.daemon.stop()
-            self._tmp.cleanup()
+            self._teardown()
             raise
         self.running: list[tuple[str, store.Domain]] = []
         self.next_domid = 1
         self.seq = 0
+
+    def _qemu_args(self, name: str) -> list[str]:
+        return store_channel_args(self.channels[name])
 
     def _domain(self, name: str) -> store.Domain:
         domid = self.next_domid
@@ -64,18 +80,32 @@ class StoreFleet:
             ip=f"10.{(domid >> 16) & 0xFF}.{(domid >> 8) & 0xFF}.{domid & 0xFF}",
         )  # fmt: skip
 
+    def _check(self) -> None:
+        for part in (self.netback, self.relay):
+            if part is not None and part.error is not None:
+                raise store.StoreError(f"{type(part).__name__} failed: {part.error}") from part.error
+
     def _start(self, name: str) -> tuple[store.Domain, float, dict[str, float | None]]:
+        assert self.client is not None and self.relay is not None
+        self._check()
         dom = self._domain(name)
         t0 = time.perf_counter()
-        store.domain_create(self.client, self.backend, dom)
+        store.domain_create(self.client, dom)
         store_ms = (time.perf_counter() - t0) * 1000
         try:
+            self.channels[name] = self.relay.add(dom.domid)
             (result,) = self.ts.create(self.spec, name=name, accel=self.accel)
         except BaseException:
-            with contextlib.suppress(LightVMError):
-                store.domain_destroy(self.client, dom)
+            self._remove(name, dom)
             raise
         return dom, store_ms, result.boot_ms
+
+    def _remove(self, name: str, dom: store.Domain) -> None:
+        assert self.client is not None and self.relay is not None
+        self.relay.remove(dom.domid)
+        self.channels.pop(name, None)
+        with contextlib.suppress(LightVMError):
+            store.domain_destroy(self.client, dom)
 
     def grow(self, count: int) -> None:
         while len(self.running) < count:
@@ -91,7 +121,7 @@ class StoreFleet:
         wall = (time.perf_counter() - t0) * 1000
         t1 = time.perf_counter()
         self.ts.destroy(name)
-        store.domain_destroy(self.client, dom)
+        self._remove(name, dom)
         destroy = (time.perf_counter() - t1) * 1000
         sample: Sample = {"wall_ms": wall, "destroy_ms": destroy, "store_ms": store_ms}
         for step in BOOT_STEPS:
@@ -108,14 +138,18 @@ class StoreFleet:
     def close(self) -> None:
         with contextlib.suppress(LightVMError):
             self.ts.destroy_all()
-        for _name, dom in self.running:
-            with contextlib.suppress(LightVMError):
-                store.domain_destroy(self.client, dom)
+        for name, dom in self.running:
+            self._remove(name, dom)
         self.running = []
-        self.client.close()
-        self.backend.c.close()
+        self._teardown()
+
+    def _teardown(self) -> None:
+        for part in (self.relay, self.netback, self.client):
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    part.stop() if not isinstance(part, store.XsClient) else part.close()
         self.daemon.stop()
         self._tmp.cleanup()
 
 
-__all__ = ["StoreFleet"]
+__all__ = ["GUEST_FLAG", "StoreFleet", "store_channel_args"]

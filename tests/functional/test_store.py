@@ -16,6 +16,7 @@ import pytest
 
 from lightvm import store
 from lightvm.store import XenStored, XsError
+from lightvm.store_guest import Netback
 
 
 @pytest.fixture
@@ -46,11 +47,19 @@ def test_daemon_serves_and_introduces_dom0(daemon: XenStored) -> None:
 
 
 def test_domain_create_and_destroy_like_xl(daemon: XenStored) -> None:
-    with daemon.client() as c, daemon.client() as netback:
-        backend = store.Backend(netback)
+    netback = Netback(daemon)
+    try:
+        _create_and_destroy(daemon)
+        assert netback.error is None
+    finally:
+        netback.stop()
+
+
+def _create_and_destroy(daemon: XenStored) -> None:
+    with daemon.client() as c:
         doms = [store.Domain(i, f"vm{i}", memory_kib=4096) for i in (1, 2, 3)]
         for d in doms:
-            store.domain_create(c, backend, d)
+            store.domain_create(c, d)
         d = doms[1]
         assert c.is_domain_introduced(2)
         assert c.read(f"{d.path}/name") == "vm2"

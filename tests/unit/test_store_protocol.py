@@ -193,3 +193,15 @@ def test_mismatched_reply_and_closed_peer(
     c2.sock.shutdown(socket.SHUT_WR)
     with pytest.raises(StoreError):
         c2.read("/a")
+
+
+def test_relay_scopes_relative_paths_to_the_domain() -> None:
+    from lightvm.store_guest import scope
+
+    assert scope(store.XS_READ, b"name\0", 7) == b"/local/domain/7/name\0"
+    assert scope(store.XS_WRITE, b"device/vif/0/state\x003", 7) == b"/local/domain/7/device/vif/0/state\x003"
+    assert scope(store.XS_READ, b"/local/domain/0/backend/vif/7/0/state\0", 7).startswith(b"/local/domain/0/")
+    assert scope(store.XS_WATCH, b"@releaseDomain\0tok\0", 7) == b"@releaseDomain\0tok\0"
+    assert scope(store.XS_TRANSACTION_START, b"\0", 7) == b"\0"  # not a path
+    with pytest.raises(StoreError, match="too long"):
+        scope(store.XS_WRITE, b"k\0" + b"v" * 4090, 7)
