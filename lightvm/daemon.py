@@ -633,7 +633,7 @@ class Daemon:
             raise MigrationError(
                 f"{name}: migration to {target.target} failed: {exc}; the VM keeps running here"
             ) from exc
-        result = sshlink.migrate_warm(
+        result, teardown = sshlink.migrate_warm(
             ts,
             session,
             name,
@@ -643,7 +643,24 @@ class Daemon:
             timeout=timeout,
             t0=t0,
         )
-        return api.Deferred(result.as_dict(), session.keep_spare)
+        with self._threads_lock:  # list/info/destroy of the name wait for the teardown
+            self._finishing[name] = threading.Event()
+
+        def after() -> None:
+            t1 = time.perf_counter()
+            try:
+                teardown()
+            finally:
+                with self._threads_lock:
+                    event = self._finishing.pop(name, None)
+                if event is not None:
+                    event.set()
+            self.log(f"migrated {name}: source removed {(time.perf_counter() - t1) * 1000:.1f} ms after the reply")
+            session.keep_spare()
+
+        out = result.as_dict()
+        out["teardown_ms"] = None  # after the reply (see the log)
+        return api.Deferred(out, after)
 
     def op_ssh(self, args: dict[str, Any]) -> Any:
         """Kept SSH sessions: ``action`` list (default), connect (open one now, with a

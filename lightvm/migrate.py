@@ -267,7 +267,7 @@ def migrate(
             lines.send(hello)
             return lines, lines.receive(timeout, "the receiving side")
 
-        result, lines = migrate_over(
+        result, lines, _ = migrate_over(
             toolstack, name, target, transport, open_control, tunnel, bandwidth_mib, downtime_ms, timeout, t0
         )
         lines.channel.close()
@@ -299,11 +299,16 @@ def migrate_over(
     downtime_ms: int,
     timeout: float,
     t0: float,
-) -> tuple[MigrateResult, LineChannel]:
+    defer_teardown: bool = False,
+) -> tuple[MigrateResult, LineChannel, Callable[[], None] | None]:
     """The migration over an SSH ``transport``: ``open_control(hello)`` reaches a receiver
     on the destination (a new ``migrate-receive``, or lightvmd through a kept relay) and
     returns its control channel with the receiver's first answer (``{"port": N}``).
-    Returns the result and that channel (usable again once the receiver has committed).
+    Returns the result, that channel (usable again once the receiver has committed), and
+    with ``defer_teardown`` the source's teardown for the caller to run after answering
+    (the guest runs on the destination and the source QEMU is stopped for good once the
+    destination committed: removing the source's QEMU and folder is bookkeeping; lightvmd
+    answers first, as it does for a create's record).
 
     :raise MigrationError: any failure; the VM keeps running here and nothing is left there.
     """
@@ -347,9 +352,10 @@ def migrate_over(
         lines.send({"commit": True})
         lines.receive(10.0, "the commit")
         committed = True
-        # The guest runs there: the source QEMU (stopped, postmigrate) has nothing left to
-        # keep; SIGKILL is ~5 ms faster than `quit` and destroy then only removes files.
-        machine.kill()
+        if not defer_teardown:
+            # The guest runs there: the source QEMU (stopped, postmigrate) has nothing left
+            # to keep; SIGKILL is ~5 ms faster than `quit` and destroy only removes files.
+            machine.kill()
     except BaseException as exc:
         if committed:  # only the kill failed: the VM runs there; destroy below cleans up
             pass
@@ -377,23 +383,31 @@ def migrate_over(
             machine.process.close()
     assert lines is not None
     assert lines is not None
-    toolstack.destroy(name)
+    teardown = None
+    if defer_teardown:
+        teardown = lambda: toolstack.destroy(name)  # noqa: E731
+    else:
+        toolstack.destroy(name)
     t_end = time.perf_counter()
     ram = info.get("ram", {}) if isinstance(info.get("ram"), dict) else {}
-    return MigrateResult(
-        name=name,
-        destination=target,
-        total_ms=(t_end - t0) * 1000,
-        ssh_ms=0.0,
-        prepare_ms=(t_prepared - t0) * 1000,
-        migrate_ms=float(info.get("total-time", (t_done - t_prepared) * 1000)),
-        downtime_ms=float(info.get("downtime", 0)),
-        handover_ms=(t_ready - t_done) * 1000,
-        bytes=int(ram.get("transferred", 0)),
-        tunnel=tunnel,
-        receiver=receiver,
-        teardown_ms=(t_end - t_ready) * 1000,
-    ), lines
+    return (
+        MigrateResult(
+            name=name,
+            destination=target,
+            total_ms=(t_end - t0) * 1000,
+            ssh_ms=0.0,
+            prepare_ms=(t_prepared - t0) * 1000,
+            migrate_ms=float(info.get("total-time", (t_done - t_prepared) * 1000)),
+            downtime_ms=float(info.get("downtime", 0)),
+            handover_ms=(t_ready - t_done) * 1000,
+            bytes=int(ram.get("transferred", 0)),
+            tunnel=tunnel,
+            receiver=receiver,
+            teardown_ms=(t_end - t_ready) * 1000,
+        ),
+        lines,
+        teardown,
+    )
 
 
 def _session_gone(channel: Any) -> bool:

@@ -93,12 +93,14 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
         return
     how = "through the SSH tunnel" if result["tunnel"] else "direct TCP"
     link = "kept SSH connection" if result.get("link") == "kept" else f"ssh {result['ssh_ms']:.1f} ms"
+    teardown = result.get("teardown_ms")
+    removed = "after this answer" if teardown is None else f"{teardown:.1f} ms later"
     print(
         f"{result['name']}: migrated to {result['destination']} ({how}) in {result['total_ms']:.1f} ms: "
         f"migration {result['migrate_ms']:.1f} ms, downtime {result['downtime_ms']:.1f} ms, "
         f"{result['bytes']} bytes sent; {link}, destination ready {result['prepare_ms']:.1f} ms "
         f"({result.get('receiver', 'migrate-receive')}), guest running there {result['handover_ms']:.1f} ms "
-        f"after the stream, source removed {result.get('teardown_ms', 0.0):.1f} ms later"
+        f"after the stream, source removed {removed}"
     )
 
 

@@ -278,9 +278,11 @@ def migrate_warm(
     downtime_ms: int,
     timeout: float,
     t0: float,
-) -> Any:
+) -> tuple[Any, Callable[[], None]]:
     """Migrate ``name`` over a kept session: through a relay to the destination's lightvmd
     (``migrate-in``), or, with none there, a ``migrate-receive`` over the kept connection.
+    Returns the result and the source's teardown, to run after answering
+    (:func:`lightvm.migrate.migrate_over`, ``defer_teardown``).
 
     :raise MigrationError: any failure; the VM keeps running here, nothing is left there.
     """
@@ -306,8 +308,18 @@ def migrate_warm(
         return lines, lines.receive(timeout, "the receiving side")
 
     try:
-        result, lines = migrate_over(
-            toolstack, name, t.target, session.transport, open_control, tunnel, bandwidth_mib, downtime_ms, timeout, t0
+        result, lines, teardown = migrate_over(
+            toolstack,
+            name,
+            t.target,
+            session.transport,
+            open_control,
+            tunnel,
+            bandwidth_mib,
+            downtime_ms,
+            timeout,
+            t0,
+            defer_teardown=True,
         )
     except MigrationError:
         if not session.alive():
@@ -320,7 +332,8 @@ def migrate_warm(
         with contextlib.suppress(Exception):
             lines.channel.close()
     result.link = "kept"
-    return result
+    assert teardown is not None
+    return result, teardown
 
 
 __all__ = ["Session", "Sessions", "Target", "migrate_warm"]
