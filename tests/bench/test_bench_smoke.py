@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -166,11 +167,7 @@ def test_checkpoint_smoke(images: Path, tmp_path: Path, clean_host: None) -> Non
     doc = _check(
         tmp_path,
         "checkpoint",
-        {
-            f"checkpoint/{op}/n={n}"
-            for op in ("save", "save-live", "restore", "restore-prepared", "migrate")
-            for n in VMS
-        },
+        {f"checkpoint/{op}/n={n}" for op in checkpoint_ops() for n in VMS},
     )
     rows = {b["name"]: b for b in doc["benchmarks"]}
     for sample in rows["checkpoint/save/n=2"]["samples"]:
@@ -182,3 +179,39 @@ def test_checkpoint_smoke(images: Path, tmp_path: Path, clean_host: None) -> Non
         assert sample["prepare_and_finish_ms"] >= sample["ms"] > 0
     for sample in rows["checkpoint/migrate/n=2"]["samples"]:
         assert sample["ms"] > sample["migrate_ms"] > 0 and sample["bytes"] > 4096
+    if "migrate-ssh" not in checkpoint_ops():
+        return
+    for sample in rows["checkpoint/restore-pool/n=2"]["samples"]:
+        assert sample["pool_hit"] == 1 and sample["ms"] >= sample["daemon_ms"] >= sample["finish_ms"] > 0
+    for sample in rows["checkpoint/migrate-ssh/n=2"]["samples"]:
+        assert sample["ssh_ms"] > 0 and sample["ms"] > sample["prepare_ms"] > 0 and sample["bytes"] > 4096
+    for sample in rows["checkpoint/migrate-ssh-warm/n=2"]["samples"]:
+        # the kept link (no handshake) and the destination's prepared shell
+        assert "ssh_ms" not in sample and sample["pool_hit"] == 1 and sample["ms"] >= sample["total_ms"] > 0
+
+
+def checkpoint_ops() -> tuple[str, ...]:
+    """The checkpoint suite's rows on this host (the SSH ones need root and sshd)."""
+    from lightvm.bench import checkpoint
+    from lightvm.bench.sshhost import unavailable
+
+    return checkpoint.OPS if unavailable() is None else checkpoint.LOCAL_OPS
+
+
+def test_split_smoke_daytime(images: Path, tmp_path: Path, clean_host: None) -> None:
+    """The scale bar's suite at N = 1, 2 daytime VMs: idle cost, execute path, scaling ratio."""
+    opts = _opts()
+    opts.app = "daytime"
+    run_suite("split", opts, tmp_path)
+    expected = {f"split/{m}/n={n}" for m in ("idle", "execute") for n in VMS} | {f"split/scaling/n={VMS[-1]}"}
+    doc = _check(tmp_path, "split", expected)
+    rows = {b["name"]: b for b in doc["benchmarks"]}
+    for n in VMS:
+        (idle,) = rows[f"split/idle/n={n}"]["samples"]
+        assert idle["vms"] == n and idle["answered"] == idle["asked"] == n, idle  # every VM tells the time
+        # QEMU's own memory per idle VM: a few MiB at least, far below the guest-inclusive RSS
+        assert 1 < idle["beyond_guest_mib_per_vm"] < idle["rss_mib_per_vm"] < 200, idle
+        assert all(s["pool"] == 1.0 for s in rows[f"split/execute/n={n}"]["samples"])
+    (scaling,) = rows[f"split/scaling/n={VMS[-1]}"]["samples"]
+    medians = [statistics.median(s["ms"] for s in rows[f"split/execute/n={n}"]["samples"]) for n in VMS]
+    assert scaling["ratio"] == pytest.approx(medians[-1] / medians[0])
