@@ -138,6 +138,7 @@ void xs_boot(void)
 		return;
 	outb(COM2 + 1, 0x00);   /* no UART interrupts */
 	outb(COM2 + 3, 0x03);   /* 8N1 */
+	outb(COM2 + 2, 0x07);   /* FIFOs on: QEMU hands over up to 16 bytes per poll */
 	for (unsigned i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
 		xs_read(keys[i]);
 	xs_copy(backend, sizeof(backend), "device/vif/0/backend");
