@@ -37,9 +37,27 @@ Protocol, version 1:
    pause       name*                                        {"ms": float}
    unpause     name*                                        {"ms": float}
    pool        -                                            pool statistics
+   restore     file* (absolute path of a checkpoint),       RestoreResult + "path": "pool"
+               name, timeout                                (a prepared -incoming shell) or
+                                                            "cold"
+   migrate     name*, target* ([user@]host), port,          MigrateResult (the migration
+               known_hosts, identity (absolute paths),      over this daemon's kept SSH
+               remote_command, remote_state_dir, tunnel,    connection; lightvm/sshlink.py)
+               bandwidth_mib, downtime_ms, timeout
+   migrate-in  meta*, name*, listen*, timeout               {"port", "receiver"}; then the
+                                                            connection carries the migration
+                                                            (see 8.)
+   ssh         action (list|connect|drop), and the          kept SSH sessions
+               target args of migrate
    ==========  ===========================================  ==================================
 
-7. Versioning: ``v`` is this protocol's major version. A request with another ``v``
+8. ``migrate-in`` (the receiving end of a live migration, reached from the source's
+   lightvmd through an SSH relay) keeps the connection after its response: it then
+   carries lightvm/migrate.py's JSON lines (``{"ready": ...}`` from the daemon,
+   ``{"commit": true}`` from the client, ``{"committed": true}``; ``{"error": M}`` ends
+   it and closes the connection). After ``committed`` the connection serves requests
+   again. If the client goes away before committing, the incoming VM is removed.
+9. Versioning: ``v`` is this protocol's major version. A request with another ``v``
    gets a ``ProtocolError`` naming the versions served. New ops and new optional args
    are added without a bump; removing or changing one bumps ``v``.
 """

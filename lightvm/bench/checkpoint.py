@@ -208,7 +208,8 @@ class _Checkpoints:
             "migrate_ms": moved.migrate_ms,
             "qemu_downtime_ms": moved.downtime_ms,  # QEMU's, whole ms
             "handover_ms": moved.handover_ms,
-            "prepare_ms": moved.prepare_ms,
+            "prepare_ms": moved.prepare_ms,  # destination QEMU spawned, QMP negotiated
+            "teardown_ms": moved.teardown_ms,  # source QEMU killed, its folder removed
             "bytes": moved.bytes,
         }
 

@@ -60,8 +60,9 @@ def test_restore_from_prepared_shell(lightvmd: Lightvmd, tmp_path: Path) -> None
     assert warm["app_counter"] == before["app_counter"] and warm["heartbeat"] >= before["heartbeat"]
     # The forward came back (hostfwd_add) and the guest's frames reach it (its MAC migrated).
     assert wait_until(lambda: read_daytime("127.0.0.1", port), timeout=20, interval=0.05)
-    after = _guest(lightvmd, "day")
-    assert after["app_counter"] == before["app_counter"] + 1 and after["state"] == "READY"
+    # (the guest counts the request after its reply: poll)
+    after = wait_until(lambda: (g := _guest(lightvmd, "day"))["app_counter"] > before["app_counter"] and g, timeout=10)
+    assert after and after["app_counter"] == before["app_counter"] + 1 and after["state"] == "READY"
     record = json.loads((lightvmd.state_dir / "vms" / "day" / "vm.json").read_text())
     assert f"mac={mac}" in " ".join(record["argv"])  # a later save carries the VM's own MAC
     assert record["id"] == shell["id"]  # the shell became the VM

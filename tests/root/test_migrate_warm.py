@@ -71,28 +71,31 @@ def test_warm_migration_daytime(warm: TwoHosts) -> None:
     out = hs.a.lv.ok("daemon", "connect", *_ssh_args(hs)).out
     assert "connected" in out and "lightvmd pid" in out, out
     port = boot_daytime(hs)
-    before = hs.a.guest("daytime")
+    before = wait_until(lambda: (g := hs.a.guest("daytime"))["app_counter"] >= 1 and g, timeout=10)
+    assert before
     first = _migrate_json(hs, "daytime")
     # The destination had never seen this kind of VM: a QEMU was started for it.
     assert first["link"] == "kept" and first["receiver"] == "lightvmd-cold", first
     assert hs.a.lv.status() == {} and hs.b.lv.status() == {"daytime": "running"}
     assert wait_until(lambda: hs.b.daytime(port), timeout=20, interval=0.05)
-    after = hs.b.guest("daytime")
-    assert after["app_counter"] == before["app_counter"] + 1 and after["state"] == "READY"
+    assert wait_until(lambda: hs.b.guest("daytime")["app_counter"] == before["app_counter"] + 1, timeout=10)
+    assert hs.b.guest("daytime")["state"] == "READY"
 
     # Now lightvmd on B keeps a prepared shell of that kind: the next one is warm.
     assert wait_until(lambda: _incoming_ready(hs.b) >= 1, timeout=30)
     port2 = port + 1
     hs.a.lv.create(DAYTIME, "--name", "day2", "--publish", f"127.0.0.1:{port2}:13")
     assert wait_until(lambda: hs.a.daytime(port2), timeout=20, interval=0.05)
-    before2 = hs.a.guest("day2")
+    before2 = wait_until(lambda: (g := hs.a.guest("day2"))["app_counter"] >= 1 and g, timeout=10)
+    assert before2
     second = _migrate_json(hs, "day2")
     assert second["link"] == "kept" and second["receiver"] == "lightvmd-pool", second
     assert second["ssh_ms"] == 0.0 and second["bytes"] > 0
     assert hs.b.lv.status() == {"daytime": "running", "day2": "running"} and hs.a.lv.status() == {}
     # The shell was spawned without the VM's MAC and forward: both arrive at take time.
     assert wait_until(lambda: hs.b.daytime(port2), timeout=20, interval=0.05)
-    assert hs.b.guest("day2")["app_counter"] == before2["app_counter"] + 1
+    # (the guest counts a request after its reply: poll)
+    assert wait_until(lambda: hs.b.guest("day2")["app_counter"] == before2["app_counter"] + 1, timeout=10)
     # Through the tunnel, too (a third VM: the pool refilled meanwhile).
     assert wait_until(lambda: _incoming_ready(hs.b) >= 1, timeout=30)
     hs.a.lv.create(DAYTIME, "--name", "day3")
