@@ -11,7 +11,8 @@ The variant table is :data:`VARIANTS`. Only what exists is in it:
 * ``lightvm-cold``  the toolstack's cold path (NoXS, no pool), public API
 * ``lightvm-xenstore`` the cold path behind a XenStore-style control plane: Debian's real
                     xenstored (lightvm/store.py) holds each VM's config and devices as xl
-                    writes them, with the vif backend handshake (lightvm/bench/store_fleet.py)
+                    writes them; the guest reads them key by key and does its vif handshake
+                    through the store (lightvm/bench/store_fleet.py, lightvm/store_guest.py)
 * ``lightvm-split`` lightvmd's execute path: a create request on the API socket taking a
                     prepared shell, to the READY reply (lightvm/bench/split.py)
 * ``libvirt``       a private libvirtd creating the same guest (virDomainCreateXML)
@@ -85,7 +86,7 @@ VARIANTS: tuple[Variant, ...] = (
         "baseline",
         _lightvm_xenstore,
         store.available,
-        "cold path + Debian's xenstored as the control plane (xl-style config, vif backend handshake)",
+        "cold path + Debian's xenstored as the control plane (xl-style config, guest reads it, vif handshake)",
     ),
     Variant("libvirt", "baseline", _libvirt, libvirtd.available, "private libvirtd, virDomainCreateXML, same guest"),
     Variant("crun", "baseline", _crun, crun.available, "crun run of a busybox OCI bundle, to its first output byte"),
@@ -156,7 +157,9 @@ def describe() -> dict[str, Any]:
     """What each variant is, for the results file (so a reader knows what was compared)."""
     return {
         "variants": {v.name: {"kind": v.kind, "doc": v.doc} for v in VARIANTS},
-        "not_implemented": ["lightvm-xenstore: the guest reading its config from the store (it reads NoXS)"],
+        "not_implemented": [
+            "lightvm-xenstore: xenstored checking the guest's own permissions (the relay connects as dom0)"
+        ],
         "reference": REFERENCE,
         "boot_steps": list(BOOT_STEPS),
     }
