@@ -142,9 +142,11 @@ class Session:
             self.remote_daemon = self._call(lines, "ping", {}, RELAY_START_TIMEOUT)
             return lines
         except MigrationError as exc:
+            channel.status_event.wait(2.0)  # the exit status may trail the channel's EOF
+            no_daemon = channel.exit_status_ready() and channel.recv_exit_status() == 3
             with contextlib.suppress(Exception):
                 channel.close()
-            if channel.exit_status_ready() and channel.recv_exit_status() == 3:
+            if no_daemon:
                 self.no_daemon_reason = str(exc).removeprefix("destination: ")
                 self._no_daemon_until = time.monotonic() + RECHECK
                 self.remote_daemon = None
@@ -322,6 +324,9 @@ def migrate_warm(
             defer_teardown=True,
         )
     except MigrationError:
+        if relay is not None:  # its conversation is in an unknown state: never reuse it
+            with contextlib.suppress(Exception):
+                relay.channel.close()
         if not session.alive():
             session.close()
         raise
