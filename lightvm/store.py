@@ -144,7 +144,10 @@ class XsClient:
     def connect(cls, path: Path, timeout: float = DEFAULT_TIMEOUT) -> XsClient:
         """:raise StoreError: nothing listens at ``path``."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
+        # A blocking connect, bounded by SO_SNDTIMEO: xenstored listens with a backlog of
+        # 1, and a non-blocking connect fails at once (EAGAIN) while another one waits.
+        sec = int(timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", sec, int((timeout - sec) * 1e6)))
         address, dirfd = short_unix_path(path)
         try:
             sock.connect(address)
@@ -154,6 +157,7 @@ class XsClient:
         finally:
             if dirfd is not None:
                 os.close(dirfd)
+        sock.settimeout(timeout)
         return cls(sock, timeout)
 
     def close(self) -> None:
@@ -379,13 +383,23 @@ class XenStored:
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.rundir,
             )  # fmt: skip
         deadline = Deadline(self.timeout)
-        while not self.socket.exists():
+        # the socket file appears at bind(), before listen(): up only once a connect works
+        while not self._accepts():
             if self.proc.poll() is not None or deadline.expired():
                 tail = self.log.read_text(errors="replace")[-400:]
                 self.stop()
                 raise StoreError(f"xenstored did not come up (see {self.log}): {tail.strip() or 'no output'}")
             time.sleep(0.002)
         return self
+
+    def _accepts(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            XsClient.connect(self.socket, self.timeout).close()
+        except StoreError:
+            return False
+        return True
 
     def client(self) -> XsClient:
         return XsClient.connect(self.socket, self.timeout)

@@ -9,37 +9,33 @@ Connected.
 
 :class:`Relay` carries a guest's store channel to xenstored. Each VM gets a unix
 socket that its QEMU connects to (a second 16550 UART with a socket chardev; the
-guest side is images/base/xs.c). Per guest connection the relay opens one
-connection to xenstored and forwards the wire protocol both ways; relative paths in
-the guest's requests are scoped to ``/local/domain/<id>/`` as Xen does. One thread and
-a selector serve every VM. The relay's connection is dom0's, so xenstored does not
-apply the guest's permissions (in Xen the guest's ring connection is domain <id>'s):
-the guest here is trusted, as it is our own unikernel.
+guest side is images/base/xs.c). The relay copies the guest's bytes into the page
+xenstored maps as that domain's ring (tools/xsshim makes it a shared file) and back,
+so xenstored serves the guest as domain ``<id>`` itself: relative paths under
+``/local/domain/<id>/``, the guest's own permissions and quotas, as in Xen. One
+thread and a selector serve every VM.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import select
 import selectors
 import shutil
 import socket
+import struct
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightvm import store
-from lightvm.store import HEADER, XENSTORE_PAYLOAD_MAX, StoreError, XsClient, XsError
+from lightvm.store import StoreError, XsError
 from lightvm.util import short_unix_path
 
 BACKEND_ROOT = "/local/domain/0/backend/vif"
-# requests whose first argument is a path (relative ones are scoped to the domain)
-PATH_OPS = frozenset(
-    {store.XS_DIRECTORY, store.XS_READ, store.XS_GET_PERMS, store.XS_WATCH, store.XS_UNWATCH,
-     store.XS_WRITE, store.XS_MKDIR, store.XS_RM, store.XS_SET_PERMS}
-)  # fmt: skip
 
 
 class Netback:
@@ -112,30 +108,76 @@ class Netback:
             self.c.write(f"{back}/state", connected)
 
 
+# struct xenstore_domain_interface (xen/include/public/io/xs_wire.h)
+RING_SIZE = 1024
+REQ, RSP = 0, 1024
+REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD = 2048, 2052, 2056, 2060
+IDX = struct.Struct("<I")
+WAKE_PORT = 0xFFFF  # any port but the VIRQ's: xenstored wakes and scans the domains' rings
+
+
 @dataclass
 class _Link:
     domid: int
     listener: socket.socket
+    ring: mmap.mmap
     guest: socket.socket | None = None
-    upstream: socket.socket | None = None
-    inbuf: bytearray = field(default_factory=bytearray)
+    pending: bytearray = field(default_factory=bytearray)  # guest bytes not yet in the ring
+    dropped: str = ""  # why the guest's channel was closed, if it was
 
 
-def scope(msg_type: int, payload: bytes, domid: int) -> bytes:
-    """A guest request's payload with a relative path made absolute under its domain path.
+def ring_put(ring: mmap.mmap, data: bytes | bytearray) -> int:
+    """Copy what fits of ``data`` into the request ring; how many bytes went in.
 
-    :raise StoreError: the scoped payload would be over the protocol's limit.
+    :raise StoreError: the indexes are corrupt (more than a ring's worth outstanding).
     """
-    if msg_type not in PATH_OPS or not payload or payload[:1] in (b"/", b"@"):
-        return payload
-    scoped = f"/local/domain/{domid}/".encode() + payload
-    if len(scoped) > XENSTORE_PAYLOAD_MAX:
-        raise StoreError(f"domain {domid}: request too long once scoped")
-    return scoped
+    cons, prod = int(IDX.unpack_from(ring, REQ_CONS)[0]), int(IDX.unpack_from(ring, REQ_PROD)[0])
+    used = (prod - cons) & 0xFFFFFFFF
+    if used > RING_SIZE:
+        raise StoreError(f"xenstore request ring corrupt (prod {prod}, cons {cons})")
+    n = min(len(data), RING_SIZE - used)
+    for i in range(n):  # byte by byte: the ring wraps; requests are tens of bytes
+        ring[REQ + ((prod + i) % RING_SIZE)] = data[i]
+    IDX.pack_into(ring, REQ_PROD, (prod + n) & 0xFFFFFFFF)
+    return n
+
+
+def ring_take(ring: mmap.mmap) -> bytes:
+    """Everything xenstored has written to the response ring since the last call.
+
+    :raise StoreError: the indexes are corrupt.
+    """
+    cons, prod = int(IDX.unpack_from(ring, RSP_CONS)[0]), int(IDX.unpack_from(ring, RSP_PROD)[0])
+    n = (prod - cons) & 0xFFFFFFFF
+    if n > RING_SIZE:
+        raise StoreError(f"xenstore response ring corrupt (prod {prod}, cons {cons})")
+    out = bytes(ring[RSP + ((cons + i) % RING_SIZE)] for i in range(n))
+    IDX.pack_into(ring, RSP_CONS, (cons + n) & 0xFFFFFFFF)
+    return out
+
+
+def _whole_messages(buf: bytearray) -> int:
+    """How many leading bytes of ``buf`` are whole messages. The UART delivers the guest's
+    bytes a few at a time; a Xen guest puts a whole message in its ring, then notifies,
+    and waking xenstored for every byte would time the relay, not the store."""
+    end = 0
+    while len(buf) - end >= store.HEADER.size:
+        length = store.unpack_header(bytes(buf[end : end + store.HEADER.size]))[3]
+        if len(buf) - end < store.HEADER.size + length:
+            break
+        end += store.HEADER.size + length
+    return end
 
 
 class Relay:
-    """Guest store channels (QEMU chardev sockets) to xenstored; one selector thread."""
+    """Guest store channels (QEMU chardev sockets) to the domains' xenstored rings; one thread.
+
+    The guest's bytes go into ``ring-<domid>``, the page xenstored maps as that domain's
+    ring (tools/xsshim), and the relay writes a port to the ``evtchn`` FIFO to wake the
+    daemon; xenstored's notifications come back as domids on the ``notify`` FIFO. So
+    xenstored itself serves the guest as domain ``<domid>``: its relative paths, its
+    permissions, its quotas, as in Xen.
+    """
 
     def __init__(self, daemon: store.XenStored) -> None:
         self.daemon = daemon
@@ -145,8 +187,11 @@ class Relay:
         self.links: dict[int, _Link] = {}
         self.lock = threading.Lock()
         self.error: BaseException | None = None
+        self._kick_fd = os.open(daemon.rundir / "evtchn", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._notify_fd = os.open(daemon.rundir / "notify", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         self._wake_r, self._wake_w = socket.socketpair()
         self.sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self.sel.register(self._notify_fd, selectors.EVENT_READ, "notify")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lightvm-xs-relay", daemon=True)
         self._thread.start()
@@ -155,7 +200,15 @@ class Relay:
         return self.dir / f"d{domid}"
 
     def add(self, domid: int) -> Path:
-        """Listen for domain ``domid``'s QEMU; the path to give its chardev."""
+        """Listen for introduced domain ``domid``'s QEMU; the path to give its chardev.
+
+        :raise StoreError: the domain has no ring (not introduced) or the socket failed.
+        """
+        try:
+            with open(self.daemon.rundir / f"ring-{domid}", "r+b") as f:
+                ring = mmap.mmap(f.fileno(), 4096)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"domain {domid}: no xenstore ring ({exc}); introduce it first") from exc
         path = self.socket_path(domid)
         lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         address, dirfd = short_unix_path(path)
@@ -164,15 +217,16 @@ class Relay:
             lst.listen(1)
         except OSError as exc:
             lst.close()
+            ring.close()
             raise StoreError(f"relay socket {path}: {exc}") from exc
         finally:
             if dirfd is not None:
                 os.close(dirfd)
         lst.setblocking(False)
-        link = _Link(domid, lst)
+        link = _Link(domid, lst, ring)
         with self.lock:
             self.links[domid] = link
-            self.sel.register(lst, selectors.EVENT_READ, (link, "listen"))
+            self.sel.register(lst, selectors.EVENT_READ, link)
         self._wake_w.send(b"x")
         return path
 
@@ -181,14 +235,16 @@ class Relay:
             link = self.links.pop(domid, None)
             if link is not None:
                 self._close(link)
-        self._wake_w.send(b"x")
+        with contextlib.suppress(OSError):
+            (self.daemon.rundir / f"ring-{domid}").unlink()
 
     def _close(self, link: _Link) -> None:
-        for s in (link.listener, link.guest, link.upstream):
+        for s in (link.listener, link.guest):
             if s is not None:
                 with contextlib.suppress(KeyError, ValueError):
                     self.sel.unregister(s)
                 s.close()
+        link.ring.close()
         with contextlib.suppress(OSError):
             self.socket_path(link.domid).unlink()
 
@@ -201,56 +257,81 @@ class Relay:
                 self._close(link)
             self.links.clear()
         self.sel.close()
+        for fd in (self._kick_fd, self._notify_fd):
+            os.close(fd)
         self._wake_r.close()
         self._wake_w.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def _kick(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full FIFO: the daemon has wake-ups queued
+            os.write(self._kick_fd, IDX.pack(WAKE_PORT))
+
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                for key, _mask in self.sel.select(timeout=0.5):
-                    if key.data is None:
-                        self._wake_r.recv(4096)
-                        continue
-                    with self.lock:
-                        link, role = key.data
-                        if link.domid in self.links:
-                            self._serve(link, role)
+                events = self.sel.select(timeout=0.5)
+                with self.lock:
+                    for key, _mask in events:
+                        if key.data is None:
+                            self._wake_r.recv(4096)
+                        elif key.data == "notify":
+                            with contextlib.suppress(BlockingIOError):
+                                os.read(self._notify_fd, 4096)
+                        elif key.data.domid in self.links:
+                            self._from_guest(key.data, key.fileobj is key.data.listener)
+                    # any notification (or a quiet half second): move every ring's bytes
+                    for link in self.links.values():
+                        try:
+                            self._pump(link)
+                        except (StoreError, OSError) as exc:  # this guest's channel only
+                            self._drop_guest(link, exc)
         except BaseException as exc:
             if not self._stop.is_set():
                 self.error = exc
 
-    def _serve(self, link: _Link, role: str) -> None:
-        if role == "listen":
+    def _from_guest(self, link: _Link, accept: bool) -> None:
+        if accept:
             guest, _ = link.listener.accept()
             guest.settimeout(store.DEFAULT_TIMEOUT)
-            up = XsClient.connect(self.daemon.socket).sock
-            link.guest, link.upstream = guest, up
+            link.guest = guest
             self.sel.unregister(link.listener)
-            self.sel.register(guest, selectors.EVENT_READ, (link, "guest"))
-            self.sel.register(up, selectors.EVENT_READ, (link, "upstream"))
+            self.sel.register(guest, selectors.EVENT_READ, link)
             return
-        src = link.guest if role == "guest" else link.upstream
-        assert src is not None and link.guest is not None and link.upstream is not None
-        data = src.recv(65536)
-        if not data:  # the guest went away (VM destroyed) or xenstored did
-            for s in (link.guest, link.upstream):
-                with contextlib.suppress(KeyError, ValueError):
-                    self.sel.unregister(s)
-                s.close()
-            link.guest = link.upstream = None
+        assert link.guest is not None
+        data = link.guest.recv(65536)
+        if not data:  # the VM is gone
+            self.sel.unregister(link.guest)
+            link.guest.close()
+            link.guest = None
             return
-        if role == "upstream":
-            link.guest.sendall(data)
-            return
-        link.inbuf += data
-        while len(link.inbuf) >= HEADER.size:
-            msg_type, req_id, tx_id, length = store.unpack_header(bytes(link.inbuf[: HEADER.size]))
-            if len(link.inbuf) < HEADER.size + length:
-                break
-            payload = bytes(link.inbuf[HEADER.size : HEADER.size + length])
-            del link.inbuf[: HEADER.size + length]
-            link.upstream.sendall(store.pack(msg_type, req_id, tx_id, scope(msg_type, payload, link.domid)))
+        link.pending += data
+
+    def _drop_guest(self, link: _Link, why: BaseException) -> None:
+        """A guest that broke the protocol (or whose socket failed) loses its channel; the
+        other guests keep theirs. Its domain stays in the store until it is destroyed."""
+        link.pending.clear()
+        link.dropped = str(why)
+        if link.guest is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(link.guest)
+            link.guest.close()
+            link.guest = None
+
+    def _pump(self, link: _Link) -> None:
+        kick = False
+        whole = _whole_messages(link.pending)
+        if whole:
+            n = ring_put(link.ring, link.pending[:whole])
+            del link.pending[:n]
+            kick = n > 0
+        out = ring_take(link.ring)
+        if out:
+            kick = True  # space freed: xenstored may have more to write
+            if link.guest is not None:
+                link.guest.sendall(out)
+        if kick:
+            self._kick()
 
 
-__all__ = ["Netback", "Relay", "scope"]
+__all__ = ["Netback", "Relay", "ring_put", "ring_take"]

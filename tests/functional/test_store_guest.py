@@ -5,6 +5,7 @@ Checked with real guests under TCG: every VM of a fleet says it read its config 
 store and reaches READY; afterwards its frontend and backend are both Connected, the
 guest's reads went through its relay (relative paths scoped to its domain); a guest
 whose store channel never answers fails with its own FATAL line instead of hanging;
+through the relay, xenstored treats a guest as its own domain (permissions included);
 and the fleet's teardown leaves no QEMU, xenstored or relay socket.
 """
 
@@ -15,6 +16,7 @@ import dataclasses
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,8 +27,10 @@ from lightvm import store
 from lightvm.bench.fleets import guest_spec
 from lightvm.bench.store_fleet import GUEST_FLAG, StoreFleet, store_channel_args
 from lightvm.errors import GuestError, LightVMError
+from lightvm.store import XsClient, XsError
+from lightvm.store_guest import Netback, Relay
 from lightvm.toolstack import Toolstack
-from lightvm.util import short_unix_path
+from lightvm.util import Deadline, short_unix_path
 
 
 @pytest.fixture
@@ -82,3 +86,47 @@ def test_guest_without_an_answering_store_fails_named(images: Path, tmp_path: Pa
             ts.destroy_all()
         silent.close()
     assert not qemu_pids_mentioning(str(tmp_path))
+
+
+def test_relayed_guest_is_its_own_domain_in_xenstored(tmp_path: Path) -> None:
+    """Through its relay a guest is domain <id> to xenstored (its ring, not a dom0 socket):
+    relative paths are its own, it may write its frontend, and xenstored refuses it
+    another domain's nodes and its own dom0-owned ones (EACCES), as in Xen."""
+    if store.available():
+        pytest.fail(store.available())
+    with store.XenStored(tmp_path / "xs") as daemon:
+        netback, relay = Netback(daemon), Relay(daemon)
+        try:
+            with daemon.client() as host:
+                doms = [store.Domain(i, f"vm{i}") for i in (1, 2)]
+                for d in doms:
+                    store.domain_create(host, d)
+                path = relay.add(1)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                address, dirfd = short_unix_path(path)
+                sock.connect(address)
+                if dirfd is not None:
+                    os.close(dirfd)
+                with XsClient(sock, timeout=5) as guest:
+                    assert guest.read("name") == "vm1"  # relative: /local/domain/1/name
+                    assert guest.read("device/vif/0/backend") == doms[0].vif_backend
+                    guest.write("device/vif/0/state", str(store.XENBUS_INITIALISED))
+                    for denied in ("/local/domain/2/name", "/local/domain/0/backend/vif/2/0/state"):
+                        with pytest.raises(XsError) as err:
+                            guest.read(denied)
+                        assert err.value.errno_name == "EACCES", denied
+                    with pytest.raises(XsError) as err:
+                        guest.write("name", "renamed")  # dom0 owns it, the guest may only read
+                    assert err.value.errno_name == "EACCES"
+                # netback saw the frontend go Initialised and connected the backend
+                deadline = Deadline(5)
+                while host.read(f"{doms[0].vif_backend}/state") != str(store.XENBUS_CONNECTED):
+                    assert not deadline.expired(), "netback did not connect the backend"
+                    time.sleep(0.01)
+                assert host.read("/local/domain/1/device/vif/0/state") == str(store.XENBUS_INITIALISED)
+                assert host.read("/local/domain/1/name") == "vm1"
+                assert relay.error is None and netback.error is None
+        finally:
+            relay.stop()
+            netback.stop()
+        assert not relay.dir.exists()

@@ -195,13 +195,31 @@ def test_mismatched_reply_and_closed_peer(
         c2.read("/a")
 
 
-def test_relay_scopes_relative_paths_to_the_domain() -> None:
-    from lightvm.store_guest import scope
+def test_ring_put_and_take_wrap_and_refuse_corrupt_indexes() -> None:
+    import mmap
 
-    assert scope(store.XS_READ, b"name\0", 7) == b"/local/domain/7/name\0"
-    assert scope(store.XS_WRITE, b"device/vif/0/state\x003", 7) == b"/local/domain/7/device/vif/0/state\x003"
-    assert scope(store.XS_READ, b"/local/domain/0/backend/vif/7/0/state\0", 7).startswith(b"/local/domain/0/")
-    assert scope(store.XS_WATCH, b"@releaseDomain\0tok\0", 7) == b"@releaseDomain\0tok\0"
-    assert scope(store.XS_TRANSACTION_START, b"\0", 7) == b"\0"  # not a path
-    with pytest.raises(StoreError, match="too long"):
-        scope(store.XS_WRITE, b"k\0" + b"v" * 4090, 7)
+    from lightvm.store_guest import REQ_CONS, REQ_PROD, RSP, RSP_CONS, ring_put, ring_take
+
+    ring = mmap.mmap(-1, 4096)
+    struct.pack_into("<II", ring, REQ_CONS, 1020, 1020)  # 4 bytes before req[]'s end: the put wraps
+    assert ring_put(ring, b"abcdef") == 6
+    assert ring[1020:1024] == b"abcd" and ring[0:2] == b"ef"
+    assert struct.unpack_from("<I", ring, REQ_PROD)[0] == 1026
+    struct.pack_into("<I", ring, REQ_CONS, 1026 - 1024 + 6)  # only 6 bytes of room left
+    assert ring_put(ring, b"x" * 100) == 6
+    ring[RSP : RSP + 3] = b"xyz"
+    struct.pack_into("<II", ring, RSP_CONS, 0, 3)
+    assert ring_take(ring) == b"xyz" and ring_take(ring) == b""
+    struct.pack_into("<II", ring, RSP_CONS, 0, 5000)  # a broken daemon or a hostile page
+    with pytest.raises(StoreError, match="corrupt"):
+        ring_take(ring)
+
+
+def test_relay_moves_only_whole_messages() -> None:
+    from lightvm.store_guest import _whole_messages
+
+    one = store.pack(store.XS_READ, 1, 0, b"name\0")
+    assert _whole_messages(bytearray(one + one[:7])) == len(one)
+    assert _whole_messages(bytearray(one[:15])) == 0
+    with pytest.raises(StoreError):  # a guest claiming a 5000-byte payload loses its channel
+        _whole_messages(bytearray(struct.pack("<IIII", 2, 1, 0, 5000)))

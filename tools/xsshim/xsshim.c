@@ -10,11 +10,16 @@
  *  - libxenctrl:   xc_interface_open succeeds; xc_domain_getinfo reports every
  *                  domid below DOMID_FIRST_RESERVED as alive and running (lightvm,
  *                  not the hypervisor, decides when a domain goes: XS_RELEASE).
- *  - libxengnttab: mapping a domain's xenstore ring grant returns a fresh zeroed
- *                  anonymous page, so the daemon sees an idle ring (guests reach
- *                  the store through the host relay in lightvm/store.py instead).
- *  - libxenevtchn: ports are numbers handed out in order; the event fd is a pipe
- *                  that never becomes readable; notify/unmask do nothing.
+ *  - libxengnttab: mapping a domain's xenstore ring grant maps the shared file
+ *                  $XSSHIM_DIR/ring-<domid> (one page, created zeroed): the host
+ *                  relay (lightvm/store_guest.py) carries the guest's bytes through
+ *                  it, so the daemon serves the guest as domain <domid> itself.
+ *  - libxenevtchn: ports are numbers handed out in order. The event fd is the FIFO
+ *                  $XSSHIM_DIR/evtchn: the relay writes a 4-byte port to wake the
+ *                  daemon (it then scans every domain's ring, as it does in Xen).
+ *                  notify(port) writes the port's 4-byte domid to the FIFO
+ *                  $XSSHIM_DIR/notify for the relay. Without XSSHIM_DIR: a pipe
+ *                  that never fires, anonymous ring pages.
  *  - /proc/xen/xsd_port and /proc/xen/xsd_kva (read by the daemon to introduce
  *    dom0) are redirected to files in $XSSHIM_DIR (written by lightvm/store.py).
  *
@@ -35,6 +40,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DOMID_FIRST_RESERVED 0x7FF0U
@@ -168,8 +174,21 @@ int xengnttab_set_max_grants(void *xgt, uint32_t nr_grants)
 
 void *xengnttab_map_grant_ref(void *xgt, uint32_t domid, uint32_t ref, int prot)
 {
-    (void)xgt, (void)domid, (void)ref;
-    void *p = mmap(NULL, PAGE, prot | PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    (void)xgt, (void)ref;
+    const char *dir = getenv("XSSHIM_DIR");
+    if (!dir) {
+        void *p = mmap(NULL, PAGE, prot | PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return p == MAP_FAILED ? NULL : p;
+    }
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/ring-%u", dir, domid);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return NULL;
+    void *p = MAP_FAILED;
+    if (ftruncate(fd, PAGE) == 0)
+        p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
     return p == MAP_FAILED ? NULL : p;
 }
 
@@ -181,14 +200,38 @@ int xengnttab_unmap(void *xgt, void *start_address, uint32_t count)
 
 /* ---- libxenevtchn ---------------------------------------------------------- */
 
-static int evt_pipe[2] = {-1, -1};
+static int evt_fd = -1, notify_fd = -1;
 static int next_port = 1;
+#define MAX_PORTS 65536
+static uint32_t port_domid[MAX_PORTS]; /* local port -> domid + 1 (0: not a domain's) */
+
+static int open_fifo(const char *dir, const char *name)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    if (mkfifo(path, 0600) < 0 && errno != EEXIST)
+        return -1;
+    /* O_RDWR: we hold both ends, so the FIFO never reads EOF nor blocks the relay's open */
+    return open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+}
 
 static void *evt_open(void)
 {
-    if (evt_pipe[0] < 0 && pipe2(evt_pipe, O_CLOEXEC) < 0)
-        return NULL;
-    return &evt_pipe;
+    if (evt_fd >= 0)
+        return &evt_fd;
+    const char *dir = getenv("XSSHIM_DIR");
+    if (dir) {
+        evt_fd = open_fifo(dir, "evtchn");
+        notify_fd = open_fifo(dir, "notify");
+        if (evt_fd < 0 || notify_fd < 0)
+            return NULL;
+    } else {
+        int p[2];
+        if (pipe2(p, O_CLOEXEC) < 0)
+            return NULL;
+        evt_fd = p[0]; /* the write end stays open and unused: never readable */
+    }
+    return &evt_fd;
 }
 
 void *xenevtchn_open(void *logger, unsigned open_flags)
@@ -206,12 +249,17 @@ void *xenevtchn_fdopen(void *logger, int fd, unsigned open_flags)
 int xenevtchn_fd(void *xce)
 {
     (void)xce;
-    return evt_pipe[0];
+    return evt_fd;
 }
 
 int xenevtchn_bind_interdomain(void *xce, uint32_t domid, uint32_t remote_port)
 {
-    (void)xce, (void)domid, (void)remote_port;
+    (void)xce, (void)remote_port;
+    if (next_port >= MAX_PORTS) {
+        errno = ENOSPC;
+        return -1;
+    }
+    port_domid[next_port] = domid + 1;
     return next_port++;
 }
 
@@ -223,21 +271,34 @@ int xenevtchn_bind_virq(void *xce, unsigned int virq)
 
 int xenevtchn_unbind(void *xce, uint32_t port)
 {
-    (void)xce, (void)port;
+    (void)xce;
+    if (port < MAX_PORTS)
+        port_domid[port] = 0;
     return 0;
 }
 
 int xenevtchn_notify(void *xce, uint32_t port)
 {
-    (void)xce, (void)port;
+    (void)xce;
+    if (notify_fd >= 0 && port < MAX_PORTS && port_domid[port]) {
+        uint32_t domid = port_domid[port] - 1;
+        /* a full FIFO drops it: the relay also scans every ring when it wakes */
+        if (write(notify_fd, &domid, sizeof(domid)) < 0 && errno != EAGAIN)
+            return -1;
+    }
     return 0;
 }
 
+/* Called only when the event fd is readable: one 4-byte port the relay wrote. */
 int xenevtchn_pending(void *xce)
 {
     (void)xce;
-    errno = EAGAIN;
-    return -1;
+    uint32_t port;
+    if (read(evt_fd, &port, sizeof(port)) != (ssize_t)sizeof(port)) {
+        errno = EAGAIN;
+        return -1;
+    }
+    return (int)port;
 }
 
 int xenevtchn_unmask(void *xce, uint32_t port)
