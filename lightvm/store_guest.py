@@ -272,16 +272,21 @@ class Relay:
             while not self._stop.is_set():
                 events = self.sel.select(timeout=0.5)
                 with self.lock:
+                    # the rings to serve: those xenstored notified and those with guest input;
+                    # all of them after a quiet half second (a notification the FIFO dropped)
+                    due: set[int] = set() if events else set(self.links)
                     for key, _mask in events:
                         if key.data is None:
                             self._wake_r.recv(4096)
                         elif key.data == "notify":
-                            with contextlib.suppress(BlockingIOError):
-                                os.read(self._notify_fd, 4096)
+                            due.update(self._notified())
                         elif key.data.domid in self.links:
                             self._from_guest(key.data, key.fileobj is key.data.listener)
-                    # any notification (or a quiet half second): move every ring's bytes
-                    for link in self.links.values():
+                            due.add(key.data.domid)
+                    for domid in due:
+                        link = self.links.get(domid)
+                        if link is None:
+                            continue
                         try:
                             self._pump(link)
                         except (StoreError, OSError) as exc:  # this guest's channel only
@@ -289,6 +294,14 @@ class Relay:
         except BaseException as exc:
             if not self._stop.is_set():
                 self.error = exc
+
+    def _notified(self) -> set[int]:
+        """The domids xenstored notified (4 bytes each on the notify FIFO)."""
+        try:
+            data = os.read(self._notify_fd, 4096)
+        except BlockingIOError:
+            return set()
+        return {IDX.unpack_from(data, i)[0] for i in range(0, len(data) - len(data) % 4, 4)}
 
     def _from_guest(self, link: _Link, accept: bool) -> None:
         if accept:
