@@ -51,6 +51,7 @@ from lightvm.checkpoint import (
     prepare_incoming,
     wait_incoming,
     wait_migration,
+    want_events,
 )
 from lightvm.errors import LightVMError, QMPError
 from lightvm.machine import Machine
@@ -81,6 +82,8 @@ class MigrateResult:
     receiver: str = "migrate-receive"  # what received: migrate-receive (one-shot), lightvmd-pool, lightvmd-cold
     link: str = "new"  # the SSH connection: new (this command's) or kept (lightvmd's, already open)
     teardown_ms: float = 0.0  # guest running there -> source QEMU gone and its folder removed
+    dest_spawn_ms: float = 0.0  # of prepare_ms, in process only: until the destination QEMU is spawned
+    dest_qmp_ms: float = 0.0  # then until its QMP answered (QEMU initialised)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -341,6 +344,7 @@ def migrate_over(
             uri = f"fd:{FDNAME}"
         else:
             uri = f"tcp:{peer}:{dest_port}"
+        want_events(machine)
         qmp.execute("migrate", {"uri": uri}, timeout=5.0)
         started = True
         info = wait_migration(machine, timeout, "migration", stall=STALL_S)
@@ -559,6 +563,7 @@ def run_incoming(
                     raise MigrationError(f"the source did not connect within {timeout:.1f} s")
         with conn:
             prepared.machine.qmp.send_fd(conn.fileno(), FDNAME)
+        want_events(prepared.machine)
         prepared.machine.qmp.execute("migrate-incoming", {"uri": f"fd:{FDNAME}"}, timeout=5.0)
         t1 = time.perf_counter()
         wait_incoming(prepared.machine, timeout, f"{name}: incoming migration", control.check)
@@ -592,7 +597,7 @@ def migrate_local(
     timeout: float = 30.0,
 ) -> MigrateResult:
     """Live-migrate VM ``name`` from one state dir to another of this host, in process,
-    over loopback TCP: the migration proper without SSH (what the benchmark measures).
+    over a socketpair: the migration proper without SSH (what the benchmark measures).
 
     Same steps and failure rules as :func:`migrate`. Published host ports cannot be
     bound twice on one host: use it for guests without forwards.
@@ -608,20 +613,23 @@ def migrate_local(
     machine = Machine.adopt(_machine_config(vmdir, record), record.pid or 0, record.pid_start, paused=paused)
     started = False
     try:
-        with socket.create_server(("127.0.0.1", 0)) as server:
+        # One host: a socketpair, each end handed to one QEMU (no TCP, no accept), the
+        # destination listening before the source sends.
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            prepared.machine.qmp.send_fd(theirs.fileno(), FDNAME)
+            want_events(prepared.machine)
+            prepared.machine.qmp.execute("migrate-incoming", {"uri": f"fd:{FDNAME}"}, timeout=5.0)
             qmp = machine.qmp
             qmp.execute(
                 "migrate-set-parameters",
                 {"max-bandwidth": int(bandwidth_mib * (1 << 20)), "downtime-limit": downtime_ms},
                 timeout=5.0,
             )
-            qmp.execute("migrate", {"uri": f"tcp:127.0.0.1:{server.getsockname()[1]}"}, timeout=5.0)
+            qmp.send_fd(ours.fileno(), FDNAME)
+            want_events(machine)
+            qmp.execute("migrate", {"uri": f"fd:{FDNAME}"}, timeout=5.0)
             started = True
-            server.settimeout(timeout)
-            conn, _ = server.accept()
-        with conn:
-            prepared.machine.qmp.send_fd(conn.fileno(), FDNAME)
-        prepared.machine.qmp.execute("migrate-incoming", {"uri": f"fd:{FDNAME}"}, timeout=5.0)
         info = wait_migration(machine, timeout, "migration", stall=STALL_S)
         t_done = time.perf_counter()
         wait_incoming(prepared.machine, timeout, f"{name}: incoming migration")
@@ -659,4 +667,6 @@ def migrate_local(
         receiver="in-process",
         link="none",
         teardown_ms=(t_end - t_ready) * 1000,
+        dest_spawn_ms=prepared.steps.get("spawned", 0.0),
+        dest_qmp_ms=prepared.steps.get("qmp", 0.0) - prepared.steps.get("spawned", 0.0),
     )

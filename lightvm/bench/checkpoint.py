@@ -209,6 +209,8 @@ class _Checkpoints:
             "qemu_downtime_ms": moved.downtime_ms,  # QEMU's, whole ms
             "handover_ms": moved.handover_ms,
             "prepare_ms": moved.prepare_ms,  # destination QEMU spawned, QMP negotiated
+            "dest_spawn_ms": moved.dest_spawn_ms,  # of which: folder, NoXS file, QEMU spawned
+            "dest_qmp_ms": moved.dest_qmp_ms,  # of which: QEMU initialised until QMP answers
             "teardown_ms": moved.teardown_ms,  # source QEMU killed, its folder removed
             "bytes": moved.bytes,
         }
