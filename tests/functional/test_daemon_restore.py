@@ -53,7 +53,9 @@ def test_restore_from_prepared_shell(lightvmd: Lightvmd, tmp_path: Path) -> None
     assert "mac=" not in " ".join(shell["argv"]) and "hostfwd" not in " ".join(shell["argv"])
 
     assert wait_until(lambda: read_daytime("127.0.0.1", port), timeout=20, interval=0.05)
-    before = _guest(lightvmd, "day")
+    # Two requests answered (one per life); the guest counts each just after its reply.
+    before = wait_until(lambda: (g := _guest(lightvmd, "day"))["app_counter"] >= 2 and g, timeout=10)
+    assert before and before["app_counter"] == 2
     assert lightvmd.cli("save", "day", str(second)).returncode == 0
     warm = _restore(lightvmd, second)
     assert warm["path"] == "pool" and warm["name"] == "day" and not warm["paused"]
