@@ -158,7 +158,7 @@ def describe() -> dict[str, Any]:
     return {
         "variants": {v.name: {"kind": v.kind, "doc": v.doc} for v in VARIANTS},
         "not_implemented": [
-            "lightvm-xenstore: xenstored checking the guest's own permissions (the relay connects as dom0)"
+            "lightvm-xenstore: the guest writing its ring page itself (its bytes cross COM2 and a host relay)"
         ],
         "reference": REFERENCE,
         "boot_steps": list(BOOT_STEPS),
