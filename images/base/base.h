@@ -66,6 +66,7 @@ void apic_timer_stop(void);
 void apic_eoi(void);
 unsigned apic_ioapic_count(void);
 void clock_init(void);
+void clock_pit_quiesce(void);
 uint32_t clock_source(void);
 void clock_rebase_wall(uint64_t host_time_ns, uint64_t tsc);
 void cmdline_init(void);

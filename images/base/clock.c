@@ -88,8 +88,11 @@ static bool plausible(uint64_t v) { return v >= HZ_MIN && v <= HZ_MAX; }
 /* QEMU resets PIT channel 0 to mode 3 (square wave, 18.2 Hz): its timer
  * fires on every edge, ~36 times a second, whether or not the IRQ is
  * masked, and was most of an idle VM's host CPU. Mode 0 with a count of 1
- * reaches terminal count once and then leaves no timer running. */
-static void pit_quiesce(void)
+ * reaches terminal count once and then leaves no timer running. Called
+ * by noxs_ready() once READY is out: three port writes (and a new
+ * translated block) kept off the boot path; an app that wants the PIT
+ * programs it after that. Harmless without a PIT. */
+void clock_pit_quiesce(void)
 {
 	outb(0x43, 0x30);                 /* ch0, lo/hi, mode 0, binary */
 	outb(0x40, 1);
@@ -138,10 +141,8 @@ void clock_init(void)
 	if (!plausible(v))
 		v = cpuid_rate(&src);
 	if (!plausible(v)) {
-		v = calibrate_pit();      /* leaves the PIT in mode 0 too */
+		v = calibrate_pit();
 		src = NOXS_TSC_PIT;
-	} else {
-		pit_quiesce();
 	}
 	if (!plausible(v))
 		guest_fatal(NOXS_ERR_DEVICE, "clock: no usable TSC rate (PIT calibration gave %llu Hz)",

@@ -200,6 +200,7 @@ void noxs_ready(const char *app)
 	console_puts("READY ");
 	console_puts(app);
 	console_puts("\n");
+	clock_pit_quiesce();   /* after READY: off the boot path */
 }
 
 void noxs_count(uint64_t app_counter)
