@@ -7,6 +7,15 @@ quiet, then times one ``create`` request on the API socket to its reply, which t
 daemon sends once the guest wrote READY; the sample also carries the daemon-side boot
 breakdown and the path taken (1.0 = pool).
 
+``lightvm bench split`` (this module's ``benchmarks``) is the scale bar: with N VMs of
+``--app`` *already running* (N = 1, 100, 500, 1000), the execute-path median (a noop
+guest from the pool: the pool takes no vifs yet), what each
+idle VM costs the host (memory beyond guest RAM, CPU) and whether every one of them
+answers a daytime query; the last row is the execute-path median at the largest N over
+the one at the smallest (the bar: <= 1.2x)::
+
+    lightvm bench split --app daytime --vms 1,100,500,1000 --max-vms 1000 --iterations 30
+
 Run as a script for the side-by-side table in one run::
 
     python -m lightvm.bench.split --vms 1,100 --iterations 30 [--app noop] [--out r.json]
@@ -23,6 +32,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,12 +42,38 @@ from pathlib import Path
 from typing import Any
 
 from lightvm import api
-from lightvm.bench.runner import REPO, Sample
+from lightvm.bench.density import cpu_ticks, mem_available_kib, smaps_rollup
+from lightvm.bench.runner import REPO, Benchmark, Result, Sample
+from lightvm.bench.suite import SuiteOptions
 from lightvm.errors import LightVMError
 from lightvm.util import wait_until
 
 BOOT_STEPS = ("resumed", "guest_entry", "devices_up", "ready")
 GROW_BATCH = 25
+DAYTIME_PORT = 13
+QUERY_TIMEOUT_S = 5.0
+POOL_APP = "noop"  # the pool prepares vif-less shells only (no pre-created taps yet)
+REFERENCE = "lightvm-split"  # the suite has one variant: the summary quotes no ratios
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (QEMU binds it for a hostfwd)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_daytime(port: int, timeout: float = QUERY_TIMEOUT_S) -> bytes:
+    """One RFC 867 query to 127.0.0.1:``port``: the line the guest sent (b"" on any failure)."""
+    data = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            while chunk := sock.recv(256):
+                data += chunk
+    except OSError:
+        return b""
+    return data
 
 
 class SplitFleet:
@@ -53,8 +89,13 @@ class SplitFleet:
         bg_app: str | None = None,
         variant: str = "waiting",
         settle: bool = True,
+        publish: bool = False,
     ) -> None:
         self.settle = settle  # False: measure while the refill of the previous take runs
+        # publish: each background VM's port 13 forwarded to its own 127.0.0.1 port (user
+        # networking), so that query_all() can ask every one of them the time.
+        self.publish = publish
+        self.ports: list[int] = []
         self.config = REPO / "examples" / f"{app}.toml"
         self.bg_config = REPO / "examples" / f"{bg_app or app}.toml"
         for path in (self.config, self.bg_config):
@@ -105,6 +146,12 @@ class SplitFleet:
 
     def grow(self, count: int) -> None:
         """Keep ``count`` background VMs running (cold path: the pool stays for the measured one)."""
+        while self.publish and self.count < count:  # one at a time: one host port each
+            port = free_port()
+            args = {"config": str(self.bg_config), "name": f"bg-{self.count}", "pool": False, "accel": self.accel}
+            self.call("create", {**args, "publish": [f"127.0.0.1:{port}:{DAYTIME_PORT}"]}, timeout=60.0)
+            self.ports.append(port)
+            self.count += 1
         while self.count < count:
             n = min(GROW_BATCH, count - self.count)
             args = {"config": str(self.bg_config), "name": f"bg{self.count // GROW_BATCH}-{self.count}", "pool": False}
@@ -136,6 +183,11 @@ class SplitFleet:
         infos = self.call("list")
         return [self.proc.pid, *(int(i["pid"]) for i in infos if i.get("pid"))]
 
+    def query_all(self) -> tuple[int, int]:
+        """Ask every published background VM the time: (VMs that answered a daytime line, VMs asked)."""
+        answered = sum(1 for port in self.ports if read_daytime(port).endswith(b"-UTC\r\n"))
+        return answered, len(self.ports)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(LightVMError):
@@ -152,6 +204,7 @@ class SplitFleet:
             env=env, capture_output=True, timeout=1800, check=False,
         )  # fmt: skip
         self.count = 0
+        self.ports = []
         self._tmp.cleanup()
 
 
@@ -300,3 +353,180 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- `lightvm bench split`: the scale bar (execute path and idle cost at N running) --
+
+
+def idle_cost(pids: list[int], window_s: float, baseline_avail_kib: int) -> Sample:
+    """What the idle VMs (one QEMU each, ``pids``) cost the host, per VM.
+
+    Memory from /proc/PID/smaps_rollup of every QEMU: ``beyond_guest_mib_per_vm`` is Pss
+    minus Pss_Shmem (QEMU's own anonymous memory and its share of the libraries; the guest
+    RAM is a memfd and the NoXS page a /dev/shm file, both shmem); ``host_mib_per_vm`` is
+    the drop of MemAvailable since before the fleet (kernel memory too; noisy on a shared
+    host). CPU: utime+stime of all of them over ``window_s``, in % of one core.
+    """
+    n = len(pids)
+    if not n:
+        raise LightVMError("split: no running VM to measure")
+    keys = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", "Anonymous")
+    total = dict.fromkeys(keys, 0)
+    for pid in pids:
+        rollup = smaps_rollup(pid)
+        for key in keys:
+            total[key] += rollup.get(key, 0)
+    host_kib = baseline_avail_kib - mem_available_kib()
+    hz = os.sysconf("SC_CLK_TCK")
+    t0, c0 = time.monotonic(), sum(cpu_ticks(p) for p in pids)
+    time.sleep(window_s)  # a measurement window, not a wait for a condition
+    cpu = (sum(cpu_ticks(p) for p in pids) - c0) / hz / (time.monotonic() - t0) * 100
+
+    def mib(kib: float) -> float:
+        return kib / n / 1024
+
+    return {
+        "vms": float(n),
+        "beyond_guest_mib_per_vm": mib(total["Pss"] - total["Pss_Shmem"]),
+        "anon_mib_per_vm": mib(total["Anonymous"]),
+        "pss_mib_per_vm": mib(total["Pss"]),
+        "shmem_mib_per_vm": mib(total["Pss_Shmem"]),
+        "rss_mib_per_vm": mib(total["Rss"]),
+        "host_mib_per_vm": mib(host_kib),
+        "cpu_pct_per_vm": cpu / n,
+        "cpu_pct_total": cpu,
+    }
+
+
+class _Scale:
+    """One SplitFleet for the whole run, grown to each N in turn; the execute samples per N."""
+
+    def __init__(self, opts: SuiteOptions) -> None:
+        self.opts = opts
+        self.fleet: SplitFleet | None = None
+        self.baseline_avail_kib = 0
+        self.execute: dict[int, list[float]] = {}  # timed samples per N (warm-ups left out)
+        self.calls: dict[int, int] = {}
+
+    def grow(self, n: int) -> None:
+        if self.fleet is None:
+            self.baseline_avail_kib = mem_available_kib()
+            # The measured VM comes from the pool, which takes vif-less guests only (noop);
+            # the N running are --app's (daytime for the bar).
+            self.fleet = SplitFleet(
+                app=POOL_APP, bg_app=self.opts.app, accel=self.opts.accel, publish=self.opts.app == "daytime"
+            )
+        self.fleet.grow(n)
+
+    def _fleet(self) -> SplitFleet:
+        if self.fleet is None:
+            raise LightVMError("split: no fleet (its set-up failed)")
+        return self.fleet
+
+    def idle(self, n: int) -> Sample:
+        fleet = self._fleet()
+        fleet._wait_pool_full()  # the pool's shells are idle too, but not counted: only the N
+        pids = [int(i["pid"]) for i in fleet.call("list") if i.get("pid")]
+        if len(pids) < n:
+            raise LightVMError(f"split: {n} VMs wanted but {len(pids)} run")
+        sample = idle_cost(pids, self.opts.idle_window_s, self.baseline_avail_kib)
+        if fleet.publish:
+            answered, asked = fleet.query_all()  # after the CPU window: queries wake the VMs
+            sample.update({"answered": float(answered), "asked": float(asked)})
+        return sample
+
+    def measure(self, n: int) -> Sample:
+        sample = self._fleet().measure()
+        self.calls[n] = self.calls.get(n, 0) + 1
+        if self.calls[n] > self.opts.warmup:  # the runner calls warm-up first, then the timed ones
+            self.execute.setdefault(n, []).append(sample["ms"])
+        return sample
+
+    def scaling(self) -> Sample:
+        """Execute-path median at the largest N over the one at the smallest (timed samples only)."""
+        done = sorted(self.execute)
+        if len(done) < 2:
+            raise LightVMError(f"split: scaling needs execute samples at two N or more (have {done})")
+        first, last = statistics.median(self.execute[done[0]]), statistics.median(self.execute[done[-1]])
+        return {"ratio": last / first, "n_first": float(done[0]), "n_last": float(done[-1])}
+
+    def close(self) -> None:
+        fleet, self.fleet = self.fleet, None
+        if fleet is not None:
+            fleet.close()
+
+
+def benchmarks(opts: SuiteOptions, stack: contextlib.ExitStack) -> list[Benchmark]:
+    """For each N ascending: the idle cost of N running VMs, then the execute path with them up."""
+    state = _Scale(opts)
+    stack.callback(state.close)
+    rows: list[Benchmark] = []
+    ns = sorted(set(opts.vms))
+    for n in ns:
+        params = {"variant": SplitFleet.variant, "n": n, "kind": "lightvm", "app": opts.app, "pool_app": POOL_APP}
+
+        def before(n: int = n) -> None:
+            state.grow(n)
+
+        def idle(n: int = n) -> Sample:
+            return state.idle(n)
+
+        def execute(n: int = n) -> Sample:
+            return state.measure(n)
+
+        rows.append(
+            Benchmark(
+                f"split/idle/n={n}", idle, warmup=0, iterations=1, params={**params, "measure": "idle"},
+                metric="beyond_guest_mib_per_vm", unit="MiB", before=before,
+            )
+        )  # fmt: skip
+        rows.append(
+            Benchmark(
+                f"split/execute/n={n}", execute, warmup=opts.warmup, iterations=opts.iterations,
+                params={**params, "measure": "execute"}, metric="ms", unit="ms", before=before,
+            )
+        )  # fmt: skip
+    if len(ns) >= 2:
+        rows.append(
+            Benchmark(
+                f"split/scaling/n={ns[-1]}", state.scaling, warmup=0, iterations=1,
+                params={"variant": SplitFleet.variant, "n": ns[-1], "measure": "scaling"}, metric="ratio", unit="x",
+            )
+        )  # fmt: skip
+    return rows
+
+
+def describe() -> dict[str, Any]:
+    return {
+        "variants": {SplitFleet.variant: {"kind": "lightvm", "doc": "lightvmd request -> READY reply, pool shell"}},
+        "rows": {
+            "split/idle/n=N": "N VMs of --app running idle (cold path, no pool): cost per VM",
+            "split/execute/n=N": f"one more VM ({POOL_APP}) from the pool while N run: request -> READY reply",
+            "split/scaling/n=MAX": "execute median at the largest N / at the smallest (bar: <= 1.2)",
+        },
+        "metrics": {
+            "beyond_guest_mib_per_vm": "sum over the N QEMUs of Pss - Pss_Shmem (smaps_rollup), / N",
+            "anon_mib_per_vm": "sum of Anonymous / N (QEMU's private memory; guest RAM is shmem)",
+            "shmem_mib_per_vm": "sum of Pss_Shmem / N (guest RAM and NoXS pages touched)",
+            "host_mib_per_vm": "drop of MemAvailable since before the fleet / N (noisy: other tenants)",
+            "cpu_pct_per_vm": "utime+stime of the N QEMUs over --idle-window, % of one CPU, / N",
+            "answered/asked": "daytime apps only: VMs that answered a TCP daytime query (after the window)",
+        },
+    }
+
+
+def plot(results: list[Result], outdir: Path, subtitle: str = "") -> list[Path]:
+    from lightvm.bench import plots
+
+    execute = [r for r in results if r.params.get("measure") == "execute"]
+    idle = [r for r in results if r.params.get("measure") == "idle"]
+    return [
+        *plots.lines(
+            execute, outdir / "split-execute", "Execute path (request -> READY) with N VMs running",
+            "ms", subtitle=subtitle,
+        ),
+        *plots.lines(
+            idle, outdir / "split-idle-memory", "Host memory per idle VM beyond guest RAM",
+            "MiB per VM", subtitle=subtitle,
+        ),
+    ]  # fmt: skip
