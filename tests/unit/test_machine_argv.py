@@ -110,3 +110,22 @@ def test_bios_goes_before_the_kernel(tmp_path: Path) -> None:
     assert opt(argv, "-bios") == ["/fw/lvfw.bin"]
     assert argv.index("-bios") < argv.index("-kernel")
     assert "-bios" not in build_argv(config(tmp_path), qmp_fd=3)
+
+
+@pytest.mark.parametrize(("value", "merged"), [("1", "yes"), (None, "no")])
+def test_ksm_opt_in_reaches_the_processes_we_start(value: str | None, merged: str) -> None:
+    """LIGHTVM_KSM=1 marks the spawning process for KSM, and exec'd children inherit it
+    (what QEMU gets); without it nothing changes. In a child interpreter: the mark is for good."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/ksm_stat").exists():
+        pytest.skip("this kernel has no /proc/PID/ksm_stat (Linux < 6.1) to check the mark with")
+    env = {} if value is None else {"LIGHTVM_KSM": value}
+    code = (
+        "import subprocess; from lightvm.machine import spawn_setup; "
+        f"spawn_setup({env!r}); "
+        "print(subprocess.run(['cat', '/proc/self/ksm_stat'], capture_output=True, text=True, timeout=10).stdout)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert f"ksm_merge_any: {merged}" in out, out
