@@ -274,12 +274,21 @@ def wait_migration(machine: Machine, timeout: float, what: str, stall: float | N
     :raise QMPError: it failed or was cancelled (QEMU's reason quoted), stalled, or did not finish in time.
     """
     deadline = Deadline(timeout)
+    settle = Deadline(timeout)  # re-armed at completion (below)
+    completed = False
     delay = MIGRATE_POLL
     sent, since = -1, time.monotonic()
     while True:
         info = machine.qmp.execute("query-migrate", timeout=max(0.5, deadline.remaining()))
         status = str(info.get("status", "")) if isinstance(info, dict) else ""
         if status == "completed":
+            if not completed:
+                completed, settle = True, Deadline(0.2)
+            if not info.get("total-time") and not settle.expired():
+                # QEMU sets the state (and sends its event) a moment before it fills in
+                # total-time and downtime: ask again for the figures.
+                machine.qmp.pump(0.0005)
+                continue
             return dict(info)
         if status in ("failed", "cancelled"):
             reason = str(info.get("error-desc", status))

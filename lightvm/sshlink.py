@@ -143,7 +143,8 @@ class Session:
             return lines
         except MigrationError as exc:
             channel.status_event.wait(2.0)  # the exit status may trail the channel's EOF
-            no_daemon = channel.exit_status_ready() and channel.recv_exit_status() == 3
+            # 3: no lightvmd there; 2: a lightvm without migrate-relay (argparse's usage error)
+            no_daemon = channel.exit_status_ready() and channel.recv_exit_status() in (2, 3)
             with contextlib.suppress(Exception):
                 channel.close()
             if no_daemon:
