@@ -152,7 +152,7 @@ struct noxs_boot_record {
 	uint64_t tsc_entry;     /* 16  OUT TSC at the first guest instruction */
 	uint64_t tsc_devices_up;/* 24  OUT TSC when all devices were up */
 	uint64_t tsc_ready;     /* 32  OUT TSC when the app became ready */
-	uint64_t heartbeat;     /* 40  OUT bumped on every guest timer tick */
+	uint64_t heartbeat;     /* 40  OUT bumped on every interrupt taken (timer, device, NMI) */
 	uint64_t app_counter;   /* 48  OUT app-defined (daytime: clients served) */
 	uint32_t tsc_source;    /* 56  OUT NOXS_TSC_* */
 	uint32_t generation_seen; /* 60 OUT low 32 bits of the page generation last applied */
