@@ -172,6 +172,18 @@ def test_warm_destination_daemon_killed(warm: TwoHosts) -> None:
     assert result["link"] == "kept" and hs.b.lv.status() == {"daytime": "running"}
 
 
+def test_warm_destination_qemu_killed(warm: TwoHosts) -> None:
+    hs = warm
+
+    def kill_destination_qemu() -> None:
+        for pid in qemu_pids_mentioning(str(hs.b.lv.state_dir)):
+            os.kill(pid, signal.SIGKILL)
+
+    _fail_warm(hs, kill_destination_qemu)
+    assert wait_until(lambda: _b_clean(hs), timeout=30), "leftovers on B"
+    assert _daemon(hs.b)["running"]  # lightvmd on B lives on
+
+
 def test_warm_ssh_session_killed(warm: TwoHosts) -> None:
     hs = warm
 
