@@ -95,8 +95,9 @@ class MigrateResult:
 class LineChannel:
     """JSON lines over a paramiko channel, every read with a deadline."""
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Any, closed_hint: str = "connection closed") -> None:
         self.channel = channel
+        self.closed_hint = closed_hint  # what an EOF with nothing on stderr means
         self._buf = b""
 
     def send(self, message: dict[str, Any]) -> None:
@@ -111,7 +112,7 @@ class LineChannel:
         except TimeoutError:
             raise MigrationError(f"destination: no answer ({what}) within {timeout:.1f} s") from None
         except EOFError:
-            raise MigrationError(f"destination: {self.stderr() or 'connection closed'} (waiting for {what})") from None
+            raise MigrationError(f"destination: {self.stderr() or self.closed_hint} (waiting for {what})") from None
         except OSError as exc:
             raise MigrationError(f"destination: connection lost waiting for {what}: {exc}") from exc
         try:
@@ -125,6 +126,24 @@ class LineChannel:
             text = err.get("message", err) if isinstance(err, dict) else err
             raise MigrationError(f"destination: {text}")
         return msg
+
+    def last_words(self, timeout: float = 1.0) -> str:
+        """Why the receiver gave up, if it says so within ``timeout``: its ``error`` line,
+        else the last line of its stderr; "" if it said nothing."""
+        deadline = Deadline(timeout)
+        while not deadline.expired():
+            try:
+                line, self._buf = recv_line(self.channel, self._buf, Deadline(deadline.remaining()), max_wait=0.2)
+            except (TimeoutError, EOFError, OSError):
+                break
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(msg, dict) and "error" in msg:
+                err = msg["error"]
+                return str(err.get("message", err) if isinstance(err, dict) else err)
+        return self.stderr()
 
     def stderr(self) -> str:
         """What the remote command said on stderr (its one-line error), if anything."""
@@ -364,14 +383,17 @@ def migrate_over(
         if committed:  # only the kill failed: the VM runs there; destroy below cleans up
             pass
         else:
+            _resume_source(machine, started, paused)  # first: the VM runs on here
+            if isinstance(exc, QMPError) and lines is not None:
+                # The stream broke: did the receiver say why (its QEMU died, it gave up)?
+                said = lines.last_words(1.0)
+                if said:
+                    exc = MigrationError(f"{exc} (destination: {said})")
+                elif _session_gone(lines.channel):
+                    exc = MigrationError(f"{exc} (the SSH session to {target} is gone)")
             if lines is not None:
                 with contextlib.suppress(Exception):
                     lines.channel.close()
-            _resume_source(machine, started, paused)
-            channel = lines.channel if lines is not None else None
-            if isinstance(exc, QMPError) and channel is not None and _session_gone(channel):
-                said = LineChannel(channel).stderr() or "closed"
-                exc = MigrationError(f"{exc} (the SSH session to {target} is gone: {said})")
             if isinstance(exc, MigrationError):
                 raise MigrationError(f"{name}: migration to {target} failed: {exc}; the VM keeps running here") from exc
             if isinstance(exc, (LightVMError, OSError, EOFError)):
@@ -574,12 +596,17 @@ def run_incoming(
         committed = True
         control.say({"committed": True})
     except BaseException as exc:
+        # (a killed QEMU breaks its QMP socket a moment before it has exited: wait a little)
+        qemu_died = not prepared.done and isinstance(exc, (OSError, LightVMError)) and prepared.machine.wait(0.2)
         if prepared.done:  # it ran already: a provisional VM the source did not commit
             if not committed:
                 with contextlib.suppress(LightVMError, OSError):
                     toolstack._destroy_dir(prepared.vmdir)
         else:
             prepared.abort()
+        if qemu_died:
+            code = prepared.machine.exitcode
+            raise MigrationError(f"{name}: the receiving QEMU exited (code {code}) during the migration") from exc
         if isinstance(exc, (OSError, CheckpointError, QMPError)) and not isinstance(exc, MigrationError):
             raise MigrationError(f"{name}: {exc}") from exc
         raise

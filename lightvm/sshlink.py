@@ -137,7 +137,7 @@ class Session:
         """A new relay to the destination's lightvmd, pinged; None if none runs there."""
         channel = self.transport.open_session(timeout=10.0)
         channel.exec_command(shlex.join(self.target.relay_argv()))
-        lines = LineChannel(channel)
+        lines = LineChannel(channel, "the lightvmd there closed the connection (stopped or killed?)")
         try:
             self.remote_daemon = self._call(lines, "ping", {}, RELAY_START_TIMEOUT)
             return lines

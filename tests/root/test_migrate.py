@@ -281,7 +281,8 @@ def test_destination_qemu_killed(hosts: TwoHosts) -> None:
         for pid in qemu_pids_mentioning(str(hosts.b.lv.state_dir)):
             os.kill(pid, signal.SIGKILL)
 
-    _fail_mid_migration(hosts, kill_destination_qemu)
+    err = _fail_mid_migration(hosts, kill_destination_qemu)
+    assert "the receiving QEMU exited" in err, err  # the receiver's explanation reaches the user
 
 
 def test_migrate_daytime_on_a_tap(hosts: TwoHosts, tmp_path: Path) -> None:

@@ -159,7 +159,8 @@ def test_warm_destination_daemon_killed(warm: TwoHosts) -> None:
     def kill_b_daemon() -> None:
         os.kill(int(_daemon(hs.b)["pid"]), signal.SIGKILL)
 
-    _fail_warm(hs, kill_b_daemon)
+    err = _fail_warm(hs, kill_b_daemon)
+    assert "lightvmd there closed the connection" in err, err
     # The provisional VM lived in B's pool folder: `lightvm list` never showed it, and
     # the next lightvmd (a service manager restarts it) discards it with the shells.
     assert hs.b.lv.vm_dirs() == []
@@ -179,7 +180,8 @@ def test_warm_destination_qemu_killed(warm: TwoHosts) -> None:
         for pid in qemu_pids_mentioning(str(hs.b.lv.state_dir)):
             os.kill(pid, signal.SIGKILL)
 
-    _fail_warm(hs, kill_destination_qemu)
+    err = _fail_warm(hs, kill_destination_qemu)
+    assert "the receiving QEMU exited" in err, err  # the destination's explanation reaches the user
     assert wait_until(lambda: _b_clean(hs), timeout=30), "leftovers on B"
     assert _daemon(hs.b)["running"]  # lightvmd on B lives on
 
