@@ -29,7 +29,7 @@ T0=$SECONDS
 # Debian 12 package names; what configure and the build below really use.
 BUILD_DEPS=(
     dpkg-dev xz-utils      # apt-get source, dpkg-source -x (applies Debian's patches)
-    gcc make pkg-config
+    gcc libc6-dev make pkg-config  # libc6-dev: only a Recommends of gcc
     python3 meson ninja-build
     libglib2.0-dev         # QEMU's main loop, also what libslirp links
     libpixman-1-dev        # required by QEMU's softmmu core even without a display
