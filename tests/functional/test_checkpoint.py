@@ -176,9 +176,11 @@ def _dirty_spec(tmp_path: Path, kib: int) -> Path:
 
 
 def test_migration_of_a_guest_writing_memory(lightvm: Any, tmp_path: Path) -> None:
-    """A guest re-dirtying 4 MiB converges at lightvm's bandwidth setting; at 32 MiB/s it
+    """A guest re-dirtying 4 MiB converges at lightvm's bandwidth setting; at 8 MiB/s it
     cannot (each round re-sends more than the downtime allows): the migration gives up at its
-    deadline and the guest keeps running at the source."""
+    deadline and the guest keeps running at the source. 8, not 32: a round then lasts ~0.5 s,
+    and even a TCG guest starved by a loaded host re-dirties its 4 MiB within that (at 32 MiB/s
+    it once converged under load ~10)."""
     from lightvm.migrate import MigrationError, migrate_local
     from lightvm.toolstack import Toolstack
 
@@ -187,7 +189,7 @@ def test_migration_of_a_guest_writing_memory(lightvm: Any, tmp_path: Path) -> No
     try:
         passes = guest(lightvm, "dirty")["app_counter"]
         with pytest.raises(MigrationError, match=r"did not complete within 3\.0 s.*keeps running"):
-            migrate_local(here, "dirty", there, bandwidth_mib=32, timeout=3.0)
+            migrate_local(here, "dirty", there, bandwidth_mib=8, timeout=3.0)
         assert there.list() == [] and lightvm.status() == {"dirty": "running"}
         later = wait_until(lambda: (n := guest(lightvm, "dirty")["app_counter"]) > passes and n, timeout=10)
         assert later, "the guest stopped writing after the failed migration"
