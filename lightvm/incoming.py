@@ -36,7 +36,6 @@ import os
 import shutil
 import threading
 import time
-import uuid as uuidlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -44,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.errors import ExistsError, LightVMError
-from lightvm.machine import Machine, MachineConfig
+from lightvm.machine import Machine
 from lightvm.noxs import NoxsRegion
+from lightvm.pool import spawn_shell
 from lightvm.state import StateDir, VMDir, VMRecord
-from lightvm.util import atomic_write, proc_start_time
 
 POOL_DIR = "pool"
 RETRY_AFTER_FAILURE = 2.0
@@ -140,53 +139,28 @@ def prepare_shell(root: Path, flavour: IncomingFlavour, timeout: float = 10.0) -
 
     :raise LightVMError: QEMU could not be started (nothing is left behind).
     """
-    shell_id = uuidlib.uuid4().hex[:16]
-    folder = root / shell_id
-    folder.mkdir(mode=0o700, parents=True)
-    vmdir = VMDir(folder)
-    spec = {"kernel": flavour.kernel, "memory": flavour.memory_mib, "vcpus": flavour.vcpus}
-    record = VMRecord.new(shell_id, shell_id, "", flavour.accel, flavour.noxs_size, spec)
-    region: NoxsRegion | None = None
-    machine: Machine | None = None
-    try:
-        # Named after the daemon: a VM folder made from this shell lists as "creating"
-        # while the daemon lives and "incomplete" if it is killed mid-restore.
-        atomic_write(vmdir.creating_path, f'{{"pid": {os.getpid()}, "start": {proc_start_time(os.getpid())}}}')
-        vmdir.write(record)  # names the NoXS file before it exists
-        ndev = 1 + sum(1 for a in flavour.device_args if a.startswith("virtio-net"))
-        region = NoxsRegion.create(Path(record.noxs_path), ndev)
+    devices = 1 + sum(1 for a in flavour.device_args if a.startswith("virtio-net"))
+
+    def same_page_size(machine: Machine, region: NoxsRegion, shell_id: str) -> None:
         if region.size != flavour.noxs_size:
             raise LightVMError(f"NoXS region is {region.size} bytes here, {flavour.noxs_size} in the checkpoint")
-        config = MachineConfig(
-            name=f"pool-{shell_id}",
-            kernel=Path(flavour.kernel),
-            memory_mib=flavour.memory_mib,
-            vcpus=flavour.vcpus,
-            cmdline=flavour.cmdline,
-            accel=flavour.accel,
-            noxs_path=Path(record.noxs_path),
-            noxs_size=region.size,
-            console_path=vmdir.console_path,
-            qmp_path=vmdir.qmp_path,
-            log_path=vmdir.log_path,
-            extra_args=(*flavour.device_args, "-incoming", "defer"),
-            bios=Path(flavour.firmware) if flavour.firmware else None,
-        )
-        machine = Machine(config)
-        machine.launch()
-        assert machine.process is not None
-        record.pid, record.pid_start, record.argv = machine.process.pid, machine.process.start_time, machine.argv
-        vmdir.write(record)
-        machine.qmp.negotiate(timeout=timeout)
-        return IncomingShell(shell_id, flavour, folder, machine, region, record, time.monotonic())
-    except BaseException:
-        if machine is not None:
-            machine.kill()
-        if region is not None:
-            region.close()
-            region.unlink()
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+
+    spec = {"kernel": flavour.kernel, "memory": flavour.memory_mib, "vcpus": flavour.vcpus}
+    shell_id, folder, machine, region, record = spawn_shell(
+        root,
+        kernel=flavour.kernel,
+        memory_mib=flavour.memory_mib,
+        vcpus=flavour.vcpus,
+        cmdline=flavour.cmdline,
+        accel=flavour.accel,
+        firmware=flavour.firmware,
+        spec=spec,
+        devices=devices,
+        extra_args=(*flavour.device_args, "-incoming", "defer"),
+        timeout=timeout,
+        then=same_page_size,
+    )
+    return IncomingShell(shell_id, flavour, folder, machine, region, record, time.monotonic())
 
 
 def adopt(shell: IncomingShell, state: StateDir, name: str) -> VMDir:

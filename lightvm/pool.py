@@ -142,11 +142,55 @@ def prepare_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAU
     :raise LightVMError: QEMU could not be started, or the guest did not reach its wait
         point (nothing is left behind).
     """
+
+    def to_wait_point(machine: Machine, region: NoxsRegion, shell_id: str) -> None:
+        if variant == WAITING:
+            _boot_to_wait_point(machine, region, shell_id)
+
+    shell_id, folder, machine, region, record = spawn_shell(
+        root,
+        kernel=flavour.kernel,
+        memory_mib=flavour.memory_mib,
+        vcpus=flavour.vcpus,
+        cmdline=flavour.cmdline,
+        accel=flavour.accel,
+        firmware=flavour.firmware,
+        spec=spec.to_dict(),
+        devices=1,
+        then=to_wait_point,
+    )
+    return Shell(shell_id, flavour, folder, machine, region, record, time.monotonic(), variant == WAITING)
+
+
+def spawn_shell(
+    root: Path,
+    *,
+    kernel: str,
+    memory_mib: int,
+    vcpus: int,
+    cmdline: str,
+    accel: str,
+    firmware: str | None,
+    spec: dict[str, Any],
+    devices: int,
+    extra_args: tuple[str, ...] = (),
+    timeout: float = 10.0,
+    then: Callable[[Machine, NoxsRegion, str], None] | None = None,
+) -> tuple[str, Path, Machine, NoxsRegion, VMRecord]:
+    """Spawn one shell QEMU in ``root/ID`` (NoXS page for ``devices`` entries), QMP negotiated.
+
+    Shared by the create pool (paused or waiting shells) and the restore/migration pool
+    (``-incoming defer`` shells, lightvm/incoming.py): both need the same folder, marker,
+    record and cleanup rules. ``then(machine, region, shell_id)`` runs last, inside the
+    cleanup: if it raises, nothing is left behind either.
+
+    :raise LightVMError: QEMU could not be started, or ``then`` failed.
+    """
     shell_id = uuidlib.uuid4().hex[:16]
     folder = root / shell_id
     folder.mkdir(mode=0o700, parents=True)
     vmdir = VMDir(folder)
-    record = VMRecord.new(shell_id, shell_id, "", flavour.accel, region_size_for(1), spec.to_dict())
+    record = VMRecord.new(shell_id, shell_id, "", accel, region_size_for(devices), spec)
     region: NoxsRegion | None = None
     machine: Machine | None = None
     try:
@@ -154,30 +198,31 @@ def prepare_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAU
         # "creating" while the daemon lives and "incomplete" if it was killed mid-execute.
         atomic_write(vmdir.creating_path, f'{{"pid": {os.getpid()}, "start": {proc_start_time(os.getpid())}}}')
         vmdir.write(record)  # names the NoXS file before it exists
-        region = NoxsRegion.create(Path(record.noxs_path), 1)
+        region = NoxsRegion.create(Path(record.noxs_path), devices)
         config = MachineConfig(
             name=f"pool-{shell_id}",
-            kernel=Path(flavour.kernel),
-            memory_mib=flavour.memory_mib,
-            vcpus=flavour.vcpus,
-            cmdline=flavour.cmdline,
-            accel=flavour.accel,
+            kernel=Path(kernel),
+            memory_mib=memory_mib,
+            vcpus=vcpus,
+            cmdline=cmdline,
+            accel=accel,
             noxs_path=Path(record.noxs_path),
             noxs_size=region.size,
             console_path=vmdir.console_path,
             qmp_path=vmdir.qmp_path,
             log_path=vmdir.log_path,
-            bios=Path(flavour.firmware) if flavour.firmware else None,
+            extra_args=extra_args,
+            bios=Path(firmware) if firmware else None,
         )
         machine = Machine(config)
         machine.launch()
         assert machine.process is not None
         record.pid, record.pid_start, record.argv = machine.process.pid, machine.process.start_time, machine.argv
         vmdir.write(record)
-        machine.qmp.negotiate(timeout=10.0)  # QEMU initialised: execute is only `cont`
-        if variant == WAITING:
-            _boot_to_wait_point(machine, region, shell_id)
-        return Shell(shell_id, flavour, folder, machine, region, record, time.monotonic(), variant == WAITING)
+        machine.qmp.negotiate(timeout=timeout)  # QEMU initialised: what is left is `cont` / the stream
+        if then is not None:
+            then(machine, region, shell_id)
+        return shell_id, folder, machine, region, record
     except BaseException:
         if machine is not None:
             machine.kill()
