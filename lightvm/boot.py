@@ -33,6 +33,7 @@ from lightvm.noxs import BootRecord, BootState, NoxsRegion
 from lightvm.util import Deadline, last_line, tail
 
 POLL_INTERVAL = 0.0002
+REPLY_GRACE_S = 0.1  # after READY, for QMP replies still on their way
 
 
 @dataclass
@@ -86,14 +87,19 @@ def boot(machine: Machine, region: NoxsRegion, t0: float, timeout: float) -> tup
         if deadline.expired():
             raise _guest_failed(machine, region, f"not READY after {timeout:.1f} s")
     record = region.boot_record()
-    # Collect the QMP replies that are already on their way (cheap, bounded).
-    if times.resumed is None or times.qemu_up is None:
-        qmp.pump(0)
+    # The replies are certain to come (the guest ran, so QEMU handled cont), but a loaded
+    # host can deschedule QEMU's main loop between starting the vCPU and writing them:
+    # wait for them briefly (capped below by READY) rather than report a hole.
+    grace = Deadline(REPLY_GRACE_S)
+    while times.resumed is None or times.qemu_up is None:
+        alive = qmp.pump(POLL_INTERVAL)
         now = (time.perf_counter() - t0) * 1000
         if times.qemu_up is None and qmp.reply(negotiate_id) is not None:
             times.qemu_up = now
         if times.resumed is None and qmp.reply(cont_id) is not None:
             times.resumed = now
+        if not alive or grace.expired():
+            break
     _anchor_guest_times(times, record)
     return times, record
 
