@@ -295,12 +295,15 @@ def test_wallclock_follows_host_time(images: Path) -> None:
 
 
 def test_ioapic_interrupts_wake_idle(images: Path) -> None:
-    """PIT at 1 kHz through irq_attach_gsi(2): ~100 interrupts in 100 ms, each waking idle_until."""
+    """PIT at 1 kHz through irq_attach_gsi(2): up to ~100 interrupts in 100 ms, each waking
+    idle_until. Fewer on a loaded host: QEMU's PIT drops the edges its main loop was not
+    scheduled to raise and never catches up (32 seen in CI); a periodic source routed
+    through the IO-APIC is what is under test (a one-shot would give 1)."""
     g, log = _probe(images, "irq")
     with g:
         _, count, wakeups = _line(log, "IRQ ")
-        assert 80 <= int(count) <= 120, log
-        assert 50 <= int(wakeups) <= int(count) + 1, log
+        assert 20 <= int(count) <= 120, log
+        assert int(count) // 2 <= int(wakeups) <= int(count) + 1, log
 
 
 @pytest.mark.parametrize(("ioapic2", "transports", "gsi_base"), [("off", 8, 16), ("on", 24, 24)])
