@@ -56,7 +56,8 @@ def boot(machine: Machine, region: NoxsRegion, t0: float, timeout: float) -> tup
     """
     times = BootTimes()
     qmp = machine.qmp
-    negotiate_id = qmp.negotiate_id if qmp.negotiate_id is not None else -1
+    # A shell negotiated at prepare time has no "QEMU up" step left in this boot.
+    negotiate_id = qmp.negotiate_id if qmp.negotiate_id is not None and not qmp.negotiated else -1
     try:
         cont_id = machine.resume(wait=False)
     except QMPError:
@@ -91,7 +92,7 @@ def boot(machine: Machine, region: NoxsRegion, t0: float, timeout: float) -> tup
     # host can deschedule QEMU's main loop between starting the vCPU and writing them:
     # wait for them briefly (capped below by READY) rather than report a hole.
     grace = Deadline(REPLY_GRACE_S)
-    while times.resumed is None or times.qemu_up is None:
+    while times.resumed is None or (negotiate_id >= 0 and times.qemu_up is None):
         alive = qmp.pump(POLL_INTERVAL)
         now = (time.perf_counter() - t0) * 1000
         if times.qemu_up is None and qmp.reply(negotiate_id) is not None:

@@ -42,6 +42,7 @@ class QMPClient:
         self.events: list[dict[str, Any]] = []
         self.closed_by_peer = False
         self._negotiate_id: int | None = None
+        self._negotiated = False  # negotiate() consumed the qmp_capabilities reply
 
     @classmethod
     def connect(cls, path: Path, timeout: float = DEFAULT_TIMEOUT) -> QMPClient:
@@ -66,6 +67,11 @@ class QMPClient:
     def negotiate_id(self) -> int | None:
         """The id of the queued ``qmp_capabilities``, if :meth:`send_negotiate` ran."""
         return self._negotiate_id
+
+    @property
+    def negotiated(self) -> bool:
+        """True once :meth:`negotiate` has waited for (and consumed) the negotiation reply."""
+        return self._negotiated
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -210,6 +216,7 @@ class QMPClient:
             self.send_negotiate()
         assert self._negotiate_id is not None
         self.wait(self._negotiate_id, timeout, "qmp_capabilities")
+        self._negotiated = True
 
 
 def connect_and_negotiate(path: Path, timeout: float = DEFAULT_TIMEOUT) -> QMPClient:

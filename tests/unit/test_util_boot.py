@@ -111,3 +111,53 @@ def test_recv_line_keeps_what_follows_and_names_each_failure() -> None:
         b.close()
         with pytest.raises(EOFError):
             recv_line(a, b"", Deadline(1.0))
+
+
+class _FakeQMP:
+    """Replies to ``cont`` at once; counts how often boot() reads the socket."""
+
+    def __init__(self, negotiated: bool) -> None:
+        self.negotiate_id = 1
+        self.negotiated = negotiated
+        self.pumps = 0
+        self.replies: dict[int, dict[str, object]] = {2: {"return": {}, "id": 2}}
+        if not negotiated:
+            self.replies[1] = {"return": {}, "id": 1}
+
+    def pump(self, timeout: float) -> bool:
+        self.pumps += 1
+        return True
+
+    def reply(self, cmd_id: int) -> dict[str, object] | None:
+        return self.replies.get(cmd_id)
+
+
+class _FakeMachine:
+    def __init__(self, qmp: _FakeQMP) -> None:
+        self.qmp = qmp
+
+    def resume(self, wait: bool = True) -> int:
+        return 2
+
+
+class _ReadyRegion:
+    def boot_state(self) -> int:
+        return int(BootState.READY)
+
+    def boot_record(self) -> BootRecord:
+        return record()
+
+
+def test_a_shell_negotiated_at_prepare_does_not_wait_for_its_negotiation_reply() -> None:
+    """A pool shell's qmp_capabilities reply was consumed at prepare: boot() must not wait
+    out its grace period for it (that once added 100 ms to every pooled create)."""
+    from typing import Any
+
+    from lightvm.boot import REPLY_GRACE_S, boot
+
+    for negotiated in (True, False):
+        qmp = _FakeQMP(negotiated)
+        fake: Any = _FakeMachine(qmp)
+        times, _ = boot(fake, _ReadyRegion(), time.perf_counter(), timeout=5.0)  # type: ignore[arg-type]
+        assert times.resumed is not None and (times.qemu_up is None) == negotiated
+        assert qmp.pumps <= 1, f"boot() kept reading QMP for up to {REPLY_GRACE_S} s after READY"
