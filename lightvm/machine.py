@@ -80,6 +80,11 @@ class MachineConfig:
     binary: str = QEMU_BINARY
     extra_args: tuple[str, ...] = field(default=())
     bios: Path | None = None  # e.g. images/build/lvfw.bin; None: QEMU's default firmware
+    # The console as a QEMU "pipe" chardev instead of a file: QEMU writes the guest's
+    # output to PATH.out and feeds PATH.in (a FIFO) to the UART's receiver. The caller
+    # creates both (PATH.out may be a symlink to console_path). A pool shell's guest
+    # sleeps until a byte arrives there (lightvm/pool.py, NOXS_FEAT_CONSOLE_BELL).
+    console_pipe: Path | None = None
 
 
 def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
@@ -118,7 +123,8 @@ def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
         "-device", "ivshmem-plain,memdev=noxs,master=on",
         "-device", f"isa-debug-exit,iobase={DEBUG_EXIT_IOBASE:#x},iosize=4",
         "-no-reboot",
-        "-chardev", f"file,id=con,path={qemu_opt_escape(str(config.console_path))}",
+        "-chardev", f"pipe,id=con,path={qemu_opt_escape(str(config.console_pipe))}" if config.console_pipe
+        else f"file,id=con,path={qemu_opt_escape(str(config.console_path))}",
         "-serial", "chardev:con",
         "-chardev", f"socket,id=qmp,fd={qmp_fd},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",

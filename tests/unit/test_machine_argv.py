@@ -73,6 +73,13 @@ def test_argv_escapes_commas_in_option_values(tmp_path: Path) -> None:
     assert "file,id=con,path=/x,,y/c.log" in opt(argv, "-chardev")
 
 
+def test_a_console_pipe_replaces_the_console_file(tmp_path: Path) -> None:
+    argv = build_argv(config(tmp_path, console_pipe=Path("/v,m/console")), qmp_fd=3)
+    assert "pipe,id=con,path=/v,,m/console" in opt(argv, "-chardev")
+    assert not any(o.startswith("file,id=con") for o in opt(argv, "-chardev"))
+    assert "chardev:con" in opt(argv, "-serial")
+
+
 def test_extra_args_come_before_S(tmp_path: Path) -> None:
     argv = build_argv(config(tmp_path, extra_args=("-netdev", "user,id=n0")), qmp_fd=3)
     assert argv[-3:] == ["-netdev", "user,id=n0", "-S"]
