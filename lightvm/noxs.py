@@ -40,6 +40,7 @@ APP_LEN = 16
 FEAT_TSC_HZ = 1 << 0
 FEAT_NMI_DOORBELL = 1 << 1
 FEAT_WAIT_CONFIG = 1 << 2  # placeholder page: the guest waits (BootState.WAITING) for the real one
+FEAT_CONSOLE_BELL = 1 << 3  # with FEAT_WAIT_CONFIG: the guest may sleep there until a byte on its console
 
 
 class DevType(enum.IntEnum):
@@ -78,6 +79,7 @@ class BootState(enum.IntEnum):
     HALTED = 5
     ERROR = 6
     WAITING = 7
+    WAITING_BELL = 8  # waiting asleep: a byte on the console input wakes it
 
 
 class GuestError(enum.IntEnum):
@@ -254,6 +256,7 @@ class PageConfig:
     tsc_hz: int = 0
     nmi_doorbell: bool = False
     wait_config: bool = False  # a prepared shell's placeholder (FEAT_WAIT_CONFIG)
+    console_bell: bool = False  # with wait_config: the host will ring the console bell (FEAT_CONSOLE_BELL)
 
 
 @dataclass(frozen=True)
@@ -438,6 +441,7 @@ class NoxsRegion:
         page.header_size = ctypes.sizeof(DevicePage)
         page.features = (FEAT_TSC_HZ if config.tsc_hz else 0) | (FEAT_NMI_DOORBELL if config.nmi_doorbell else 0)
         page.features |= FEAT_WAIT_CONFIG if config.wait_config else 0
+        page.features |= FEAT_CONSOLE_BELL if config.wait_config and config.console_bell else 0
         page.region_size = self.size
         page.dev_count = len(devices)
         page.host_time_ns = time.time_ns() if host_time_ns is None else host_time_ns

@@ -146,6 +146,16 @@ int irq_attach_gsi(unsigned gsi, irq_handler_t fn, void *ctx)
 	return -1;
 }
 
+/* Mask the pin of ``gsi`` again (its vector stays allocated). */
+void irq_mask_gsi(unsigned gsi)
+{
+	for (unsigned i = 0; i < n_ioapics; i++) {
+		const struct ioapic *io = &ioapics[i];
+		if (gsi >= io->gsi_base && gsi < io->gsi_base + io->count)
+			ioapic_write(io, 0x10 + 2 * (gsi - io->gsi_base), LVT_MASKED);
+	}
+}
+
 uint64_t msi_address(void)
 {
 	return LAPIC_BASE | ((uint64_t)lapic_id << 12);

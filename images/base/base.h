@@ -59,6 +59,8 @@ void trap_entry(struct trap_frame *f);
 extern const char guest_app_name[];
 void console_init(void);
 void console_puts(const char *s);
+bool console_bell_on(void);   /* false: no IO-APIC, spin instead */
+void console_bell_off(void);
 void trap_init(void);
 void apic_init(void);
 void apic_timer_arm(uint64_t ns);

@@ -12,6 +12,37 @@ void console_init(void)
 	outb(COM1 + 3, 0x03);   /* 8N1 */
 }
 
+/*
+ * The console bell (NOXS_FEAT_CONSOLE_BELL): a prepared shell's guest sleeps at its
+ * wait point until the host writes a byte to the console's input. The handler only
+ * drains the receiver: waking from hlt is the point.
+ */
+#define COM1_GSI 4   /* ISA IRQ 4, identity-mapped on the first IO-APIC */
+
+static void bell_rang(void *ctx)
+{
+	(void)ctx;
+	for (unsigned n = 0; n < 64 && (inb(COM1 + 5) & 0x01); n++)
+		(void)inb(COM1);
+}
+
+bool console_bell_on(void)
+{
+	if (apic_ioapic_count() == 0 || irq_attach_gsi(COM1_GSI, bell_rang, NULL) != 0)
+		return false;
+	bell_rang(NULL);        /* nothing stale */
+	outb(COM1 + 4, 0x08);   /* MCR OUT2: gates the UART's interrupt line on a PC */
+	outb(COM1 + 1, 0x01);   /* IER: received data available */
+	return true;
+}
+
+void console_bell_off(void)
+{
+	outb(COM1 + 1, 0x00);
+	irq_mask_gsi(COM1_GSI);
+	bell_rang(NULL);
+}
+
 static void serial_putc(char c)
 {
 	/* QEMU's UART is always ready; bound the wait for a real one. */

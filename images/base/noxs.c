@@ -109,9 +109,17 @@ void noxs_init(void)
 		/* A prepared shell: say so, and wait for the host to write the real
 		 * page (it stops our vCPU here, and resumes it after the rewrite). */
 		uint64_t g = snap.generation;
-		b->state = NOXS_BOOT_WAITING;
-		while (*generation_ptr() == g)
-			cpu_pause();
+		bool bell = (snap.features & NOXS_FEAT_CONSOLE_BELL) && console_bell_on();
+		barrier();
+		b->state = bell ? NOXS_BOOT_WAITING_BELL : NOXS_BOOT_WAITING;
+		while (*generation_ptr() == g) {
+			if (bell)   /* sti's one-instruction shadow: no wake-up lost before hlt */
+				__asm__ volatile("sti; hlt; cli" ::: "memory");
+			else
+				cpu_pause();
+		}
+		if (bell)
+			console_bell_off();
 		if (read_config(err, sizeof(err)) != 0)
 			bad_page(err);
 		sys = (volatile struct noxs_sysctl_ctrl *)(region + layout.sysctl_offset);

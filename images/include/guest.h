@@ -47,6 +47,7 @@ uint64_t wallclock_ns(void);  /* Unix epoch ns: NoXS host_time_ns + TSC delta,
 typedef void (*irq_handler_t)(void *ctx);
 /* Route IO-APIC input `gsi` (edge, active high) to `fn`. 0 on success. */
 int irq_attach_gsi(unsigned gsi, irq_handler_t fn, void *ctx);
+void irq_mask_gsi(unsigned gsi);
 /* Allocate an IDT vector for `fn` (for MSI/MSI-X); returns the vector
  * (>= 32) or -1. msi_address()/msi_data() give what to program. */
 int irq_alloc_vector(irq_handler_t fn, void *ctx);

@@ -55,6 +55,11 @@
                                              waits until the host rewrites the page
                                              (generation changes), then reads the
                                              real one */
+#define NOXS_FEAT_CONSOLE_BELL (1ull << 3) /* with WAIT_CONFIG: the guest may sleep
+                                             at its wait point, woken by a byte on
+                                             its console UART's receiver (COM1,
+                                             ISA IRQ 4), and then says
+                                             NOXS_BOOT_WAITING_BELL instead */
 
 /* Device types (noxs_dev_entry.type). */
 #define NOXS_DEV_NONE       0u
@@ -89,6 +94,8 @@
 #define NOXS_BOOT_HALTED      5u  /* clean poweroff; the next thing is exit */
 #define NOXS_BOOT_ERROR       6u  /* fatal error; see error and message */
 #define NOXS_BOOT_WAITING     7u  /* NOXS_FEAT_WAIT_CONFIG: waiting for the real page */
+#define NOXS_BOOT_WAITING_BELL 8u /* the same, asleep: ring NOXS_FEAT_CONSOLE_BELL
+                                     after the rewrite (the vCPU keeps running) */
 
 /* Boot record error codes (noxs_boot_record.error). */
 #define NOXS_ERR_NONE         0u
