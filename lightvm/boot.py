@@ -1,4 +1,5 @@
-"""The execute phase of a boot: queue ``cont``, watch the NoXS boot record until READY.
+"""The execute phase of a boot: queue ``cont`` (or ring a pool shell's bell), watch the
+NoXS boot record until READY.
 
 Shared by the toolstack (every create) and the accelerator probe. The host polls the
 boot state word in the shared page it already has mapped, and the QMP socket in the
@@ -25,6 +26,7 @@ than the guest's first instruction), so each is capped by the step after it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lightvm.errors import GuestError, LightVMError, QMPError
@@ -33,6 +35,11 @@ from lightvm.noxs import BootRecord, BootState, NoxsRegion
 from lightvm.util import Deadline, last_line, tail
 
 POLL_INTERVAL = 0.0002
+# A woken pool shell's guest is READY ~0.5-1.5 ms after its bell under TCG: for that
+# long the host checks the page without sleeping (a timed wake-up costs 0.1-0.2 ms on
+# these hosts, ~10 % of the execute path), then polls as usual. Never for a cold boot:
+# QEMU's own start needs the CPU there.
+SPIN_S = 0.003
 REPLY_GRACE_S = 0.1  # after READY, for QMP replies still on their way
 
 
@@ -48,8 +55,21 @@ class BootTimes:
         return {k: (round(v, 3) if v is not None else None) for k, v in vars(self).items()}
 
 
-def boot(machine: Machine, region: NoxsRegion, t0: float, timeout: float) -> tuple[BootTimes, BootRecord]:
+def boot(
+    machine: Machine,
+    region: NoxsRegion,
+    t0: float,
+    timeout: float,
+    ring: Callable[[], None] | None = None,
+    meanwhile: Callable[[], None] | None = None,
+) -> tuple[BootTimes, BootRecord]:
     """Resume a launched (paused) machine and wait until the guest reports READY.
+
+    ``ring``: the guest already runs, asleep at a prepared shell's wait point; call this
+    to wake it instead of sending ``cont`` (``resumed`` is then the moment it was rung).
+    ``meanwhile``: host work to do while the guest boots (called once it was started;
+    what it raises propagates, the machine left as it is). With ``ring`` the first
+    :data:`SPIN_S` of the wait check the page without sleeping.
 
     :raise GuestError: if the guest reports ERROR or powers off, QEMU exits, or READY
         does not come within ``timeout`` seconds; the message quotes the console.
@@ -58,16 +78,26 @@ def boot(machine: Machine, region: NoxsRegion, t0: float, timeout: float) -> tup
     qmp = machine.qmp
     # A shell negotiated at prepare time has no "QEMU up" step left in this boot.
     negotiate_id = qmp.negotiate_id if qmp.negotiate_id is not None and not qmp.negotiated else -1
-    try:
-        cont_id = machine.resume(wait=False)
-    except QMPError:
-        machine.wait(1.0)  # QEMU died before we could even queue cont
-        raise _guest_failed(machine, region, "QEMU exited while starting (before the guest ran)") from None
+    cont_id = -1
+    if ring is not None:
+        ring()
+        times.resumed = (time.perf_counter() - t0) * 1000
+    else:
+        try:
+            cont_id = machine.resume(wait=False)
+        except QMPError:
+            machine.wait(1.0)  # QEMU died before we could even queue cont
+            raise _guest_failed(machine, region, "QEMU exited while starting (before the guest ran)") from None
+    if meanwhile is not None:
+        meanwhile()
     deadline = Deadline(timeout)
     ready_state = int(BootState.READY)
     final_states = (int(BootState.ERROR), int(BootState.HALTED))
+    spin_until = time.perf_counter() + SPIN_S if ring is not None else 0.0
     while True:
         state = region.boot_state()
+        if state != ready_state and state not in final_states and time.perf_counter() < spin_until:
+            continue
         if state == ready_state:
             times.ready = (time.perf_counter() - t0) * 1000
             break

@@ -69,10 +69,12 @@ def register(sub: Any) -> None:
         q.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto", help="accelerator of the shells")
         q.add_argument(
             "--pool-variant",
-            choices=("waiting", "paused"),
+            choices=("waiting", "stopped", "paused"),
             default="waiting",
-            help="waiting (default, faster): the guest booted to its wait-for-config point, then "
-            "stopped; paused: QEMU started with -S, the guest never ran",
+            help="waiting (default, fastest): the guest booted to its wait-for-config point and "
+            "sleeps there until a byte on its console wakes it (a guest without that support is "
+            "stopped instead); stopped: booted there, then its vCPUs stopped, resumed with QMP "
+            "cont; paused: QEMU started with -S, the guest never ran",
         )
         q.add_argument(
             "--incoming-size",

@@ -8,13 +8,16 @@ qemu.log) until a create takes it.
 
 Execute (per create, on the caller's thread):
 
-1. under the state lock, check the name is free and rename ``pool/ID`` to ``vms/NAME``
-   (the folder, its ``creating`` marker and its record move in one step, so a kill -9
-   at any point leaves a VM folder that destroy cleans, never a half-owned shell)
-2. write the VM's identity (name, a fresh UUID) and device config into the page; the
-   page was created zeroed with the shell and is written exactly once
-3. ``cont`` and poll the boot record until READY (:func:`lightvm.boot.boot`)
-4. write the final record, drop the ``creating`` marker, let go of QEMU
+1. write the VM's identity (name, a fresh UUID) and device config into the page (a
+   fresh page: the placeholder carried no identity)
+2. start the guest: ring its bell (variant ``waiting``) or ``cont`` (the others)
+3. while it boots, under the state lock, check the name is free and rename
+   ``pool/ID`` to ``vms/NAME`` (the folder, its ``creating`` marker and its record move
+   in one step, so a kill -9 at any point leaves a VM folder that destroy cleans, never
+   a half-owned shell; a daemon killed before the rename leaves a shell, discarded at
+   its next start)
+4. poll the boot record until READY (:func:`lightvm.boot.boot`)
+5. write the final record, drop the ``creating`` marker, let go of QEMU
 
 A shell is used once: taking it removes it from the pool; a failed execute destroys it.
 
@@ -31,14 +34,20 @@ lock while it spawns, so the execute path waits on nothing but its own guest.
 Prepared variants (``--pool-variant``), both implemented and measured side by side
 (``python -m lightvm.bench.split --variant ...``, TCG, 30 samples, same host):
 
-* ``waiting`` (default): at prepare, a placeholder page with NOXS_FEAT_WAIT_CONFIG is
-  written and the guest runs to its wait point (images/base/noxs.c: it reports
-  BootState.WAITING and spins on the page generation), then QMP ``stop``. Execute
-  rewrites the whole page and resumes: the guest's early boot and its TCG translations
-  are already done. Request -> READY reply median ~2.0 ms.
-* ``paused``: QEMU spawned with ``-S``, the guest never ran. ~4.0-4.4 ms.
+* ``waiting`` (default): at prepare, a placeholder page with NOXS_FEAT_WAIT_CONFIG and
+  NOXS_FEAT_CONSOLE_BELL is written and the guest runs to its wait point
+  (images/base/noxs.c), where it enables its console UART's receive interrupt, reports
+  BootState.WAITING_BELL and sleeps in ``hlt``: QEMU keeps running and costs no CPU.
+  The console is a pipe chardev (MachineConfig.console_pipe): execute rewrites the page
+  and writes one byte into the FIFO ``console.in``, which wakes the guest without a QMP
+  round trip. One rehearsal ring at prepare has QEMU translate the wake-up path. A
+  guest without the bell reports BootState.WAITING (spinning) and is stopped instead.
+* ``stopped``: the guest runs to its wait point (BootState.WAITING), then QMP ``stop``;
+  execute resumes it with ``cont``.
+* ``paused``: QEMU spawned with ``-S``, the guest never ran.
 
-A flavour whose guest has no wait point (it goes past it) falls back to ``paused``.
+Measured side by side: docs/lightvmd.md ("Prepared variants"). A flavour whose guest
+has no wait point (it goes past it) falls back to ``paused``.
 """
 
 from __future__ import annotations
@@ -66,8 +75,10 @@ from lightvm.toolstack import CreateResult
 from lightvm.util import atomic_write, find_processes_with_arg, proc_cmdline, proc_start_time, wait_until
 
 PAUSED = "paused"  # prepared variant: QEMU spawned with -S, the guest never ran
-WAITING = "waiting"  # prepared variant: the guest booted to its wait point, then stopped
-VARIANTS = (PAUSED, WAITING)
+WAITING = "waiting"  # the guest booted to its wait point, asleep there until the console bell
+STOPPED = "stopped"  # the guest booted to its wait point, then its vCPUs were stopped (QMP)
+VARIANTS = (PAUSED, WAITING, STOPPED)
+BELL_BYTE = b"\n"
 SHELL_OVERHEAD_MIB = 16  # host memory of one idle QEMU beyond guest RAM (QEMU-NOTES: ~16 MiB)
 POOL_DIR = "pool"
 RETRY_AFTER_FAILURE = 2.0
@@ -121,10 +132,22 @@ class Shell:
     region: NoxsRegion
     record: VMRecord
     prepared_at: float
-    waited: bool = False  # booted to the wait point at prepare (variant WAITING)
+    waited: bool = False  # booted to the wait point at prepare (variants WAITING, STOPPED)
+    bell: int | None = None  # write end of the console FIFO: the guest sleeps until a byte comes
+
+    def ring(self) -> None:
+        """Wake the guest asleep at its wait point (one byte into its console's receiver)."""
+        assert self.bell is not None
+        os.write(self.bell, BELL_BYTE)
+
+    def close_bell(self) -> None:
+        bell, self.bell = self.bell, None
+        if bell is not None:
+            os.close(bell)
 
     def discard(self) -> None:
         """Kill its QEMU and remove its NoXS file and folder."""
+        self.close_bell()
         with contextlib.suppress(Exception):
             self.machine.kill()
         with contextlib.suppress(Exception):
@@ -136,16 +159,25 @@ class Shell:
 def prepare_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAUSED) -> Shell:
     """Spawn one paused QEMU for ``flavour`` in ``root/ID`` and wait until QMP answers.
 
-    ``variant`` :data:`WAITING`: also boot the guest to its wait point (a placeholder
-    page with NOXS_FEAT_WAIT_CONFIG; the guest reports BootState.WAITING), then stop it.
+    ``variant`` :data:`WAITING` or :data:`STOPPED`: also boot the guest to its wait point
+    (a placeholder page with NOXS_FEAT_WAIT_CONFIG). WAITING offers the console bell too:
+    a guest that takes it sleeps there (BootState.WAITING_BELL) and the shell keeps the
+    FIFO's write end to wake it; a guest that does not (BootState.WAITING, spinning) is
+    stopped, as with STOPPED.
 
     :raise LightVMError: QEMU could not be started, or the guest did not reach its wait
         point (nothing is left behind).
     """
+    bell: list[int] = []
 
     def to_wait_point(machine: Machine, region: NoxsRegion, shell_id: str) -> None:
-        if variant == WAITING:
-            _boot_to_wait_point(machine, region, shell_id)
+        if variant in (WAITING, STOPPED):
+            asleep = _boot_to_wait_point(machine, region, shell_id, console_bell=variant == WAITING)
+            pipe = machine.config.console_pipe
+            if asleep and pipe is not None:
+                # QEMU holds the FIFO open for reading: this open neither blocks nor fails.
+                bell.append(os.open(pipe.with_suffix(".in"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+                _rehearse_bell(bell[0], region)
 
     shell_id, folder, machine, region, record = spawn_shell(
         root,
@@ -157,9 +189,11 @@ def prepare_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAU
         firmware=flavour.firmware,
         spec=spec.to_dict(),
         devices=1,
+        console_bell=variant == WAITING,
         then=to_wait_point,
     )
-    return Shell(shell_id, flavour, folder, machine, region, record, time.monotonic(), variant == WAITING)
+    waited, prepared_at = variant in (WAITING, STOPPED), time.monotonic()
+    return Shell(shell_id, flavour, folder, machine, region, record, prepared_at, waited, bell[0] if bell else None)
 
 
 def spawn_shell(
@@ -175,6 +209,7 @@ def spawn_shell(
     devices: int,
     extra_args: tuple[str, ...] = (),
     timeout: float = 10.0,
+    console_bell: bool = False,
     then: Callable[[Machine, NoxsRegion, str], None] | None = None,
 ) -> tuple[str, Path, Machine, NoxsRegion, VMRecord]:
     """Spawn one shell QEMU in ``root/ID`` (NoXS page for ``devices`` entries), QMP negotiated.
@@ -182,7 +217,9 @@ def spawn_shell(
     Shared by the create pool (paused or waiting shells) and the restore/migration pool
     (``-incoming defer`` shells, lightvm/incoming.py): both need the same folder, marker,
     record and cleanup rules. ``then(machine, region, shell_id)`` runs last, inside the
-    cleanup: if it raises, nothing is left behind either.
+    cleanup: if it raises, nothing is left behind either. ``console_bell``: the console
+    is a pipe chardev whose input is the FIFO ``console.in`` (output still goes to
+    console.log, through the symlink ``console.out``), so the guest can be woken by a byte.
 
     :raise LightVMError: QEMU could not be started, or ``then`` failed.
     """
@@ -199,6 +236,7 @@ def spawn_shell(
         atomic_write(vmdir.creating_path, f'{{"pid": {os.getpid()}, "start": {proc_start_time(os.getpid())}}}')
         vmdir.write(record)  # names the NoXS file before it exists
         region = NoxsRegion.create(Path(record.noxs_path), devices)
+        console_pipe = _make_console_pipe(vmdir) if console_bell else None
         config = MachineConfig(
             name=f"pool-{shell_id}",
             kernel=Path(kernel),
@@ -213,6 +251,7 @@ def spawn_shell(
             log_path=vmdir.log_path,
             extra_args=extra_args,
             bios=Path(firmware) if firmware else None,
+            console_pipe=console_pipe,
         )
         machine = Machine(config)
         machine.launch()
@@ -233,8 +272,31 @@ def spawn_shell(
         raise
 
 
-def _boot_to_wait_point(machine: Machine, region: NoxsRegion, shell_id: str, timeout: float = 10.0) -> None:
-    """Run the guest to its NOXS_FEAT_WAIT_CONFIG wait point, then stop its vCPUs.
+def _make_console_pipe(vmdir: VMDir) -> Path:
+    """console.log (empty), console.out -> console.log, and the FIFO console.in: what
+    QEMU's pipe chardev ``path=FOLDER/console`` opens (MachineConfig.console_pipe)."""
+    base = vmdir.path / "console"
+    vmdir.console_path.touch(mode=0o600)
+    base.with_suffix(".out").symlink_to(vmdir.console_path.name)
+    os.mkfifo(base.with_suffix(".in"), 0o600)
+    return base
+
+
+def _rehearse_bell(bell: int, region: NoxsRegion, timeout: float = 1.0) -> None:
+    """Ring once with the placeholder page unchanged: the guest wakes, finds nothing new
+    and sleeps again, and QEMU has translated its wake-up path (interrupt entry and
+    handler: first use costs ~0.3 ms under TCG) before a create needs it. The guest
+    counts the interrupt in its heartbeat; a guest slow to do so is left as it is."""
+    beat = region.boot_record().heartbeat
+    os.write(bell, BELL_BYTE)
+    wait_until(lambda: region.boot_record().heartbeat != beat, timeout=timeout, interval=0.0005, max_interval=0.01)
+
+
+def _boot_to_wait_point(
+    machine: Machine, region: NoxsRegion, shell_id: str, console_bell: bool, timeout: float = 10.0
+) -> bool:
+    """Run the guest to its NOXS_FEAT_WAIT_CONFIG wait point; True if it sleeps there on
+    the console bell (``console_bell`` offered it), else stop its vCPUs and return False.
 
     The placeholder page carries no identity (a neutral name, the nil UUID); execute
     rewrites every field of it.
@@ -242,21 +304,26 @@ def _boot_to_wait_point(machine: Machine, region: NoxsRegion, shell_id: str, tim
     :raise GuestError: the guest went past the wait point (no FEAT_WAIT_CONFIG support),
         failed, or did not get there in time.
     """
-    region.write_config(PageConfig(name=f"pool-{shell_id}", uuid=uuidlib.UUID(int=0), wait_config=True))
+    page = PageConfig(name=f"pool-{shell_id}", uuid=uuidlib.UUID(int=0), wait_config=True, console_bell=console_bell)
+    region.write_config(page)
     machine.resume(wait=True, timeout=timeout)
-    waiting, past = int(BootState.WAITING), (int(BootState.READY), int(BootState.ERROR), int(BootState.HALTED))
+    waiting = (int(BootState.WAITING), int(BootState.WAITING_BELL))
+    past = (int(BootState.READY), int(BootState.ERROR), int(BootState.HALTED))
 
     def there() -> int | None:
         state = region.boot_state()
-        if state == waiting or state in past or not machine.is_running():
+        if state in waiting or state in past or not machine.is_running():
             return state + 1  # truthy even for 0
         return None
 
     state = wait_until(there, timeout=timeout, interval=0.0005, max_interval=0.01)
-    if state is None or state - 1 != waiting:
+    if state is None or state - 1 not in waiting:
         what = "did not reach it in time" if state is None else f"is in state {state - 1} instead"
         raise GuestError(f"pool shell {shell_id}: guest has no NOXS_FEAT_WAIT_CONFIG wait point ({what})")
+    if console_bell and state - 1 == int(BootState.WAITING_BELL):
+        return True
     machine.pause(timeout=timeout)
+    return False
 
 
 def execute(
@@ -302,29 +369,40 @@ def execute_deferred(
 
     vm_uuid = uuidlib.uuid4()
     target = state.vms_root / name
-    try:
+    machine = shell.machine
+    if target.exists():  # the usual refusal, before the guest ever sees the name
+        shell.discard()
+        raise ExistsError(f"a VM named {name!r} already exists in {state.root}; pick another --name")
+
+    def claim() -> None:
+        # While the guest boots: the folder becomes the VM's, under the state lock (a
+        # one-shot create may have taken the name since the check above).
         with state.lock():
             if target.exists():
                 raise ExistsError(f"a VM named {name!r} already exists in {state.root}; pick another --name")
             os.rename(shell.folder, target)
+        shell.folder = target
+        vmdir = VMDir(target)
+        pipe = machine.config.console_pipe
+        machine.config = dataclasses.replace(
+            machine.config,
+            console_path=vmdir.console_path,
+            qmp_path=vmdir.qmp_path,
+            log_path=vmdir.log_path,
+            console_pipe=target / pipe.name if pipe is not None else None,
+        )
+
+    try:
+        shell.region.write_config(PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=True))
+        ring = shell.ring if shell.bell is not None else None
+        times, boot_record = boot(machine, shell.region, t0, timeout, ring=ring, meanwhile=claim)
+        if shell.waited:
+            times.guest_entry = None  # the guest entered at prepare time, not in this create
     except BaseException:
         shell.discard()
         raise
     vmdir = VMDir(target)
-    machine = shell.machine
-    machine.config = dataclasses.replace(
-        machine.config, console_path=vmdir.console_path, qmp_path=vmdir.qmp_path, log_path=vmdir.log_path
-    )
     record = shell.record
-    try:
-        shell.region.write_config(PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=True))
-        times, boot_record = boot(machine, shell.region, t0, timeout)
-        if shell.waited:
-            times.guest_entry = None  # the guest entered at prepare time, not in this create
-    except BaseException:
-        shell.folder = target
-        shell.discard()
-        raise
     record.name = name
     record.uuid = str(vm_uuid)
     record.created = time.time()
@@ -340,6 +418,7 @@ def execute_deferred(
         except OSError:
             pass  # destroyed meanwhile (a one-shot destroy does not wait for us): nothing to record
         finally:
+            shell.close_bell()
             machine.release()
             shell.region.close()
 
@@ -525,7 +604,7 @@ class Pool:
                 shell = prepare_shell(self.root, flavour, self.flavours[flavour], self._variant_of(flavour))
             except GuestError as exc:
                 failed = True
-                if self._variant_of(flavour) == WAITING:
+                if self._variant_of(flavour) in (WAITING, STOPPED):
                     # A guest without the wait point (an older image, another kernel): this
                     # flavour gets paused shells instead, which every guest supports.
                     self._paused_only.add(flavour)

@@ -4,6 +4,9 @@ refill in the background within the size and memory bounds, and fall back to the
 from __future__ import annotations
 
 import ctypes
+import json
+import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -128,18 +131,42 @@ def test_name_taken_discards_the_shell(lightvmd: Lightvmd) -> None:
     lightvmd.call("destroy", {"all": True})
 
 
-def test_waiting_shells_sit_at_the_wait_point_paused_shells_never_ran(lightvmd: Lightvmd) -> None:
-    lightvmd.start(size=1)  # default variant: waiting
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_waiting_shells_sleep_at_the_wait_point_until_their_bell(lightvmd: Lightvmd) -> None:
+    lightvmd.start(size=1)  # default variant: waiting, asleep on the console bell
     stats = wait_pool(lightvmd, 1)
     assert stats["variant"] == "waiting" and stats["flavours"][0]["variant"] == "waiting"
     (shell,) = lightvmd.shell_records()
     with NoxsRegion.open(Path(shell["noxs_path"])) as region:
-        assert region.boot_state() == BootState.WAITING
+        assert region.boot_state() == BootState.WAITING_BELL
+        assert region.boot_record().heartbeat >= 1  # the rehearsal ring at prepare woke it once
         assert page_identity(shell["noxs_path"])[1] == str(uuid.UUID(int=0))  # no identity yet
+    # Asleep, not spinning: its QEMU runs (no QMP stop) yet costs next to no CPU.
+    before = cpu_seconds(shell["pid"])
+    time.sleep(1.0)
+    assert cpu_seconds(shell["pid"]) - before < 0.3
     vm = lightvmd.create("w1")
     assert vm["path"] == "pool" and vm["id"] == shell["id"]
     info = lightvmd.call("info", {"name": "w1"})
     assert info["guest"]["state"] == "READY" and page_identity(info["noxs_path"]) == ("w1", info["uuid"])
+    # The console still lands in console.log (through the pipe chardev's output side).
+    console = Path(info["console"])
+    assert console.is_file() and not console.is_symlink() and "READY noop" in console.read_text()
+    lightvmd.stop()
+    lightvmd.start("--pool-variant", "stopped", size=1)
+    wait_pool(lightvmd, 1)
+    (shell,) = lightvmd.shell_records()
+    with NoxsRegion.open(Path(shell["noxs_path"])) as region:
+        assert region.boot_state() == BootState.WAITING  # there, spinning, and stopped by QMP
+    before = cpu_seconds(shell["pid"])
+    time.sleep(0.5)
+    assert cpu_seconds(shell["pid"]) - before < 0.2
+    vm = lightvmd.create("s1")
+    assert vm["path"] == "pool" and lightvmd.call("info", {"name": "s1"})["guest"]["state"] == "READY"
     lightvmd.stop()
     lightvmd.start("--pool-variant", "paused", size=1)
     stats = wait_pool(lightvmd, 1)
@@ -180,4 +207,26 @@ def test_concurrent_creates_share_the_pool_without_reuse(lightvmd: Lightvmd) -> 
     for name in results:
         info = lightvmd.call("info", {"name": name})
         assert page_identity(info["noxs_path"]) == (name, info["uuid"])
+    lightvmd.call("destroy", {"all": True})
+
+
+def test_a_vm_from_a_bell_shell_saves_and_restores_like_any_other(lightvmd: Lightvmd, tmp_path: Path) -> None:
+    """The console pipe (the bell) is a chardev, not a device: the saved VM restores into
+    a QEMU with the usual file console, and keeps running from where it was."""
+    lightvmd.start(size=1)
+    wait_pool(lightvmd, 1)
+    vm = lightvmd.create("b1")
+    assert vm["path"] == "pool"
+    record = json.loads((lightvmd.state_dir / "vms" / "b1" / "vm.json").read_text())
+    assert any(a.startswith("pipe,id=con,") for a in record["argv"])
+    beat = lightvmd.call("info", {"name": "b1"})["guest"]["heartbeat"]
+    ckpt = tmp_path / "b1.lvm"
+    saved = lightvmd.cli("save", "b1", str(ckpt))
+    assert saved.returncode == 0, saved.stderr
+    restored = lightvmd.cli("restore", str(ckpt))
+    assert restored.returncode == 0, restored.stderr
+    info = lightvmd.call("info", {"name": "b1"})
+    assert info["status"] == "running" and info["guest"]["state"] == "READY" and info["guest"]["heartbeat"] >= beat
+    record = json.loads((lightvmd.state_dir / "vms" / "b1" / "vm.json").read_text())
+    assert any(a.startswith("file,id=con,") for a in record["argv"])
     lightvmd.call("destroy", {"all": True})
