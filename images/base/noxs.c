@@ -113,9 +113,17 @@ void noxs_init(void)
 		barrier();
 		b->state = bell ? NOXS_BOOT_WAITING_BELL : NOXS_BOOT_WAITING;
 		while (*generation_ptr() == g) {
-			if (bell)   /* sti's one-instruction shadow: no wake-up lost before hlt */
-				__asm__ volatile("sti; hlt; cli" ::: "memory");
-			else
+			if (!bell) {
+				cpu_pause();
+				continue;
+			}
+			/* sti's one-instruction shadow: no wake-up is lost before hlt. */
+			__asm__ volatile("sti; hlt; cli" ::: "memory");
+			/* The host rings before it writes the page, so that our wake-up
+			 * overlaps its work: look for the new page a while (~10 ms at
+			 * 2-3 GHz; the TSC rate is not known yet) before sleeping again. */
+			uint64_t until = tsc_read() + (1ull << 25);
+			while (*generation_ptr() == g && tsc_read() < until)
 				cpu_pause();
 		}
 		if (bell)
