@@ -110,6 +110,8 @@ void noxs_init(void)
 		 * page (it stops our vCPU here, and resumes it after the rewrite). */
 		uint64_t g = snap.generation;
 		bool bell = (snap.features & NOXS_FEAT_CONSOLE_BELL) && console_bell_on();
+		if (bell)
+			clock_pit_quiesce();   /* else QEMU's PIT timer wakes it 36 times a second */
 		barrier();
 		b->state = bell ? NOXS_BOOT_WAITING_BELL : NOXS_BOOT_WAITING;
 		while (*generation_ptr() == g) {
