@@ -306,7 +306,12 @@ def _boot_to_wait_point(
     :raise GuestError: the guest went past the wait point (no FEAT_WAIT_CONFIG support),
         failed, or did not get there in time.
     """
-    page = PageConfig(name=f"pool-{shell_id}", uuid=uuidlib.UUID(int=0), wait_config=True, console_bell=console_bell)
+    from lightvm.host import tsc_hz
+
+    # The TSC rate lets the guest rehearse its clock set-up at the wait point (noxs.c).
+    page = PageConfig(
+        name=f"pool-{shell_id}", uuid=uuidlib.UUID(int=0), tsc_hz=tsc_hz(), wait_config=True, console_bell=console_bell
+    )
     region.write_config(page)
     machine.resume(wait=True, timeout=timeout)
     waiting = (int(BootState.WAITING), int(BootState.WAITING_BELL))

@@ -110,8 +110,15 @@ void noxs_init(void)
 		 * page (it stops our vCPU here, and resumes it after the rewrite). */
 		uint64_t g = snap.generation;
 		bool bell = (snap.features & NOXS_FEAT_CONSOLE_BELL) && console_bell_on();
-		if (bell)
+		if (bell) {
 			clock_pit_quiesce();   /* else QEMU's PIT timer wakes it 36 times a second */
+			/* Rehearse what runs right after the wait, on the placeholder (which
+			 * carries the host's TSC rate): under TCG the first run of code costs
+			 * its translation, and here that is off the create's path. Both run
+			 * again with the real page. */
+			clock_init();
+			noxs_clock_ready();
+		}
 		barrier();
 		b->state = bell ? NOXS_BOOT_WAITING_BELL : NOXS_BOOT_WAITING;
 		while (*generation_ptr() == g) {
