@@ -14,13 +14,23 @@ xenstored maps as that domain's ring (tools/xsshim makes it a shared file) and b
 so xenstored serves the guest as domain ``<id>`` itself: relative paths under
 ``/local/domain/<id>/``, the guest's own permissions and quotas, as in Xen. One
 thread and a selector serve every VM.
+
+The relay runs inside the process that creates the VMs, and that process's create path
+uses ``select()``, which fails on a descriptor numbered 1024 or more. So the relay keeps
+one descriptor per VM (the guest's socket), numbered above 1024 (:func:`lift_fd`), maps
+each ring without keeping its file open (Python's ``mmap`` keeps a duplicate), and closes
+a listener once its QEMU has connected: with 1,000 VMs the creating process's own new
+descriptors still get low numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import mmap
 import os
+import resource
 import select
 import selectors
 import shutil
@@ -116,17 +126,70 @@ IDX = struct.Struct("<I")
 WAKE_PORT = 0xFFFF  # any port but the VIRQ's: xenstored wakes and scans the domains' rings
 
 
+FD_SETSIZE = 1024  # select() fails on descriptors from this number on
+Ring = mmap.mmap | memoryview  # a domain's 4 KiB ring page, mapped shared
+
+
+def lift_fd(sock: socket.socket) -> socket.socket:
+    """``sock`` moved to a descriptor numbered FD_SETSIZE or more (the old one is closed),
+    so that it never takes a low number that a ``select()`` elsewhere in the process
+    needs. Unchanged when the descriptor limit leaves no room above FD_SETSIZE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= FD_SETSIZE * 2 and hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft <= FD_SETSIZE * 2:
+        return sock
+    fd = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, FD_SETSIZE)
+    lifted = socket.socket(fileno=fd)
+    lifted.settimeout(sock.gettimeout())
+    sock.close()
+    return lifted
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+PAGE = 4096
+
+
+def map_ring(path: Path) -> tuple[memoryview, int]:
+    """The ring page file ``path`` mapped shared, as a writable byte view, and its address
+    (for :func:`unmap_ring`). No descriptor stays open.
+
+    :raise OSError: the file cannot be opened or mapped.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        addr = _libc.mmap(None, PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    finally:
+        os.close(fd)
+    if addr is None or addr == ctypes.c_void_p(-1).value:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap {path}: {os.strerror(err)}")
+    return memoryview((ctypes.c_ubyte * PAGE).from_address(addr)).cast("B"), addr
+
+
+def unmap_ring(view: memoryview, addr: int) -> None:
+    """Undo :func:`map_ring`. The view must not be used afterwards (it is released here)."""
+    view.release()
+    _libc.munmap(addr, PAGE)
+
+
 @dataclass
 class _Link:
     domid: int
-    listener: socket.socket
-    ring: mmap.mmap
+    listener: socket.socket | None
+    ring: memoryview
+    ring_addr: int
     guest: socket.socket | None = None
     pending: bytearray = field(default_factory=bytearray)  # guest bytes not yet in the ring
     dropped: str = ""  # why the guest's channel was closed, if it was
 
 
-def ring_put(ring: mmap.mmap, data: bytes | bytearray) -> int:
+def ring_put(ring: Ring, data: bytes | bytearray) -> int:
     """Copy what fits of ``data`` into the request ring; how many bytes went in.
 
     :raise StoreError: the indexes are corrupt (more than a ring's worth outstanding).
@@ -142,7 +205,7 @@ def ring_put(ring: mmap.mmap, data: bytes | bytearray) -> int:
     return n
 
 
-def ring_take(ring: mmap.mmap) -> bytes:
+def ring_take(ring: Ring) -> bytes:
     """Everything xenstored has written to the response ring since the last call.
 
     :raise StoreError: the indexes are corrupt.
@@ -205,25 +268,25 @@ class Relay:
         :raise StoreError: the domain has no ring (not introduced) or the socket failed.
         """
         try:
-            with open(self.daemon.rundir / f"ring-{domid}", "r+b") as f:
-                ring = mmap.mmap(f.fileno(), 4096)
-        except (OSError, ValueError) as exc:
+            ring, addr = map_ring(self.daemon.rundir / f"ring-{domid}")
+        except OSError as exc:
             raise StoreError(f"domain {domid}: no xenstore ring ({exc}); introduce it first") from exc
         path = self.socket_path(domid)
-        lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         address, dirfd = short_unix_path(path)
         try:
             lst.bind(address)
             lst.listen(1)
+            lst = lift_fd(lst)
         except OSError as exc:
             lst.close()
-            ring.close()
+            unmap_ring(ring, addr)
             raise StoreError(f"relay socket {path}: {exc}") from exc
         finally:
             if dirfd is not None:
                 os.close(dirfd)
         lst.setblocking(False)
-        link = _Link(domid, lst, ring)
+        link = _Link(domid, lst, ring, addr)
         with self.lock:
             self.links[domid] = link
             self.sel.register(lst, selectors.EVENT_READ, link)
@@ -244,7 +307,8 @@ class Relay:
                 with contextlib.suppress(KeyError, ValueError):
                     self.sel.unregister(s)
                 s.close()
-        link.ring.close()
+        link.listener = link.guest = None
+        unmap_ring(link.ring, link.ring_addr)
         with contextlib.suppress(OSError):
             self.socket_path(link.domid).unlink()
 
@@ -305,10 +369,16 @@ class Relay:
 
     def _from_guest(self, link: _Link, accept: bool) -> None:
         if accept:
+            assert link.listener is not None
             guest, _ = link.listener.accept()
             guest.settimeout(store.DEFAULT_TIMEOUT)
-            link.guest = guest
+            link.guest = guest = lift_fd(guest)
+            # one QEMU per domain: the listener's work is done
             self.sel.unregister(link.listener)
+            link.listener.close()
+            link.listener = None
+            with contextlib.suppress(OSError):
+                self.socket_path(link.domid).unlink()
             self.sel.register(guest, selectors.EVENT_READ, link)
             return
         assert link.guest is not None
@@ -347,4 +417,4 @@ class Relay:
             self._kick()
 
 
-__all__ = ["Netback", "Relay", "ring_put", "ring_take"]
+__all__ = ["FD_SETSIZE", "Netback", "Relay", "lift_fd", "map_ring", "ring_put", "ring_take", "unmap_ring"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import resource
 import socket
 import tempfile
 import time
@@ -28,7 +29,7 @@ from lightvm.bench.fleets import guest_spec
 from lightvm.bench.store_fleet import GUEST_FLAG, StoreFleet, store_channel_args
 from lightvm.errors import GuestError, LightVMError
 from lightvm.store import XsClient, XsError
-from lightvm.store_guest import Netback, Relay
+from lightvm.store_guest import FD_SETSIZE, Netback, Relay
 from lightvm.toolstack import Toolstack
 from lightvm.util import Deadline, short_unix_path
 
@@ -109,6 +110,11 @@ def test_relayed_guest_is_its_own_domain_in_xenstored(tmp_path: Path) -> None:
                     os.close(dirfd)
                 with XsClient(sock, timeout=5) as guest:
                     assert guest.read("name") == "vm1"  # relative: /local/domain/1/name
+                    # the relay's one descriptor per VM stays out of select()'s range
+                    link = relay.links[1]
+                    assert link.listener is None and link.guest is not None
+                    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 2 * FD_SETSIZE:
+                        assert link.guest.fileno() >= FD_SETSIZE
                     assert guest.read("device/vif/0/backend") == doms[0].vif_backend
                     guest.write("device/vif/0/state", str(store.XENBUS_INITIALISED))
                     for denied in ("/local/domain/2/name", "/local/domain/0/backend/vif/2/0/state"):
