@@ -1,10 +1,19 @@
 """``lightvm bench boot``: time to READY of the Nth instance while N-1 run (paper Fig. 9).
 
-One table row per (variant, N). Before a variant's rows the previous variant's
-fleet is torn down (variants never share the host); each row grows the fleet
-to N-1 running instances, then every iteration starts one more, times it to
-ready and removes it. The lightvm rows also record the boot breakdown per point
-(QEMU up, vCPU resumed, guest entry, devices up, READY).
+One table row per (variant, N). Only one variant's fleet lives at a time: before a
+row of another variant the previous fleet is torn down (variants never share the
+host). Each row grows its fleet to N-1 running instances, then every iteration
+starts one more, times it to ready and removes it. The lightvm rows also record the
+boot breakdown per point (QEMU up, vCPU resumed, guest entry, devices up, READY).
+
+Order (``--order``): by default every variant is measured at one N before the next
+N (``n``): the variants of a point are minutes apart at most, so a change of the
+host's load between them moves them alike instead of moving their ratio. Each fleet
+is then rebuilt for each N (sum of the Ns instead of the largest: 1.1x for
+1,10,100,1000). ``variant`` runs one variant through all its Ns first, as before.
+After each row's set-up (a teardown, a new fleet, its growth) the suite waits
+``settle_s`` (1 s) before it times anything: the kernel goes on freeing a thousand
+QEMUs after the last kill returns, and new daemons and VMs finish starting.
 
 The variant table is :data:`VARIANTS`. Only what exists is in it:
 
@@ -26,6 +35,7 @@ A variant is one :class:`Variant` entry whose factory returns a fleet
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +45,7 @@ from lightvm import store
 from lightvm.bench import crun, forkexec, libvirtd
 from lightvm.bench.fleets import BOOT_STEPS, Fleet, LightvmColdFleet, guest_spec
 from lightvm.bench.runner import Benchmark, Result
-from lightvm.bench.suite import SuiteOptions
+from lightvm.bench.suite import ORDERS, SuiteOptions
 from lightvm.errors import LightVMError
 
 
@@ -123,33 +133,39 @@ class _Current:
 
 
 def benchmarks(opts: SuiteOptions, stack: contextlib.ExitStack) -> list[Benchmark]:
-    """The rows for the selected variants, N ascending within each variant."""
+    """The rows for the selected variants, in ``opts.order`` (see the module docstring)."""
+    if opts.order not in ORDERS:
+        raise LightVMError(f"--order {opts.order!r}: one of {', '.join(ORDERS)}")
     current = _Current(opts)
     stack.callback(current.close)
+    selected = [v for v in VARIANTS if v.kind != "baseline" or v.name in opts.baselines]
+    points = sorted(set(opts.vms))
+    if opts.order == "n":
+        pairs = [(v, n) for n in points for v in selected]
+    else:
+        pairs = [(v, n) for v in selected for n in points]
     rows = []
-    for variant in VARIANTS:
-        if variant.kind == "baseline" and variant.name not in opts.baselines:
-            continue
-        for n in sorted(set(opts.vms)):
+    for variant, n in pairs:
 
-            def before(variant: Variant = variant, n: int = n) -> None:
-                current.get(variant).grow(n - 1)
+        def before(variant: Variant = variant, n: int = n) -> None:
+            current.get(variant).grow(n - 1)
+            time.sleep(opts.settle_s)
 
-            def measure(variant: Variant = variant) -> dict[str, float]:
-                return current.get(variant).measure()
+        def measure(variant: Variant = variant) -> dict[str, float]:
+            return current.get(variant).measure()
 
-            rows.append(
-                Benchmark(
-                    name=f"boot/{variant.name}/n={n}",
-                    fn=measure,
-                    warmup=opts.warmup,
-                    iterations=opts.iterations,
-                    params={"variant": variant.name, "n": n, "kind": variant.kind},
-                    metric="ms",
-                    unit="ms",
-                    before=before,
-                )
+        rows.append(
+            Benchmark(
+                name=f"boot/{variant.name}/n={n}",
+                fn=measure,
+                warmup=opts.warmup,
+                iterations=opts.iterations,
+                params={"variant": variant.name, "n": n, "kind": variant.kind},
+                metric="ms",
+                unit="ms",
+                before=before,
             )
+        )
     return rows
 
 

@@ -66,6 +66,8 @@ class Result:
     iterations: int
     samples: list[Sample] = field(default_factory=list)
     error: str = ""
+    # the host while the row's iterations ran (HostLoad.as_dict): how busy, from what
+    host: dict[str, float] = field(default_factory=dict)
 
     def values(self, metric: str | None = None) -> list[float]:
         key = metric or self.metric
@@ -82,6 +84,7 @@ class Result:
             "iterations": self.iterations,
             "error": self.error,
             "summary": {m: summarize(self.values(m)) for m in metrics},
+            "host": self.host,
             "samples": self.samples,
         }
 
@@ -110,6 +113,36 @@ def _quantile(ordered: Sequence[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _cpu_jiffies() -> list[int]:
+    """/proc/stat's first line: user nice system idle iowait irq softirq steal ([] if unreadable)."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return []
+
+
+class HostLoad:
+    """How busy the host's CPUs were between :meth:`start` and :meth:`as_dict` (every
+    process: the suite's own instances too), and the 1-minute load average at the start.
+    Recorded per row so that a reader can tell a row measured on a busy shared host."""
+
+    def __init__(self) -> None:
+        self.loadavg = os.getloadavg()[0]
+        self.t0 = _cpu_jiffies()
+
+    def as_dict(self) -> dict[str, float]:
+        t1 = _cpu_jiffies()
+        out = {"loadavg_1m": round(self.loadavg, 2)}
+        if len(self.t0) == len(t1) == 8:
+            d = [b - a for a, b in zip(self.t0, t1, strict=True)]
+            total = sum(d)
+            if total > 0:
+                out["cpu_busy_pct"] = round(100 * (total - d[3] - d[4]) / total, 1)
+                out["steal_pct"] = round(100 * d[7] / total, 1)
+        return out
 
 
 class Progress:
@@ -162,12 +195,14 @@ def run(benchmarks: Sequence[Benchmark], progress: Progress | None = None) -> li
             bar.show(f"{bench.name} (set-up)")
             if bench.before is not None:
                 bench.before()
+            load = HostLoad()
             for i in range(todo):
                 sample = bench.fn()
                 if i >= bench.warmup:
                     result.samples.append({k: float(v) for k, v in sample.items()})
                 todo -= 1
                 bar.step(bench.name)
+            result.host = load.as_dict()
         except Exception as exc:
             result.error = f"{type(exc).__name__}: {exc}"
             tb = traceback.format_exc(limit=4)
@@ -300,6 +335,7 @@ def _point(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 
 __all__ = [
     "Benchmark",
+    "HostLoad",
     "Progress",
     "Result",
     "Sample",

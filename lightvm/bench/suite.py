@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 SUITES = ("boot", "density", "net", "checkpoint", "split")
+ORDERS = ("n", "variant")
 
 
 @dataclass
@@ -25,6 +26,12 @@ class SuiteOptions:
     baselines: tuple[str, ...] = ("fork-exec", "crun", "libvirt", "lightvm-xenstore")
     app: str = "noop"  # the example guest the VM variants boot
     idle_window_s: float = 10.0  # density: how long idle CPU is integrated
+    # boot: "n" measures every variant at one N before the next N (each variant's fleet is
+    # rebuilt to N-1 for it), so a change of the host's load moves all variants of a point
+    # alike; "variant" runs one variant through every N, then the next (cheaper: each fleet
+    # grows once, but the ratios then compare moments minutes apart).
+    order: str = "n"
+    settle_s: float = 1.0  # boot: pause after a fleet is grown or torn down, before timing
 
 
 def load(name: str) -> ModuleType:
@@ -34,4 +41,4 @@ def load(name: str) -> ModuleType:
     return importlib.import_module(f"lightvm.bench.{name}")
 
 
-__all__ = ["SUITES", "SuiteOptions", "load"]
+__all__ = ["ORDERS", "SUITES", "SuiteOptions", "load"]

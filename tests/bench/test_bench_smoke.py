@@ -79,6 +79,7 @@ def _opts() -> suite.SuiteOptions:
         accel="tcg",
         baselines=("fork-exec", "crun", "libvirt"),
         idle_window_s=0.5,
+        settle_s=0.0,
     )
 
 
@@ -146,7 +147,7 @@ def test_cli_writes_results_and_exits_zero(images: Path, tmp_path: Path, clean_h
     out = tmp_path / "cli"
     proc = subprocess.run(
         [sys.executable, "-m", "lightvm.bench.cli", "boot", "--vms", "1", "--iterations", "1", "--warmup", "0",
-         "--accel", "tcg", "--baselines", "fork-exec", "--out", str(out)],
+         "--accel", "tcg", "--baselines", "fork-exec", "--settle", "0", "--out", str(out)],
         capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -215,3 +216,20 @@ def test_split_smoke_daytime(images: Path, tmp_path: Path, clean_host: None) -> 
     (scaling,) = rows[f"split/scaling/n={VMS[-1]}"]["samples"]
     medians = [statistics.median(s["ms"] for s in rows[f"split/execute/n={n}"]["samples"]) for n in VMS]
     assert scaling["ratio"] == pytest.approx(medians[-1] / medians[0])
+
+
+def test_boot_row_order() -> None:
+    """--order n (default): every variant at one N before the next N; variant: as before.
+    Only the table is built here (fleets start in the rows' set-up hooks)."""
+    import contextlib
+
+    from lightvm.bench import boot
+
+    opts = suite.SuiteOptions(vms=[10, 1], baselines=("fork-exec",), settle_s=0.0)
+    with contextlib.ExitStack() as stack:
+        by_n = [b.name for b in boot.benchmarks(opts, stack)]
+        opts.order = "variant"
+        by_variant = [b.name for b in boot.benchmarks(opts, stack)]
+    variants = ("lightvm-cold", "lightvm-split", "fork-exec")
+    assert by_n == [f"boot/{v}/n={n}" for n in (1, 10) for v in variants]
+    assert by_variant == [f"boot/{v}/n={n}" for v in variants for n in (1, 10)]
