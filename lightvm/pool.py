@@ -397,14 +397,11 @@ def execute_deferred(
         )
 
     try:
-        # Ring first: the guest's wake-up (~0.5 ms on these hosts) overlaps the host's
-        # work below; once awake it watches the page for a new generation (noxs.c).
-        woken_at = shell.ring() if shell.bell is not None else None
         if target.exists():  # the usual refusal, before the guest ever sees the name
             raise ExistsError(f"a VM named {name!r} already exists in {state.root}; pick another --name")
         shell.region.write_config(PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=True))
-        ring = shell.ring if shell.bell is not None else None
-        times, boot_record = boot(machine, shell.region, t0, timeout, woken_at, meanwhile=claim, ring=ring)
+        woken_at = shell.ring() if shell.bell is not None else None
+        times, boot_record = boot(machine, shell.region, t0, timeout, woken_at, meanwhile=claim)
         if shell.waited:
             times.guest_entry = None  # the guest entered at prepare time, not in this create
     except BaseException:

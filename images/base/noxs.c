@@ -18,6 +18,7 @@ static volatile struct noxs_sysctl_ctrl *sys;
 static struct noxs_vif_info vifs[NOXS_MAX_DEVICES];
 static volatile struct noxs_ctrl_hdr *vbd_hdr[NOXS_MAX_DEVICES];
 static uint64_t tsc_at_read;
+static bool bell_armed;     /* the console bell's interrupt is still on (a pool shell) */
 static bool devices_said;   /* noxs_devices_up() ran: noxs_ready() says so */
 static bool doorbell;   /* NOXS_FEAT_NMI_DOORBELL of the page we follow */
 
@@ -122,22 +123,18 @@ void noxs_init(void)
 		}
 		barrier();
 		b->state = bell ? NOXS_BOOT_WAITING_BELL : NOXS_BOOT_WAITING;
+		/* No spinning once rung: under TCG every pause drops and retakes
+		 * QEMU's big lock, which starves the main loop that delivers the
+		 * interrupts (a wake-up then took 1-10 ms instead of ~0.05). The host
+		 * writes the page first and rings after. sti's one-instruction shadow:
+		 * no wake-up is lost before hlt. */
 		while (*generation_ptr() == g) {
-			if (!bell) {
-				cpu_pause();
-				continue;
-			}
-			/* sti's one-instruction shadow: no wake-up is lost before hlt. */
-			__asm__ volatile("sti; hlt; cli" ::: "memory");
-			/* The host rings before it writes the page, so that our wake-up
-			 * overlaps its work: look for the new page a while (~10 ms at
-			 * 2-3 GHz; the TSC rate is not known yet) before sleeping again. */
-			uint64_t until = tsc_read() + (1ull << 25);
-			while (*generation_ptr() == g && tsc_read() < until)
+			if (bell)
+				__asm__ volatile("sti; hlt; cli" ::: "memory");
+			else
 				cpu_pause();
 		}
-		if (bell)
-			console_bell_off();
+		bell_armed = bell;   /* turned off by noxs_ready(): 4 I/O exits, ~0.2 ms under TCG */
 		if (read_config(err, sizeof(err)) != 0)
 			bad_page(err);
 		sys = (volatile struct noxs_sysctl_ctrl *)(region + layout.sysctl_offset);
@@ -225,6 +222,10 @@ void noxs_ready(const char *app)
 	/* console_puts, not printf: printf's first use costs ~0.3 ms of TCG translation.
 	 * Every byte is an I/O exit (~3.5 us under TCG): nothing is printed between the
 	 * wait point or entry and READY but the boot banner. */
+	if (bell_armed) {
+		console_bell_off();
+		bell_armed = false;
+	}
 	if (devices_said)
 		console_puts("lightvm-guest: devices up\n");
 	console_puts("READY ");

@@ -231,26 +231,3 @@ def test_a_vm_from_a_bell_shell_saves_and_restores_like_any_other(lightvmd: Ligh
     assert any(a.startswith("file,id=con,") for a in record["argv"])
     lightvmd.call("destroy", {"all": True})
 
-
-def test_a_guest_back_asleep_before_its_page_came_is_rung_again(tmp_path: Path) -> None:
-    """Execute rings before it writes the page; the woken guest watches for it ~10 ms and
-    then sleeps again. A host slower than that (here: 300 ms) must ring once more."""
-    from lightvm.boot import boot
-    from lightvm.noxs import PageConfig
-    from lightvm.pool import WAITING, Flavour, prepare_shell
-    from lightvm.spec import load_spec
-
-    spec = load_spec(NOOP)
-    shell = prepare_shell(tmp_path, Flavour.of(spec, "tcg"), spec, WAITING)
-    try:
-        assert shell.bell is not None
-        woken_at = shell.ring()
-        time.sleep(0.3)
-        assert shell.region.boot_state() == BootState.WAITING_BELL
-        shell.region.write_config(PageConfig(name="late", uuid=uuid.uuid4(), tsc_hz=0, nmi_doorbell=True))
-        t0 = time.perf_counter()
-        times, record = boot(shell.machine, shell.region, t0, 10.0, woken_at, ring=shell.ring)
-        assert record.state == BootState.READY and times.ready is not None
-    finally:
-        shell.discard()
-    assert not list(tmp_path.iterdir())
