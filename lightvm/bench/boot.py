@@ -190,6 +190,10 @@ def plot(results: list[Result], outdir: Path, subtitle: str = "") -> list[Path]:
             ylabel="time to ready (ms, log)", logy=True, subtitle=subtitle,
         ),
         *plots.breakdown(results, outdir / "boot-breakdown", variant=REFERENCE, steps=BOOT_STEPS),
+        # the store variant's steps count from the start of its host store traffic (store_fleet.py)
+        *plots.breakdown(
+            results, outdir / "boot-breakdown-xenstore", variant="lightvm-xenstore", steps=("store_ms", *BOOT_STEPS),
+        ),
     ]  # fmt: skip
 
 

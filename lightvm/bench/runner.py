@@ -68,6 +68,8 @@ class Result:
     error: str = ""
     # the host while the row's iterations ran (HostLoad.as_dict): how busy, from what
     host: dict[str, float] = field(default_factory=dict)
+    # attempts run again because of the host's steal (see run()): {"host": ..., "samples": [...]}
+    discarded: list[dict[str, Any]] = field(default_factory=list)
 
     def values(self, metric: str | None = None) -> list[float]:
         key = metric or self.metric
@@ -86,6 +88,7 @@ class Result:
             "summary": {m: summarize(self.values(m)) for m in metrics},
             "host": self.host,
             "samples": self.samples,
+            "discarded": self.discarded,
         }
 
 
@@ -183,8 +186,19 @@ class Progress:
         self.stream.flush()
 
 
-def run(benchmarks: Sequence[Benchmark], progress: Progress | None = None) -> list[Result]:
-    """Run every row (warm-up, then iterations); every sample is kept, errors recorded."""
+def run(
+    benchmarks: Sequence[Benchmark],
+    progress: Progress | None = None,
+    max_steal_pct: float | None = None,
+    retries: int = 2,
+) -> list[Result]:
+    """Run every row (warm-up, then iterations); every sample is kept, errors recorded.
+
+    ``max_steal_pct``: when the hypervisor under this host stole more than that share of
+    the CPUs while a row's iterations ran (other guests of the physical machine), the
+    row's iterations run again, up to ``retries`` more times, and the attempt with the
+    least steal is kept. The other attempts stay in the result (``discarded``).
+    """
     bar = progress or Progress(sum(b.warmup + b.iterations for b in benchmarks))
     results = []
     for bench in benchmarks:
@@ -195,14 +209,27 @@ def run(benchmarks: Sequence[Benchmark], progress: Progress | None = None) -> li
             bar.show(f"{bench.name} (set-up)")
             if bench.before is not None:
                 bench.before()
-            load = HostLoad()
-            for i in range(todo):
-                sample = bench.fn()
-                if i >= bench.warmup:
-                    result.samples.append({k: float(v) for k, v in sample.items()})
-                todo -= 1
-                bar.step(bench.name)
-            result.host = load.as_dict()
+            for attempt in range(1 + max(0, retries)):
+                if attempt:
+                    bar.show(f"{bench.name} (again: {result.host.get('steal_pct')} % steal)")
+                load = HostLoad()
+                samples = []
+                for i in range(bench.warmup + bench.iterations):
+                    sample = bench.fn()
+                    if i >= bench.warmup:
+                        samples.append({k: float(v) for k, v in sample.items()})
+                    if not attempt:
+                        todo -= 1
+                        bar.step(bench.name)
+                host = load.as_dict()
+                if attempt and host.get("steal_pct", 0.0) >= result.host.get("steal_pct", 0.0):
+                    result.discarded.append({"host": host, "samples": samples})
+                else:
+                    if attempt:
+                        result.discarded.append({"host": result.host, "samples": result.samples})
+                    result.samples, result.host = samples, host
+                if max_steal_pct is None or result.host.get("steal_pct", 0.0) <= max_steal_pct:
+                    break
         except Exception as exc:
             result.error = f"{type(exc).__name__}: {exc}"
             tb = traceback.format_exc(limit=4)

@@ -32,6 +32,9 @@ class SuiteOptions:
     # grows once, but the ratios then compare moments minutes apart).
     order: str = "n"
     settle_s: float = 1.0  # boot: pause after a fleet is grown or torn down, before timing
+    # run a row's iterations again (twice at most) while the hypervisor stole more than this
+    # share of the CPUs (runner.run); None: never
+    max_steal_pct: float | None = None
 
 
 def load(name: str) -> ModuleType:

@@ -233,3 +233,28 @@ def test_boot_row_order() -> None:
     variants = ("lightvm-cold", "lightvm-split", "fork-exec")
     assert by_n == [f"boot/{v}/n={n}" for n in (1, 10) for v in variants]
     assert by_variant == [f"boot/{v}/n={n}" for v in variants for n in (1, 10)]
+
+
+def test_rows_measured_under_steal_run_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row whose iterations ran while the hypervisor stole more than --max-steal runs
+    again (twice at most); the attempt with the least steal is kept, the others recorded."""
+    from lightvm.bench import runner
+
+    steals = iter([50.0, 30.0, 40.0, 5.0])
+
+    class FakeLoad:
+        def __init__(self) -> None:
+            self.steal = next(steals)
+
+        def as_dict(self) -> dict[str, float]:
+            return {"steal_pct": self.steal}
+
+    monkeypatch.setattr(runner, "HostLoad", FakeLoad)
+    calls = []
+    row = runner.Benchmark("r", lambda: calls.append(1) or {"ms": float(len(calls))}, warmup=1, iterations=2)
+    (result,) = runner.run([row], max_steal_pct=10.0)
+    assert result.host == {"steal_pct": 30.0} and len(calls) == 9
+    assert [d["host"]["steal_pct"] for d in result.discarded] == [50.0, 40.0]
+    assert result.values() == [5.0, 6.0]  # the second attempt's iterations, after its warm-up
+    (quiet,) = runner.run([row])  # no limit: one attempt, whatever the steal
+    assert quiet.host == {"steal_pct": 5.0} and not quiet.discarded and len(calls) == 12
