@@ -344,7 +344,6 @@ class Daemon:
             from lightvm.cli import _with_publish
 
             spec = _with_publish(spec, publish, count)
-        ts = self._toolstack(timeout)
         base = name or spec.name
         check_name(base, "--name")
         if not 1 <= count <= 4096:
@@ -375,7 +374,7 @@ class Daemon:
                         finish = None
                     path = "pool"
                 else:
-                    (result,) = ts.create(spec, name=n, count=1, accel=choice)
+                    (result,) = self._toolstack(timeout).create(spec, name=n, count=1, accel=choice)
                     path = "cold"
                 made.append(n)
                 entry = result.as_dict()
@@ -388,7 +387,7 @@ class Daemon:
                 self._finish(names[0], finish)
             for n in made:  # all or nothing, as in one-shot mode
                 with contextlib.suppress(LightVMError):
-                    ts.destroy(n)
+                    self._toolstack().destroy(n)
             raise
         if finish is not None:
             deferred, name0 = finish, names[0]

@@ -407,18 +407,21 @@ def execute_deferred(
     except BaseException:
         shell.discard()
         raise
-    vmdir = VMDir(target)
+    created, age_s, boot_ms = time.time(), round(time.monotonic() - shell.prepared_at, 3), times.as_dict()
     record = shell.record
-    record.name = name
-    record.uuid = str(vm_uuid)
-    record.created = time.time()
-    record.spec = spec.with_name(name).to_dict() if spec.name != name else spec.to_dict()
-    record.state = VMStatus.RUNNING.value
-    record.boot_ms = times.as_dict()
-    record.devices["pool"] = {"shell": shell.id, "age_s": round(time.monotonic() - shell.prepared_at, 3)}
 
     def finish() -> None:
+        # The record is completed here, after the reply: only what the reply says is
+        # computed before it.
         try:
+            record.name = name
+            record.uuid = str(vm_uuid)
+            record.created = created
+            record.spec = spec.with_name(name).to_dict() if spec.name != name else spec.to_dict()
+            record.state = VMStatus.RUNNING.value
+            record.boot_ms = boot_ms
+            record.devices["pool"] = {"shell": shell.id, "age_s": age_s}
+            vmdir = VMDir(target)
             vmdir.write(record)
             vmdir.mark_created()
         except OSError:
@@ -428,7 +431,7 @@ def execute_deferred(
             machine.release()
             shell.region.close()
 
-    return CreateResult(name, record.id, record.accel, record.boot_ms, record.pid or 0, boot_record.app), finish
+    return CreateResult(name, record.id, record.accel, boot_ms, record.pid or 0, boot_record.app), finish
 
 
 class Pool:
