@@ -258,3 +258,15 @@ def test_rows_measured_under_steal_run_again(monkeypatch: pytest.MonkeyPatch) ->
     assert result.values() == [5.0, 6.0]  # the second attempt's iterations, after its warm-up
     (quiet,) = runner.run([row])  # no limit: one attempt, whatever the steal
     assert quiet.host == {"steal_pct": 5.0} and not quiet.discarded and len(calls) == 12
+
+
+def test_createprof_times_every_create_step(images: Path, clean_host: None) -> None:
+    """lightvm.bench.createprof: one line of medians per N, every step of the create timed."""
+    from lightvm.bench import createprof
+
+    lines = list(createprof.profile([1, 2], iterations=2, accel="tcg", app="noop", settle_s=0.0))
+    assert [line["n"] for line in lines] == [1, 2]
+    for line in lines:
+        for _, _, step in createprof.STEPS:
+            assert line[step] > 0, (step, line)
+        assert 0 < line["qemu_up"] < line["ready"] and line["destroy"] > 0
