@@ -35,7 +35,7 @@ SMOKE_IDLE_WINDOW_S = 1.0
 # at 69.6 ms against 39.5 at N = 10 (lightvm/bench/README.md).
 WARMUP = {"boot": 3}
 # --max-steal when not given: this host is a guest of a shared machine, and in a boot run
-# rows measured while it stole 20-38 % of the CPUs had medians 1.4-4x those of quiet rows.
+# most rows measured while it stole 20-38 % of the CPUs had medians 1.4-4x those of quiet rows.
 MAX_STEAL_PCT = {"boot": 10.0}
 
 
