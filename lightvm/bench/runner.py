@@ -148,6 +148,22 @@ class HostLoad:
         return out
 
 
+STEAL_WAIT_S = 20.0  # the longest wait for a quiet second before one retry
+STEAL_BUDGET_S = 180.0  # ... and over a whole run
+
+
+def wait_for_low_steal(max_pct: float, timeout: float, window: float = 1.0) -> float:
+    """Wait until a ``window`` of the CPUs' time has at most ``max_pct`` % steal, or
+    ``timeout`` s have passed; the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 + window <= timeout:
+        load = HostLoad()
+        time.sleep(window)
+        if load.as_dict().get("steal_pct", 0.0) <= max_pct:
+            break
+    return time.monotonic() - t0
+
+
 class Progress:
     """A one-line progress bar on a stream (stderr); plain lines when it is not a terminal."""
 
@@ -197,10 +213,13 @@ def run(
     ``max_steal_pct``: when the hypervisor under this host stole more than that share of
     the CPUs while a row's iterations ran (other guests of the physical machine), the
     row's iterations run again, up to ``retries`` more times, and the attempt with the
-    least steal is kept. The other attempts stay in the result (``discarded``).
+    least steal is kept. The other attempts stay in the result (``discarded``). Before a
+    retry the run waits for a second with less steal than that (up to STEAL_WAIT_S; at
+    most STEAL_BUDGET_S over the whole run): steal comes in spells of minutes.
     """
     bar = progress or Progress(sum(b.warmup + b.iterations for b in benchmarks))
     results = []
+    waited_s = 0.0  # for a quiet moment before the retries, over the whole run
     for bench in benchmarks:
         result = Result(bench.name, dict(bench.params), bench.metric, bench.unit, bench.warmup, bench.iterations)
         results.append(result)
@@ -212,6 +231,8 @@ def run(
             for attempt in range(1 + max(0, retries)):
                 if attempt:
                     bar.show(f"{bench.name} (again: {result.host.get('steal_pct')} % steal)")
+                    assert max_steal_pct is not None
+                    waited_s += wait_for_low_steal(max_steal_pct, min(STEAL_WAIT_S, STEAL_BUDGET_S - waited_s))
                 load = HostLoad()
                 samples = []
                 for i in range(bench.warmup + bench.iterations):
@@ -372,5 +393,6 @@ __all__ = [
     "run",
     "summarize",
     "summary_table",
+    "wait_for_low_steal",
     "write_json",
 ]

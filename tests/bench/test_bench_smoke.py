@@ -250,12 +250,15 @@ def test_rows_measured_under_steal_run_again(monkeypatch: pytest.MonkeyPatch) ->
             return {"steal_pct": self.steal}
 
     monkeypatch.setattr(runner, "HostLoad", FakeLoad)
+    waits = []
+    monkeypatch.setattr(runner, "wait_for_low_steal", lambda pct, timeout: waits.append(timeout) or 1.0)
     calls = []
     row = runner.Benchmark("r", lambda: calls.append(1) or {"ms": float(len(calls))}, warmup=1, iterations=2)
     (result,) = runner.run([row], max_steal_pct=10.0)
     assert result.host == {"steal_pct": 30.0} and len(calls) == 9
     assert [d["host"]["steal_pct"] for d in result.discarded] == [50.0, 40.0]
     assert result.values() == [5.0, 6.0]  # the second attempt's iterations, after its warm-up
+    assert waits == [runner.STEAL_WAIT_S] * 2  # a wait for a quiet moment before each retry
     (quiet,) = runner.run([row])  # no limit: one attempt, whatever the steal
     assert quiet.host == {"steal_pct": 5.0} and not quiet.discarded and len(calls) == 12
 
