@@ -72,6 +72,7 @@ def _netlink_errors() -> type[NetlinkError]:
 
     return cast("type[NetlinkError]", NetlinkError)
 
+
 log = logging.getLogger(__name__)
 
 ALIAS_PREFIX = "lightvm:"

@@ -230,4 +230,3 @@ def test_a_vm_from_a_bell_shell_saves_and_restores_like_any_other(lightvmd: Ligh
     record = json.loads((lightvmd.state_dir / "vms" / "b1" / "vm.json").read_text())
     assert any(a.startswith("file,id=con,") for a in record["argv"])
     lightvmd.call("destroy", {"all": True})
-
