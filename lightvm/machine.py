@@ -190,6 +190,14 @@ def require(
     return decorator
 
 
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` is readable within ``timeout`` s. poll, not select: select() fails
+    on descriptors numbered 1024 or more, which a process running many VMs reaches."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
+
+
 class ProcessHandle:
     """A process named by PID and start time, watched through a pidfd."""
 
@@ -213,8 +221,7 @@ class ProcessHandle:
         if self.returncode is not None:
             return False
         if self._pidfd is not None:
-            ready, _, _ = select.select([self._pidfd], [], [], 0)
-            if ready:
+            if _readable(self._pidfd, 0):
                 self._reap()
                 return False
             return True
@@ -225,8 +232,7 @@ class ProcessHandle:
         if not self.alive():
             return True
         if self._pidfd is not None:
-            ready, _, _ = select.select([self._pidfd], [], [], timeout)
-            if ready:
+            if _readable(self._pidfd, timeout):
                 self._reap()
                 return True
             return False
