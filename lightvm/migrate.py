@@ -58,7 +58,7 @@ from lightvm.machine import Machine
 from lightvm.migrate_cli import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
 from lightvm.state import VMStatus, status_of
 from lightvm.toolstack import Toolstack, _machine_config
-from lightvm.util import Deadline, recv_line
+from lightvm.util import Deadline, recv_line, wait_readable
 
 STALL_S = 5.0  # no byte sent for this long: the stream is dead (cut link), cancel it
 
@@ -487,19 +487,17 @@ class Control:
         return self._buf
 
     def poll(self, timeout: float = 0.0) -> dict[str, Any] | None:
-        if b"\n" not in self._buf and not self.eof:
-            ready, _, _ = select.select([self.fd], [], [], timeout)
-            if ready:
-                try:
-                    chunk = os.read(self.fd, 65536)
-                except BlockingIOError:
-                    chunk = None
-                except OSError:
-                    chunk = b""  # reset by the peer: as good as gone
-                if chunk:
-                    self._buf += chunk
-                elif chunk is not None:
-                    self.eof = True
+        if b"\n" not in self._buf and not self.eof and wait_readable(self.fd, timeout):
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                chunk = None
+            except OSError:
+                chunk = b""  # reset by the peer: as good as gone
+            if chunk:
+                self._buf += chunk
+            elif chunk is not None:
+                self.eof = True
         if b"\n" in self._buf:
             line, self._buf = self._buf.split(b"\n", 1)
             try:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from lightvm.errors import QMPError
-from lightvm.util import Deadline, short_unix_path
+from lightvm.util import Deadline, short_unix_path, wait_readable
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -142,8 +141,7 @@ class QMPClient:
         """
         if self.closed_by_peer:
             return False
-        ready, _, _ = select.select([self._sock], [], [], timeout)
-        if not ready:
+        if not wait_readable(self._sock.fileno(), timeout):
             return True
         while True:
             try:

@@ -31,7 +31,6 @@ import fcntl
 import mmap
 import os
 import resource
-import select
 import selectors
 import shutil
 import socket
@@ -43,7 +42,7 @@ from pathlib import Path
 
 from lightvm import store
 from lightvm.store import StoreError, XsError
-from lightvm.util import short_unix_path
+from lightvm.util import short_unix_path, wait_readable
 
 BACKEND_ROOT = "/local/domain/0/backend/vif"
 
@@ -70,10 +69,8 @@ class Netback:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                if not self.c.events:
-                    ready, _, _ = select.select([self.c.sock], [], [], 0.1)
-                    if not ready:
-                        continue
+                if not self.c.events and not wait_readable(self.c.sock.fileno(), 0.1):
+                    continue
                 self._handle(*self.c.next_event())
         except BaseException as exc:  # kept for the fleet to report; the thread ends
             if not self._stop.is_set():

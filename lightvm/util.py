@@ -7,6 +7,7 @@ Nothing here knows about VMs. Every wait in lightvm goes through :func:`wait_unt
 from __future__ import annotations
 
 import os
+import select
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,24 @@ class LineConnection(Protocol):
     def recv(self, size: int, /) -> bytes: ...
 
     def settimeout(self, value: float | None, /) -> None: ...
+
+
+FD_SETSIZE = 1024
+
+
+def wait_readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` becomes readable within ``timeout`` seconds.
+
+    select() keeps microsecond timeouts (the boot poll loop waits 0.2 ms at a time;
+    poll() and epoll round that up to 1 ms) but cannot watch a descriptor numbered
+    1024 or more, which a process holding a thousand VMs' sockets reaches: those go
+    through poll().
+    """
+    if fd < FD_SETSIZE:
+        return bool(select.select([fd], [], [], timeout)[0])
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(max(0.0, timeout) * 1000))
 
 
 def recv_line(

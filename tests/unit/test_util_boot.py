@@ -161,3 +161,35 @@ def test_a_shell_negotiated_at_prepare_does_not_wait_for_its_negotiation_reply()
         times, _ = boot(fake, _ReadyRegion(), time.perf_counter(), timeout=5.0)  # type: ignore[arg-type]
         assert times.resumed is not None and (times.qemu_up is None) == negotiated
         assert qmp.pumps <= 1, f"boot() kept reading QMP for up to {REPLY_GRACE_S} s after READY"
+
+
+def test_wait_readable_above_fd_setsize() -> None:
+    """select() cannot watch descriptor 1024 or above; a process holding a thousand VMs'
+    sockets gets there, and its QMP clients must still work."""
+    import resource
+
+    import pytest
+
+    from lightvm.util import FD_SETSIZE, wait_readable
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    high = FD_SETSIZE + 100
+    need = hard if hard == resource.RLIM_INFINITY else max(hard, high + 1)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, high + 1), need))
+    except (ValueError, OSError) as exc:
+        pytest.fail(f"cannot raise RLIMIT_NOFILE to {high + 1} (hard limit {hard}): {exc}")
+    a, b = socket.socketpair()
+    try:
+        fd = os.dup2(a.fileno(), high)
+        try:
+            assert not wait_readable(fd, 0.01)
+            b.sendall(b"x")
+            assert wait_readable(fd, 1.0)
+            assert wait_readable(a.fileno(), 0.0)  # below FD_SETSIZE: select()
+        finally:
+            os.close(fd)
+    finally:
+        a.close()
+        b.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
