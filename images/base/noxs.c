@@ -109,7 +109,8 @@ void noxs_init(void)
 	volatile struct noxs_boot_record *b = &sys->boot;
 	if (snap.features & NOXS_FEAT_WAIT_CONFIG) {
 		/* A prepared shell: say so, and wait for the host to write the real
-		 * page (it stops our vCPU here, and resumes it after the rewrite). */
+		 * page. Either it stops our vCPU here and resumes it after the
+		 * rewrite, or (NOXS_FEAT_CONSOLE_BELL) we sleep until it rings. */
 		uint64_t g = snap.generation;
 		bool bell = (snap.features & NOXS_FEAT_CONSOLE_BELL) && console_bell_on();
 		if (bell) {
@@ -220,8 +221,8 @@ void noxs_ready(const char *app)
 		b->state = NOXS_BOOT_READY;
 	}
 	/* console_puts, not printf: printf's first use costs ~0.3 ms of TCG translation.
-	 * Every byte is an I/O exit (~3.5 us under TCG): nothing is printed between the
-	 * wait point or entry and READY but the boot banner. */
+	 * Every byte is an I/O exit (~3.5 us under TCG): the NoXS front-end prints
+	 * nothing of its own between the boot banner and READY. */
 	if (bell_armed) {
 		console_bell_off();
 		bell_armed = false;
