@@ -78,6 +78,7 @@ PAUSED = "paused"  # prepared variant: QEMU spawned with -S, the guest never ran
 WAITING = "waiting"  # the guest booted to its wait point, asleep there until the console bell
 STOPPED = "stopped"  # the guest booted to its wait point, then its vCPUs were stopped (QMP)
 VARIANTS = (PAUSED, WAITING, STOPPED)
+TO_WAIT_POINT = (WAITING, STOPPED)  # the variants whose guest boots to its wait point at prepare
 BELL_BYTE = b"\n"
 SHELL_OVERHEAD_MIB = 16  # host memory of one idle QEMU beyond guest RAM (QEMU-NOTES: ~16 MiB)
 POOL_DIR = "pool"
@@ -173,7 +174,7 @@ def prepare_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAU
     bell: list[int] = []
 
     def to_wait_point(machine: Machine, region: NoxsRegion, shell_id: str) -> None:
-        if variant in (WAITING, STOPPED):
+        if variant in TO_WAIT_POINT:
             asleep = _boot_to_wait_point(machine, region, shell_id, console_bell=variant == WAITING)
             pipe = machine.config.console_pipe
             if asleep and pipe is not None:
@@ -194,7 +195,7 @@ def prepare_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAU
         console_bell=variant == WAITING,
         then=to_wait_point,
     )
-    waited, prepared_at = variant in (WAITING, STOPPED), time.monotonic()
+    waited, prepared_at = variant in TO_WAIT_POINT, time.monotonic()
     return Shell(shell_id, flavour, folder, machine, region, record, prepared_at, waited, bell[0] if bell else None)
 
 
@@ -613,7 +614,7 @@ class Pool:
                 shell = prepare_shell(self.root, flavour, self.flavours[flavour], self._variant_of(flavour))
             except GuestError as exc:
                 failed = True
-                if self._variant_of(flavour) in (WAITING, STOPPED):
+                if self._variant_of(flavour) in TO_WAIT_POINT:
                     # A guest without the wait point (an older image, another kernel): this
                     # flavour gets paused shells instead, which every guest supports.
                     self._paused_only.add(flavour)
