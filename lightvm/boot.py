@@ -58,7 +58,7 @@ def boot(
     woken_at: float | None = None,
     meanwhile: Callable[[], None] | None = None,
 ) -> tuple[BootTimes, BootRecord]:
-    """Resume a launched (paused) machine and wait until the guest reports READY.
+    """Resume a launched (paused) machine, or follow a guest already woken, until READY.
 
     ``woken_at``: no ``cont``: the guest already runs, a pool shell's guest whose bell
     was rung at this ``time.perf_counter()`` (reported as ``resumed``). The host polls
