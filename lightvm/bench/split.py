@@ -337,9 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--app", default="noop", help="the measured guest (a poolable example)")
     p.add_argument("--bg-app", default=None, help="the N-1 background guests (default: --app)")
-    p.add_argument(
-        "--variant", choices=("waiting", "stopped", "paused"), default="waiting", help="prepared shell variant"
-    )
+    from lightvm.pool import VARIANTS, WAITING
+
+    p.add_argument("--variant", choices=VARIANTS, default=WAITING, help="prepared shell variant")
     p.add_argument(
         "--no-settle",
         action="store_true",

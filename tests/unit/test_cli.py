@@ -85,3 +85,18 @@ def test_main_leaves_no_sigterm_handler(capsys: pytest.CaptureFixture[str], tmp_
     before = signal.getsignal(signal.SIGTERM)
     run(capsys, "--state-dir", str(tmp_path), "list")
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+
+def test_daemon_pool_variants_are_the_pools(capsys: pytest.CaptureFixture[str]) -> None:
+    """daemon_cli spells the variants out (importing the pool would slow every CLI start):
+    they must stay the pool's own."""
+    from lightvm.pool import VARIANTS
+
+    parser = cli.build_parser(with_network=False)
+    for variant in VARIANTS:
+        assert parser.parse_args(["daemon", "run", "--pool-variant", variant]).pool_variant == variant
+    with pytest.raises(SystemExit):
+        parser.parse_args(["daemon", "run", "--pool-variant", "spinning"])
+    choices = capsys.readouterr().err.split("choose from", 1)[1]
+    assert sorted(c.strip(" '\n)") for c in choices.split(",")) == sorted(VARIANTS)
