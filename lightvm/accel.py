@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightvm import host
+from lightvm import hostfacts
 from lightvm.errors import AccelError, LightVMError
 from lightvm.machine import QEMU_BINARY, Machine, MachineConfig
 from lightvm.noxs import NoxsRegion, PageConfig, region_size_for
@@ -89,7 +89,7 @@ def select(requested: str = "auto") -> AccelChoice:
     if PVM_MODULE.exists():
         return AccelChoice("tcg", "kvm is the nested PVM hypervisor (kvm_pvm): unusable")
     key = host_key()
-    cache = host.load_cache()
+    cache = hostfacts.load_cache()
     verdict = cache.get("accel")
     if isinstance(verdict, dict) and verdict.get("key") == key and verdict.get("accel") in ("kvm", "tcg"):
         return AccelChoice(str(verdict["accel"]), f"cached probe: {verdict.get('reason', '')}")
@@ -98,7 +98,7 @@ def select(requested: str = "auto") -> AccelChoice:
         return AccelChoice("tcg", "no probe guest (images/build/noop.elf) to test kvm with")
     choice = probe(kernel)
     cache["accel"] = {"key": key, "accel": choice.accel, "reason": choice.reason, "when": time.time()}
-    host.save_cache(cache)
+    hostfacts.save_cache(cache)
     return choice
 
 
@@ -134,7 +134,7 @@ def probe_boot(kernel: Path, accel: str, timeout: float) -> float:
         size = region_size_for(1)
         region = NoxsRegion.create(shm, 1)
         try:
-            region.write_config(PageConfig(name=f"probe-{accel}", tsc_hz=host.tsc_hz()))
+            region.write_config(PageConfig(name=f"probe-{accel}", tsc_hz=hostfacts.tsc_hz()))
             config = MachineConfig(
                 name=f"probe-{accel}",
                 kernel=kernel,

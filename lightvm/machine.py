@@ -83,7 +83,7 @@ class MachineConfig:
     # The console as a QEMU "pipe" chardev instead of a file: QEMU writes the guest's
     # output to PATH.out and feeds PATH.in (a FIFO) to the UART's receiver. The caller
     # creates both (PATH.out may be a symlink to console_path). A pool shell's guest
-    # sleeps until a byte arrives there (lightvm/pool.py, NOXS_FEAT_CONSOLE_BELL).
+    # sleeps until a byte arrives there (lightvm/daemon/pool.py, NOXS_FEAT_CONSOLE_BELL).
     console_pipe: Path | None = None
 
 
@@ -119,7 +119,7 @@ def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
         "-object", f"memory-backend-file,id=noxs,mem-path={qemu_opt_escape(str(config.noxs_path))},"
                    f"size={config.noxs_size},share=on",
         # master=on: without it ivshmem blocks migration ("peer mode"); the master migrates
-        # the region's content with the guest's RAM (save/restore/migrate: lightvm/checkpoint.py).
+        # the region's content with the guest's RAM (save/restore/migrate: lightvm/mobility/checkpoint.py).
         "-device", "ivshmem-plain,memdev=noxs,master=on",
         "-device", f"isa-debug-exit,iobase={DEBUG_EXIT_IOBASE:#x},iosize=4",
         "-no-reboot",

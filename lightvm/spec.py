@@ -109,6 +109,18 @@ class VMSpec:
         check_name(name, what="name")
         return dataclasses.replace(self, name=name)
 
+    def with_publish(self, publish: list[str] | tuple[str, ...], count: int = 1) -> VMSpec:
+        """This spec with ``--publish`` forwards added to its first vif.
+
+        :raise SpecError: no vif to forward to, or several VMs that would share the host port.
+        """
+        if not self.vifs:
+            raise SpecError(f"{self.source}: --publish needs a vif: add a [[vifs]] table (empty = user networking)")
+        if count > 1:
+            raise SpecError("--publish with -n: the VMs would all want the same host port; publish one VM at a time")
+        first = dataclasses.replace(self.vifs[0], publish=self.vifs[0].publish + tuple(publish))
+        return dataclasses.replace(self, vifs=(first, *self.vifs[1:]))
+
 
 def load_spec(path: str | Path, check_kernel: bool = True) -> VMSpec:
     """Read and validate a TOML or JSON config file.

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightvm import accel as accelmod
-from lightvm import host
+from lightvm import hostfacts
 from lightvm.devices import blk
 from lightvm.errors import GuestError, LightVMError, NoxsError, QMPError, SpecError, StateError
 from lightvm.machine import Machine, MachineConfig, ProcessHandle
@@ -124,7 +124,7 @@ class Toolstack:
     ) -> None:
         self.state = StateDir(state_dir)
         self.boot_timeout = boot_timeout
-        # VM name -> more QEMU arguments (the XenStore baseline's store channel, lightvm/store_guest.py)
+        # VM name -> more QEMU arguments (the XenStore baseline's store channel, lightvm/bench/xenstore/guest.py)
         self.extra_qemu_args = extra_qemu_args
 
     # ------------------------------------------------------------------ create
@@ -157,7 +157,7 @@ class Toolstack:
         self._validate_devices(spec)
         _check_host_memory(spec)
         choice = accelmod.select(accel)
-        tsc_hz = host.tsc_hz()
+        tsc_hz = hostfacts.tsc_hz()
         # The boot clock starts here: after the pure checks (spec, devices, accel verdict, the
         # cached TSC rate), at the first thing the create makes (one VM: its folder; with -n,
         # each VM's clock starts at its own first step after the batch's folders exist).
@@ -625,8 +625,8 @@ def _prepare_vifs(
     manager factory to launch QEMU in (inside devd's network namespace), and a one-line
     summary of the networking each vif got.
     """
-    from lightvm.devd import UndoStack
     from lightvm.devices import net
+    from lightvm.devices.devd import UndoStack
 
     specs = [net.validate(v, f"vifs[{i}]") for i, v in enumerate(spec.vifs)]
     ctx = net.NetContext.open(state_root)

@@ -16,7 +16,7 @@ APT_PACKAGES=(
     crun                 # the container baseline of `lightvm bench`
     libvirt-daemon libvirt-daemon-driver-qemu  # the libvirt baseline (a private libvirtd)
     libvirt-dev pkg-config python3-dev         # to build libvirt-python in the venv
-    xen-utils-4.17       # its real C xenstored: the XenStore baseline of `lightvm bench` (lightvm/store.py)
+    xen-utils-4.17       # its real C xenstored: the XenStore baseline of `lightvm bench` (lightvm/bench/xenstore/store.py)
 )
 
 need=()

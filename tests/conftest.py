@@ -87,7 +87,7 @@ def netns(lightvm: LightVM) -> Iterator[str]:
     """A fresh network namespace in which `lightvm` makes its bridges and taps
     (LIGHTVM_NETNS, tap mode forced); teardown destroys the VMs and every network the
     test made, then the namespace. Never touches the host's own interfaces."""
-    from lightvm.devd import has_cap_net_admin
+    from lightvm.devices.devd import has_cap_net_admin
 
     if not has_cap_net_admin():
         pytest.skip("needs CAP_NET_ADMIN (missing: run as root)")

@@ -19,9 +19,9 @@ The variant table is :data:`VARIANTS`. Only what exists is in it:
 
 * ``lightvm-cold``  the toolstack's cold path (NoXS, no pool), public API
 * ``lightvm-xenstore`` the cold path behind a XenStore-style control plane: Debian's real
-                    xenstored (lightvm/store.py) holds each VM's config and devices as xl
+                    xenstored (lightvm/bench/xenstore/store.py) holds each VM's config and devices as xl
                     writes them; the guest reads them key by key and does its vif handshake
-                    through the store (lightvm/bench/store_fleet.py, lightvm/store_guest.py)
+                    through the store (lightvm/bench/xenstore/fleet.py, lightvm/bench/xenstore/guest.py)
 * ``lightvm-split`` lightvmd's execute path: a create request on the API socket taking a
                     prepared shell, to the READY reply (lightvm/bench/split.py)
 * ``libvirt``       a private libvirtd creating the same guest (virDomainCreateXML)
@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightvm import store
 from lightvm.bench import crun, forkexec, libvirtd
 from lightvm.bench.fleets import BOOT_STEPS, Fleet, LightvmColdFleet, guest_spec
 from lightvm.bench.runner import Benchmark, Result
 from lightvm.bench.suite import ORDERS, SuiteOptions
+from lightvm.bench.xenstore import store
 from lightvm.errors import LightVMError
 
 
@@ -69,7 +69,7 @@ def _lightvm_split(opts: SuiteOptions) -> Fleet:
 
 
 def _lightvm_xenstore(opts: SuiteOptions) -> Fleet:
-    from lightvm.bench.store_fleet import StoreFleet
+    from lightvm.bench.xenstore.fleet import StoreFleet
 
     return StoreFleet(guest_spec(opts.app), opts.accel)
 

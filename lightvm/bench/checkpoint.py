@@ -1,6 +1,6 @@
 """``lightvm bench checkpoint``: save and restore times vs running VMs (paper Figs. 12-13).
 
-Through the public API of :mod:`lightvm.checkpoint` (the toolstack's save and
+Through the public API of :mod:`lightvm.mobility.checkpoint` (the toolstack's save and
 restore), on the cold-path fleet of :mod:`lightvm.bench.fleets`: for each N the
 fleet grows to N-1 running VMs, then every iteration creates one more VM and
 
@@ -72,7 +72,7 @@ class _Checkpoints:
         self.fleet.grow(n)
 
     def measure(self, op: str) -> Sample:
-        from lightvm import checkpoint
+        from lightvm.mobility import checkpoint
 
         assert self.fleet is not None, "grow() first"
         ts = self.fleet.ts
@@ -151,8 +151,8 @@ class _Checkpoints:
         }
 
     def _migrate_ssh(self, name: str, warm: bool) -> Sample:
-        from lightvm import migrate
         from lightvm.bench import sshhost
+        from lightvm.mobility import migrate
 
         assert self.fleet is not None
         ssh = self._ssh_host()
@@ -196,7 +196,7 @@ class _Checkpoints:
     def _migrate(self, name: str) -> Sample:
         # Live migration to a second state dir of this host over loopback TCP (no SSH):
         # migrate.migrate_local. ms = whole operation incl. the destination's QEMU spawn.
-        from lightvm.migrate import migrate_local
+        from lightvm.mobility.migrate import migrate_local
         from lightvm.toolstack import Toolstack
 
         assert self.fleet is not None

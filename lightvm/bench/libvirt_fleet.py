@@ -24,7 +24,7 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
-from lightvm import host
+from lightvm import hostfacts
 from lightvm.bench.libvirtd import LibvirtDaemon
 from lightvm.bench.runner import Sample
 from lightvm.errors import LightVMError
@@ -94,7 +94,7 @@ class LibvirtFleet:
 
         self.spec = spec
         self.accel = accel
-        self.tsc_hz = host.tsc_hz()
+        self.tsc_hz = hostfacts.tsc_hz()
         self.daemon = LibvirtDaemon()
         self.domains: list[tuple[Any, NoxsRegion]] = []
         self._seq = itertools.count(1)

@@ -1,6 +1,6 @@
 """``lightvm bench net``: per-VM network setup time for the Nth VM while N-1 have theirs.
 
-Built on H4's :mod:`lightvm.bench_net` (its private network namespace and the
+Built on H4's :mod:`lightvm.bench.netsetup` (its private network namespace and the
 same calls it times), as fleets so the table has the boot suite's shape:
 
 * ``tap``          ``Devd.create_tap`` (create, MTU, alias, attach to the bridge, up)
@@ -31,12 +31,12 @@ class _TapFleet:
     variant = "tap"
 
     def __init__(self) -> None:
-        from lightvm import bench_net
-        from lightvm.devd import Devd, bridge_alias
+        from lightvm.bench import netsetup
+        from lightvm.devices.devd import Devd, bridge_alias
 
         self._stack = contextlib.ExitStack()
         try:
-            ns = self._stack.enter_context(bench_net.private_netns())
+            ns = self._stack.enter_context(netsetup.private_netns())
             self.devd = self._stack.enter_context(Devd(netns=ns))
             self.devd.ensure_bridge("lvbench", MTU, bridge_alias("bench"))
         except BaseException:
@@ -46,8 +46,8 @@ class _TapFleet:
         self.seq = 0
 
     def _create(self, index: int) -> str:
-        from lightvm.devd import tap_alias
         from lightvm.devices import net
+        from lightvm.devices.devd import tap_alias
 
         name = net.tap_name("bench", index % 1000, attempt=index // 1000)
         self.devd.create_tap(name, MTU, "lvbench", alias=tap_alias("bench", index))
@@ -74,12 +74,12 @@ class _VifFleet:
     variant = "vif-prepare"
 
     def __init__(self) -> None:
-        from lightvm import bench_net
+        from lightvm.bench import netsetup
         from lightvm.devices import net
 
         self._stack = contextlib.ExitStack()
         try:
-            ns = self._stack.enter_context(bench_net.private_netns())
+            ns = self._stack.enter_context(netsetup.private_netns())
             state = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="lightvm-bench-net-"))
             self.ctx = self._stack.enter_context(net.NetContext.open(state, "tap", ns))
             self.ctx.store().create("bench", "10.200.0.0/16")
@@ -91,8 +91,8 @@ class _VifFleet:
         self.seq = 0
 
     def _prepare(self, vm: str) -> tuple[Any, Any]:
-        from lightvm.devd import UndoStack
         from lightvm.devices import net
+        from lightvm.devices.devd import UndoStack
 
         undo = UndoStack()
         prepared = net.prepare(self.spec, vm, 0, self.ctx, undo)

@@ -41,10 +41,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightvm import api
 from lightvm.bench.density import cpu_ticks, mem_available_kib, smaps_rollup
 from lightvm.bench.runner import REPO, Benchmark, Result, Sample
 from lightvm.bench.suite import SuiteOptions
+from lightvm.daemon import api
 from lightvm.errors import LightVMError
 from lightvm.util import wait_until
 
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--app", default="noop", help="the measured guest (a poolable example)")
     p.add_argument("--bg-app", default=None, help="the N-1 background guests (default: --app)")
-    from lightvm.pool import VARIANTS, WAITING
+    from lightvm.daemon.pool import VARIANTS, WAITING
 
     p.add_argument("--variant", choices=VARIANTS, default=WAITING, help="prepared shell variant")
     p.add_argument(

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightvm import api
+from lightvm.daemon import api
 from lightvm.util import wait_until
 
 SSHD = Path("/usr/sbin/sshd")

@@ -28,7 +28,7 @@ networking. A bridge that belongs to a lightvm network is treated as that networ
 
 Modes. With CAP_NET_ADMIN (checked for real: CapEff bit 12) vifs get a
 persistent tap ``lv<6 hex of the VM name>-<index>`` created by
-:class:`~lightvm.devd.Devd`, attached to the bridge and up before QEMU starts;
+:class:`~lightvm.devices.devd.Devd`, attached to the bridge and up before QEMU starts;
 QEMU opens it by name (``script=no``). Without it (a laptop, a non-root user),
 every vif uses QEMU user networking (slirp): the guest gets 10.0.2.15/24,
 gateway 10.0.2.2, in its NoXS page (no DHCP), and ``publish`` becomes QEMU
@@ -65,9 +65,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lightvm.devd import ALIAS_PREFIX, Devd, UndoStack, has_cap_net_admin, tap_alias
+from lightvm.devices.devd import ALIAS_PREFIX, Devd, UndoStack, has_cap_net_admin, tap_alias
+from lightvm.devices.network import NetworkStore, check_mac, mac_for_ip
 from lightvm.errors import CapabilityError, ForeignLinkError, NetworkError, SpecError
-from lightvm.network import NetworkStore, check_mac, mac_for_ip
 from lightvm.noxs import VifConfig, parse_mac
 
 USER_NET = "10.0.2.0/24"

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from harness import qemu_pids_mentioning
 
-from lightvm import api
+from lightvm.daemon import api
 from lightvm.util import proc_alive, wait_until
 
 REPO = Path(__file__).resolve().parents[2]

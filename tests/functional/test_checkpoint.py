@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from test_toolstack_daytime import DAYTIME, free_port, read_daytime
 
-from lightvm.checkpoint import MAGIC, VERSION
+from lightvm.mobility.checkpoint import MAGIC, VERSION
 from lightvm.util import wait_until
 
 pytestmark = pytest.mark.functional
@@ -145,7 +145,7 @@ def test_save_to_full_disk(lightvm: Any, tiny_fs: Path) -> None:
 def test_migrate_between_state_dirs(lightvm: Any, tmp_path: Path) -> None:
     """The migration proper (no SSH): a noop guest goes to another state dir and back; its
     own counters continue and the source is destroyed each time."""
-    from lightvm.migrate import migrate_local
+    from lightvm.mobility.migrate import migrate_local
     from lightvm.toolstack import Toolstack
 
     lightvm.create(DAYTIME.parent / "noop.toml")
@@ -181,7 +181,7 @@ def test_migration_of_a_guest_writing_memory(lightvm: Any, tmp_path: Path) -> No
     deadline and the guest keeps running at the source. 8, not 32: a round then lasts ~0.5 s,
     and even a TCG guest starved by a loaded host re-dirties its 4 MiB within that (at 32 MiB/s
     it once converged under load ~10)."""
-    from lightvm.migrate import MigrationError, migrate_local
+    from lightvm.mobility.migrate import MigrationError, migrate_local
     from lightvm.toolstack import Toolstack
 
     lightvm.create(_dirty_spec(tmp_path, 4096))

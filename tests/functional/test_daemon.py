@@ -12,7 +12,7 @@ import pytest
 from daemonlib import NOOP, Lightvmd, lightvmd, wait_pool
 from harness import qemu_pids_mentioning
 
-from lightvm import api
+from lightvm.daemon import api
 from lightvm.util import proc_alive, wait_until
 
 pytestmark = pytest.mark.functional

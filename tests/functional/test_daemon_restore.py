@@ -1,4 +1,4 @@
-"""Restore through lightvmd from a prepared ``-incoming defer`` shell (lightvm/incoming.py):
+"""Restore through lightvmd from a prepared ``-incoming defer`` shell (lightvm/daemon/restore_pool.py):
 the daytime guest continues (no reboot) with its forward and MAC although the shell was
 spawned without them; failures consume the shell and leave nothing."""
 

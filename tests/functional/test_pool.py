@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from daemonlib import NOOP, Lightvmd, lightvmd, wait_pool
 
+from lightvm.daemon.pool import SHELL_OVERHEAD_MIB
 from lightvm.noxs import BootState, DevicePage, NoxsRegion
-from lightvm.pool import SHELL_OVERHEAD_MIB
 from lightvm.util import proc_alive
 
 pytestmark = pytest.mark.functional

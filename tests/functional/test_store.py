@@ -1,4 +1,4 @@
-"""Debian's real xenstored, run by lightvm/store.py without a hypervisor (the xsshim preload).
+"""Debian's real xenstored, run by lightvm/bench/xenstore/store.py without a hypervisor (the xsshim preload).
 
 Checked against the real daemon: it starts and serves requests; ``domain_create``
 leaves the nodes, permissions and introduction that ``xl create`` would, and the vif
@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from lightvm import store
-from lightvm.store import XenStored, XsError
-from lightvm.store_guest import Netback
+from lightvm.bench.xenstore import store
+from lightvm.bench.xenstore.guest import Netback
+from lightvm.bench.xenstore.store import XenStored, XsError
 
 
 @pytest.fixture

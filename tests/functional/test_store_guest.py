@@ -1,5 +1,5 @@
 """A guest in store mode: it reads its config key by key from Debian's xenstored and does its
-vif's frontend handshake through the store (images/base/xs.c, lightvm/store_guest.py).
+vif's frontend handshake through the store (images/base/xs.c, lightvm/bench/xenstore/guest.py).
 
 Checked with real guests under TCG: every VM of a fleet says it read its config from the
 store and reaches READY; afterwards its frontend and backend are both Connected, the
@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 from harness import qemu_pids_mentioning
 
-from lightvm import store
 from lightvm.bench.fleets import guest_spec
-from lightvm.bench.store_fleet import GUEST_FLAG, StoreFleet, store_channel_args
+from lightvm.bench.xenstore import store
+from lightvm.bench.xenstore.fleet import GUEST_FLAG, StoreFleet, store_channel_args
+from lightvm.bench.xenstore.guest import FD_SETSIZE, Netback, Relay
+from lightvm.bench.xenstore.store import XsClient, XsError
 from lightvm.errors import GuestError, LightVMError
-from lightvm.store import XsClient, XsError
-from lightvm.store_guest import FD_SETSIZE, Netback, Relay
 from lightvm.toolstack import Toolstack
 from lightvm.util import Deadline, short_unix_path
 

@@ -17,7 +17,7 @@ import pytest
 from pyroute2 import IPRoute, netns
 from pyroute2 import config as pyroute2_config
 
-from lightvm.devd import Devd, has_cap_net_admin
+from lightvm.devices.devd import Devd, has_cap_net_admin
 
 _counter = itertools.count()
 

@@ -10,7 +10,7 @@ import socket
 import pytest
 from pyroute2 import IPRoute
 
-from lightvm.devd import Devd, UndoStack, bridge_alias, tap_alias
+from lightvm.devices.devd import Devd, UndoStack, bridge_alias, tap_alias
 from lightvm.errors import CapabilityError, ForeignLinkError, NetworkError
 
 pytestmark = pytest.mark.root

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from lightvm.devd import Devd, UndoStack, has_cap_net_admin
 from lightvm.devices import net
+from lightvm.devices.devd import Devd, UndoStack, has_cap_net_admin
 from lightvm.errors import AddressExhaustedError, ForeignLinkError, NotFoundError, SpecError, SubnetConflictError
 from lightvm.qemubin import qemu_binary
 from lightvm.util import wait_until
@@ -457,13 +457,13 @@ def test_network_cli_create_list_delete(
     import argparse
     import json
 
-    from lightvm import network_cli
+    from lightvm.cli import network
     from lightvm.errors import NetworkError
 
     monkeypatch.setenv("LIGHTVM_NETNS", nsname)
     parser = argparse.ArgumentParser(prog="lightvm")
     parser.add_argument("--state-dir")
-    network_cli.register(parser.add_subparsers(dest="command", required=True))
+    network.register(parser.add_subparsers(dest="command", required=True))
 
     def run(*argv: str) -> str:
         args = parser.parse_args(["--state-dir", str(state_dir), *argv])
@@ -474,7 +474,7 @@ def test_network_cli_create_list_delete(
     assert "0/253" in run("network", "list")
     (listed,) = json.loads(run("network", "list", "--json"))
     assert (listed["bridge"], listed["nat"], listed["mtu"]) == ("lv-cli", True, 1400)
-    network_cli.NetworkStore(state_dir).lease("cli", "vm", 0)
+    network.NetworkStore(state_dir).lease("cli", "vm", 0)
     with pytest.raises(NetworkError, match="--force"):
         run("network", "delete", "cli")
     assert "dropped 1 leases" in run("network", "delete", "cli", "--force")

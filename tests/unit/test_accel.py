@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from lightvm import accel, host
+from lightvm import accel, hostfacts
 from lightvm.errors import AccelError
 
 
 @pytest.fixture(autouse=True)
 def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(host.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(hostfacts.CACHE_ENV, str(tmp_path / "cache"))
 
 
 def no_probe(kernel: Path) -> accel.AccelChoice:
@@ -84,12 +84,12 @@ def test_probe_verdict_is_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 
 def test_tsc_rate_is_measured_once_per_boot(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    monkeypatch.setattr(host, "measure_tsc_hz", lambda interval=0.03: calls.append(1) or 2_000_000_000)
-    assert host.tsc_hz() == 2_000_000_000
-    assert host.tsc_hz() == 2_000_000_000
+    monkeypatch.setattr(hostfacts, "measure_tsc_hz", lambda interval=0.03: calls.append(1) or 2_000_000_000)
+    assert hostfacts.tsc_hz() == 2_000_000_000
+    assert hostfacts.tsc_hz() == 2_000_000_000
     assert len(calls) == 1
 
 
 def test_tsc_measurement_is_plausible() -> None:
-    hz = host.measure_tsc_hz(0.01)
-    assert hz == 0 or host.TSC_MIN_HZ <= hz <= host.TSC_MAX_HZ
+    hz = hostfacts.measure_tsc_hz(0.01)
+    assert hz == 0 or hostfacts.TSC_MIN_HZ <= hz <= hostfacts.TSC_MAX_HZ

@@ -1,4 +1,4 @@
-"""lightvm.api without a daemon: request parsing, structured errors, framing limits, client error mapping."""
+"""lightvm.daemon.api without a daemon: request parsing, structured errors, framing limits, client error mapping."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lightvm import api
+from lightvm.daemon import api
 from lightvm.errors import NotFoundError, SpecError
 
 

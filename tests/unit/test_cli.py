@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lightvm import cli
+from lightvm.cli import main as cli
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -91,7 +91,7 @@ def test_main_leaves_no_sigterm_handler(capsys: pytest.CaptureFixture[str], tmp_
 def test_daemon_pool_variants_are_the_pools(capsys: pytest.CaptureFixture[str]) -> None:
     """daemon_cli spells the variants out (importing the pool would slow every CLI start):
     they must stay the pool's own."""
-    from lightvm.pool import VARIANTS
+    from lightvm.daemon.pool import VARIANTS
 
     parser = cli.build_parser(with_network=False)
     for variant in VARIANTS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightvm.incoming import IncomingFlavour, normalise
+from lightvm.daemon.restore_pool import IncomingFlavour, normalise
 
 ARGS = [
     "-netdev",

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lightvm.devd import UndoStack
+from lightvm.devices.devd import UndoStack
+from lightvm.devices.network import NetworkStore, check_mac, mac_for_ip, parse_subnet
 from lightvm.errors import (
     AddressExhaustedError,
     ExistsError,
@@ -19,7 +20,6 @@ from lightvm.errors import (
     SpecError,
     SubnetConflictError,
 )
-from lightvm.network import NetworkStore, check_mac, mac_for_ip, parse_subnet
 
 Host = list[tuple[str, ipaddress.IPv4Interface]]
 

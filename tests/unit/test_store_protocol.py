@@ -1,4 +1,4 @@
-"""The xenstore wire protocol of lightvm/store.py against a scripted fake xenstored.
+"""The xenstore wire protocol of lightvm/bench/xenstore/store.py against a scripted fake xenstored.
 
 The fake speaks ``struct xsd_sockmsg`` on a socketpair: it checks each request's
 header and payload and answers as xenstored does (replies echo type and req_id,
@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from lightvm import store
-from lightvm.store import StoreError, XsClient, XsError
+from lightvm.bench.xenstore import store
+from lightvm.bench.xenstore.store import StoreError, XsClient, XsError
 
 Handler = Callable[[int, int, bytes], list[tuple[int, bytes]]]
 
@@ -198,7 +198,7 @@ def test_mismatched_reply_and_closed_peer(
 def test_ring_put_and_take_wrap_and_refuse_corrupt_indexes() -> None:
     import mmap
 
-    from lightvm.store_guest import REQ_CONS, REQ_PROD, RSP, RSP_CONS, ring_put, ring_take
+    from lightvm.bench.xenstore.guest import REQ_CONS, REQ_PROD, RSP, RSP_CONS, ring_put, ring_take
 
     ring = mmap.mmap(-1, 4096)
     struct.pack_into("<II", ring, REQ_CONS, 1020, 1020)  # 4 bytes before req[]'s end: the put wraps
@@ -216,7 +216,7 @@ def test_ring_put_and_take_wrap_and_refuse_corrupt_indexes() -> None:
 
 
 def test_relay_moves_only_whole_messages() -> None:
-    from lightvm.store_guest import _whole_messages
+    from lightvm.bench.xenstore.guest import _whole_messages
 
     one = store.pack(store.XS_READ, 1, 0, b"name\0")
     assert _whole_messages(bytearray(one + one[:7])) == len(one)

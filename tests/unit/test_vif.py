@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lightvm import network_cli
-from lightvm.devd import UndoStack, check_ifname
+from lightvm.cli import network
 from lightvm.devices import net
+from lightvm.devices.devd import UndoStack, check_ifname
 from lightvm.errors import CapabilityError, NetworkError, SpecError
 from lightvm.noxs import VifConfig
 
@@ -166,7 +166,7 @@ def test_check_ifname() -> None:
 def test_network_cli_registers_and_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="lightvm")
     parser.add_argument("--state-dir")
-    network_cli.register(parser.add_subparsers(dest="command", required=True))
+    network.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["--state-dir", str(tmp_path), "network", "list"])
     assert args.func(args) == 0
     assert "no networks" in capsys.readouterr().out
@@ -179,7 +179,7 @@ def test_network_cli_registers_and_lists(tmp_path: Path, capsys: pytest.CaptureF
         "10.1.0.0/24",
         True,
         1400,
-        network_cli.cmd_create,
+        network.cmd_create,
     )
     args = parser.parse_args(["network", "delete", "n", "--force"])
-    assert args.force and args.func is network_cli.cmd_delete
+    assert args.force and args.func is network.cmd_delete

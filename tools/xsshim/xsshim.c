@@ -12,7 +12,7 @@
  *                  not the hypervisor, decides when a domain goes: XS_RELEASE).
  *  - libxengnttab: mapping a domain's xenstore ring grant maps the shared file
  *                  $XSSHIM_DIR/ring-<domid> (one page, created zeroed): the host
- *                  relay (lightvm/store_guest.py) carries the guest's bytes through
+ *                  relay (lightvm/bench/xenstore/guest.py) carries the guest's bytes through
  *                  it, so the daemon serves the guest as domain <domid> itself.
  *  - libxenevtchn: ports are numbers handed out in order. The event fd is the FIFO
  *                  $XSSHIM_DIR/evtchn: the relay writes a 4-byte port to wake the

@@ -6,7 +6,7 @@ ms of a cold restore. lightvmd keeps shells ready instead: QEMU spawned with the
 checkpoint's machine (kernel, firmware, memory, vCPUs, command line, accelerator, NoXS
 region size) and device arguments plus ``-incoming defer``, its NoXS region created,
 QMP negotiated. A restore takes one, renames its folder to the VM's and goes straight
-to ``migrate-incoming`` (:class:`lightvm.checkpoint.PreparedRestore`).
+to ``migrate-incoming`` (:class:`lightvm.mobility.checkpoint.PreparedRestore`).
 
 Flavour (:class:`IncomingFlavour`): what a shell must match. The device arguments are
 normalised so that one shell serves every VM of a kind:
@@ -26,7 +26,7 @@ Which flavours: a daemon learns one from every restore or incoming migration it 
 teaches it one from a checkpoint's header up front.
 
 Shells live in ``STATE/pool/ID/`` like create's shells (so a killed daemon's shells are
-discarded by the next one: :func:`lightvm.pool.discard_orphans`).
+discarded by the next one: :func:`lightvm.daemon.pool.discard_orphans`).
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lightvm.daemon.pool import spawn_shell
 from lightvm.errors import ExistsError, LightVMError
 from lightvm.machine import Machine
 from lightvm.noxs import NoxsRegion
-from lightvm.pool import spawn_shell
 from lightvm.state import StateDir, VMDir, VMRecord
 
 POOL_DIR = "pool"
@@ -188,7 +188,7 @@ def adopt(shell: IncomingShell, state: StateDir, name: str) -> VMDir:
 class IncomingPool:
     """``size`` prepared shells per known flavour, refilled by one background thread.
 
-    Like :class:`lightvm.pool.Pool`, the refill never spawns while a take is in flight
+    Like :class:`lightvm.daemon.pool.Pool`, the refill never spawns while a take is in flight
     (QEMU's start would steal the CPU the restore needs).
     """
 

@@ -1,11 +1,11 @@
 """The ``lightvm-xenstore`` boot variant: lightvm with a XenStore-style control plane.
 
-Each VM is described in Debian's real xenstored (lightvm/store.py: the daemon with the
+Each VM is described in Debian's real xenstored (lightvm/bench/xenstore/store.py: the daemon with the
 xsshim preload, started and stopped by this fleet) the way ``xl create`` does it; the
 host waits for the vif backend's InitWait/hotplug through a watch, then boots the VM
 with the toolstack's cold path and ``lightvm.xs`` on its command line. The guest
 (images/base/xs.c) then reads its config key by key from the store over its store
-channel (a UART relayed to xenstored by lightvm/store_guest.py) and does the frontend
+channel (a UART relayed to xenstored by lightvm/bench/xenstore/guest.py) and does the frontend
 half of its vif's XenbusState handshake with the netback thread before it goes on to
 READY. The N-1 running VMs stay introduced, with their nodes, watches and store
 connections, so the store's cost grows with N as in the paper (Fig. 9).
@@ -19,12 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from lightvm import store
 from lightvm.bench.fleets import BOOT_STEPS
 from lightvm.bench.runner import Sample
+from lightvm.bench.xenstore import store
+from lightvm.bench.xenstore.guest import Netback, Relay
 from lightvm.errors import LightVMError
 from lightvm.spec import VMSpec
-from lightvm.store_guest import Netback, Relay
 
 GUEST_FLAG = "lightvm.xs"  # images/base/xs.c: read the config from the store
 

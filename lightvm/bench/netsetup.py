@@ -5,7 +5,7 @@ path: create a persistent tap, set its MTU and alias, attach it to the bridge,
 bring it up (one ``Devd.create_tap`` call). ``measure_vif_prepare`` adds the
 network's allocator (a locked, fsynced lease) and the vif module around it.
 Both return one duration in milliseconds per iteration; the ``lightvm bench
-net`` suite records them. Run directly: ``python -m lightvm.bench_net [N]``.
+net`` suite records them. Run directly: ``python -m lightvm.bench.netsetup [N]``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from pyroute2 import config as pyroute2_config
 from pyroute2 import netns
 
-from lightvm.devd import Devd, UndoStack, bridge_alias, tap_alias
 from lightvm.devices import net
+from lightvm.devices.devd import Devd, UndoStack, bridge_alias, tap_alias
 
 
 @contextmanager

@@ -11,7 +11,6 @@ devices_up, ready}; ``list --json`` prints a JSON array; ``--state-dir`` (or
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import signal
@@ -21,10 +20,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from lightvm.errors import LightVMError, NotFoundError, SpecError
+from lightvm.errors import LightVMError, NotFoundError
 
 if TYPE_CHECKING:
-    from lightvm.spec import VMSpec
     from lightvm.toolstack import CreateResult, Toolstack
 
 _T_IMPORT = time.perf_counter()
@@ -184,25 +182,22 @@ def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
-    from lightvm import daemon_cli
+    from lightvm.cli import daemon
 
-    daemon_cli.register(sub)
+    daemon.register(sub)
 
-    from lightvm import checkpoint_cli
+    from lightvm.cli import checkpoint
 
-    checkpoint_cli.register(sub)
+    checkpoint.register(sub)
 
     from lightvm.bench import cli as bench_cli
 
     bench_cli.register(sub)
 
     if with_network:
-        try:
-            from lightvm import network_cli
-        except ImportError:  # pragma: no cover - the module ships with lightvm
-            network_cli = None  # type: ignore[assignment]
-        if network_cli is not None:
-            network_cli.register(sub)
+        from lightvm.cli import network
+
+        network.register(sub)
     return parser
 
 
@@ -225,7 +220,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.config)
     if args.publish:
-        spec = _with_publish(spec, args.publish, args.count)
+        spec = spec.with_publish(args.publish, args.count)
     ts = _toolstack(args)
     total = args.count
     start = time.perf_counter()
@@ -256,19 +251,6 @@ def cmd_create(args: argparse.Namespace) -> int:
         med, worst = (statistics.median(ready), max(ready)) if ready else (0.0, 0.0)
         print(f"created {len(results)} VMs in {wall:.0f} ms; READY median {med:.1f} ms, max {worst:.1f} ms")
     return 0
-
-
-def _with_publish(spec: VMSpec, publish: list[str], count: int) -> VMSpec:
-    """The spec with ``--publish`` forwards added to its first vif.
-
-    :raise SpecError: no vif to forward to, or several VMs that would share the host port.
-    """
-    if not spec.vifs:
-        raise SpecError(f"{spec.source}: --publish needs a vif: add a [[vifs]] table (empty = user networking)")
-    if count > 1:
-        raise SpecError("--publish with -n: the VMs would all want the same host port; publish one VM at a time")
-    first = dataclasses.replace(spec.vifs[0], publish=spec.vifs[0].publish + tuple(publish))
-    return dataclasses.replace(spec, vifs=(first, *spec.vifs[1:]))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -422,10 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:  # not the main thread (an embedding program): keep its handler
         previous = None
     try:
-        from lightvm import daemon_cli
+        from lightvm.cli import daemon
 
         # A daemon answering on the state dir's socket does the work (and may use its pool).
-        routed = daemon_cli.dispatch(args)
+        routed = daemon.dispatch(args)
         result: Any = routed if routed is not None else args.func(args)
         return int(result or 0)
     except LightVMError as exc:

@@ -218,7 +218,7 @@ def spawn_shell(
     """Spawn one shell QEMU in ``root/ID`` (NoXS page for ``devices`` entries), QMP negotiated.
 
     Shared by the create pool (paused or waiting shells) and the restore/migration pool
-    (``-incoming defer`` shells, lightvm/incoming.py): both need the same folder, marker,
+    (``-incoming defer`` shells, lightvm/daemon/restore_pool.py): both need the same folder, marker,
     record and cleanup rules. ``then(machine, region, shell_id)`` runs last, inside the
     cleanup: if it raises, nothing is left behind either. ``console_bell``: the console
     is a pipe chardev whose input is the FIFO ``console.in`` (output still goes to
@@ -307,7 +307,7 @@ def _boot_to_wait_point(
     :raise GuestError: the guest went past the wait point (no FEAT_WAIT_CONFIG support),
         failed, or did not get there in time.
     """
-    from lightvm.host import tsc_hz
+    from lightvm.hostfacts import tsc_hz
 
     # The TSC rate lets the guest rehearse its clock set-up at the wait point (noxs.c).
     page = PageConfig(
@@ -370,7 +370,7 @@ def execute_deferred(
     ext4 (auto_da_alloc; /run is ext4 on these hosts) costs 0.3-0.9 ms, a quarter of the
     execute path. The daemon answers first and calls ``finish()`` right after; until
     then the VM lists as ``creating`` (its marker), and destroy/info/pause of that name
-    wait for ``finish()`` (lightvm/daemon.py). A killed daemon leaves a complete enough
+    wait for ``finish()`` (lightvm/daemon/server.py). A killed daemon leaves a complete enough
     folder: the shell's record already names the PID and the NoXS file.
     """
     from lightvm.boot import boot

@@ -42,7 +42,7 @@ Protocol, version 1:
                                                             "cold"
    migrate     name*, target* ([user@]host), port,          MigrateResult (the migration
                known_hosts, identity (absolute paths),      over this daemon's kept SSH
-               remote_command, remote_state_dir, tunnel,    connection; lightvm/sshlink.py)
+               remote_command, remote_state_dir, tunnel,    connection; lightvm/daemon/ssh_sessions.py)
                bandwidth_mib, downtime_ms, timeout
    migrate-in  meta*, name*, listen*, timeout               {"port", "receiver"}; then the
                                                             connection carries the migration
@@ -53,7 +53,7 @@ Protocol, version 1:
 
 8. ``migrate-in`` (the receiving end of a live migration, reached from the source's
    lightvmd through an SSH relay) keeps the connection after its response: it then
-   carries lightvm/migrate.py's JSON lines (``{"ready": ...}`` from the daemon,
+   carries lightvm/mobility/migrate.py's JSON lines (``{"ready": ...}`` from the daemon,
    ``{"commit": true}`` from the client, ``{"committed": true}``; ``{"error": M}`` ends
    it and closes the connection). After ``committed`` the connection serves requests
    again. If the client goes away before committing, the incoming VM is removed.

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``save``, ``restore``, ``migrate`` and ``migrate-receive`` to the parser."""
-    from lightvm.cli import _state_parent
+    from lightvm.cli.main import _state_parent
 
     parent = _state_parent()
     p = subparsers.add_parser(
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         parents=[parent],
         help="save a VM to a file (then destroy it, unless --keep-running)",
         description="Stop the VM, write its checkpoint (lightvm header + QEMU's migration stream; "
-        "format in lightvm/checkpoint.py) to FILE, then destroy the VM unless --keep-running. "
+        "format in lightvm/mobility/checkpoint.py) to FILE, then destroy the VM unless --keep-running. "
         "On any failure (disk full, QEMU error) no file is left and the VM keeps running.",
     )
     p.add_argument("name", metavar="VM")
@@ -52,9 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_restore)
 
-    from lightvm import migrate_cli
+    from lightvm.cli import migrate
 
-    migrate_cli.register(subparsers, parent)
+    migrate.register(subparsers, parent)
 
 
 def _toolstack(args: argparse.Namespace) -> Toolstack:
@@ -65,7 +65,7 @@ def _toolstack(args: argparse.Namespace) -> Toolstack:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    from lightvm import checkpoint
+    from lightvm.mobility import checkpoint
 
     ts = _toolstack(args)
     result = checkpoint.save(ts, args.name, args.file, keep_running=args.keep_running, timeout=args.timeout)
@@ -106,7 +106,7 @@ def _print_restore(result: dict[str, Any], file: Path) -> None:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from lightvm import checkpoint
+    from lightvm.mobility import checkpoint
 
     ts = _toolstack(args)
     result = checkpoint.restore(ts, args.file, name=args.name, timeout=args.timeout)

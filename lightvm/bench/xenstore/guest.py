@@ -40,8 +40,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lightvm import store
-from lightvm.store import StoreError, XsError
+from lightvm.bench.xenstore import store
+from lightvm.bench.xenstore.store import StoreError, XsError
 from lightvm.util import short_unix_path, wait_readable
 
 BACKEND_ROOT = "/local/domain/0/backend/vif"

@@ -1,5 +1,5 @@
 """``lightvm migrate VM [user@]HOST`` and the hidden ``migrate-receive`` (run over SSH on the
-destination). Registered by :mod:`lightvm.checkpoint_cli`; the logic is in :mod:`lightvm.migrate`."""
+destination). Registered by :mod:`lightvm.cli.checkpoint`; the logic is in :mod:`lightvm.mobility.migrate`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Here, not in lightvm.migrate: parsing any lightvm command must not import the migration code.
-DEFAULT_BANDWIDTH_MIB = 4096  # QEMU's default (128 MiB/s) never converges for a guest writing memory
-DEFAULT_DOWNTIME_MS = 10
+from lightvm.mobility import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
 
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
@@ -125,7 +123,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
     import os
     import select
 
-    from lightvm import api
+    from lightvm.daemon import api
     from lightvm.errors import LightVMError
     from lightvm.state import default_state_dir
 
@@ -161,8 +159,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from lightvm import migrate
-    from lightvm.checkpoint_cli import _toolstack
+    from lightvm.cli.checkpoint import _toolstack
+    from lightvm.mobility import migrate
 
     result = migrate.migrate(
         _toolstack(args),
@@ -183,8 +181,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    from lightvm import migrate
-    from lightvm.checkpoint_cli import _toolstack
+    from lightvm.cli.checkpoint import _toolstack
+    from lightvm.mobility import migrate
 
     sys.stdout.flush()
     return migrate.receive(_toolstack(args), timeout=args.timeout)

@@ -15,8 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from lightvm.devd import Devd
-from lightvm.network import DEFAULT_MTU, Network, NetworkStore
+from lightvm.devices.devd import Devd
+from lightvm.devices.network import DEFAULT_MTU, Network, NetworkStore
 from lightvm.state import default_state_dir
 
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightvm import api
+from lightvm.daemon import api
 from lightvm.errors import LightVMError, StateError
 from lightvm.state import default_state_dir
 from lightvm.util import proc_alive, tail, wait_until
@@ -31,7 +31,7 @@ STOP_TIMEOUT = 60.0
 
 def register(sub: Any) -> None:
     """Add ``daemon`` and its subcommands to the CLI's subparsers."""
-    from lightvm.cli import _state_parent
+    from lightvm.cli.main import _state_parent
 
     parent = _state_parent()
     p = sub.add_parser(
@@ -101,7 +101,7 @@ def register(sub: Any) -> None:
         "an unknown or changed key is refused) and open a relay to the lightvmd there, so that the "
         "first `lightvm migrate` to it is already fast. Prints what it found there.",
     )
-    from lightvm.migrate_cli import add_ssh_args
+    from lightvm.cli.migrate import add_ssh_args
 
     add_ssh_args(q)
     q.add_argument("--drop", action="store_true", help="close the kept connection instead")
@@ -134,7 +134,7 @@ def _daemon_argv(args: argparse.Namespace, root: Path) -> list[str]:
 
 
 def cmd_daemon_run(args: argparse.Namespace) -> int:
-    from lightvm.daemon import DaemonConfig, run
+    from lightvm.daemon.server import DaemonConfig, run
 
     config = DaemonConfig(
         state_root=_state_root(args),
@@ -152,7 +152,7 @@ def cmd_daemon_run(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon_connect(args: argparse.Namespace) -> int:
-    from lightvm.migrate_cli import target_args
+    from lightvm.cli.migrate import target_args
 
     root = _state_root(args)
     try:
@@ -186,7 +186,7 @@ def _session_line(s: dict[str, Any]) -> str:
 
 
 def cmd_daemon_start(args: argparse.Namespace) -> int:
-    from lightvm.daemon import LOG_NAME, read_pid
+    from lightvm.daemon.server import LOG_NAME, read_pid
 
     root = _state_root(args).resolve()
     running = read_pid(root)
@@ -226,7 +226,7 @@ def cmd_daemon_start(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon_stop(args: argparse.Namespace) -> int:
-    from lightvm.daemon import read_pid
+    from lightvm.daemon.server import read_pid
 
     root = _state_root(args)
     running = read_pid(root)
@@ -297,8 +297,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
         return None
     with client:
         print(f"lightvm: via lightvmd ({client.path})", file=sys.stderr)
-        from lightvm.checkpoint_cli import restore_via_daemon
-        from lightvm.migrate_cli import via_daemon
+        from lightvm.cli.checkpoint import restore_via_daemon
+        from lightvm.cli.migrate import via_daemon
 
         handler = {
             "restore": restore_via_daemon,
@@ -315,7 +315,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
 
 def _create(client: api.Client, args: argparse.Namespace) -> int:
-    from lightvm.cli import BOOT_STEPS, _fmt_ms
+    from lightvm.cli.main import BOOT_STEPS, _fmt_ms
 
     t0 = time.perf_counter()
     request = {

@@ -42,7 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightvm.checkpoint import (
+from lightvm.errors import LightVMError, QMPError
+from lightvm.machine import Machine
+from lightvm.mobility import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
+from lightvm.mobility.checkpoint import (
     FDNAME,
     CheckpointError,
     PreparedRestore,
@@ -53,9 +56,6 @@ from lightvm.checkpoint import (
     wait_migration,
     want_events,
 )
-from lightvm.errors import LightVMError, QMPError
-from lightvm.machine import Machine
-from lightvm.migrate_cli import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
 from lightvm.state import VMStatus, status_of
 from lightvm.toolstack import Toolstack, _machine_config
 from lightvm.util import Deadline, recv_line, wait_readable
@@ -269,7 +269,7 @@ def migrate(
     """Live-migrate VM ``name`` to ``[user@]host``; destroy it here once it runs there.
 
     One-shot: a new SSH connection, and ``lightvm migrate-receive`` started on the
-    destination for this migration (lightvmd's kept connections: :mod:`lightvm.sshlink`).
+    destination for this migration (lightvmd's kept connections: :mod:`lightvm.daemon.ssh_sessions`).
 
     :raise MigrationError: any failure; the VM keeps running here and nothing is left there.
     :raise NotFoundError: no such VM. :raise StateError: the VM is not running.

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightvm import host
+from lightvm import hostfacts
 from lightvm.errors import GuestError, LightVMError, QMPError, StateError
 from lightvm.machine import Machine
 from lightvm.noxs import BootState, DevicePage, NoxsRegion, PageConfig, VbdConfig, VifConfig, parse_mac
@@ -64,7 +64,7 @@ from lightvm.toolstack import Toolstack, _machine_config, _Undo
 from lightvm.util import Deadline
 
 if TYPE_CHECKING:
-    from lightvm.incoming import IncomingShell
+    from lightvm.daemon.restore_pool import IncomingShell
 
 MAGIC = b"LVMCKPT\0"
 VERSION = 1
@@ -225,7 +225,7 @@ def header_for(record: VMRecord, paused: bool) -> dict[str, Any]:
         from lightvm.devices import blk
 
         vbds = [blk.noxs_config(blk.PreparedDisk.from_dict(d)) for d in record.devices["disks"]]
-    page = PageConfig(name=record.name, vifs=vif_configs, vbds=vbds, tsc_hz=host.tsc_hz(), nmi_doorbell=True)
+    page = PageConfig(name=record.name, vifs=vif_configs, vbds=vbds, tsc_hz=hostfacts.tsc_hz(), nmi_doorbell=True)
     return {
         "format": FORMAT,
         "name": record.name,
@@ -711,13 +711,13 @@ def prepare_from_shell(
     provisional: bool = False,
 ) -> PreparedRestore:
     """Like :func:`prepare_incoming`, with an ``-incoming defer`` QEMU spawned ahead of time
-    (:mod:`lightvm.incoming`): the shell becomes the VM (its folder renamed to the VM's,
+    (:mod:`lightvm.daemon.restore_pool`): the shell becomes the VM (its folder renamed to the VM's,
     or with ``provisional`` only at :meth:`PreparedRestore.commit`), its host forwards are
     added; the shell is consumed whatever happens.
 
     :raise ExistsError: the name is taken. :raise LightVMError: a step failed (nothing is left).
     """
-    from lightvm import incoming
+    from lightvm.daemon import restore_pool
 
     t0 = time.perf_counter()
     try:
@@ -736,7 +736,7 @@ def prepare_from_shell(
             raise ExistsError(f"a VM named {vm_name!r} already exists in {toolstack.state.root}")
         vmdir = VMDir(shell.folder)
     else:
-        vmdir = incoming.adopt(shell, toolstack.state, vm_name)
+        vmdir = restore_pool.adopt(shell, toolstack.state, vm_name)
     vm_uuid = uuidlib.uuid4() if vm_name != meta["name"] or "uuid" not in meta else uuidlib.UUID(str(meta["uuid"]))
     record = VMRecord.new(vm_name, shell.id, str(vm_uuid), shell.flavour.accel, shell.flavour.noxs_size, spec.to_dict())
     machine = shell.machine
@@ -754,7 +754,7 @@ def prepare_from_shell(
             record.devices["vifs"] = list(meta["vifs"])
         vmdir.write(record)
         step = "add host forwards"
-        for netdev, rule in incoming.normalise(saved_args)[1]:
+        for netdev, rule in restore_pool.normalise(saved_args)[1]:
             said = machine.qmp.execute(
                 "human-monitor-command", {"command-line": f"hostfwd_add {netdev} {rule}"}, timeout=5.0
             )

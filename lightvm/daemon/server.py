@@ -1,4 +1,4 @@
-"""lightvmd: the long-lived daemon holding the pool, serving :mod:`lightvm.api`.
+"""lightvmd: the long-lived daemon holding the pool, serving :mod:`lightvm.daemon.api`.
 
 Files in the state dir::
 
@@ -6,7 +6,7 @@ Files in the state dir::
     STATE/lightvmd.pid    {"pid", "start"} of the daemon (written after the socket is bound)
     STATE/lightvmd.sock   the API socket, 0600 (0660 and the group with --group)
     STATE/lightvmd.log    stdout/stderr of a daemon started with `lightvm daemon start`
-    STATE/pool/ID/        prepared shells (lightvm/pool.py)
+    STATE/pool/ID/        prepared shells (lightvm/daemon/pool.py)
 
 Threads, not asyncio: every connection is served by a thread of its own, so a slow
 create (a cold path, a guest that never gets READY) never delays another client, and the
@@ -48,11 +48,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightvm import api
+from lightvm.daemon import api
+from lightvm.daemon.pool import Pool, poolable
+from lightvm.daemon.restore_pool import IncomingFlavour, IncomingPool
+from lightvm.daemon.ssh_sessions import Sessions
 from lightvm.errors import LightVMError, SpecError, StateError
-from lightvm.incoming import IncomingFlavour, IncomingPool
-from lightvm.pool import Pool, poolable
-from lightvm.sshlink import Sessions
 from lightvm.state import StateDir
 from lightvm.util import atomic_write, proc_alive, proc_start_time, short_unix_path
 
@@ -135,7 +135,7 @@ class Daemon:
         :raise StateError: another daemon holds the state dir, or the socket cannot be made.
         """
         from lightvm import accel as accelmod
-        from lightvm import host
+        from lightvm import hostfacts
 
         self.state.ensure()
         fd = os.open(self.state.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -147,7 +147,7 @@ class Daemon:
             who = f"pid {other[0]}" if other else "another process"
             raise StateError(f"lightvmd already runs on {self.state.root} ({who})") from None
         self._lock_fd = fd
-        self._tsc_hz = host.tsc_hz()
+        self._tsc_hz = hostfacts.tsc_hz()
         specs = []
         accel = accelmod.select(self.config.accel).accel
         # Warm the execute path: its modules imported and the pool configs parsed now, not
@@ -174,7 +174,7 @@ class Daemon:
         self.incoming = IncomingPool(self.state, self.config.incoming_size, log=self.log)
         self.incoming.start()
         for path in self.config.incoming_files:
-            from lightvm.checkpoint import read_header
+            from lightvm.mobility.checkpoint import read_header
 
             flavour = IncomingFlavour.of(read_header(path)[0])
             if flavour is None:
@@ -341,9 +341,7 @@ class Daemon:
             raise SpecError(f"timeout {timeout}: between 0 and 3600 s")
         spec = self._load_spec(config)
         if publish:
-            from lightvm.cli import _with_publish
-
-            spec = _with_publish(spec, publish, count)
+            spec = spec.with_publish(publish, count)
         base = name or spec.name
         check_name(base, "--name")
         if not 1 <= count <= 4096:
@@ -360,7 +358,7 @@ class Daemon:
             for n in names:
                 shell = pool.take(spec, choice) if pool is not None else None
                 if shell is not None:
-                    from lightvm import pool as poolmod
+                    from lightvm.daemon import pool as poolmod
 
                     assert pool is not None
                     self._begin(n)
@@ -515,7 +513,8 @@ class Daemon:
         source commits, so that a kill -9 of this daemon leaves nothing the next one does not
         discard; without a ready shell one is spawned now for it (when the kind is poolable).
         """
-        from lightvm import checkpoint, incoming
+        from lightvm.daemon import restore_pool
+        from lightvm.mobility import checkpoint
 
         ts = self._toolstack(timeout)
         flavour = IncomingFlavour.of(meta)
@@ -523,7 +522,7 @@ class Daemon:
         taken = shell is not None
         try:
             if shell is None and provisional and flavour is not None:
-                shell = incoming.prepare_shell(self.state.root / incoming.POOL_DIR, flavour, timeout)
+                shell = restore_pool.prepare_shell(self.state.root / restore_pool.POOL_DIR, flavour, timeout)
             if shell is not None:
                 return checkpoint.prepare_from_shell(ts, shell, meta, name, where, timeout, provisional), taken
             return checkpoint.prepare_incoming(ts, meta, name, where, timeout), False
@@ -541,7 +540,7 @@ class Daemon:
             self.incoming.learn(flavour)  # the next restore of this kind finds a shell
 
     def op_restore(self, args: dict[str, Any]) -> dict[str, Any]:
-        from lightvm import checkpoint
+        from lightvm.mobility import checkpoint
 
         t0 = time.perf_counter()
         file = _arg(args, "file", str, required=True)
@@ -563,8 +562,8 @@ class Daemon:
 
     def op_migrate_in(self, args: dict[str, Any]) -> api.Takeover:
         """The receiving end of a migration: this connection becomes its control channel
-        (lightvm/migrate.py's protocol after the first answer, ``{"port": N}``)."""
-        from lightvm import migrate
+        (lightvm/mobility/migrate.py's protocol after the first answer, ``{"port": N}``)."""
+        from lightvm.mobility import migrate
 
         meta, name, listen = migrate.parse_hello(args)
         timeout = float(_arg(args, "timeout", (int, float)) or 30.0)
@@ -597,7 +596,7 @@ class Daemon:
         return api.Takeover({"port": server.getsockname()[1], "receiver": receiver}, run)
 
     def _target(self, args: dict[str, Any]) -> Any:
-        from lightvm.sshlink import Target
+        from lightvm.daemon.ssh_sessions import Target
 
         paths = {}
         for key in ("known_hosts", "identity"):
@@ -616,9 +615,9 @@ class Daemon:
 
     def op_migrate(self, args: dict[str, Any]) -> api.Deferred:
         """Migrate a VM over this daemon's kept SSH connection to the destination."""
-        from lightvm import sshlink
-        from lightvm.migrate import MigrationError
-        from lightvm.migrate_cli import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
+        from lightvm.daemon import ssh_sessions
+        from lightvm.mobility import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
+        from lightvm.mobility.migrate import MigrationError
 
         t0 = time.perf_counter()
         name = _arg(args, "name", str, required=True)
@@ -632,7 +631,7 @@ class Daemon:
             raise MigrationError(
                 f"{name}: migration to {target.target} failed: {exc}; the VM keeps running here"
             ) from exc
-        result, teardown = sshlink.migrate_warm(
+        result, teardown = ssh_sessions.migrate_warm(
             ts,
             session,
             name,

@@ -9,7 +9,7 @@ source keeps, per destination (:class:`Target`):
 * relay channels: ``REMOTE [--state-dir DIR] migrate-relay`` run over that connection,
   a byte pump between the SSH channel and the destination lightvmd's API socket. On an
   idle relay a migration is one API request (``migrate-in``) answered by a prepared
-  ``-incoming defer`` shell (:mod:`lightvm.incoming`): no handshake, no process start,
+  ``-incoming defer`` shell (:mod:`lightvm.daemon.restore_pool`): no handshake, no process start,
   no QEMU start on the critical path. A relay is reused once its migration committed;
   a failed one is closed. One spare is kept open, pinged every :data:`KEEPALIVE` s
   (lightvmd closes API connections idle for 60 s).
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.errors import LightVMError
-from lightvm.migrate import LineChannel, MigrationError, connect_ssh, receive_argv
+from lightvm.mobility.migrate import LineChannel, MigrationError, connect_ssh, receive_argv
 
 KEEPALIVE = 20.0
 RECHECK = 30.0
@@ -285,11 +285,11 @@ def migrate_warm(
     """Migrate ``name`` over a kept session: through a relay to the destination's lightvmd
     (``migrate-in``), or, with none there, a ``migrate-receive`` over the kept connection.
     Returns the result and the source's teardown, to run after answering
-    (:func:`lightvm.migrate.migrate_over`, ``defer_teardown``).
+    (:func:`lightvm.mobility.migrate.migrate_over`, ``defer_teardown``).
 
     :raise MigrationError: any failure; the VM keeps running here, nothing is left there.
     """
-    from lightvm.migrate import migrate_over
+    from lightvm.mobility.migrate import migrate_over
 
     t = session.target
     try:

@@ -20,7 +20,7 @@ The module has three layers:
    watch for the backend's InitWait and the hotplug script's ``connected``.
 
 The backend (netback's part of the handshake) and the relay that lets a guest talk to
-the store are in :mod:`lightvm.store_guest`.
+the store are in :mod:`lightvm.bench.xenstore.guest`.
 """
 
 from __future__ import annotations
@@ -538,7 +538,7 @@ def domain_create(toolstack: XsClient, d: Domain) -> None:
     Transaction 1 makes the domain (libxl__domain_make), transaction 2 writes the
     build results (libxl__build_post); then XS_INTRODUCE, transaction 3 adds the vif,
     and the toolstack waits through a watch until the backend (a running
-    :class:`lightvm.store_guest.Netback`) is in InitWait with its hotplug script done,
+    :class:`lightvm.bench.xenstore.guest.Netback`) is in InitWait with its hotplug script done,
     as libxl does before unpausing. The toolstack keeps a watch on @releaseDomain per
     domain (xl's per-domain death watcher).
 

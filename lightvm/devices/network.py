@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from lightvm.devd import UndoStack, bridge_alias, check_ifname
+from lightvm.devices.devd import UndoStack, bridge_alias, check_ifname
 from lightvm.errors import (
     AddressExhaustedError,
     CapabilityError,
@@ -78,7 +78,7 @@ MAX_VIFS = 32  # a NoXS page holds at most 32 devices
 
 
 class NetOps(Protocol):
-    """What a network needs from devd (a fake in unit tests, :class:`~lightvm.devd.Devd` for real)."""
+    """What a network needs from devd (a fake in unit tests, :class:`~lightvm.devices.devd.Devd` for real)."""
 
     def ensure_bridge(self, name: str, mtu: int = ..., alias: str = ..., undo: UndoStack | None = ...) -> int: ...
     def delete_bridge(self, name: str, force: bool = ...) -> bool: ...
@@ -197,7 +197,7 @@ class NetworkStore:
     """The networks under one state dir, and their address allocators.
 
     :param state_dir: lightvm's state directory; networks live in ``networks/`` under it.
-    :param ops: bridge/address operations (a :class:`~lightvm.devd.Devd` or a fake).
+    :param ops: bridge/address operations (a :class:`~lightvm.devices.devd.Devd` or a fake).
         Without it, a host-namespace ``Devd()`` is opened the first time a command
         needs one (create, delete, ensure_up); lease/release/networks never do.
     :param host_addresses: overrides ``ops.addresses()`` for the host-overlap
@@ -219,7 +219,7 @@ class NetworkStore:
 
     def ops(self) -> NetOps:
         if self._ops is None:
-            from lightvm.devd import Devd
+            from lightvm.devices.devd import Devd
 
             self._own_ops = self._ops = Devd()
         return self._ops
