@@ -82,7 +82,7 @@ class BootState(enum.IntEnum):
     WAITING_BELL = 8  # waiting asleep: a byte on the console input wakes it
 
 
-class GuestError(enum.IntEnum):
+class GuestErrorCode(enum.IntEnum):
     NONE = 0
     BAD_PAGE = 1
     NO_DEVICE = 2
@@ -270,7 +270,7 @@ class BootRecord:
     """A validated copy of the guest-written boot record."""
 
     state: BootState
-    error: GuestError
+    error: GuestErrorCode
     tsc_hz: int
     tsc_entry: int
     tsc_devices_up: int
@@ -518,7 +518,7 @@ class NoxsRegion:
         raw = BootRecordRaw.from_buffer_copy(self._buf[start : start + ctypes.sizeof(BootRecordRaw)])
         return BootRecord(
             state=BootState(_enum_or(BootState, raw.state, BootState.UNKNOWN)),
-            error=GuestError(_enum_or(GuestError, raw.error, GuestError.NONE)),
+            error=GuestErrorCode(_enum_or(GuestErrorCode, raw.error, GuestErrorCode.NONE)),
             tsc_hz=raw.tsc_hz,
             tsc_entry=raw.tsc_entry,
             tsc_devices_up=raw.tsc_devices_up,

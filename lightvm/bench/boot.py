@@ -42,10 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.bench import crun, forkexec, libvirtd
-from lightvm.bench.fleets import BOOT_STEPS, Fleet, LightvmColdFleet, guest_spec
+from lightvm.bench.fleets import Fleet, LightvmColdFleet, guest_spec
 from lightvm.bench.runner import Benchmark, Result
 from lightvm.bench.suite import ORDERS, SuiteOptions
 from lightvm.bench.xenstore import store
+from lightvm.boot import BOOT_STEP_KEYS
 from lightvm.errors import LightVMError
 
 
@@ -177,7 +178,7 @@ def describe() -> dict[str, Any]:
             "lightvm-xenstore: the guest writing its ring page itself (its bytes cross COM2 and a host relay)"
         ],
         "reference": REFERENCE,
-        "boot_steps": list(BOOT_STEPS),
+        "boot_steps": list(BOOT_STEP_KEYS),
     }
 
 
@@ -189,10 +190,13 @@ def plot(results: list[Result], outdir: Path, subtitle: str = "") -> list[Path]:
             results, outdir / "boot", title="Time to ready of the Nth instance while N-1 run",
             ylabel="time to ready (ms, log)", logy=True, subtitle=subtitle,
         ),
-        *plots.breakdown(results, outdir / "boot-breakdown", variant=REFERENCE, steps=BOOT_STEPS),
+        *plots.breakdown(results, outdir / "boot-breakdown", variant=REFERENCE, steps=BOOT_STEP_KEYS),
         # the store variant's steps count from the start of its host store traffic (store_fleet.py)
         *plots.breakdown(
-            results, outdir / "boot-breakdown-xenstore", variant="lightvm-xenstore", steps=("store_ms", *BOOT_STEPS),
+            results,
+            outdir / "boot-breakdown-xenstore",
+            variant="lightvm-xenstore",
+            steps=("store_ms", *BOOT_STEP_KEYS),
         ),
     ]  # fmt: skip
 

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Protocol
 
 from lightvm.bench.runner import REPO, Sample
+from lightvm.boot import BOOT_STEP_KEYS
 from lightvm.errors import LightVMError
 from lightvm.spec import VMSpec, load_spec
-
-BOOT_STEPS = ("qemu_up", "resumed", "guest_entry", "devices_up", "ready")
 
 
 class Fleet(Protocol):
@@ -99,7 +98,7 @@ class LightvmColdFleet:
         self.ts.destroy(name)
         destroy = (time.perf_counter() - t1) * 1000
         sample: Sample = {"wall_ms": wall, "destroy_ms": destroy}
-        for step in BOOT_STEPS:
+        for step in BOOT_STEP_KEYS:
             value = result.boot_ms.get(step)
             if value is not None:
                 sample[step] = float(value)
@@ -116,4 +115,4 @@ class LightvmColdFleet:
         self._tmp.cleanup()
 
 
-__all__ = ["BOOT_STEPS", "Fleet", "LightvmColdFleet", "children_of", "guest_spec"]
+__all__ = ["Fleet", "LightvmColdFleet", "children_of", "guest_spec"]

@@ -315,7 +315,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
 
 def _create(client: api.Client, args: argparse.Namespace) -> int:
-    from lightvm.cli.main import BOOT_STEPS, _fmt_ms
+    from lightvm.boot import BOOT_STEPS
+    from lightvm.cli.main import _fmt_ms
 
     t0 = time.perf_counter()
     request = {

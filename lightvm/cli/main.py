@@ -27,14 +27,6 @@ if TYPE_CHECKING:
 
 _T_IMPORT = time.perf_counter()
 
-BOOT_STEPS = (
-    ("qemu_up", "QEMU up", "QMP answered"),
-    ("resumed", "vCPU resumed", "cont acknowledged"),
-    ("guest_entry", "guest entry", "first guest instruction (guest TSC)"),
-    ("devices_up", "devices up", "guest devices initialised (guest TSC)"),
-    ("ready", "READY", "seen by the host in the NoXS boot record"),
-)
-
 DESCRIPTION = """\
 lightvm: start single-application micro-VMs on QEMU as fast as containers.
 
@@ -238,6 +230,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     if len(results) == 1:
         r = results[0]
         print(f"{r.name}: {r.app or 'guest'} READY in {r.boot_ms.get('ready') or 0:.1f} ms ({r.accel}, pid {r.pid})")
+        from lightvm.boot import BOOT_STEPS
+
         for key, label, what in BOOT_STEPS:
             print(f"  {label:<13}{_fmt_ms(r.boot_ms.get(key))}  {what}")
         if r.network:
@@ -365,6 +359,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"{len(spec.get('disks', []))} disk(s)"
         )
     if info.get("boot_ms"):
+        from lightvm.boot import BOOT_STEPS
+
         boot = info["boot_ms"]
         print("boot:        " + ", ".join(f"{label} {boot[k]:.1f} ms" for k, label, _ in BOOT_STEPS if boot.get(k)))
     if info.get("guest"):

@@ -30,7 +30,7 @@ from nettools import Netns, require_netns
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from guestlib import EXIT_FATAL, EXIT_POWEROFF, QEMU, Guest, build_images
 
-from lightvm.noxs import BootState, GuestError, PageConfig, Sysctl, VifConfig, VifCtrl, XenbusState
+from lightvm.noxs import BootState, GuestErrorCode, PageConfig, Sysctl, VifConfig, VifCtrl, XenbusState
 
 pytestmark = [pytest.mark.functional, pytest.mark.root]
 
@@ -210,7 +210,7 @@ def test_no_matching_nic_is_a_named_error(image: Path) -> None:
         guest.launch()
         assert guest.wait_exit(timeout=30) == EXIT_FATAL
         rec = guest.boot_record()
-        assert rec.state == BootState.ERROR and rec.error == GuestError.NO_DEVICE
+        assert rec.state == BootState.ERROR and rec.error == GuestErrorCode.NO_DEVICE
         assert "virtio-net: no device with MAC 52:54:00:13:00:02" in guest.console()
         assert "FATAL: daytime: network vif 0 not available" in guest.console()
 

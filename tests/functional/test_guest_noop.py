@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lightvm.noxs import BootState, GuestError, PageConfig, Sysctl, TscSource, VifConfig, XenbusState
+from lightvm.noxs import BootState, GuestErrorCode, PageConfig, Sysctl, TscSource, VifConfig, XenbusState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from guestlib import EXIT_FATAL, EXIT_POWEROFF, EXIT_TRIPLE_FAULT, MACHINE, Guest, build_images, qemu_argv
@@ -34,7 +34,7 @@ def test_ready_then_clean_poweroff(images: Path) -> None:
         g.launch()
         br = g.wait_boot_state(BootState.READY, timeout=20)
         assert br.app == "noop"
-        assert br.error == GuestError.NONE
+        assert br.error == GuestErrorCode.NONE
         assert 0 < br.tsc_entry < br.tsc_devices_up <= br.tsc_ready
         assert 100_000_000 <= br.tsc_hz <= 20_000_000_000
         assert br.tsc_source != TscSource.UNKNOWN
@@ -207,7 +207,7 @@ def test_sysctl_crash_request(images: Path) -> None:
         g.region.request(Sysctl.CRASH)
         assert g.wait_exit(timeout=20) == EXIT_FATAL
         br = g.boot_record()
-        assert (br.state, br.error) == (BootState.ERROR, GuestError.APP)
+        assert (br.state, br.error) == (BootState.ERROR, GuestErrorCode.APP)
         assert br.message == "sysctl: crash requested by the host"
         assert "FATAL: sysctl: crash requested by the host" in g.console_lines()
 
@@ -231,7 +231,7 @@ def test_cpu_exception_is_fatal(images: Path, kind: str, text: str) -> None:
         assert f"FATAL: {text} at rip=0x" in log
         assert " rip=" in log and " rax=" in log and " r15=" in log and "cr2=" in log
         br = g.boot_record()
-        assert (br.state, br.error) == (BootState.ERROR, GuestError.EXCEPTION)
+        assert (br.state, br.error) == (BootState.ERROR, GuestErrorCode.EXCEPTION)
         assert br.message.startswith(text)
         if kind == "pf":
             assert "cr2=0000000100000000" in log

@@ -61,7 +61,7 @@ ENUMS: dict[type[enum.IntEnum] | type[enum.IntFlag], str] = {
     noxs.XenbusState: "NOXS_STATE_",
     noxs.Sysctl: "NOXS_SYSCTL_",
     noxs.BootState: "NOXS_BOOT_",
-    noxs.GuestError: "NOXS_ERR_",
+    noxs.GuestErrorCode: "NOXS_ERR_",
     noxs.TscSource: "NOXS_TSC_",
 }
 

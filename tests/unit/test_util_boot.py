@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from lightvm.boot import BootTimes, _anchor_guest_times
-from lightvm.noxs import BootRecord, BootState, GuestError, TscSource
+from lightvm.noxs import BootRecord, BootState, GuestErrorCode, TscSource
 from lightvm.util import atomic_write, last_line, qemu_opt_escape, short_unix_path, tail, wait_until
 
 
@@ -61,7 +61,7 @@ def record(**kw: int) -> BootRecord:
     values = dict(tsc_hz=1_000_000, tsc_entry=1_000, tsc_devices_up=3_000, tsc_ready=4_000)
     values.update(kw)
     return BootRecord(
-        state=BootState.READY, error=GuestError.NONE, heartbeat=0, app_counter=0, tsc_source=TscSource.PAGE,
+        state=BootState.READY, error=GuestErrorCode.NONE, heartbeat=0, app_counter=0, tsc_source=TscSource.PAGE,
         generation_seen=0, app="noop", message="", **values,
     )  # fmt: skip
 

@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from lightvm.bench.fleets import BOOT_STEPS
 from lightvm.bench.runner import Sample
 from lightvm.bench.xenstore import store
 from lightvm.bench.xenstore.guest import Netback, Relay
+from lightvm.boot import BOOT_STEP_KEYS
 from lightvm.errors import LightVMError
 from lightvm.spec import VMSpec
 
@@ -124,7 +124,7 @@ class StoreFleet:
         self._remove(name, dom)
         destroy = (time.perf_counter() - t1) * 1000
         sample: Sample = {"wall_ms": wall, "destroy_ms": destroy, "store_ms": store_ms}
-        for step in BOOT_STEPS:
+        for step in BOOT_STEP_KEYS:
             value = boot.get(step)
             if value is not None:
                 sample[step] = store_ms + float(value)
