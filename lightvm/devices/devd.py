@@ -15,34 +15,17 @@ step only for what it really created, so unwinding a failed multi-step setup
 removes what that setup made and never a resource that existed before it.
 
 Namespaces. ``Devd(netns="name")`` works entirely inside the named network
-namespace (``/var/run/netns/name``) without moving the process there. We
-measured the alternatives on this host (tap create + attach + up, median):
-
-    IPRoute(netns=...) + pyroute2 link("add", kind="tuntap")   ~19.6 ms
-        (pyroute2 forks a child that enters the namespace for every tap)
-    IPRoute(netns=...) + our TUNSETIFF ioctl                   ~1.5 ms
-    socket made after a per-thread setns + our ioctl           ~0.9-1.9 ms
-    whole thread inside the namespace + pyroute2 tuntap        ~1.7 ms
-    whole thread inside the namespace + our ioctl              ~0.9 ms
-
-and ``IPRoute(netns=...)`` costs ~11.5 ms to construct (a fork) against
-~1.1 ms for ``IPRoute()`` built while the calling thread is briefly inside the
-namespace. So Devd enters the namespace per *thread* (``setns(2)`` affects
-only the calling thread) just long enough to create its netlink socket, an
-ioctl socket, and each ``/dev/net/tun`` descriptor, then returns. A tap is
-created in the namespace its ``/dev/net/tun`` descriptor was opened in.
-
-Why our own ioctl rather than pyroute2's tuntap: pyroute2 implements
-``link("add", kind="tuntap")`` with the same TUNSETIFF/TUNSETPERSIST ioctls,
-but routes it through a proxy that forks into the namespace per call; calling
-the two ioctls directly (with IFF_TUN_EXCL, so an existing device is never
-silently re-attached) is a dozen lines and 10-20x faster.
+namespace (``/var/run/netns/name``) without moving the process there: it enters
+the namespace per *thread* (:mod:`lightvm.devices.netns`) just long enough to
+create its netlink socket, an ioctl socket and each ``/dev/net/tun``
+descriptor, and makes taps with the TUN ioctls itself, not pyroute2's tuntap
+(which forks into the namespace per call): 10-20x faster, as measured in
+docs/qemu-notes.md, "Networking".
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import ipaddress
@@ -56,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from lightvm.devices.netns import make_persistent_tap, netns_path, open_tun, thread_inside
 from lightvm.errors import CapabilityError, ForeignLinkError, NetworkError
 
 if TYPE_CHECKING:
@@ -77,19 +61,8 @@ log = logging.getLogger(__name__)
 
 ALIAS_PREFIX = "lightvm:"
 IFNAMSIZ = 16  # including the NUL: names are at most 15 bytes
-NETNS_RUN_DIR = Path("/var/run/netns")
-
-_CLONE_NEWNET = 0x40000000
-_TUNSETIFF = 0x400454CA
-_TUNSETPERSIST = 0x400454CB
-_TUNSETOWNER = 0x400454CC
-_IFF_TAP = 0x0002
-_IFF_NO_PI = 0x1000
-_IFF_TUN_EXCL = 0x8000
 _SIOCGIFINDEX = 0x8933
 _IFF_UP = 0x1
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 # ---------------------------------------------------------------- undo
@@ -188,16 +161,6 @@ def has_cap_net_admin() -> bool:
     return False
 
 
-def _netns_path(netns: str) -> Path:
-    return Path(netns) if "/" in netns else NETNS_RUN_DIR / netns
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
 # ---------------------------------------------------------------- devd
 
 
@@ -226,7 +189,7 @@ class Devd:
             return
         try:
             if self.netns is not None and self._nsfd is None:
-                path = _netns_path(self.netns)
+                path = netns_path(self.netns)
                 try:
                     self._nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError as exc:
@@ -282,17 +245,8 @@ class Devd:
             return
         if self._nsfd is None:  # never fall back to the host's namespace
             raise NetworkError(f"devd for namespace {self.netns!r} is closed")
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(self._nsfd)
-            try:
-                yield
-            finally:
-                # A thread left in the wrong namespace would act on the host's
-                # links later: failing to return is fatal for this thread.
-                _setns(home)
-        finally:
-            os.close(home)
+        with thread_inside(self._nsfd):
+            yield
 
     @property
     def ipr(self) -> Any:
@@ -561,24 +515,8 @@ class Devd:
 
     def _tun_create(self, name: str, owner_uid: int | None) -> None:
         with self.inside():
-            try:
-                fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-            except OSError as exc:
-                raise CapabilityError(
-                    f"cannot open /dev/net/tun: {exc.strerror}; taps need CAP_NET_ADMIN (else use user networking)"
-                ) from exc
-        try:
-            ifr = struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_TUN_EXCL)
-            fcntl.ioctl(fd, _TUNSETIFF, ifr)
-            if owner_uid is not None:
-                fcntl.ioctl(fd, _TUNSETOWNER, owner_uid)
-            fcntl.ioctl(fd, _TUNSETPERSIST, 1)
-        except OSError as exc:
-            if exc.errno == errno.EPERM:
-                raise CapabilityError(f"cannot create tap {name}: needs CAP_NET_ADMIN") from exc
-            raise NetworkError(f"cannot create tap {name}: {exc.strerror}") from exc
-        finally:
-            os.close(fd)
+            fd = open_tun()
+        make_persistent_tap(fd, name, owner_uid)
 
 
 def _netlink_error(message: str, exc: NetlinkError) -> NetworkError:
