@@ -66,7 +66,8 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.devices.devd import ALIAS_PREFIX, Devd, UndoStack, has_cap_net_admin, tap_alias
-from lightvm.devices.network import NetworkStore, check_mac, mac_for_ip
+from lightvm.devices.ipam import check_mac, mac_for_ip
+from lightvm.devices.network import NetworkStore
 from lightvm.errors import CapabilityError, ForeignLinkError, NetworkError, SpecError
 from lightvm.noxs import VifConfig, parse_mac
 

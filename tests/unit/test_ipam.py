@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from lightvm.devices.devd import UndoStack
-from lightvm.devices.network import NetworkStore, check_mac, mac_for_ip, parse_subnet
+from lightvm.devices.ipam import check_mac, mac_for_ip
+from lightvm.devices.network import NetworkStore, parse_subnet
 from lightvm.errors import (
     AddressExhaustedError,
     ExistsError,
