@@ -61,7 +61,7 @@ NOTE_SCAN_MAX = 1 << 16
 
 @dataclass(frozen=True)
 class VifSpec:
-    """One NIC as written in the config; lightvm/devices/net.py turns it into a tap."""
+    """One NIC as written in the config; devices/net.py validates it into a ``ValidVif``."""
 
     network: str | None = None
     bridge: str | None = None

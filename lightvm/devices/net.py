@@ -127,8 +127,8 @@ def parse_publish(text: str | PortForward, where: str = "publish") -> PortForwar
 
 
 @dataclass(frozen=True)
-class VifSpec:
-    """A validated vif entry (see the table in the module docstring)."""
+class ValidVif:
+    """A vif entry that passed :func:`validate`: the NIC to build (keys: the module docstring)."""
 
     network: str | None = None
     bridge: str | None = None
@@ -139,14 +139,14 @@ class VifSpec:
     publish: tuple[PortForward, ...] = ()
 
 
-def validate(spec_vif: Any, where: str = "vif") -> VifSpec:
+def validate(spec_vif: Any, where: str = "vif") -> ValidVif:
     """Check one vif entry: a mapping, or an object with the same attributes (spec.VifSpec).
 
     Pure: touches nothing on the host.
 
     :raise SpecError: naming ``where`` and the key.
     """
-    if isinstance(spec_vif, VifSpec):
+    if isinstance(spec_vif, ValidVif):
         table: dict[str, Any] = asdict(spec_vif)
     elif isinstance(spec_vif, Mapping):
         table = dict(spec_vif)
@@ -193,7 +193,7 @@ def validate(spec_vif: Any, where: str = "vif") -> VifSpec:
     if isinstance(raw_publish, str):
         raw_publish = (raw_publish,)
     publish = tuple(parse_publish(p, f"{where}.publish") for p in raw_publish)
-    return VifSpec(network, bridge, ip, gateway, mac, mtu, publish)
+    return ValidVif(network, bridge, ip, gateway, mac, mtu, publish)
 
 
 def choose_mode(requested: str | NetMode = "auto") -> NetMode:
@@ -328,7 +328,7 @@ def user_mac(vm_name: str, index: int) -> str:
 
 
 def prepare(
-    vif: VifSpec,
+    vif: ValidVif,
     vm_name: str,
     index: int,
     ctx: NetContext,
@@ -415,7 +415,7 @@ def prepare(
 
 
 def prepare_all(
-    vifs: Sequence[VifSpec],
+    vifs: Sequence[ValidVif],
     vm_name: str,
     ctx: NetContext,
     undo: UndoStack,

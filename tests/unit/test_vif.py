@@ -38,7 +38,7 @@ class _SpecLike:  # the attributes lightvm.spec.VifSpec has
 
 
 def test_validate_takes_spec_objects() -> None:
-    assert net.validate(_SpecLike()) == net.VifSpec(network="n", mtu=9000)
+    assert net.validate(_SpecLike()) == net.ValidVif(network="n", mtu=9000)
 
 
 @pytest.mark.parametrize(
