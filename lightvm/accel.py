@@ -2,7 +2,7 @@
 
 ``/dev/kvm`` existing proves little. On these hosts it is a nested PVM hypervisor
 (module ``kvm_pvm``) that emulates guest ring 0 about 1000x slower than TCG runs it
-(QEMU-NOTES). So ``auto`` decides in three steps, cheapest first:
+(docs/qemu-notes.md). So ``auto`` decides in three steps, cheapest first:
 
 1. ``/dev/kvm`` cannot be opened read-write -> tcg.
 2. ``/sys/module/kvm_pvm`` exists -> tcg (known unusable; no probe needed).

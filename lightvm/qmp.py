@@ -4,7 +4,7 @@ Why not qemu.qmp: it is asyncio-based; importing asyncio and running a loop per
 command costs more than the whole control path of a create. We need only the
 greeting, ``qmp_capabilities``, commands with ids, and the ability to *send* a
 command without waiting for its reply (``cont`` may be answered after a fast guest
-has already exited QEMU; QEMU-NOTES). Events are kept, not interpreted.
+has already exited QEMU; docs/qemu-notes.md). Events are kept, not interpreted.
 
 Framing: QEMU writes one JSON object per line (``\\r\\n``); we write one per line.
 """

@@ -11,7 +11,7 @@ Fixture chain (Firecracker's uvm -> uvm_booted idea, for the CLI):
     noop_vm    per test: one booted noop VM (name "noop")
 
 Functional tests use `-accel tcg` always (`--accel tcg`): kvm on these hosts is a
-nested PVM that is unusable (QEMU-NOTES).
+nested PVM that is unusable (docs/qemu-notes.md).
 """
 
 from __future__ import annotations
