@@ -147,7 +147,7 @@ class CrunFleet:
 
         (crun leaves no monitor process per container, unlike containerd's shims.)
         """
-        from lightvm.bench.fleets import children_of
+        from lightvm.bench.procfs import children_of
 
         return children_of(self._proc.pid, "busybox sleep")
 
