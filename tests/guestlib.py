@@ -17,13 +17,18 @@ Typical use::
 
 Hostile-page tests write the page with ``g.region`` / ``g.region.raw()``
 before :meth:`Guest.launch`.
+
+Why not a command line of its own: the guests are tested under the product's
+(``lightvm.machine.build_argv``) and QMP is the product's client (``lightvm.qmp``),
+so a test passes only for what lightvm really runs. :func:`qemu_argv` lists the
+few things a test may leave out of it (the NoXS device, the debug-exit device, QMP,
+``-S``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import itertools
-import json
 import os
 import signal
 import socket
@@ -33,8 +38,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
+from lightvm.machine import MICROVM, MachineConfig, build_argv
 from lightvm.noxs import (
     BootRecord,
     BootState,
@@ -47,6 +52,7 @@ from lightvm.noxs import (
     VifCtrl,
 )
 from lightvm.qemubin import qemu_binary
+from lightvm.qmp import QMPClient
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES_DIR = REPO / "images"
@@ -59,10 +65,9 @@ EXIT_POWEROFF = 1  # guest_poweroff(): clean
 EXIT_FATAL = 3  # guest_fatal()
 EXIT_TRIPLE_FAULT = 0  # -no-reboot and the guest reset itself
 
-# ioapic2=off: microvm's second IO-APIC brings 16 more virtio-mmio transports
-# (24 in all); one IO-APIC and 8 transports (GSI 16-23) boot ~2-3 ms faster.
-MACHINE = "microvm,pcie=on,ioapic2=off,x-option-roms=off,rtc=off,pic=off"
-ACCEL = "tcg,tb-size=1"
+MACHINE = MICROVM  # the product's microvm options (lightvm/machine.py)
+ACCEL = "tcg"  # build_argv gives a small guest a 1 MiB translation cache
+QMP_TIMEOUT_S = 10.0
 # Our minimal firmware (images/base/firmware.S): microvm with ACPI (needed for
 # pcie=on) would otherwise run SeaBIOS for ~2.3 ms before the guest starts.
 FIRMWARE = BUILD_DIR / "lvfw.bin"
@@ -87,106 +92,98 @@ def build_images(*targets: str, timeout: float = 300.0) -> Path:
     return BUILD_DIR
 
 
+def _drop(argv: list[str], option: str, value_prefix: str | None = None) -> None:
+    """Remove the first ``option`` (with its value when ``value_prefix`` is given) from ``argv``."""
+    for i, arg in enumerate(argv):
+        if arg != option:
+            continue
+        if value_prefix is None:
+            del argv[i]
+            return
+        if i + 1 < len(argv) and argv[i + 1].startswith(value_prefix):
+            del argv[i : i + 2]
+            return
+    raise AssertionError(f"build_argv has no {option} {value_prefix or ''}: {argv}")
+
+
+def memory_mib(memory: str) -> int:
+    """QEMU's ``-m`` as the tests spell it (``4M``) in MiB."""
+    return int(memory.removesuffix("M"))
+
+
 def qemu_argv(
     kernel: Path,
     region_path: Path | None,
     region_size: int,
     *,
-    console: str,
+    console: str | Path,
     memory: str = "4M",
     machine: str = MACHINE,
     firmware: Path | None = FIRMWARE,
     accel: str = ACCEL,
     debug_exit: bool = True,
-    qmp_socket: Path | None = None,
+    qmp_fd: int | None = None,
     paused: bool = False,
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """The QEMU command line our guests need (TCG, microvm with PCIe).
+    """The product's QEMU command line (``lightvm.machine.build_argv``) for one test guest.
 
-    ``console`` is a QEMU ``-serial`` backend spec, e.g. ``file:/tmp/x.log``.
-    ``firmware=None`` keeps QEMU's default firmware (SeaBIOS for microvm+ACPI).
+    What a test may leave out of it: the NoXS device (``region_path=None``), the
+    debug-exit device (``debug_exit=False``), QMP (``qmp_fd=None``; else the inherited
+    listening socket) and ``-S`` (``paused=False``: the guest runs at once).
+    ``console`` is the console log's path (a ``file:`` prefix is accepted). ``-append``
+    in ``extra`` becomes the kernel command line. ``firmware=None`` keeps QEMU's
+    default firmware (SeaBIOS).
     """
-    # Guest RAM from a memfd: shmem pages are 4 KiB (THP is off for shmem here), while
-    # default anonymous RAM is madvised to huge pages and QEMU's first write into it
-    # (loading the kernel) zeroes a 2 MiB page: ~2 ms per boot on these hosts. A
-    # 1 MiB translation cache stays below huge-page size for the same reason (and
-    # our guests' code is tens of KiB).
-    argv = [
-        qemu_binary(machine),
-        "-M", f"{machine},memory-backend=lvram",
-        "-accel", accel,
-        "-m", memory,
-        "-object", f"memory-backend-memfd,id=lvram,size={memory}",
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        *(["-bios", str(firmware)] if firmware is not None else []),
-        "-kernel", str(kernel),
-        "-serial", console,
-    ]  # fmt: skip
-    if debug_exit:  # the guest's poweroff: exit status 1 clean, 3 fatal
-        argv += ["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
-    if region_path is not None:
-        argv += [
-            "-object", f"memory-backend-file,id=noxs,mem-path={region_path},size={region_size},share=on",
-            "-device", "ivshmem-plain,memdev=noxs",
-        ]  # fmt: skip
-    if qmp_socket is not None:
-        argv += ["-qmp", f"unix:{qmp_socket},server=on,wait=off"]
-    if paused:
-        argv.append("-S")
-    argv += list(extra)
+    extra = list(extra)
+    cmdline = ""
+    if "-append" in extra:
+        i = extra.index("-append")
+        cmdline = extra[i + 1]
+        del extra[i : i + 2]
+    console_path = Path(str(console).removeprefix("file:"))
+    config = MachineConfig(
+        name=Path(kernel).stem,
+        kernel=Path(kernel),
+        memory_mib=memory_mib(memory),
+        vcpus=1,
+        cmdline=cmdline,
+        accel=accel,
+        noxs_path=region_path if region_path is not None else Path("/dev/null"),
+        noxs_size=region_size,
+        console_path=console_path,
+        qmp_path=console_path.with_name("qmp.sock"),
+        log_path=console_path.with_name("qemu.log"),
+        machine=machine,
+        binary=qemu_binary(machine),
+        bios=firmware,
+    )
+    argv = build_argv(config, qmp_fd if qmp_fd is not None else -1)
+    if region_path is None:
+        _drop(argv, "-object", "memory-backend-file,id=noxs,")
+        _drop(argv, "-device", "ivshmem-plain,memdev=noxs,")
+    if not debug_exit:  # the guest's poweroff: exit status 1 clean, 3 fatal
+        _drop(argv, "-device", "isa-debug-exit,")
+    if qmp_fd is None:
+        _drop(argv, "-chardev", "socket,id=qmp,")
+        _drop(argv, "-mon", "chardev=qmp,")
+    if not cmdline:  # the same to a guest; and QEMU refuses -append without -kernel, which a test leaves out
+        _drop(argv, "-append", "")
+    assert argv[-1] == "-S"
+    argv[-1:] = [*extra, *(["-S"] if paused else [])]
     return argv
 
 
-class QmpSync:
-    """A minimal blocking QMP client (greeting, capabilities, commands)."""
-
-    def __init__(self, path: Path, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        while True:
-            try:
-                self._sock.connect(str(path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline:
-                    self._sock.close()
-                    raise TimeoutError(f"QMP socket {path} did not accept within {timeout}s") from None
-                time.sleep(0.001)
-        self._buf = b""
-        self._read_msg()  # greeting
-        self.execute("qmp_capabilities")
-
-    def _read_msg(self) -> dict[str, Any]:
-        while b"\n" not in self._buf:
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("QMP connection closed")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        msg: dict[str, Any] = json.loads(line)
-        return msg
-
-    def send(self, cmd: str, **args: Any) -> None:
-        """Send a command without waiting for its reply."""
-        msg: dict[str, Any] = {"execute": cmd}
-        if args:
-            msg["arguments"] = args
-        self._sock.sendall(json.dumps(msg).encode() + b"\n")
-
-    def execute(self, cmd: str, **args: Any) -> Any:
-        """Send a command and return its ``return`` value (events skipped)."""
-        self.send(cmd, **args)
-        while True:
-            msg = self._read_msg()
-            if "return" in msg:
-                return msg["return"]
-            if "error" in msg:
-                raise RuntimeError(f"QMP {cmd}: {msg['error']}")
-
-    def close(self) -> None:
-        self._sock.close()
+def qmp_listener(path: Path) -> socket.socket:
+    """A listening QMP socket at ``path`` for QEMU to inherit, as lightvm.machine does."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        listener.listen(4)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 class Guest:
@@ -226,7 +223,7 @@ class Guest:
                 self._tmp.cleanup()
                 raise
         self.proc: subprocess.Popen[bytes] | None = None
-        self.qmp: QmpSync | None = None
+        self.qmp: QMPClient | None = None
         self.argv: list[str] = []
 
     # -- setup --
@@ -237,25 +234,35 @@ class Guest:
 
     def launch(self, *, paused: bool = False) -> None:
         """Start QEMU (paused with ``-S`` if asked; then call :meth:`cont`)."""
-        self.argv = qemu_argv(
-            self.kernel,
-            self.region.path if self.region else None,
-            self.region.size if self.region else 0,
-            console=f"file:{self.console_path}",
-            memory=self.memory,
-            machine=self.machine,
-            firmware=self.firmware,
-            accel=self.accel,
-            debug_exit=self.debug_exit,
-            qmp_socket=self.qmp_path if (self.want_qmp or paused) else None,
-            paused=paused,
-            extra=self.extra_args,
-        )
-        self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        if self.want_qmp or paused:
-            self.qmp = QmpSync(self.qmp_path)
+        listener = qmp_listener(self.qmp_path) if (self.want_qmp or paused) else None
+        try:
+            self.argv = qemu_argv(
+                self.kernel,
+                self.region.path if self.region else None,
+                self.region.size if self.region else 0,
+                console=self.console_path,
+                memory=self.memory,
+                machine=self.machine,
+                firmware=self.firmware,
+                accel=self.accel,
+                debug_exit=self.debug_exit,
+                qmp_fd=listener.fileno() if listener else None,
+                paused=paused,
+                extra=self.extra_args,
+            )
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                pass_fds=(listener.fileno(),) if listener else (),
+            )
+            if listener is not None:
+                self.qmp = QMPClient.connect(self.qmp_path, timeout=QMP_TIMEOUT_S)
+                self.qmp.negotiate(timeout=QMP_TIMEOUT_S)
+        finally:
+            if listener is not None:
+                listener.close()
 
     def cont(self) -> None:
         """Resume a paused guest; does not wait for the reply (the guest may exit first)."""

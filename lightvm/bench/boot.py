@@ -15,21 +15,10 @@ After each row's set-up (a teardown, a new fleet, its growth) the suite waits
 ``settle_s`` (1 s) before it times anything: the kernel goes on freeing a thousand
 QEMUs after the last kill returns, and new daemons and VMs finish starting.
 
-The variant table is :data:`VARIANTS`. Only what exists is in it:
-
-* ``lightvm-cold``  the toolstack's cold path (NoXS, no pool), public API
-* ``lightvm-xenstore`` the cold path behind a XenStore-style control plane: Debian's real
-                    xenstored (lightvm/bench/xenstore/store.py) holds each VM's config and devices as xl
-                    writes them; the guest reads them key by key and does its vif handshake
-                    through the store (lightvm/bench/xenstore/fleet.py, lightvm/bench/xenstore/guest.py)
-* ``lightvm-split`` lightvmd's execute path: a create request on the API socket taking a
-                    prepared shell, to the READY reply (lightvm/bench/split.py)
-* ``libvirt``       a private libvirtd creating the same guest (virDomainCreateXML)
-* ``crun``          a busybox container started by crun (reference)
-* ``fork-exec``     a static binary, to its ready byte (reference)
-
-A variant is one :class:`Variant` entry whose factory returns a fleet
-(grow/measure/close, see :mod:`lightvm.bench.fleets`).
+The variant table is :data:`VARIANTS` (what each variant times: README.md beside this
+file; lightvm-xenstore: xenstore/README.md). Only what exists is in it. A variant is
+one :class:`Variant` entry whose factory returns a fleet (grow/measure/close, see
+:mod:`lightvm.bench.fleets`).
 """
 
 from __future__ import annotations

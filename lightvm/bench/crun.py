@@ -1,6 +1,6 @@
 """Reference: a container started with crun (a real OCI runtime, busybox rootfs).
 
-crun refuses this host's hybrid cgroup v1/v2 layout, so (QEMU-NOTES, "Baselines")
+crun refuses this host's hybrid cgroup v1/v2 layout, so (docs/qemu-notes.md, "Baselines for the benchmark suite")
 all crun calls run in a worker process started as
 ``unshare -m --propagation private python -m lightvm.bench.crun WORKDIR``, which
 first unmounts /sys/fs/cgroup/unified in its private mount namespace (the host's
@@ -147,7 +147,7 @@ class CrunFleet:
 
         (crun leaves no monitor process per container, unlike containerd's shims.)
         """
-        from lightvm.bench.fleets import children_of
+        from lightvm.bench.procfs import children_of
 
         return children_of(self._proc.pid, "busybox sleep")
 

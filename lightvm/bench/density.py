@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightvm.bench.fleets import Fleet, LightvmColdFleet
+from lightvm.bench.procfs import cpu_ticks, mem_available_kib, smaps_rollup
 from lightvm.bench.runner import Benchmark, Result, Sample
 from lightvm.bench.suite import SuiteOptions
 from lightvm.errors import LightVMError
@@ -32,34 +33,6 @@ if TYPE_CHECKING:
 
 REFERENCE = "lightvm-cold"
 SETTLE_S = 1.0  # let the newest VMs finish their boot before sampling
-
-
-def smaps_rollup(pid: int) -> dict[str, int]:
-    """Fields of /proc/PID/smaps_rollup in KiB (empty when the process is gone)."""
-    out: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[-1] == "kB":
-                    out[parts[0].rstrip(":")] = int(parts[1])
-    except (OSError, ValueError):
-        return {}
-    return out
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process (all its threads), in clock ticks; 0 when gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
-
-
-def mem_available_kib() -> int:
-    with open("/proc/meminfo") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
 
 
 class _Density:
@@ -205,4 +178,4 @@ def plot(results: list[Result], outdir: Path, subtitle: str = "") -> list[Path]:
     ]
 
 
-__all__ = ["REFERENCE", "benchmarks", "cpu_ticks", "describe", "plot", "smaps_rollup"]
+__all__ = ["REFERENCE", "benchmarks", "describe", "plot"]

@@ -34,24 +34,6 @@ class Fleet(Protocol):
         ...
 
 
-def children_of(parent: int, needle: str = "") -> list[int]:
-    """Live child processes of ``parent`` whose command line contains ``needle``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) != parent or fields[0] == "Z":
-                continue
-            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError, ValueError):
-            continue
-        if needle in argv:
-            out.append(int(entry.name))
-    return out
-
-
 def guest_spec(app: str = "noop") -> VMSpec:
     """examples/<app>.toml (noop by default): the guest every VM variant boots.
 
@@ -115,4 +97,4 @@ class LightvmColdFleet:
         self._tmp.cleanup()
 
 
-__all__ = ["Fleet", "LightvmColdFleet", "children_of", "guest_spec"]
+__all__ = ["Fleet", "LightvmColdFleet", "guest_spec"]

@@ -164,7 +164,7 @@ class LibvirtFleet:
     def pids(self) -> list[int]:
         """Each domain's QEMU (from libvirt's pid files), plus libvirtd itself: the daemon is
         part of what running VMs through libvirt costs the host."""
-        from lightvm.bench.fleets import children_of
+        from lightvm.bench.procfs import children_of
 
         pids = []
         for dom, _ in self.domains:

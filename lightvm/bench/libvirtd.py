@@ -2,7 +2,7 @@
 
 The daemon is Debian's real libvirtd (libvirt 9.0, QEMU driver). It must not
 touch the host's libvirt (if any), and it needs a qemu.conf the suite owns
-(QEMU-NOTES, "Baselines"): ``user = "root"``, ``group = "root"``,
+(docs/qemu-notes.md, "Baselines for the benchmark suite"): ``user = "root"``, ``group = "root"``,
 ``dynamic_ownership = 0`` (else it runs QEMU as libvirt-qemu, which cannot open
 root-only files, and re-probes QEMU on every call), and ``stdio_handler = "file"``
 (QEMU's stdio to a file, no virtlogd needed). So it runs inside

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightvm.bench.density import cpu_ticks, mem_available_kib, smaps_rollup
+from lightvm.bench.procfs import cpu_ticks, mem_available_kib, smaps_rollup
 from lightvm.bench.runner import REPO, Benchmark, Result, Sample
 from lightvm.bench.suite import SuiteOptions
 from lightvm.boot import BOOT_STEP_KEYS
@@ -221,14 +221,7 @@ def _idle_probe(pids: list[int], seconds: float = 5.0, sample: int = 50) -> dict
     clk = os.sysconf("SC_CLK_TCK")
 
     def ticks() -> int:
-        total = 0
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-            except (OSError, IndexError, ValueError):
-                continue
-        return total
+        return sum(cpu_ticks(pid) for pid in pids)
 
     t0, c0 = time.monotonic(), ticks()
     deadline = t0 + seconds
@@ -238,11 +231,9 @@ def _idle_probe(pids: list[int], seconds: float = 5.0, sample: int = 50) -> dict
     pss, private = [], []
     step = max(1, len(pids) // sample)
     for pid in pids[::step][:sample]:
-        try:
-            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
+        kb = smaps_rollup(pid)
+        if not kb:
             continue
-        kb = {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines()[1:] if line.split()[1:2]}
         pss.append(kb.get("Pss", 0) / 1024)
         private.append((kb.get("Private_Dirty", 0) + kb.get("Private_Clean", 0)) / 1024)
     return {

@@ -96,19 +96,20 @@ def test_shutdown_of_a_paused_vm(lightvm: Any, noop_vm: dict[str, Any]) -> None:
 
 def test_guest_poweroff_by_itself_is_halted(lightvm: Any, noop_vm: dict[str, Any]) -> None:
     """A guest that powers off on its own (here: asked through its page directly) is listed as halted."""
-    from guestlib import QmpSync
-
+    from lightvm.errors import QMPError
     from lightvm.noxs import NoxsRegion, Sysctl
+    from lightvm.qmp import connect_and_negotiate
     from lightvm.util import wait_until
 
     with NoxsRegion.open(Path(f"/dev/shm/lightvm-{noop_vm['id']}")) as region:
         region.request(Sysctl.POWEROFF)
     # The idle guest is tickless: an NMI (not lightvm's shutdown path) makes it look.
-    qmp = QmpSync(lightvm.state_dir / "vms" / "noop" / "qmp.sock")
+    qmp = connect_and_negotiate(lightvm.state_dir / "vms" / "noop" / "qmp.sock", timeout=10)
     try:
         qmp.execute("inject-nmi")  # wait for it: a closed socket may drop an unread command
-    except ConnectionError:
-        pass  # the guest powered off and QEMU exited before its reply
+    except QMPError:
+        if not qmp.closed_by_peer:
+            raise  # only this is expected: the guest powered off and QEMU exited before its reply
     finally:
         qmp.close()
     assert wait_until(lambda: proc_start_time(noop_vm["pid"]) is None, timeout=10)

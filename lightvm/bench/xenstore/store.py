@@ -43,7 +43,7 @@ from lightvm.errors import LightVMError
 from lightvm.util import Deadline, short_unix_path
 
 XENSTORED = Path("/usr/lib/xen-4.17/bin/xenstored")
-SHIM_DIR = Path(__file__).resolve().parent.parent / "tools" / "xsshim"
+SHIM_DIR = Path(__file__).resolve().parents[3] / "tools" / "xsshim"  # the repository's tools/xsshim
 SHIM = SHIM_DIR / "build" / "xsshim.so"
 DEFAULT_TIMEOUT = 5.0
 

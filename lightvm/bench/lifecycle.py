@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Measure the cold create path, pause/unpause and destroy; print medians.
 
-    .venv/bin/python tools/measure_create.py [--config examples/daytime.toml] [-n 20] [--json out.json]
+    python -m lightvm.bench.lifecycle [--config examples/daytime.toml] [-n 20] [--json out.json]
 
 Two views of create, both reported:
 * in the toolstack: from the start of Toolstack.create for one VM to READY seen by the
@@ -29,13 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from lightvm.spec import load_spec  # noqa: E402
-from lightvm.toolstack import Toolstack  # noqa: E402
-
-STEPS = ("qemu_up", "resumed", "guest_entry", "devices_up", "ready")
+from lightvm.bench.runner import REPO
+from lightvm.boot import BOOT_STEP_KEYS as STEPS
+from lightvm.spec import load_spec
+from lightvm.toolstack import Toolstack
 
 
 def stats(values: list[float]) -> dict[str, float]:

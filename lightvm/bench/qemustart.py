@@ -1,11 +1,13 @@
-#!/usr/bin/env python3
 """Process start time of QEMU binaries, side by side: ``BINARY -version``, interleaved.
 
 Why interleaved: the machine is shared and noisy; alternating the binaries run by run
 gives each the same load. Timed with perf_counter around Popen + wait (subprocess.run's
 timeout polls with growing sleeps, which makes the timings bimodal).
 
-Usage: qemu/measure_start.py [--runs 30] BINARY...
+Usage: python -m lightvm.bench.qemustart [--runs 30] BINARY...
+
+What it answers: how much of a cold create is QEMU's own start (dynamic linking,
+module init), e.g. Debian's build against the slim one of qemu/build.sh.
 """
 
 from __future__ import annotations
