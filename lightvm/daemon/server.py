@@ -51,6 +51,7 @@ from typing import Any
 from lightvm.daemon import api
 from lightvm.daemon.pool import Pool, poolable
 from lightvm.daemon.restore_pool import IncomingFlavour, IncomingPool
+from lightvm.daemon.shells import POOL_DIR
 from lightvm.daemon.ssh_sessions import Sessions
 from lightvm.errors import LightVMError, SpecError, StateError
 from lightvm.state import StateDir
@@ -522,7 +523,7 @@ class Daemon:
         taken = shell is not None
         try:
             if shell is None and provisional and flavour is not None:
-                shell = restore_pool.prepare_shell(self.state.root / restore_pool.POOL_DIR, flavour, timeout)
+                shell = restore_pool.prepare_shell(self.state.root / POOL_DIR, flavour, timeout)
             if shell is not None:
                 return checkpoint.prepare_from_shell(ts, shell, meta, name, where, timeout, provisional), taken
             return checkpoint.prepare_incoming(ts, meta, name, where, timeout), False
