@@ -1,1 +1,6 @@
-"""lightvmd: the daemon that keeps prepared VM shells and serves the API (server, api, pools, SSH sessions)."""
+"""lightvmd: the daemon that keeps prepared VM shells and serves the API.
+
+server (lock, socket, threads), operations (the API's ops), api (the protocol),
+shells (the one refilling shell pool) with its two flavours pool (create shells) and
+restore_pool (``-incoming defer`` shells), ssh_sessions (kept SSH connections).
+"""

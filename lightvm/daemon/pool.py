@@ -1,53 +1,24 @@
-"""The split toolstack: prepared VM shells per flavour, so that a create is only "execute".
+"""Create shells: a create through lightvmd is only the "execute" half of one.
 
-Prepare (ahead of time, in a background thread): a *shell* is one QEMU spawned paused
-(``-S``) with the flavour's kernel loaded, its NoXS region created and mapped, QMP
-connected and ``qmp_capabilities`` answered. It lives in ``STATE/pool/ID/`` (the same
-files as a VM folder: vm.json naming its PID and NoXS file, qmp.sock, console.log,
-qemu.log) until a create takes it.
+Starting QEMU and running a guest to where it needs its config is most of a cold
+create, and none of it depends on the VM's identity. So it is done ahead of time, in
+the pool's refill thread (:class:`lightvm.daemon.shells.ShellPool`): *prepare* spawns
+one shell per flavour (kernel, firmware, memory, vCPUs, command line, accelerator), in
+``STATE/pool/ID/`` with the files of a VM folder. A create takes one and *executes*
+(:func:`execute_deferred`): writes the VM's identity into its NoXS page, wakes the
+guest, renames the folder to ``vms/NAME`` under the state lock while it boots (a kill -9
+at any point leaves either a shell, discarded by the next daemon, or a VM folder that
+destroy cleans), waits for READY. A shell serves once; a failed execute destroys it.
 
-Execute (per create, on the caller's thread):
+Only specs without vifs and disks are poolable (pre-created taps attached at execute
+are not implemented): the others take the cold path and say so (``path: cold``).
 
-1. write the VM's identity (name, a fresh UUID) and device config into the page (a
-   fresh page: the placeholder carried no identity)
-2. start the guest: ring its bell (variant ``waiting``) or ``cont`` (the others)
-3. while it boots, under the state lock, check the name is free and rename
-   ``pool/ID`` to ``vms/NAME`` (the folder, its ``creating`` marker and its record move
-   in one step, so a kill -9 at any point leaves a VM folder that destroy cleans, never
-   a half-owned shell; a daemon killed before the rename leaves a shell, discarded at
-   its next start)
-4. poll the boot record until READY (:func:`lightvm.boot.boot`)
-5. write the final record, drop the ``creating`` marker, let go of QEMU
-
-A shell is used once: taking it removes it from the pool; a failed execute destroys it.
-
-Flavour = (kernel, firmware, memory, vCPUs, command line, accelerator). Only specs
-without vifs and disks are poolable for now (pre-created taps attached at execute are
-not implemented): those creates take the cold path, and say so (``path: cold``).
-
-Bounds: at most ``size`` shells per flavour, ``max_shells`` in all, and the sum of
-the shells' worst-case memory (guest RAM + :data:`SHELL_OVERHEAD_MIB`) within
-``memory_budget_mib``. The refill thread never spawns while an execute is in flight
-(QEMU start-up would steal the CPU the booting guest needs), and never holds the pool
-lock while it spawns, so the execute path waits on nothing but its own guest.
-
-Prepared variants (``--pool-variant``), both implemented and measured side by side
-(``python -m lightvm.bench.split --variant ...``, TCG, 30 samples, same host):
-
-* ``waiting`` (default): at prepare, a placeholder page with NOXS_FEAT_WAIT_CONFIG and
-  NOXS_FEAT_CONSOLE_BELL is written and the guest runs to its wait point
-  (images/base/noxs.c), where it enables its console UART's receive interrupt, reports
-  BootState.WAITING_BELL and sleeps in ``hlt``: QEMU keeps running and costs no CPU.
-  The console is a pipe chardev (MachineConfig.console_pipe): execute rewrites the page
-  and writes one byte into the FIFO ``console.in``, which wakes the guest without a QMP
-  round trip. One rehearsal ring at prepare has QEMU translate the wake-up path. A
-  guest without the bell reports BootState.WAITING (spinning) and is stopped instead.
-* ``stopped``: the guest runs to its wait point (BootState.WAITING), then QMP ``stop``;
-  execute resumes it with ``cont``.
-* ``paused``: QEMU spawned with ``-S``, the guest never ran.
-
-Measured side by side: docs/lightvmd.md ("Prepared variants"). A flavour whose guest
-has no wait point (it goes past it) falls back to ``paused``.
+How far a shell is prepared is its *variant* (``--pool-variant``): ``waiting`` (the
+default: the guest sleeps at its NOXS_FEAT_WAIT_CONFIG wait point until one byte on its
+console FIFO wakes it, no QMP on the path), ``stopped`` (there too, vCPUs stopped, woken
+by ``cont``) or ``paused`` (``-S``, the guest never ran; the fallback for a guest with
+no wait point). Why ``waiting``, and the figures of all three: docs/lightvmd.md
+("Prepared variants, measured").
 """
 
 from __future__ import annotations
@@ -57,7 +28,6 @@ import dataclasses
 import os
 import shutil
 import signal
-import threading
 import time
 import uuid as uuidlib
 from collections import deque
@@ -66,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightvm.daemon.shells import POOL_DIR, SHELL_OVERHEAD_MIB, ShellPool
 from lightvm.errors import ExistsError, GuestError, LightVMError
 from lightvm.machine import Machine, MachineConfig, ProcessHandle
 from lightvm.noxs import BootState, NoxsRegion, PageConfig, region_size_for
@@ -80,9 +51,6 @@ STOPPED = "stopped"  # the guest booted to its wait point, then its vCPUs were s
 VARIANTS = (PAUSED, WAITING, STOPPED)
 TO_WAIT_POINT = (WAITING, STOPPED)  # the variants whose guest boots to its wait point at prepare
 BELL_BYTE = b"\n"
-SHELL_OVERHEAD_MIB = 16  # host memory of one idle QEMU beyond guest RAM (QEMU-NOTES: ~16 MiB)
-POOL_DIR = "pool"
-RETRY_AFTER_FAILURE = 2.0
 
 
 @dataclass(frozen=True)
@@ -435,8 +403,9 @@ def execute_deferred(
     return CreateResult(name, record.id, record.accel, boot_ms, record.pid or 0, boot_record.app), finish
 
 
-class Pool:
-    """Prepared shells for a set of flavours, refilled by one background thread."""
+class Pool(ShellPool[Flavour, Shell]):
+    """Create shells for a set of flavours: at most ``size`` per flavour, ``max_shells`` in
+    all, their worst-case memory (:meth:`Flavour.cost_mib`) within ``memory_budget_mib``."""
 
     def __init__(
         self,
@@ -450,58 +419,28 @@ class Pool:
     ) -> None:
         if variant not in VARIANTS:
             raise LightVMError(f"pool variant {variant!r}: one of {', '.join(VARIANTS)}")
+        super().__init__(state, size, log)
         self.variant = variant
-        self.state = state
-        self.root = state.root / POOL_DIR
-        self.size = max(0, size)
         self.max_shells = max(0, max_shells)
         self.memory_budget_mib = max(0, memory_budget_mib)
-        self.log = log
         self.flavours: dict[Flavour, VMSpec] = {}
         for spec, accel in specs:
             why = poolable(spec)
             if why:
                 raise LightVMError(f"{spec.source or spec.name}: cannot pool a VM with {why}")
             self.flavours.setdefault(Flavour.of(spec, accel), spec)
-        self._shells: dict[Flavour, deque[Shell]] = {f: deque() for f in self.flavours}
-        self._preparing: dict[Flavour, int] = dict.fromkeys(self.flavours, 0)
-        self._cond = threading.Condition()
-        self._busy = 0
+        self._shells = {f: deque() for f in self.flavours}
+        self._preparing = dict.fromkeys(self.flavours, 0)
         self._paused_only: set[Flavour] = set()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self.stats_taken = 0
-        self.stats_missed = 0
-        self.stats_prepared = 0
-        self.stats_failed = 0
-        self.last_error = ""
-
-    # -- lifetime --
 
     def start(self) -> None:
         """Discard what a previous daemon left in the pool folder, then start refilling."""
         discard_orphans(self.state)
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.flavours and self.size:
-            self._thread = threading.Thread(target=self._refill_loop, name="pool-refill", daemon=True)
-            self._thread.start()
+        super().start()
 
     def stop(self) -> None:
-        """Stop refilling and discard every prepared shell (their QEMUs, NoXS files, folders)."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=30.0)
-        with self._cond:
-            shells = [s for q in self._shells.values() for s in q]
-            for q in self._shells.values():
-                q.clear()
-        for shell in shells:
-            shell.discard()
+        super().stop()
         discard_orphans(self.state)
-
-    # -- execute side --
 
     def take(self, spec: VMSpec, accel: str) -> Shell | None:
         """A prepared shell for ``spec`` (removed from the pool), or None: use the cold path.
@@ -511,33 +450,14 @@ class Pool:
         """
         if poolable(spec):
             return None
-        flavour = Flavour.of(spec, accel)
-        with self._cond:
-            queue = self._shells.get(flavour)
-            while queue:
-                shell = queue.popleft()
-                if shell.machine.is_running():
-                    self.stats_taken += 1
-                    self._busy += 1  # in the same critical section: the refill cannot slip in
-                    return shell
-                self.log(f"pool: shell {shell.id} died while waiting; discarded")
-                threading.Thread(target=shell.discard, daemon=True).start()
-            self.stats_missed += 1
-            self._cond.notify_all()
-        return None
-
-    def done(self) -> None:
-        """An execute that took a shell is over: the refill may run again."""
-        with self._cond:
-            self._busy -= 1
-            self._cond.notify_all()
+        return self._take(Flavour.of(spec, accel))
 
     def wait_full(self, timeout: float) -> bool:
         """Wait until every flavour has its shells (or the bounds stop it); True if so."""
         end = time.monotonic() + timeout
         with self._cond:
             while True:
-                if self._next_flavour() is None:
+                if self._next() is None:
                     return True
                 left = end - time.monotonic()
                 if left <= 0:
@@ -569,23 +489,17 @@ class Pool:
             }
 
     def shell_pids(self) -> list[int]:
-        with self._cond:
-            return [s.record.pid for q in self._shells.values() for s in q if s.record.pid]
+        return self.pids()
 
-    # -- refill side --
+    def _refills(self) -> bool:
+        return bool(self.flavours and self.size)
 
-    def _count(self) -> int:
-        return sum(len(q) for q in self._shells.values()) + sum(self._preparing.values())
-
-    def _committed_mib(self) -> int:
-        return sum(f.cost_mib() * (len(q) + self._preparing[f]) for f, q in self._shells.items())
-
-    def _next_flavour(self) -> Flavour | None:
+    def _next(self) -> Flavour | None:
         """The emptiest flavour below its size that the bounds allow one more shell of."""
         best: Flavour | None = None
         best_have = self.size
-        for f, q in self._shells.items():
-            have = len(q) + self._preparing[f]
+        for f in self._shells:
+            have = self._have(f)
             if have >= best_have:
                 continue
             if self._count() + 1 > self.max_shells:
@@ -598,51 +512,17 @@ class Pool:
     def _variant_of(self, flavour: Flavour) -> str:
         return PAUSED if flavour in self._paused_only else self.variant
 
-    def _refill_loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopping and (self._busy or self._next_flavour() is None):
-                    self._cond.wait(0.5)
-                if self._stopping:
-                    return
-                flavour = self._next_flavour()
-                if flavour is None:
-                    continue
-                self._preparing[flavour] += 1
-            failed = False
-            try:
-                shell = prepare_shell(self.root, flavour, self.flavours[flavour], self._variant_of(flavour))
-            except GuestError as exc:
-                failed = True
-                if self._variant_of(flavour) in TO_WAIT_POINT:
-                    # A guest without the wait point (an older image, another kernel): this
-                    # flavour gets paused shells instead, which every guest supports.
-                    self._paused_only.add(flavour)
-                    self.log(f"pool: {flavour.label()}: {exc}; using paused shells for it")
-                else:
-                    self.last_error = f"{flavour.label()}: {exc}"
-                    self.log(f"pool: cannot prepare a shell: {self.last_error}")
-            except Exception as exc:  # the daemon must outlive a broken flavour
-                failed = True
-                self.last_error = f"{flavour.label()}: {exc}"
-                self.log(f"pool: cannot prepare a shell: {self.last_error}")
-            with self._cond:
-                self._preparing[flavour] -= 1
-                if failed:
-                    self.stats_failed += 1
-                else:
-                    if self._stopping:
-                        discard = shell
-                    else:
-                        self._shells[flavour].append(shell)
-                        self.stats_prepared += 1
-                        discard = None
-                self._cond.notify_all()
-            if not failed and discard is not None:
-                discard.discard()
-            if failed:
-                with self._cond:
-                    self._cond.wait_for(lambda: self._stopping, RETRY_AFTER_FAILURE)
+    def _prepare(self, flavour: Flavour) -> Shell:
+        return prepare_shell(self.root, flavour, self.flavours[flavour], self._variant_of(flavour))
+
+    def _prepare_failed(self, flavour: Flavour, exc: Exception) -> None:
+        if isinstance(exc, GuestError) and self._variant_of(flavour) in TO_WAIT_POINT:
+            # A guest without the wait point (an older image, another kernel): this
+            # flavour gets paused shells instead, which every guest supports.
+            self._paused_only.add(flavour)
+            self.log(f"pool: {flavour.label()}: {exc}; using paused shells for it")
+        else:
+            super()._prepare_failed(flavour, exc)
 
 
 def discard_orphans(state: StateDir) -> list[str]:
@@ -683,6 +563,7 @@ def check_pool_name(name: str) -> None:
 
 
 __all__ = [
+    "POOL_DIR",
     "SHELL_OVERHEAD_MIB",
     "Flavour",
     "Pool",

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,13 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.daemon.pool import spawn_shell
+from lightvm.daemon.shells import POOL_DIR, RETRY_AFTER_FAILURE, SHELL_OVERHEAD_MIB, ShellPool
 from lightvm.errors import ExistsError, LightVMError
 from lightvm.machine import Machine
 from lightvm.noxs import NoxsRegion
 from lightvm.state import StateDir, VMDir, VMRecord
 
-POOL_DIR = "pool"
-RETRY_AFTER_FAILURE = 2.0
 MAX_FLAVOURS = 16  # learned flavours kept; the oldest is forgotten (its shells discarded)
 
 
@@ -95,6 +93,9 @@ class IncomingFlavour:
     def label(self) -> str:
         nets = sum(1 for a in self.device_args if a.startswith("user,"))
         return f"{Path(self.kernel).name}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}/{nets}usernet"
+
+    def cost_mib(self) -> int:
+        return self.memory_mib + SHELL_OVERHEAD_MIB
 
 
 def normalise(args: list[str]) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
@@ -185,47 +186,22 @@ def adopt(shell: IncomingShell, state: StateDir, name: str) -> VMDir:
     return vmdir
 
 
-class IncomingPool:
-    """``size`` prepared shells per known flavour, refilled by one background thread.
+class IncomingPool(ShellPool[IncomingFlavour, IncomingShell]):
+    """``size`` prepared shells per known flavour (learned, at most :data:`MAX_FLAVOURS`);
+    outside the create pool's memory budget (docs/lightvmd.md)."""
 
-    Like :class:`lightvm.daemon.pool.Pool`, the refill never spawns while a take is in flight
-    (QEMU's start would steal the CPU the restore needs).
-    """
+    name = "incoming pool"
+    thread_name = "incoming-refill"
 
     def __init__(self, state: StateDir, size: int = 1, log: Callable[[str], None] = lambda _m: None) -> None:
-        self.state = state
-        self.root = state.root / POOL_DIR
-        self.size = max(0, size)
-        self.log = log
-        self._shells: dict[IncomingFlavour, deque[IncomingShell]] = {}
-        self._preparing: dict[IncomingFlavour, int] = {}
-        self._cond = threading.Condition()
-        self._busy = 0
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        super().__init__(state, size, log)
         self._failed_until: dict[IncomingFlavour, float] = {}
-        self.stats_taken = 0
-        self.stats_missed = 0
-        self.last_error = ""
-
-    def start(self) -> None:
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.size:
-            self._thread = threading.Thread(target=self._refill_loop, name="incoming-refill", daemon=True)
-            self._thread.start()
 
     def stop(self) -> None:
-        """Stop refilling and discard every shell."""
+        """Stop refilling and discard every shell (and forget the flavours)."""
+        super().stop()
         with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=30.0)
-        with self._cond:
-            shells = [s for q in self._shells.values() for s in q]
             self._shells.clear()
-        for shell in shells:
-            shell.discard()
 
     def learn(self, flavour: IncomingFlavour) -> None:
         """Keep shells of ``flavour`` from now on (the oldest of too many is forgotten)."""
@@ -246,24 +222,7 @@ class IncomingPool:
     def take(self, flavour: IncomingFlavour | None) -> IncomingShell | None:
         """A shell of ``flavour`` (removed from the pool) or None. With a shell, the pool is
         busy until :meth:`done`."""
-        if flavour is None:
-            return None
-        with self._cond:
-            queue = self._shells.get(flavour)
-            while queue:
-                shell = queue.popleft()
-                if shell.machine.is_running():
-                    self.stats_taken += 1
-                    self._busy += 1
-                    return shell
-                threading.Thread(target=shell.discard, daemon=True).start()
-            self.stats_missed += 1
-        return None
-
-    def done(self) -> None:
-        with self._cond:
-            self._busy -= 1
-            self._cond.notify_all()
+        return None if flavour is None else self._take(flavour)
 
     def wait_ready(self, flavour: IncomingFlavour, timeout: float) -> bool:
         """Wait until a shell of ``flavour`` is ready; True if one is."""
@@ -283,46 +242,21 @@ class IncomingPool:
                 for f, q in self._shells.items()
             ]
 
-    def pids(self) -> list[int]:
-        with self._cond:
-            return [s.record.pid for q in self._shells.values() for s in q if s.record.pid]
-
     def _next(self) -> IncomingFlavour | None:
+        """The first flavour below its size that did not fail a moment ago."""
         now = time.monotonic()
-        for f, q in self._shells.items():
-            if len(q) + self._preparing.get(f, 0) < self.size and self._failed_until.get(f, 0) <= now:
+        for f in self._shells:
+            if self._have(f) < self.size and self._failed_until.get(f, 0) <= now:
                 return f
         return None
 
-    def _refill_loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopping and (self._busy or self._next() is None):
-                    self._cond.wait(0.5)
-                if self._stopping:
-                    return
-                flavour = self._next()
-                if flavour is None:
-                    continue
-                self._preparing[flavour] = self._preparing.get(flavour, 0) + 1
-            shell: IncomingShell | None = None
-            try:
-                shell = prepare_shell(self.root, flavour)
-            except Exception as exc:  # a broken flavour must not kill the daemon
-                self.last_error = f"{flavour.label()}: {exc}"
-                self.log(f"incoming pool: cannot prepare a shell: {self.last_error}")
-            discard = None
-            with self._cond:
-                self._preparing[flavour] = max(0, self._preparing.get(flavour, 1) - 1)
-                if shell is None:
-                    self._failed_until[flavour] = time.monotonic() + RETRY_AFTER_FAILURE
-                elif self._stopping or flavour not in self._shells:
-                    discard = shell
-                else:
-                    self._shells[flavour].append(shell)
-                self._cond.notify_all()
-            if discard is not None:
-                discard.discard()
+    def _prepare(self, flavour: IncomingFlavour) -> IncomingShell:
+        return prepare_shell(self.root, flavour)
+
+    def _back_off(self, flavour: IncomingFlavour) -> None:
+        # Only this flavour waits: the others (a restore of another kind) still refill.
+        with self._cond:
+            self._failed_until[flavour] = time.monotonic() + RETRY_AFTER_FAILURE
 
 
-__all__ = ["IncomingFlavour", "IncomingPool", "IncomingShell", "adopt", "normalise", "prepare_shell"]
+__all__ = ["POOL_DIR", "IncomingFlavour", "IncomingPool", "IncomingShell", "adopt", "normalise", "prepare_shell"]

@@ -1,4 +1,7 @@
-"""lightvmd: the long-lived daemon holding the pool, serving :mod:`lightvm.daemon.api`.
+"""lightvmd: the long-lived daemon holding the shell pools, serving :mod:`lightvm.daemon.api`.
+
+This module is the daemon's life: the lock, the socket, the worker threads, start-up
+and shutdown. What each request does is :mod:`lightvm.daemon.operations`.
 
 Files in the state dir::
 
@@ -6,7 +9,7 @@ Files in the state dir::
     STATE/lightvmd.pid    {"pid", "start"} of the daemon (written after the socket is bound)
     STATE/lightvmd.sock   the API socket, 0600 (0660 and the group with --group)
     STATE/lightvmd.log    stdout/stderr of a daemon started with `lightvm daemon start`
-    STATE/pool/ID/        prepared shells (lightvm/daemon/pool.py)
+    STATE/pool/ID/        prepared shells (lightvm/daemon/shells.py)
 
 Threads, not asyncio: every connection is served by a thread of its own, so a slow
 create (a cold path, a guest that never gets READY) never delays another client, and the
@@ -30,7 +33,6 @@ discard every prepared shell, remove the socket and pid file. VMs keep running.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import grp
 import json
@@ -49,10 +51,11 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.daemon import api
+from lightvm.daemon.operations import Operations
 from lightvm.daemon.pool import Pool, poolable
 from lightvm.daemon.restore_pool import IncomingFlavour, IncomingPool
 from lightvm.daemon.ssh_sessions import Sessions
-from lightvm.errors import LightVMError, SpecError, StateError
+from lightvm.errors import SpecError, StateError
 from lightvm.state import StateDir
 from lightvm.util import atomic_write, proc_alive, proc_start_time, short_unix_path
 
@@ -91,8 +94,8 @@ def read_pid(state_root: Path) -> tuple[int, int | None] | None:
     return (pid, start) if proc_alive(pid, start) else None
 
 
-class Daemon:
-    """One lightvmd over one state dir."""
+class Daemon(Operations):
+    """One lightvmd over one state dir (its API ops: :class:`lightvm.daemon.operations.Operations`)."""
 
     def __init__(self, config: DaemonConfig, log: Callable[[str], None] = _log) -> None:
         self.config = config
@@ -111,21 +114,7 @@ class Daemon:
         self._tsc_hz = 0
         self._finishing: dict[str, threading.Event] = {}
         self._spec_cache: dict[str, tuple[tuple[Any, ...], Any]] = {}
-        self.handlers: dict[str, api.Handler] = {
-            "ping": self.op_ping,
-            "create": self.op_create,
-            "list": self.op_list,
-            "info": self.op_info,
-            "destroy": self.op_destroy,
-            "shutdown": self.op_shutdown,
-            "pause": self.op_pause,
-            "unpause": self.op_unpause,
-            "pool": self.op_pool,
-            "restore": self.op_restore,
-            "migrate-in": self.op_migrate_in,
-            "migrate": self.op_migrate,
-            "ssh": self.op_ssh,
-        }
+        self.handlers: dict[str, api.Handler] = self._handlers()
 
     # ------------------------------------------------------------------ lifetime
 
@@ -297,401 +286,6 @@ class Daemon:
             os.close(self._lock_fd)
             self._lock_fd = None
         self.log("stopped; prepared shells discarded, VMs left running")
-
-    # ------------------------------------------------------------------ ops
-
-    def _toolstack(self, timeout: float | None = None) -> Any:
-        from lightvm.toolstack import DEFAULT_BOOT_TIMEOUT, Toolstack
-
-        return Toolstack(self.state.root, boot_timeout=timeout or DEFAULT_BOOT_TIMEOUT)
-
-    def op_ping(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "daemon": "lightvmd",
-            "v": api.VERSION,
-            "pid": os.getpid(),
-            "started": self.started,
-            "state_dir": str(self.state.root),
-            "pool": self.pool.stats() if self.pool else None,
-            "incoming": self.incoming.stats() if self.incoming else [],
-            "ssh": self.sessions.stats(),
-        }
-
-    def op_pool(self, args: dict[str, Any]) -> dict[str, Any]:
-        return self.pool.stats() if self.pool else {}
-
-    def op_create(self, args: dict[str, Any]) -> list[dict[str, Any]] | api.Deferred:
-        t0 = time.perf_counter()
-        from lightvm import accel as accelmod
-        from lightvm.spec import check_name
-
-        config = _arg(args, "config", str, required=True)
-        if not os.path.isabs(config):
-            raise SpecError(f"config {config!r}: give an absolute path (the daemon has its own working dir)")
-        name = _arg(args, "name", str)
-        count = _arg(args, "count", int) or 1
-        accel = _arg(args, "accel", str) or "auto"
-        timeout = float(_arg(args, "timeout", (int, float)) or 10.0)
-        publish = _arg(args, "publish", list) or []
-        use_pool = _arg(args, "pool", bool)
-        use_pool = True if use_pool is None else use_pool
-        if not all(isinstance(p, str) for p in publish):
-            raise SpecError("'publish' must be a list of strings")
-        if not 0 < timeout <= 3600:
-            raise SpecError(f"timeout {timeout}: between 0 and 3600 s")
-        spec = self._load_spec(config)
-        if publish:
-            spec = spec.with_publish(publish, count)
-        base = name or spec.name
-        check_name(base, "--name")
-        if not 1 <= count <= 4096:
-            raise LightVMError(f"-n {count}: create between 1 and 4096 VMs at a time")
-        choice = accelmod.select(accel).accel
-        names = [base] if count == 1 else [f"{base}-{i}" for i in range(count)]
-        for n in names:
-            check_name(n, "VM name")
-        pool = self.pool if use_pool else None
-        out: list[dict[str, Any]] = []
-        made: list[str] = []
-        finish: Callable[[], None] | None = None
-        try:
-            for n in names:
-                shell = pool.take(spec, choice) if pool is not None else None
-                if shell is not None:
-                    from lightvm.daemon import pool as poolmod
-
-                    assert pool is not None
-                    self._begin(n)
-                    try:
-                        result, finish = poolmod.execute_deferred(shell, self.state, spec, n, self._tsc_hz, t0, timeout)
-                    except BaseException:
-                        self._end(n)
-                        raise
-                    if len(names) > 1:  # only a single create answers before its bookkeeping
-                        self._finish(n, finish)
-                        finish = None
-                    path = "pool"
-                else:
-                    (result,) = self._toolstack(timeout).create(spec, name=n, count=1, accel=choice)
-                    path = "cold"
-                made.append(n)
-                entry = result.as_dict()
-                entry["path"] = path
-                entry["daemon_ms"] = round((time.perf_counter() - t0) * 1000, 3)  # handler start -> reply
-                out.append(entry)
-                t0 = time.perf_counter()
-        except BaseException:
-            if finish is not None:  # a single pool create that failed after READY
-                self._finish(names[0], finish)
-            for n in made:  # all or nothing, as in one-shot mode
-                with contextlib.suppress(LightVMError):
-                    self._toolstack().destroy(n)
-            raise
-        if finish is not None:
-            deferred, name0 = finish, names[0]
-            return api.Deferred(out, lambda: self._finish(name0, deferred))
-        return out
-
-    # A pool create answers at READY and completes its record right after (pool.py,
-    # execute_deferred); operations on that name wait for it meanwhile.
-
-    def _begin(self, name: str) -> None:
-        with self._threads_lock:
-            self._finishing[name] = threading.Event()
-
-    def _end(self, name: str) -> None:
-        with self._threads_lock:
-            event = self._finishing.pop(name, None)
-        if event is not None:
-            event.set()
-        if self.pool is not None:
-            self.pool.done()  # the refill may spawn again (taken in pool.take)
-
-    def _finish(self, name: str, finish: Callable[[], None]) -> None:
-        try:
-            finish()
-        finally:
-            self._end(name)
-
-    def _settle(self, names: list[str] | None = None) -> None:
-        """Wait (bounded) until the named VMs' (or all) pending bookkeeping is done."""
-        with self._threads_lock:
-            events = [e for n, e in self._finishing.items() if names is None or n in names]
-        for event in events:
-            event.wait(10.0)
-
-    def _load_spec(self, config: str) -> Any:
-        """``load_spec`` cached on the (config, kernel, firmware) files' identity and mtime:
-        parsing TOML and checking the kernel's PVH note cost ~0.4 ms of the execute path.
-
-        :raise SpecError: as load_spec.
-        """
-        from lightvm.spec import load_spec
-
-        def sig(path: str | Path | None) -> tuple[int, int, int] | None:
-            if path is None:
-                return None
-            try:
-                st = os.stat(path)
-            except OSError:
-                return None
-            return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-        cached = self._spec_cache.get(config)
-        if cached is not None:
-            sigs, spec = cached
-            if sigs == (sig(config), sig(spec.kernel), sig(spec.firmware)) and sigs[0] is not None:
-                return spec
-        spec = load_spec(config)
-        if len(self._spec_cache) > 256:
-            self._spec_cache.clear()
-        self._spec_cache[config] = ((sig(config), sig(spec.kernel), sig(spec.firmware)), spec)
-        return spec
-
-    def op_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        self._settle()  # a VM answered READY a moment ago lists as running, not creating
-        return [i.as_dict() for i in self._toolstack().list()]
-
-    def op_info(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = _arg(args, "name", str, required=True)
-        self._settle([name])
-        info: dict[str, Any] = self._toolstack().info(name)
-        return info
-
-    def op_destroy(self, args: dict[str, Any]) -> dict[str, Any]:
-        ts = self._toolstack()
-        if _arg(args, "all", bool):
-            self._settle()
-            return {"destroyed": ts.destroy_all()}
-        names = _arg(args, "names", list, required=True)
-        if not all(isinstance(n, str) for n in names):
-            raise SpecError("'names' must be a list of strings")
-        self._settle(names)
-        errors = []
-        done = []
-        for n in names:
-            try:
-                ts.destroy(n)
-                done.append(n)
-            except LightVMError as exc:
-                errors.append(exc)
-        if errors:
-            if len(errors) == 1 and not done:
-                raise errors[0]
-            raise LightVMError("; ".join(str(e) for e in errors))
-        return {"destroyed": done}
-
-    def op_shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = _arg(args, "name", str, required=True)
-        self._settle([name])
-        ms = self._toolstack().shutdown(
-            name,
-            keep=bool(_arg(args, "keep", bool)),
-            timeout=float(_arg(args, "timeout", (int, float)) or 5.0),
-        )
-        return {"ms": ms}
-
-    def op_pause(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = _arg(args, "name", str, required=True)
-        self._settle([name])
-        return {"ms": self._toolstack().pause(name)}
-
-    def op_unpause(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = _arg(args, "name", str, required=True)
-        self._settle([name])
-        return {"ms": self._toolstack().unpause(name)}
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def _prepare_restore(
-        self, meta: dict[str, Any], name: str | None, where: str, timeout: float, provisional: bool = False
-    ) -> tuple[Any, bool]:
-        """A PreparedRestore from a ready ``-incoming`` shell if one fits, else a cold one;
-        and whether a pool shell was taken (then :meth:`_restore_done` must follow).
-
-        ``provisional`` (an incoming migration): the VM stays in the pool folder until the
-        source commits, so that a kill -9 of this daemon leaves nothing the next one does not
-        discard; without a ready shell one is spawned now for it (when the kind is poolable).
-        """
-        from lightvm.daemon import restore_pool
-        from lightvm.mobility import checkpoint
-
-        ts = self._toolstack(timeout)
-        flavour = IncomingFlavour.of(meta)
-        shell = self.incoming.take(flavour) if self.incoming is not None else None
-        taken = shell is not None
-        try:
-            if shell is None and provisional and flavour is not None:
-                shell = restore_pool.prepare_shell(self.state.root / restore_pool.POOL_DIR, flavour, timeout)
-            if shell is not None:
-                return checkpoint.prepare_from_shell(ts, shell, meta, name, where, timeout, provisional), taken
-            return checkpoint.prepare_incoming(ts, meta, name, where, timeout), False
-        except BaseException:
-            self._restore_done(meta, taken)
-            raise
-
-    def _restore_done(self, meta: dict[str, Any], used_shell: bool) -> None:
-        if self.incoming is None:
-            return
-        if used_shell:
-            self.incoming.done()
-        flavour = IncomingFlavour.of(meta)
-        if flavour is not None:
-            self.incoming.learn(flavour)  # the next restore of this kind finds a shell
-
-    def op_restore(self, args: dict[str, Any]) -> dict[str, Any]:
-        from lightvm.mobility import checkpoint
-
-        t0 = time.perf_counter()
-        file = _arg(args, "file", str, required=True)
-        if not os.path.isabs(file):
-            raise SpecError(f"file {file!r}: give an absolute path (the daemon has its own working dir)")
-        name = _arg(args, "name", str)
-        timeout = float(_arg(args, "timeout", (int, float)) or 10.0)
-        meta, offset = checkpoint.read_header(Path(file))
-        prepared, used_shell = self._prepare_restore(meta, name, file, timeout)
-        try:
-            prepared.t0 = t0
-            result = prepared.finish(Path(file), offset)
-        finally:
-            self._restore_done(meta, used_shell)
-        out: dict[str, Any] = result.as_dict()
-        out["path"] = "pool" if used_shell else "cold"
-        out["daemon_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        return out
-
-    def op_migrate_in(self, args: dict[str, Any]) -> api.Takeover:
-        """The receiving end of a migration: this connection becomes its control channel
-        (lightvm/mobility/migrate.py's protocol after the first answer, ``{"port": N}``)."""
-        from lightvm.mobility import migrate
-
-        meta, name, listen = migrate.parse_hello(args)
-        timeout = float(_arg(args, "timeout", (int, float)) or 30.0)
-        ts = self._toolstack(timeout)
-        prepared, used_shell = self._prepare_restore(meta, name, f"<migration of {name}>", timeout, provisional=True)
-        try:
-            server = socket.create_server((listen, 0))
-        except BaseException as exc:
-            prepared.abort()
-            self._restore_done(meta, used_shell)
-            if isinstance(exc, OSError):
-                raise migrate.MigrationError(f"{name}: cannot listen on {listen}: {exc.strerror or exc}") from exc
-            raise
-
-        def run(conn: socket.socket, rest: bytes) -> bytes | None:
-            control = migrate.Control(conn.fileno(), conn.sendall, rest)
-            try:
-                migrate.run_incoming(ts, prepared, server, control, name, timeout)
-                return control.rest()
-            except Exception as exc:
-                self.log(f"migrate-in {name}: {exc}")
-                with contextlib.suppress(OSError):
-                    control.say({"error": str(exc)})
-                return None  # the conversation's state is unknown: close the connection
-            finally:
-                server.close()
-                self._restore_done(meta, used_shell)
-
-        receiver = "lightvmd-pool" if used_shell else "lightvmd-cold"
-        return api.Takeover({"port": server.getsockname()[1], "receiver": receiver}, run)
-
-    def _target(self, args: dict[str, Any]) -> Any:
-        from lightvm.daemon.ssh_sessions import Target
-
-        paths = {}
-        for key in ("known_hosts", "identity"):
-            value = _arg(args, key, str)
-            if value is not None and not os.path.isabs(value):
-                raise SpecError(f"{key} {value!r}: give an absolute path (the daemon has its own working dir)")
-            paths[key] = value
-        return Target(
-            target=_arg(args, "target", str, required=True),
-            port=_arg(args, "port", int) or 22,
-            known_hosts=paths["known_hosts"],
-            identity=paths["identity"],
-            remote_command=_arg(args, "remote_command", str) or "lightvm",
-            remote_state_dir=_arg(args, "remote_state_dir", str),
-        )
-
-    def op_migrate(self, args: dict[str, Any]) -> api.Deferred:
-        """Migrate a VM over this daemon's kept SSH connection to the destination."""
-        from lightvm.daemon import ssh_sessions
-        from lightvm.mobility import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
-        from lightvm.mobility.migrate import MigrationError
-
-        t0 = time.perf_counter()
-        name = _arg(args, "name", str, required=True)
-        target = self._target(args)
-        timeout = float(_arg(args, "timeout", (int, float)) or 30.0)
-        self._settle([name])
-        ts = self._toolstack(timeout)
-        try:
-            session = self.sessions.get(target)
-        except MigrationError as exc:
-            raise MigrationError(
-                f"{name}: migration to {target.target} failed: {exc}; the VM keeps running here"
-            ) from exc
-        result, teardown = ssh_sessions.migrate_warm(
-            ts,
-            session,
-            name,
-            tunnel=bool(_arg(args, "tunnel", bool)),
-            bandwidth_mib=float(_arg(args, "bandwidth_mib", (int, float)) or DEFAULT_BANDWIDTH_MIB),
-            downtime_ms=int(_arg(args, "downtime_ms", int) or DEFAULT_DOWNTIME_MS),
-            timeout=timeout,
-            t0=t0,
-        )
-        with self._threads_lock:  # list/info/destroy of the name wait for the teardown
-            self._finishing[name] = threading.Event()
-
-        def after() -> None:
-            t1 = time.perf_counter()
-            try:
-                teardown()
-            finally:
-                with self._threads_lock:
-                    event = self._finishing.pop(name, None)
-                if event is not None:
-                    event.set()
-            self.log(f"migrated {name}: source removed {(time.perf_counter() - t1) * 1000:.1f} ms after the reply")
-            session.keep_spare()
-
-        out = result.as_dict()
-        out["teardown_ms"] = None  # after the reply (see the log)
-        return api.Deferred(out, after)
-
-    def op_ssh(self, args: dict[str, Any]) -> Any:
-        """Kept SSH sessions: ``action`` list (default), connect (open one now, with a
-        spare relay), or drop."""
-        action = _arg(args, "action", str) or "list"
-        if action == "list":
-            return self.sessions.stats()
-        target = self._target(args)
-        if action == "connect":
-            session = self.sessions.get(target)
-            session.keep_spare()
-            return session.stats()
-        if action == "drop":
-            return {"dropped": self.sessions.drop(target)}
-        raise SpecError(f"ssh action {action!r}: one of list, connect, drop")
-
-
-def _arg(args: dict[str, Any], key: str, kind: type | tuple[type, ...], required: bool = False) -> Any:
-    """``args[key]`` checked against ``kind``; None when absent and optional.
-
-    :raise SpecError: missing or of the wrong JSON type.
-    """
-    if key not in args or args[key] is None:
-        if required:
-            raise SpecError(f"missing argument {key!r}")
-        return None
-    value = args[key]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds:
-        raise SpecError(f"argument {key!r} must be {'/'.join(k.__name__ for k in kinds)}, got a boolean")
-    if not isinstance(value, kinds):
-        raise SpecError(f"argument {key!r} must be {'/'.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
-    return value
 
 
 def run(config: DaemonConfig) -> int:
