@@ -92,7 +92,7 @@ def test_main_leaves_no_sigterm_handler(capsys: pytest.CaptureFixture[str], tmp_
 
 
 def test_daemon_pool_variants_are_the_pools(capsys: pytest.CaptureFixture[str]) -> None:
-    """daemon_cli spells the variants out (importing the pool would slow every CLI start):
+    """lightvm/cli/daemon.py spells the variants out (importing the pool would slow every CLI start):
     they must stay the pool's own."""
     from lightvm.daemon.pool import VARIANTS
 
@@ -246,3 +246,29 @@ def test_routing_rule(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
         assert isinstance(backend, LocalBackend)
     assert "via lightvmd" not in capsys.readouterr().err
     assert set(ROUTED) == {"create", "list", "info", "destroy", "shutdown", "pause", "unpause", "restore", "migrate"}
+
+
+def test_routed_commands_ask_the_backend(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Exactly the ROUTED commands choose between lightvmd and this process."""
+    from lightvm.cli import checkpoint, vm
+    from lightvm.cli.backend import ROUTED
+    from lightvm.errors import LightVMError
+
+    asked: list[str] = []
+
+    def recorder(args: Any) -> Any:
+        asked.append(args.command)
+        raise LightVMError("asked")
+
+    for module in (vm, checkpoint):
+        monkeypatch.setattr(module, "open_backend", recorder)
+    argvs = {
+        "create": ["x.toml"], "list": [], "info": ["a"], "destroy": ["a"], "shutdown": ["a"], "pause": ["a"],
+        "unpause": ["a"], "restore": ["f"], "migrate": ["a", "host"], "console": ["a"], "save": ["a", "f"],
+    }  # fmt: skip
+    for command, rest in argvs.items():
+        code, _, _ = run(capsys, "--state-dir", str(tmp_path), command, *rest)
+        assert code == 1
+    assert asked == list(ROUTED)
