@@ -2,3 +2,7 @@
 
 Nothing outside this package imports it.
 """
+
+import time
+
+IMPORTED_AT = time.perf_counter()  # create's "lightvm command: N ms since its import"

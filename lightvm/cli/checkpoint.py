@@ -1,34 +1,53 @@
-"""``lightvm save|restore|migrate`` (and the hidden ``migrate-receive``), plugged into cli.py.
+"""``lightvm save|restore|migrate`` and the hidden ``migrate-receive`` / ``migrate-relay``.
 
-cli.py calls :func:`register` with its subparsers; each command sets ``func(args) -> int``
-and reads ``args.state_dir``. Errors are raised as LightVMError for cli.py to print.
+The VM's mobility, one group: the logic is in :mod:`lightvm.mobility` (checkpoint, migrate);
+``restore`` and ``migrate`` go through lightvmd when one runs (:mod:`lightvm.cli.backend`),
+and each prints once from the same data. ``migrate-receive`` runs over SSH on the
+destination; ``migrate-relay`` pipes an SSH channel into the lightvmd there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lightvm.state import default_state_dir
+from lightvm.cli.backend import open_backend, state_root, toolstack
+from lightvm.mobility import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
 
-if TYPE_CHECKING:
-    from lightvm.toolstack import Toolstack
+SAVE = (
+    "Stop the VM, write its checkpoint (lightvm header + QEMU's migration stream; format in "
+    "lightvm/mobility/checkpoint.py) to FILE, then destroy the VM unless --keep-running. On any failure "
+    "(disk full, QEMU error) no file is left and the VM keeps running."
+)
+RESTORE = (
+    "Start a VM from FILE (made by `lightvm save`): the guest continues where it was saved (no reboot). Its "
+    "NoXS page identity (name, uuid, clock) is rewritten. The file is kept. Through lightvmd (when one runs "
+    "on the state dir) a prepared -incoming QEMU of the VM's kind takes the QEMU start off the restore "
+    "(path: pool)."
+)
+
+MIGRATE = (
+    "Move a running VM to [user@]HOST without stopping its guest for more than the "
+    "final copy: SSH to HOST (host key checked against known_hosts; an unknown or changed "
+    "key is refused), run `lightvm migrate-receive` there (it recreates the VM's "
+    "networking and waits with an -incoming QEMU), stream the VM (direct TCP, or inside "
+    "the SSH connection with --tunnel), wait until the guest runs there, then destroy it "
+    "here. On any failure the VM keeps running here and nothing is left there. "
+    "When a lightvmd runs on this host's state dir the migration goes through it: it "
+    "keeps the SSH connection open between migrations, and when a lightvmd runs on HOST "
+    "too, a prepared -incoming QEMU there receives the VM (no handshake, no process or "
+    "QEMU start: the fast path; see docs/checkpoint.md). LIGHTVM_NO_DAEMON=1: one-shot."
+)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``save``, ``restore``, ``migrate`` and ``migrate-receive`` to the parser."""
-    from lightvm.cli.main import _state_parent
-
-    parent = _state_parent()
+def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    """Add ``save``, ``restore``, ``migrate``, ``migrate-receive`` and ``migrate-relay`` to the parser."""
     p = subparsers.add_parser(
-        "save",
-        parents=[parent],
-        help="save a VM to a file (then destroy it, unless --keep-running)",
-        description="Stop the VM, write its checkpoint (lightvm header + QEMU's migration stream; "
-        "format in lightvm/mobility/checkpoint.py) to FILE, then destroy the VM unless --keep-running. "
-        "On any failure (disk full, QEMU error) no file is left and the VM keeps running.",
+        "save", parents=[parent], help="save a VM to a file (then destroy it, unless --keep-running)", description=SAVE
     )
     p.add_argument("name", metavar="VM")
     p.add_argument("file", type=Path, metavar="FILE", help="checkpoint file to create (must not exist)")
@@ -38,13 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=cmd_save)
 
     p = subparsers.add_parser(
-        "restore",
-        parents=[parent],
-        help="restore a VM from a checkpoint file",
-        description="Start a VM from FILE (made by `lightvm save`): the guest continues where it "
-        "was saved (no reboot). Its NoXS page identity (name, uuid, clock) is rewritten. "
-        "The file is kept. Through lightvmd (when one runs on the state dir) a prepared "
-        "-incoming QEMU of the VM's kind takes the QEMU start off the restore (path: pool).",
+        "restore", parents=[parent], help="restore a VM from a checkpoint file", description=RESTORE
     )
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--name", help="name of the restored VM (default: the saved VM's name)")
@@ -52,22 +65,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_restore)
 
-    from lightvm.cli import migrate
-
-    migrate.register(subparsers, parent)
-
-
-def _toolstack(args: argparse.Namespace) -> Toolstack:
-    from lightvm.toolstack import Toolstack
-
-    value = getattr(args, "state_dir", None)
-    return Toolstack(Path(value) if value else default_state_dir(), boot_timeout=getattr(args, "timeout", 10.0))
+    _register_migrate(subparsers, parent)
 
 
 def cmd_save(args: argparse.Namespace) -> int:
+    """Not routed: lightvmd has no save operation."""
     from lightvm.mobility import checkpoint
 
-    ts = _toolstack(args)
+    ts = toolstack(args)
     result = checkpoint.save(ts, args.name, args.file, keep_running=args.keep_running, timeout=args.timeout)
     if args.json:
         print(json.dumps(result.as_dict()))
@@ -80,38 +85,158 @@ def cmd_save(args: argparse.Namespace) -> int:
     return 0
 
 
-def restore_via_daemon(client: Any, args: argparse.Namespace) -> int:
-    """``lightvm restore`` through lightvmd: a prepared -incoming shell when one fits."""
-    import time
-
-    t0 = time.perf_counter()
-    request = {"file": str(Path(args.file).resolve()), "name": args.name, "timeout": args.timeout}
-    result = client.call("restore", request, timeout=args.timeout + 30.0)
-    wall = (time.perf_counter() - t0) * 1000
+def cmd_restore(args: argparse.Namespace) -> int:
+    with open_backend(args) as backend:
+        t0 = time.perf_counter()
+        result = backend.restore(args.file, args.name, args.timeout)
+        wall = (time.perf_counter() - t0) * 1000
     if args.json:
         print(json.dumps(result))
         return 0
-    _print_restore(result, args.file)
-    print(f"  path: {result['path']} (lightvmd; request -> reply {wall:.1f} ms at the client)")
-    return 0
-
-
-def _print_restore(result: dict[str, Any], file: Path) -> None:
     state = "paused (it was saved paused)" if result["paused"] else "running"
     print(
-        f"{result['name']}: restored from {file} in {result['restore_ms']:.1f} ms "
+        f"{result['name']}: restored from {args.file} in {result['restore_ms']:.1f} ms "
         f"(stream + resume {result['finish_ms']:.1f} ms), {state}, pid {result['pid']}; "
         f"guest heartbeat {result['heartbeat']}, app counter {result['app_counter']}"
     )
-
-
-def cmd_restore(args: argparse.Namespace) -> int:
-    from lightvm.mobility import checkpoint
-
-    ts = _toolstack(args)
-    result = checkpoint.restore(ts, args.file, name=args.name, timeout=args.timeout)
-    if args.json:
-        print(json.dumps(result.as_dict()))
-        return 0
-    _print_restore(result.as_dict(), args.file)
+    if backend.routed:
+        print(f"  path: {result['path']} (lightvmd; request -> reply {wall:.1f} ms at the client)")
     return 0
+
+
+def _register_migrate(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    text = "live-migrate a VM to another host over SSH"
+    p = subparsers.add_parser("migrate", parents=[parent], help=text, description=MIGRATE)
+    p.add_argument("name", metavar="VM")
+    add_ssh_args(p)
+    p.add_argument("--tunnel", action="store_true", help="send the stream through the SSH connection")
+    p.add_argument(
+        "--bandwidth-mib",
+        type=float,
+        default=DEFAULT_BANDWIDTH_MIB,
+        metavar="MIB",
+        help=f"max migration bandwidth in MiB/s (default {DEFAULT_BANDWIDTH_MIB}; QEMU's 128 never "
+        "converges for a guest that writes memory)",
+    )
+    p.add_argument(
+        "--downtime-ms",
+        type=int,
+        default=DEFAULT_DOWNTIME_MS,
+        metavar="MS",
+        help=f"allowed downtime for the final copy (default {DEFAULT_DOWNTIME_MS})",
+    )
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="deadline of each phase")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_migrate)
+
+    # No help=: argparse leaves them out of the command list (run by `migrate` over SSH).
+    p = subparsers.add_parser("migrate-receive", parents=[parent])
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.set_defaults(func=cmd_receive)
+    p = subparsers.add_parser("migrate-relay", parents=[parent])
+    p.set_defaults(func=cmd_relay)
+
+
+def add_ssh_args(p: argparse.ArgumentParser) -> None:
+    """[USER@]HOST and how to reach lightvm there (shared by ``migrate`` and ``daemon connect``)."""
+    p.add_argument("target", metavar="[USER@]HOST")
+    p.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
+    p.add_argument("--known-hosts", type=Path, help="known_hosts file (default: ~/.ssh/known_hosts)")
+    p.add_argument("--identity", type=Path, help="private key file (default: agent and ~/.ssh keys)")
+    p.add_argument(
+        "--remote-command",
+        default="lightvm",
+        metavar="CMD",
+        help="how to run lightvm on HOST (default: lightvm), e.g. '/opt/lv/bin/python -m lightvm.cli'",
+    )
+    p.add_argument("--remote-state-dir", metavar="DIR", help="--state-dir of lightvm on HOST")
+
+
+def target_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The API's target arguments (absolute paths: the daemon has its own working dir)."""
+    return {
+        "target": args.target,
+        "port": args.port,
+        "known_hosts": str(args.known_hosts.resolve()) if args.known_hosts else None,
+        "identity": str(args.identity.resolve()) if args.identity else None,
+        "remote_command": args.remote_command,
+        "remote_state_dir": args.remote_state_dir,
+    }
+
+
+def print_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    how = "through the SSH tunnel" if result["tunnel"] else "direct TCP"
+    link = "kept SSH connection" if result.get("link") == "kept" else f"ssh {result['ssh_ms']:.1f} ms"
+    teardown = result.get("teardown_ms")
+    removed = "after this answer" if teardown is None else f"{teardown:.1f} ms later"
+    print(
+        f"{result['name']}: migrated to {result['destination']} ({how}) in {result['total_ms']:.1f} ms: "
+        f"migration {result['migrate_ms']:.1f} ms, downtime {result['downtime_ms']:.1f} ms, "
+        f"{result['bytes']} bytes sent; {link}, destination ready {result['prepare_ms']:.1f} ms "
+        f"({result.get('receiver', 'migrate-receive')}), guest running there {result['handover_ms']:.1f} ms "
+        f"after the stream, source removed {removed}"
+    )
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    """Pump bytes between stdin/stdout (an SSH channel) and this host's lightvmd socket,
+    until either side closes. Exit 3 (and say so) when no lightvmd answers."""
+    import os
+    import select
+
+    from lightvm.daemon import api
+    from lightvm.errors import LightVMError
+
+    root = state_root(args)
+    try:
+        client = api.Client.connect(root, timeout=5.0)
+    except api.DaemonUnavailable as exc:
+        print(f"lightvm: error: {exc} (start one: lightvm daemon start)", file=sys.stderr)
+        return 3
+    sock = client._sock
+    sock.setblocking(True)
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    try:
+        while True:
+            ready, _, _ = select.select([stdin, sock], [], [])
+            if stdin in ready:
+                data = os.read(stdin, 1 << 16)
+                if not data:
+                    break
+                sock.sendall(data)
+            if sock in ready:
+                data = sock.recv(1 << 16)
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(stdout, view) :]
+    except OSError as exc:
+        raise LightVMError(f"relay to lightvmd on {root}: {exc.strerror or exc}") from exc
+    finally:
+        client.close()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    request = {
+        "name": args.name,
+        **target_args(args),
+        "tunnel": args.tunnel,
+        "bandwidth_mib": args.bandwidth_mib,
+        "downtime_ms": args.downtime_ms,
+        "timeout": args.timeout,
+    }
+    with open_backend(args) as backend:
+        print_result(backend.migrate(request), args.json)
+    return 0
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    from lightvm.mobility import migrate
+
+    sys.stdout.flush()
+    return migrate.receive(toolstack(args), timeout=args.timeout)

@@ -1,10 +1,8 @@
-"""``lightvm daemon run|start|stop|status``, and routing the VM commands through lightvmd.
+"""``lightvm daemon run|start|stop|status|connect``: lightvmd's life cycle from the CLI.
 
-When a daemon answers on the state dir's socket, ``create``, ``list``, ``info``,
-``destroy``, ``shutdown``, ``pause`` and ``unpause`` go through it (``create`` can then
-take a prepared shell: ``path: pool``); otherwise the CLI does the work itself
-(one-shot mode, ``path: cold``). A note on stderr says which. ``LIGHTVM_NO_DAEMON=1``
-forces one-shot mode.
+Routing the VM commands through a running lightvmd is :mod:`lightvm.cli.backend`'s job;
+this module only starts, stops and describes the daemon. lightvm.daemon is imported
+when a daemon command runs, not when the parser is built (every CLI start builds it).
 """
 
 from __future__ import annotations
@@ -19,29 +17,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightvm.daemon import api
-from lightvm.errors import LightVMError, StateError
-from lightvm.state import default_state_dir
+from lightvm.cli.backend import state_root as _state_root
+from lightvm.errors import StateError
 from lightvm.util import proc_alive, tail, wait_until
 
-ROUTED = ("create", "list", "info", "destroy", "shutdown", "pause", "unpause", "restore", "migrate")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
 
+DAEMON = (
+    "lightvmd serves a JSON API on STATE/lightvmd.sock (mode 0600; 0660 with "
+    "--group) and keeps prepared VM shells (paused QEMUs) per flavour, so that a create "
+    "is only 'write the NoXS page, cont'. The CLI uses it when it runs."
+)
 
-def register(sub: Any) -> None:
-    """Add ``daemon`` and its subcommands to the CLI's subparsers."""
-    from lightvm.cli.main import _state_parent
 
-    parent = _state_parent()
-    p = sub.add_parser(
-        "daemon",
-        parents=[parent],
-        help="lightvmd: the daemon holding prepared VM shells (the split toolstack)",
-        description="lightvmd serves a JSON API on STATE/lightvmd.sock (mode 0600; 0660 with "
-        "--group) and keeps prepared VM shells (paused QEMUs) per flavour, so that a create "
-        "is only 'write the NoXS page, cont'. The CLI uses it when it runs.",
-    )
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    """Add ``daemon`` and its subcommands to the CLI's subparsers (``parent``: --state-dir)."""
+    text = "lightvmd: the daemon holding prepared VM shells (the split toolstack)"
+    p = sub.add_parser("daemon", parents=[parent], help=text, description=DAEMON)
     dsub = p.add_subparsers(dest="daemon_command", metavar="ACTION", required=True)
     for action, helptext in (
         ("run", "run in the foreground (under a service manager); SIGTERM stops it"),
@@ -101,7 +94,7 @@ def register(sub: Any) -> None:
         "an unknown or changed key is refused) and open a relay to the lightvmd there, so that the "
         "first `lightvm migrate` to it is already fast. Prints what it found there.",
     )
-    from lightvm.cli.migrate import add_ssh_args
+    from lightvm.cli.checkpoint import add_ssh_args
 
     add_ssh_args(q)
     q.add_argument("--drop", action="store_true", help="close the kept connection instead")
@@ -112,11 +105,6 @@ def register(sub: Any) -> None:
     q = dsub.add_parser("status", parents=[parent], help="is a daemon running; its pool")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_daemon_status)
-
-
-def _state_root(args: argparse.Namespace) -> Path:
-    state_dir = getattr(args, "state_dir", None)
-    return Path(state_dir) if state_dir is not None else default_state_dir()
 
 
 def _daemon_argv(args: argparse.Namespace, root: Path) -> list[str]:
@@ -152,7 +140,8 @@ def cmd_daemon_run(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon_connect(args: argparse.Namespace) -> int:
-    from lightvm.cli.migrate import target_args
+    from lightvm.cli.checkpoint import target_args
+    from lightvm.daemon import api
 
     root = _state_root(args)
     try:
@@ -186,6 +175,7 @@ def _session_line(s: dict[str, Any]) -> str:
 
 
 def cmd_daemon_start(args: argparse.Namespace) -> int:
+    from lightvm.daemon import api
     from lightvm.daemon.server import LOG_NAME, read_pid
 
     root = _state_root(args).resolve()
@@ -242,6 +232,8 @@ def cmd_daemon_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon_status(args: argparse.Namespace) -> int:
+    from lightvm.daemon import api
+
     root = _state_root(args)
     try:
         with api.Client.connect(root, timeout=2.0) as client:
@@ -272,139 +264,4 @@ def cmd_daemon_status(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------- routing
-
-
-def connect(args: argparse.Namespace) -> api.Client | None:
-    """A connection to the state dir's daemon, or None (one-shot mode)."""
-    if os.environ.get("LIGHTVM_NO_DAEMON"):
-        return None
-    root = _state_root(args)
-    if not api.socket_path(root).exists():  # the common no-daemon case: one stat
-        return None
-    try:
-        return api.Client.connect(root, timeout=2.0)
-    except api.DaemonUnavailable:
-        return None  # a dead daemon's socket file
-
-
-def dispatch(args: argparse.Namespace) -> int | None:
-    """Run a VM command through lightvmd if one answers; None: do it one-shot."""
-    if args.command not in ROUTED:
-        return None
-    client = connect(args)
-    if client is None:
-        return None
-    with client:
-        print(f"lightvm: via lightvmd ({client.path})", file=sys.stderr)
-        from lightvm.cli.checkpoint import restore_via_daemon
-        from lightvm.cli.migrate import via_daemon
-
-        handler = {
-            "restore": restore_via_daemon,
-            "migrate": via_daemon,
-            "create": _create,
-            "list": _list,
-            "info": _info,
-            "destroy": _destroy,
-            "shutdown": _shutdown,
-            "pause": _pause,
-            "unpause": _unpause,
-        }[args.command]
-        return handler(client, args)
-
-
-def _create(client: api.Client, args: argparse.Namespace) -> int:
-    from lightvm.boot import BOOT_STEPS
-    from lightvm.cli.main import _fmt_ms
-
-    t0 = time.perf_counter()
-    request = {
-        "config": str(Path(args.config).resolve()),
-        "name": args.name,
-        "count": args.count,
-        "accel": args.accel,
-        "timeout": args.timeout,
-        "publish": args.publish,
-    }
-    results = client.call("create", request, timeout=args.timeout * max(1, args.count) + 30.0)
-    wall = (time.perf_counter() - t0) * 1000
-    if args.json:
-        for r in results:
-            print(json.dumps(r), flush=True)
-        return 0
-    if len(results) == 1:
-        r = results[0]
-        ready = r["boot_ms"].get("ready") or 0
-        print(f"{r['name']}: {r['app'] or 'guest'} READY in {ready:.1f} ms ({r['accel']}, pid {r['pid']})")
-        for key, label, what in BOOT_STEPS:
-            print(f"  {label:<13}{_fmt_ms(r['boot_ms'].get(key))}  {what}")
-        if r.get("network"):
-            print(f"  {r['network']}")
-        print(f"  path: {r['path']} (lightvmd; request -> READY reply {wall:.1f} ms at the client)")
-    else:
-        paths = {p: sum(1 for r in results if r["path"] == p) for p in ("pool", "cold")}
-        print(f"created {len(results)} VMs in {wall:.0f} ms; path: pool {paths['pool']}, cold {paths['cold']}")
-    return 0
-
-
-def _list(client: api.Client, args: argparse.Namespace) -> int:
-    infos: list[dict[str, Any]] = client.call("list")
-    if args.json:
-        print(json.dumps(infos, indent=1))
-        return 0
-    if not infos:
-        print("no VMs")
-        return 0
-    print(f"{'NAME':<24} {'STATUS':<11} {'PID':>7} {'ACCEL':<5} {'MEM':>6} {'VCPU':>4} {'READY':>9}  DETAIL")
-    for i in infos:
-        mem = f"{i['memory_mib']}M" if i.get("memory_mib") else "-"
-        ready = f"{i['ready_ms']:.1f}ms" if i.get("ready_ms") is not None else "-"
-        print(
-            f"{i['name']:<24} {i['status']:<11} {i.get('pid') or '-':>7} {i.get('accel') or '-':<5} {mem:>6} "
-            f"{i.get('vcpus') or '-':>4} {ready:>9}  {i.get('detail', '')}"
-        )
-    return 0
-
-
-def _info(client: api.Client, args: argparse.Namespace) -> int:
-    info = client.call("info", {"name": args.name})
-    if args.json:
-        print(json.dumps(info, indent=1, default=str))
-    else:
-        for key in ("name", "status", "qemu_status", "id", "uuid", "pid", "accel", "folder", "console", "noxs_path"):
-            if key in info:
-                print(f"{key + ':':<13}{info[key]}")
-    return 0
-
-
-def _destroy(client: api.Client, args: argparse.Namespace) -> int:
-    if args.all == bool(args.names):
-        raise LightVMError("destroy: give VM names or --all (not both)")
-    request: dict[str, Any] = {"all": True} if args.all else {"names": args.names}
-    done = client.call("destroy", request, timeout=600.0)["destroyed"]
-    if len(done) > 1:
-        print(f"destroyed {len(done)} VMs")
-    return 0
-
-
-def _shutdown(client: api.Client, args: argparse.Namespace) -> int:
-    for name in args.names:
-        ms = client.call("shutdown", {"name": name, "keep": args.keep, "timeout": args.timeout}, args.timeout + 30)
-        print(f"{name}: powered off in {ms['ms']:.1f} ms" + (" (kept, halted)" if args.keep else ""))
-    return 0
-
-
-def _pause(client: api.Client, args: argparse.Namespace) -> int:
-    for name in args.names:
-        print(f"{name}: paused in {client.call('pause', {'name': name})['ms']:.2f} ms")
-    return 0
-
-
-def _unpause(client: api.Client, args: argparse.Namespace) -> int:
-    for name in args.names:
-        print(f"{name}: resumed in {client.call('unpause', {'name': name})['ms']:.2f} ms")
-    return 0
-
-
-__all__ = ["ROUTED", "connect", "dispatch", "register"]
+__all__ = ["register"]

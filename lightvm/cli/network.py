@@ -1,9 +1,9 @@
-"""``lightvm network create|list|delete``: the network subcommands, plugged into cli.py.
+"""``lightvm network create|list|delete``: the network subcommands.
 
-cli.py calls :func:`register` with its subparsers; every command sets
-``func(args) -> int`` and reads ``args.state_dir`` (set by cli.py's common
-options; if absent, :func:`lightvm.state.default_state_dir`, as for VMs). Errors are raised
-as :class:`~lightvm.errors.LightVMError` for cli.py to print; the exit code is 0.
+:mod:`lightvm.cli.main` calls :func:`register` with its subparsers, only when the command
+line names ``network`` (or asks for help): pyroute2 is slow to import. Every command sets
+``func(args) -> int`` and reads ``args.state_dir`` (if absent, :func:`lightvm.state.default_state_dir`,
+as for VMs). Errors are raised as :class:`~lightvm.errors.LightVMError` for main to print.
 ``LIGHTVM_NETNS=name`` runs the bridge work inside that network namespace.
 """
 

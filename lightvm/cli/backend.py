@@ -1,0 +1,229 @@
+"""Who does the work of a VM command: this process (the Toolstack) or lightvmd (its API).
+
+The commands print once, from the plain data (dicts) a :class:`Backend` returns: the
+local one and the daemon's client give the same shapes (the daemon adds ``path``).
+Routing rule: ``create``, ``list``, ``info``, ``destroy``, ``shutdown``, ``pause``,
+``unpause``, ``restore`` and ``migrate`` go through lightvmd when one answers on the
+state dir's socket (a note on stderr says so), else one-shot; ``LIGHTVM_NO_DAEMON=1``
+forces one-shot. Heavy modules (toolstack, mobility) are imported only when used:
+every CLI start pays for what this module imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from lightvm.daemon.api import Client
+    from lightvm.toolstack import Toolstack
+
+ROUTED = ("create", "list", "info", "destroy", "shutdown", "pause", "unpause", "restore", "migrate")
+
+Progress = Callable[[dict[str, Any], int, int], None]
+
+
+class Backend(Protocol):
+    """The operations of the routed commands; results are JSON-shaped data."""
+
+    routed: bool  # True: lightvmd did the work (results carry its ``path``)
+
+    def create(self, request: dict[str, Any], progress: Progress) -> list[dict[str, Any]]:
+        """Create ``request["count"]`` VMs; ``progress(result, done, count)`` as each is READY."""
+        ...
+
+    def list_vms(self) -> list[dict[str, Any]]: ...
+
+    def info(self, name: str) -> dict[str, Any]: ...
+
+    def destroy(self, names: list[str] | None) -> tuple[list[str], list[str]]:
+        """Destroy ``names`` (None: all); (destroyed, errors) - the errors are raised after the print."""
+        ...
+
+    def shutdown(self, name: str, keep: bool, timeout: float) -> float: ...
+
+    def pause(self, name: str) -> float: ...
+
+    def unpause(self, name: str) -> float: ...
+
+    def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]: ...
+
+    def migrate(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def state_root(args: argparse.Namespace) -> Path:
+    """The state dir of this invocation (``--state-dir``, else the default)."""
+    from lightvm.state import default_state_dir
+
+    state_dir = getattr(args, "state_dir", None)
+    return Path(state_dir) if state_dir is not None else default_state_dir()
+
+
+def toolstack(args: argparse.Namespace) -> Toolstack:
+    """A Toolstack on the state dir of ``args`` (``args.timeout``, if any, as its boot timeout)."""
+    from lightvm.toolstack import Toolstack
+
+    state_dir = getattr(args, "state_dir", None)
+    if state_dir is not None:
+        # The network commands (and children) read the same dir from the environment.
+        os.environ["LIGHTVM_STATE_DIR"] = str(state_dir)
+    return Toolstack(state_dir, boot_timeout=getattr(args, "timeout", 10.0))
+
+
+class LocalBackend:
+    """One-shot mode: this process runs the Toolstack."""
+
+    routed = False
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.ts = toolstack(args)
+
+    def create(self, request: dict[str, Any], progress: Progress) -> list[dict[str, Any]]:
+        from lightvm.spec import load_spec
+
+        spec = load_spec(request["config"])
+        if request["publish"]:
+            spec = spec.with_publish(request["publish"], request["count"])
+        results = self.ts.create(
+            spec,
+            name=request["name"],
+            count=request["count"],
+            accel=request["accel"],
+            jobs=request["jobs"],
+            progress=lambda r, done, count: progress(r.as_dict(), done, count),
+        )
+        return [r.as_dict() for r in results]
+
+    def list_vms(self) -> list[dict[str, Any]]:
+        return [i.as_dict() for i in self.ts.list()]
+
+    def info(self, name: str) -> dict[str, Any]:
+        return self.ts.info(name)
+
+    def destroy(self, names: list[str] | None) -> tuple[list[str], list[str]]:
+        from lightvm.errors import LightVMError
+
+        done, errors = [], []
+        for name in self.ts.state.names() if names is None else names:
+            try:
+                self.ts.destroy(name)
+                done.append(name)
+            except LightVMError as exc:
+                errors.append(str(exc))
+        return done, errors
+
+    def shutdown(self, name: str, keep: bool, timeout: float) -> float:
+        return self.ts.shutdown(name, keep=keep, timeout=timeout)
+
+    def pause(self, name: str) -> float:
+        return self.ts.pause(name)
+
+    def unpause(self, name: str) -> float:
+        return self.ts.unpause(name)
+
+    def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]:
+        from lightvm.mobility import checkpoint
+
+        return checkpoint.restore(self.ts, file, name=name, timeout=timeout).as_dict()
+
+    def migrate(self, request: dict[str, Any]) -> dict[str, Any]:
+        from lightvm.mobility import migrate
+
+        known_hosts, identity = request["known_hosts"], request["identity"]
+        result = migrate.migrate(
+            self.ts,
+            request["name"],
+            request["target"],
+            port=request["port"],
+            known_hosts=Path(known_hosts) if known_hosts else None,
+            identity=Path(identity) if identity else None,
+            remote_command=request["remote_command"],
+            remote_state_dir=request["remote_state_dir"],
+            tunnel=request["tunnel"],
+            bandwidth_mib=request["bandwidth_mib"],
+            downtime_ms=request["downtime_ms"],
+            timeout=request["timeout"],
+        )
+        return result.as_dict()
+
+
+class DaemonBackend:
+    """lightvmd does the work (and may use its prepared shells: ``path: pool``)."""
+
+    routed = True
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def create(self, request: dict[str, Any], progress: Progress) -> list[dict[str, Any]]:
+        args = {k: request[k] for k in ("name", "count", "accel", "timeout", "publish")}
+        args["config"] = str(Path(request["config"]).resolve())  # the daemon has its own working dir
+        timeout = request["timeout"] * max(1, request["count"]) + 30.0
+        results: list[dict[str, Any]] = self.client.call("create", args, timeout=timeout)
+        return results  # one answer for all: no progress to report
+
+    def list_vms(self) -> list[dict[str, Any]]:
+        infos: list[dict[str, Any]] = self.client.call("list")
+        return infos
+
+    def info(self, name: str) -> dict[str, Any]:
+        info: dict[str, Any] = self.client.call("info", {"name": name})
+        return info
+
+    def destroy(self, names: list[str] | None) -> tuple[list[str], list[str]]:
+        request: dict[str, Any] = {"all": True} if names is None else {"names": names}
+        done: list[str] = self.client.call("destroy", request, timeout=600.0)["destroyed"]
+        return done, []  # lightvmd raises what failed
+
+    def shutdown(self, name: str, keep: bool, timeout: float) -> float:
+        return float(self.client.call("shutdown", {"name": name, "keep": keep, "timeout": timeout}, timeout + 30)["ms"])
+
+    def pause(self, name: str) -> float:
+        return float(self.client.call("pause", {"name": name})["ms"])
+
+    def unpause(self, name: str) -> float:
+        return float(self.client.call("unpause", {"name": name})["ms"])
+
+    def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]:
+        request = {"file": str(Path(file).resolve()), "name": name, "timeout": timeout}
+        result: dict[str, Any] = self.client.call("restore", request, timeout=timeout + 30.0)
+        return result
+
+    def migrate(self, request: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.client.call("migrate", request, timeout=request["timeout"] * 4 + 30.0)
+        return result
+
+
+def connect(args: argparse.Namespace) -> Client | None:
+    """A connection to the state dir's daemon, or None (one-shot mode)."""
+    if os.environ.get("LIGHTVM_NO_DAEMON"):
+        return None
+    from lightvm.daemon import api
+
+    root = state_root(args)
+    if not api.socket_path(root).exists():  # the common no-daemon case: one stat
+        return None
+    try:
+        return api.Client.connect(root, timeout=2.0)
+    except api.DaemonUnavailable:
+        return None  # a dead daemon's socket file
+
+
+@contextmanager
+def open_backend(args: argparse.Namespace) -> Iterator[Backend]:
+    """The backend of a routed command: lightvmd when one answers, else this process."""
+    client = connect(args)
+    if client is None:
+        yield LocalBackend(args)
+        return
+    with client:
+        print(f"lightvm: via lightvmd ({client.path})", file=sys.stderr)
+        yield DaemonBackend(client)
+
+
+__all__ = ["ROUTED", "Backend", "DaemonBackend", "LocalBackend", "connect", "open_backend", "state_root", "toolstack"]

@@ -1,0 +1,280 @@
+"""``lightvm create|list|destroy|shutdown|pause|unpause|console|info``: the VM commands.
+
+Each command prints once, from the data a :class:`~lightvm.cli.backend.Backend` returns,
+whether lightvmd or this process did the work; only what differs by nature (the
+``path:`` of a create, per-VM progress, which lightvmd cannot stream) looks at which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lightvm.cli import IMPORTED_AT
+from lightvm.cli.backend import Backend, open_backend, toolstack
+from lightvm.errors import LightVMError, NotFoundError
+
+CREATE = (
+    "Create VMs from CONFIG and wait until each guest reports READY. Prints the boot breakdown (ms since "
+    "the create started): QEMU up (QMP answered), vCPU resumed, guest entry, devices up, READY. With -n N, "
+    "creates N VMs named NAME-0..NAME-N-1, all or none."
+)
+LIST = (
+    "List every VM of the state dir: creating, running, paused, halted (clean guest poweroff), crashed "
+    "(QEMU died), incomplete (its create was killed). Dead VMs are reaped (their shared memory and socket "
+    "freed); destroy removes the rest."
+)
+DESTROY = (
+    "Stop each VM's QEMU (QMP quit, then SIGKILL) and remove its process, socket, shared memory, devices "
+    "and state folder. Works on any status."
+)
+SHUTDOWN = (
+    "Ask the guest to power off through its NoXS sysctl page (plus an NMI so it wakes at once), wait for "
+    "QEMU to exit, then destroy the VM unless --keep."
+)
+CONSOLE = (
+    "Print the guest's serial console log; with -f, keep printing new output until the VM stops (Ctrl-C to leave)."
+)
+INFO = (
+    "Show a VM's record (spec, PID, accelerator, boot breakdown), its QEMU runstate and the live guest boot "
+    "record (heartbeat, app counter)."
+)
+INFO_KEYS = ("name", "status", "qemu_status", "id", "uuid", "pid", "accel", "folder", "console", "noxs_path")
+
+
+def add_command(
+    sub: Any, parent: argparse.ArgumentParser, name: str, func: Any, text: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand taking --state-dir (``parent``) that runs ``func(args)``."""
+    p: argparse.ArgumentParser = sub.add_parser(name, parents=[parent], help=text, description=description)
+    p.set_defaults(func=func)
+    return p
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    """Add the VM commands to the CLI's subparsers."""
+    p = add_command(sub, parent, "create", cmd_create, "create and boot VMs from a config file", CREATE)
+    p.add_argument("config", type=Path, help="VM config file (.toml or chaos-style .json)")
+    p.add_argument("--name", help="VM name (default: the config's name, else the file name)")
+    p.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="accelerator: auto probes whether kvm really works here (cached per host), else tcg",
+    )
+    p.add_argument("-n", "--count", type=int, default=1, metavar="N", help="create N VMs (NAME-0..NAME-N-1)")
+    jobs = "create up to J VMs at a time (default: number of CPUs)"
+    p.add_argument("-j", "--jobs", type=int, default=None, metavar="J", help=jobs)
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for READY per VM")
+    publish = "forward a host port to the first vif (user networking only; one VM)"
+    p.add_argument("--publish", action="append", default=[], metavar="[ADDR:]HOSTPORT:GUESTPORT[/udp]", help=publish)
+    p.add_argument("--json", action="store_true", help="print one JSON object per VM (one per line)")
+
+    add_command(sub, parent, "list", cmd_list, "list VMs and their status", LIST).add_argument(
+        "--json", action="store_true", help="print a JSON array"
+    )
+
+    p = add_command(sub, parent, "destroy", cmd_destroy, "stop VMs at once and remove every trace", DESTROY)
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--all", action="store_true", help="destroy every VM in the state dir")
+
+    p = add_command(sub, parent, "shutdown", cmd_shutdown, "clean guest poweroff (NoXS sysctl), then destroy", SHUTDOWN)
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--keep", action="store_true", help="keep the VM's folder (listed as halted)")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait for the poweroff")
+
+    add_command(sub, parent, "pause", cmd_pause, "stop a VM's vCPUs (QMP stop)").add_argument(
+        "names", nargs="+", metavar="NAME"
+    )
+    add_command(sub, parent, "unpause", cmd_unpause, "resume a paused VM's vCPUs (QMP cont)").add_argument(
+        "names", nargs="+", metavar="NAME"
+    )
+
+    p = add_command(sub, parent, "console", cmd_console, "print a VM's serial console", CONSOLE)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-f", "--follow", action="store_true", help="follow the console while the VM runs")
+
+    p = add_command(sub, parent, "info", cmd_info, "everything known about one VM", INFO)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _fmt_ms(value: float | None) -> str:
+    return f"{value:8.1f} ms" if value is not None else "       - ms"
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    request = {k: getattr(args, k) for k in ("config", "name", "count", "accel", "jobs", "timeout", "publish")}
+    with open_backend(args) as backend:
+
+        def progress(result: dict[str, Any], done: int, count: int) -> None:
+            if args.json:
+                print(json.dumps(result), flush=True)
+            elif count > 1:
+                ready = result["boot_ms"].get("ready") or 0
+                print(f"[{done}/{count}] {result['name']}: READY in {ready:.1f} ms", flush=True)
+
+        start = time.perf_counter()
+        results = backend.create(request, progress)
+        wall = (time.perf_counter() - start) * 1000
+        if args.json:
+            if backend.routed:  # lightvmd answers once for all
+                for r in results:
+                    print(json.dumps(r), flush=True)
+            return 0
+        print_created(results, wall, backend)
+    return 0
+
+
+def print_created(results: list[dict[str, Any]], wall: float, backend: Backend) -> None:
+    """The boot breakdown of one VM, or the summary of many."""
+    if len(results) > 1:
+        if backend.routed:
+            paths = {p: sum(1 for r in results if r["path"] == p) for p in ("pool", "cold")}
+            tail = f"path: pool {paths['pool']}, cold {paths['cold']}"
+        else:
+            import statistics
+
+            ready = [v for r in results if (v := r["boot_ms"].get("ready")) is not None]
+            med, worst = (statistics.median(ready), max(ready)) if ready else (0.0, 0.0)
+            tail = f"READY median {med:.1f} ms, max {worst:.1f} ms"
+        print(f"created {len(results)} VMs in {wall:.0f} ms; {tail}")
+        return
+    from lightvm.boot import BOOT_STEPS
+
+    (r,) = results
+    boot = r["boot_ms"]
+    print(f"{r['name']}: {r['app'] or 'guest'} READY in {boot.get('ready') or 0:.1f} ms ({r['accel']}, pid {r['pid']})")
+    for key, label, what in BOOT_STEPS:
+        print(f"  {label:<13}{_fmt_ms(boot.get(key))}  {what}")
+    if r.get("network"):
+        print(f"  {r['network']}")
+    if backend.routed:
+        print(f"  path: {r['path']} (lightvmd; request -> READY reply {wall:.1f} ms at the client)")
+    else:
+        print("  path: cold (one-shot: no lightvmd answers on this state dir)")
+        print(f"  (lightvm command: {(time.perf_counter() - IMPORTED_AT) * 1000:.1f} ms since its import)")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with open_backend(args) as backend:
+        infos = backend.list_vms()
+    if args.json:
+        print(json.dumps(infos, indent=1))
+        return 0
+    if not infos:
+        print("no VMs")
+        return 0
+    print(f"{'NAME':<24} {'STATUS':<11} {'PID':>7} {'ACCEL':<5} {'MEM':>6} {'VCPU':>4} {'READY':>9}  DETAIL")
+    for i in infos:
+        mem = f"{i['memory_mib']}M" if i.get("memory_mib") else "-"
+        ready = f"{i['ready_ms']:.1f}ms" if i.get("ready_ms") is not None else "-"
+        print(
+            f"{i['name']:<24} {i['status']:<11} {i.get('pid') or '-':>7} {i.get('accel') or '-':<5} {mem:>6} "
+            f"{i.get('vcpus') or '-':>4} {ready:>9}  {i.get('detail', '')}"
+        )
+    return 0
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    if args.all == bool(args.names):
+        raise LightVMError("destroy: give VM names or --all (not both)")
+    with open_backend(args) as backend:
+        done, errors = backend.destroy(None if args.all else args.names)
+    if len(done) + len(errors) > 1:
+        print(f"destroyed {len(done)} VMs")
+    if errors:
+        raise LightVMError("; ".join(errors))
+    return 0
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    with open_backend(args) as backend:
+        for name in args.names:
+            ms = backend.shutdown(name, args.keep, args.timeout)
+            print(f"{name}: powered off in {ms:.1f} ms" + (" (kept, halted)" if args.keep else ""))
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    with open_backend(args) as backend:
+        for name in args.names:
+            print(f"{name}: paused in {backend.pause(name):.2f} ms")
+    return 0
+
+
+def cmd_unpause(args: argparse.Namespace) -> int:
+    with open_backend(args) as backend:
+        for name in args.names:
+            print(f"{name}: resumed in {backend.unpause(name):.2f} ms")
+    return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """Not routed: the console log is a file this process reads."""
+    from lightvm.util import wait_until
+
+    ts = toolstack(args)
+    path = ts.console_path(args.name)
+    out = sys.stdout.buffer
+    try:
+        with open(path, "rb") as f:
+            out.write(f.read())
+            out.flush()
+            if not args.follow:
+                return 0
+            while True:
+
+                def more() -> tuple[bytes, bool] | None:
+                    data = f.read()
+                    try:
+                        alive = ts.is_alive(args.name)
+                    except NotFoundError:
+                        alive = False  # destroyed while we followed
+                    return (data, alive) if data or not alive else None
+
+                # None when the (long) deadline passed with nothing new: keep following.
+                got = wait_until(more, timeout=3600.0, interval=0.05, max_interval=0.25)
+                if got is None:
+                    continue
+                data, alive = got
+                out.write(data)
+                out.flush()
+                if not alive:
+                    out.write(f.read())
+                    out.flush()
+                    return 0
+    except FileNotFoundError:
+        return 0  # the VM has printed nothing yet (or was just destroyed)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with open_backend(args) as backend:
+        info = backend.info(args.name)
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+        return 0
+    for key in INFO_KEYS:
+        if key in info:
+            print(f"{key + ':':<13}{info[key]}")
+    if info.get("spec"):
+        spec = info["spec"]
+        print(
+            f"{'spec:':<13}kernel {spec.get('kernel')}, {spec.get('memory')} MiB, {spec.get('vcpus')} vCPU, "
+            f"cmdline {spec.get('cmdline')!r}, {len(spec.get('vifs', []))} vif(s), "
+            f"{len(spec.get('disks', []))} disk(s)"
+        )
+    if info.get("boot_ms"):
+        from lightvm.boot import BOOT_STEPS
+
+        boot = info["boot_ms"]
+        print("boot:        " + ", ".join(f"{label} {boot[k]:.1f} ms" for k, label, _ in BOOT_STEPS if boot.get(k)))
+    if info.get("guest"):
+        print("guest:       " + ", ".join(f"{k} {v}" for k, v in info["guest"].items()))
+    if info.get("exit_reason"):
+        print(f"{'exit:':<13}{info['exit_reason']}")
+    return 0
