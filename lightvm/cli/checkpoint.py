@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         parents=[parent],
         help="save a VM to a file (then destroy it, unless --keep-running)",
         description="Stop the VM, write its checkpoint (lightvm header + QEMU's migration stream; "
-        "format in lightvm/mobility/checkpoint.py) to FILE, then destroy the VM unless --keep-running. "
+        "format in lightvm/mobility/format.py) to FILE, then destroy the VM unless --keep-running. "
         "On any failure (disk full, QEMU error) no file is left and the VM keeps running.",
     )
     p.add_argument("name", metavar="VM")
@@ -65,10 +65,10 @@ def _toolstack(args: argparse.Namespace) -> Toolstack:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    from lightvm.mobility import checkpoint
+    from lightvm.mobility.save import save
 
     ts = _toolstack(args)
-    result = checkpoint.save(ts, args.name, args.file, keep_running=args.keep_running, timeout=args.timeout)
+    result = save(ts, args.name, args.file, keep_running=args.keep_running, timeout=args.timeout)
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0
@@ -106,10 +106,10 @@ def _print_restore(result: dict[str, Any], file: Path) -> None:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from lightvm.mobility import checkpoint
+    from lightvm.mobility.restore import restore
 
     ts = _toolstack(args)
-    result = checkpoint.restore(ts, args.file, name=args.name, timeout=args.timeout)
+    result = restore(ts, args.file, name=args.name, timeout=args.timeout)
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0

@@ -182,7 +182,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_receive(args: argparse.Namespace) -> int:
     from lightvm.cli.checkpoint import _toolstack
-    from lightvm.mobility import migrate
+    from lightvm.mobility import incoming
 
     sys.stdout.flush()
-    return migrate.receive(_toolstack(args), timeout=args.timeout)
+    return incoming.receive(_toolstack(args), timeout=args.timeout)

@@ -174,7 +174,7 @@ class Daemon:
         self.incoming = IncomingPool(self.state, self.config.incoming_size, log=self.log)
         self.incoming.start()
         for path in self.config.incoming_files:
-            from lightvm.mobility.checkpoint import read_header
+            from lightvm.mobility.format import read_header
 
             flavour = IncomingFlavour.of(read_header(path)[0])
             if flavour is None:
@@ -514,7 +514,7 @@ class Daemon:
         discard; without a ready shell one is spawned now for it (when the kind is poolable).
         """
         from lightvm.daemon import restore_pool
-        from lightvm.mobility import checkpoint
+        from lightvm.mobility.restore import prepare_from_shell, prepare_incoming
 
         ts = self._toolstack(timeout)
         flavour = IncomingFlavour.of(meta)
@@ -522,10 +522,10 @@ class Daemon:
         taken = shell is not None
         try:
             if shell is None and provisional and flavour is not None:
-                shell = restore_pool.prepare_shell(self.state.root / restore_pool.POOL_DIR, flavour, timeout)
+                shell = restore_pool.prepare_restore_shell(self.state.root / restore_pool.POOL_DIR, flavour, timeout)
             if shell is not None:
-                return checkpoint.prepare_from_shell(ts, shell, meta, name, where, timeout, provisional), taken
-            return checkpoint.prepare_incoming(ts, meta, name, where, timeout), False
+                return prepare_from_shell(ts, shell, meta, name, where, timeout, provisional), taken
+            return prepare_incoming(ts, meta, name, where, timeout), False
         except BaseException:
             self._restore_done(meta, taken)
             raise
@@ -540,7 +540,7 @@ class Daemon:
             self.incoming.learn(flavour)  # the next restore of this kind finds a shell
 
     def op_restore(self, args: dict[str, Any]) -> dict[str, Any]:
-        from lightvm.mobility import checkpoint
+        from lightvm.mobility.format import read_header
 
         t0 = time.perf_counter()
         file = _arg(args, "file", str, required=True)
@@ -548,7 +548,7 @@ class Daemon:
             raise SpecError(f"file {file!r}: give an absolute path (the daemon has its own working dir)")
         name = _arg(args, "name", str)
         timeout = float(_arg(args, "timeout", (int, float)) or 10.0)
-        meta, offset = checkpoint.read_header(Path(file))
+        meta, offset = read_header(Path(file))
         prepared, used_shell = self._prepare_restore(meta, name, file, timeout)
         try:
             prepared.t0 = t0
@@ -563,9 +563,9 @@ class Daemon:
     def op_migrate_in(self, args: dict[str, Any]) -> api.Takeover:
         """The receiving end of a migration: this connection becomes its control channel
         (lightvm/mobility/migrate.py's protocol after the first answer, ``{"port": N}``)."""
-        from lightvm.mobility import migrate
+        from lightvm.mobility import incoming, migrate
 
-        meta, name, listen = migrate.parse_hello(args)
+        meta, name, listen = incoming.parse_hello(args)
         timeout = float(_arg(args, "timeout", (int, float)) or 30.0)
         ts = self._toolstack(timeout)
         prepared, used_shell = self._prepare_restore(meta, name, f"<migration of {name}>", timeout, provisional=True)
@@ -579,9 +579,9 @@ class Daemon:
             raise
 
         def run(conn: socket.socket, rest: bytes) -> bytes | None:
-            control = migrate.Control(conn.fileno(), conn.sendall, rest)
+            control = incoming.Control(conn.fileno(), conn.sendall, rest)
             try:
-                migrate.run_incoming(ts, prepared, server, control, name, timeout)
+                incoming.run_incoming(ts, prepared, server, control, name, timeout)
                 return control.rest()
             except Exception as exc:
                 self.log(f"migrate-in {name}: {exc}")

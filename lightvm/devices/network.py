@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from lightvm.devices.devd import UndoStack, bridge_alias, check_ifname
+from lightvm.devices.devd import bridge_alias, check_ifname
 from lightvm.errors import (
     AddressExhaustedError,
     CapabilityError,
@@ -69,6 +69,7 @@ from lightvm.errors import (
     SpecError,
     SubnetConflictError,
 )
+from lightvm.undo import UndoStack
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 DEFAULT_MTU = 1500

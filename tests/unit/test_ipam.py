@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from lightvm.devices.devd import UndoStack
 from lightvm.devices.network import NetworkStore, check_mac, mac_for_ip, parse_subnet
 from lightvm.errors import (
     AddressExhaustedError,
@@ -20,6 +19,7 @@ from lightvm.errors import (
     SpecError,
     SubnetConflictError,
 )
+from lightvm.undo import UndoStack
 
 Host = list[tuple[str, ipaddress.IPv4Interface]]
 
