@@ -119,7 +119,7 @@ def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
         "-object", f"memory-backend-file,id=noxs,mem-path={qemu_opt_escape(str(config.noxs_path))},"
                    f"size={config.noxs_size},share=on",
         # master=on: without it ivshmem blocks migration ("peer mode"); the master migrates
-        # the region's content with the guest's RAM (save/restore/migrate: lightvm/mobility/checkpoint.py).
+        # the region's content with the guest's RAM (save/restore/migrate: lightvm/mobility/restore.py).
         "-device", "ivshmem-plain,memdev=noxs,master=on",
         "-device", f"isa-debug-exit,iobase={DEBUG_EXIT_IOBASE:#x},iosize=4",
         "-no-reboot",

@@ -1,7 +1,8 @@
 """The toolstack (chaos analog): create, destroy, shutdown, pause, unpause, list, info.
 
 It orchestrates :mod:`spec` (already validated), :mod:`state` (the VM folder),
-:mod:`noxs` (the device page), the device modules and :class:`~lightvm.machine.Machine`.
+:mod:`noxs` (the device page) and :mod:`instance` (one VM's lifecycle: folder, record,
+NoXS region, devices, QEMU; shared with restore and lightvmd's shells).
 
 Create, the cold path, in the order that keeps a kill -9 at any point cleanable:
 
@@ -29,11 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +41,12 @@ from lightvm import accel as accelmod
 from lightvm import hostfacts
 from lightvm.devices import blk
 from lightvm.errors import GuestError, LightVMError, NoxsError, QMPError, SpecError, StateError
-from lightvm.machine import Machine, MachineConfig, ProcessHandle
-from lightvm.noxs import BootState, NoxsRegion, PageConfig, Sysctl, VbdConfig, VifConfig, region_size_for
+from lightvm.instance import Instance, attach
+from lightvm.instance import destroy as destroy_vmdir
+from lightvm.noxs import BootState, NoxsRegion, PageConfig, Sysctl, region_size_for
 from lightvm.spec import VMSpec, check_name
 from lightvm.state import StateDir, VMDir, VMRecord, VMStatus, status_of
-from lightvm.util import find_processes_with_arg, proc_cmdline, tail
+from lightvm.util import tail
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -90,27 +91,6 @@ class VMInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
-
-
-@dataclass
-class _Undo:
-    steps: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
-
-    def push(self, what: str, step: Callable[[], object]) -> None:
-        self.steps.append((what, step))
-
-    def run_only(self, what: str) -> None:
-        """Run the steps named ``what`` now (resources to close on success too)."""
-        for name, step in [s for s in self.steps if s[0] == what]:
-            self.steps.remove((name, step))
-            with contextlib.suppress(Exception):
-                step()
-
-    def unwind(self) -> None:
-        while self.steps:
-            _, step = self.steps.pop()
-            with contextlib.suppress(Exception):  # an undo must not hide the original failure
-                step()
 
 
 class Toolstack:
@@ -181,7 +161,7 @@ class Toolstack:
             # All or nothing: the failed VM unwound itself; remove the ones that made it.
             for vmdir in vmdirs:
                 with contextlib.suppress(Exception):
-                    self._destroy_dir(vmdir)
+                    destroy_vmdir(vmdir, self.state.root)
             raise
         return [r for r in results if r is not None]
 
@@ -231,98 +211,25 @@ class Toolstack:
         vm_id = vm_uuid.hex[:16]
         ndev = 1 + len(spec.vifs) + len(spec.disks)
         record = VMRecord.new(vmdir.name, vm_id, str(vm_uuid), accel, region_size_for(ndev), spec.to_dict())
-        undo = _Undo()
-        step = "record state"
-        try:
-            vmdir.write(record)
-            step = "create NoXS region"
-            region = NoxsRegion.create(Path(record.noxs_path), ndev)
-            undo.push("NoXS region", region.close)
-            undo.push("NoXS file", region.unlink)
-            step = "prepare devices"
-            extra_args, vif_configs, vbd_configs, netns = self._prepare_devices(vmdir, spec, record, undo)
-            config = MachineConfig(
-                name=vmdir.name,
-                kernel=spec.kernel,
-                memory_mib=spec.memory_mib,
-                vcpus=spec.vcpus,
-                cmdline=spec.cmdline,
-                accel=accel,
-                noxs_path=Path(record.noxs_path),
-                noxs_size=region.size,
-                console_path=vmdir.console_path,
-                qmp_path=vmdir.qmp_path,
-                log_path=vmdir.log_path,
-                extra_args=(*extra_args, *(self.extra_qemu_args(vmdir.name) if self.extra_qemu_args else ())),
-                bios=spec.firmware,
-            )
-            step = "launch QEMU"
-            machine = Machine(config)
-            with netns():  # taps made in a network namespace are opened from inside it
-                machine.launch()
-            undo.push("QEMU", machine.kill)
-            assert machine.process is not None
-            # QEMU is initialising now (~20 ms); the host-side bookkeeping runs meanwhile.
-            record.pid, record.pid_start = machine.process.pid, machine.process.start_time
-            record.argv = machine.argv
-            record.devices.pop("vifs_pending", None)  # the vifs are in this very write
-            vmdir.write(record)
-            step = "write NoXS page"
+        vm = Instance(vmdir, record, self.state.root)
+        with vm.steps(vmdir.name):
+            region = vm.create_region(ndev)
+            args, vif_configs, vbd_configs, netns = vm.prepare_devices(spec)
+            extra = self.extra_qemu_args(vmdir.name) if self.extra_qemu_args else ()
+            machine = vm.launch((*args, *extra), netns)
+            vm.step = "write NoXS page"
             page = PageConfig(
                 name=vmdir.name, uuid=vm_uuid, vifs=vif_configs, vbds=vbd_configs, tsc_hz=tsc_hz, nmi_doorbell=True
             )
             region.write_config(page)
-            step = "boot"
+            vm.step = "boot"
             from lightvm.boot import boot
 
             times, boot_record = boot(machine, region, t0, self.boot_timeout)
-            step = "record state"
-            record.state = VMStatus.RUNNING.value
-            record.boot_ms = times.as_dict()
-            vmdir.write(record)
-            vmdir.mark_created()
-            machine.release()
-            region.close()
-            undo.run_only("network context")
+            boot_ms = times.as_dict()
+            vm.up(VMStatus.RUNNING.value, boot_ms)
             network = str(record.devices.get("summary", ""))
-            return CreateResult(vmdir.name, vm_id, accel, record.boot_ms, record.pid, boot_record.app, network)
-        except BaseException as exc:
-            undo.unwind()
-            self._destroy_dir(vmdir)
-            if isinstance(exc, GuestError):
-                raise
-            if isinstance(exc, LightVMError):
-                try:
-                    named = type(exc)(f"{vmdir.name}: {step}: {exc}")
-                except TypeError:  # a subclass with another constructor: keep the message
-                    named = LightVMError(f"{vmdir.name}: {step}: {exc}")
-                raise named from exc
-            if isinstance(exc, OSError):
-                raise LightVMError(f"{vmdir.name}: {step}: {exc}") from exc
-            raise
-
-    def _prepare_devices(
-        self, vmdir: VMDir, spec: VMSpec, record: VMRecord, undo: _Undo
-    ) -> tuple[list[str], list[VifConfig], list[VbdConfig], Callable[[], contextlib.AbstractContextManager[None]]]:
-        args: list[str] = []
-        vif_configs: list[VifConfig] = []
-        netns: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
-        if spec.vifs:
-            args, vif_configs, saved, netns, summary = _prepare_vifs(self.state.root, vmdir.name, spec, undo)
-            record.devices["vifs"] = saved
-            record.devices["summary"] = summary
-        vbd_configs = []
-        disks = []
-        for i, disk in enumerate(spec.disks):
-            prepared = blk.prepare(disk, i)
-            args += blk.qemu_args(prepared)
-            vbd_configs.append(blk.noxs_config(prepared))
-            disks.append(prepared.to_dict())
-        if disks:
-            record.devices["disks"] = disks
-        # Not written here: the record goes to disk right after the spawn (off the critical
-        # path), and until then "vifs_pending" makes destroy look for this VM's taps by name.
-        return args, vif_configs, vbd_configs, netns
+            return CreateResult(vmdir.name, vm_id, accel, boot_ms, record.pid or 0, boot_record.app, network)
 
     # ------------------------------------------------------------------ destroy
 
@@ -333,7 +240,7 @@ class Toolstack:
 
         :raise NotFoundError: no such VM.
         """
-        self._destroy_dir(self.state.get(name))
+        destroy_vmdir(self.state.get(name), self.state.root)
 
     def destroy_all(self) -> list[str]:
         """Destroy every VM in the state dir; returns their names."""
@@ -342,37 +249,6 @@ class Toolstack:
             with contextlib.suppress(LightVMError):
                 self.destroy(n)
         return names
-
-    def _destroy_dir(self, vmdir: VMDir) -> None:
-        try:
-            record = vmdir.read()
-        except StateError:
-            record = None
-        if record is not None and record.pid:
-            handle = ProcessHandle(record.pid, record.pid_start)
-            if handle.alive():
-                handle.close()
-                machine = Machine.adopt(_machine_config(vmdir, record), record.pid, record.pid_start, paused=False)
-                machine.shutdown(timeout=1.0, hard=not vmdir.qmp_path.exists())
-            else:
-                handle.close()
-        # A QEMU whose PID was never recorded (creator killed right after the spawn):
-        # find it by the NoXS path, unique to this VM, on its command line.
-        # (The record naming the NoXS path is written before any resource exists.)
-        # Only then: the search reads every process's command line, ~25 us a process, so
-        # with 400 VMs running it was 10 of the 13 ms of every destroy (lightvm/bench/README.md).
-        shm_paths = {record.noxs_path} if record else set()
-        unrecorded = shm_paths if record is not None and not record.pid else set()
-        for shm in unrecorded:
-            for pid in find_processes_with_arg(f"mem-path={shm},"):
-                if "qemu" in os.path.basename(proc_cmdline(pid)[0] if proc_cmdline(pid) else ""):
-                    _kill_pid(pid)
-        if record is not None and (record.devices.get("vifs") or record.devices.get("vifs_pending")):
-            _release_vifs(self.state.root, vmdir.name, record.devices)
-        for shm in shm_paths:
-            Path(shm).unlink(missing_ok=True)
-        vmdir.qmp_path.unlink(missing_ok=True)
-        self.state.remove(vmdir)
 
     # ------------------------------------------------------------------ power
 
@@ -389,9 +265,7 @@ class Toolstack:
         status = status_of(vmdir, record)
         if status not in (VMStatus.RUNNING, VMStatus.PAUSED):
             raise StateError(f"{name}: cannot shut down a VM that is {status.value} (use destroy)")
-        machine = Machine.adopt(
-            _machine_config(vmdir, record), record.pid or 0, record.pid_start, paused=status is VMStatus.PAUSED
-        )
+        machine = attach(vmdir, record, paused=status is VMStatus.PAUSED)
         try:
             t0 = time.perf_counter()
             with NoxsRegion.open(Path(record.noxs_path)) as region:
@@ -410,16 +284,14 @@ class Toolstack:
                     f"{name}: guest did not power off within {timeout:.1f} s; use `lightvm destroy {name}`"
                 )
         finally:
-            machine.disconnect()
-            if machine.process:
-                machine.process.close()
+            machine.release()
         if keep:
             record.state = VMStatus.HALTED.value
             record.exit_reason = "shutdown"
             vmdir.write(record)
             vmdir.qmp_path.unlink(missing_ok=True)
         else:
-            self._destroy_dir(vmdir)
+            destroy_vmdir(vmdir, self.state.root)
         return elapsed
 
     def pause(self, name: str) -> float:
@@ -439,16 +311,14 @@ class Toolstack:
         if status is not wanted:
             verb = "pause" if paused else "unpause"
             raise StateError(f"{name}: cannot {verb} a VM that is {status.value} (needs {wanted.value})")
-        machine = Machine.adopt(_machine_config(vmdir, record), record.pid or 0, record.pid_start, paused=not paused)
+        machine = attach(vmdir, record, paused=not paused)
         try:
             if paused:
                 machine.pause()
             else:
                 machine.resume()
         finally:
-            machine.disconnect()
-            if machine.process:
-                machine.process.close()
+            machine.release()
         record.state = VMStatus.PAUSED.value if paused else VMStatus.RUNNING.value
         vmdir.write(record)
         return (time.perf_counter() - t0) * 1000
@@ -529,15 +399,13 @@ class Toolstack:
                 }
             except NoxsError as exc:
                 out["guest"] = {"error": str(exc)}
-            machine = Machine.adopt(_machine_config(vmdir, record), record.pid or 0, record.pid_start, paused=False)
+            machine = attach(vmdir, record, paused=False)
             try:
                 out["qemu_status"] = machine.query_status(timeout=1.0)
             except (QMPError, StateError) as exc:
                 out["qemu_status"] = f"unknown ({exc})"
             finally:
-                machine.disconnect()
-                if machine.process:
-                    machine.process.close()
+                machine.release()
         return out
 
     def console_path(self, name: str) -> Path:
@@ -572,30 +440,6 @@ def _check_host_memory(spec: VMSpec) -> None:
         )
 
 
-def _machine_config(vmdir: VMDir, record: VMRecord) -> MachineConfig:
-    spec = record.spec
-    return MachineConfig(
-        name=record.name,
-        kernel=Path(spec.get("kernel", "")),
-        memory_mib=int(spec.get("memory", 0)),
-        vcpus=int(spec.get("vcpus", 1)),
-        cmdline=str(spec.get("cmdline", "")),
-        accel=record.accel,
-        noxs_path=Path(record.noxs_path),
-        noxs_size=record.noxs_size,
-        console_path=vmdir.console_path,
-        qmp_path=vmdir.qmp_path,
-        log_path=vmdir.log_path,
-    )
-
-
-def _kill_pid(pid: int) -> None:
-    handle = ProcessHandle(pid, None)
-    handle.send_signal(signal.SIGKILL)
-    handle.wait(5.0)
-    handle.close()
-
-
 def _info(name: str, status: VMStatus, record: VMRecord | None) -> VMInfo:
     if record is None:
         return VMInfo(name, status.value, detail="create interrupted before the record was written")
@@ -612,59 +456,6 @@ def _info(name: str, status: VMStatus, record: VMRecord | None) -> VMInfo:
         ready_ms=ready,
         detail=record.exit_reason or "",
     )
-
-
-def _prepare_vifs(
-    state_root: Path, vm_name: str, spec: VMSpec, undo: _Undo
-) -> tuple[
-    list[str], list[VifConfig], list[dict[str, Any]], Callable[[], contextlib.AbstractContextManager[None]], str
-]:
-    """All vif handling in one place: lightvm.devices.net does the work.
-
-    Returns the QEMU args, the NoXS vif configs, what to save for destroy, a context
-    manager factory to launch QEMU in (inside devd's network namespace), and a one-line
-    summary of the networking each vif got.
-    """
-    from lightvm.devices import net
-    from lightvm.devices.devd import UndoStack
-
-    specs = [net.validate(v, f"vifs[{i}]") for i, v in enumerate(spec.vifs)]
-    ctx = net.NetContext.open(state_root)
-    net_undo = UndoStack()
-    # The context is closed by the create's undo list (on failure) or its end (success);
-    # undo steps that run later reopen what they need.
-    undo.push("network context", ctx.close)
-    undo.push("vifs", net_undo.unwind)
-    prepared = net.prepare_all(specs, vm_name, ctx, net_undo)
-    args = [a for p in prepared for a in net.qemu_args(p, machine="microvm")]
-    configs = [net.noxs_config(p) for p in prepared]
-    saved = [p.to_dict() for p in prepared]
-
-    @contextlib.contextmanager
-    def inside() -> Iterator[None]:
-        if ctx.netns is None:
-            yield
-            return
-        with ctx.devd().inside():
-            yield
-
-    return args, configs, saved, inside, net.summary(prepared)
-
-
-def _release_vifs(state_root: Path, vm_name: str, devices: dict[str, Any]) -> None:
-    saved = devices.get("vifs") or []
-    pending = bool(devices.get("vifs_pending"))
-    if not pending and all(v.get("mode") == "user" for v in saved):
-        return  # user networking: nothing on the host to undo
-    from lightvm.devices import net
-
-    with net.NetContext.open(state_root) as ctx:
-        for data in saved:
-            with contextlib.suppress(LightVMError):
-                net.release(net.PreparedVif.from_dict(data), vm_name, ctx)
-        if pending:  # the create died before recording its vifs: find them by name (slower)
-            with contextlib.suppress(LightVMError):
-                net.forget_vm(vm_name, ctx)
 
 
 __all__ = ["CreateResult", "Toolstack", "VMInfo"]

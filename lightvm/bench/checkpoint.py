@@ -1,7 +1,7 @@
 """``lightvm bench checkpoint``: save and restore times vs running VMs (paper Figs. 12-13).
 
-Through the public API of :mod:`lightvm.mobility.checkpoint` (the toolstack's save and
-restore), on the cold-path fleet of :mod:`lightvm.bench.fleets`: for each N the
+Through the public API of :mod:`lightvm.mobility.save` and :mod:`lightvm.mobility.restore`
+(the toolstack's save and restore), on the cold-path fleet of :mod:`lightvm.bench.fleets`: for each N the
 fleet grows to N-1 running VMs, then every iteration creates one more VM and
 
 * ``save``          saves it to a file and destroys it (``SaveResult.save_ms``:
@@ -72,7 +72,9 @@ class _Checkpoints:
         self.fleet.grow(n)
 
     def measure(self, op: str) -> Sample:
-        from lightvm.mobility import checkpoint
+        from lightvm.mobility.format import read_header
+        from lightvm.mobility.restore import prepare_incoming, restore
+        from lightvm.mobility.save import save
 
         assert self.fleet is not None, "grow() first"
         ts = self.fleet.ts
@@ -82,7 +84,7 @@ class _Checkpoints:
         ts.create(self.fleet.spec, name=name, accel=self.opts.accel)
         try:
             if op in ("save", "save-live"):
-                saved = checkpoint.save(ts, name, path, keep_running=op == "save-live")
+                saved = save(ts, name, path, keep_running=op == "save-live")
                 return {
                     "ms": saved.save_ms,
                     "downtime_ms": saved.downtime_ms,
@@ -93,17 +95,17 @@ class _Checkpoints:
                 return self._migrate(name)
             if op in ("migrate-ssh", "migrate-ssh-warm"):
                 return self._migrate_ssh(name, warm=op == "migrate-ssh-warm")
-            checkpoint.save(ts, name, path)
+            save(ts, name, path)
             if op == "restore-pool":
                 return self._restore_pool(path)
             if op == "restore-prepared":
                 # Split restore: the -incoming QEMU is spawned first (untimed, like a pool
                 # shell); timed is the execute phase: stream -> page rewrite -> cont -> guest runs.
-                meta, offset = checkpoint.read_header(path)
-                prepared = checkpoint.prepare_incoming(ts, meta, None, str(path))
+                meta, offset = read_header(path)
+                prepared = prepare_incoming(ts, meta, None, str(path))
                 restored = prepared.finish(path, offset)
                 return {"ms": restored.finish_ms, "prepare_and_finish_ms": restored.restore_ms}
-            restored = checkpoint.restore(ts, path)
+            restored = restore(ts, path)
             return {"ms": restored.restore_ms, "finish_ms": restored.finish_ms}
         finally:
             with contextlib.suppress(Exception):

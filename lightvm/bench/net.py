@@ -92,7 +92,7 @@ class _VifFleet:
 
     def _prepare(self, vm: str) -> tuple[Any, Any]:
         from lightvm.devices import net
-        from lightvm.devices.devd import UndoStack
+        from lightvm.undo import UndoStack
 
         undo = UndoStack()
         prepared = net.prepare(self.spec, vm, 0, self.ctx, undo)

@@ -22,7 +22,8 @@ from pyroute2 import config as pyroute2_config
 from pyroute2 import netns
 
 from lightvm.devices import net
-from lightvm.devices.devd import Devd, UndoStack, bridge_alias, tap_alias
+from lightvm.devices.devd import Devd, bridge_alias, tap_alias
+from lightvm.undo import UndoStack
 
 
 @contextmanager

@@ -127,9 +127,9 @@ class LocalBackend:
         return self.ts.unpause(name)
 
     def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]:
-        from lightvm.mobility import checkpoint
+        from lightvm.mobility.restore import restore
 
-        return checkpoint.restore(self.ts, file, name=name, timeout=timeout).as_dict()
+        return restore(self.ts, file, name=name, timeout=timeout).as_dict()
 
     def migrate(self, request: dict[str, Any]) -> dict[str, Any]:
         from lightvm.mobility import migrate

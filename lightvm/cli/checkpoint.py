@@ -20,7 +20,7 @@ from lightvm.mobility import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
 
 SAVE = (
     "Stop the VM, write its checkpoint (lightvm header + QEMU's migration stream; format in "
-    "lightvm/mobility/checkpoint.py) to FILE, then destroy the VM unless --keep-running. On any failure "
+    "lightvm/mobility/format.py) to FILE, then destroy the VM unless --keep-running. On any failure "
     "(disk full, QEMU error) no file is left and the VM keeps running."
 )
 RESTORE = (
@@ -70,10 +70,10 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 
 def cmd_save(args: argparse.Namespace) -> int:
     """Not routed: lightvmd has no save operation."""
-    from lightvm.mobility import checkpoint
+    from lightvm.mobility.save import save
 
     ts = toolstack(args)
-    result = checkpoint.save(ts, args.name, args.file, keep_running=args.keep_running, timeout=args.timeout)
+    result = save(ts, args.name, args.file, keep_running=args.keep_running, timeout=args.timeout)
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0
@@ -236,7 +236,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    from lightvm.mobility import migrate
+    from lightvm.mobility import incoming
 
     sys.stdout.flush()
-    return migrate.receive(toolstack(args), timeout=args.timeout)
+    return incoming.receive(toolstack(args), timeout=args.timeout)

@@ -278,7 +278,7 @@ class Operations:
         discard; without a ready shell one is spawned now for it (when the kind is poolable).
         """
         from lightvm.daemon import restore_pool
-        from lightvm.mobility import checkpoint
+        from lightvm.mobility.restore import prepare_from_shell, prepare_incoming
 
         ts = self._toolstack(timeout)
         flavour = IncomingFlavour.of(meta)
@@ -286,10 +286,10 @@ class Operations:
         taken = shell is not None
         try:
             if shell is None and provisional and flavour is not None:
-                shell = restore_pool.prepare_shell(self.state.root / POOL_DIR, flavour, timeout)
+                shell = restore_pool.prepare_restore_shell(self.state.root / POOL_DIR, flavour, timeout)
             if shell is not None:
-                return checkpoint.prepare_from_shell(ts, shell, meta, name, where, timeout, provisional), taken
-            return checkpoint.prepare_incoming(ts, meta, name, where, timeout), False
+                return prepare_from_shell(ts, shell, meta, name, where, timeout, provisional), taken
+            return prepare_incoming(ts, meta, name, where, timeout), False
         except BaseException:
             self._restore_done(meta, taken)
             raise
@@ -304,7 +304,7 @@ class Operations:
             self.incoming.learn(flavour)  # the next restore of this kind finds a shell
 
     def op_restore(self, args: dict[str, Any]) -> dict[str, Any]:
-        from lightvm.mobility import checkpoint
+        from lightvm.mobility.format import read_header
 
         t0 = time.perf_counter()
         file = _arg(args, "file", str, required=True)
@@ -312,7 +312,7 @@ class Operations:
             raise SpecError(f"file {file!r}: give an absolute path (the daemon has its own working dir)")
         name = _arg(args, "name", str)
         timeout = float(_arg(args, "timeout", (int, float)) or 10.0)
-        meta, offset = checkpoint.read_header(Path(file))
+        meta, offset = read_header(Path(file))
         prepared, used_shell = self._prepare_restore(meta, name, file, timeout)
         try:
             prepared.t0 = t0
@@ -327,9 +327,9 @@ class Operations:
     def op_migrate_in(self, args: dict[str, Any]) -> api.Takeover:
         """The receiving end of a migration: this connection becomes its control channel
         (lightvm/mobility/migrate.py's protocol after the first answer, ``{"port": N}``)."""
-        from lightvm.mobility import migrate
+        from lightvm.mobility import incoming, migrate
 
-        meta, name, listen = migrate.parse_hello(args)
+        meta, name, listen = incoming.parse_hello(args)
         timeout = float(_arg(args, "timeout", (int, float)) or 30.0)
         ts = self._toolstack(timeout)
         prepared, used_shell = self._prepare_restore(meta, name, f"<migration of {name}>", timeout, provisional=True)
@@ -343,9 +343,9 @@ class Operations:
             raise
 
         def run(conn: socket.socket, rest: bytes) -> bytes | None:
-            control = migrate.Control(conn.fileno(), conn.sendall, rest)
+            control = incoming.Control(conn.fileno(), conn.sendall, rest)
             try:
-                migrate.run_incoming(ts, prepared, server, control, name, timeout)
+                incoming.run_incoming(ts, prepared, server, control, name, timeout)
                 return control.rest()
             except Exception as exc:
                 self.log(f"migrate-in {name}: {exc}")

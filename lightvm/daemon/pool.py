@@ -24,10 +24,8 @@ no wait point). Why ``waiting``, and the figures of all three: docs/lightvmd.md
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
-import signal
 import time
 import uuid as uuidlib
 from collections import deque
@@ -37,13 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.daemon.shells import POOL_DIR, SHELL_OVERHEAD_MIB, ShellPool
-from lightvm.errors import ExistsError, GuestError, LightVMError
-from lightvm.machine import Machine, MachineConfig, ProcessHandle
-from lightvm.noxs import BootState, NoxsRegion, PageConfig, region_size_for
-from lightvm.spec import VMSpec, check_name
+from lightvm.errors import GuestError, LightVMError
+from lightvm.instance import adopt, destroy, ensure_free, spawn_shell
+from lightvm.machine import Machine
+from lightvm.noxs import BootState, NoxsRegion, PageConfig
+from lightvm.spec import VMSpec
 from lightvm.state import StateDir, VMDir, VMRecord, VMStatus
 from lightvm.toolstack import CreateResult
-from lightvm.util import atomic_write, find_processes_with_arg, proc_cmdline, proc_start_time, wait_until
+from lightvm.util import wait_until
 
 PAUSED = "paused"  # prepared variant: QEMU spawned with -S, the guest never ran
 WAITING = "waiting"  # the guest booted to its wait point, asleep there until the console bell
@@ -127,8 +126,9 @@ class Shell:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def prepare_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAUSED) -> Shell:
-    """Spawn one paused QEMU for ``flavour`` in ``root/ID`` and wait until QMP answers.
+def prepare_create_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAUSED) -> Shell:
+    """Spawn one paused QEMU for ``flavour`` (``spec`` is a VM of it) in ``root/ID`` and
+    wait until QMP answers: a shell a create takes.
 
     ``variant`` :data:`WAITING` or :data:`STOPPED`: also boot the guest to its wait point
     (a placeholder page with NOXS_FEAT_WAIT_CONFIG). WAITING offers the console bell too:
@@ -150,107 +150,22 @@ def prepare_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAU
                 bell.append(os.open(pipe.with_suffix(".in"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
                 _rehearse_bell(bell[0], region)
 
-    shell_id, folder, machine, region, record = spawn_shell(
-        root,
-        kernel=flavour.kernel,
-        memory_mib=flavour.memory_mib,
-        vcpus=flavour.vcpus,
-        cmdline=flavour.cmdline,
-        accel=flavour.accel,
-        firmware=flavour.firmware,
-        spec=spec.to_dict(),
-        devices=1,
-        console_bell=variant == WAITING,
-        then=to_wait_point,
+    vm = spawn_shell(
+        root, spec.to_dict(), flavour.accel, devices=1, console_bell=variant == WAITING, then=to_wait_point
     )
+    assert vm.machine is not None and vm.region is not None
     waited, prepared_at = variant in TO_WAIT_POINT, time.monotonic()
-    return Shell(shell_id, flavour, folder, machine, region, record, prepared_at, waited, bell[0] if bell else None)
-
-
-def spawn_shell(
-    root: Path,
-    *,
-    kernel: str,
-    memory_mib: int,
-    vcpus: int,
-    cmdline: str,
-    accel: str,
-    firmware: str | None,
-    spec: dict[str, Any],
-    devices: int,
-    extra_args: tuple[str, ...] = (),
-    timeout: float = 10.0,
-    console_bell: bool = False,
-    then: Callable[[Machine, NoxsRegion, str], None] | None = None,
-) -> tuple[str, Path, Machine, NoxsRegion, VMRecord]:
-    """Spawn one shell QEMU in ``root/ID`` (NoXS page for ``devices`` entries), QMP negotiated.
-
-    Shared by the create pool (paused or waiting shells) and the restore/migration pool
-    (``-incoming defer`` shells, lightvm/daemon/restore_pool.py): both need the same folder, marker,
-    record and cleanup rules. ``then(machine, region, shell_id)`` runs last, inside the
-    cleanup: if it raises, nothing is left behind either. ``console_bell``: the console
-    is a pipe chardev whose input is the FIFO ``console.in`` (output still goes to
-    console.log, through the symlink ``console.out``), so the guest can be woken by a byte.
-
-    :raise LightVMError: QEMU could not be started, or ``then`` failed.
-    """
-    shell_id = uuidlib.uuid4().hex[:16]
-    folder = root / shell_id
-    folder.mkdir(mode=0o700, parents=True)
-    vmdir = VMDir(folder)
-    record = VMRecord.new(shell_id, shell_id, "", accel, region_size_for(devices), spec)
-    region: NoxsRegion | None = None
-    machine: Machine | None = None
-    try:
-        # The marker names the daemon: once the folder moves to vms/, the VM lists as
-        # "creating" while the daemon lives and "incomplete" if it was killed mid-execute.
-        atomic_write(vmdir.creating_path, f'{{"pid": {os.getpid()}, "start": {proc_start_time(os.getpid())}}}')
-        vmdir.write(record)  # names the NoXS file before it exists
-        region = NoxsRegion.create(Path(record.noxs_path), devices)
-        console_pipe = _make_console_pipe(vmdir) if console_bell else None
-        config = MachineConfig(
-            name=f"pool-{shell_id}",
-            kernel=Path(kernel),
-            memory_mib=memory_mib,
-            vcpus=vcpus,
-            cmdline=cmdline,
-            accel=accel,
-            noxs_path=Path(record.noxs_path),
-            noxs_size=region.size,
-            console_path=vmdir.console_path,
-            qmp_path=vmdir.qmp_path,
-            log_path=vmdir.log_path,
-            extra_args=extra_args,
-            bios=Path(firmware) if firmware else None,
-            console_pipe=console_pipe,
-        )
-        machine = Machine(config)
-        machine.launch()
-        assert machine.process is not None
-        record.pid, record.pid_start, record.argv = machine.process.pid, machine.process.start_time, machine.argv
-        vmdir.write(record)
-        machine.qmp.negotiate(timeout=timeout)  # QEMU initialised: what is left is `cont` / the stream
-        if then is not None:
-            then(machine, region, shell_id)
-        return shell_id, folder, machine, region, record
-    except BaseException:
-        if machine is not None:
-            machine.kill()
-        if region is not None:
-            region.close()
-            region.unlink()
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-
-
-def _make_console_pipe(vmdir: VMDir) -> Path:
-    """console.log (empty), console.out -> console.log, and the FIFO console.in: what
-    QEMU's pipe chardev ``path=FOLDER/console`` opens (MachineConfig.console_pipe)."""
-    base = vmdir.path / "console"
-    vmdir.console_path.touch(mode=0o600)
-    base.with_suffix(".out").symlink_to(vmdir.console_path.name)
-    os.mkfifo(base.with_suffix(".in"), 0o600)
-    return base
+    return Shell(
+        vm.record.id,
+        flavour,
+        vm.vmdir.path,
+        vm.machine,
+        vm.region,
+        vm.record,
+        prepared_at,
+        waited,
+        bell[0] if bell else None,
+    )
 
 
 def _rehearse_bell(bell: int, region: NoxsRegion, timeout: float = 1.0) -> None:
@@ -302,27 +217,6 @@ def _boot_to_wait_point(
     return False
 
 
-def execute(
-    shell: Shell,
-    state: StateDir,
-    spec: VMSpec,
-    name: str,
-    tsc_hz: int,
-    t0: float,
-    timeout: float,
-) -> CreateResult:
-    """The execute phase: give ``shell`` the identity ``name`` and boot it to READY.
-
-    The shell is consumed whatever happens (destroyed on failure).
-
-    :raise ExistsError: ``name`` is taken (the shell is discarded, never reused).
-    :raise GuestError: the guest failed to boot.
-    """
-    result, finish = execute_deferred(shell, state, spec, name, tsc_hz, t0, timeout)
-    finish()
-    return result
-
-
 def execute_deferred(
     shell: Shell,
     state: StateDir,
@@ -332,14 +226,19 @@ def execute_deferred(
     t0: float,
     timeout: float,
 ) -> tuple[CreateResult, Callable[[], None]]:
-    """:func:`execute` up to READY; the bookkeeping is the returned ``finish()``.
+    """The execute phase: give ``shell`` the identity ``name`` and boot it to READY; the
+    bookkeeping is the returned ``finish()``. The shell is consumed whatever happens
+    (destroyed on failure).
 
-    Why: the final record write replaces vm.json, and a rename over an existing file on
-    ext4 (auto_da_alloc; /run is ext4 on these hosts) costs 0.3-0.9 ms, a quarter of the
-    execute path. The daemon answers first and calls ``finish()`` right after; until
+    Why deferred: the final record write replaces vm.json, and a rename over an existing
+    file on ext4 (auto_da_alloc; /run is ext4 on these hosts) costs 0.3-0.9 ms, a quarter
+    of the execute path. The daemon answers first and calls ``finish()`` right after; until
     then the VM lists as ``creating`` (its marker), and destroy/info/pause of that name
     wait for ``finish()`` (lightvm/daemon/server.py). A killed daemon leaves a complete enough
     folder: the shell's record already names the PID and the NoXS file.
+
+    :raise ExistsError: ``name`` is taken (the shell is discarded, never reused).
+    :raise GuestError: the guest failed to boot.
     """
     from lightvm.boot import boot
 
@@ -349,25 +248,11 @@ def execute_deferred(
 
     def claim() -> None:
         # While the guest boots: the folder becomes the VM's, under the state lock (a
-        # one-shot create may have taken the name since the check above).
-        with state.lock():
-            if target.exists():
-                raise ExistsError(f"a VM named {name!r} already exists in {state.root}; pick another --name")
-            os.rename(shell.folder, target)
-        shell.folder = target
-        vmdir = VMDir(target)
-        pipe = machine.config.console_pipe
-        machine.config = dataclasses.replace(
-            machine.config,
-            console_path=vmdir.console_path,
-            qmp_path=vmdir.qmp_path,
-            log_path=vmdir.log_path,
-            console_pipe=target / pipe.name if pipe is not None else None,
-        )
+        # one-shot create may have taken the name since the check below).
+        shell.folder = adopt(state, shell.folder, name, machine).path
 
     try:
-        if target.exists():  # the usual refusal, before the guest ever sees the name
-            raise ExistsError(f"a VM named {name!r} already exists in {state.root}; pick another --name")
+        ensure_free(state, name)  # the usual refusal, before the guest ever sees the name
         shell.region.write_config(PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=True))
         woken_at = shell.ring() if shell.bell is not None else None
         times, boot_record = boot(machine, shell.region, t0, timeout, woken_at, meanwhile=claim)
@@ -513,7 +398,7 @@ class Pool(ShellPool[Flavour, Shell]):
         return PAUSED if flavour in self._paused_only else self.variant
 
     def _prepare(self, flavour: Flavour) -> Shell:
-        return prepare_shell(self.root, flavour, self.flavours[flavour], self._variant_of(flavour))
+        return prepare_create_shell(self.root, flavour, self.flavours[flavour], self._variant_of(flavour))
 
     def _prepare_failed(self, flavour: Flavour, exc: Exception) -> None:
         if isinstance(exc, GuestError) and self._variant_of(flavour) in TO_WAIT_POINT:
@@ -532,34 +417,9 @@ def discard_orphans(state: StateDir) -> list[str]:
         entries = [e for e in os.scandir(root) if e.is_dir()]
     except FileNotFoundError:
         return []
-    gone = []
     for entry in entries:
-        vmdir = VMDir(Path(entry.path))
-        record = None
-        with contextlib.suppress(LightVMError):
-            record = vmdir.read()
-        if record is not None:
-            if record.pid:
-                handle = ProcessHandle(record.pid, record.pid_start)
-                handle.send_signal(signal.SIGKILL)
-                handle.wait(5.0)
-                handle.close()
-            # A QEMU whose PID was never recorded: found by its NoXS path, unique to the shell.
-            for pid in find_processes_with_arg(f"mem-path={record.noxs_path},"):
-                argv = proc_cmdline(pid)
-                if argv and "qemu" in os.path.basename(argv[0]):
-                    handle = ProcessHandle(pid, proc_start_time(pid))
-                    handle.send_signal(signal.SIGKILL)
-                    handle.wait(5.0)
-                    handle.close()
-            Path(record.noxs_path).unlink(missing_ok=True)
-        shutil.rmtree(entry.path, ignore_errors=True)
-        gone.append(entry.name)
-    return gone
-
-
-def check_pool_name(name: str) -> None:
-    check_name(name, "VM name")
+        destroy(VMDir(Path(entry.path)), None, hard=True)
+    return [e.name for e in entries]
 
 
 __all__ = [
@@ -569,8 +429,7 @@ __all__ = [
     "Pool",
     "Shell",
     "discard_orphans",
-    "execute",
     "execute_deferred",
     "poolable",
-    "prepare_shell",
+    "prepare_create_shell",
 ]

@@ -6,7 +6,7 @@ ms of a cold restore. lightvmd keeps shells ready instead: QEMU spawned with the
 checkpoint's machine (kernel, firmware, memory, vCPUs, command line, accelerator, NoXS
 region size) and device arguments plus ``-incoming defer``, its NoXS region created,
 QMP negotiated. A restore takes one, renames its folder to the VM's and goes straight
-to ``migrate-incoming`` (:class:`lightvm.mobility.checkpoint.PreparedRestore`).
+to ``migrate-incoming`` (:class:`lightvm.mobility.restore.PreparedRestore`).
 
 Flavour (:class:`IncomingFlavour`): what a shell must match. The device arguments are
 normalised so that one shell serves every VM of a kind:
@@ -31,19 +31,16 @@ discarded by the next one: :func:`lightvm.daemon.pool.discard_orphans`).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightvm.daemon.pool import spawn_shell
 from lightvm.daemon.shells import POOL_DIR, RETRY_AFTER_FAILURE, SHELL_OVERHEAD_MIB, ShellPool
-from lightvm.errors import ExistsError, LightVMError
+from lightvm.errors import LightVMError
+from lightvm.instance import Instance, spawn_shell
 from lightvm.machine import Machine
 from lightvm.noxs import NoxsRegion
 from lightvm.state import StateDir, VMDir, VMRecord
@@ -127,16 +124,12 @@ class IncomingShell:
 
     def discard(self) -> None:
         """Kill its QEMU, remove its NoXS file and folder."""
-        with contextlib.suppress(Exception):
-            self.machine.kill()
-        with contextlib.suppress(Exception):
-            self.region.close()
-        self.region.unlink()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        Instance.of_shell(VMDir(self.folder), self.record, self.region, self.machine).abort()
 
 
-def prepare_shell(root: Path, flavour: IncomingFlavour, timeout: float = 10.0) -> IncomingShell:
-    """Spawn one ``-incoming defer`` QEMU of ``flavour`` in ``root/ID``; QMP negotiated.
+def prepare_restore_shell(root: Path, flavour: IncomingFlavour, timeout: float = 10.0) -> IncomingShell:
+    """Spawn one ``-incoming defer`` QEMU of ``flavour`` in ``root/ID``, QMP negotiated: a
+    shell a restore or an incoming migration takes.
 
     :raise LightVMError: QEMU could not be started (nothing is left behind).
     """
@@ -146,44 +139,17 @@ def prepare_shell(root: Path, flavour: IncomingFlavour, timeout: float = 10.0) -
         if region.size != flavour.noxs_size:
             raise LightVMError(f"NoXS region is {region.size} bytes here, {flavour.noxs_size} in the checkpoint")
 
-    spec = {"kernel": flavour.kernel, "memory": flavour.memory_mib, "vcpus": flavour.vcpus}
-    shell_id, folder, machine, region, record = spawn_shell(
-        root,
-        kernel=flavour.kernel,
-        memory_mib=flavour.memory_mib,
-        vcpus=flavour.vcpus,
-        cmdline=flavour.cmdline,
-        accel=flavour.accel,
-        firmware=flavour.firmware,
-        spec=spec,
-        devices=devices,
-        extra_args=(*flavour.device_args, "-incoming", "defer"),
-        timeout=timeout,
-        then=same_page_size,
-    )
-    return IncomingShell(shell_id, flavour, folder, machine, region, record, time.monotonic())
-
-
-def adopt(shell: IncomingShell, state: StateDir, name: str) -> VMDir:
-    """Move ``shell``'s folder to ``vms/NAME`` (the shell becomes that VM's, ``creating``).
-
-    :raise ExistsError: the name is taken (the shell is discarded).
-    """
-    target = state.vms_root / name
-    try:
-        with state.lock():
-            if target.exists():
-                raise ExistsError(f"a VM named {name!r} already exists in {state.root}; pick another --name")
-            os.rename(shell.folder, target)
-    except BaseException:
-        shell.discard()
-        raise
-    shell.folder = target
-    vmdir = VMDir(target)
-    shell.machine.config = replace(
-        shell.machine.config, console_path=vmdir.console_path, qmp_path=vmdir.qmp_path, log_path=vmdir.log_path
-    )
-    return vmdir
+    spec = {
+        "kernel": flavour.kernel,
+        "firmware": flavour.firmware or None,
+        "memory": flavour.memory_mib,
+        "vcpus": flavour.vcpus,
+        "cmdline": flavour.cmdline,
+    }
+    extra_args = (*flavour.device_args, "-incoming", "defer")
+    vm = spawn_shell(root, spec, flavour.accel, devices, extra_args, timeout, then=same_page_size)
+    assert vm.machine is not None and vm.region is not None
+    return IncomingShell(vm.record.id, flavour, vm.vmdir.path, vm.machine, vm.region, vm.record, time.monotonic())
 
 
 class IncomingPool(ShellPool[IncomingFlavour, IncomingShell]):
@@ -251,7 +217,7 @@ class IncomingPool(ShellPool[IncomingFlavour, IncomingShell]):
         return None
 
     def _prepare(self, flavour: IncomingFlavour) -> IncomingShell:
-        return prepare_shell(self.root, flavour)
+        return prepare_restore_shell(self.root, flavour)
 
     def _back_off(self, flavour: IncomingFlavour) -> None:
         # Only this flavour waits: the others (a restore of another kind) still refill.
@@ -259,4 +225,4 @@ class IncomingPool(ShellPool[IncomingFlavour, IncomingShell]):
             self._failed_until[flavour] = time.monotonic() + RETRY_AFTER_FAILURE
 
 
-__all__ = ["POOL_DIR", "IncomingFlavour", "IncomingPool", "IncomingShell", "adopt", "normalise", "prepare_shell"]
+__all__ = ["POOL_DIR", "IncomingFlavour", "IncomingPool", "IncomingShell", "normalise", "prepare_restore_shell"]

@@ -163,7 +163,7 @@ class Daemon(Operations):
         self.incoming = IncomingPool(self.state, self.config.incoming_size, log=self.log)
         self.incoming.start()
         for path in self.config.incoming_files:
-            from lightvm.mobility.checkpoint import read_header
+            from lightvm.mobility.format import read_header
 
             flavour = IncomingFlavour.of(read_header(path)[0])
             if flavour is None:

@@ -7,7 +7,7 @@ arguments, in four steps the toolstack calls in order:
    before anything exists on the host.
 2. ``prepare(spec, vm_name, index, ctx, undo) -> Prepared``: create the host
    resources (tap, lease, file, ...) and push the inverse of each onto ``undo``
-   (a :class:`~lightvm.devices.devd.UndoStack`), so a failure later in VM creation
+   (a :class:`~lightvm.undo.UndoStack`), so a failure later in VM creation
    unwinds them. ``Prepared`` is a plain dataclass with ``to_dict()`` /
    ``from_dict()`` so the toolstack can keep it in the VM's state folder.
 3. ``qemu_args(prepared, ...) -> list[str]``: the QEMU command-line fragment.

@@ -10,8 +10,8 @@ same name is adopted only when its alias says it is ours and whose it is;
 otherwise :class:`~lightvm.errors.ForeignLinkError`, and nothing is touched.
 
 Idempotence and undo. Every mutating method succeeds when the end state is
-already there. It takes an optional :class:`UndoStack` and pushes the inverse
-step only for what it really created, so unwinding a failed multi-step setup
+already there. It takes an optional :class:`~lightvm.undo.UndoStack` and pushes the
+inverse step only for what it really created, so unwinding a failed multi-step setup
 removes what that setup made and never a resource that existed before it.
 
 Namespaces. ``Devd(netns="name")`` works entirely inside the named network
@@ -29,18 +29,18 @@ import contextlib
 import errno
 import fcntl
 import ipaddress
-import logging
 import os
 import socket
 import struct
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from lightvm.devices.netns import make_persistent_tap, netns_path, open_tun, thread_inside
 from lightvm.errors import CapabilityError, ForeignLinkError, NetworkError
+from lightvm.undo import UndoStack
 
 if TYPE_CHECKING:
     from pyroute2.netlink.exceptions import NetlinkError
@@ -57,58 +57,10 @@ def _netlink_errors() -> type[NetlinkError]:
     return cast("type[NetlinkError]", NetlinkError)
 
 
-log = logging.getLogger(__name__)
-
 ALIAS_PREFIX = "lightvm:"
 IFNAMSIZ = 16  # including the NUL: names are at most 15 bytes
 _SIOCGIFINDEX = 0x8933
 _IFF_UP = 0x1
-
-
-# ---------------------------------------------------------------- undo
-
-
-class UndoStack:
-    """Inverse steps of a multi-step setup, run newest first on failure.
-
-    Use it as a context manager: if the block raises, every pushed step is
-    run (errors in undo steps are logged, never raised over the original
-    error). Call :meth:`commit` once the resources belong to someone who will
-    release them (e.g. the VM's state folder), which empties the stack.
-    """
-
-    def __init__(self) -> None:
-        self._steps: list[tuple[str, Callable[[], object]]] = []
-
-    def push(self, what: str, step: Callable[[], object]) -> None:
-        """Register ``step`` (undoing ``what``) to run on unwind."""
-        self._steps.append((what, step))
-
-    def commit(self) -> None:
-        """Forget every step: the resources are kept."""
-        self._steps.clear()
-
-    def unwind(self) -> list[str]:
-        """Run every step newest first; return one message per failed step."""
-        failures: list[str] = []
-        while self._steps:
-            what, step = self._steps.pop()
-            try:
-                step()
-            except Exception as exc:  # an undo must not hide the original failure
-                log.warning("undo %s failed: %s", what, exc)
-                failures.append(f"undo {what}: {exc}")
-        return failures
-
-    def __len__(self) -> int:
-        return len(self._steps)
-
-    def __enter__(self) -> UndoStack:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is not None:
-            self.unwind()
 
 
 # ---------------------------------------------------------------- helpers

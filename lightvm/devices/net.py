@@ -65,11 +65,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lightvm.devices.devd import ALIAS_PREFIX, Devd, UndoStack, has_cap_net_admin, tap_alias
+from lightvm.devices.devd import ALIAS_PREFIX, Devd, has_cap_net_admin, tap_alias
 from lightvm.devices.ipam import check_mac, mac_for_ip
 from lightvm.devices.network import NetworkStore
 from lightvm.errors import CapabilityError, ForeignLinkError, NetworkError, SpecError
 from lightvm.noxs import VifConfig, parse_mac
+from lightvm.undo import UndoStack
 
 USER_NET = "10.0.2.0/24"
 USER_IP = "10.0.2.15"

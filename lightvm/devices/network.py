@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from lightvm.devices.devd import UndoStack, bridge_alias, check_ifname
+from lightvm.devices.devd import bridge_alias, check_ifname
 from lightvm.devices.ipam import Lease, LeaseStore
 from lightvm.errors import CapabilityError, ExistsError, NetworkError, NotFoundError, SubnetConflictError
+from lightvm.undo import UndoStack
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 DEFAULT_MTU = 1500

@@ -1,5 +1,8 @@
 """Live migration of a VM to another host: paramiko drives the destination's lightvm.
 
+This module is the source side and the SSH and line channels; the receiving side is
+lightvm/mobility/incoming.py.
+
 Protocol, one JSON object per line over the SSH exec channel of
 ``lightvm --state-dir DIR migrate-receive`` on the destination:
 
@@ -30,11 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import select
 import shlex
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,22 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.errors import LightVMError, QMPError
+from lightvm.instance import attach
 from lightvm.machine import Machine
 from lightvm.mobility import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
-from lightvm.mobility.checkpoint import (
-    FDNAME,
-    CheckpointError,
-    PreparedRestore,
-    _running_record,
-    header_for,
-    prepare_incoming,
-    wait_incoming,
-    wait_migration,
-    want_events,
-)
-from lightvm.state import VMStatus, status_of
-from lightvm.toolstack import Toolstack, _machine_config
-from lightvm.util import Deadline, recv_line, wait_readable
+from lightvm.mobility.format import header_for
+from lightvm.mobility.restore import prepare_incoming
+from lightvm.mobility.stream import outgoing, stream_in, stream_out, wait_incoming, wait_migration
+from lightvm.toolstack import Toolstack
+from lightvm.util import Deadline, recv_line
 
 STALL_S = 5.0  # no byte sent for this long: the stream is dead (cut link), cancel it
 
@@ -275,7 +267,7 @@ def migrate(
     :raise NotFoundError: no such VM. :raise StateError: the VM is not running.
     """
     t0 = time.perf_counter()
-    _running_record(toolstack.state.get(name))  # fail fast, before any SSH
+    outgoing(toolstack.state, name, "migrate")  # fail fast, before any SSH
     client = connect_ssh(target, port, known_hosts, identity)
     t_ssh = time.perf_counter()
     try:
@@ -334,11 +326,9 @@ def migrate_over(
 
     :raise MigrationError: any failure; the VM keeps running here and nothing is left there.
     """
-    vmdir = toolstack.state.get(name)
-    record = _running_record(vmdir)
-    paused = status_of(vmdir, record) is VMStatus.PAUSED
+    vmdir, record, paused = outgoing(toolstack.state, name, "migrate")
     meta = header_for(record, paused)
-    machine = Machine.adopt(_machine_config(vmdir, record), record.pid or 0, record.pid_start, paused=paused)
+    machine = attach(vmdir, record, paused)
     stream: _Tunnel | None = None
     lines: LineChannel | None = None
     started = False
@@ -350,21 +340,13 @@ def migrate_over(
         dest_port = int(port_msg["port"])
         receiver = str(port_msg.get("receiver", "migrate-receive"))
         t_prepared = time.perf_counter()
-        qmp = machine.qmp
-        qmp.execute(
-            "migrate-set-parameters",
-            {"max-bandwidth": int(bandwidth_mib * (1 << 20)), "downtime-limit": downtime_ms},
-            timeout=5.0,
-        )
+        _set_limits(machine, bandwidth_mib, downtime_ms)
         if tunnel:
             stream = _Tunnel(transport, (listen, dest_port))
-            qmp.send_fd(stream.qemu_end.fileno(), FDNAME)
+            stream_out(machine, fd=stream.qemu_end.fileno())
             stream.qemu_end.close()
-            uri = f"fd:{FDNAME}"
         else:
-            uri = f"tcp:{peer}:{dest_port}"
-        want_events(machine)
-        qmp.execute("migrate", {"uri": uri}, timeout=5.0)
+            stream_out(machine, uri=f"tcp:{peer}:{dest_port}")
         started = True
         info = wait_migration(machine, timeout, "migration", stall=STALL_S)
         t_done = time.perf_counter()
@@ -404,10 +386,7 @@ def migrate_over(
     finally:
         if stream is not None:
             stream.close()
-        machine.disconnect()
-        if machine.process is not None:
-            machine.process.close()
-    assert lines is not None
+        machine.release()
     assert lines is not None
     teardown = None
     if defer_teardown:
@@ -433,6 +412,15 @@ def migrate_over(
         ),
         lines,
         teardown,
+    )
+
+
+def _set_limits(machine: Machine, bandwidth_mib: float, downtime_ms: int) -> None:
+    """The stream's bandwidth and the downtime QEMU may take to converge (before ``migrate``)."""
+    machine.qmp.execute(
+        "migrate-set-parameters",
+        {"max-bandwidth": int(bandwidth_mib * (1 << 20)), "downtime-limit": downtime_ms},
+        timeout=5.0,
     )
 
 
@@ -465,151 +453,6 @@ def _resume_source(machine: Machine, started: bool, paused: bool) -> None:
             qmp.execute("cont", timeout=5.0)
 
 
-# ---------------------------------------------------------------------- destination
-
-
-class Control:
-    """The receiver's control channel: JSON lines in from ``rfd`` (EOF = the source is
-    gone), out through ``write``. Over SSH it is the receiver's stdin/stdout; in lightvmd
-    the API connection that asked for the migration."""
-
-    def __init__(self, rfd: int, write: Callable[[bytes], object], buf: bytes = b"") -> None:
-        self.fd = rfd
-        self._write = write
-        self._buf = buf
-        self.eof = False
-
-    def say(self, message: dict[str, Any]) -> None:
-        self._write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-
-    def rest(self) -> bytes:
-        """What was read past the last line (the next request on an API connection)."""
-        return self._buf
-
-    def poll(self, timeout: float = 0.0) -> dict[str, Any] | None:
-        if b"\n" not in self._buf and not self.eof and wait_readable(self.fd, timeout):
-            try:
-                chunk = os.read(self.fd, 65536)
-            except BlockingIOError:
-                chunk = None
-            except OSError:
-                chunk = b""  # reset by the peer: as good as gone
-            if chunk:
-                self._buf += chunk
-            elif chunk is not None:
-                self.eof = True
-        if b"\n" in self._buf:
-            line, self._buf = self._buf.split(b"\n", 1)
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                msg = None
-            if not isinstance(msg, dict):
-                raise MigrationError("source sent a malformed message")
-            return msg
-        return None
-
-    def read(self, timeout: float, what: str) -> dict[str, Any]:
-        deadline = Deadline(timeout)
-        while True:
-            msg = self.poll(min(deadline.remaining(), 0.5))
-            if msg is not None:
-                return msg
-            if self.eof:
-                raise MigrationError(f"the source went away (waiting for {what})")
-            if deadline.expired():
-                raise MigrationError(f"no {what} from the source within {timeout:.1f} s")
-
-    def check(self) -> None:
-        """:raise MigrationError: if the source closed the channel."""
-        self.poll(0.0)
-        if self.eof:
-            raise MigrationError("the source went away (SSH channel closed) during the migration")
-
-
-def _stdout_write(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
-
-
-def receive(toolstack: Toolstack, timeout: float = 30.0) -> int:
-    """The destination side (``lightvm migrate-receive``), driven over stdin/stdout.
-
-    :raise MigrationError: any failure; nothing of the VM is left on this host.
-    """
-    control = Control(sys.stdin.fileno(), _stdout_write)
-    hello = control.read(timeout, "migration request")
-    meta, name, listen = parse_hello(hello)
-    prepared = prepare_incoming(toolstack, meta, name, f"<migration of {name}>", timeout)
-    try:
-        server = socket.create_server((listen, 0))
-    except BaseException as exc:
-        prepared.abort()
-        if isinstance(exc, OSError):
-            raise MigrationError(f"{name}: cannot listen on {listen}: {exc.strerror or exc}") from exc
-        raise
-    control.say({"port": server.getsockname()[1], "receiver": "migrate-receive"})
-    run_incoming(toolstack, prepared, server, control, name, timeout)
-    return 0
-
-
-def parse_hello(hello: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
-    """(meta, name, listen) of a migration request. :raise MigrationError: malformed."""
-    meta, name, listen = hello.get("meta"), hello.get("name"), hello.get("listen")
-    if not isinstance(meta, dict) or not isinstance(name, str) or not isinstance(listen, str):
-        raise MigrationError("malformed migration request (needs meta, name, listen)")
-    return meta, name, listen
-
-
-def run_incoming(
-    toolstack: Toolstack, prepared: PreparedRestore, server: socket.socket, control: Control, name: str, timeout: float
-) -> None:
-    """The receiving end after its first answer (the port): accept the stream, load it,
-    resume the guest, say ``ready``, wait for ``commit``. Closes ``server``.
-
-    :raise MigrationError: any failure; nothing of the VM is left on this host.
-    """
-    committed = False
-    try:
-        with server:
-            deadline = Deadline(timeout)
-            while True:
-                ready, _, _ = select.select([server.fileno(), control.fd], [], [], min(0.5, deadline.remaining()))
-                if server.fileno() in ready:
-                    conn, _ = server.accept()
-                    break
-                control.check()
-                if deadline.expired():
-                    raise MigrationError(f"the source did not connect within {timeout:.1f} s")
-        with conn:
-            prepared.machine.qmp.send_fd(conn.fileno(), FDNAME)
-        want_events(prepared.machine)
-        prepared.machine.qmp.execute("migrate-incoming", {"uri": f"fd:{FDNAME}"}, timeout=5.0)
-        t1 = time.perf_counter()
-        wait_incoming(prepared.machine, timeout, f"{name}: incoming migration", control.check)
-        result = prepared.resume(t1)
-        control.say({"ready": True, "resume_ms": result.finish_ms, "heartbeat": result.heartbeat})
-        control.read(timeout, "commit")
-        prepared.commit()
-        committed = True
-        control.say({"committed": True})
-    except BaseException as exc:
-        # (a killed QEMU breaks its QMP socket a moment before it has exited: wait a little)
-        qemu_died = not prepared.done and isinstance(exc, (OSError, LightVMError)) and prepared.machine.wait(0.2)
-        if prepared.done:  # it ran already: a provisional VM the source did not commit
-            if not committed:
-                with contextlib.suppress(LightVMError, OSError):
-                    toolstack._destroy_dir(prepared.vmdir)
-        else:
-            prepared.abort()
-        if qemu_died:
-            code = prepared.machine.exitcode
-            raise MigrationError(f"{name}: the receiving QEMU exited (code {code}) during the migration") from exc
-        if isinstance(exc, (OSError, CheckpointError, QMPError)) and not isinstance(exc, MigrationError):
-            raise MigrationError(f"{name}: {exc}") from exc
-        raise
-
-
 # ---------------------------------------------------------------------- same host, no SSH
 
 
@@ -630,30 +473,19 @@ def migrate_local(
     :raise MigrationError: any failure; the VM keeps running in ``source``.
     """
     t0 = time.perf_counter()
-    vmdir = source.state.get(name)
-    record = _running_record(vmdir)
-    paused = status_of(vmdir, record) is VMStatus.PAUSED
+    vmdir, record, paused = outgoing(source.state, name, "migrate")
     prepared = prepare_incoming(destination, header_for(record, paused), name, f"<migration of {name}>", timeout)
     t_prepared = time.perf_counter()
-    machine = Machine.adopt(_machine_config(vmdir, record), record.pid or 0, record.pid_start, paused=paused)
+    machine = attach(vmdir, record, paused)
     started = False
     try:
         # One host: a socketpair, each end handed to one QEMU (no TCP, no accept), the
         # destination listening before the source sends.
         ours, theirs = socket.socketpair()
         with ours, theirs:
-            prepared.machine.qmp.send_fd(theirs.fileno(), FDNAME)
-            want_events(prepared.machine)
-            prepared.machine.qmp.execute("migrate-incoming", {"uri": f"fd:{FDNAME}"}, timeout=5.0)
-            qmp = machine.qmp
-            qmp.execute(
-                "migrate-set-parameters",
-                {"max-bandwidth": int(bandwidth_mib * (1 << 20)), "downtime-limit": downtime_ms},
-                timeout=5.0,
-            )
-            qmp.send_fd(ours.fileno(), FDNAME)
-            want_events(machine)
-            qmp.execute("migrate", {"uri": f"fd:{FDNAME}"}, timeout=5.0)
+            stream_in(prepared.machine, theirs.fileno())
+            _set_limits(machine, bandwidth_mib, downtime_ms)
+            stream_out(machine, fd=ours.fileno())
             started = True
         info = wait_migration(machine, timeout, "migration", stall=STALL_S)
         t_done = time.perf_counter()
@@ -667,9 +499,7 @@ def migrate_local(
         else:
             prepared.abort()
         _resume_source(machine, started, paused)
-        machine.disconnect()
-        if machine.process is not None:
-            machine.process.close()
+        machine.release()
         if isinstance(exc, (LightVMError, OSError)):
             raise MigrationError(f"{name}: local migration failed: {exc}; the VM keeps running") from exc
         raise

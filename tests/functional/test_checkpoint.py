@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from test_toolstack_daytime import DAYTIME, free_port, read_daytime
 
-from lightvm.mobility.checkpoint import MAGIC, VERSION
+from lightvm.mobility.format import MAGIC, VERSION
 from lightvm.util import wait_until
 
 pytestmark = pytest.mark.functional

@@ -10,8 +10,9 @@ import socket
 import pytest
 from pyroute2 import IPRoute
 
-from lightvm.devices.devd import Devd, UndoStack, bridge_alias, tap_alias
+from lightvm.devices.devd import Devd, bridge_alias, tap_alias
 from lightvm.errors import CapabilityError, ForeignLinkError, NetworkError
+from lightvm.undo import UndoStack
 
 pytestmark = pytest.mark.root
 

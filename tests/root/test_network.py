@@ -18,9 +18,10 @@ import pytest
 from pyroute2 import IPRoute
 
 from lightvm.devices import net
-from lightvm.devices.devd import Devd, UndoStack, has_cap_net_admin
+from lightvm.devices.devd import Devd, has_cap_net_admin
 from lightvm.errors import AddressExhaustedError, ForeignLinkError, NotFoundError, SpecError, SubnetConflictError
 from lightvm.qemubin import qemu_binary
+from lightvm.undo import UndoStack
 from lightvm.util import wait_until
 
 pytestmark = pytest.mark.root

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from lightvm.devices.devd import UndoStack
 from lightvm.devices.ipam import check_mac, mac_for_ip
 from lightvm.devices.network import NetworkStore, parse_subnet
 from lightvm.errors import (
@@ -21,6 +20,7 @@ from lightvm.errors import (
     SpecError,
     SubnetConflictError,
 )
+from lightvm.undo import UndoStack
 
 Host = list[tuple[str, ipaddress.IPv4Interface]]
 

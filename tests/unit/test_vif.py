@@ -9,9 +9,10 @@ import pytest
 
 from lightvm.cli import network
 from lightvm.devices import net
-from lightvm.devices.devd import UndoStack, check_ifname
+from lightvm.devices.devd import check_ifname
 from lightvm.errors import CapabilityError, NetworkError, SpecError
 from lightvm.noxs import VifConfig
+from lightvm.undo import UndoStack
 
 
 def test_validate_accepts_the_table_keys() -> None:

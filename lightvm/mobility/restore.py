@@ -1,0 +1,359 @@
+"""Restore a VM from a checkpoint file (the format: lightvm/mobility/format.py), and the
+receiving half every restore and incoming migration shares.
+
+What the stream carries: guest RAM (the memfd backend) *and* the NoXS region (the
+ivshmem ``memory-backend-file`` is a RAM block like any other), device state, vCPUs.
+So restore needs no guest cooperation. It spawns QEMU with the argv create would
+build (same RAM blocks, same devices) plus ``-incoming defer`` and a *fresh* NoXS
+file, feeds it the stream with ``migrate-incoming fd:``, then rewrites the host-owned
+part of the page from the header (new name/uuid if the VM is renamed, ``host_time_ns``,
+generation bumped: the guest re-bases its wall clock) and resumes. The guest's own
+boot record (heartbeat, app counter) arrives with the stream and keeps counting.
+
+Restore is split like create: :func:`prepare_incoming` (read the header, allocate the
+VM folder, networking, spawn the ``-incoming defer`` QEMU: an
+:class:`~lightvm.instance.Instance`, in create's order) or :func:`prepare_from_shell`
+(the same from a QEMU lightvmd spawned ahead of time), then
+:meth:`PreparedRestore.finish` (the stream, the page, ``cont``, READY). Prepared ahead
+of time, the QEMU start is off the critical path. An incoming migration
+(lightvm/mobility/incoming.py) feeds the stream from the network instead and goes on
+with :meth:`PreparedRestore.resume`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lightvm.errors import GuestError, LightVMError, QMPError
+from lightvm.instance import Instance, NetNamespace, adopt, ensure_free
+from lightvm.machine import Machine
+from lightvm.mobility.format import CheckpointError, page_from_json, read_header
+from lightvm.mobility.stream import stream_in, wait_incoming
+from lightvm.noxs import BootState, DevicePage, NoxsRegion, PageConfig
+from lightvm.spec import VMSpec, check_name, parse_spec
+from lightvm.state import StateDir, VMDir, VMRecord, VMStatus
+from lightvm.toolstack import Toolstack
+from lightvm.util import Deadline
+
+if TYPE_CHECKING:
+    from lightvm.daemon.restore_pool import IncomingShell
+
+
+@dataclass
+class RestoreResult:
+    name: str
+    id: str
+    pid: int
+    restore_ms: float  # prepare + finish, as one cold command
+    finish_ms: float  # stream in -> page -> cont -> guest running again
+    heartbeat: int
+    app_counter: int
+    paused: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class PreparedRestore:
+    """A restore after its prepare phase: folder, devices and a QEMU waiting on ``-incoming defer``."""
+
+    state: StateDir
+    vm: Instance
+    page: PageConfig
+    paused: bool
+    t0: float
+    timeout: float
+    done: bool = field(default=False)
+    pending_name: str | None = None  # provisional: still in the pool folder until commit()
+    steps: dict[str, float] = field(default_factory=dict)  # prepare's steps, ms since t0
+
+    @property
+    def vmdir(self) -> VMDir:
+        return self.vm.vmdir
+
+    @property
+    def record(self) -> VMRecord:
+        return self.vm.record
+
+    @property
+    def machine(self) -> Machine:
+        assert self.vm.machine is not None
+        return self.vm.machine
+
+    @property
+    def region(self) -> NoxsRegion:
+        assert self.vm.region is not None
+        return self.vm.region
+
+    def commit(self) -> None:
+        """Make a provisional VM (an incoming migration, prepared in ``STATE/pool``) a VM of
+        the state dir: its folder moves to ``vms/NAME``. Until then a killed daemon's
+        successor discards it like any shell, and ``lightvm list`` does not show it.
+
+        :raise ExistsError: a VM of that name appeared meanwhile.
+        """
+        if self.pending_name is None:
+            return
+        self.vm.vmdir = adopt(self.state, self.vmdir.path, self.pending_name, self.vm.machine, hint="")
+        self.pending_name = None
+
+    def finish(self, path: Path, offset: int) -> RestoreResult:
+        """Feed the stream at ``offset`` of ``path``, rewrite the page, resume, wait for the guest.
+
+        :raise CheckpointError: the stream cannot be loaded (nothing of the VM is left).
+        :raise GuestError: the guest does not come back (nothing of the VM is left).
+        """
+        t1 = time.perf_counter()
+        step = "open checkpoint"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.lseek(fd, offset, os.SEEK_SET)
+                step = "load migration stream"
+                stream_in(self.machine, fd)
+            finally:
+                os.close(fd)  # QEMU holds its own copy now
+            wait_incoming(self.machine, self.timeout, f"{self.vmdir.name}: restore")
+            return self.resume(t1)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, GuestError):
+                raise
+            if isinstance(exc, (OSError, LightVMError)):
+                raise CheckpointError(f"{self.vmdir.name}: restore from {path}: {step}: {exc}") from exc
+            raise
+
+    def resume(self, t1: float) -> RestoreResult:
+        """After the stream is in: rewrite the page identity, ``cont``, wait for the guest.
+
+        :raise LightVMError: QEMU or the guest fails (the caller aborts).
+        """
+        self.region.write_config(self.page)
+        if not self.paused:
+            self.machine.resume(wait=True)
+            wait_guest_follows(self.machine, self.region, self.timeout, self.vmdir.name)
+        t_done = time.perf_counter()
+        boot = self.region.boot_record()
+        record = self.record
+        ms = round((t_done - self.t0) * 1000, 3)
+        state = VMStatus.PAUSED.value if self.paused else VMStatus.RUNNING.value
+        self.vm.up(state, {"ready": ms, "restore": ms, "resume": round((t_done - t1) * 1000, 3)})
+        self.done = True
+        assert record.pid is not None
+        return RestoreResult(
+            name=record.name,
+            id=record.id,
+            pid=record.pid,
+            restore_ms=(t_done - self.t0) * 1000,
+            finish_ms=(t_done - t1) * 1000,
+            heartbeat=boot.heartbeat,
+            app_counter=boot.app_counter,
+            paused=self.paused,
+        )
+
+    def abort(self) -> None:
+        """Undo everything the prepare phase made (idempotent)."""
+        if self.done:
+            return
+        self.done = True
+        self.vm.abort()
+
+
+def page_generation(region: NoxsRegion) -> int:
+    page = DevicePage.from_buffer(region.raw(), 0)
+    try:
+        return int(page.generation)
+    finally:
+        del page
+
+
+def wait_guest_follows(machine: Machine, region: NoxsRegion, timeout: float, what: str) -> None:
+    """Wake the guest (NMI doorbell) and wait until it has seen the rewritten page.
+
+    The guest acknowledges a new page generation from its idle loop (and re-bases its
+    wall clock): proof that its vCPU runs the restored state, not a reboot.
+
+    :raise GuestError: the guest is not READY or does not follow within ``timeout``.
+    """
+    generation = page_generation(region) & 0xFFFFFFFF
+    with contextlib.suppress(QMPError):
+        machine.qmp.send("inject-nmi")
+    deadline = Deadline(timeout)
+    delay = 0.0002
+    while True:
+        record = region.boot_record()
+        if record.state is not BootState.READY:
+            raise GuestError(f"{what}: guest is {record.state.name} after the restore, not READY: {record.message}")
+        if record.generation_seen == generation:
+            return
+        if deadline.expired() or not machine.is_running():
+            raise GuestError(f"{what}: guest did not resume within {timeout:.1f} s (page generation not seen)")
+        machine.qmp.pump(delay)
+        delay = min(delay * 2, 0.005)
+
+
+def pinned_spec(spec: VMSpec, saved_vifs: list[dict[str, Any]]) -> VMSpec:
+    """``spec`` with each vif's MAC (and tap address) pinned to what the guest already uses.
+
+    The guest configured its NIC at boot and does not re-read its vif page: the restored
+    VM's host side must match (same MAC; on a network or bridge, the same IP).
+    """
+    vifs = list(spec.vifs)
+    for i, data in enumerate(saved_vifs[: len(vifs)]):
+        changes: dict[str, Any] = {"mac": str(data.get("mac") or "") or None}
+        if data.get("mode") == "tap" and data.get("ip"):
+            ip = str(data["ip"])
+            changes["ip"] = ip if vifs[i].network else f"{ip}/{int(data.get('prefix', 32))}"
+        vifs[i] = dataclasses.replace(vifs[i], **changes)
+    return dataclasses.replace(spec, vifs=tuple(vifs))
+
+
+def _identity(meta: dict[str, Any], name: str | None, where: str) -> tuple[VMSpec, str, uuidlib.UUID]:
+    """The restored VM's spec (its vifs pinned), name and uuid (the saved one unless renamed).
+
+    :raise SpecError: the header's spec is not valid here (e.g. the kernel file is gone).
+    """
+    spec = parse_spec(meta["spec"], source=Path(where), check_kernel=True)
+    vm_name = name or str(meta["name"])
+    check_name(vm_name, "--name")
+    spec = pinned_spec(spec.with_name(vm_name) if vm_name != spec.name else spec, list(meta["vifs"]))
+    renamed = vm_name != meta["name"] or "uuid" not in meta
+    return spec, vm_name, uuidlib.uuid4() if renamed else uuidlib.UUID(str(meta["uuid"]))
+
+
+def _devices(vm: Instance, spec: VMSpec, meta: dict[str, Any]) -> tuple[list[str], NetNamespace]:
+    """The QEMU device args of the restored VM, and what to launch its QEMU in."""
+    saved_vifs = list(meta["vifs"])
+    stored_args = meta.get("qemu_args")
+    if (
+        isinstance(stored_args, list)
+        and all(isinstance(a, str) for a in stored_args)
+        and not spec.disks
+        and len(saved_vifs) == len(spec.vifs)
+        and all(isinstance(v, dict) and v.get("mode") == "user" for v in saved_vifs)
+    ):
+        # User networking only: nothing on the host to create, and the saved args (MAC,
+        # forwards) are exactly what the guest's devices were built from. (It also skips
+        # the ~190 ms import of the net module.)
+        if saved_vifs:
+            vm.record.devices["vifs"] = saved_vifs
+        vm.record.devices.pop("vifs_pending", None)
+        return list(stored_args), contextlib.nullcontext
+    # Device entries are validated by the device modules when the taps are made.
+    args, _, _, netns = vm.prepare_devices(spec)
+    return args, netns
+
+
+def prepare_incoming(
+    toolstack: Toolstack, meta: dict[str, Any], name: str | None, where: str, timeout: float = 10.0
+) -> PreparedRestore:
+    """Allocate a VM for the checkpoint described by ``meta`` and spawn its QEMU with
+    ``-incoming defer``: devices and NoXS file ready, waiting for the stream.
+
+    :raise SpecError: the header's spec is not valid here (e.g. the kernel file is gone).
+    :raise ExistsError: the name is taken.
+    :raise LightVMError: a step failed (nothing is left).
+    """
+    t0 = time.perf_counter()
+    spec, vm_name, vm_uuid = _identity(meta, name, where)
+    state = toolstack.state
+    state.ensure()
+    (vmdir,) = state.allocate([vm_name])
+    ndev = 1 + len(spec.vifs) + len(spec.disks)
+    accel, noxs_size = str(meta.get("accel", "tcg")), int(meta["noxs_size"])
+    record = VMRecord.new(vm_name, uuidlib.uuid4().hex[:16], str(vm_uuid), accel, noxs_size, spec.to_dict())
+    vm = Instance(vmdir, record, state.root)
+    with vm.steps(f"{vm_name}: restore", keep=(CheckpointError, GuestError)):
+        region = vm.create_region(ndev)
+        if region.size != record.noxs_size:
+            raise CheckpointError(f"NoXS region is {region.size} bytes here, {record.noxs_size} in the checkpoint")
+        vm.step = "prepare devices"
+        extra_args, netns = _devices(vm, spec, meta)
+        machine = vm.launch((*extra_args, "-incoming", "defer"), netns)
+        t_spawned = time.perf_counter()
+        vm.step = "start QEMU"
+        machine.qmp.negotiate(timeout)  # QEMU up: prepared, the start is off the critical path
+        t_qmp = time.perf_counter()
+        page = page_from_json(meta["page"], vm_name, vm_uuid)
+        prepared = PreparedRestore(state, vm, page, bool(meta.get("paused")), t0, timeout)
+        prepared.steps = {"spawned": (t_spawned - t0) * 1000, "qmp": (t_qmp - t0) * 1000}
+        return prepared
+
+
+def prepare_from_shell(
+    toolstack: Toolstack,
+    shell: IncomingShell,
+    meta: dict[str, Any],
+    name: str | None,
+    where: str,
+    timeout: float = 10.0,
+    provisional: bool = False,
+) -> PreparedRestore:
+    """Like :func:`prepare_incoming`, with an ``-incoming defer`` QEMU spawned ahead of time
+    (:mod:`lightvm.daemon.restore_pool`): the shell becomes the VM (its folder renamed to the VM's,
+    or with ``provisional`` only at :meth:`PreparedRestore.commit`), its host forwards are
+    added; the shell is consumed whatever happens.
+
+    :raise ExistsError: the name is taken. :raise LightVMError: a step failed (nothing is left).
+    """
+    from lightvm.daemon.restore_pool import normalise
+
+    t0 = time.perf_counter()
+    state = toolstack.state
+    try:
+        spec, vm_name, vm_uuid = _identity(meta, name, where)
+        if provisional:
+            ensure_free(state, vm_name, hint="")
+        else:
+            shell.folder = adopt(state, shell.folder, vm_name, shell.machine).path
+    except BaseException:
+        shell.discard()
+        raise
+    record = VMRecord.new(vm_name, shell.id, str(vm_uuid), shell.flavour.accel, shell.flavour.noxs_size, spec.to_dict())
+    machine = shell.machine
+    vm = Instance.of_shell(VMDir(shell.folder), record, shell.region, machine, state.root)
+    with vm.steps(f"{vm_name}: restore", keep=(CheckpointError, GuestError)):
+        saved_args = [str(a) for a in meta.get("qemu_args") or []]
+        record.pid, record.pid_start = shell.record.pid, shell.record.pid_start
+        # The VM's own device args (MAC, forwards) in its record: a later save carries them.
+        record.argv = [*machine.argv[: len(machine.argv) - len(shell.flavour.device_args) - 3], *saved_args, "-S"]
+        if meta["vifs"]:
+            record.devices["vifs"] = list(meta["vifs"])
+        vm.vmdir.write(record)
+        vm.step = "add host forwards"
+        for netdev, rule in normalise(saved_args)[1]:
+            said = machine.qmp.execute(
+                "human-monitor-command", {"command-line": f"hostfwd_add {netdev} {rule}"}, timeout=5.0
+            )
+            if isinstance(said, str) and said.strip():
+                raise LightVMError(f"hostfwd {rule}: {said.strip()}")
+        page = page_from_json(meta["page"], vm_name, vm_uuid)
+        prepared = PreparedRestore(state, vm, page, bool(meta.get("paused")), t0, timeout)
+        prepared.pending_name = vm_name if provisional else None
+        return prepared
+
+
+def restore(toolstack: Toolstack, path: Path, name: str | None = None, timeout: float = 10.0) -> RestoreResult:
+    """Restore the VM saved in ``path`` (named as saved, or ``name``); the file is kept.
+
+    :raise CheckpointError: the file is not a checkpoint this lightvm reads, or its stream fails.
+    :raise ExistsError: a VM of that name exists.
+    :raise GuestError: the guest does not come back.
+    """
+    t0 = time.perf_counter()
+    path = Path(path)
+    meta, offset = read_header(path)
+    prepared = prepare_incoming(toolstack, meta, name, str(path), timeout)
+    prepared.t0 = t0
+    return prepared.finish(path, offset)
+
+
+__all__ = ["PreparedRestore", "RestoreResult", "prepare_from_shell", "prepare_incoming", "restore"]

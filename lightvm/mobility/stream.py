@@ -1,0 +1,139 @@
+"""QEMU's migration stream: out of a running VM (save, migrate) and into an
+``-incoming defer`` QEMU (restore, the receiving end of a migration), and the waits
+for both to finish.
+
+A stream goes to or comes from a file descriptor handed to QEMU over QMP (``getfd``,
+then ``fd:`` URIs; ``tcp:`` for a direct migration). MIGRATION events are asked for
+first, so the polls below wake when the state changes instead of at their next back-off
+step (a few ms of a ~5 ms migration).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from lightvm.errors import QMPError, StateError
+from lightvm.machine import Machine
+from lightvm.state import StateDir, VMDir, VMRecord, VMStatus, status_of
+from lightvm.util import Deadline
+
+FDNAME = "lvckpt"
+MIGRATE_POLL = 0.0005
+
+
+def outgoing(state: StateDir, name: str, verb: str = "save") -> tuple[VMDir, VMRecord, bool]:
+    """The VM ``name`` whose stream is to go out: its folder, record, and whether it is paused.
+
+    :raise NotFoundError: no such VM.
+    :raise StateError: it is not running or paused (``verb`` says what was refused).
+    """
+    vmdir = state.get(name)
+    record = vmdir.read()
+    if record is None:
+        raise StateError(f"{vmdir.name}: incomplete VM (its create was interrupted); `lightvm destroy` it")
+    status = status_of(vmdir, record)
+    if status not in (VMStatus.RUNNING, VMStatus.PAUSED):
+        raise StateError(f"{vmdir.name}: cannot {verb} a VM that is {status.value} (needs running or paused)")
+    return vmdir, record, status is VMStatus.PAUSED
+
+
+def want_events(machine: Machine) -> None:
+    """Ask QEMU for MIGRATION events (queued, reply not awaited): the polls in
+    :func:`wait_migration` and :func:`wait_incoming` then wake when the state changes
+    instead of at their next back-off step (a few ms of a ~5 ms migration)."""
+    machine.qmp.send("migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]})
+
+
+def stream_out(machine: Machine, fd: int | None = None, uri: str | None = None) -> None:
+    """Start the migration of ``machine``'s VM into ``fd`` (QEMU takes its own copy) or to ``uri``."""
+    if fd is not None:
+        machine.qmp.send_fd(fd, FDNAME)
+        uri = f"fd:{FDNAME}"
+    want_events(machine)
+    machine.qmp.execute("migrate", {"uri": uri}, timeout=5.0)
+
+
+def stream_in(machine: Machine, fd: int) -> None:
+    """Have ``machine``, an ``-incoming defer`` QEMU, load a migration stream from ``fd``
+    (QEMU takes its own copy); :func:`wait_incoming` waits for the end of it."""
+    machine.qmp.send_fd(fd, FDNAME)
+    want_events(machine)
+    machine.qmp.execute("migrate-incoming", {"uri": f"fd:{FDNAME}"}, timeout=5.0)
+
+
+def wait_migration(machine: Machine, timeout: float, what: str, stall: float | None = None) -> dict[str, Any]:
+    """Poll ``query-migrate`` until the migration completes; its final answer.
+
+    With ``stall``, a stream that sends nothing for that many seconds is cancelled (a cut
+    network stalls TCP silently; QEMU itself would wait for minutes).
+
+    :raise QMPError: it failed or was cancelled (QEMU's reason quoted), stalled, or did not finish in time.
+    """
+    deadline = Deadline(timeout)
+    settle = Deadline(timeout)  # re-armed at completion (below)
+    completed = False
+    delay = MIGRATE_POLL
+    sent, since = -1, time.monotonic()
+    while True:
+        info = machine.qmp.execute("query-migrate", timeout=max(0.5, deadline.remaining()))
+        status = str(info.get("status", "")) if isinstance(info, dict) else ""
+        if status == "completed":
+            if not completed:
+                completed, settle = True, Deadline(0.2)
+            if not info.get("total-time") and not settle.expired():
+                # QEMU sets the state (and sends its event) a moment before it fills in
+                # total-time and downtime: ask again for the figures.
+                machine.qmp.pump(0.0005)
+                continue
+            return dict(info)
+        if status in ("failed", "cancelled"):
+            reason = str(info.get("error-desc", status))
+            raise QMPError(f"{what} {status}: {reason}")
+        ram = info.get("ram") if isinstance(info, dict) else None
+        now_sent = int(ram.get("transferred", 0)) if isinstance(ram, dict) else 0
+        if now_sent != sent:
+            sent, since = now_sent, time.monotonic()
+        stalled = stall is not None and status == "active" and time.monotonic() - since > stall
+        if deadline.expired() or stalled:
+            with contextlib.suppress(QMPError):
+                machine.qmp.execute("migrate_cancel", timeout=1.0)
+            if stalled:
+                raise QMPError(
+                    f"{what} stalled: nothing sent for {stall:.1f} s after {sent} bytes "
+                    "(is the network to the destination down?)"
+                )
+            raise QMPError(f"{what} did not complete within {timeout:.1f} s (status {status or 'unknown'})")
+        machine.qmp.pump(delay)
+        delay = min(delay * 2, 0.01)
+
+
+def wait_incoming(machine: Machine, timeout: float, what: str, check: Callable[[], None] | None = None) -> None:
+    """Wait until QEMU has loaded an incoming stream (its runstate leaves ``inmigrate``).
+    ``check`` runs on every poll and may raise to abort (e.g. the migration's peer went away).
+
+    :raise QMPError: the load failed (QEMU exits or reports failure) or took too long.
+    """
+    deadline = Deadline(timeout)
+    delay = MIGRATE_POLL
+    while True:
+        if check is not None:
+            check()
+        status = machine.query_status(timeout=max(0.5, deadline.remaining()))
+        if status != "inmigrate":
+            info = machine.qmp.execute("query-migrate", timeout=2.0)
+            state = str(info.get("status", "")) if isinstance(info, dict) else ""
+            if state and state != "completed":
+                raise QMPError(f"{what}: incoming migration {state}: {info.get('error-desc', '')}")
+            if status not in ("paused", "prelaunch", "running"):
+                raise QMPError(f"{what}: QEMU is {status} after the incoming migration")
+            return
+        if deadline.expired():
+            raise QMPError(f"{what}: incoming migration not finished within {timeout:.1f} s")
+        machine.qmp.pump(delay)
+        delay = min(delay * 2, 0.01)
+
+
+__all__ = ["FDNAME", "outgoing", "stream_in", "stream_out", "wait_incoming", "wait_migration", "want_events"]
