@@ -278,7 +278,7 @@ class Operations:
         discard; without a ready shell one is spawned now for it (when the kind is poolable).
         """
         from lightvm.daemon import restore_pool
-        from lightvm.mobility.restore import prepare_from_shell, prepare_incoming
+        from lightvm.mobility.restore import prepare_incoming
 
         ts = self._toolstack(timeout)
         flavour = IncomingFlavour.of(meta)
@@ -288,7 +288,7 @@ class Operations:
             if shell is None and provisional and flavour is not None:
                 shell = restore_pool.prepare_restore_shell(self.state.root / POOL_DIR, flavour, timeout)
             if shell is not None:
-                return prepare_from_shell(ts, shell, meta, name, where, timeout, provisional), taken
+                return restore_pool.prepare_from_shell(ts, shell, meta, name, where, timeout, provisional), taken
             return prepare_incoming(ts, meta, name, where, timeout), False
         except BaseException:
             self._restore_done(meta, taken)

@@ -36,14 +36,18 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightvm.daemon.shells import POOL_DIR, RETRY_AFTER_FAILURE, SHELL_OVERHEAD_MIB, ShellPool
-from lightvm.errors import LightVMError
-from lightvm.instance import Instance, spawn_shell
+from lightvm.errors import GuestError, LightVMError
+from lightvm.instance import Instance, adopt, ensure_free, spawn_shell
 from lightvm.machine import Machine
 from lightvm.noxs import NoxsRegion
 from lightvm.state import StateDir, VMDir, VMRecord
+
+if TYPE_CHECKING:
+    from lightvm.mobility.restore import PreparedRestore
+    from lightvm.toolstack import Toolstack
 
 MAX_FLAVOURS = 16  # learned flavours kept; the oldest is forgotten (its shells discarded)
 
@@ -152,6 +156,60 @@ def prepare_restore_shell(root: Path, flavour: IncomingFlavour, timeout: float =
     return IncomingShell(vm.record.id, flavour, vm.vmdir.path, vm.machine, vm.region, vm.record, time.monotonic())
 
 
+def prepare_from_shell(
+    toolstack: Toolstack,
+    shell: IncomingShell,
+    meta: dict[str, Any],
+    name: str | None,
+    where: str,
+    timeout: float = 10.0,
+    provisional: bool = False,
+) -> PreparedRestore:
+    """Like :func:`lightvm.mobility.restore.prepare_incoming`, with an ``-incoming defer`` QEMU
+    spawned ahead of time: the shell becomes the VM (its folder renamed to the VM's,
+    or with ``provisional`` only at :meth:`PreparedRestore.commit`), its host forwards are
+    added; the shell is consumed whatever happens.
+
+    :raise ExistsError: the name is taken. :raise LightVMError: a step failed (nothing is left).
+    """
+    from lightvm.mobility.format import CheckpointError, page_from_json
+    from lightvm.mobility.restore import PreparedRestore, restore_identity
+
+    t0 = time.perf_counter()
+    state = toolstack.state
+    try:
+        spec, vm_name, vm_uuid = restore_identity(meta, name, where)
+        if provisional:
+            ensure_free(state, vm_name, hint="")
+        else:
+            shell.folder = adopt(state, shell.folder, vm_name, shell.machine).path
+    except BaseException:
+        shell.discard()
+        raise
+    record = VMRecord.new(vm_name, shell.id, str(vm_uuid), shell.flavour.accel, shell.flavour.noxs_size, spec.to_dict())
+    machine = shell.machine
+    vm = Instance.of_shell(VMDir(shell.folder), record, shell.region, machine, state.root)
+    with vm.steps(f"{vm_name}: restore", keep=(CheckpointError, GuestError)):
+        saved_args = [str(a) for a in meta.get("qemu_args") or []]
+        record.pid, record.pid_start = shell.record.pid, shell.record.pid_start
+        # The VM's own device args (MAC, forwards) in its record: a later save carries them.
+        record.argv = [*machine.argv[: len(machine.argv) - len(shell.flavour.device_args) - 3], *saved_args, "-S"]
+        if meta["vifs"]:
+            record.devices["vifs"] = list(meta["vifs"])
+        vm.vmdir.write(record)
+        vm.step = "add host forwards"
+        for netdev, rule in normalise(saved_args)[1]:
+            said = machine.qmp.execute(
+                "human-monitor-command", {"command-line": f"hostfwd_add {netdev} {rule}"}, timeout=5.0
+            )
+            if isinstance(said, str) and said.strip():
+                raise LightVMError(f"hostfwd {rule}: {said.strip()}")
+        page = page_from_json(meta["page"], vm_name, vm_uuid)
+        prepared = PreparedRestore(state, vm, page, bool(meta.get("paused")), t0, timeout)
+        prepared.pending_name = vm_name if provisional else None
+        return prepared
+
+
 class IncomingPool(ShellPool[IncomingFlavour, IncomingShell]):
     """``size`` prepared shells per known flavour (learned, at most :data:`MAX_FLAVOURS`);
     outside the create pool's memory budget (docs/lightvmd.md)."""
@@ -225,4 +283,12 @@ class IncomingPool(ShellPool[IncomingFlavour, IncomingShell]):
             self._failed_until[flavour] = time.monotonic() + RETRY_AFTER_FAILURE
 
 
-__all__ = ["POOL_DIR", "IncomingFlavour", "IncomingPool", "IncomingShell", "normalise", "prepare_restore_shell"]
+__all__ = [
+    "POOL_DIR",
+    "IncomingFlavour",
+    "IncomingPool",
+    "IncomingShell",
+    "normalise",
+    "prepare_from_shell",
+    "prepare_restore_shell",
+]

@@ -29,10 +29,10 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lightvm.errors import GuestError, LightVMError, QMPError
-from lightvm.instance import Instance, NetNamespace, adopt, ensure_free
+from lightvm.instance import Instance, NetNamespace, adopt
 from lightvm.machine import Machine
 from lightvm.mobility.format import CheckpointError, page_from_json, read_header
 from lightvm.mobility.stream import stream_in, wait_incoming
@@ -41,9 +41,6 @@ from lightvm.spec import VMSpec, check_name, parse_spec
 from lightvm.state import StateDir, VMDir, VMRecord, VMStatus
 from lightvm.toolstack import Toolstack
 from lightvm.util import Deadline
-
-if TYPE_CHECKING:
-    from lightvm.daemon.restore_pool import IncomingShell
 
 
 @dataclass
@@ -216,7 +213,7 @@ def pinned_spec(spec: VMSpec, saved_vifs: list[dict[str, Any]]) -> VMSpec:
     return dataclasses.replace(spec, vifs=tuple(vifs))
 
 
-def _identity(meta: dict[str, Any], name: str | None, where: str) -> tuple[VMSpec, str, uuidlib.UUID]:
+def restore_identity(meta: dict[str, Any], name: str | None, where: str) -> tuple[VMSpec, str, uuidlib.UUID]:
     """The restored VM's spec (its vifs pinned), name and uuid (the saved one unless renamed).
 
     :raise SpecError: the header's spec is not valid here (e.g. the kernel file is gone).
@@ -263,7 +260,7 @@ def prepare_incoming(
     :raise LightVMError: a step failed (nothing is left).
     """
     t0 = time.perf_counter()
-    spec, vm_name, vm_uuid = _identity(meta, name, where)
+    spec, vm_name, vm_uuid = restore_identity(meta, name, where)
     state = toolstack.state
     state.ensure()
     (vmdir,) = state.allocate([vm_name])
@@ -288,59 +285,6 @@ def prepare_incoming(
         return prepared
 
 
-def prepare_from_shell(
-    toolstack: Toolstack,
-    shell: IncomingShell,
-    meta: dict[str, Any],
-    name: str | None,
-    where: str,
-    timeout: float = 10.0,
-    provisional: bool = False,
-) -> PreparedRestore:
-    """Like :func:`prepare_incoming`, with an ``-incoming defer`` QEMU spawned ahead of time
-    (:mod:`lightvm.daemon.restore_pool`): the shell becomes the VM (its folder renamed to the VM's,
-    or with ``provisional`` only at :meth:`PreparedRestore.commit`), its host forwards are
-    added; the shell is consumed whatever happens.
-
-    :raise ExistsError: the name is taken. :raise LightVMError: a step failed (nothing is left).
-    """
-    from lightvm.daemon.restore_pool import normalise
-
-    t0 = time.perf_counter()
-    state = toolstack.state
-    try:
-        spec, vm_name, vm_uuid = _identity(meta, name, where)
-        if provisional:
-            ensure_free(state, vm_name, hint="")
-        else:
-            shell.folder = adopt(state, shell.folder, vm_name, shell.machine).path
-    except BaseException:
-        shell.discard()
-        raise
-    record = VMRecord.new(vm_name, shell.id, str(vm_uuid), shell.flavour.accel, shell.flavour.noxs_size, spec.to_dict())
-    machine = shell.machine
-    vm = Instance.of_shell(VMDir(shell.folder), record, shell.region, machine, state.root)
-    with vm.steps(f"{vm_name}: restore", keep=(CheckpointError, GuestError)):
-        saved_args = [str(a) for a in meta.get("qemu_args") or []]
-        record.pid, record.pid_start = shell.record.pid, shell.record.pid_start
-        # The VM's own device args (MAC, forwards) in its record: a later save carries them.
-        record.argv = [*machine.argv[: len(machine.argv) - len(shell.flavour.device_args) - 3], *saved_args, "-S"]
-        if meta["vifs"]:
-            record.devices["vifs"] = list(meta["vifs"])
-        vm.vmdir.write(record)
-        vm.step = "add host forwards"
-        for netdev, rule in normalise(saved_args)[1]:
-            said = machine.qmp.execute(
-                "human-monitor-command", {"command-line": f"hostfwd_add {netdev} {rule}"}, timeout=5.0
-            )
-            if isinstance(said, str) and said.strip():
-                raise LightVMError(f"hostfwd {rule}: {said.strip()}")
-        page = page_from_json(meta["page"], vm_name, vm_uuid)
-        prepared = PreparedRestore(state, vm, page, bool(meta.get("paused")), t0, timeout)
-        prepared.pending_name = vm_name if provisional else None
-        return prepared
-
-
 def restore(toolstack: Toolstack, path: Path, name: str | None = None, timeout: float = 10.0) -> RestoreResult:
     """Restore the VM saved in ``path`` (named as saved, or ``name``); the file is kept.
 
@@ -356,4 +300,4 @@ def restore(toolstack: Toolstack, path: Path, name: str | None = None, timeout: 
     return prepared.finish(path, offset)
 
 
-__all__ = ["PreparedRestore", "RestoreResult", "prepare_from_shell", "prepare_incoming", "restore"]
+__all__ = ["PreparedRestore", "RestoreResult", "prepare_incoming", "restore", "restore_identity"]
