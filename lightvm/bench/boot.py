@@ -180,7 +180,7 @@ def plot(results: list[Result], outdir: Path, subtitle: str = "") -> list[Path]:
             ylabel="time to ready (ms, log)", logy=True, subtitle=subtitle,
         ),
         *plots.breakdown(results, outdir / "boot-breakdown", variant=REFERENCE, steps=BOOT_STEP_KEYS),
-        # the store variant's steps count from the start of its host store traffic (store_fleet.py)
+        # the store variant's steps count from the start of its host store traffic (xenstore/fleet.py)
         *plots.breakdown(
             results,
             outdir / "boot-breakdown-xenstore",

@@ -1,6 +1,6 @@
 """``lightvm bench SUITE``: run a benchmark suite, write results.json and plots.
 
-cli.py calls :func:`register` with its subparsers (as with network_cli).
+lightvm.cli.main calls :func:`register` with its subparsers, as it does for each command group.
 ``lightvm bench boot --vms 1,10,50 --accel tcg`` writes
 ``bench-results/<timestamp>-boot/`` with ``results.json`` (metadata and every
 sample), ``summary.txt`` (medians and ratios, also printed) and the plots.
