@@ -12,14 +12,13 @@ Framing: QEMU writes one JSON object per line (``\\r\\n``); we write one per lin
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from lightvm.errors import QMPError
-from lightvm.util import Deadline, short_unix_path, wait_readable
+from lightvm.util import Deadline, connect_unix, wait_readable
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -49,17 +48,10 @@ class QMPClient:
 
         :raise QMPError: if the socket does not accept a connection.
         """
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        address, dirfd = short_unix_path(path)
         try:
-            sock.settimeout(timeout)
-            sock.connect(address)
+            sock = connect_unix(path, timeout)
         except OSError as exc:
-            sock.close()
             raise QMPError(f"cannot connect to QMP socket {path}: {exc.strerror or exc}") from exc
-        finally:
-            if dirfd is not None:
-                os.close(dirfd)
         return cls(sock)
 
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -201,6 +202,26 @@ def short_unix_path(path: Path) -> tuple[str, int | None]:
         return str(path), None
     dirfd = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
     return f"/proc/self/fd/{dirfd}/{path.name}", dirfd
+
+
+def connect_unix(path: Path, timeout: float) -> socket.socket:
+    """A stream socket connected to the unix socket at ``path`` (any length: see
+    :func:`short_unix_path`), with ``timeout`` set on it.
+
+    :raise OSError: it could not connect (the socket is closed).
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    address, dirfd = short_unix_path(path)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        if dirfd is not None:
+            os.close(dirfd)
+    return sock
 
 
 def tail(path: Path, max_bytes: int = 2048) -> str:

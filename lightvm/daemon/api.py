@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -74,7 +73,7 @@ from typing import Any
 
 from lightvm import errors
 from lightvm.errors import LightVMError
-from lightvm.util import Deadline, recv_line, short_unix_path
+from lightvm.util import Deadline, connect_unix, recv_line
 
 VERSION = 1
 MAX_REQUEST = 1 << 20  # 1 MiB: a request is a few hundred bytes; anything near this is abuse
@@ -306,19 +305,12 @@ class Client:
     @classmethod
     def connect(cls, state_root: Path, timeout: float = 2.0) -> Client:
         path = socket_path(state_root)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        address, dirfd = short_unix_path(path)
         try:
-            sock.settimeout(timeout)
-            sock.connect(address)
+            sock = connect_unix(path, timeout)
         except OSError as exc:
-            sock.close()
             if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
                 raise DaemonUnavailable(f"no lightvmd on {path}") from None
             raise DaemonUnavailable(f"cannot connect to lightvmd on {path}: {exc.strerror or exc}") from exc
-        finally:
-            if dirfd is not None:
-                os.close(dirfd)
         return cls(sock, path)
 
     def close(self) -> None:
