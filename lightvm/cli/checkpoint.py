@@ -236,7 +236,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    from lightvm.mobility import incoming
+    from lightvm.mobility import receive
 
     sys.stdout.flush()
-    return incoming.receive(toolstack(args), timeout=args.timeout)
+    return receive.receive(toolstack(args), timeout=args.timeout)

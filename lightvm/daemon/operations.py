@@ -327,9 +327,9 @@ class Operations:
     def op_migrate_in(self, args: dict[str, Any]) -> api.Takeover:
         """The receiving end of a migration: this connection becomes its control channel
         (lightvm/mobility/migrate.py's protocol after the first answer, ``{"port": N}``)."""
-        from lightvm.mobility import incoming, migrate
+        from lightvm.mobility import migrate, receive
 
-        meta, name, listen = incoming.parse_hello(args)
+        meta, name, listen = receive.parse_hello(args)
         timeout = float(_arg(args, "timeout", (int, float)) or 30.0)
         ts = self._toolstack(timeout)
         prepared, used_shell = self._prepare_restore(meta, name, f"<migration of {name}>", timeout, provisional=True)
@@ -343,9 +343,9 @@ class Operations:
             raise
 
         def run(conn: socket.socket, rest: bytes) -> bytes | None:
-            control = incoming.Control(conn.fileno(), conn.sendall, rest)
+            control = receive.Control(conn.fileno(), conn.sendall, rest)
             try:
-                incoming.run_incoming(ts, prepared, server, control, name, timeout)
+                receive.run_incoming(ts, prepared, server, control, name, timeout)
                 return control.rest()
             except Exception as exc:
                 self.log(f"migrate-in {name}: {exc}")

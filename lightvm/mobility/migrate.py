@@ -1,7 +1,7 @@
 """Live migration of a VM to another host: paramiko drives the destination's lightvm.
 
 This module is the source side and the SSH and line channels; the receiving side is
-lightvm/mobility/incoming.py.
+lightvm/mobility/receive.py.
 
 Protocol, one JSON object per line over the SSH exec channel of
 ``lightvm --state-dir DIR migrate-receive`` on the destination:

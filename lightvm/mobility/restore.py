@@ -16,7 +16,7 @@ VM folder, networking, spawn the ``-incoming defer`` QEMU: an
 (the same from a QEMU lightvmd spawned ahead of time), then
 :meth:`PreparedRestore.finish` (the stream, the page, ``cont``, READY). Prepared ahead
 of time, the QEMU start is off the critical path. An incoming migration
-(lightvm/mobility/incoming.py) feeds the stream from the network instead and goes on
+(lightvm/mobility/receive.py) feeds the stream from the network instead and goes on
 with :meth:`PreparedRestore.resume`.
 """
 

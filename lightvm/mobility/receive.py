@@ -2,7 +2,7 @@
 
 ``lightvm migrate-receive`` (:func:`receive`) runs it over its stdin/stdout, started by
 the source over SSH; lightvmd runs :func:`run_incoming` on the API connection that asked
-for the migration (lightvm/daemon/server.py). Either way the VM is prepared like a
+for the migration (lightvm/daemon/operations.py). Either way the VM is prepared like a
 restore (lightvm/mobility/restore.py), the stream comes over TCP (or the SSH tunnel),
 and the VM stays provisional until the source commits: a closed channel, a QEMU that
 dies or a deadline that passes before that removes it.
