@@ -1,27 +1,6 @@
 """The vif device module: spec -> tap (or QEMU user networking) -> QEMU args + NoXS vif page.
 
-Vif spec keys (TOML ``[[vifs]]`` tables; a chaos-style JSON vif may also be a
-``"key=value,key=value"`` string):
-
-========  =============  ====================  =====================================================
-key       type           default               meaning
-========  =============  ====================  =====================================================
-network   string         (none)                a lightvm network (``lightvm network create``): the
-                                               IP, MAC, gateway and MTU are leased from it
-bridge    string         (none)                an existing bridge to attach the tap to (lightvm's
-                                               or the host's own, e.g. ``br0``); needs ``ip``
-ip        "a.b.c.d/n"    leased (network)      bridge: required. network: a fixed address inside
-                                               the network's subnet (reserved in its allocator)
-gateway   "a.b.c.d"      network's gateway;    the default route the guest uses
-                         none on a bridge
-mac       "52:54:.."     52:54 + the IPv4      must be unicast (even first octet), not all zeros
-                         bytes (tap); hashed
-                         from VM name (user)
-mtu       int 68..9000   network's / bridge's  the tap's and the guest's MTU
-publish   list[string]   []                    user networking only: ``"8013:13"``,
-                                               ``"127.0.0.1:8080:80"``, ``"5353:53/udp"`` (host
-                                               port -> guest port); also ``create --publish``
-========  =============  ====================  =====================================================
+Vif spec keys, their types and defaults: docs/config.md (the user's reference).
 
 ``network`` and ``bridge`` are exclusive. A vif naming neither uses QEMU user
 networking. A bridge that belongs to a lightvm network is treated as that network.
