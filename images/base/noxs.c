@@ -184,6 +184,31 @@ const struct noxs_vif_info *noxs_vif(unsigned i)
 	return i < layout.n_vif ? &vifs[i] : NULL;
 }
 
+unsigned noxs_vbd_count(void)
+{
+	return layout.n_vbd;
+}
+
+int noxs_vbd(unsigned i, struct noxs_vbd_info *out)
+{
+	struct noxs_vbd_ctrl c;
+	char err[96];
+
+	if (i >= layout.n_vbd)
+		return -1;
+	copy_in(&c, layout.vbd_offset[i], NOXS_VBD_HOST_BYTES);
+	if (noxs_validate_vbd(&c, layout.vbd_id[i], err, sizeof(err)) != 0) {
+		printf("%s\n", err);
+		return -1;
+	}
+	out->id = layout.vbd_id[i];
+	out->sectors = c.sectors;
+	out->sector_size = c.sector_size;
+	out->read_only = c.mode == NOXS_VBD_RO;
+	out->ctrl = (volatile struct noxs_vbd_ctrl *)(region + layout.vbd_offset[i]);
+	return 0;
+}
+
 const volatile struct noxs_device_page *noxs_page(void)
 {
 	return (const volatile struct noxs_device_page *)region;

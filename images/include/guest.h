@@ -97,6 +97,17 @@ struct noxs_vif_info {
 };
 unsigned noxs_vif_count(void);
 const struct noxs_vif_info *noxs_vif(unsigned i);
+/* Validated snapshot of one vbd's configuration, read when asked. */
+struct noxs_vbd_info {
+	unsigned id;
+	uint64_t sectors;
+	uint32_t sector_size;
+	bool read_only;
+	volatile struct noxs_vbd_ctrl *ctrl;  /* for fe_state and counters */
+};
+unsigned noxs_vbd_count(void);
+/* 0 on success; -1 if there is no vbd i or its page fails validation. */
+int noxs_vbd(unsigned i, struct noxs_vbd_info *out);
 /* Xenbus frontend state of a device's control page (bumps fe_events). */
 void noxs_set_fe_state(volatile struct noxs_ctrl_hdr *hdr, uint32_t state);
 /* Boot record milestones: record the TSC, set the state, print a line. */

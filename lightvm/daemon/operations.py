@@ -89,7 +89,8 @@ class Operations:
         if not os.path.isabs(config):
             raise SpecError(f"config {config!r}: give an absolute path (the daemon has its own working dir)")
         name = _arg(args, "name", str)
-        count = _arg(args, "count", int) or 1
+        count = _arg(args, "count", int)
+        count = 1 if count is None else count  # not `or 1`: -n 0 must be refused, not create one
         accel = _arg(args, "accel", str) or "auto"
         timeout = float(_arg(args, "timeout", (int, float)) or 10.0)
         publish = _arg(args, "publish", list) or []
