@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 import random
+import select
 import shutil
 import signal
 import subprocess
@@ -133,7 +134,10 @@ class Stack:
         self.ns = ns
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # the harness prints READY or dies
+        # The harness prints READY or dies; a bounded wait, so a harness that hangs fails
+        # this test instead of blocking the whole run.
+        ready, _, _ = select.select([self.proc.stdout], [], [], 60)
+        line = self.proc.stdout.readline() if ready else "(no line within 60 s)"
         if line.strip() != "READY":
             self.proc.kill()
             _, err = self.proc.communicate(timeout=10)
