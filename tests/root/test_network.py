@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import qemu_pids_mentioning
 from pyroute2 import IPRoute
 
 from lightvm.devices import net
@@ -392,12 +395,39 @@ def test_rootless_daytime_answers_on_the_published_port(nsname: str) -> None:
             child.join(timeout=30)
             if child.exitcode is None:
                 child.kill()
+                child.join(timeout=10)
+            # A child killed (or failing) before its destroy would orphan a QEMU running as nobody.
+            orphans = _kill_qemus(base)
+        assert orphans == [], f"QEMUs left by the rootless child, killed: {orphans}"
         assert text.endswith("-UTC\r\n") and str(time.gmtime().tm_year) in text, text
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
 ROUTED_VMS = 200  # the networking issue's bar: 200 daytime VMs on one network
+
+
+def _kill_qemus(state_dir: Path) -> list[int]:
+    """Kill fallback: SIGKILL every QEMU whose command line names ``state_dir``; their PIDs."""
+    pids = qemu_pids_mentioning(str(state_dir))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def _destroy_all_or_kill(ts: Any, names: list[str], state_dir: Path) -> list[str]:
+    """Destroy every VM, going on past a failure; then kill any QEMU left. What went wrong."""
+    failed = []
+    for name in names:
+        try:
+            ts.destroy(name)
+        except Exception as exc:
+            failed.append(f"destroy {name}: {exc!r}")
+    killed = _kill_qemus(state_dir)
+    if killed:
+        failed.append(f"QEMUs left after destroy, killed: {killed}")
+    return failed
 
 
 def test_daytime_vms_reachable_from_a_separate_routed_namespace(
@@ -445,8 +475,8 @@ def test_daytime_vms_reachable_from_a_separate_routed_namespace(
             ]  # fmt: skip
             assert unanswered == []
         finally:
-            for result in results:
-                ts.destroy(result.name)
+            failed = _destroy_all_or_kill(ts, [result.name for result in results], state_dir)
+        assert failed == [], failed
         assert _taps(ctx) == [] and ctx.devd().ports("lv-routed") == [] and ctx.store().get("routed").leases == []
     finally:
         netns.remove(client)
