@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from netclient import parse_daytime
 from nettools import Netns, require_netns, run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,14 +67,6 @@ def expected_daytime(t: int) -> str:
         f"{calendar.day_name[g.tm_wday]}, {calendar.month_name[g.tm_mon]} {g.tm_mday}, {g.tm_year} "
         f"{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d}-UTC"
     )
-
-
-def parse_daytime(text: str) -> float:
-    """Seconds since the epoch from our RFC 867 line; raises ValueError if malformed."""
-    if not text.endswith("\r\n"):
-        raise ValueError(f"no CRLF: {text!r}")
-    parsed = time.strptime(text[:-2], "%A, %B %d, %Y %H:%M:%S-UTC")
-    return calendar.timegm(parsed)
 
 
 def test_daytime_format_matches_python_calendar(harness: Path) -> None:
