@@ -183,11 +183,13 @@ def test_nmi_doorbell(images: Path) -> None:
         g.launch()
         g.wait_boot_state(BootState.READY, timeout=20)
         assert g.qmp is not None and g.region is not None
+        beat = g.boot_record().heartbeat
         for _ in range(3):
             # An NMI without a request is harmless: the guest checks and sleeps again.
             g.qmp.execute("inject-nmi")
+            beat += 1
+            assert wait_until(lambda b=beat: g.boot_record().heartbeat == b, timeout=30), (g.boot_record(), beat)
         assert g.boot_record().state == BootState.READY
-        beat = g.boot_record().heartbeat
         g.region.request(Sysctl.POWEROFF)
         time.sleep(1.0)  # ten idle ticks of a guest without the doorbell: this one must not look
         br = g.boot_record()
@@ -302,7 +304,9 @@ def test_ioapic_interrupts_wake_idle(images: Path) -> None:
     g, log = _probe(images, "irq")
     with g:
         _, count, wakeups = _line(log, "IRQ ")
-        assert 20 <= int(count) <= 120, log
+        # Periodic, not a one-shot (1) and never more than the PIT's 1 kHz allows: how many
+        # arrive is the host's scheduling, not a property of the guest (32 seen under load).
+        assert 5 <= int(count) <= 120, log
         assert int(count) // 2 <= int(wakeups) <= int(count) + 1, log
 
 
