@@ -138,7 +138,17 @@ def test_idle_qemu_sleeps(images: Path) -> None:
         g.launch()
         g.wait_boot_state(BootState.READY, timeout=20)
         assert g.proc is not None
-        time.sleep(0.5)  # READY is out: the guest has quiesced the PIT and gone idle
+        pid = g.proc.pid
+        # READY is out a moment before the guest has quiesced the PIT: wait until QEMU goes
+        # quiet (a quarter second with at most one wake-up), then measure a longer stretch.
+        window = 0.25
+
+        def quiet() -> bool:
+            start = _context_switches(pid)
+            time.sleep(window)
+            return _context_switches(pid) - start <= 1
+
+        assert wait_until(quiet, timeout=30), "QEMU never went quiet"
         before = _context_switches(g.proc.pid)
         time.sleep(2.0)
         switches = _context_switches(g.proc.pid) - before

@@ -213,7 +213,7 @@ def test_more_clients_at_once_than_slots(stack: Stack) -> None:
 
 def test_closed_port_is_refused(stack: Stack) -> None:
     assert stack.ns.client("refused", STACK_IP, 9) == {"refused": True}
-    assert stack.stop()["tcp_resets_sent"] >= 1
+    assert stack.stop()["tcp_resets_sent"] == 1  # one SYN, one RST: nothing else reached a closed port
 
 
 def test_concurrent_echo_connections(stack: Stack) -> None:
