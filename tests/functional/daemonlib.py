@@ -2,7 +2,8 @@
 
 ``Lightvmd.start(...)`` runs ``lightvm daemon run`` as a child and waits until it
 answers ``ping``; ``stop()`` sends SIGTERM (``kill9()`` the hard way). The fixture
-destroys every VM, stops the daemon (SIGKILL if it does not stop), and asserts that no
+stops the daemon (SIGKILL if it does not stop, and any detached one the test left), destroys
+every VM, kills any QEMU of the state dir, and only then asserts that no
 QEMU of the state dir, no NoXS file of a VM or shell, no pool folder and no socket is
 left, whatever the test did.
 """
@@ -24,6 +25,7 @@ import pytest
 from harness import qemu_pids_mentioning
 
 from lightvm.daemon import api
+from lightvm.daemon.server import read_pid
 from lightvm.util import proc_alive, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,32 +145,58 @@ def lightvmd(request: pytest.FixtureRequest, tmp_path: Path, cache_dir: Path, im
     try:
         yield d
     finally:
+        _teardown(request, d)
+
+
+def _teardown(request: pytest.FixtureRequest, d: Lightvmd) -> None:
+    """Clean up everything first (each step with a kill fallback, none skipped by an error
+    in another), then assert: a failing check can no longer leave a daemon or a QEMU behind."""
+    problems: list[str] = []
+    with contextlib.suppress(Exception):  # only to learn the shells' ids: cleanup needs none of it
         d.shell_records()
-        vms = d.state_dir / "vms"
-        for folder in vms.iterdir() if vms.is_dir() else []:
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                d.seen_ids.add(json.loads((folder / "vm.json").read_text())["id"])
-        failed = getattr(request.node, "rep_call", None)
-        if failed is not None and failed.failed and d.log.exists():
-            print(f"\nlightvmd log:\n{d.log.read_text()[-4000:]}")
-        if d.proc is not None:
-            pid = d.proc.pid
-            try:
-                d.stop()
-            except subprocess.TimeoutExpired:
+    vms = d.state_dir / "vms"
+    for folder in vms.iterdir() if vms.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            d.seen_ids.add(json.loads((folder / "vm.json").read_text())["id"])
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed and d.log.exists():
+        print(f"\nlightvmd log:\n{d.log.read_text()[-4000:]}")
+    daemons: list[tuple[int, int | None]] = []
+    if d.proc is not None:
+        pid = d.proc.pid
+        try:
+            d.stop()
+        except Exception as exc:  # hung (TimeoutExpired) or anything else: the hard way
+            problems.append(f"lightvmd {pid} did not stop on SIGTERM: {exc!r}")
+            with contextlib.suppress(Exception):
                 d.kill9()
-            assert not proc_alive(pid, None)
-        env = dict(d.env, LIGHTVM_NO_DAEMON="1")
+        daemons.append((pid, None))
+    detached = read_pid(d.state_dir)  # a `lightvm daemon start` the test left running
+    if detached is not None:
+        problems.append(f"a detached lightvmd (pid {detached[0]}) was left running")
+        daemons.append(detached)
+    for pid, start in daemons:
+        if proc_alive(pid, start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if not wait_until(lambda p=pid, s=start: not proc_alive(p, s), timeout=10):
+                problems.append(f"lightvmd {pid} survived SIGKILL")
+    env = dict(d.env, LIGHTVM_NO_DAEMON="1")
+    try:
         subprocess.run(
             [sys.executable, "-m", "lightvm.cli", "--state-dir", str(d.state_dir), "destroy", "--all"],
             env=env, capture_output=True, timeout=300, check=False,
         )  # fmt: skip
-        leftovers = d.leftovers()
-        for pid in qemu_pids_mentioning(str(d.state_dir), live_only=True):  # never leave QEMU behind, even on failure
+    except subprocess.TimeoutExpired:
+        problems.append("destroy --all timed out")
+    leftovers = d.leftovers()
+    for pid in qemu_pids_mentioning(str(d.state_dir), live_only=True):  # never leave QEMU behind, even on failure
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        for i in d.seen_ids:
-            Path(f"/dev/shm/lightvm-{i}").unlink(missing_ok=True)
-        assert not leftovers, f"leftovers after stopping lightvmd and destroying every VM: {leftovers}"
+    for i in d.seen_ids:
+        Path(f"/dev/shm/lightvm-{i}").unlink(missing_ok=True)
+    assert not problems, problems
+    assert not leftovers, f"leftovers after stopping lightvmd and destroying every VM: {leftovers}"
 
 
 def wait_pool(d: Lightvmd, ready: int, timeout: float = 60.0) -> dict[str, Any]:

@@ -4,6 +4,10 @@ Standard library only; every socket has a timeout; results are printed as one JS
 so the test in the root namespace can assert on them. Used against the guest IPv4 stack, either in
 the host tap harness or in a booted unikernel.
 
+Imported, it is also the one daytime client of the tests: :func:`read_daytime` (here),
+:func:`read_daytime_in` (inside a namespace, through this file's ``daytime`` command) and
+:func:`parse_daytime` (the RFC 867 line our servers write).
+
 Commands:
   daytime IP PORT N [TIMEOUT]  N sequential TCP clients; each reads until the server closes
   parallel IP PORT N           N TCP clients connected at once, then each reads until closed
@@ -17,16 +21,19 @@ Commands:
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import json
 import random
 import selectors
 import socket
 import struct
+import subprocess
 import sys
 import time
 
 TIMEOUT = 10.0
+DAYTIME_FORMAT = "%A, %B %d, %Y %H:%M:%S-UTC"  # RFC 867 leaves it open; this is ours (images/apps/daytime.c)
 
 
 def _out(obj: object) -> None:
@@ -40,6 +47,42 @@ def _read_all(sock: socket.socket) -> bytes:
         if not data:
             return b"".join(chunks)
         chunks.append(data)
+
+
+def parse_daytime(text: str) -> float:
+    """Seconds since the epoch from our RFC 867 line; raises ValueError if malformed."""
+    if not text.endswith("\r\n"):
+        raise ValueError(f"no CRLF: {text!r}")
+    return calendar.timegm(time.strptime(text[:-2], DAYTIME_FORMAT))
+
+
+def read_daytime(host: str, port: int, timeout: float = 2.0) -> str | None:
+    """One daytime client: connect, read until the server closes; the text, or None when
+    nothing answered (refused, reset, timed out, or closed without a byte)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            data = _read_all(sock)
+    except OSError:
+        return None
+    return data.decode("ascii", "replace") or None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def read_daytime_in(netns: str, host: str, port: int, timeout: float = 2.0) -> str | None:
+    """:func:`read_daytime` from inside network namespace ``netns``."""
+    argv = ["ip", "netns", "exec", netns, sys.executable, __file__, "daytime", host, str(port), "1", str(timeout)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"netclient in {netns} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    texts: list[str] = json.loads(proc.stdout.strip().splitlines()[-1])["texts"]
+    return texts[0] if texts and texts[0] else None
 
 
 def cmd_daytime(ip: str, port: int, count: int, timeout: float = TIMEOUT) -> None:

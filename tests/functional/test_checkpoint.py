@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_toolstack_daytime import DAYTIME, free_port, read_daytime
+from netclient import free_port, read_daytime
 
 from lightvm.mobility.format import MAGIC, VERSION
 from lightvm.util import wait_until
 
 pytestmark = pytest.mark.functional
+
+DAYTIME = Path(__file__).resolve().parents[2] / "examples" / "daytime.toml"
 
 
 def guest(lightvm: Any, name: str) -> dict[str, Any]:
@@ -51,7 +53,7 @@ def test_save_restore_daytime_continues(lightvm: Any, tmp_path: Path) -> None:
     # No reboot: the counters in the guest's own memory continue from where they were.
     assert restored["heartbeat"] >= before["heartbeat"] and restored["app_counter"] == before["app_counter"]
     reply = wait_until(lambda: read_daytime("127.0.0.1", port), timeout=20, interval=0.05)
-    assert reply is not None and str(__import__("time").gmtime().tm_year).encode() in reply
+    assert reply is not None and str(__import__("time").gmtime().tm_year) in reply
     after = wait_until(lambda: (g := guest(lightvm, "daytime"))["heartbeat"] > before["heartbeat"] and g, timeout=10)
     assert after and after["app_counter"] == before["app_counter"] + 1 and after["state"] == "READY"
     console = (lightvm.state_dir / "vms" / "daytime" / "console.log").read_text(errors="replace")
@@ -196,8 +198,10 @@ def test_migration_of_a_guest_writing_memory(lightvm: Any, tmp_path: Path) -> No
         moved = migrate_local(here, "dirty", there)  # default: 4 GiB/s, 10 ms downtime
         # Converged while the guest kept re-dirtying (more than its 4 MiB went over). How
         # short the final stop is belongs to `lightvm bench checkpoint`: a loaded CI host
-        # once stretched it from ~10 to 99 ms, so here it is only checked to be reported.
-        assert moved.bytes > 4 << 20 and 0 < moved.downtime_ms <= 1000, moved
+        # once stretched it from ~10 to 99 ms. Here: reported, a part of the migration (not
+        # a stop-and-copy of all of it), and under QEMU's own default downtime-limit of
+        # 300 ms, which only a limit that was never applied would let it reach.
+        assert moved.bytes > 4 << 20 and 0 < moved.downtime_ms < min(300, moved.migrate_ms), moved
         on_there = there.info("dirty")["guest"]
         assert on_there["state"] == "READY" and on_there["app_counter"] >= later
         assert wait_until(lambda: there.info("dirty")["guest"]["app_counter"] > on_there["app_counter"], timeout=10)

@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 from daemonlib import Lightvmd, lightvmd
-from test_toolstack_daytime import DAYTIME, free_port, read_daytime
+from netclient import free_port, read_daytime
 
 from lightvm.util import wait_until
 
 pytestmark = pytest.mark.functional
+
+DAYTIME = Path(__file__).resolve().parents[2] / "examples" / "daytime.toml"
 __all__ = ["lightvmd"]
 
 

@@ -16,7 +16,6 @@ QEMU NIC arguments:
 
 from __future__ import annotations
 
-import calendar
 import os
 import shutil
 import sys
@@ -25,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from netclient import parse_daytime
 from nettools import Netns, require_netns
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,12 +42,6 @@ IMAGE_BUDGET = 480 * 1024
 MEMORY = "4M"  # every microvm guest here runs in 4 MiB, the paper's target
 
 MMIO_MODERN = ["-global", "virtio-mmio.force-legacy=false"]
-
-
-def parse_daytime(text: str) -> float:
-    if not text.endswith("\r\n"):
-        raise ValueError(f"no CRLF: {text!r}")
-    return calendar.timegm(time.strptime(text[:-2], "%A, %B %d, %Y %H:%M:%S-UTC"))
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +110,8 @@ def daytime(request: pytest.FixtureRequest, image: Path) -> Iterator[Daytime]:
 
 
 def test_ready_then_daytime_and_time(daytime: Daytime) -> None:
-    console = daytime.guest.console()
-    assert "READY daytime" in console
+    # The boot record says READY a moment before the console line reaches the file: wait for it.
+    console = daytime.guest.wait_console("READY daytime\n", timeout=20)
     assert f"net: vif 0 {GUEST_IP}/24 gw {HOST_IP} mtu 1500 on virtio-mmio" in console
     rec = daytime.guest.boot_record()
     assert rec.state == BootState.READY and rec.app == "daytime"

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from lightvm import hostfacts
 from lightvm.noxs import BootState, GuestErrorCode, PageConfig, Sysctl, TscSource, VifConfig, XenbusState
+from lightvm.util import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from guestlib import EXIT_FATAL, EXIT_POWEROFF, EXIT_TRIPLE_FAULT, MACHINE, Guest, build_images, qemu_argv
@@ -80,21 +82,20 @@ def test_page_rewrite_is_followed(images: Path) -> None:
         assert g.wait_boot_state(BootState.READY, timeout=20).generation_seen == 2
         assert g.region is not None
         g.region.write_config(PageConfig(name="gen"))
-        deadline = time.monotonic() + 5
-        while g.boot_record().generation_seen != 4:
-            assert time.monotonic() < deadline, g.boot_record()
-            time.sleep(0.01)
+        assert wait_until(lambda: g.boot_record().generation_seen == 4, timeout=30), g.boot_record()
 
 
 def test_idle_heartbeat_is_slow(images: Path) -> None:
-    """Without the NMI doorbell the idle guest polls its page at ~10 Hz (one heartbeat each)."""
+    """Without the NMI doorbell the idle guest polls its page at ~10 Hz (one heartbeat each):
+    it does wake by itself, and never faster than its 100 ms tick (a loaded host only slows it)."""
     with Guest(images / "noop.elf") as g:
         g.write_config(PageConfig(name="idle"))
         g.launch()
         first = g.wait_boot_state(BootState.READY, timeout=20).heartbeat
-        time.sleep(1.0)
-        beats = g.boot_record().heartbeat - first
-        assert 3 <= beats <= 15, beats
+        t0 = time.monotonic()
+        assert wait_until(lambda: g.boot_record().heartbeat - first >= 5, timeout=30), g.boot_record()
+        beats, elapsed = g.boot_record().heartbeat - first, time.monotonic() - t0
+        assert beats <= elapsed * 10 * 1.5 + 2, (beats, elapsed)  # no busy polling
 
 
 def test_idle_is_tickless_with_doorbell(images: Path) -> None:
@@ -109,19 +110,14 @@ def test_idle_is_tickless_with_doorbell(images: Path) -> None:
         assert g.qmp is not None and g.region is not None
         for i in range(1, 4):
             g.qmp.execute("inject-nmi")
-            deadline = time.monotonic() + 5
-            while g.boot_record().heartbeat != first + i:
-                assert time.monotonic() < deadline, (g.boot_record(), first, i)
-                time.sleep(0.005)
+            want = first + i
+            assert wait_until(lambda w=want: g.boot_record().heartbeat == w, timeout=30), (g.boot_record(), want)
         seen = g.boot_record().generation_seen
         g.region.write_config(PageConfig(name="tickless", nmi_doorbell=True))
         time.sleep(0.3)
         assert g.boot_record().generation_seen == seen  # asleep: the rewrite waits for a poke
         g.qmp.execute("inject-nmi")
-        deadline = time.monotonic() + 5
-        while g.boot_record().generation_seen == seen:
-            assert time.monotonic() < deadline, g.boot_record()
-            time.sleep(0.005)
+        assert wait_until(lambda: g.boot_record().generation_seen != seen, timeout=30), g.boot_record()
 
 
 def _context_switches(pid: int) -> int:
@@ -142,7 +138,17 @@ def test_idle_qemu_sleeps(images: Path) -> None:
         g.launch()
         g.wait_boot_state(BootState.READY, timeout=20)
         assert g.proc is not None
-        time.sleep(0.5)  # READY is out: the guest has quiesced the PIT and gone idle
+        pid = g.proc.pid
+        # READY is out a moment before the guest has quiesced the PIT: wait until QEMU goes
+        # quiet (a quarter second with at most one wake-up), then measure a longer stretch.
+        window = 0.25
+
+        def quiet() -> bool:
+            start = _context_switches(pid)
+            time.sleep(window)
+            return _context_switches(pid) - start <= 1
+
+        assert wait_until(quiet, timeout=30), "QEMU never went quiet"
         before = _context_switches(g.proc.pid)
         time.sleep(2.0)
         switches = _context_switches(g.proc.pid) - before
@@ -160,42 +166,48 @@ def test_tsc_rate_from_page_hint(images: Path) -> None:
 
 
 def test_calibrated_rate_matches_host_clock(images: Path) -> None:
-    """Without a hint the guest measures its TSC; check it against host time."""
+    """Without a hint the guest measures its TSC; check it against the host's own measure
+    (under TCG the guest reads the host's TSC) and the idle tick against host time."""
+    host_hz = hostfacts.tsc_hz()
+    if not host_hz:
+        pytest.skip("this host has no constant, nonstop TSC to compare with")
     with Guest(images / "noop.elf") as g:
         g.write_config(PageConfig(name="calib"))
         g.launch()
         br = g.wait_boot_state(BootState.READY, timeout=20)
         assert br.tsc_source in (TscSource.CPUID_15H, TscSource.CPUID_16H, TscSource.HV_LEAF, TscSource.PIT)
-        # The idle tick (100 ms of guest time) must take ~100 ms of host time.
+        assert abs(br.tsc_hz - host_hz) <= host_hz * 0.05, (br.tsc_hz, host_hz)
+        # The idle tick (100 ms of guest time) never comes faster than 100 ms of host time;
+        # a host under load may only make it slower.
         t0, b0 = time.monotonic(), br.heartbeat
-        time.sleep(2.0)
+        assert wait_until(lambda: g.boot_record().heartbeat - b0 >= 10, timeout=60), g.boot_record()
         beats, elapsed = g.boot_record().heartbeat - b0, time.monotonic() - t0
-        assert abs(beats - elapsed * 10) <= 3, (beats, elapsed)
+        assert beats <= elapsed * 10 * 1.2 + 2, (beats, elapsed)
 
 
 def test_nmi_doorbell(images: Path) -> None:
-    """With NOXS_FEAT_NMI_DOORBELL, an NMI makes the idle guest act at once."""
+    """With NOXS_FEAT_NMI_DOORBELL only an NMI wakes the idle guest: a poweroff request
+    written to its page waits, untouched, until the NMI; then the guest acts on it."""
     with Guest(images / "noop.elf", qmp=True) as g:
         g.write_config(PageConfig(name="nmi", nmi_doorbell=True))
         g.launch()
         g.wait_boot_state(BootState.READY, timeout=20)
         assert g.qmp is not None and g.region is not None
-        time.sleep(0.15)  # well inside an idle sleep
-        latencies = []
+        beat = g.boot_record().heartbeat
         for _ in range(3):
             # An NMI without a request is harmless: the guest checks and sleeps again.
-            t0 = time.monotonic()
             g.qmp.execute("inject-nmi")
-            latencies.append(time.monotonic() - t0)
-        g.wait_boot_state(BootState.READY, timeout=1)
-        t0 = time.monotonic()
+            beat += 1
+            assert wait_until(lambda b=beat: g.boot_record().heartbeat == b, timeout=30), (g.boot_record(), beat)
+        assert g.boot_record().state == BootState.READY
         g.region.request(Sysctl.POWEROFF)
+        time.sleep(1.0)  # ten idle ticks of a guest without the doorbell: this one must not look
+        br = g.boot_record()
+        assert (br.state, br.heartbeat) == (BootState.READY, beat), br
         g.qmp.send("inject-nmi")
-        g.wait_boot_state(BootState.HALTED, timeout=10)
-        latency = time.monotonic() - t0
-        assert g.wait_exit(timeout=10) == EXIT_POWEROFF
-        # Tickless idle: only the NMI wakes the guest (no timer is armed at all).
-        assert latency < 0.05, latency
+        g.wait_boot_state(BootState.HALTED, timeout=30)
+        assert g.wait_exit(timeout=30) == EXIT_POWEROFF
+        assert g.console_lines()[-1] == "POWEROFF"
 
 
 def test_sysctl_crash_request(images: Path) -> None:
@@ -302,7 +314,9 @@ def test_ioapic_interrupts_wake_idle(images: Path) -> None:
     g, log = _probe(images, "irq")
     with g:
         _, count, wakeups = _line(log, "IRQ ")
-        assert 20 <= int(count) <= 120, log
+        # Periodic, not a one-shot (1) and never more than the PIT's 1 kHz allows: how many
+        # arrive is the host's scheduling, not a property of the guest (32 seen under load).
+        assert 5 <= int(count) <= 120, log
         assert int(count) // 2 <= int(wakeups) <= int(count) + 1, log
 
 
@@ -349,6 +363,14 @@ def test_pci_bar_map_is_idempotent(images: Path) -> None:
         assert 0xC0000000 <= int(bar, 16) < 0xE0000000
         assert int(size) == 8192
         assert int(cmd.split("=")[1], 16) & 0x6 == 0x6  # memory decode + bus master
+        # The base library mapped the same BAR at boot to find its page: that mapping must
+        # still be the live one (a second map that moved the BAR would strand it).
+        assert g.region is not None
+        seen = g.boot_record().generation_seen
+        g.region.write_config(PageConfig(name="probe"))
+        assert wait_until(lambda: g.boot_record().generation_seen > seen, timeout=30), g.boot_record()
+        g.region.request(Sysctl.POWEROFF)
+        assert g.wait_exit(timeout=30) == EXIT_POWEROFF
 
 
 # ---- the firmware (images/base/firmware.S) ----

@@ -136,6 +136,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_share(pid: int, window: float) -> float:
+    """CPU seconds ``pid`` used per second of host time over ``window`` s (a host under load only lowers it)."""
+    before, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(window)
+    return (cpu_seconds(pid) - before) / (time.monotonic() - t0)
+
+
 def test_waiting_shells_sleep_at_the_wait_point_until_their_bell(lightvmd: Lightvmd) -> None:
     lightvmd.start(size=1)  # default variant: waiting, asleep on the console bell
     stats = wait_pool(lightvmd, 1)
@@ -146,9 +153,7 @@ def test_waiting_shells_sleep_at_the_wait_point_until_their_bell(lightvmd: Light
         assert region.boot_record().heartbeat >= 1  # the rehearsal ring at prepare woke it once
         assert page_identity(shell["noxs_path"])[1] == str(uuid.UUID(int=0))  # no identity yet
     # Asleep, not spinning: its QEMU runs (no QMP stop) yet costs next to no CPU.
-    before = cpu_seconds(shell["pid"])
-    time.sleep(1.0)
-    assert cpu_seconds(shell["pid"]) - before < 0.3
+    assert _cpu_share(shell["pid"], 1.0) < 0.3  # a spinning vCPU would use all of its share
     vm = lightvmd.create("w1")
     assert vm["path"] == "pool" and vm["id"] == shell["id"]
     info = lightvmd.call("info", {"name": "w1"})
@@ -162,9 +167,7 @@ def test_waiting_shells_sleep_at_the_wait_point_until_their_bell(lightvmd: Light
     (shell,) = lightvmd.shell_records()
     with NoxsRegion.open(Path(shell["noxs_path"])) as region:
         assert region.boot_state() == BootState.WAITING  # there, spinning, and stopped by QMP
-    before = cpu_seconds(shell["pid"])
-    time.sleep(0.5)
-    assert cpu_seconds(shell["pid"]) - before < 0.2
+    assert _cpu_share(shell["pid"], 1.0) < 0.3
     vm = lightvmd.create("s1")
     assert vm["path"] == "pool" and lightvmd.call("info", {"name": "s1"})["guest"]["state"] == "READY"
     lightvmd.stop()
@@ -200,7 +203,8 @@ def test_concurrent_creates_share_the_pool_without_reuse(lightvmd: Lightvmd) -> 
         t.join(120)
     assert not errors and len(results) == 8
     paths = [vm["path"] for vm in results.values()]
-    assert paths.count("pool") >= 1 and set(paths) <= {"pool", "cold"}
+    # Three shells were ready before the first request: each is taken by one of them.
+    assert paths.count("pool") >= 3 and set(paths) <= {"pool", "cold"}, paths
     assert len({vm["pid"] for vm in results.values()}) == 8 and len({vm["id"] for vm in results.values()}) == 8
     listed = {vm["name"]: vm["status"] for vm in lightvmd.call("list")}
     assert listed == dict.fromkeys(results, "running")

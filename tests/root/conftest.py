@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, netns
 from pyroute2 import config as pyroute2_config
+from twohosts import hosts as hosts  # the two-host fixture of the migration tests
 
 from lightvm.devices.devd import Devd, has_cap_net_admin
 

@@ -1,7 +1,8 @@
 """Live migration between two "hosts" on one machine: two network namespaces joined by a
 veth (a private /30 that exists only between them), an sshd in each (its own config, host
 key and authorized_keys in the test's tmp dir, listening on its namespace address), and a
-lightvm state dir per host. The source CLI runs inside namespace A.
+lightvm state dir per host (tests/root/twohosts.py, the ``hosts`` fixture). The source
+CLI runs inside namespace A.
 
 Needs root and openssh-server (``apt-get install openssh-server``; only /usr/sbin/sshd is
 used, never the system service).
@@ -9,182 +10,23 @@ used, never the system service).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
+import re
 import signal
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from harness import LightVM, qemu_pids_mentioning
+from harness import qemu_pids_mentioning
+from netclient import parse_daytime
+from twohosts import DAYTIME, REPO, SSH_PORT, TwoHosts, _b_clean, _children, _migrating, boot_daytime, run
 
 from lightvm.util import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.functional]
-
-REPO = Path(__file__).resolve().parents[2]
-DAYTIME = REPO / "examples" / "daytime.toml"
-SSHD = Path("/usr/sbin/sshd")
-SSH_PORT = 2222
-SUBNET = "10.213.77"  # .1 = host A, .2 = host B (a /30 inside the test's namespaces only)
-_counter = itertools.count()
-
-
-def run(argv: list[str], timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check)
-
-
-DAYTIME_CLIENT = """
-import socket, sys
-try:
-    with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2) as c:
-        data = b""
-        while not data.endswith(b"\\n"):
-            chunk = c.recv(256)
-            if not chunk:
-                break
-            data += chunk
-    sys.stdout.write(data.decode(errors="replace"))
-except OSError:
-    pass
-"""
-
-
-@dataclass
-class Host:
-    ns: str
-    addr: str
-    dir: Path
-    lv: Any  # tests/conftest.py's LightVM
-    sshd: subprocess.Popen[bytes] | None = None
-
-    def daytime(self, port: int) -> str | None:
-        out = run(["ip", "netns", "exec", self.ns, sys.executable, "-c", DAYTIME_CLIENT, str(port)]).stdout
-        return out or None
-
-    def guest(self, name: str) -> dict[str, Any]:
-        info = json.loads(self.lv.ok("info", name, "--json").out)
-        return dict(info["guest"])
-
-
-@dataclass
-class TwoHosts:
-    a: Host
-    b: Host
-    key: Path
-    known_hosts: Path
-    cache: Path
-    veth_a: str
-
-    def migrate_args(self, name: str, *extra: str, known_hosts: Path | None = None) -> list[str]:
-        remote = f"env LIGHTVM_CACHE_DIR={self.cache} PYTHONDONTWRITEBYTECODE=1 {sys.executable} -m lightvm.cli"
-        return [
-            "migrate", name, f"root@{self.b.addr}", "--port", str(SSH_PORT),
-            "--known-hosts", str(known_hosts or self.known_hosts), "--identity", str(self.key),
-            "--remote-command", remote, "--remote-state-dir", str(self.b.lv.state_dir), *extra,
-        ]  # fmt: skip
-
-
-def _sshd(host: Host, authorized: Path) -> None:
-    key = host.dir / "ssh_host_ed25519_key"
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
-    cfg = host.dir / "sshd_config"
-    cfg.write_text(
-        f"Port {SSH_PORT}\nListenAddress {host.addr}\nHostKey {key}\nPidFile {host.dir}/sshd.pid\n"
-        f"AuthorizedKeysFile {authorized}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-        # A cut link must end the session (and with it the receiver) within seconds.
-        "ClientAliveInterval 1\nClientAliveCountMax 3\nLogLevel INFO\n"
-    )
-    log = host.dir / "sshd.log"
-    host.sshd = subprocess.Popen(
-        ["ip", "netns", "exec", host.ns, str(SSHD), "-D", "-f", str(cfg), "-E", str(log)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    listening = wait_until(
-        lambda: "Server listening" in (log.read_text() if log.exists() else "") or host.sshd.poll() is not None,  # type: ignore[union-attr]
-        timeout=10,
-    )
-    assert listening and host.sshd.poll() is None, f"sshd did not start: {log.read_text() if log.exists() else ''}"
-
-
-@pytest.fixture
-def hosts(need_net_admin: None, tmp_path: Path, cache_dir: Path, images: Path) -> Iterator[TwoHosts]:
-    if not SSHD.exists():
-        pytest.skip("needs openssh-server (missing: apt-get install openssh-server)")
-    tag = f"{os.getpid()}-{next(_counter)}"
-    made_run_sshd = not Path("/run/sshd").exists()  # sshd's privilege separation dir
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    key = tmp_path / "id_ed25519"
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
-    authorized = tmp_path / "authorized_keys"
-    authorized.write_text(Path(f"{key}.pub").read_text())
-    hs: list[Host] = []
-    try:
-        for side, addr in (("a", f"{SUBNET}.1"), ("b", f"{SUBNET}.2")):
-            ns = f"lvmig-{tag}-{side}"
-            run(["ip", "netns", "add", ns])
-            d = tmp_path / side
-            d.mkdir()
-            lv = LightVM(d / "state", cache_dir)
-            lv.argv0 = ["ip", "netns", "exec", ns, *lv.argv0]
-            hs.append(Host(ns, addr, d, lv))
-        a, b = hs
-        va, vb = f"lvm{os.getpid() % 10000}a", f"lvm{os.getpid() % 10000}b"
-        run(["ip", "link", "add", va, "netns", a.ns, "type", "veth", "peer", "name", vb, "netns", b.ns])
-        for h, dev in ((a, va), (b, vb)):
-            run(["ip", "-n", h.ns, "link", "set", "lo", "up"])
-            run(["ip", "-n", h.ns, "addr", "add", f"{h.addr}/30", "dev", dev])
-            run(["ip", "-n", h.ns, "link", "set", dev, "up"])
-            _sshd(h, authorized)
-        known = tmp_path / "known_hosts"
-        hostkey = (b.dir / "ssh_host_ed25519_key.pub").read_text().split()
-        known.write_text(f"[{b.addr}]:{SSH_PORT} {hostkey[0]} {hostkey[1]}\n")
-        yield TwoHosts(a, b, key, known, cache_dir, va)
-    finally:
-        for h in hs:
-            h.lv.remember_ids()
-            if h.lv.vm_dirs():
-                h.lv.run("destroy", "--all", timeout=120)
-            leftovers = h.lv.leftovers()
-            for pid in qemu_pids_mentioning(str(h.lv.state_dir)):
-                os.kill(pid, signal.SIGKILL)
-            if h.sshd is not None:
-                h.sshd.terminate()
-                try:
-                    h.sshd.wait(10)
-                except subprocess.TimeoutExpired:
-                    h.sshd.kill()
-                    h.sshd.wait(10)
-            run(["ip", "netns", "del", h.ns], check=False)
-            for vm_id in h.lv.seen_ids:
-                Path(f"/dev/shm/lightvm-{vm_id}").unlink(missing_ok=True)
-            assert not leftovers, f"leftovers on host {h.ns}: {leftovers}"
-        if made_run_sshd:
-            with_sshd = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_sshd(p)]
-            if not with_sshd:
-                Path("/run/sshd").rmdir()
-
-
-def _is_sshd(proc: Path) -> bool:
-    try:
-        return (proc / "comm").read_text().strip() == "sshd"
-    except OSError:
-        return False
-
-
-def boot_daytime(hs: TwoHosts) -> int:
-    port = 18000 + os.getpid() % 1000
-    hs.a.lv.create(DAYTIME, "--publish", f"127.0.0.1:{port}:13")
-    assert wait_until(lambda: hs.a.daytime(port), timeout=20, interval=0.05)
-    return port
 
 
 def test_migrate_daytime(hosts: TwoHosts) -> None:
@@ -193,11 +35,11 @@ def test_migrate_daytime(hosts: TwoHosts) -> None:
     assert before["app_counter"] >= 1
     out = hosts.a.lv.ok(*hosts.migrate_args("daytime", "--json")).out
     result = json.loads(out)
-    assert result["bytes"] > 0 and result["downtime_ms"] >= 0 and result["migrate_ms"] > 0
+    assert result["bytes"] > 0 and 0 < result["downtime_ms"] < result["migrate_ms"], result
     assert hosts.a.lv.status() == {}  # source destroyed
     assert hosts.b.lv.status() == {"daytime": "running"}
     reply = wait_until(lambda: hosts.b.daytime(port), timeout=20, interval=0.05)
-    assert reply and str(__import__("time").gmtime().tm_year) in reply
+    assert reply is not None and abs(parse_daytime(reply) - time.time()) < 60, reply
     after = hosts.b.guest("daytime")
     # The same guest, not a reboot: its own counters continue.
     assert after["app_counter"] == before["app_counter"] + 1
@@ -229,10 +71,6 @@ def test_wrong_or_unknown_host_key_refused(hosts: TwoHosts, tmp_path: Path) -> N
     assert result.code == 1 and "not in known_hosts" in result.err, result.err
     assert hosts.a.lv.status() == {"daytime": "running"} and hosts.b.lv.vm_dirs() == []
     assert hosts.a.daytime(port)
-
-
-def _b_clean(hs: TwoHosts) -> bool:
-    return not hs.b.lv.vm_dirs() and not qemu_pids_mentioning(str(hs.b.lv.state_dir))
 
 
 def _start_slow_migration(hs: TwoHosts) -> subprocess.Popen[str]:
@@ -270,12 +108,6 @@ def test_veth_cut_mid_migration(hosts: TwoHosts) -> None:
     assert "stalled" in err and "network to the destination down" in err, err
 
 
-def _migrating(hs: TwoHosts) -> bool:
-    """True once the migration stream flows: an established TCP connection into B that is not SSH."""
-    out = run(["ss", "-N", hs.b.ns, "-Htn", "state", "established"], check=False).stdout
-    return any(line.split()[2].rsplit(":", 1)[1] != str(SSH_PORT) for line in out.splitlines() if line.split())
-
-
 def test_destination_qemu_killed(hosts: TwoHosts) -> None:
     def kill_destination_qemu() -> None:
         for pid in qemu_pids_mentioning(str(hosts.b.lv.state_dir)):
@@ -294,33 +126,16 @@ def test_migrate_daytime_on_a_tap(hosts: TwoHosts, tmp_path: Path) -> None:
     cfg.write_text(text.replace('"../images/build/', f'"{REPO}/images/build/'))
     (vm,) = hosts.a.lv.create(cfg)
     ip = next(w for w in vm["network"].split() if w.startswith("10.214.9.")).split("/")[0]
-    client = DAYTIME_CLIENT.replace('"127.0.0.1"', f'"{ip}"').replace("int(sys.argv[1])", "13")
-
-    def ask(h: Host) -> str | None:
-        return run(["ip", "netns", "exec", h.ns, sys.executable, "-c", client]).stdout or None
-
-    assert wait_until(lambda: ask(hosts.a), timeout=20, interval=0.05)
+    assert wait_until(lambda: hosts.a.daytime(13, ip), timeout=20, interval=0.05)
     hosts.a.lv.ok(*hosts.migrate_args("daytime"))
     assert hosts.b.lv.status() == {"daytime": "running"} and hosts.a.lv.status() == {}
-    assert wait_until(lambda: ask(hosts.b), timeout=20, interval=0.05)
+    reply = wait_until(lambda: hosts.b.daytime(13, ip), timeout=20, interval=0.05)
+    assert reply is not None and abs(parse_daytime(reply) - time.time()) < 60, reply
     leases = {h.ns: json.loads(h.lv.ok("network", "list", "--json").out)[0]["leases"] for h in (hosts.a, hosts.b)}
     assert leases[hosts.a.ns] == [] and [lease["ip"] for lease in leases[hosts.b.ns]] == [ip]
     taps = run(["ip", "-n", hosts.a.ns, "-o", "link", "show", "type", "tun"]).stdout
     assert taps.strip() == "", f"tap left on the source: {taps}"
     assert hosts.b.guest("daytime")["app_counter"] >= 1
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
-                kids.append(int(entry.name))
-    return kids
 
 
 def test_ssh_session_killed_mid_migration(hosts: TwoHosts) -> None:
@@ -336,4 +151,5 @@ def test_ssh_session_killed_mid_migration(hosts: TwoHosts) -> None:
             os.kill(pid, signal.SIGKILL)
 
     err = _fail_mid_migration(hosts, kill_ssh_session_on_b)
-    assert "SSH session" in err or "stalled" in err, err
+    # Which side notices first is a race; either way the user gets one of the two explanations.
+    assert re.search(r"the SSH session to \S+ is gone|stalled: nothing sent for", err), err

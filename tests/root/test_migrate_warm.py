@@ -1,5 +1,5 @@
 """Live migration through lightvmd on both "hosts" (the two-namespace set-up of
-test_migrate.py): the source's lightvmd keeps the SSH connection and a relay to the
+twohosts.py): the source's lightvmd keeps the SSH connection and a relay to the
 destination's lightvmd, which receives with a prepared ``-incoming defer`` QEMU.
 
 Faults on this path: the destination lightvmd killed mid-migration, the kept SSH
@@ -9,8 +9,10 @@ nothing of it on the destination.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,17 +20,7 @@ from typing import Any
 
 import pytest
 from harness import qemu_pids_mentioning
-from test_migrate import (
-    DAYTIME,
-    SSH_PORT,
-    Host,
-    TwoHosts,
-    _children,
-    _migrating,
-    boot_daytime,
-    run,
-)
-from test_migrate import hosts as hosts  # a fixture, used by name
+from twohosts import DAYTIME, SSH_PORT, Host, TwoHosts, _children, _migrating, boot_daytime, run
 
 from lightvm.util import wait_until
 
@@ -49,7 +41,10 @@ def warm(hosts: TwoHosts) -> Iterator[TwoHosts]:
         yield hosts
     finally:
         for h in (hosts.a, hosts.b):
-            h.lv.run("daemon", "stop", timeout=90)
+            # One host's failed stop must not skip the other's; the hosts fixture kills (and
+            # reports) a lightvmd still running after this.
+            with contextlib.suppress(Exception):
+                h.lv.run("daemon", "stop", timeout=90)
 
 
 def _ssh_args(hs: TwoHosts, known_hosts: Path | None = None) -> list[str]:
@@ -197,7 +192,8 @@ def test_warm_ssh_session_killed(warm: TwoHosts) -> None:
             os.kill(pid, signal.SIGKILL)
 
     err = _fail_warm(hs, kill_ssh_sessions_on_b)
-    assert "destination" in err or "stalled" in err or "SSH" in err, err
+    # Which side notices first is a race; either way the user gets an explanation of the cause.
+    assert re.search(r"destination: |the SSH session to \S+ is gone|stalled: nothing sent for|SSH failed", err), err
     assert wait_until(lambda: _b_clean(hs), timeout=30), "leftovers on B"
     # The daemon reconnects on the next migration.
     result = json.loads(hs.a.lv.ok(*hs.migrate_args("daytime", "--json")).out)
@@ -207,7 +203,7 @@ def test_warm_ssh_session_killed(warm: TwoHosts) -> None:
 def test_warm_veth_cut(warm: TwoHosts) -> None:
     hs = warm
     err = _fail_warm(hs, lambda: run(["ip", "-n", hs.a.ns, "link", "set", hs.veth_a, "down"]))
-    assert "stalled" in err or "destination" in err, err
+    assert re.search(r"stalled: nothing sent for|destination: ", err), err
     run(["ip", "-n", hs.a.ns, "link", "set", hs.veth_a, "up"])
     assert wait_until(lambda: _b_clean(hs), timeout=30), "leftovers on B"
 

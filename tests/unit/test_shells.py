@@ -10,6 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+from lightvm.daemon import shells
 from lightvm.daemon.shells import ShellPool
 from lightvm.state import StateDir
 
@@ -142,15 +145,26 @@ def test_a_failed_prepare_is_logged_counted_and_retried(tmp_path: Path) -> None:
         pool.stop()
 
 
-def test_stop_interrupts_the_back_off_and_discards_the_ready_shells(tmp_path: Path) -> None:
-    a, b = Kind("a"), Kind("b")
+def test_stop_interrupts_the_back_off_and_discards_the_ready_shells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shells, "RETRY_AFTER_FAILURE", 3600.0)  # far longer than any test
+    a, b, c = Kind("a"), Kind("b"), Kind("c")
     pool = FakePool(tmp_path, [a, b], size=2)
     pool.start()
     assert wait(lambda: pool.ready(a) == 2 and pool.ready(b) == 2)
     assert pool._committed_mib() == 40 and pool._count() == 4
-    t0 = time.monotonic()
-    pool.stop()
-    assert time.monotonic() - t0 < 1.5
+    pool.fail = 1
+    with pool._cond:
+        pool._shells[c] = deque()  # a new flavour whose first prepare fails: the thread backs off
+        pool._cond.notify_all()
+    assert wait(lambda: pool.backed_off == 1)
+    # stop() must wake the refill thread out of its back-off: one that waited it out
+    # would still be asleep when this join gives up.
+    stopper = threading.Thread(target=pool.stop)
+    stopper.start()
+    stopper.join(timeout=60)
+    assert not stopper.is_alive()
     assert all(s.discarded.is_set() for s in pool.prepared)
     assert pool._thread is not None and not pool._thread.is_alive()
 
