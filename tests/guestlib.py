@@ -300,11 +300,13 @@ class Guest:
             time.sleep(0.0002)
 
     def wait_console(self, text: str, timeout: float = 10.0) -> str:
-        """Wait until the console log contains ``text``; return the whole log."""
+        """Wait until the console log contains ``text`` in a complete line (the guest writes
+        its console byte by byte: a line read mid-write lacks its end); return the whole log."""
         deadline = time.monotonic() + timeout
         while True:
             log = self.console()
-            if text in log:
+            at = log.find(text)
+            if at >= 0 and "\n" in log[at + len(text) - 1 :]:
                 return log
             if self.proc is not None and self.proc.poll() is not None:
                 log = self.console()
