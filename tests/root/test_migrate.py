@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import LightVM, qemu_pids_mentioning
+from harness import LightVM, guard_env, qemu_pids_mentioning
 
+from lightvm.state import noxs_file
 from lightvm.util import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.functional]
@@ -82,7 +83,8 @@ class TwoHosts:
     veth_a: str
 
     def migrate_args(self, name: str, *extra: str, known_hosts: Path | None = None) -> list[str]:
-        remote = f"env LIGHTVM_CACHE_DIR={self.cache} PYTHONDONTWRITEBYTECODE=1 {sys.executable} -m lightvm.cli"
+        env = f"LIGHTVM_CACHE_DIR={self.cache} PYTHONDONTWRITEBYTECODE=1 {guard_env()}"  # sshd passes no env
+        remote = f"env {env} {sys.executable} -m lightvm.cli"
         return [
             "migrate", name, f"root@{self.b.addr}", "--port", str(SSH_PORT),
             "--known-hosts", str(known_hosts or self.known_hosts), "--identity", str(self.key),
@@ -165,7 +167,7 @@ def hosts(need_net_admin: None, tmp_path: Path, cache_dir: Path, images: Path) -
                     h.sshd.wait(10)
             run(["ip", "netns", "del", h.ns], check=False)
             for vm_id in h.lv.seen_ids:
-                Path(f"/dev/shm/lightvm-{vm_id}").unlink(missing_ok=True)
+                noxs_file(vm_id).unlink(missing_ok=True)
             assert not leftovers, f"leftovers on host {h.ns}: {leftovers}"
         if made_run_sshd:
             with_sshd = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_sshd(p)]
