@@ -126,11 +126,12 @@ def probe_boot(kernel: Path, accel: str, timeout: float) -> float:
     import uuid
 
     from lightvm.boot import boot  # boot imports machine; keep the import graph acyclic
+    from lightvm.state import SHM_PREFIX, shm_dir
 
     tag = uuid.uuid4().hex[:12]
     with tempfile.TemporaryDirectory(prefix="lightvm-probe-") as tmp:
         work = Path(tmp)
-        shm = Path(f"/dev/shm/lightvm-probe-{tag}")
+        shm = shm_dir() / f"{SHM_PREFIX}probe-{tag}"
         size = region_size_for(1)
         region = NoxsRegion.create(shm, 1)
         try:

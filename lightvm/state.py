@@ -11,6 +11,8 @@ else ``$XDG_RUNTIME_DIR/lightvm``)::
     STATE/vms/NAME/qmp.sock    QMP listening socket (bound by us, served by QEMU)
     STATE/vms/NAME/console.log guest serial console
     STATE/vms/NAME/qemu.log    QEMU's stdout/stderr
+    SHM/lightvm-ID             the VM's NoXS region (SHM = ``$LIGHTVM_SHM_DIR``, default
+                               /dev/shm: :func:`shm_dir`, the one place that reads it)
 
 The folder and its ``creating`` marker exist *before* any host resource, and the
 record names the NoXS file before it is created and the QEMU PID as soon as QEMU
@@ -36,10 +38,34 @@ from typing import Any
 from lightvm.errors import ExistsError, NotFoundError, StateError
 from lightvm.util import atomic_write, proc_alive, proc_start_time
 
-SHM_DIR = Path("/dev/shm")
+SHM_ENV = "LIGHTVM_SHM_DIR"
+DEFAULT_SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "lightvm-"
 
 STATE_ENV = "LIGHTVM_STATE_DIR"
+
+
+def shm_dir() -> Path:
+    """The directory holding the NoXS files: ``$LIGHTVM_SHM_DIR``, else /dev/shm (it
+    should be a tmpfs: the guests' pages live there). Created (mode 0700) if missing.
+
+    :raise StateError: if the variable is not an absolute path or the directory cannot be made.
+    """
+    env = os.environ.get(SHM_ENV)
+    path = Path(env) if env else DEFAULT_SHM_DIR
+    if not path.is_absolute():
+        raise StateError(f"{SHM_ENV}={env}: must be an absolute path")
+    if not path.is_dir():
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"{SHM_ENV}={path}: cannot create it ({exc.strerror or exc})") from exc
+    return path
+
+
+def noxs_file(vm_id: str) -> Path:
+    """Where the NoXS file of VM ``vm_id`` lives: ``shm_dir()/lightvm-ID``."""
+    return shm_dir() / f"{SHM_PREFIX}{vm_id}"
 
 
 def default_state_dir() -> Path:
@@ -86,7 +112,8 @@ class VMRecord:
 
     @classmethod
     def new(cls, name: str, vm_id: str, uuid: str, accel: str, noxs_size: int, spec: dict[str, Any]) -> VMRecord:
-        """A fresh record. The NoXS file is named after the VM id (``/dev/shm/lightvm-ID``):
+        """A fresh record. The NoXS file is named after the VM id (:func:`noxs_file`:
+        ``/dev/shm/lightvm-ID`` by default):
         destroy and the leftover checks find a VM's region by that name. A spec with vifs
         is marked ``vifs_pending`` until its taps are recorded, so that destroy looks for
         taps even if the creator dies first."""
@@ -96,7 +123,7 @@ class VMRecord:
             uuid=uuid,
             created=time.time(),
             accel=accel,
-            noxs_path=str(SHM_DIR / f"{SHM_PREFIX}{vm_id}"),
+            noxs_path=str(noxs_file(vm_id)),
             noxs_size=noxs_size,
             spec=spec,
         )

@@ -1,14 +1,21 @@
 """Shared fixtures: built guest images, and a `lightvm` runner with its own state dir
 that destroys every VM at teardown and then checks that nothing was left behind.
 
+Every test runs inside the leak guard (tests/leakguard.py, loaded here): whatever a test
+leaves of this session (a QEMU or lightvmd, a NoXS file, a namespace, a link, a socket
+in a state dir) fails it at teardown, and is removed.
+
 Fixture chain (Firecracker's uvm -> uvm_booted idea, for the CLI):
 
-    images     session: `make -C images` once; the build folder
-    lightvm    per test: a LightVM runner bound to a fresh --state-dir; at teardown it
-               destroys every VM (even when the test failed), prints the consoles of a
-               failed test, and asserts: no QEMU of this state dir, no NoXS file of its
-               VMs in /dev/shm, no socket, no VM folder.
-    noop_vm    per test: one booted noop VM (name "noop")
+    images       session: `make -C images` once; the build folder
+    lightvm      per test: a LightVM runner bound to a fresh --state-dir; at teardown it
+                 destroys every VM (even when the test failed), prints the consoles of a
+                 failed test, kills what destroy left (QEMU, a lightvmd), and asserts: no
+                 QEMU of this state dir, no NoXS file of its VMs, no socket, no VM folder.
+    make_lightvm per test: more runners (other state dirs), torn down the same way
+    noop_vm      per test: one booted noop VM (name "noop")
+    nsname       per test: a fresh network namespace (harness.Namespace)
+    netns        per test: a namespace in which `lightvm` makes its bridges and taps
 
 Functional tests use `-accel tcg` always (`--accel tcg`): kvm on these hosts is a
 nested PVM that is unusable (docs/qemu-notes.md).
@@ -25,11 +32,35 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import LightVM, qemu_pids_mentioning
+from harness import LightVM, Namespace, teardown
+
+pytest_plugins = ["pytester", "leakguard"]
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = REPO / "images"
 EXAMPLES = REPO / "examples"
+SKIPS_ENV = "LIGHTVM_TEST_SKIPS"  # scripts/test.sh: where to list what skipped
+
+
+def _note_skip(nodeid: str, longrepr: object) -> None:
+    """Append "NODEID<TAB>REASON" to $LIGHTVM_TEST_SKIPS (scripts/test.sh checks them
+    against tests/skip-allowlist.txt)."""
+    path = os.environ.get(SKIPS_ENV)
+    if not path:
+        return
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{nodeid}\t{' '.join(str(reason).split())}\n")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _note_skip(report.nodeid, report.longrepr)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:  # a module-level skip
+        _note_skip(report.nodeid, report.longrepr)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
@@ -61,6 +92,12 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lightvm-cache")
 
 
+def teardown_runner(runner: LightVM, request: pytest.FixtureRequest) -> None:
+    """harness.teardown, printing the consoles of a failed test first."""
+    failed = getattr(request.node, "rep_call", None)
+    teardown(runner, consoles_of=request.node.name if failed is not None and failed.failed else None)
+
+
 @pytest.fixture
 def lightvm(request: pytest.FixtureRequest, tmp_path: Path, cache_dir: Path, images: Path) -> Iterator[LightVM]:
     """A `lightvm` runner on a private state dir; teardown destroys all and checks for leftovers."""
@@ -68,52 +105,28 @@ def lightvm(request: pytest.FixtureRequest, tmp_path: Path, cache_dir: Path, ima
     try:
         yield runner
     finally:
-        runner.remember_ids()
-        failed = getattr(request.node, "rep_call", None)
-        if failed is not None and failed.failed:
-            print(f"\nconsoles of {request.node.name}:\n{runner.consoles()}")
-        if runner.vm_dirs():
-            runner.run("destroy", "--all", timeout=300)
-        leftovers = runner.leftovers()
-        for pid in qemu_pids_mentioning(str(runner.state_dir)):  # never leave QEMU behind, even on failure
-            os.kill(pid, 9)
-        for vm_id in runner.seen_ids:
-            Path(f"/dev/shm/lightvm-{vm_id}").unlink(missing_ok=True)
-        assert not leftovers, f"leftovers after destroying every VM: {leftovers}"
+        teardown_runner(runner, request)
 
 
 @pytest.fixture
-def netns(lightvm: LightVM) -> Iterator[str]:
-    """A fresh network namespace in which `lightvm` makes its bridges and taps
-    (LIGHTVM_NETNS, tap mode forced); teardown destroys the VMs and every network the
-    test made, then the namespace. Never touches the host's own interfaces."""
-    from lightvm.devices.devd import has_cap_net_admin
-
-    if not has_cap_net_admin():
-        pytest.skip("needs CAP_NET_ADMIN (missing: run as root)")
-    name = f"lvtn-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-    lightvm.env["LIGHTVM_NETNS"] = name
-    lightvm.env["LIGHTVM_NET_MODE"] = "tap"
-    try:
-        yield name
-    finally:
-        lightvm.run("destroy", "--all")
-        listed = lightvm.run("network", "list", "--json")
-        for network in json.loads(listed.out) if listed.code == 0 else []:
-            lightvm.run("network", "delete", network["name"], "--force")
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
-
-
-@pytest.fixture
-def make_lightvm(cache_dir: Path) -> Callable[[Path], LightVM]:
-    """Make a runner on another state dir (tests that need two). Tests must not
-    `import conftest`: with tests/root collected too, that name is ambiguous."""
+def make_lightvm(request: pytest.FixtureRequest, cache_dir: Path) -> Iterator[Callable[[Path], LightVM]]:
+    """Make a runner on another state dir (tests that need two); each is torn down like
+    `lightvm`'s. Tests must not `import conftest`: with tests/root collected too, that
+    name is ambiguous."""
+    made: list[LightVM] = []
 
     def make(state_dir: Path) -> LightVM:
-        return LightVM(state_dir, cache_dir)
+        made.append(LightVM(state_dir, cache_dir))
+        return made[-1]
 
-    return make
+    yield make
+    errors = []
+    for runner in made:
+        try:
+            teardown_runner(runner, request)
+        except AssertionError as exc:
+            errors.append(str(exc))
+    assert not errors, errors
 
 
 @pytest.fixture
@@ -121,3 +134,37 @@ def noop_vm(lightvm: LightVM) -> dict[str, Any]:
     """One booted noop VM named "noop"."""
     (vm,) = lightvm.create(EXAMPLES / "noop.toml")
     return vm
+
+
+@pytest.fixture
+def need_net_admin() -> None:
+    from lightvm.devices.devd import has_cap_net_admin
+
+    if not has_cap_net_admin():
+        pytest.skip("needs CAP_NET_ADMIN (missing: run as root)")
+
+
+@pytest.fixture
+def nsname(need_net_admin: None) -> Iterator[str]:
+    """A fresh, empty network namespace (its loopback up); removed in finally."""
+    with Namespace() as ns:
+        yield ns.name
+
+
+@pytest.fixture
+def netns(lightvm: LightVM, need_net_admin: None) -> Iterator[str]:
+    """A fresh network namespace in which `lightvm` makes its bridges and taps
+    (LIGHTVM_NETNS, tap mode forced); teardown destroys the VMs and every network the
+    test made, then the namespace. Never touches the host's own interfaces."""
+    with Namespace("lvtn-") as ns:
+        lightvm.env["LIGHTVM_NETNS"] = ns.name
+        lightvm.env["LIGHTVM_NET_MODE"] = "tap"
+        try:
+            yield ns.name
+        finally:
+            try:
+                lightvm.run("destroy", "--all")
+            finally:
+                listed = lightvm.run("network", "list", "--json")
+                for network in json.loads(listed.out) if listed.code == 0 else []:
+                    lightvm.run("network", "delete", network["name"], "--force")

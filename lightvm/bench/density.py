@@ -27,6 +27,7 @@ from lightvm.bench.procfs import cpu_ticks, mem_available_kib, smaps_rollup
 from lightvm.bench.runner import Benchmark, Result, Sample
 from lightvm.bench.suite import SuiteOptions
 from lightvm.errors import LightVMError
+from lightvm.state import SHM_PREFIX, shm_dir
 
 if TYPE_CHECKING:
     from lightvm.bench.boot import Variant
@@ -82,7 +83,7 @@ class _Density:
         assert isinstance(self.fleet, LightvmColdFleet)
         # The toolstack names a VM's NoXS file after its id; count this fleet's only.
         ids = {info.id for info in self.fleet.ts.list() if info.id}
-        return sum(p.stat().st_size for p in Path("/dev/shm").glob("lightvm-*") if p.name.split("-", 1)[1] in ids)
+        return sum(p.stat().st_size for p in shm_dir().glob(f"{SHM_PREFIX}*") if p.name.split("-", 1)[1] in ids)
 
     def cpu(self, n: int) -> Sample:
         pids = self._pids(n)

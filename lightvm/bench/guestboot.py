@@ -38,6 +38,7 @@ from pathlib import Path
 from lightvm.bench.runner import REPO
 from lightvm.machine import EXIT_CLEAN, QEMU_BINARY, Machine, MachineConfig
 from lightvm.noxs import BootRecord, BootState, NoxsRegion, PageConfig, Sysctl
+from lightvm.state import shm_dir
 
 IMAGES_DIR = REPO / "images"
 BUILD_DIR = IMAGES_DIR / "build"
@@ -54,7 +55,7 @@ def guest(image: Path, memory_mib: int, extra: list[str]) -> Iterator[tuple[Mach
     """One QEMU (not launched yet) and its NoXS region; both always cleaned up."""
     tag = f"lightvm-guestboot-{os.getpid()}-{next(_counter)}"
     with tempfile.TemporaryDirectory(prefix=tag + "-") as tmp:
-        region = NoxsRegion.create(Path("/dev/shm") / tag, 1)
+        region = NoxsRegion.create(shm_dir() / tag, 1)
         try:
             config = MachineConfig(
                 name="bench",

@@ -1,18 +1,18 @@
 """Smoke run of the boot suite's XenStore baseline (lightvm-xenstore): results are produced
 and sane, and nothing it started is left (xenstored runs from the suite's temp dir, so
-the leftover check of test_bench_smoke covers it along with the QEMUs)."""
+the leftover check of clean_host, tests/bench/conftest.py, covers it along with the QEMUs)."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
-from test_bench_smoke import VMS, _check, _opts, clean_host  # noqa: F401 (clean_host is a fixture)
+from test_bench_smoke import VMS, _check, _opts
 
 from lightvm.bench.cli import run_suite
 
 
-def test_boot_smoke_xenstore(images: Path, tmp_path: Path, clean_host: None) -> None:  # noqa: F811
+def test_boot_smoke_xenstore(images: Path, tmp_path: Path, clean_host: None) -> None:
     opts = dataclasses.replace(_opts(), baselines=("lightvm-xenstore",))
     run_suite("boot", opts, tmp_path)
     variants = ("lightvm-cold", "lightvm-split", "lightvm-xenstore")

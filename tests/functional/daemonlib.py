@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import qemu_pids_mentioning
+from harness import LightVM, Result, qemu_pids_mentioning
 
 from lightvm.daemon import api
 from lightvm.daemon.server import read_pid
+from lightvm.state import noxs_file
 from lightvm.util import proc_alive, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,13 +35,13 @@ NOOP = REPO / "examples" / "noop.toml"
 
 class Lightvmd:
     def __init__(self, state_dir: Path, cache_dir: Path) -> None:
+        self.lv = LightVM(state_dir, cache_dir)  # the one CLI runner: environment, ids, leftovers
+        self.lv.env.pop("LIGHTVM_NO_DAEMON", None)
         self.state_dir = state_dir
-        self.env = dict(os.environ, LIGHTVM_CACHE_DIR=str(cache_dir), PYTHONDONTWRITEBYTECODE="1")
-        self.env.pop("LIGHTVM_STATE_DIR", None)
-        self.env.pop("LIGHTVM_NO_DAEMON", None)
+        self.env = self.lv.env
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = state_dir.parent / "lightvmd-test.log"
-        self.seen_ids: set[str] = set()
+        self.seen_ids = self.lv.seen_ids
 
     # -- the daemon --
 
@@ -120,23 +121,13 @@ class Lightvmd:
         self.seen_ids.update(r["id"] for r in out)
         return out
 
-    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "lightvm.cli", "--state-dir", str(self.state_dir), *args]
-        return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
+    def cli(self, *args: str, timeout: float = 120.0) -> Result:
+        return self.lv.run(*args, timeout=timeout)
 
     # -- cleanliness --
 
     def leftovers(self) -> list[str]:
-        found = [f"QEMU process {pid}" for pid in qemu_pids_mentioning(str(self.state_dir), live_only=True)]
-        found += [f"NoXS file of {i}" for i in sorted(self.seen_ids) if Path(f"/dev/shm/lightvm-{i}").exists()]
-        for sub in ("vms", "pool"):
-            root = self.state_dir / sub
-            if root.is_dir():
-                found += [f"folder {p}" for p in root.iterdir()]
-        if self.state_dir.exists():
-            found += [f"socket {p}" for p in self.state_dir.rglob("*.sock")]
-            found += [f"pid file {p}" for p in self.state_dir.glob("lightvmd.pid")]
-        return found
+        return self.lv.leftovers()
 
 
 @pytest.fixture
@@ -194,7 +185,7 @@ def _teardown(request: pytest.FixtureRequest, d: Lightvmd) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     for i in d.seen_ids:
-        Path(f"/dev/shm/lightvm-{i}").unlink(missing_ok=True)
+        noxs_file(i).unlink(missing_ok=True)
     assert not problems, problems
     assert not leftovers, f"leftovers after stopping lightvmd and destroying every VM: {leftovers}"
 

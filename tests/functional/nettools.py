@@ -1,7 +1,8 @@
 """Network namespaces for tests of the guest IPv4 stack.
 
-A test gets its own namespace ``lvtest-<random>`` holding one tap; the stack under test (the host
-tap harness, or QEMU running a unikernel) sits on one side of the tap, Linux clients on the other.
+A test gets its own namespace (harness.Namespace: ``lvtest-<pid>-<n>``) holding one tap; the
+stack under test (the host tap harness, or QEMU running a unikernel) sits on one side of the
+tap, Linux clients on the other.
 Nothing is created in the root namespace, nothing is routed anywhere, and :class:`Netns` removes
 the namespace - and with it the tap - in ``finally``. Every command has a timeout; no shell.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import Namespace, unique_name
 
 CLIENT = Path(__file__).with_name("netclient.py")
 
@@ -42,20 +43,19 @@ def run_raw(argv: list[str], timeout: float = 30) -> bytes:
 
 
 class Netns:
-    """A throwaway namespace with one tap (host side addressed, guest side free)."""
+    """A throwaway namespace (harness.Namespace) with one tap (host side addressed, guest side free)."""
 
     def __init__(self, host_ip: str = "10.213.0.1", prefix: int = 24, create_tap: bool = True) -> None:
-        token = secrets.token_hex(3)
-        self.name = f"lvtest-{token}"
-        self.tap = f"lvt{token}"
+        self.ns = Namespace()
+        self.name = self.ns.name
+        self.tap = unique_name("lvt")  # <= 15 characters; this session's (the leak guard's test)
         self.host_ip = host_ip
         self.prefix = prefix
         self.create_tap = create_tap
 
     def __enter__(self) -> Netns:
-        run(["ip", "netns", "add", self.name])
+        self.ns.open()
         try:
-            self.exec(["ip", "link", "set", "lo", "up"])
             if self.create_tap:
                 self.exec(["ip", "tuntap", "add", self.tap, "mode", "tap"])
                 self.configure_tap()
@@ -86,10 +86,10 @@ class Netns:
     def close(self) -> None:
         # Deleting the namespace deletes the tap in it; processes we started in it are the
         # caller's to stop first (they hold the tap open, which is fine: it goes with them).
-        run(["ip", "netns", "del", self.name], check=False)
+        self.ns.close()
 
     def argv(self, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.name, *argv]
+        return self.ns.argv(argv)
 
     def exec(self, argv: list[str], timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run(self.argv(argv), timeout=timeout, check=check)

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from lightvm.state import noxs_file
+
 pytestmark = pytest.mark.functional
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +49,7 @@ def test_concurrent_creates_and_destroys(lightvm: Any) -> None:
     vms = [json.loads(out) for code, out, _ in results if code == 0]
     assert sorted(vm["name"] for vm in vms) == sorted([*names, "same"])
     assert len({vm["id"] for vm in vms}) == 5 and len({vm["pid"] for vm in vms}) == 5
-    assert all(Path(f"/dev/shm/lightvm-{vm['id']}").exists() for vm in vms)
+    assert all(noxs_file(vm["id"]).exists() for vm in vms)
     assert lightvm.status() == {n: "running" for n in [*names, "same"]}
 
     results = run_all(lightvm, [["destroy", n] for n in [*names, "same"]])

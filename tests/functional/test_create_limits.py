@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from daemonlib import NOOP, Lightvmd, lightvmd
+from daemonlib import NOOP, Lightvmd
 
 pytestmark = pytest.mark.functional
-__all__ = ["lightvmd"]
 
 
 @pytest.mark.parametrize("count", ["0", "-1", "4097"])

@@ -9,14 +9,13 @@ import stat
 from pathlib import Path
 
 import pytest
-from daemonlib import NOOP, Lightvmd, lightvmd, wait_pool
+from daemonlib import NOOP, Lightvmd, wait_pool
 from harness import qemu_pids_mentioning
 
 from lightvm.daemon import api
 from lightvm.util import proc_alive, wait_until
 
 pytestmark = pytest.mark.functional
-__all__ = ["lightvmd"]
 
 
 def test_start_status_stop(lightvmd: Lightvmd) -> None:

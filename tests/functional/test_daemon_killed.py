@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from daemonlib import Lightvmd, lightvmd
+from daemonlib import Lightvmd
 
+from lightvm.state import noxs_file
 from lightvm.util import proc_alive, wait_until
 
 pytestmark = pytest.mark.functional
-__all__ = ["lightvmd"]
 
 
 def test_kill9_mid_create(lightvmd: Lightvmd, images: Path, tmp_path: Path) -> None:
@@ -58,5 +58,5 @@ def test_kill9_mid_create(lightvmd: Lightvmd, images: Path, tmp_path: Path) -> N
     assert r.returncode == 0, r.stderr
     assert lightvmd.call("list") == []
     assert wait_until(lambda: not proc_alive(pid, None), timeout=10.0)
-    assert not Path(f"/dev/shm/lightvm-{vm_id}").exists()
+    assert not noxs_file(vm_id).exists()
     assert not vmdir.exists()

@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemonlib import Lightvmd, lightvmd
+from daemonlib import Lightvmd
 from netclient import free_port, read_daytime
 
+from lightvm.state import noxs_file
 from lightvm.util import wait_until
 
 pytestmark = pytest.mark.functional
 
 DAYTIME = Path(__file__).resolve().parents[2] / "examples" / "daytime.toml"
-__all__ = ["lightvmd"]
 
 
 def _incoming_ready(d: Lightvmd) -> int:
@@ -89,7 +89,7 @@ def test_incoming_flag_prepares_at_start_and_failures_consume_the_shell(lightvmd
     shell_id = lightvmd.shell_records()[0]["id"]
     taken = lightvmd.cli("restore", str(ckpt))
     assert taken.returncode == 1 and "already exists" in taken.stderr, taken.stderr
-    assert not Path(f"/dev/shm/lightvm-{shell_id}").exists()
+    assert not noxs_file(shell_id).exists()
     assert lightvmd.call("list")[0]["name"] == "day"
     # A bad file: refused before any shell is touched.
     bad = tmp_path / "bad.lvm"

@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemonlib import NOOP, Lightvmd, lightvmd, wait_pool
+from daemonlib import NOOP, Lightvmd, wait_pool
 
 from lightvm.daemon.pool import SHELL_OVERHEAD_MIB
 from lightvm.noxs import BootState, DevicePage, NoxsRegion
 from lightvm.util import proc_alive
 
 pytestmark = pytest.mark.functional
-__all__ = ["lightvmd"]
 REPO = Path(__file__).resolve().parents[2]
 DAYTIME = REPO / "examples" / "daytime.toml"
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from lightvm.state import noxs_file
 from lightvm.util import proc_start_time, wait_until
 
 pytestmark = pytest.mark.functional
@@ -24,7 +25,7 @@ def test_qemu_killed_shows_crashed_then_destroy_cleans(lightvm: Any, noop_vm: di
     (entry,) = lightvm.list()
     assert entry["status"] == "crashed" and "QEMU exited" in entry["detail"]
     # Listing reaped the runtime files already; the folder stays until destroy.
-    assert not Path(f"/dev/shm/lightvm-{noop_vm['id']}").exists()
+    assert not noxs_file(noop_vm["id"]).exists()
     assert lightvm.status() == {"noop": "crashed"}  # stable across lists
     assert lightvm.run("pause", "noop").code == 1
     lightvm.ok("destroy", "noop")
@@ -101,7 +102,7 @@ def test_cli_killed_after_spawn_before_pid_recorded(lightvm: Any, tmp_path: Path
     from lightvm.noxs import NoxsRegion
     from lightvm.state import VMRecord
 
-    shm = Path("/dev/shm/lightvm-feedfacecafe0001")
+    shm = noxs_file("feedfacecafe0001")  # in this session's NoXS dir: no other session's
     record = VMRecord(name="w", id="feedfacecafe0001", uuid="u", created=0.0, accel="tcg",
                       noxs_path=str(shm), noxs_size=8192)  # fmt: skip
     vmdir.write(record)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from lightvm.state import noxs_file
 from lightvm.util import proc_start_time
 
 pytestmark = pytest.mark.functional
@@ -79,7 +80,7 @@ def test_shutdown_through_noxs(lightvm: Any, noop_vm: dict[str, Any]) -> None:
 
     # Keep the page mapped across the destroy: the guest's own boot record proves that it
     # powered off (HALTED, poweroff acknowledged), rather than QEMU merely being gone.
-    with NoxsRegion.open(Path(f"/dev/shm/lightvm-{noop_vm['id']}")) as region:
+    with NoxsRegion.open(noxs_file(noop_vm["id"])) as region:
         out = lightvm.ok("shutdown", "noop").out
         assert region.boot_record().state == BootState.HALTED
     assert "powered off in" in out
@@ -124,7 +125,7 @@ def test_guest_poweroff_by_itself_is_halted(lightvm: Any, noop_vm: dict[str, Any
     from lightvm.qmp import connect_and_negotiate
     from lightvm.util import wait_until
 
-    with NoxsRegion.open(Path(f"/dev/shm/lightvm-{noop_vm['id']}")) as region:
+    with NoxsRegion.open(noxs_file(noop_vm["id"])) as region:
         region.request(Sysctl.POWEROFF)
     # The idle guest is tickless: an NMI (not lightvm's shutdown path) makes it look.
     qmp = connect_and_negotiate(lightvm.state_dir / "vms" / "noop" / "qmp.sock", timeout=10)

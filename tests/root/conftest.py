@@ -1,26 +1,23 @@
-"""Fixtures for tests that need root: a fresh network namespace per test, removed afterwards.
+"""Fixtures for tests that need root (the namespace itself: ``nsname`` in tests/conftest.py).
 
 Every bridge, tap and address a root test makes lives in a namespace the test
-created; ``host_untouched`` checks that the host's own interface list is the
-same after each test as before it.
+created; ``host_untouched`` checks that no host interface disappeared during a test,
+and the leak guard that none of this session's was left.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pyroute2 import IPRoute, netns
+from harness import register_state_dir
+from pyroute2 import IPRoute
 from pyroute2 import config as pyroute2_config
 from twohosts import hosts as hosts  # the two-host fixture of the migration tests
 
-from lightvm.devices.devd import Devd, has_cap_net_admin
-
-_counter = itertools.count()
+from lightvm.devices.devd import Devd
 
 # pyroute2 forks helpers (netns.create, IPRoute(netns=...)) and stops them with
 # SIGTERM. A handler that raises instead (cli.main installs one) would make such a
@@ -38,36 +35,23 @@ def default_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _host_links() -> set[tuple[int, str]]:
+_HOST_PREFIXES = ("lv",)  # lightvm's and the tests' links: another session may remove its own
+
+
+def _host_links() -> dict[int, str]:
     with IPRoute() as ipr:
-        return {(msg["index"], msg.get("IFLA_IFNAME")) for msg in ipr.link("dump")}
+        return {msg["index"]: msg.get("IFLA_IFNAME") for msg in ipr.link("dump")}
 
 
 @pytest.fixture(autouse=True)
 def host_untouched() -> Iterator[None]:
-    """Fail a root test that created or removed an interface in the host's namespace."""
+    """Fail a root test that removed one of the host's own interfaces. (A link it made
+    and left is the leak guard's to find: tests/leakguard.py, by this session's names.)"""
     before = _host_links()
     yield
-    assert _host_links() == before, "a root test changed the host's interfaces"
-
-
-@pytest.fixture
-def need_net_admin() -> None:
-    if not has_cap_net_admin():
-        pytest.skip("needs CAP_NET_ADMIN (missing: run as root)")
-
-
-@pytest.fixture
-def nsname(need_net_admin: None) -> Iterator[str]:
-    """A fresh, empty network namespace (its loopback up); removed in finally."""
-    name = f"lvtest-{os.getpid()}-{next(_counter)}"
-    netns.create(name)
-    try:
-        with IPRoute(netns=name) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        yield name
-    finally:
-        netns.remove(name)
+    after = _host_links()
+    gone = {name for index, name in before.items() if index not in after and not name.startswith(_HOST_PREFIXES)}
+    assert not gone, f"a root test removed host interfaces: {sorted(gone)}"
 
 
 @pytest.fixture
@@ -79,4 +63,4 @@ def devd(nsname: str) -> Iterator[Devd]:
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state"
+    return register_state_dir(tmp_path / "state")

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import LightVM, qemu_pids_mentioning
+from harness import LightVM, guard_env, qemu_pids_mentioning
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "functional"))
 from netclient import read_daytime_in
 
 from lightvm.daemon.server import read_pid
+from lightvm.state import noxs_file
 from lightvm.util import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +69,8 @@ class TwoHosts:
     veth_a: str
 
     def migrate_args(self, name: str, *extra: str, known_hosts: Path | None = None) -> list[str]:
-        remote = f"env LIGHTVM_CACHE_DIR={self.cache} PYTHONDONTWRITEBYTECODE=1 {sys.executable} -m lightvm.cli"
+        env = f"LIGHTVM_CACHE_DIR={self.cache} PYTHONDONTWRITEBYTECODE=1 {guard_env()}"  # sshd passes no env
+        remote = f"env {env} {sys.executable} -m lightvm.cli"
         return [
             "migrate", name, f"root@{self.b.addr}", "--port", str(SSH_PORT),
             "--known-hosts", str(known_hosts or self.known_hosts), "--identity", str(self.key),
@@ -168,7 +170,7 @@ def hosts(need_net_admin: None, tmp_path: Path, cache_dir: Path, images: Path) -
                     os.kill(pid, signal.SIGKILL)
             run(["ip", "netns", "del", h.ns], check=False)
             for vm_id in h.lv.seen_ids:
-                Path(f"/dev/shm/lightvm-{vm_id}").unlink(missing_ok=True)
+                noxs_file(vm_id).unlink(missing_ok=True)
         if made_run_sshd:
             with_sshd = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_sshd(p)]
             if not with_sshd:

@@ -10,7 +10,7 @@ import pytest
 
 from lightvm.errors import ExistsError, GuestError, LightVMError, NoxsError
 from lightvm.instance import Instance, adopt, destroy, machine_config
-from lightvm.state import StateDir, VMDir, VMRecord
+from lightvm.state import StateDir, VMDir, VMRecord, noxs_file
 
 
 def record(name: str = "vm", **spec: object) -> VMRecord:
@@ -30,7 +30,7 @@ def test_machine_config_from_the_record(tmp_path: Path) -> None:
         "x",
     )
     assert config.bios == Path("/fw.bin") and config.accel == "tcg" and config.noxs_size == 8192
-    assert config.noxs_path == Path("/dev/shm/lightvm-feedfacecafe0042")
+    assert config.noxs_path == noxs_file("feedfacecafe0042")
     assert config.qmp_path == vmdir.qmp_path and config.extra_args == ("-incoming", "defer")
     assert machine_config(vmdir, record(firmware=None)).bios is None
 

@@ -12,7 +12,18 @@ from pathlib import Path
 import pytest
 
 from lightvm.errors import ExistsError, NotFoundError, StateError
-from lightvm.state import STATE_ENV, StateDir, VMDir, VMRecord, VMStatus, default_state_dir, status_of
+from lightvm.state import (
+    SHM_ENV,
+    STATE_ENV,
+    StateDir,
+    VMDir,
+    VMRecord,
+    VMStatus,
+    default_state_dir,
+    noxs_file,
+    shm_dir,
+    status_of,
+)
 from lightvm.util import atomic_write, proc_alive, proc_start_time
 
 
@@ -28,9 +39,36 @@ def test_default_state_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.setenv(STATE_ENV, str(tmp_path))
     assert default_state_dir() == tmp_path
     monkeypatch.delenv(STATE_ENV)
-    expected = Path("/run/lightvm") if os.geteuid() == 0 else None
-    if expected:
-        assert default_state_dir() == expected
+    # Every branch, whoever runs the test: the euid is the product's only input besides the environment.
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_state_dir() == Path("/run/lightvm")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    assert default_state_dir() == tmp_path / "xdg" / "lightvm"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert default_state_dir() == Path("/tmp/lightvm-1000")
+
+
+def test_shm_dir_default_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(SHM_ENV, raising=False)
+    assert shm_dir() == Path("/dev/shm")
+    assert noxs_file("0123456789abcdef") == Path("/dev/shm/lightvm-0123456789abcdef")
+    made = tmp_path / "a" / "shm"
+    monkeypatch.setenv(SHM_ENV, str(made))
+    assert shm_dir() == made and made.is_dir()  # created when missing, owner only
+    assert made.stat().st_mode & 0o777 == 0o700
+    record = VMRecord.new("vm", "feedfacecafe0001", "u", "tcg", 8192, {})
+    assert record.noxs_path == str(made / "lightvm-feedfacecafe0001")
+
+
+def test_shm_dir_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(SHM_ENV, "relative/shm")
+    with pytest.raises(StateError, match="LIGHTVM_SHM_DIR=relative/shm: must be an absolute path"):
+        shm_dir()
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(SHM_ENV, str(tmp_path / "file" / "shm"))
+    with pytest.raises(StateError, match="cannot create it"):
+        shm_dir()
 
 
 def test_allocate_is_all_or_nothing(tmp_path: Path) -> None:
