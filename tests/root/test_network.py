@@ -373,7 +373,11 @@ def _rootless_daytime(nsname: str, state: str, config: str, port: int, out: mult
 
 
 def test_rootless_daytime_answers_on_the_published_port(nsname: str) -> None:
-    import lightvm.toolstack  # noqa: F401  (imported as root, before the fork drops privileges)
+    # Imported as root, before the fork drops privileges: nobody cannot read this Python's
+    # modules under /root (run alone, the child failed with "unknown encoding: idna").
+    import encodings.idna  # noqa: F401
+
+    import lightvm.toolstack  # noqa: F401
 
     base = Path(tempfile.mkdtemp(prefix="lvrootless-"))  # not under pytest's root-only tmp dir
     try:
