@@ -112,6 +112,21 @@ def static_busybox() -> Path:
     return binary
 
 
+# How each format is made so that Linux 6.1 unpacks it (lz4: the legacy frame format, -l).
+COMPRESSORS = {"none": None, "gzip": ["gzip", "-9", "-n"], "lz4": ["lz4", "-l", "-9"], "zstd": ["zstd", "-19"]}
+
+
+def compress(cpio_path: Path, fmt: str) -> Path:
+    """The initramfs in ``fmt`` (a key of COMPRESSORS), next to the uncompressed one."""
+    argv = COMPRESSORS[fmt]
+    if argv is None:
+        return cpio_path
+    out = cpio_path.with_name(f"{cpio_path.name}.{fmt}")
+    with cpio_path.open("rb") as src, out.open("wb") as dst:
+        subprocess.run([*argv, "-c"], stdin=src, stdout=dst, check=True, timeout=300)
+    return out
+
+
 def build_initramfs(work: Path) -> Path:
     """busybox + noxsmagic + /init -> work/initramfs.cpio (uncompressed newc)."""
     busybox = static_busybox()
@@ -210,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--mem", type=int, default=128, help="guest MiB")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS))
+    ap.add_argument("--compress", choices=list(COMPRESSORS), default="none", help="initramfs format")
     ap.add_argument("--show", action="store_true", help="print each variant's first console summary")
     args = ap.parse_args(argv)
     if args.kernel is None:
@@ -222,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown variants {unknown}")
     work = Path(tempfile.mkdtemp(prefix="tinyx-probe-"))
     try:
-        initrd = build_initramfs(work)
+        initrd = compress(build_initramfs(work), args.compress)
         # The host's TSC rate (what lightvm already hands unikernels): under TCG the guest's
         # TSC runs at the host's rate. lpj as the kernel derives it from the TSC (HZ=250).
         hz = hostfacts.tsc_hz()
