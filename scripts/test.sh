@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 
 echo "== lint (ruff)"
-.venv/bin/ruff check lightvm tests tools images
+.venv/bin/ruff check lightvm tinyx tests tools images
 echo "== types (mypy --strict on lightvm/)"
 .venv/bin/mypy
 echo "== tests (pytest)"
