@@ -11,9 +11,11 @@
  * Completion is awaited by polling the used ring between idle_until() naps
  * (the transport's interrupt, when attached, only shortens the naps).
  * What the device writes (used id, status) is checked before use.
- * Transport layout as in images/net/virtio_net.c.
+ * Transport registers and accessors: images/include/virtio_mmio.h (shared with
+ * images/net/virtio_net.c).
  */
 #include "blk.h"
+#include "virtio_mmio.h"
 
 #define VQ_SIZE      8u
 #define VQ_ALIGN     4096u
@@ -22,43 +24,7 @@
 #define SECTOR       512u
 #define READ_TIMEOUT_NS 5000000000ull
 
-#define MMIO_MAGIC          0x000
-#define MMIO_VERSION        0x004
-#define MMIO_DEVICE_ID      0x008
-#define MMIO_DEV_FEATURES   0x010
-#define MMIO_DEV_FEAT_SEL   0x014
-#define MMIO_DRV_FEATURES   0x020
-#define MMIO_DRV_FEAT_SEL   0x024
-#define MMIO_GUEST_PAGE_SIZE 0x028
-#define MMIO_QUEUE_SEL      0x030
-#define MMIO_QUEUE_NUM_MAX  0x034
-#define MMIO_QUEUE_NUM      0x038
-#define MMIO_QUEUE_ALIGN    0x03c
-#define MMIO_QUEUE_PFN      0x040
-#define MMIO_QUEUE_READY    0x044
-#define MMIO_QUEUE_NOTIFY   0x050
-#define MMIO_INT_STATUS     0x060
-#define MMIO_INT_ACK        0x064
-#define MMIO_STATUS         0x070
-#define MMIO_QUEUE_DESC_LO  0x080
-#define MMIO_QUEUE_DESC_HI  0x084
-#define MMIO_QUEUE_AVAIL_LO 0x090
-#define MMIO_QUEUE_AVAIL_HI 0x094
-#define MMIO_QUEUE_USED_LO  0x0a0
-#define MMIO_QUEUE_USED_HI  0x0a4
-#define MMIO_CONFIG         0x100
-#define MMIO_MAGIC_VALUE    0x74726976u
 #define VIRTIO_ID_BLOCK     2u
-
-#define ST_ACK         1u
-#define ST_DRIVER      2u
-#define ST_DRIVER_OK   4u
-#define ST_FEATURES_OK 8u
-#define ST_FAILED      128u
-
-#define F_VERSION_1    (1ull << 32)
-#define DESC_F_NEXT    1u
-#define DESC_F_WRITE   2u
 #define BLK_T_IN       0u
 #define BLK_S_OK       0u
 
@@ -89,10 +55,6 @@ static struct blk_req_hdr req_hdr __attribute__((aligned(16)));
 static volatile uint8_t req_status;
 static uint8_t bounce[MAX_SECTORS * SECTOR] __attribute__((aligned(SECTOR)));
 
-static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
-static inline void mb(void) { __asm__ volatile("mfence" ::: "memory"); }
-static inline uint32_t rd32(volatile uint8_t *base, unsigned off) { return *(volatile uint32_t *)(base + off); }
-static inline void wr32(volatile uint8_t *base, unsigned off, uint32_t v) { *(volatile uint32_t *)(base + off) = v; }
 
 static uint64_t dev_features(struct vblk *b)
 {

@@ -25,6 +25,7 @@
  */
 #include "guest.h"
 #include "net.h"
+#include "virtio_mmio.h"
 
 #define VQ_SIZE      32u
 #define BUF_SIZE     1536u          /* header (10 or 12) + a 1514-byte frame */
@@ -32,34 +33,6 @@
 #define VQ_BYTES     8192u          /* desc + avail, then the used ring at +4096 */
 #define RX_Q         0u
 #define TX_Q         1u
-
-/* virtio-mmio registers */
-#define MMIO_MAGIC          0x000
-#define MMIO_VERSION        0x004
-#define MMIO_DEVICE_ID      0x008
-#define MMIO_DEV_FEATURES   0x010
-#define MMIO_DEV_FEAT_SEL   0x014
-#define MMIO_DRV_FEATURES   0x020
-#define MMIO_DRV_FEAT_SEL   0x024
-#define MMIO_GUEST_PAGE_SIZE 0x028  /* legacy */
-#define MMIO_QUEUE_SEL      0x030
-#define MMIO_QUEUE_NUM_MAX  0x034
-#define MMIO_QUEUE_NUM      0x038
-#define MMIO_QUEUE_ALIGN    0x03c  /* legacy */
-#define MMIO_QUEUE_PFN      0x040  /* legacy */
-#define MMIO_QUEUE_READY    0x044
-#define MMIO_QUEUE_NOTIFY   0x050
-#define MMIO_INT_STATUS     0x060
-#define MMIO_INT_ACK        0x064
-#define MMIO_STATUS         0x070
-#define MMIO_QUEUE_DESC_LO  0x080
-#define MMIO_QUEUE_DESC_HI  0x084
-#define MMIO_QUEUE_AVAIL_LO 0x090
-#define MMIO_QUEUE_AVAIL_HI 0x094
-#define MMIO_QUEUE_USED_LO  0x0a0
-#define MMIO_QUEUE_USED_HI  0x0a4
-#define MMIO_CONFIG         0x100
-#define MMIO_MAGIC_VALUE    0x74726976u
 
 /* virtio-pci modern common configuration */
 #define PCI_DEV_FEAT_SEL    0
@@ -78,16 +51,9 @@
 #define PCI_QUEUE_DEVICE    48
 #define VIRTIO_NO_VECTOR    0xffffu
 
-#define ST_ACK         1u
-#define ST_DRIVER      2u
-#define ST_DRIVER_OK   4u
-#define ST_FEATURES_OK 8u
-#define ST_FAILED      128u
 
 #define F_NET_MAC      (1ull << 5)
-#define F_VERSION_1    (1ull << 32)
 
-#define DESC_F_WRITE   2u
 #define AVAIL_F_NO_INTERRUPT 1u
 
 enum transport { T_MMIO_LEGACY = 1, T_MMIO_MODERN, T_PCI };
@@ -129,13 +95,6 @@ static uint8_t vq_mem[2][VQ_BYTES] __attribute__((aligned(VQ_ALIGN)));
 static uint8_t rx_bufs[VQ_SIZE][BUF_SIZE] __attribute__((aligned(64)));
 static uint8_t tx_bufs[VQ_SIZE][BUF_SIZE] __attribute__((aligned(64)));
 
-static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
-/* x86 is TSO, but the device must see ring contents before the index and
- * the index before the notify: a full fence around the MMIO write. */
-static inline void mb(void) { __asm__ volatile("mfence" ::: "memory"); }
-
-static inline uint32_t rd32(volatile uint8_t *base, unsigned off) { return *(volatile uint32_t *)(base + off); }
-static inline void wr32(volatile uint8_t *base, unsigned off, uint32_t v) { *(volatile uint32_t *)(base + off) = v; }
 static inline uint16_t rd16(volatile uint8_t *base, unsigned off) { return *(volatile uint16_t *)(base + off); }
 static inline void wr16(volatile uint8_t *base, unsigned off, uint16_t v) { *(volatile uint16_t *)(base + off) = v; }
 static inline uint8_t rd8(volatile uint8_t *base, unsigned off) { return base[off]; }
