@@ -13,69 +13,24 @@ Needs root (crun, libvirtd, netns), like the rest of CI here.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+from benchlib import VMS, check_results, smoke_opts
 
 from lightvm.bench import suite
 from lightvm.bench.cli import run_suite
 
 REPO = Path(__file__).resolve().parent.parent.parent
-META_KEYS = ("git_describe", "hostname", "cpu_model", "nproc", "accel", "qemu_version", "kernel", "timestamp")
-ITERATIONS = 2
-VMS = [1, 2]
-# idle CPU can be 0; MemAvailable is noisy; QEMU reports migration downtime in whole ms (< 1 ms reads 0)
-ZERO_OK = ("cpu_pct_per_vm", "cpu_pct_total", "host_mib_per_vm", "qemu_downtime_ms")
-
-
-def _opts() -> suite.SuiteOptions:
-    return suite.SuiteOptions(
-        vms=list(VMS),
-        iterations=ITERATIONS,
-        warmup=1,
-        accel="tcg",
-        baselines=("fork-exec", "crun", "libvirt"),
-        idle_window_s=0.5,
-        settle_s=0.0,
-    )
-
-
-def _check(out: Path, name: str, expected_rows: set[str]) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((out / "results.json").read_text())
-    meta = doc["meta"]
-    for key in META_KEYS:
-        assert meta.get(key) not in (None, "", "unknown"), f"meta {key}: {meta.get(key)!r}"
-    assert meta["suite"] == name and meta["accel"] == "tcg"
-    rows = {b["name"]: b for b in doc["benchmarks"]}
-    assert set(rows) == expected_rows
-    for b in rows.values():
-        assert not b["error"], f"{b['name']}: {b['error']}"
-        assert len(b["samples"]) == b["iterations"] >= 1, b["name"]
-        for sample in b["samples"]:
-            assert b["metric"] in sample
-            for metric, value in sample.items():
-                assert math.isfinite(value), (b["name"], metric, value)
-                if metric in ZERO_OK:
-                    assert value >= 0 or metric == "host_mib_per_vm", (b["name"], metric, value)
-                else:
-                    assert value > 0, (b["name"], metric, value)
-        assert b["summary"][b["metric"]]["n"] == len(b["samples"])
-    assert doc["plots"], "no plots"
-    for plot in doc["plots"]:
-        assert (out / plot).stat().st_size > 1000, plot
-    assert (out / "summary.txt").read_text().count("\n") == len(rows) + 1
-    return doc
 
 
 def test_boot_smoke_with_every_baseline(images: Path, tmp_path: Path, clean_host: None) -> None:
-    run_suite("boot", _opts(), tmp_path)
+    run_suite("boot", smoke_opts(), tmp_path)
     variants = ("lightvm-cold", "lightvm-split", "libvirt", "crun", "fork-exec")
-    doc = _check(tmp_path, "boot", {f"boot/{v}/n={n}" for v in variants for n in VMS})
+    doc = check_results(tmp_path, "boot", {f"boot/{v}/n={n}" for v in variants for n in VMS})
     rows = {b["name"]: b for b in doc["benchmarks"]}
     # The boot breakdown is recorded per point for lightvm, in order.
     for sample in rows["boot/lightvm-cold/n=2"]["samples"]:
@@ -91,10 +46,10 @@ def test_boot_smoke_with_every_baseline(images: Path, tmp_path: Path, clean_host
 
 @pytest.mark.timeout(600)  # ~35 s on the 2-core CI hosts
 def test_density_smoke(images: Path, tmp_path: Path, clean_host: None) -> None:
-    run_suite("density", _opts(), tmp_path)
+    run_suite("density", smoke_opts(), tmp_path)
     variants = ("lightvm-cold", "lightvm-split", "libvirt", "crun", "fork-exec")
     expected = {f"density/{v}/{m}/n={n}" for v in variants for m in ("memory", "cpu") for n in VMS}
-    doc = _check(tmp_path, "density", expected)
+    doc = check_results(tmp_path, "density", expected)
     rows = {b["name"]: b for b in doc["benchmarks"]}
     pss = {v: rows[f"density/{v}/memory/n=2"]["summary"]["pss_mib_per_vm"]["median"] for v in variants}
     assert 1 < pss["lightvm-cold"] < 200, pss  # MiB per idle noop VM: QEMU + 4 MiB guest
@@ -102,8 +57,8 @@ def test_density_smoke(images: Path, tmp_path: Path, clean_host: None) -> None:
 
 
 def test_net_smoke(tmp_path: Path, clean_host: None) -> None:
-    run_suite("net", _opts(), tmp_path)
-    _check(tmp_path, "net", {f"net/{v}/n={n}" for v in ("tap", "vif-prepare") for n in VMS})
+    run_suite("net", smoke_opts(), tmp_path)
+    check_results(tmp_path, "net", {f"net/{v}/n={n}" for v in ("tap", "vif-prepare") for n in VMS})
 
 
 def test_cli_writes_results_and_exits_zero(images: Path, tmp_path: Path, clean_host: None) -> None:
@@ -128,8 +83,8 @@ def test_cli_writes_results_and_exits_zero(images: Path, tmp_path: Path, clean_h
 
 @pytest.mark.timeout(600)  # ~55 s on the 2-core CI hosts
 def test_checkpoint_smoke(images: Path, tmp_path: Path, clean_host: None) -> None:
-    run_suite("checkpoint", _opts(), tmp_path)
-    doc = _check(
+    run_suite("checkpoint", smoke_opts(), tmp_path)
+    doc = check_results(
         tmp_path,
         "checkpoint",
         {f"checkpoint/{op}/n={n}" for op in checkpoint_ops() for n in VMS},
@@ -165,11 +120,11 @@ def checkpoint_ops() -> tuple[str, ...]:
 
 def test_split_smoke_daytime(images: Path, tmp_path: Path, clean_host: None) -> None:
     """The scale bar's suite at N = 1, 2 daytime VMs: idle cost, execute path, scaling ratio."""
-    opts = _opts()
+    opts = smoke_opts()
     opts.app = "daytime"
     run_suite("split", opts, tmp_path)
     expected = {f"split/{m}/n={n}" for m in ("idle", "execute") for n in VMS} | {f"split/scaling/n={VMS[-1]}"}
-    doc = _check(tmp_path, "split", expected)
+    doc = check_results(tmp_path, "split", expected)
     rows = {b["name"]: b for b in doc["benchmarks"]}
     for n in VMS:
         (idle,) = rows[f"split/idle/n={n}"]["samples"]

@@ -7,16 +7,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from test_bench_smoke import VMS, _check, _opts
+from benchlib import VMS, check_results, smoke_opts
 
 from lightvm.bench.cli import run_suite
 
 
 def test_boot_smoke_xenstore(images: Path, tmp_path: Path, clean_host: None) -> None:
-    opts = dataclasses.replace(_opts(), baselines=("lightvm-xenstore",))
+    opts = dataclasses.replace(smoke_opts(), baselines=("lightvm-xenstore",))
     run_suite("boot", opts, tmp_path)
     variants = ("lightvm-cold", "lightvm-split", "lightvm-xenstore")
-    doc = _check(tmp_path, "boot", {f"boot/{v}/n={n}" for v in variants for n in VMS})
+    doc = check_results(tmp_path, "boot", {f"boot/{v}/n={n}" for v in variants for n in VMS})
     rows = {b["name"]: b for b in doc["benchmarks"]}
     for sample in rows["boot/lightvm-xenstore/n=2"]["samples"]:
         # READY comes after the store traffic (config transactions, introduce, vif handshake)
