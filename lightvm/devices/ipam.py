@@ -327,7 +327,6 @@ def _check_vm(vm: str, vif: int) -> None:
         raise NetworkError(f"vif index {vif} out of range 0..{MAX_VIFS - 1}")
 
 
-
 def _address(record: Subnet, lease: Lease) -> VifAddress:
     return VifAddress(
         ip=lease.ip,

@@ -341,4 +341,3 @@ class NetworkStore(LeaseStore):
 
 def _nat_table(name: str) -> str:
     return "lightvm_" + name.replace("-", "_")
-
