@@ -13,7 +13,13 @@ a size or a CPU share, lower is better) with p < alpha AND a relative change
 beyond the threshold: a statistically clear difference too small to matter is
 not flagged, nor is a large one the samples cannot support.
 
-Exit status: 0 no regression, 1 regression(s), 2 usage or input error.
+Both results must come from the same QEMU and accelerator (meta ``qemu_version``
+and ``accel``): a different binary moves every boot time (Debian's QEMU starts
+~10 ms slower than the slim build), so a mismatch is refused (exit 2, naming
+both values) unless ``--allow-mismatch`` is given.
+
+Exit status: 0 no regression, 1 regression(s), 2 usage or input error (or a
+refused mismatch).
 Only the standard library: runs on any runner without the venv.
 """
 
@@ -147,6 +153,19 @@ def render(comparisons: Sequence[Comparison], label_a: str, label_b: str, primar
     return "\n".join(lines)
 
 
+MATCHED_META = ("qemu_version", "accel")  # keys A and B must agree on to be comparable
+
+
+def mismatches(doc_a: dict[str, Any], doc_b: dict[str, Any]) -> list[str]:
+    """One line per :data:`MATCHED_META` key whose values differ between A and B (absent: None)."""
+    meta_a, meta_b = doc_a.get("meta", {}), doc_b.get("meta", {})
+    return [
+        f"{key}: A {meta_a.get(key)!r} != B {meta_b.get(key)!r}"
+        for key in MATCHED_META
+        if meta_a.get(key) != meta_b.get(key)
+    ]
+
+
 def _label(doc: dict[str, Any]) -> str:
     meta = doc.get("meta", {})
     return f"{meta.get('git_describe', '?')} ({meta.get('suite', '?')}, {meta.get('accel', '?')})"
@@ -160,11 +179,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.05, help="relative change that matters (default 0.05)")
     ap.add_argument("--all-metrics", action="store_true", help="print every metric, not only each row's primary")
     ap.add_argument("--json", type=Path, help="also write the comparisons here")
+    ap.add_argument(
+        "--allow-mismatch", action="store_true", help="compare even when qemu_version or accel differ (warn only)"
+    )
     args = ap.parse_args(argv)
     try:
         doc_a, doc_b = json.loads(args.a.read_text()), json.loads(args.b.read_text())
     except (OSError, ValueError) as exc:
         print(f"ab_compare: {exc}", file=sys.stderr)
+        return 2
+    differ = mismatches(doc_a, doc_b)
+    for line in differ:
+        print(f"ab_compare: {'warning: ' if args.allow_mismatch else ''}A and B differ in {line}", file=sys.stderr)
+    if differ and not args.allow_mismatch:
+        print("ab_compare: refusing to compare them (--allow-mismatch to compare anyway)", file=sys.stderr)
         return 2
     comparisons = compare(doc_a, doc_b, args.alpha, args.threshold)
     print(render(comparisons, _label(doc_a), _label(doc_b), primary_only=not args.all_metrics))

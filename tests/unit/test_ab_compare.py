@@ -113,3 +113,35 @@ def test_main_exit_status_and_json(tmp_path: Path, capsys: pytest.CaptureFixture
     assert {c["metric"] for c in data["comparisons"]} == {"ms", "qemu_up"}
     assert ab.main([str(pb), str(pa)]) == 0  # the other way round it is an improvement
     assert ab.main([str(pa), str(tmp_path / "missing.json")]) == 2
+
+
+def test_a_qemu_or_accel_mismatch_is_refused_naming_both_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = doc({"b": noisy(10, 10, 1)}, "old"), doc({"b": noisy(10, 10, 2)}, "new")
+    a["meta"]["qemu_version"] = "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"
+    b["meta"]["qemu_version"] = "QEMU emulator version 7.2.22 (lightvm slim, Debian 1:7.2+dfsg-7+deb12u18)"
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    assert ab.main([str(pa), str(pb)]) == 2
+    captured = capsys.readouterr()
+    assert "qemu_version" in captured.err and "lightvm slim" in captured.err and "+b3" in captured.err
+    assert "refusing" in captured.err and "median" not in captured.out  # nothing compared
+    assert ab.main([str(pa), str(pb), "--allow-mismatch"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" in captured.err and "qemu_version" in captured.err and "old" in captured.out
+    b["meta"]["qemu_version"] = a["meta"]["qemu_version"]
+    b["meta"]["accel"] = "kvm"
+    pb.write_text(json.dumps(b))
+    assert ab.main([str(pa), str(pb)]) == 2
+    assert "accel: A 'tcg' != B 'kvm'" in capsys.readouterr().err
+
+
+def test_matching_meta_has_no_mismatch() -> None:
+    a, b = doc({"b": [1.0, 2.0]}), doc({"b": [1.0, 2.0]})
+    for d in (a, b):
+        d["meta"]["qemu_version"] = "QEMU 7.2"
+    assert ab.mismatches(a, b) == []
+    b["meta"].pop("qemu_version")
+    assert ab.mismatches(a, b) == ["qemu_version: A 'QEMU 7.2' != B None"]
