@@ -6,7 +6,8 @@ and an optional ``before`` hook that brings the host into the state the row
 measures (e.g. grows a fleet of N-1 running VMs). :func:`run` executes the
 rows in order under a progress bar on stderr and keeps every sample;
 :func:`write_json` writes them with the run's metadata (``git describe``, host,
-CPU, accelerator, QEMU version, kernel, time). Benchmarks only record: the
+CPU, accelerator, QEMU version and binary, Python package, libvirtd and
+crun versions, kernel, time). Benchmarks only record: the
 comparison between commits is ci/ab_compare.py's job.
 
 A sample is a dict of metric -> value; each row names its primary metric
@@ -17,6 +18,7 @@ on: one broken baseline must not lose the other variants' numbers.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
@@ -263,9 +265,9 @@ def run(
 # ---------------------------------------------------------------------- metadata
 
 
-def _run_text(argv: list[str], cwd: Path | None = None) -> str:
+def _run_text(argv: list[str], cwd: Path | None = None, timeout: float = 20) -> str:
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False, cwd=cwd)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd)
     except (OSError, subprocess.SubprocessError):
         return ""
     return proc.stdout.strip() if proc.returncode == 0 else ""
@@ -287,8 +289,35 @@ def qemu_version(binary: str = QEMU_BINARY) -> str:
     return out.splitlines()[0] if out else "unknown"
 
 
+# The Python distributions whose version can move a result (libvirt-python: the libvirt baseline).
+PACKAGES = ("lightvm", "pyroute2", "paramiko", "libvirt-python")
+# Host programs the baselines run, each asked for its version (first line) with a short timeout.
+PROGRAMS = {"libvirtd": ["libvirtd", "--version"], "crun": ["crun", "--version"]}
+VERSION_TIMEOUT_S = 5.0
+
+
+def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution (importlib.metadata), None when it is not installed."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def program_versions(programs: Mapping[str, Sequence[str]] = PROGRAMS) -> dict[str, str | None]:
+    """First line of each program's ``--version``; None when it is absent, fails or times out."""
+    out: dict[str, str | None] = {}
+    for name, argv in programs.items():
+        text = _run_text(list(argv), timeout=VERSION_TIMEOUT_S) if shutil.which(argv[0]) else ""
+        out[name] = text.splitlines()[0] if text else None
+    return out
+
+
 def metadata(suite: str, accel: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What a result needs to be compared later: code, host, accelerator, QEMU, time."""
+    """What a result needs to be compared later: code, host, accelerator, QEMU, packages, time."""
     mem_kib = 0
     try:
         with open("/proc/meminfo") as f:
@@ -305,6 +334,9 @@ def metadata(suite: str, accel: str, options: Mapping[str, Any] | None = None) -
         "mem_total_mib": mem_kib // 1024,
         "accel": accel,
         "qemu_version": qemu_version() if shutil.which(QEMU_BINARY) else "missing",
+        "qemu_binary": shutil.which(QEMU_BINARY) or QEMU_BINARY,
+        "packages": package_versions(),
+        "programs": program_versions(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "loadavg_start": list(os.getloadavg()),

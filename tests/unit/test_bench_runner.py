@@ -126,3 +126,38 @@ def test_history_append_and_report(tmp_path: Path) -> None:
     page = (tmp_path / "report" / "index.html").read_text()
     assert "B-boot/boot.svg" in page and (tmp_path / "report" / "B-boot" / "boot.svg").exists()
     assert "class='bad'" in page and "<td>4.000</td>" in page
+
+
+def test_metadata_records_package_and_program_versions() -> None:
+    meta = runner.metadata("boot", "tcg")
+    assert set(meta["packages"]) == set(runner.PACKAGES)
+    assert meta["packages"]["lightvm"]  # this checkout is installed in the venv
+    assert set(meta["programs"]) == {"libvirtd", "crun"}
+    assert all(v is None or isinstance(v, str) for v in meta["programs"].values())
+    assert meta["qemu_binary"]
+
+
+def test_absent_packages_and_programs_are_null_not_errors(tmp_path: Path) -> None:
+    assert runner.package_versions(["no-such-distribution-xyz"]) == {"no-such-distribution-xyz": None}
+    failing = tmp_path / "failing"
+    failing.write_text("#!/bin/sh\nexit 3\n")
+    failing.chmod(0o755)
+    talking = tmp_path / "talking"
+    talking.write_text("#!/bin/sh\necho 'talking version 1.2'\necho second line\n")
+    talking.chmod(0o755)
+    got = runner.program_versions(
+        {
+            "absent": ["no-such-program-xyz", "--version"],
+            "failing": [str(failing), "--version"],
+            "talking": [str(talking), "--version"],
+        }
+    )
+    assert got == {"absent": None, "failing": None, "talking": "talking version 1.2"}
+
+
+def test_a_program_that_hangs_times_out_to_null(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hanging = tmp_path / "hanging"
+    hanging.write_text("#!/bin/sh\nexec sleep 30\n")
+    hanging.chmod(0o755)
+    monkeypatch.setattr(runner, "VERSION_TIMEOUT_S", 0.2)
+    assert runner.program_versions({"hanging": [str(hanging), "--version"]}) == {"hanging": None}
