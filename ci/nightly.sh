@@ -4,11 +4,21 @@
 # host, compare them statistically (ci/ab_compare.py), append both to a JSON
 # history and render an HTML report with the plots (ci/history.py).
 #
+# Both sides run the same QEMU binary (exported as LIGHTVM_QEMU, which
+# lightvm/qemubin.py honours for every machine type): this tree's slim build
+# (qemu/build/current) when it is built, else Debian's. A left alone would pick
+# its own (unbuilt: Debian's, ~10 ms slower to start) and the A/B would measure
+# the binary, not the commit; ab_compare.py refuses a qemu_version mismatch.
+#
 #   ci/nightly.sh                       # KVM, every suite, N = 1,10,100
 #   ACCEL=tcg VMS=1,10 ci/nightly.sh    # by hand on a host without usable KVM
+#   SUITES=split ACCEL=tcg SPLIT_VMS=1,2 ITERATIONS=3 ci/nightly.sh   # a quick check
 #
 # Environment (defaults):
-#   SUITES="boot density net checkpoint"  VMS=1,10,100  ITERATIONS=10  ACCEL=kvm
+#   SUITES="boot density net checkpoint split"  VMS=1,10,100  ITERATIONS=10  ACCEL=kvm
+#   SPLIT_VMS=1,10  SPLIT_IDLE_WINDOW=5 (split: N running VMs, idle sampling seconds;
+#     the 1,000-VM scale bar is a manual run, lightvm/bench/README.md)
+#   QEMU=<path> (default: qemu/build/current/qemu-system-x86_64 if built, else Debian's)
 #   BASE=HEAD~1 (the A side; skipped when it has no lightvm/bench)
 #   OUT=ci-results/<UTC timestamp>   HISTORY=ci-results/history.jsonl
 #   PYTHON=.venv/bin/python (must have the bench deps: matplotlib, libvirt-python)
@@ -17,8 +27,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
-SUITES=${SUITES:-"boot density net checkpoint"}
+SUITES=${SUITES:-"boot density net checkpoint split"}
 VMS=${VMS:-1,10,100}
+SPLIT_VMS=${SPLIT_VMS:-1,10}
+SPLIT_IDLE_WINDOW=${SPLIT_IDLE_WINDOW:-5}
 ITERATIONS=${ITERATIONS:-10}
 ACCEL=${ACCEL:-kvm}
 BASE=${BASE:-HEAD~1}
@@ -30,6 +42,22 @@ SUITE_TIMEOUT=${SUITE_TIMEOUT:-3600}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 status=0
+
+# One QEMU for both sides, resolved once (symlinks resolved: it names the exact build).
+if [[ -z ${QEMU:-} ]]; then
+    if [[ -x $REPO/qemu/build/current/qemu-system-x86_64 ]]; then
+        QEMU=$(readlink -f "$REPO/qemu/build/current/qemu-system-x86_64")
+    else
+        QEMU=$(command -v qemu-system-x86_64 || true)
+    fi
+fi
+if [[ -z $QEMU || ! -x $QEMU ]]; then
+    echo "nightly: no QEMU binary (${QEMU:-none}): build qemu/ or install qemu-system-x86" >&2
+    exit 1
+fi
+export LIGHTVM_QEMU=$QEMU
+qemu_version=$(timeout 20 "$QEMU" --version | head -n1 || true)
+echo "nightly: QEMU for A and B: $QEMU ($qemu_version)" | tee "$OUT/qemu.txt"
 
 # The A side: a detached worktree of BASE with its own guest images.
 base_dir=""
@@ -55,11 +83,20 @@ else
 fi
 timeout 900 make -C "$REPO/images" -s -j"$(nproc)"
 
+suite_args() { # suite: its options
+    case $1 in
+    split) echo --vms "$SPLIT_VMS" --idle-window "$SPLIT_IDLE_WINDOW" ;;
+    *) echo --vms "$VMS" ;;
+    esac
+}
+
 run_suite() { # tree label suite
     local tree=$1 label=$2 suite=$3
-    echo "nightly: $suite @ $label ($(git -C "$tree" describe --always --dirty))"
+    local -a args
+    read -r -a args <<<"$(suite_args "$suite")"
+    echo "nightly: $suite @ $label ($(git -C "$tree" describe --always --dirty), LIGHTVM_QEMU=$LIGHTVM_QEMU)"
     (cd "$tree" && PYTHONPATH="$tree" timeout "$SUITE_TIMEOUT" "$PYTHON" -m lightvm.bench.cli "$suite" \
-        --vms "$VMS" --iterations "$ITERATIONS" --accel "$ACCEL" --max-vms 100000 --out "$OUT/$label-$suite")
+        "${args[@]}" --iterations "$ITERATIONS" --accel "$ACCEL" --max-vms 100000 --out "$OUT/$label-$suite")
 }
 
 runs=()
