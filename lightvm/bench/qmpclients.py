@@ -51,7 +51,8 @@ def legacy(path: Path) -> None:
     qmp = QEMUMonitorProtocol(str(path))
     try:
         qmp.connect(negotiate=True)
-        assert qmp.cmd("query-status")["status"] == "prelaunch"  # type: ignore[index]
+        status = qmp.cmd("query-status")
+        assert isinstance(status, dict) and status["status"] == "prelaunch"
     finally:
         qmp.close()
 
@@ -66,7 +67,7 @@ def asyncio_client(path: Path) -> None:
         await qmp.connect(str(path))  # negotiates by default
         try:
             status = await qmp.execute("query-status")
-            assert status["status"] == "prelaunch"  # type: ignore[index]
+            assert isinstance(status, dict) and status["status"] == "prelaunch"
         finally:
             await qmp.disconnect()
 
