@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import errno
+import grp
 import os
 import socket
 import time
@@ -45,9 +47,22 @@ def kvm_open_error() -> str | None:
     try:
         fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        return f"{KVM_DEVICE}: {exc.strerror}"
+        return f"{KVM_DEVICE}: {exc.strerror}{_open_hint(exc.errno)}"
     os.close(fd)
     return None
+
+
+def _open_hint(errno_: int | None) -> str:
+    """What to do about a failed open of /dev/kvm, as a parenthesis ('' if nothing to say)."""
+    if errno_ == errno.ENOENT:
+        return " (no KVM on this host: kernel module kvm_intel/kvm_amd not loaded, or no virtualization)"
+    if errno_ in (errno.EACCES, errno.EPERM):
+        try:
+            group = grp.getgrgid(os.stat(KVM_DEVICE).st_gid).gr_name
+        except (OSError, KeyError):
+            return ""
+        return f" (join group {group!r}: sudo usermod -aG {group} $USER, then log in again)"
+    return ""
 
 
 def host_key(binary: str = QEMU_BINARY) -> str:
@@ -85,9 +100,9 @@ def select(requested: str = "auto") -> AccelChoice:
             raise AccelError(f"--accel kvm: {error}; use --accel tcg")
         return AccelChoice("kvm", "requested")
     if error:
-        return AccelChoice("tcg", f"kvm unavailable ({error})")
+        return AccelChoice("tcg", f"kvm unusable: {error}")
     if PVM_MODULE.exists():
-        return AccelChoice("tcg", "kvm is the nested PVM hypervisor (kvm_pvm): unusable")
+        return AccelChoice("tcg", "kvm unusable: /dev/kvm is the nested PVM hypervisor (kvm_pvm), slower than tcg")
     key = host_key()
     cache = hostfacts.load_cache()
     verdict = cache.get("accel")
@@ -95,7 +110,7 @@ def select(requested: str = "auto") -> AccelChoice:
         return AccelChoice(str(verdict["accel"]), f"cached probe: {verdict.get('reason', '')}")
     kernel = probe_kernel()
     if kernel is None:
-        return AccelChoice("tcg", "no probe guest (images/build/noop.elf) to test kvm with")
+        return AccelChoice("tcg", "kvm untested: no probe guest (images/build/noop.elf) to test it with")
     choice = probe(kernel)
     cache["accel"] = {"key": key, "accel": choice.accel, "reason": choice.reason, "when": time.time()}
     hostfacts.save_cache(cache)

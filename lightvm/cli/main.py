@@ -53,6 +53,20 @@ def _state_parent() -> argparse.ArgumentParser:
     return parent
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: ``lightvm X.Y.Z``. The version is looked up only when asked for
+    (importlib.metadata costs milliseconds that every other command would pay)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from lightvm import version
+
+        print(f"lightvm {version()}")
+        parser.exit()
+
+
 def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
     """The argument parser. ``with_network`` adds ``network`` (imports pyroute2: slow)."""
     parent = _state_parent()
@@ -63,6 +77,7 @@ def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[parent],
     )
+    parser.add_argument("--version", action=_VersionAction, help="print lightvm's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from lightvm.cli import checkpoint, daemon, vm
 

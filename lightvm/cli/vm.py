@@ -126,8 +126,27 @@ def cmd_create(args: argparse.Namespace) -> int:
                 for r in results:
                     print(json.dumps(r), flush=True)
             return 0
+        print_accel_note(args.accel, results)
         print_created(results, wall, backend)
     return 0
+
+
+def accel_note(requested: str, accel: str, reason: str | None) -> str | None:
+    """The line ``create`` prints when ``--accel auto`` fell back to tcg (None otherwise).
+
+    ``reason`` is the verdict's (lightvm.accel.AccelChoice.reason, a result's
+    ``accel_reason``); None when the result came without one (an older lightvmd).
+    """
+    if requested != "auto" or accel != "tcg" or not reason:
+        return None
+    return f"accel: tcg ({reason})"
+
+
+def print_accel_note(requested: str, results: list[dict[str, Any]]) -> None:
+    """Why ``--accel auto`` chose tcg, one line on stderr (stdout keeps the breakdown as it was)."""
+    note = accel_note(requested, results[0]["accel"], results[0].get("accel_reason")) if results else None
+    if note:
+        print(note, file=sys.stderr, flush=True)
 
 
 def print_created(results: list[dict[str, Any]], wall: float, backend: Backend) -> None:

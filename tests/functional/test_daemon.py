@@ -48,6 +48,24 @@ def test_group_socket_mode(lightvmd: Lightvmd) -> None:
     assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == 0
 
 
+def test_routed_create_auto_says_why_tcg(lightvmd: Lightvmd) -> None:
+    """The reason of an auto->tcg verdict comes back from lightvmd and is printed as in one-shot mode."""
+    from lightvm import accel
+
+    if accel.kvm_open_error() is None and not accel.PVM_MODULE.exists():
+        pytest.skip("kvm may be usable here: auto would probe, not fall back without one")
+    reason = accel.select("auto").reason
+    lightvmd.start(size=1)
+    wait_pool(lightvmd, 1)
+    routed = lightvmd.cli("create", str(NOOP), "--accel", "auto", "--name", "auto")
+    assert routed.returncode == 0, routed.stderr
+    assert f"accel: tcg ({reason})" in routed.stderr.splitlines() and "via lightvmd" in routed.stderr
+    assert "path: pool" in routed.stdout
+    as_json = json.loads(lightvmd.cli("create", str(NOOP), "--accel", "auto", "--name", "auto2", "--json").stdout)
+    assert as_json["accel"] == "tcg" and as_json["accel_reason"] == reason
+    assert lightvmd.create("asked")["accel_reason"] == "requested"  # --accel tcg
+
+
 def test_second_daemon_refused_first_keeps_serving(lightvmd: Lightvmd) -> None:
     lightvmd.start(pool=None)
     r = lightvmd.cli("daemon", "run", "--accel", "tcg", timeout=60)

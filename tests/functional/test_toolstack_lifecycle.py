@@ -44,6 +44,20 @@ def test_create_text_output(lightvm: Any) -> None:
         assert label in out
 
 
+def test_create_auto_says_why_tcg(lightvm: Any) -> None:
+    """--accel auto falling back to tcg: one stderr line with the verdict's reason, and accel_reason in JSON."""
+    from lightvm import accel
+
+    if accel.kvm_open_error() is None and not accel.PVM_MODULE.exists():
+        pytest.skip("kvm may be usable here: auto would probe, not fall back without one")
+    reason = accel.select("auto").reason
+    r = lightvm.ok("create", str(NOOP), "--accel", "auto", "--name", "auto1")
+    assert f"accel: tcg ({reason})" in r.err.splitlines(), r.err
+    assert r.out.splitlines()[0].startswith("auto1: noop READY in ") and "(tcg, pid " in r.out
+    (vm,) = lightvm.create(NOOP, "--accel", "auto", "--name", "auto2")
+    assert vm["accel"] == "tcg" and vm["accel_reason"] == reason
+
+
 def test_list_info_console(lightvm: Any, noop_vm: dict[str, Any]) -> None:
     (entry,) = lightvm.list()
     assert entry["name"] == "noop" and entry["status"] == "running" and entry["pid"] == noop_vm["pid"]
