@@ -63,6 +63,7 @@ class CreateResult:
     pid: int
     app: str = ""
     network: str = ""  # one line on the vifs' networking mode and addresses (empty without vifs)
+    accel_reason: str = ""  # why this accelerator (lightvm.accel's verdict: "requested", "kvm unusable: ...")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +74,7 @@ class CreateResult:
             "app": self.app,
             "network": self.network,
             "boot_ms": self.boot_ms,
+            "accel_reason": self.accel_reason,
         }
 
 
@@ -151,12 +153,12 @@ class Toolstack:
             if workers == 1:
                 for i, vmdir in enumerate(vmdirs):
                     t0 = t_start if len(vmdirs) == 1 else None
-                    results[i] = self._create_one(vmdir, spec, choice.accel, tsc_hz, t0)
+                    results[i] = self._create_one(vmdir, spec, choice, tsc_hz, t0)
                     done += 1
                     if progress:
                         progress(results[i], done, len(vmdirs))  # type: ignore[arg-type]
             else:
-                done = self._create_parallel(vmdirs, spec, choice.accel, tsc_hz, workers, results, progress)
+                done = self._create_parallel(vmdirs, spec, choice, tsc_hz, workers, results, progress)
         except BaseException:
             # All or nothing: the failed VM unwound itself; remove the ones that made it.
             for vmdir in vmdirs:
@@ -169,7 +171,7 @@ class Toolstack:
         self,
         vmdirs: list[VMDir],
         spec: VMSpec,
-        accel: str,
+        choice: accelmod.AccelChoice,
         tsc_hz: int,
         workers: int,
         results: list[CreateResult | None],
@@ -181,7 +183,7 @@ class Toolstack:
         done = 0
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="create") as pool:
             futures: dict[Future[CreateResult], int] = {
-                pool.submit(self._create_one, vmdir, spec, accel, tsc_hz): i for i, vmdir in enumerate(vmdirs)
+                pool.submit(self._create_one, vmdir, spec, choice, tsc_hz): i for i, vmdir in enumerate(vmdirs)
             }
             try:
                 for future in as_completed(futures):
@@ -205,8 +207,11 @@ class Toolstack:
         for i, disk in enumerate(spec.disks):
             blk.validate(disk, f"disks[{i}]")
 
-    def _create_one(self, vmdir: VMDir, spec: VMSpec, accel: str, tsc_hz: int, t0: float | None = None) -> CreateResult:
+    def _create_one(
+        self, vmdir: VMDir, spec: VMSpec, choice: accelmod.AccelChoice, tsc_hz: int, t0: float | None = None
+    ) -> CreateResult:
         t0 = time.perf_counter() if t0 is None else t0
+        accel = choice.accel
         vm_uuid = uuidlib.uuid4()
         vm_id = vm_uuid.hex[:16]
         ndev = 1 + len(spec.vifs) + len(spec.disks)
@@ -229,7 +234,9 @@ class Toolstack:
             boot_ms = times.as_dict()
             vm.up(VMStatus.RUNNING.value, boot_ms)
             network = str(record.devices.get("summary", ""))
-            return CreateResult(vmdir.name, vm_id, accel, boot_ms, record.pid or 0, boot_record.app, network)
+            return CreateResult(
+                vmdir.name, vm_id, accel, boot_ms, record.pid or 0, boot_record.app, network, choice.reason
+            )
 
     # ------------------------------------------------------------------ destroy
 

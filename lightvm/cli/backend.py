@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from lightvm.daemon.api import Client
-    from lightvm.toolstack import CreateResult, Toolstack
+    from lightvm.toolstack import Toolstack
 
 ROUTED = ("create", "list", "info", "destroy", "shutdown", "pause", "unpause", "restore", "migrate")
 
@@ -84,28 +84,20 @@ class LocalBackend:
         self.ts = toolstack(args)
 
     def create(self, request: dict[str, Any], progress: Progress) -> list[dict[str, Any]]:
-        from lightvm import accel as accelmod
         from lightvm.spec import load_spec
 
         spec = load_spec(request["config"])
         if request["publish"]:
             spec = spec.with_publish(request["publish"], request["count"])
-        # The verdict is resolved here so that its reason reaches the results (lightvmd's
-        # op_create does the same); the Toolstack then gets the resolved kvm|tcg.
-        choice = accelmod.select(request["accel"])
-
-        def as_dict(result: CreateResult) -> dict[str, Any]:
-            return {**result.as_dict(), "accel_reason": choice.reason}
-
         results = self.ts.create(
             spec,
             name=request["name"],
             count=request["count"],
-            accel=choice.accel,
+            accel=request["accel"],
             jobs=request["jobs"],
-            progress=lambda r, done, count: progress(as_dict(r), done, count),
+            progress=lambda r, done, count: progress(r.as_dict(), done, count),
         )
-        return [as_dict(r) for r in results]
+        return [r.as_dict() for r in results]
 
     def list_vms(self) -> list[dict[str, Any]]:
         return [i.as_dict() for i in self.ts.list()]

@@ -107,7 +107,7 @@ class Operations:
         check_name(base, "--name")
         if not 1 <= count <= 4096:
             raise LightVMError(f"-n {count}: create between 1 and 4096 VMs at a time")
-        verdict = accelmod.select(accel)  # its reason goes with each result (accel_reason), as in one-shot mode
+        verdict = accelmod.select(accel)  # resolved once per request; its reason goes with each result
         choice = verdict.accel
         names = [base] if count == 1 else [f"{base}-{i}" for i in range(count)]
         for n in names:
@@ -138,7 +138,7 @@ class Operations:
                     path = "cold"
                 made.append(n)
                 entry = result.as_dict()
-                entry["accel_reason"] = verdict.reason
+                entry["accel_reason"] = verdict.reason  # not the cold path's "requested" (it got kvm|tcg)
                 entry["path"] = path
                 entry["daemon_ms"] = round((time.perf_counter() - t0) * 1000, 3)  # handler start -> reply
                 out.append(entry)

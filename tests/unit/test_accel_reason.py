@@ -122,26 +122,27 @@ def test_json_carries_the_reason_and_stays_on_stdout(
     assert code == 0 and err == "" and obj["accel"] == "tcg" and obj["accel_reason"] == PVM
 
 
-def test_local_backend_resolves_the_verdict_and_keeps_its_reason(
+def test_local_backend_passes_the_request_and_the_results_carry_the_reason(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """The Toolstack resolves the verdict (one select per create) and puts its reason in
+    each CreateResult; the local backend hands both through unchanged."""
     seen: dict[str, Any] = {}
 
     class Toolstack:
         def create(self, spec: Any, **kwargs: Any) -> list[CreateResult]:
             seen.update(kwargs)
-            result = CreateResult("v", "1", kwargs["accel"], {"ready": 1.0}, 42, "noop")
+            result = CreateResult("v", "1", "tcg", {"ready": 1.0}, 42, "noop", accel_reason=PVM)
             kwargs["progress"](result, 1, 1)
             return [result]
 
-    monkeypatch.setattr(accel, "select", lambda requested: accel.AccelChoice("tcg", PVM))
-    monkeypatch.setattr("lightvm.spec.load_spec", lambda path: object())
     local = backendmod.LocalBackend.__new__(backendmod.LocalBackend)
     local.ts = Toolstack()  # type: ignore[assignment]
     progressed: list[dict[str, Any]] = []
     request = {"config": tmp_path / "x.toml", "name": "v", "count": 1, "accel": "auto", "jobs": None, "publish": []}
+    monkeypatch.setattr("lightvm.spec.load_spec", lambda path: object())
     (result,) = local.create(request, lambda r, done, count: progressed.append(r))
-    assert seen["accel"] == "tcg"  # the Toolstack runs what the verdict said, not "auto" again
+    assert seen["accel"] == "auto"  # the Toolstack resolves it (and keeps the reason)
     assert result["accel_reason"] == PVM and progressed == [result]
-    keys = list(CreateResult("", "", "", {}, 0).as_dict())
+    keys = ["name", "id", "accel", "pid", "app", "network", "boot_ms"]
     assert list(result) == [*keys, "accel_reason"]  # keys added, none renamed or moved
