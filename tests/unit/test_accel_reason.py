@@ -5,18 +5,16 @@ Fake verdicts and fake backends: nothing boots here.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from clilib import run_with
 
 from lightvm import accel, hostfacts
 from lightvm.cli import backend as backendmod
-from lightvm.cli import main as cli
 from lightvm.cli import vm
 from lightvm.toolstack import CreateResult
 
@@ -84,14 +82,7 @@ class Backend:
 def create(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], backend: Backend, *argv: str
 ) -> tuple[int, str, str]:
-    @contextlib.contextmanager
-    def fake(args: Any) -> Iterator[Backend]:
-        yield backend
-
-    monkeypatch.setattr(vm, "open_backend", fake)
-    code = cli.main(["create", "x.toml", "--name", "v", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_with(monkeypatch, capsys, backend, "create", "x.toml", "--name", "v", *argv)
 
 
 @pytest.mark.parametrize("routed", [False, True])

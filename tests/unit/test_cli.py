@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from clilib import run_with
 
 from lightvm.cli import main as cli
 
@@ -145,19 +144,6 @@ class FakeBackend:
 
     def destroy(self, names: list[str] | None) -> tuple[list[str], list[str]]:
         return ["a", "b"], ["no VM named 'c'"]
-
-
-def run_with(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], backend: FakeBackend, *argv: str
-) -> tuple[int, str, str]:
-    from lightvm.cli import vm
-
-    @contextlib.contextmanager
-    def fake(args: Any) -> Iterator[FakeBackend]:
-        yield backend
-
-    monkeypatch.setattr(vm, "open_backend", fake)
-    return run(capsys, *argv)
 
 
 @pytest.mark.parametrize("argv", [("list",), ("list", "--json"), ("info", "a"), ("info", "a", "--json")])
