@@ -35,7 +35,8 @@ def test_migrate_daytime(hosts: TwoHosts) -> None:
     assert before["app_counter"] >= 1
     out = hosts.a.lv.ok(*hosts.migrate_args("daytime", "--json")).out
     result = json.loads(out)
-    assert result["bytes"] > 0 and 0 < result["downtime_ms"] < result["migrate_ms"], result
+    # QEMU reports the downtime in whole ms: a sub-millisecond stop reads 0.
+    assert result["bytes"] > 0 and 0 <= result["downtime_ms"] < result["migrate_ms"], result
     assert hosts.a.lv.status() == {}  # source destroyed
     assert hosts.b.lv.status() == {"daytime": "running"}
     reply = wait_until(lambda: hosts.b.daytime(port), timeout=20, interval=0.05)
