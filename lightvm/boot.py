@@ -90,6 +90,7 @@ def boot(
         times.resumed = (woken_at - t0) * 1000
     else:
         try:
+            region.stamp_host_time()  # the guest's wall clock starts here, not before QEMU's start-up
             cont_id = machine.resume(wait=False)
         except QMPError:
             machine.wait(1.0)  # QEMU died before we could even queue cont

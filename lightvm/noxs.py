@@ -465,6 +465,22 @@ class NoxsRegion:
         del page  # release the buffer export before anyone closes the map
         self._config = config
 
+    def stamp_host_time(self, host_time_ns: int | None = None) -> None:
+        """Rewrite only ``host_time_ns`` (under the seqlock), just before the guest runs.
+
+        The guest sets its wall clock to ``host_time_ns`` at the moment it reads the page, so
+        every millisecond between the stamp and that read puts the guest's clock behind by as
+        much. :meth:`write_config` runs before QEMU starts; stamping again right before ``cont``
+        leaves out QEMU's start-up (and, in tests, anything done while paused). A guest that
+        already read the page sees the generation move and re-bases, as after a migration.
+        """
+        buf = self._buf
+        page = DevicePage.from_buffer(buf, 0)
+        page.generation = page.generation | 1
+        page.host_time_ns = time.time_ns() if host_time_ns is None else host_time_ns
+        page.generation = page.generation + 1
+        del page
+
     def _write_ctrl(self, config: PageConfig, dev_type: DevType, dev_id: int, offset: int) -> None:
         buf = self._buf
         hdr = CtrlHdr.from_buffer(buf, offset)

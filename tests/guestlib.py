@@ -225,6 +225,8 @@ class Guest:
         self.proc: subprocess.Popen[bytes] | None = None
         self.qmp: QMPClient | None = None
         self.argv: list[str] = []
+        self.resumed_at: float | None = None  # time.time() at cont
+        self.ready_at: float | None = None  # time.time() when wait_boot_state saw READY
 
     # -- setup --
 
@@ -265,8 +267,14 @@ class Guest:
                 listener.close()
 
     def cont(self) -> None:
-        """Resume a paused guest; does not wait for the reply (the guest may exit first)."""
+        """Resume a paused guest; does not wait for the reply (the guest may exit first).
+
+        The NoXS page's host time is stamped again first, so the guest's wall clock does not
+        start behind by however long the test spent while it was paused."""
         assert self.qmp is not None
+        if self.region is not None:
+            self.region.stamp_host_time()
+        self.resumed_at = time.time()
         self.qmp.send("cont")
 
     # -- observation --
@@ -286,6 +294,8 @@ class Guest:
         while True:
             raw = self.region.boot_state()
             if raw == state:
+                if state == BootState.READY:
+                    self.ready_at = time.time()
                 return self.region.boot_record()
             if raw == BootState.ERROR and state != BootState.ERROR:
                 raise AssertionError(f"guest reported ERROR: {self.boot_record()}\n{self.console()}")

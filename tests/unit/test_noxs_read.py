@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lightvm.noxs import NoxsRegion, PageConfig, VbdConfig, VifConfig
+from lightvm.noxs import DevicePage, NoxsRegion, PageConfig, VbdConfig, VifConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from guestlib import HOSTILE_PAGES, hostile_base_config
@@ -95,3 +95,21 @@ def test_missing_file_and_usage(tool: Path, tmp_path: Path) -> None:
     assert _run(tool, tmp_path / "nope").returncode == 2
     usage = subprocess.run([str(tool), "--bogus"], capture_output=True, text=True, timeout=30)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_stamp_host_time_rewrites_only_the_time(tool: Path, tmp_path: Path) -> None:
+    """The stamp before ``cont``: the time moves, the generation moves on by one even step (a
+    guest that already read the page re-bases), and nothing else in the page changes."""
+    path = tmp_path / "region"
+    with NoxsRegion.create(path, 4) as region:
+        region.write_config(PageConfig(name="web-1", tsc_hz=2_700_000_000), host_time_ns=1_000)
+        before = path.read_bytes()
+        region.stamp_host_time(host_time_ns=2_000)
+        after = path.read_bytes()
+    kv = dict(line.split("=", 1) for line in _run(tool, path).stdout.splitlines())
+    assert (kv["host_time_ns"], kv["name"], kv["tsc_hz"]) == ("2000", "web-1", "2700000000")
+    gen = slice(DevicePage.generation.offset, DevicePage.generation.offset + 8)
+    assert int.from_bytes(after[gen], "little") == int.from_bytes(before[gen], "little") + 2
+    time_end = DevicePage.host_time_ns.offset + 8
+    assert DevicePage.host_time_ns.offset == gen.stop  # the two fields are adjacent
+    assert before[: gen.start] == after[: gen.start] and before[time_end:] == after[time_end:]
