@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightvm.devices import blk
 from lightvm.errors import ExistsError, GuestError, LightVMError, StateError
-from lightvm.machine import Machine, MachineConfig, ProcessHandle
+from lightvm.machine import MICROVM, Machine, MachineConfig, ProcessHandle
 from lightvm.noxs import NoxsRegion, VbdConfig, VifConfig, region_size_for
 from lightvm.state import StateDir, VMDir, VMRecord
 from lightvm.undo import UndoStack
@@ -77,6 +77,13 @@ def machine_config(vmdir: VMDir, record: VMRecord, **changes: Any) -> MachineCon
         "log_path": vmdir.log_path,
         "bios": Path(firmware) if firmware else None,
     }
+    if spec.get("initrd"):  # a Linux guest: its machine string and command line (lightvm/linux.py)
+        from lightvm import hostfacts, linux
+
+        tsc_hz = hostfacts.tsc_hz() if record.accel == "tcg" else 0
+        fields["initrd"] = Path(spec["initrd"])
+        fields["machine"] = linux.linux_machine(MICROVM)
+        fields["cmdline"] = linux.linux_cmdline(fields["cmdline"], tsc_hz)
     fields.update(changes)
     return MachineConfig(**fields)
 

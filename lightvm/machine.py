@@ -85,6 +85,7 @@ class MachineConfig:
     # creates both (PATH.out may be a symlink to console_path). A pool shell's guest
     # sleeps until a byte arrives there (lightvm/daemon/pool.py, NOXS_FEAT_CONSOLE_BELL).
     console_pipe: Path | None = None
+    initrd: Path | None = None  # a Linux guest's initramfs (lightvm/linux.py)
 
 
 def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
@@ -115,6 +116,7 @@ def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
         "-smp", str(config.vcpus),
         *(["-bios", str(config.bios)] if config.bios else []),
         "-kernel", str(config.kernel),
+        *(["-initrd", str(config.initrd)] if config.initrd else []),
         "-append", config.cmdline,
         "-object", f"memory-backend-file,id=noxs,mem-path={qemu_opt_escape(str(config.noxs_path))},"
                    f"size={config.noxs_size},share=on",

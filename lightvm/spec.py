@@ -10,6 +10,7 @@ Two formats carry the same keys:
       memory = "4M"                            # MiB as an int, or "4M" / "64M" / "1G"
       vcpus = 1
       cmdline = ""
+      initrd = "initramfs.cpio"                # Linux guests only (a Tinyx image: `lightvm image build`)
       [[vifs]]
       network = "lightvm0"                      # or bridge = "br0"; neither: user networking
       ip = "10.10.0.2/24"                       # also gateway, mac, mtu; publish = ["8013:13"]
@@ -23,7 +24,9 @@ Two formats carry the same keys:
 
 Every problem is a :class:`SpecError` whose one-line message names the file and the
 key. Unknown keys are errors. The kernel must exist and be an x86 ELF carrying the
-PVH entry note, since that is how QEMU boots our guests without firmware.
+PVH entry note, since that is how QEMU boots our guests without firmware. A Linux kernel
+(its ELF notes name "Linux") needs an ``initrd`` and a unikernel must not have one, so
+"has an initrd" is what tells the rest of lightvm that a guest is Linux (lightvm/linux.py).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.errors import SpecError
+from lightvm.linux import LINUX_MEMORY_MIB
 
 MEMORY_MIN_MIB = 2
 MEMORY_MAX_MIB = 65536
@@ -48,7 +52,8 @@ CMDLINE_MAX = 2048
 NAME_MAX = 48
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-TOP_KEYS = ("name", "kernel", "firmware", "memory", "vcpus", "cmdline", "vifs", "disks")
+TOP_KEYS = ("name", "kernel", "firmware", "memory", "vcpus", "cmdline", "initrd", "vifs", "disks")
+INITRD_MAX = 1 << 30
 FIRMWARE_MAX = 16 << 20
 DISK_KEYS = ("path", "readonly")
 
@@ -91,6 +96,11 @@ class VMSpec:
     disks: tuple[DiskSpec, ...] = ()
     source: Path | None = field(default=None, compare=False)
     firmware: Path | None = None  # QEMU -bios image; None: QEMU's default firmware
+    initrd: Path | None = None  # a Linux guest's initramfs; None: a unikernel
+
+    @property
+    def is_linux(self) -> bool:
+        return self.initrd is not None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able copy (absolute paths), as stored in the VM's state folder."""
@@ -103,6 +113,7 @@ class VMSpec:
             "vifs": [{k: v for k, v in vars(vif).items() if v not in (None, ())} for vif in self.vifs],
             "disks": [{"path": str(d.path), "readonly": d.readonly} for d in self.disks],
             "firmware": str(self.firmware) if self.firmware else None,
+            "initrd": str(self.initrd) if self.initrd else None,
         }
 
     def with_name(self, name: str) -> VMSpec:
@@ -180,8 +191,16 @@ def parse_spec(data: Mapping[str, Any], source: Path, check_kernel: bool = True)
     if not isinstance(kernel_raw, str) or not kernel_raw:
         raise SpecError(f"{where}: key 'kernel': expected a path string, got {_kind(kernel_raw)}")
     kernel = (base / kernel_raw).resolve() if not Path(kernel_raw).is_absolute() else Path(kernel_raw)
+    initrd = _parse_initrd(data.get("initrd"), where, base, check_kernel)
     if check_kernel:
-        check_kernel_file(kernel, f"{where}: key 'kernel'")
+        is_linux = check_kernel_file(kernel, f"{where}: key 'kernel'")
+        if is_linux and initrd is None:
+            raise SpecError(
+                f"{where}: key 'kernel': {kernel} is a Linux kernel, which needs key 'initrd' "
+                "(build an image with `lightvm image build APP`)"
+            )
+        if initrd is not None and not is_linux:
+            raise SpecError(f"{where}: key 'initrd': {kernel} is not a Linux kernel; only Linux guests take an initrd")
 
     firmware = None
     if data.get("firmware") is not None:
@@ -197,7 +216,8 @@ def parse_spec(data: Mapping[str, Any], source: Path, check_kernel: bool = True)
             if not firmware.is_file() or not 0 < size <= FIRMWARE_MAX or size % 4096:
                 raise SpecError(f"{where}: key 'firmware': {firmware} is not a firmware image (size {size})")
 
-    memory = parse_memory(data.get("memory", 16), f"{where}: key 'memory'")
+    default_memory = LINUX_MEMORY_MIB if initrd is not None else 16
+    memory = parse_memory(data.get("memory", default_memory), f"{where}: key 'memory'")
     vcpus = data.get("vcpus", 1)
     if not isinstance(vcpus, int) or isinstance(vcpus, bool):
         raise SpecError(f"{where}: key 'vcpus': expected an integer, got {_kind(vcpus)}")
@@ -213,7 +233,24 @@ def parse_spec(data: Mapping[str, Any], source: Path, check_kernel: bool = True)
     disks = tuple(
         _parse_disk(item, f"{where}: key 'disks[{i}]'", base) for i, item in enumerate(_list(data, "disks", where))
     )
-    return VMSpec(name, kernel, memory, vcpus, cmdline, vifs, disks, source, firmware)
+    return VMSpec(name, kernel, memory, vcpus, cmdline, vifs, disks, source, firmware, initrd)
+
+
+def _parse_initrd(raw: object, where: str, base: Path, check: bool) -> Path | None:
+    """The ``initrd`` key: a path to a regular file of at most 1 GiB (when ``check``)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw:
+        raise SpecError(f"{where}: key 'initrd': expected a path string, got {_kind(raw)}")
+    path = (base / raw).resolve()
+    if check:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise SpecError(f"{where}: key 'initrd': {path}: {exc.strerror}") from None
+        if not path.is_file() or not 0 < st.st_size <= INITRD_MAX:
+            raise SpecError(f"{where}: key 'initrd': {path} is not a file of 1 byte..1 GiB (size {st.st_size})")
+    return path
 
 
 def check_name(name: str, what: str = "name") -> None:
@@ -253,8 +290,9 @@ def parse_memory(value: object, what: str) -> int:
     return mib
 
 
-def check_kernel_file(path: Path, what: str) -> None:
+def check_kernel_file(path: Path, what: str) -> bool:
     """Check that ``path`` is a readable x86 ELF with the PVH entry note (cheap: bounded reads).
+    Returns whether it is a Linux kernel (a note named "Linux"), not one of our unikernels.
 
     :raise SpecError: naming ``what`` and the problem.
     """
@@ -269,10 +307,12 @@ def check_kernel_file(path: Path, what: str) -> None:
             machine = struct.unpack_from("<H", head, 18)[0]
             if machine not in (EM_386, EM_X86_64):
                 raise SpecError(f"{what}: {path} is an ELF for machine {machine}, not x86")
-            if not _has_pvh_note(f, head, is64):
+            names = _note_names(f, head, is64)
+            if (b"Xen", XEN_ELFNOTE_PHYS32_ENTRY) not in names:
                 raise SpecError(
                     f"{what}: {path} has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); QEMU cannot boot it directly"
                 )
+            return any(name == b"Linux" for name, _ in names)
     except FileNotFoundError:
         raise SpecError(f"{what}: kernel {path} does not exist") from None
     except IsADirectoryError:
@@ -281,23 +321,25 @@ def check_kernel_file(path: Path, what: str) -> None:
         raise SpecError(f"{what}: cannot read kernel {path}: {exc.strerror}") from exc
 
 
-def _has_pvh_note(f: Any, head: bytes, is64: bool) -> bool:
+def _note_names(f: Any, head: bytes, is64: bool) -> set[tuple[bytes, int]]:
+    """(name, type) of every ELF note in the PT_NOTE segments (bounded reads)."""
+    found: set[tuple[bytes, int]] = set()
     if is64:
         if len(head) < 64:
-            return False
+            return found
         phoff = struct.unpack_from("<Q", head, 32)[0]
         phentsize, phnum = struct.unpack_from("<HH", head, 54)
     else:
         phoff = struct.unpack_from("<I", head, 28)[0]
         phentsize, phnum = struct.unpack_from("<HH", head, 42)
     if phnum == 0 or phnum > 128 or phentsize < (56 if is64 else 32):
-        return False
+        return found
     f.seek(phoff)
     table = f.read(phentsize * phnum)
     for i in range(phnum):
         entry = table[i * phentsize : (i + 1) * phentsize]
         if len(entry) < phentsize:
-            return False
+            return found
         p_type = struct.unpack_from("<I", entry, 0)[0]
         if p_type != PT_NOTE:
             continue
@@ -306,12 +348,12 @@ def _has_pvh_note(f: Any, head: bytes, is64: bool) -> bool:
         else:
             offset, filesz = struct.unpack_from("<I", entry, 4)[0], struct.unpack_from("<I", entry, 16)[0]
         f.seek(offset)
-        if _notes_have_pvh(f.read(min(filesz, NOTE_SCAN_MAX))):
-            return True
-    return False
+        found |= _notes_in(f.read(min(filesz, NOTE_SCAN_MAX)))
+    return found
 
 
-def _notes_have_pvh(notes: bytes) -> bool:
+def _notes_in(notes: bytes) -> set[tuple[bytes, int]]:
+    found: set[tuple[bytes, int]] = set()
     pos = 0
     while pos + 12 <= len(notes):
         namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
@@ -319,9 +361,8 @@ def _notes_have_pvh(notes: bytes) -> bool:
         name = notes[pos : pos + namesz]
         pos += (namesz + 3) & ~3
         pos += (descsz + 3) & ~3
-        if name.rstrip(b"\0") == b"Xen" and ntype == XEN_ELFNOTE_PHYS32_ENTRY:
-            return True
-    return False
+        found.add((name.rstrip(b"\0"), ntype))
+    return found
 
 
 def _parse_vif(item: object, where: str) -> VifSpec:

@@ -88,6 +88,8 @@ def poolable(spec: VMSpec) -> str | None:
         return "vifs (pre-created taps are not implemented: cold path)"
     if spec.disks:
         return "disks (cold path)"
+    if spec.is_linux:
+        return "a Linux guest (Tinyx shells are not pooled yet: cold path)"
     return None
 
 

@@ -46,6 +46,8 @@ def test_taps_disks_and_malformed_headers_are_not_poolable() -> None:
     assert IncomingFlavour.of(meta(vifs=[{"mode": "tap"}])) is None
     spec = dict(meta()["spec"], disks=[{"path": "/d.img"}])
     assert IncomingFlavour.of(meta(spec=spec)) is None
+    linux = dict(meta()["spec"], initrd="/images/redis/initramfs.cpio")  # its machine has rtc=on
+    assert IncomingFlavour.of(meta(spec=linux)) is None
     assert IncomingFlavour.of(meta(qemu_args=None)) is None
     assert IncomingFlavour.of(meta(spec={"memory": 4})) is None  # no kernel
     assert IncomingFlavour.of(meta(noxs_size="big")) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,13 @@ from lightvm.errors import SpecError
 from lightvm.spec import MEMORY_MAX_MIB, DiskSpec, load_spec, parse_memory
 
 
-def make_elf(path: Path, pvh: bool = True, machine: int = 62) -> Path:
-    """A minimal ELF64 with one PT_NOTE segment holding (or not) the Xen PVH note."""
+def make_elf(path: Path, pvh: bool = True, machine: int = 62, linux: bool = False) -> Path:
+    """A minimal ELF64 with one PT_NOTE segment holding (or not) the Xen PVH note, and with
+    ``linux`` a "Linux" note after it (as a vmlinux carries)."""
     name = b"Xen\0"
     note = struct.pack("<III", len(name), 4, 18 if pvh else 5) + name + struct.pack("<I", 0x100000)
+    if linux:
+        note += struct.pack("<III", 6, 4, 0x100) + b"Linux\0\0\0" + struct.pack("<I", 0)
     ehdr_size, phdr_size = 64, 56
     ehdr = bytearray(ehdr_size)
     ehdr[:4] = b"\x7fELF"
@@ -242,3 +246,58 @@ def test_examples_parse() -> None:
     assert {s.name for s in specs} >= {"noop", "daytime", "noop-json"}
     daytime = next(s for s in specs if s.name == "daytime")
     assert len(daytime.vifs) == 1 and daytime.memory_mib == 4
+
+
+def test_initrd_makes_a_linux_guest(tmp_path: Path) -> None:
+    make_elf(tmp_path / "vmlinux", linux=True)
+    (tmp_path / "initramfs.cpio").write_bytes(b"070701" + bytes(100))
+    spec = load_spec(write(tmp_path, 'kernel = "vmlinux"\ninitrd = "initramfs.cpio"\n'))
+    assert spec.is_linux and spec.initrd == (tmp_path / "initramfs.cpio").resolve()
+    assert spec.memory_mib == 128  # a Linux guest's default; a unikernel's stays 16
+    assert spec.to_dict()["initrd"] == str(spec.initrd)
+    from lightvm.daemon.pool import poolable
+
+    assert "Linux guest" in (poolable(spec) or "")  # the init has no wait point yet: lightvmd's cold path
+    assert (
+        load_spec(write(tmp_path, 'kernel = "vmlinux"\ninitrd = "initramfs.cpio"\nmemory = "64M"\n')).memory_mib == 64
+    )
+
+
+def test_initrd_errors(tmp_path: Path, kernel: Path) -> None:
+    make_elf(tmp_path / "vmlinux", linux=True)
+    (tmp_path / "initramfs.cpio").write_bytes(b"070701")
+    (tmp_path / "empty.cpio").write_bytes(b"")
+    assert "needs key 'initrd'" in error_of(write(tmp_path, 'kernel = "vmlinux"\n'))
+    assert "lightvm image build" in error_of(write(tmp_path, 'kernel = "vmlinux"\n'))
+    assert "not a Linux kernel" in error_of(write(tmp_path, 'kernel = "guest.elf"\ninitrd = "initramfs.cpio"\n'))
+    assert "No such file" in error_of(write(tmp_path, 'kernel = "vmlinux"\ninitrd = "missing.cpio"\n'))
+    assert "size 0" in error_of(write(tmp_path, 'kernel = "vmlinux"\ninitrd = "empty.cpio"\n'))
+    assert "expected a path string" in error_of(write(tmp_path, 'kernel = "vmlinux"\ninitrd = 3\n'))
+    assert "is not a file" in error_of(write(tmp_path, 'kernel = "vmlinux"\ninitrd = "."\n'))
+
+
+def test_linux_machine_config(tmp_path: Path) -> None:
+    """A Linux guest's QEMU: -initrd, rtc=on, and tsc_early_khz= from the host's TSC rate
+    under TCG (lightvm/linux.py says why); a unikernel's keeps rtc=off and its own cmdline."""
+    from lightvm import hostfacts
+    from lightvm.instance import machine_config
+    from lightvm.machine import build_argv
+    from lightvm.state import VMDir, VMRecord
+
+    make_elf(tmp_path / "vmlinux", linux=True)
+    (tmp_path / "initramfs.cpio").write_bytes(b"070701" + bytes(100))
+    spec = load_spec(write(tmp_path, 'kernel = "vmlinux"\ninitrd = "initramfs.cpio"\ncmdline = "loglevel=3"\n'))
+    vmdir = VMDir(tmp_path / "vm")
+    record = VMRecord.new("t", "id1", str(uuid.uuid4()), "tcg", 8192, spec.to_dict())
+    argv = build_argv(machine_config(vmdir, record), qmp_fd=3)
+    assert argv[argv.index("-initrd") + 1] == str(spec.initrd)
+    assert "rtc=on" in argv[argv.index("-M") + 1]
+    assert argv[argv.index("-append") + 1] == (
+        f"console=ttyS0 quiet tsc_early_khz={hostfacts.tsc_hz() // 1000} loglevel=3"
+    )
+    unikernel = VMRecord.new(
+        "u", "id2", str(uuid.uuid4()), "tcg", 8192, {**spec.to_dict(), "initrd": None, "cmdline": "x"}
+    )
+    argv = build_argv(machine_config(vmdir, unikernel), qmp_fd=3)
+    assert "-initrd" not in argv and "rtc=off" in argv[argv.index("-M") + 1]
+    assert argv[argv.index("-append") + 1] == "x"

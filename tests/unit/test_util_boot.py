@@ -148,6 +148,11 @@ class _FakeMachine:
 
 
 class _ReadyRegion:
+    stamped = 0
+
+    def stamp_host_time(self) -> None:
+        self.stamped += 1  # boot() stamps the wall clock right before cont
+
     def boot_state(self) -> int:
         return int(BootState.READY)
 
@@ -165,8 +170,10 @@ def test_a_shell_negotiated_at_prepare_does_not_wait_for_its_negotiation_reply()
     for negotiated in (True, False):
         qmp = _FakeQMP(negotiated)
         fake: Any = _FakeMachine(qmp)
-        times, _ = boot(fake, _ReadyRegion(), time.perf_counter(), timeout=5.0)  # type: ignore[arg-type]
+        region = _ReadyRegion()
+        times, _ = boot(fake, region, time.perf_counter(), timeout=5.0)  # type: ignore[arg-type]
         assert times.resumed is not None and (times.qemu_up is None) == negotiated
+        assert region.stamped == 1
         assert qmp.pumps <= 1, f"boot() kept reading QMP for up to {REPLY_GRACE_S} s after READY"
 
 
