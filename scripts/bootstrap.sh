@@ -17,6 +17,9 @@ APT_PACKAGES=(
     libvirt-daemon libvirt-daemon-driver-qemu  # the libvirt baseline (a private libvirtd)
     libvirt-dev pkg-config python3-dev         # to build libvirt-python in the venv
     xen-utils-4.17       # its real C xenstored: the XenStore baseline of `lightvm bench` (lightvm/bench/xenstore/store.py)
+    linux-source-6.1 xz-utils flex bison bc libelf-dev libssl-dev  # the Tinyx kernel (tinyx/kernel/build.py)
+    debootstrap lz4      # Tinyx images: the base tree the app's packages go over; lz4 initramfs
+    redis-tools          # the real redis-cli that talks to a Tinyx redis-server VM in tests
 )
 
 need=()
