@@ -9,6 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# The Tinyx platform kernel the Linux-guest tests boot: cached by content hash under
+# tinyx/build (a no-op when built; ~5 min on a fresh 2-core machine). Here, not in
+# bootstrap: booting a unikernel (the README's first command) does not need it.
+echo "== tinyx kernel (python -m tinyx.kernel.build)"
+timeout 3000 .venv/bin/python -m tinyx.kernel.build >/dev/null
 
 echo "== lint (ruff)"
 .venv/bin/ruff check lightvm tinyx tests tools images
