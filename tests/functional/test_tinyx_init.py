@@ -122,6 +122,7 @@ def guest(
     nic: Sequence[str] = (),
     ns: Netns | None = None,
     console_bell: bool = False,
+    debug_exit: bool = True,
 ) -> Iterator[Guest]:
     """A Linux guest booted with ``app_conf`` (not yet waited on): paused first when ``ns``
     gets its tap, else started at once."""
@@ -138,6 +139,7 @@ def guest(
         extra_args=extra,
         qmp=True,
         console_bell=console_bell,
+        debug_exit=debug_exit,
     ) as g:
         g.write_config(page)
         g.launch(paused=True)
@@ -318,6 +320,17 @@ def test_crash_request_is_fatal(kernel: Path, parts: tuple[bytes, bytes], tmp_pa
         assert g.wait_exit(timeout=30) == EXIT_FATAL
         rec = g.boot_record()
         assert rec.state == BootState.ERROR and rec.message == "sysctl: crash requested by the host"
+
+
+def test_without_isa_debug_exit_the_kernel_powers_off(kernel: Path, parts: tuple[bytes, bytes], tmp_path: Path) -> None:
+    """The fallback: reboot(RB_POWER_OFF), i.e. microvm's ACPI power-off (QEMU exits 0)."""
+    with guest(kernel, parts, tmp_path, "name=sleeper\nport=0\narg=/bin/sleep\narg=600\n", debug_exit=False) as g:
+        g.wait_boot_state(BootState.READY, timeout=BOOT_TIMEOUT)
+        assert g.region is not None
+        g.region.request(Sysctl.POWEROFF)
+        assert g.wait_exit(timeout=30) == 0
+        assert g.boot_record().state == BootState.HALTED
+        assert "lvinit: no isa-debug-exit device at 0xf4: powering off through the kernel" in g.console()
 
 
 def test_malformed_app_conf_names_its_line(kernel: Path, parts: tuple[bytes, bytes], tmp_path: Path) -> None:
