@@ -272,11 +272,11 @@ def test_port_zero_is_ready_at_exec_and_a_later_exit_is_fatal(
 def test_app_ignoring_sigterm_is_killed_after_stop_timeout(
     kernel: Path, parts: tuple[bytes, bytes], tmp_path: Path
 ) -> None:
-    conf = (
-        "name=stubborn\nport=0\narg=/bin/sh\narg=-c\narg=trap '' TERM; while :; do sleep 1; done\nstop_timeout_ms=300\n"
-    )
+    script = "trap '' TERM; echo stubborn-armed; while :; do sleep 1; done"
+    conf = f"name=stubborn\nport=0\narg=/bin/sh\narg=-c\narg={script}\nstop_timeout_ms=300\n"
     with guest(kernel, parts, tmp_path, conf) as g:
         g.wait_boot_state(BootState.READY, timeout=BOOT_TIMEOUT)
+        g.wait_console("stubborn-armed", timeout=20)  # port=0: READY comes at the exec, before the trap
         assert g.region is not None
         g.region.request(Sysctl.POWEROFF)
         assert g.wait_exit(timeout=30) == EXIT_POWEROFF
