@@ -125,6 +125,7 @@ def qemu_argv(
     qmp_fd: int | None = None,
     paused: bool = False,
     extra: Sequence[str] = (),
+    console_pipe: Path | None = None,
 ) -> list[str]:
     """The product's QEMU command line (``lightvm.machine.build_argv``) for one test guest.
 
@@ -133,7 +134,8 @@ def qemu_argv(
     listening socket) and ``-S`` (``paused=False``: the guest runs at once).
     ``console`` is the console log's path (a ``file:`` prefix is accepted). ``-append``
     in ``extra`` becomes the kernel command line. ``firmware=None`` keeps QEMU's
-    default firmware (SeaBIOS).
+    default firmware (SeaBIOS). ``console_pipe``: the console as lightvm's pipe chardev
+    (MachineConfig.console_pipe: the caller made PATH.in, a FIFO, and PATH.out).
     """
     extra = list(extra)
     cmdline = ""
@@ -157,6 +159,7 @@ def qemu_argv(
         machine=machine,
         binary=qemu_binary(machine),
         bios=firmware,
+        console_pipe=console_pipe,
     )
     argv = build_argv(config, qmp_fd if qmp_fd is not None else -1)
     if region_path is None:
@@ -202,7 +205,11 @@ class Guest:
         firmware: Path | None = FIRMWARE,
         accel: str = ACCEL,
         debug_exit: bool = True,
+        console_bell: bool = False,
     ) -> None:
+        """``console_bell``: the console's input is a FIFO the test writes with :meth:`ring`
+        (a pool shell's NOXS_FEAT_CONSOLE_BELL, as lightvm.instance sets it up); the output
+        still lands in the console log."""
         self.kernel = Path(kernel)
         self.memory = memory
         self.machine = machine
@@ -215,6 +222,13 @@ class Guest:
         self._tmp = tempfile.TemporaryDirectory(prefix=tag + "-")
         self.console_path = Path(self._tmp.name) / "console.log"
         self.qmp_path = Path(self._tmp.name) / "qmp.sock"
+        self.console_pipe: Path | None = None
+        self._bell: int | None = None
+        if console_bell:
+            self.console_pipe = Path(self._tmp.name) / "console"
+            self.console_path.touch()
+            self.console_pipe.with_suffix(".out").symlink_to(self.console_path.name)
+            os.mkfifo(self.console_pipe.with_suffix(".in"), 0o600)
         self.region: NoxsRegion | None = None
         if region:
             try:
@@ -251,6 +265,7 @@ class Guest:
                 qmp_fd=listener.fileno() if listener else None,
                 paused=paused,
                 extra=self.extra_args,
+                console_pipe=self.console_pipe,
             )
             self.proc = subprocess.Popen(
                 self.argv,
@@ -276,6 +291,14 @@ class Guest:
             self.region.stamp_host_time()
         self.resumed_at = time.time()
         self.qmp.send("cont")
+
+    def ring(self, byte: bytes = b"\n") -> None:
+        """Write ``byte`` to the console's input (needs ``console_bell=True``, QEMU running)."""
+        assert self.console_pipe is not None
+        if self._bell is None:
+            # QEMU holds the FIFO open for reading: this open neither blocks nor fails.
+            self._bell = os.open(self.console_pipe.with_suffix(".in"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        os.write(self._bell, byte)
 
     # -- observation --
 
@@ -352,6 +375,9 @@ class Guest:
     # -- teardown --
 
     def close(self) -> None:
+        if self._bell is not None:
+            os.close(self._bell)
+            self._bell = None
         try:
             if self.qmp is not None:
                 self.qmp.close()

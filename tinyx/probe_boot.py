@@ -87,18 +87,19 @@ VARIANTS = {
 }
 
 
-def static_busybox() -> Path:
-    """Debian's busybox-static binary, unpacked from its .deb into tinyx/build/ (once).
+def static_busybox(cache: Path = BUILD) -> Path:
+    """Debian's busybox-static binary, unpacked from its .deb into ``cache`` (once).
 
     Not the installed /bin/busybox: busybox and busybox-static conflict, and the host may
-    well have the dynamic one; ``apt-get download`` needs no root and changes nothing."""
+    well have the dynamic one; ``apt-get download`` needs no root and changes nothing.
+    ``cache``: tinyx/build/, or a subfolder for a user that keeps to its own part of it."""
     if BUSYBOX.is_file() and b"/lib64/ld-linux" not in BUSYBOX.read_bytes()[:4096]:
         return BUSYBOX
-    top = BUILD / "busybox-static"
+    top = cache / "busybox-static"
     binary = top / "bin" / "busybox"
     if binary.is_file():
         return binary
-    tmp = BUILD / "busybox-static.tmp"
+    tmp = cache / "busybox-static.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

@@ -14,7 +14,7 @@ KERNEL = Path("/images/noop.elf")
 REGION = Path("/dev/shm/lvtest-x")
 
 
-def product_argv(qmp_fd: int, cmdline: str) -> list[str]:
+def product_argv(qmp_fd: int, cmdline: str, console_pipe: Path | None = None) -> list[str]:
     config = MachineConfig(
         name="noop",
         kernel=KERNEL,
@@ -30,6 +30,7 @@ def product_argv(qmp_fd: int, cmdline: str) -> list[str]:
         machine=MACHINE,
         binary=qemu_binary(MACHINE),
         bios=FIRMWARE,
+        console_pipe=console_pipe,
     )
     return build_argv(config, qmp_fd)
 
@@ -56,3 +57,20 @@ def test_what_a_test_may_leave_out() -> None:
     assert expected.pop() == "-S"  # not paused
     argv = qemu_argv(KERNEL, None, 0, console=Path("/tmp/t/console.log"), debug_exit=False, extra=["-s"])
     assert argv == [*expected, "-s"]
+
+
+def test_console_pipe_is_the_product_pipe_chardev() -> None:
+    """Guest(console_bell=True): the console as lightvm's pipe chardev (a pool shell's)."""
+    pipe = Path("/tmp/t/console")
+    argv = qemu_argv(
+        KERNEL,
+        REGION,
+        16384,
+        console="/tmp/t/console.log",
+        qmp_fd=7,
+        paused=True,
+        console_pipe=pipe,
+        extra=["-append", "x"],
+    )
+    assert argv == product_argv(7, "x", console_pipe=pipe)
+    assert f"pipe,id=con,path={pipe}" in argv

@@ -1,0 +1,480 @@
+/*
+ * main.c - lvinit as PID 1: the boot sequence, the wait point of a pool shell,
+ * the main loop (reaping, sysctl requests, page rewrites), stop and power off.
+ * What it writes where, and why in this order: docs/tinyx.md, "The init".
+ * Not PID 1: the command-line modes of cli.c.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/io.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lvinit.h"
+
+#define PCI "/sys/bus/pci/devices"
+#define SETTLE_MS      1000u   /* an odd/moving page generation, before BAD_PAGE */
+#define NIC_WAIT_MS    5000u   /* a vif's interface to appear (virtio-net probing) */
+#define PROBE_EVERY_MS 5u      /* readiness connect retries */
+#define PROBE_WAIT_MS  20u     /* one connect's wait for the handshake */
+#define POLL_MS        15u     /* sysctl poll when idle (HZ=250: a 16 ms sleep) */
+#define COUNTER_PASSES 64u     /* main-loop passes between vif counter updates (~1 s) */
+#define KILL_WAIT_MS   1000u   /* after SIGKILL, for the app's exit status */
+
+static struct lv_noxs noxs;
+static struct lv_app app;
+static pid_t app_pid = -1;
+static int app_status;          /* its wait status once it is gone */
+static int app_ready, stopping;
+static sigset_t chld;
+static uint64_t tsc_start, mono_start_ns, tsc_hz;
+static char ifnames[NOXS_MAX_DEVICES][16];
+
+/* ---- the end ---- */
+
+static __attribute__((noreturn)) void power_off(unsigned code)
+{
+	sync();
+	/* isa-debug-exit: QEMU exits with (code << 1) | 1 (images/base/platform.c) */
+	if (ioperm(LV_DEBUG_EXIT_PORT, 4, 1) == 0)
+		outl(code, LV_DEBUG_EXIT_PORT);
+	else
+		lv_say("ioperm(0x%x): %s", LV_DEBUG_EXIT_PORT, strerror(errno));
+	lv_say("no isa-debug-exit device at 0x%x: powering off through the kernel", LV_DEBUG_EXIT_PORT);
+	reboot(RB_POWER_OFF);
+	for (;;)
+		pause();
+}
+
+static __attribute__((noreturn, format(printf, 2, 3))) void fatal(uint32_t code, const char *fmt, ...)
+{
+	static int in_fatal;
+	char msg[256];
+	va_list ap;
+	if (in_fatal++)
+		power_off(LV_EXIT_FATAL);   /* failing while failing: just stop */
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	lv_say("%s", msg);
+	lv_rec_error(&noxs, code, msg);
+	power_off(LV_EXIT_FATAL);
+}
+
+/* ---- file systems and console ---- */
+
+static void mount_one(const char *src, const char *dir, const char *type, unsigned long flags,
+                      const char *data)
+{
+	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+		fatal(NOXS_ERR_DEVICE, "mkdir %s: %s", dir, strerror(errno));
+	if (mount(src, dir, type, flags, data) != 0 && errno != EBUSY)
+		fatal(NOXS_ERR_DEVICE, "mount %s on %s: %s", type, dir, strerror(errno));
+}
+
+static void file_systems(void)
+{
+	const unsigned long nodev = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+	mount_one("proc", "/proc", "proc", nodev, NULL);
+	mount_one("sysfs", "/sys", "sysfs", nodev, NULL);
+	mount_one("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+	mount_one("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+	mount_one("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+}
+
+/* stdin, stdout, stderr on /dev/console (the kernel's own may be missing if the
+ * initramfs had no /dev/console node). Without a console, /dev/null: fds 0-2
+ * must never be free, or the next open (a sysfs file) would get our messages. */
+static void console(void)
+{
+	int fd = open("/dev/console", O_RDWR | O_NOCTTY);
+	if (fd < 0)
+		fd = open("/dev/null", O_RDWR);
+	if (fd < 0)
+		return;
+	for (int i = 0; i < 3; i++)
+		if (fd != i)
+			dup2(fd, i);
+	if (fd > 2)
+		close(fd);
+}
+
+/* ---- the NoXS device ---- */
+
+static int pci_id(const char *dev, const char *file, unsigned long *out)
+{
+	char path[300], text[32];
+	snprintf(path, sizeof(path), PCI "/%s/%s", dev, file);
+	if (lv_read_file(path, text, sizeof(text) - 1) <= 0)
+		return -1;
+	*out = strtoul(text, NULL, 16);
+	return 0;
+}
+
+static void map_region(const char *dev)
+{
+	char path[300];
+	snprintf(path, sizeof(path), PCI "/%s/enable", dev);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	/* No driver binds ivshmem and no firmware enabled memory decoding. */
+	if (fd < 0 || write(fd, "1", 1) != 1)
+		fatal(NOXS_ERR_NO_DEVICE, "noxs: cannot enable %s: %s", dev, strerror(errno));
+	close(fd);
+	snprintf(path, sizeof(path), PCI "/%s/resource%u", dev, NOXS_PCI_BAR);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) != 0)
+		fatal(NOXS_ERR_NO_DEVICE, "noxs: cannot open %s: %s", path, strerror(errno));
+	uint64_t size = (uint64_t)st.st_size;
+	if (size < NOXS_REGION_MIN)
+		fatal(NOXS_ERR_BAD_PAGE, "noxs: BAR%u is %llu bytes (want >= %u)", NOXS_PCI_BAR,
+		      (unsigned long long)size, NOXS_REGION_MIN);
+	if (size > NOXS_REGION_MAX)
+		size = NOXS_REGION_MAX;   /* nothing valid lies beyond */
+	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		fatal(NOXS_ERR_NO_DEVICE, "noxs: mmap %s: %s", path, strerror(errno));
+	close(fd);
+	noxs.region = p;
+	noxs.bytes = size;
+}
+
+static void find_noxs(void)
+{
+	DIR *d = opendir(PCI);
+	struct dirent *e;
+	if (!d)
+		fatal(NOXS_ERR_NO_DEVICE, "noxs: no " PCI ": %s", strerror(errno));
+	while ((e = readdir(d)) != NULL) {
+		unsigned long vendor, device;
+		if (e->d_name[0] == '.' || pci_id(e->d_name, "vendor", &vendor) != 0 ||
+		    pci_id(e->d_name, "device", &device) != 0)
+			continue;
+		if (vendor == NOXS_PCI_VENDOR && device == NOXS_PCI_DEVICE) {
+			map_region(e->d_name);
+			closedir(d);
+			return;
+		}
+	}
+	closedir(d);
+	fatal(NOXS_ERR_NO_DEVICE, "noxs: no NoXS device (ivshmem-plain %04x:%04x) on the PCI bus",
+	      NOXS_PCI_VENDOR, NOXS_PCI_DEVICE);
+}
+
+static void read_page(void)
+{
+	char err[160];
+	if (lv_page_read(noxs.region, noxs.bytes, &noxs.page, SETTLE_MS, err, sizeof(err)) != 0)
+		fatal(NOXS_ERR_BAD_PAGE, "%s", err);
+	lv_rec_attach(&noxs);
+}
+
+/* The TSC rate for the record and the stamps: the page's hint (what the host
+ * measured), else the tsc_early_khz= lightvm puts on the kernel command line. */
+static uint32_t find_tsc_hz(void)
+{
+	char text[4096];
+	tsc_hz = lv_page_tsc_hz(&noxs.page);
+	if (tsc_hz)
+		return NOXS_TSC_PAGE;
+	if (lv_read_file("/proc/cmdline", text, sizeof(text) - 1) > 0) {
+		const char *k = strstr(text, "tsc_early_khz=");
+		if (k && (k == text || k[-1] == ' '))
+			tsc_hz = strtoull(k + 14, NULL, 10) * 1000u;
+	}
+	return NOXS_TSC_UNKNOWN;
+}
+
+/* The TSC when Linux's clock started (early in setup_arch, where the TSC
+ * becomes sched_clock with tsc_early_khz=): CLOCK_MONOTONIC counts from there.
+ * The nearest Linux has to the unikernels' "first guest instruction". */
+static uint64_t kernel_entry_tsc(void)
+{
+	if (!tsc_hz)
+		return 0;
+	unsigned __int128 cycles = (unsigned __int128)mono_start_ns * tsc_hz / 1000000000u;
+	return cycles < tsc_start ? tsc_start - (uint64_t)cycles : 0;
+}
+
+/* The host's wall clock, host_ns at TSC tsc_then (a page read just now). */
+static void set_wall_clock(uint64_t host_ns, uint64_t tsc_then)
+{
+	if (host_ns < 1577836800ull * 1000000000ull)   /* before 2020: not a clock */
+		return;
+	uint64_t now = host_ns;
+	if (tsc_hz)
+		now += (uint64_t)((unsigned __int128)(lv_rdtsc() - tsc_then) * 1000000000u / tsc_hz);
+	struct timespec ts = { (time_t)(now / 1000000000u), (long)(now % 1000000000u) };
+	if (clock_settime(CLOCK_REALTIME, &ts) != 0)
+		lv_say("cannot set the clock: %s", strerror(errno));
+}
+
+/* ---- a pool shell's wait point (NOXS_FEAT_WAIT_CONFIG) ---- */
+
+static void wait_point(void)
+{
+	const struct noxs_device_page *pg = &noxs.page.snap;
+	if (!(pg->features & NOXS_FEAT_WAIT_CONFIG))
+		return;
+	uint64_t g = pg->generation;
+	struct termios saved, raw;
+	/* The bell: the host writes one byte to the console's receiver after the
+	 * rewrite. We sleep in read() on the console: no timer, no polling. */
+	int bell = (pg->features & NOXS_FEAT_CONSOLE_BELL) && tcgetattr(0, &saved) == 0;
+	if (bell) {
+		raw = saved;
+		raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO | ISIG | IEXTEN);
+		raw.c_iflag &= ~(tcflag_t)(IXON | ICRNL);
+		raw.c_cc[VMIN] = 1;
+		raw.c_cc[VTIME] = 0;
+		bell = tcsetattr(0, TCSANOW, &raw) == 0;
+		tcflush(0, TCIFLUSH);
+	}
+	lv_rec_state(&noxs, bell ? NOXS_BOOT_WAITING_BELL : NOXS_BOOT_WAITING);
+	while (lv_page_generation(noxs.region) == g) {
+		if (!bell) {
+			lv_sleep_ms(1);   /* the host stops our vCPU meanwhile */
+			continue;
+		}
+		char buf[64];
+		ssize_t n = read(0, buf, sizeof(buf));
+		lv_rec_heartbeat(&noxs);   /* the host's rehearsal ring waits for this */
+		if (n < 0 && errno != EINTR) {
+			lv_say("console bell: read: %s; polling the page instead", strerror(errno));
+			tcsetattr(0, TCSANOW, &saved);
+			bell = 0;
+		}
+	}
+	if (bell) {
+		tcflush(0, TCIFLUSH);
+		tcsetattr(0, TCSANOW, &saved);
+	}
+	read_page();
+	set_wall_clock(noxs.page.snap.host_time_ns, noxs.page.tsc_at_read);
+}
+
+/* ---- devices ---- */
+
+static void devices(void)
+{
+	char err[200], host[NOXS_NAME_LEN + 1];
+	if (lv_page_hostname(&noxs.page, host) == 0 && sethostname(host, strlen(host)) != 0)
+		lv_say("sethostname %s: %s", host, strerror(errno));
+	if (lv_net_loopback(err, sizeof(err)) != 0)
+		fatal(NOXS_ERR_DEVICE, "lo: %s", err);
+	for (unsigned i = 0; i < noxs.page.layout.n_vif; i++) {
+		const struct lv_vif *v = &noxs.page.vif[i];
+		volatile struct noxs_vif_ctrl *ctrl = lv_rec_vif(&noxs, i);
+		char mac[18];
+		lv_format_mac(v->mac, mac);
+		if (lv_net_find(v->mac, ifnames[i], NIC_WAIT_MS) != 0) {
+			lv_rec_fe(&ctrl->hdr, NOXS_STATE_CLOSED);
+			fatal(NOXS_ERR_NO_DEVICE, "vif %u: no network interface with MAC %s", v->id, mac);
+		}
+		if (lv_net_configure(ifnames[i], v, err, sizeof(err)) != 0) {
+			lv_rec_fe(&ctrl->hdr, NOXS_STATE_CLOSED);
+			fatal(NOXS_ERR_DEVICE, "vif %u: %s", v->id, err);
+		}
+		lv_rec_fe(&ctrl->hdr, NOXS_STATE_CONNECTED);
+	}
+}
+
+static void counters(void)
+{
+	for (unsigned i = 0; i < noxs.page.layout.n_vif; i++) {
+		volatile struct noxs_vif_ctrl *ctrl = lv_rec_vif(&noxs, i);
+		if (!ctrl || !ifnames[i][0])
+			continue;
+		ctrl->rx_packets = lv_net_stat(ifnames[i], "rx_packets");
+		ctrl->tx_packets = lv_net_stat(ifnames[i], "tx_packets");
+	}
+}
+
+/* ---- PID 1 duties ---- */
+
+/* Sleep until a child changes state or ms pass. */
+static void wait_events(unsigned ms)
+{
+	struct timespec ts = { ms / 1000u, (long)(ms % 1000u) * 1000000L };
+	(void)sigtimedwait(&chld, NULL, &ts);
+}
+
+/* Reap every child; the app's end is fatal unless we are stopping it. */
+static void reap(void)
+{
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		if (pid != app_pid)
+			continue;   /* an orphan the kernel gave us */
+		app_pid = -1;
+		app_status = status;
+		if (stopping)
+			continue;
+		char how[64];
+		lv_app_describe(status, how, sizeof(how));
+		fatal(NOXS_ERR_APP, "app %s%s", how, app_ready ? "" : " before READY");
+	}
+}
+
+static __attribute__((noreturn)) void stop(void)
+{
+	char how[64] = "was not running";
+	stopping = 1;
+	lv_rec_state(&noxs, NOXS_BOOT_STOPPING);
+	if (app_pid > 0) {
+		pid_t pid = app_pid;
+		kill(-pid, SIGTERM);   /* its session's group: children too */
+		kill(pid, SIGTERM);
+		uint64_t end = lv_now_ms() + app.stop_timeout_ms;
+		for (uint64_t now; app_pid > 0 && (now = lv_now_ms()) < end;) {
+			wait_events(end - now < POLL_MS ? (unsigned)(end - now) : POLL_MS);
+			reap();
+		}
+		if (app_pid > 0) {
+			lv_say("app did not stop within %u ms: SIGKILL", app.stop_timeout_ms);
+			kill(-pid, SIGKILL);
+			kill(pid, SIGKILL);
+			for (uint64_t e2 = lv_now_ms() + KILL_WAIT_MS; app_pid > 0 && lv_now_ms() < e2;) {
+				wait_events(POLL_MS);
+				reap();
+			}
+		}
+		if (app_pid < 0)
+			lv_app_describe(app_status, how, sizeof(how));
+	}
+	kill(-1, SIGKILL);   /* whatever else runs: everyone but us */
+	sync();
+	lv_rec_fe_devices(&noxs, NOXS_STATE_CLOSED);
+	if (noxs.sys)
+		lv_rec_fe(&noxs.sys->hdr, NOXS_STATE_CLOSED);
+	lv_rec_state(&noxs, NOXS_BOOT_HALTED);
+	lv_say("poweroff (app %s)", how);
+	power_off(LV_EXIT_CLEAN);
+}
+
+/* The host's sysctl requests and page rewrites, as images/base/noxs.c's
+ * noxs_service: POWEROFF, CRASH; a new generation re-bases the wall clock. */
+static void service(void)
+{
+	uint32_t req = lv_rec_requests(&noxs);
+	if (req & NOXS_SYSCTL_POWEROFF) {
+		lv_rec_ack(&noxs, NOXS_SYSCTL_POWEROFF);
+		stop();
+	}
+	if (req & NOXS_SYSCTL_CRASH) {
+		lv_rec_ack(&noxs, NOXS_SYSCTL_CRASH);
+		fatal(NOXS_ERR_APP, "sysctl: crash requested by the host");
+	}
+	uint64_t g1 = lv_page_generation(noxs.region);
+	if ((g1 & 1) || (uint32_t)g1 == lv_rec_generation_seen(&noxs))
+		return;
+	lv_barrier();
+	uint64_t host_ns = *(const volatile uint64_t *)(noxs.region +
+	                                                offsetof(struct noxs_device_page, host_time_ns));
+	uint64_t now = lv_rdtsc();
+	lv_barrier();
+	if (lv_page_generation(noxs.region) != g1)
+		return;   /* mid-rewrite: the next pass */
+	set_wall_clock(host_ns, now);
+	lv_rec_generation(&noxs, g1);
+}
+
+static void start_app(void)
+{
+	char err[300];
+	app_pid = lv_app_start(&app, err, sizeof(err));
+	if (app_pid < 0)
+		fatal(NOXS_ERR_APP, "%s", err);
+	while (app.port && !lv_app_accepts(app.port, PROBE_WAIT_MS)) {
+		wait_events(PROBE_EVERY_MS);
+		reap();
+		service();
+	}
+	lv_rec_ready(&noxs, app.name, lv_rdtsc());
+	app_ready = 1;
+}
+
+static void say_ready(void)
+{
+	/* After READY: every console byte is an I/O exit, none on the boot path. */
+	for (unsigned i = 0; i < noxs.page.layout.n_vif; i++) {
+		const struct lv_vif *v = &noxs.page.vif[i];
+		char mac[18], ip[16], gw[16];
+		lv_format_mac(v->mac, mac);
+		lv_format_ip(v->ip, ip);
+		lv_format_ip(v->gateway, gw);
+		lv_say("vif %u: %s %s %s/%u gw %s mtu %u", v->id, ifnames[i], mac, ip, v->prefix, gw, v->mtu);
+	}
+	uint64_t now = lv_now_ns();
+	lv_say("READY %s (kernel %llu ms, /init to READY %llu ms)", app.name,
+	       (unsigned long long)(mono_start_ns / 1000000u),
+	       (unsigned long long)((now - mono_start_ns) / 1000000u));
+}
+
+static void on_chld(int sig)
+{
+	(void)sig;   /* never runs: SIGCHLD stays blocked; sigtimedwait takes it */
+}
+
+static __attribute__((noreturn)) void pid1(void)
+{
+	char conf_err[200];
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_chld;
+	sigaction(SIGCHLD, &sa, NULL);
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &chld, NULL);
+
+	file_systems();
+	console();
+	/* app.conf now (a pool shell reads it before its wait point); its error is
+	 * reported once the boot record can carry it. */
+	int conf = lv_conf_load(&app, LV_CONF_PATH, conf_err, sizeof(conf_err));
+	find_noxs();
+	read_page();
+	wait_point();
+	if (conf != 0)
+		fatal(NOXS_ERR_APP, "%s", conf_err);
+	uint32_t source = find_tsc_hz();
+	lv_rec_booting(&noxs, app.name, kernel_entry_tsc(), tsc_hz, source);
+	lv_rec_fe(&noxs.sys->hdr, NOXS_STATE_INITIALISED);
+	lv_rec_fe_devices(&noxs, NOXS_STATE_INITIALISED);
+	devices();
+	lv_rec_devices_up(&noxs, lv_rdtsc());
+	start_app();
+	say_ready();
+	for (unsigned pass = 1;; pass++) {
+		wait_events(POLL_MS);
+		reap();
+		service();
+		lv_rec_heartbeat(&noxs);
+		if (pass % COUNTER_PASSES == 0)
+			counters();
+	}
+}
+
+int main(int argc, char **argv)
+{
+	tsc_start = lv_rdtsc();
+	mono_start_ns = lv_now_ns();
+	/* As PID 1 the arguments are the kernel's leftovers: never a mode. */
+	if (getpid() == 1)
+		pid1();
+	return lv_cli(argc, argv);
+}
