@@ -547,6 +547,12 @@ class NoxsRegion:
             message=_clean_text(bytes(raw.message)),
         )
 
+    def rings_nmi_doorbell(self) -> bool:
+        """Whether the page promises the guest NMIs as a doorbell (FEAT_NMI_DOORBELL). A host
+        path that would wake the guest with ``inject-nmi`` asks this first: a Linux guest's
+        page does not promise it, and Linux reports an unexpected NMI on its console."""
+        return bool(DevicePage.from_buffer_copy(self._buf, 0).features & FEAT_NMI_DOORBELL)
+
     def boot_state(self) -> int:
         """The raw boot state word: the cheap read for a READY poll loop."""
         start = SYSCTL_OFFSET + SysctlCtrl.boot.offset

@@ -224,7 +224,12 @@ class Toolstack:
             machine = vm.launch((*args, *extra), netns)
             vm.step = "write NoXS page"
             page = PageConfig(
-                name=vmdir.name, uuid=vm_uuid, vifs=vif_configs, vbds=vbd_configs, tsc_hz=tsc_hz, nmi_doorbell=True
+                name=vmdir.name,
+                uuid=vm_uuid,
+                vifs=vif_configs,
+                vbds=vbd_configs,
+                tsc_hz=tsc_hz,
+                nmi_doorbell=not spec.is_linux,  # Linux's init polls; an NMI only alarms the kernel
             )
             region.write_config(page)
             vm.step = "boot"
@@ -277,11 +282,12 @@ class Toolstack:
             t0 = time.perf_counter()
             with NoxsRegion.open(Path(record.noxs_path)) as region:
                 region.request(Sysctl.POWEROFF)
+                doorbell = region.rings_nmi_doorbell()
             try:
                 if status is VMStatus.PAUSED:
                     machine.resume()  # a paused guest cannot act on the request
-                # NMI doorbell: wake the guest from hlt now rather than at its next idle tick.
-                machine.qmp.execute("inject-nmi", timeout=1.0)
+                if doorbell:  # wake the guest from hlt now rather than at its next idle tick
+                    machine.qmp.execute("inject-nmi", timeout=1.0)
             except QMPError:
                 pass  # QEMU may already be exiting; the wait below decides
             exited = machine.wait(timeout)

@@ -162,7 +162,8 @@ def header_for(record: VMRecord, paused: bool) -> dict[str, Any]:
         from lightvm.devices import blk
 
         vbds = [blk.noxs_config(blk.PreparedDisk.from_dict(d)) for d in record.devices["disks"]]
-    page = PageConfig(name=record.name, vifs=vif_configs, vbds=vbds, tsc_hz=hostfacts.tsc_hz(), nmi_doorbell=True)
+    linux = bool(record.spec.get("initrd"))  # its init polls the page: no NMI doorbell (lightvm/linux.py)
+    page = PageConfig(name=record.name, vifs=vif_configs, vbds=vbds, tsc_hz=hostfacts.tsc_hz(), nmi_doorbell=not linux)
     return {
         "format": FORMAT,
         "name": record.name,

@@ -181,8 +181,9 @@ def wait_guest_follows(machine: Machine, region: NoxsRegion, timeout: float, wha
     :raise GuestError: the guest is not READY or does not follow within ``timeout``.
     """
     generation = page_generation(region) & 0xFFFFFFFF
-    with contextlib.suppress(QMPError):
-        machine.qmp.send("inject-nmi")
+    if region.rings_nmi_doorbell():
+        with contextlib.suppress(QMPError):
+            machine.qmp.send("inject-nmi")
     deadline = Deadline(timeout)
     delay = 0.0002
     while True:

@@ -113,3 +113,13 @@ def test_stamp_host_time_rewrites_only_the_time(tool: Path, tmp_path: Path) -> N
     time_end = DevicePage.host_time_ns.offset + 8
     assert DevicePage.host_time_ns.offset == gen.stop  # the two fields are adjacent
     assert before[: gen.start] == after[: gen.start] and before[time_end:] == after[time_end:]
+
+
+def test_rings_nmi_doorbell_follows_the_page(tmp_path: Path) -> None:
+    """Host paths that would inject an NMI ask the page first (a Linux guest's does not
+    promise the doorbell)."""
+    with NoxsRegion.create(tmp_path / "region", 2) as region:
+        region.write_config(PageConfig(name="uni", nmi_doorbell=True))
+        assert region.rings_nmi_doorbell()
+        region.write_config(PageConfig(name="linux", nmi_doorbell=False))
+        assert not region.rings_nmi_doorbell()

@@ -1,0 +1,92 @@
+"""A Tinyx redis-server VM end to end: `lightvm image build redis-server`, `lightvm create`,
+and the host's real `redis-cli` doing PING, SET and GET against it.
+
+Over a lightvm network in a test namespace (root), and over user networking with
+``--publish`` (rootless). The image is built once per session into a temporary image folder
+(the kernel, base tree and package caches under tinyx/build make that quick after the first
+build on a machine; scripts/test.sh builds the kernel before the tests).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from netclient import free_port
+
+from lightvm.util import wait_until
+
+pytestmark = [pytest.mark.functional, pytest.mark.timeout(1500)]
+
+APP = "redis-server"
+REDIS_PORT = 6379
+
+
+@pytest.fixture(scope="session")
+def redis_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The VM config `lightvm image build` wrote next to the kernel and initramfs."""
+    if shutil.which("redis-cli") is None:
+        pytest.fail("redis-cli is missing: scripts/bootstrap.sh installs redis-tools")
+    out = tmp_path_factory.mktemp("tinyx") / APP
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightvm.cli", "image", "build", APP, "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1400,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    config = out / f"{APP}.toml"
+    assert config.is_file(), sorted(p.name for p in out.iterdir())
+    return config
+
+
+def redis_cli(args: Sequence[str], netns: str | None = None, timeout: float = 10.0) -> str:
+    """Run the host's redis-cli (in ``netns`` if given); its stdout, stripped."""
+    argv = ["redis-cli", *args]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    return proc.stdout.strip() if proc.returncode == 0 else f"<rc {proc.returncode}: {proc.stderr.strip()}>"
+
+
+def ping_until_pong(target: Sequence[str], netns: str | None = None) -> str:
+    reply = wait_until(
+        lambda: (r := redis_cli([*target, "PING"], netns, timeout=5)) == "PONG" and r, timeout=30, interval=0.1
+    )
+    return str(reply)
+
+
+def check_set_get(target: Sequence[str], netns: str | None = None) -> None:
+    assert ping_until_pong(target, netns) == "PONG"
+    value = f"lightvm-{time.time_ns()}"
+    assert redis_cli([*target, "SET", "greeting", value], netns) == "OK"
+    assert redis_cli([*target, "GET", "greeting"], netns) == value
+
+
+def test_redis_over_user_networking_with_publish(lightvm: Any, redis_config: Path) -> None:
+    port = free_port()
+    (vm,) = lightvm.create(redis_config, "--publish", f"127.0.0.1:{port}:{REDIS_PORT}")
+    assert vm["app"] == APP and vm["boot_ms"]["ready"] > 0
+    assert "networking: user" in vm["network"]
+    check_set_get(["-h", "127.0.0.1", "-p", str(port)])
+    lightvm.ok("shutdown", vm["name"])  # the init stops redis and powers off cleanly
+    assert lightvm.list() == [] and lightvm.leftovers() == []
+
+
+@pytest.mark.root
+def test_redis_on_a_lightvm_network(lightvm: Any, netns: str, redis_config: Path, tmp_path: Path) -> None:
+    lightvm.ok("network", "create", "rdnet", "--subnet", "10.214.9.0/24")
+    config = tmp_path / f"{APP}.toml"
+    text = redis_config.read_text()
+    for name in ("vmlinux", "initramfs.cpio"):  # the copy lives elsewhere: absolute paths
+        text = text.replace(f'"{name}"', f'"{redis_config.parent / name}"')
+    config.write_text(text + '\n[[vifs]]\nnetwork = "rdnet"\nip = "10.214.9.20"\n')
+    (vm,) = lightvm.create(config)
+    assert vm["app"] == APP and "10.214.9.20" in vm["network"]
+    check_set_get(["-h", "10.214.9.20"], netns)
