@@ -201,11 +201,8 @@ def build(opts: Options) -> tuple[Path, dict[str, Any]]:
         if recipe.generated:
             assert app is not None
             recipe = complete_generated(recipe, app.upper)
-            for g in recipe.guessed:
-                progress.note(g)
-        elif recipe.host_elf is not None:
-            for g in recipe.guessed:
-                progress.note(g)
+        for g in recipe.guessed:  # the report lists them under "guessed"
+            progress.note(g, record=False)
         with progress.step("init"):
             init = init_binary(opts.init)
         tmp_out = begin(dest)

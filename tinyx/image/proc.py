@@ -50,9 +50,10 @@ class Progress:
         if not self.quiet:
             print(f"[tinyx-image {time.monotonic() - self.start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    def note(self, msg: str) -> None:
-        """A guess or a caveat: on stderr now and in the report."""
-        self.notes.append(msg)
+    def note(self, msg: str, record: bool = True) -> None:
+        """A guess or a caveat: on stderr now and (``record``) in the report's notes."""
+        if record:
+            self.notes.append(msg)
         if not self.quiet:
             print(f"tinyx-image: note: {msg}", file=sys.stderr, flush=True)
 
