@@ -58,8 +58,9 @@ class Progress:
             print(f"tinyx-image: note: {msg}", file=sys.stderr, flush=True)
 
     def hit(self, what: str, state: str, detail: str = "") -> None:
-        """Record a cache lookup ("cached" or "built") and say it."""
-        self.cache[what] = state
+        """Say a cache lookup's outcome ("cached", "building"...); the report records
+        "built" for "building" (a failed build writes no report)."""
+        self.cache[what] = "built" if state == "building" else state
         self.log(f"{what}: {state}{f' ({detail})' if detail else ''}")
 
     def step(self, name: str) -> _Step:
