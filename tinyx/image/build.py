@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightvm.errors import TinyxError
+from lightvm.errors import LightVMError, TinyxError
 from tinyx.image import appconf, cache, pack, store
 from tinyx.image.assemble import Assembled, assemble, owners_of
 from tinyx.image.base import Base, ensure_base
@@ -59,9 +59,9 @@ def init_binary(override: Path | None) -> Path:
         ) from e
     try:
         path: Path = build_init()
-    except TinyxError:
-        raise
-    except Exception as e:  # its own error type is not ours: one line that says what to do
+    except LightVMError:
+        raise  # tinyx.init's own error (a LightVMError) already says what to do
+    except Exception as e:  # anything else: one line that says what to do
         raise TinyxError(f"building the Tinyx init failed: {e}; run make -C tinyx/init to see why") from e
     return Path(path)
 
