@@ -11,6 +11,7 @@ Booting the image is the toolstack's part (it needs the spec's ``initrd``).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import stat
 import subprocess
@@ -196,3 +197,24 @@ def test_a_host_elf_file_and_the_store_commands(tmp_path: Path) -> None:
     bad = lightvm_image("build", "/etc/passwd", "-o", str(tmp_path / "bad"), timeout=60)
     assert bad.returncode == 1 and "not an x86-64 ELF executable" in bad.stderr
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.tmp").exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_builds_mounts_are_undone_without_deleting_what_they_showed(tmp_path: Path) -> None:
+    """A build killed with -9 leaves the chroot's /dev bind-mounted in its .tmp folder;
+    the next build must unmount it before removing the folder, never delete through it."""
+    host_dev = tmp_path / "dev"
+    host_dev.mkdir()
+    (host_dev / "node").write_text("a host file")
+    leftover = BUILD / f"app-killed{os.getpid()}.tmp"
+    (leftover / "merged/dev").mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(host_dev), str(leftover / "merged/dev")], check=True, timeout=30)
+    try:
+        assert mounts.mounted_under(leftover) != []
+        clean_build_cache()
+        assert not leftover.exists()
+        assert mounts.mounted_under(leftover) == []
+        assert (host_dev / "node").read_text() == "a host file"
+    finally:
+        mounts.unmount_under(leftover)
+        mounts.remove_tree(leftover)

@@ -203,11 +203,26 @@ def test_the_image_folder_is_swapped_in_only_when_complete(tmp_path: Path) -> No
     dest = tmp_path / "redis"
     dest.mkdir()
     (dest / "old").write_text("previous build")
+    (dest / "report.json").write_text("{}")
     tmp = output.begin(dest)
     (tmp / "new").write_text("this build")
     output.publish(tmp, dest)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["redis"]
     assert (dest / "new").is_file() and not (dest / "old").exists()
+
+
+def test_a_folder_that_is_not_an_image_is_never_replaced(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    with pytest.raises(TinyxError, match="holds no Tinyx image"):
+        output.begin(home)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TinyxError, match="not a folder"):
+        output.begin(tmp_path / "file")
+    assert (home / "notes.txt").read_text() == "mine" and not (tmp_path / "home.tmp").exists()
+    (tmp_path / "empty").mkdir()
+    output.begin(tmp_path / "empty")  # an empty folder may be filled
 
 
 def _image(store_dir: Path, name: str) -> None:

@@ -28,7 +28,7 @@ from tinyx.image.busybox import ensure_busybox
 from tinyx.image.install import App, ensure_app, host_candidates
 from tinyx.image.kernel import platform_kernel
 from tinyx.image.mounts import mounted, remove_tree
-from tinyx.image.output import begin, publish, spec_text, write_report
+from tinyx.image.output import begin, check_dest, publish, spec_text, write_report
 from tinyx.image.owners import Owners
 from tinyx.image.proc import Progress
 from tinyx.image.recipe import Recipe, complete_generated, resolve
@@ -191,6 +191,12 @@ def build(opts: Options) -> tuple[Path, dict[str, Any]]:
         recipe = resolve(opts.app)
     progress.log(f"{recipe.name}: {recipe.origin}" + (f", package {recipe.package}" if recipe.package else ""))
     dest = (opts.out or store.default_dir() / recipe.name).absolute()
+    check_dest(dest)  # before minutes of work, and again when writing
+    if recipe.package is not None and os.geteuid() != 0:
+        raise TinyxError(
+            f"building an image of package {recipe.package} needs root (debootstrap, chroot, overlayfs mounts): "
+            "run lightvm image build as root"
+        )
     with cache.locked(cache.BUILD, progress) as fd:
         cache.clean_stale(cache.BUILD, progress)
         with progress.step("kernel"):

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lightvm.errors import TinyxError
 from tinyx.image.mounts import remove_tree
 
 SPEC = """\
@@ -34,7 +35,23 @@ def spec_text(name: str, what: str, path: Path, initrd: str, memory: int, port: 
     return SPEC.format(name=name, what=what, path=path, initrd=initrd, memory=memory, port_note=port_note)
 
 
+IMAGE_FILES = ("report.json", "report.txt", "vmlinux")
+
+
+def check_dest(dest: Path) -> None:
+    """Refuse to replace a folder that is not an image folder: ``-o ~`` must not move a
+    home directory away. An empty folder, or one holding an earlier report.json, is fine."""
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise TinyxError(f"{dest} exists and is not a folder; give the path of a new or an image folder")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / "report.json").is_file():
+        raise TinyxError(
+            f"{dest} is a folder that holds no Tinyx image (no report.json) and would be replaced; "
+            "give a new folder (or an image's folder) with -o"
+        )
+
+
 def begin(dest: Path) -> Path:
+    check_dest(dest)
     tmp = dest.with_name(dest.name + ".tmp")
     remove_tree(tmp)
     tmp.mkdir(parents=True)
