@@ -185,6 +185,7 @@ def test_a_host_elf_file_and_the_store_commands(tmp_path: Path) -> None:
     report = json.loads((env_out / "report.json").read_text())
     assert report["guessed"] and "port 0" in report["guessed"][0]  # ... and in the report
     assert report["app"]["package"] is None and report["packages"] == {}
+    assert report["app"]["host_file_owner"].startswith("coreutils ")
     members = read_newc((env_out / "initramfs.cpio").read_bytes())
     assert stat.S_ISREG(members[resolve(members, "usr/bin/ls")][0])
     assert any(lib["name"] == "libselinux.so.1" for lib in report["libraries"])

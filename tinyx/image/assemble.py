@@ -259,6 +259,7 @@ class Assembled:
     elves: list[str]
     pruned: int
     applets: int
+    host_owner: str | None = None  # for a host ELF file: "package version" that installed it
 
 
 def assemble(

@@ -109,6 +109,8 @@ def _assemble_and_pack(
                 installed = dict(app.meta.get("installed", {})) if app else {}
                 done = assemble(recipe, root, app.upper if app else None, bb, init, users, groups, owners, installed)
                 libs = owners_of(done.closure, owners)
+                if recipe.host_elf is not None:
+                    done.host_owner = owners.describe(str(recipe.host_elf))
             progress.log(
                 f"image tree: {len(done.tree.items)} members, {len(done.elves)} ELF files, "
                 f"{len(libs)} libraries, {done.pruned} pruned paths"
@@ -150,6 +152,7 @@ def _report(
             "origin": recipe.origin,
             "package": recipe.package,
             "version": installed.get(recipe.package or "", None),
+            "host_file_owner": done.host_owner,
             "command": list(recipe.command),
             "port": recipe.port,
             "probe": {"send": recipe.probe.send, "expect": recipe.probe.expect} if recipe.probe else None,

@@ -79,10 +79,11 @@ def _mb(n: int | None) -> str:
 def report_text(r: dict[str, Any]) -> str:
     """The human-readable report.txt."""
     app, ini, ker = r["app"], r["initramfs"], r["kernel"]
+    version = app.get("version") or app.get("host_file_owner") or ""
     lines = [
         f"Tinyx image {r['name']}, built {r['built_at']} in {r['total_seconds']:.1f} s",
         "",
-        f"app:        {app.get('package') or 'host ELF'} {app.get('version') or ''}".rstrip(),
+        f"app:        {app.get('package') or 'host ELF'} {version}".rstrip(),
         f"recipe:     {app['origin']}",
         f"command:    {' '.join(repr(a) if (not a or ' ' in a) else a for a in app['command'])}",
         f"port:       {app['port'] or '0 (READY when started)'}",
