@@ -219,3 +219,24 @@ def test_a_killed_builds_mounts_are_undone_without_deleting_what_they_showed(tmp
     finally:
         mounts.unmount_under(leftover)
         mounts.remove_tree(leftover)
+
+
+@pytest.mark.timeout(900)
+def test_a_package_without_a_recipe_gets_a_guessed_one_said_twice(tmp_path: Path) -> None:
+    out = tmp_path / "hello"
+    try:
+        built = lightvm_image("build", "hello", "-o", str(out), timeout=800)
+        unknown = lightvm_image("build", "no-such-package-tinyx", "-o", str(tmp_path / "x"), timeout=300)
+    finally:
+        clean_build_cache()
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "note: no recipe for hello: guessed command [/usr/bin/hello]" in built.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["app"]["command"] == ["/usr/bin/hello"] and report["app"]["port"] == 0
+    assert len(report["guessed"]) == 1 and "tinyx/apps/hello.toml" in report["guessed"][0]
+    assert "GUESSED:" in (out / "report.txt").read_text()
+    conf = appconf.parse(read_newc((out / "initramfs.cpio").read_bytes())["etc/tinyx/app.conf"][1].decode())
+    assert conf["arg"] == ["/usr/bin/hello"] and conf["port"] == ["0"]
+    assert unknown.returncode == 1
+    assert "unknown Debian package 'no-such-package-tinyx'" in unknown.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.tmp").exists()
