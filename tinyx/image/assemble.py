@@ -193,6 +193,27 @@ def elf_members(tree: Tree) -> list[str]:
     return out
 
 
+def add_command(tree: Tree, root: Path, recipe: Recipe) -> str:
+    """The command's file and every symlink to it, from ``root``, whatever the layer
+    held: Debian's /usr/bin/redis-server is a link to redis-check-rdb, which redis-tools
+    ships; a recipe may leave redis-tools out and still run redis-server. Returns the
+    command's canonical path."""
+    r = Root(root)
+    canon = r.resolve(recipe.command[0])
+    host = r.host(canon)
+    if not host.is_file():
+        raise TinyxError(
+            f"{recipe.origin}: command[0] {recipe.command[0]} is not a file in the installed tree; "
+            "check the path in the recipe (packages install their programs under /usr/bin or /usr/sbin)"
+        )
+    for link, target in r.links.items():
+        tree.add(link, Item("link", 0o777, "app", target=target))
+    item = _from_stat(host, os.stat(host), "app")
+    assert item is not None
+    tree.add(canon, item)
+    return canon
+
+
 def add_closure(tree: Tree, root: Path, elves: list[str], command: str) -> Closure:
     """The libraries of ``elves`` and the symlinks leading to them, copied from ``root``.
 
@@ -285,27 +306,12 @@ def assemble(
         skip = owners.files_of(excluded & set(installed))
         pruned = add_layer(tree, upper, skip)
         drop_empty_dirs(tree, skip)
-        elves = elf_members(tree)
-    else:
-        assert recipe.host_elf is not None
-        r = Root(root)
-        canon = r.resolve(str(recipe.host_elf))
-        tree.add(canon, Item("file", stat.S_IMODE(os.stat(r.host(canon)).st_mode), "app", source=r.host(canon)))
-        for link, target in r.links.items():
-            tree.add(link, Item("link", 0o777, "app", target=target))
-        elves = ["/" + canon.strip("/")]
-    if not elves:
-        raise TinyxError(f"{recipe.name}: the app layer holds no ELF file; nothing to run")
-    found = add_closure(tree, root, elves, recipe.command[0])
+    command = add_command(tree, root, recipe)
+    elves = elf_members(tree) if upper is not None else [command]
+    found = add_closure(tree, root, elves, command)
     add_top_links(tree, root)
     applets = add_busybox(tree, bb)
     add_system(tree, recipe, init, users, groups)
-    cmd = tree.canonical(recipe.command[0])
-    if cmd not in tree.items:
-        raise TinyxError(
-            f"{recipe.origin}: command[0] {recipe.command[0]} is not in the image; "
-            "check the path in the recipe (the package installs its programs under /usr/bin or /usr/sbin)"
-        )
     tree.fill_parents()
     return Assembled(tree, found, elves, pruned, applets)
 
