@@ -202,6 +202,8 @@ def build(opts: Options) -> tuple[Path, dict[str, Any]]:
         )
     with cache.locked(cache.BUILD, progress) as fd:
         cache.clean_stale(cache.BUILD, progress)
+        with progress.step("init"):  # first: a missing init fails before minutes of apt
+            init = init_binary(opts.init)
         with progress.step("kernel"):
             kernel, _ = platform_kernel(progress)
         with progress.step("apt-cache policy"):
@@ -212,8 +214,6 @@ def build(opts: Options) -> tuple[Path, dict[str, Any]]:
             recipe = complete_generated(recipe, app.upper)
         for g in recipe.guessed:  # the report lists them under "guessed"
             progress.note(g, record=False)
-        with progress.step("init"):
-            init = init_binary(opts.init)
         tmp_out = begin(dest)
         try:
             done, libs, initrd, raw_bytes = _assemble_and_pack(
