@@ -1,6 +1,6 @@
 """The image build pipeline: APP -> DIR/{vmlinux, initramfs.cpio, APP.toml, report.*}.
 
-    recipe -> kernel -> base tree -> apt install -> busybox -> init -> assemble -> pack -> output
+    recipe -> init -> kernel -> base tree -> apt install -> busybox -> assemble -> pack -> output
 
 Each cached step says "cached" or "building" on stderr and in the report. The cache
 steps (kernel, base tree, apt install, busybox) run under the cache lock; assembly
