@@ -1,0 +1,103 @@
+"""``lightvm image build|list|rm``: Tinyx images (a Linux kernel + an app's initramfs).
+
+The builder lives in tinyx.image and is imported only when a command runs: parsing
+the command line (``lightvm --help``, every other command) must not pay for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+BUILD = (
+    "Build a Tinyx image of APP: a recipe name (tinyx/apps/APP.toml), a recipe file (.toml), any Debian "
+    "package (its command is guessed, and said so), or a path to an ELF executable (taken with its "
+    "libraries from this host). Writes DIR/{vmlinux, initramfs.cpio, APP.toml, report.json, report.txt}; "
+    "DIR defaults to the image store's APP folder. Needs root (debootstrap, chroot, overlayfs mounts) "
+    "and apt access to deb.debian.org for the first build; later builds reuse tinyx/build/."
+)
+LIST = "List the images of the image store: name, size on disk, app, when built."
+RM = "Remove an image folder from the image store."
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    """Add ``image build|list|rm`` to the CLI's subparsers. ``parent`` (--state-dir) is
+    not added: images live in the image store, not in a VM state dir."""
+    image = sub.add_parser("image", help="build, list and remove Tinyx images (Linux + one app)")
+    isub = image.add_subparsers(dest="image_command", metavar="{build,list,rm}", required=True)
+    store_help = "image store (default: $LIGHTVM_IMAGE_DIR, /var/lib/lightvm/images as root, else ~/.local/share/...)"
+
+    p = isub.add_parser("build", help="build an image of a package, recipe or ELF file", description=BUILD)
+    p.add_argument("app", metavar="APP", help="recipe name, recipe .toml, Debian package or ELF path")
+    p.add_argument("-o", "--output", type=Path, metavar="DIR", help="the image folder (default: STORE/APP)")
+    p.add_argument("--compress", choices=("none", "gzip", "lz4"), default="none", help="initramfs compression")
+    p.add_argument("--rebuild", action="store_true", help="reinstall the package instead of using its cache")
+    p.add_argument("--init", type=Path, metavar="LVINIT", help="use this static init instead of building tinyx/init")
+    p.add_argument("--json", action="store_true", help="print the build report as JSON on stdout")
+    p.set_defaults(func=cmd_build)
+
+    p = isub.add_parser("list", help="list built images", description=LIST)
+    p.add_argument("--store", type=Path, metavar="DIR", help=store_help)
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.set_defaults(func=cmd_list)
+
+    p = isub.add_parser("rm", help="remove an image", description=RM)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--store", type=Path, metavar="DIR", help=store_help)
+    p.set_defaults(func=cmd_rm)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from tinyx.image.build import Options, build
+
+    folder, report = build(
+        Options(app=args.app, out=args.output, compress=args.compress, rebuild=args.rebuild, init=args.init)
+    )
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    ini = report["initramfs"]
+    print(f"{report['name']}: {folder}")
+    print(f"  kernel     {report['kernel']['bytes'] / 1e6:7.2f} MB  vmlinux")
+    print(f"  initramfs  {ini['bytes'] / 1e6:7.2f} MB  {ini['file']} ({ini['members']} members)")
+    print(f"  packages   {len(report['packages'])}, libraries {len(report['libraries'])}")
+    cache = ", ".join(f"{k} {v}" for k, v in report["cache"].items())
+    print(f"  built in   {report['total_seconds']:.1f} s (cache: {cache})")
+    if report["guessed"]:
+        print("  GUESSED (see report.txt): " + "; ".join(report["guessed"]), file=sys.stderr)
+    print(f"  boot it:   lightvm create {folder / (report['name'] + '.toml')}")
+    return 0
+
+
+def _store(args: argparse.Namespace) -> Path:
+    from tinyx.image import store
+
+    return Path(args.store) if args.store else store.default_dir()
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tinyx.image import store
+
+    images = store.list_images(_store(args))
+    if args.json:
+        print(json.dumps(images, indent=1))
+        return 0
+    if not images:
+        print(f"no images in {_store(args)}")
+        return 0
+    print(f"{'NAME':<24} {'SIZE':>9} {'INITRAMFS':>10}  {'APP':<36} BUILT")
+    for i in images:
+        ini = f"{i['initramfs_bytes'] / 1e6:.2f}M" if i.get("initramfs_bytes") else "-"
+        print(f"{i['name']:<24} {i['bytes'] / 1e6:8.2f}M {ini:>10}  {i['app']:<36} {i['built_at']}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from tinyx.image import store
+
+    folder = store.remove(_store(args), args.name)
+    print(f"removed {folder}")
+    return 0
