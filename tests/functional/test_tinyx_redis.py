@@ -86,7 +86,8 @@ def test_redis_on_a_lightvm_network(lightvm: Any, netns: str, redis_config: Path
     text = redis_config.read_text()
     for name in ("vmlinux", "initramfs.cpio"):  # the copy lives elsewhere: absolute paths
         text = text.replace(f'"{name}"', f'"{redis_config.parent / name}"')
-    config.write_text(text + '\n[[vifs]]\nnetwork = "rdnet"\nip = "10.214.9.20"\n')
+    assert text.count("\n[[vifs]]\n") == 1  # the generated config's one NIC, user networking
+    config.write_text(text.replace("\n[[vifs]]\n", '\n[[vifs]]\nnetwork = "rdnet"\nip = "10.214.9.20"\n'))
     (vm,) = lightvm.create(config)
     assert vm["app"] == APP and "10.214.9.20" in vm["network"]
     check_set_get(["-h", "10.214.9.20"], netns)

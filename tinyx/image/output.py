@@ -23,16 +23,21 @@ kernel = "vmlinux"
 initrd = "{initrd}"
 memory = "{memory}M"
 
-# A NIC, so that the host can reach the app{port_note}:
-# [[vifs]]
-# network = "lightvm0"      # made with: lightvm network create lightvm0 --subnet 10.10.0.0/24
-# ip = "10.10.0.2/24"
+# A NIC, so that the host can reach the app{port_note}. As it is, QEMU user
+# networking (rootless): publish the port with `lightvm create ... --publish{publish}`.
+# On a lightvm network instead (root), name it here:
+#   network = "lightvm0"      # made with: lightvm network create lightvm0 --subnet 10.10.0.0/24
+#   ip = "10.10.0.2"          # optional: else the network's allocator picks one
+[[vifs]]
 """
 
 
 def spec_text(name: str, what: str, path: Path, initrd: str, memory: int, port: int) -> str:
     port_note = f" (it serves TCP port {port})" if port else ""
-    return SPEC.format(name=name, what=what, path=path, initrd=initrd, memory=memory, port_note=port_note)
+    publish = f" 127.0.0.1:{port}:{port}" if port else " HOSTPORT:GUESTPORT"
+    return SPEC.format(
+        name=name, what=what, path=path, initrd=initrd, memory=memory, port_note=port_note, publish=publish
+    )
 
 
 IMAGE_FILES = ("report.json", "report.txt", "vmlinux")

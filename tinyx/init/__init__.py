@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from lightvm.errors import LightVMError
+from lightvm.errors import TinyxError
 
 HERE = Path(__file__).resolve().parent
 BINARY = HERE.parent / "build" / "init" / "lvinit"
@@ -19,7 +19,7 @@ MAKE_TIMEOUT = 300.0
 TAIL_LINES = 15
 
 
-class InitBuildError(LightVMError):
+class InitBuildError(TinyxError):
     """lvinit did not build (the message ends with make's last lines)."""
 
 
