@@ -84,6 +84,7 @@ def machine_config(vmdir: VMDir, record: VMRecord, **changes: Any) -> MachineCon
         fields["initrd"] = Path(spec["initrd"])
         fields["machine"] = linux.linux_machine(MICROVM)
         fields["cmdline"] = linux.linux_cmdline(fields["cmdline"], tsc_hz)
+        fields["tcg_cpu"] = linux.LINUX_TCG_CPU
     fields.update(changes)
     return MachineConfig(**fields)
 

@@ -86,6 +86,7 @@ class MachineConfig:
     # sleeps until a byte arrives there (lightvm/daemon/pool.py, NOXS_FEAT_CONSOLE_BELL).
     console_pipe: Path | None = None
     initrd: Path | None = None  # a Linux guest's initramfs (lightvm/linux.py)
+    tcg_cpu: str | None = None  # -cpu under TCG (None: QEMU's default); KVM always gets the host's
 
 
 def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
@@ -97,7 +98,7 @@ def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
         # below huge-page size (no 2 MiB page to zero on the first translation) and saves
         # ~2 MiB of RSS per VM. Bigger guests (Linux) keep QEMU's default.
         small = config.memory_mib <= SMALL_GUEST_MIB
-        accel = ["-accel", "tcg,tb-size=1" if small else "tcg"]
+        accel = ["-accel", "tcg,tb-size=1" if small else "tcg", *(["-cpu", config.tcg_cpu] if config.tcg_cpu else [])]
     else:
         raise MachineError(f"unknown accelerator {config.accel!r}; use tcg or kvm")
     # fmt: off

@@ -293,11 +293,12 @@ def test_linux_machine_config(tmp_path: Path) -> None:
     assert argv[argv.index("-initrd") + 1] == str(spec.initrd)
     assert "rtc=on" in argv[argv.index("-M") + 1]
     assert argv[argv.index("-append") + 1] == (
-        f"console=ttyS0 quiet tsc_early_khz={hostfacts.tsc_hz() // 1000} loglevel=3"
+        f"console=ttyS0 quiet random.trust_cpu=on tsc_early_khz={hostfacts.tsc_hz() // 1000} loglevel=3"
     )
+    assert argv[argv.index("-cpu") + 1] == "qemu64,+rdrand"  # TCG's RDRAND seeds the kernel's generator
     unikernel = VMRecord.new(
         "u", "id2", str(uuid.uuid4()), "tcg", 8192, {**spec.to_dict(), "initrd": None, "cmdline": "x"}
     )
     argv = build_argv(machine_config(vmdir, unikernel), qmp_fd=3)
-    assert "-initrd" not in argv and "rtc=off" in argv[argv.index("-M") + 1]
+    assert "-initrd" not in argv and "-cpu" not in argv and "rtc=off" in argv[argv.index("-M") + 1]
     assert argv[argv.index("-append") + 1] == "x"
