@@ -64,6 +64,9 @@ static int read_config(char *err, size_t errlen)
 			struct noxs_vif_info *v = &vifs[i];
 			v->id = layout.vif_id[i];
 			memcpy(v->mac, c.mac, 6);
+			/* A NIC pre-created in a prepared shell has its own MAC (SPEC.md, vif) */
+			static const uint8_t no_mac[6];
+			memcpy(v->dev_mac, memcmp(c.dev_mac, no_mac, 6) ? c.dev_mac : c.mac, 6);
 			v->mtu = c.mtu;
 			memcpy(v->ip, c.ip, 4);
 			memcpy(v->gateway, c.gateway, 4);

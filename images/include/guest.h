@@ -88,7 +88,8 @@ int virtio_mmio_find(unsigned n, uint64_t *base, unsigned *gsi);
 /* Validated snapshot of one vif's configuration (copied from the page). */
 struct noxs_vif_info {
 	unsigned id;
-	uint8_t mac[6];
+	uint8_t mac[6];      /* the vif's address: what the stack sends and answers as */
+	uint8_t dev_mac[6];  /* the virtio-net device to use: dev_mac from the page, else mac */
 	uint16_t mtu;
 	uint8_t ip[4];
 	uint8_t gateway[4];

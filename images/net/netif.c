@@ -50,7 +50,7 @@ int netif_up(struct net *n, unsigned vif_index)
 		return -(int)NOXS_ERR_DEVICE;
 	}
 	noxs_set_fe_state(&vif->ctrl->hdr, NOXS_STATE_INITIALISING);
-	struct vnet *dev = vnet_open(vif->mac);
+	struct vnet *dev = vnet_open(vif->dev_mac);
 	if (!dev)
 		return -(int)NOXS_ERR_NO_DEVICE;
 
