@@ -10,8 +10,12 @@ guest, renames the folder to ``vms/NAME`` under the state lock while it boots (a
 at any point leaves either a shell, discarded by the next daemon, or a VM folder that
 destroy cleans), waits for READY. A shell serves once; a failed execute destroys it.
 
-Only specs without vifs and disks are poolable (pre-created taps attached at execute
-are not implemented): the others take the cold path and say so (``path: cold``).
+A shell may have NICs: taps of its own made at prepare, given to the VM at execute (its
+address from the network's allocator, its bridge and MTU, the vif's MAC in the page, the
+guest pairing its device by the device's own MAC: lightvm/devices/shellnet.py). Specs
+with disks, a Linux guest, or a vif on QEMU user networking (a rootless daemon, a vif
+with neither network nor bridge, ``--publish``) take the cold path and say why
+(``path: cold (REASON)``, :func:`poolable`).
 
 How far a shell is prepared is its *variant* (``--pool-variant``): ``waiting`` (the
 default: the guest sleeps at its NOXS_FEAT_WAIT_CONFIG wait point until one byte on its
@@ -30,9 +34,9 @@ import time
 import uuid as uuidlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightvm.daemon.shells import POOL_DIR, SHELL_OVERHEAD_MIB, ShellPool
 from lightvm.errors import GuestError, LightVMError
@@ -42,7 +46,11 @@ from lightvm.noxs import BootState, NoxsRegion, PageConfig
 from lightvm.spec import VMSpec
 from lightvm.state import StateDir, VMDir, VMRecord, VMStatus
 from lightvm.toolstack import CreateResult
+from lightvm.undo import UndoStack
 from lightvm.util import wait_until
+
+if TYPE_CHECKING:
+    from lightvm.devices.net import NetContext, PreparedVif
 
 PAUSED = "paused"  # prepared variant: QEMU spawned with -S, the guest never ran
 WAITING = "waiting"  # the guest booted to its wait point, asleep there until the console bell
@@ -62,6 +70,7 @@ class Flavour:
     vcpus: int
     cmdline: str
     accel: str
+    nics: int = 0  # tap NICs, made at prepare; their bridge and address are the VM's, set at execute
 
     @classmethod
     def of(cls, spec: VMSpec, accel: str) -> Flavour:
@@ -73,23 +82,36 @@ class Flavour:
             vcpus=spec.vcpus,
             cmdline=spec.cmdline,
             accel=accel,
+            nics=len(spec.vifs),
         )
 
     def label(self) -> str:
-        return f"{Path(self.kernel).name}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}"
+        nics = f"/{self.nics}tap" if self.nics else ""
+        return f"{Path(self.kernel).name}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}{nics}"
 
     def cost_mib(self) -> int:
         return self.memory_mib + SHELL_OVERHEAD_MIB
 
 
-def poolable(spec: VMSpec) -> str | None:
-    """Why ``spec`` cannot use a shell, or None if it can."""
-    if spec.vifs:
-        return "vifs (pre-created taps are not implemented: cold path)"
+USER_NET_REASON = "user networking (its port forwards would be added at execute: not implemented)"
+
+
+def poolable(spec: VMSpec, net_mode: str = "tap") -> str | None:
+    """Why ``spec`` cannot use a shell, or None if it can. ``net_mode``: the networking
+    the daemon has (``tap`` with CAP_NET_ADMIN, else ``user``: lightvm/devices/net.py).
+
+    A vif is poolable when it is a tap on a bridge (a network's or the spec's own): its
+    shell's tap is made at prepare and joins the bridge at execute. User networking is
+    not: the forwards are fixed on QEMU's command line, and adding them at execute means
+    QMP (``hostfwd_add``) on the execute path, which the waiting shells keep free of QMP.
+    """
     if spec.disks:
-        return "disks (cold path)"
+        return "disks"
     if spec.is_linux:
-        return "a Linux guest (Tinyx shells are not pooled yet: cold path)"
+        return "a Linux guest (Tinyx shells are not pooled yet)"
+    for vif in spec.vifs:
+        if net_mode != "tap" or not (vif.network or vif.bridge) or vif.publish:
+            return USER_NET_REASON
     return None
 
 
@@ -104,6 +126,8 @@ class Shell:
     prepared_at: float
     waited: bool = False  # booted to the wait point at prepare (variants WAITING, STOPPED)
     bell: int | None = None  # write end of the console FIFO: the guest sleeps until a byte comes
+    taps: list[PreparedVif] = field(default_factory=list)  # its NICs' taps (shellnet.make_taps)
+    state_root: Path | None = None  # whose networks the taps join (with taps)
 
     def ring(self) -> float:
         """Wake the guest asleep at its wait point (one byte into its console's receiver);
@@ -118,17 +142,24 @@ class Shell:
             os.close(bell)
 
     def discard(self) -> None:
-        """Kill its QEMU and remove its NoXS file and folder."""
+        """Kill its QEMU and remove its taps, NoXS file and folder."""
         self.close_bell()
         with contextlib.suppress(Exception):
             self.machine.kill()
         with contextlib.suppress(Exception):
             self.region.close()
+        if self.taps and self.state_root is not None:
+            from lightvm.devices import net, shellnet
+
+            with contextlib.suppress(LightVMError), net.NetContext.open(self.state_root) as ctx:
+                shellnet.delete_taps(self.taps, ctx)
         self.region.unlink()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def prepare_create_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAUSED) -> Shell:
+def prepare_create_shell(
+    root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAUSED, state_root: Path | None = None
+) -> Shell:
     """Spawn one paused QEMU for ``flavour`` (``spec`` is a VM of it) in ``root/ID`` and
     wait until QMP answers: a shell a create takes.
 
@@ -136,7 +167,8 @@ def prepare_create_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: st
     (a placeholder page with NOXS_FEAT_WAIT_CONFIG). WAITING offers the console bell too:
     a guest that takes it sleeps there (BootState.WAITING_BELL) and the shell keeps the
     FIFO's write end to wake it; a guest that does not (BootState.WAITING, spinning) is
-    stopped, as with STOPPED.
+    stopped, as with STOPPED. ``flavour.nics``: the shell gets that many NICs on taps of
+    its own, in ``state_root``'s networking (lightvm/devices/shellnet.py).
 
     :raise LightVMError: QEMU could not be started, or the guest did not reach its wait
         point (nothing is left behind).
@@ -153,10 +185,22 @@ def prepare_create_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: st
                 _rehearse_bell(bell[0], region)
 
     vm = spawn_shell(
-        root, spec.to_dict(), flavour.accel, devices=1, console_bell=variant == WAITING, then=to_wait_point
+        root,
+        spec.to_dict(),
+        flavour.accel,
+        devices=1 + flavour.nics,
+        console_bell=variant == WAITING,
+        then=to_wait_point,
+        nics=flavour.nics,
+        state_root=state_root,
     )
     assert vm.machine is not None and vm.region is not None
     waited, prepared_at = variant in TO_WAIT_POINT, time.monotonic()
+    taps = []
+    if flavour.nics:
+        from lightvm.devices.net import PreparedVif
+
+        taps = [PreparedVif.from_dict(v) for v in vm.record.devices.get("vifs", ())]
     return Shell(
         vm.record.id,
         flavour,
@@ -167,6 +211,8 @@ def prepare_create_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: st
         prepared_at,
         waited,
         bell[0] if bell else None,
+        taps,
+        state_root,
     )
 
 
@@ -227,6 +273,7 @@ def execute_deferred(
     tsc_hz: int,
     t0: float,
     timeout: float,
+    net_context: NetContext | None = None,
 ) -> tuple[CreateResult, Callable[[], None]]:
     """The execute phase: give ``shell`` the identity ``name`` and boot it to READY; the
     bookkeeping is the returned ``finish()``. The shell is consumed whatever happens
@@ -239,14 +286,21 @@ def execute_deferred(
     wait for ``finish()`` (lightvm/daemon/server.py). A killed daemon leaves a complete enough
     folder: the shell's record already names the PID and the NoXS file.
 
+    With NICs, the shell's taps join the VM's bridges and the addresses are leased under
+    ``name`` (lightvm/devices/shellnet.py) before the page is written; a failure releases
+    the leases and the discard deletes the taps.
+
     :raise ExistsError: ``name`` is taken (the shell is discarded, never reused).
     :raise GuestError: the guest failed to boot.
+    :raise NetworkError: the vifs' bridge or network is missing or full (also SpecError).
     """
     from lightvm.boot import boot
 
     vm_uuid = uuidlib.uuid4()
     target = state.vms_root / name
     machine = shell.machine
+    undo = UndoStack()
+    vifs: list[PreparedVif] = []
 
     def claim() -> None:
         # While the guest boots: the folder becomes the VM's, under the state lock (a
@@ -255,14 +309,21 @@ def execute_deferred(
 
     try:
         ensure_free(state, name)  # the usual refusal, before the guest ever sees the name
-        shell.region.write_config(PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=True))
+        page = PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=True)
+        if shell.taps:
+            vifs = _hand_over_nics(shell, spec, name, net_context, undo)
+            page.vifs = [_vif_page(v, t) for v, t in zip(vifs, shell.taps, strict=True)]
+        shell.region.write_config(page)
         woken_at = shell.ring() if shell.bell is not None else None
         times, boot_record = boot(machine, shell.region, t0, timeout, woken_at, meanwhile=claim)
         if shell.waited:
             times.guest_entry = None  # the guest entered at prepare time, not in this create
     except BaseException:
+        undo.unwind()  # the leases
         shell.discard()
         raise
+    undo.commit()
+    summary = _summary(vifs) if vifs else ""
     created, age_s, boot_ms = time.time(), round(time.monotonic() - shell.prepared_at, 3), times.as_dict()
     record = shell.record
 
@@ -277,6 +338,10 @@ def execute_deferred(
             record.state = VMStatus.RUNNING.value
             record.boot_ms = boot_ms
             record.devices["pool"] = {"shell": shell.id, "age_s": age_s}
+            if vifs:  # the VM's vifs now: destroy releases their leases and taps
+                record.devices["vifs"] = [v.to_dict() for v in vifs]
+                record.devices["summary"] = summary
+                record.devices.pop("vifs_pending", None)
             vmdir = VMDir(target)
             vmdir.write(record)
             vmdir.mark_created()
@@ -287,7 +352,34 @@ def execute_deferred(
             machine.release()
             shell.region.close()
 
-    return CreateResult(name, record.id, record.accel, boot_ms, record.pid or 0, boot_record.app), finish
+    return CreateResult(name, record.id, record.accel, boot_ms, record.pid or 0, boot_record.app, summary), finish
+
+
+def _hand_over_nics(
+    shell: Shell, spec: VMSpec, name: str, ctx: NetContext | None, undo: UndoStack
+) -> list[PreparedVif]:
+    """The shell's taps given to VM ``name`` (shellnet.hand_over) in ``ctx``, or in a
+    context opened for this call."""
+    from lightvm.devices import net, shellnet
+
+    valid = [net.validate(v, f"vifs[{i}]") for i, v in enumerate(spec.vifs)]
+    if ctx is not None:
+        return shellnet.hand_over(valid, shell.taps, name, ctx, undo)
+    assert shell.state_root is not None
+    with net.NetContext.open(shell.state_root) as own:
+        return shellnet.hand_over(valid, shell.taps, name, own, undo)
+
+
+def _vif_page(vif: PreparedVif, tap: PreparedVif) -> Any:
+    from lightvm.devices import net
+
+    return net.noxs_config(vif, dev_mac=tap.mac)
+
+
+def _summary(vifs: list[PreparedVif]) -> str:
+    from lightvm.devices import net
+
+    return net.summary(vifs)
 
 
 class Pool(ShellPool[Flavour, Shell]):
@@ -308,17 +400,29 @@ class Pool(ShellPool[Flavour, Shell]):
             raise LightVMError(f"pool variant {variant!r}: one of {', '.join(VARIANTS)}")
         super().__init__(state, size, log)
         self.variant = variant
+        self.net_mode = _net_mode()
+        self.last_path = ""  # of the last create through the daemon: "pool" or "cold (REASON)"
         self.max_shells = max(0, max_shells)
         self.memory_budget_mib = max(0, memory_budget_mib)
         self.flavours: dict[Flavour, VMSpec] = {}
         for spec, accel in specs:
-            why = poolable(spec)
+            why = poolable(spec, self.net_mode)
             if why:
                 raise LightVMError(f"{spec.source or spec.name}: cannot pool a VM with {why}")
             self.flavours.setdefault(Flavour.of(spec, accel), spec)
         self._shells = {f: deque() for f in self.flavours}
         self._preparing = dict.fromkeys(self.flavours, 0)
         self._paused_only: set[Flavour] = set()
+
+    def why_cold(self, spec: VMSpec, accel: str) -> str:
+        """Why a create of ``spec`` took the cold path (after :meth:`take` gave no shell)."""
+        why = poolable(spec, self.net_mode)
+        if why:
+            return why
+        flavour = Flavour.of(spec, accel)
+        if flavour not in self._shells:
+            return f"no pool of flavour {flavour.label()} (lightvm daemon start --pool CONFIG)"
+        return f"the pool of {flavour.label()} was empty (--pool-size, or creates faster than refills)"
 
     def start(self) -> None:
         """Discard what a previous daemon left in the pool folder, then start refilling."""
@@ -335,7 +439,7 @@ class Pool(ShellPool[Flavour, Shell]):
         A shell comes with the pool marked busy (no refill spawns while its guest boots):
         the caller must call :meth:`done` once its execute is over, whatever happened.
         """
-        if poolable(spec):
+        if poolable(spec, self.net_mode):
             return None
         return self._take(Flavour.of(spec, accel))
 
@@ -373,6 +477,7 @@ class Pool(ShellPool[Flavour, Shell]):
                 "prepared": self.stats_prepared,
                 "failed": self.stats_failed,
                 "last_error": self.last_error,
+                "last_path": self.last_path,
             }
 
     def shell_pids(self) -> list[int]:
@@ -400,7 +505,9 @@ class Pool(ShellPool[Flavour, Shell]):
         return PAUSED if flavour in self._paused_only else self.variant
 
     def _prepare(self, flavour: Flavour) -> Shell:
-        return prepare_create_shell(self.root, flavour, self.flavours[flavour], self._variant_of(flavour))
+        return prepare_create_shell(
+            self.root, flavour, self.flavours[flavour], self._variant_of(flavour), self.state.root
+        )
 
     def _prepare_failed(self, flavour: Flavour, exc: Exception) -> None:
         if isinstance(exc, GuestError) and self._variant_of(flavour) in TO_WAIT_POINT:
@@ -412,15 +519,23 @@ class Pool(ShellPool[Flavour, Shell]):
             super()._prepare_failed(flavour, exc)
 
 
+def _net_mode() -> str:
+    """The networking this daemon's vifs get: ``tap`` or ``user`` (lightvm/devices/net.py)."""
+    from lightvm.devices import net
+
+    return net.choose_mode(os.environ.get("LIGHTVM_NET_MODE") or "auto").value
+
+
 def discard_orphans(state: StateDir) -> list[str]:
-    """Kill and remove every shell in ``STATE/pool`` (left by a killed daemon); their names."""
+    """Kill and remove every shell in ``STATE/pool`` (left by a killed daemon), their
+    taps too (by the names their records give, else by the shell's alias); their names."""
     root = state.root / POOL_DIR
     try:
         entries = [e for e in os.scandir(root) if e.is_dir()]
     except FileNotFoundError:
         return []
     for entry in entries:
-        destroy(VMDir(Path(entry.path)), None, hard=True)
+        destroy(VMDir(Path(entry.path)), state.root, hard=True)
     return [e.name for e in entries]
 
 
