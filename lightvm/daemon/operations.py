@@ -125,7 +125,9 @@ class Operations:
                     assert pool is not None
                     self._begin(n)
                     try:
-                        result, finish = poolmod.execute_deferred(shell, self.state, spec, n, self._tsc_hz, t0, timeout)
+                        result, finish = poolmod.execute_deferred(
+                            shell, self.state, spec, n, self._tsc_hz, t0, timeout, pool.net_context
+                        )
                     except BaseException:
                         self._end(n)
                         raise

@@ -30,10 +30,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import time
 import uuid as uuidlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -273,7 +274,7 @@ def execute_deferred(
     tsc_hz: int,
     t0: float,
     timeout: float,
-    net_context: NetContext | None = None,
+    net_context: Callable[[], contextlib.AbstractContextManager[NetContext]] | None = None,
 ) -> tuple[CreateResult, Callable[[], None]]:
     """The execute phase: give ``shell`` the identity ``name`` and boot it to READY; the
     bookkeeping is the returned ``finish()``. The shell is consumed whatever happens
@@ -356,15 +357,21 @@ def execute_deferred(
 
 
 def _hand_over_nics(
-    shell: Shell, spec: VMSpec, name: str, ctx: NetContext | None, undo: UndoStack
+    shell: Shell,
+    spec: VMSpec,
+    name: str,
+    net_context: Callable[[], contextlib.AbstractContextManager[NetContext]] | None,
+    undo: UndoStack,
 ) -> list[PreparedVif]:
-    """The shell's taps given to VM ``name`` (shellnet.hand_over) in ``ctx``, or in a
-    context opened for this call."""
+    """The shell's taps given to VM ``name`` (shellnet.hand_over), in the context
+    ``net_context()`` lends (the pool's: :meth:`Pool.net_context`), else in one opened
+    for this call (~1 ms more: a netlink socket, in the namespace if there is one)."""
     from lightvm.devices import net, shellnet
 
     valid = [net.validate(v, f"vifs[{i}]") for i, v in enumerate(spec.vifs)]
-    if ctx is not None:
-        return shellnet.hand_over(valid, shell.taps, name, ctx, undo)
+    if net_context is not None:
+        with net_context() as ctx:
+            return shellnet.hand_over(valid, shell.taps, name, ctx, undo)
     assert shell.state_root is not None
     with net.NetContext.open(shell.state_root) as own:
         return shellnet.hand_over(valid, shell.taps, name, own, undo)
@@ -402,6 +409,8 @@ class Pool(ShellPool[Flavour, Shell]):
         self.variant = variant
         self.net_mode = _net_mode()
         self.last_path = ""  # of the last create through the daemon: "pool" or "cold (REASON)"
+        self._net_lock = threading.Lock()
+        self._net: NetContext | None = None
         self.max_shells = max(0, max_shells)
         self.memory_budget_mib = max(0, memory_budget_mib)
         self.flavours: dict[Flavour, VMSpec] = {}
@@ -432,6 +441,23 @@ class Pool(ShellPool[Flavour, Shell]):
     def stop(self) -> None:
         super().stop()
         discard_orphans(self.state)
+        with self._net_lock:
+            if self._net is not None:
+                self._net.close()
+                self._net = None
+
+    @contextlib.contextmanager
+    def net_context(self) -> Iterator[NetContext]:
+        """The networking context executes hand shells' taps over in, kept open: building
+        one is a netlink socket made inside the namespace (~1 ms, docs/qemu-notes.md), a
+        third of a pooled create. A Devd serves one thread at a time, hence the lock (held
+        for the hand-over only, not the boot)."""
+        from lightvm.devices import net
+
+        with self._net_lock:
+            if self._net is None:
+                self._net = net.NetContext.open(self.state.root)
+            yield self._net
 
     def take(self, spec: VMSpec, accel: str) -> Shell | None:
         """A prepared shell for ``spec`` (removed from the pool), or None: use the cold path.
