@@ -457,7 +457,11 @@ class Pool(ShellPool[Flavour, Shell]):
         with self._net_lock:
             if self._net is None:
                 self._net = net.NetContext.open(self.state.root)
-            yield self._net
+            # Inside the namespace (if any) for the block: pyroute2's IPRoute keeps per-thread
+            # state and, used from another thread than the one that made it, netlinks in that
+            # thread's namespace (measured: EOPNOTSUPP attaching to a bridge index of ours).
+            with self._net.inside():
+                yield self._net
 
     def take(self, spec: VMSpec, accel: str) -> Shell | None:
         """A prepared shell for ``spec`` (removed from the pool), or None: use the cold path.
