@@ -183,12 +183,17 @@ class Instance:
         args = [a for p in prepared for a in net.qemu_args(p, machine="microvm")]
         return args, [net.noxs_config(p) for p in prepared], inside
 
-    def make_shell_nics(self, count: int) -> tuple[list[str], NetNamespace]:
-        """A prepared shell's ``count`` NICs: taps of its own and their QEMU args (no
-        address, no bridge yet: lightvm/devices/shellnet.py), recorded as its vifs."""
+    def make_shell_nics(self, count: int, mode: str = "tap") -> tuple[list[str], NetNamespace]:
+        """A prepared shell's ``count`` NICs and their QEMU args, recorded as its vifs:
+        taps of its own (no address, no bridge yet) or user netdevs (no forwards yet),
+        lightvm/devices/shellnet.py."""
         from lightvm.devices import net, shellnet  # pyroute2 is slow to import: only when needed
 
         self.step = "prepare NICs"
+        if mode == "user":
+            nics = shellnet.user_nics(self.vmdir.name, count)
+            self.record.devices["vifs"] = [n.to_dict() for n in nics]
+            return [a for n in nics for a in net.qemu_args(n, machine="microvm")], contextlib.nullcontext
         if self.state_root is None:
             raise LightVMError(f"{self.vmdir.name}: NICs need the state dir their networks live in")
         ctx = net.NetContext.open(self.state_root)
@@ -283,6 +288,7 @@ def spawn_shell(
     then: Callable[[Machine, NoxsRegion, str], None] | None = None,
     nics: int = 0,
     state_root: Path | None = None,
+    nic_mode: str = "tap",
 ) -> Instance:
     """Spawn one shell QEMU for the VM ``spec`` (a VMSpec dict) in ``root/ID`` (NoXS
     region for ``devices`` entries), QMP negotiated; its record is named ID.
@@ -293,8 +299,9 @@ def spawn_shell(
     nothing is left behind either. ``console_bell``: the console is a pipe chardev whose
     input is the FIFO ``console.in`` (output still goes to console.log, through the
     symlink ``console.out``), so the guest can be woken by a byte. ``nics``: that many
-    virtio-net devices on taps of the shell's own (lightvm/devices/shellnet.py), made in
-    ``state_root``'s networking context and recorded as the shell's ``vifs``.
+    virtio-net devices (lightvm/devices/shellnet.py), ``nic_mode`` ``tap`` (taps of the
+    shell's own, made in ``state_root``'s networking context) or ``user`` (QEMU user
+    networking), recorded as the shell's ``vifs``.
 
     :raise LightVMError: QEMU could not be started, or ``then`` failed.
     """
@@ -311,9 +318,9 @@ def spawn_shell(
         atomic_write(vm.vmdir.creating_path, json.dumps({"pid": pid, "start": proc_start_time(pid)}))
         region = vm.create_region(devices)
         pipe = _make_console_pipe(vm.vmdir) if console_bell else None
-        args, netns = vm.make_shell_nics(nics) if nics else ([], contextlib.nullcontext)
+        args, netns = vm.make_shell_nics(nics, nic_mode) if nics else ([], contextlib.nullcontext)
         machine = vm.launch((*extra_args, *args), netns, name=f"pool-{shell_id}", console_pipe=pipe)
-        if nics:
+        if nics and nic_mode == "tap":
             # Pending again: an execute leases addresses under the VM's name before its
             # record says so (deferred, pool.py), and a daemon killed in between leaves a
             # folder whose destroy must look for those leases by name.

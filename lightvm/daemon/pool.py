@@ -10,12 +10,12 @@ guest, renames the folder to ``vms/NAME`` under the state lock while it boots (a
 at any point leaves either a shell, discarded by the next daemon, or a VM folder that
 destroy cleans), waits for READY. A shell serves once; a failed execute destroys it.
 
-A shell may have NICs: taps of its own made at prepare, given to the VM at execute (its
-address from the network's allocator, its bridge and MTU, the vif's MAC in the page, the
-guest pairing its device by the device's own MAC: lightvm/devices/shellnet.py). Specs
-with disks, a Linux guest, or a vif on QEMU user networking (a rootless daemon, a vif
-with neither network nor bridge, ``--publish``) take the cold path and say why
-(``path: cold (REASON)``, :func:`poolable`).
+A shell may have NICs, made at prepare and given to the VM at execute: taps of its own
+(the address from the network's allocator, the bridge and MTU set then) or QEMU user
+netdevs (the VM's port forwards added then); the vif's MAC goes in the page and the guest
+pairs its device by the device's own MAC (lightvm/devices/shellnet.py). Specs with disks,
+a Linux guest, or vifs of both kinds take the cold path and say why (``path: cold
+(REASON)``, :func:`poolable`).
 
 How far a shell is prepared is its *variant* (``--pool-variant``): ``waiting`` (the
 default: the guest sleeps at its NOXS_FEAT_WAIT_CONFIG wait point until one byte on its
@@ -71,10 +71,11 @@ class Flavour:
     vcpus: int
     cmdline: str
     accel: str
-    nics: int = 0  # tap NICs, made at prepare; their bridge and address are the VM's, set at execute
+    nics: int = 0  # NICs, made at prepare; their bridge, address and forwards are the VM's, set at execute
+    nic_mode: str = ""  # "tap" or "user" (with nics)
 
     @classmethod
-    def of(cls, spec: VMSpec, accel: str) -> Flavour:
+    def of(cls, spec: VMSpec, accel: str, net_mode: str = "tap") -> Flavour:
         return cls(
             # normpath, not resolve(): no syscalls on the execute path; both sides agree.
             kernel=os.path.normpath(os.path.abspath(spec.kernel)),
@@ -84,35 +85,39 @@ class Flavour:
             cmdline=spec.cmdline,
             accel=accel,
             nics=len(spec.vifs),
+            nic_mode=vif_kind(spec.vifs[0], net_mode) if spec.vifs else "",
         )
 
     def label(self) -> str:
-        nics = f"/{self.nics}tap" if self.nics else ""
+        nics = f"/{self.nics}{self.nic_mode}" if self.nics else ""
         return f"{Path(self.kernel).name}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}{nics}"
 
     def cost_mib(self) -> int:
         return self.memory_mib + SHELL_OVERHEAD_MIB
 
 
-USER_NET_REASON = "user networking (its port forwards would be added at execute: not implemented)"
+MIXED_NICS_REASON = "vifs of both kinds, taps and user networking (a shell's NICs are of one kind)"
+
+
+def vif_kind(vif: Any, net_mode: str) -> str:
+    """``tap`` or ``user``: what a vif gets in a daemon with ``net_mode`` networking (a
+    vif with neither network nor bridge is user networking everywhere: net.prepare)."""
+    return "tap" if net_mode == "tap" and (vif.network or vif.bridge) else "user"
 
 
 def poolable(spec: VMSpec, net_mode: str = "tap") -> str | None:
     """Why ``spec`` cannot use a shell, or None if it can. ``net_mode``: the networking
     the daemon has (``tap`` with CAP_NET_ADMIN, else ``user``: lightvm/devices/net.py).
 
-    A vif is poolable when it is a tap on a bridge (a network's or the spec's own): its
-    shell's tap is made at prepare and joins the bridge at execute. User networking is
-    not: the forwards are fixed on QEMU's command line, and adding them at execute means
-    QMP (``hostfwd_add``) on the execute path, which the waiting shells keep free of QMP.
+    Vifs are poolable, all taps (made at prepare, on a bridge at execute) or all user
+    networking (forwards added at execute): lightvm/devices/shellnet.py.
     """
     if spec.disks:
         return "disks"
     if spec.is_linux:
         return "a Linux guest (Tinyx shells are not pooled yet)"
-    for vif in spec.vifs:
-        if net_mode != "tap" or not (vif.network or vif.bridge) or vif.publish:
-            return USER_NET_REASON
+    if len({vif_kind(v, net_mode) for v in spec.vifs}) > 1:
+        return MIXED_NICS_REASON
     return None
 
 
@@ -127,8 +132,8 @@ class Shell:
     prepared_at: float
     waited: bool = False  # booted to the wait point at prepare (variants WAITING, STOPPED)
     bell: int | None = None  # write end of the console FIFO: the guest sleeps until a byte comes
-    taps: list[PreparedVif] = field(default_factory=list)  # its NICs' taps (shellnet.make_taps)
-    state_root: Path | None = None  # whose networks the taps join (with taps)
+    nics: list[PreparedVif] = field(default_factory=list)  # its NICs (shellnet.make_taps or user_nics)
+    state_root: Path | None = None  # whose networks its taps join (with tap NICs)
 
     def ring(self) -> float:
         """Wake the guest asleep at its wait point (one byte into its console's receiver);
@@ -149,11 +154,12 @@ class Shell:
             self.machine.kill()
         with contextlib.suppress(Exception):
             self.region.close()
-        if self.taps and self.state_root is not None:
+        taps = [n for n in self.nics if n.tap]
+        if taps and self.state_root is not None:
             from lightvm.devices import net, shellnet
 
             with contextlib.suppress(LightVMError), net.NetContext.open(self.state_root) as ctx:
-                shellnet.delete_taps(self.taps, ctx)
+                shellnet.delete_taps(taps, ctx)
         self.region.unlink()
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -168,8 +174,9 @@ def prepare_create_shell(
     (a placeholder page with NOXS_FEAT_WAIT_CONFIG). WAITING offers the console bell too:
     a guest that takes it sleeps there (BootState.WAITING_BELL) and the shell keeps the
     FIFO's write end to wake it; a guest that does not (BootState.WAITING, spinning) is
-    stopped, as with STOPPED. ``flavour.nics``: the shell gets that many NICs on taps of
-    its own, in ``state_root``'s networking (lightvm/devices/shellnet.py).
+    stopped, as with STOPPED. ``flavour.nics``: the shell gets that many NICs of
+    ``flavour.nic_mode``, its own taps in ``state_root``'s networking or user netdevs
+    (lightvm/devices/shellnet.py).
 
     :raise LightVMError: QEMU could not be started, or the guest did not reach its wait
         point (nothing is left behind).
@@ -194,14 +201,15 @@ def prepare_create_shell(
         then=to_wait_point,
         nics=flavour.nics,
         state_root=state_root,
+        nic_mode=flavour.nic_mode or "tap",
     )
     assert vm.machine is not None and vm.region is not None
     waited, prepared_at = variant in TO_WAIT_POINT, time.monotonic()
-    taps = []
+    nics = []
     if flavour.nics:
         from lightvm.devices.net import PreparedVif
 
-        taps = [PreparedVif.from_dict(v) for v in vm.record.devices.get("vifs", ())]
+        nics = [PreparedVif.from_dict(v) for v in vm.record.devices.get("vifs", ())]
     return Shell(
         vm.record.id,
         flavour,
@@ -212,7 +220,7 @@ def prepare_create_shell(
         prepared_at,
         waited,
         bell[0] if bell else None,
-        taps,
+        nics,
         state_root,
     )
 
@@ -287,9 +295,10 @@ def execute_deferred(
     wait for ``finish()`` (lightvm/daemon/server.py). A killed daemon leaves a complete enough
     folder: the shell's record already names the PID and the NoXS file.
 
-    With NICs, the shell's taps join the VM's bridges and the addresses are leased under
-    ``name`` (lightvm/devices/shellnet.py) before the page is written; a failure releases
-    the leases and the discard deletes the taps.
+    With NICs (lightvm/devices/shellnet.py), before the page is written: the shell's taps
+    join the VM's bridges and the addresses are leased under ``name`` (a failure releases
+    the leases and the discard deletes the taps), or the user netdevs get the VM's port
+    forwards (QMP; they go with the QEMU on failure).
 
     :raise ExistsError: ``name`` is taken (the shell is discarded, never reused).
     :raise GuestError: the guest failed to boot.
@@ -311,9 +320,9 @@ def execute_deferred(
     try:
         ensure_free(state, name)  # the usual refusal, before the guest ever sees the name
         page = PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=True)
-        if shell.taps:
+        if shell.nics:
             vifs = _hand_over_nics(shell, spec, name, net_context, undo)
-            page.vifs = [_vif_page(v, t) for v, t in zip(vifs, shell.taps, strict=True)]
+            page.vifs = [_vif_page(v, t) for v, t in zip(vifs, shell.nics, strict=True)]
         shell.region.write_config(page)
         woken_at = shell.ring() if shell.bell is not None else None
         times, boot_record = boot(machine, shell.region, t0, timeout, woken_at, meanwhile=claim)
@@ -363,18 +372,21 @@ def _hand_over_nics(
     net_context: Callable[[], contextlib.AbstractContextManager[NetContext]] | None,
     undo: UndoStack,
 ) -> list[PreparedVif]:
-    """The shell's taps given to VM ``name`` (shellnet.hand_over), in the context
-    ``net_context()`` lends (the pool's: :meth:`Pool.net_context`), else in one opened
-    for this call (~1 ms more: a netlink socket, in the namespace if there is one)."""
+    """The shell's NICs given to VM ``name``: user netdevs get their forwards
+    (shellnet.hand_over_user); taps their bridges and leases (shellnet.hand_over), in the
+    context ``net_context()`` lends (the pool's: :meth:`Pool.net_context`), else in one
+    opened for this call (~1 ms more: a netlink socket, in the namespace if there is one)."""
     from lightvm.devices import net, shellnet
 
     valid = [net.validate(v, f"vifs[{i}]") for i, v in enumerate(spec.vifs)]
+    if not shell.nics[0].tap:
+        return shellnet.hand_over_user(valid, shell.nics, name, shell.machine)
     if net_context is not None:
         with net_context() as ctx:
-            return shellnet.hand_over(valid, shell.taps, name, ctx, undo)
+            return shellnet.hand_over(valid, shell.nics, name, ctx, undo)
     assert shell.state_root is not None
     with net.NetContext.open(shell.state_root) as own:
-        return shellnet.hand_over(valid, shell.taps, name, own, undo)
+        return shellnet.hand_over(valid, shell.nics, name, own, undo)
 
 
 def _vif_page(vif: PreparedVif, tap: PreparedVif) -> Any:
@@ -418,7 +430,7 @@ class Pool(ShellPool[Flavour, Shell]):
             why = poolable(spec, self.net_mode)
             if why:
                 raise LightVMError(f"{spec.source or spec.name}: cannot pool a VM with {why}")
-            self.flavours.setdefault(Flavour.of(spec, accel), spec)
+            self.flavours.setdefault(Flavour.of(spec, accel, self.net_mode), spec)
         self._shells = {f: deque() for f in self.flavours}
         self._preparing = dict.fromkeys(self.flavours, 0)
         self._paused_only: set[Flavour] = set()
@@ -428,7 +440,7 @@ class Pool(ShellPool[Flavour, Shell]):
         why = poolable(spec, self.net_mode)
         if why:
             return why
-        flavour = Flavour.of(spec, accel)
+        flavour = Flavour.of(spec, accel, self.net_mode)
         if flavour not in self._shells:
             return f"no pool of flavour {flavour.label()} (lightvm daemon start --pool CONFIG)"
         return f"the pool of {flavour.label()} was empty (--pool-size, or creates faster than refills)"
@@ -471,7 +483,7 @@ class Pool(ShellPool[Flavour, Shell]):
         """
         if poolable(spec, self.net_mode):
             return None
-        return self._take(Flavour.of(spec, accel))
+        return self._take(Flavour.of(spec, accel, self.net_mode))
 
     def wait_full(self, timeout: float) -> bool:
         """Wait until every flavour has its shells (or the bounds stop it); True if so."""

@@ -329,10 +329,7 @@ def prepare(
     """
     forwards = vif.publish + tuple(parse_publish(p) for p in publish)
     if ctx.mode is NetMode.USER or not (vif.network or vif.bridge):
-        mac = vif.mac or user_mac(vm_name, index)
-        return PreparedVif(
-            index, NetMode.USER, mac, USER_IP, USER_PREFIX, USER_GATEWAY, vif.mtu or 1500, publish=forwards
-        )
+        return user_vif(vif, vm_name, index, forwards)
     if forwards:
         raise SpecError(
             f"vif {index}: --publish needs user networking (--net user); "
@@ -351,6 +348,13 @@ def prepare(
             continue
         return replace(prepared, tap=name)
     raise NetworkError("unreachable")  # pragma: no cover
+
+
+def user_vif(vif: ValidVif, vm_name: str, index: int, forwards: tuple[PortForward, ...] = ()) -> PreparedVif:
+    """Vif ``index`` on QEMU user networking: the fixed guest address, a MAC from the VM's
+    name (or the spec's), ``forwards`` as host port forwards. Nothing on the host."""
+    mac = vif.mac or user_mac(vm_name, index)
+    return PreparedVif(index, NetMode.USER, mac, USER_IP, USER_PREFIX, USER_GATEWAY, vif.mtu or 1500, publish=forwards)
 
 
 def address(vif: ValidVif, vm_name: str, index: int, ctx: NetContext, undo: UndoStack) -> PreparedVif:

@@ -18,6 +18,12 @@ become, but QEMU opens its tap and fixes its virtio-net device's MAC at spawn. S
   unless the driver negotiates VIRTIO_NET_F_CTRL_RX (docs/qemu-notes.md, "NICs of
   prepared shells"); the bridge learns the vif's MAC from the guest's first frame.
 
+User networking (QEMU's slirp: no host resources) is simpler: the shell gets
+``-netdev user`` at prepare (:func:`user_nics`), and at execute the vif gets its MAC from
+the VM's name as on the cold path (:func:`lightvm.devices.net.user_vif`) and its
+``--publish`` forwards over QMP, HMP ``hostfwd_add`` (:func:`add_forwards`), before the
+guest is woken. Only a create that publishes pays that QMP round trip.
+
 Why not set the device's MAC from the guest instead: a VIRTIO 1.0 device's config-space
 MAC is read-only (QEMU writes it back only for legacy devices), and the control queue's
 MAC_ADDR_SET means a control virtqueue in a guest driver that has none, for a MAC that
@@ -29,11 +35,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from lightvm.devices import net
 from lightvm.devices.devd import tap_alias
 from lightvm.errors import ForeignLinkError, NetworkError
 from lightvm.undo import UndoStack
+
+if TYPE_CHECKING:
+    from lightvm.machine import Machine
 
 SHELL_TAP_MTU = 1500  # until execute sets the vif's
 
@@ -72,6 +82,50 @@ def make_taps(shell_id: str, count: int, ctx: net.NetContext, undo: UndoStack) -
     return made
 
 
+def user_nics(shell_id: str, count: int) -> list[net.PreparedVif]:
+    """``count`` user-networking NICs for shell ``shell_id`` (no forwards: those are the VM's)."""
+    return [
+        net.PreparedVif(
+            i, net.NetMode.USER, device_mac(shell_id, i), net.USER_IP, net.USER_PREFIX, net.USER_GATEWAY, 1500
+        )
+        for i in range(count)
+    ]
+
+
+def hand_over_user(
+    vifs: Sequence[net.ValidVif], nics: Sequence[net.PreparedVif], vm_name: str, machine: Machine
+) -> list[net.PreparedVif]:
+    """Give a shell's user-networking ``nics`` to VM ``vm_name``: the vifs' MACs and
+    addresses as on the cold path, and their forwards added to QEMU (:func:`add_forwards`).
+
+    :raise NetworkError: a forward could not be set up (the host port is taken?).
+    """
+    if len(vifs) != len(nics):
+        raise NetworkError(f"{vm_name}: {len(vifs)} vif(s) for a shell with {len(nics)} NIC(s)")
+    out = [net.user_vif(vif, vm_name, i, vif.publish) for i, vif in enumerate(vifs)]
+    for prepared in out:
+        add_forwards(machine, prepared)
+    return out
+
+
+def add_forwards(machine: Machine, prepared: net.PreparedVif, timeout: float = 2.0) -> None:
+    """Add ``prepared``'s port forwards to its running user netdev (HMP ``hostfwd_add``,
+    the same rule syntax as ``-netdev user,hostfwd=``). HMP answers errors as text, not
+    as a QMP error: anything it prints is one.
+
+    :raise NetworkError: QEMU refused a forward.
+    """
+    for forward in prepared.publish:
+        rule = f"{forward.proto}:{forward.host_addr}:{forward.host_port}-:{forward.guest_port}"
+        said = machine.qmp.execute(
+            "human-monitor-command", {"command-line": f"hostfwd_add {prepared.netdev_id} {rule}"}, timeout=timeout
+        )
+        if str(said or "").strip():
+            raise NetworkError(
+                f"vif {prepared.index}: cannot publish {forward}: {str(said).strip()}; is the host port free?"
+            )
+
+
 def hand_over(
     vifs: Sequence[net.ValidVif], taps: Sequence[net.PreparedVif], vm_name: str, ctx: net.NetContext, undo: UndoStack
 ) -> list[net.PreparedVif]:
@@ -102,4 +156,13 @@ def delete_taps(taps: Sequence[net.PreparedVif], ctx: net.NetContext) -> None:
         devd.delete_tap(tap.tap)
 
 
-__all__ = ["SHELL_TAP_MTU", "delete_taps", "device_mac", "hand_over", "make_taps"]
+__all__ = [
+    "SHELL_TAP_MTU",
+    "add_forwards",
+    "delete_taps",
+    "device_mac",
+    "hand_over",
+    "hand_over_user",
+    "make_taps",
+    "user_nics",
+]

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import pytest
 
-from lightvm.daemon.pool import USER_NET_REASON, Flavour, poolable
+from lightvm.daemon.pool import MIXED_NICS_REASON, Flavour, poolable
 from lightvm.devices import net, shellnet
 from lightvm.errors import NetworkError
 from lightvm.noxs import NoxsError, NoxsRegion, PageConfig, VifConfig, VifCtrl, parse_mac
@@ -33,12 +33,22 @@ def test_a_nic_flavour_counts_nics_and_ignores_where_they_go(tmp_path: Path) -> 
     assert Flavour.of(spec(tmp_path), "tcg").label() == "daytime.elf/4M/1cpu/tcg"
 
 
-def test_tap_vifs_are_poolable_user_networking_is_not(tmp_path: Path) -> None:
+def test_user_networking_is_a_flavour_of_its_own(tmp_path: Path) -> None:
+    user = spec(tmp_path, vifs=[{"publish": ["8013:13"]}])
+    assert Flavour.of(user, "tcg").label() == "daytime.elf/4M/1cpu/tcg/1user"
+    assert Flavour.of(user, "tcg") == Flavour.of(spec(tmp_path, vifs=[{}]), "tcg")  # forwards are set at execute
+    on_a = spec(tmp_path, vifs=[{"network": "a"}])
+    assert Flavour.of(on_a, "tcg") != Flavour.of(user, "tcg")
+    assert Flavour.of(on_a, "tcg", net_mode="user") == Flavour.of(user, "tcg")  # a rootless daemon: user for all
+
+
+def test_vifs_of_one_kind_are_poolable_mixed_are_not(tmp_path: Path) -> None:
     assert poolable(spec(tmp_path, vifs=[{"network": "a"}])) is None
     assert poolable(spec(tmp_path, vifs=[{"bridge": "br0", "ip": "10.1.0.2/24"}])) is None
-    assert poolable(spec(tmp_path, vifs=[{}])) == USER_NET_REASON  # neither network nor bridge
-    assert poolable(spec(tmp_path, vifs=[{"network": "a"}]), net_mode="user") == USER_NET_REASON  # rootless
-    assert poolable(spec(tmp_path, vifs=[{"publish": ["8013:13"]}])) == USER_NET_REASON
+    assert poolable(spec(tmp_path, vifs=[{}])) is None  # neither network nor bridge: user networking
+    assert poolable(spec(tmp_path, vifs=[{"publish": ["8013:13"]}])) is None
+    assert poolable(spec(tmp_path, vifs=[{"network": "a"}, {}])) == MIXED_NICS_REASON
+    assert poolable(spec(tmp_path, vifs=[{"network": "a"}, {}]), net_mode="user") is None  # rootless: both user
     (tmp_path / "d.img").write_bytes(bytes(512))
     assert poolable(spec(tmp_path, disks=[{"path": "d.img"}], vifs=[{"network": "a"}])) == "disks"
 
@@ -83,3 +93,42 @@ def test_noxs_config_carries_the_shell_device_mac() -> None:
     vif = net.PreparedVif(0, net.NetMode.TAP, "52:54:00:0a:0b:0c", "10.0.0.2", 24, "10.0.0.1", 1400, "lvx-0", "br")
     assert net.noxs_config(vif).dev_mac == b""
     assert net.noxs_config(vif, dev_mac="5a:01:02:03:04:05").dev_mac == parse_mac("5a:01:02:03:04:05")
+
+
+class FakeQMP:
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        self.lines: list[str] = []
+
+    def execute(self, command: str, arguments: dict[str, Any], timeout: float) -> str:
+        assert command == "human-monitor-command"
+        self.lines.append(arguments["command-line"])
+        return self.answer
+
+
+class FakeMachine:
+    def __init__(self, answer: str = "") -> None:
+        self.qmp = FakeQMP(answer)
+
+
+def test_forwards_are_added_to_the_vifs_netdev() -> None:
+    machine = FakeMachine()
+    (vif,) = shellnet.hand_over_user(
+        [net.ValidVif(publish=(net.parse_publish("127.0.0.1:8013:13"), net.parse_publish("5353:53/udp")))],
+        shellnet.user_nics("0123456789abcdef", 1),
+        "web",
+        cast(Any, machine),
+    )
+    assert machine.qmp.lines == ["hostfwd_add n0 tcp:127.0.0.1:8013-:13", "hostfwd_add n0 udp::5353-:53"]
+    assert (vif.mac, vif.ip, vif.mode) == (net.user_mac("web", 0), net.USER_IP, net.NetMode.USER)  # as cold
+
+
+def test_a_refused_forward_fails_the_hand_over() -> None:
+    machine = FakeMachine("Could not set up host forwarding rule 'tcp::8013-:13'\r\n")
+    with pytest.raises(NetworkError, match="cannot publish 8013->13/tcp: Could not set up"):
+        shellnet.hand_over_user(
+            [net.ValidVif(publish=(net.parse_publish("8013:13"),))],
+            shellnet.user_nics("0123456789abcdef", 1),
+            "web",
+            cast(Any, machine),
+        )
