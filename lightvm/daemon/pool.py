@@ -349,6 +349,7 @@ def execute_deferred(
             record.boot_ms = boot_ms
             record.devices["pool"] = {"shell": shell.id, "age_s": age_s}
             if vifs:  # the VM's vifs now: destroy releases their leases and taps
+                record.argv = _vm_argv(record.argv, vifs, shell.nics)
                 record.devices["vifs"] = [v.to_dict() for v in vifs]
                 record.devices["summary"] = summary
                 record.devices.pop("vifs_pending", None)
@@ -393,6 +394,12 @@ def _vif_page(vif: PreparedVif, tap: PreparedVif) -> Any:
     from lightvm.devices import net
 
     return net.noxs_config(vif, dev_mac=tap.mac)
+
+
+def _vm_argv(argv: list[str], vifs: list[PreparedVif], nics: list[PreparedVif]) -> list[str]:
+    from lightvm.devices import shellnet
+
+    return shellnet.vm_argv(argv, vifs, nics)
 
 
 def _summary(vifs: list[PreparedVif]) -> str:

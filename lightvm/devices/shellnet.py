@@ -126,6 +126,20 @@ def add_forwards(machine: Machine, prepared: net.PreparedVif, timeout: float = 2
             )
 
 
+def vm_argv(argv: Sequence[str], vifs: Sequence[net.PreparedVif], nics: Sequence[net.PreparedVif]) -> list[str]:
+    """A shell's QEMU command line as the VM's record should give it: each NIC's
+    ``-netdev`` value as the VM's vif would have had it (a user netdev's forwards, added
+    at execute), so a checkpoint's device arguments rebuild the same netdevs on restore
+    (lightvm/mobility/format.py, device_args). The devices keep the shell's MACs: they
+    are what the guest's driver holds."""
+    out = list(argv)
+    for vif, nic in zip(vifs, nics, strict=True):
+        old = net.qemu_args(nic)[1]
+        new = net.qemu_args(replace(vif, tap=nic.tap))[1]
+        out = [new if a == old else a for a in out]
+    return out
+
+
 def hand_over(
     vifs: Sequence[net.ValidVif], taps: Sequence[net.PreparedVif], vm_name: str, ctx: net.NetContext, undo: UndoStack
 ) -> list[net.PreparedVif]:
@@ -165,4 +179,5 @@ __all__ = [
     "hand_over_user",
     "make_taps",
     "user_nics",
+    "vm_argv",
 ]

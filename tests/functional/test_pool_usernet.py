@@ -52,3 +52,23 @@ def test_published_daytime_from_the_pool_answers(lightvmd: Lightvmd, images: Pat
     assert [vm["name"] for vm in lightvmd.call("list")] == ["u1", "u2"]
     status = lightvmd.cli("daemon", "status")
     assert "last create: path: pool" in status.stdout, status.stdout  # u2's: u3 failed before a path was taken
+
+
+def test_a_pooled_vm_keeps_its_forwards_across_save_and_restore(
+    lightvmd: Lightvmd, images: Path, tmp_path: Path
+) -> None:
+    lightvmd.env["LIGHTVM_NET_MODE"] = "user"
+    lightvmd.start(pool=DAYTIME, size=1)
+    wait_pool(lightvmd, 1)
+    port = _free_port()
+    vm = lightvmd.create("kept", DAYTIME, publish=[f"127.0.0.1:{port}:13"])
+    assert vm["path"] == "pool", vm
+    ckpt = tmp_path / "kept.ckpt"
+    r = lightvmd.cli("save", "kept", str(ckpt))
+    assert r.returncode == 0, r.stderr
+    assert read_daytime("127.0.0.1", port, timeout=1.0) is None  # saved: stopped, its port closed
+    r = lightvmd.cli("restore", str(ckpt))
+    assert r.returncode == 0, r.stderr
+    text = read_daytime("127.0.0.1", port, timeout=5.0)
+    assert text is not None, "the restored VM lost its forward"
+    parse_daytime(text)

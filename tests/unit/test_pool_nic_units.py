@@ -132,3 +132,14 @@ def test_a_refused_forward_fails_the_hand_over() -> None:
             "web",
             cast(Any, machine),
         )
+
+
+def test_the_vm_record_names_its_forwards_on_the_netdev() -> None:
+    (nic,) = shellnet.user_nics("0123456789abcdef", 1)
+    argv = ["qemu", "-mon", "x", *net.qemu_args(nic), "-S"]
+    (vif,) = shellnet.hand_over_user(
+        [net.ValidVif(publish=(net.parse_publish("8013:13"),))], [nic], "web", cast(Any, FakeMachine())
+    )
+    out = shellnet.vm_argv(argv, [vif], [nic])
+    assert out[4] == "user,id=n0,net=10.0.2.0/24,hostfwd=tcp::8013-:13"
+    assert out[6] == f"virtio-net-device,netdev=n0,mac={nic.mac}"  # the device keeps the shell's MAC
