@@ -124,6 +124,9 @@ void noxs_init(void)
 			 * again with the real page. */
 			clock_init();
 			noxs_clock_ready();
+			/* and bring up the NICs the placeholder names (by dev_mac) */
+			for (uint32_t i = 0; i < layout.n_vif; i++)
+				noxs_vif_prewarm(&vifs[i]);
 		}
 		barrier();
 		b->state = bell ? NOXS_BOOT_WAITING_BELL : NOXS_BOOT_WAITING;
@@ -160,6 +163,13 @@ void noxs_init(void)
 		noxs_set_fe_state(&vifs[i].ctrl->hdr, NOXS_STATE_INITIALISED);
 	for (uint32_t i = 0; i < layout.n_vbd; i++)
 		noxs_set_fe_state(vbd_hdr[i], NOXS_STATE_INITIALISED);
+}
+
+/* A guest without the network stack has nothing to bring up early (netif.c
+ * overrides this in the network apps). */
+__attribute__((weak)) void noxs_vif_prewarm(const struct noxs_vif_info *vif)
+{
+	(void)vif;
 }
 
 uint64_t noxs_tsc_hint(void)

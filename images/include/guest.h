@@ -97,6 +97,8 @@ struct noxs_vif_info {
 	volatile struct noxs_vif_ctrl *ctrl;  /* for fe_state and counters */
 };
 unsigned noxs_vif_count(void);
+/* Bring vif's device up at a prepared shell's wait point (weak: the network apps'). */
+void noxs_vif_prewarm(const struct noxs_vif_info *vif);
 const struct noxs_vif_info *noxs_vif(unsigned i);
 /* Validated snapshot of one vbd's configuration, read when asked. */
 struct noxs_vbd_info {

@@ -39,11 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightvm.daemon import pool_nics
 from lightvm.daemon.shells import POOL_DIR, SHELL_OVERHEAD_MIB, ShellPool
 from lightvm.errors import GuestError, LightVMError
 from lightvm.instance import adopt, destroy, ensure_free, spawn_shell
 from lightvm.machine import Machine
-from lightvm.noxs import BootState, NoxsRegion, PageConfig
+from lightvm.noxs import BootState, NoxsRegion, PageConfig, VifConfig
 from lightvm.spec import VMSpec
 from lightvm.state import StateDir, VMDir, VMRecord, VMStatus
 from lightvm.toolstack import CreateResult
@@ -185,7 +186,13 @@ def prepare_create_shell(
 
     def to_wait_point(machine: Machine, region: NoxsRegion, shell_id: str) -> None:
         if variant in TO_WAIT_POINT:
-            asleep = _boot_to_wait_point(machine, region, shell_id, console_bell=variant == WAITING)
+            asleep = _boot_to_wait_point(
+                machine,
+                region,
+                shell_id,
+                console_bell=variant == WAITING,
+                vifs=pool_nics.placeholder_vifs(shell_id, flavour.nics),
+            )
             pipe = machine.config.console_pipe
             if asleep and pipe is not None:
                 # QEMU holds the FIFO open for reading: this open neither blocks nor fails.
@@ -236,7 +243,12 @@ def _rehearse_bell(bell: int, region: NoxsRegion, timeout: float = 1.0) -> None:
 
 
 def _boot_to_wait_point(
-    machine: Machine, region: NoxsRegion, shell_id: str, console_bell: bool, timeout: float = 10.0
+    machine: Machine,
+    region: NoxsRegion,
+    shell_id: str,
+    console_bell: bool,
+    timeout: float = 10.0,
+    vifs: list[VifConfig] | None = None,
 ) -> bool:
     """Run the guest to its NOXS_FEAT_WAIT_CONFIG wait point; True if it sleeps there on
     the console bell (``console_bell`` offered it), else stop its vCPUs and return False.
@@ -251,7 +263,12 @@ def _boot_to_wait_point(
 
     # The TSC rate lets the guest rehearse its clock set-up at the wait point (noxs.c).
     page = PageConfig(
-        name=f"pool-{shell_id}", uuid=uuidlib.UUID(int=0), tsc_hz=tsc_hz(), wait_config=True, console_bell=console_bell
+        name=f"pool-{shell_id}",
+        uuid=uuidlib.UUID(int=0),
+        tsc_hz=tsc_hz(),
+        wait_config=True,
+        console_bell=console_bell,
+        vifs=vifs or [],
     )
     region.write_config(page)
     machine.resume(wait=True, timeout=timeout)
@@ -282,7 +299,7 @@ def execute_deferred(
     tsc_hz: int,
     t0: float,
     timeout: float,
-    net_context: Callable[[], contextlib.AbstractContextManager[NetContext]] | None = None,
+    net_context: pool_nics.NetContextFactory | None = None,
 ) -> tuple[CreateResult, Callable[[], None]]:
     """The execute phase: give ``shell`` the identity ``name`` and boot it to READY; the
     bookkeeping is the returned ``finish()``. The shell is consumed whatever happens
@@ -327,8 +344,8 @@ def execute_deferred(
             # for its vif would be handed the same lease, and our undo would release it),
             # and a kill -9 from here on leaves vms/NAME, whose destroy finds the lease.
             claim()
-            vifs = _hand_over_nics(shell, spec, name, net_context, undo)
-            page.vifs = [_vif_page(v, t) for v, t in zip(vifs, shell.nics, strict=True)]
+            vifs = pool_nics.hand_over(shell.nics, machine, shell.state_root, spec.vifs, name, net_context, undo)
+            page.vifs = pool_nics.page_vifs(vifs, shell.nics)
         shell.region.write_config(page)
         woken_at = shell.ring() if shell.bell is not None else None
         times, boot_record = boot(machine, shell.region, t0, timeout, woken_at, meanwhile=claim)
@@ -339,7 +356,7 @@ def execute_deferred(
         shell.discard()
         raise
     undo.commit()
-    summary = _summary(vifs) if vifs else ""
+    summary = pool_nics.summary(vifs)
     created, age_s, boot_ms = time.time(), round(time.monotonic() - shell.prepared_at, 3), times.as_dict()
     record = shell.record
 
@@ -355,10 +372,7 @@ def execute_deferred(
             record.boot_ms = boot_ms
             record.devices["pool"] = {"shell": shell.id, "age_s": age_s}
             if vifs:  # the VM's vifs now: destroy releases their leases and taps
-                record.argv = _vm_argv(record.argv, vifs, shell.nics)
-                record.devices["vifs"] = [v.to_dict() for v in vifs]
-                record.devices["summary"] = summary
-                record.devices.pop("vifs_pending", None)
+                record.argv = pool_nics.record_vifs(record.devices, record.argv, vifs, shell.nics)
             vmdir = VMDir(target)
             vmdir.write(record)
             vmdir.mark_created()
@@ -370,48 +384,6 @@ def execute_deferred(
             shell.region.close()
 
     return CreateResult(name, record.id, record.accel, boot_ms, record.pid or 0, boot_record.app, summary), finish
-
-
-def _hand_over_nics(
-    shell: Shell,
-    spec: VMSpec,
-    name: str,
-    net_context: Callable[[], contextlib.AbstractContextManager[NetContext]] | None,
-    undo: UndoStack,
-) -> list[PreparedVif]:
-    """The shell's NICs given to VM ``name``: user netdevs get their forwards
-    (shellnet.hand_over_user); taps their bridges and leases (shellnet.hand_over), in the
-    context ``net_context()`` lends (the pool's: :meth:`Pool.net_context`), else in one
-    opened for this call (~1 ms more: a netlink socket, in the namespace if there is one)."""
-    from lightvm.devices import net, shellnet
-
-    valid = [net.validate(v, f"vifs[{i}]") for i, v in enumerate(spec.vifs)]
-    if not shell.nics[0].tap:
-        return shellnet.hand_over_user(valid, shell.nics, name, shell.machine)
-    if net_context is not None:
-        with net_context() as ctx:
-            return shellnet.hand_over(valid, shell.nics, name, ctx, undo)
-    assert shell.state_root is not None
-    with net.NetContext.open(shell.state_root) as own:
-        return shellnet.hand_over(valid, shell.nics, name, own, undo)
-
-
-def _vif_page(vif: PreparedVif, tap: PreparedVif) -> Any:
-    from lightvm.devices import net
-
-    return net.noxs_config(vif, dev_mac=tap.mac)
-
-
-def _vm_argv(argv: list[str], vifs: list[PreparedVif], nics: list[PreparedVif]) -> list[str]:
-    from lightvm.devices import shellnet
-
-    return shellnet.vm_argv(argv, vifs, nics)
-
-
-def _summary(vifs: list[PreparedVif]) -> str:
-    from lightvm.devices import net
-
-    return net.summary(vifs)
 
 
 class Pool(ShellPool[Flavour, Shell]):

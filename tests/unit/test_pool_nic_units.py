@@ -143,3 +143,12 @@ def test_the_vm_record_names_its_forwards_on_the_netdev() -> None:
     out = shellnet.vm_argv(argv, [vif], [nic])
     assert out[4] == "user,id=n0,net=10.0.2.0/24,hostfwd=tcp::8013-:13"
     assert out[6] == f"virtio-net-device,netdev=n0,mac={nic.mac}"  # the device keeps the shell's MAC
+
+
+def test_the_placeholder_page_names_each_shell_device() -> None:
+    from lightvm.daemon.pool_nics import placeholder_vifs
+
+    assert placeholder_vifs("0123456789abcdef", 0) == []
+    vifs = placeholder_vifs("0123456789abcdef", 2)
+    assert [v.dev_mac for v in vifs] == [parse_mac(shellnet.device_mac("0123456789abcdef", i)) for i in (0, 1)]
+    assert all(v.mac == v.dev_mac and v.ip == "0.0.0.0" for v in vifs)  # a valid vif with no address
