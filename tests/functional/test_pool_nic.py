@@ -140,3 +140,19 @@ def test_kill9_with_nic_shells_leaves_nothing(ns: str, netd: tuple[Lightvmd, Pat
     assert wait_until(lambda: not any(proc_alive(p, s) for p, s in pids), timeout=10.0)
     assert not any(noxs_file(r["id"]).exists() for r in shells)
     assert not (d.state_dir / "pool").exists() or not any((d.state_dir / "pool").iterdir())
+
+
+def test_a_pooled_tap_vm_survives_save_and_restore(ns: str, netd: tuple[Lightvmd, Path], tmp_path: Path) -> None:
+    d, config = netd
+    d.start(pool=config, size=1)
+    wait_pool(d, 1)
+    vm = d.create("kept", config)
+    assert vm["path"] == "pool", vm
+    ip = _ip(vm)
+    ckpt = tmp_path / "kept.ckpt"
+    r = d.cli("save", "kept", str(ckpt))
+    assert r.returncode == 0, r.stderr
+    r = d.cli("restore", str(ckpt))
+    assert r.returncode == 0, r.stderr
+    assert _leases(d) == {"kept": ip}  # the same address, pinned by the restore
+    parse_daytime(_daytime(ns, ip))

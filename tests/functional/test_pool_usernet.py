@@ -72,3 +72,18 @@ def test_a_pooled_vm_keeps_its_forwards_across_save_and_restore(
     text = read_daytime("127.0.0.1", port, timeout=5.0)
     assert text is not None, "the restored VM lost its forward"
     parse_daytime(text)
+
+
+def test_a_cold_create_says_why(lightvmd: Lightvmd, images: Path, tmp_path: Path) -> None:
+    lightvmd.env["LIGHTVM_NET_MODE"] = "user"
+    lightvmd.start(pool=DAYTIME, size=1)
+    wait_pool(lightvmd, 1)
+    bigger = tmp_path / "daytime8.toml"
+    bigger.write_text(
+        DAYTIME.read_text().replace('memory = "4M"', 'memory = "8M"').replace("../images", str(images.parent))
+    )
+    r = lightvmd.cli("create", str(bigger), "--accel", "tcg", "--name", "big")
+    assert r.returncode == 0, r.stderr
+    assert "path: cold (lightvmd; no pool of flavour daytime.elf/8M/1cpu/tcg/1user" in r.stdout, r.stdout
+    status = lightvmd.cli("daemon", "status").stdout
+    assert "last create: path: cold (no pool of flavour daytime.elf/8M/1cpu/tcg/1user" in status, status
