@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,40 @@ def test_a_pooled_tap_vm_survives_save_and_restore(ns: str, netd: tuple[Lightvmd
     assert r.returncode == 0, r.stderr
     assert _leases(d) == {"kept": ip}  # the same address, pinned by the restore
     parse_daytime(_daytime(ns, ip))
+
+
+def test_kill9_mid_pooled_create_then_destroy_releases_lease_and_tap(
+    ns: str, netd: tuple[Lightvmd, Path], images: Path, tmp_path: Path
+) -> None:
+    # stall never reports READY: the pooled create is in flight (lease taken, tap on the
+    # bridge, folder vms/NAME) when the daemon dies.
+    d, _ = netd
+    config = tmp_path / "stall-net.toml"
+    config.write_text(f'name = "stall"\nkernel = "{images / "stall.elf"}"\nmemory = "4M"\n[[vifs]]\nnetwork = "pn"\n')
+    d.start(pool=config, size=1)
+    wait_pool(d, 1)
+    (shell,) = d.shell_records()
+    tap = shell["devices"]["vifs"][0]["tap"]
+    argv = [sys.executable, "-m", "lightvm.cli", "--state-dir", str(d.state_dir), "create", str(config)]
+    client = subprocess.Popen(
+        [*argv, "--accel", "tcg", "--timeout", "120"], env=d.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        vmdir = d.state_dir / "vms" / "stall"
+        assert wait_until(lambda: vmdir.is_dir() and "stall" in _leases(d), timeout=60.0, interval=0.02)
+        d.kill9()
+        client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+    assert tap in _links(ns)
+
+    d.start(pool=None)
+    (listed,) = d.call("list")
+    assert listed["name"] == "stall" and listed["status"] == "incomplete", listed
+    r = d.cli("destroy", "stall")
+    assert r.returncode == 0, r.stderr
+    assert "stall" not in _leases(d)
+    assert tap not in _links(ns)
+    assert not vmdir.exists() and not noxs_file(shell["id"]).exists()
