@@ -1,22 +1,22 @@
 """The lightvm error tree: every error the package raises derives from one root.
 
-   LightVMError                 root; str(err) is one line saying what to do
-    +-- SpecError               a VM config file is invalid (names file and key)
-    +-- NoxsError               the NoXS region cannot be built or read
-    +-- StateError              an operation needs another VM/machine state
-    +-- MachineError            a QEMU process failed (carries argv, exit code, log)
-    |    +-- LaunchError        QEMU did not start or QMP did not answer
-    |    +-- QMPError           a QMP command failed or timed out
-    +-- GuestError              the guest reported an error or never became READY
-    +-- NetworkError            bridge/tap/address setup failed
-    |    +-- SubnetConflictError    a subnet overlaps another network or a host address
-    |    +-- AddressExhaustedError  a network has no free IP address left
-    |    +-- ForeignLinkError       an interface of that name exists and is not lightvm's
-    |    +-- CapabilityError        the operation needs CAP_NET_ADMIN (or a tool) we lack
-    +-- NotFoundError           no such VM (or network)
-    +-- ExistsError             a VM (or network) with that name exists
-    +-- AccelError              the requested accelerator cannot be used
-+-- TinyxError              a Tinyx image cannot be built (recipe, apt, ELF closure, ...)
+LightVMError                 root; str(err) is one line saying what to do
+ +-- SpecError               a VM config file is invalid (names file and key)
+ +-- NoxsError               the NoXS region cannot be built or read
+ +-- StateError              an operation needs another VM/machine state
+ +-- MachineError            a QEMU process failed (carries argv, exit code, log)
+ |    +-- LaunchError        QEMU did not start or QMP did not answer
+ |    +-- QMPError           a QMP command failed or timed out
+ +-- GuestError              the guest reported an error or never became READY
+ +-- NetworkError            bridge/tap/address setup failed
+ |    +-- SubnetConflictError    a subnet overlaps another network or a host address
+ |    +-- AddressExhaustedError  a network has no free IP address left
+ |    +-- ForeignLinkError       an interface of that name exists and is not lightvm's
+ |    +-- CapabilityError        the operation needs CAP_NET_ADMIN (or a tool) we lack
+ +-- NotFoundError           no such VM (or network)
+ +-- ExistsError             a VM (or network) with that name exists
+ +-- AccelError              the requested accelerator cannot be used
+ +-- TinyxError              a Tinyx image cannot be built (recipe, apt, ELF closure, ...)
 """
 
 from __future__ import annotations

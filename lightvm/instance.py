@@ -184,6 +184,35 @@ class Instance:
         args = [a for p in prepared for a in net.qemu_args(p, machine="microvm")]
         return args, [net.noxs_config(p) for p in prepared], inside
 
+    def make_shell_nics(self, count: int, mode: str = "tap") -> tuple[list[str], NetNamespace]:
+        """A prepared shell's ``count`` NICs and their QEMU args, recorded as its vifs:
+        taps of its own (no address, no bridge yet) or user netdevs (no forwards yet),
+        lightvm/devices/shellnet.py."""
+        from lightvm.devices import net, shellnet  # pyroute2 is slow to import: only when needed
+
+        self.step = "prepare NICs"
+        if mode == "user":
+            nics = shellnet.user_nics(self.vmdir.name, count)
+            self.record.devices["vifs"] = [n.to_dict() for n in nics]
+            return [a for n in nics for a in net.qemu_args(n, machine="microvm")], contextlib.nullcontext
+        if self.state_root is None:
+            raise LightVMError(f"{self.vmdir.name}: NICs need the state dir their networks live in")
+        ctx = net.NetContext.open(self.state_root)
+        self.undo.push("network context", ctx.close)
+        if ctx.mode is not net.NetMode.TAP:
+            raise LightVMError(
+                f"{self.vmdir.name}: a shell's NICs are taps; this daemon has {ctx.mode.value} networking"
+            )
+        taps = shellnet.make_taps(self.vmdir.name, count, ctx, self.undo)
+        self.record.devices["vifs"] = [t.to_dict() for t in taps]
+
+        @contextlib.contextmanager
+        def inside() -> Iterator[None]:
+            with ctx.inside():
+                yield
+
+        return [a for t in taps for a in net.qemu_args(t, machine="microvm")], inside
+
     def launch(
         self, extra_args: Sequence[str] = (), netns: NetNamespace = contextlib.nullcontext, **changes: Any
     ) -> Machine:
@@ -258,6 +287,9 @@ def spawn_shell(
     timeout: float = 10.0,
     console_bell: bool = False,
     then: Callable[[Machine, NoxsRegion, str], None] | None = None,
+    nics: int = 0,
+    state_root: Path | None = None,
+    nic_mode: str = "tap",
 ) -> Instance:
     """Spawn one shell QEMU for the VM ``spec`` (a VMSpec dict) in ``root/ID`` (NoXS
     region for ``devices`` entries), QMP negotiated; its record is named ID.
@@ -267,14 +299,19 @@ def spawn_shell(
     VM. ``then(machine, region, shell_id)`` runs last, inside the cleanup: if it raises,
     nothing is left behind either. ``console_bell``: the console is a pipe chardev whose
     input is the FIFO ``console.in`` (output still goes to console.log, through the
-    symlink ``console.out``), so the guest can be woken by a byte.
+    symlink ``console.out``), so the guest can be woken by a byte. ``nics``: that many
+    virtio-net devices (lightvm/devices/shellnet.py), ``nic_mode`` ``tap`` (taps of the
+    shell's own, made in ``state_root``'s networking context) or ``user`` (QEMU user
+    networking), recorded as the shell's ``vifs``.
 
     :raise LightVMError: QEMU could not be started, or ``then`` failed.
     """
     shell_id = uuidlib.uuid4().hex[:16]
     folder = root / shell_id
     folder.mkdir(mode=0o700, parents=True)
-    vm = Instance(VMDir(folder), VMRecord.new(shell_id, shell_id, "", accel, region_size_for(devices), spec))
+    vm = Instance(
+        VMDir(folder), VMRecord.new(shell_id, shell_id, "", accel, region_size_for(devices), spec), state_root
+    )
     with vm.steps(None):
         # The marker names this process: once the folder moves to vms/, the VM lists as
         # "creating" while it lives and "incomplete" if it was killed mid-execute.
@@ -282,10 +319,18 @@ def spawn_shell(
         atomic_write(vm.vmdir.creating_path, json.dumps({"pid": pid, "start": proc_start_time(pid)}))
         region = vm.create_region(devices)
         pipe = _make_console_pipe(vm.vmdir) if console_bell else None
-        machine = vm.launch(extra_args, name=f"pool-{shell_id}", console_pipe=pipe)
+        args, netns = vm.make_shell_nics(nics, nic_mode) if nics else ([], contextlib.nullcontext)
+        machine = vm.launch((*extra_args, *args), netns, name=f"pool-{shell_id}", console_pipe=pipe)
+        if nics and nic_mode == "tap":
+            # Pending again: an execute leases addresses under the VM's name before its
+            # record says so (deferred, pool.py), and a daemon killed in between leaves a
+            # folder whose destroy must look for those leases by name.
+            vm.record.devices["vifs_pending"] = True
+            vm.vmdir.write(vm.record)
         machine.qmp.negotiate(timeout=timeout)  # QEMU initialised: what is left is `cont` / the stream
         if then is not None:
             then(machine, region, shell_id)
+    vm.undo.run_only("network context")
     return vm
 
 

@@ -194,7 +194,9 @@ class VifCtrl(_LE):
         ("prefix", ctypes.c_uint8),
         ("vif_pad", ctypes.c_uint8 * 3),
         ("bridge", ctypes.c_char * IFNAME_LEN),
-        ("host_pad", ctypes.c_uint8 * (CTRL_GUEST_OFFSET - 52)),
+        ("dev_mac", ctypes.c_uint8 * 6),
+        ("dev_mac_pad", ctypes.c_uint8 * 2),
+        ("host_pad", ctypes.c_uint8 * (CTRL_GUEST_OFFSET - 60)),
         ("rx_packets", ctypes.c_uint64),
         ("tx_packets", ctypes.c_uint64),
     )
@@ -226,12 +228,18 @@ class VifConfig:
     gateway: str = "0.0.0.0"
     mtu: int = 1500
     bridge: str = ""
+    # The virtio-net device's own MAC when it is not ``mac`` (a NIC created in a prepared
+    # shell before the vif's MAC was known): the guest finds its device by it and still
+    # uses ``mac`` as its address. Empty: the device's MAC is ``mac`` (noxs_abi.h).
+    dev_mac: bytes = b""
 
     def __post_init__(self) -> None:
         if len(self.mac) != 6:
             raise NoxsError(f"vif MAC must be 6 bytes, got {len(self.mac)}")
         if self.mac[0] & 1:
             raise NoxsError(f"vif MAC {format_mac(self.mac)} is multicast; use a unicast MAC")
+        if self.dev_mac and (len(self.dev_mac) != 6 or self.dev_mac[0] & 1 or not any(self.dev_mac)):
+            raise NoxsError(f"vif device MAC {self.dev_mac.hex(':')}: 6 bytes, unicast, not zero (or none)")
         if not 68 <= self.mtu <= 9000:
             raise NoxsError(f"vif MTU {self.mtu} out of range 68..9000")
         if not 0 <= self.prefix <= 32:
@@ -500,6 +508,7 @@ class NoxsRegion:
             vif.gateway[:] = list(_ipv4_bytes(vif_cfg.gateway))
             vif.prefix = vif_cfg.prefix
             vif.bridge = vif_cfg.bridge.encode()
+            vif.dev_mac[:] = list(vif_cfg.dev_mac or bytes(6))
             del vif
         elif dev_type == DevType.VBD:
             vbd_cfg = config.vbds[dev_id]

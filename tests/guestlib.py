@@ -446,6 +446,10 @@ HOSTILE_PAGES: dict[str, tuple[Callable[[NoxsRegion], None], str]] = {
     "vif_bad_mtu": (lambda r: _put(r, _VIF0 + VifCtrl.mtu.offset, "H", 20), "noxs: vif 0: bad MTU 20"),
     "vif_bad_prefix": (lambda r: _put(r, _VIF0 + VifCtrl.prefix.offset, "B", 33), "noxs: vif 0: bad prefix /33"),
     "vif_multicast_mac": (lambda r: _put(r, _VIF0 + VifCtrl.mac.offset, "B", 0x01), "noxs: vif 0: bad MAC"),
+    "vif_multicast_dev_mac": (
+        lambda r: _put(r, _VIF0 + VifCtrl.dev_mac.offset, "B", 0x01),
+        "noxs: vif 0: bad dev_mac",
+    ),
 }
 
 

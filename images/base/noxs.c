@@ -64,6 +64,9 @@ static int read_config(char *err, size_t errlen)
 			struct noxs_vif_info *v = &vifs[i];
 			v->id = layout.vif_id[i];
 			memcpy(v->mac, c.mac, 6);
+			/* A NIC pre-created in a prepared shell has its own MAC (SPEC.md, vif) */
+			static const uint8_t no_mac[6];
+			memcpy(v->dev_mac, memcmp(c.dev_mac, no_mac, 6) ? c.dev_mac : c.mac, 6);
 			v->mtu = c.mtu;
 			memcpy(v->ip, c.ip, 4);
 			memcpy(v->gateway, c.gateway, 4);
@@ -121,6 +124,9 @@ void noxs_init(void)
 			 * again with the real page. */
 			clock_init();
 			noxs_clock_ready();
+			/* and bring up the NICs the placeholder names (by dev_mac) */
+			for (uint32_t i = 0; i < layout.n_vif; i++)
+				noxs_vif_prewarm(&vifs[i]);
 		}
 		barrier();
 		b->state = bell ? NOXS_BOOT_WAITING_BELL : NOXS_BOOT_WAITING;
@@ -157,6 +163,13 @@ void noxs_init(void)
 		noxs_set_fe_state(&vifs[i].ctrl->hdr, NOXS_STATE_INITIALISED);
 	for (uint32_t i = 0; i < layout.n_vbd; i++)
 		noxs_set_fe_state(vbd_hdr[i], NOXS_STATE_INITIALISED);
+}
+
+/* A guest without the network stack has nothing to bring up early (netif.c
+ * overrides this in the network apps). */
+__attribute__((weak)) void noxs_vif_prewarm(const struct noxs_vif_info *vif)
+{
+	(void)vif;
 }
 
 uint64_t noxs_tsc_hint(void)

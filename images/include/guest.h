@@ -88,7 +88,8 @@ int virtio_mmio_find(unsigned n, uint64_t *base, unsigned *gsi);
 /* Validated snapshot of one vif's configuration (copied from the page). */
 struct noxs_vif_info {
 	unsigned id;
-	uint8_t mac[6];
+	uint8_t mac[6];      /* the vif's address: what the stack sends and answers as */
+	uint8_t dev_mac[6];  /* the virtio-net device to use: dev_mac from the page, else mac */
 	uint16_t mtu;
 	uint8_t ip[4];
 	uint8_t gateway[4];
@@ -96,6 +97,8 @@ struct noxs_vif_info {
 	volatile struct noxs_vif_ctrl *ctrl;  /* for fe_state and counters */
 };
 unsigned noxs_vif_count(void);
+/* Bring vif's device up at a prepared shell's wait point (weak: the network apps'). */
+void noxs_vif_prewarm(const struct noxs_vif_info *vif);
 const struct noxs_vif_info *noxs_vif(unsigned i);
 /* Validated snapshot of one vbd's configuration, read when asked. */
 struct noxs_vbd_info {

@@ -34,6 +34,16 @@ static void rx_one(void *ctx, const uint8_t *frame, size_t len)
 	net_input(ctx, frame, len, clock_ns());
 }
 
+/* At a prepared shell's wait point (noxs.c), on the placeholder page: open the
+ * virtio-net device the vif names (dev_mac) now, so that probing the transports,
+ * resetting and setting up the device (and QEMU translating that code, under TCG)
+ * are off the create's path; netif_up then finds it open (vnet_open). Nothing else
+ * of the stack runs, and a failure here is only a missed head start. */
+void noxs_vif_prewarm(const struct noxs_vif_info *vif)
+{
+	vnet_open(vif->dev_mac);
+}
+
 int netif_up(struct net *n, unsigned vif_index)
 {
 	if (nif.net) {
@@ -50,7 +60,7 @@ int netif_up(struct net *n, unsigned vif_index)
 		return -(int)NOXS_ERR_DEVICE;
 	}
 	noxs_set_fe_state(&vif->ctrl->hdr, NOXS_STATE_INITIALISING);
-	struct vnet *dev = vnet_open(vif->mac);
+	struct vnet *dev = vnet_open(vif->dev_mac);
 	if (!dev)
 		return -(int)NOXS_ERR_NO_DEVICE;
 

@@ -483,6 +483,12 @@ static struct vnet *open_pci(const uint8_t mac[6])
 
 struct vnet *vnet_open(const uint8_t mac[6])
 {
+	/* Opened already (at a prepared shell's wait point, netif_prewarm): the same
+	 * device again, as it is. Another MAC probes afresh (resetting that one). */
+	static struct vnet *opened;
+	static uint8_t opened_mac[6];
+	if (opened && memcmp(opened_mac, mac, 6) == 0)
+		return opened;
 	struct vnet *v = open_mmio(mac);
 	if (!v)
 		v = open_pci(mac);
@@ -491,6 +497,9 @@ struct vnet *vnet_open(const uint8_t mac[6])
 		fmt_mac(m, mac);
 		printf("virtio-net: no device with MAC %s\n", m);
 	}
+	opened = v;
+	if (v)
+		memcpy(opened_mac, mac, 6);
 	return v;
 }
 

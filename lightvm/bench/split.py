@@ -9,7 +9,7 @@ breakdown and the path taken (1.0 = pool).
 
 ``lightvm bench split`` (this module's ``benchmarks``) is the scale bar: with N VMs of
 ``--app`` *already running* (N = 1, 100, 500, 1000), the execute-path median (a noop
-guest from the pool: the pool takes no vifs yet), what each
+guest from the pool; lightvm/bench/splitnic.py times daytime with a NIC), what each
 idle VM costs the host (memory beyond guest RAM, CPU) and whether every one of them
 answers a daytime query; the last row is the execute-path median at the largest N over
 the one at the smallest (the bar: <= 1.2x)::
@@ -53,7 +53,7 @@ POOL_BOOT_STEPS = BOOT_STEP_KEYS[1:]  # a pool shell's QEMU was up before the cr
 GROW_BATCH = 25
 DAYTIME_PORT = 13
 QUERY_TIMEOUT_S = 5.0
-POOL_APP = "noop"  # the pool prepares vif-less shells only (no pre-created taps yet)
+POOL_APP = "noop"  # the scale bar's measured guest (daytime with a NIC: splitnic.py)
 REFERENCE = "lightvm-split"  # the suite has one variant: the summary quotes no ratios
 
 
@@ -91,14 +91,17 @@ class SplitFleet:
         variant: str = "waiting",
         settle: bool = True,
         publish: bool = False,
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.settle = settle  # False: measure while the refill of the previous take runs
         # publish: each background VM's port 13 forwarded to its own 127.0.0.1 port (user
         # networking), so that query_all() can ask every one of them the time.
         self.publish = publish
         self.ports: list[int] = []
-        self.config = REPO / "examples" / f"{app}.toml"
-        self.bg_config = REPO / "examples" / f"{bg_app or app}.toml"
+        # config: the measured guest's own file (splitnic: daytime on a network), not an example
+        self.config = config or REPO / "examples" / f"{app}.toml"
+        self.bg_config = config or REPO / "examples" / f"{bg_app or app}.toml"
         for path in (self.config, self.bg_config):
             if not path.is_file():
                 raise LightVMError(f"{path}: no such example")
@@ -109,8 +112,9 @@ class SplitFleet:
         self.log_path = Path(self._tmp.name) / "lightvmd.log"
         argv = [sys.executable, "-m", "lightvm.cli", "--state-dir", str(self.state), "daemon", "run"]
         argv += ["--accel", accel, "--pool", str(self.config), "--pool-size", str(pool_size), "--pool-variant", variant]
-        env = dict(os.environ)
+        env = dict(os.environ, **(env or {}))
         env.pop("LIGHTVM_STATE_DIR", None)
+        self.env = env
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
         self.count = 0
@@ -203,7 +207,7 @@ class SplitFleet:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10.0)
-        env = dict(os.environ, LIGHTVM_NO_DAEMON="1")
+        env = dict(self.env, LIGHTVM_NO_DAEMON="1")
         subprocess.run(
             [sys.executable, "-m", "lightvm.cli", "--state-dir", str(self.state), "destroy", "--all"],
             env=env, capture_output=True, timeout=1800, check=False,

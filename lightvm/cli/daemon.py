@@ -257,6 +257,8 @@ def cmd_daemon_status(args: argparse.Namespace) -> int:
             f"  taken {pool['taken']}, missed {pool['missed']}, memory {pool['memory_committed_mib']}/"
             f"{pool['memory_budget_mib']} MiB"
         )
+        if pool.get("last_path"):
+            print(f"  last create: path: {pool['last_path']}")
     for f in info.get("incoming") or []:
         print(f"  incoming {f['flavour']}: {f['ready']} ready, {f['preparing']} preparing")
     for s in info.get("ssh") or []:

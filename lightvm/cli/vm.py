@@ -173,7 +173,8 @@ def print_created(results: list[dict[str, Any]], wall: float, backend: Backend) 
     if r.get("network"):
         print(f"  {r['network']}")
     if backend.routed:
-        print(f"  path: {r['path']} (lightvmd; request -> READY reply {wall:.1f} ms at the client)")
+        why = f"{r['path_reason']}; " if r.get("path_reason") else ""
+        print(f"  path: {r['path']} (lightvmd; {why}request -> READY reply {wall:.1f} ms at the client)")
     else:
         print("  path: cold (one-shot: no lightvmd answers on this state dir)")
         print(f"  (lightvm command: {(time.perf_counter() - IMPORTED_AT) * 1000:.1f} ms since its import)")

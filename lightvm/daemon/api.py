@@ -28,8 +28,8 @@ Protocol, version 1:
    ping        -                                            {"daemon": "lightvmd", "pid", "v",
                                                              "started", "pool": {...}}
    create      config* (absolute path of a TOML/JSON        [CreateResult + "path": "pool" or
-               config), name, count, accel, timeout,        "cold"] one per VM
-               publish [list], pool (bool, default true)
+               config), name, count, accel, timeout,        "cold" (+ "path_reason": why)]
+               publish [list], pool (bool, default true)    one per VM
    list        -                                            [VMInfo]
    info        name*                                        {record, status, guest, ...}
    destroy     names* [list] or all (bool)                  {"destroyed": [names]}

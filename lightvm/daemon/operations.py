@@ -125,21 +125,28 @@ class Operations:
                     assert pool is not None
                     self._begin(n)
                     try:
-                        result, finish = poolmod.execute_deferred(shell, self.state, spec, n, self._tsc_hz, t0, timeout)
+                        result, finish = poolmod.execute_deferred(
+                            shell, self.state, spec, n, self._tsc_hz, t0, timeout, pool.net_context
+                        )
                     except BaseException:
                         self._end(n)
                         raise
                     if len(names) > 1:  # only a single create answers before its bookkeeping
                         self._finish(n, finish)
                         finish = None
-                    path = "pool"
+                    path, reason = "pool", ""
                 else:
+                    reason = _cold_reason(pool, use_pool, spec, choice)
                     (result,) = self._toolstack(timeout).create(spec, name=n, count=1, accel=choice)
                     path = "cold"
+                if self.pool is not None:
+                    self.pool.last_path = f"{path} ({reason})" if reason else path
                 made.append(n)
                 entry = result.as_dict()
                 entry["accel_reason"] = verdict.reason  # not the cold path's "requested" (it got kvm|tcg)
                 entry["path"] = path
+                if reason:
+                    entry["path_reason"] = reason
                 entry["daemon_ms"] = round((time.perf_counter() - t0) * 1000, 3)  # handler start -> reply
                 out.append(entry)
                 t0 = time.perf_counter()
@@ -455,6 +462,15 @@ def _arg(args: dict[str, Any], key: str, kind: type | tuple[type, ...], required
     if not isinstance(value, kinds):
         raise SpecError(f"argument {key!r} must be {'/'.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
     return value
+
+
+def _cold_reason(pool: Pool | None, use_pool: bool, spec: Any, accel: str) -> str:
+    """Why a create through the daemon takes the cold path (``path: cold (REASON)``)."""
+    if not use_pool:
+        return "the request asked for no pool"
+    if pool is None:
+        return "lightvmd runs without a pool (lightvm daemon start --pool CONFIG)"
+    return pool.why_cold(spec, accel)
 
 
 __all__ = ["Operations"]

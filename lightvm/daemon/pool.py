@@ -10,8 +10,12 @@ guest, renames the folder to ``vms/NAME`` under the state lock while it boots (a
 at any point leaves either a shell, discarded by the next daemon, or a VM folder that
 destroy cleans), waits for READY. A shell serves once; a failed execute destroys it.
 
-Only specs without vifs and disks are poolable (pre-created taps attached at execute
-are not implemented): the others take the cold path and say so (``path: cold``).
+A shell may have NICs, made at prepare and given to the VM at execute: taps of its own
+(the address from the network's allocator, the bridge and MTU set then) or QEMU user
+netdevs (the VM's port forwards added then); the vif's MAC goes in the page and the guest
+pairs its device by the device's own MAC (lightvm/devices/shellnet.py). Specs with disks,
+a Linux guest, or vifs of both kinds take the cold path and say why (``path: cold
+(REASON)``, :func:`poolable`).
 
 How far a shell is prepared is its *variant* (``--pool-variant``): ``waiting`` (the
 default: the guest sleeps at its NOXS_FEAT_WAIT_CONFIG wait point until one byte on its
@@ -26,23 +30,29 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import time
 import uuid as uuidlib
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lightvm.daemon import pool_nics
 from lightvm.daemon.shells import POOL_DIR, SHELL_OVERHEAD_MIB, ShellPool
 from lightvm.errors import GuestError, LightVMError
 from lightvm.instance import adopt, destroy, ensure_free, spawn_shell
 from lightvm.machine import Machine
-from lightvm.noxs import BootState, NoxsRegion, PageConfig
+from lightvm.noxs import BootState, NoxsRegion, PageConfig, VifConfig
 from lightvm.spec import VMSpec
 from lightvm.state import StateDir, VMDir, VMRecord, VMStatus
 from lightvm.toolstack import CreateResult
+from lightvm.undo import UndoStack
 from lightvm.util import wait_until
+
+if TYPE_CHECKING:
+    from lightvm.devices.net import NetContext, PreparedVif
 
 PAUSED = "paused"  # prepared variant: QEMU spawned with -S, the guest never ran
 WAITING = "waiting"  # the guest booted to its wait point, asleep there until the console bell
@@ -62,9 +72,11 @@ class Flavour:
     vcpus: int
     cmdline: str
     accel: str
+    nics: int = 0  # NICs, made at prepare; their bridge, address and forwards are the VM's, set at execute
+    nic_mode: str = ""  # "tap" or "user" (with nics)
 
     @classmethod
-    def of(cls, spec: VMSpec, accel: str) -> Flavour:
+    def of(cls, spec: VMSpec, accel: str, net_mode: str = "tap") -> Flavour:
         return cls(
             # normpath, not resolve(): no syscalls on the execute path; both sides agree.
             kernel=os.path.normpath(os.path.abspath(spec.kernel)),
@@ -73,23 +85,40 @@ class Flavour:
             vcpus=spec.vcpus,
             cmdline=spec.cmdline,
             accel=accel,
+            nics=len(spec.vifs),
+            nic_mode=vif_kind(spec.vifs[0], net_mode) if spec.vifs else "",
         )
 
     def label(self) -> str:
-        return f"{Path(self.kernel).name}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}"
+        nics = f"/{self.nics}{self.nic_mode}" if self.nics else ""
+        return f"{Path(self.kernel).name}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}{nics}"
 
     def cost_mib(self) -> int:
         return self.memory_mib + SHELL_OVERHEAD_MIB
 
 
-def poolable(spec: VMSpec) -> str | None:
-    """Why ``spec`` cannot use a shell, or None if it can."""
-    if spec.vifs:
-        return "vifs (pre-created taps are not implemented: cold path)"
+MIXED_NICS_REASON = "vifs of both kinds, taps and user networking (a shell's NICs are of one kind)"
+
+
+def vif_kind(vif: Any, net_mode: str) -> str:
+    """``tap`` or ``user``: what a vif gets in a daemon with ``net_mode`` networking (a
+    vif with neither network nor bridge is user networking everywhere: net.prepare)."""
+    return "tap" if net_mode == "tap" and (vif.network or vif.bridge) else "user"
+
+
+def poolable(spec: VMSpec, net_mode: str = "tap") -> str | None:
+    """Why ``spec`` cannot use a shell, or None if it can. ``net_mode``: the networking
+    the daemon has (``tap`` with CAP_NET_ADMIN, else ``user``: lightvm/devices/net.py).
+
+    Vifs are poolable, all taps (made at prepare, on a bridge at execute) or all user
+    networking (forwards added at execute): lightvm/devices/shellnet.py.
+    """
     if spec.disks:
-        return "disks (cold path)"
+        return "disks"
     if spec.is_linux:
-        return "a Linux guest (Tinyx shells are not pooled yet: cold path)"
+        return "a Linux guest (Tinyx shells are not pooled yet)"
+    if len({vif_kind(v, net_mode) for v in spec.vifs}) > 1:
+        return MIXED_NICS_REASON
     return None
 
 
@@ -104,6 +133,8 @@ class Shell:
     prepared_at: float
     waited: bool = False  # booted to the wait point at prepare (variants WAITING, STOPPED)
     bell: int | None = None  # write end of the console FIFO: the guest sleeps until a byte comes
+    nics: list[PreparedVif] = field(default_factory=list)  # its NICs (shellnet.make_taps or user_nics)
+    state_root: Path | None = None  # whose networks its taps join (with tap NICs)
 
     def ring(self) -> float:
         """Wake the guest asleep at its wait point (one byte into its console's receiver);
@@ -118,17 +149,25 @@ class Shell:
             os.close(bell)
 
     def discard(self) -> None:
-        """Kill its QEMU and remove its NoXS file and folder."""
+        """Kill its QEMU and remove its taps, NoXS file and folder."""
         self.close_bell()
         with contextlib.suppress(Exception):
             self.machine.kill()
         with contextlib.suppress(Exception):
             self.region.close()
+        taps = [n for n in self.nics if n.tap]
+        if taps and self.state_root is not None:
+            from lightvm.devices import net, shellnet
+
+            with contextlib.suppress(LightVMError), net.NetContext.open(self.state_root) as ctx:
+                shellnet.delete_taps(taps, ctx)
         self.region.unlink()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def prepare_create_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAUSED) -> Shell:
+def prepare_create_shell(
+    root: Path, flavour: Flavour, spec: VMSpec, variant: str = PAUSED, state_root: Path | None = None
+) -> Shell:
     """Spawn one paused QEMU for ``flavour`` (``spec`` is a VM of it) in ``root/ID`` and
     wait until QMP answers: a shell a create takes.
 
@@ -136,7 +175,9 @@ def prepare_create_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: st
     (a placeholder page with NOXS_FEAT_WAIT_CONFIG). WAITING offers the console bell too:
     a guest that takes it sleeps there (BootState.WAITING_BELL) and the shell keeps the
     FIFO's write end to wake it; a guest that does not (BootState.WAITING, spinning) is
-    stopped, as with STOPPED.
+    stopped, as with STOPPED. ``flavour.nics``: the shell gets that many NICs of
+    ``flavour.nic_mode``, its own taps in ``state_root``'s networking or user netdevs
+    (lightvm/devices/shellnet.py).
 
     :raise LightVMError: QEMU could not be started, or the guest did not reach its wait
         point (nothing is left behind).
@@ -145,7 +186,13 @@ def prepare_create_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: st
 
     def to_wait_point(machine: Machine, region: NoxsRegion, shell_id: str) -> None:
         if variant in TO_WAIT_POINT:
-            asleep = _boot_to_wait_point(machine, region, shell_id, console_bell=variant == WAITING)
+            asleep = _boot_to_wait_point(
+                machine,
+                region,
+                shell_id,
+                console_bell=variant == WAITING,
+                vifs=pool_nics.placeholder_vifs(shell_id, flavour.nics),
+            )
             pipe = machine.config.console_pipe
             if asleep and pipe is not None:
                 # QEMU holds the FIFO open for reading: this open neither blocks nor fails.
@@ -153,10 +200,23 @@ def prepare_create_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: st
                 _rehearse_bell(bell[0], region)
 
     vm = spawn_shell(
-        root, spec.to_dict(), flavour.accel, devices=1, console_bell=variant == WAITING, then=to_wait_point
+        root,
+        spec.to_dict(),
+        flavour.accel,
+        devices=1 + flavour.nics,
+        console_bell=variant == WAITING,
+        then=to_wait_point,
+        nics=flavour.nics,
+        state_root=state_root,
+        nic_mode=flavour.nic_mode or "tap",
     )
     assert vm.machine is not None and vm.region is not None
     waited, prepared_at = variant in TO_WAIT_POINT, time.monotonic()
+    nics = []
+    if flavour.nics:
+        from lightvm.devices.net import PreparedVif
+
+        nics = [PreparedVif.from_dict(v) for v in vm.record.devices.get("vifs", ())]
     return Shell(
         vm.record.id,
         flavour,
@@ -167,6 +227,8 @@ def prepare_create_shell(root: Path, flavour: Flavour, spec: VMSpec, variant: st
         prepared_at,
         waited,
         bell[0] if bell else None,
+        nics,
+        state_root,
     )
 
 
@@ -181,7 +243,12 @@ def _rehearse_bell(bell: int, region: NoxsRegion, timeout: float = 1.0) -> None:
 
 
 def _boot_to_wait_point(
-    machine: Machine, region: NoxsRegion, shell_id: str, console_bell: bool, timeout: float = 10.0
+    machine: Machine,
+    region: NoxsRegion,
+    shell_id: str,
+    console_bell: bool,
+    timeout: float = 10.0,
+    vifs: list[VifConfig] | None = None,
 ) -> bool:
     """Run the guest to its NOXS_FEAT_WAIT_CONFIG wait point; True if it sleeps there on
     the console bell (``console_bell`` offered it), else stop its vCPUs and return False.
@@ -196,7 +263,12 @@ def _boot_to_wait_point(
 
     # The TSC rate lets the guest rehearse its clock set-up at the wait point (noxs.c).
     page = PageConfig(
-        name=f"pool-{shell_id}", uuid=uuidlib.UUID(int=0), tsc_hz=tsc_hz(), wait_config=True, console_bell=console_bell
+        name=f"pool-{shell_id}",
+        uuid=uuidlib.UUID(int=0),
+        tsc_hz=tsc_hz(),
+        wait_config=True,
+        console_bell=console_bell,
+        vifs=vifs or [],
     )
     region.write_config(page)
     machine.resume(wait=True, timeout=timeout)
@@ -227,6 +299,7 @@ def execute_deferred(
     tsc_hz: int,
     t0: float,
     timeout: float,
+    net_context: pool_nics.NetContextFactory | None = None,
 ) -> tuple[CreateResult, Callable[[], None]]:
     """The execute phase: give ``shell`` the identity ``name`` and boot it to READY; the
     bookkeeping is the returned ``finish()``. The shell is consumed whatever happens
@@ -239,30 +312,51 @@ def execute_deferred(
     wait for ``finish()`` (lightvm/daemon/server.py). A killed daemon leaves a complete enough
     folder: the shell's record already names the PID and the NoXS file.
 
+    With NICs (lightvm/devices/shellnet.py), before the page is written: the shell's taps
+    join the VM's bridges and the addresses are leased under ``name`` (a failure releases
+    the leases and the discard deletes the taps), or the user netdevs get the VM's port
+    forwards (QMP; they go with the QEMU on failure).
+
     :raise ExistsError: ``name`` is taken (the shell is discarded, never reused).
     :raise GuestError: the guest failed to boot.
+    :raise NetworkError: the vifs' bridge or network is missing or full (also SpecError).
     """
     from lightvm.boot import boot
 
     vm_uuid = uuidlib.uuid4()
     target = state.vms_root / name
     machine = shell.machine
+    undo = UndoStack()
+    vifs: list[PreparedVif] = []
 
     def claim() -> None:
         # While the guest boots: the folder becomes the VM's, under the state lock (a
         # one-shot create may have taken the name since the check below).
-        shell.folder = adopt(state, shell.folder, name, machine).path
+        if shell.folder.parent != state.vms_root:
+            shell.folder = adopt(state, shell.folder, name, machine).path
 
     try:
         ensure_free(state, name)  # the usual refusal, before the guest ever sees the name
-        shell.region.write_config(PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=True))
+        page = PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=True)
+        if shell.nics:
+            # The name first (~0.1 ms more on this path): an address is leased under a
+            # name that is ours (a one-shot create of the same name asking the allocator
+            # for its vif would be handed the same lease, and our undo would release it),
+            # and a kill -9 from here on leaves vms/NAME, whose destroy finds the lease.
+            claim()
+            vifs = pool_nics.hand_over(shell.nics, machine, shell.state_root, spec.vifs, name, net_context, undo)
+            page.vifs = pool_nics.page_vifs(vifs, shell.nics)
+        shell.region.write_config(page)
         woken_at = shell.ring() if shell.bell is not None else None
         times, boot_record = boot(machine, shell.region, t0, timeout, woken_at, meanwhile=claim)
         if shell.waited:
             times.guest_entry = None  # the guest entered at prepare time, not in this create
     except BaseException:
+        undo.unwind()  # the leases
         shell.discard()
         raise
+    undo.commit()
+    summary = pool_nics.summary(vifs)
     created, age_s, boot_ms = time.time(), round(time.monotonic() - shell.prepared_at, 3), times.as_dict()
     record = shell.record
 
@@ -277,6 +371,8 @@ def execute_deferred(
             record.state = VMStatus.RUNNING.value
             record.boot_ms = boot_ms
             record.devices["pool"] = {"shell": shell.id, "age_s": age_s}
+            if vifs:  # the VM's vifs now: destroy releases their leases and taps
+                record.argv = pool_nics.record_vifs(record.devices, record.argv, vifs, shell.nics)
             vmdir = VMDir(target)
             vmdir.write(record)
             vmdir.mark_created()
@@ -287,7 +383,7 @@ def execute_deferred(
             machine.release()
             shell.region.close()
 
-    return CreateResult(name, record.id, record.accel, boot_ms, record.pid or 0, boot_record.app), finish
+    return CreateResult(name, record.id, record.accel, boot_ms, record.pid or 0, boot_record.app, summary), finish
 
 
 class Pool(ShellPool[Flavour, Shell]):
@@ -308,17 +404,31 @@ class Pool(ShellPool[Flavour, Shell]):
             raise LightVMError(f"pool variant {variant!r}: one of {', '.join(VARIANTS)}")
         super().__init__(state, size, log)
         self.variant = variant
+        self.net_mode = _net_mode()
+        self.last_path = ""  # of the last create through the daemon: "pool" or "cold (REASON)"
+        self._net_lock = threading.Lock()
+        self._net: NetContext | None = None
         self.max_shells = max(0, max_shells)
         self.memory_budget_mib = max(0, memory_budget_mib)
         self.flavours: dict[Flavour, VMSpec] = {}
         for spec, accel in specs:
-            why = poolable(spec)
+            why = poolable(spec, self.net_mode)
             if why:
                 raise LightVMError(f"{spec.source or spec.name}: cannot pool a VM with {why}")
-            self.flavours.setdefault(Flavour.of(spec, accel), spec)
+            self.flavours.setdefault(Flavour.of(spec, accel, self.net_mode), spec)
         self._shells = {f: deque() for f in self.flavours}
         self._preparing = dict.fromkeys(self.flavours, 0)
         self._paused_only: set[Flavour] = set()
+
+    def why_cold(self, spec: VMSpec, accel: str) -> str:
+        """Why a create of ``spec`` took the cold path (after :meth:`take` gave no shell)."""
+        why = poolable(spec, self.net_mode)
+        if why:
+            return why
+        flavour = Flavour.of(spec, accel, self.net_mode)
+        if flavour not in self._shells:
+            return f"no pool of flavour {flavour.label()} (lightvm daemon start --pool CONFIG)"
+        return f"the pool of {flavour.label()} was empty (--pool-size, or creates faster than refills)"
 
     def start(self) -> None:
         """Discard what a previous daemon left in the pool folder, then start refilling."""
@@ -328,6 +438,27 @@ class Pool(ShellPool[Flavour, Shell]):
     def stop(self) -> None:
         super().stop()
         discard_orphans(self.state)
+        with self._net_lock:
+            if self._net is not None:
+                self._net.close()
+                self._net = None
+
+    @contextlib.contextmanager
+    def net_context(self) -> Iterator[NetContext]:
+        """The networking context executes hand shells' taps over in, kept open: building
+        one is a netlink socket made inside the namespace (~1 ms, docs/qemu-notes.md), a
+        third of a pooled create. A Devd serves one thread at a time, hence the lock (held
+        for the hand-over only, not the boot)."""
+        from lightvm.devices import net
+
+        with self._net_lock:
+            if self._net is None:
+                self._net = net.NetContext.open(self.state.root)
+            # Inside the namespace (if any) for the block: pyroute2's IPRoute keeps per-thread
+            # state and, used from another thread than the one that made it, netlinks in that
+            # thread's namespace (measured: EOPNOTSUPP attaching to a bridge index of ours).
+            with self._net.inside():
+                yield self._net
 
     def take(self, spec: VMSpec, accel: str) -> Shell | None:
         """A prepared shell for ``spec`` (removed from the pool), or None: use the cold path.
@@ -335,9 +466,9 @@ class Pool(ShellPool[Flavour, Shell]):
         A shell comes with the pool marked busy (no refill spawns while its guest boots):
         the caller must call :meth:`done` once its execute is over, whatever happened.
         """
-        if poolable(spec):
+        if poolable(spec, self.net_mode):
             return None
-        return self._take(Flavour.of(spec, accel))
+        return self._take(Flavour.of(spec, accel, self.net_mode))
 
     def wait_full(self, timeout: float) -> bool:
         """Wait until every flavour has its shells (or the bounds stop it); True if so."""
@@ -373,6 +504,7 @@ class Pool(ShellPool[Flavour, Shell]):
                 "prepared": self.stats_prepared,
                 "failed": self.stats_failed,
                 "last_error": self.last_error,
+                "last_path": self.last_path,
             }
 
     def shell_pids(self) -> list[int]:
@@ -400,7 +532,9 @@ class Pool(ShellPool[Flavour, Shell]):
         return PAUSED if flavour in self._paused_only else self.variant
 
     def _prepare(self, flavour: Flavour) -> Shell:
-        return prepare_create_shell(self.root, flavour, self.flavours[flavour], self._variant_of(flavour))
+        return prepare_create_shell(
+            self.root, flavour, self.flavours[flavour], self._variant_of(flavour), self.state.root
+        )
 
     def _prepare_failed(self, flavour: Flavour, exc: Exception) -> None:
         if isinstance(exc, GuestError) and self._variant_of(flavour) in TO_WAIT_POINT:
@@ -412,15 +546,23 @@ class Pool(ShellPool[Flavour, Shell]):
             super()._prepare_failed(flavour, exc)
 
 
+def _net_mode() -> str:
+    """The networking this daemon's vifs get: ``tap`` or ``user`` (lightvm/devices/net.py)."""
+    from lightvm.devices import net
+
+    return net.choose_mode(os.environ.get("LIGHTVM_NET_MODE") or "auto").value
+
+
 def discard_orphans(state: StateDir) -> list[str]:
-    """Kill and remove every shell in ``STATE/pool`` (left by a killed daemon); their names."""
+    """Kill and remove every shell in ``STATE/pool`` (left by a killed daemon), their
+    taps too (by the names their records give, else by the shell's alias); their names."""
     root = state.root / POOL_DIR
     try:
         entries = [e for e in os.scandir(root) if e.is_dir()]
     except FileNotFoundError:
         return []
     for entry in entries:
-        destroy(VMDir(Path(entry.path)), None, hard=True)
+        destroy(VMDir(Path(entry.path)), state.root, hard=True)
     return [e.name for e in entries]
 
 

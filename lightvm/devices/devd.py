@@ -371,6 +371,17 @@ class Devd:
         if undo is not None:
             undo.push(f"attach {tap} to {bridge}", lambda: self.detach(tap))
 
+    def hand_over(self, tap: str, bridge: str, mtu: int, alias: str) -> None:
+        """Give our tap ``tap`` (made earlier, for a prepared shell) to its VM in one
+        netlink request: attach it to ``bridge``, set ``mtu`` and the VM's ``alias``
+        (so :func:`lightvm.devices.net.forget_vm` finds it by the VM's name), bring it up.
+
+        :raise NetworkError: either link is missing or the kernel refused.
+        """
+        tap_index = self._require_index(tap)
+        bridge_index = self._require_index(bridge)
+        self._set(tap_index, f"attach {tap} to {bridge}", master=bridge_index, mtu=mtu, ifalias=alias, state="up")
+
     def detach(self, tap: str) -> None:
         """Detach ``tap`` from whatever bridge it is on (missing tap is fine)."""
         info = self.link(tap)

@@ -329,15 +329,45 @@ def prepare(
     """
     forwards = vif.publish + tuple(parse_publish(p) for p in publish)
     if ctx.mode is NetMode.USER or not (vif.network or vif.bridge):
-        mac = vif.mac or user_mac(vm_name, index)
-        return PreparedVif(
-            index, NetMode.USER, mac, USER_IP, USER_PREFIX, USER_GATEWAY, vif.mtu or 1500, publish=forwards
-        )
+        return user_vif(vif, vm_name, index, forwards)
     if forwards:
         raise SpecError(
             f"vif {index}: --publish needs user networking (--net user); "
             "this vif is a tap, reach the guest at its own address"
         )
+    prepared = address(vif, vm_name, index, ctx, undo)
+    devd = ctx.devd()
+    alias = tap_alias(vm_name, index)
+    for attempt in range(TAP_NAME_ATTEMPTS):
+        name = tap_name(vm_name, index, attempt)
+        try:
+            devd.create_tap(name, prepared.mtu, prepared.bridge, owner_uid=ctx.tap_owner, alias=alias, undo=undo)
+        except ForeignLinkError:
+            if attempt == TAP_NAME_ATTEMPTS - 1:
+                raise
+            continue
+        return replace(prepared, tap=name)
+    raise NetworkError("unreachable")  # pragma: no cover
+
+
+def user_vif(vif: ValidVif, vm_name: str, index: int, forwards: tuple[PortForward, ...] = ()) -> PreparedVif:
+    """Vif ``index`` on QEMU user networking: the fixed guest address, a MAC from the VM's
+    name (or the spec's), ``forwards`` as host port forwards. Nothing on the host."""
+    mac = vif.mac or user_mac(vm_name, index)
+    return PreparedVif(index, NetMode.USER, mac, USER_IP, USER_PREFIX, USER_GATEWAY, vif.mtu or 1500, publish=forwards)
+
+
+def address(vif: ValidVif, vm_name: str, index: int, ctx: NetContext, undo: UndoStack) -> PreparedVif:
+    """The address, bridge and MTU of tap vif ``index`` (no tap yet): a lease from the
+    vif's network (undo: release), or the spec's own address on a plain bridge. The one
+    place both a cold create (:func:`prepare`) and a pooled shell's execute
+    (:mod:`lightvm.devices.shellnet`) get a tap vif's address, so that they agree.
+
+    :raise SpecError: a fixed ip/mac that is taken or off-subnet, an mtu over the network's.
+    :raise NotFoundError: the named network does not exist.
+    :raise AddressExhaustedError: the network is full.
+    :raise NetworkError: the plain bridge does not exist.
+    """
     store = ctx.store()
     network = vif.network
     if network is None and vif.bridge is not None:
@@ -380,18 +410,7 @@ def prepare(
             mtu=vif.mtu or info.mtu,
             bridge=vif.bridge,
         )
-    devd = ctx.devd()
-    alias = tap_alias(vm_name, index)
-    for attempt in range(TAP_NAME_ATTEMPTS):
-        name = tap_name(vm_name, index, attempt)
-        try:
-            devd.create_tap(name, prepared.mtu, prepared.bridge, owner_uid=ctx.tap_owner, alias=alias, undo=undo)
-        except ForeignLinkError:
-            if attempt == TAP_NAME_ATTEMPTS - 1:
-                raise
-            continue
-        return replace(prepared, tap=name)
-    raise NetworkError("unreachable")  # pragma: no cover
+    return prepared
 
 
 def prepare_all(
@@ -449,8 +468,9 @@ def qemu_args(prepared: PreparedVif, machine: str = "microvm", transport: str | 
     return ["-netdev", netdev, "-device", device]
 
 
-def noxs_config(prepared: PreparedVif) -> VifConfig:
-    """The vif page content: MAC, IPv4/prefix, gateway, MTU and bridge (no DHCP in the guest)."""
+def noxs_config(prepared: PreparedVif, dev_mac: str = "") -> VifConfig:
+    """The vif page content: MAC, IPv4/prefix, gateway, MTU and bridge (no DHCP in the guest);
+    ``dev_mac``: the QEMU device's own MAC when it is not the vif's (a pooled shell's NIC)."""
     return VifConfig(
         mac=parse_mac(prepared.mac),
         ip=prepared.ip,
@@ -458,6 +478,7 @@ def noxs_config(prepared: PreparedVif) -> VifConfig:
         gateway=prepared.gateway,
         mtu=prepared.mtu,
         bridge=prepared.bridge,
+        dev_mac=parse_mac(dev_mac) if dev_mac else b"",
     )
 
 

@@ -64,7 +64,7 @@
 /* Device types (noxs_dev_entry.type). */
 #define NOXS_DEV_NONE       0u
 #define NOXS_DEV_SYSCTL     1u  /* exactly one per VM: power control + boot record */
-#define NOXS_DEV_VIF        2u  /* a virtio-net NIC, matched by MAC */
+#define NOXS_DEV_VIF        2u  /* a virtio-net NIC, matched by MAC (dev_mac if set) */
 #define NOXS_DEV_VBD        3u  /* a virtio-blk disk, matched by index */
 
 /* Xenbus states, numbered as in Xen's xenbus.h. */
@@ -187,7 +187,13 @@ struct noxs_vif_ctrl {
 	uint8_t  prefix;            /* 32  IN  prefix length 0..32 */
 	uint8_t  vif_pad[3];        /* 33  IN  zero */
 	char     bridge[NOXS_IFNAME_LEN]; /* 36 IN host bridge name (informational) */
-	uint8_t  host_pad[NOXS_CTRL_GUEST_OFFSET - 52];
+	uint8_t  dev_mac[6];        /* 52  IN  the virtio-net device's own MAC when it differs
+	                                       from mac (a NIC pre-created in a prepared shell,
+	                                       before the vif's MAC was known): the guest finds
+	                                       its device by dev_mac and sends and receives as
+	                                       mac. All zero (old pages): find it by mac. */
+	uint8_t  dev_mac_pad[2];    /* 58  IN  zero */
+	uint8_t  host_pad[NOXS_CTRL_GUEST_OFFSET - 60];
 	uint64_t rx_packets;        /* 2048 OUT */
 	uint64_t tx_packets;        /* 2056 OUT */
 };
@@ -222,6 +228,7 @@ NOXS_ASSERT(offsetof(struct noxs_sysctl_ctrl, status_ack) == NOXS_CTRL_GUEST_OFF
 NOXS_ASSERT(offsetof(struct noxs_sysctl_ctrl, boot) == 2056, "boot record offset");
 NOXS_ASSERT(sizeof(struct noxs_sysctl_ctrl) == 2200, "sysctl ctrl size");
 NOXS_ASSERT(offsetof(struct noxs_vif_ctrl, bridge) == 36, "bridge");
+NOXS_ASSERT(offsetof(struct noxs_vif_ctrl, dev_mac) == 52, "dev_mac");
 NOXS_ASSERT(offsetof(struct noxs_vif_ctrl, rx_packets) == NOXS_CTRL_GUEST_OFFSET, "rx");
 NOXS_ASSERT(sizeof(struct noxs_vif_ctrl) == 2064, "vif ctrl size");
 NOXS_ASSERT(offsetof(struct noxs_vbd_ctrl, reads) == NOXS_CTRL_GUEST_OFFSET, "reads");

@@ -90,6 +90,11 @@ int noxs_validate_vif(const struct noxs_vif_ctrl *v, uint32_t id, char *err, siz
 		FAIL("noxs: vif %u: bad MTU %u (want 68..9000)", (unsigned)id, (unsigned)v->mtu);
 	if (v->prefix > 32)
 		FAIL("noxs: vif %u: bad prefix /%u (want 0..32)", (unsigned)id, (unsigned)v->prefix);
+	/* dev_mac: all zero (pair the device by mac) or the device's own unicast MAC */
+	if (v->dev_mac[0] & 1)
+		FAIL("noxs: vif %u: bad dev_mac %02x:%02x:%02x:%02x:%02x:%02x (want unicast or zero)",
+		     (unsigned)id, v->dev_mac[0], v->dev_mac[1], v->dev_mac[2], v->dev_mac[3],
+		     v->dev_mac[4], v->dev_mac[5]);
 	return 0;
 }
 

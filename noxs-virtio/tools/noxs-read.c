@@ -200,6 +200,8 @@ int main(int argc, char **argv)
 		printf("vif%u.gateway=%u.%u.%u.%u\n", i, v->gateway[0], v->gateway[1], v->gateway[2],
 		       v->gateway[3]);
 		printf("vif%u.mtu=%u\n", i, (unsigned)v->mtu);
+		printf("vif%u.dev_mac=%02x:%02x:%02x:%02x:%02x:%02x\n", i, v->dev_mac[0], v->dev_mac[1],
+		       v->dev_mac[2], v->dev_mac[3], v->dev_mac[4], v->dev_mac[5]);
 		char key[32];
 		snprintf(key, sizeof(key), "vif%u.bridge", i);
 		print_text(key, v->bridge, NOXS_IFNAME_LEN);

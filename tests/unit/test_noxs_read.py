@@ -36,7 +36,8 @@ def test_prints_config(tool: Path, tmp_path: Path) -> None:
         vifs=[
             VifConfig(mac=bytes.fromhex("525400000001"), ip="10.0.0.2", prefix=24, gateway="10.0.0.1", mtu=1400,
                       bridge="lvbr0"),
-            VifConfig(mac=bytes.fromhex("525400000002"), ip="192.168.7.9", prefix=16),
+            VifConfig(mac=bytes.fromhex("525400000002"), ip="192.168.7.9", prefix=16,
+                      dev_mac=bytes.fromhex("5a0000c0ffee")),
         ],
         vbds=[VbdConfig(sectors=2048, read_only=True)],
         tsc_hz=2_700_000_000,
@@ -60,6 +61,7 @@ def test_prints_config(tool: Path, tmp_path: Path) -> None:
     assert (kv["vif0.gateway"], kv["vif0.mtu"], kv["vif0.bridge"]) == ("10.0.0.1", "1400", "lvbr0")
     assert (kv["vif1.mac"], kv["vif1.ip"], kv["vif1.prefix"]) == ("52:54:00:00:00:02", "192.168.7.9", "16")
     assert (kv["vif1.gateway"], kv["vif1.mtu"]) == ("0.0.0.0", "1500")
+    assert (kv["vif0.dev_mac"], kv["vif1.dev_mac"]) == ("00:00:00:00:00:00", "5a:00:00:c0:ff:ee")
     assert kv["vbd_count"] == "1"
     assert (kv["vbd0.sectors"], kv["vbd0.sector_size"], kv["vbd0.mode"]) == ("2048", "512", "ro")
 

@@ -1,0 +1,155 @@
+"""Daytime with a NIC through lightvmd: the pool path next to the cold path, in one run.
+
+A lightvmd (:class:`lightvm.bench.split.SplitFleet`) with a pool of daytime shells that
+have a NIC (lightvm/devices/shellnet.py), a network ``bn`` whose bridge and taps live in
+a network namespace of the run's own (LIGHTVM_NETNS: the host's links are not touched),
+and alternating samples: one create from the pool (``path: pool``), one with
+``"pool": false`` (the cold path, in the same daemon: no process start), each timed at
+the client from the request to the READY reply and destroyed after. The pool is full and
+quiet before each pool sample (untimed). Needs root (taps) and ``ip`` (the namespace)::
+
+    python -m lightvm.bench.splitnic --iterations 30 [--out r.json]
+
+``--net user``: the same with QEMU user networking, each create publishing its port 13
+on a free local port (the pool path adds the forward over QMP at execute); no root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from lightvm.bench.runner import REPO
+from lightvm.bench.split import SplitFleet, free_port
+from lightvm.daemon import api
+from lightvm.errors import LightVMError
+
+SUBNET = "10.213.41.0/24"
+IP_TIMEOUT = 10.0
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=IP_TIMEOUT)
+
+
+def _config(folder: Path, user: bool) -> Path:
+    images = REPO / "images" / "build"
+    path = folder / "daytime-net.toml"
+    path.write_text(
+        f'name = "daytime"\nkernel = "{images / "daytime.elf"}"\nfirmware = "{images / "lvfw.bin"}"\n'
+        'memory = "4M"\nvcpus = 1\n[[vifs]]\n' + ("" if user else 'network = "bn"\n')
+    )
+    return path
+
+
+def _sample(fleet: SplitFleet, name: str, pool: bool, user: bool = False) -> dict[str, Any]:
+    if pool:
+        fleet._wait_pool_full()  # untimed: a full, quiet pool (no QEMU start competing)
+    with api.Client.connect(fleet.state, timeout=5.0) as client:
+        client.call("ping")  # the connection served before the sample (as SplitFleet.measure)
+        t0 = time.perf_counter()
+        args: dict[str, Any] = {"config": str(fleet.config), "name": name, "accel": fleet.accel, "pool": pool}
+        if user:
+            args["publish"] = [f"127.0.0.1:{free_port()}:13"]
+        (result,) = client.call("create", args, timeout=60.0)
+        wall = (time.perf_counter() - t0) * 1000
+    fleet.call("destroy", {"names": [name]})
+    boot = result["boot_ms"]
+    return {
+        "ms": wall,
+        "path": result["path"],
+        "ready": boot.get("ready"),
+        "devices_up": boot.get("devices_up"),
+        "net": result["network"],
+    }
+
+
+def run(iterations: int, warmup: int, user: bool = False) -> dict[str, Any]:
+    netns = f"lvbn-{uuid.uuid4().hex[:8]}"
+    if not user:
+        _ip("netns", "add", netns)
+    folder = tempfile.TemporaryDirectory(prefix="lightvm-bench-splitnic-")
+    fleet: SplitFleet | None = None
+    try:
+        if user:
+            fleet = SplitFleet(config=_config(Path(folder.name), user), env={"LIGHTVM_NET_MODE": "user"})
+        else:
+            _ip("-n", netns, "link", "set", "lo", "up")
+            env = {"LIGHTVM_NETNS": netns, "LIGHTVM_NET_MODE": "tap"}
+            fleet = SplitFleet(config=_config(Path(folder.name), user), env=env)
+            cli = [sys.executable, "-m", "lightvm.cli", "--state-dir", str(fleet.state)]
+            made = subprocess.run(
+                [*cli, "network", "create", "bn", "--subnet", SUBNET],
+                env=dict(fleet.env, LIGHTVM_NO_DAEMON="1"), capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            if made.returncode != 0:
+                raise LightVMError(f"network create: {made.stderr.strip()}")
+        samples: dict[str, list[dict[str, Any]]] = {"pool": [], "cold": []}
+        for i in range(warmup + iterations):
+            for path in ("pool", "cold") if i % 2 == 0 else ("cold", "pool"):  # alternate who goes first
+                s = _sample(fleet, f"{path}{i}", pool=path == "pool", user=user)
+                if s["path"] != path:
+                    raise LightVMError(f"a {path} sample took the {s['path']} path: {s}")
+                if i >= warmup:
+                    samples[path].append(s)
+        out: dict[str, Any] = {
+            "accel": "tcg",
+            "net": "user" if user else "tap",
+            "iterations": iterations,
+            "loadavg": os.getloadavg(),
+        }
+        for path, got in samples.items():
+            ms = [s["ms"] for s in got]
+            ready = [s["ready"] for s in got if s["ready"] is not None]
+            devices = [s["devices_up"] for s in got if s["devices_up"] is not None]
+            out[path] = {
+                "median_ms": statistics.median(ms),
+                "min_ms": min(ms),
+                "max_ms": max(ms),
+                "ready_median_ms": statistics.median(ready) if ready else None,
+                "devices_up_median_ms": statistics.median(devices) if devices else None,
+                "samples_ms": ms,
+                "example_network": got[0]["net"],
+            }
+        return out
+    finally:
+        if fleet is not None:
+            fleet.close()
+        folder.cleanup()
+        if not user:
+            subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=IP_TIMEOUT, check=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lightvm.bench.splitnic", description=__doc__.split("\n\n")[0])
+    p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--net", choices=("tap", "user"), default="tap", help="the vif's networking (default tap)")
+    p.add_argument("--out", type=Path, help="write the JSON results here")
+    args = p.parse_args(argv)
+    result = run(args.iterations, args.warmup, user=args.net == "user")
+    pool, cold = result["pool"], result["cold"]
+    print(f"daytime with a NIC ({args.net}), request -> READY reply at the client "
+          f"(TCG, N={args.iterations} each, alternating):")  # fmt: skip
+    print(f"  pool: median {pool['median_ms']:.2f} ms (min {pool['min_ms']:.2f}, max {pool['max_ms']:.2f}); "
+          f"guest devices up {pool['devices_up_median_ms']:.2f}, READY {pool['ready_median_ms']:.2f} ms")  # fmt: skip
+    print(f"  cold: median {cold['median_ms']:.2f} ms (min {cold['min_ms']:.2f}, max {cold['max_ms']:.2f}); "
+          f"guest devices up {cold['devices_up_median_ms']:.2f}, READY {cold['ready_median_ms']:.2f} ms")  # fmt: skip
+    print(f"  cold / pool: {cold['median_ms'] / pool['median_ms']:.1f}x; load {result['loadavg'][0]:.1f}")
+    print(f"  e.g. {pool['example_network']}")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The NIC half of a create shell's prepare and execute (lightvm/daemon/pool.py), over
+lightvm/devices/shellnet.py: what the placeholder page says about the shell's NICs, how
+an execute gives them to the VM, and what the VM's page and record then say.
+
+Apart from pool.py so that each stays one concern (and under the size rule); the
+device modules are imported on first use, as everywhere on the create path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lightvm.noxs import VifConfig, parse_mac
+from lightvm.undo import UndoStack
+
+if TYPE_CHECKING:
+    from lightvm.devices.net import NetContext, PreparedVif
+    from lightvm.machine import Machine
+
+NetContextFactory = Callable[[], contextlib.AbstractContextManager["NetContext"]]
+
+
+def placeholder_vifs(shell_id: str, count: int) -> list[VifConfig]:
+    """The placeholder page's vifs of a shell with ``count`` NICs: each names its device
+    (``dev_mac``, and as ``mac``: a valid vif) and nothing else, so that a guest asleep on
+    the console bell brings the device up at its wait point (images/net/netif.c,
+    noxs_vif_prewarm): probing, resetting and setting up the device, and QEMU translating
+    that code, are then off the create's path (docs/lightvmd.md, the figures)."""
+    if not count:
+        return []
+    from lightvm.devices.shellnet import device_mac
+
+    macs = [parse_mac(device_mac(shell_id, i)) for i in range(count)]
+    return [VifConfig(mac=m, dev_mac=m) for m in macs]
+
+
+def hand_over(
+    nics: Sequence[PreparedVif],
+    machine: Machine,
+    state_root: Path | None,
+    spec_vifs: Sequence[Any],
+    name: str,
+    net_context: NetContextFactory | None,
+    undo: UndoStack,
+) -> list[PreparedVif]:
+    """A shell's ``nics`` given to VM ``name`` with the spec's vifs: user netdevs get
+    their forwards (shellnet.hand_over_user); taps their bridges and leases (leases'
+    undo on ``undo``; shellnet.hand_over), in the context ``net_context()`` lends (the
+    pool's, kept open), else in one opened for this call (~1 ms more: a netlink socket,
+    in the namespace if there is one).
+
+    :raise SpecError, NetworkError: as the cold path's vif preparation.
+    """
+    from lightvm.devices import net, shellnet
+
+    valid = [net.validate(v, f"vifs[{i}]") for i, v in enumerate(spec_vifs)]
+    if not nics[0].tap:
+        return shellnet.hand_over_user(valid, nics, name, machine)
+    if net_context is not None:
+        with net_context() as ctx:
+            return shellnet.hand_over(valid, nics, name, ctx, undo)
+    assert state_root is not None
+    with net.NetContext.open(state_root) as own:
+        return shellnet.hand_over(valid, nics, name, own, undo)
+
+
+def page_vifs(vifs: Sequence[PreparedVif], nics: Sequence[PreparedVif]) -> list[VifConfig]:
+    """The VM's vif pages: its addresses, with each shell device's MAC as ``dev_mac``."""
+    from lightvm.devices import net
+
+    return [net.noxs_config(v, dev_mac=n.mac) for v, n in zip(vifs, nics, strict=True)]
+
+
+def record_vifs(
+    devices: dict[str, Any], argv: list[str], vifs: Sequence[PreparedVif], nics: Sequence[PreparedVif]
+) -> list[str]:
+    """Make a VM record's ``devices`` say its vifs (destroy releases their leases and
+    taps by them; no longer pending) and return its argv with the VM's netdevs
+    (shellnet.vm_argv: a checkpoint rebuilds them)."""
+    from lightvm.devices import net, shellnet
+
+    devices["vifs"] = [v.to_dict() for v in vifs]
+    devices["summary"] = net.summary(vifs)
+    devices.pop("vifs_pending", None)
+    return shellnet.vm_argv(argv, vifs, nics)
+
+
+def summary(vifs: Sequence[PreparedVif]) -> str:
+    """The create's one networking line (empty without vifs)."""
+    if not vifs:
+        return ""
+    from lightvm.devices import net
+
+    return net.summary(vifs)
+
+
+__all__ = ["NetContextFactory", "hand_over", "page_vifs", "placeholder_vifs", "record_vifs", "summary"]

@@ -1,0 +1,183 @@
+"""NICs of lightvmd's prepared shells: a tap made at prepare, given to its VM at execute.
+
+A create shell (lightvm/daemon/pool.py) is spawned before anyone knows which VM it will
+become, but QEMU opens its tap and fixes its virtio-net device's MAC at spawn. So:
+
+* prepare (:func:`make_taps`): one persistent tap per NIC, named after the *shell*
+  (``lv<6 hex of the shell id>-<i>``, alias ``lightvm:vm=<shell id>/<i>``, on no bridge):
+  a shell killed with its daemon is cleaned like any half-made VM, by the tap name its
+  record names or by that alias (:func:`lightvm.instance.destroy`). QEMU gets
+  ``-netdev tap`` with it and a virtio-net device with a MAC of its own
+  (:func:`device_mac`), which never appears on the wire.
+* execute (:func:`hand_over`): the vif's address exactly as on the cold path
+  (:func:`lightvm.devices.net.address`: a lease from its network, under the VM's name, or
+  the spec's address on a plain bridge), then one netlink request puts the tap on the
+  VM's bridge with the vif's MTU and the VM's alias. The NoXS page carries the vif's MAC
+  and the device's (``dev_mac``): the guest pairs its device by ``dev_mac`` and sends and
+  answers as the vif's MAC, which QEMU lets through because virtio-net stays promiscuous
+  unless the driver negotiates VIRTIO_NET_F_CTRL_RX (docs/qemu-notes.md, "NICs of
+  prepared shells"); the bridge learns the vif's MAC from the guest's first frame.
+
+User networking (QEMU's slirp: no host resources) is simpler: the shell gets
+``-netdev user`` at prepare (:func:`user_nics`), and at execute the vif gets its MAC from
+the VM's name as on the cold path (:func:`lightvm.devices.net.user_vif`) and its
+``--publish`` forwards over QMP, HMP ``hostfwd_add`` (:func:`add_forwards`), before the
+guest is woken. Only a create that publishes pays that QMP round trip.
+
+Why not set the device's MAC from the guest instead: a VIRTIO 1.0 device's config-space
+MAC is read-only (QEMU writes it back only for legacy devices), and the control queue's
+MAC_ADDR_SET means a control virtqueue in a guest driver that has none, for a MAC that
+only QEMU would look at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from lightvm.devices import net
+from lightvm.devices.devd import tap_alias
+from lightvm.errors import ForeignLinkError, NetworkError
+from lightvm.undo import UndoStack
+
+if TYPE_CHECKING:
+    from lightvm.machine import Machine
+
+SHELL_TAP_MTU = 1500  # until execute sets the vif's
+
+
+def device_mac(shell_id: str, index: int) -> str:
+    """The MAC of a shell's virtio-net device ``index``: locally administered (0x5a) and
+    unicast, from the shell id, so that two shells' devices differ."""
+    digest = hashlib.sha256(f"shell/{shell_id}/{index}".encode()).digest()
+    return "5a:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+def make_taps(shell_id: str, count: int, ctx: net.NetContext, undo: UndoStack) -> list[net.PreparedVif]:
+    """Create ``count`` taps for shell ``shell_id`` (each undo on ``undo``), up, on no bridge.
+
+    :raise ForeignLinkError: every candidate name of a tap is taken by something not ours.
+    :raise NetworkError: the kernel refused.
+    """
+    devd = ctx.devd()
+    made: list[net.PreparedVif] = []
+    for index in range(count):
+        alias = tap_alias(shell_id, index)
+        for attempt in range(net.TAP_NAME_ATTEMPTS):
+            name = net.tap_name(shell_id, index, attempt)
+            try:
+                devd.create_tap(name, SHELL_TAP_MTU, None, owner_uid=ctx.tap_owner, alias=alias, undo=undo)
+            except ForeignLinkError:
+                if attempt == net.TAP_NAME_ATTEMPTS - 1:
+                    raise
+                continue
+            made.append(
+                net.PreparedVif(
+                    index, net.NetMode.TAP, device_mac(shell_id, index), "0.0.0.0", 0, "0.0.0.0", SHELL_TAP_MTU, name
+                )
+            )
+            break
+    return made
+
+
+def user_nics(shell_id: str, count: int) -> list[net.PreparedVif]:
+    """``count`` user-networking NICs for shell ``shell_id`` (no forwards: those are the VM's)."""
+    return [
+        net.PreparedVif(
+            i, net.NetMode.USER, device_mac(shell_id, i), net.USER_IP, net.USER_PREFIX, net.USER_GATEWAY, 1500
+        )
+        for i in range(count)
+    ]
+
+
+def hand_over_user(
+    vifs: Sequence[net.ValidVif], nics: Sequence[net.PreparedVif], vm_name: str, machine: Machine
+) -> list[net.PreparedVif]:
+    """Give a shell's user-networking ``nics`` to VM ``vm_name``: the vifs' MACs and
+    addresses as on the cold path, and their forwards added to QEMU (:func:`add_forwards`).
+
+    :raise NetworkError: a forward could not be set up (the host port is taken?).
+    """
+    if len(vifs) != len(nics):
+        raise NetworkError(f"{vm_name}: {len(vifs)} vif(s) for a shell with {len(nics)} NIC(s)")
+    out = [net.user_vif(vif, vm_name, i, vif.publish) for i, vif in enumerate(vifs)]
+    for prepared in out:
+        add_forwards(machine, prepared)
+    return out
+
+
+def add_forwards(machine: Machine, prepared: net.PreparedVif, timeout: float = 2.0) -> None:
+    """Add ``prepared``'s port forwards to its running user netdev (HMP ``hostfwd_add``,
+    the same rule syntax as ``-netdev user,hostfwd=``). HMP answers errors as text, not
+    as a QMP error: anything it prints is one.
+
+    :raise NetworkError: QEMU refused a forward.
+    """
+    for forward in prepared.publish:
+        rule = f"{forward.proto}:{forward.host_addr}:{forward.host_port}-:{forward.guest_port}"
+        said = machine.qmp.execute(
+            "human-monitor-command", {"command-line": f"hostfwd_add {prepared.netdev_id} {rule}"}, timeout=timeout
+        )
+        if str(said or "").strip():
+            raise NetworkError(
+                f"vif {prepared.index}: cannot publish {forward}: {str(said).strip()}; is the host port free?"
+            )
+
+
+def vm_argv(argv: Sequence[str], vifs: Sequence[net.PreparedVif], nics: Sequence[net.PreparedVif]) -> list[str]:
+    """A shell's QEMU command line as the VM's record should give it: each NIC's
+    ``-netdev`` value as the VM's vif would have had it (a user netdev's forwards, added
+    at execute), so a checkpoint's device arguments rebuild the same netdevs on restore
+    (lightvm/mobility/format.py, device_args). The devices keep the shell's MACs: they
+    are what the guest's driver holds."""
+    out = list(argv)
+    for vif, nic in zip(vifs, nics, strict=True):
+        old = net.qemu_args(nic)[1]
+        new = net.qemu_args(replace(vif, tap=nic.tap))[1]
+        out = [new if a == old else a for a in out]
+    return out
+
+
+def hand_over(
+    vifs: Sequence[net.ValidVif], taps: Sequence[net.PreparedVif], vm_name: str, ctx: net.NetContext, undo: UndoStack
+) -> list[net.PreparedVif]:
+    """Give a shell's ``taps`` to VM ``vm_name`` with the spec's ``vifs``: their addresses
+    (leases pushed on ``undo``), bridges, MTUs. The taps themselves go with the shell if
+    a later step fails (it is discarded).
+
+    :raise SpecError: a vif is not a tap vif, or its fixed address is taken.
+    :raise NetworkError: its bridge is missing or the kernel refused.
+    """
+    if len(vifs) != len(taps):
+        raise NetworkError(f"{vm_name}: {len(vifs)} vif(s) for a shell with {len(taps)} NIC(s)")
+    devd = ctx.devd()
+    out = []
+    for index, (vif, tap) in enumerate(zip(vifs, taps, strict=True)):
+        if vif.publish or not (vif.network or vif.bridge):
+            raise NetworkError(f"vif {index}: a pooled NIC is a tap on a bridge; this vif needs the cold path")
+        prepared = net.address(vif, vm_name, index, ctx, undo)
+        devd.hand_over(tap.tap, prepared.bridge, prepared.mtu, tap_alias(vm_name, index))
+        out.append(replace(prepared, tap=tap.tap))
+    return out
+
+
+def delete_taps(taps: Sequence[net.PreparedVif], ctx: net.NetContext) -> None:
+    """Delete a discarded shell's taps (missing is fine)."""
+    devd = ctx.devd()
+    for tap in taps:
+        devd.delete_tap(tap.tap)
+
+
+__all__ = [
+    "SHELL_TAP_MTU",
+    "add_forwards",
+    "delete_taps",
+    "device_mac",
+    "hand_over",
+    "hand_over_user",
+    "make_taps",
+    "user_nics",
+    "vm_argv",
+]

@@ -1,0 +1,154 @@
+"""Pooled NICs without QEMU or root: which specs a NIC shell serves (the flavour), why the
+others go cold, the shell device's MAC, and the vif page's dev_mac."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from lightvm.daemon.pool import MIXED_NICS_REASON, Flavour, poolable
+from lightvm.devices import net, shellnet
+from lightvm.errors import NetworkError
+from lightvm.noxs import NoxsError, NoxsRegion, PageConfig, VifConfig, VifCtrl, parse_mac
+from lightvm.spec import VMSpec, parse_spec
+from lightvm.undo import UndoStack
+
+
+def spec(tmp_path: Path, **extra: Any) -> VMSpec:
+    data: dict[str, Any] = {"name": "day", "kernel": "/k/daytime.elf", "memory": "4M", **extra}
+    return parse_spec(data, tmp_path / "day.toml", check_kernel=False)
+
+
+def test_a_nic_flavour_counts_nics_and_ignores_where_they_go(tmp_path: Path) -> None:
+    on_a = spec(tmp_path, vifs=[{"network": "a"}])
+    on_b = spec(tmp_path, vifs=[{"network": "b", "ip": "10.0.0.9"}], name="other")
+    bridged = spec(tmp_path, vifs=[{"bridge": "br0", "ip": "10.1.0.2/24"}])
+    flavour = Flavour.of(on_a, "tcg")
+    assert flavour.nics == 1 and flavour.label() == "daytime.elf/4M/1cpu/tcg/1tap"
+    # The bridge, address and name are set at execute: one shell serves all three.
+    assert Flavour.of(on_b, "tcg") == flavour == Flavour.of(bridged, "tcg")
+    assert Flavour.of(spec(tmp_path), "tcg") != flavour  # no NIC: another shell
+    assert Flavour.of(spec(tmp_path), "tcg").label() == "daytime.elf/4M/1cpu/tcg"
+
+
+def test_user_networking_is_a_flavour_of_its_own(tmp_path: Path) -> None:
+    user = spec(tmp_path, vifs=[{"publish": ["8013:13"]}])
+    assert Flavour.of(user, "tcg").label() == "daytime.elf/4M/1cpu/tcg/1user"
+    assert Flavour.of(user, "tcg") == Flavour.of(spec(tmp_path, vifs=[{}]), "tcg")  # forwards are set at execute
+    on_a = spec(tmp_path, vifs=[{"network": "a"}])
+    assert Flavour.of(on_a, "tcg") != Flavour.of(user, "tcg")
+    assert Flavour.of(on_a, "tcg", net_mode="user") == Flavour.of(user, "tcg")  # a rootless daemon: user for all
+
+
+def test_vifs_of_one_kind_are_poolable_mixed_are_not(tmp_path: Path) -> None:
+    assert poolable(spec(tmp_path, vifs=[{"network": "a"}])) is None
+    assert poolable(spec(tmp_path, vifs=[{"bridge": "br0", "ip": "10.1.0.2/24"}])) is None
+    assert poolable(spec(tmp_path, vifs=[{}])) is None  # neither network nor bridge: user networking
+    assert poolable(spec(tmp_path, vifs=[{"publish": ["8013:13"]}])) is None
+    assert poolable(spec(tmp_path, vifs=[{"network": "a"}, {}])) == MIXED_NICS_REASON
+    assert poolable(spec(tmp_path, vifs=[{"network": "a"}, {}]), net_mode="user") is None  # rootless: both user
+    (tmp_path / "d.img").write_bytes(bytes(512))
+    assert poolable(spec(tmp_path, disks=[{"path": "d.img"}], vifs=[{"network": "a"}])) == "disks"
+
+
+def test_shell_device_macs_are_unicast_local_and_distinct() -> None:
+    macs = {shellnet.device_mac(s, i) for s in ("0123456789abcdef", "fedcba9876543210") for i in (0, 1)}
+    assert len(macs) == 4
+    for mac in macs:
+        raw = parse_mac(mac)
+        assert not raw[0] & 1 and raw[0] & 2, mac  # unicast, locally administered
+
+
+def test_hand_over_refuses_a_shell_with_another_nic_count() -> None:
+    tap = net.PreparedVif(0, net.NetMode.TAP, "5a:00:00:00:00:01", "0.0.0.0", 0, "0.0.0.0", 1500, "lv000000-0")
+    with pytest.raises(NetworkError, match="2 vif"):
+        shellnet.hand_over(
+            [net.ValidVif(network="a"), net.ValidVif(network="a")], [tap], "vm", cast(net.NetContext, None), UndoStack()
+        )
+
+
+def test_dev_mac_goes_into_the_vif_page(tmp_path: Path) -> None:
+    vif = VifConfig(
+        mac=parse_mac("52:54:00:0a:0b:0c"), ip="10.0.0.2", prefix=24, dev_mac=parse_mac("5a:01:02:03:04:05")
+    )
+    plain = VifConfig(mac=parse_mac("52:54:00:0a:0b:0d"), ip="10.0.0.3", prefix=24)
+    with NoxsRegion.create(tmp_path / "region", 3) as region:
+        region.write_config(PageConfig(name="vm", vifs=[vif, plain]))
+        buf = region._buf
+        first = VifCtrl.from_buffer_copy(buf, 2 * 4096)
+        second = VifCtrl.from_buffer_copy(buf, 3 * 4096)
+    assert bytes(first.dev_mac) == parse_mac("5a:01:02:03:04:05") and bytes(first.mac) == vif.mac
+    assert bytes(second.dev_mac) == bytes(6)  # an old page's value: pair the device by mac
+
+
+@pytest.mark.parametrize("bad", ["01:00:5e:00:00:01", "00:00:00:00:00:00"])
+def test_dev_mac_must_be_unicast_and_set(bad: str) -> None:
+    with pytest.raises(NoxsError, match="device MAC"):
+        VifConfig(mac=parse_mac("52:54:00:0a:0b:0c"), dev_mac=parse_mac(bad))
+
+
+def test_noxs_config_carries_the_shell_device_mac() -> None:
+    vif = net.PreparedVif(0, net.NetMode.TAP, "52:54:00:0a:0b:0c", "10.0.0.2", 24, "10.0.0.1", 1400, "lvx-0", "br")
+    assert net.noxs_config(vif).dev_mac == b""
+    assert net.noxs_config(vif, dev_mac="5a:01:02:03:04:05").dev_mac == parse_mac("5a:01:02:03:04:05")
+
+
+class FakeQMP:
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        self.lines: list[str] = []
+
+    def execute(self, command: str, arguments: dict[str, Any], timeout: float) -> str:
+        assert command == "human-monitor-command"
+        self.lines.append(arguments["command-line"])
+        return self.answer
+
+
+class FakeMachine:
+    def __init__(self, answer: str = "") -> None:
+        self.qmp = FakeQMP(answer)
+
+
+def test_forwards_are_added_to_the_vifs_netdev() -> None:
+    machine = FakeMachine()
+    (vif,) = shellnet.hand_over_user(
+        [net.ValidVif(publish=(net.parse_publish("127.0.0.1:8013:13"), net.parse_publish("5353:53/udp")))],
+        shellnet.user_nics("0123456789abcdef", 1),
+        "web",
+        cast(Any, machine),
+    )
+    assert machine.qmp.lines == ["hostfwd_add n0 tcp:127.0.0.1:8013-:13", "hostfwd_add n0 udp::5353-:53"]
+    assert (vif.mac, vif.ip, vif.mode) == (net.user_mac("web", 0), net.USER_IP, net.NetMode.USER)  # as cold
+
+
+def test_a_refused_forward_fails_the_hand_over() -> None:
+    machine = FakeMachine("Could not set up host forwarding rule 'tcp::8013-:13'\r\n")
+    with pytest.raises(NetworkError, match="cannot publish 8013->13/tcp: Could not set up"):
+        shellnet.hand_over_user(
+            [net.ValidVif(publish=(net.parse_publish("8013:13"),))],
+            shellnet.user_nics("0123456789abcdef", 1),
+            "web",
+            cast(Any, machine),
+        )
+
+
+def test_the_vm_record_names_its_forwards_on_the_netdev() -> None:
+    (nic,) = shellnet.user_nics("0123456789abcdef", 1)
+    argv = ["qemu", "-mon", "x", *net.qemu_args(nic), "-S"]
+    (vif,) = shellnet.hand_over_user(
+        [net.ValidVif(publish=(net.parse_publish("8013:13"),))], [nic], "web", cast(Any, FakeMachine())
+    )
+    out = shellnet.vm_argv(argv, [vif], [nic])
+    assert out[4] == "user,id=n0,net=10.0.2.0/24,hostfwd=tcp::8013-:13"
+    assert out[6] == f"virtio-net-device,netdev=n0,mac={nic.mac}"  # the device keeps the shell's MAC
+
+
+def test_the_placeholder_page_names_each_shell_device() -> None:
+    from lightvm.daemon.pool_nics import placeholder_vifs
+
+    assert placeholder_vifs("0123456789abcdef", 0) == []
+    vifs = placeholder_vifs("0123456789abcdef", 2)
+    assert [v.dev_mac for v in vifs] == [parse_mac(shellnet.device_mac("0123456789abcdef", i)) for i in (0, 1)]
+    assert all(v.mac == v.dev_mac and v.ip == "0.0.0.0" for v in vifs)  # a valid vif with no address
