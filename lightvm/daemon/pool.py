@@ -74,6 +74,7 @@ class Flavour:
     accel: str
     nics: int = 0  # NICs, made at prepare; their bridge, address and forwards are the VM's, set at execute
     nic_mode: str = ""  # "tap" or "user" (with nics)
+    initrd: str = ""  # a Linux guest's initramfs (a Tinyx image): one kernel serves many images
 
     @classmethod
     def of(cls, spec: VMSpec, accel: str, net_mode: str = "tap") -> Flavour:
@@ -87,11 +88,13 @@ class Flavour:
             accel=accel,
             nics=len(spec.vifs),
             nic_mode=vif_kind(spec.vifs[0], net_mode) if spec.vifs else "",
+            initrd=os.path.normpath(os.path.abspath(spec.initrd)) if spec.initrd else "",
         )
 
     def label(self) -> str:
         nics = f"/{self.nics}{self.nic_mode}" if self.nics else ""
-        return f"{Path(self.kernel).name}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}{nics}"
+        image = f"+{Path(self.initrd).parent.name or Path(self.initrd).name}" if self.initrd else ""
+        return f"{Path(self.kernel).name}{image}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}{nics}"
 
     def cost_mib(self) -> int:
         return self.memory_mib + SHELL_OVERHEAD_MIB
@@ -115,8 +118,6 @@ def poolable(spec: VMSpec, net_mode: str = "tap") -> str | None:
     """
     if spec.disks:
         return "disks"
-    if spec.is_linux:
-        return "a Linux guest (Tinyx shells are not pooled yet)"
     if len({vif_kind(v, net_mode) for v in spec.vifs}) > 1:
         return MIXED_NICS_REASON
     return None
@@ -337,7 +338,7 @@ def execute_deferred(
 
     try:
         ensure_free(state, name)  # the usual refusal, before the guest ever sees the name
-        page = PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=True)
+        page = PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=not spec.is_linux)
         if shell.nics:
             # The name first (~0.1 ms more on this path): an address is leased under a
             # name that is ours (a one-shot create of the same name asking the allocator

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemonlib import Lightvmd, wait_pool
 from netclient import free_port
 
 from lightvm.util import wait_until
@@ -91,3 +92,24 @@ def test_redis_on_a_lightvm_network(lightvm: Any, netns: str, redis_config: Path
     (vm,) = lightvm.create(config)
     assert vm["app"] == APP and "10.214.9.20" in vm["network"]
     check_set_get(["-h", "10.214.9.20"], netns)
+
+
+def test_redis_from_lightvmds_pool(lightvmd: Lightvmd, redis_config: Path) -> None:
+    """Tinyx shells in lightvmd's pool: QEMU spawned with the image, Linux booted to lvinit's
+    wait point, asleep on the console bell; a create writes the page and rings, and redis
+    serves on the published port. The page's vif names the shell's own NIC (dev_mac): lvinit
+    finds it by that and gives it the VM's MAC."""
+    lightvmd.env["LIGHTVM_NET_MODE"] = "user"
+    lightvmd.start(pool=redis_config, size=1)
+    stats = wait_pool(lightvmd, 1, timeout=120)
+    assert "+redis-server/128M/" in stats["flavours"][0]["flavour"], stats
+    ports = [free_port(), free_port()]
+    first = lightvmd.create("r1", redis_config, publish=[f"127.0.0.1:{ports[0]}:{REDIS_PORT}"])
+    assert first["path"] == "pool" and first["app"] == APP, first
+    check_set_get(["-h", "127.0.0.1", "-p", str(ports[0])])
+    wait_pool(lightvmd, 1, timeout=120)  # refilled: a second VM from another shell
+    second = lightvmd.create("r2", redis_config, publish=[f"127.0.0.1:{ports[1]}:{REDIS_PORT}"])
+    assert second["path"] == "pool", second
+    check_set_get(["-h", "127.0.0.1", "-p", str(ports[1])])
+    assert first["network"].split(" mac ", 1)[1][:17] != second["network"].split(" mac ", 1)[1][:17]
+    print(f"pooled redis READY: {first['boot_ms']['ready']:.1f} ms, {second['boot_ms']['ready']:.1f} ms")

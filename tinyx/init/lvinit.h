@@ -59,6 +59,7 @@ struct lv_vif {
 	uint32_t id, offset;           /* offset: of its control page in the region */
 	uint8_t mac[6], ip[4], gateway[4], prefix;
 	uint16_t mtu;
+	uint8_t dev_mac[6];            /* the NIC's own MAC if not mac (a pooled shell's); else 0 */
 };
 
 struct lv_page {
@@ -114,8 +115,8 @@ int lv_net_loopback(char *err, size_t errlen);
 /* The interface whose MAC is mac, waiting up to timeout_ms for it to appear.
  * 0 and ifname, or -1. */
 int lv_net_find(const uint8_t mac[6], char ifname[16], unsigned timeout_ms);
-/* MTU, address/prefix, up, default route via the gateway if non-zero.
- * 0, or -1 with err. */
+/* The vif's MAC (if the NIC was found by dev_mac), MTU, address/prefix, up,
+ * default route via the gateway if non-zero. 0, or -1 with err. */
 int lv_net_configure(const char *ifname, const struct lv_vif *vif, char *err, size_t errlen);
 /* A counter from /sys/class/net/IFNAME/statistics/ (0 if unreadable). */
 uint64_t lv_net_stat(const char *ifname, const char *counter);

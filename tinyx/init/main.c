@@ -278,9 +278,12 @@ static void devices(void)
 	for (unsigned i = 0; i < noxs.page.layout.n_vif; i++) {
 		const struct lv_vif *v = &noxs.page.vif[i];
 		volatile struct noxs_vif_ctrl *ctrl = lv_rec_vif(&noxs, i);
+		static const uint8_t none[6];
+		/* A pooled shell's NIC has a MAC of its own (dev_mac): find it by that. */
+		const uint8_t *nic_mac = memcmp(v->dev_mac, none, 6) != 0 ? v->dev_mac : v->mac;
 		char mac[18];
-		lv_format_mac(v->mac, mac);
-		if (lv_net_find(v->mac, ifnames[i], NIC_WAIT_MS) != 0) {
+		lv_format_mac(nic_mac, mac);
+		if (lv_net_find(nic_mac, ifnames[i], NIC_WAIT_MS) != 0) {
 			lv_rec_fe(&ctrl->hdr, NOXS_STATE_CLOSED);
 			fatal(NOXS_ERR_NO_DEVICE, "vif %u: no network interface with MAC %s", v->id, mac);
 		}

@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <net/route.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -161,15 +162,32 @@ static int default_route(int fd, const char *ifname, const uint8_t gw[4], char *
 	return -1;
 }
 
+/* A pooled shell's NIC was made before the vif's MAC was known: the VM's MAC goes
+ * on it here, while it is down. virtio-net then tells QEMU (VIRTIO_NET_CTRL_MAC_ADDR_SET)
+ * or, without the control queue, keeps it as the address it sends from. */
+static int set_mac(int fd, const char *ifname, const uint8_t mac[6], char *err, size_t errlen)
+{
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
+	ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+	memcpy(ifr.ifr_hwaddr.sa_data, mac, 6);
+	return ioctl_on(fd, SIOCSIFHWADDR, &ifr, "set MAC", ifname, err, errlen);
+}
+
 int lv_net_configure(const char *ifname, const struct lv_vif *v, char *err, size_t errlen)
 {
-	static const uint8_t zero[4];
+	static const uint8_t zero[6];
 	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		snprintf(err, errlen, "socket(AF_INET): %s", strerror(errno));
 		return -1;
 	}
-	int rc = addr_up(fd, ifname, v->ip, v->prefix, v->mtu, err, errlen);
+	int rc = 0;
+	if (memcmp(v->dev_mac, zero, 6) != 0 && memcmp(v->dev_mac, v->mac, 6) != 0)
+		rc = set_mac(fd, ifname, v->mac, err, errlen);
+	if (rc == 0)
+		rc = addr_up(fd, ifname, v->ip, v->prefix, v->mtu, err, errlen);
 	if (rc == 0 && memcmp(v->gateway, zero, 4) != 0)
 		rc = default_route(fd, ifname, v->gateway, err, errlen);
 	close(fd);

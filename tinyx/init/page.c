@@ -40,6 +40,7 @@ static int snapshot(const volatile uint8_t *region, uint64_t bytes, struct lv_pa
 		v->id = out->layout.vif_id[i];
 		v->offset = out->layout.vif_offset[i];
 		memcpy(v->mac, c.mac, 6);
+		memcpy(v->dev_mac, c.dev_mac, 6);
 		memcpy(v->ip, c.ip, 4);
 		memcpy(v->gateway, c.gateway, 4);
 		v->prefix = c.prefix;
