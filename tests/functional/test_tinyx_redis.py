@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 from daemonlib import Lightvmd, wait_pool
 from netclient import free_port
+from tinyxlib import build_image
 
 from lightvm.util import wait_until
 
@@ -34,17 +34,7 @@ def redis_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The VM config `lightvm image build` wrote next to the kernel and initramfs."""
     if shutil.which("redis-cli") is None:
         pytest.fail("redis-cli is missing: scripts/bootstrap.sh installs redis-tools")
-    out = tmp_path_factory.mktemp("tinyx") / APP
-    proc = subprocess.run(
-        [sys.executable, "-m", "lightvm.cli", "image", "build", APP, "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=1400,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    config = out / f"{APP}.toml"
-    assert config.is_file(), sorted(p.name for p in out.iterdir())
-    return config
+    return build_image(APP, tmp_path_factory.mktemp("tinyx") / APP)
 
 
 def redis_cli(args: Sequence[str], netns: str | None = None, timeout: float = 10.0) -> str:
