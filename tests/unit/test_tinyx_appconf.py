@@ -18,6 +18,7 @@ def test_the_redis_recipe_gives_name_port_and_argv_in_order() -> None:
     assert "" in conf["arg"]  # --save "" survives as an empty arg= line
     assert text.startswith("#") and text.endswith("\n")
     assert "env" not in conf and "cwd" not in conf and "stop_timeout_ms" not in conf
+    assert conf["prestart"] == ["1"]  # redis listens on 0.0.0.0: a pooled shell may start it early
 
 
 def test_env_cwd_and_stop_timeout_lines() -> None:
@@ -30,8 +31,10 @@ def test_env_cwd_and_stop_timeout_lines() -> None:
         env=(("A", "1"), ("B", "x=y z")),
         cwd="/var/lib/app",
         stop_timeout_ms=2500,
+        prestart=True,
     )
     conf = appconf.parse(appconf.render(r))
+    assert conf["prestart"] == ["1"]
     assert conf["arg"] == ["/usr/bin/app", "--x=1", "two words"]
     assert conf["env"] == ["A=1", "B=x=y z"]
     assert conf["cwd"] == ["/var/lib/app"] and conf["stop_timeout_ms"] == ["2500"] and conf["port"] == ["0"]

@@ -67,6 +67,7 @@ def test_full_conf_is_what_the_init_runs(lvinit: Path, tmp_path: Path) -> None:
         "env=PATH=/opt/bin\n"  # overrides the default PATH
         "   \t\n"  # a blank line of spaces and tabs
         "cwd=/var/lib/redis\n"
+        "prestart=1\n"
         "stop_timeout_ms=600000"  # no final newline
     )
     assert lines(check_conf(lvinit, tmp_path, text)) == [
@@ -74,6 +75,7 @@ def test_full_conf_is_what_the_init_runs(lvinit: Path, tmp_path: Path) -> None:
         ("port", "6379"),
         ("cwd", "/var/lib/redis"),
         ("stop_timeout_ms", "600000"),
+        ("prestart", "1"),
         ("argc", "4"),
         ("arg", "/usr/bin/redis-server"),
         ("arg", "--save"),
@@ -93,6 +95,7 @@ def test_minimal_conf_gets_the_defaults(lvinit: Path, tmp_path: Path) -> None:
         ("port", "0"),
         ("cwd", "/"),
         ("stop_timeout_ms", "5000"),
+        ("prestart", "0"),
         ("argc", "1"),
         ("arg", "/bin/a"),
         *(("env", e) for e in DEFAULT_ENV),
@@ -138,6 +141,8 @@ HOSTILE_CONFS: dict[str, tuple[str | bytes, str]] = {
     "cwd_twice": (BASE + "cwd=/a\ncwd=/b\n", "app.conf line 5: a second cwd= line"),
     "stop_timeout_word": (BASE + "stop_timeout_ms=5s\n", "app.conf line 4: stop_timeout_ms must be 0..600000"),
     "stop_timeout_too_big": (BASE + "stop_timeout_ms=600001\n", "app.conf line 4: stop_timeout_ms must be 0..600000"),
+    "prestart_two": (BASE + "prestart=2\n", "app.conf line 4: prestart must be 0 or 1"),
+    "prestart_twice": (BASE + "prestart=1\nprestart=0\n", "app.conf line 5: a second prestart= line"),
     "crlf": ("name=web\r\nport=80\r\n", "app.conf line 1: carriage return (use Unix line endings)"),
     "nul_byte": (b"name=web\nport=8\x000\n", "app.conf line 2: NUL byte"),
     "control_char": ("name=web\nport=80\narg=/bin/x\x1b[31m\n", "app.conf line 3: control character 0x1b"),

@@ -19,6 +19,7 @@ memory = 96
 cwd = "/var/lib/redis"
 stop_timeout_ms = 2000
 exclude_packages = ["perl"]
+prestart = true
 [probe]
 send = "PING\\r\\n"
 expect = "+PONG"
@@ -44,7 +45,7 @@ def test_a_full_recipe_parses_into_every_field(tmp_path: Path) -> None:
     assert (r.port, r.memory, r.cwd, r.stop_timeout_ms) == (6379, 96, "/var/lib/redis", 2000)
     assert r.probe == rc.Probe("PING\r\n", "+PONG")
     assert r.env == (("LANG", "C.UTF-8"),)
-    assert r.exclude_packages == ("perl",)
+    assert r.exclude_packages == ("perl",) and r.prestart
     files = {f.path: f for f in r.files}
     assert files["/etc/app/extra.conf"].data == b"from a file\n" and files["/etc/app/extra.conf"].mode == 0o644
     assert files["/etc/app/inline.conf"].data == b"a = b\n" and files["/etc/app/inline.conf"].mode == 0o600
@@ -115,6 +116,7 @@ BAD = [
     ('package = "x1"\ncommand = ["/a"]\nport = 1\nstop_timeout_ms = 0\n', "stop_timeout_ms", "positive"),
     ('package = "x1"\ncommand = ["/a"]\nport = 1\nexclude_packages = ["x1"]\n', "exclude_packages[0]", "own package"),
     ('package = "x1"\ncommand = ["/a"]\nport = 1\nexclude_packages = "perl"\n', "exclude_packages", "list"),
+    ('package = "x1"\ncommand = ["/a"]\nport = 1\nprestart = 1\n', "prestart", "true or false"),
 ]
 
 

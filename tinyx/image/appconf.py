@@ -3,7 +3,8 @@
 The format is the interface fixed between the image builder and the init: ``key=value``
 lines; ``name=`` (at most 15 bytes: the boot record's app name), ``port=`` (0: READY as
 soon as the app is started), one ``arg=`` per argv element in order (argv[0] first,
-absolute), then optional ``env=KEY=VALUE``, ``cwd=`` and ``stop_timeout_ms=`` lines.
+absolute), then optional ``env=KEY=VALUE``, ``cwd=``, ``stop_timeout_ms=`` and
+``prestart=1`` lines.
 ``#`` lines and empty lines are comments. A value runs to the end of its line, so it
 may hold '=' and spaces but no newline (the recipe parser refuses those).
 """
@@ -41,6 +42,8 @@ def render(recipe: Recipe) -> str:
         lines.append(f"cwd={recipe.cwd}")
     if recipe.stop_timeout_ms is not None:
         lines.append(f"stop_timeout_ms={recipe.stop_timeout_ms}")
+    if recipe.prestart:
+        lines.append("prestart=1")
     return "\n".join(lines) + "\n"
 
 

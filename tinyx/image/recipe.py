@@ -9,6 +9,8 @@ accept means "serving" and the probe the kernel-trimming loop runs from the host
     memory = 128                     # MiB (optional, default 128)
     cwd = "/"                        # optional
     stop_timeout_ms = 5000           # optional
+    prestart = true                  # optional: in a pooled shell, start the app before the
+                                     #   VM's identity comes (it must listen on 0.0.0.0)
     exclude_packages = ["perl"]      # optional: installed as dependencies, files left out
     [probe]                          # optional; needs port > 0
     send = "PING\\r\\n"
@@ -54,6 +56,7 @@ TOP_KEYS = (
     "cwd",
     "stop_timeout_ms",
     "exclude_packages",
+    "prestart",
 )
 PROBE_KEYS = ("send", "expect")
 FILE_KEYS = ("content", "source", "mode")
@@ -95,6 +98,7 @@ class Recipe:
     cwd: str | None = None
     stop_timeout_ms: int | None = None
     exclude_packages: tuple[str, ...] = ()
+    prestart: bool = False  # a pooled shell starts the app at its wait point (lvinit)
     host_elf: Path | None = None
     guessed: tuple[str, ...] = field(default=())
 
@@ -262,6 +266,7 @@ def parse(src: Path, name: str | None = None) -> Recipe:
         cwd=_abs_path(src, "cwd", data["cwd"]) if "cwd" in data else None,
         stop_timeout_ms=stop,
         exclude_packages=_exclude(src, data.get("exclude_packages", []), package),
+        prestart=_type(src, "prestart", data.get("prestart", False), bool, "true or false"),
     )
 
 

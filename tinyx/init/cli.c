@@ -58,6 +58,7 @@ static int check_conf(const char *path)
 	lv_out(1, "port=%u", app.port);
 	lv_out(1, "cwd=%s", app.cwd ? app.cwd : "/");
 	lv_out(1, "stop_timeout_ms=%u", app.stop_timeout_ms);
+	lv_out(1, "prestart=%u", app.prestart);
 	lv_out(1, "argc=%u", app.argc);
 	for (unsigned i = 0; i < app.argc; i++)
 		lv_out(1, "arg=%s", app.argv[i]);

@@ -38,6 +38,7 @@ struct lv_app {
 	char name[NOXS_APP_LEN];       /* NUL-terminated, 1..15 bytes */
 	unsigned port;                 /* 0: READY as soon as the exec succeeded */
 	unsigned stop_timeout_ms;
+	unsigned prestart;             /* 1: a pool shell starts the app at its wait point */
 	const char *cwd;               /* NULL: "/" */
 	unsigned argc, envc;
 	char *argv[LV_CONF_MAX_ARGS + 1];  /* NULL-terminated; point into buf */

@@ -411,6 +411,24 @@ static void start_app(void)
 	app_ready = 1;
 }
 
+/* A pool shell (the page asks for the wait point) of an app that may start before the
+ * VM's identity comes (prestart=1: it listens on every address): start it now and wait
+ * until it accepts on 127.0.0.1, so that a create has only the NICs left to do. Its
+ * failure here is the shell's: ERROR before the wait point, and the host discards it. */
+static void prestart_app(void)
+{
+	char err[300];
+	if (lv_net_loopback(err, sizeof(err)) != 0)
+		fatal(NOXS_ERR_DEVICE, "lo: %s", err);
+	app_pid = lv_app_start(&app, err, sizeof(err));
+	if (app_pid < 0)
+		fatal(NOXS_ERR_APP, "%s", err);
+	while (app.port && !lv_app_accepts(app.port, PROBE_WAIT_MS)) {
+		wait_events(PROBE_EVERY_MS);
+		reap();
+	}
+}
+
 static void say_ready(void)
 {
 	/* After READY: every console byte is an I/O exit, none on the boot path. */
@@ -451,6 +469,8 @@ static __attribute__((noreturn)) void pid1(void)
 	int conf = lv_conf_load(&app, LV_CONF_PATH, conf_err, sizeof(conf_err));
 	find_noxs();
 	read_page();
+	if (conf == 0 && app.prestart && (noxs.page.snap.features & NOXS_FEAT_WAIT_CONFIG))
+		prestart_app();
 	wait_point();
 	if (conf != 0)
 		fatal(NOXS_ERR_APP, "%s", conf_err);
@@ -460,7 +480,12 @@ static __attribute__((noreturn)) void pid1(void)
 	lv_rec_fe_devices(&noxs, NOXS_STATE_INITIALISED);
 	devices();
 	lv_rec_devices_up(&noxs, lv_rdtsc());
-	start_app();
+	if (app_pid > 0) {   /* prestarted, serving on every address: READY with the NICs up */
+		lv_rec_ready(&noxs, app.name, lv_rdtsc());
+		app_ready = 1;
+	} else {
+		start_app();
+	}
 	say_ready();
 	for (unsigned pass = 1;; pass++) {
 		wait_events(POLL_MS);
