@@ -19,6 +19,14 @@ BUILD = (
     "DIR defaults to the image store's APP folder. Needs root (debootstrap, chroot, overlayfs mounts) "
     "and apt access to deb.debian.org for the first build; later builds reuse tinyx/build/."
 )
+IMAGE = (
+    "Tinyx images: one application as a minimal Linux VM (the LightVM paper's Tinyx). `build` "
+    "makes one from a Debian package (its files and the libraries it needs, BusyBox, lightvm's "
+    "init) with a kernel trimmed for QEMU's microvm, and writes a VM config next to them, so "
+    "`lightvm create DIR/APP.toml` boots it; lightvmd can pool it like a unikernel. "
+    "The image store: $LIGHTVM_IMAGE_DIR, else /var/lib/lightvm/images as root, else "
+    "${XDG_DATA_HOME:-~/.local/share}/lightvm/images."
+)
 LIST = "List the images of the image store: name, size on disk, app, when built."
 RM = "Remove an image folder from the image store."
 
@@ -26,7 +34,7 @@ RM = "Remove an image folder from the image store."
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     """Add ``image build|list|rm`` to the CLI's subparsers. ``parent`` (--state-dir) is
     not added: images live in the image store, not in a VM state dir."""
-    image = sub.add_parser("image", help="build, list and remove Tinyx images (Linux + one app)")
+    image = sub.add_parser("image", help="build, list and remove Tinyx images (Linux + one app)", description=IMAGE)
     isub = image.add_subparsers(dest="image_command", metavar="{build,list,rm}", required=True)
     store_help = "image store (default: $LIGHTVM_IMAGE_DIR, /var/lib/lightvm/images as root, else ~/.local/share/...)"
 
