@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add ``bench`` to the ``lightvm`` argument parser."""
     p = subparsers.add_parser(
         "bench",
-        help="run a benchmark suite (boot, density, net): JSON results + plots",
+        help=f"run a benchmark suite ({', '.join(suite.SUITES)}): JSON results + plots",
         description="Run a benchmark suite side by side with its baselines; write results.json "
         "(git describe, host, CPU, accel, QEMU version, every sample), summary.txt and PNG/SVG plots.",
     )

@@ -12,7 +12,8 @@ import pytest
 
 def _leftovers(marker: str) -> list[str]:
     """What a suite could leave: processes naming our private temp dir (QEMUs, libvirtd, the
-    crun worker), crun's busybox containers, libvirt NoXS files, bench network namespaces.
+    crun worker), containers whose root is in it (the tinyx suite's redis), crun's busybox
+    containers, libvirt NoXS files, bench network namespaces.
     (Taken before and after a test: only what appeared meanwhile counts.)"""
     found = []
     for entry in os.scandir("/proc"):
@@ -21,9 +22,10 @@ def _leftovers(marker: str) -> list[str]:
         try:
             argv = Path(entry.path, "cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
             state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
+            root = os.readlink(Path(entry.path, "root"))  # a container's: its bundle's rootfs
         except OSError:
             continue
-        if state != "Z" and (marker in argv or "busybox sleep 3600" in argv):
+        if state != "Z" and (marker in argv or marker in root or "busybox sleep 3600" in argv):
             found.append(f"{entry.name}: {argv[:160]}")
     found += [f"/dev/shm/{p.name}" for p in Path("/dev/shm").glob("lightvm-bench-*")]
     netns = Path("/run/netns")
