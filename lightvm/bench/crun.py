@@ -248,9 +248,12 @@ class _Worker:
             return {"error": f"crun run exited {proc.returncode} (first byte {byte!r}): {msg}"}
         return {"ms": ready, "exit_ms": exited}
 
-    def serve(self, bundle: str, cid: str, port: int, send: str, expect: str) -> dict[str, Any]:
+    def serve(
+        self, bundle: str, cid: str, port: int, send: str, expect: str, timeout: float = TIMEOUT
+    ) -> dict[str, Any]:
         """``crun run --detach`` of a server's bundle, timed to its first good answer on
-        127.0.0.1:``port`` (the container shares the host's network namespace)."""
+        127.0.0.1:``port`` (the container shares the host's network namespace). A container
+        that does not answer within ``timeout`` s is deleted before the error is returned."""
         from lightvm.bench.tcpprobe import wait_serving
 
         with open(Path(bundle) / f"{cid}.log", "ab") as log:  # the app's own output, for errors
@@ -268,8 +271,10 @@ class _Worker:
         self.started.append(cid)
         self.started_any = True
         try:
-            ms = wait_serving(port, send.encode(), expect.encode(), t0, timeout=TIMEOUT)
+            ms = wait_serving(port, send.encode(), expect.encode(), t0, timeout=timeout)
         except LightVMError as exc:
+            with contextlib.suppress(LightVMError, subprocess.SubprocessError):
+                self.kill(cid)
             tail = (Path(bundle) / f"{cid}.log").read_bytes().decode(errors="replace").strip()[-300:]
             return {"error": f"{exc}; the app said: {tail}"}
         state = subprocess.run(
@@ -318,7 +323,7 @@ def _worker_main(work: Path) -> int:
                     reply = worker.measure()
                 elif op == "serve":
                     args = (command["bundle"], command["id"], int(command["port"]), command["send"], command["expect"])
-                    reply = worker.serve(*args)
+                    reply = worker.serve(*args, timeout=float(command.get("timeout", TIMEOUT)))
                 elif op == "kill":
                     reply = worker.kill(str(command["id"]))
                 else:

@@ -219,6 +219,7 @@ class Containers:
         self.work = Path(self._tmp.name)
         self.bundle = self.work / "redis"
         self.seq = 0
+        self.serve_timeout = CRUN_TIMEOUT_S
         try:
             self.rootfs_bytes, self.rootfs_files = unpack(image.initramfs, self.bundle / "rootfs")
             self.argv, self.env, self.cwd = app_conf(self.bundle / "rootfs")
@@ -245,6 +246,7 @@ class Containers:
         self._config(port)
         send, expect = self.image.send.decode(), self.image.expect.decode()
         command = {"op": "serve", "bundle": str(self.bundle), "id": cid, "port": port, "send": send, "expect": expect}
+        command["timeout"] = self.serve_timeout
         return cid, self.worker.call(command)
 
     def measure(self) -> Sample:

@@ -47,3 +47,25 @@ def test_tinyx_smoke(tmp_path: Path, clean_host: None) -> None:
     # the same files: the rootfs is the initramfs minus its headers and padding
     assert 0.9 * image["initramfs_mib"] < rootfs["mib"] < image["initramfs_mib"], (image, rootfs)
     assert rootfs["files"] > 10
+
+
+def test_a_container_that_never_answers_is_an_error_and_is_removed(tmp_path: Path, clean_host: None) -> None:
+    """A sample that fails (here: an answer that never comes) says why, deletes its
+    container at once (the leak guard checks no process has its root in the run's dirs),
+    and the next sample of the same fleet works."""
+    import dataclasses
+
+    from lightvm.bench.tinyx import build_image
+    from lightvm.bench.tinyxfleets import Containers
+    from lightvm.errors import LightVMError
+
+    image = build_image(tmp_path / "image")
+    fleet = Containers(dataclasses.replace(image, expect=b"+NEVER"))
+    try:
+        fleet.serve_timeout = 1.0
+        with pytest.raises(LightVMError, match=r"did not answer b'PING\\r\\n' with b'\+NEVER'"):
+            fleet.measure()
+        fleet.image = image
+        assert fleet.measure()["ms"] > 0
+    finally:
+        fleet.close()
