@@ -172,7 +172,7 @@ class PoolVMs:
         self.fleet = SplitFleet(config=image.config, accel=accel, pool_size=1, env={"LIGHTVM_NET_MODE": "user"})
         self.seq = 0
 
-    def measure(self) -> Sample:
+    def _start(self) -> tuple[str, int, float, float, dict[str, Any]]:
         fleet = self.fleet
         fleet._wait_pool_full()  # untimed: a full, quiet pool (no shell booting meanwhile)
         self.seq += 1
@@ -183,15 +183,31 @@ class PoolVMs:
             t0 = time.perf_counter()
             (result,) = client.call("create", {**args, "publish": [f"127.0.0.1:{port}:{self.image.port}"]})
             reply_ms = (time.perf_counter() - t0) * 1000
+        if result["path"] != "pool":
+            fleet.call("destroy", {"names": [name]})
+            raise LightVMError(f"the create took the {result['path']} path, not a pooled shell: {result}")
+        return name, port, t0, reply_ms, result
+
+    def measure(self) -> Sample:
+        name, port, t0, reply_ms, result = self._start()
         try:
             ms = wait_serving(port, self.image.send, self.image.expect, t0, SERVE_TIMEOUT_S)
         finally:
-            fleet.call("destroy", {"names": [name]})
-        if result["path"] != "pool":
-            raise LightVMError(f"the create took the {result['path']} path, not a pooled shell: {result}")
+            self.fleet.call("destroy", {"names": [name]})
         sample: Sample = {"ms": ms, "reply_ms": reply_ms}
         sample.update({k: float(result["boot_ms"][k]) for k in BOOT_STEPS[1:] if result["boot_ms"].get(k)})
         return sample
+
+    def idle(self, window_s: float) -> Sample:
+        """A VM from the pool, serving, weighed once the pool has refilled (the new shell's
+        boot is not in the window)."""
+        name, port, t0, _, result = self._start()
+        try:
+            wait_serving(port, self.image.send, self.image.expect, t0, SERVE_TIMEOUT_S)
+            self.fleet._wait_pool_full()
+            return idle_cost([int(result["pid"])], window_s)
+        finally:
+            self.fleet.call("destroy", {"names": [name]})
 
     def close(self) -> None:
         self.fleet.close()
