@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add ``bench`` to the ``lightvm`` argument parser."""
     p = subparsers.add_parser(
         "bench",
-        help="run a benchmark suite (boot, density, net): JSON results + plots",
+        help=f"run a benchmark suite ({', '.join(suite.SUITES)}): JSON results + plots",
         description="Run a benchmark suite side by side with its baselines; write results.json "
         "(git describe, host, CPU, accel, QEMU version, every sample), summary.txt and PNG/SVG plots.",
     )
@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "(default fork-exec,crun,libvirt,lightvm-xenstore; 'none' for none)",
     )
     p.add_argument("--app", default="noop", help="example guest the VMs boot (default noop)")
-    p.add_argument("--idle-window", type=float, default=None, help="density: seconds of idle CPU sampling (10)")
+    p.add_argument("--idle-window", type=float, default=None, help="density, tinyx: seconds of idle sampling (10)")
     p.add_argument("--max-vms", type=int, default=200, help="refuse N above this unless raised (default 200)")
     p.add_argument(
         "--order", choices=suite.ORDERS, default=None,

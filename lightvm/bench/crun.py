@@ -9,6 +9,8 @@ answers one JSON line on stdout, so the timings exclude the unshare and Python
 start-up: ``start`` runs a detached ``busybox sleep`` container (the N-1 that
 keep running); ``measure`` times ``crun run`` of a container whose process
 writes ``R`` to stdout and exits (ms to that byte, and to crun's exit);
+``serve`` runs a server's bundle detached and times it to its first good answer on a
+port (the Tinyx suite's redis, lightvm/bench/tinyx.py), ``kill`` deletes one;
 ``stop`` kills and deletes every container. The state lives under a suite-owned
 ``--root``; on EOF the worker deletes whatever is left.
 
@@ -107,31 +109,14 @@ class CrunFleet:
         make_bundle(work / "ready", ["/bin/busybox", "echo", "R"])
         make_bundle(work / "sleep", ["/bin/busybox", "sleep", "3600"])
         self.count = 0
-        self._proc = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", sys.executable, "-m", "lightvm.bench.crun", str(work)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent.parent)},
-        )
         try:
-            self._call({"op": "hello"})
+            self.worker = CrunWorker(work)
         except BaseException:
-            self.close()
+            self._tmp.cleanup()
             raise
 
     def _call(self, command: dict[str, Any]) -> dict[str, Any]:
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._proc.stdin.write(json.dumps(command) + "\n")
-        self._proc.stdin.flush()
-        line = self._proc.stdout.readline()  # the worker answers every command (or dies)
-        if not line:
-            self._proc.wait(TIMEOUT)
-            raise LightVMError(f"crun worker exited with status {self._proc.returncode}")
-        reply: dict[str, Any] = json.loads(line)
-        if "error" in reply:
-            raise LightVMError(f"crun baseline: {reply['error']}")
-        return reply
+        return self.worker.call(command)
 
     def grow(self, count: int) -> None:
         while self.count < count:
@@ -149,20 +134,57 @@ class CrunFleet:
         """
         from lightvm.bench.procfs import children_of
 
-        return children_of(self._proc.pid, "busybox sleep")
+        return children_of(self.worker.pid, "busybox sleep")
 
     def close(self) -> None:
+        self.worker.close(TIMEOUT + self.count)
+        self._tmp.cleanup()
+
+
+class CrunWorker:
+    """The worker process (``unshare -m ... python -m lightvm.bench.crun WORK``) and its
+    one-JSON-line-per-command protocol; every container it starts lives under WORK/state
+    and is deleted when :meth:`close` ends its input."""
+
+    def __init__(self, work: Path) -> None:
+        self._proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", sys.executable, "-m", "lightvm.bench.crun", str(work)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent.parent)},
+        )
+        self.pid = self._proc.pid
+        try:
+            self.call({"op": "hello"})
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, command: dict[str, Any]) -> dict[str, Any]:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(json.dumps(command) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()  # the worker answers every command (or dies)
+        if not line:
+            self._proc.wait(TIMEOUT)
+            raise LightVMError(f"crun worker exited with status {self._proc.returncode}")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise LightVMError(f"crun baseline: {reply['error']}")
+        return reply
+
+    def close(self, timeout: float = TIMEOUT) -> None:
         with contextlib.suppress(OSError, ValueError):
             if self._proc.stdin:
                 self._proc.stdin.close()  # EOF: the worker deletes every container, then exits
         try:
-            self._proc.wait(TIMEOUT + self.count)
+            self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait(TIMEOUT)
         if self._proc.stdout:
             self._proc.stdout.close()
-        self._tmp.cleanup()
 
 
 # ---------------------------------------------------------------------- the worker
@@ -226,6 +248,47 @@ class _Worker:
             return {"error": f"crun run exited {proc.returncode} (first byte {byte!r}): {msg}"}
         return {"ms": ready, "exit_ms": exited}
 
+    def serve(
+        self, bundle: str, cid: str, port: int, send: str, expect: str, timeout: float = TIMEOUT
+    ) -> dict[str, Any]:
+        """``crun run --detach`` of a server's bundle, timed to its first good answer on
+        127.0.0.1:``port`` (the container shares the host's network namespace). A container
+        that does not answer within ``timeout`` s is deleted before the error is returned."""
+        from lightvm.bench.tcpprobe import wait_serving
+
+        with open(Path(bundle) / f"{cid}.log", "ab") as log:  # the app's own output, for errors
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                ["crun", "--root", str(self.root), "run", "--detach", "--bundle", bundle, cid],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, timeout=TIMEOUT, check=False,
+            )  # fmt: skip
+            crun_ms = (time.perf_counter() - t0) * 1000
+        if proc.returncode != 0:
+            with contextlib.suppress(LightVMError):
+                self.crun("delete", "--force", cid)
+            tail = (Path(bundle) / f"{cid}.log").read_bytes().decode(errors="replace").strip()[-300:]
+            return {"error": f"crun run --detach exited {proc.returncode}: {tail}"}
+        self.started.append(cid)
+        self.started_any = True
+        try:
+            ms = wait_serving(port, send.encode(), expect.encode(), t0, timeout=timeout)
+        except LightVMError as exc:
+            with contextlib.suppress(LightVMError, subprocess.SubprocessError):
+                self.kill(cid)
+            tail = (Path(bundle) / f"{cid}.log").read_bytes().decode(errors="replace").strip()[-300:]
+            return {"error": f"{exc}; the app said: {tail}"}
+        state = subprocess.run(
+            ["crun", "--root", str(self.root), "state", cid], capture_output=True, timeout=TIMEOUT, check=True
+        )
+        return {"ms": ms, "crun_ms": crun_ms, "pid": int(json.loads(state.stdout)["pid"])}
+
+    def kill(self, cid: str) -> dict[str, Any]:
+        """Kill and delete one container (``crun delete --force``)."""
+        self.crun("delete", "--force", cid)
+        if cid in self.started:
+            self.started.remove(cid)
+        return {"ok": True}
+
     def stop_all(self) -> None:
         for cid in self.started:
             with contextlib.suppress(LightVMError, subprocess.SubprocessError):
@@ -258,6 +321,11 @@ def _worker_main(work: Path) -> int:
                     reply = worker.start(str(command["id"]))
                 elif op == "measure":
                     reply = worker.measure()
+                elif op == "serve":
+                    args = (command["bundle"], command["id"], int(command["port"]), command["send"], command["expect"])
+                    reply = worker.serve(*args, timeout=float(command.get("timeout", TIMEOUT)))
+                elif op == "kill":
+                    reply = worker.kill(str(command["id"]))
                 else:
                     reply = {"error": f"unknown op {op!r}"}
             except (LightVMError, OSError, subprocess.SubprocessError) as exc:

@@ -2,7 +2,8 @@
 
 The figures follow the paper's: one line per variant against the number of
 running instances N (medians, with a p10-p90 band), and a stacked bar of
-lightvm's boot breakdown per N. Each function returns the files it wrote.
+lightvm's boot breakdown per N; a suite comparing variants at one point only (tinyx)
+gets bars per variant. Each function returns the files it wrote.
 """
 
 from __future__ import annotations
@@ -110,4 +111,42 @@ def breakdown(results: Sequence[Result], stem: Path, variant: str, steps: Sequen
         plt.close(fig)
 
 
-__all__ = ["FORMATS", "breakdown", "lines"]
+def bars(
+    groups: Sequence[tuple[str, Sequence[float]]],
+    stem: Path,
+    title: str,
+    ylabel: str,
+    logy: bool = False,
+    subtitle: str = "",
+) -> list[Path]:
+    """One bar per (label, values): the median, with a p10-p90 whisker and the value on top.
+
+    For suites that compare variants at one point (the Tinyx suite: create -> serving of a
+    VM, a pooled VM and a container), where a line against N has nothing to draw."""
+    groups = [(label, values) for label, values in groups if values]
+    if not groups:
+        return []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    stats = [summarize(values) for _, values in groups]
+    xs = list(range(len(groups)))
+    medians = [s["median"] for s in stats]
+    errors = [[m - s["p10"] for m, s in zip(medians, stats, strict=True)],
+              [s["p90"] - m for m, s in zip(medians, stats, strict=True)]]  # fmt: skip
+    ax.bar(xs, medians, yerr=errors, capsize=4, color=[f"C{i}" for i in xs])
+    for x, m in zip(xs, medians, strict=True):
+        text = f"{m:.0f}" if m >= 100 else f"{m:.3g}"
+        ax.annotate(text, (x, m), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(xs, [label for label, _ in groups], fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    try:
+        return _save(fig, stem)
+    finally:
+        plt.close(fig)
+
+
+__all__ = ["FORMATS", "bars", "breakdown", "lines"]

@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
 
-SUITES = ("boot", "density", "net", "checkpoint", "split")
+SUITES = ("boot", "density", "net", "checkpoint", "split", "tinyx")
 ORDERS = ("n", "variant")
 
 
