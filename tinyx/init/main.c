@@ -396,7 +396,9 @@ static void service(void)
 	lv_rec_generation(&noxs, g1);
 }
 
-static void start_app(void)
+/* Start the app and wait until its port accepts on 127.0.0.1 (at once with port=0),
+ * reaping (its early exit is fatal) and, once the VM has its page, obeying the host. */
+static void launch_app(int obey_host)
 {
 	char err[300];
 	app_pid = lv_app_start(&app, err, sizeof(err));
@@ -405,8 +407,14 @@ static void start_app(void)
 	while (app.port && !lv_app_accepts(app.port, PROBE_WAIT_MS)) {
 		wait_events(PROBE_EVERY_MS);
 		reap();
-		service();
+		if (obey_host)
+			service();
 	}
+}
+
+static void start_app(void)
+{
+	launch_app(1);
 	lv_rec_ready(&noxs, app.name, lv_rdtsc());
 	app_ready = 1;
 }
@@ -414,19 +422,14 @@ static void start_app(void)
 /* A pool shell (the page asks for the wait point) of an app that may start before the
  * VM's identity comes (prestart=1: it listens on every address): start it now and wait
  * until it accepts on 127.0.0.1, so that a create has only the NICs left to do. Its
- * failure here is the shell's: ERROR before the wait point, and the host discards it. */
+ * failure here is the shell's: ERROR before the wait point, and the host discards it.
+ * The host's requests wait for the wait point (a placeholder page asks for nothing). */
 static void prestart_app(void)
 {
 	char err[300];
 	if (lv_net_loopback(err, sizeof(err)) != 0)
 		fatal(NOXS_ERR_DEVICE, "lo: %s", err);
-	app_pid = lv_app_start(&app, err, sizeof(err));
-	if (app_pid < 0)
-		fatal(NOXS_ERR_APP, "%s", err);
-	while (app.port && !lv_app_accepts(app.port, PROBE_WAIT_MS)) {
-		wait_events(PROBE_EVERY_MS);
-		reap();
-	}
+	launch_app(0);
 }
 
 static void say_ready(void)
