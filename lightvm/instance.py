@@ -290,6 +290,7 @@ def spawn_shell(
     nics: int = 0,
     state_root: Path | None = None,
     nic_mode: str = "tap",
+    disks: tuple[bool, ...] = (),
 ) -> Instance:
     """Spawn one shell QEMU for the VM ``spec`` (a VMSpec dict) in ``root/ID`` (NoXS
     region for ``devices`` entries), QMP negotiated; its record is named ID.
@@ -302,7 +303,8 @@ def spawn_shell(
     symlink ``console.out``), so the guest can be woken by a byte. ``nics``: that many
     virtio-net devices (lightvm/devices/shellnet.py), ``nic_mode`` ``tap`` (taps of the
     shell's own, made in ``state_root``'s networking context) or ``user`` (QEMU user
-    networking), recorded as the shell's ``vifs``.
+    networking), recorded as the shell's ``vifs``. ``disks``: that many virtio-blk devices
+    on placeholders (True: read-only), lightvm/devices/shellblk.py.
 
     :raise LightVMError: QEMU could not be started, or ``then`` failed.
     """
@@ -320,6 +322,10 @@ def spawn_shell(
         region = vm.create_region(devices)
         pipe = _make_console_pipe(vm.vmdir) if console_bell else None
         args, netns = vm.make_shell_nics(nics, nic_mode) if nics else ([], contextlib.nullcontext)
+        if disks:
+            from lightvm.devices import shellblk
+
+            args = [*args, *shellblk.shell_args(disks)]
         machine = vm.launch((*extra_args, *args), netns, name=f"pool-{shell_id}", console_pipe=pipe)
         if nics and nic_mode == "tap":
             # Pending again: an execute leases addresses under the VM's name before its

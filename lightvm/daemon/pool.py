@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightvm.daemon import pool_nics
 from lightvm.daemon.shells import POOL_DIR, SHELL_OVERHEAD_MIB, ShellPool
+from lightvm.devices import blk, shellblk
 from lightvm.errors import GuestError, LightVMError
 from lightvm.instance import adopt, destroy, ensure_free, spawn_shell
 from lightvm.machine import Machine
@@ -75,6 +76,7 @@ class Flavour:
     nics: int = 0  # NICs, made at prepare; their bridge, address and forwards are the VM's, set at execute
     nic_mode: str = ""  # "tap" or "user" (with nics)
     initrd: str = ""  # a Linux guest's initramfs (a Tinyx image): one kernel serves many images
+    disks: tuple[bool, ...] = ()  # per disk: read-only? (fixed at prepare); the images are the VM's, set at execute
 
     @classmethod
     def of(cls, spec: VMSpec, accel: str, net_mode: str = "tap") -> Flavour:
@@ -89,12 +91,14 @@ class Flavour:
             nics=len(spec.vifs),
             nic_mode=vif_kind(spec.vifs[0], net_mode) if spec.vifs else "",
             initrd=os.path.normpath(os.path.abspath(spec.initrd)) if spec.initrd else "",
+            disks=tuple(d.readonly for d in spec.disks),
         )
 
     def label(self) -> str:
         nics = f"/{self.nics}{self.nic_mode}" if self.nics else ""
         image = f"+{Path(self.initrd).parent.name or Path(self.initrd).name}" if self.initrd else ""
-        return f"{Path(self.kernel).name}{image}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}{nics}"
+        disks = f"/{len(self.disks)}disk({','.join('ro' if ro else 'rw' for ro in self.disks)})" if self.disks else ""
+        return f"{Path(self.kernel).name}{image}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}{nics}{disks}"
 
     def cost_mib(self) -> int:
         return self.memory_mib + SHELL_OVERHEAD_MIB
@@ -114,10 +118,9 @@ def poolable(spec: VMSpec, net_mode: str = "tap") -> str | None:
     the daemon has (``tap`` with CAP_NET_ADMIN, else ``user``: lightvm/devices/net.py).
 
     Vifs are poolable, all taps (made at prepare, on a bridge at execute) or all user
-    networking (forwards added at execute): lightvm/devices/shellnet.py.
+    networking (forwards added at execute): lightvm/devices/shellnet.py. Disks too (a
+    placeholder at prepare, the image at execute): lightvm/devices/shellblk.py.
     """
-    if spec.disks:
-        return "disks"
     if len({vif_kind(v, net_mode) for v in spec.vifs}) > 1:
         return MIXED_NICS_REASON
     return None
@@ -204,10 +207,11 @@ def prepare_create_shell(
         root,
         spec.to_dict(),
         flavour.accel,
-        devices=1 + flavour.nics,
+        devices=1 + flavour.nics + len(flavour.disks),
         console_bell=variant == WAITING,
         then=to_wait_point,
         nics=flavour.nics,
+        disks=flavour.disks,
         state_root=state_root,
         nic_mode=flavour.nic_mode or "tap",
     )
@@ -329,6 +333,7 @@ def execute_deferred(
     machine = shell.machine
     undo = UndoStack()
     vifs: list[PreparedVif] = []
+    disks: list[blk.PreparedDisk] = []
 
     def claim() -> None:
         # While the guest boots: the folder becomes the VM's, under the state lock (a
@@ -347,6 +352,10 @@ def execute_deferred(
             claim()
             vifs = pool_nics.hand_over(shell.nics, machine, shell.state_root, spec.vifs, name, net_context, undo)
             page.vifs = pool_nics.page_vifs(vifs, shell.nics)
+        if spec.disks:
+            disks = [blk.prepare(blk.validate(d, f"disks[{i}]"), i) for i, d in enumerate(spec.disks)]
+            shellblk.attach(machine, disks)
+            page.vbds = [blk.noxs_config(d) for d in disks]
         shell.region.write_config(page)
         woken_at = shell.ring() if shell.bell is not None else None
         times, boot_record = boot(machine, shell.region, t0, timeout, woken_at, meanwhile=claim)
@@ -374,11 +383,17 @@ def execute_deferred(
             record.devices["pool"] = {"shell": shell.id, "age_s": age_s}
             if vifs:  # the VM's vifs now: destroy releases their leases and taps
                 record.argv = pool_nics.record_vifs(record.devices, record.argv, vifs, shell.nics)
+            if disks:  # as a cold VM's: a checkpoint rebuilds its QEMU from them
+                record.devices["disks"] = [d.to_dict() for d in disks]
+                record.argv = shellblk.vm_argv(record.argv, disks)
             vmdir = VMDir(target)
             vmdir.write(record)
             vmdir.mark_created()
         except OSError:
             pass  # destroyed meanwhile (a one-shot destroy does not wait for us): nothing to record
+            if disks:
+                with contextlib.suppress(LightVMError):  # a leftover 512-byte node harms nobody
+                    shellblk.drop_placeholders(machine, len(disks))
         finally:
             shell.close_bell()
             machine.release()
