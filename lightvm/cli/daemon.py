@@ -23,6 +23,10 @@ from lightvm.util import proc_alive, tail, wait_until
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
+UNIT = Path(__file__).resolve().parent.parent / "daemon" / "lightvmd.service"
+
+# run and start: their parsers and the defaults --config files fill in (lightvm/cli/daemonconf.py)
+_CONFIGURABLE: dict[str, tuple[argparse.ArgumentParser, dict[str, Any]]] = {}
 
 DAEMON = (
     "lightvmd serves a JSON API on STATE/lightvmd.sock (mode 0600; 0660 with "
@@ -41,6 +45,13 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         ("start", "start detached and wait until the socket answers"),
     ):
         q = dsub.add_parser(action, parents=[parent], help=helptext)
+        q.add_argument(
+            "--config",
+            type=Path,
+            metavar="FILE",
+            help="TOML file of these options (keys: their long names, e.g. pool-size = 4); "
+            "the command line wins over it",
+        )
         q.add_argument("--group", help="let this group use the socket (mode 0660)")
         q.add_argument(
             "--pool",
@@ -86,6 +97,19 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
             help="prepare -incoming QEMUs for this checkpoint file's kind from the start (repeatable)",
         )
         q.set_defaults(func=cmd_daemon_run if action == "run" else cmd_daemon_start)
+        from lightvm.cli import daemonconf
+
+        _CONFIGURABLE[action] = (q, daemonconf.take_defaults(q))
+    q = dsub.add_parser(
+        "unit",
+        parents=[parent],
+        help="print a systemd unit running this lightvm's daemon (Type=notify)",
+        description="Print lightvmd.service with ExecStart set to this Python and lightvm, "
+        "running `daemon run` with the given --config (and --state-dir). Redirect it to "
+        "/etc/systemd/system/lightvmd.service.",
+    )
+    q.add_argument("--config", type=Path, metavar="FILE", help="the daemon config file the service reads")
+    q.set_defaults(func=cmd_daemon_unit)
     q = dsub.add_parser(
         "connect",
         parents=[parent],
@@ -121,9 +145,35 @@ def _daemon_argv(args: argparse.Namespace, root: Path) -> list[str]:
     return argv
 
 
+def _configure(args: argparse.Namespace) -> None:
+    from lightvm.cli import daemonconf
+
+    parser, defaults = _CONFIGURABLE[args.daemon_command]
+    daemonconf.apply(args, parser, defaults)
+
+
+def unit_text(config: Path | None, state_dir: str | None) -> str:
+    """The service file with ExecStart for this interpreter's lightvm."""
+    import shlex
+
+    argv = [sys.executable, "-m", "lightvm.cli"]
+    if state_dir:
+        argv += ["--state-dir", str(Path(state_dir).resolve())]
+    argv += ["daemon", "run"]
+    if config is not None:
+        argv += ["--config", str(config.resolve())]
+    return UNIT.read_text().replace("@EXEC_START@", shlex.join(argv))
+
+
+def cmd_daemon_unit(args: argparse.Namespace) -> int:
+    sys.stdout.write(unit_text(args.config, getattr(args, "state_dir", None)))
+    return 0
+
+
 def cmd_daemon_run(args: argparse.Namespace) -> int:
     from lightvm.daemon.server import DaemonConfig, run
 
+    _configure(args)
     config = DaemonConfig(
         state_root=_state_root(args),
         group=args.group,
@@ -178,6 +228,7 @@ def cmd_daemon_start(args: argparse.Namespace) -> int:
     from lightvm.daemon import api
     from lightvm.daemon.server import LOG_NAME, read_pid
 
+    _configure(args)
     root = _state_root(args).resolve()
     running = read_pid(root)
     if running:

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightvm.daemon import api
+from lightvm.daemon import api, sdnotify
 from lightvm.daemon.operations import Operations
 from lightvm.daemon.pool import Pool, poolable
 from lightvm.daemon.restore_pool import IncomingFlavour, IncomingPool
@@ -176,6 +176,11 @@ class Daemon(Operations):
         )
         flavours = self.pool.stats()["flavours"]
         self.log(f"serving {api.socket_path(self.state.root)} (pid {os.getpid()}); pool {flavours}")
+        shells = ", ".join(f["flavour"] for f in flavours) or "none"
+        status = f"serving {api.socket_path(self.state.root)}; pools: {shells}"
+        why = sdnotify.notify(ready=1, mainpid=os.getpid(), status=status)
+        if why:
+            self.log(why)
 
     def _bind(self) -> None:
         path = api.socket_path(self.state.root)
@@ -265,6 +270,7 @@ class Daemon(Operations):
         """
         if self._lock_fd is None:
             return
+        sdnotify.notify(stopping=1, status="stopping: finishing requests, discarding prepared shells")
         if self._listener is not None:
             self._listener.close()
             self._listener = None
