@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightvm import jail as jailmod
 from lightvm.devices import blk
 from lightvm.errors import ExistsError, GuestError, LightVMError, StateError
 from lightvm.machine import MICROVM, Machine, MachineConfig, ProcessHandle
@@ -220,12 +221,16 @@ class Instance:
         ``-incoming defer``) and record its PID, start time and argv at once, with the
         devices prepared before. ``changes``: other MachineConfig fields."""
         self.step = "launch QEMU"
-        machine = Machine(machine_config(self.vmdir, self.record, extra_args=tuple(extra_args), **changes))
+        config = machine_config(self.vmdir, self.record, extra_args=tuple(extra_args), **changes)
+        jail = jailmod.allocate(self.record.id, config.binary)
+        self.undo.push("jail uid", jail.release)
+        machine = Machine(dataclasses.replace(config, jail_args=jail.args))
         with netns():
             machine.launch()
         self.undo.push("QEMU", machine.kill)
         self.machine = machine
         assert machine.process is not None
+        jail.hand_to(machine.process.pid, machine.process.start_time)
         # QEMU is initialising now (~20 ms); the host-side bookkeeping runs meanwhile.
         record = self.record
         record.pid, record.pid_start, record.argv = machine.process.pid, machine.process.start_time, machine.argv
@@ -418,6 +423,9 @@ def destroy(vmdir: VMDir, state_root: Path | None, hard: bool = False) -> None:
         record = None
     if record is not None:
         kill_qemu(vmdir, record, hard)
+        uid = jailmod.uid_of(record.argv or [])
+        if uid is not None:
+            jailmod.release(uid)
         if state_root is not None and (record.devices.get("vifs") or record.devices.get("vifs_pending")):
             release_vifs(state_root, vmdir.name, record.devices)
         Path(record.noxs_path).unlink(missing_ok=True)

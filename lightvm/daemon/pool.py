@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightvm import jail
 from lightvm.daemon import pool_nics
 from lightvm.daemon.shells import POOL_DIR, SHELL_OVERHEAD_MIB, ShellPool
 from lightvm.devices import blk, shellblk
@@ -123,7 +124,15 @@ def poolable(spec: VMSpec, net_mode: str = "tap") -> str | None:
     """
     if len({vif_kind(v, net_mode) for v in spec.vifs}) > 1:
         return MIXED_NICS_REASON
+    if jail.layers_drop_root() and any(_host_port(p) < 1024 for v in spec.vifs for p in v.publish):
+        return "a published host port below 1024 (a shell's QEMU adds it after its jail dropped root)"
     return None
+
+
+def _host_port(publish: str) -> int:
+    """HOSTPORT of ``[addr:]HOSTPORT:GUESTPORT[/proto]`` (0 if unreadable: net.parse_publish says why)."""
+    parts = publish.split("/", 1)[0].rsplit(":", 2)
+    return int(parts[-2]) if len(parts) >= 2 and parts[-2].isdigit() else 0
 
 
 @dataclass
@@ -166,6 +175,9 @@ class Shell:
             with contextlib.suppress(LightVMError), net.NetContext.open(self.state_root) as ctx:
                 shellnet.delete_taps(taps, ctx)
         self.region.unlink()
+        uid = jail.uid_of(self.record.argv or [])
+        if uid is not None:
+            jail.release(uid)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -9,8 +9,10 @@ a node's child at run time with ``blockdev-reopen``. So:
   ``d<i>``. Whether the device is read-only is fixed here: QEMU offers VIRTIO_BLK_F_RO
   from the backend's state when the device is plugged, so the flavour names each disk's
   ``readonly`` and a read-write image never lands on a read-only device or the reverse.
-* execute (:func:`attach`): per disk, ``blockdev-add`` of a ``file`` node for the image
-  and ``blockdev-reopen`` of ``d<i>`` onto it (pipelined: one wait for all of them);
+* execute (:func:`attach`): per disk, the image opened here and passed to QEMU
+  (``add-fd``: a jailed QEMU can open no host file, lightvm/jail.py), ``blockdev-add`` of a
+  ``file`` node on ``/dev/fdset/N`` and ``blockdev-reopen`` of ``d<i>`` onto it
+  (pipelined: one wait for all of them);
   the guest reads the capacity from the device's config space when its driver starts,
   after the wait point (images/apps/disk.c opens its disk in app_main), and QEMU answers
   that read from the current node, so it sees the image's size. The placeholders are
@@ -23,6 +25,7 @@ docs/lightvmd.md ("Disks of prepared shells") has the measured cost.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from lightvm.machine import Machine
 
 PLACEHOLDER_BYTES = 512
+FDSET_BASE = 100  # disk i's image is fd set FDSET_BASE + i (a shell has no other fd set)
 
 
 def _ro(readonly: bool) -> str:
@@ -61,24 +65,37 @@ def attach(machine: Machine, disks: Sequence[blk.PreparedDisk], timeout: float =
     """
     qmp = machine.qmp
     sent = []
-    for disk in disks:
-        node = f"f{disk.index}"
-        add = {"driver": "file", "node-name": node, "filename": disk.path, "read-only": disk.readonly}
-        reopen = {"driver": "raw", "node-name": f"d{disk.index}", "file": node, "read-only": disk.readonly}
-        sent.append((disk, "blockdev-add", qmp.send("blockdev-add", add)))
-        sent.append((disk, "blockdev-reopen", qmp.send("blockdev-reopen", {"options": [reopen]})))
-    for disk, command, ident in sent:
-        try:
-            qmp.wait(ident, timeout, command)
-        except QMPError as exc:
-            raise LightVMError(f"disks[{disk.index}] {disk.path}: QEMU cannot use it: {exc}") from exc
+    fds: list[int] = []
+    try:
+        for disk in disks:
+            try:
+                fd = os.open(disk.path, (os.O_RDONLY if disk.readonly else os.O_RDWR) | os.O_CLOEXEC)
+            except OSError as exc:
+                raise LightVMError(f"disks[{disk.index}] {disk.path}: {exc.strerror or exc}") from exc
+            fds.append(fd)
+            node, fdset = f"f{disk.index}", FDSET_BASE + disk.index
+            add = {"driver": "file", "node-name": node, "filename": f"/dev/fdset/{fdset}", "read-only": disk.readonly}
+            reopen = {"driver": "raw", "node-name": f"d{disk.index}", "file": node, "read-only": disk.readonly}
+            sent.append((disk, "add-fd", qmp.send_with_fd("add-fd", {"fdset-id": fdset}, fd)))
+            sent.append((disk, "blockdev-add", qmp.send("blockdev-add", add)))
+            sent.append((disk, "blockdev-reopen", qmp.send("blockdev-reopen", {"options": [reopen]})))
+        for disk, command, ident in sent:
+            try:
+                qmp.wait(ident, timeout, command)
+            except QMPError as exc:
+                raise LightVMError(f"disks[{disk.index}] {disk.path}: QEMU cannot use it: {exc}") from exc
+    finally:
+        for fd in fds:  # QEMU holds its own copies
+            os.close(fd)
 
 
 def drop_placeholders(machine: Machine, count: int, timeout: float = 5.0) -> None:
-    """Delete the placeholder nodes the images replaced (nothing refers to them now)."""
+    """Delete the placeholder nodes the images replaced (nothing refers to them now), and
+    the fd sets: the file nodes keep the descriptors they took from them."""
     idents = [machine.qmp.send("blockdev-del", {"node-name": f"ph{i}"}) for i in range(count)]
+    idents += [machine.qmp.send("remove-fd", {"fdset-id": FDSET_BASE + i}) for i in range(count)]
     for ident in idents:
-        machine.qmp.wait(ident, timeout, "blockdev-del")
+        machine.qmp.wait(ident, timeout, "blockdev-del/remove-fd")
 
 
 def vm_argv(argv: list[str], disks: Sequence[blk.PreparedDisk]) -> list[str]:
