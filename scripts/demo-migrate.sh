@@ -6,7 +6,7 @@
 # client saw, writes a PNG timeline, and removes everything it made (also on Ctrl-C).
 # Needs root. All traffic stays inside the namespaces it creates.
 # Options (see --help): -n N migrations, -o FILE.png, --timeout-ms, --no-announce.
-# The logic is lightvm/demo/ (docs/migration-demo.md).
+# The logic is lightvm/bench/demo/ (docs/migration-demo.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $(id -u) -ne 0 ]]; then
@@ -14,4 +14,4 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 bash scripts/bootstrap.sh >&2
-exec .venv/bin/python -m lightvm.demo.migrate "$@"
+exec .venv/bin/python -m lightvm.bench.demo.migrate "$@"

@@ -1,6 +1,6 @@
 """A second "host" for the checkpoint benchmark: an sshd on loopback with its own host key,
 and lightvmd on two state dirs (the source's and the destination's). The migration demo
-(lightvm/demo/) uses the same class for an sshd inside a network namespace (``netns``,
+(lightvm/bench/demo/) uses the same class for an sshd inside a network namespace (``netns``,
 ``addr``): one host of its shared L2 segment each.
 
 Why loopback and not two network namespaces (as tests/root/test_migrate.py does): the

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lightvm.demo.segment import wait_gone
+from lightvm.bench.demo.segment import wait_gone
 
 pytestmark = [pytest.mark.root, pytest.mark.functional]
 

@@ -1,4 +1,4 @@
-"""The demo's gap client (lightvm/demo/client.py): the gap arithmetic, and the client
+"""The demo's gap client (lightvm/bench/demo/client.py): the gap arithmetic, and the client
 against a local daytime-like server that goes silent for a while (as a VM does during
 its migration's downtime), over loopback only."""
 
@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from lightvm.demo.client import Events, gap, run
+from lightvm.bench.demo.client import Events, gap, run
 
 
 def test_gap_is_longest_interval_overlapping_window() -> None:

@@ -5,13 +5,15 @@ causes is seen the way a user of the service sees it.
 One query is one new TCP connection to IP:13 and the time string back (RFC 867: the
 server sends it and closes). Queries run one after another, a new one ``interval`` after
 the previous one started (or at once if it took longer). A query that has no answer
-after ``hedge`` opens another connection beside the first (and so on, at most
-``MAX_ATTEMPTS`` at once): a SYN that reached the source host while the VM was stopped
-there is lost with the source's tap, and Linux would resend it only after its 1 s
-initial RTO; the first connection to answer wins. A query with no answer within
-``timeout`` (default 1 s) is a **failed query**.
+after ``hedge`` (default 20 ms) opens another connection beside the first, and one more
+every ``hedge`` (the oldest is closed beyond ``MAX_ATTEMPTS`` at once): a SYN that
+reached the source host while the VM was stopped there is lost with the source's tap,
+and Linux would resend it only after its 1 s initial SYN RTO (measured without hedging:
+every migration then lost a query; docs/migration-demo.md). The first connection to
+answer wins. A query with no answer within ``timeout`` (default 1 s) is a **failed
+query**.
 
-Run inside the client's network namespace as ``python -m lightvm.demo.client IP`` (the
+Run inside the client's network namespace as ``python -m lightvm.bench.demo.client IP`` (the
 demo starts it with ``ip netns exec``); it prints one line per event on stdout::
 
     A T_NS LAT_US   an answer at CLOCK_MONOTONIC T_NS, LAT_US after its query started
@@ -83,6 +85,12 @@ class _Query:
             sel.register(s, selectors.EVENT_READ)
         self.last_attempt = now
 
+    def drop_oldest(self, sel: selectors.BaseSelector) -> None:
+        s = next(iter(self.socks))  # (dicts keep insertion order)
+        sel.unregister(s)
+        s.close()
+        del self.socks[s]
+
     def close(self, sel: selectors.BaseSelector) -> None:
         for s in self.socks:
             sel.unregister(s)
@@ -110,7 +118,9 @@ def run(ip: str, port: int, interval_s: float, hedge_s: float, timeout_s: float,
                     query.close(sel)
                     query = None
                     continue
-                if now - query.last_attempt >= hedge and len(query.socks) < MAX_ATTEMPTS:
+                if now - query.last_attempt >= hedge:
+                    if len(query.socks) >= MAX_ATTEMPTS:
+                        query.drop_oldest(sel)
                     query.attempt(sel, now)
             wake = next_start if query is None else min(query.last_attempt + hedge, query.started + timeout)
             for key, _ in sel.select(max(0.0, (wake - time.monotonic_ns()) / 1e9)):
@@ -148,7 +158,7 @@ def run(ip: str, port: int, interval_s: float, hedge_s: float, timeout_s: float,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lightvm.demo.client", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lightvm.bench.demo.client", description=__doc__.split("\n\n")[0])
     p.add_argument("ip")
     p.add_argument("--port", type=int, default=13)
     p.add_argument("--interval-ms", type=float, default=10.0)

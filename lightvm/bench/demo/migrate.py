@@ -1,6 +1,6 @@
 """The live-migration demo (``scripts/demo-migrate.sh``): a daytime VM moved A -> B -> A
 between two namespace "hosts" on one L2 segment while a client asks it the time every
-10 ms (lightvm/demo/segment.py is the layout, lightvm/demo/client.py the client).
+10 ms (lightvm/bench/demo/segment.py is the layout, lightvm/bench/demo/client.py the client).
 
 Per migration it prints the total time (request to the source's lightvmd -> its reply:
 the guest runs on the destination, the source is gone), QEMU's downtime and bytes sent,
@@ -9,7 +9,7 @@ and what the client saw: the longest time between two answers around the migrati
 migrations marked. Everything it made is removed at the end, on failure, on Ctrl-C and
 on SIGTERM (not on SIGKILL: the names carry the PID, so a next run does not collide).
 
-:class:`Demo` is also what ``lightvm bench migrate`` measures with (lightvm/bench/migrate.py).
+:class:`Demo` is also what the ``migrate-gap`` row of ``lightvm bench checkpoint`` measures with.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightvm.bench.demo.client import Events, gap
+from lightvm.bench.demo.segment import BRIDGE, PREFIX, VM_IP, DemoError, Host, Segment, wait_gone
 from lightvm.bench.sshhost import call
-from lightvm.demo.client import Events, gap
-from lightvm.demo.segment import BRIDGE, PREFIX, VM_IP, DemoError, Host, Segment, wait_gone
 from lightvm.errors import LightVMError
+from lightvm.util import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 VM = "daytime"
 SETTLE_S = 0.3  # the client runs undisturbed this long between migrations
 
@@ -64,10 +65,13 @@ class Migration:
 class Demo:
     """A running demo: segment up, client asking, the VM on host A. Use as a context manager."""
 
-    def __init__(self, root: Path, timeout_ms: float = 1000.0, announce: bool = True, accel: str = "tcg") -> None:
+    def __init__(
+        self, root: Path, timeout_ms: float = 1000.0, announce: bool = True, accel: str = "tcg", hedge_ms: float = 20.0
+    ) -> None:
         self.seg = Segment(root, tag=root.name)
         self.root = root
         self.timeout_ms = timeout_ms
+        self.hedge_ms = hedge_ms
         self.announce = announce
         self.accel = accel
         self.events = Events([], [])
@@ -111,8 +115,8 @@ class Demo:
         self.seg.a.lightvm("create", str(config), "--accel", self.accel)
         self._client = subprocess.Popen(
             [
-                "ip", "netns", "exec", self.seg.client_ns, sys.executable, "-m", "lightvm.demo.client", VM_IP,
-                "--interval-ms", "10", "--timeout-ms", str(self.timeout_ms),
+                "ip", "netns", "exec", self.seg.client_ns, sys.executable, "-m", "lightvm.bench.demo.client", VM_IP,
+                "--interval-ms", "10", "--timeout-ms", str(self.timeout_ms), "--hedge-ms", str(self.hedge_ms),
             ],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
         )  # fmt: skip
@@ -141,9 +145,16 @@ class Demo:
     def migrate(self) -> Migration:
         """Move the VM to the other host; wait for the client's next answer; the figures."""
         src, dst = self.where, (self.seg.b if self.where is self.seg.a else self.seg.a)
+        # The previous move's source (now the destination) removes its copy of the VM right
+        # after its reply (~5-60 ms): wait for that rather than be refused "exists".
+        if not wait_until(lambda: not (dst.state / "vms" / VM).exists(), timeout=10.0, interval=0.01):
+            raise DemoError(f"host {dst.side} still holds {VM} 10 s after it left; its lightvmd says:\n{self._logs()}")
         request = {"name": VM, **dst.ssh.target_args(dst.state)}
         t0 = time.monotonic_ns()
-        moved = call(src.state, "migrate", request, timeout=90.0)
+        try:
+            moved = call(src.state, "migrate", request, timeout=90.0)
+        except LightVMError as exc:
+            raise DemoError(f"migration {src.side.upper()} -> {dst.side.upper()}: {exc}\n{self._logs()}") from exc
         t1 = time.monotonic_ns()
         self.where = dst
         answered = self._answered_after(t1, self.timeout_ms / 1e3 + 2.0)
@@ -159,6 +170,16 @@ class Demo:
         )  # fmt: skip
         self.migrations.append(m)
         return m
+
+    def _logs(self, lines: int = 8) -> str:
+        """The last lines of both lightvmds' logs (for an error message)."""
+        out = []
+        for h in self.seg.hosts:
+            log = h.state / "lightvmd.log"
+            text = log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else ["(no log)"]
+            prefix = f"  host {h.side.upper()}: "
+            out.append(prefix + ("\n" + prefix).join(text))
+        return "\n".join(out)
 
     def close(self) -> list[str]:
         if self._client is not None:
@@ -240,6 +261,10 @@ def timeline(demo: Demo, out: Path) -> Path:
     return out
 
 
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def progress(text: str) -> None:
     print(f"demo-migrate: {text}", file=sys.stderr, flush=True)
 
@@ -253,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", "--migrations", type=int, default=20, help="A -> B -> A ... moves (default 20)")
     p.add_argument("-o", "--png", type=Path, default=Path("migration-demo.png"), help="the timeline (PNG)")
     p.add_argument("--timeout-ms", type=float, default=1000.0, help="a query with no answer by then failed (1000)")
+    p.add_argument(
+        "--hedge-ms", type=float, default=20.0, help="a query unanswered this long opens one more connection (20)"
+    )
     p.add_argument("--no-announce", action="store_true", help="drop QEMU's self-announce (RARP) on the bridges")
     p.add_argument("--accel", choices=("tcg", "kvm"), default="tcg")
     args = p.parse_args(argv)
@@ -261,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     try:
         t = time.monotonic()
-        with Demo(tmp, args.timeout_ms, announce=not args.no_announce, accel=args.accel) as demo:
+        with Demo(
+            tmp, args.timeout_ms, announce=not args.no_announce, accel=args.accel, hedge_ms=args.hedge_ms
+        ) as demo:
             progress(f"client asks {VM_IP}:13 every 10 ms; {args.migrations} migrations follow")
             for _ in range(args.migrations):
                 print(demo.migrate().line(), flush=True)
@@ -269,7 +299,6 @@ def main(argv: list[str] | None = None) -> int:
             s = summary(demo.migrations)
             png = timeline(demo, args.png.resolve())
             progress(f"{time.monotonic() - t:.1f} s so far; removing everything")
-        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
         print(
             f"summary: {s['migrations']} migrations, {s['failed_queries']} failed queries, "
             f"client gap median {fmt(s['median_gap_ms'])} ms (max {fmt(s['max_gap_ms'])}), "

@@ -123,7 +123,10 @@ class Segment:
         what the client sees without them (``--no-announce``). Needs nft."""
         if shutil.which("nft") is None:
             raise DemoError("--no-announce needs nft (apt-get install nftables)")
-        rules = "table bridge lvdemo { chain fwd { type filter hook forward priority 0; ether type 0x8035 drop; } }"
+        rules = (
+            "table bridge lvdemo {\n chain noannounce {\n  type filter hook forward priority 0;\n"
+            "  ether type 0x8035 drop\n }\n}\n"
+        )
         for h in self.hosts:
             done = subprocess.run(
                 ["ip", "netns", "exec", h.ns, "nft", "-f", "-"],
