@@ -221,6 +221,7 @@ class _Checkpoints:
             "ms": m.gap_ms,
             "total_ms": m.total_ms,
             "qemu_downtime_ms": m.downtime_ms,
+            "handover_ms": m.handover_ms,
             "bytes": m.bytes,
             "failed_queries": m.failed,
         }

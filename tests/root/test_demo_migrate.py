@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.root, pytest.mark.functional]
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "demo-migrate.sh"
 LINE = re.compile(
-    r"^#(\d+)\s+([AB]) -> ([AB])\s+total\s+([\d.]+) ms\s+QEMU downtime\s+([\d.]+) ms\s+sent\s+([\d.]+) KB\s+"
+    r"^#(\d+)\s+([AB]) -> ([AB])\s+total\s+([\d.]+) ms\s+QEMU downtime\s+([\d.]+) ms\s+"
+    r"handover\s+([\d.]+) ms\s+sent\s+([\d.]+) KB\s+"
     r"client gap\s+([\d.]+) ms\s+failed queries (\d+)$",
     re.M,
 )
@@ -40,9 +41,9 @@ def test_demo_two_migrations(need_net_admin: None, tmp_path: Path) -> None:
     assert done.returncode == 0, (done.stdout, done.stderr[-3000:])
     rows = LINE.findall(done.stdout)
     assert [(r[0], r[1], r[2]) for r in rows] == [("1", "A", "B"), ("2", "B", "A")], done.stdout
-    for _, _, _, total, downtime, sent, client_gap, failed in rows:
+    for _, _, _, total, downtime, handover, sent, client_gap, failed in rows:
         assert int(failed) == 0, done.stdout
-        assert float(sent) > 0 and float(total) > 0 and float(downtime) >= 0
+        assert float(sent) > 0 and float(total) > float(handover) > 0 and float(downtime) >= 0
         # The client saw the VM move: a gap well over its 10 ms period would be a stalled
         # network (no announce: the old place's queries are lost for seconds).
         assert 0 < float(client_gap) < 1000.0, done.stdout

@@ -49,6 +49,7 @@ class Migration:
     t1: int  # reply received
     total_ms: float
     downtime_ms: float  # QEMU's
+    handover_ms: float  # the destination: stream complete -> guest running there (page, cont, guest's ack)
     bytes: int
     gap_ms: float | None  # the client's longest time between two answers around it
     failed: int  # client queries started around it that failed
@@ -57,7 +58,8 @@ class Migration:
         g = "no answer" if self.gap_ms is None else f"{self.gap_ms:6.1f} ms"
         return (
             f"#{self.index:<3} {self.src.upper()} -> {self.dst.upper()}  total {self.total_ms:6.1f} ms  "
-            f"QEMU downtime {self.downtime_ms:4.1f} ms  sent {self.bytes / 1e3:6.1f} KB  "
+            f"QEMU downtime {self.downtime_ms:4.1f} ms  handover {self.handover_ms:5.1f} ms  "
+            f"sent {self.bytes / 1e3:6.1f} KB  "
             f"client gap {g}  failed queries {self.failed}"
         )
 
@@ -166,6 +168,7 @@ class Demo:
             ]
         m = Migration(
             len(self.migrations) + 1, src.side, dst.side, t0, t1, (t1 - t0) / 1e6, float(moved["downtime_ms"]),
+            float(moved["handover_ms"]),
             int(moved["bytes"]), gap(answers, t0, t1) if answered else None, len(failed),
         )  # fmt: skip
         self.migrations.append(m)
