@@ -212,7 +212,7 @@ class _Checkpoints:
         from lightvm.bench.demo.segment import DemoError
 
         if self._demo is None:
-            demo = Demo(Path(self._tmp.name) / f"lvdemo{os.getpid()}bench", accel=self.opts.accel)
+            demo = Demo(Path(self._tmp.name) / f"lvdemo{os.getpid()}-bench", accel=self.opts.accel)
             self._demo = demo.__enter__()  # (close() below exits it)
         m = self._demo.migrate()
         if m.gap_ms is None:

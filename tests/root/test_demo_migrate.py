@@ -77,3 +77,32 @@ def test_demo_sigterm_mid_run_leaves_nothing(need_net_admin: None, tmp_path: Pat
     assert not png.exists()
     started = time.monotonic()
     assert wait_gone(_tag(err), timeout=5.0) == [], time.monotonic() - started
+
+
+def test_demo_sigkill_then_clean(need_net_admin: None, tmp_path: Path) -> None:
+    """A run killed with SIGKILL cannot clean up; the next run (or ``--clean``) removes
+    what it left, and nothing of a live run."""
+    proc = subprocess.Popen(
+        ["bash", str(SCRIPT), "-n", "50", "-o", str(tmp_path / "t.png")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        assert first.startswith("#1 "), first
+        proc.kill()  # the script exec'd python: this is the demo itself
+        proc.wait(30)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    tag = _tag(err)
+    assert any(s.startswith("namespace ") for s in wait_gone(tag, timeout=0.1))  # it did leave them
+    done = subprocess.run(["bash", str(SCRIPT), "--clean"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0 and f"namespace {tag}-a" in done.stdout, (done.stdout, done.stderr[-2000:])
+    assert wait_gone(tag, timeout=5.0) == []
+    assert not list(Path("/tmp").glob(f"{tag}*"))

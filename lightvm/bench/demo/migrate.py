@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.bench.demo.client import Events, gap
-from lightvm.bench.demo.segment import BRIDGE, PREFIX, VM_IP, DemoError, Host, Segment, wait_gone
+from lightvm.bench.demo.segment import BRIDGE, PREFIX, VM_IP, DemoError, Host, Segment, reap_stale, wait_gone
 from lightvm.bench.sshhost import call
 from lightvm.errors import LightVMError
 from lightvm.util import wait_until
@@ -286,9 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-announce", action="store_true", help="drop QEMU's self-announce (RARP) on the bridges")
     p.add_argument("--accel", choices=("tcg", "kvm"), default="tcg")
+    p.add_argument("--clean", action="store_true", help="only remove what runs killed with SIGKILL left, then exit")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
-    tmp = Path(tempfile.mkdtemp(prefix=f"lvdemo{os.getpid()}", dir="/tmp"))
+    if args.clean:
+        left = reap_stale()
+        print(f"demo-migrate: removed what killed runs left: {', '.join(left) or 'nothing'}")
+        return 0
+    reap_stale()  # a run killed with SIGKILL could not clean up after itself
+    tmp = Path(tempfile.mkdtemp(prefix=f"lvdemo{os.getpid()}-", dir="/tmp"))
     code = 1
     try:
         t = time.monotonic()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -73,7 +74,7 @@ class Segment:
     """The namespaces, links, sshds and lightvmds of one demo run (see the module doc)."""
 
     def __init__(self, root: Path, tag: str | None = None) -> None:
-        self.tag = tag or f"lvdemo{os.getpid()}"
+        self.tag = tag or f"lvdemo{os.getpid()}-seg"  # (reap_stale: "lvdemo<PID>-")
         self.short = f"lvd{os.getpid() % 100000}"  # interface names: 15 bytes at most
         self.root = root
         self.client_ns = f"{self.tag}-c"
@@ -153,11 +154,7 @@ class Segment:
                 problems.append(f"host {h.side}: {exc}")
         for ns in reversed(self._made):
             # Whatever still runs in the namespace (QEMU, a receiver, an SSH session): by PID.
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10).stdout
-            for pid in (int(p) for p in pids.split()):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            _ip("netns", "del", ns, check=False)
+            _kill_netns(ns)
             if Path(f"/run/netns/{ns}").exists():
                 problems.append(f"namespace {ns} is still there")
         self._made.clear()
@@ -166,6 +163,38 @@ class Segment:
             if h.shm.exists():
                 problems.append(f"{h.shm} is still there")
         return problems
+
+
+def _kill_netns(ns: str) -> None:
+    """SIGKILL whatever runs in ``ns`` (by PID), then delete it (its links go with it)."""
+    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10).stdout
+    for pid in (int(p) for p in pids.split()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _ip("netns", "del", ns, check=False)
+
+
+def reap_stale() -> list[str]:
+    """Remove what demo runs killed with SIGKILL left: namespaces, NoXS dirs and temporary
+    dirs named ``lvdemo<PID>-...`` whose PID is no longer alive. Everything such a run
+    started (sshd, lightvmd, QEMU, the client) ran inside its namespaces, so it goes with
+    them. Returns what was removed."""
+
+    def dead(name: str) -> bool:
+        m = re.match(r"lvdemo(\d+)-", name)
+        return m is not None and not Path(f"/proc/{m.group(1)}").exists()
+
+    removed: list[str] = []
+    netns = Path("/run/netns")
+    for p in sorted(netns.glob("lvdemo*")) if netns.exists() else []:
+        if dead(p.name):
+            _kill_netns(p.name)
+            removed.append(f"namespace {p.name}")
+    for p in [*Path("/dev/shm").glob("lvdemo*"), *Path("/tmp").glob("lvdemo*")]:
+        if p.is_dir() and dead(p.name):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(str(p))
+    return removed
 
 
 def leftovers(tag: str) -> list[str]:
@@ -193,4 +222,4 @@ def wait_gone(tag: str, timeout: float = 5.0) -> list[str]:
         time.sleep(0.05)
 
 
-__all__ = ["BRIDGE", "CLIENT_IP", "VM_IP", "DemoError", "Host", "Segment", "leftovers", "wait_gone"]
+__all__ = ["BRIDGE", "CLIENT_IP", "VM_IP", "DemoError", "Host", "Segment", "leftovers", "reap_stale", "wait_gone"]
