@@ -224,9 +224,9 @@ def timeline(demo: Demo, out: Path) -> Path:
     """The PNG: every answer's latency over time, failed queries, migrations shaded."""
     from lightvm.bench.plots import _pyplot
 
-    plt = _pyplot()
-    with demo._lock:
+    with demo._lock:  # (before matplotlib's import: the client goes on answering meanwhile)
         answers, failures = list(demo.events.answers), list(demo.events.failures)
+    plt = _pyplot()
     base = answers[0][0] if answers else 0
     xs = [(t - base) / 1e9 for t, _ in answers]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
