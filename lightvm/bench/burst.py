@@ -85,11 +85,12 @@ class Burst:
     """One daemon on a private state dir and NoXS dir; the burst against it; the checks."""
 
     def __init__(self, app: str, accel: str, initial_pool: int, pool_idle: float, pool_max: int) -> None:
-        self.config = REPO / "examples" / f"{app}.toml"
-        if not self.config.is_file():
-            raise LightVMError(f"{self.config}: no such example (--app)")
+        example = REPO / "examples" / f"{app}.toml"
+        if not example.is_file():
+            raise LightVMError(f"{example}: no such example (--app)")
         self.accel, self.initial_pool, self.pool_idle = accel, initial_pool, pool_idle
         self._tmp = tempfile.TemporaryDirectory(prefix="lightvm-bench-burst-")
+        self.config = self._private_config(example, Path(self._tmp.name))
         self.state = Path(self._tmp.name) / "state"
         self.state.mkdir()
         # A NoXS dir of our own, on the same tmpfs: its entries are this run's and no one else's.
@@ -111,6 +112,26 @@ class Burst:
         except BaseException:
             self.close()
             raise
+
+    @staticmethod
+    def _private_config(example: Path, tmp: Path) -> Path:
+        """The example with its kernel and firmware copied into ``tmp``: a run lasts minutes,
+        and a rebuild of images/build meanwhile (measured: another job's `make` rewrote
+        noop.elf in place mid-run, and the daemon's next spec load found no ELF) must not
+        change or break the guest under the benchmark."""
+        import shutil
+        import tomllib
+
+        data = tomllib.loads(example.read_text())
+        for key in ("kernel", "firmware"):
+            if data.get(key):
+                source = (example.parent / str(data[key])).resolve()
+                copy = tmp / f"{key}-{source.name}"
+                shutil.copyfile(source, copy)
+                data[key] = str(copy)
+        config = tmp / f"{example.stem}.json"
+        config.write_text(json.dumps(data))
+        return config
 
     def _log_tail(self) -> str:
         try:
