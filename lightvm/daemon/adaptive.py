@@ -15,9 +15,10 @@ sizes it from what it sees, per flavour:
 * **target** = the highest need seen in the last ``idle_s`` seconds, never below the
   floor (``--pool-size``) nor above the maximum (``--pool-max``). Taking the recent peak
   instead of the current need keeps the pool from shrinking between two waves of a
-  bursty load; once ``idle_s`` seconds pass without the need reaching that peak again,
-  the target falls back to the current need (the floor once creates stop) and the
-  surplus shells are destroyed, oldest first (:meth:`AdaptivePolicy.surplus`).
+  bursty load; once ``idle_s`` seconds pass without the need reaching that peak again
+  and without a create finding the pool empty, the target falls back to the current
+  need (the floor once creates stop) and the surplus shells are destroyed, oldest first
+  (:meth:`AdaptivePolicy.surplus`).
 
 Refills: up to ``parallel`` prepares at a time across flavours (default: the host's
 cores; a prepare is mostly CPU, so more than the cores only slows each of them), each
@@ -68,6 +69,7 @@ class Demand:
     refills_measured: int = 0
     peak: int = 0
     peak_at: float = 0.0
+    starved_at: float = -math.inf  # the last take that found no ready shell (waited or missed)
     hits: int = 0  # a ready shell was there
     waited: int = 0  # served by a shell that was being prepared when the create came
     misses: int = 0  # cold path
@@ -128,6 +130,8 @@ class AdaptivePolicy(Generic[K]):
             d.hits += 1
         else:
             d.misses += 1
+        if waited or not hit:
+            d.starved_at = now
         self.target(key)  # the peak follows the demand as it rises, not only when asked
 
     def on_prepared(self, key: K, seconds: float) -> None:
@@ -164,8 +168,11 @@ class AdaptivePolicy(Generic[K]):
         need = max(self.floor, min(self.maximum, self.need(key)))
         if need >= d.peak:
             d.peak, d.peak_at = need, now
-        elif now - d.peak_at >= self.idle_s:
-            d.peak, d.peak_at = need, now  # idle long enough: fall back (the floor once creates stop)
+        elif now - d.peak_at >= self.idle_s and now - d.starved_at >= self.idle_s:
+            # Below the peak and never short of shells for idle_s: fall back (the floor once
+            # creates stop). A pool whose creates still wait for shells is not too big,
+            # whatever the demand measured meanwhile: its ready shells would be taken.
+            d.peak, d.peak_at = need, now
         return d.peak
 
     def plan(

@@ -193,7 +193,6 @@ class ShellPool(Generic[F, S]):
                     break
                 waited = True
                 self._waiting[flavour] = self._waiting.get(flavour, 0) + 1
-                self._cond.notify_all()  # the refill plans with the waiter in mind
                 try:
                     self._cond.wait(left)
                 finally:

@@ -152,6 +152,23 @@ def test_a_lower_steady_demand_shrinks_the_target_to_its_need_not_to_the_floor()
     assert sim.hit_fraction(after=clock.now - 2.0) == 1.0
 
 
+def test_a_pool_whose_creates_wait_for_shells_does_not_shrink_when_the_demand_dips() -> None:
+    """Supply-limited (one prepare at a time): the demand falls from 100/s to 30/s, still
+    above what one 50 ms prepare at a time makes (20/s): the creates keep finding the
+    pool empty, so the target keeps its peak and no ready shell is destroyed."""
+    clock = Clock()
+    policy: AdaptivePolicy[str] = AdaptivePolicy(floor=1, maximum=64, idle_s=2.0, parallel=1, clock=clock)
+    sim = Sim(policy, clock, spawn_s=0.05)
+    sim.burst(rate=100.0, seconds=2.0)  # need 10
+    peak = policy.target("f")
+    assert peak >= 10  # 100/s x 50 ms x 2 (a window edge may count one more create)
+    sim.burst(rate=30.0, seconds=6.0)  # need 3, but starved throughout
+    assert sim.hit_fraction(after=clock.now - 5.0) < 1.0  # still short of shells
+    assert policy.target("f") >= peak and not sim.destroyed
+    sim.advance(clock.now + 3.0)  # creates stop: idle_s without a starved create
+    assert policy.target("f") == 1
+
+
 def test_plan_starts_up_to_parallel_prepares_to_the_flavour_furthest_below_target() -> None:
     clock = Clock()
     policy: AdaptivePolicy[str] = AdaptivePolicy(floor=4, maximum=64, idle_s=30.0, parallel=3, clock=clock)
