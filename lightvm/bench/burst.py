@@ -74,11 +74,24 @@ def _processes_mentioning(marker: str) -> list[int]:
     return out
 
 
-def _taps() -> int:
+def _taps(ours: set[str]) -> tuple[int, int]:
+    """(taps of this run, ``lv*`` taps of the whole host). A tap is this run's when its
+    alias (``lightvm:vm=NAME/i``, lightvm/devices/shellnet.py) names one of ``ours`` (the
+    run's VM names, VM ids and shell ids): other jobs on the host make and delete taps
+    of their own meanwhile (the first 10,000-create run saw the host count go 1 -> 0)."""
     try:
-        return sum(1 for n in os.listdir("/sys/class/net") if n.startswith("lv"))
+        names = [n for n in os.listdir("/sys/class/net") if n.startswith("lv")]
     except OSError:
-        return 0
+        return 0, 0
+    mine = 0
+    for name in names:
+        try:
+            alias = Path("/sys/class/net", name, "ifalias").read_text().strip()
+        except OSError:
+            continue
+        if alias.startswith("lightvm:vm=") and alias[len("lightvm:vm=") :].split("/")[0] in ours:
+            mine += 1
+    return mine, len(names)
 
 
 class Burst:
@@ -103,6 +116,7 @@ class Burst:
         argv += ["--accel", accel, "--pool", str(self.config), "--pool-size", str(initial_pool)]
         argv += ["--pool-idle", str(pool_idle), "--pool-max", str(pool_max)]
         self.proc: subprocess.Popen[bytes] | None = None
+        self.seen: set[str] = set()  # VM names, VM ids and shell ids of this run
         try:
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=self.env)
@@ -171,11 +185,15 @@ class Burst:
             shm = len(os.listdir(self.shm))
         except OSError:
             shm = 0
+        with contextlib.suppress(OSError):
+            self.seen.update(os.listdir(self.state / "pool"))  # the shells' ids (their taps' aliases)
+        taps, host_taps = _taps(self.seen)
         return {
             "processes": len(_processes_mentioning(str(self.state))),
             "daemon_fds": fds,
             "noxs_files": shm,
-            "taps": _taps(),
+            "taps": taps,
+            "host_taps": host_taps,  # for the record only: other jobs' taps come and go
         }
 
     def run(self, creates: int, clients: int) -> dict[str, Any]:
@@ -197,9 +215,11 @@ class Burst:
                         if i is None:
                             return
                         name = f"b{i}"
+                        self.seen.add(name)
                         t_send = time.perf_counter()
                         (vm,) = client.call("create", {"config": config, "name": name, "accel": self.accel}, 60.0)
                         t_reply = time.perf_counter()
+                        self.seen.add(vm["id"])
                         client.call("destroy", {"names": [name]}, 60.0)
                         t_done = time.perf_counter()
                         sample = {
@@ -276,7 +296,9 @@ class Burst:
         self._tmp.cleanup()
 
 
-def summarize(run: dict[str, Any], pool_stats: dict[str, Any]) -> dict[str, Any]:
+def summarize(run: dict[str, Any], pool_stats: dict[str, Any], final_stats: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a run: ``pool_stats`` taken right after the burst, ``final_stats``
+    after the shrink."""
     samples = run["samples"]
     later = [s for s in samples if s["t"] >= FIRST_SECOND]
     hits = [s["ms"] for s in samples if s["pool"]]
@@ -299,7 +321,8 @@ def summarize(run: dict[str, Any], pool_stats: dict[str, Any]) -> dict[str, Any]
         "destroy_ms": _dist([s["destroy_ms"] for s in samples]),
         "peak_target": max((m["target"] for m in run["monitor"]), default=None),
         "peak_size": max((m["size"] for m in run["monitor"]), default=None),
-        "shrunk": flavour["shrunk"],
+        "shrunk_during_burst": flavour["shrunk"],
+        "shrunk": final_stats["flavours"][0]["shrunk"],
         "refill_ms_last": flavour["refill_ms"],
     }
 
@@ -331,10 +354,9 @@ def bench(
         stopped = burst.snapshot()
     finally:
         burst.close()
-    summary = summarize(run, pool_stats)
-    leaks = {k: after[k] - before[k] for k in before}
-    leaks_after_stop = {"processes": stopped["processes"], "noxs_files": stopped["noxs_files"]}
-    leaks_after_stop["taps"] = stopped["taps"] - before["taps"]
+    summary = summarize(run, pool_stats, final_stats)
+    leaks = {k: after[k] - before[k] for k in before if k != "host_taps"}
+    leaks_after_stop = {k: stopped[k] for k in ("processes", "noxs_files", "taps")}
     return {
         "options": {"creates": creates, "initial_pool": initial_pool, "clients": clients, "pool_idle_s": pool_idle},
         "summary": summary,
@@ -371,7 +393,7 @@ def report(doc: dict[str, Any]) -> str:
         f"  hits' wait for their shell: {_ms(s['hit_take_ms'])}; destroy {_ms(s['destroy_ms'])}",
         f"  pool: peak target {s['peak_target']}, peak size {s['peak_size']}, "
         f"{'shrank back to' if doc['shrank_to_floor'] else 'DID NOT shrink to'} its floor "
-        f"({s['shrunk']} destroyed as surplus)",
+        f"({s['shrunk']} destroyed as surplus, {s['shrunk_during_burst']} of them during the burst)",
         f"  leak check before / after shrink: {doc['leak_check']['before']} / {doc['leak_check']['after_shrink']}",
         f"  after the daemon stopped: {doc['leaks_after_stop']}",
     ]
