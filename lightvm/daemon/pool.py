@@ -1,14 +1,16 @@
 """Create shells: a create through lightvmd is only the "execute" half of one.
 
 Starting QEMU and running a guest to where it needs its config is most of a cold
-create, and none of it depends on the VM's identity. So it is done ahead of time, in
-the pool's refill thread (:class:`lightvm.daemon.shells.ShellPool`): *prepare* spawns
-one shell per flavour (kernel, firmware, memory, vCPUs, command line, accelerator), in
-``STATE/pool/ID/`` with the files of a VM folder. A create takes one and *executes*
+create, and none of it depends on the VM's identity. So it is done ahead of time, by
+the pool's refill workers (:class:`lightvm.daemon.shells.ShellPool`): *prepare* spawns
+shells of each flavour (kernel, firmware, memory, vCPUs, command line, accelerator), as
+many as its demand needs (:mod:`lightvm.daemon.adaptive`), in ``STATE/pool/ID/`` with
+the files of a VM folder. A create takes one and *executes*
 (:func:`lightvm.daemon.execute.execute_deferred`): writes the VM's identity into its
-NoXS page, wakes the guest, renames the folder to ``vms/NAME`` under the state lock while it boots (a kill -9
-at any point leaves either a shell, discarded by the next daemon, or a VM folder that
-destroy cleans), waits for READY. A shell serves once; a failed execute destroys it.
+NoXS page, wakes the guest, renames the folder to ``vms/NAME`` under the state lock
+while it boots (a kill -9 at any point leaves either a shell, discarded by the next
+daemon, or a VM folder that destroy cleans), waits for READY. A shell serves once; a
+failed execute destroys it.
 
 A shell may have NICs, made at prepare and given to the VM at execute: taps of its own
 (the address from the network's allocator, the bridge and MTU set then) or QEMU user

@@ -8,8 +8,12 @@ and its rules are easy to get subtly wrong twice, so they live here once:
 * a take removes a live shell from its flavour's queue (a dead one is discarded) and
   marks the pool busy until :meth:`ShellPool.done`: the refill never spawns a QEMU while
   a take is in flight (its start-up would steal the CPU the booting guest needs);
-* one background thread refills, never holding the pool lock while it spawns, so a take
-  waits on nothing but its own guest;
+* background refill workers (one by default; the create pool runs one per core) each
+  prepare one shell at a time, never holding the pool lock while they spawn, so a take
+  waits on nothing but its own guest (or, with ``wait_s``, on a shell already being
+  prepared when none is ready);
+* a pool may give back surplus shells (:meth:`ShellPool._surplus`): the workers destroy
+  them outside the lock;
 * a failed prepare is retried after :data:`RETRY_AFTER_FAILURE` seconds, and never
   kills the daemon;
 * stop discards every shell (QEMU, NoXS file, folder).
