@@ -61,8 +61,30 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
             metavar="CONFIG",
             help="keep prepared shells for this VM config's flavour (repeatable)",
         )
-        q.add_argument("--pool-size", type=int, default=4, metavar="N", help="shells per flavour (default 4)")
-        q.add_argument("--pool-max", type=int, default=64, metavar="N", help="shells in all (default 64)")
+        q.add_argument(
+            "--pool-size",
+            type=int,
+            default=4,
+            metavar="N",
+            help="shells per flavour at start and when idle; the pool grows above it with demand (default 4)",
+        )
+        q.add_argument(
+            "--pool-max", type=int, default=64, metavar="N", help="shells per flavour and in all at most (default 64)"
+        )
+        q.add_argument(
+            "--pool-idle",
+            type=float,
+            default=30.0,
+            metavar="SECONDS",
+            help="a grown pool shrinks back after this long below its peak demand (default 30)",
+        )
+        q.add_argument(
+            "--pool-parallel",
+            type=int,
+            default=0,
+            metavar="N",
+            help="shells prepared at once (default 0: one per core)",
+        )
         q.add_argument(
             "--pool-memory",
             type=int,
@@ -139,6 +161,7 @@ def _daemon_argv(args: argparse.Namespace, root: Path) -> list[str]:
         argv += ["--pool", str(Path(cfg).resolve())]
     argv += ["--pool-size", str(args.pool_size), "--pool-max", str(args.pool_max)]
     argv += ["--pool-memory", str(args.pool_memory), "--accel", args.accel, "--pool-variant", args.pool_variant]
+    argv += ["--pool-idle", str(args.pool_idle), "--pool-parallel", str(args.pool_parallel)]
     argv += ["--incoming-size", str(args.incoming_size)]
     for ckpt in args.incoming:
         argv += ["--incoming", str(Path(ckpt).resolve())]
@@ -183,6 +206,8 @@ def cmd_daemon_run(args: argparse.Namespace) -> int:
         pool_memory_mib=args.pool_memory,
         accel=args.accel,
         pool_variant=args.pool_variant,
+        pool_idle_s=args.pool_idle,
+        pool_parallel=args.pool_parallel,
         incoming_size=args.incoming_size,
         incoming_files=[Path(p).resolve() for p in args.incoming],
     )
@@ -302,11 +327,19 @@ def cmd_daemon_status(args: argparse.Namespace) -> int:
     print(f"lightvmd: running, pid {info['pid']}, up {up:.0f} s, API v{info['v']}, {api.socket_path(root)}")
     pool = info.get("pool") or {}
     for f in pool.get("flavours", []):
-        print(f"  pool {f['flavour']}: {f['ready']} ready, {f['preparing']} preparing")
+        print(f"  pool {f['flavour']}: {f['ready']} ready, {f['preparing']} preparing, target {f.get('target', '-')}")
+        if "hits" in f:
+            rate = "-" if f["hit_rate"] is None else f"{f['hit_rate'] * 100:.1f} %"
+            print(
+                f"    hit rate {rate}: {f['hits']} hits, {f['waited']} after waiting for a shell, "
+                f"{f['misses']} misses; {f['demand_per_s']} creates/s, {f['refills_per_s']} refills/s "
+                f"({f['refill_ms']} ms each), {f['shrunk']} shrunk"
+            )
     if pool:
         print(
             f"  taken {pool['taken']}, missed {pool['missed']}, memory {pool['memory_committed_mib']}/"
-            f"{pool['memory_budget_mib']} MiB"
+            f"{pool['memory_budget_mib']} MiB, max {pool['max_shells']} shells, "
+            f"{pool.get('parallel', 1)} prepare(s) at once, idle {pool.get('idle_s', '-')} s"
         )
         if pool.get("last_path"):
             print(f"  last create: path: {pool['last_path']}")

@@ -75,6 +75,8 @@ class DaemonConfig:
     pool_memory_mib: int = 2048
     accel: str = "auto"
     pool_variant: str = "waiting"
+    pool_idle_s: float = 30.0  # a grown pool falls back after this long below its peak (adaptive.py)
+    pool_parallel: int = 0  # prepares at once; 0: one per core
     incoming_size: int = 1  # prepared -incoming shells per known checkpoint flavour (0: none)
     incoming_files: list[Path] = field(default_factory=list)  # checkpoints whose flavour to prepare at start
 
@@ -158,6 +160,8 @@ class Daemon(Operations):
             memory_budget_mib=self.config.pool_memory_mib,
             log=self.log,
             variant=self.config.pool_variant,
+            idle_s=self.config.pool_idle_s,
+            parallel=self.config.pool_parallel or None,
         )
         self.pool.start()  # discards a killed predecessor's shells first
         self.incoming = IncomingPool(self.state, self.config.incoming_size, log=self.log)
