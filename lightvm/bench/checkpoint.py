@@ -27,10 +27,13 @@ as not run):
                        is ready before each sample (as the split bench does);
 * ``migrate-ssh``      one-shot ``migrate.migrate``: new SSH connection (host key
                        checked), ``migrate-receive`` started there, QEMU started there;
+                       the stream inside the SSH connection (encrypted: the default);
 * ``migrate-ssh-warm`` ``migrate`` request to a lightvmd on the source state dir: its
                        kept SSH connection and relay, the destination lightvmd's prepared
                        shell; timed at the client (request -> reply: guest running there,
                        source destroyed). ``qemu_downtime_ms`` is QEMU's own figure.
+                       Encrypted (the default);
+* ``migrate-ssh-warm-direct`` the same with ``--direct`` (plain TCP to the destination);
 * ``migrate-gap``      what a client sees (the migration demo's set-up, lightvm/bench/demo/):
                        a daytime VM moved between two namespace hosts (sshd and lightvmd
                        each, one shared L2 segment) while a client in a third namespace
@@ -60,7 +63,7 @@ if TYPE_CHECKING:
 
 REFERENCE = "save"
 LOCAL_OPS = ("save", "save-live", "restore", "restore-prepared", "migrate")
-SSH_OPS = ("restore-pool", "migrate-ssh", "migrate-ssh-warm", "migrate-gap")
+SSH_OPS = ("restore-pool", "migrate-ssh", "migrate-ssh-warm", "migrate-ssh-warm-direct", "migrate-gap")
 OPS = LOCAL_OPS + SSH_OPS
 
 
@@ -105,8 +108,8 @@ class _Checkpoints:
                 }
             if op == "migrate":
                 return self._migrate(name)
-            if op in ("migrate-ssh", "migrate-ssh-warm"):
-                return self._migrate_ssh(name, warm=op == "migrate-ssh-warm")
+            if op in ("migrate-ssh", "migrate-ssh-warm", "migrate-ssh-warm-direct"):
+                return self._migrate_ssh(name, warm=op != "migrate-ssh", tunnel=op != "migrate-ssh-warm-direct")
             save(ts, name, path)
             if op == "restore-pool":
                 return self._restore_pool(path)
@@ -164,7 +167,7 @@ class _Checkpoints:
             "pool_hit": 1.0 if restored["path"] == "pool" else 0.0,
         }
 
-    def _migrate_ssh(self, name: str, warm: bool) -> Sample:
+    def _migrate_ssh(self, name: str, warm: bool, tunnel: bool = True) -> Sample:
         from lightvm.bench import sshhost
         from lightvm.mobility import migrate
 
@@ -172,7 +175,7 @@ class _Checkpoints:
         ssh = self._ssh_host()
         if warm:
             sshhost.wait_incoming_ready(self._dest, timeout=30.0)
-            request = {"name": name, **ssh.target_args(self._dest)}
+            request = {"name": name, "tunnel": tunnel, **ssh.target_args(self._dest)}
             t0 = time.perf_counter()
             moved = sshhost.call(self.fleet.ts.state.root, "migrate", request)
             wall = (time.perf_counter() - t0) * 1000
@@ -188,6 +191,7 @@ class _Checkpoints:
                 identity=Path(t["identity"]),
                 remote_command=t["remote_command"],
                 remote_state_dir=t["remote_state_dir"],
+                tunnel=tunnel,
             )
             wall = (time.perf_counter() - t0) * 1000
             moved = result.as_dict()
@@ -314,7 +318,12 @@ def describe() -> dict[str, Any]:
             },
             "migrate-ssh-warm": {
                 "kind": "lightvm",
-                "doc": "migrate request to the source lightvmd: kept SSH link, destination lightvmd's prepared shell",
+                "doc": "migrate request to the source lightvmd: kept SSH link, destination lightvmd's prepared "
+                "shell; the stream encrypted inside the SSH connection (the default)",
+            },
+            "migrate-ssh-warm-direct": {
+                "kind": "lightvm",
+                "doc": "the same with --direct: the stream over plain TCP to the destination",
             },
             "migrate-gap": {
                 "kind": "lightvm",
@@ -330,7 +339,7 @@ def describe() -> dict[str, Any]:
         "not_implemented": [
             "libvirt save/restore baseline",
             *(
-                [f"restore-pool, migrate-ssh, migrate-ssh-warm, migrate-gap: {why}"]
+                [f"restore-pool, migrate-ssh, migrate-ssh-warm(-direct), migrate-gap: {why}"]
                 if (why := _ssh_unavailable())
                 else []
             ),

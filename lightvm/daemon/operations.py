@@ -412,7 +412,7 @@ class Operations:
             ts,
             session,
             name,
-            tunnel=bool(_arg(args, "tunnel", bool)),
+            tunnel=_arg(args, "tunnel", bool) is not False,  # encrypted unless asked otherwise
             bandwidth_mib=float(_arg(args, "bandwidth_mib", (int, float)) or DEFAULT_BANDWIDTH_MIB),
             downtime_ms=int(_arg(args, "downtime_ms", int) or DEFAULT_DOWNTIME_MS),
             timeout=timeout,

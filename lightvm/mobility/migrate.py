@@ -252,7 +252,7 @@ def migrate(
     identity: Path | None = None,
     remote_command: str = "lightvm",
     remote_state_dir: str | None = None,
-    tunnel: bool = False,
+    tunnel: bool = True,
     bandwidth_mib: float = DEFAULT_BANDWIDTH_MIB,
     downtime_ms: int = DEFAULT_DOWNTIME_MS,
     timeout: float = 30.0,

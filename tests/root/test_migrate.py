@@ -47,14 +47,17 @@ def test_migrate_daytime(hosts: TwoHosts) -> None:
     assert after["heartbeat"] >= before["heartbeat"] and after["state"] == "READY"
 
 
-def test_migrate_through_tunnel(hosts: TwoHosts) -> None:
+def test_migrate_is_encrypted_unless_direct(hosts: TwoHosts) -> None:
+    """The stream goes inside the SSH connection by default; --direct is plain TCP."""
     port = boot_daytime(hosts)
     before = hosts.a.guest("daytime")
-    result = json.loads(hosts.a.lv.ok(*hosts.migrate_args("daytime", "--tunnel", "--json")).out)
+    result = json.loads(hosts.a.lv.ok(*hosts.migrate_args("daytime", "--json")).out)
     assert result["tunnel"] and result["bytes"] > 0
     assert hosts.a.lv.status() == {} and hosts.b.lv.status() == {"daytime": "running"}
     assert wait_until(lambda: hosts.b.daytime(port), timeout=20, interval=0.05)
     assert hosts.b.guest("daytime")["app_counter"] == before["app_counter"] + 1
+    r = hosts.a.lv.run(*hosts.migrate_args("daytime", "--direct", "--tunnel"))
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr  # one or the other
 
 
 def test_wrong_or_unknown_host_key_refused(hosts: TwoHosts, tmp_path: Path) -> None:
@@ -75,8 +78,9 @@ def test_wrong_or_unknown_host_key_refused(hosts: TwoHosts, tmp_path: Path) -> N
 
 
 def _start_slow_migration(hs: TwoHosts) -> subprocess.Popen[str]:
-    # 48 KiB/s: the ~200 KiB stream takes seconds, so the fault lands mid-stream.
-    proc = hs.a.lv.popen(*hs.migrate_args("daytime", "--bandwidth-mib", "0.05", "--timeout", "20"))
+    # 48 KiB/s: the ~200 KiB stream takes seconds, so the fault lands mid-stream. Direct
+    # TCP: a fault of the SSH connection alone must not be confused with one of the stream.
+    proc = hs.a.lv.popen(*hs.migrate_args("daytime", "--direct", "--bandwidth-mib", "0.05", "--timeout", "20"))
     assert wait_until(lambda: qemu_pids_mentioning(str(hs.b.lv.state_dir)), timeout=60), "receiver never started"
     return proc
 

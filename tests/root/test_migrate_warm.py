@@ -91,11 +91,12 @@ def test_warm_migration_daytime(warm: TwoHosts) -> None:
     assert wait_until(lambda: hs.b.daytime(port2), timeout=20, interval=0.05)
     # (the guest counts a request after its reply: poll)
     assert wait_until(lambda: hs.b.guest("day2")["app_counter"] == before2["app_counter"] + 1, timeout=10)
-    # Through the tunnel, too (a third VM: the pool refilled meanwhile).
+    # Direct TCP, too, when asked (a third VM: the pool refilled meanwhile).
+    assert second["tunnel"]  # the default: encrypted inside the kept SSH connection
     assert wait_until(lambda: _incoming_ready(hs.b) >= 1, timeout=30)
     hs.a.lv.create(DAYTIME, "--name", "day3")
-    third = _migrate_json(hs, "day3", "--tunnel")
-    assert third["tunnel"] and third["receiver"] == "lightvmd-pool"
+    third = _migrate_json(hs, "day3", "--direct")
+    assert not third["tunnel"] and third["receiver"] == "lightvmd-pool"
     assert hs.b.lv.status()["day3"] == "running"
     status = hs.a.lv.ok("daemon", "status").out
     assert f"ssh root@{hs.b.addr}:{SSH_PORT}: connected" in status and "3 migration(s)" in status, status

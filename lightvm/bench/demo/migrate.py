@@ -68,12 +68,21 @@ class Demo:
     """A running demo: segment up, client asking, the VM on host A. Use as a context manager."""
 
     def __init__(
-        self, root: Path, timeout_ms: float = 1000.0, announce: bool = True, accel: str = "tcg", hedge_ms: float = 20.0
+        self,
+        root: Path,
+        timeout_ms: float = 1000.0,
+        announce: bool = True,
+        accel: str = "tcg",
+        hedge_ms: float = 20.0,
+        tunnel: bool = False,
     ) -> None:
         self.seg = Segment(root, tag=root.name)
         self.root = root
         self.timeout_ms = timeout_ms
         self.hedge_ms = hedge_ms
+        # Direct TCP by default here: both "hosts" are namespaces of this machine, so the
+        # stream never leaves it (lightvm migrate's own default is the encrypted tunnel).
+        self.tunnel = tunnel
         self.announce = announce
         self.accel = accel
         self.events = Events([], [])
@@ -151,7 +160,7 @@ class Demo:
         # after its reply (~5-60 ms): wait for that rather than be refused "exists".
         if not wait_until(lambda: not (dst.state / "vms" / VM).exists(), timeout=10.0, interval=0.01):
             raise DemoError(f"host {dst.side} still holds {VM} 10 s after it left; its lightvmd says:\n{self._logs()}")
-        request = {"name": VM, **dst.ssh.target_args(dst.state)}
+        request = {"name": VM, "tunnel": self.tunnel, **dst.ssh.target_args(dst.state)}
         t0 = time.monotonic_ns()
         try:
             moved = call(src.state, "migrate", request, timeout=90.0)
@@ -290,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         "--hedge-ms", type=float, default=20.0, help="a query unanswered this long opens one more connection (20)"
     )
     p.add_argument("--no-announce", action="store_true", help="drop QEMU's self-announce (RARP) on the bridges")
+    p.add_argument(
+        "--tunnel",
+        action="store_true",
+        help="stream through the SSH connection, encrypted, as `lightvm migrate` does by default "
+        "(default here: direct TCP, since both hosts are namespaces of this machine)",
+    )
     p.add_argument("--accel", choices=("tcg", "kvm"), default="tcg")
     p.add_argument("--clean", action="store_true", help="only remove what runs killed with SIGKILL left, then exit")
     args = p.parse_args(argv)
@@ -304,7 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t = time.monotonic()
         with Demo(
-            tmp, args.timeout_ms, announce=not args.no_announce, accel=args.accel, hedge_ms=args.hedge_ms
+            tmp,
+            args.timeout_ms,
+            announce=not args.no_announce,
+            accel=args.accel,
+            hedge_ms=args.hedge_ms,
+            tunnel=args.tunnel,
         ) as demo:
             progress(f"client asks {VM_IP}:13 every 10 ms; {args.migrations} migrations follow")
             for _ in range(args.migrations):
