@@ -41,6 +41,7 @@ from lightvm import hostfacts
 from lightvm.errors import LightVMError
 from lightvm.noxs import PageConfig, VbdConfig, VifConfig, parse_mac
 from lightvm.state import VMRecord
+from lightvm.util import NotRegularFileError, open_regular
 
 MAGIC = b"LVMCKPT\0"
 VERSION = 1
@@ -67,7 +68,7 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
         malformed header (one line saying which).
     """
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:  # a FIFO would block the open forever
             prefix = f.read(PREFIX.size)
             if len(prefix) < PREFIX.size or prefix[:8] != MAGIC:
                 raise CheckpointError(f"{path}: not a lightvm checkpoint (bad magic)")
@@ -84,6 +85,8 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
             if len(body) < length:
                 raise CheckpointError(f"{path}: truncated checkpoint header ({len(body)} of {length} bytes)")
             size = os.fstat(f.fileno()).st_size
+    except NotRegularFileError as exc:
+        raise CheckpointError(f"{path} {exc.strerror}; name a checkpoint file") from exc
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:

@@ -40,7 +40,7 @@ from lightvm.noxs import BootState, DevicePage, NoxsRegion, PageConfig
 from lightvm.spec import VMSpec, check_name, parse_spec
 from lightvm.state import StateDir, VMDir, VMRecord, VMStatus
 from lightvm.toolstack import Toolstack
-from lightvm.util import Deadline
+from lightvm.util import Deadline, open_regular
 
 
 @dataclass
@@ -111,7 +111,7 @@ class PreparedRestore:
         t1 = time.perf_counter()
         step = "open checkpoint"
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(path)
             try:
                 os.lseek(fd, offset, os.SEEK_SET)
                 step = "load migration stream"
