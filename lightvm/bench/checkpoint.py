@@ -36,6 +36,7 @@ as not run):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -68,7 +69,10 @@ class _Checkpoints:
 
     def grow(self, n: int) -> None:
         if self.fleet is None:
-            self.fleet = LightvmColdFleet(guest_spec(self.opts.app), self.opts.accel)
+            spec = guest_spec(self.opts.app)
+            if self.opts.memory_mib is not None:  # the checksum's cost grows with the file
+                spec = dataclasses.replace(spec, memory_mib=self.opts.memory_mib)
+            self.fleet = LightvmColdFleet(spec, self.opts.accel)
         self.fleet.grow(n)
 
     def measure(self, op: str) -> Sample:
