@@ -62,8 +62,11 @@ def wait_readable(fd: int, timeout: float) -> bool:
     return bool(poller.poll(max(0.0, timeout) * 1000))
 
 
+LINE_MAX = 1 << 20  # a JSON line of the API or the migration protocol is a few hundred bytes
+
+
 def recv_line(
-    conn: LineConnection, buf: bytes, deadline: Deadline, max_wait: float | None = None
+    conn: LineConnection, buf: bytes, deadline: Deadline, max_wait: float | None = None, max_line: int = LINE_MAX
 ) -> tuple[bytes, bytes]:
     """Read from ``conn`` until ``buf`` holds a whole line; return the line (without its
     newline) and the bytes after it. Both newline-delimited JSON peers use it: the
@@ -72,9 +75,12 @@ def recv_line(
 
     :raise TimeoutError: the deadline passed before a whole line arrived.
     :raise EOFError: the peer closed the connection.
-    :raise OSError: the connection failed.
+    :raise OSError: the connection failed, or the peer sent more than ``max_line``
+        bytes without a newline (EMSGSIZE: a broken or hostile peer must not fill memory).
     """
     while b"\n" not in buf:
+        if len(buf) > max_line:
+            raise OSError(errno.EMSGSIZE, f"the peer sent a line longer than {max_line} bytes")
         left = deadline.remaining()
         if left <= 0:
             raise TimeoutError
