@@ -92,6 +92,7 @@ class _Checkpoints:
                 return {
                     "ms": saved.save_ms,
                     "downtime_ms": saved.downtime_ms,
+                    "checksum_ms": saved.checksum_ms,
                     "total_ms": saved.total_ms,
                     "file_kib": saved.bytes / 1024,
                 }

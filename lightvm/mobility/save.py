@@ -38,6 +38,7 @@ class SaveResult:
     bytes: int
     save_ms: float  # request -> file complete (VM stopped, stream written, renamed)
     downtime_ms: float  # VM stopped -> file complete (or -> resumed with --keep-running)
+    checksum_ms: float  # of save_ms: reading the stream back, digest, trailer
     total_ms: float  # including destroy (or cont)
     kept_running: bool
 
@@ -125,6 +126,7 @@ def save(toolstack: Toolstack, name: str, path: Path, keep_running: bool = False
                 stopped = False
             t_resumed = time.perf_counter()
             size = _seal(fd, data, key)
+            t_sealed = time.perf_counter()
             os.close(fd)
             fd = -1
             os.rename(tmp, path)
@@ -155,6 +157,7 @@ def save(toolstack: Toolstack, name: str, path: Path, keep_running: bool = False
         bytes=size,
         save_ms=(t_saved - t0) * 1000,
         downtime_ms=downtime * 1000,
+        checksum_ms=(t_sealed - t_resumed) * 1000,
         total_ms=(t_end - t0) * 1000,
         kept_running=keep_running,
     )
