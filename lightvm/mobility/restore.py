@@ -129,7 +129,7 @@ class PreparedRestore:
             try:
                 wait_incoming(self.machine, self.timeout, f"{self.vmdir.name}: restore")
             except LightVMError as exc:
-                feed.verify(2.0)  # a corrupted file is the reason, not what QEMU made of it
+                feed.verify(2.0, mismatch_only=True)  # a corrupted file is the reason, not what QEMU made of it
                 raise qemu_reason(self.machine, exc) from exc
             step = "verify checkpoint"
             feed.verify(self.timeout)

@@ -135,8 +135,10 @@ class VerifiedFeed:
             data = data[n:]
         return True
 
-    def verify(self, timeout: float) -> None:
+    def verify(self, timeout: float, mismatch_only: bool = False) -> None:
         """Wait for the whole file to have been read; compare its digest with the trailer's.
+        With ``mismatch_only`` (QEMU failed: is the file the reason?) only a digest that
+        differs is raised, and a feed still blocked on QEMU is left alone.
 
         :raise CheckpointError: the digest differs (corrupted, or another file's stream),
             the file could not be read, or the feed did not finish within ``timeout``.
@@ -144,6 +146,8 @@ class VerifiedFeed:
         from lightvm.mobility.format import CheckpointError
 
         self.thread.join(timeout)
+        if mismatch_only and (self.thread.is_alive() or self.error is not None):
+            return
         if self.thread.is_alive():
             raise CheckpointError(f"{self.path}: the checkpoint was not read within {timeout:.1f} s")
         if self.error is not None:
