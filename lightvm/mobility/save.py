@@ -7,11 +7,11 @@ full, timeout) removes the partial file and resumes the VM. No fsync: a checkpoi
 as durable as the file system's writeback.
 
 QEMU writes the stream straight into the file; the digests (format.py) are computed
-afterwards, reading the stream back (from the page cache: ~1.4 ms per MiB of file,
-SHA-256 with SHA-NI here), and with ``keep_running`` after the VM runs again, so the
-checksum adds nothing to its downtime. A ``kill -9`` of a save leaves its
-``.NAME.partial-PID``: the next save into the same directory removes partials whose PID
-is dead (:func:`clean_stale_partials`).
+afterwards, reading the stream back from the page cache (1.4-3.2 ms per MiB of file
+with SHA-256 here, depending on the load: docs/checkpoint.md), and with
+``keep_running`` after the VM runs again, so the checksum adds nothing to its downtime.
+A ``kill -9`` of a save leaves its ``.NAME.partial-PID``: the next save into the same
+directory removes partials whose PID is dead (:func:`clean_stale_partials`).
 """
 
 from __future__ import annotations
