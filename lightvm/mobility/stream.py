@@ -95,12 +95,13 @@ class VerifiedFeed:
         self.thread = threading.Thread(target=self._run, name="lightvm-ckpt-feed", daemon=True)
 
     def start(self, machine: Machine) -> None:
-        """Hand QEMU the pipe's read end and start feeding it; from here on the feed owns
-        the file's fd (closed when the whole file was read), before it the caller does."""
+        """Hand QEMU the pipe's read end and start feeding it. The feed owns the file's fd
+        from its construction on: closed when the whole file was read, or here on failure."""
         try:
             stream_in(machine, self.read_fd)
         except BaseException:
             os.close(self.write_fd)
+            os.close(self.fd)
             raise
         finally:
             os.close(self.read_fd)  # QEMU holds its own copy now
