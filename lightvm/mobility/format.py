@@ -208,12 +208,13 @@ def read_layout(path: Path) -> tuple[dict[str, Any], Layout]:
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     have = size - TRAILER.size - offset
-    if magic != TRAILER_MAGIC or stream_len != have:
-        if magic == TRAILER_MAGIC or stream_len > have:
-            raise CheckpointError(
-                f"{path}: truncated or extended checkpoint (stream of {have} bytes, saved {stream_len})"
-            )
-        raise CheckpointError(f"{path}: truncated or corrupted checkpoint (no end marker: the save did not complete)")
+    if magic != TRAILER_MAGIC:
+        raise CheckpointError(
+            f"{path}: truncated or corrupted checkpoint (no end marker at its end: the file was cut,"
+            " or its save did not complete)"
+        )
+    if stream_len != have:
+        raise CheckpointError(f"{path}: truncated or extended checkpoint (stream of {have} bytes, saved {stream_len})")
     if stream_len == 0:
         raise CheckpointError(f"{path}: truncated checkpoint (no migration stream after the header)")
     try:
