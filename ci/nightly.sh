@@ -22,6 +22,7 @@
 #   BASE=HEAD~1 (the A side; skipped when it has no lightvm/bench)
 #   OUT=ci-results/<UTC timestamp>   HISTORY=ci-results/history.jsonl
 #   PYTHON=.venv/bin/python (must have the bench deps: matplotlib, libvirt-python)
+#   FUZZ_EXAMPLES=5000 (examples per fuzzer of the long fuzz run; 0 skips it)
 # Exit status: 0, or 1 when a suite failed or ab_compare flagged a regression.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -117,6 +118,12 @@ for suite in $SUITES; do
         "$PYTHON" ci/history.py append "$HISTORY" "$OUT/B-$suite/results.json"
     fi
 done
+# The fuzzers' long run (tests/unit/fuzzlib.py): FUZZ_EXAMPLES examples each, random seeds.
+if [[ ${FUZZ_EXAMPLES:-5000} != 0 ]]; then
+    echo "nightly: fuzzers, ${FUZZ_EXAMPLES:-5000} examples each"
+    LIGHTVM_FUZZ_EXAMPLES=${FUZZ_EXAMPLES:-5000} timeout "$SUITE_TIMEOUT" "$PYTHON" -m pytest -q -p no:cacheprovider \
+        tests/unit/test_fuzz_*.py >"$OUT/fuzz.txt" 2>&1 || { echo "nightly: fuzzers failed ($OUT/fuzz.txt)"; status=1; }
+fi
 "$PYTHON" ci/history.py report "$HISTORY" "$OUT/report" "${runs[@]}" "${abs[@]}"
 echo "nightly: report $OUT/report/index.html (status $status)"
 exit $status

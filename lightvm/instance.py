@@ -404,13 +404,23 @@ def kill_qemu(vmdir: VMDir, record: VMRecord, hard: bool = False) -> None:
         return
     # Only then: the search reads every process's command line, ~25 us a process, so with
     # 400 VMs running it was 10 of the 13 ms of every destroy (lightvm/bench/README.md).
+    for pid in unrecorded_qemus(record):
+        handle = ProcessHandle(pid, proc_start_time(pid))
+        handle.send_signal(signal.SIGKILL)
+        handle.wait(5.0)
+        handle.close()
+
+
+def unrecorded_qemus(record: VMRecord) -> list[int]:
+    """The PIDs of QEMUs started with ``record``'s NoXS path (unique to the VM) on their
+    command line: how a QEMU whose PID was never recorded is found (a create killed right
+    after the spawn). Reads every process's command line: only for such records."""
+    found = []
     for pid in find_processes_with_arg(f"mem-path={record.noxs_path},"):
         argv = proc_cmdline(pid)
         if argv and "qemu" in os.path.basename(argv[0]):
-            handle = ProcessHandle(pid, proc_start_time(pid))
-            handle.send_signal(signal.SIGKILL)
-            handle.wait(5.0)
-            handle.close()
+            found.append(pid)
+    return found
 
 
 def destroy(vmdir: VMDir, state_root: Path | None, hard: bool = False) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import struct
 import tomllib
@@ -43,6 +44,7 @@ from typing import Any
 
 from lightvm.errors import SpecError
 from lightvm.linux import LINUX_MEMORY_MIB
+from lightvm.util import NotRegularFileError, open_regular, read_regular
 
 MEMORY_MIN_MIB = 2
 MEMORY_MAX_MIB = 65536
@@ -55,6 +57,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TOP_KEYS = ("name", "kernel", "firmware", "memory", "vcpus", "cmdline", "initrd", "vifs", "disks")
 INITRD_MAX = 1 << 30
 FIRMWARE_MAX = 16 << 20
+CONFIG_MAX = 1 << 20  # a config file is a few hundred bytes; bounded read
 DISK_KEYS = ("path", "readonly")
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18
@@ -140,7 +143,9 @@ def load_spec(path: str | Path, check_kernel: bool = True) -> VMSpec:
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, CONFIG_MAX)  # never blocks on a FIFO, never reads /dev/zero
+    except NotRegularFileError as exc:
+        raise SpecError(f"{path}: config {exc.strerror}; name a TOML or JSON file") from exc
     except OSError as exc:
         raise SpecError(f"{path}: cannot read config: {exc.strerror}") from exc
     data = parse_text(raw, path)
@@ -297,7 +302,7 @@ def check_kernel_file(path: Path, what: str) -> bool:
     :raise SpecError: naming ``what`` and the problem.
     """
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:  # a FIFO would block the open forever
             head = f.read(64)
             if head[:4] != b"\x7fELF":
                 raise SpecError(f"{what}: {path} is not an ELF file (bad magic); build the guest with `make -C images`")
@@ -317,6 +322,8 @@ def check_kernel_file(path: Path, what: str) -> bool:
         raise SpecError(f"{what}: kernel {path} does not exist") from None
     except IsADirectoryError:
         raise SpecError(f"{what}: kernel {path} is a directory") from None
+    except NotRegularFileError as exc:
+        raise SpecError(f"{what}: kernel {path} {exc.strerror}") from None
     except OSError as exc:
         raise SpecError(f"{what}: cannot read kernel {path}: {exc.strerror}") from exc
 

@@ -41,7 +41,7 @@ from lightvm import accel as accelmod
 from lightvm import hostfacts
 from lightvm.devices import blk
 from lightvm.errors import GuestError, LightVMError, NoxsError, QMPError, SpecError, StateError
-from lightvm.instance import Instance, attach
+from lightvm.instance import Instance, attach, unrecorded_qemus
 from lightvm.instance import destroy as destroy_vmdir
 from lightvm.noxs import BootState, NoxsRegion, PageConfig, Sysctl, region_size_for
 from lightvm.spec import VMSpec, check_name
@@ -354,7 +354,10 @@ class Toolstack:
             status = status_of(vmdir, record)
             if record is not None and status in (VMStatus.CRASHED, VMStatus.HALTED) and record.state != status.value:
                 status = self._reap(vmdir, record)
-            infos.append(_info(n, status, record))
+            info = _info(n, status, record)
+            if record is not None and record.pid is None and status is VMStatus.INCOMPLETE:
+                info.pid = next(iter(unrecorded_qemus(record)), None)  # killed before it recorded the PID
+            infos.append(info)
         return infos
 
     def _reap(self, vmdir: VMDir, record: VMRecord) -> VMStatus:
@@ -397,6 +400,8 @@ class Toolstack:
             return out
         out.update({k: v for k, v in vars(record).items() if k not in ("argv",)})
         out["status"] = infos[name].status if name in infos else out["status"]
+        if name in infos:
+            out["pid"] = infos[name].pid  # also the PID of an incomplete VM's QEMU, found by list()
         out["argv"] = record.argv
         if out["status"] in (VMStatus.RUNNING.value, VMStatus.PAUSED.value):
             try:

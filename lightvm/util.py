@@ -6,9 +6,11 @@ Nothing here knows about VMs. Every wait in lightvm goes through :func:`wait_unt
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,8 +62,11 @@ def wait_readable(fd: int, timeout: float) -> bool:
     return bool(poller.poll(max(0.0, timeout) * 1000))
 
 
+LINE_MAX = 1 << 20  # a JSON line of the API or the migration protocol is a few hundred bytes
+
+
 def recv_line(
-    conn: LineConnection, buf: bytes, deadline: Deadline, max_wait: float | None = None
+    conn: LineConnection, buf: bytes, deadline: Deadline, max_wait: float | None = None, max_line: int = LINE_MAX
 ) -> tuple[bytes, bytes]:
     """Read from ``conn`` until ``buf`` holds a whole line; return the line (without its
     newline) and the bytes after it. Both newline-delimited JSON peers use it: the
@@ -70,9 +75,12 @@ def recv_line(
 
     :raise TimeoutError: the deadline passed before a whole line arrived.
     :raise EOFError: the peer closed the connection.
-    :raise OSError: the connection failed.
+    :raise OSError: the connection failed, or the peer sent more than ``max_line``
+        bytes without a newline (EMSGSIZE: a broken or hostile peer must not fill memory).
     """
     while b"\n" not in buf:
+        if len(buf) > max_line:
+            raise OSError(errno.EMSGSIZE, f"the peer sent a line longer than {max_line} bytes")
         left = deadline.remaining()
         if left <= 0:
             raise TimeoutError
@@ -222,6 +230,63 @@ def connect_unix(path: Path, timeout: float) -> socket.socket:
         if dirfd is not None:
             os.close(dirfd)
     return sock
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+class NotRegularFileError(OSError):
+    """:func:`open_regular` found something else than a regular file (``strerror`` says what)."""
+
+
+def file_kind(mode: int) -> str:
+    """What an ``st_mode`` is, in words ("a FIFO", "a directory", ...)."""
+    return next((word for test, word in _KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: str | Path) -> int:
+    """Open ``path`` read-only, refusing anything but a regular file; a blocking fd.
+
+    Opening a FIFO for reading blocks until a writer comes (forever, for a kernel path
+    someone pointed at a pipe), and a device file reads without end: ``O_NONBLOCK`` makes
+    the open return at once, ``fstat`` on the opened fd (no race with a rename) checks
+    the type, and only then is the fd made blocking again for ordinary reads.
+
+    :raise NotRegularFileError: a FIFO, directory, device or socket (``strerror``:
+        "is a FIFO, not a regular file").
+    :raise OSError: it cannot be opened.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(errno.EINVAL, f"is {file_kind(mode)}, not a regular file", str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | Path, limit: int) -> bytes:
+    """The whole of the regular file ``path``, at most ``limit`` bytes (bounded: a config
+    file is small; a larger one is refused rather than read into memory).
+
+    :raise NotRegularFileError: not a regular file, or larger than ``limit`` bytes.
+    :raise OSError: it cannot be read.
+    """
+    fd = open_regular(path)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise NotRegularFileError(errno.EFBIG, f"is larger than {limit} bytes", str(path))
+    return data
 
 
 def tail(path: Path, max_bytes: int = 2048) -> str:

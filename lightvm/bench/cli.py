@@ -69,6 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "(default fork-exec,crun,libvirt,lightvm-xenstore; 'none' for none)",
     )
     p.add_argument("--app", default="noop", help="example guest the VMs boot (default noop)")
+    p.add_argument(
+        "--memory-mib", type=int, default=None, help="checkpoint: guest RAM of the VMs (default: the example's)"
+    )
     p.add_argument("--idle-window", type=float, default=None, help="density, tinyx: seconds of idle sampling (10)")
     p.add_argument("--max-vms", type=int, default=200, help="refuse N above this unless raised (default 200)")
     p.add_argument(
@@ -113,7 +116,7 @@ def _name_list(text: str) -> tuple[str, ...]:
 def options(args: argparse.Namespace) -> suite.SuiteOptions:
     from lightvm import accel as accelmod
 
-    opts = suite.SuiteOptions(accel=accelmod.select(args.accel).accel, app=args.app)
+    opts = suite.SuiteOptions(accel=accelmod.select(args.accel).accel, app=args.app, memory_mib=args.memory_mib)
     if args.smoke:
         opts.vms, opts.iterations, opts.warmup = list(SMOKE_VMS), SMOKE_ITERATIONS, SMOKE_WARMUP
         opts.idle_window_s, opts.settle_s = SMOKE_IDLE_WINDOW_S, 0.0
@@ -182,6 +185,7 @@ def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True
             "warmup": opts.warmup,
             "baselines": list(opts.baselines),
             "app": opts.app,
+            "memory_mib": opts.memory_mib,
             "idle_window_s": opts.idle_window_s,
             "order": opts.order,
             "settle_s": opts.settle_s,

@@ -25,6 +25,7 @@ class SuiteOptions:
     accel: str = "tcg"  # resolved (kvm or tcg), never "auto"
     baselines: tuple[str, ...] = ("fork-exec", "crun", "libvirt", "lightvm-xenstore")
     app: str = "noop"  # the example guest the VM variants boot
+    memory_mib: int | None = None  # checkpoint: the guest's RAM instead of the example's
     idle_window_s: float = 10.0  # density: how long idle CPU is integrated
     # boot: "n" measures every variant at one N before the next N (each variant's fleet is
     # rebuilt to N-1 for it), so a change of the host's load moves all variants of a point

@@ -280,7 +280,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     for key in INFO_KEYS:
         if key in info:
-            print(f"{key + ':':<13}{info[key]}")
+            print(f"{key + ':':<13}{'-' if info[key] is None else info[key]}")
     if info.get("spec"):
         spec = info["spec"]
         print(

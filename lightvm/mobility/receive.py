@@ -27,7 +27,7 @@ from lightvm.mobility.migrate import MigrationError
 from lightvm.mobility.restore import PreparedRestore, prepare_incoming
 from lightvm.mobility.stream import stream_in, wait_incoming
 from lightvm.toolstack import Toolstack
-from lightvm.util import Deadline, wait_readable
+from lightvm.util import LINE_MAX, Deadline, wait_readable
 
 
 class Control:
@@ -60,6 +60,8 @@ class Control:
                 self._buf += chunk
             elif chunk is not None:
                 self.eof = True
+        if len(self._buf) > LINE_MAX and b"\n" not in self._buf:
+            raise MigrationError(f"source sent a line longer than {LINE_MAX} bytes")
         if b"\n" in self._buf:
             line, self._buf = self._buf.split(b"\n", 1)
             try:

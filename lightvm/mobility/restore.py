@@ -31,16 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightvm.errors import GuestError, LightVMError, QMPError
+from lightvm.errors import GuestError, LaunchError, LightVMError, QMPError
 from lightvm.instance import Instance, NetNamespace, adopt
 from lightvm.machine import Machine
-from lightvm.mobility.format import CheckpointError, page_from_json, read_header
-from lightvm.mobility.stream import stream_in, wait_incoming
+from lightvm.mobility.format import CheckpointError, page_from_json, read_header, read_layout
+from lightvm.mobility.stream import VerifiedFeed, wait_incoming
 from lightvm.noxs import BootState, DevicePage, NoxsRegion, PageConfig
 from lightvm.spec import VMSpec, check_name, parse_spec
 from lightvm.state import StateDir, VMDir, VMRecord, VMStatus
 from lightvm.toolstack import Toolstack
-from lightvm.util import Deadline
+from lightvm.util import Deadline, open_regular
 
 
 @dataclass
@@ -103,26 +103,40 @@ class PreparedRestore:
         self.pending_name = None
 
     def finish(self, path: Path, offset: int) -> RestoreResult:
-        """Feed the stream at ``offset`` of ``path``, rewrite the page, resume, wait for the guest.
+        """Feed the stream at ``offset`` of ``path``, check the file's digest, rewrite the
+        page, resume, wait for the guest. The guest runs nothing before the digest matched
+        (QEMU loads into a paused VM: lightvm/mobility/stream.py's VerifiedFeed).
 
-        :raise CheckpointError: the stream cannot be loaded (nothing of the VM is left).
+        :raise CheckpointError: the file is corrupted or the stream cannot be loaded
+            (nothing of the VM is left; a corrupted file is the reason given first).
         :raise GuestError: the guest does not come back (nothing of the VM is left).
         """
         t1 = time.perf_counter()
         step = "open checkpoint"
+        feed: VerifiedFeed | None = None
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            _, layout = read_layout(path)
+            if layout.offset != offset:
+                raise CheckpointError(f"{path}: the file changed since its header was read; restore it again")
+            fd = open_regular(path)
             try:
-                os.lseek(fd, offset, os.SEEK_SET)
-                step = "load migration stream"
-                stream_in(self.machine, fd)
-            finally:
-                os.close(fd)  # QEMU holds its own copy now
-            wait_incoming(self.machine, self.timeout, f"{self.vmdir.name}: restore")
+                feed = VerifiedFeed(path, fd, layout)
+            except BaseException:
+                os.close(fd)
+                raise
+            step = "load migration stream"
+            feed.start(self.machine)
+            try:
+                wait_incoming(self.machine, self.timeout, f"{self.vmdir.name}: restore")
+            except LightVMError as exc:
+                feed.verify(2.0, mismatch_only=True)  # a corrupted file is the reason, not what QEMU made of it
+                raise qemu_reason(self.machine, exc) from exc
+            step = "verify checkpoint"
+            feed.verify(self.timeout)
             return self.resume(t1)
         except BaseException as exc:
             self.abort()
-            if isinstance(exc, GuestError):
+            if isinstance(exc, (GuestError, CheckpointError)):
                 raise
             if isinstance(exc, (OSError, LightVMError)):
                 raise CheckpointError(f"{self.vmdir.name}: restore from {path}: {step}: {exc}") from exc
@@ -162,6 +176,14 @@ class PreparedRestore:
             return
         self.done = True
         self.vm.abort()
+
+
+def qemu_reason(machine: Machine, exc: LightVMError) -> LightVMError:
+    """QEMU's own last words (its log's last line, e.g. a host port already taken) when a
+    QMP error means it exited; ``exc`` otherwise. Create reports them the same way."""
+    if isinstance(exc, QMPError) and not isinstance(exc, LaunchError) and machine.wait(1.0):
+        return machine.launch_error(f"QEMU exited ({exc})")
+    return exc
 
 
 def page_generation(region: NoxsRegion) -> int:
@@ -278,7 +300,10 @@ def prepare_incoming(
         machine = vm.launch((*extra_args, "-incoming", "defer"), netns)
         t_spawned = time.perf_counter()
         vm.step = "start QEMU"
-        machine.qmp.negotiate(timeout)  # QEMU up: prepared, the start is off the critical path
+        try:
+            machine.qmp.negotiate(timeout)  # QEMU up: prepared, the start is off the critical path
+        except QMPError as exc:
+            raise qemu_reason(machine, exc) from exc
         t_qmp = time.perf_counter()
         page = page_from_json(meta["page"], vm_name, vm_uuid)
         prepared = PreparedRestore(state, vm, page, bool(meta.get("paused")), t0, timeout)

@@ -11,8 +11,14 @@ step (a few ms of a ~5 ms migration).
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import hmac
+import os
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lightvm.errors import QMPError, StateError
@@ -22,6 +28,8 @@ from lightvm.util import Deadline
 
 FDNAME = "lvckpt"
 MIGRATE_POLL = 0.0005
+FEED_CHUNK = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 def outgoing(state: StateDir, name: str, verb: str = "save") -> tuple[VMDir, VMRecord, bool]:
@@ -62,6 +70,95 @@ def stream_in(machine: Machine, fd: int) -> None:
     machine.qmp.send_fd(fd, FDNAME)
     want_events(machine)
     machine.qmp.execute("migrate-incoming", {"uri": f"fd:{FDNAME}"}, timeout=5.0)
+
+
+class VerifiedFeed:
+    """Feed a checkpoint's stream to an ``-incoming defer`` QEMU through a pipe, computing
+    the file's digest on the very bytes QEMU reads (a file swapped or rewritten meanwhile
+    cannot pass one version to the check and another to QEMU).
+
+    QEMU loads into a VM it keeps paused (restore spawns it with ``-S``), so the guest
+    runs nothing before :meth:`verify` has compared the digest with the trailer's; a
+    mismatch is the error even when QEMU failed first on the corrupted bytes (it closes
+    the pipe: the rest of the file is hashed without it).
+    """
+
+    def __init__(self, path: Path, fd: int, layout: Any) -> None:
+        from lightvm.mobility.format import Sealer
+
+        self.path, self.fd, self.layout = path, fd, layout
+        self.sealer = Sealer(layout.key)
+        self.error: BaseException | None = None
+        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
+        with contextlib.suppress(OSError):  # fewer wake-ups of QEMU's reader; 64 KiB works too
+            fcntl.fcntl(self.write_fd, F_SETPIPE_SZ, FEED_CHUNK)
+        self.thread = threading.Thread(target=self._run, name="lightvm-ckpt-feed", daemon=True)
+
+    def start(self, machine: Machine) -> None:
+        """Hand QEMU the pipe's read end and start feeding it. The feed owns the file's fd
+        from its construction on: closed when the whole file was read, or here on failure."""
+        try:
+            stream_in(machine, self.read_fd)
+        except BaseException:
+            os.close(self.write_fd)
+            os.close(self.fd)
+            raise
+        finally:
+            os.close(self.read_fd)  # QEMU holds its own copy now
+        self.thread.start()
+
+    def _run(self) -> None:
+        buf = bytearray(FEED_CHUNK)
+        view = memoryview(buf)
+        pos, end, qemu_reads = 0, self.layout.offset + self.layout.stream_len, True
+        try:
+            while pos < end:
+                n = os.preadv(self.fd, [view[: min(FEED_CHUNK, end - pos)]], pos)
+                if n <= 0:
+                    raise OSError(errno.EIO, f"the file shrank while it was read ({pos} of {end} bytes)")
+                self.sealer.update(view[:n])
+                if pos + n > self.layout.offset and qemu_reads:
+                    qemu_reads = self._write(view[max(0, self.layout.offset - pos) : n])
+                pos += n
+        except BaseException as exc:  # reported by verify()
+            self.error = exc
+        finally:
+            os.close(self.write_fd)  # EOF for QEMU
+            os.close(self.fd)  # the feed owns the file's fd from its start on
+
+    def _write(self, data: memoryview) -> bool:
+        """Write ``data`` to QEMU; False once QEMU closed the pipe (it failed on the stream)."""
+        while data:
+            try:
+                n = os.write(self.write_fd, data)
+            except BrokenPipeError:
+                return False
+            data = data[n:]
+        return True
+
+    def verify(self, timeout: float, mismatch_only: bool = False) -> None:
+        """Wait for the whole file to have been read; compare its digest with the trailer's.
+        With ``mismatch_only`` (QEMU failed: is the file the reason?) only a digest that
+        differs is raised, and a feed still blocked on QEMU is left alone.
+
+        :raise CheckpointError: the digest differs (corrupted, or another file's stream),
+            the file could not be read, or the feed did not finish within ``timeout``.
+        """
+        from lightvm.mobility.format import CheckpointError
+
+        self.thread.join(timeout)
+        if mismatch_only and (self.thread.is_alive() or self.error is not None):
+            return
+        if self.thread.is_alive():
+            raise CheckpointError(f"{self.path}: the checkpoint was not read within {timeout:.1f} s")
+        if self.error is not None:
+            raise CheckpointError(f"{self.path}: cannot read the checkpoint: {self.error}")
+        if not hmac.compare_digest(self.sealer.digest(), self.layout.digest):
+            what = "HMAC-SHA256" if self.layout.key is not None else "SHA-256"
+            raise CheckpointError(
+                f"{self.path}: corrupted checkpoint: the {what} of its header and stream does not match the"
+                " one saved with it; nothing was restored"
+            )
 
 
 def wait_migration(machine: Machine, timeout: float, what: str, stall: float | None = None) -> dict[str, Any]:
@@ -136,4 +233,13 @@ def wait_incoming(machine: Machine, timeout: float, what: str, check: Callable[[
         delay = min(delay * 2, 0.01)
 
 
-__all__ = ["FDNAME", "outgoing", "stream_in", "stream_out", "wait_incoming", "wait_migration", "want_events"]
+__all__ = [
+    "FDNAME",
+    "VerifiedFeed",
+    "outgoing",
+    "stream_in",
+    "stream_out",
+    "wait_incoming",
+    "wait_migration",
+    "want_events",
+]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from netclient import free_port, read_daytime
 
-from lightvm.mobility.format import MAGIC, VERSION
+from lightvm.mobility.format import MAGIC, VERSION, Sealer
 from lightvm.util import wait_until
 
 pytestmark = pytest.mark.functional
@@ -82,18 +82,30 @@ def _prefix(version: int = VERSION, length: int = 10, magic: bytes = MAGIC) -> b
     return struct.pack("<8sHHI", magic, version, 0, length)
 
 
+def _sealed(body: bytes, stream: bytes = bytes(64)) -> bytes:
+    """A file with valid digests around ``body`` (what a buggy writer could produce)."""
+    head = _prefix(length=len(body)) + body
+    sealer = Sealer(None)
+    sealer.update(head)
+    head += sealer.digest()
+    sealer = Sealer(None)
+    sealer.update(head + stream)
+    return head + stream + sealer.trailer(len(stream))
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         (b"", "not a lightvm checkpoint (bad magic)"),
         (b"QFI\xfb" + bytes(100), "not a lightvm checkpoint (bad magic)"),
         (_prefix(version=99) + b"{}", "checkpoint format version 99 is not supported"),
+        (_prefix(version=1) + b"{}", "checkpoint format version 1 (an older lightvm, no checksums)"),
         (_prefix(length=500) + b'{"format"', "truncated checkpoint header (9 of 500 bytes)"),
         (_prefix(length=0), "bad checkpoint header length 0"),
-        (_prefix(length=10) + b"not json!!", "checkpoint header is not valid JSON"),
-        (_prefix(length=2) + b"{}", "is not a lightvm-checkpoint header"),
+        (_sealed(b"not json!!"), "checkpoint header is not valid JSON"),
+        (_sealed(b"{}"), "is not a lightvm-checkpoint header"),
     ],
-    ids=["empty", "qemu-stream", "version", "truncated", "zero-length", "garbage", "foreign-json"],
+    ids=["empty", "qemu-stream", "version", "version-1", "truncated", "zero-length", "garbage", "foreign-json"],
 )
 def test_bad_files_refused(lightvm: Any, tmp_path: Path, content: bytes, message: str) -> None:
     bad = tmp_path / "bad.lvm"
@@ -117,7 +129,7 @@ def test_header_without_stream_refused(lightvm: Any, tmp_path: Path) -> None:
     cut = tmp_path / "cut.lvm"
     cut.write_bytes(raw[: 16 + length + 5000])  # the stream ends mid-RAM
     result = lightvm.run("restore", str(cut))
-    assert result.code == 1 and "restore from" in result.err, result.err
+    assert result.code == 1 and f"{cut}: truncated" in result.err, result.err
     assert lightvm.vm_dirs() == []  # nothing half-created
     lightvm.ok("restore", str(ckpt))  # the whole file still works
 

@@ -118,6 +118,12 @@ def test_cli_killed_after_spawn_before_pid_recorded(lightvm: Any, tmp_path: Path
     pid = machine.process.pid
     machine.release()  # as if we were gone
     assert lightvm.status() == {"w": "incomplete"}
+    # Its QEMU is alive: list and info show its PID (found by the NoXS path), not "-"/None.
+    assert [vm["pid"] for vm in lightvm.list()] == [pid]
+    table = lightvm.ok("list").out.splitlines()[1].split()
+    assert table[:3] == ["w", "incomplete", str(pid)], table
+    info = lightvm.ok("info", "w").out
+    assert f"\npid:{' ' * 9}{pid}\n" in info and "None" not in info, info
     lightvm.ok("destroy", "w")
     assert wait_until(lambda: proc_start_time(pid) is None, 10)
     assert lightvm.leftovers() == []

@@ -30,3 +30,12 @@ def test_both_sides_get_one_exported_qemu() -> None:
     assert "qemu/build/current/qemu-system-x86_64" in text
     # exported before the first suite runs, so A and B inherit the same value
     assert text.index("export LIGHTVM_QEMU=") < text.index("for suite in $SUITES")
+
+
+def test_nightly_runs_the_fuzzers_long() -> None:
+    """The nightly job selects the fuzzers' long run with LIGHTVM_FUZZ_EXAMPLES (fuzzlib)."""
+    text = SCRIPT.read_text()
+    assert re.search(r"LIGHTVM_FUZZ_EXAMPLES=\$\{FUZZ_EXAMPLES:-\d+\}.*pytest", text)
+    assert "tests/unit/test_fuzz_*.py" in text
+    fuzzlib = (SCRIPT.parent.parent / "tests" / "unit" / "fuzzlib.py").read_text()
+    assert 'os.environ.get("LIGHTVM_FUZZ_EXAMPLES"' in fuzzlib
