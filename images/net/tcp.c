@@ -9,7 +9,10 @@
  * ACK (the peer retransmits), which keeps the stack free of reassembly
  * buffers. The table is small and fixed: TIME_WAIT, FIN_WAIT_2 and half-open
  * slots are recycled oldest first, so clients arriving back to back never find it
- * exhausted by connections that are already finished.
+ * exhausted by connections that are already finished; one peer address holds
+ * at most NET_TCP_PER_SOURCE slots, and when the table is full the connection
+ * whose peer has made no progress for longest is reset to make room, so peers
+ * that go silent or close their window cannot lock everybody else out.
  */
 #include "net_internal.h"
 
@@ -54,6 +57,8 @@ enum {
 #define FIN_WAIT_2_NS     (30000 * MS)   /* peer never closes: give up on it */
 #define HALF_OPEN_STALE_NS (3000 * MS)   /* SYN-ACK sent twice, never answered: a
 					    dead or flooding peer, not a slow one */
+#define IDLE_EVICT_NS     (500 * MS)     /* no progress for this long: evictable when
+					    the table is full (never a fresh connection) */
 #define DEFAULT_MSS       536u
 
 /* ---- helpers ---- */
@@ -256,37 +261,103 @@ static struct tcp_conn *conn_lookup(struct net *n, uint32_t rip, uint16_t rport,
 	return 0;
 }
 
-/* A free slot, else the oldest finished one (TIME_WAIT, then FIN_WAIT_2:
- * the app has closed it and the peer has acknowledged everything we sent;
- * all that is left is the peer's FIN), else the oldest stale half-open one.
+/* Free slot c of a connection with no progress for long: reset it (the
+ * app hears TCP_EVICTED) so a new SYN can have it. */
+static void conn_evict(struct net *n, struct tcp_conn *c)
+{
+	n->stats.tcp_evicted++;
+	n->stats.tcp_resets_sent++;
+	send_segment(n, c->rip, c->lport, c->rport, c->snd_nxt, 0, F_RST, 0, 0, 0, 0);
+	conn_abort(c, TCP_EVICTED);
+}
+
+static bool finished(const struct tcp_conn *c)
+{
+	return c->state == ST_TIME_WAIT || c->state == ST_FIN_WAIT_2;
+}
+
+/* Is a older than b for its kind (finished: by state age, TIME_WAIT before
+ * FIN_WAIT_2; half-open: by state age; others: by last progress)? */
+static bool older(const struct tcp_conn *a, const struct tcp_conn *b)
+{
+	if (!b)
+		return true;
+	if (a->state == ST_TIME_WAIT && b->state == ST_FIN_WAIT_2)
+		return true;
+	if (a->state == ST_FIN_WAIT_2 && b->state == ST_TIME_WAIT)
+		return false;
+	if (a->state == ST_SYN_RCVD || finished(a))
+		return a->since < b->since;
+	return a->heard < b->heard;
+}
+
+/* A slot for a SYN from rip, or NULL (the SYN is dropped; the client retries).
+ *
+ * A peer already holding NET_TCP_PER_SOURCE slots recycles one of its own
+ * (finished, else the one idle for longest, else a stale half-open one), so
+ * one address (a flood, or many silent connections) leaves the rest of the
+ * table to everybody else. Otherwise: a free slot, else the oldest finished
+ * one (TIME_WAIT, then FIN_WAIT_2: the app has closed it and the peer has
+ * acknowledged everything we sent; all that is left is the peer's FIN), else
+ * the oldest stale half-open one, else the connection whose peer has made no
+ * progress for longest (at least IDLE_EVICT_NS: a silent peer, or one holding
+ * its window shut; it is reset).
  *
  * A young half-open slot is never taken: its peer may well have sent the
  * handshake's ACK (lost, or still queued), so the peer holds a connection we
  * would forget and would hang or be reset later. Dropping the new SYN instead
  * costs that client one SYN retransmit. A half-open slot that outlived two
  * SYN-ACKs is recycled, and its peer is told with a RST. */
-static struct tcp_conn *conn_alloc(struct net *n)
+static struct tcp_conn *conn_alloc(struct net *n, uint32_t rip)
 {
-	struct tcp_conn *tw = 0, *fw2 = 0, *syn = 0;
+	struct tcp_conn *fre = 0, *fin = 0, *syn = 0, *idle = 0;
+	struct tcp_conn *own_fin = 0, *own_syn = 0, *own_idle = 0;
+	unsigned own = 0;
 
 	for (unsigned i = 0; i < NET_TCP_CONNS; i++) {
 		struct tcp_conn *c = &n->conns[i];
-		if (c->state == ST_FREE)
-			return c;
-		if (c->state == ST_TIME_WAIT && (!tw || c->since < tw->since))
-			tw = c;
-		if (c->state == ST_FIN_WAIT_2 && (!fw2 || c->since < fw2->since))
-			fw2 = c;
-		if (c->state == ST_SYN_RCVD && n->now - c->since >= HALF_OPEN_STALE_NS &&
-		    (!syn || c->since < syn->since))
-			syn = c;
+		if (c->state == ST_FREE) {
+			if (!fre)
+				fre = c;
+			continue;
+		}
+		bool mine = c->rip == rip;
+		own += mine;
+		if (finished(c)) {
+			if (older(c, fin))
+				fin = c;
+			if (mine && older(c, own_fin))
+				own_fin = c;
+		} else if (c->state == ST_SYN_RCVD) {
+			if (n->now - c->since < HALF_OPEN_STALE_NS)
+				continue;
+			if (older(c, syn))
+				syn = c;
+			if (mine && older(c, own_syn))
+				own_syn = c;
+		} else if (n->now - c->heard >= IDLE_EVICT_NS) {
+			if (older(c, idle))
+				idle = c;
+			if (mine && older(c, own_idle))
+				own_idle = c;
+		}
 	}
-	if (!tw)
-		tw = fw2;
-	if (tw) {
+	if (own >= NET_TCP_PER_SOURCE) {
+		fre = 0;
+		fin = own_fin;
+		syn = own_syn;
+		idle = own_idle;
+	}
+	if (fre)
+		return fre;
+	if (fin) {
 		n->stats.tcp_recycled++;
-		conn_free(tw);
-		return tw;
+		conn_free(fin);
+		return fin;
+	}
+	if (idle && !syn) {
+		conn_evict(n, idle);
+		return idle;
 	}
 	if (syn) {
 		n->stats.tcp_resets_sent++;
@@ -323,7 +394,7 @@ static uint16_t parse_mss(const uint8_t *opt, size_t len)
 static void passive_open(struct net *n, const struct tcp_listener *l, uint32_t rip, uint16_t rport,
 			 uint32_t seq, uint16_t wnd, const uint8_t *opt, size_t optlen)
 {
-	struct tcp_conn *c = conn_alloc(n);
+	struct tcp_conn *c = conn_alloc(n, rip);
 	if (!c)
 		return;   /* no room: drop the SYN, the client retries */
 	uint16_t peer_mss = parse_mss(opt, optlen);
@@ -403,6 +474,7 @@ static bool process_ack(struct tcp_conn *c, const struct seg *s)
 	}
 	if (SEQ_GT(s->ack, c->snd_una)) {
 		uint16_t old_space = (uint16_t)tcp_send_space(c);
+		c->heard = c->net->now;
 		rtt_sample(c, s->ack);
 		c->snd_una = s->ack;
 		if (SEQ_LT(c->snd_nxt, c->snd_una))
@@ -496,6 +568,7 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 			return;
 		}
 		set_state(c, ST_ESTABLISHED);
+		c->heard = n->now;
 		c->snd_wl1 = s->seq - 1;   /* force the window update below */
 		if (!process_ack(c, s))
 			return;
@@ -535,6 +608,8 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 			if (take < len)
 				s->flags &= (uint8_t)~F_FIN;   /* the FIN lies beyond what we took */
 			c->rcv_nxt += (uint32_t)take;
+			if (take)
+				c->heard = n->now;
 			if (take && app_owned(c) && l->ops->received) {
 				l->ops->received(l->ctx, c, data, take);
 				if (c->state == ST_FREE)
@@ -545,6 +620,7 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 
 	if ((s->flags & F_FIN) && fin_seq == c->rcv_nxt) {
 		c->rcv_nxt++;
+		c->heard = n->now;
 		c->flags |= C_ACK_NOW;
 		switch (c->state) {
 		case ST_ESTABLISHED:
@@ -622,8 +698,15 @@ void net_tcp_input(struct net *n, uint32_t src, uint32_t dst, const uint8_t *t, 
 	for (unsigned i = 0; i < NET_TCP_LISTENERS; i++)
 		if (n->listeners[i].port && n->listeners[i].port == dport)
 			l = &n->listeners[i];
-	if (l && (s.flags & (F_SYN | F_ACK | F_RST | F_FIN)) == F_SYN) {
-		passive_open(n, l, src, sport, s.seq, s.wnd, t + TCP_HLEN, hlen - TCP_HLEN);
+	/* LISTEN (RFC 9293 3.10.7.2): a RST is ignored, an ACK answered with a
+	 * RST, a SYN opens; anything else (no flags, FIN alone, SYN with FIN)
+	 * is dropped, so a port scan cannot tell our listening ports from
+	 * closed ones by what they answer to those. */
+	if (l && !(s.flags & (F_ACK | F_RST))) {
+		if ((s.flags & (F_SYN | F_FIN)) == F_SYN)
+			passive_open(n, l, src, sport, s.seq, s.wnd, t + TCP_HLEN, hlen - TCP_HLEN);
+		else
+			n->stats.rx_dropped++;
 		return;
 	}
 	/* closed port, or a stray segment for a connection we do not have */
