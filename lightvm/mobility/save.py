@@ -21,6 +21,7 @@ from lightvm.errors import LightVMError
 from lightvm.instance import attach
 from lightvm.mobility.format import CheckpointError, encode_header, header_for
 from lightvm.mobility.stream import outgoing, stream_out, wait_migration
+from lightvm.resume import resume_stamped
 from lightvm.toolstack import Toolstack
 
 
@@ -97,12 +98,12 @@ def save(toolstack: Toolstack, name: str, path: Path, keep_running: bool = False
             tmp.unlink(missing_ok=True)
             if stopped:
                 with contextlib.suppress(LightVMError):
-                    machine.qmp.execute("cont", timeout=5.0)
+                    resume_stamped(machine, record.noxs_path)
             raise _save_error(path, exc) from exc
         t_saved = time.perf_counter()
         if keep_running:
             if stopped:
-                machine.qmp.execute("cont", timeout=5.0)
+                resume_stamped(machine, record.noxs_path)  # the guest's clock stood still while saving
             downtime = time.perf_counter() - t_stop
         else:
             downtime = t_saved - t_stop
