@@ -9,20 +9,18 @@ the namespace with ``ip netns exec``.
 from __future__ import annotations
 
 import calendar
-import json
 import random
 import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from netclient import parse_daytime
-from nettools import Netns, require_netns, run
+from nettools import Netns, peer_line, rawpeer, require_netns, run, stop_peers
 
 REPO = Path(__file__).resolve().parents[2]
 NET = REPO / "images" / "net"
@@ -283,31 +281,9 @@ def test_full_table_under_loss_forgets_no_client(harness: Path) -> None:
 
 # ---- hostile peers (tests/functional/rawpeers.py: made-up hosts on the tap, never a RST back) ----
 
-RAWPEERS = Path(__file__).with_name("rawpeers.py")
-
 
 def _rawpeer(stack: Stack, *args: str | int) -> subprocess.Popen[str]:
-    """Start a rawpeers.py command inside the stack's namespace (the caller stops it)."""
-    argv = [sys.executable, str(RAWPEERS), args[0], stack.ns.tap, STACK_MAC, STACK_IP, *map(str, args[1:])]
-    return subprocess.Popen(stack.ns.argv(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _line(proc: subprocess.Popen[str], timeout: float) -> dict[str, int]:
-    """The next JSON line the peer prints, within ``timeout``."""
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        proc.kill()
-        raise AssertionError(f"rawpeers printed nothing within {timeout} s: {proc.communicate(timeout=10)[1][-2000:]}")
-    return json.loads(line)
-
-
-def _stop(procs: list[subprocess.Popen[str]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
+    return rawpeer(stack.ns, STACK_MAC, STACK_IP, str(args[0]), *args[1:])
 
 
 def _timed_daytime(stack: Stack) -> float:
@@ -324,11 +300,11 @@ def test_listening_port_drops_segments_without_syn_or_ack(stack: Stack, flags: i
     """RFC 9293 3.10.7.2: in LISTEN such a segment is dropped; a closed port still answers RST."""
     procs = [_rawpeer(stack, "probe", "10.213.0.50", 13, flags)]
     try:
-        assert _line(procs[0], 30) == {"reply": None}
+        assert peer_line(procs[0], 30) == {"reply": None}
         procs.append(_rawpeer(stack, "probe", "10.213.0.50", 9, flags))
-        assert _line(procs[1], 30)["reply"] == 0x14  # RST|ACK from the closed port
+        assert peer_line(procs[1], 30)["reply"] == 0x14  # RST|ACK from the closed port
     finally:
-        _stop(procs)
+        stop_peers(procs)
     assert stack.alive() and _timed_daytime(stack) < 5
 
 
@@ -338,14 +314,14 @@ def test_silent_and_zero_window_peers_do_not_lock_out_clients(stack: Stack) -> N
     table now evicts the connection idle for longest, and one address holds at most 12 slots."""
     procs = [_rawpeer(stack, "hold", "10.213.0.50", 16, 1000, 60)]
     try:
-        silent = _line(procs[0], 60)["held"]
+        silent = peer_line(procs[0], 60)["held"]
         procs.append(_rawpeer(stack, "hold", "10.213.0.51", 16, 0, 60))
-        zero = _line(procs[1], 60)["held"]
+        zero = peer_line(procs[1], 60)["held"]
         assert silent + zero >= 16, (silent, zero)  # the 16-slot table was full of them
         waits = [_timed_daytime(stack) for _ in range(3)]
         assert max(waits) < 1.0, waits
     finally:
-        _stop(procs)
+        stop_peers(procs)
     stats = stack.stop()
     assert stats["tcp_evicted"] >= 3 + 4, stats  # the zero-window peers evicted silent ones too
     assert stats["daytime_served"] >= 3
@@ -359,10 +335,10 @@ def test_syn_flood_from_one_source_leaves_room_for_others(stack: Stack) -> None:
         time.sleep(1.5)  # the flood has filled what it can
         waits = [_timed_daytime(stack) for _ in range(3)]
         assert procs[0].poll() is None, "the flood ended before the clients ran"
-        sent = _line(procs[0], 30)["sent"]
+        sent = peer_line(procs[0], 30)["sent"]
         assert sent > 100, sent
         assert max(waits) < 1.0, waits
     finally:
-        _stop(procs)
+        stop_peers(procs)
     stats = stack.stop()
     assert stats["tcp_table_full"] > 0, stats  # the flood hit its cap: SYNs were dropped
