@@ -2,7 +2,7 @@
  * net.h - the guest network stack: virtio-net driver + a small IPv4 stack.
  *
  * Two halves:
- *   - The stack (images/net/{eth,arp,ip,tcp,daytime_fmt}.c) is portable
+ *   - The stack (images/net/{eth,arp,ip,tcp,tcp_conn,daytime_fmt}.c) is portable
  *     freestanding C11. It knows nothing about the platform: it is handed a
  *     transmit function and the current time on every call, so the very same
  *     sources are unit-tested on the host against a Linux tap device

@@ -1,6 +1,7 @@
 /*
  * tcp.c - server-side TCP (RFC 793/9293 subset, RFC 6298 timers, RFC 5961
- * challenge ACKs).
+ * challenge ACKs): segments out and in. The connection table, the timers
+ * and the app's API are in tcp_conn.c.
  *
  * Passive open only. Each connection owns a send buffer holding everything
  * from snd_una on (unacknowledged, then unsent); retransmission is
@@ -14,52 +15,7 @@
  * whose peer has made no progress for longest is reset to make room, so peers
  * that go silent or close their window cannot lock everybody else out.
  */
-#include "net_internal.h"
-
-enum {
-	ST_FREE = 0,
-	ST_SYN_RCVD,
-	ST_ESTABLISHED,
-	ST_CLOSE_WAIT,
-	ST_LAST_ACK,
-	ST_FIN_WAIT_1,
-	ST_FIN_WAIT_2,
-	ST_CLOSING,
-	ST_TIME_WAIT,
-};
-
-#define F_FIN  0x01u
-#define F_SYN  0x02u
-#define F_RST  0x04u
-#define F_PSH  0x08u
-#define F_ACK  0x10u
-
-/* connection flags */
-#define C_APP       0x01u   /* the app owns it: callbacks go to the app */
-#define C_FIN_QUEUED 0x02u  /* app closed: FIN follows the queued data */
-#define C_ACK_NOW   0x04u   /* an ACK is owed and no segment has carried it yet */
-#define C_WUPD      0x08u   /* we reopened a closed window and the peer has not
-                               sent since: repeat the update on the timer, as a
-                               lost update would leave the peer to its persist
-                               timer (Linux backs that off to minutes) */
-
-#define SEQ_LT(a, b)  ((int32_t)((a) - (b)) < 0)
-#define SEQ_LEQ(a, b) ((int32_t)((a) - (b)) <= 0)
-#define SEQ_GT(a, b)  ((int32_t)((a) - (b)) > 0)
-#define SEQ_GEQ(a, b) ((int32_t)((a) - (b)) >= 0)
-
-#define RTO_INIT_MS       1000u
-#define RTO_MIN_MS        200u
-#define RTO_MAX_MS        8000u
-#define SYN_RETRIES       5u
-#define DATA_RETRIES      8u
-#define TIME_WAIT_NS      (10000 * MS)   /* short 2MSL; slots are recycled anyway */
-#define FIN_WAIT_2_NS     (30000 * MS)   /* peer never closes: give up on it */
-#define HALF_OPEN_STALE_NS (3000 * MS)   /* SYN-ACK sent twice, never answered: a
-					    dead or flooding peer, not a slow one */
-#define IDLE_EVICT_NS     (500 * MS)     /* no progress for this long: evictable when
-					    the table is full (never a fresh connection) */
-#define DEFAULT_MSS       536u
+#include "tcp_internal.h"
 
 /* ---- helpers ---- */
 
@@ -95,7 +51,7 @@ static uint16_t rcv_window(struct tcp_conn *c)
 	return (uint16_t)(w > 0xffff ? 0xffff : w);
 }
 
-static void conn_free(struct tcp_conn *c)
+void tcp_conn_free(struct tcp_conn *c)
 {
 	struct net *n = c->net;
 
@@ -105,7 +61,7 @@ static void conn_free(struct tcp_conn *c)
 	c->timer = NET_TIME_NEVER;
 }
 
-static void set_state(struct tcp_conn *c, uint8_t st)
+void tcp_set_state(struct tcp_conn *c, uint8_t st)
 {
 	c->state = st;
 	c->since = c->net->now;
@@ -113,7 +69,7 @@ static void set_state(struct tcp_conn *c, uint8_t st)
 
 /* Build and send one segment of connection c (or, with c == NULL, a bare
  * RST/ACK answering a segment that has no connection). */
-static int send_segment(struct net *n, uint32_t rip, uint16_t lport, uint16_t rport, uint32_t seq,
+int tcp_segment(struct net *n, uint32_t rip, uint16_t lport, uint16_t rport, uint32_t seq,
 			uint32_t ack, uint8_t flags, uint16_t wnd, const uint8_t *data, size_t len,
 			uint16_t mss_opt)
 {
@@ -159,10 +115,10 @@ static void conn_send(struct tcp_conn *c, uint32_t seq, uint8_t flags, const uin
 		}
 		c->rcv_adv = wnd;
 	}
-	send_segment(n, c->rip, c->lport, c->rport, seq, c->rcv_nxt, flags, wnd, data, len, mss);
+	tcp_segment(n, c->rip, c->lport, c->rport, seq, c->rcv_nxt, flags, wnd, data, len, mss);
 }
 
-static void send_ack(struct tcp_conn *c)
+void tcp_send_ack(struct tcp_conn *c)
 {
 	conn_send(c, c->snd_nxt, F_ACK, 0, 0);
 }
@@ -175,18 +131,18 @@ static void send_reset(struct net *n, uint32_t rip, uint16_t lport, uint16_t rpo
 		return;
 	n->stats.tcp_resets_sent++;
 	if (flags & F_ACK)
-		send_segment(n, rip, lport, rport, ack, 0, F_RST, 0, 0, 0, 0);
+		tcp_segment(n, rip, lport, rport, ack, 0, F_RST, 0, 0, 0, 0);
 	else
-		send_segment(n, rip, lport, rport, 0, seq + (uint32_t)seglen, F_RST | F_ACK, 0, 0, 0, 0);
+		tcp_segment(n, rip, lport, rport, 0, seq + (uint32_t)seglen, F_RST | F_ACK, 0, 0, 0, 0);
 }
 
-static void arm_rtx(struct tcp_conn *c)
+void tcp_arm_rtx(struct tcp_conn *c)
 {
 	c->timer = c->net->now + (uint64_t)c->rto_ms * MS;
 }
 
 /* Send whatever the window allows: data from snd_nxt, then the FIN. */
-static void tcp_output(struct tcp_conn *c, bool probe)
+void tcp_output(struct tcp_conn *c, bool probe)
 {
 	if (c->state == ST_SYN_RCVD) {
 		if (c->snd_nxt == c->iss) {
@@ -196,7 +152,7 @@ static void tcp_output(struct tcp_conn *c, bool probe)
 				c->snd_max = c->snd_nxt;
 		}
 		if (c->timer == NET_TIME_NEVER)
-			arm_rtx(c);
+			tcp_arm_rtx(c);
 		return;
 	}
 	if (c->state != ST_ESTABLISHED && c->state != ST_CLOSE_WAIT && c->state != ST_FIN_WAIT_1 &&
@@ -234,11 +190,11 @@ static void tcp_output(struct tcp_conn *c, bool probe)
 	bool outstanding = c->snd_una != c->snd_max;
 	bool blocked = !outstanding && SEQ_LT(c->snd_nxt, data_end);   /* zero window: probe later */
 	if ((outstanding || blocked) && c->timer == NET_TIME_NEVER)
-		arm_rtx(c);   /* a running timer is not restarted by new data (RFC 6298) */
+		tcp_arm_rtx(c);   /* a running timer is not restarted by new data (RFC 6298) */
 }
 
 /* Connection died under the app: tell it (once), then free the slot. */
-static void conn_abort(struct tcp_conn *c, enum tcp_abort_reason why)
+void tcp_conn_abort(struct tcp_conn *c, enum tcp_abort_reason why)
 {
 	const struct tcp_listener *l = c->lst;
 
@@ -246,127 +202,7 @@ static void conn_abort(struct tcp_conn *c, enum tcp_abort_reason why)
 		c->flags &= (uint8_t)~C_APP;
 		l->ops->aborted(l->ctx, c, why);
 	}
-	conn_free(c);
-}
-
-/* ---- the connection table ---- */
-
-static struct tcp_conn *conn_lookup(struct net *n, uint32_t rip, uint16_t rport, uint16_t lport)
-{
-	for (unsigned i = 0; i < NET_TCP_CONNS; i++) {
-		struct tcp_conn *c = &n->conns[i];
-		if (c->state != ST_FREE && c->rip == rip && c->rport == rport && c->lport == lport)
-			return c;
-	}
-	return 0;
-}
-
-/* Free slot c of a connection with no progress for long: reset it (the
- * app hears TCP_EVICTED) so a new SYN can have it. */
-static void conn_evict(struct net *n, struct tcp_conn *c)
-{
-	n->stats.tcp_evicted++;
-	n->stats.tcp_resets_sent++;
-	send_segment(n, c->rip, c->lport, c->rport, c->snd_nxt, 0, F_RST, 0, 0, 0, 0);
-	conn_abort(c, TCP_EVICTED);
-}
-
-static bool finished(const struct tcp_conn *c)
-{
-	return c->state == ST_TIME_WAIT || c->state == ST_FIN_WAIT_2;
-}
-
-/* Is a older than b for its kind (finished: by state age, TIME_WAIT before
- * FIN_WAIT_2; half-open: by state age; others: by last progress)? */
-static bool older(const struct tcp_conn *a, const struct tcp_conn *b)
-{
-	if (!b)
-		return true;
-	if (a->state == ST_TIME_WAIT && b->state == ST_FIN_WAIT_2)
-		return true;
-	if (a->state == ST_FIN_WAIT_2 && b->state == ST_TIME_WAIT)
-		return false;
-	if (a->state == ST_SYN_RCVD || finished(a))
-		return a->since < b->since;
-	return a->heard < b->heard;
-}
-
-/* A slot for a SYN from rip, or NULL (the SYN is dropped; the client retries).
- *
- * A peer already holding NET_TCP_PER_SOURCE slots recycles one of its own
- * (finished, else the one idle for longest, else a stale half-open one), so
- * one address (a flood, or many silent connections) leaves the rest of the
- * table to everybody else. Otherwise: a free slot, else the oldest finished
- * one (TIME_WAIT, then FIN_WAIT_2: the app has closed it and the peer has
- * acknowledged everything we sent; all that is left is the peer's FIN), else
- * the oldest stale half-open one, else the connection whose peer has made no
- * progress for longest (at least IDLE_EVICT_NS: a silent peer, or one holding
- * its window shut; it is reset).
- *
- * A young half-open slot is never taken: its peer may well have sent the
- * handshake's ACK (lost, or still queued), so the peer holds a connection we
- * would forget and would hang or be reset later. Dropping the new SYN instead
- * costs that client one SYN retransmit. A half-open slot that outlived two
- * SYN-ACKs is recycled, and its peer is told with a RST. */
-static struct tcp_conn *conn_alloc(struct net *n, uint32_t rip)
-{
-	struct tcp_conn *fre = 0, *fin = 0, *syn = 0, *idle = 0;
-	struct tcp_conn *own_fin = 0, *own_syn = 0, *own_idle = 0;
-	unsigned own = 0;
-
-	for (unsigned i = 0; i < NET_TCP_CONNS; i++) {
-		struct tcp_conn *c = &n->conns[i];
-		if (c->state == ST_FREE) {
-			if (!fre)
-				fre = c;
-			continue;
-		}
-		bool mine = c->rip == rip;
-		own += mine;
-		if (finished(c)) {
-			if (older(c, fin))
-				fin = c;
-			if (mine && older(c, own_fin))
-				own_fin = c;
-		} else if (c->state == ST_SYN_RCVD) {
-			if (n->now - c->since < HALF_OPEN_STALE_NS)
-				continue;
-			if (older(c, syn))
-				syn = c;
-			if (mine && older(c, own_syn))
-				own_syn = c;
-		} else if (n->now - c->heard >= IDLE_EVICT_NS) {
-			if (older(c, idle))
-				idle = c;
-			if (mine && older(c, own_idle))
-				own_idle = c;
-		}
-	}
-	if (own >= NET_TCP_PER_SOURCE) {
-		fre = 0;
-		fin = own_fin;
-		syn = own_syn;
-		idle = own_idle;
-	}
-	if (fre)
-		return fre;
-	if (fin) {
-		n->stats.tcp_recycled++;
-		conn_free(fin);
-		return fin;
-	}
-	if (idle && !syn) {
-		conn_evict(n, idle);
-		return idle;
-	}
-	if (syn) {
-		n->stats.tcp_resets_sent++;
-		send_segment(n, syn->rip, syn->lport, syn->rport, syn->iss + 1, 0, F_RST, 0, 0, 0, 0);
-		conn_free(syn);
-		return syn;
-	}
-	n->stats.tcp_table_full++;
-	return 0;
+	tcp_conn_free(c);
 }
 
 static uint16_t parse_mss(const uint8_t *opt, size_t len)
@@ -394,7 +230,7 @@ static uint16_t parse_mss(const uint8_t *opt, size_t len)
 static void passive_open(struct net *n, const struct tcp_listener *l, uint32_t rip, uint16_t rport,
 			 uint32_t seq, uint16_t wnd, const uint8_t *opt, size_t optlen)
 {
-	struct tcp_conn *c = conn_alloc(n, rip);
+	struct tcp_conn *c = tcp_conn_alloc(n, rip);
 	if (!c)
 		return;   /* no room: drop the SYN, the client retries */
 	uint16_t peer_mss = parse_mss(opt, optlen);
@@ -417,7 +253,7 @@ static void passive_open(struct net *n, const struct tcp_listener *l, uint32_t r
 	c->snd_wl2 = c->iss;
 	c->rto_ms = RTO_INIT_MS;
 	c->timer = NET_TIME_NEVER;
-	set_state(c, ST_SYN_RCVD);
+	tcp_set_state(c, ST_SYN_RCVD);
 	c->rtt_seq = c->iss + 1;   /* the handshake gives the first RTT sample */
 	c->rtt_start = n->now;
 	tcp_output(c, false);
@@ -469,7 +305,7 @@ static void rtt_sample(struct tcp_conn *c, uint32_t ack)
 static bool process_ack(struct tcp_conn *c, const struct seg *s)
 {
 	if (SEQ_GT(s->ack, c->snd_max)) {
-		send_ack(c);   /* acks something never sent */
+		tcp_send_ack(c);   /* acks something never sent */
 		return false;
 	}
 	if (SEQ_GT(s->ack, c->snd_una)) {
@@ -496,7 +332,7 @@ static bool process_ack(struct tcp_conn *c, const struct seg *s)
 		c->retries = 0;
 		c->timer = NET_TIME_NEVER;
 		if (c->snd_una != c->snd_max)
-			arm_rtx(c);
+			tcp_arm_rtx(c);
 		/* our window depends on the app's buffer: reopen it promptly */
 		if (app_owned(c) && c->lst->ops->window && c->rcv_adv < c->mss &&
 		    tcp_send_space(c) > old_space && rcv_window(c) >= c->mss)
@@ -515,15 +351,15 @@ static bool process_ack(struct tcp_conn *c, const struct seg *s)
 	if (fin_acked) {
 		switch (c->state) {
 		case ST_FIN_WAIT_1:
-			set_state(c, ST_FIN_WAIT_2);
+			tcp_set_state(c, ST_FIN_WAIT_2);
 			c->timer = c->net->now + FIN_WAIT_2_NS;
 			break;
 		case ST_CLOSING:
-			set_state(c, ST_TIME_WAIT);
+			tcp_set_state(c, ST_TIME_WAIT);
 			c->timer = c->net->now + TIME_WAIT_NS;
 			break;
 		case ST_LAST_ACK:
-			conn_free(c);
+			tcp_conn_free(c);
 			return false;
 		default:
 			break;
@@ -545,18 +381,18 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 	}
 	if (!seq_acceptable(c, s)) {
 		if (!(s->flags & F_RST))
-			send_ack(c);
+			tcp_send_ack(c);
 		return;
 	}
 	if (s->flags & F_RST) {
 		if (s->seq == c->rcv_nxt)
-			conn_abort(c, TCP_RESET_BY_PEER);
+			tcp_conn_abort(c, TCP_RESET_BY_PEER);
 		else
-			send_ack(c);   /* RFC 5961 challenge ACK */
+			tcp_send_ack(c);   /* RFC 5961 challenge ACK */
 		return;
 	}
 	if (s->flags & F_SYN) {
-		send_ack(c);   /* RFC 5961: a SYN in a synchronized state */
+		tcp_send_ack(c);   /* RFC 5961: a SYN in a synchronized state */
 		return;
 	}
 	if (!(s->flags & F_ACK))
@@ -567,7 +403,7 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 			send_reset(n, c->rip, c->lport, c->rport, s->seq, s->ack, s->flags, s->len);
 			return;
 		}
-		set_state(c, ST_ESTABLISHED);
+		tcp_set_state(c, ST_ESTABLISHED);
 		c->heard = n->now;
 		c->snd_wl1 = s->seq - 1;   /* force the window update below */
 		if (!process_ack(c, s))
@@ -624,7 +460,7 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 		c->flags |= C_ACK_NOW;
 		switch (c->state) {
 		case ST_ESTABLISHED:
-			set_state(c, ST_CLOSE_WAIT);
+			tcp_set_state(c, ST_CLOSE_WAIT);
 			if (app_owned(c) && l->ops->peer_closed) {
 				l->ops->peer_closed(l->ctx, c);
 				if (c->state == ST_FREE)
@@ -632,10 +468,10 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 			}
 			break;
 		case ST_FIN_WAIT_1:
-			set_state(c, ST_CLOSING);
+			tcp_set_state(c, ST_CLOSING);
 			break;
 		case ST_FIN_WAIT_2:
-			set_state(c, ST_TIME_WAIT);
+			tcp_set_state(c, ST_TIME_WAIT);
 			c->timer = n->now + TIME_WAIT_NS;
 			break;
 		default:
@@ -648,7 +484,7 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 
 	tcp_output(c, false);
 	if (c->state != ST_FREE && (c->flags & C_ACK_NOW))
-		send_ack(c);
+		tcp_send_ack(c);
 }
 
 void net_tcp_input(struct net *n, uint32_t src, uint32_t dst, const uint8_t *t, size_t len)
@@ -681,12 +517,12 @@ void net_tcp_input(struct net *n, uint32_t src, uint32_t dst, const uint8_t *t, 
 	}
 	size_t seglen = s.len + ((s.flags & F_SYN) ? 1 : 0) + ((s.flags & F_FIN) ? 1 : 0);
 
-	struct tcp_conn *c = conn_lookup(n, src, sport, dport);
+	struct tcp_conn *c = tcp_conn_lookup(n, src, sport, dport);
 	/* RFC 6191-style reuse: a new SYN beyond the old connection's sequence
 	 * space ends its TIME_WAIT early */
 	if (c && c->state == ST_TIME_WAIT && (s.flags & (F_SYN | F_ACK | F_RST)) == F_SYN &&
 	    SEQ_GT(s.seq, c->rcv_nxt)) {
-		conn_free(c);
+		tcp_conn_free(c);
 		c = 0;
 	}
 	if (c) {
@@ -711,139 +547,4 @@ void net_tcp_input(struct net *n, uint32_t src, uint32_t dst, const uint8_t *t, 
 	}
 	/* closed port, or a stray segment for a connection we do not have */
 	send_reset(n, src, dport, sport, s.seq, s.ack, s.flags, seglen);
-}
-
-/* ---- timers ---- */
-
-static void conn_timeout(struct tcp_conn *c)
-{
-	struct net *n = c->net;
-
-	c->timer = NET_TIME_NEVER;
-	if (c->state == ST_TIME_WAIT || c->state == ST_FIN_WAIT_2) {
-		conn_free(c);
-		return;
-	}
-	bool outstanding = c->snd_una != c->snd_max;
-	bool pending = SEQ_LT(c->snd_nxt, c->buf_seq + c->buf_len) ||
-		       ((c->flags & C_FIN_QUEUED) && c->snd_nxt == c->buf_seq + c->buf_len);
-	if (!outstanding && !pending) {
-		if ((c->flags & C_WUPD) && c->retries < DATA_RETRIES) {
-			c->retries++;
-			c->rto_ms = c->rto_ms * 2 > RTO_MAX_MS ? RTO_MAX_MS : c->rto_ms * 2;
-			send_ack(c);   /* carries the open window again */
-			arm_rtx(c);
-		} else {
-			c->flags &= (uint8_t)~C_WUPD;
-		}
-		return;
-	}
-	unsigned limit = c->state == ST_SYN_RCVD ? SYN_RETRIES : DATA_RETRIES;
-	if (c->retries >= limit) {
-		n->stats.tcp_timeouts++;
-		if (c->state != ST_SYN_RCVD)
-			send_segment(n, c->rip, c->lport, c->rport, c->snd_nxt, 0, F_RST, 0, 0, 0, 0);
-		conn_abort(c, TCP_TIMED_OUT);
-		return;
-	}
-	c->retries++;
-	n->stats.tcp_retransmits++;
-	c->rtt_seq = 0;   /* Karn: never time a retransmitted segment */
-	c->rto_ms = c->rto_ms * 2 > RTO_MAX_MS ? RTO_MAX_MS : c->rto_ms * 2;
-	c->snd_nxt = c->state == ST_SYN_RCVD ? c->iss : c->snd_una;
-	tcp_output(c, true);
-	if (c->state != ST_FREE)
-		arm_rtx(c);
-}
-
-uint64_t net_tcp_timers(struct net *n)
-{
-	uint64_t next = NET_TIME_NEVER;
-
-	for (unsigned i = 0; i < NET_TCP_CONNS; i++) {
-		struct tcp_conn *c = &n->conns[i];
-		if (c->state == ST_FREE)
-			continue;
-		if (c->timer <= n->now)
-			conn_timeout(c);
-		if (c->state != ST_FREE)
-			next = min_u64(next, c->timer);
-	}
-	return next;
-}
-
-/* ---- the app's API ---- */
-
-int tcp_listen(struct net *n, uint16_t port, const struct tcp_ops *ops, void *ctx)
-{
-	struct tcp_listener *slot = 0;
-
-	if (port == 0 || !ops)
-		return -1;
-	for (unsigned i = 0; i < NET_TCP_LISTENERS; i++) {
-		if (n->listeners[i].port == port)
-			return -1;
-		if (!n->listeners[i].port && !slot)
-			slot = &n->listeners[i];
-	}
-	if (!slot)
-		return -1;
-	slot->port = port;
-	slot->ops = ops;
-	slot->ctx = ctx;
-	return 0;
-}
-
-size_t tcp_send_space(const struct tcp_conn *c)
-{
-	return NET_TCP_SNDBUF - c->buf_len;
-}
-
-int tcp_send(struct tcp_conn *c, const void *data, size_t len)
-{
-	if ((c->state != ST_ESTABLISHED && c->state != ST_CLOSE_WAIT) || (c->flags & C_FIN_QUEUED))
-		return -1;
-	size_t space = tcp_send_space(c);
-	if (len > space)
-		len = space;
-	n_memcpy(c->buf + c->buf_len, data, len);
-	c->buf_len = (uint16_t)(c->buf_len + len);
-	tcp_output(c, false);
-	return (int)len;
-}
-
-void tcp_close(struct tcp_conn *c)
-{
-	c->flags &= (uint8_t)~C_APP;
-	if (c->flags & C_FIN_QUEUED)
-		return;
-	if (c->state == ST_ESTABLISHED)
-		set_state(c, ST_FIN_WAIT_1);
-	else if (c->state == ST_CLOSE_WAIT)
-		set_state(c, ST_LAST_ACK);
-	else
-		return;
-	c->flags |= C_FIN_QUEUED;
-	tcp_output(c, false);
-}
-
-void tcp_abort(struct tcp_conn *c)
-{
-	if (c->state == ST_FREE)
-		return;
-	c->net->stats.tcp_resets_sent++;
-	send_segment(c->net, c->rip, c->lport, c->rport, c->snd_nxt, 0, F_RST, 0, 0, 0, 0);
-	conn_free(c);
-}
-
-uint32_t tcp_remote_ip(const struct tcp_conn *c) { return c->rip; }
-uint16_t tcp_remote_port(const struct tcp_conn *c) { return c->rport; }
-
-unsigned tcp_active_count(const struct net *n)
-{
-	unsigned count = 0;
-
-	for (unsigned i = 0; i < NET_TCP_CONNS; i++)
-		count += n->conns[i].state != ST_FREE;
-	return count;
 }

@@ -24,7 +24,7 @@ from nettools import Netns, peer_line, rawpeer, require_netns, run, stop_peers
 
 REPO = Path(__file__).resolve().parents[2]
 NET = REPO / "images" / "net"
-STACK_SOURCES = ["eth.c", "arp.c", "ip.c", "tcp.c", "daytime_fmt.c"]  # the portable half
+STACK_SOURCES = ["eth.c", "arp.c", "ip.c", "tcp.c", "tcp_conn.c", "daytime_fmt.c"]  # the portable half
 GUEST_ONLY = {"virtio_net.c", "netif.c"}  # these need guest.h
 STACK_IP = "10.213.0.2"
 STACK_MAC = "52:54:00:13:00:02"
