@@ -85,6 +85,7 @@ struct net_stats {
 	uint64_t tcp_recycled;   /* TIME_WAIT/FIN_WAIT_2 slots reused for a new SYN */
 	uint64_t tcp_table_full;
 	uint64_t tcp_evicted;    /* idle connections reset to make room (table full, or the peer at its cap) */
+	uint64_t tcp_cookies_sent, tcp_cookies_ok;   /* SYN cookies: table full; valid ones returned */
 };
 
 /* 0 on success, -1 if the configuration is unusable (bad MTU, no tx, MAC

@@ -19,16 +19,6 @@
 
 /* ---- helpers ---- */
 
-static uint64_t mix64(uint64_t x)
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ull;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebull;
-	x ^= x >> 31;
-	return x;
-}
-
 /* RFC 6528: a keyed hash of the 4-tuple plus a 4 us clock. */
 static uint32_t tcp_isn(const struct net *n, uint32_t rip, uint16_t rport, uint16_t lport)
 {
@@ -226,23 +216,32 @@ static uint16_t parse_mss(const uint8_t *opt, size_t len)
 	return 0;
 }
 
-/* A SYN for a listening port: make a SYN_RCVD connection and answer. */
+/* A SYN for a listening port: make a SYN_RCVD connection and answer; with
+ * no slot, answer with a cookie. */
 static void passive_open(struct net *n, const struct tcp_listener *l, uint32_t rip, uint16_t rport,
 			 uint32_t seq, uint16_t wnd, const uint8_t *opt, size_t optlen)
 {
-	struct tcp_conn *c = tcp_conn_alloc(n, rip);
-	if (!c)
-		return;   /* no room: drop the SYN, the client retries */
 	uint16_t peer_mss = parse_mss(opt, optlen);
 	uint16_t our_mss = (uint16_t)(n->mtu - IP_HLEN - TCP_HLEN);
+	uint16_t mss = peer_mss ? (peer_mss < our_mss ? peer_mss : our_mss) : DEFAULT_MSS;
+	bool capped;
 
+	if (mss < 64)
+		mss = 64;   /* a hostile tiny MSS must not turn a reply into 1-byte segments */
+	struct tcp_conn *c = tcp_conn_alloc(n, rip, false, &capped);
+	if (!c) {
+		if (capped)
+			return;   /* this address has its share: drop the SYN, the client retries */
+		n->stats.tcp_cookies_sent++;
+		tcp_segment(n, rip, l->port, rport, tcp_cookie_make(n, rip, rport, l->port, seq, mss), seq + 1,
+			    F_SYN | F_ACK, tcp_cookie_window(l), 0, 0, our_mss);
+		return;
+	}
 	c->lst = l;
 	c->rip = rip;
 	c->rport = rport;
 	c->lport = l->port;
-	c->mss = peer_mss ? (peer_mss < our_mss ? peer_mss : our_mss) : DEFAULT_MSS;
-	if (c->mss < 64)
-		c->mss = 64;   /* a hostile tiny MSS must not turn a reply into 1-byte segments */
+	c->mss = mss;
 	c->irs = seq;
 	c->rcv_nxt = seq + 1;
 	c->iss = tcp_isn(n, rip, rport, l->port);
@@ -487,6 +486,44 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 		tcp_send_ack(c);
 }
 
+/* An ACK for no connection on a listening port: if it returns one of our
+ * cookies, make the connection it stands for and process the ACK on it as
+ * on a SYN_RCVD one. false: not a cookie, or no slot even so (the caller
+ * resets the peer, which then fails at once rather than wait forever). */
+static bool cookie_open(struct net *n, const struct tcp_listener *l, uint32_t rip, uint16_t rport,
+			struct seg *s)
+{
+	uint16_t mss = tcp_cookie_check(n, rip, rport, l->port, s->seq - 1, s->ack - 1);
+	bool capped;
+
+	if (!mss)
+		return false;
+	struct tcp_conn *c = tcp_conn_alloc(n, rip, true, &capped);
+	if (!c)
+		return false;
+	n->stats.tcp_cookies_ok++;
+	c->lst = l;
+	c->rip = rip;
+	c->rport = rport;
+	c->lport = l->port;
+	c->mss = mss;
+	c->irs = s->seq - 1;
+	c->rcv_nxt = s->seq;
+	c->rcv_adv = tcp_cookie_window(l);
+	c->iss = s->ack - 1;
+	c->snd_una = c->iss;
+	c->snd_nxt = c->snd_max = c->iss + 1;
+	c->buf_seq = c->iss + 1;
+	c->snd_wnd = s->wnd;
+	c->snd_wl1 = c->irs;
+	c->snd_wl2 = c->iss;
+	c->rto_ms = RTO_INIT_MS;
+	c->timer = NET_TIME_NEVER;
+	tcp_set_state(c, ST_SYN_RCVD);
+	conn_input(c, s);
+	return true;
+}
+
 void net_tcp_input(struct net *n, uint32_t src, uint32_t dst, const uint8_t *t, size_t len)
 {
 	if (len < TCP_HLEN) {
@@ -545,6 +582,8 @@ void net_tcp_input(struct net *n, uint32_t src, uint32_t dst, const uint8_t *t, 
 			n->stats.rx_dropped++;
 		return;
 	}
+	if (l && (s.flags & (F_SYN | F_ACK | F_RST)) == F_ACK && cookie_open(n, l, src, sport, &s))
+		return;
 	/* closed port, or a stray segment for a connection we do not have */
 	send_reset(n, src, dport, sport, s.seq, s.ack, s.flags, seglen);
 }

@@ -1,7 +1,8 @@
 /*
  * tcp_conn.c - the TCP connection table (lookup; allocation, recycling and
  * eviction when full), the retransmission/persist/TIME_WAIT timers, and the
- * app's API (listen, send, close, abort). Segments in and out: tcp.c.
+ * app's API (listen, send, close, abort) and the SYN cookies. Segments in
+ * and out: tcp.c.
  */
 #include "tcp_internal.h"
 
@@ -63,10 +64,16 @@ static bool older(const struct tcp_conn *a, const struct tcp_conn *b)
  * handshake's ACK (lost, or still queued), so the peer holds a connection we
  * would forget and would hang or be reset later. Dropping the new SYN instead
  * costs that client one SYN retransmit. A half-open slot that outlived two
- * SYN-ACKs is recycled, and its peer is told with a RST. */
-struct tcp_conn *tcp_conn_alloc(struct net *n, uint32_t rip)
+ * SYN-ACKs is recycled, and its peer is told with a RST. Except for a peer
+ * that proved itself (`proven`: it returned a valid SYN cookie, tcp.c): it
+ * may take another address's young half-open slot (reset), as under a flood
+ * from many addresses every slot is young and half-open.
+ *
+ * *capped is set when rip is at its cap (the caller then sends no cookie:
+ * the SYN is dropped and the client retries). */
+struct tcp_conn *tcp_conn_alloc(struct net *n, uint32_t rip, bool proven, bool *capped)
 {
-	struct tcp_conn *fre = 0, *fin = 0, *syn = 0, *idle = 0;
+	struct tcp_conn *fre = 0, *fin = 0, *syn = 0, *idle = 0, *young = 0;
 	struct tcp_conn *own_fin = 0, *own_syn = 0, *own_idle = 0;
 	unsigned own = 0;
 
@@ -85,8 +92,11 @@ struct tcp_conn *tcp_conn_alloc(struct net *n, uint32_t rip)
 			if (mine && older(c, own_fin))
 				own_fin = c;
 		} else if (c->state == ST_SYN_RCVD) {
-			if (n->now - c->since < HALF_OPEN_STALE_NS)
+			if (n->now - c->since < HALF_OPEN_STALE_NS) {
+				if (!mine && older(c, young))
+					young = c;
 				continue;
+			}
 			if (older(c, syn))
 				syn = c;
 			if (mine && older(c, own_syn))
@@ -98,8 +108,10 @@ struct tcp_conn *tcp_conn_alloc(struct net *n, uint32_t rip)
 				own_idle = c;
 		}
 	}
-	if (own >= NET_TCP_PER_SOURCE) {
+	*capped = own >= NET_TCP_PER_SOURCE;
+	if (*capped) {
 		fre = 0;
+		young = 0;
 		fin = own_fin;
 		syn = own_syn;
 		idle = own_idle;
@@ -115,6 +127,8 @@ struct tcp_conn *tcp_conn_alloc(struct net *n, uint32_t rip)
 		conn_evict(n, idle);
 		return idle;
 	}
+	if (!syn && proven)
+		syn = young;
 	if (syn) {
 		n->stats.tcp_resets_sent++;
 		tcp_segment(n, syn->rip, syn->lport, syn->rport, syn->iss + 1, 0, F_RST, 0, 0, 0, 0);
@@ -258,4 +272,54 @@ unsigned tcp_active_count(const struct net *n)
 	for (unsigned i = 0; i < NET_TCP_CONNS; i++)
 		count += n->conns[i].state != ST_FREE;
 	return count;
+}
+
+/* ---- SYN cookies (RFC 4987 3.6), used by tcp.c ----
+ *
+ * When the table has no slot for a SYN (and its address is not at its cap),
+ * the SYN-ACK keeps no state: its ISN is a keyed hash of the 4-tuple, the
+ * client's ISN and a 68.7 s period (n->now >> 36), whose low 3 bits carry
+ * the MSS (the only option this stack uses, so a cookie loses nothing). An
+ * ACK for no connection whose ack - 1 is such a cookie (this period or the
+ * last) makes the connection then. Under a SYN flood from many addresses
+ * the half-open slots are all taken, and this is how a real client still
+ * gets in. */
+#define COOKIE_PERIOD_SHIFT 36
+static const uint16_t cookie_mss[8] = {64, 256, 536, 1024, 1220, 1360, 1440, 1460};
+
+static uint32_t cookie_hash(const struct net *n, uint32_t rip, uint16_t rport, uint16_t lport, uint32_t irs,
+			    uint64_t period)
+{
+	uint64_t h = mix64(n->seed ^ 0x636f6f6b69657321ull ^ (((uint64_t)rip << 32) | ((uint32_t)rport << 16) | lport));
+	return (uint32_t)mix64(h ^ (((uint64_t)irs << 32) | (uint32_t)period));
+}
+
+uint32_t tcp_cookie_make(const struct net *n, uint32_t rip, uint16_t rport, uint16_t lport, uint32_t irs,
+			 uint16_t mss)
+{
+	uint32_t idx = 0;
+
+	for (uint32_t i = 0; i < 8; i++)
+		if (cookie_mss[i] <= mss)
+			idx = i;
+	return (cookie_hash(n, rip, rport, lport, irs, n->now >> COOKIE_PERIOD_SHIFT) & ~7u) | idx;
+}
+
+/* The MSS a valid cookie carries, else 0. */
+uint16_t tcp_cookie_check(const struct net *n, uint32_t rip, uint16_t rport, uint16_t lport, uint32_t irs,
+			  uint32_t iss)
+{
+	uint64_t period = n->now >> COOKIE_PERIOD_SHIFT;
+
+	for (uint64_t back = 0; back < 2 && back <= period; back++)
+		if (((cookie_hash(n, rip, rport, lport, irs, period - back) ^ iss) & ~7u) == 0)
+			return cookie_mss[iss & 7];
+	return 0;
+}
+
+/* The window a cookie SYN-ACK advertises: an app that limits its window
+ * (window()) has no connection to ask yet, so it gets one segment. */
+uint16_t tcp_cookie_window(const struct tcp_listener *l)
+{
+	return (uint16_t)(l->ops->window ? DEFAULT_MSS : NET_TCP_RCVWND > 0xffff ? 0xffff : NET_TCP_RCVWND);
 }

@@ -7,6 +7,16 @@
 
 #include "net_internal.h"
 
+static inline uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ull;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebull;
+	x ^= x >> 31;
+	return x;
+}
+
 enum {
 	ST_FREE = 0,
 	ST_SYN_RCVD,
@@ -68,6 +78,13 @@ void tcp_conn_abort(struct tcp_conn *c, enum tcp_abort_reason why);
 
 /* tcp_conn.c */
 struct tcp_conn *tcp_conn_lookup(struct net *n, uint32_t rip, uint16_t rport, uint16_t lport);
-struct tcp_conn *tcp_conn_alloc(struct net *n, uint32_t rip);
+struct tcp_conn *tcp_conn_alloc(struct net *n, uint32_t rip, bool proven, bool *capped);
+/* SYN cookies: our ISN for a SYN we keep no state for; the MSS a returned one
+ * carries (0: not ours); the window its SYN-ACK advertises. */
+uint32_t tcp_cookie_make(const struct net *n, uint32_t rip, uint16_t rport, uint16_t lport, uint32_t irs,
+			 uint16_t mss);
+uint16_t tcp_cookie_check(const struct net *n, uint32_t rip, uint16_t rport, uint16_t lport, uint32_t irs,
+			  uint32_t iss);
+uint16_t tcp_cookie_window(const struct tcp_listener *l);
 
 #endif /* TCP_INTERNAL_H */

@@ -14,9 +14,11 @@ Commands:
       {"held": N} once done, then for SECONDS: WINDOW 0 answers every segment with a zero-window
       ACK (the peer is alive, its window stays shut: persist probes forever), WINDOW > 0 answers
       nothing (silent: the server retransmits into the void).
-  flood IFNAME DST_MAC DST_IP SRC_IP SECONDS
+  flood IFNAME DST_MAC DST_IP SRC_IP SECONDS [SOURCES]
       SYNs to port 13 from SRC_IP, a new source port each, as fast as they go, for SECONDS;
-      nothing is ever answered. Prints {"sent": N}.
+      nothing is ever answered. With SOURCES > 1 each SYN comes from a random one of SOURCES
+      addresses from SRC_IP up (spoofed: never announced, so the stack's ARP requests for
+      them go unanswered too). Prints {"sent": N}.
   probe IFNAME DST_MAC DST_IP SRC_IP PORT FLAGS
       One segment with FLAGS (an integer, e.g. 0 or 1 for FIN) to PORT; prints {"reply": F} with
       the flags of the stack's answer within 1 s, or {"reply": null}.
@@ -130,11 +132,15 @@ def cmd_hold(peer: Peer, count: int, window: int, seconds: float) -> None:
         peer.send_tcp(seg[0], ACK, state >> 32, state & 0xFFFFFFFF, 0)  # alive, window shut
 
 
-def cmd_flood(peer: Peer, seconds: float) -> None:
-    peer.announce()
+def cmd_flood(peer: Peer, seconds: float, sources: int) -> None:
+    if sources == 1:
+        peer.announce()
+    first = struct.unpack("!I", peer.src)[0]
     sent = 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
+        if sources > 1:
+            peer.src = struct.pack("!I", first + random.randrange(sources))
         peer.send_tcp(1024 + sent % 60000, SYN, random.getrandbits(32), 0, 65535)
         sent += 1
     print(json.dumps({"sent": sent}), flush=True)
@@ -163,7 +169,7 @@ def main(argv: list[str]) -> int:
         elif cmd == "probe":
             cmd_probe(peer, int(args[4]), int(args[5]))
         elif cmd == "flood":
-            cmd_flood(peer, float(args[4]))
+            cmd_flood(peer, float(args[4]), int(args[5]) if len(args) > 5 else 1)
         else:
             print(f"unknown command {cmd!r}", file=sys.stderr)
             return 2

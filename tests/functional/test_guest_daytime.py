@@ -272,8 +272,8 @@ def _timed_daytime(ns: Netns) -> float:
 def test_hostile_peers_do_not_lock_out_clients(image: Path) -> None:
     """Issue #15's bar on the unikernel itself (TCG): with its 16 TCP slots full of peers that
     completed the handshake and went silent and peers holding a zero window (tests/functional/
-    rawpeers.py), a new client gets the time within 1 s; during a SYN flood from one address
-    another client still gets an answer. (The stack's own tests: test_netstack_host.py.)"""
+    rawpeers.py), a new client gets the time within 1 s; during a SYN flood from one address,
+    or from 100 spoofed ones, another client still gets an answer. (The stack's own tests: test_netstack_host.py.)"""
     require_netns()
     with Netns(HOST_IP, create_tap=False) as ns:
         guest = boot(image, ns, nic=mmio_nic())
@@ -293,6 +293,14 @@ def test_hostile_peers_do_not_lock_out_clients(image: Path) -> None:
                 assert procs[0].poll() is None, "the flood ended before the clients ran"
                 assert peer_line(procs[0], 30)["sent"] > 100
                 print(f"daytime under a SYN flood: {[round(w, 3) for w in waits]} s", file=sys.stderr)
+                stop_peers(procs)
+                # from 100 spoofed addresses: every slot half-open, the client gets in by SYN cookie
+                procs = [rawpeer(ns, GUEST_MAC, GUEST_IP, "flood", "10.213.0.100", 10, 100)]
+                time.sleep(1.5)
+                waits = [_timed_daytime(ns) for _ in range(3)]
+                assert procs[0].poll() is None, "the flood ended before the clients ran"
+                assert peer_line(procs[0], 30)["sent"] > 100
+                print(f"daytime under a many-address SYN flood: {[round(w, 3) for w in waits]} s", file=sys.stderr)
             finally:
                 stop_peers(procs)
             assert guest.proc is not None and guest.proc.poll() is None  # still serving

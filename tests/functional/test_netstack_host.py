@@ -342,3 +342,20 @@ def test_syn_flood_from_one_source_leaves_room_for_others(stack: Stack) -> None:
         stop_peers(procs)
     stats = stack.stop()
     assert stats["tcp_table_full"] > 0, stats  # the flood hit its cap: SYNs were dropped
+
+
+def test_syn_flood_from_many_addresses_leaves_room_for_others(stack: Stack) -> None:
+    """SYNs from 100 spoofed addresses (none answers ARP): every slot is young and half-open, so
+    a real client gets a SYN cookie; its ACK takes a half-open slot. Its ARP entry survives the
+    flood's unanswered requests."""
+    procs = [_rawpeer(stack, "flood", "10.213.0.100", 8, 100)]
+    try:
+        time.sleep(1.5)
+        waits = [_timed_daytime(stack) for _ in range(3)]
+        assert procs[0].poll() is None, "the flood ended before the clients ran"
+        assert peer_line(procs[0], 30)["sent"] > 100
+        assert max(waits) < 1.0, waits
+    finally:
+        stop_peers(procs)
+    stats = stack.stop()
+    assert stats["tcp_cookies_sent"] > 0 and stats["tcp_cookies_ok"] >= 1, stats
