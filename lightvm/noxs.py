@@ -489,6 +489,20 @@ class NoxsRegion:
         page.generation = page.generation + 1
         del page
 
+    def stamp_resume(self) -> bool:
+        """Stamp ``host_time_ns`` for a guest whose vCPUs are about to run again after a stop
+        (unpause, save --keep-running, a failed migration's source): its TSC stood still
+        meanwhile (TCG), and the new generation makes it re-base its wall clock at this stamp
+        (SPEC.md, "The wall clock"). Call it right before ``cont``, then ring the doorbell.
+
+        A placeholder page (``FEAT_WAIT_CONFIG``: a prepared shell waiting for its real page)
+        is left alone: a new generation there means "your page is written". :return: stamped.
+        """
+        if DevicePage.from_buffer_copy(self._buf, 0).features & FEAT_WAIT_CONFIG:
+            return False
+        self.stamp_host_time()
+        return True
+
     def _write_ctrl(self, config: PageConfig, dev_type: DevType, dev_id: int, offset: int) -> None:
         buf = self._buf
         hdr = CtrlHdr.from_buffer(buf, offset)

@@ -44,6 +44,7 @@ from lightvm.errors import GuestError, LightVMError, NoxsError, QMPError, SpecEr
 from lightvm.instance import Instance, attach, unrecorded_qemus
 from lightvm.instance import destroy as destroy_vmdir
 from lightvm.noxs import BootState, NoxsRegion, PageConfig, Sysctl, region_size_for
+from lightvm.resume import resume_stamped
 from lightvm.spec import VMSpec, check_name
 from lightvm.state import StateDir, VMDir, VMRecord, VMStatus, status_of
 from lightvm.util import tail
@@ -329,7 +330,7 @@ class Toolstack:
             if paused:
                 machine.pause()
             else:
-                machine.resume()
+                resume_stamped(machine, record.noxs_path)  # the guest's TSC stood still meanwhile
         finally:
             machine.release()
         record.state = VMStatus.PAUSED.value if paused else VMStatus.RUNNING.value

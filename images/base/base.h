@@ -75,6 +75,7 @@ void cmdline_init(void);
 void noxs_init(void);
 uint64_t pci_bar_map_nodma(const struct pci_dev *d, unsigned bar, uint64_t *size);
 void noxs_service(void);
+void noxs_follow(void);   /* a new page generation: re-base the wall clock */
 uint64_t noxs_tsc_hint(void);
 void noxs_clock_ready(void);
 void noxs_heartbeat(void);

@@ -40,8 +40,11 @@ uint64_t clock_ns(void)
 	return ticks_to_ns(now - boot_tsc_entry);
 }
 
+/* The host stamps the page again whenever it resumes us after our TSC
+ * stood still (pause, restore, migration): follow that first. */
 uint64_t wallclock_ns(void)
 {
+	noxs_follow();
 	uint64_t now = tsc_read();
 	if (!hz || now < wall_base_tsc)
 		return wall_base_ns;

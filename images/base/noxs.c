@@ -21,6 +21,7 @@ static uint64_t tsc_at_read;
 static bool bell_armed;     /* the console bell's interrupt is still on (a pool shell) */
 static bool devices_said;   /* noxs_devices_up() ran: noxs_ready() says so */
 static bool doorbell;   /* NOXS_FEAT_NMI_DOORBELL of the page we follow */
+static uint64_t gen_seen;   /* the page generation our wall clock is based on */
 
 static volatile uint64_t *generation_ptr(void)
 {
@@ -149,6 +150,7 @@ void noxs_init(void)
 	}
 	doorbell = (snap.features & NOXS_FEAT_NMI_DOORBELL) != 0;
 	b->tsc_entry = boot_tsc_entry;
+	gen_seen = snap.generation;
 	b->generation_seen = (uint32_t)snap.generation;
 	for (unsigned i = 0; i < NOXS_APP_LEN; i++)
 		b->app[i] = 0;
@@ -307,10 +309,21 @@ void noxs_service(void)
 		sys->status_ack = sys->status_ack | NOXS_SYSCTL_CRASH;
 		guest_fatal(NOXS_ERR_APP, "sysctl: crash requested by the host");
 	}
-	/* A rewritten page (e.g. after migration): re-base the wall clock and
-	 * follow the new host's doorbell feature. */
+	noxs_follow();
+}
+
+/* A new page generation: the host stamped host_time_ns before resuming us
+ * (unpause, restore, migration in; SPEC.md, "The wall clock"), or rewrote
+ * the page. Re-base the wall clock at the stamp and follow the doorbell
+ * feature. Called on every idle wake-up and every wall clock read, so the
+ * first read after a resume never returns the clock of before the pause;
+ * the host's NMI after cont makes an idle guest look at once. */
+void noxs_follow(void)
+{
+	if (!sys)
+		return;
 	uint64_t g1 = *generation_ptr();
-	if ((g1 & 1) || (uint32_t)g1 == sys->boot.generation_seen)
+	if ((g1 & 1) || g1 == gen_seen)
 		return;
 	barrier();
 	uint64_t host_ns = *(volatile uint64_t *)(region + offsetof(struct noxs_device_page, host_time_ns));
@@ -321,6 +334,7 @@ void noxs_service(void)
 		return;   /* mid-rewrite: try again on the next pass */
 	clock_rebase_wall(host_ns, now);
 	doorbell = (features & NOXS_FEAT_NMI_DOORBELL) != 0;
+	gen_seen = g1;
 	sys->boot.generation_seen = (uint32_t)g1;
 }
 

@@ -2,7 +2,7 @@
  * net.h - the guest network stack: virtio-net driver + a small IPv4 stack.
  *
  * Two halves:
- *   - The stack (images/net/{eth,arp,ip,tcp,daytime_fmt}.c) is portable
+ *   - The stack (images/net/{eth,arp,ip,tcp,tcp_conn,daytime_fmt}.c) is portable
  *     freestanding C11. It knows nothing about the platform: it is handed a
  *     transmit function and the current time on every call, so the very same
  *     sources are unit-tested on the host against a Linux tap device
@@ -49,6 +49,9 @@
 #define NET_ARP_SLOTS      8u
 #define NET_TCP_CONNS      16u
 #define NET_TCP_LISTENERS  4u
+/* Slots one peer address may hold: the rest stay for everybody else
+ * (a peer at its cap recycles its own oldest connection). */
+#define NET_TCP_PER_SOURCE 12u
 #define NET_UDP_BINDS      4u
 #define NET_TCP_SNDBUF     2048u   /* unacknowledged + unsent bytes per connection */
 #define NET_TCP_RCVWND     8192u   /* window advertised when the app sets no limit */
@@ -81,6 +84,8 @@ struct net_stats {
 	uint64_t tcp_accepted, tcp_resets_sent, tcp_retransmits, tcp_timeouts;
 	uint64_t tcp_recycled;   /* TIME_WAIT/FIN_WAIT_2 slots reused for a new SYN */
 	uint64_t tcp_table_full;
+	uint64_t tcp_evicted;    /* idle connections reset to make room (table full, or the peer at its cap) */
+	uint64_t tcp_cookies_sent, tcp_cookies_ok;   /* SYN cookies: table full; valid ones returned */
 };
 
 /* 0 on success, -1 if the configuration is unusable (bad MTU, no tx, MAC
@@ -105,7 +110,11 @@ int udp_send(struct net *n, uint32_t dst_ip, uint16_t src_port, uint16_t dst_por
 	     const void *data, size_t len);
 
 /* ---- TCP (server side) ---- */
-enum tcp_abort_reason { TCP_RESET_BY_PEER = 1, TCP_TIMED_OUT = 2 };
+enum tcp_abort_reason {
+	TCP_RESET_BY_PEER = 1,
+	TCP_TIMED_OUT = 2,
+	TCP_EVICTED = 3,   /* idle while the table was full: reset to make room */
+};
 
 struct tcp_ops {
 	/* Handshake complete; the app now owns c until it calls tcp_close or
@@ -183,6 +192,8 @@ struct tcp_conn {
 	uint64_t rtt_start;
 	uint64_t timer;         /* retransmit/probe, FIN_WAIT_2 or TIME_WAIT deadline */
 	uint64_t since;         /* when the slot entered its current state */
+	uint64_t heard;         /* last progress from the peer: handshake done, new
+	                           data acknowledged, in-order data or FIN taken */
 	uint8_t buf[NET_TCP_SNDBUF];
 };
 

@@ -50,8 +50,12 @@ static struct net_arp_entry *arp_find(struct net *n, uint32_t ip)
 	return 0;
 }
 
-/* A slot for a new entry: a free one, else the resolved one expiring first,
- * else the pending one closest to giving up. */
+/* A slot for a new entry: a free one, else the pending one closest to
+ * giving up, else the resolved one expiring first. A mapping in use is worth
+ * more than an unanswered question: with resolved entries going first, a SYN
+ * flood from spoofed addresses (each one a new, never answered request)
+ * pushed the real peers' entries out one by one, and each of their frames
+ * then waited for a new exchange. */
 static struct net_arp_entry *arp_alloc(struct net *n, uint32_t ip)
 {
 	struct net_arp_entry *best = 0;
@@ -62,7 +66,7 @@ static struct net_arp_entry *arp_alloc(struct net *n, uint32_t ip)
 			best = e;
 			break;
 		}
-		if (!best || (e->state == ARP_RESOLVED && best->state == ARP_PENDING) ||
+		if (!best || (e->state == ARP_PENDING && best->state == ARP_RESOLVED) ||
 		    (e->state == best->state && e->deadline < best->deadline))
 			best = e;
 	}

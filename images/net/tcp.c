@@ -1,6 +1,7 @@
 /*
  * tcp.c - server-side TCP (RFC 793/9293 subset, RFC 6298 timers, RFC 5961
- * challenge ACKs).
+ * challenge ACKs): segments out and in. The connection table, the timers
+ * and the app's API are in tcp_conn.c.
  *
  * Passive open only. Each connection owns a send buffer holding everything
  * from snd_una on (unacknowledged, then unsent); retransmission is
@@ -9,64 +10,14 @@
  * ACK (the peer retransmits), which keeps the stack free of reassembly
  * buffers. The table is small and fixed: TIME_WAIT, FIN_WAIT_2 and half-open
  * slots are recycled oldest first, so clients arriving back to back never find it
- * exhausted by connections that are already finished.
+ * exhausted by connections that are already finished; one peer address holds
+ * at most NET_TCP_PER_SOURCE slots, and when the table is full the connection
+ * whose peer has made no progress for longest is reset to make room, so peers
+ * that go silent or close their window cannot lock everybody else out.
  */
-#include "net_internal.h"
-
-enum {
-	ST_FREE = 0,
-	ST_SYN_RCVD,
-	ST_ESTABLISHED,
-	ST_CLOSE_WAIT,
-	ST_LAST_ACK,
-	ST_FIN_WAIT_1,
-	ST_FIN_WAIT_2,
-	ST_CLOSING,
-	ST_TIME_WAIT,
-};
-
-#define F_FIN  0x01u
-#define F_SYN  0x02u
-#define F_RST  0x04u
-#define F_PSH  0x08u
-#define F_ACK  0x10u
-
-/* connection flags */
-#define C_APP       0x01u   /* the app owns it: callbacks go to the app */
-#define C_FIN_QUEUED 0x02u  /* app closed: FIN follows the queued data */
-#define C_ACK_NOW   0x04u   /* an ACK is owed and no segment has carried it yet */
-#define C_WUPD      0x08u   /* we reopened a closed window and the peer has not
-                               sent since: repeat the update on the timer, as a
-                               lost update would leave the peer to its persist
-                               timer (Linux backs that off to minutes) */
-
-#define SEQ_LT(a, b)  ((int32_t)((a) - (b)) < 0)
-#define SEQ_LEQ(a, b) ((int32_t)((a) - (b)) <= 0)
-#define SEQ_GT(a, b)  ((int32_t)((a) - (b)) > 0)
-#define SEQ_GEQ(a, b) ((int32_t)((a) - (b)) >= 0)
-
-#define RTO_INIT_MS       1000u
-#define RTO_MIN_MS        200u
-#define RTO_MAX_MS        8000u
-#define SYN_RETRIES       5u
-#define DATA_RETRIES      8u
-#define TIME_WAIT_NS      (10000 * MS)   /* short 2MSL; slots are recycled anyway */
-#define FIN_WAIT_2_NS     (30000 * MS)   /* peer never closes: give up on it */
-#define HALF_OPEN_STALE_NS (3000 * MS)   /* SYN-ACK sent twice, never answered: a
-					    dead or flooding peer, not a slow one */
-#define DEFAULT_MSS       536u
+#include "tcp_internal.h"
 
 /* ---- helpers ---- */
-
-static uint64_t mix64(uint64_t x)
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ull;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebull;
-	x ^= x >> 31;
-	return x;
-}
 
 /* RFC 6528: a keyed hash of the 4-tuple plus a 4 us clock. */
 static uint32_t tcp_isn(const struct net *n, uint32_t rip, uint16_t rport, uint16_t lport)
@@ -90,7 +41,7 @@ static uint16_t rcv_window(struct tcp_conn *c)
 	return (uint16_t)(w > 0xffff ? 0xffff : w);
 }
 
-static void conn_free(struct tcp_conn *c)
+void tcp_conn_free(struct tcp_conn *c)
 {
 	struct net *n = c->net;
 
@@ -100,7 +51,7 @@ static void conn_free(struct tcp_conn *c)
 	c->timer = NET_TIME_NEVER;
 }
 
-static void set_state(struct tcp_conn *c, uint8_t st)
+void tcp_set_state(struct tcp_conn *c, uint8_t st)
 {
 	c->state = st;
 	c->since = c->net->now;
@@ -108,7 +59,7 @@ static void set_state(struct tcp_conn *c, uint8_t st)
 
 /* Build and send one segment of connection c (or, with c == NULL, a bare
  * RST/ACK answering a segment that has no connection). */
-static int send_segment(struct net *n, uint32_t rip, uint16_t lport, uint16_t rport, uint32_t seq,
+int tcp_segment(struct net *n, uint32_t rip, uint16_t lport, uint16_t rport, uint32_t seq,
 			uint32_t ack, uint8_t flags, uint16_t wnd, const uint8_t *data, size_t len,
 			uint16_t mss_opt)
 {
@@ -154,10 +105,10 @@ static void conn_send(struct tcp_conn *c, uint32_t seq, uint8_t flags, const uin
 		}
 		c->rcv_adv = wnd;
 	}
-	send_segment(n, c->rip, c->lport, c->rport, seq, c->rcv_nxt, flags, wnd, data, len, mss);
+	tcp_segment(n, c->rip, c->lport, c->rport, seq, c->rcv_nxt, flags, wnd, data, len, mss);
 }
 
-static void send_ack(struct tcp_conn *c)
+void tcp_send_ack(struct tcp_conn *c)
 {
 	conn_send(c, c->snd_nxt, F_ACK, 0, 0);
 }
@@ -170,18 +121,18 @@ static void send_reset(struct net *n, uint32_t rip, uint16_t lport, uint16_t rpo
 		return;
 	n->stats.tcp_resets_sent++;
 	if (flags & F_ACK)
-		send_segment(n, rip, lport, rport, ack, 0, F_RST, 0, 0, 0, 0);
+		tcp_segment(n, rip, lport, rport, ack, 0, F_RST, 0, 0, 0, 0);
 	else
-		send_segment(n, rip, lport, rport, 0, seq + (uint32_t)seglen, F_RST | F_ACK, 0, 0, 0, 0);
+		tcp_segment(n, rip, lport, rport, 0, seq + (uint32_t)seglen, F_RST | F_ACK, 0, 0, 0, 0);
 }
 
-static void arm_rtx(struct tcp_conn *c)
+void tcp_arm_rtx(struct tcp_conn *c)
 {
 	c->timer = c->net->now + (uint64_t)c->rto_ms * MS;
 }
 
 /* Send whatever the window allows: data from snd_nxt, then the FIN. */
-static void tcp_output(struct tcp_conn *c, bool probe)
+void tcp_output(struct tcp_conn *c, bool probe)
 {
 	if (c->state == ST_SYN_RCVD) {
 		if (c->snd_nxt == c->iss) {
@@ -191,7 +142,7 @@ static void tcp_output(struct tcp_conn *c, bool probe)
 				c->snd_max = c->snd_nxt;
 		}
 		if (c->timer == NET_TIME_NEVER)
-			arm_rtx(c);
+			tcp_arm_rtx(c);
 		return;
 	}
 	if (c->state != ST_ESTABLISHED && c->state != ST_CLOSE_WAIT && c->state != ST_FIN_WAIT_1 &&
@@ -229,11 +180,11 @@ static void tcp_output(struct tcp_conn *c, bool probe)
 	bool outstanding = c->snd_una != c->snd_max;
 	bool blocked = !outstanding && SEQ_LT(c->snd_nxt, data_end);   /* zero window: probe later */
 	if ((outstanding || blocked) && c->timer == NET_TIME_NEVER)
-		arm_rtx(c);   /* a running timer is not restarted by new data (RFC 6298) */
+		tcp_arm_rtx(c);   /* a running timer is not restarted by new data (RFC 6298) */
 }
 
 /* Connection died under the app: tell it (once), then free the slot. */
-static void conn_abort(struct tcp_conn *c, enum tcp_abort_reason why)
+void tcp_conn_abort(struct tcp_conn *c, enum tcp_abort_reason why)
 {
 	const struct tcp_listener *l = c->lst;
 
@@ -241,61 +192,7 @@ static void conn_abort(struct tcp_conn *c, enum tcp_abort_reason why)
 		c->flags &= (uint8_t)~C_APP;
 		l->ops->aborted(l->ctx, c, why);
 	}
-	conn_free(c);
-}
-
-/* ---- the connection table ---- */
-
-static struct tcp_conn *conn_lookup(struct net *n, uint32_t rip, uint16_t rport, uint16_t lport)
-{
-	for (unsigned i = 0; i < NET_TCP_CONNS; i++) {
-		struct tcp_conn *c = &n->conns[i];
-		if (c->state != ST_FREE && c->rip == rip && c->rport == rport && c->lport == lport)
-			return c;
-	}
-	return 0;
-}
-
-/* A free slot, else the oldest finished one (TIME_WAIT, then FIN_WAIT_2:
- * the app has closed it and the peer has acknowledged everything we sent;
- * all that is left is the peer's FIN), else the oldest stale half-open one.
- *
- * A young half-open slot is never taken: its peer may well have sent the
- * handshake's ACK (lost, or still queued), so the peer holds a connection we
- * would forget and would hang or be reset later. Dropping the new SYN instead
- * costs that client one SYN retransmit. A half-open slot that outlived two
- * SYN-ACKs is recycled, and its peer is told with a RST. */
-static struct tcp_conn *conn_alloc(struct net *n)
-{
-	struct tcp_conn *tw = 0, *fw2 = 0, *syn = 0;
-
-	for (unsigned i = 0; i < NET_TCP_CONNS; i++) {
-		struct tcp_conn *c = &n->conns[i];
-		if (c->state == ST_FREE)
-			return c;
-		if (c->state == ST_TIME_WAIT && (!tw || c->since < tw->since))
-			tw = c;
-		if (c->state == ST_FIN_WAIT_2 && (!fw2 || c->since < fw2->since))
-			fw2 = c;
-		if (c->state == ST_SYN_RCVD && n->now - c->since >= HALF_OPEN_STALE_NS &&
-		    (!syn || c->since < syn->since))
-			syn = c;
-	}
-	if (!tw)
-		tw = fw2;
-	if (tw) {
-		n->stats.tcp_recycled++;
-		conn_free(tw);
-		return tw;
-	}
-	if (syn) {
-		n->stats.tcp_resets_sent++;
-		send_segment(n, syn->rip, syn->lport, syn->rport, syn->iss + 1, 0, F_RST, 0, 0, 0, 0);
-		conn_free(syn);
-		return syn;
-	}
-	n->stats.tcp_table_full++;
-	return 0;
+	tcp_conn_free(c);
 }
 
 static uint16_t parse_mss(const uint8_t *opt, size_t len)
@@ -319,23 +216,32 @@ static uint16_t parse_mss(const uint8_t *opt, size_t len)
 	return 0;
 }
 
-/* A SYN for a listening port: make a SYN_RCVD connection and answer. */
+/* A SYN for a listening port: make a SYN_RCVD connection and answer; with
+ * no slot, answer with a cookie. */
 static void passive_open(struct net *n, const struct tcp_listener *l, uint32_t rip, uint16_t rport,
 			 uint32_t seq, uint16_t wnd, const uint8_t *opt, size_t optlen)
 {
-	struct tcp_conn *c = conn_alloc(n);
-	if (!c)
-		return;   /* no room: drop the SYN, the client retries */
 	uint16_t peer_mss = parse_mss(opt, optlen);
 	uint16_t our_mss = (uint16_t)(n->mtu - IP_HLEN - TCP_HLEN);
+	uint16_t mss = peer_mss ? (peer_mss < our_mss ? peer_mss : our_mss) : DEFAULT_MSS;
+	bool capped;
 
+	if (mss < 64)
+		mss = 64;   /* a hostile tiny MSS must not turn a reply into 1-byte segments */
+	struct tcp_conn *c = tcp_conn_alloc(n, rip, false, &capped);
+	if (!c) {
+		if (capped)
+			return;   /* this address has its share: drop the SYN, the client retries */
+		n->stats.tcp_cookies_sent++;
+		tcp_segment(n, rip, l->port, rport, tcp_cookie_make(n, rip, rport, l->port, seq, mss), seq + 1,
+			    F_SYN | F_ACK, tcp_cookie_window(l), 0, 0, our_mss);
+		return;
+	}
 	c->lst = l;
 	c->rip = rip;
 	c->rport = rport;
 	c->lport = l->port;
-	c->mss = peer_mss ? (peer_mss < our_mss ? peer_mss : our_mss) : DEFAULT_MSS;
-	if (c->mss < 64)
-		c->mss = 64;   /* a hostile tiny MSS must not turn a reply into 1-byte segments */
+	c->mss = mss;
 	c->irs = seq;
 	c->rcv_nxt = seq + 1;
 	c->iss = tcp_isn(n, rip, rport, l->port);
@@ -346,7 +252,7 @@ static void passive_open(struct net *n, const struct tcp_listener *l, uint32_t r
 	c->snd_wl2 = c->iss;
 	c->rto_ms = RTO_INIT_MS;
 	c->timer = NET_TIME_NEVER;
-	set_state(c, ST_SYN_RCVD);
+	tcp_set_state(c, ST_SYN_RCVD);
 	c->rtt_seq = c->iss + 1;   /* the handshake gives the first RTT sample */
 	c->rtt_start = n->now;
 	tcp_output(c, false);
@@ -398,11 +304,12 @@ static void rtt_sample(struct tcp_conn *c, uint32_t ack)
 static bool process_ack(struct tcp_conn *c, const struct seg *s)
 {
 	if (SEQ_GT(s->ack, c->snd_max)) {
-		send_ack(c);   /* acks something never sent */
+		tcp_send_ack(c);   /* acks something never sent */
 		return false;
 	}
 	if (SEQ_GT(s->ack, c->snd_una)) {
 		uint16_t old_space = (uint16_t)tcp_send_space(c);
+		c->heard = c->net->now;
 		rtt_sample(c, s->ack);
 		c->snd_una = s->ack;
 		if (SEQ_LT(c->snd_nxt, c->snd_una))
@@ -424,7 +331,7 @@ static bool process_ack(struct tcp_conn *c, const struct seg *s)
 		c->retries = 0;
 		c->timer = NET_TIME_NEVER;
 		if (c->snd_una != c->snd_max)
-			arm_rtx(c);
+			tcp_arm_rtx(c);
 		/* our window depends on the app's buffer: reopen it promptly */
 		if (app_owned(c) && c->lst->ops->window && c->rcv_adv < c->mss &&
 		    tcp_send_space(c) > old_space && rcv_window(c) >= c->mss)
@@ -443,15 +350,15 @@ static bool process_ack(struct tcp_conn *c, const struct seg *s)
 	if (fin_acked) {
 		switch (c->state) {
 		case ST_FIN_WAIT_1:
-			set_state(c, ST_FIN_WAIT_2);
+			tcp_set_state(c, ST_FIN_WAIT_2);
 			c->timer = c->net->now + FIN_WAIT_2_NS;
 			break;
 		case ST_CLOSING:
-			set_state(c, ST_TIME_WAIT);
+			tcp_set_state(c, ST_TIME_WAIT);
 			c->timer = c->net->now + TIME_WAIT_NS;
 			break;
 		case ST_LAST_ACK:
-			conn_free(c);
+			tcp_conn_free(c);
 			return false;
 		default:
 			break;
@@ -473,18 +380,18 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 	}
 	if (!seq_acceptable(c, s)) {
 		if (!(s->flags & F_RST))
-			send_ack(c);
+			tcp_send_ack(c);
 		return;
 	}
 	if (s->flags & F_RST) {
 		if (s->seq == c->rcv_nxt)
-			conn_abort(c, TCP_RESET_BY_PEER);
+			tcp_conn_abort(c, TCP_RESET_BY_PEER);
 		else
-			send_ack(c);   /* RFC 5961 challenge ACK */
+			tcp_send_ack(c);   /* RFC 5961 challenge ACK */
 		return;
 	}
 	if (s->flags & F_SYN) {
-		send_ack(c);   /* RFC 5961: a SYN in a synchronized state */
+		tcp_send_ack(c);   /* RFC 5961: a SYN in a synchronized state */
 		return;
 	}
 	if (!(s->flags & F_ACK))
@@ -495,7 +402,8 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 			send_reset(n, c->rip, c->lport, c->rport, s->seq, s->ack, s->flags, s->len);
 			return;
 		}
-		set_state(c, ST_ESTABLISHED);
+		tcp_set_state(c, ST_ESTABLISHED);
+		c->heard = n->now;
 		c->snd_wl1 = s->seq - 1;   /* force the window update below */
 		if (!process_ack(c, s))
 			return;
@@ -535,6 +443,8 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 			if (take < len)
 				s->flags &= (uint8_t)~F_FIN;   /* the FIN lies beyond what we took */
 			c->rcv_nxt += (uint32_t)take;
+			if (take)
+				c->heard = n->now;
 			if (take && app_owned(c) && l->ops->received) {
 				l->ops->received(l->ctx, c, data, take);
 				if (c->state == ST_FREE)
@@ -545,10 +455,11 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 
 	if ((s->flags & F_FIN) && fin_seq == c->rcv_nxt) {
 		c->rcv_nxt++;
+		c->heard = n->now;
 		c->flags |= C_ACK_NOW;
 		switch (c->state) {
 		case ST_ESTABLISHED:
-			set_state(c, ST_CLOSE_WAIT);
+			tcp_set_state(c, ST_CLOSE_WAIT);
 			if (app_owned(c) && l->ops->peer_closed) {
 				l->ops->peer_closed(l->ctx, c);
 				if (c->state == ST_FREE)
@@ -556,10 +467,10 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 			}
 			break;
 		case ST_FIN_WAIT_1:
-			set_state(c, ST_CLOSING);
+			tcp_set_state(c, ST_CLOSING);
 			break;
 		case ST_FIN_WAIT_2:
-			set_state(c, ST_TIME_WAIT);
+			tcp_set_state(c, ST_TIME_WAIT);
 			c->timer = n->now + TIME_WAIT_NS;
 			break;
 		default:
@@ -572,7 +483,45 @@ static void conn_input(struct tcp_conn *c, struct seg *s)
 
 	tcp_output(c, false);
 	if (c->state != ST_FREE && (c->flags & C_ACK_NOW))
-		send_ack(c);
+		tcp_send_ack(c);
+}
+
+/* An ACK for no connection on a listening port: if it returns one of our
+ * cookies, make the connection it stands for and process the ACK on it as
+ * on a SYN_RCVD one. false: not a cookie, or no slot even so (the caller
+ * resets the peer, which then fails at once rather than wait forever). */
+static bool cookie_open(struct net *n, const struct tcp_listener *l, uint32_t rip, uint16_t rport,
+			struct seg *s)
+{
+	uint16_t mss = tcp_cookie_check(n, rip, rport, l->port, s->seq - 1, s->ack - 1);
+	bool capped;
+
+	if (!mss)
+		return false;
+	struct tcp_conn *c = tcp_conn_alloc(n, rip, true, &capped);
+	if (!c)
+		return false;
+	n->stats.tcp_cookies_ok++;
+	c->lst = l;
+	c->rip = rip;
+	c->rport = rport;
+	c->lport = l->port;
+	c->mss = mss;
+	c->irs = s->seq - 1;
+	c->rcv_nxt = s->seq;
+	c->rcv_adv = tcp_cookie_window(l);
+	c->iss = s->ack - 1;
+	c->snd_una = c->iss;
+	c->snd_nxt = c->snd_max = c->iss + 1;
+	c->buf_seq = c->iss + 1;
+	c->snd_wnd = s->wnd;
+	c->snd_wl1 = c->irs;
+	c->snd_wl2 = c->iss;
+	c->rto_ms = RTO_INIT_MS;
+	c->timer = NET_TIME_NEVER;
+	tcp_set_state(c, ST_SYN_RCVD);
+	conn_input(c, s);
+	return true;
 }
 
 void net_tcp_input(struct net *n, uint32_t src, uint32_t dst, const uint8_t *t, size_t len)
@@ -605,12 +554,12 @@ void net_tcp_input(struct net *n, uint32_t src, uint32_t dst, const uint8_t *t, 
 	}
 	size_t seglen = s.len + ((s.flags & F_SYN) ? 1 : 0) + ((s.flags & F_FIN) ? 1 : 0);
 
-	struct tcp_conn *c = conn_lookup(n, src, sport, dport);
+	struct tcp_conn *c = tcp_conn_lookup(n, src, sport, dport);
 	/* RFC 6191-style reuse: a new SYN beyond the old connection's sequence
 	 * space ends its TIME_WAIT early */
 	if (c && c->state == ST_TIME_WAIT && (s.flags & (F_SYN | F_ACK | F_RST)) == F_SYN &&
 	    SEQ_GT(s.seq, c->rcv_nxt)) {
-		conn_free(c);
+		tcp_conn_free(c);
 		c = 0;
 	}
 	if (c) {
@@ -622,145 +571,19 @@ void net_tcp_input(struct net *n, uint32_t src, uint32_t dst, const uint8_t *t, 
 	for (unsigned i = 0; i < NET_TCP_LISTENERS; i++)
 		if (n->listeners[i].port && n->listeners[i].port == dport)
 			l = &n->listeners[i];
-	if (l && (s.flags & (F_SYN | F_ACK | F_RST | F_FIN)) == F_SYN) {
-		passive_open(n, l, src, sport, s.seq, s.wnd, t + TCP_HLEN, hlen - TCP_HLEN);
+	/* LISTEN (RFC 9293 3.10.7.2): a RST is ignored, an ACK answered with a
+	 * RST, a SYN opens; anything else (no flags, FIN alone, SYN with FIN)
+	 * is dropped, so a port scan cannot tell our listening ports from
+	 * closed ones by what they answer to those. */
+	if (l && !(s.flags & (F_ACK | F_RST))) {
+		if ((s.flags & (F_SYN | F_FIN)) == F_SYN)
+			passive_open(n, l, src, sport, s.seq, s.wnd, t + TCP_HLEN, hlen - TCP_HLEN);
+		else
+			n->stats.rx_dropped++;
 		return;
 	}
+	if (l && (s.flags & (F_SYN | F_ACK | F_RST)) == F_ACK && cookie_open(n, l, src, sport, &s))
+		return;
 	/* closed port, or a stray segment for a connection we do not have */
 	send_reset(n, src, dport, sport, s.seq, s.ack, s.flags, seglen);
-}
-
-/* ---- timers ---- */
-
-static void conn_timeout(struct tcp_conn *c)
-{
-	struct net *n = c->net;
-
-	c->timer = NET_TIME_NEVER;
-	if (c->state == ST_TIME_WAIT || c->state == ST_FIN_WAIT_2) {
-		conn_free(c);
-		return;
-	}
-	bool outstanding = c->snd_una != c->snd_max;
-	bool pending = SEQ_LT(c->snd_nxt, c->buf_seq + c->buf_len) ||
-		       ((c->flags & C_FIN_QUEUED) && c->snd_nxt == c->buf_seq + c->buf_len);
-	if (!outstanding && !pending) {
-		if ((c->flags & C_WUPD) && c->retries < DATA_RETRIES) {
-			c->retries++;
-			c->rto_ms = c->rto_ms * 2 > RTO_MAX_MS ? RTO_MAX_MS : c->rto_ms * 2;
-			send_ack(c);   /* carries the open window again */
-			arm_rtx(c);
-		} else {
-			c->flags &= (uint8_t)~C_WUPD;
-		}
-		return;
-	}
-	unsigned limit = c->state == ST_SYN_RCVD ? SYN_RETRIES : DATA_RETRIES;
-	if (c->retries >= limit) {
-		n->stats.tcp_timeouts++;
-		if (c->state != ST_SYN_RCVD)
-			send_segment(n, c->rip, c->lport, c->rport, c->snd_nxt, 0, F_RST, 0, 0, 0, 0);
-		conn_abort(c, TCP_TIMED_OUT);
-		return;
-	}
-	c->retries++;
-	n->stats.tcp_retransmits++;
-	c->rtt_seq = 0;   /* Karn: never time a retransmitted segment */
-	c->rto_ms = c->rto_ms * 2 > RTO_MAX_MS ? RTO_MAX_MS : c->rto_ms * 2;
-	c->snd_nxt = c->state == ST_SYN_RCVD ? c->iss : c->snd_una;
-	tcp_output(c, true);
-	if (c->state != ST_FREE)
-		arm_rtx(c);
-}
-
-uint64_t net_tcp_timers(struct net *n)
-{
-	uint64_t next = NET_TIME_NEVER;
-
-	for (unsigned i = 0; i < NET_TCP_CONNS; i++) {
-		struct tcp_conn *c = &n->conns[i];
-		if (c->state == ST_FREE)
-			continue;
-		if (c->timer <= n->now)
-			conn_timeout(c);
-		if (c->state != ST_FREE)
-			next = min_u64(next, c->timer);
-	}
-	return next;
-}
-
-/* ---- the app's API ---- */
-
-int tcp_listen(struct net *n, uint16_t port, const struct tcp_ops *ops, void *ctx)
-{
-	struct tcp_listener *slot = 0;
-
-	if (port == 0 || !ops)
-		return -1;
-	for (unsigned i = 0; i < NET_TCP_LISTENERS; i++) {
-		if (n->listeners[i].port == port)
-			return -1;
-		if (!n->listeners[i].port && !slot)
-			slot = &n->listeners[i];
-	}
-	if (!slot)
-		return -1;
-	slot->port = port;
-	slot->ops = ops;
-	slot->ctx = ctx;
-	return 0;
-}
-
-size_t tcp_send_space(const struct tcp_conn *c)
-{
-	return NET_TCP_SNDBUF - c->buf_len;
-}
-
-int tcp_send(struct tcp_conn *c, const void *data, size_t len)
-{
-	if ((c->state != ST_ESTABLISHED && c->state != ST_CLOSE_WAIT) || (c->flags & C_FIN_QUEUED))
-		return -1;
-	size_t space = tcp_send_space(c);
-	if (len > space)
-		len = space;
-	n_memcpy(c->buf + c->buf_len, data, len);
-	c->buf_len = (uint16_t)(c->buf_len + len);
-	tcp_output(c, false);
-	return (int)len;
-}
-
-void tcp_close(struct tcp_conn *c)
-{
-	c->flags &= (uint8_t)~C_APP;
-	if (c->flags & C_FIN_QUEUED)
-		return;
-	if (c->state == ST_ESTABLISHED)
-		set_state(c, ST_FIN_WAIT_1);
-	else if (c->state == ST_CLOSE_WAIT)
-		set_state(c, ST_LAST_ACK);
-	else
-		return;
-	c->flags |= C_FIN_QUEUED;
-	tcp_output(c, false);
-}
-
-void tcp_abort(struct tcp_conn *c)
-{
-	if (c->state == ST_FREE)
-		return;
-	c->net->stats.tcp_resets_sent++;
-	send_segment(c->net, c->rip, c->lport, c->rport, c->snd_nxt, 0, F_RST, 0, 0, 0, 0);
-	conn_free(c);
-}
-
-uint32_t tcp_remote_ip(const struct tcp_conn *c) { return c->rip; }
-uint16_t tcp_remote_port(const struct tcp_conn *c) { return c->rport; }
-
-unsigned tcp_active_count(const struct net *n)
-{
-	unsigned count = 0;
-
-	for (unsigned i = 0; i < NET_TCP_CONNS; i++)
-		count += n->conns[i].state != ST_FREE;
-	return count;
 }

@@ -49,6 +49,7 @@ from lightvm.mobility import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
 from lightvm.mobility.format import header_for
 from lightvm.mobility.restore import prepare_incoming
 from lightvm.mobility.stream import outgoing, stream_in, stream_out, wait_incoming, wait_migration
+from lightvm.resume import resume_stamped
 from lightvm.toolstack import Toolstack
 from lightvm.util import Deadline, recv_line
 
@@ -365,7 +366,7 @@ def migrate_over(
         if committed:  # only the kill failed: the VM runs there; destroy below cleans up
             pass
         else:
-            _resume_source(machine, started, paused)  # first: the VM runs on here
+            _resume_source(machine, started, paused, record.noxs_path)  # first: the VM runs on here
             if isinstance(exc, QMPError) and lines is not None:
                 # The stream broke: did the receiver say why (its QEMU died, it gave up)?
                 said = lines.last_words(1.0)
@@ -434,8 +435,9 @@ def _session_gone(channel: Any) -> bool:
     return False
 
 
-def _resume_source(machine: Machine, started: bool, paused: bool) -> None:
-    """Leave the source VM as it was: cancel a running stream, ``cont`` a stopped guest."""
+def _resume_source(machine: Machine, started: bool, paused: bool, noxs_path: str) -> None:
+    """Leave the source VM as it was: cancel a running stream, ``cont`` a stopped guest (its page
+    stamped first: its clock stood still while stopped)."""
     with contextlib.suppress(LightVMError, OSError):
         qmp = machine.qmp
         if started:
@@ -450,7 +452,7 @@ def _resume_source(machine: Machine, started: bool, paused: bool) -> None:
             while not settled() and not deadline.expired():
                 qmp.pump(0.01)
         if not paused and machine.query_status() != "running":
-            qmp.execute("cont", timeout=5.0)
+            resume_stamped(machine, noxs_path)
 
 
 # ---------------------------------------------------------------------- same host, no SSH
@@ -498,7 +500,7 @@ def migrate_local(
                 destination.destroy(name)
         else:
             prepared.abort()
-        _resume_source(machine, started, paused)
+        _resume_source(machine, started, paused, record.noxs_path)
         machine.release()
         if isinstance(exc, (LightVMError, OSError)):
             raise MigrationError(f"{name}: local migration failed: {exc}; the VM keeps running") from exc

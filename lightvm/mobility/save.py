@@ -28,6 +28,7 @@ from lightvm.errors import LightVMError
 from lightvm.instance import attach
 from lightvm.mobility.format import CheckpointError, Sealer, checkpoint_key, encode_header, header_for
 from lightvm.mobility.stream import outgoing, stream_out, wait_migration
+from lightvm.resume import resume_stamped
 from lightvm.toolstack import Toolstack
 
 
@@ -122,7 +123,8 @@ def save(toolstack: Toolstack, name: str, path: Path, keep_running: bool = False
             stream_out(machine, fd)
             wait_migration(machine, timeout, "save")
             if keep_running and stopped:
-                machine.qmp.execute("cont", timeout=5.0)  # the checksum is not downtime
+                # The checksum is not downtime; the guest's clock stood still while saving.
+                resume_stamped(machine, record.noxs_path)
                 stopped = False
             t_resumed = time.perf_counter()
             size = _seal(fd, data, key)
@@ -137,7 +139,7 @@ def save(toolstack: Toolstack, name: str, path: Path, keep_running: bool = False
             tmp.unlink(missing_ok=True)
             if stopped:
                 with contextlib.suppress(LightVMError):
-                    machine.qmp.execute("cont", timeout=5.0)
+                    resume_stamped(machine, record.noxs_path)
             raise _save_error(path, exc) from exc
         t_saved = time.perf_counter()
         downtime = (t_resumed if keep_running else t_saved) - t_stop

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 from harness import Namespace, unique_name
 
 CLIENT = Path(__file__).with_name("netclient.py")
+RAWPEERS = Path(__file__).with_name("rawpeers.py")
 
 
 def require_netns() -> None:
@@ -108,3 +110,31 @@ class Netns:
     def tap_mac(self) -> str:
         out = self.exec(["cat", f"/sys/class/net/{self.tap}/address"]).stdout.strip()
         return out
+
+
+# ---- hostile peers (rawpeers.py: made-up hosts on the tap, never a RST back) ----
+
+
+def rawpeer(ns: Netns, dst_mac: str, dst_ip: str, command: str, *args: str | int) -> subprocess.Popen[str]:
+    """Start a rawpeers.py command inside ``ns`` against the stack at dst_mac/dst_ip. The caller
+    stops it with :func:`stop_peers` in ``finally``."""
+    argv = [sys.executable, str(RAWPEERS), command, ns.tap, dst_mac, dst_ip, *map(str, args)]
+    return subprocess.Popen(ns.argv(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def peer_line(proc: subprocess.Popen[str], timeout: float) -> Any:
+    """The next JSON line a peer prints, within ``timeout`` (else it is killed and we fail)."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        proc.kill()
+        raise AssertionError(f"rawpeers printed nothing within {timeout} s: {proc.communicate(timeout=10)[1][-2000:]}")
+    return json.loads(line)
+
+
+def stop_peers(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from netclient import parse_daytime
-from nettools import Netns, require_netns
+from nettools import Netns, peer_line, rawpeer, require_netns, stop_peers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from guestlib import EXIT_FATAL, EXIT_POWEROFF, QEMU, Guest, build_images
@@ -258,3 +258,49 @@ def test_other_transports_and_mac_matching(image: Path, transport: str) -> None:
         assert result["ok"] == 20, result["errors"]
         proc = ns.exec(["busybox", "ping", "-c", "2", "-W", "2", GUEST_IP], timeout=20, check=False)
         assert "2 packets received" in proc.stdout
+
+
+def _timed_daytime(ns: Netns) -> float:
+    """Seconds a netcat client waits for the guest's time (which must be right)."""
+    t0 = time.monotonic()
+    text = ns.nc(GUEST_IP, 13)
+    elapsed = time.monotonic() - t0
+    assert abs(parse_daytime(text) - time.time()) < 5, text
+    return elapsed
+
+
+def test_hostile_peers_do_not_lock_out_clients(image: Path) -> None:
+    """Issue #15's bar on the unikernel itself (TCG): with its 16 TCP slots full of peers that
+    completed the handshake and went silent and peers holding a zero window (tests/functional/
+    rawpeers.py), a new client gets the time within 1 s; during a SYN flood from one address,
+    or from 100 spoofed ones, another client still gets an answer. (The stack's own tests: test_netstack_host.py.)"""
+    require_netns()
+    with Netns(HOST_IP, create_tap=False) as ns:
+        guest = boot(image, ns, nic=mmio_nic())
+        with guest:
+            procs = [rawpeer(ns, GUEST_MAC, GUEST_IP, "hold", "10.213.0.50", 16, 1000, 120)]
+            try:
+                silent = peer_line(procs[0], 90)["held"]
+                procs.append(rawpeer(ns, GUEST_MAC, GUEST_IP, "hold", "10.213.0.51", 16, 0, 120))
+                zero = peer_line(procs[1], 90)["held"]
+                assert silent + zero >= 16, (silent, zero)  # the table was full of them
+                waits = [_timed_daytime(ns) for _ in range(3)]
+                assert max(waits) < 1.0, waits
+                stop_peers(procs)
+                procs = [rawpeer(ns, GUEST_MAC, GUEST_IP, "flood", "10.213.0.60", 10)]
+                time.sleep(1.5)
+                waits = [_timed_daytime(ns) for _ in range(3)]
+                assert procs[0].poll() is None, "the flood ended before the clients ran"
+                assert peer_line(procs[0], 30)["sent"] > 100
+                print(f"daytime under a SYN flood: {[round(w, 3) for w in waits]} s", file=sys.stderr)
+                stop_peers(procs)
+                # from 100 spoofed addresses: every slot half-open, the client gets in by SYN cookie
+                procs = [rawpeer(ns, GUEST_MAC, GUEST_IP, "flood", "10.213.0.100", 10, 100)]
+                time.sleep(1.5)
+                waits = [_timed_daytime(ns) for _ in range(3)]
+                assert procs[0].poll() is None, "the flood ended before the clients ran"
+                assert peer_line(procs[0], 30)["sent"] > 100
+                print(f"daytime under a many-address SYN flood: {[round(w, 3) for w in waits]} s", file=sys.stderr)
+            finally:
+                stop_peers(procs)
+            assert guest.proc is not None and guest.proc.poll() is None  # still serving

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 from netclient import parse_daytime
-from nettools import Netns, require_netns, run
+from nettools import Netns, peer_line, rawpeer, require_netns, run, stop_peers
 
 REPO = Path(__file__).resolve().parents[2]
 NET = REPO / "images" / "net"
-STACK_SOURCES = ["eth.c", "arp.c", "ip.c", "tcp.c", "daytime_fmt.c"]  # the portable half
+STACK_SOURCES = ["eth.c", "arp.c", "ip.c", "tcp.c", "tcp_conn.c", "daytime_fmt.c"]  # the portable half
 GUEST_ONLY = {"virtio_net.c", "netif.c"}  # these need guest.h
 STACK_IP = "10.213.0.2"
 STACK_MAC = "52:54:00:13:00:02"
@@ -277,3 +277,85 @@ def test_full_table_under_loss_forgets_no_client(harness: Path) -> None:
             if s.proc.poll() is None:
                 s.proc.kill()
                 s.proc.communicate(timeout=10)
+
+
+# ---- hostile peers (tests/functional/rawpeers.py: made-up hosts on the tap, never a RST back) ----
+
+
+def _rawpeer(stack: Stack, *args: str | int) -> subprocess.Popen[str]:
+    return rawpeer(stack.ns, STACK_MAC, STACK_IP, str(args[0]), *args[1:])
+
+
+def _timed_daytime(stack: Stack) -> float:
+    """Seconds a netcat client waits for the time (which must be right)."""
+    t0 = time.monotonic()
+    text = stack.ns.nc(STACK_IP, 13)
+    elapsed = time.monotonic() - t0
+    assert abs(parse_daytime(text) - time.time()) < 5, text
+    return elapsed
+
+
+@pytest.mark.parametrize("flags", [0x00, 0x01, 0x03])  # no flags, FIN alone, SYN+FIN
+def test_listening_port_drops_segments_without_syn_or_ack(stack: Stack, flags: int) -> None:
+    """RFC 9293 3.10.7.2: in LISTEN such a segment is dropped; a closed port still answers RST."""
+    procs = [_rawpeer(stack, "probe", "10.213.0.50", 13, flags)]
+    try:
+        assert peer_line(procs[0], 30) == {"reply": None}
+        procs.append(_rawpeer(stack, "probe", "10.213.0.50", 9, flags))
+        assert peer_line(procs[1], 30)["reply"] == 0x14  # RST|ACK from the closed port
+    finally:
+        stop_peers(procs)
+    assert stack.alive() and _timed_daytime(stack) < 5
+
+
+def test_silent_and_zero_window_peers_do_not_lock_out_clients(stack: Stack) -> None:
+    """16 peers that complete the handshake and go silent, 16 that hold their window shut (and
+    answer every probe): each alone used to fill the 16-slot table for 37 s or for good. The
+    table now evicts the connection idle for longest, and one address holds at most 12 slots."""
+    procs = [_rawpeer(stack, "hold", "10.213.0.50", 16, 1000, 60)]
+    try:
+        silent = peer_line(procs[0], 60)["held"]
+        procs.append(_rawpeer(stack, "hold", "10.213.0.51", 16, 0, 60))
+        zero = peer_line(procs[1], 60)["held"]
+        assert silent + zero >= 16, (silent, zero)  # the 16-slot table was full of them
+        waits = [_timed_daytime(stack) for _ in range(3)]
+        assert max(waits) < 1.0, waits
+    finally:
+        stop_peers(procs)
+    stats = stack.stop()
+    assert stats["tcp_evicted"] >= 3 + 4, stats  # the zero-window peers evicted silent ones too
+    assert stats["daytime_served"] >= 3
+
+
+def test_syn_flood_from_one_source_leaves_room_for_others(stack: Stack) -> None:
+    """SYNs as fast as Python sends them from one address that never answers: it holds at most
+    12 half-open slots, so another client still gets the time while the flood lasts."""
+    procs = [_rawpeer(stack, "flood", "10.213.0.60", 8)]
+    try:
+        time.sleep(1.5)  # the flood has filled what it can
+        waits = [_timed_daytime(stack) for _ in range(3)]
+        assert procs[0].poll() is None, "the flood ended before the clients ran"
+        sent = peer_line(procs[0], 30)["sent"]
+        assert sent > 100, sent
+        assert max(waits) < 1.0, waits
+    finally:
+        stop_peers(procs)
+    stats = stack.stop()
+    assert stats["tcp_table_full"] > 0, stats  # the flood hit its cap: SYNs were dropped
+
+
+def test_syn_flood_from_many_addresses_leaves_room_for_others(stack: Stack) -> None:
+    """SYNs from 100 spoofed addresses (none answers ARP): every slot is young and half-open, so
+    a real client gets a SYN cookie; its ACK takes a half-open slot. Its ARP entry survives the
+    flood's unanswered requests."""
+    procs = [_rawpeer(stack, "flood", "10.213.0.100", 8, 100)]
+    try:
+        time.sleep(1.5)
+        waits = [_timed_daytime(stack) for _ in range(3)]
+        assert procs[0].poll() is None, "the flood ended before the clients ran"
+        assert peer_line(procs[0], 30)["sent"] > 100
+        assert max(waits) < 1.0, waits
+    finally:
+        stop_peers(procs)
+    stats = stack.stop()
+    assert stats["tcp_cookies_sent"] > 0 and stats["tcp_cookies_ok"] >= 1, stats

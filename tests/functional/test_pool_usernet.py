@@ -6,6 +6,7 @@ No root needed: nothing is made on the host but the forwards' listening sockets.
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,21 @@ def test_a_cold_create_says_why(lightvmd: Lightvmd, images: Path, tmp_path: Path
     assert "path: cold (lightvmd; no pool of flavour daytime.elf/8M/1cpu/tcg/1user" in r.stdout, r.stdout
     status = lightvmd.cli("daemon", "status").stdout
     assert "last create: path: cold (no pool of flavour daytime.elf/8M/1cpu/tcg/1user" in status, status
+
+
+def test_a_pooled_daytime_keeps_its_clock_across_a_pause(lightvmd: Lightvmd, images: Path) -> None:
+    """Pause and unpause through lightvmd, on a VM that came from the pool (its page was a
+    WAIT_CONFIG placeholder before the real one): the unpause stamps the page, so the guest's
+    clock does not stay behind by the 10 s its TSC stood still (noxs-virtio/SPEC.md)."""
+    lightvmd.env["LIGHTVM_NET_MODE"] = "user"
+    lightvmd.start(pool=DAYTIME, size=1)
+    wait_pool(lightvmd, 1)
+    port = _free_port()
+    vm = lightvmd.create("clock", DAYTIME, publish=[f"127.0.0.1:{port}:13"])
+    assert vm["path"] == "pool", vm
+    assert lightvmd.cli("pause", "clock").returncode == 0
+    time.sleep(10)
+    assert lightvmd.cli("unpause", "clock").returncode == 0
+    text = read_daytime("127.0.0.1", port, timeout=5.0)
+    assert text is not None
+    assert abs(parse_daytime(text) - time.time()) < 2, text

@@ -222,7 +222,7 @@ static void print_stats(const struct net *n)
 	       "arp_requests_sent=%llu arp_replies_sent=%llu icmp_echo_replies=%llu udp_in=%llu "
 	       "udp_out=%llu tcp_accepted=%llu tcp_resets_sent=%llu tcp_retransmits=%llu "
 	       "tcp_timeouts=%llu tcp_recycled=%llu tcp_table_full=%llu "
-	       "daytime_served=%lu active=%u\n",
+	       "tcp_evicted=%llu tcp_cookies_sent=%llu tcp_cookies_ok=%llu daytime_served=%lu active=%u\n",
 	       (unsigned long long)s->rx_frames, (unsigned long long)s->rx_dropped,
 	       (unsigned long long)s->tx_frames, (unsigned long long)s->tx_errors,
 	       (unsigned long long)s->arp_requests_sent, (unsigned long long)s->arp_replies_sent,
@@ -230,7 +230,9 @@ static void print_stats(const struct net *n)
 	       (unsigned long long)s->udp_out, (unsigned long long)s->tcp_accepted,
 	       (unsigned long long)s->tcp_resets_sent, (unsigned long long)s->tcp_retransmits,
 	       (unsigned long long)s->tcp_timeouts, (unsigned long long)s->tcp_recycled,
-	       (unsigned long long)s->tcp_table_full, daytime_served, tcp_active_count(n));
+	       (unsigned long long)s->tcp_table_full,
+	       (unsigned long long)s->tcp_evicted, (unsigned long long)s->tcp_cookies_sent,
+	       (unsigned long long)s->tcp_cookies_ok, daytime_served, tcp_active_count(n));
 	fflush(stdout);
 }
 
