@@ -1,0 +1,208 @@
+"""``lightvm bench cli``: a whole ``lightvm`` command, wall time, next to starting Python.
+
+Issue 12's bar for the CLI: ``lightvm create CONFIG`` through lightvmd (a pool hit) and
+``lightvm list`` cost no more than ``python3 -c pass``. Each row times one command as a
+user runs it (the console script next to this interpreter, a fresh process, to its exit):
+
+=============  ==============================================================================
+variant        command
+=============  ==============================================================================
+python3        ``python3 -c pass``: this interpreter (``sys.executable``, the venv's python:
+               the same start-up and site as the console script's), the reference
+fork-exec      a static binary (lightvm/bench/forkexec.py) that writes one byte and exits
+create-pool    ``lightvm create CONFIG --json`` through a private lightvmd, a pool hit
+list           ``lightvm list`` through it (the measured VM of create-pool is gone by then)
+destroy        ``lightvm destroy NAME`` through it (the VM made untimed, from the pool)
+create-cold    ``lightvm create CONFIG --json`` with no lightvmd on its state dir (one-shot)
+=============  ==============================================================================
+
+Every sample of a lightvm row is paired with a ``python3 -c pass`` run right before or
+after it (the order flips each time): ``vs_python3`` is their ratio, so a change of the
+shared host's load between rows does not move it. The summary's ratio column is the
+row's median over the python3 row's. The create rows also record the VM's own READY
+(``vm_ready_ms``) and the rest of the command (``cli_ms`` = wall - READY).
+
+Bytecode: every child runs with ``PYTHONPYCACHEPREFIX`` in the run's temp dir and without
+``PYTHONDONTWRITEBYTECODE``, so after the warm-up every module comes from cached bytecode
+as from an installed wheel (pip compiles at install); without that, a checkout run with
+PYTHONDONTWRITEBYTECODE=1 compiles each lightvm module it imports on every command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lightvm.bench.runner import REPO, Benchmark, Result, Sample
+from lightvm.bench.suite import SuiteOptions
+from lightvm.errors import LightVMError
+
+REFERENCE = "python3"
+VARIANTS = {
+    "python3": "python3 -c pass with this interpreter (the venv's python: the console script's start-up)",
+    "fork-exec": "a static binary that writes one byte and exits",
+    "create-pool": "lightvm create CONFIG --json through a private lightvmd, a pool hit",
+    "list": "lightvm list through that lightvmd",
+    "destroy": "lightvm destroy NAME through that lightvmd",
+    "create-cold": "lightvm create CONFIG --json with no lightvmd (one-shot)",
+}
+TIMEOUT = 60.0
+
+
+class CliRig:
+    """The run's temp dir, the static binary, a lightvmd with a pool and a one-shot state dir."""
+
+    def __init__(self, opts: SuiteOptions, stack: contextlib.ExitStack) -> None:
+        from lightvm.bench import forkexec
+        from lightvm.bench.split import SplitFleet
+
+        self.accel = opts.accel
+        self.config = REPO / "examples" / f"{opts.app}.toml"
+        self.lightvm = Path(sys.executable).parent / "lightvm"  # the console script of this install
+        if not self.lightvm.is_file():
+            raise LightVMError(f"{self.lightvm}: no lightvm console script next to {sys.executable}; pip install it")
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="lightvm-bench-cli-"))
+        self.static = forkexec.build_static(Path(tmp))
+        self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "LIGHTVM_NO_DAEMON")}
+        self.env.pop("LIGHTVM_STATE_DIR", None)
+        self.env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
+        self.cold_state = Path(tmp) / "cold"
+        self.fleet = SplitFleet(app=opts.app, accel=opts.accel, pool_size=1)
+        stack.callback(self.fleet.close)
+        stack.callback(self._destroy_cold)
+        self.seq = 0
+        self.flip = False
+
+    def run(self, argv: list[str]) -> tuple[float, str]:
+        """Wall ms of ``argv`` from spawn to exit, and its stdout.
+
+        :raise LightVMError: it failed (its stderr) or took over TIMEOUT.
+        """
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, env=self.env, cwd=REPO)
+        except subprocess.TimeoutExpired:
+            raise LightVMError(f"{' '.join(argv)}: no exit within {TIMEOUT:.0f} s") from None
+        ms = (time.perf_counter() - t0) * 1000
+        if proc.returncode != 0:
+            raise LightVMError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        return ms, proc.stdout
+
+    def python(self) -> float:
+        return self.run([sys.executable, "-c", "pass"])[0]
+
+    def paired(self, measure: Any) -> Sample:
+        """``measure()`` -> (ms, extra metrics), with a python3 -c pass before or after it."""
+        self.flip = not self.flip
+        if self.flip:
+            ref = self.python()
+            ms, extra = measure()
+        else:
+            ms, extra = measure()
+            ref = self.python()
+        return {"ms": ms, "python3_ms": ref, "vs_python3": ms / ref, **extra}
+
+    def _name(self) -> str:
+        self.seq += 1
+        return f"cli{self.seq}"
+
+    def _create(self, state: Path, name: str) -> tuple[float, dict[str, float]]:
+        argv = [str(self.lightvm), "--state-dir", str(state), "create", str(self.config), "--accel", self.accel]
+        ms, out = self.run([*argv, "--name", name, "--json"])
+        (result,) = [json.loads(line) for line in out.splitlines() if line.strip()]
+        ready = float(result["boot_ms"]["ready"])
+        extra = {"vm_ready_ms": ready, "cli_ms": ms - ready}
+        if "path" in result:
+            extra["pool"] = 1.0 if result["path"] == "pool" else 0.0
+        return ms, extra
+
+    def create_pool(self) -> Sample:
+        self.fleet._wait_pool_full()  # untimed: a full, quiet pool (no QEMU start competing)
+        name = self._name()
+        try:
+            return self.paired(lambda: self._create(self.fleet.state, name))
+        finally:
+            self.fleet.call("destroy", {"names": [name]})
+
+    def list(self) -> Sample:
+        self.fleet._wait_pool_full()
+        return self.paired(lambda: (self.run([str(self.lightvm), "--state-dir", str(self.fleet.state), "list"])[0], {}))
+
+    def destroy(self) -> Sample:
+        name = self._name()
+        self.fleet.call("create", {"config": str(self.config), "name": name, "accel": self.accel})
+        self.fleet._wait_pool_full()
+        argv = [str(self.lightvm), "--state-dir", str(self.fleet.state), "destroy", name]
+        return self.paired(lambda: (self.run(argv)[0], {}))
+
+    def create_cold(self) -> Sample:
+        name = self._name()
+        try:
+            return self.paired(lambda: self._create(self.cold_state, name))
+        finally:
+            self._destroy_cold()
+
+    def _destroy_cold(self) -> None:
+        if self.cold_state.is_dir():
+            from lightvm.toolstack import Toolstack
+
+            Toolstack(self.cold_state).destroy_all()
+
+    def fork_exec(self) -> Sample:
+        return self.paired(lambda: (self.run([str(self.static)])[0], {}))
+
+
+def benchmarks(opts: SuiteOptions, stack: contextlib.ExitStack) -> list[Benchmark]:
+    rig = CliRig(opts, stack)
+    fns = {
+        "python3": lambda: {"ms": rig.python()},
+        "fork-exec": rig.fork_exec,
+        "create-pool": rig.create_pool,
+        "list": rig.list,
+        "destroy": rig.destroy,
+        "create-cold": rig.create_cold,
+    }
+    return [
+        Benchmark(
+            f"cli/{variant}",
+            fns[variant],
+            warmup=opts.warmup,
+            iterations=opts.iterations,
+            params={"variant": variant, "app": opts.app},
+        )
+        for variant in VARIANTS
+    ]
+
+
+def describe() -> dict[str, Any]:
+    return {
+        "variants": VARIANTS,
+        "reference": f"{REFERENCE}: {sys.executable} -c pass",
+        "metrics": {
+            "ms": "wall time of the whole command, spawn to exit",
+            "python3_ms": "the python3 -c pass run paired with this sample",
+            "vs_python3": "ms / python3_ms of the same pair (the bar: <= 1.0 for create-pool and list)",
+            "vm_ready_ms": "create rows: the VM's READY (boot_ms.ready of the create's JSON)",
+            "cli_ms": "create rows: ms - vm_ready_ms, what the command cost besides the VM",
+            "pool": "create-pool: 1 when lightvmd answered from its pool",
+        },
+        "bytecode": "PYTHONPYCACHEPREFIX in the run's temp dir, warmed: modules load from bytecode",
+    }
+
+
+def plot(results: list[Result], outdir: Path, subtitle: str = "") -> list[Path]:
+    from lightvm.bench import plots
+
+    groups = [(str(r.params.get("variant")), r.values()) for r in results]
+    title = "Whole lightvm command vs python3 -c pass (wall, spawn to exit)"
+    return plots.bars(groups, outdir / "cli", title, "ms", subtitle=subtitle)
+
+
+__all__ = ["REFERENCE", "VARIANTS", "CliRig", "benchmarks", "describe", "plot"]
