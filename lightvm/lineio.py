@@ -1,6 +1,6 @@
 """Deadlines, newline-framed reads and unix-socket connects: the little that talking to
 lightvmd (or QMP, or a migration peer) needs, importing only the standard library's
-``os``, ``socket`` and ``time``.
+``os`` and ``time`` (``socket`` when :func:`connect_unix` is called).
 
 Why a module of its own: the ``lightvm`` command's thin path (lightvm/cli/thin.py) imports
 it on every ``create``/``list`` through lightvmd, and each import costs every command a
@@ -11,11 +11,11 @@ share of a start-up measured against ``python3 -c pass`` (docs/cli-startup.md).
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    import socket
     from typing import Protocol
 
     class LineConnection(Protocol):
@@ -91,6 +91,8 @@ def connect_unix(path: str | os.PathLike[str], timeout: float) -> socket.socket:
 
     :raise OSError: it could not connect (the socket is closed).
     """
+    import socket
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     address, dirfd = short_unix_path(path)
     try:

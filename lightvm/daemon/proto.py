@@ -1,6 +1,6 @@
 """The client half of the lightvmd API (lightvm/daemon/api.py has the protocol, numbered):
 the errors, the socket's name and :class:`Client`, importing only ``json``, ``errno``,
-:mod:`lightvm.lineio` (``os``, ``socket``, ``time``) and :mod:`lightvm.errors`.
+``_socket``, :mod:`lightvm.lineio` (``os``, ``time``) and :mod:`lightvm.errors`.
 
 Why apart from api.py: ``lightvm create``/``list`` through lightvmd is meant to cost no
 more than starting Python (docs/cli-startup.md), and every module the CLI imports on
@@ -11,17 +11,17 @@ paths are strings, normalised as pathlib would print them (:func:`pure_path`).
 
 from __future__ import annotations
 
+import _socket
 import errno
 import json
 import os
 
 from lightvm import errors
 from lightvm.errors import LightVMError
-from lightvm.lineio import Deadline, connect_unix, recv_line
+from lightvm.lineio import Deadline, recv_line, short_unix_path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
-    import socket
     from typing import Any
 
 VERSION = 1
@@ -82,6 +82,28 @@ _ERROR_TYPES: dict[str, type[LightVMError]] = {
 }
 
 
+def connect_raw(path: str, timeout: float) -> _socket.socket:
+    """:func:`lightvm.lineio.connect_unix` with the C module ``_socket`` (what the ``socket``
+    module wraps): importing ``socket`` builds enum classes for its constants and imports
+    selectors, 2-5 ms of a ~40 ms command here (docs/cli-startup.md), and a client needs
+    only connect, settimeout, sendall, recv and close, which ``_socket.socket`` has.
+
+    :raise OSError: it could not connect (the socket is closed).
+    """
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    address, dirfd = short_unix_path(path)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        if dirfd is not None:
+            os.close(dirfd)
+    return sock
+
+
 def raise_error(err: Any) -> None:
     """Re-raise a daemon's error object as the matching lightvm error class.
 
@@ -107,7 +129,7 @@ class Client:
     :raise DaemonUnavailable: from :meth:`connect` when no daemon answers.
     """
 
-    def __init__(self, sock: socket.socket, path: str | os.PathLike[str]) -> None:
+    def __init__(self, sock: _socket.socket, path: str | os.PathLike[str]) -> None:
         self._sock = sock
         self.path = pure_path(path)
         self._buf = b""
@@ -117,7 +139,7 @@ class Client:
     def connect(cls, state_root: str | os.PathLike[str], timeout: float = 2.0) -> Client:
         path = socket_file(state_root)
         try:
-            sock = connect_unix(path, timeout)
+            sock = connect_raw(path, timeout)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
                 raise DaemonUnavailable(f"no lightvmd on {path}") from None
@@ -186,6 +208,7 @@ __all__ = [
     "DaemonUnavailable",
     "ProtocolError",
     "UnknownOpError",
+    "connect_raw",
     "pure_path",
     "raise_error",
     "socket_file",

@@ -311,10 +311,10 @@ def test_usage_errors_and_help_are_argparse_s(tmp_path: Path, capsys: pytest.Cap
 
 def test_the_thin_path_imports_no_parser(daemon: FakeDaemon) -> None:
     """What makes it thin: a ``list`` through lightvmd imports neither argparse, the other
-    command groups, the bench harness, the toolstack, nor pathlib or typing."""
+    command groups, the bench harness, the toolstack, nor pathlib, typing or socket."""
     code = (
         "import sys; from lightvm.cli.main import main; rc = main(sys.argv[1:]); "
-        "heavy = ('argparse', 'pathlib', 'typing', 'dataclasses', 'subprocess', 'lightvm.cli.parser', "
+        "heavy = ('argparse', 'pathlib', 'typing', 'dataclasses', 'subprocess', 'socket', 'lightvm.cli.parser', "
         "'lightvm.cli.daemon', 'lightvm.bench.cli', 'lightvm.toolstack', 'lightvm.daemon.api', 'lightvm.util'); "
         "print(rc, [m for m in heavy if m in sys.modules], file=sys.stderr)"
     )
