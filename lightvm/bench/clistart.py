@@ -205,4 +205,112 @@ def plot(results: list[Result], outdir: Path, subtitle: str = "") -> list[Path]:
     return plots.bars(groups, outdir / "cli", title, "ms", subtitle=subtitle)
 
 
-__all__ = ["REFERENCE", "VARIANTS", "CliRig", "benchmarks", "describe", "plot"]
+# ----------------------------------------------- two trees side by side (a change's figures)
+
+
+def export_tree(rev: str, dest: Path) -> Path:
+    """``lightvm/`` of git revision ``rev`` under ``dest`` (git archive), for PYTHONPATH.
+
+    :raise LightVMError: not a revision of this checkout.
+    """
+    import io
+    import tarfile
+
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", rev, "lightvm"], capture_output=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        raise LightVMError(f"git archive {rev}: no answer within 60 s") from None
+    if proc.returncode != 0:
+        raise LightVMError(f"git archive {rev}: {proc.stderr.decode(errors='replace').strip()}; name a commit")
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def compare(rev: str, iterations: int, app: str, accel: str) -> dict[str, list[float]]:
+    """Alternating wall times of ``python3 -c pass`` and of ``lightvm list`` and ``lightvm
+    create`` (pool hit) from the tree of ``rev`` and from this checkout's, both through a
+    copy of the installed console script with PYTHONPATH on the tree (ahead of the
+    editable install's finder), against one private lightvmd; bytecode cached as in
+    :class:`CliRig`. One warm-up round is left out."""
+    from lightvm.bench.split import SplitFleet
+
+    with contextlib.ExitStack() as stack:
+        opts = SuiteOptions(accel=accel, app=app)
+        rig = CliRig(opts, stack)
+        tmp = Path(rig.env["PYTHONPYCACHEPREFIX"]).parent
+        script = tmp / "lightvm"
+        script.write_bytes(rig.lightvm.read_bytes())
+        script.chmod(0o755)
+        trees = {rev: export_tree(rev, tmp / "before"), "this tree": REPO}
+        envs = {label: dict(rig.env, PYTHONPATH=str(tree)) for label, tree in trees.items()}
+        for label, env in envs.items():
+            where = subprocess.run(
+                [sys.executable, "-c", "import lightvm; print(lightvm.__file__)"],
+                capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=tmp,  # -c puts the cwd first
+            ).stdout.strip()  # fmt: skip
+            if not where.startswith(str(trees[label])):
+                raise LightVMError(f"{label}: PYTHONPATH did not win over the installed lightvm ({where})")
+        fleet: SplitFleet = rig.fleet
+        state = str(fleet.state)
+        times: dict[str, list[float]] = {"python3 -c pass": []}
+        for label in envs:
+            times[f"{label}: lightvm list"] = []
+            times[f"{label}: lightvm create (pool)"] = []
+        for i in range(iterations + 1):
+            order = list(envs) if i % 2 else list(reversed(envs))
+            for label in order:
+                rig.env = envs[label]
+                fleet._wait_pool_full()
+                name = rig._name()
+                try:
+                    ms, _ = rig.run([str(script), "--state-dir", state, "create", str(rig.config), "--name", name])
+                finally:
+                    fleet.call("destroy", {"names": [name]})
+                list_ms, _ = rig.run([str(script), "--state-dir", state, "list"])
+                if i:
+                    times[f"{label}: lightvm create (pool)"].append(ms)
+                    times[f"{label}: lightvm list"].append(list_ms)
+            python_ms = rig.python()
+            if i:
+                times["python3 -c pass"].append(python_ms)
+        return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lightvm.bench.clistart --against REV``: a change's before/after figures."""
+    import argparse
+    import statistics
+
+    parser = argparse.ArgumentParser(prog="python -m lightvm.bench.clistart", description=compare.__doc__)
+    parser.add_argument("--against", required=True, metavar="REV", help="the git revision to compare with")
+    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--app", default="noop")
+    parser.add_argument("--accel", default="tcg")
+    args = parser.parse_args(argv)
+    try:
+        times = compare(args.against, args.iterations, args.app, args.accel)
+    except LightVMError as exc:
+        print(f"lightvm: error: {exc}", file=sys.stderr)
+        return 1
+    ref = statistics.median(times["python3 -c pass"])
+    print(f"load average {os.getloadavg()[0]:.2f}; medians of {args.iterations}, alternating:")
+    for label, values in times.items():
+        med = statistics.median(values)
+        print(f"  {label:<42} {med:8.2f} ms  (p10 {_q(values, 0.1):.2f}, p90 {_q(values, 0.9):.2f})  {med / ref:.2f}x")
+    return 0
+
+
+def _q(values: list[float], q: float) -> float:
+    from lightvm.bench.runner import _quantile
+
+    return _quantile(sorted(values), q)
+
+
+__all__ = ["REFERENCE", "VARIANTS", "CliRig", "benchmarks", "compare", "describe", "export_tree", "plot"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
