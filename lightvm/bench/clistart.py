@@ -229,12 +229,15 @@ def export_tree(rev: str, dest: Path) -> Path:
     return dest
 
 
-def compare(rev: str, iterations: int, app: str, accel: str) -> dict[str, list[float]]:
-    """Alternating wall times of ``python3 -c pass`` and of ``lightvm list`` and ``lightvm
-    create`` (pool hit) from the tree of ``rev`` and from this checkout's, both through a
+def compare(rev: str, iterations: int, app: str, accel: str, bytecode: bool = True) -> dict[str, list[float]]:
+    """Alternating wall times of ``python3 -c pass`` and of ``lightvm list``, ``lightvm
+    create`` (pool hit) and a one-shot ``lightvm create`` (no lightvmd on its state dir)
+    from the tree of ``rev`` and from this checkout's, both through a
     copy of the installed console script with PYTHONPATH on the tree (ahead of the
     editable install's finder), against one private lightvmd; bytecode cached as in
-    :class:`CliRig`. One warm-up round is left out."""
+    :class:`CliRig` (``bytecode`` False: PYTHONDONTWRITEBYTECODE=1 and no cache, so each
+    lightvm module imported is compiled on every command, as in this project's sessions).
+    One warm-up round is left out."""
     from lightvm.bench.split import SplitFleet
 
     with contextlib.ExitStack() as stack:
@@ -246,6 +249,12 @@ def compare(rev: str, iterations: int, app: str, accel: str) -> dict[str, list[f
         script.chmod(0o755)
         trees = {rev: export_tree(rev, tmp / "before"), "this tree": REPO}
         envs = {label: dict(rig.env, PYTHONPATH=str(tree)) for label, tree in trees.items()}
+        if not bytecode:
+            for env in envs.values():
+                env.pop("PYTHONPYCACHEPREFIX")
+                env["PYTHONDONTWRITEBYTECODE"] = "1"
+            rig.env.pop("PYTHONPYCACHEPREFIX")  # the python3 -c pass runs too
+            rig.env["PYTHONDONTWRITEBYTECODE"] = "1"
         for label, env in envs.items():
             where = subprocess.run(
                 [sys.executable, "-c", "import lightvm; print(lightvm.__file__)"],
@@ -259,6 +268,7 @@ def compare(rev: str, iterations: int, app: str, accel: str) -> dict[str, list[f
         for label in envs:
             times[f"{label}: lightvm list"] = []
             times[f"{label}: lightvm create (pool)"] = []
+            times[f"{label}: lightvm create (cold, one-shot)"] = []
         for i in range(iterations + 1):
             order = list(envs) if i % 2 else list(reversed(envs))
             for label in order:
@@ -266,13 +276,21 @@ def compare(rev: str, iterations: int, app: str, accel: str) -> dict[str, list[f
                 fleet._wait_pool_full()
                 name = rig._name()
                 try:
-                    ms, _ = rig.run([str(script), "--state-dir", state, "create", str(rig.config), "--name", name])
+                    ms, _ = rig.run([str(script), "--state-dir", state, "create", str(rig.config), "--accel", rig.accel,
+                                     "--name", name])  # fmt: skip
                 finally:
                     fleet.call("destroy", {"names": [name]})
                 list_ms, _ = rig.run([str(script), "--state-dir", state, "list"])
+                try:  # one-shot: no lightvmd on this state dir
+                    cold_ms, _ = rig.run([str(script), "--state-dir", str(rig.cold_state), "create", str(rig.config),
+                                          "--accel", rig.accel, "--name", name])  # fmt: skip
+                finally:
+                    rig._destroy_cold()
                 if i:
                     times[f"{label}: lightvm create (pool)"].append(ms)
                     times[f"{label}: lightvm list"].append(list_ms)
+                    times[f"{label}: lightvm create (cold, one-shot)"].append(cold_ms)
+            rig.env = envs[rev]  # the same variables for python3 -c pass (its PYTHONPATH unused)
             python_ms = rig.python()
             if i:
                 times["python3 -c pass"].append(python_ms)
@@ -289,14 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--app", default="noop")
     parser.add_argument("--accel", default="tcg")
+    parser.add_argument("--no-bytecode-cache", action="store_true", help="compile every lightvm module per command")
     args = parser.parse_args(argv)
     try:
-        times = compare(args.against, args.iterations, args.app, args.accel)
+        times = compare(args.against, args.iterations, args.app, args.accel, bytecode=not args.no_bytecode_cache)
     except LightVMError as exc:
         print(f"lightvm: error: {exc}", file=sys.stderr)
         return 1
     ref = statistics.median(times["python3 -c pass"])
-    print(f"load average {os.getloadavg()[0]:.2f}; medians of {args.iterations}, alternating:")
+    cache = "no bytecode cache" if args.no_bytecode_cache else "bytecode cached"
+    print(f"load average {os.getloadavg()[0]:.2f}; {cache}; medians of {args.iterations}, alternating:")
     for label, values in times.items():
         med = statistics.median(values)
         print(f"  {label:<42} {med:8.2f} ms  (p10 {_q(values, 0.1):.2f}, p90 {_q(values, 0.9):.2f})  {med / ref:.2f}x")
