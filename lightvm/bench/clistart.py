@@ -9,6 +9,9 @@ variant        command
 =============  ==============================================================================
 python3        ``python3 -c pass``: this interpreter (``sys.executable``, the venv's python:
                the same start-up and site as the console script's), the reference
+python3-S      ``python3 -S -c pass``: without ``site`` (what its .pth files cost)
+stdlib-floor   ``python3 -c 'import re, json, errno, signal, _socket'``: the console script's
+               ``re`` and the thin path's standard modules, no lightvm module
 fork-exec      a static binary (lightvm/bench/forkexec.py) that writes one byte and exits
 create-pool    ``lightvm create CONFIG --json`` through a private lightvmd, a pool hit
 list           ``lightvm list`` through it (the measured VM of create-pool is gone by then)
@@ -47,6 +50,8 @@ from lightvm.errors import LightVMError
 REFERENCE = "python3"
 VARIANTS = {
     "python3": "python3 -c pass with this interpreter (the venv's python: the console script's start-up)",
+    "python3-S": "python3 -S -c pass: the same without site (the .pth files: an editable install's finder)",
+    "stdlib-floor": "python3 -c 'import re, json, errno, signal, _socket': what the thin path's stdlib adds",
     "fork-exec": "a static binary that writes one byte and exits",
     "create-pool": "lightvm create CONFIG --json through a private lightvmd, a pool hit",
     "list": "lightvm list through that lightvmd",
@@ -155,6 +160,13 @@ class CliRig:
 
             Toolstack(self.cold_state).destroy_all()
 
+    def python_s(self) -> Sample:
+        return self.paired(lambda: (self.run([sys.executable, "-S", "-c", "pass"])[0], {}))
+
+    def stdlib_floor(self) -> Sample:
+        code = "import re, json, errno, signal, _socket"
+        return self.paired(lambda: (self.run([sys.executable, "-c", code])[0], {}))
+
     def fork_exec(self) -> Sample:
         return self.paired(lambda: (self.run([str(self.static)])[0], {}))
 
@@ -163,6 +175,8 @@ def benchmarks(opts: SuiteOptions, stack: contextlib.ExitStack) -> list[Benchmar
     rig = CliRig(opts, stack)
     fns = {
         "python3": lambda: {"ms": rig.python()},
+        "python3-S": rig.python_s,
+        "stdlib-floor": rig.stdlib_floor,
         "fork-exec": rig.fork_exec,
         "create-pool": rig.create_pool,
         "list": rig.list,
