@@ -22,6 +22,7 @@ from lightvm.cli import main as cli
 from lightvm.cli import thin
 from lightvm.daemon import api, proto
 from lightvm.errors import NotFoundError
+from lightvm.lineio import short_unix_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -162,7 +163,12 @@ class FakeDaemon:
         self.state = state
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(api.socket_path(state)))
+        address, dirfd = short_unix_path(api.socket_path(state))  # a deep state dir: via /proc/self/fd
+        try:
+            self.sock.bind(address)
+        finally:
+            if dirfd is not None:
+                os.close(dirfd)
         self.sock.listen(8)
         self.sock.settimeout(0.2)
         self.stop = threading.Event()
@@ -271,6 +277,20 @@ def test_same_output_as_the_full_path(
         assert code == 1 and err.strip().splitlines()[-1].startswith("lightvm: error: ")
     else:
         assert code == 0 and out and f"via lightvmd ({daemon.state}/lightvmd.sock)" in err
+
+
+def test_a_state_dir_past_the_unix_socket_path_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deep = tmp_path / ("d" * 110)
+    deep.mkdir()
+    assert len(str(api.socket_path(deep))) > 107
+    fake = FakeDaemon(deep)
+    try:
+        code, out, err = _run(monkeypatch, capsys, ["--state-dir", str(deep), "list"], full=False)
+    finally:
+        fake.close()
+    assert code == 0 and out.startswith("NAME ") and f"via lightvmd ({deep}/lightvmd.sock)" in err
 
 
 def test_create_sends_the_config_as_an_absolute_path(
