@@ -240,6 +240,7 @@ class open_backend:  # lower case: called like the function it was (contextlib w
         if self.client is None:
             return LocalBackend(self.args)
         print(f"lightvm: via lightvmd ({self.client.path})", file=sys.stderr)
+        self.args.served_by_lightvmd = True  # main may end the process without finalization
         return DaemonBackend(self.client)
 
     def __exit__(self, *exc: object) -> None:

@@ -55,12 +55,35 @@ def _wants_network(argv: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lightvm`` command; returns the exit status."""
+    command_line = argv is None  # the lightvm command itself, not a caller in this process
     argv = sys.argv[1:] if argv is None else argv
     from lightvm.cli import thin
 
     args: Any = thin.parse(argv)  # a routed VM command in a form it knows, else None
     if args is None:
         args = build_parser(with_network=_wants_network(argv)).parse_args(argv)
+    code = _run(args)
+    if command_line and getattr(args, "served_by_lightvmd", False):
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once after a command lightvmd served: the interpreter's
+    finalization (module teardown, garbage collection) was ~20 % of ``python3 -c pass``
+    here (docs/cli-startup.md), and such a command leaves nothing to finalize: no thread,
+    no atexit handler, no child, its socket closed. Only the standard streams are flushed;
+    if that fails (a closed pipe), return and let the interpreter report it as usual."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        return
+    os._exit(code)
+
+
+def _run(args: Any) -> int:
+    """Run the parsed command: exit status 0, 1 (a lightvm error, one line), 130 (interrupted)."""
     global _SIGTERM_OWNER
     _SIGTERM_OWNER = os.getpid()
     try:

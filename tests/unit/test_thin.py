@@ -162,6 +162,7 @@ class FakeDaemon:
     def __init__(self, state: Path) -> None:
         self.state = state
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.many = 0  # list answers this many VMs more (a long output)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         address, dirfd = short_unix_path(api.socket_path(state))  # a deep state dir: via /proc/self/fd
         try:
@@ -202,8 +203,9 @@ class FakeDaemon:
             return [{"name": args["name"] or "noop", "id": "1", "accel": "tcg", "accel_reason": "requested",
                      "pid": 7, "app": "noop", "network": None, "boot_ms": self.BOOT, "path": "pool"}]  # fmt: skip
 
+        self.vms = [vm, *({**vm, "name": f"vm{i}"} for i in range(self.many))]
         return {
-            "list": record("list", [vm]),
+            "list": record("list", lambda args: self.vms),
             "info": record("info", {**vm, "boot_ms": self.BOOT, "guest": {"state": "READY"}}),
             "create": record("create", created),
             "destroy": record("destroy", lambda args: {"destroyed": args.get("names", ["a"])}),
@@ -347,3 +349,42 @@ def test_the_thin_path_imports_no_parser(daemon: FakeDaemon) -> None:
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[0]["name"] == "a"
     assert proc.stderr.strip().splitlines()[-1] == "0 []"
+
+
+@pytest.mark.parametrize("argv", [["list"], ["list", "--json"], ["info", "ghost"], ["create", "examples/noop.toml"]])
+def test_the_command_ends_without_finalization_with_the_same_output(
+    daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """``python -m lightvm.cli`` (main as the command: it ends served commands with os._exit
+    after flushing) prints all of a long output, with the exit status of the in-process run."""
+    daemon.many = 3000
+    argv = ["--state-dir", str(daemon.state), *argv]
+    env = {k: v for k, v in os.environ.items() if k not in ("LIGHTVM_NO_DAEMON", "LIGHTVM_STATE_DIR")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightvm.cli", *argv], capture_output=True, text=True, timeout=60, env=env, cwd=REPO
+    )
+    monkeypatch.chdir(REPO)
+    code, out, err = _run(monkeypatch, capsys, argv, full=True)
+    assert (proc.returncode, re.sub(r"reply [0-9.]+ ms", "reply N ms", proc.stdout), proc.stderr) == (code, out, err)
+    assert code == (1 if "ghost" in argv else 0)
+    if argv[2] == "list":
+        assert len(out) > 3000 * 40  # every VM's line or object
+
+
+def test_only_a_command_lightvmd_served_skips_finalization(daemon: FakeDaemon, tmp_path: Path) -> None:
+    """An atexit handler tells: skipped after ``list`` through lightvmd, run after a one-shot
+    ``list`` (the toolstack may leave work for the interpreter's exit) and after a usage error."""
+    code = (
+        "import atexit, sys; atexit.register(lambda: print('finalized', file=sys.stderr)); "
+        "sys.argv[1:] = sys.argv[2:]; from lightvm.cli.main import main; sys.exit(main())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LIGHTVM_NO_DAEMON", "LIGHTVM_STATE_DIR")}
+    results = {}
+    for label, state in (("daemon", daemon.state), ("one-shot", tmp_path / "none"), ("usage", daemon.state)):
+        rest = ["list", "--js=x"] if label == "usage" else ["list"]
+        proc = subprocess.run(
+            [sys.executable, "-c", code, "lightvm", "--state-dir", str(state), *rest],
+            capture_output=True, text=True, timeout=60, env=env, cwd=REPO,
+        )  # fmt: skip
+        results[label] = (proc.returncode, "finalized" in proc.stderr)
+    assert results == {"daemon": (0, False), "one-shot": (0, True), "usage": (2, True)}
