@@ -147,12 +147,12 @@ def test_cli_suite_smoke(images: Path, tmp_path: Path, clean_host: None) -> None
     rows = {b["name"]: b for b in doc["benchmarks"]}
     for variant in VARIANTS:
         for sample in rows[f"cli/{variant}"]["samples"]:
-            if variant != "python3":
-                assert sample["vs_python3"] == pytest.approx(sample["ms"] / sample["python3_ms"])
+            assert sample["vs_python3"] == pytest.approx(sample["ms"] / sample["python3_ms"])
             if variant.startswith("create"):
                 assert sample["cli_ms"] + sample["vm_ready_ms"] == pytest.approx(sample["ms"])
     assert all(s["pool"] == 1.0 for s in rows["cli/create-pool"]["samples"])
     assert "x python3" in doc["summary_table"] and doc["plots"] == ["cli.png", "cli.svg"]
+    assert all(b["metric"] == "vs_python3" and b["unit"] == "x" for b in rows.values())
 
 
 def test_boot_row_order() -> None:
