@@ -29,21 +29,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lightvm.bootsteps import BOOT_STEP_KEYS as BOOT_STEP_KEYS  # re-exported: the CLI imports them alone
+from lightvm.bootsteps import BOOT_STEPS as BOOT_STEPS
 from lightvm.errors import GuestError, LightVMError, QMPError
 from lightvm.machine import Machine
 from lightvm.noxs import BootRecord, BootState, NoxsRegion
 from lightvm.util import Deadline, last_line, tail
-
-# The steps of the boot breakdown, in order: (key, label, what marks it). The CLI prints
-# them and the bench records them; a pool shell's boot has no ``qemu_up`` (its QEMU was up).
-BOOT_STEPS: tuple[tuple[str, str, str], ...] = (
-    ("qemu_up", "QEMU up", "QMP answered"),
-    ("resumed", "vCPU resumed", "cont acknowledged"),
-    ("guest_entry", "guest entry", "first guest instruction (guest TSC)"),
-    ("devices_up", "devices up", "guest devices initialised (guest TSC)"),
-    ("ready", "READY", "seen by the host in the NoXS boot record"),
-)
-BOOT_STEP_KEYS = tuple(key for key, _, _ in BOOT_STEPS)
 
 POLL_INTERVAL = 0.0002
 REPLY_GRACE_S = 0.1  # after READY, for QMP replies still on their way

@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.errors import ExistsError, NotFoundError, StateError
+from lightvm.statedir import STATE_ENV as STATE_ENV
+from lightvm.statedir import default_state_path
 from lightvm.util import atomic_write, proc_alive, proc_start_time
 
 SHM_ENV = "LIGHTVM_SHM_DIR"
 DEFAULT_SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "lightvm-"
-
-STATE_ENV = "LIGHTVM_STATE_DIR"
 
 
 def shm_dir() -> Path:
@@ -69,16 +69,9 @@ def noxs_file(vm_id: str) -> Path:
 
 
 def default_state_dir() -> Path:
-    """``$LIGHTVM_STATE_DIR``, else /run/lightvm (root), else ``$XDG_RUNTIME_DIR/lightvm``."""
-    env = os.environ.get(STATE_ENV)
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/run/lightvm")
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "lightvm"
-    return Path(f"/tmp/lightvm-{os.geteuid()}")
+    """``$LIGHTVM_STATE_DIR``, else /run/lightvm (root), else ``$XDG_RUNTIME_DIR/lightvm``
+    (:func:`lightvm.statedir.default_state_path`, as a Path)."""
+    return Path(default_state_path())
 
 
 class VMStatus(enum.Enum):

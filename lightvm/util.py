@@ -9,40 +9,22 @@ from __future__ import annotations
 import errno
 import os
 import select
-import socket
 import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
+
+from lightvm.lineio import LINE_MAX as LINE_MAX
+
+# Re-exported: the socket and deadline helpers live in lightvm/lineio.py (the CLI's thin path imports them alone).
+from lightvm.lineio import UNIX_PATH_MAX as UNIX_PATH_MAX
+from lightvm.lineio import Deadline as Deadline
+from lightvm.lineio import connect_unix as connect_unix
+from lightvm.lineio import recv_line as recv_line
+from lightvm.lineio import short_unix_path as short_unix_path
 
 T = TypeVar("T")
-
-# AF_UNIX paths are limited to 108 bytes including the NUL.
-UNIX_PATH_MAX = 107
-
-
-class Deadline:
-    """A point in monotonic time; ``remaining()`` never goes below zero."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.end = time.monotonic() + timeout
-
-    def remaining(self) -> float:
-        return max(0.0, self.end - time.monotonic())
-
-    def expired(self) -> bool:
-        return time.monotonic() >= self.end
-
-
-class LineConnection(Protocol):
-    """What :func:`recv_line` needs: a socket, or a paramiko channel."""
-
-    def recv(self, size: int, /) -> bytes: ...
-
-    def settimeout(self, value: float | None, /) -> None: ...
-
 
 FD_SETSIZE = 1024
 
@@ -60,40 +42,6 @@ def wait_readable(fd: int, timeout: float) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLPRI)
     return bool(poller.poll(max(0.0, timeout) * 1000))
-
-
-LINE_MAX = 1 << 20  # a JSON line of the API or the migration protocol is a few hundred bytes
-
-
-def recv_line(
-    conn: LineConnection, buf: bytes, deadline: Deadline, max_wait: float | None = None, max_line: int = LINE_MAX
-) -> tuple[bytes, bytes]:
-    """Read from ``conn`` until ``buf`` holds a whole line; return the line (without its
-    newline) and the bytes after it. Both newline-delimited JSON peers use it: the
-    lightvmd API client and the migration control channel. ``max_wait`` caps each
-    blocking ``recv``.
-
-    :raise TimeoutError: the deadline passed before a whole line arrived.
-    :raise EOFError: the peer closed the connection.
-    :raise OSError: the connection failed, or the peer sent more than ``max_line``
-        bytes without a newline (EMSGSIZE: a broken or hostile peer must not fill memory).
-    """
-    while b"\n" not in buf:
-        if len(buf) > max_line:
-            raise OSError(errno.EMSGSIZE, f"the peer sent a line longer than {max_line} bytes")
-        left = deadline.remaining()
-        if left <= 0:
-            raise TimeoutError
-        conn.settimeout(left if max_wait is None else min(left, max_wait))
-        try:
-            chunk = conn.recv(65536)
-        except TimeoutError:
-            continue
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    line, rest = buf.split(b"\n", 1)
-    return line, rest
 
 
 def wait_until(
@@ -197,39 +145,6 @@ def find_processes_with_arg(needle: str) -> list[int]:
 def qemu_opt_escape(value: str) -> str:
     """Escape a value for a QEMU ``key=value,...`` option string (commas double)."""
     return value.replace(",", ",,")
-
-
-def short_unix_path(path: Path) -> tuple[str, int | None]:
-    """A path usable with AF_UNIX bind/connect, and a folder fd to close afterwards.
-
-    Long state folders (deep tmp dirs) overflow the 108-byte limit; going through
-    /proc/self/fd/N of the folder keeps the address short and names the same file.
-    """
-    text = os.fsencode(path)
-    if len(text) <= UNIX_PATH_MAX:
-        return str(path), None
-    dirfd = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
-    return f"/proc/self/fd/{dirfd}/{path.name}", dirfd
-
-
-def connect_unix(path: Path, timeout: float) -> socket.socket:
-    """A stream socket connected to the unix socket at ``path`` (any length: see
-    :func:`short_unix_path`), with ``timeout`` set on it.
-
-    :raise OSError: it could not connect (the socket is closed).
-    """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    address, dirfd = short_unix_path(path)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(address)
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        if dirfd is not None:
-            os.close(dirfd)
-    return sock
 
 
 _KINDS = (

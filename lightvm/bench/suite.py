@@ -13,7 +13,9 @@ import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
 
-SUITES = ("boot", "density", "net", "checkpoint", "split", "tinyx")
+SUITES = ("boot", "density", "net", "checkpoint", "split", "tinyx", "cli")
+# a suite whose module is not lightvm.bench.<name> (lightvm.bench.cli is the bench command)
+MODULES = {"cli": "clistart"}
 ORDERS = ("n", "variant")
 
 
@@ -42,7 +44,7 @@ def load(name: str) -> ModuleType:
     """The suite module ``lightvm.bench.<name>``. :raise ValueError: unknown suite."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; one of {', '.join(SUITES)}")
-    return importlib.import_module(f"lightvm.bench.{name}")
+    return importlib.import_module(f"lightvm.bench.{MODULES.get(name, name)}")
 
 
 __all__ = ["ORDERS", "SUITES", "SuiteOptions", "load"]

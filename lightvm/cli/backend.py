@@ -11,53 +11,59 @@ every CLI start pays for what this module imports.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
 
+# What this module imports at run time is paid by every ``lightvm create``/``list``, whose
+# whole command is meant to cost no more than ``python3 -c pass`` (docs/cli-startup.md):
+# os and sys only; typing, pathlib and argparse for the type checker alone.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
-    from lightvm.daemon.api import Client
+    import argparse
+    from collections.abc import Callable
+    from pathlib import Path
+    from typing import Any, Protocol
+
+    from lightvm.daemon.proto import Client
     from lightvm.toolstack import Toolstack
 
+    Progress = Callable[[dict[str, Any], int, int], None]
+
+    class Backend(Protocol):
+        """The operations of the routed commands; results are JSON-shaped data."""
+
+        routed: bool  # True: lightvmd did the work (results carry its ``path``)
+
+        def create(self, request: dict[str, Any], progress: Progress) -> list[dict[str, Any]]:
+            """Create ``request["count"]`` VMs; ``progress(result, done, count)`` as each is READY."""
+            ...
+
+        def list_vms(self) -> list[dict[str, Any]]: ...
+
+        def info(self, name: str) -> dict[str, Any]: ...
+
+        def destroy(self, names: list[str] | None) -> tuple[list[str], list[str]]:
+            """Destroy ``names`` (None: all); (destroyed, errors) - the errors are raised after the print."""
+            ...
+
+        def shutdown(self, name: str, keep: bool, timeout: float) -> float: ...
+
+        def pause(self, name: str) -> float: ...
+
+        def unpause(self, name: str) -> float: ...
+
+        def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]: ...
+
+        def migrate(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+
 ROUTED = ("create", "list", "info", "destroy", "shutdown", "pause", "unpause", "restore", "migrate")
-
-Progress = Callable[[dict[str, Any], int, int], None]
-
-
-class Backend(Protocol):
-    """The operations of the routed commands; results are JSON-shaped data."""
-
-    routed: bool  # True: lightvmd did the work (results carry its ``path``)
-
-    def create(self, request: dict[str, Any], progress: Progress) -> list[dict[str, Any]]:
-        """Create ``request["count"]`` VMs; ``progress(result, done, count)`` as each is READY."""
-        ...
-
-    def list_vms(self) -> list[dict[str, Any]]: ...
-
-    def info(self, name: str) -> dict[str, Any]: ...
-
-    def destroy(self, names: list[str] | None) -> tuple[list[str], list[str]]:
-        """Destroy ``names`` (None: all); (destroyed, errors) - the errors are raised after the print."""
-        ...
-
-    def shutdown(self, name: str, keep: bool, timeout: float) -> float: ...
-
-    def pause(self, name: str) -> float: ...
-
-    def unpause(self, name: str) -> float: ...
-
-    def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]: ...
-
-    def migrate(self, request: dict[str, Any]) -> dict[str, Any]: ...
 
 
 def state_root(args: argparse.Namespace) -> Path:
     """The state dir of this invocation (``--state-dir``, else the default)."""
+    from pathlib import Path
+
     from lightvm.state import default_state_dir
 
     state_dir = getattr(args, "state_dir", None)
@@ -66,10 +72,13 @@ def state_root(args: argparse.Namespace) -> Path:
 
 def toolstack(args: argparse.Namespace) -> Toolstack:
     """A Toolstack on the state dir of ``args`` (``args.timeout``, if any, as its boot timeout)."""
+    from pathlib import Path
+
     from lightvm.toolstack import Toolstack
 
-    state_dir = getattr(args, "state_dir", None)
+    state_dir = getattr(args, "state_dir", None)  # a Path from argparse, a str from the thin path
     if state_dir is not None:
+        state_dir = Path(state_dir)
         # The network commands (and children) read the same dir from the environment.
         os.environ["LIGHTVM_STATE_DIR"] = str(state_dir)
     return Toolstack(state_dir, boot_timeout=getattr(args, "timeout", 10.0))
@@ -132,6 +141,8 @@ class LocalBackend:
         return restore(self.ts, file, name=name, timeout=timeout).as_dict()
 
     def migrate(self, request: dict[str, Any]) -> dict[str, Any]:
+        from pathlib import Path
+
         from lightvm.mobility import migrate
 
         known_hosts, identity = request["known_hosts"], request["identity"]
@@ -162,7 +173,8 @@ class DaemonBackend:
 
     def create(self, request: dict[str, Any], progress: Progress) -> list[dict[str, Any]]:
         args = {k: request[k] for k in ("name", "count", "accel", "timeout", "publish")}
-        args["config"] = str(Path(request["config"]).resolve())  # the daemon has its own working dir
+        # the daemon has its own working dir; realpath is str(Path.resolve()) without pathlib
+        args["config"] = os.path.realpath(request["config"])
         timeout = request["timeout"] * max(1, request["count"]) + 30.0
         results: list[dict[str, Any]] = self.client.call("create", args, timeout=timeout)
         return results  # one answer for all: no progress to report
@@ -190,7 +202,7 @@ class DaemonBackend:
         return float(self.client.call("unpause", {"name": name})["ms"])
 
     def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]:
-        request = {"file": str(Path(file).resolve()), "name": name, "timeout": timeout}
+        request = {"file": os.path.realpath(file), "name": name, "timeout": timeout}
         result: dict[str, Any] = self.client.call("restore", request, timeout=timeout + 30.0)
         return result
 
@@ -203,27 +215,37 @@ def connect(args: argparse.Namespace) -> Client | None:
     """A connection to the state dir's daemon, or None (one-shot mode)."""
     if os.environ.get("LIGHTVM_NO_DAEMON"):
         return None
-    from lightvm.daemon import api
+    from lightvm.daemon import proto
+    from lightvm.statedir import default_state_path
 
-    root = state_root(args)
-    if not api.socket_path(root).exists():  # the common no-daemon case: one stat
+    state_dir = getattr(args, "state_dir", None)
+    root = state_dir if state_dir is not None else default_state_path()
+    if not os.path.exists(proto.socket_file(root)):  # the common no-daemon case: one stat
         return None
     try:
-        return api.Client.connect(root, timeout=2.0)
-    except api.DaemonUnavailable:
+        return proto.Client.connect(root, timeout=2.0)
+    except proto.DaemonUnavailable:
         return None  # a dead daemon's socket file
 
 
-@contextmanager
-def open_backend(args: argparse.Namespace) -> Iterator[Backend]:
+class open_backend:  # lower case: called like the function it was (contextlib would cost an import)
     """The backend of a routed command: lightvmd when one answers, else this process."""
-    client = connect(args)
-    if client is None:
-        yield LocalBackend(args)
-        return
-    with client:
-        print(f"lightvm: via lightvmd ({client.path})", file=sys.stderr)
-        yield DaemonBackend(client)
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.client: Client | None = None
+
+    def __enter__(self) -> Backend:
+        self.client = connect(self.args)
+        if self.client is None:
+            return LocalBackend(self.args)
+        print(f"lightvm: via lightvmd ({self.client.path})", file=sys.stderr)
+        self.args.served_by_lightvmd = True  # main may end the process without finalization
+        return DaemonBackend(self.client)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.client is not None:
+            self.client.close()
 
 
-__all__ = ["ROUTED", "Backend", "DaemonBackend", "LocalBackend", "connect", "open_backend", "state_root", "toolstack"]
+__all__ = ["ROUTED", "DaemonBackend", "LocalBackend", "connect", "open_backend", "state_root", "toolstack"]

@@ -10,92 +10,29 @@ devices_up, ready}; ``list --json`` prints a JSON array; ``--state-dir`` (or
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
-from pathlib import Path
-from types import FrameType
-from typing import Any
 
 from lightvm.errors import LightVMError
 
-DESCRIPTION = """\
-lightvm: start single-application micro-VMs on QEMU as fast as containers.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    import argparse
+    from types import FrameType
+    from typing import Any
 
-A VM is described by a config file (TOML, or chaos-style JSON) naming its kernel
-(a PVH ELF), memory, vCPUs, command line, vifs and disks. Each VM is one QEMU
-process (-M microvm) whose devices are described to the guest in a NoXS page
-(shared memory), with no control-plane daemon in the way.
-"""
-
-EPILOG = """\
-examples:
-  lightvm create examples/noop.toml            boot one VM, print the boot breakdown
-  lightvm create examples/noop.toml -n 50      boot noop-0 .. noop-49
-  lightvm list                                 what runs, what crashed
-  lightvm shutdown noop                        clean guest poweroff, then destroy
-  lightvm --state-dir /tmp/s create x.toml     keep this run apart from others
-  lightvm image build redis-server             a Tinyx image (Linux + redis) in the image store
-"""
-
-
-def _state_parent() -> argparse.ArgumentParser:
-    # --state-dir is accepted before or after the command; SUPPRESS keeps the
-    # subcommand's default from overwriting a value given before it.
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument(
-        "--state-dir",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="run dir holding the VMs' state (default: $LIGHTVM_STATE_DIR, /run/lightvm as root, "
-        "else $XDG_RUNTIME_DIR/lightvm)",
-    )
-    return parent
-
-
-class _VersionAction(argparse.Action):
-    """``--version``: ``lightvm X.Y.Z``. The version is looked up only when asked for
-    (importlib.metadata costs milliseconds that every other command would pay)."""
-
-    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
-        from lightvm import version
-
-        print(f"lightvm {version()}")
-        parser.exit()
+# What this module imports is paid by every command (it is the console script's entry
+# point): os, signal, sys and lightvm.errors. The parser (argparse and every command group)
+# is in lightvm/cli/parser.py, built only when lightvm/cli/thin.py does not take the
+# command (docs/cli-startup.md).
 
 
 def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
-    """The argument parser. ``with_network`` adds ``network`` (imports pyroute2: slow)."""
-    parent = _state_parent()
-    parser = argparse.ArgumentParser(
-        prog="lightvm",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[parent],
-    )
-    parser.add_argument("--version", action=_VersionAction, help="print lightvm's version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from lightvm.cli import checkpoint, daemon, image, vm
+    """The argument parser (lightvm.cli.parser). ``with_network`` adds ``network`` (imports pyroute2: slow)."""
+    from lightvm.cli import parser
 
-    vm.register(sub, parent)
-    daemon.register(sub, parent)
-    checkpoint.register(sub, parent)
-    image.register(sub, parent)
-
-    from lightvm.bench import cli as bench_cli
-
-    bench_cli.register(sub)
-
-    if with_network:
-        from lightvm.cli import network
-
-        network.register(sub)
-    return parser
+    return parser.build_parser(with_network)
 
 
 _SIGTERM_OWNER = 0
@@ -118,9 +55,35 @@ def _wants_network(argv: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lightvm`` command; returns the exit status."""
+    command_line = argv is None  # the lightvm command itself, not a caller in this process
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(with_network=_wants_network(argv))
-    args = parser.parse_args(argv)
+    from lightvm.cli import thin
+
+    args: Any = thin.parse(argv)  # a routed VM command in a form it knows, else None
+    if args is None:
+        args = build_parser(with_network=_wants_network(argv)).parse_args(argv)
+    code = _run(args)
+    if command_line and getattr(args, "served_by_lightvmd", False):
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once after a command lightvmd served: the interpreter's
+    finalization (module teardown, garbage collection) was ~20 % of ``python3 -c pass``
+    here (docs/cli-startup.md), and such a command leaves nothing to finalize: no thread,
+    no atexit handler, no child, its socket closed. Only the standard streams are flushed;
+    if that fails (a closed pipe), return and let the interpreter report it as usual."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        return
+    os._exit(code)
+
+
+def _run(args: Any) -> int:
+    """Run the parsed command: exit status 0, 1 (a lightvm error, one line), 130 (interrupted)."""
     global _SIGTERM_OWNER
     _SIGTERM_OWNER = os.getpid()
     try:

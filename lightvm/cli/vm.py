@@ -7,16 +7,22 @@ whether lightvmd or this process did the work; only what differs by nature (the
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 from lightvm.cli import IMPORTED_AT
-from lightvm.cli.backend import Backend, open_backend, toolstack
+from lightvm.cli.backend import open_backend, toolstack
 from lightvm.errors import LightVMError, NotFoundError
+
+# The thin path (lightvm/cli/thin.py) runs these commands without argparse: this module
+# imports at run time only what their printing needs (docs/cli-startup.md).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+    from lightvm.cli.backend import Backend
 
 CREATE = (
     "Create VMs from CONFIG and wait until each guest reports READY. Prints the boot breakdown (ms since "
@@ -56,7 +62,11 @@ def add_command(
 
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
-    """Add the VM commands to the CLI's subparsers."""
+    """Add the VM commands to the CLI's subparsers (lightvm/cli/thin.py parses the routed
+    ones without argparse: an option added here is one it does not know, so it leaves such
+    a command to argparse; tests/unit/test_thin.py compares the two)."""
+    from pathlib import Path
+
     p = add_command(sub, parent, "create", cmd_create, "create and boot VMs from a config file", CREATE)
     p.add_argument("config", type=Path, help="VM config file (.toml or chaos-style .json)")
     p.add_argument("--name", help="VM name (default: the config's name, else the file name)")
@@ -163,7 +173,7 @@ def print_created(results: list[dict[str, Any]], wall: float, backend: Backend) 
             tail = f"READY median {med:.1f} ms, max {worst:.1f} ms"
         print(f"created {len(results)} VMs in {wall:.0f} ms; {tail}")
         return
-    from lightvm.boot import BOOT_STEPS
+    from lightvm.bootsteps import BOOT_STEPS
 
     (r,) = results
     boot = r["boot_ms"]
@@ -289,7 +299,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"{len(spec.get('disks', []))} disk(s)"
         )
     if info.get("boot_ms"):
-        from lightvm.boot import BOOT_STEPS
+        from lightvm.bootsteps import BOOT_STEPS
 
         boot = info["boot_ms"]
         print("boot:        " + ", ".join(f"{label} {boot[k]:.1f} ms" for k, label, _ in BOOT_STEPS if boot.get(k)))

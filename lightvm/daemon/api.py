@@ -71,51 +71,26 @@ Protocol, version 1:
 
 from __future__ import annotations
 
-import errno
 import json
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lightvm import errors
+from lightvm.daemon.proto import (  # the client side, apart so that the CLI's thin path imports only it
+    SOCKET_NAME,
+    VERSION,
+    ApiError,
+    Client,
+    DaemonUnavailable,
+    ProtocolError,
+    UnknownOpError,
+    raise_error,
+)
 from lightvm.errors import LightVMError
-from lightvm.util import Deadline, connect_unix, recv_line
 
-VERSION = 1
 MAX_REQUEST = 1 << 20  # 1 MiB: a request is a few hundred bytes; anything near this is abuse
 IDLE_TIMEOUT = 60.0
-SOCKET_NAME = "lightvmd.sock"
-
-
-class ApiError(LightVMError):
-    """An error reported by the daemon (``type`` is its class name there), or a
-    failure to talk to it."""
-
-    def __init__(self, message: str, type_name: str = "ApiError") -> None:
-        super().__init__(message)
-        self.type_name = type_name
-
-
-class ProtocolError(ApiError):
-    """A request or response that breaks the protocol."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, "ProtocolError")
-
-
-class UnknownOpError(ApiError):
-    """A request naming an operation the daemon does not have."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, "UnknownOpError")
-
-
-class DaemonUnavailable(ApiError):
-    """Nothing answers on the daemon socket (no daemon: use one-shot mode)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, "DaemonUnavailable")
 
 
 def socket_path(state_root: Path) -> Path:
@@ -271,112 +246,10 @@ def serve_connection(conn: socket.socket, handlers: dict[str, Handler], log: Cal
         conn.close()
 
 
-# ---------------------------------------------------------------------- client side
-
-
-_ERROR_TYPES: dict[str, type[LightVMError]] = {
-    name: cls for name, cls in vars(errors).items() if isinstance(cls, type) and issubclass(cls, LightVMError)
-}
-
-
-def raise_error(err: Any) -> None:
-    """Re-raise a daemon's error object as the matching lightvm error class.
-
-    :raise LightVMError: always (ApiError when the type is not a lightvm error class).
-    """
-    if not isinstance(err, dict):
-        raise ProtocolError(f"daemon sent a malformed error: {err!r}")
-    type_name = str(err.get("type", "ApiError"))
-    message = str(err.get("message", ""))
-    cls = _ERROR_TYPES.get(type_name)
-    if cls is not None:
-        try:
-            raise cls(message)
-        except TypeError:
-            pass
-    raise ApiError(message, type_name)
-
-
-class Client:
-    """One connection to lightvmd. Every call has a timeout.
-
-    :raise DaemonUnavailable: from :meth:`connect` when no daemon answers.
-    """
-
-    def __init__(self, sock: socket.socket, path: Path) -> None:
-        self._sock = sock
-        self.path = path
-        self._buf = b""
-        self._next = 1
-
-    @classmethod
-    def connect(cls, state_root: Path, timeout: float = 2.0) -> Client:
-        path = socket_path(state_root)
-        try:
-            sock = connect_unix(path, timeout)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
-                raise DaemonUnavailable(f"no lightvmd on {path}") from None
-            raise DaemonUnavailable(f"cannot connect to lightvmd on {path}: {exc.strerror or exc}") from exc
-        return cls(sock, path)
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def send_raw(self, data: bytes) -> None:
-        self._sock.settimeout(5.0)
-        self._sock.sendall(data)
-
-    def read_line(self, timeout: float) -> bytes:
-        """One response line.
-
-        :raise ApiError: timeout, or the daemon hung up.
-        """
-        try:
-            line, self._buf = recv_line(self._sock, self._buf, Deadline(timeout))
-        except TimeoutError:
-            raise ApiError(f"lightvmd on {self.path} did not answer within {timeout:.1f} s") from None
-        except EOFError:
-            raise ApiError(f"lightvmd on {self.path} closed the connection") from None
-        except OSError as exc:
-            raise ApiError(f"lightvmd on {self.path}: {exc.strerror or exc}") from exc
-        return line
-
-    def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
-        """Send one request and return its ``result``.
-
-        :raise LightVMError: the daemon's error, re-raised as the same class.
-        :raise ApiError: timeout, a hang-up or a malformed response.
-        """
-        req_id = self._next
-        self._next += 1
-        msg = {"v": VERSION, "id": req_id, "op": op, "args": args or {}}
-        try:
-            self.send_raw(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
-        except OSError as exc:
-            raise ApiError(f"cannot send to lightvmd on {self.path}: {exc.strerror or exc}") from exc
-        line = self.read_line(timeout)
-        try:
-            reply = json.loads(line)
-        except ValueError:
-            raise ProtocolError(f"lightvmd sent a line that is not JSON: {line[:200]!r}") from None
-        if not isinstance(reply, dict) or reply.get("id") != req_id:
-            raise ProtocolError(f"lightvmd sent an unexpected response: {line[:200]!r}")
-        if reply.get("ok"):
-            return reply.get("result")
-        raise_error(reply.get("error"))
-        return None  # unreachable
-
-
 __all__ = [
     "IDLE_TIMEOUT",
     "MAX_REQUEST",
+    "SOCKET_NAME",
     "VERSION",
     "ApiError",
     "Client",
@@ -386,6 +259,7 @@ __all__ = [
     "Takeover",
     "UnknownOpError",
     "handle_line",
+    "raise_error",
     "serve_connection",
     "socket_path",
 ]

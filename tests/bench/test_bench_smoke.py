@@ -141,6 +141,24 @@ def test_split_smoke_daytime(images: Path, tmp_path: Path, clean_host: None) -> 
     assert scaling["ratio"] == pytest.approx(medians[-1] / medians[0])
 
 
+def test_cli_suite_smoke(images: Path, tmp_path: Path, clean_host: None) -> None:
+    """lightvm bench cli: every command ran to exit 0, each sample paired with a python3 -c pass,
+    the pooled create was a pool hit and the creates' READY is inside their wall time."""
+    from lightvm.bench.clistart import VARIANTS
+
+    run_suite("cli", smoke_opts(), tmp_path)
+    doc = check_results(tmp_path, "cli", {f"cli/{v}" for v in VARIANTS})
+    rows = {b["name"]: b for b in doc["benchmarks"]}
+    for variant in VARIANTS:
+        for sample in rows[f"cli/{variant}"]["samples"]:
+            assert sample["vs_python3"] == pytest.approx(sample["ms"] / sample["python3_ms"])
+            if variant.startswith("create"):
+                assert sample["cli_ms"] + sample["vm_ready_ms"] == pytest.approx(sample["ms"])
+    assert all(s["pool"] == 1.0 for s in rows["cli/create-pool"]["samples"])
+    assert "x python3" in doc["summary_table"] and doc["plots"] == ["cli.png", "cli.svg"]
+    assert all(b["metric"] == "vs_python3" and b["unit"] == "x" for b in rows.values())
+
+
 def test_boot_row_order() -> None:
     """--order n (default): every variant at one N before the next N; variant: as before.
     Only the table is built here (fleets start in the rows' set-up hooks)."""

@@ -1,0 +1,390 @@
+"""The CLI's thin path (lightvm/cli/thin.py): the same namespace as argparse for every form it
+takes, argparse for every other, and the same output, errors and exit status as the full
+path, through a lightvmd (a fake one serving the real protocol in a thread) or without one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from lightvm.cli import main as cli
+from lightvm.cli import thin
+from lightvm.daemon import api, proto
+from lightvm.errors import NotFoundError
+from lightvm.lineio import short_unix_path
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Every form here is one thin.parse takes; each must give argparse's namespace.
+TAKEN = [
+    ["list"],
+    ["list", "--json"],
+    ["--state-dir", "/x/", "list"],
+    ["--state-dir=./s", "list", "--json"],
+    ["list", "--state-dir", "//a/./b"],
+    ["--state-dir", "/a", "list", "--state-dir", "/b"],  # the last one wins, as in argparse
+    ["--state-dir", "list", "list"],
+    ["create", "x.toml"],
+    ["create", "--json", "./cfg/x.toml", "--name", "v", "--accel", "tcg", "-n", "3", "-j", "2"],
+    ["create", "x.toml", "--name=-v", "--count=2", "--timeout", "2.5", "--jobs=1"],
+    ["create", "x.toml", "--publish", "8080:80", "--publish=53:53/udp", "--accel=kvm"],
+    ["create", "", "--timeout", "inf"],
+    ["info", "a"],
+    ["info", "--json", "a", "--state-dir", "/s"],
+    ["destroy"],
+    ["destroy", "--all"],
+    ["destroy", "a", "b"],
+    ["destroy", "--all", "a", "b"],
+    ["destroy", "a", "b", "--all"],
+    ["shutdown", "a", "--keep", "--timeout", "1"],
+    ["pause", "--state-dir", "/x", "a", "b"],
+    ["unpause", "a"],
+]
+
+# Forms thin.parse leaves to argparse: help, versions, errors, and what it does not read.
+LEFT = [
+    [],
+    ["-h"],
+    ["--version"],
+    ["list", "-h"],
+    ["list", "--help"],
+    ["create", "x.toml", "--help"],
+    ["list", "--js"],  # argparse takes abbreviations; thin.parse does not
+    ["--state", "/x", "list"],
+    ["create"],
+    ["create", "a.toml", "b.toml"],
+    ["create", "x.toml", "-n5"],
+    ["create", "x.toml", "-n=5"],
+    ["create", "x.toml", "-n", "-1"],
+    ["create", "x.toml", "-n", "two"],
+    ["create", "x.toml", "--count="],
+    ["create", "x.toml", "--accel", "hvf"],
+    ["create", "x.toml", "--name"],
+    ["create", "x.toml", "--name", "-v"],
+    ["create", "x.toml", "--json=1"],
+    ["list", "extra"],
+    ["info"],
+    ["info", "-1"],
+    ["destroy", "a", "--all", "b"],
+    ["destroy", "--", "a"],
+    ["pause"],
+    ["pause", "a", "--state-dir", "/x", "b"],
+    ["console", "a"],
+    ["restore", "f"],
+    ["save", "a", "f"],
+    ["daemon", "status"],
+    ["network", "list"],
+    ["bench", "boot"],
+    ["--state-dir"],
+    ["--state-dir", "/x"],
+    ["nosuch"],
+]
+
+
+def _argparse(argv: list[str]) -> dict[str, Any]:
+    args = cli.build_parser(with_network=False).parse_args(argv)
+    return {k: os.fspath(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+@pytest.mark.parametrize("argv", TAKEN, ids=" ".join)
+def test_thin_gives_the_namespace_of_argparse(argv: list[str]) -> None:
+    got = thin.parse(argv)
+    assert got is not None, "a form the thin path should take"
+    want = _argparse(argv)
+    # argparse makes Paths of config and --state-dir; the commands take either
+    assert {k: os.fspath(Path(v)) if k in ("config", "state_dir") else v for k, v in vars(got).items()} == want
+
+
+@pytest.mark.parametrize("argv", LEFT, ids=lambda a: " ".join(a) or "(none)")
+def test_thin_leaves_the_rest_to_argparse(argv: list[str]) -> None:
+    assert thin.parse(argv) is None
+
+
+def _routed_subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser(with_network=False)
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {name: p for name, p in sub.choices.items() if name in thin.COMMANDS}
+
+
+def test_thin_knows_every_option_and_default_of_the_routed_commands() -> None:
+    """An option added to vm.register is one the thin path must learn (or leave alone)."""
+    subparsers = _routed_subparsers()
+    assert set(subparsers) == set(thin.COMMANDS)
+    for name, parser in subparsers.items():
+        options, operand, count, defaults = thin.COMMANDS[name]
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if not action.option_strings:
+                assert action.dest == operand and action.nargs == (None if count == 1 else count), name
+                continue
+            for flag in action.option_strings:
+                if flag == thin.STATE_DIR:
+                    continue
+                assert options[flag][0] == action.dest, (name, flag)
+            if action.dest in defaults:
+                assert defaults[action.dest] == action.default, (name, action.dest)
+            elif action.dest != "state_dir":
+                assert action.dest == "publish" and action.default == [], (name, action.dest)
+
+
+@pytest.mark.parametrize("root", ["/tmp/s", "/tmp/s/", "./s", "s/./t", "//a", "///a", "/", ".", "", "a/../b"])
+def test_socket_file_is_what_pathlib_prints(root: str) -> None:
+    assert proto.socket_file(root) == str(api.socket_path(Path(root)))
+    assert proto.pure_path(root) == str(Path(root))
+
+
+# ---------------------------------------------------------------- against a lightvmd
+
+
+class FakeDaemon:
+    """The real protocol (api.serve_connection) on STATE/lightvmd.sock, canned results."""
+
+    BOOT: ClassVar[dict[str, float | None]] = {
+        "qemu_up": None,
+        "resumed": 1.25,
+        "guest_entry": None,
+        "devices_up": 1.5,
+        "ready": 1.75,
+    }
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.many = 0  # list answers this many VMs more (a long output)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address, dirfd = short_unix_path(api.socket_path(state))  # a deep state dir: via /proc/self/fd
+        try:
+            self.sock.bind(address)
+        finally:
+            if dirfd is not None:
+                os.close(dirfd)
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            api.serve_connection(conn, self.handlers(), lambda line: None)
+
+    def handlers(self) -> dict[str, api.Handler]:
+        def record(op: str, result: Any) -> api.Handler:
+            def handler(args: dict[str, Any]) -> Any:
+                self.requests.append((op, args))
+                if args.get("name") == "ghost" or "ghost" in args.get("names", []):
+                    raise NotFoundError(f"no VM named 'ghost' in {self.state} (see `lightvm list`)")
+                return result(args) if callable(result) else result
+
+            return handler
+
+        vm = {"name": "a", "status": "running", "id": "1", "pid": 7, "accel": "tcg", "memory_mib": 4, "vcpus": 1,
+              "created": 1.0, "ready_ms": 1.75, "detail": ""}  # fmt: skip
+
+        def created(args: dict[str, Any]) -> list[dict[str, Any]]:
+            return [{"name": args["name"] or "noop", "id": "1", "accel": "tcg", "accel_reason": "requested",
+                     "pid": 7, "app": "noop", "network": None, "boot_ms": self.BOOT, "path": "pool"}]  # fmt: skip
+
+        self.vms = [vm, *({**vm, "name": f"vm{i}"} for i in range(self.many))]
+        return {
+            "list": record("list", lambda args: self.vms),
+            "info": record("info", {**vm, "boot_ms": self.BOOT, "guest": {"state": "READY"}}),
+            "create": record("create", created),
+            "destroy": record("destroy", lambda args: {"destroyed": args.get("names", ["a"])}),
+            "pause": record("pause", {"ms": 0.5}),
+            "unpause": record("unpause", {"ms": 0.25}),
+            "shutdown": record("shutdown", {"ms": 3.0}),
+        }
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(5)
+        api.socket_path(self.state).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[FakeDaemon]:
+    fake = FakeDaemon(tmp_path)
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def _run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], full: bool
+) -> tuple[int, str, str]:
+    """``lightvm ARGV`` in process, through the thin path or (``full``) the argparse one."""
+    with monkeypatch.context() as m:
+        if full:
+            m.setattr(thin, "parse", lambda argv: None)
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    # the one figure measured per run: create's "request -> READY reply N ms at the client"
+    return code, re.sub(r"reply [0-9.]+ ms", "reply N ms", out), err
+
+
+COMMANDS = [
+    ["list"],
+    ["list", "--json"],
+    ["info", "a"],
+    ["info", "a", "--json"],
+    ["info", "ghost"],
+    ["create", "examples/noop.toml", "--name", "web"],
+    ["create", "examples/noop.toml", "--json", "--accel", "tcg"],
+    ["destroy", "a", "b"],
+    ["destroy", "ghost"],
+    ["destroy"],
+    ["pause", "a", "b"],
+    ["unpause", "a"],
+    ["shutdown", "a", "--keep"],
+]
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=" ".join)
+def test_same_output_as_the_full_path(
+    daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    argv = ["--state-dir", str(daemon.state), *argv]
+    thin_run = _run(monkeypatch, capsys, argv, full=False)
+    thin_requests = list(daemon.requests)
+    daemon.requests.clear()
+    full_run = _run(monkeypatch, capsys, argv, full=True)
+    assert thin_run == full_run
+    assert thin_requests == daemon.requests  # the same requests, args and all
+    code, out, err = thin_run
+    if "ghost" in argv or argv[-1] == "destroy":
+        assert code == 1 and err.strip().splitlines()[-1].startswith("lightvm: error: ")
+    else:
+        assert code == 0 and out and f"via lightvmd ({daemon.state}/lightvmd.sock)" in err
+
+
+def test_a_state_dir_past_the_unix_socket_path_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deep = tmp_path / ("d" * 110)
+    deep.mkdir()
+    assert len(str(api.socket_path(deep))) > 107
+    fake = FakeDaemon(deep)
+    try:
+        code, out, err = _run(monkeypatch, capsys, ["--state-dir", str(deep), "list"], full=False)
+    finally:
+        fake.close()
+    assert code == 0 and out.startswith("NAME ") and f"via lightvmd ({deep}/lightvmd.sock)" in err
+
+
+def test_create_sends_the_config_as_an_absolute_path(
+    daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(REPO)
+    code, out, _ = _run(
+        monkeypatch, capsys, ["--state-dir", str(daemon.state), "create", "./examples//noop.toml"], False
+    )
+    assert code == 0 and "path: pool (lightvmd; request -> READY reply N ms at the client)" in out
+    ((op, args),) = daemon.requests
+    assert op == "create" and args["config"] == str((REPO / "examples" / "noop.toml").resolve())
+    assert args == {"name": None, "count": 1, "accel": "auto", "timeout": 10.0, "publish": [], "config": args["config"]}
+
+
+@pytest.mark.parametrize("argv", [["list"], ["list", "--json"], ["destroy", "nosuch"], ["info", "nosuch"]])
+def test_without_a_daemon_the_thin_path_works_one_shot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """No socket, or one nobody serves: this process does the work, as on the full path."""
+    argv = ["--state-dir", str(tmp_path), *argv]
+    for dead_socket in (False, True):
+        if dead_socket:
+            api.socket_path(tmp_path).touch()
+        thin_run = _run(monkeypatch, capsys, argv, full=False)
+        assert thin_run == _run(monkeypatch, capsys, argv, full=True)
+        assert "via lightvmd" not in thin_run[2]
+    assert (thin_run[0], thin_run[1]) in ((0, "no VMs\n"), (0, "[]\n"), (1, ""))
+
+
+def test_usage_errors_and_help_are_argparse_s(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, code in ((["create"], 2), (["list", "--help"], 0), (["create", "x", "-n", "two"], 2)):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["--state-dir", str(tmp_path), *argv])
+        assert info.value.code == code
+    assert "usage: lightvm list" in capsys.readouterr().out
+
+
+def test_the_thin_path_imports_no_parser(daemon: FakeDaemon) -> None:
+    """What makes it thin: a ``list`` through lightvmd imports neither argparse, the other
+    command groups, the bench harness, the toolstack, nor pathlib, typing or socket."""
+    code = (
+        "import sys; from lightvm.cli.main import main; rc = main(sys.argv[1:]); "
+        "heavy = ('argparse', 'pathlib', 'typing', 'dataclasses', 'subprocess', 'socket', 'lightvm.cli.parser', "
+        "'lightvm.cli.daemon', 'lightvm.bench.cli', 'lightvm.toolstack', 'lightvm.daemon.api', 'lightvm.util'); "
+        "print(rc, [m for m in heavy if m in sys.modules], file=sys.stderr)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LIGHTVM_NO_DAEMON"}
+    # -S: no site, whose .pth files (the editable install's finder) import pathlib themselves
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", code, "--state-dir", str(daemon.state), "list", "--json"],
+        capture_output=True, text=True, timeout=60, env={**env, "PYTHONPATH": str(REPO)}, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["name"] == "a"
+    assert proc.stderr.strip().splitlines()[-1] == "0 []"
+
+
+@pytest.mark.parametrize("argv", [["list"], ["list", "--json"], ["info", "ghost"], ["create", "examples/noop.toml"]])
+def test_the_command_ends_without_finalization_with_the_same_output(
+    daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """``python -m lightvm.cli`` (main as the command: it ends served commands with os._exit
+    after flushing) prints all of a long output, with the exit status of the in-process run."""
+    daemon.many = 3000
+    argv = ["--state-dir", str(daemon.state), *argv]
+    env = {k: v for k, v in os.environ.items() if k not in ("LIGHTVM_NO_DAEMON", "LIGHTVM_STATE_DIR")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightvm.cli", *argv], capture_output=True, text=True, timeout=60, env=env, cwd=REPO
+    )
+    monkeypatch.chdir(REPO)
+    code, out, err = _run(monkeypatch, capsys, argv, full=True)
+    assert (proc.returncode, re.sub(r"reply [0-9.]+ ms", "reply N ms", proc.stdout), proc.stderr) == (code, out, err)
+    assert code == (1 if "ghost" in argv else 0)
+    if argv[2] == "list":
+        assert len(out) > 3000 * 40  # every VM's line or object
+
+
+def test_only_a_command_lightvmd_served_skips_finalization(daemon: FakeDaemon, tmp_path: Path) -> None:
+    """An atexit handler tells: skipped after ``list`` through lightvmd, run after a one-shot
+    ``list`` (the toolstack may leave work for the interpreter's exit) and after a usage error."""
+    code = (
+        "import atexit, sys; atexit.register(lambda: print('finalized', file=sys.stderr)); "
+        "sys.argv[1:] = sys.argv[2:]; from lightvm.cli.main import main; sys.exit(main())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LIGHTVM_NO_DAEMON", "LIGHTVM_STATE_DIR")}
+    results = {}
+    for label, state in (("daemon", daemon.state), ("one-shot", tmp_path / "none"), ("usage", daemon.state)):
+        rest = ["list", "--js=x"] if label == "usage" else ["list"]
+        proc = subprocess.run(
+            [sys.executable, "-c", code, "lightvm", "--state-dir", str(state), *rest],
+            capture_output=True, text=True, timeout=60, env=env, cwd=REPO,
+        )  # fmt: skip
+        results[label] = (proc.returncode, "finalized" in proc.stderr)
+    assert results == {"daemon": (0, False), "one-shot": (0, True), "usage": (2, True)}
