@@ -157,14 +157,15 @@ def qemu_note() -> str | None:
     """
     from lightvm import hostfacts, qemubin
 
-    if os.environ.get(qemubin.ENV) or qemubin.slim_binary() is not None:
+    slim = qemubin.SLIM_QEMU
+    if os.environ.get(qemubin.ENV) or qemubin.slim_binary(slim) is not None:
         return None
     cache = hostfacts.load_cache()
-    if cache.get("qemu_note") == str(qemubin.SLIM_QEMU):
+    if cache.get("qemu_note") == str(slim):
         return None
-    cache["qemu_note"] = str(qemubin.SLIM_QEMU)
+    cache["qemu_note"] = str(slim)
     hostfacts.save_cache(cache)
-    return f"qemu: {qemubin.explain()} (said once; lightvm host check says more)"
+    return f"qemu: {qemubin.explain('microvm', slim=slim)} (said once; lightvm host check says more)"
 
 
 def print_qemu_note() -> None:

@@ -120,3 +120,18 @@ def test_cli_json_report(capsys: pytest.CaptureFixture[str], monkeypatch: pytest
     assert names[:3] == ["accel", "qemu", "guests"]
     assert {"ksm", "hugepages", "network", "bench: crun", "bench: libvirt", "bench: xenstore"} <= set(names)
     assert all(c["status"] in ("ok", "missing", "info") for c in doc["checks"])
+
+
+def test_debian_qemu_note_is_said_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from lightvm import qemubin
+    from lightvm.cli import vm
+
+    monkeypatch.delenv(qemubin.ENV, raising=False)
+    monkeypatch.setattr(qemubin, "SLIM_QEMU", tmp_path / "no-slim-build")
+    monkeypatch.setattr(qemubin, "slim_binary", lambda slim=None: None)
+    first = vm.qemu_note()
+    assert first is not None and "Debian's full build" in first and str(tmp_path / "no-slim-build") in first
+    assert vm.qemu_note() is None  # remembered in the cache dir
+    monkeypatch.setattr(qemubin, "slim_binary", lambda slim=None: "/x/qemu-system-x86_64")
+    monkeypatch.setattr(qemubin, "SLIM_QEMU", tmp_path / "another")
+    assert vm.qemu_note() is None  # a slim build runs: nothing to say
