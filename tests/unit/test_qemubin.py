@@ -85,7 +85,7 @@ def test_defaults_read_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_slim_path_is_the_repos_build() -> None:
     repo = Path(__file__).resolve().parents[2]
-    assert qemubin.SLIM_QEMU == repo / "qemu" / "build" / "current" / "qemu-system-x86_64"
+    assert repo / "qemu" / "build" / "current" / "qemu-system-x86_64" == qemubin.SLIM_QEMU
     assert (repo / "qemu" / "build.sh").is_file()
 
 

@@ -327,12 +327,8 @@ def ensure_shim(timeout: float = 120.0) -> Path:
     if SHIM.is_file() and SHIM.stat().st_mtime >= src.stat().st_mtime:
         return SHIM
     try:
-        subprocess.run(
-            ["make", "-s", "-C", str(SHIM_DIR), f"BUILD={SHIM.parent}"],
-            check=True,
-            capture_output=True,
-            timeout=timeout,
-        )
+        argv = ["make", "-s", "-C", str(SHIM_DIR), f"BUILD={SHIM.parent}"]
+        subprocess.run(argv, check=True, capture_output=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
         raise StoreError(f"building {SHIM} failed: {exc} {detail.decode(errors='replace')[-400:]}") from exc
