@@ -320,14 +320,12 @@ _OPS = {
 
 def ensure_shim(timeout: float = 120.0) -> Path:
     """The xenstore shim (:data:`SHIM`), built with make when missing or older than its source.
-
-    :raise StoreError: make or gcc failed (install gcc and make: scripts/bootstrap.sh).
-    """
+    :raise StoreError: make or gcc failed (install gcc and make: scripts/bootstrap.sh)."""
     src = SHIM_DIR / "xsshim.c"
     if SHIM.is_file() and SHIM.stat().st_mtime >= src.stat().st_mtime:
         return SHIM
+    argv = ["make", "-s", "-C", str(SHIM_DIR), f"BUILD={SHIM.parent}"]  # BUILD: the cache dir when installed
     try:
-        argv = ["make", "-s", "-C", str(SHIM_DIR), f"BUILD={SHIM.parent}"]
         subprocess.run(argv, check=True, capture_output=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
