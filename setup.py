@@ -34,6 +34,7 @@ SOURCES = {
     "tools/xsshim": ("Makefile", "*.c"),
     "noxs-virtio/include": ("*.h",),
     "noxs-virtio/lib": ("*.c", "*.h"),
+    "qemu": ("build.sh", "devices.mak"),  # `lightvm setup qemu` builds the slim QEMU with them
 }
 
 

@@ -17,9 +17,9 @@ The two layouts (see docs/install.md):
 
 Writable places are never in the data root (site-packages may be read-only): the cache
 dir (``$LIGHTVM_CACHE_DIR``, else ``$XDG_CACHE_HOME/lightvm``, else ``~/.cache/lightvm``)
-holds host facts, builds done on first use (the xenstore shim) and, for an installed
-package, the slim QEMU (``lightvm setup qemu`` is not written yet: ``LIGHTVM_QEMU`` names
-one). The state dir (running VMs) is :func:`lightvm.state.default_state_dir`.
+holds host facts, builds done on first use (the xenstore shim, Tinyx's) and, for an
+installed package, the slim QEMU (``lightvm setup qemu`` builds it there). The state dir
+(running VMs) is :func:`lightvm.state.default_state_dir`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent
 DATA_DIR_NAME = "_data"
 CACHE_ENV = "LIGHTVM_CACHE_DIR"
-SLIM_QEMU_REL = Path("qemu") / "build" / "current" / "qemu-system-x86_64"
 
 
 def checkout() -> Path | None:
@@ -111,10 +110,16 @@ def xsshim_build() -> Path:
     return tree / "tools" / "xsshim" / "build" if tree is not None else cache_dir() / "xsshim"
 
 
-def slim_qemu() -> Path:
-    """Where the slim QEMU (qemu/build.sh) would be: the checkout's qemu/build, else the cache."""
+def qemu_home() -> Path:
+    """The folder of qemu/build.sh, whose build/ it builds into: the checkout's qemu/, else the
+    cache dir's qemu/ (``lightvm setup qemu`` copies the shipped script there)."""
     tree = checkout()
-    return tree / SLIM_QEMU_REL if tree is not None else cache_dir() / "qemu" / "current" / "qemu-system-x86_64"
+    return tree / "qemu" if tree is not None else cache_dir() / "qemu"
+
+
+def slim_qemu() -> Path:
+    """Where the slim QEMU (qemu/build.sh) is looked for: ``qemu_home()/build/current/``."""
+    return qemu_home() / "build" / "current" / "qemu-system-x86_64"
 
 
 def noxs_sources() -> Path:

@@ -73,7 +73,4 @@ def explain(machine: str = "microvm", env: Mapping[str, str] | None = None, slim
         return f"Debian's full build: the slim build has no {machine_type(machine)} board"
     if slim_binary(slim) is not None:
         return f"the slim build ({slim})"
-    return (
-        f"Debian's full build (~17 ms slower to start): no slim build at {slim}; "
-        "build one with qemu/build.sh in a checkout (scripts/bootstrap.sh does), or name one with $LIGHTVM_QEMU"
-    )
+    return f"Debian's full build (~17 ms slower to start): no slim build at {slim}; lightvm setup qemu builds one"

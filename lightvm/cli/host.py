@@ -97,8 +97,7 @@ def check_qemu() -> Check:
         return Check("qemu", "missing", f"{found} does not run: {exc}", "apt-get install qemu-system-x86", True)
     why = qemubin.explain("microvm")
     if qemubin.slim_binary() is None and not os.environ.get(qemubin.ENV):
-        fix = "scripts/bootstrap.sh (builds qemu/build)" if paths.checkout() else None
-        return Check("qemu", "info", f"{found} ({version}): {why}", fix)
+        return Check("qemu", "info", f"{found} ({version}): {why}", "lightvm setup qemu")
     return Check("qemu", "ok", f"{found} ({version}): {why}")
 
 

@@ -163,6 +163,7 @@ def test_installed_wheel_boots_daytime_without_the_checkout(run: Runner, venv: P
                           cwd=run.work, timeout=RUN_TIMEOUT, check=True)  # fmt: skip
     assert seen.stdout.strip() == "False"
     assert (site / "lightvm" / "_data" / "images" / "build" / "daytime.elf").is_file()
+    assert (site / "lightvm" / "_data" / "qemu" / "build.sh").is_file()  # for lightvm setup qemu
 
     version = run("--version")
     assert re.fullmatch(r"lightvm \d+\.\d+\.\d+\S*\n", version.stdout), version.stdout

@@ -52,7 +52,7 @@ def test_installed_layout_reads_package_data_and_writes_the_cache(installed: Pat
     assert paths.cache_dir() == cache
     assert paths.xsshim_build() == cache / "xsshim"
     assert paths.tinyx_build() == cache / "tinyx"
-    assert paths.slim_qemu() == cache / "qemu" / "current" / "qemu-system-x86_64"
+    assert paths.slim_qemu() == cache / "qemu" / "build" / "current" / "qemu-system-x86_64"
     assert paths.tinyx_package() == installed.parent / "tinyx"
 
 
