@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightvm import jail as jailmod
 from lightvm.devices import blk
 from lightvm.errors import ExistsError, GuestError, LightVMError, StateError
 from lightvm.machine import MICROVM, Machine, MachineConfig, ProcessHandle
@@ -220,12 +221,16 @@ class Instance:
         ``-incoming defer``) and record its PID, start time and argv at once, with the
         devices prepared before. ``changes``: other MachineConfig fields."""
         self.step = "launch QEMU"
-        machine = Machine(machine_config(self.vmdir, self.record, extra_args=tuple(extra_args), **changes))
+        config = machine_config(self.vmdir, self.record, extra_args=tuple(extra_args), **changes)
+        jail = jailmod.allocate(self.record.id, config.binary)
+        self.undo.push("jail uid", jail.release)
+        machine = Machine(dataclasses.replace(config, jail_args=jail.args))
         with netns():
             machine.launch()
         self.undo.push("QEMU", machine.kill)
         self.machine = machine
         assert machine.process is not None
+        jail.hand_to(machine.process.pid, machine.process.start_time)
         # QEMU is initialising now (~20 ms); the host-side bookkeeping runs meanwhile.
         record = self.record
         record.pid, record.pid_start, record.argv = machine.process.pid, machine.process.start_time, machine.argv
@@ -290,6 +295,7 @@ def spawn_shell(
     nics: int = 0,
     state_root: Path | None = None,
     nic_mode: str = "tap",
+    disks: tuple[bool, ...] = (),
 ) -> Instance:
     """Spawn one shell QEMU for the VM ``spec`` (a VMSpec dict) in ``root/ID`` (NoXS
     region for ``devices`` entries), QMP negotiated; its record is named ID.
@@ -302,7 +308,8 @@ def spawn_shell(
     symlink ``console.out``), so the guest can be woken by a byte. ``nics``: that many
     virtio-net devices (lightvm/devices/shellnet.py), ``nic_mode`` ``tap`` (taps of the
     shell's own, made in ``state_root``'s networking context) or ``user`` (QEMU user
-    networking), recorded as the shell's ``vifs``.
+    networking), recorded as the shell's ``vifs``. ``disks``: that many virtio-blk devices
+    on placeholders (True: read-only), lightvm/devices/shellblk.py.
 
     :raise LightVMError: QEMU could not be started, or ``then`` failed.
     """
@@ -320,6 +327,10 @@ def spawn_shell(
         region = vm.create_region(devices)
         pipe = _make_console_pipe(vm.vmdir) if console_bell else None
         args, netns = vm.make_shell_nics(nics, nic_mode) if nics else ([], contextlib.nullcontext)
+        if disks:
+            from lightvm.devices import shellblk
+
+            args = [*args, *shellblk.shell_args(disks)]
         machine = vm.launch((*extra_args, *args), netns, name=f"pool-{shell_id}", console_pipe=pipe)
         if nics and nic_mode == "tap":
             # Pending again: an execute leases addresses under the VM's name before its
@@ -412,6 +423,9 @@ def destroy(vmdir: VMDir, state_root: Path | None, hard: bool = False) -> None:
         record = None
     if record is not None:
         kill_qemu(vmdir, record, hard)
+        uid = jailmod.uid_of(record.argv or [])
+        if uid is not None:
+            jailmod.release(uid)
         if state_root is not None and (record.devices.get("vifs") or record.devices.get("vifs_pending")):
             release_vifs(state_root, vmdir.name, record.devices)
         Path(record.noxs_path).unlink(missing_ok=True)

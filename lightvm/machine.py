@@ -87,6 +87,9 @@ class MachineConfig:
     console_pipe: Path | None = None
     initrd: Path | None = None  # a Linux guest's initramfs (lightvm/linux.py)
     tcg_cpu: str | None = None  # -cpu under TCG (None: QEMU's default); KVM always gets the host's
+    # The jail's -sandbox/-runas/-chroot (lightvm/jail.py): before -mon, so that the device
+    # arguments a checkpoint keeps (mobility/format.py device_args) never carry them.
+    jail_args: tuple[str, ...] = field(default=())
 
 
 def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
@@ -107,6 +110,7 @@ def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
         "-name", qemu_opt_escape(config.name),
         "-nodefaults",
         "-no-user-config",
+        *config.jail_args,
         "-display", "none",
         # Guest RAM from a memfd: shmem has 4 KiB pages here, while QEMU's default
         # anonymous RAM is madvised to THP and loading the kernel zeroes a 2 MiB page.

@@ -104,9 +104,18 @@ class QMPClient:
 
         :raise QMPError: if the fd cannot be sent or QEMU refuses it.
         """
+        self.wait(self.send_with_fd("getfd", {"fdname": fdname}, fd), timeout, "getfd")
+
+    def send_with_fd(self, command: str, arguments: dict[str, Any], fd: int) -> int:
+        """Queue ``command`` with ``fd`` attached (SCM_RIGHTS) and return its id, e.g.
+        ``add-fd``, whose reply names the fd set QEMU put it in (``/dev/fdset/N``: how a
+        jailed QEMU, which can open no host file, gets one: lightvm/jail.py).
+
+        :raise QMPError: if it cannot be sent.
+        """
         cmd_id = self._next_id
         self._next_id += 1
-        data = json.dumps({"execute": "getfd", "arguments": {"fdname": fdname}, "id": cmd_id}).encode() + b"\n"
+        data = json.dumps({"execute": command, "arguments": arguments, "id": cmd_id}).encode() + b"\n"
         try:
             self._sock.settimeout(DEFAULT_TIMEOUT)
             # The fd rides on the first byte; QEMU attaches it to the command parsed from this message.
@@ -114,10 +123,10 @@ class QMPClient:
             if sent < len(data):
                 self._sock.sendall(data[sent:])
         except OSError as exc:
-            raise QMPError(f"QMP getfd: cannot send: {exc.strerror or exc}") from exc
+            raise QMPError(f"QMP {command}: cannot send: {exc.strerror or exc}") from exc
         finally:
             self._sock.setblocking(False)
-        self.wait(cmd_id, timeout, "getfd")
+        return cmd_id
 
     def send_negotiate(self) -> int:
         """Queue ``qmp_capabilities``; may be sent before the greeting has arrived."""

@@ -36,6 +36,7 @@ BUILD_DEPS=(
     zlib1g-dev             # migration, -kernel loaders
     libfdt-dev             # x86_64 target needs FDT (microvm builds a device tree)
     libslirp-dev           # -netdev user
+    libseccomp-dev         # -sandbox: the jail's syscall filter (lightvm/jail.py)
 )
 
 # After Debian's configure-microvm (debian/rules), with TCG on and no display, audio,
@@ -57,6 +58,7 @@ CONFIGURE_FLAGS=(
     --enable-tcg
     --enable-kvm
     --enable-slirp
+    --enable-seccomp
     --enable-fdt=system
     --enable-malloc-trim
     --audio-drv-list=

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from lightvm.machine import MICROVM, MachineConfig, build_argv
 from lightvm.noxs import (
+    PAGE_SIZE,
     BootRecord,
     BootState,
     DevEntry,
@@ -48,8 +49,11 @@ from lightvm.noxs import (
     DevType,
     NoxsRegion,
     PageConfig,
+    Sysctl,
+    SysctlCtrl,
     VifConfig,
     VifCtrl,
+    XenbusState,
 )
 from lightvm.qemubin import qemu_binary
 from lightvm.qmp import QMPClient
@@ -357,6 +361,22 @@ class Guest:
         """
         assert self.proc is not None
         return self.proc.wait(timeout=timeout)
+
+    def power_off_cleanly(self, devices: int, timeout: float = 30.0) -> BootRecord:
+        """Ask for POWEROFF through the sysctl page and check the whole clean path: QEMU
+        exits with the guest's poweroff status, the boot record says HALTED, every one of
+        the ``devices`` frontends (sysctl first) is CLOSED and the guest acknowledged the
+        request in ``status_ack``. Returns the final boot record."""
+        assert self.region is not None
+        self.region.request(Sysctl.POWEROFF)
+        assert self.wait_exit(timeout=timeout) == EXIT_POWEROFF, self.console()
+        record = self.boot_record()
+        assert record.state == BootState.HALTED, record
+        for index in range(devices):
+            assert self.region.frontend_state(index) == XenbusState.CLOSED, index
+        ack_at = PAGE_SIZE + SysctlCtrl.status_ack.offset  # the sysctl control page is page 1
+        assert int.from_bytes(self.region.raw()[ack_at : ack_at + 4], "little") & Sysctl.POWEROFF
+        return record
 
     def console(self) -> str:
         try:

@@ -7,6 +7,8 @@ At configure time it marks the session:
 - ``LIGHTVM_SHM_DIR=/dev/shm/lvtest-<uuid>``: the product puts every NoXS file there
   (lightvm.state.shm_dir), so anything in it is this session's. Mode 1777 like /dev/shm
   (the rootless tests drop to nobody); removed at the end.
+- ``LIGHTVM_JAIL_DIR=/run/lvtest-jail-<uuid>``: the jail's empty root and per-VM uid
+  markers (lightvm/jail.py) of this session's QEMUs; removed at the end.
 
 Around each test, from the start of its setup to the end of its teardown, it takes a
 snapshot of what a lightvm test can leak and that is this session's for sure, however
@@ -23,6 +25,7 @@ many other pytest sessions run on the machine:
            taps and bridges (lv<hash>-N, lv-NET) cannot name a session: the tests make
            them inside a namespace of theirs, which is checked instead
   socket   a unix socket file under a state dir registered during the test (harness)
+  jail     a uid marker in the session's jail dir (a VM's uid not given back)
 
 Anything there after the test that was not there before it is a leak: the test gets an
 error at teardown naming each one, and the guard removes them (SIGKILL, unlink, ip link
@@ -55,6 +58,7 @@ import pytest
 SESSION_ENV = "LIGHTVM_TEST_SESSION"
 SHM_ENV = "LIGHTVM_SHM_DIR"  # lightvm.state.SHM_ENV (not imported: this plugin needs no lightvm)
 SHM_ROOT = Path("/dev/shm")
+JAIL_ENV = "LIGHTVM_JAIL_DIR"  # lightvm.jail.DIR_ENV
 NETNS_DIR = Path("/run/netns")
 GRACE_S = 3.0  # a process already killed may take a moment to exit
 # Session-long helpers Python itself may start: not a test's leak.
@@ -81,6 +85,7 @@ class LeakGuard:
         self.session_id = session_id or uuid.uuid4().hex
         self.marker = f"{SESSION_ENV}={self.session_id}\0".encode()
         self.shm_dir = SHM_ROOT / f"lvtest-{self.session_id}"
+        self.jail_dir = Path("/run") / f"lvtest-jail-{self.session_id}"
         self.pid = os.getpid()
         self.shm_mine = f"lvtest-{self.pid}-"  # tests/guestlib.py's regions
         self.name_re = re.compile(rf"^lv[a-z]*-?{self.pid}-")
@@ -93,7 +98,11 @@ class LeakGuard:
     # -- the session --
 
     def start(self) -> None:
-        for key, value in ((SESSION_ENV, self.session_id), (SHM_ENV, str(self.shm_dir))):
+        for key, value in (
+            (SESSION_ENV, self.session_id),
+            (SHM_ENV, str(self.shm_dir)),
+            (JAIL_ENV, str(self.jail_dir)),
+        ):
             self.saved_env[key] = os.environ.get(key)
             os.environ[key] = value
         self.shm_dir.mkdir()
@@ -106,6 +115,7 @@ class LeakGuard:
             leaks = self.settle(lambda: self.snapshot() - self.at_start)
             failed = self.clean(leaks)
             shutil.rmtree(self.shm_dir, ignore_errors=True)
+            shutil.rmtree(self.jail_dir, ignore_errors=True)
         finally:
             for key, value in self.saved_env.items():
                 if value is None:
@@ -117,7 +127,7 @@ class LeakGuard:
     # -- what exists now --
 
     def snapshot(self, state_dirs: list[Path] | None = None) -> set[Leak]:
-        found = self.processes() | self.noxs_files() | self.namespaces() | self.links()
+        found = self.processes() | self.noxs_files() | self.namespaces() | self.links() | self.jail_markers()
         if state_dirs is None:
             state_dirs = _state_dirs()
         return found | self.sockets(state_dirs)
@@ -158,6 +168,16 @@ class LeakGuard:
                 found.add(Leak("noxs", str(SHM_ROOT / name), f"NoXS file {SHM_ROOT / name}"))
         return found
 
+    def jail_markers(self) -> set[Leak]:
+        try:
+            names = os.listdir(self.jail_dir / "uids")
+        except OSError:
+            return set()
+        return {
+            Leak("jail", str(self.jail_dir / "uids" / n), f"jail uid marker {n} (a VM's uid not given back)")
+            for n in names
+        }
+
     def namespaces(self) -> set[Leak]:
         try:
             names = os.listdir(NETNS_DIR)
@@ -190,7 +210,7 @@ class LeakGuard:
         while any(leak.kind == "process" for leak in found) and time.monotonic() < deadline:
             time.sleep(0.05)
             found = leaks()
-        order = ("process", "socket", "noxs", "link", "netns")
+        order = ("process", "socket", "noxs", "jail", "link", "netns")
         return sorted(found, key=lambda leak: (order.index(leak.kind), leak.key))
 
     def clean(self, leaks: list[Leak]) -> list[str]:
@@ -201,7 +221,7 @@ class LeakGuard:
             try:
                 if leak.kind == "process":
                     self._kill(leak)
-                elif leak.kind == "noxs" or leak.kind == "socket":
+                elif leak.kind in ("noxs", "socket", "jail"):
                     path = Path(leak.key)
                     if path.is_dir() and not path.is_symlink():
                         shutil.rmtree(path)

@@ -31,11 +31,20 @@ as not run):
                        kept SSH connection and relay, the destination lightvmd's prepared
                        shell; timed at the client (request -> reply: guest running there,
                        source destroyed). ``qemu_downtime_ms`` is QEMU's own figure.
+* ``migrate-gap``      what a client sees (the migration demo's set-up, lightvm/bench/demo/):
+                       a daytime VM moved between two namespace hosts (sshd and lightvmd
+                       each, one shared L2 segment) while a client in a third namespace
+                       asks it the time every 10 ms; ``ms`` is the client's gap (longest
+                       time between two answers around the migration), with the
+                       migration's total, QEMU's downtime and bytes, and the client's
+                       failed queries (no answer within 1 s). Always the daytime guest,
+                       moving A -> B -> A ...; the N-1 fleet VMs run beside it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -51,7 +60,7 @@ if TYPE_CHECKING:
 
 REFERENCE = "save"
 LOCAL_OPS = ("save", "save-live", "restore", "restore-prepared", "migrate")
-SSH_OPS = ("restore-pool", "migrate-ssh", "migrate-ssh-warm")
+SSH_OPS = ("restore-pool", "migrate-ssh", "migrate-ssh-warm", "migrate-gap")
 OPS = LOCAL_OPS + SSH_OPS
 
 
@@ -65,6 +74,7 @@ class _Checkpoints:
         self._ssh: SshHost | None = None
         self._dest = Path(self._tmp.name) / "dest"  # lightvmd with prepared -incoming shells
         self._oneshot = Path(self._tmp.name) / "oneshot"  # migrate-receive's state dir (no daemon)
+        self._demo: Any = None  # lightvm.bench.demo.migrate.Demo, for migrate-gap (made at its first sample)
 
     def grow(self, n: int) -> None:
         if self.fleet is None:
@@ -77,6 +87,8 @@ class _Checkpoints:
         from lightvm.mobility.save import save
 
         assert self.fleet is not None, "grow() first"
+        if op == "migrate-gap":
+            return self._migrate_gap()
         ts = self.fleet.ts
         self.seq += 1
         name = f"ck{self.seq}"
@@ -195,6 +207,25 @@ class _Checkpoints:
             sample["ssh_ms"] = moved["ssh_ms"]
         return sample
 
+    def _migrate_gap(self) -> Sample:
+        from lightvm.bench.demo.migrate import Demo
+        from lightvm.bench.demo.segment import DemoError
+
+        if self._demo is None:
+            demo = Demo(Path(self._tmp.name) / f"lvdemo{os.getpid()}-bench", accel=self.opts.accel)
+            self._demo = demo.__enter__()  # (close() below exits it)
+        m = self._demo.migrate()
+        if m.gap_ms is None:
+            raise DemoError(f"migration {m.src} -> {m.dst}: the client got no answer after it")
+        return {
+            "ms": m.gap_ms,
+            "total_ms": m.total_ms,
+            "qemu_downtime_ms": m.downtime_ms,
+            "handover_ms": m.handover_ms,
+            "bytes": m.bytes,
+            "failed_queries": m.failed,
+        }
+
     def _migrate(self, name: str) -> Sample:
         # Live migration to a second state dir of this host over loopback TCP (no SSH):
         # migrate.migrate_local. ms = whole operation incl. the destination's QEMU spawn.
@@ -219,6 +250,9 @@ class _Checkpoints:
 
     def close(self) -> None:
         try:
+            if self._demo is not None:
+                demo, self._demo = self._demo, None
+                demo.__exit__(None, None, None)
             if self._ssh is not None:
                 self._ssh.close()  # the daemons first: they leave VMs running, destroyed below
                 self._ssh = None
@@ -282,6 +316,11 @@ def describe() -> dict[str, Any]:
                 "kind": "lightvm",
                 "doc": "migrate request to the source lightvmd: kept SSH link, destination lightvmd's prepared shell",
             },
+            "migrate-gap": {
+                "kind": "lightvm",
+                "doc": "daytime moved between two namespace hosts on one L2 segment (lightvm/bench/demo/): the gap a "
+                "client asking every 10 ms saw (ms), total_ms, qemu_downtime_ms, bytes, failed_queries",
+            },
             "migrate": {
                 "kind": "lightvm",
                 "doc": "migrate.migrate_local to another state dir over loopback TCP, no SSH (total_ms; "
@@ -290,7 +329,11 @@ def describe() -> dict[str, Any]:
         },
         "not_implemented": [
             "libvirt save/restore baseline",
-            *([f"restore-pool, migrate-ssh, migrate-ssh-warm: {why}"] if (why := _ssh_unavailable()) else []),
+            *(
+                [f"restore-pool, migrate-ssh, migrate-ssh-warm, migrate-gap: {why}"]
+                if (why := _ssh_unavailable())
+                else []
+            ),
         ],
         "reference": REFERENCE,
     }

@@ -48,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "(git describe, host, CPU, accel, QEMU version, every sample), summary.txt and PNG/SVG plots.",
     )
     p.add_argument(
-        "suite", choices=(*suite.SUITES, "replot"), metavar="SUITE",
-        help=f"one of {', '.join(suite.SUITES)}; or 'replot RESULTS.json' to redraw a run's plots",
+        "suite", choices=(*suite.SUITES, "burst", "replot"), metavar="SUITE",
+        help=f"one of {', '.join(suite.SUITES)}; 'burst' (creates against lightvmd's adaptive pool); "
+        "or 'replot RESULTS.json' to redraw a run's plots",
     )  # fmt: skip
     p.add_argument("results", nargs="?", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--vms", type=_int_list, default=None, help="N values, e.g. 1,10,100 (default 1,10,100)")
@@ -85,6 +86,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "during it (default 10 for boot; a negative value: never)",
     )  # fmt: skip
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.add_argument("--creates", type=int, default=10000, help="burst: creates in all (default 10000; smoke 40)")
+    p.add_argument("--initial-pool", type=int, default=4, help="burst: the pool's floor and start size (default 4)")
+    p.add_argument("--clients", type=int, default=1, help="burst: concurrent create -> destroy loops (default 1)")
+    p.add_argument(
+        "--pool-idle", type=float, default=3.0, metavar="SECONDS",
+        help="burst: the daemon's --pool-idle, how soon the grown pool shrinks after the burst (default 3)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_bench)
 
 
@@ -212,6 +220,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(path)
         return 0
 
+    if args.suite == "burst":
+        return _cmd_burst(args)
     opts = options(args)
     out = args.out or Path("bench-results") / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.suite}"
     path, results = run_suite(args.suite, opts, out, plots=not args.no_plots)
@@ -220,6 +230,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     failed = [r.name for r in results if r.error]
     if failed:
         print(f"lightvm: {len(failed)} benchmark(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_burst(args: argparse.Namespace) -> int:
+    """``lightvm bench burst``: one long run, not rows of iterations (lightvm/bench/burst.py)."""
+    import time
+
+    from lightvm import accel as accelmod
+    from lightvm.bench import burst, runner
+
+    accel = accelmod.select(args.accel).accel
+    creates = 40 if args.smoke else args.creates
+    options = {"creates": creates, "initial_pool": args.initial_pool, "clients": args.clients, "app": args.app}
+    meta = runner.metadata("burst", accel, {**options, "pool_idle_s": args.pool_idle})
+    doc = burst.bench(creates, args.initial_pool, args.clients, args.pool_idle, app=args.app, accel=accel)
+    out = args.out or Path("bench-results") / f"{time.strftime('%Y%m%d-%H%M%S')}-burst"
+    path = burst.write(doc, meta, out)
+    print(burst.report(doc))
+    print(f"results: {path}")
+    if not burst.ok(doc):
+        print("lightvm: burst: client errors, a leak, or the pool did not shrink back (see above)", file=sys.stderr)
         return 1
     return 0
 

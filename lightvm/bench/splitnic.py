@@ -12,6 +12,10 @@ quiet before each pool sample (untimed). Needs root (taps) and ``ip`` (the names
 
 ``--net user``: the same with QEMU user networking, each create publishing its port 13
 on a free local port (the pool path adds the forward over QMP at execute); no root.
+
+``--disk``: a VM with a disk instead of a NIC (images/apps/disk.c, READY after it read
+its first and last sectors), its image put under the shell's device at execute
+(lightvm/devices/shellblk.py); no root.
 """
 
 from __future__ import annotations
@@ -41,8 +45,17 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=IP_TIMEOUT)
 
 
-def _config(folder: Path, user: bool) -> Path:
+def _config(folder: Path, user: bool, disk: bool = False) -> Path:
     images = REPO / "images" / "build"
+    if disk:
+        image = folder / "disk.img"
+        image.write_bytes(os.urandom(256 * 512))
+        path = folder / "disk.toml"
+        path.write_text(
+            f'name = "disk"\nkernel = "{images / "disk.elf"}"\nfirmware = "{images / "lvfw.bin"}"\n'
+            f'memory = "4M"\nvcpus = 1\n[[disks]]\npath = "{image}"\nreadonly = true\n'
+        )
+        return path
     path = folder / "daytime-net.toml"
     path.write_text(
         f'name = "daytime"\nkernel = "{images / "daytime.elf"}"\nfirmware = "{images / "lvfw.bin"}"\n'
@@ -69,19 +82,21 @@ def _sample(fleet: SplitFleet, name: str, pool: bool, user: bool = False) -> dic
         "path": result["path"],
         "ready": boot.get("ready"),
         "devices_up": boot.get("devices_up"),
-        "net": result["network"],
+        "net": result.get("network") or f"app {result.get('app', '')}",
     }
 
 
-def run(iterations: int, warmup: int, user: bool = False) -> dict[str, Any]:
+def run(iterations: int, warmup: int, user: bool = False, disk: bool = False) -> dict[str, Any]:
     netns = f"lvbn-{uuid.uuid4().hex[:8]}"
-    if not user:
+    rootless = user or disk
+    if not rootless:
         _ip("netns", "add", netns)
     folder = tempfile.TemporaryDirectory(prefix="lightvm-bench-splitnic-")
     fleet: SplitFleet | None = None
     try:
-        if user:
-            fleet = SplitFleet(config=_config(Path(folder.name), user), env={"LIGHTVM_NET_MODE": "user"})
+        if rootless:
+            config = _config(Path(folder.name), user, disk)
+            fleet = SplitFleet(config=config, env={"LIGHTVM_NET_MODE": "user"})
         else:
             _ip("-n", netns, "link", "set", "lo", "up")
             env = {"LIGHTVM_NETNS": netns, "LIGHTVM_NET_MODE": "tap"}
@@ -103,7 +118,8 @@ def run(iterations: int, warmup: int, user: bool = False) -> dict[str, Any]:
                     samples[path].append(s)
         out: dict[str, Any] = {
             "accel": "tcg",
-            "net": "user" if user else "tap",
+            "net": "user" if user else "none" if disk else "tap",
+            "device": "disk" if disk else "vif",
             "iterations": iterations,
             "loadavg": os.getloadavg(),
         }
@@ -125,7 +141,7 @@ def run(iterations: int, warmup: int, user: bool = False) -> dict[str, Any]:
         if fleet is not None:
             fleet.close()
         folder.cleanup()
-        if not user:
+        if not rootless:
             subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=IP_TIMEOUT, check=False)
 
 
@@ -134,12 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--net", choices=("tap", "user"), default="tap", help="the vif's networking (default tap)")
+    p.add_argument("--disk", action="store_true", help="a VM with a read-only disk instead of a NIC")
     p.add_argument("--out", type=Path, help="write the JSON results here")
     args = p.parse_args(argv)
-    result = run(args.iterations, args.warmup, user=args.net == "user")
+    result = run(args.iterations, args.warmup, user=args.net == "user", disk=args.disk)
     pool, cold = result["pool"], result["cold"]
-    print(f"daytime with a NIC ({args.net}), request -> READY reply at the client "
-          f"(TCG, N={args.iterations} each, alternating):")  # fmt: skip
+    what = "the disk app with a read-only disk" if args.disk else f"daytime with a NIC ({args.net})"
+    print(f"{what}, request -> READY reply at the client (TCG, N={args.iterations} each, alternating):")
     print(f"  pool: median {pool['median_ms']:.2f} ms (min {pool['min_ms']:.2f}, max {pool['max_ms']:.2f}); "
           f"guest devices up {pool['devices_up_median_ms']:.2f}, READY {pool['ready_median_ms']:.2f} ms")  # fmt: skip
     print(f"  cold: median {cold['median_ms']:.2f} ms (min {cold['min_ms']:.2f}, max {cold['max_ms']:.2f}); "

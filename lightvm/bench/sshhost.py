@@ -1,5 +1,7 @@
 """A second "host" for the checkpoint benchmark: an sshd on loopback with its own host key,
-and lightvmd on two state dirs (the source's and the destination's).
+and lightvmd on two state dirs (the source's and the destination's). The migration demo
+(lightvm/bench/demo/) uses the same class for an sshd inside a network namespace (``netns``,
+``addr``): one host of its shared L2 segment each.
 
 Why loopback and not two network namespaces (as tests/root/test_migrate.py does): the
 benchmark measures what lightvm adds (SSH handshake, process starts, QEMU start, the
@@ -47,15 +49,32 @@ def _run(argv: list[str], timeout: float = 60.0) -> str:
 
 
 class SshHost:
-    """sshd on 127.0.0.1:PORT (keys and config in ``root``), and lightvmd helpers."""
+    """sshd on ADDR:PORT (keys and config in ``root``), and lightvmd helpers.
 
-    def __init__(self, root: Path) -> None:
+    By default on 127.0.0.1 and a free port of this namespace; with ``netns`` the sshd,
+    the lightvmds and every command of :meth:`start_daemon` run inside that network
+    namespace, listening on ``addr`` there. ``env`` goes to the daemons and to the
+    remote command (sshd passes no environment).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        addr: str = "127.0.0.1",
+        netns: str | None = None,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.addr = addr
+        self.netns = netns
+        self.port = port or _free_port()
+        self.env = dict(env or {})
         self.key = root / "id_ed25519"
         self.known_hosts = root / "known_hosts"
-        self.remote_command = f"{sys.executable} -m lightvm.cli"
+        prefix = ["env", *(f"{k}={v}" for k, v in sorted(self.env.items()))] if self.env else []
+        self.remote_command = " ".join([*prefix, sys.executable, "-m", "lightvm.cli"])
         self._sshd: subprocess.Popen[bytes] | None = None
         self._daemons: list[Path] = []
         self._made_run_sshd = False
@@ -68,19 +87,20 @@ class SshHost:
         authorized.write_text(Path(f"{self.key}.pub").read_text())
         cfg = self.root / "sshd_config"
         cfg.write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {hostkey}\nPidFile {self.root}/sshd.pid\n"
+            f"Port {self.port}\nListenAddress {self.addr}\nHostKey {hostkey}\nPidFile {self.root}/sshd.pid\n"
             f"AuthorizedKeysFile {authorized}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-            "ClientAliveInterval 1\nClientAliveCountMax 3\nLogLevel ERROR\n"
+            # INFO: "Server listening" tells a namespaced start is done (no connect from here)
+            f"ClientAliveInterval 1\nClientAliveCountMax 3\nLogLevel {'INFO' if self.netns else 'ERROR'}\n"
         )
         parts = Path(f"{hostkey}.pub").read_text().split()
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {parts[0]} {parts[1]}\n")
+        self.known_hosts.write_text(f"[{self.addr}]:{self.port} {parts[0]} {parts[1]}\n")
         if not Path("/run/sshd").exists():
             Path("/run/sshd").mkdir(mode=0o755)
             self._made_run_sshd = True
         log = self.root / "sshd.log"
         self._sshd = subprocess.Popen(
-            [str(SSHD), "-D", "-f", str(cfg), "-E", str(log)],
+            [*self._inside(), str(SSHD), "-D", "-f", str(cfg), "-E", str(log)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -89,6 +109,8 @@ class SshHost:
         def listening() -> bool:
             if self._sshd is not None and self._sshd.poll() is not None:
                 raise RuntimeError(f"sshd exited: {log.read_text() if log.exists() else ''}")
+            if self.netns:
+                return log.exists() and "Server listening" in log.read_text()
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                 return True
             return False
@@ -96,9 +118,18 @@ class SshHost:
         if not wait_until(listening, timeout=10.0):
             raise RuntimeError("sshd did not listen within 10 s")
 
+    def _inside(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
+
+    def lightvm(self, state_dir: Path, *args: str, timeout: float = 60.0) -> str:
+        """``lightvm --state-dir STATE_DIR ARGS`` on this host (in its namespace, with its env)."""
+        env = ["env", *(f"{k}={v}" for k, v in sorted(self.env.items()))] if self.env else []
+        argv = [*self._inside(), *env, sys.executable, "-m", "lightvm.cli", "--state-dir", str(state_dir), *args]
+        return _run(argv, timeout)
+
     def target_args(self, state_dir: Path) -> dict[str, Any]:
         return {
-            "target": "root@127.0.0.1",
+            "target": f"root@{self.addr}",
             "port": self.port,
             "known_hosts": str(self.known_hosts),
             "identity": str(self.key),
@@ -108,9 +139,8 @@ class SshHost:
 
     def start_daemon(self, state_dir: Path, accel: str, incoming_size: int) -> None:
         """``lightvm daemon start`` on ``state_dir`` (stopped by :meth:`close`)."""
-        argv = [sys.executable, "-m", "lightvm.cli", "--state-dir", str(state_dir), "daemon", "start"]
         self._daemons.append(state_dir)
-        _run([*argv, "--accel", accel, "--incoming-size", str(incoming_size)])
+        self.lightvm(state_dir, "daemon", "start", "--accel", accel, "--incoming-size", str(incoming_size))
 
     def close(self) -> None:
         for state_dir in self._daemons:

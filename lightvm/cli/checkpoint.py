@@ -140,9 +140,20 @@ def _register_migrate(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 def add_ssh_args(p: argparse.ArgumentParser) -> None:
     """[USER@]HOST and how to reach lightvm there (shared by ``migrate`` and ``daemon connect``)."""
     p.add_argument("target", metavar="[USER@]HOST")
-    p.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
+    p.add_argument("--port", type=int, help="SSH port (default: the SSH config's Port for HOST, else 22)")
     p.add_argument("--known-hosts", type=Path, help="known_hosts file (default: ~/.ssh/known_hosts)")
-    p.add_argument("--identity", type=Path, help="private key file (default: agent and ~/.ssh keys)")
+    p.add_argument(
+        "--identity",
+        type=Path,
+        help="private key file (default: the SSH config's IdentityFile for HOST, else the agent and ~/.ssh keys)",
+    )
+    p.add_argument(
+        "--ssh-config",
+        type=Path,
+        metavar="FILE",
+        help="OpenSSH client config whose Host aliases, HostName, User, Port and IdentityFile apply to HOST "
+        "(default: ~/.ssh/config when it exists)",
+    )
     p.add_argument(
         "--remote-command",
         default="lightvm",
@@ -153,12 +164,16 @@ def add_ssh_args(p: argparse.ArgumentParser) -> None:
 
 
 def target_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The API's target arguments (absolute paths: the daemon has its own working dir)."""
+    """The API's target arguments, the user's SSH config applied here (lightvmd may run as
+    another user) and paths absolute (the daemon has its own working dir)."""
+    from lightvm.mobility.sshconfig import resolve
+
+    where = resolve(args.target, args.port, args.identity, args.ssh_config)
     return {
-        "target": args.target,
-        "port": args.port,
+        "target": where.target,
+        "port": where.port,
         "known_hosts": str(args.known_hosts.resolve()) if args.known_hosts else None,
-        "identity": str(args.identity.resolve()) if args.identity else None,
+        "identity": str(where.identity.resolve()) if where.identity else None,
         "remote_command": args.remote_command,
         "remote_state_dir": args.remote_state_dir,
     }

@@ -23,6 +23,10 @@ from lightvm.util import proc_alive, tail, wait_until
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
+UNIT = Path(__file__).resolve().parent.parent / "daemon" / "lightvmd.service"
+
+# run and start: their parsers and the defaults --config files fill in (lightvm/cli/daemonconf.py)
+_CONFIGURABLE: dict[str, tuple[argparse.ArgumentParser, dict[str, Any]]] = {}
 
 DAEMON = (
     "lightvmd serves a JSON API on STATE/lightvmd.sock (mode 0600; 0660 with "
@@ -41,6 +45,13 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         ("start", "start detached and wait until the socket answers"),
     ):
         q = dsub.add_parser(action, parents=[parent], help=helptext)
+        q.add_argument(
+            "--config",
+            type=Path,
+            metavar="FILE",
+            help="TOML file of these options (keys: their long names, e.g. pool-size = 4); "
+            "the command line wins over it",
+        )
         q.add_argument("--group", help="let this group use the socket (mode 0660)")
         q.add_argument(
             "--pool",
@@ -50,8 +61,30 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
             metavar="CONFIG",
             help="keep prepared shells for this VM config's flavour (repeatable)",
         )
-        q.add_argument("--pool-size", type=int, default=4, metavar="N", help="shells per flavour (default 4)")
-        q.add_argument("--pool-max", type=int, default=64, metavar="N", help="shells in all (default 64)")
+        q.add_argument(
+            "--pool-size",
+            type=int,
+            default=4,
+            metavar="N",
+            help="shells per flavour at start and when idle; the pool grows above it with demand (default 4)",
+        )
+        q.add_argument(
+            "--pool-max", type=int, default=64, metavar="N", help="shells per flavour and in all at most (default 64)"
+        )
+        q.add_argument(
+            "--pool-idle",
+            type=float,
+            default=30.0,
+            metavar="SECONDS",
+            help="a grown pool shrinks back after this long below its peak demand (default 30)",
+        )
+        q.add_argument(
+            "--pool-parallel",
+            type=int,
+            default=0,
+            metavar="N",
+            help="shells prepared at once (default 0: one per core)",
+        )
         q.add_argument(
             "--pool-memory",
             type=int,
@@ -86,6 +119,19 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
             help="prepare -incoming QEMUs for this checkpoint file's kind from the start (repeatable)",
         )
         q.set_defaults(func=cmd_daemon_run if action == "run" else cmd_daemon_start)
+        from lightvm.cli import daemonconf
+
+        _CONFIGURABLE[action] = (q, daemonconf.take_defaults(q))
+    q = dsub.add_parser(
+        "unit",
+        parents=[parent],
+        help="print a systemd unit running this lightvm's daemon (Type=notify)",
+        description="Print lightvmd.service with ExecStart set to this Python and lightvm, "
+        "running `daemon run` with the given --config (and --state-dir). Redirect it to "
+        "/etc/systemd/system/lightvmd.service.",
+    )
+    q.add_argument("--config", type=Path, metavar="FILE", help="the daemon config file the service reads")
+    q.set_defaults(func=cmd_daemon_unit)
     q = dsub.add_parser(
         "connect",
         parents=[parent],
@@ -115,15 +161,42 @@ def _daemon_argv(args: argparse.Namespace, root: Path) -> list[str]:
         argv += ["--pool", str(Path(cfg).resolve())]
     argv += ["--pool-size", str(args.pool_size), "--pool-max", str(args.pool_max)]
     argv += ["--pool-memory", str(args.pool_memory), "--accel", args.accel, "--pool-variant", args.pool_variant]
+    argv += ["--pool-idle", str(args.pool_idle), "--pool-parallel", str(args.pool_parallel)]
     argv += ["--incoming-size", str(args.incoming_size)]
     for ckpt in args.incoming:
         argv += ["--incoming", str(Path(ckpt).resolve())]
     return argv
 
 
+def _configure(args: argparse.Namespace) -> None:
+    from lightvm.cli import daemonconf
+
+    parser, defaults = _CONFIGURABLE[args.daemon_command]
+    daemonconf.apply(args, parser, defaults)
+
+
+def unit_text(config: Path | None, state_dir: str | None) -> str:
+    """The service file with ExecStart for this interpreter's lightvm."""
+    import shlex
+
+    argv = [sys.executable, "-m", "lightvm.cli"]
+    if state_dir:
+        argv += ["--state-dir", str(Path(state_dir).resolve())]
+    argv += ["daemon", "run"]
+    if config is not None:
+        argv += ["--config", str(config.resolve())]
+    return UNIT.read_text().replace("@EXEC_START@", shlex.join(argv))
+
+
+def cmd_daemon_unit(args: argparse.Namespace) -> int:
+    sys.stdout.write(unit_text(args.config, getattr(args, "state_dir", None)))
+    return 0
+
+
 def cmd_daemon_run(args: argparse.Namespace) -> int:
     from lightvm.daemon.server import DaemonConfig, run
 
+    _configure(args)
     config = DaemonConfig(
         state_root=_state_root(args),
         group=args.group,
@@ -133,6 +206,8 @@ def cmd_daemon_run(args: argparse.Namespace) -> int:
         pool_memory_mib=args.pool_memory,
         accel=args.accel,
         pool_variant=args.pool_variant,
+        pool_idle_s=args.pool_idle,
+        pool_parallel=args.pool_parallel,
         incoming_size=args.incoming_size,
         incoming_files=[Path(p).resolve() for p in args.incoming],
     )
@@ -178,6 +253,7 @@ def cmd_daemon_start(args: argparse.Namespace) -> int:
     from lightvm.daemon import api
     from lightvm.daemon.server import LOG_NAME, read_pid
 
+    _configure(args)
     root = _state_root(args).resolve()
     running = read_pid(root)
     if running:
@@ -251,11 +327,19 @@ def cmd_daemon_status(args: argparse.Namespace) -> int:
     print(f"lightvmd: running, pid {info['pid']}, up {up:.0f} s, API v{info['v']}, {api.socket_path(root)}")
     pool = info.get("pool") or {}
     for f in pool.get("flavours", []):
-        print(f"  pool {f['flavour']}: {f['ready']} ready, {f['preparing']} preparing")
+        print(f"  pool {f['flavour']}: {f['ready']} ready, {f['preparing']} preparing, target {f.get('target', '-')}")
+        if "hits" in f:
+            rate = "-" if f["hit_rate"] is None else f"{f['hit_rate'] * 100:.1f} %"
+            print(
+                f"    hit rate {rate}: {f['hits']} hits, {f['waited']} after waiting for a shell, "
+                f"{f['misses']} misses; {f['demand_per_s']} creates/s, {f['refills_per_s']} refills/s "
+                f"({f['refill_ms']} ms each), {f['shrunk']} shrunk"
+            )
     if pool:
         print(
             f"  taken {pool['taken']}, missed {pool['missed']}, memory {pool['memory_committed_mib']}/"
-            f"{pool['memory_budget_mib']} MiB"
+            f"{pool['memory_budget_mib']} MiB, max {pool['max_shells']} shells, "
+            f"{pool.get('parallel', 1)} prepare(s) at once, idle {pool.get('idle_s', '-')} s"
         )
         if pool.get("last_path"):
             print(f"  last create: path: {pool['last_path']}")

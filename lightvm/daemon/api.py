@@ -29,14 +29,21 @@ Protocol, version 1:
                                                              "started", "pool": {...}}
    create      config* (absolute path of a TOML/JSON        [CreateResult + "path": "pool" or
                config), name, count, accel, timeout,        "cold" (+ "path_reason": why)]
-               publish [list], pool (bool, default true)    one per VM
+               publish [list], pool (bool, default true)    one per VM; a pool create also
+                                                            has "pool_take_ms" (its wait for
+                                                            a shell)
    list        -                                            [VMInfo]
    info        name*                                        {record, status, guest, ...}
    destroy     names* [list] or all (bool)                  {"destroyed": [names]}
    shutdown    name*, keep, timeout                         {"ms": float}
    pause       name*                                        {"ms": float}
    unpause     name*                                        {"ms": float}
-   pool        -                                            pool statistics
+   pool        -                                            pool statistics: per flavour
+                                                            ready, preparing, target, hits,
+                                                            waited, misses, hit_rate,
+                                                            demand_per_s, refills_per_s,
+                                                            refill_ms, shrunk (docs/lightvmd.md,
+                                                            "Adaptive pool")
    restore     file* (absolute path of a checkpoint),       RestoreResult + "path": "pool"
                name, timeout                                (a prepared -incoming shell) or
                                                             "cold"

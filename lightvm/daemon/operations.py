@@ -120,12 +120,12 @@ class Operations:
             for n in names:
                 shell = pool.take(spec, choice) if pool is not None else None
                 if shell is not None:
-                    from lightvm.daemon import pool as poolmod
+                    from lightvm.daemon.execute import execute_deferred
 
                     assert pool is not None
                     self._begin(n)
                     try:
-                        result, finish = poolmod.execute_deferred(
+                        result, finish = execute_deferred(
                             shell, self.state, spec, n, self._tsc_hz, t0, timeout, pool.net_context
                         )
                     except BaseException:
@@ -135,10 +135,11 @@ class Operations:
                         self._finish(n, finish)
                         finish = None
                     path, reason = "pool", ""
+                    take_ms: float | None = shell.take_ms
                 else:
                     reason = _cold_reason(pool, use_pool, spec, choice)
                     (result,) = self._toolstack(timeout).create(spec, name=n, count=1, accel=choice)
-                    path = "cold"
+                    path, take_ms = "cold", None
                 if self.pool is not None:
                     self.pool.last_path = f"{path} ({reason})" if reason else path
                 made.append(n)
@@ -147,6 +148,8 @@ class Operations:
                 entry["path"] = path
                 if reason:
                     entry["path_reason"] = reason
+                if take_ms is not None:  # waiting for a shell being prepared included (pool.TAKE_WAIT_S)
+                    entry["pool_take_ms"] = round(take_ms, 3)
                 entry["daemon_ms"] = round((time.perf_counter() - t0) * 1000, 3)  # handler start -> reply
                 out.append(entry)
                 t0 = time.perf_counter()
@@ -162,7 +165,7 @@ class Operations:
             return api.Deferred(out, lambda: self._finish(name0, deferred))
         return out
 
-    # A pool create answers at READY and completes its record right after (pool.py,
+    # A pool create answers at READY and completes its record right after (execute.py,
     # execute_deferred); operations on that name wait for it meanwhile.
 
     def _begin(self, name: str) -> None:

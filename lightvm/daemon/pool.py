@@ -1,14 +1,16 @@
 """Create shells: a create through lightvmd is only the "execute" half of one.
 
 Starting QEMU and running a guest to where it needs its config is most of a cold
-create, and none of it depends on the VM's identity. So it is done ahead of time, in
-the pool's refill thread (:class:`lightvm.daemon.shells.ShellPool`): *prepare* spawns
-one shell per flavour (kernel, firmware, memory, vCPUs, command line, accelerator), in
-``STATE/pool/ID/`` with the files of a VM folder. A create takes one and *executes*
-(:func:`execute_deferred`): writes the VM's identity into its NoXS page, wakes the
-guest, renames the folder to ``vms/NAME`` under the state lock while it boots (a kill -9
-at any point leaves either a shell, discarded by the next daemon, or a VM folder that
-destroy cleans), waits for READY. A shell serves once; a failed execute destroys it.
+create, and none of it depends on the VM's identity. So it is done ahead of time, by
+the pool's refill workers (:class:`lightvm.daemon.shells.ShellPool`): *prepare* spawns
+shells of each flavour (kernel, firmware, memory, vCPUs, command line, accelerator), as
+many as its demand needs (:mod:`lightvm.daemon.adaptive`), in ``STATE/pool/ID/`` with
+the files of a VM folder. A create takes one and *executes*
+(:func:`lightvm.daemon.execute.execute_deferred`): writes the VM's identity into its
+NoXS page, wakes the guest, renames the folder to ``vms/NAME`` under the state lock
+while it boots (a kill -9 at any point leaves either a shell, discarded by the next
+daemon, or a VM folder that destroy cleans), waits for READY. A shell serves once; a
+failed execute destroys it.
 
 A shell may have NICs, made at prepare and given to the VM at execute: taps of its own
 (the address from the network's allocator, the bridge and MTU set then) or QEMU user
@@ -39,16 +41,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightvm import jail
 from lightvm.daemon import pool_nics
+from lightvm.daemon.adaptive import DEFAULT_IDLE_S, AdaptivePolicy
 from lightvm.daemon.shells import POOL_DIR, SHELL_OVERHEAD_MIB, ShellPool
 from lightvm.errors import GuestError, LightVMError
-from lightvm.instance import adopt, destroy, ensure_free, spawn_shell
+from lightvm.instance import destroy, spawn_shell
 from lightvm.machine import Machine
 from lightvm.noxs import BootState, NoxsRegion, PageConfig, VifConfig
 from lightvm.spec import VMSpec
-from lightvm.state import StateDir, VMDir, VMRecord, VMStatus
-from lightvm.toolstack import CreateResult
-from lightvm.undo import UndoStack
+from lightvm.state import StateDir, VMDir, VMRecord
 from lightvm.util import wait_until
 
 if TYPE_CHECKING:
@@ -60,6 +62,9 @@ STOPPED = "stopped"  # the guest booted to its wait point, then its vCPUs were s
 VARIANTS = (PAUSED, WAITING, STOPPED)
 TO_WAIT_POINT = (WAITING, STOPPED)  # the variants whose guest boots to its wait point at prepare
 BELL_BYTE = b"\n"
+# A create that finds no ready shell waits at most this long for one being prepared
+# (shells.ShellPool._take): longer means that prepare is stuck, and the cold path is surer.
+TAKE_WAIT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class Flavour:
     nics: int = 0  # NICs, made at prepare; their bridge, address and forwards are the VM's, set at execute
     nic_mode: str = ""  # "tap" or "user" (with nics)
     initrd: str = ""  # a Linux guest's initramfs (a Tinyx image): one kernel serves many images
+    disks: tuple[bool, ...] = ()  # per disk: read-only? (fixed at prepare); the images are the VM's, set at execute
 
     @classmethod
     def of(cls, spec: VMSpec, accel: str, net_mode: str = "tap") -> Flavour:
@@ -89,12 +95,14 @@ class Flavour:
             nics=len(spec.vifs),
             nic_mode=vif_kind(spec.vifs[0], net_mode) if spec.vifs else "",
             initrd=os.path.normpath(os.path.abspath(spec.initrd)) if spec.initrd else "",
+            disks=tuple(d.readonly for d in spec.disks),
         )
 
     def label(self) -> str:
         nics = f"/{self.nics}{self.nic_mode}" if self.nics else ""
         image = f"+{Path(self.initrd).parent.name or Path(self.initrd).name}" if self.initrd else ""
-        return f"{Path(self.kernel).name}{image}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}{nics}"
+        disks = f"/{len(self.disks)}disk({','.join('ro' if ro else 'rw' for ro in self.disks)})" if self.disks else ""
+        return f"{Path(self.kernel).name}{image}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}{nics}{disks}"
 
     def cost_mib(self) -> int:
         return self.memory_mib + SHELL_OVERHEAD_MIB
@@ -114,13 +122,20 @@ def poolable(spec: VMSpec, net_mode: str = "tap") -> str | None:
     the daemon has (``tap`` with CAP_NET_ADMIN, else ``user``: lightvm/devices/net.py).
 
     Vifs are poolable, all taps (made at prepare, on a bridge at execute) or all user
-    networking (forwards added at execute): lightvm/devices/shellnet.py.
+    networking (forwards added at execute): lightvm/devices/shellnet.py. Disks too (a
+    placeholder at prepare, the image at execute): lightvm/devices/shellblk.py.
     """
-    if spec.disks:
-        return "disks"
     if len({vif_kind(v, net_mode) for v in spec.vifs}) > 1:
         return MIXED_NICS_REASON
+    if jail.layers_drop_root() and any(_host_port(p) < 1024 for v in spec.vifs for p in v.publish):
+        return "a published host port below 1024 (a shell's QEMU adds it after its jail dropped root)"
     return None
+
+
+def _host_port(publish: str) -> int:
+    """HOSTPORT of ``[addr:]HOSTPORT:GUESTPORT[/proto]`` (0 if unreadable: net.parse_publish says why)."""
+    parts = publish.split("/", 1)[0].rsplit(":", 2)
+    return int(parts[-2]) if len(parts) >= 2 and parts[-2].isdigit() else 0
 
 
 @dataclass
@@ -136,6 +151,7 @@ class Shell:
     bell: int | None = None  # write end of the console FIFO: the guest sleeps until a byte comes
     nics: list[PreparedVif] = field(default_factory=list)  # its NICs (shellnet.make_taps or user_nics)
     state_root: Path | None = None  # whose networks its taps join (with tap NICs)
+    take_ms: float = 0.0  # how long the create that took it waited for it (Pool.take)
 
     def ring(self) -> float:
         """Wake the guest asleep at its wait point (one byte into its console's receiver);
@@ -163,6 +179,9 @@ class Shell:
             with contextlib.suppress(LightVMError), net.NetContext.open(self.state_root) as ctx:
                 shellnet.delete_taps(taps, ctx)
         self.region.unlink()
+        uid = jail.uid_of(self.record.argv or [])
+        if uid is not None:
+            jail.release(uid)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -204,10 +223,11 @@ def prepare_create_shell(
         root,
         spec.to_dict(),
         flavour.accel,
-        devices=1 + flavour.nics,
+        devices=1 + flavour.nics + len(flavour.disks),
         console_bell=variant == WAITING,
         then=to_wait_point,
         nics=flavour.nics,
+        disks=flavour.disks,
         state_root=state_root,
         nic_mode=flavour.nic_mode or "tap",
     )
@@ -292,104 +312,12 @@ def _boot_to_wait_point(
     return False
 
 
-def execute_deferred(
-    shell: Shell,
-    state: StateDir,
-    spec: VMSpec,
-    name: str,
-    tsc_hz: int,
-    t0: float,
-    timeout: float,
-    net_context: pool_nics.NetContextFactory | None = None,
-) -> tuple[CreateResult, Callable[[], None]]:
-    """The execute phase: give ``shell`` the identity ``name`` and boot it to READY; the
-    bookkeeping is the returned ``finish()``. The shell is consumed whatever happens
-    (destroyed on failure).
-
-    Why deferred: the final record write replaces vm.json, and a rename over an existing
-    file on ext4 (auto_da_alloc; /run is ext4 on these hosts) costs 0.3-0.9 ms, a quarter
-    of the execute path. The daemon answers first and calls ``finish()`` right after; until
-    then the VM lists as ``creating`` (its marker), and destroy/info/pause of that name
-    wait for ``finish()`` (lightvm/daemon/server.py). A killed daemon leaves a complete enough
-    folder: the shell's record already names the PID and the NoXS file.
-
-    With NICs (lightvm/devices/shellnet.py), before the page is written: the shell's taps
-    join the VM's bridges and the addresses are leased under ``name`` (a failure releases
-    the leases and the discard deletes the taps), or the user netdevs get the VM's port
-    forwards (QMP; they go with the QEMU on failure).
-
-    :raise ExistsError: ``name`` is taken (the shell is discarded, never reused).
-    :raise GuestError: the guest failed to boot.
-    :raise NetworkError: the vifs' bridge or network is missing or full (also SpecError).
-    """
-    from lightvm.boot import boot
-
-    vm_uuid = uuidlib.uuid4()
-    target = state.vms_root / name
-    machine = shell.machine
-    undo = UndoStack()
-    vifs: list[PreparedVif] = []
-
-    def claim() -> None:
-        # While the guest boots: the folder becomes the VM's, under the state lock (a
-        # one-shot create may have taken the name since the check below).
-        if shell.folder.parent != state.vms_root:
-            shell.folder = adopt(state, shell.folder, name, machine).path
-
-    try:
-        ensure_free(state, name)  # the usual refusal, before the guest ever sees the name
-        page = PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=not spec.is_linux)
-        if shell.nics:
-            # The name first (~0.1 ms more on this path): an address is leased under a
-            # name that is ours (a one-shot create of the same name asking the allocator
-            # for its vif would be handed the same lease, and our undo would release it),
-            # and a kill -9 from here on leaves vms/NAME, whose destroy finds the lease.
-            claim()
-            vifs = pool_nics.hand_over(shell.nics, machine, shell.state_root, spec.vifs, name, net_context, undo)
-            page.vifs = pool_nics.page_vifs(vifs, shell.nics)
-        shell.region.write_config(page)
-        woken_at = shell.ring() if shell.bell is not None else None
-        times, boot_record = boot(machine, shell.region, t0, timeout, woken_at, meanwhile=claim)
-        if shell.waited:
-            times.guest_entry = None  # the guest entered at prepare time, not in this create
-    except BaseException:
-        undo.unwind()  # the leases
-        shell.discard()
-        raise
-    undo.commit()
-    summary = pool_nics.summary(vifs)
-    created, age_s, boot_ms = time.time(), round(time.monotonic() - shell.prepared_at, 3), times.as_dict()
-    record = shell.record
-
-    def finish() -> None:
-        # The record is completed here, after the reply: only what the reply says is
-        # computed before it.
-        try:
-            record.name = name
-            record.uuid = str(vm_uuid)
-            record.created = created
-            record.spec = spec.with_name(name).to_dict() if spec.name != name else spec.to_dict()
-            record.state = VMStatus.RUNNING.value
-            record.boot_ms = boot_ms
-            record.devices["pool"] = {"shell": shell.id, "age_s": age_s}
-            if vifs:  # the VM's vifs now: destroy releases their leases and taps
-                record.argv = pool_nics.record_vifs(record.devices, record.argv, vifs, shell.nics)
-            vmdir = VMDir(target)
-            vmdir.write(record)
-            vmdir.mark_created()
-        except OSError:
-            pass  # destroyed meanwhile (a one-shot destroy does not wait for us): nothing to record
-        finally:
-            shell.close_bell()
-            machine.release()
-            shell.region.close()
-
-    return CreateResult(name, record.id, record.accel, boot_ms, record.pid or 0, boot_record.app, summary), finish
-
-
 class Pool(ShellPool[Flavour, Shell]):
-    """Create shells for a set of flavours: at most ``size`` per flavour, ``max_shells`` in
-    all, their worst-case memory (:meth:`Flavour.cost_mib`) within ``memory_budget_mib``."""
+    """Create shells for a set of flavours, as many of each as its demand needs
+    (:class:`lightvm.daemon.adaptive.AdaptivePolicy`): at least ``size`` per flavour,
+    at most ``max_shells`` per flavour and in all, their worst-case memory
+    (:meth:`Flavour.cost_mib`) within ``memory_budget_mib``; ``parallel`` prepares at
+    once; a target above its floor falls back after ``idle_s`` s below its peak."""
 
     def __init__(
         self,
@@ -400,6 +328,9 @@ class Pool(ShellPool[Flavour, Shell]):
         memory_budget_mib: int = 2048,
         log: Callable[[str], None] = lambda _msg: None,
         variant: str = WAITING,
+        idle_s: float = DEFAULT_IDLE_S,
+        parallel: int | None = None,
+        take_wait_s: float = TAKE_WAIT_S,
     ) -> None:
         if variant not in VARIANTS:
             raise LightVMError(f"pool variant {variant!r}: one of {', '.join(VARIANTS)}")
@@ -420,6 +351,8 @@ class Pool(ShellPool[Flavour, Shell]):
         self._shells = {f: deque() for f in self.flavours}
         self._preparing = dict.fromkeys(self.flavours, 0)
         self._paused_only: set[Flavour] = set()
+        self.policy: AdaptivePolicy[Flavour] = AdaptivePolicy(self.size, self.max_shells, idle_s, parallel)
+        self.take_wait_s = max(0.0, take_wait_s)
 
     def why_cold(self, spec: VMSpec, accel: str) -> str:
         """Why a create of ``spec`` took the cold path (after :meth:`take` gave no shell)."""
@@ -469,7 +402,11 @@ class Pool(ShellPool[Flavour, Shell]):
         """
         if poolable(spec, self.net_mode):
             return None
-        return self._take(Flavour.of(spec, accel, self.net_mode))
+        t0 = time.perf_counter()
+        shell = self._take(Flavour.of(spec, accel, self.net_mode), self.take_wait_s)
+        if shell is not None:
+            shell.take_ms = (time.perf_counter() - t0) * 1000
+        return shell
 
     def wait_full(self, timeout: float) -> bool:
         """Wait until every flavour has its shells (or the bounds stop it); True if so."""
@@ -488,6 +425,8 @@ class Pool(ShellPool[Flavour, Shell]):
             return {
                 "size": self.size,
                 "max_shells": self.max_shells,
+                "idle_s": self.policy.idle_s,
+                "parallel": self.policy.parallel,
                 "memory_budget_mib": self.memory_budget_mib,
                 "memory_committed_mib": self._committed_mib(),
                 "variant": self.variant,
@@ -497,6 +436,7 @@ class Pool(ShellPool[Flavour, Shell]):
                         "ready": len(q),
                         "preparing": self._preparing[f],
                         "variant": self._variant_of(f),
+                        **self.policy.stats(f),
                     }
                     for f, q in self._shells.items()
                 ],
@@ -514,20 +454,36 @@ class Pool(ShellPool[Flavour, Shell]):
     def _refills(self) -> bool:
         return bool(self.flavours and self.size)
 
+    def _workers(self) -> int:
+        return self.policy.parallel
+
     def _next(self) -> Flavour | None:
-        """The emptiest flavour below its size that the bounds allow one more shell of."""
-        best: Flavour | None = None
-        best_have = self.size
-        for f in self._shells:
-            have = self._have(f)
-            if have >= best_have:
-                continue
-            if self._count() + 1 > self.max_shells:
-                return None
-            if self._committed_mib() + f.cost_mib() > self.memory_budget_mib:
-                continue
-            best, best_have = f, have
-        return best
+        """The flavour furthest below its target that the bounds allow one more shell of
+        (the policy's plan; the number of refill workers bounds the prepares at once)."""
+        have = {f: (len(q), self._preparing[f]) for f, q in self._shells.items()}
+        cost = {f: f.cost_mib() for f in self._shells}
+        plan = self.policy.plan(have, cost, self.memory_budget_mib, self.max_shells)
+        return plan[0] if plan else None
+
+    def _took(self, flavour: Flavour, hit: bool, waited: bool) -> None:
+        if flavour in self._shells:
+            self.policy.on_take(flavour, hit, waited)
+
+    def _prepared(self, flavour: Flavour, seconds: float) -> None:
+        self.policy.on_prepared(flavour, seconds)
+
+    def _surplus(self) -> list[Shell]:
+        """Ready shells above their flavour's target, oldest first (the queue's left end)."""
+        out: list[Shell] = []
+        for f, q in self._shells.items():
+            extra = self.policy.surplus(f, len(q), self._preparing[f])
+            if extra:
+                out += [q.popleft() for _ in range(extra)]
+                self.policy.on_shrunk(f, extra)
+                self.log(
+                    f"pool: {f.label()}: idle, {extra} surplus shell(s) destroyed (target {self.policy.target(f)})"
+                )
+        return out
 
     def _variant_of(self, flavour: Flavour) -> str:
         return PAUSED if flavour in self._paused_only else self.variant
@@ -574,7 +530,6 @@ __all__ = [
     "Pool",
     "Shell",
     "discard_orphans",
-    "execute_deferred",
     "poolable",
     "prepare_create_shell",
 ]

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightvm.daemon import api
+from lightvm.daemon import api, sdnotify
 from lightvm.daemon.operations import Operations
 from lightvm.daemon.pool import Pool, poolable
 from lightvm.daemon.restore_pool import IncomingFlavour, IncomingPool
@@ -75,6 +75,8 @@ class DaemonConfig:
     pool_memory_mib: int = 2048
     accel: str = "auto"
     pool_variant: str = "waiting"
+    pool_idle_s: float = 30.0  # a grown pool falls back after this long below its peak (adaptive.py)
+    pool_parallel: int = 0  # prepares at once; 0: one per core
     incoming_size: int = 1  # prepared -incoming shells per known checkpoint flavour (0: none)
     incoming_files: list[Path] = field(default_factory=list)  # checkpoints whose flavour to prepare at start
 
@@ -158,6 +160,8 @@ class Daemon(Operations):
             memory_budget_mib=self.config.pool_memory_mib,
             log=self.log,
             variant=self.config.pool_variant,
+            idle_s=self.config.pool_idle_s,
+            parallel=self.config.pool_parallel or None,
         )
         self.pool.start()  # discards a killed predecessor's shells first
         self.incoming = IncomingPool(self.state, self.config.incoming_size, log=self.log)
@@ -176,6 +180,11 @@ class Daemon(Operations):
         )
         flavours = self.pool.stats()["flavours"]
         self.log(f"serving {api.socket_path(self.state.root)} (pid {os.getpid()}); pool {flavours}")
+        shells = ", ".join(f["flavour"] for f in flavours) or "none"
+        status = f"serving {api.socket_path(self.state.root)}; pools: {shells}"
+        why = sdnotify.notify(ready=1, mainpid=os.getpid(), status=status)
+        if why:
+            self.log(why)
 
     def _bind(self) -> None:
         path = api.socket_path(self.state.root)
@@ -265,6 +274,7 @@ class Daemon(Operations):
         """
         if self._lock_fd is None:
             return
+        sdnotify.notify(stopping=1, status="stopping: finishing requests, discarding prepared shells")
         if self._listener is not None:
             self._listener.close()
             self._listener = None

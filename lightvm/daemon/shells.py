@@ -8,8 +8,12 @@ and its rules are easy to get subtly wrong twice, so they live here once:
 * a take removes a live shell from its flavour's queue (a dead one is discarded) and
   marks the pool busy until :meth:`ShellPool.done`: the refill never spawns a QEMU while
   a take is in flight (its start-up would steal the CPU the booting guest needs);
-* one background thread refills, never holding the pool lock while it spawns, so a take
-  waits on nothing but its own guest;
+* background refill workers (one by default; the create pool runs one per core) each
+  prepare one shell at a time, never holding the pool lock while they spawn, so a take
+  waits on nothing but its own guest (or, with ``wait_s``, on a shell already being
+  prepared when none is ready);
+* a pool may give back surplus shells (:meth:`ShellPool._surplus`): the workers destroy
+  them outside the lock;
 * a failed prepare is retried after :data:`RETRY_AFTER_FAILURE` seconds, and never
   kills the daemon;
 * stop discards every shell (QEMU, NoXS file, folder).
@@ -21,6 +25,7 @@ and what a shell of a flavour costs; the pool does the rest.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
@@ -78,10 +83,11 @@ class ShellPool(Generic[F, S]):
         self.log = log
         self._shells: dict[F, deque[S]] = {}
         self._preparing: dict[F, int] = {}
+        self._waiting: dict[F, int] = {}  # takes waiting for a shell being prepared
         self._cond = threading.Condition()
         self._busy = 0
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.stats_taken = 0
         self.stats_missed = 0
         self.stats_prepared = 0
@@ -115,21 +121,40 @@ class ShellPool(Generic[F, S]):
         """Whether a refill thread is worth starting."""
         return bool(self.size)
 
+    def _workers(self) -> int:
+        """Refill threads: prepares that may run at once."""
+        return 1
+
+    def _took(self, flavour: F, hit: bool, waited: bool) -> None:
+        """A take of ``flavour`` got a shell (``hit``; after waiting for one: ``waited``) or
+        none (under the pool lock)."""
+
+    def _prepared(self, flavour: F, seconds: float) -> None:
+        """A shell of ``flavour`` took ``seconds`` to prepare (under the pool lock)."""
+
+    def _surplus(self) -> list[S]:
+        """Shells to destroy now, removed from their queues (under the pool lock)."""
+        return []
+
     # -- lifetime --
 
     def start(self) -> None:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self._refills():
-            self._thread = threading.Thread(target=self._refill_loop, name=self.thread_name, daemon=True)
-            self._thread.start()
+            for i in range(self._workers()):
+                name = self.thread_name if i == 0 else f"{self.thread_name}-{i}"
+                thread = threading.Thread(target=self._refill_loop, name=name, daemon=True)
+                self._threads.append(thread)
+                thread.start()
 
     def stop(self) -> None:
         """Stop refilling and discard every prepared shell (their QEMUs, NoXS files, folders)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=30.0)
+        end = time.monotonic() + 30.0
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, end - time.monotonic()))
         with self._cond:
             shells = [s for q in self._shells.values() for s in q]
             for q in self._shells.values():
@@ -139,20 +164,45 @@ class ShellPool(Generic[F, S]):
 
     # -- take side --
 
-    def _take(self, flavour: F) -> S | None:
+    def _take(self, flavour: F, wait_s: float = 0.0) -> S | None:
         """A live shell of ``flavour`` (removed from the pool), or None. With a shell, the
-        pool is busy (no refill spawns) until :meth:`done`."""
+        pool is busy (no refill spawns) until :meth:`done`.
+
+        With none ready but one being prepared that no other take waits for, wait up to
+        ``wait_s`` for it: that shell's QEMU is already up and booting, so it arrives
+        sooner than a cold create would, and a cold create would be one more QEMU start
+        competing for the CPU the refills need (docs/lightvmd.md, "Adaptive pool").
+        """
+        end = None
         with self._cond:
             queue = self._shells.get(flavour)
-            while queue:
-                shell = queue.popleft()
-                if shell.machine.is_running():
-                    self.stats_taken += 1
-                    self._busy += 1  # in the same critical section: the refill cannot slip in
-                    return shell
-                self.log(f"{self.name}: shell {shell.id} died while waiting; discarded")
-                threading.Thread(target=shell.discard, daemon=True).start()
+            waited = False
+            while True:
+                while queue:
+                    shell = queue.popleft()
+                    if shell.machine.is_running():
+                        self.stats_taken += 1
+                        self._busy += 1  # in the same critical section: the refill cannot slip in
+                        self._took(flavour, True, waited)
+                        return shell
+                    self.log(f"{self.name}: shell {shell.id} died while waiting; discarded")
+                    threading.Thread(target=shell.discard, daemon=True).start()
+                if queue is None or wait_s <= 0 or self._stopping:
+                    break
+                if self._preparing.get(flavour, 0) <= self._waiting.get(flavour, 0):
+                    break  # every shell on its way is someone else's
+                end = end if end is not None else time.monotonic() + wait_s
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                waited = True
+                self._waiting[flavour] = self._waiting.get(flavour, 0) + 1
+                try:
+                    self._cond.wait(left)
+                finally:
+                    self._waiting[flavour] -= 1
             self.stats_missed += 1
+            self._took(flavour, False, False)
             self._cond.notify_all()
         return None
 
@@ -181,17 +231,27 @@ class ShellPool(Generic[F, S]):
     # -- refill side --
 
     def _refill_loop(self) -> None:
+        """One refill worker (there are :meth:`_workers` of them): prepare what
+        :meth:`_next` says, one shell at a time; destroy what :meth:`_surplus` says."""
         while True:
+            surplus: list[S] = []
             with self._cond:
                 while not self._stopping and (self._busy or self._next() is None):
+                    surplus = self._surplus()
+                    if surplus:
+                        break
                     self._cond.wait(0.5)
                 if self._stopping:
                     return
-                flavour = self._next()
-                if flavour is None:
-                    continue
-                self._preparing[flavour] = self._preparing.get(flavour, 0) + 1
+                flavour = None if surplus else self._next()
+                if flavour is not None:
+                    self._preparing[flavour] = self._preparing.get(flavour, 0) + 1
+            for old in surplus:  # outside the lock: a kill and a folder removal each
+                old.discard()
+            if flavour is None:
+                continue
             shell: S | None = None
+            started = time.monotonic()
             try:
                 shell = self._prepare(flavour)
             except Exception as exc:  # the daemon must outlive a broken flavour
@@ -210,6 +270,7 @@ class ShellPool(Generic[F, S]):
                 else:
                     self._shells[flavour].append(shell)
                     self.stats_prepared += 1
+                    self._prepared(flavour, time.monotonic() - started)
                 self._cond.notify_all()
             if discard is not None:
                 discard.discard()

@@ -106,6 +106,10 @@ def test_checkpoint_smoke(images: Path, tmp_path: Path, clean_host: None) -> Non
     for sample in rows["checkpoint/migrate-ssh-warm/n=2"]["samples"]:
         # the kept link (no handshake) and the destination's prepared shell
         assert "ssh_ms" not in sample and sample["pool_hit"] == 1 and sample["ms"] >= sample["total_ms"] > 0
+    for n in VMS:
+        for sample in rows[f"checkpoint/migrate-gap/n={n}"]["samples"]:
+            # the client saw the VM move (a gap over its 10 ms period, under its 1 s timeout), lost no query
+            assert sample["failed_queries"] == 0 and 0 < sample["ms"] < 1000 and sample["bytes"] > 4096
 
 
 def checkpoint_ops() -> tuple[str, ...]:
@@ -114,7 +118,7 @@ def checkpoint_ops() -> tuple[str, ...]:
     a row missing here is a failure, not a host without SSH."""
     from lightvm.bench import checkpoint
 
-    assert set(checkpoint.OPS) >= {"restore-pool", "migrate-ssh", "migrate-ssh-warm"}
+    assert set(checkpoint.OPS) >= {"restore-pool", "migrate-ssh", "migrate-ssh-warm", "migrate-gap"}
     return checkpoint.OPS
 
 

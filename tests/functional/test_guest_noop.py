@@ -47,14 +47,7 @@ def test_ready_then_clean_poweroff(images: Path) -> None:
         log = g.wait_console("READY noop\n")
         assert log.startswith("lightvm-guest: noop booting\n")
 
-        g.region.request(Sysctl.POWEROFF)
-        assert g.wait_exit(timeout=20) == EXIT_POWEROFF
-        br = g.boot_record()
-        assert br.state == BootState.HALTED
-        assert g.region.frontend_state(0) == XenbusState.CLOSED
-        assert g.region.frontend_state(1) == XenbusState.CLOSED
-        ack = int.from_bytes(g.region.raw()[4096 + 2048 : 4096 + 2052], "little")
-        assert ack & Sysctl.POWEROFF
+        g.power_off_cleanly(devices=2, timeout=20)
         lines = g.console_lines()
         assert lines[-1] == "POWEROFF"
         assert "READY noop" in lines

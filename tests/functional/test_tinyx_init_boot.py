@@ -211,14 +211,7 @@ def test_http_app_ready_on_its_vif_then_poweroff(kernel: Path, parts: tuple[byte
         time.sleep(1.5)  # the init copies the NIC's counters about once a second
         assert vif_counter(g, "rx_packets") > 0 and vif_counter(g, "tx_packets") > 0
 
-        g.region.request(Sysctl.POWEROFF)
-        assert g.wait_exit(timeout=30) == EXIT_POWEROFF
-        rec = g.boot_record()
-        assert rec.state == BootState.HALTED
-        assert g.region.frontend_state(0) == XenbusState.CLOSED
-        assert g.region.frontend_state(1) == XenbusState.CLOSED
-        status_ack = int.from_bytes(g.region.raw()[4096 + 2048 : 4096 + 2052], "little")
-        assert status_ack & Sysctl.POWEROFF
+        g.power_off_cleanly(devices=2)
         assert "lvinit: poweroff (app killed by signal 15)" in g.console()
 
 

@@ -50,7 +50,10 @@ def test_vifs_of_one_kind_are_poolable_mixed_are_not(tmp_path: Path) -> None:
     assert poolable(spec(tmp_path, vifs=[{"network": "a"}, {}])) == MIXED_NICS_REASON
     assert poolable(spec(tmp_path, vifs=[{"network": "a"}, {}]), net_mode="user") is None  # rootless: both user
     (tmp_path / "d.img").write_bytes(bytes(512))
-    assert poolable(spec(tmp_path, disks=[{"path": "d.img"}], vifs=[{"network": "a"}])) == "disks"
+    with_disks = spec(tmp_path, disks=[{"path": "d.img", "readonly": True}, {"path": "d.img"}], vifs=[{"network": "a"}])
+    assert poolable(with_disks) is None  # disks too: lightvm/devices/shellblk.py
+    flavour = Flavour.of(with_disks, "tcg")
+    assert flavour.disks == (True, False) and flavour.label().endswith("/1tap/2disk(ro,rw)")
 
 
 def test_shell_device_macs_are_unicast_local_and_distinct() -> None:

@@ -166,7 +166,7 @@ def test_stop_interrupts_the_back_off_and_discards_the_ready_shells(
     stopper.join(timeout=60)
     assert not stopper.is_alive()
     assert all(s.discarded.is_set() for s in pool.prepared)
-    assert pool._thread is not None and not pool._thread.is_alive()
+    assert pool._threads and not any(t.is_alive() for t in pool._threads)
 
 
 def test_a_shell_of_a_flavour_forgotten_while_it_was_prepared_is_discarded(tmp_path: Path) -> None:

@@ -1,0 +1,207 @@
+"""The jail around every QEMU lightvm starts: a user of its own, no capabilities, a syscall
+filter and an empty root, so that a guest which escapes QEMU holds nothing.
+
+QEMU starts as root (it opens its kernel, NoXS file, console, taps and /dev/kvm, and
+binds nothing later that needs privilege), and "just before starting the VM", before any
+guest instruction runs, it applies the layers we ask for:
+
+* ``-sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny``:
+  QEMU's seccomp filter (libseccomp; the slim build has it: qemu/build.sh). Installing it
+  sets no_new_privs. ``elevateprivileges`` stays allowed because QEMU's own ``-runas``
+  calls setgid/setuid after the filter is in place (measured: ``deny`` kills QEMU with
+  SIGSYS there); once it ran, the process has no capabilities and no_new_privs, so no
+  set*id call can give it root back.
+* ``-runas UID:GID``: a uid of its own per VM (:func:`allocate`), from a range no user of
+  the host has (``UID_BASE``), so two VMs' QEMUs cannot signal or ptrace each other, and
+  its permitted and effective capabilities are empty.
+* ``-chroot DIR``: an empty, root-owned, read-only folder (``JAIL_DIR/root``): after
+  start-up QEMU sees no file of the host. Everything it needs later comes as a file
+  descriptor (migration streams, a pooled shell's disk image: lightvm/devices/shellblk.py).
+
+Without root (a rootless lightvm) only the filter applies: -runas and -chroot need root.
+``LIGHTVM_JAIL=off`` turns every layer off (debugging). Which layers are on for this
+process: :func:`layers`. docs/security.md has the measured cost of each.
+
+Per-VM uids: a marker file ``JAIL_DIR/uids/UID`` (created O_EXCL) holds the PID and start
+time of who uses it (the creating process, then the VM's QEMU); a marker whose process is
+gone is stale and reused. Markers are removed when a VM is destroyed or its create fails;
+a missed removal (kill -9) costs nothing but the file, reclaimed when probed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightvm import hostfacts
+from lightvm.util import proc_start_time
+
+ENV = "LIGHTVM_JAIL"
+DIR_ENV = "LIGHTVM_JAIL_DIR"
+DEFAULT_DIR = Path("/run/lightvm-jail")
+UID_BASE = 1_600_000_000  # above any login, system or subordinate (/etc/subuid) range in use
+UID_COUNT = 1 << 20
+SANDBOX = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
+PROBE_TIMEOUT = 10.0
+_warned: set[str] = set()
+
+
+def jail_dir() -> Path:
+    return Path(os.environ.get(DIR_ENV) or DEFAULT_DIR)
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "on").lower() not in ("off", "0", "no", "false")
+
+
+def layers(binary: str) -> list[str]:
+    """The layers a QEMU ``binary`` started by this process gets."""
+    if not enabled():
+        return []
+    filtered = ["seccomp", "no_new_privs"] if sandbox_supported(binary) else []
+    if os.geteuid() != 0:
+        return filtered
+    return [*filtered, "uid", "no_capabilities", "chroot"]
+
+
+def layers_drop_root() -> bool:
+    """Whether a QEMU started now gives up root before its guest runs (so binds nothing
+    privileged afterwards: a pooled shell's late port forward, for one)."""
+    return enabled() and os.geteuid() == 0
+
+
+def sandbox_supported(binary: str) -> bool:
+    """Whether ``binary`` was built with seccomp (``-sandbox on -version`` fails at option
+    parsing without it); asked once per binary build and cached (lightvm/hostfacts.py)."""
+    path = shutil.which(binary) or binary
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    key = f"{path}:{st.st_size}:{int(st.st_mtime)}"
+    cache = hostfacts.load_cache()
+    known = cache.get("seccomp", {})
+    if isinstance(known, dict) and isinstance(known.get(key), bool):
+        return bool(known[key])
+    try:
+        ok = (
+            subprocess.run([path, "-sandbox", "on", "-version"], capture_output=True, timeout=PROBE_TIMEOUT).returncode
+            == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    kept = dict(list(known.items())[-7:]) if isinstance(known, dict) else {}
+    cache["seccomp"] = {**kept, key: ok}  # the last few builds: a rebuild is a new key
+    hostfacts.save_cache(cache)
+    return ok
+
+
+@dataclass(frozen=True)
+class Jail:
+    """One VM's place in the jail: its QEMU arguments and the uid marker it holds."""
+
+    uid: int | None  # None: rootless or off (no marker)
+    args: tuple[str, ...]
+
+    def hand_to(self, pid: int, start: int | None) -> None:
+        """The QEMU ``pid`` holds the uid from now on (it outlives the creating process)."""
+        if self.uid is not None:
+            with contextlib.suppress(OSError):
+                _marker(self.uid).write_text(f"{pid} {start or 0}\n")
+
+    def release(self) -> None:
+        if self.uid is not None:
+            release(self.uid)
+
+
+def allocate(vm_id: str, binary: str) -> Jail:
+    """The jail for a new VM of QEMU ``binary`` (its record id picks where the uid search starts)."""
+    if not enabled():
+        return Jail(None, ())
+    sandbox: tuple[str, ...] = ("-sandbox", SANDBOX)
+    if not sandbox_supported(binary):
+        sandbox = ()
+        if binary not in _warned:
+            _warned.add(binary)
+            print(
+                f"lightvm: warning: {binary} has no seccomp support: QEMU runs without the jail's syscall "
+                "filter (build lightvm's QEMU: bash qemu/build.sh)",
+                file=sys.stderr,
+            )
+    if os.geteuid() != 0:
+        return Jail(None, sandbox)
+    root = _empty_root()
+    start = int.from_bytes(hashlib.sha256(vm_id.encode()).digest()[:4], "little") % UID_COUNT
+    me = f"{os.getpid()} {proc_start_time(os.getpid()) or 0}\n"
+    for step in range(UID_COUNT):
+        uid = UID_BASE + (start + step) % UID_COUNT
+        path = _marker(uid)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            if not _stale(path):
+                continue
+            path.unlink(missing_ok=True)  # a dead holder's: take it (another taker loses the O_EXCL race)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return Jail(uid, (*sandbox, "-runas", f"{uid}:{uid}", "-chroot", str(root)))
+    raise OSError(f"no free jail uid in {UID_BASE}..{UID_BASE + UID_COUNT - 1}")
+
+
+def release(uid: int) -> None:
+    _marker(uid).unlink(missing_ok=True)
+
+
+def uid_of(argv: list[str]) -> int | None:
+    """The jail uid on a recorded QEMU command line (``-runas UID:GID``), if any."""
+    with contextlib.suppress(ValueError, IndexError):
+        return int(argv[argv.index("-runas") + 1].split(":", 1)[0])
+    return None
+
+
+def _marker(uid: int) -> Path:
+    return jail_dir() / "uids" / str(uid)
+
+
+def _stale(path: Path) -> bool:
+    try:
+        pid_s, start_s = path.read_text().split()
+        pid, start = int(pid_s), int(start_s)
+    except (OSError, ValueError):
+        return False  # being written (or unreadable): not ours to take
+    current = proc_start_time(pid)
+    return current is None or (start != 0 and current != start)  # gone, or its PID reused
+
+
+def _empty_root() -> Path:
+    """``JAIL_DIR/root``: empty, root-owned, mode 0555; ``JAIL_DIR/uids`` for the markers."""
+    base = jail_dir()
+    root = base / "root"
+    (base / "uids").mkdir(mode=0o700, parents=True, exist_ok=True)
+    root.mkdir(mode=0o555, exist_ok=True)
+    return root
+
+
+__all__ = [
+    "ENV",
+    "SANDBOX",
+    "UID_BASE",
+    "Jail",
+    "allocate",
+    "enabled",
+    "layers",
+    "layers_drop_root",
+    "release",
+    "sandbox_supported",
+    "uid_of",
+]
