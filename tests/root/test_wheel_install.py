@@ -14,8 +14,9 @@ used. Two independent proofs of the last point:
 
 The wheel is built from the sdist, so a file missing from MANIFEST.in fails here too.
 pip needs PyPI (setuptools for the isolated build; pyroute2 and paramiko) or its cache.
-Measured on the 2-core host under load from other sessions: ~75 s (sdist 3 s, wheel 26 s
-of which the guests' make ~20 s, venv + install 20 s, the runs ~15 s).
+Measured on the 2-core host shared with other sessions, pip's cache warm: 27 s at load 6.5
+(24 s of it building and installing), 59-87 s at load 11-13 (sdist 3 s, wheel 26-30 s,
+venv + install 15-20 s, the commands the rest).
 """
 
 from __future__ import annotations
