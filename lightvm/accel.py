@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightvm import hostfacts
+from lightvm import hostfacts, paths
 from lightvm.errors import AccelError, LightVMError
 from lightvm.machine import QEMU_BINARY, Machine, MachineConfig
 from lightvm.noxs import NoxsRegion, PageConfig, region_size_for
@@ -78,10 +78,11 @@ def host_key(binary: str = QEMU_BINARY) -> str:
 
 
 def probe_kernel() -> Path | None:
-    """The noop guest used by the probe: ``$LIGHTVM_PROBE_KERNEL`` or images/build/noop.elf."""
+    """The noop guest used by the probe: ``$LIGHTVM_PROBE_KERNEL``, else the packaged or built
+    noop.elf (:func:`lightvm.paths.guest`: a wheel ships it, a checkout builds it)."""
     env = os.environ.get(PROBE_KERNEL_ENV)
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parent.parent / "images" / "build" / "noop.elf")
+    candidates.append(paths.guest("noop"))
     return next((p for p in candidates if p.is_file()), None)
 
 
@@ -110,7 +111,9 @@ def select(requested: str = "auto") -> AccelChoice:
         return AccelChoice(str(verdict["accel"]), f"cached probe: {verdict.get('reason', '')}")
     kernel = probe_kernel()
     if kernel is None:
-        return AccelChoice("tcg", "kvm untested: no probe guest (images/build/noop.elf) to test it with")
+        return AccelChoice(
+            "tcg", f"kvm untested: no probe guest ({paths.guest('noop')}: make -C images, or reinstall lightvm)"
+        )
     choice = probe(kernel)
     cache["accel"] = {"key": key, "accel": choice.accel, "reason": choice.reason, "when": time.time()}
     hostfacts.save_cache(cache)

@@ -89,3 +89,7 @@ class AccelError(LightVMError):
 class TinyxError(LightVMError):
     """A Tinyx image cannot be built: a bad recipe, an unknown package, a failed
     debootstrap or apt-get, a library missing from the ELF closure."""
+
+
+class SetupError(LightVMError):
+    """``lightvm setup`` could not build what it was asked for (the message says what to run)."""

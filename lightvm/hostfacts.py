@@ -22,20 +22,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lightvm import paths
 from lightvm.util import atomic_write
 
-CACHE_ENV = "LIGHTVM_CACHE_DIR"
+CACHE_ENV = paths.CACHE_ENV
 CACHE_FILE = "host.json"
 TSC_MIN_HZ = 100_000_000
 TSC_MAX_HZ = 10_000_000_000
 
 
 def cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "lightvm"
+    """The per-user cache dir (:func:`lightvm.paths.cache_dir` owns the lookup)."""
+    return paths.cache_dir()
 
 
 def load_cache() -> dict[str, Any]:

@@ -9,8 +9,9 @@ lightvm only tests it on microvm, so every other machine type runs on Debian's b
 Order, first match wins:
 
 1. ``$LIGHTVM_QEMU`` (an explicit choice: used for every machine type);
-2. for microvm, the repo's ``qemu/build/current/qemu-system-x86_64`` if it is an
-   executable file (returned with its symlinks resolved, so it names the exact build);
+2. for microvm, the slim build if it is an executable file (returned with its symlinks
+   resolved, so it names the exact build): the checkout's ``qemu/build/current/`` or, for
+   an installed package, the cache dir's ``qemu/current/`` (:func:`lightvm.paths.slim_qemu`);
 3. ``qemu-system-x86_64`` (Debian's, found on PATH when it is run).
 
 The libvirt baseline always uses Debian's binary (:data:`DEBIAN_QEMU`).
@@ -22,10 +23,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from lightvm import paths
+
 ENV = "LIGHTVM_QEMU"
 DEBIAN_QEMU = "qemu-system-x86_64"  # Debian's full build, found on PATH (/usr/bin)
-REPO = Path(__file__).resolve().parent.parent
-SLIM_QEMU = REPO / "qemu" / "build" / "current" / "qemu-system-x86_64"
+SLIM_QEMU = paths.slim_qemu()  # where this layout keeps the slim build (it may not exist)
 SLIM_MACHINES = frozenset({"microvm"})
 
 
@@ -48,7 +50,7 @@ def slim_binary(slim: Path = SLIM_QEMU) -> str | None:
 def qemu_binary(machine: str = "microvm", env: Mapping[str, str] | None = None, slim: Path = SLIM_QEMU) -> str:
     """The QEMU binary to run a ``machine`` (a ``-M`` value, options allowed).
 
-    ``env`` defaults to ``os.environ``; ``slim`` to the repo's build (tests pass others).
+    ``env`` defaults to ``os.environ``; ``slim`` to this layout's build (tests pass others).
     """
     environ = os.environ if env is None else env
     override = environ.get(ENV)
@@ -59,3 +61,16 @@ def qemu_binary(machine: str = "microvm", env: Mapping[str, str] | None = None, 
         if built is not None:
             return built
     return DEBIAN_QEMU
+
+
+def explain(machine: str = "microvm", env: Mapping[str, str] | None = None, slim: Path = SLIM_QEMU) -> str:
+    """Why :func:`qemu_binary` picks what it picks, in a sentence (``lightvm host check``, the
+    note ``create`` prints once when an installed lightvm runs Debian's binary)."""
+    environ = os.environ if env is None else env
+    if environ.get(ENV):
+        return f"${ENV} names it"
+    if machine_type(machine) not in SLIM_MACHINES:
+        return f"Debian's full build: the slim build has no {machine_type(machine)} board"
+    if slim_binary(slim) is not None:
+        return f"the slim build ({slim})"
+    return f"Debian's full build (~17 ms slower to start): no slim build at {slim}; lightvm setup qemu builds one"

@@ -20,6 +20,7 @@ APT_PACKAGES=(
     linux-source-6.1 xz-utils flex bison bc libelf-dev libssl-dev  # the Tinyx kernel (tinyx/kernel/build.py)
     debootstrap lz4      # Tinyx images: the base tree the app's packages go over; lz4 initramfs
     redis-tools          # the real redis-cli that talks to a Tinyx redis-server VM in tests
+    strace               # tests/root/test_wheel_install.py: proves an installed wheel opens nothing in the checkout
 )
 
 need=()

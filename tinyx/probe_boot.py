@@ -28,14 +28,14 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lightvm import hostfacts
+from lightvm import hostfacts, paths
 from lightvm.errors import QMPError
 from lightvm.machine import MICROVM, MachineConfig, build_argv
 from lightvm.qmp import QMPClient
 from tinyx import cpio
 
-HERE = Path(__file__).resolve().parent
-BUILD = HERE / "build"
+HERE = paths.tinyx_package()
+BUILD = paths.tinyx_build()
 BUSYBOX = Path("/bin/busybox")
 MARKER = "TINYX-INIT-RUNNING"
 END = "TINYX-PROBE-END"

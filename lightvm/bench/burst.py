@@ -34,12 +34,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lightvm import paths
 from lightvm.daemon import api
 from lightvm.errors import LightVMError
 from lightvm.state import SHM_ENV
 from lightvm.util import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = paths.data_root()  # the checkout, or an installed package's data (examples/ in both)
 FIRST_SECOND = 1.0
 
 

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lightvm import paths
 from lightvm.bench.runner import Sample
 from lightvm.errors import LightVMError
 
@@ -152,7 +153,7 @@ class CrunWorker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent.parent)},
+            env={**os.environ, "PYTHONPATH": str(paths.PACKAGE.parent)},  # where this lightvm is imported from
         )
         self.pid = self._proc.pid
         try:

@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from lightvm import paths
 from lightvm.bench.runner import REPO
 from lightvm.machine import EXIT_CLEAN, QEMU_BINARY, Machine, MachineConfig
 from lightvm.noxs import BootRecord, BootState, NoxsRegion, PageConfig, Sysctl
@@ -139,7 +140,12 @@ def run_split(image: Path, tsc_hz: int, memory_mib: int, extra: list[str]) -> tu
 
 
 def build_images(*targets: str, timeout: float = 300.0) -> None:
-    """``make -C images`` of ``targets`` and the firmware (a no-op when they are up to date)."""
+    """``make -C images`` of ``targets`` and the firmware (a no-op when they are up to date).
+
+    Only in a checkout: an installed lightvm ships them built (lightvm/paths.py) and has no Makefile.
+    """
+    if paths.checkout() is None:
+        return
     goals = [f"build/{t}" for t in (*targets, "lvfw.bin")]
     subprocess.run(
         ["make", "-C", str(IMAGES_DIR), "-s", "-j2", *goals], check=True, timeout=timeout, capture_output=True

@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lightvm import paths
 from lightvm.errors import LightVMError
 
 TIMEOUT = 60.0
@@ -102,7 +103,7 @@ class LibvirtDaemon:
             stdin=subprocess.PIPE,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent.parent)},
+            env={**os.environ, "PYTHONPATH": str(paths.PACKAGE.parent)},  # where this lightvm is imported from
         )
         try:
             self._wait_socket()

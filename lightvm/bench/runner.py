@@ -35,11 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from lightvm import paths
 from lightvm.qemubin import qemu_binary
 
 Sample = dict[str, float]
 
-REPO = Path(__file__).resolve().parent.parent.parent
+# The checkout, or an installed package's data folder: examples/ and images/build/ are under it
+# in both layouts (lightvm/paths.py).
+REPO = paths.data_root()
 SCHEMA = 1
 QEMU_BINARY = qemu_binary("microvm")  # what lightvm runs (lightvm/qemubin.py)
 

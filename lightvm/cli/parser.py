@@ -28,6 +28,7 @@ examples:
   lightvm shutdown noop                        clean guest poweroff, then destroy
   lightvm --state-dir /tmp/s create x.toml     keep this run apart from others
   lightvm image build redis-server             a Tinyx image (Linux + redis) in the image store
+  lightvm host check                           what this host can run, and how to fix the rest
 """
 
 
@@ -71,12 +72,14 @@ def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_VersionAction, help="print lightvm's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from lightvm.cli import checkpoint, daemon, image, vm
+    from lightvm.cli import checkpoint, daemon, host, image, setup, vm
 
     vm.register(sub, parent)
     daemon.register(sub, parent)
     checkpoint.register(sub, parent)
     image.register(sub, parent)
+    host.register(sub, parent)
+    setup.register(sub, parent)
 
     from lightvm.bench import cli as bench_cli
 

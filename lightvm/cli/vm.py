@@ -8,9 +8,11 @@ whether lightvmd or this process did the work; only what differs by nature (the
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
+from lightvm import paths
 from lightvm.cli import IMPORTED_AT
 from lightvm.cli.backend import open_backend, toolstack
 from lightvm.errors import LightVMError, NotFoundError
@@ -68,7 +70,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     from pathlib import Path
 
     p = add_command(sub, parent, "create", cmd_create, "create and boot VMs from a config file", CREATE)
-    p.add_argument("config", type=Path, help="VM config file (.toml or chaos-style .json)")
+    config = "VM config file (.toml or chaos-style .json), or an example's name (daytime, noop: see lightvm host check)"
+    p.add_argument("config", type=Path, help=config)
     p.add_argument("--name", help="VM name (default: the config's name, else the file name)")
     p.add_argument(
         "--accel",
@@ -119,6 +122,7 @@ def _fmt_ms(value: float | None) -> str:
 
 def cmd_create(args: argparse.Namespace) -> int:
     request = {k: getattr(args, k) for k in ("config", "name", "count", "accel", "jobs", "timeout", "publish")}
+    request["config"] = paths.resolve_config(args.config)  # a bare name: the packaged example of that name
     with open_backend(args) as backend:
 
         def progress(result: dict[str, Any], done: int, count: int) -> None:
@@ -135,8 +139,10 @@ def cmd_create(args: argparse.Namespace) -> int:
             if backend.routed:  # lightvmd answers once for all
                 for r in results:
                     print(json.dumps(r), flush=True)
+            print_qemu_note()
             return 0
         print_accel_note(args.accel, results)
+        print_qemu_note()
         print_created(results, wall, backend)
     return 0
 
@@ -150,6 +156,32 @@ def accel_note(requested: str, accel: str, reason: str | None) -> str | None:
     if requested != "auto" or accel != "tcg" or not reason:
         return None
     return f"accel: tcg ({reason})"
+
+
+def qemu_note() -> str | None:
+    """The line ``create`` prints, once per cache dir, when microvm guests run on Debian's full
+    QEMU because no slim build exists (an installed lightvm, a checkout without qemu/build).
+
+    Once: it is advice (how to start ~17 ms faster), not a problem; ``lightvm host check``
+    says it every time. Remembered in the host-facts cache under the slim path looked for.
+    """
+    from lightvm import hostfacts, qemubin
+
+    slim = qemubin.SLIM_QEMU
+    if os.environ.get(qemubin.ENV) or qemubin.slim_binary(slim) is not None:
+        return None
+    cache = hostfacts.load_cache()
+    if cache.get("qemu_note") == str(slim):
+        return None
+    cache["qemu_note"] = str(slim)
+    hostfacts.save_cache(cache)
+    return f"qemu: {qemubin.explain('microvm', slim=slim)} (said once; lightvm host check says more)"
+
+
+def print_qemu_note() -> None:
+    note = qemu_note()
+    if note:
+        print(f"lightvm: {note}", file=sys.stderr)
 
 
 def print_accel_note(requested: str, results: list[dict[str, Any]]) -> None:

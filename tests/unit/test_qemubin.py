@@ -84,5 +84,13 @@ def test_defaults_read_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_slim_path_is_the_repos_build() -> None:
-    assert qemubin.SLIM_QEMU == qemubin.REPO / "qemu" / "build" / "current" / "qemu-system-x86_64"
-    assert (qemubin.REPO / "qemu" / "build.sh").is_file()
+    repo = Path(__file__).resolve().parents[2]
+    assert repo / "qemu" / "build" / "current" / "qemu-system-x86_64" == qemubin.SLIM_QEMU
+    assert (repo / "qemu" / "build.sh").is_file()
+
+
+def test_explain_says_why(tmp_path: Path) -> None:
+    missing = tmp_path / "none"
+    assert "no slim build at" in qemubin.explain("microvm", {}, missing)
+    assert "$LIGHTVM_QEMU" in qemubin.explain("microvm", {ENV: "/x/qemu"}, missing)
+    assert "no q35 board" in qemubin.explain("q35,accel=tcg", {}, missing)

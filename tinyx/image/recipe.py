@@ -36,10 +36,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lightvm import paths
 from lightvm.errors import TinyxError
 from tinyx.image.elfdeps import ET_EXEC, read_elf
 
-RECIPES = Path(__file__).resolve().parent.parent / "apps"
+RECIPES = paths.tinyx_package() / "apps"
 # Debian Policy 5.6.1: at least two characters, lower case letters, digits, + - .,
 # starting with a letter or digit.
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")

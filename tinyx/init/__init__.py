@@ -11,10 +11,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from lightvm import paths
 from lightvm.errors import TinyxError
 
 HERE = Path(__file__).resolve().parent
-BINARY = HERE.parent / "build" / "init" / "lvinit"
+OUT = paths.tinyx_build() / "init"  # tinyx/build/init in a checkout, the cache dir when installed
+BINARY = OUT / "lvinit"
 MAKE_TIMEOUT = 300.0
 TAIL_LINES = 15
 
@@ -34,7 +36,11 @@ def build_init(timeout: float = MAKE_TIMEOUT) -> Path:
     """
     try:
         proc = subprocess.run(
-            ["make", "-s", "-C", str(HERE)], capture_output=True, text=True, timeout=timeout, check=False
+            ["make", "-s", "-C", str(HERE), f"BUILD={OUT}", f"NOXS={paths.noxs_sources()}"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except FileNotFoundError:
         raise InitBuildError("building lvinit needs make and gcc: apt-get install make gcc libc6-dev") from None

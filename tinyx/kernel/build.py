@@ -22,8 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-TINYX = Path(__file__).resolve().parent.parent
-BUILD = TINYX / "build"
+from lightvm import paths
+
+TINYX = paths.tinyx_package()
+BUILD = paths.tinyx_build()  # tinyx/build in a checkout, the cache dir when installed
 DEFAULT_FRAGMENT = TINYX / "kconfig" / "qemu-microvm.config"
 SOURCE_PACKAGE = "linux-source-6.1"
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")

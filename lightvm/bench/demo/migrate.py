@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightvm import paths
 from lightvm.bench.demo.client import Events, gap
 from lightvm.bench.demo.segment import BRIDGE, PREFIX, VM_IP, DemoError, Host, Segment, reap_stale, wait_gone
 from lightvm.bench.sshhost import call
 from lightvm.errors import LightVMError
 from lightvm.util import wait_until
 
-REPO = Path(__file__).resolve().parents[3]
 VM = "daytime"
 SETTLE_S = 0.3  # the client runs undisturbed this long between migrations
 
@@ -117,7 +117,7 @@ class Demo:
             call(src.state, "ssh", {"action": "connect", **dst.ssh.target_args(dst.state)}, timeout=60.0)
         progress(f"hosts up and linked in {time.monotonic() - t:.1f} s")
         config = self.root / "daytime.toml"
-        images = REPO / "images" / "build"
+        images = paths.guests_dir()
         config.write_text(
             f'name = "{VM}"\nkernel = "{images / "daytime.elf"}"\nfirmware = "{images / "lvfw.bin"}"\n'
             f'memory = "4M"\nvcpus = 1\n\n[[vifs]]\nbridge = "{BRIDGE}"\nip = "{VM_IP}/{PREFIX}"\n'
@@ -129,7 +129,7 @@ class Demo:
                 "ip", "netns", "exec", self.seg.client_ns, sys.executable, "-m", "lightvm.bench.demo.client", VM_IP,
                 "--interval-ms", "10", "--timeout-ms", str(self.timeout_ms), "--hedge-ms", str(self.hedge_ms),
             ],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=paths.PACKAGE.parent,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -39,12 +39,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightvm import paths
 from lightvm.errors import LightVMError
 from lightvm.util import Deadline, short_unix_path
 
 XENSTORED = Path("/usr/lib/xen-4.17/bin/xenstored")
-SHIM_DIR = Path(__file__).resolve().parents[3] / "tools" / "xsshim"  # the repository's tools/xsshim
-SHIM = SHIM_DIR / "build" / "xsshim.so"
+SHIM_DIR = paths.xsshim_source()  # tools/xsshim: in the checkout, or shipped as package data
+SHIM = paths.xsshim_build() / "xsshim.so"  # next to it in a checkout, else the cache dir
 DEFAULT_TIMEOUT = 5.0
 
 # enum xsd_sockmsg_type (xen/include/public/io/xs_wire.h)
@@ -318,15 +319,14 @@ _OPS = {
 
 
 def ensure_shim(timeout: float = 120.0) -> Path:
-    """tools/xsshim/build/xsshim.so, built with make when missing or older than its source.
-
-    :raise StoreError: make or gcc failed (install gcc and make: scripts/bootstrap.sh).
-    """
+    """The xenstore shim (:data:`SHIM`), built with make when missing or older than its source.
+    :raise StoreError: make or gcc failed (install gcc and make: scripts/bootstrap.sh)."""
     src = SHIM_DIR / "xsshim.c"
     if SHIM.is_file() and SHIM.stat().st_mtime >= src.stat().st_mtime:
         return SHIM
+    argv = ["make", "-s", "-C", str(SHIM_DIR), f"BUILD={SHIM.parent}"]  # BUILD: the cache dir when installed
     try:
-        subprocess.run(["make", "-s", "-C", str(SHIM_DIR)], check=True, capture_output=True, timeout=timeout)
+        subprocess.run(argv, check=True, capture_output=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
         raise StoreError(f"building {SHIM} failed: {exc} {detail.decode(errors='replace')[-400:]}") from exc
