@@ -82,12 +82,13 @@ def example(name: str) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def resolve_config(path: Path) -> Path:
+def resolve_config(given: str | os.PathLike[str]) -> Path:
     """A config argument as given if that file exists, else a bare example name's file.
 
     Why: an installed lightvm's examples are somewhere in site-packages;
     ``lightvm create daytime`` should find them without the user looking for that folder.
     """
+    path = Path(given)
     if path.exists() or len(path.parts) != 1:
         return path
     found = example(str(path))

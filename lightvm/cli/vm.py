@@ -12,7 +12,6 @@ import os
 import sys
 import time
 
-from lightvm import paths
 from lightvm.cli import IMPORTED_AT
 from lightvm.cli.backend import open_backend, toolstack
 from lightvm.errors import LightVMError, NotFoundError
@@ -122,7 +121,12 @@ def _fmt_ms(value: float | None) -> str:
 
 def cmd_create(args: argparse.Namespace) -> int:
     request = {k: getattr(args, k) for k in ("config", "name", "count", "accel", "jobs", "timeout", "publish")}
-    request["config"] = paths.resolve_config(args.config)  # a bare name: the packaged example of that name
+    if not os.path.exists(args.config) and os.sep not in str(args.config):
+        # A bare name: the packaged example of that name (lightvm/paths.py; imported only
+        # here, since pathlib is a cost every thin-path create would pay otherwise).
+        from lightvm.paths import resolve_config
+
+        request["config"] = str(resolve_config(args.config))
     with open_backend(args) as backend:
 
         def progress(result: dict[str, Any], done: int, count: int) -> None:
