@@ -101,6 +101,25 @@ def check_qemu() -> Check:
     return Check("qemu", "ok", f"{found} ({version}): {why}")
 
 
+def check_jail() -> Check:
+    """Which layers of the jail around QEMU are on (lightvm/jail.py, docs/security.md)."""
+    from lightvm import jail, qemubin
+
+    binary = qemubin.qemu_binary("microvm")
+    on = jail.layers(binary)
+    if not jail.enabled():
+        return Check("jail", "missing", f"off ({jail.ENV}=off): QEMU runs as root, unfiltered", f"unset {jail.ENV}")
+    missing = []
+    if "seccomp" not in on:
+        missing.append("seccomp filter: this QEMU was built without libseccomp")
+    if "uid" not in on:
+        missing.append("own uid, no capabilities, empty root: they need lightvm to run as root")
+    detail = ", ".join(on) + (f"; not on: {'; '.join(missing)}" if missing else "")
+    if missing:
+        return Check("jail", "info", detail, "lightvm setup qemu" if "seccomp" not in on else None)
+    return Check("jail", "ok", detail)
+
+
 def check_guests() -> list[Check]:
     """The guest images and examples this layout ships or builds."""
     fix = "make -C images" if paths.checkout() else "reinstall lightvm (its wheel ships the guests)"
@@ -178,7 +197,15 @@ def check_baselines() -> list[Check]:
 
 
 def run_checks() -> list[Check]:
-    return [check_accel(), check_qemu(), *check_guests(), *check_memory(), check_network(), *check_baselines()]
+    return [
+        check_accel(),
+        check_qemu(),
+        check_jail(),
+        *check_guests(),
+        *check_memory(),
+        check_network(),
+        *check_baselines(),
+    ]
 
 
 def report(checks: list[Check]) -> dict[str, Any]:

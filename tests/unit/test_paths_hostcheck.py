@@ -117,7 +117,7 @@ def test_cli_json_report(capsys: pytest.CaptureFixture[str], monkeypatch: pytest
     assert doc["accel"] == {"accel": "tcg", "reason": "requested"}
     assert doc["paths"]["layout"] == "checkout" and doc["can_boot"] is True
     names = [c["name"] for c in doc["checks"]]
-    assert names[:3] == ["accel", "qemu", "guests"]
+    assert names[:4] == ["accel", "qemu", "jail", "guests"]
     assert {"ksm", "hugepages", "network", "bench: crun", "bench: libvirt", "bench: xenstore"} <= set(names)
     assert all(c["status"] in ("ok", "missing", "info") for c in doc["checks"])
 
@@ -135,3 +135,21 @@ def test_debian_qemu_note_is_said_once(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setattr(qemubin, "slim_binary", lambda slim=None: "/x/qemu-system-x86_64")
     monkeypatch.setattr(qemubin, "SLIM_QEMU", tmp_path / "another")
     assert vm.qemu_note() is None  # a slim build runs: nothing to say
+
+
+def test_host_check_reports_the_jail(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightvm import jail
+    from lightvm.cli import host
+
+    monkeypatch.setenv(jail.ENV, "off")
+    off = host.check_jail()
+    assert off.status == "missing" and "QEMU runs as root" in off.detail and off.fix == f"unset {jail.ENV}"
+    monkeypatch.delenv(jail.ENV)
+    monkeypatch.setattr(jail, "sandbox_supported", lambda binary: False)
+    no_filter = host.check_jail()
+    assert no_filter.status == "info" and "built without libseccomp" in no_filter.detail
+    assert no_filter.fix == "lightvm setup qemu"
+    monkeypatch.setattr(jail, "sandbox_supported", lambda binary: True)
+    monkeypatch.setattr(jail.os, "geteuid", lambda: 1000)
+    rootless = host.check_jail()
+    assert rootless.detail.startswith("seccomp, no_new_privs; not on: own uid") and rootless.status == "info"
