@@ -134,7 +134,12 @@ def test_build_redis_server_then_rebuild_from_the_cache(tmp_path: Path) -> None:
         libs = {Path(lib["path"]).name: lib for lib in report["libraries"]}
         assert libs["libc.so.6"]["owner"].startswith("libc6 ")
         assert "ld-linux-x86-64.so.2" in libs
-        assert report["kernel"]["bytes"] == (out / "vmlinux").stat().st_size
+        ker = report["kernel"]
+        assert ker["bytes"] == (out / "vmlinux").stat().st_size  # the packed file (tinyx/image/kpack.py)
+        assert ker["loaded_bytes"] <= ker["bytes"] < ker["vmlinux_bytes"] == Path(ker["source"]).stat().st_size
+        assert ker["loaded_bytes"] < ker["vmlinux_loaded_bytes"]
+        assert report["kernel_plus_initramfs_bytes"] == ker["bytes"] + report["initramfs"]["bytes"]
+        assert load_spec(out / "redis-server.toml").is_linux  # the packed file keeps its notes
         assert report["initramfs"]["bytes"] == (out / "initramfs.cpio").stat().st_size
         assert set(report["steps"]) >= {"kernel", "base tree", "apt install", "assemble", "pack"}
         assert report["guessed"] == []
@@ -170,6 +175,7 @@ def test_build_redis_server_then_rebuild_from_the_cache(tmp_path: Path) -> None:
         assert took < WARM_LIMIT, f"a warm rebuild took {took:.1f}s"
         assert again["cache"] == {
             "kernel": "cached",
+            "kernel pack": "cached",
             "base tree": "cached",
             "apt install": "cached",
             "busybox": "cached",
