@@ -69,8 +69,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         return 0
     ini = report["initramfs"]
     print(f"{report['name']}: {folder}")
-    print(f"  kernel     {report['kernel']['bytes'] / 1e6:7.2f} MB  vmlinux")
+    ker = report["kernel"]
+    print(
+        f"  kernel     {ker['bytes'] / 1e6:7.2f} MB  vmlinux, packed (linked: {ker['vmlinux_bytes'] / 1e6:.2f} MB; "
+        f"QEMU loads {ker['loaded_bytes'] / 1e6:.2f} MB)"
+    )
     print(f"  initramfs  {ini['bytes'] / 1e6:7.2f} MB  {ini['file']} ({ini['members']} members)")
+    print(f"  together   {report['kernel_plus_initramfs_bytes'] / 1e6:7.2f} MB")
     print(f"  packages   {len(report['packages'])}, libraries {len(report['libraries'])}")
     cache = ", ".join(f"{k} {v}" for k, v in report["cache"].items())
     print(f"  built in   {report['total_seconds']:.1f} s (cache: {cache})")

@@ -20,6 +20,7 @@ cwd = "/var/lib/redis"
 stop_timeout_ms = 2000
 exclude_packages = ["perl"]
 prestart = true
+busybox = false
 [probe]
 send = "PING\\r\\n"
 expect = "+PONG"
@@ -45,7 +46,7 @@ def test_a_full_recipe_parses_into_every_field(tmp_path: Path) -> None:
     assert (r.port, r.memory, r.cwd, r.stop_timeout_ms) == (6379, 96, "/var/lib/redis", 2000)
     assert r.probe == rc.Probe("PING\r\n", "+PONG")
     assert r.env == (("LANG", "C.UTF-8"),)
-    assert r.exclude_packages == ("perl",) and r.prestart
+    assert r.exclude_packages == ("perl",) and r.prestart and not r.busybox
     files = {f.path: f for f in r.files}
     assert files["/etc/app/extra.conf"].data == b"from a file\n" and files["/etc/app/extra.conf"].mode == 0o644
     assert files["/etc/app/inline.conf"].data == b"a = b\n" and files["/etc/app/inline.conf"].mode == 0o600
@@ -56,6 +57,7 @@ def test_defaults_for_the_optional_keys(tmp_path: Path) -> None:
     r = rc.parse(write(tmp_path, 'package = "hello"\ncommand = ["/usr/bin/hello"]\nport = 0\n'))
     assert r.name == "app" and r.memory == rc.DEFAULT_MEMORY and r.probe is None
     assert r.files == () and r.env == () and r.cwd is None and r.stop_timeout_ms is None
+    assert r.busybox  # a shell and the applets unless the recipe says otherwise
 
 
 @pytest.mark.parametrize("app", ["redis-server", "nginx-light", "memcached"])
@@ -117,6 +119,7 @@ BAD = [
     ('package = "x1"\ncommand = ["/a"]\nport = 1\nexclude_packages = ["x1"]\n', "exclude_packages[0]", "own package"),
     ('package = "x1"\ncommand = ["/a"]\nport = 1\nexclude_packages = "perl"\n', "exclude_packages", "list"),
     ('package = "x1"\ncommand = ["/a"]\nport = 1\nprestart = 1\n', "prestart", "true or false"),
+    ('package = "x1"\ncommand = ["/a"]\nport = 1\nbusybox = "no"\n', "busybox", "true or false"),
 ]
 
 

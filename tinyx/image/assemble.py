@@ -287,7 +287,7 @@ def assemble(
     recipe: Recipe,
     root: Path,
     upper: Path | None,
-    bb: BusyBox,
+    bb: BusyBox | None,
     init: Path,
     users: list[str],
     groups: list[str],
@@ -296,7 +296,8 @@ def assemble(
 ) -> Assembled:
     """The whole manifest. ``root`` is where libraries are resolved (the merged tree, or
     ``/`` with ``upper`` None for a host ELF file); ``owners`` maps files to packages,
-    ``installed`` lists the packages the app brought (for exclude_packages)."""
+    ``installed`` lists the packages the app brought (for exclude_packages); ``bb`` is None
+    for a recipe with ``busybox = false``."""
     tree = Tree()
     pruned = 0
     if upper is not None:
@@ -310,7 +311,7 @@ def assemble(
     elves = elf_members(tree) if upper is not None else [command]
     found = add_closure(tree, root, elves, command)
     add_top_links(tree, root)
-    applets = add_busybox(tree, bb)
+    applets = add_busybox(tree, bb) if bb is not None else 0
     add_system(tree, recipe, init, users, groups)
     tree.fill_parents()
     return Assembled(tree, found, elves, pruned, applets)

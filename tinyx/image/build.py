@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.errors import LightVMError, TinyxError
-from tinyx.image import appconf, cache, pack, store
+from tinyx.image import appconf, cache, kpack, pack, store
 from tinyx.image.assemble import Assembled, assemble, owners_of
 from tinyx.image.base import Base, ensure_base
 from tinyx.image.busybox import PACKAGE as BUSYBOX
@@ -86,10 +86,12 @@ def _assemble_and_pack(
     tmp_out: Path,
     compress: str,
     init: Path,
-    busybox_version: str,
+    busybox_version: str | None,
 ) -> tuple[Assembled, list[dict[str, Any]], Path, int]:
-    with progress.step("busybox"):
-        bb = ensure_busybox(progress, version=busybox_version)
+    bb = None
+    if busybox_version is not None:  # None: the recipe says busybox = false
+        with progress.step("busybox"):
+            bb = ensure_busybox(progress, version=busybox_version)
     work = cache.BUILD / f"assemble-{os.getpid()}.tmp"
     remove_tree(work)
     merged = work / "merged"
@@ -137,6 +139,7 @@ def _report(
     initrd: Path,
     raw_bytes: int,
     kernel: Path,
+    ksizes: dict[str, int],
     progress: Progress,
 ) -> dict[str, Any]:
     kinds: dict[str, int] = {}
@@ -157,11 +160,21 @@ def _report(
             "port": recipe.port,
             "probe": {"send": recipe.probe.send, "expect": recipe.probe.expect} if recipe.probe else None,
             "memory": recipe.memory,
+            "busybox": recipe.busybox,
             "app_conf_name": appconf.app_name(recipe.name),
         },
         "guessed": list(recipe.guessed),
         "notes": [*progress.notes, *done.tree.notes],
-        "kernel": {"source": str(kernel), "bytes": kernel.stat().st_size},
+        # bytes: the shipped file (kpack: no symbols, no padding); vmlinux_bytes: the
+        # kernel as linked; loaded_bytes: what QEMU copies into guest memory from the file
+        "kernel": {
+            "source": str(kernel),
+            "bytes": ksizes["file_bytes"],
+            "vmlinux_bytes": ksizes["vmlinux_bytes"],
+            "loaded_bytes": ksizes["loaded_bytes"],
+            "vmlinux_loaded_bytes": ksizes["vmlinux_loaded_bytes"],
+        },
+        "kernel_plus_initramfs_bytes": ksizes["file_bytes"] + initrd.stat().st_size,
         "initramfs": {
             "file": initrd.name,
             "bytes": initrd.stat().st_size,
@@ -206,8 +219,11 @@ def build(opts: Options) -> tuple[Path, dict[str, Any]]:
             init = init_binary(opts.init)
         with progress.step("kernel"):
             kernel, _ = platform_kernel(progress)
+        with progress.step("kernel pack"):
+            shipped, ksizes, state = kpack.packed_kernel(kernel, cache.BUILD)
+            progress.cache["kernel pack"] = state
         with progress.step("apt-cache policy"):
-            versions = host_candidates(*(p for p in (recipe.package, BUSYBOX) if p))
+            versions = host_candidates(*(p for p in (recipe.package, BUSYBOX if recipe.busybox else None) if p))
         base, app = _cache_steps(recipe, opts, progress, fd, versions)
         if recipe.generated:
             assert app is not None
@@ -217,14 +233,14 @@ def build(opts: Options) -> tuple[Path, dict[str, Any]]:
         tmp_out = begin(dest)
         try:
             done, libs, initrd, raw_bytes = _assemble_and_pack(
-                recipe, base, app, progress, tmp_out, opts.compress, init, versions[BUSYBOX]
+                recipe, base, app, progress, tmp_out, opts.compress, init, versions.get(BUSYBOX)
             )
             with progress.step("output"):
-                shutil.copyfile(kernel, tmp_out / "vmlinux")
+                shutil.copyfile(shipped, tmp_out / "vmlinux")
                 spec = tmp_out / f"{recipe.name}.toml"
                 what = f"package {recipe.package}" if recipe.package else f"host file {recipe.host_elf}"
                 spec.write_text(spec_text(recipe.name, what, dest / spec.name, initrd.name, recipe.memory, recipe.port))
-            report = _report(recipe, app, base, done, libs, initrd, raw_bytes, kernel, progress)
+            report = _report(recipe, app, base, done, libs, initrd, raw_bytes, kernel, ksizes, progress)
             write_report(tmp_out, report)
             publish(tmp_out, dest)
         except BaseException:

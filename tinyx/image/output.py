@@ -94,11 +94,16 @@ def report_text(r: dict[str, Any]) -> str:
         f"port:       {app['port'] or '0 (READY when started)'}",
         f"probe:      {app['probe'] or '-'}",
         f"memory:     {app['memory']} MiB",
-        f"kernel:     {_mb(ker['bytes'])}  ({ker['source']})",
+        f"busybox:    {'yes' if app.get('busybox', True) else 'no (the recipe says busybox = false)'}",
+        f"kernel:     {_mb(ker['bytes'])} vmlinux (packed: no symbols, no padding; QEMU loads "
+        f"{_mb(ker['loaded_bytes'])} of it)",
+        f"            as linked {_mb(ker['vmlinux_bytes'])} ({ker['source']}; PT_LOAD bytes "
+        f"{_mb(ker['vmlinux_loaded_bytes'])})",
         f"initramfs:  {_mb(ini['bytes'])} {ini['file']}  (uncompressed {_mb(ini['uncompressed_bytes'])}, "
         f"{ini['members']} members: {', '.join(f'{v} {k}s' for k, v in ini['kinds'].items())})",
         "            by origin: " + ", ".join(f"{k} {_mb(v)}" for k, v in ini["bytes_by_origin"].items()),
         f"            sha256 {ini['sha256']}",
+        f"kernel + initramfs: {_mb(r['kernel_plus_initramfs_bytes'])} (the two files lightvm ships)",
         "",
     ]
     if r["guessed"]:

@@ -12,6 +12,8 @@ accept means "serving" and the probe the kernel-trimming loop runs from the host
     prestart = true                  # optional: in a pooled shell, start the app before the
                                      #   VM's identity comes (it must listen on 0.0.0.0)
     exclude_packages = ["perl"]      # optional: installed as dependencies, files left out
+    busybox = false                  # optional (default true): no /bin/busybox, /bin/sh and
+                                     #   applet links (2 MB) for an app that runs no shell
     [probe]                          # optional; needs port > 0
     send = "PING\\r\\n"
     expect = "+PONG"
@@ -58,6 +60,7 @@ TOP_KEYS = (
     "stop_timeout_ms",
     "exclude_packages",
     "prestart",
+    "busybox",
 )
 PROBE_KEYS = ("send", "expect")
 FILE_KEYS = ("content", "source", "mode")
@@ -100,6 +103,7 @@ class Recipe:
     stop_timeout_ms: int | None = None
     exclude_packages: tuple[str, ...] = ()
     prestart: bool = False  # a pooled shell starts the app at its wait point (lvinit)
+    busybox: bool = True  # /bin/busybox + applet links (a shell for scripts and debugging)
     host_elf: Path | None = None
     guessed: tuple[str, ...] = field(default=())
 
@@ -268,6 +272,7 @@ def parse(src: Path, name: str | None = None) -> Recipe:
         stop_timeout_ms=stop,
         exclude_packages=_exclude(src, data.get("exclude_packages", []), package),
         prestart=_type(src, "prestart", data.get("prestart", False), bool, "true or false"),
+        busybox=_type(src, "busybox", data.get("busybox", True), bool, "true or false"),
     )
 
 
