@@ -29,6 +29,7 @@ SMOKE_VMS = (1, 2)
 SMOKE_ITERATIONS = 2
 SMOKE_WARMUP = 1
 SMOKE_IDLE_WINDOW_S = 1.0
+SMOKE_STOCK_ITERATIONS = 1  # tinyx: one boot of the stock Debian VM per row (tens of seconds each)
 # Unmeasured iterations per point when --warmup is not given. In the boot suite the first
 # boots after a fleet is (re)built can be slow (a new xenstored or lightvmd, code and
 # pages not yet warm): with 1 warm-up, lightvm-xenstore's median at N = 1 once came out
@@ -69,6 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--app", default="noop", help="example guest the VMs boot (default noop)")
     p.add_argument("--idle-window", type=float, default=None, help="density, tinyx: seconds of idle sampling (10)")
+    p.add_argument(
+        "--stock-iterations", type=int, default=None, metavar="N",
+        help="tinyx: measured boots of the stock Debian VM per row (default 3; smoke 1, no warm-up)",
+    )  # fmt: skip
     p.add_argument("--max-vms", type=int, default=200, help="refuse N above this unless raised (default 200)")
     p.add_argument(
         "--order", choices=suite.ORDERS, default=None,
@@ -109,6 +114,7 @@ def options(args: argparse.Namespace) -> suite.SuiteOptions:
     if args.smoke:
         opts.vms, opts.iterations, opts.warmup = list(SMOKE_VMS), SMOKE_ITERATIONS, SMOKE_WARMUP
         opts.idle_window_s, opts.settle_s = SMOKE_IDLE_WINDOW_S, 0.0
+        opts.stock_iterations, opts.stock_warmup = SMOKE_STOCK_ITERATIONS, 0
     else:
         opts.warmup = WARMUP.get(args.suite, opts.warmup)
         opts.max_steal_pct = MAX_STEAL_PCT.get(args.suite)
@@ -120,6 +126,10 @@ def options(args: argparse.Namespace) -> suite.SuiteOptions:
         opts.iterations = args.iterations
     if args.warmup is not None:
         opts.warmup = args.warmup
+    if args.stock_iterations is not None:
+        if args.stock_iterations < 1:
+            raise LightVMError(f"--stock-iterations {args.stock_iterations}: must be >= 1")
+        opts.stock_iterations = args.stock_iterations
     if args.idle_window is not None:
         opts.idle_window_s = args.idle_window
     if args.order is not None:
@@ -178,6 +188,8 @@ def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True
             "order": opts.order,
             "settle_s": opts.settle_s,
             "max_steal_pct": opts.max_steal_pct,
+            "stock_iterations": opts.stock_iterations,
+            "stock_warmup": opts.stock_warmup,
         },
     )
     with contextlib.ExitStack() as stack:
@@ -185,6 +197,9 @@ def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True
         results = runner.run(rows, max_steal_pct=opts.max_steal_pct)
     reference = {str(r.params.get("variant")): module.REFERENCE for r in results if "variant" in r.params}
     table = runner.summary_table(results, reference)
+    extra = getattr(module, "summary_extra", None)  # a suite's own lines (tinyx: the stock ratios)
+    if extra is not None:
+        table = "\n".join([table, *extra(results)])
     written: list[Path] = []
     if plots:
         try:
