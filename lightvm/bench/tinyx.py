@@ -266,14 +266,16 @@ def summary_extra(results: list[Result]) -> list[str]:
         return ["stock vs tinyx-cold: no ratio (a stock or Tinyx row failed)"]
     lines = ["stock vs tinyx-cold (medians of this run):"]
     for key, what, bar in (
-        ("speed_x", "create -> first +PONG: Tinyx faster by", SPEED_BAR),
-        ("size_x", "image (kernel + initrd + allocated root disk): Tinyx smaller by", SIZE_BAR),
-        ("kernel_size_x", "kernel + initrd alone: Tinyx smaller by", None),
-        ("memory_x", "host memory (PSS) per idle VM: Tinyx smaller by", None),
+        ("speed_x", "create -> first +PONG: Tinyx", SPEED_BAR),
+        ("size_x", "image (kernel + initrd + allocated root disk): Tinyx", SIZE_BAR),
+        ("kernel_size_x", "kernel + initrd alone: Tinyx", None),
+        ("memory_x", "host memory (PSS) per idle VM: Tinyx", None),
     ):
         if key in ratios:
-            verdict = "" if bar is None else f"  (bar >= {bar:g}x: {'met' if ratios[key] >= bar else 'NOT met'})"
-            lines.append(f"  {what} {ratios[key]:.1f}x{verdict}")
+            x = ratios[key]
+            better, worse = ("faster", "slower") if key == "speed_x" else ("smaller", "larger")
+            verdict = "" if bar is None else f"  (bar >= {bar:g}x: {'met' if x >= bar else 'NOT met'})"
+            lines.append(f"  {what} {better} by {x:.1f}x{verdict}" if x >= 1 else f"  {what} {worse} by {1 / x:.1f}x")
     return lines
 
 

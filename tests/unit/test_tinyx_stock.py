@@ -208,6 +208,8 @@ def test_the_ratios_and_bars_against_tinyx() -> None:
     assert "Tinyx faster by 27.3x  (bar >= 5x: met)" in lines[1]
     assert "Tinyx smaller by 100.0x  (bar >= 10x: met)" in lines[2]
     assert lines[3].endswith("kernel + initrd alone: Tinyx smaller by 4.0x")
+    results[3] = result("tinyx/size/stock", [1000.0], metric="mib", kernel_initrd_mib=[8.0])
+    assert tinyx.summary_extra(results)[3].endswith("kernel + initrd alone: Tinyx larger by 1.2x")
     results[1] = result("tinyx/serve/stock", [3000])
     assert "(bar >= 5x: NOT met)" in tinyx.summary_extra(results)[1]
     assert tinyx.summary_extra(results[:1]) == ["stock vs tinyx-cold: no ratio (a stock or Tinyx row failed)"]
