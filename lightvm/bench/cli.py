@@ -197,9 +197,9 @@ def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True
         results = runner.run(rows, max_steal_pct=opts.max_steal_pct)
     reference = {str(r.params.get("variant")): module.REFERENCE for r in results if "variant" in r.params}
     table = runner.summary_table(results, reference)
-    extra = getattr(module, "summary_extra", None)  # a suite's own lines (tinyx: the stock ratios)
-    if extra is not None:
-        table = "\n".join([table, *extra(results)])
+    # a suite's own lines after the table (tinyx: the stock ratios), in results.json too
+    extra_fn = getattr(module, "summary_extra", None)
+    extra: list[str] = extra_fn(results) if extra_fn is not None else []
     written: list[Path] = []
     if plots:
         try:
@@ -211,9 +211,10 @@ def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True
         path,
         meta,
         results,
-        {"describe": module.describe(), "plots": [p.name for p in written], "summary_table": table},
-    )
-    (out / "summary.txt").write_text(table + "\n")
+        {"describe": module.describe(), "plots": [p.name for p in written], "summary_table": table,
+         "summary_extra": extra},
+    )  # fmt: skip
+    (out / "summary.txt").write_text("\n".join([table, *extra]) + "\n")
     return path, results
 
 

@@ -34,7 +34,7 @@ from lightvm.linux import LINUX_TCG_CPU, linux_cmdline
 from lightvm.qemubin import qemu_binary
 
 BUILD_TIMEOUT_S = 1800  # a cold cache: debootstrap (~4 min here), apt with the kernel and its initrd
-# A systemd boot under TCG on this 2-core host: 64-111 s at load 7-12 (docs/tinyx.md).
+# A systemd boot under TCG on this 2-core host: 18-22 s quiet, up to 162 s at load 14 (docs/tinyx.md).
 SERVE_TIMEOUT_S = 300.0
 MACHINE = "microvm"  # QEMU's defaults: qboot, ACPI, RTC on
 MEMORY_MIB = 256
