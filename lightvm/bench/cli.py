@@ -29,6 +29,7 @@ SMOKE_VMS = (1, 2)
 SMOKE_ITERATIONS = 2
 SMOKE_WARMUP = 1
 SMOKE_IDLE_WINDOW_S = 1.0
+SMOKE_STOCK_ITERATIONS = 1  # tinyx: one boot of the stock Debian VM per row (tens of seconds each)
 # Unmeasured iterations per point when --warmup is not given. In the boot suite the first
 # boots after a fleet is (re)built can be slow (a new xenstored or lightvmd, code and
 # pages not yet warm): with 1 warm-up, lightvm-xenstore's median at N = 1 once came out
@@ -73,6 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--memory-mib", type=int, default=None, help="checkpoint: guest RAM of the VMs (default: the example's)"
     )
     p.add_argument("--idle-window", type=float, default=None, help="density, tinyx: seconds of idle sampling (10)")
+    p.add_argument(
+        "--stock-iterations", type=int, default=None, metavar="N",
+        help="tinyx: measured boots of the stock Debian VM per row (default 3; smoke 1, no warm-up)",
+    )  # fmt: skip
     p.add_argument("--max-vms", type=int, default=200, help="refuse N above this unless raised (default 200)")
     p.add_argument(
         "--order", choices=suite.ORDERS, default=None,
@@ -120,6 +125,7 @@ def options(args: argparse.Namespace) -> suite.SuiteOptions:
     if args.smoke:
         opts.vms, opts.iterations, opts.warmup = list(SMOKE_VMS), SMOKE_ITERATIONS, SMOKE_WARMUP
         opts.idle_window_s, opts.settle_s = SMOKE_IDLE_WINDOW_S, 0.0
+        opts.stock_iterations, opts.stock_warmup = SMOKE_STOCK_ITERATIONS, 0
     else:
         opts.warmup = WARMUP.get(args.suite, opts.warmup)
         opts.max_steal_pct = MAX_STEAL_PCT.get(args.suite)
@@ -131,6 +137,10 @@ def options(args: argparse.Namespace) -> suite.SuiteOptions:
         opts.iterations = args.iterations
     if args.warmup is not None:
         opts.warmup = args.warmup
+    if args.stock_iterations is not None:
+        if args.stock_iterations < 1:
+            raise LightVMError(f"--stock-iterations {args.stock_iterations}: must be >= 1")
+        opts.stock_iterations = args.stock_iterations
     if args.idle_window is not None:
         opts.idle_window_s = args.idle_window
     if args.order is not None:
@@ -190,6 +200,8 @@ def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True
             "order": opts.order,
             "settle_s": opts.settle_s,
             "max_steal_pct": opts.max_steal_pct,
+            "stock_iterations": opts.stock_iterations,
+            "stock_warmup": opts.stock_warmup,
         },
     )
     with contextlib.ExitStack() as stack:
@@ -197,6 +209,9 @@ def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True
         results = runner.run(rows, max_steal_pct=opts.max_steal_pct)
     reference = {str(r.params.get("variant")): module.REFERENCE for r in results if "variant" in r.params}
     table = runner.summary_table(results, reference)
+    # a suite's own lines after the table (tinyx: the stock ratios), in results.json too
+    extra_fn = getattr(module, "summary_extra", None)
+    extra: list[str] = extra_fn(results) if extra_fn is not None else []
     written: list[Path] = []
     if plots:
         try:
@@ -208,9 +223,10 @@ def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True
         path,
         meta,
         results,
-        {"describe": module.describe(), "plots": [p.name for p in written], "summary_table": table},
-    )
-    (out / "summary.txt").write_text(table + "\n")
+        {"describe": module.describe(), "plots": [p.name for p in written], "summary_table": table,
+         "summary_extra": extra},
+    )  # fmt: skip
+    (out / "summary.txt").write_text("\n".join([table, *extra]) + "\n")
     return path, results
 
 

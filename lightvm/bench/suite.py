@@ -38,6 +38,10 @@ class SuiteOptions:
     # run a row's iterations again (twice at most) while the hypervisor stole more than this
     # share of the CPUs (runner.run); None: never
     max_steal_pct: float | None = None
+    # tinyx: measured iterations and warm-ups of the stock Debian VM's rows (a boot is
+    # tens of seconds under TCG); None: the suite's default (lightvm/bench/tinyx.py)
+    stock_iterations: int | None = None
+    stock_warmup: int = 1
 
 
 def load(name: str) -> ModuleType:

@@ -78,7 +78,7 @@ def clean_stale(root: Path, progress: Progress) -> None:
     Only our kinds: the kernel builder's ``kernel-*.tmp`` may be a build in progress."""
     if not root.is_dir():
         return
-    for kind in ("base", "app", "busybox", "assemble", "kpack"):
+    for kind in ("base", "app", "busybox", "assemble", "kpack", "stock"):
         for tmp in root.glob(f"{kind}-*.tmp"):
             progress.log(f"removing {tmp.name} left by an interrupted build")
             remove_tree(tmp)
