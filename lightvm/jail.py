@@ -19,7 +19,8 @@ guest instruction runs, it applies the layers we ask for:
   descriptor (migration streams, a pooled shell's disk image: lightvm/devices/shellblk.py).
 
 Without root (a rootless lightvm) only the filter applies: -runas and -chroot need root.
-``LIGHTVM_JAIL=off`` turns every layer off (debugging). Which layers are on for this
+``LIGHTVM_JAIL=off`` turns every layer off (debugging), ``LIGHTVM_JAIL=seccomp`` keeps
+only the filter. Which layers are on for this
 process: :func:`layers`. docs/security.md has the measured cost of each.
 
 Per-VM uids: a marker file ``JAIL_DIR/uids/UID`` (created O_EXCL) holds the PID and start
@@ -60,12 +61,18 @@ def enabled() -> bool:
     return os.environ.get(ENV, "on").lower() not in ("off", "0", "no", "false")
 
 
+def filter_only() -> bool:
+    """``LIGHTVM_JAIL=seccomp``: the filter alone, as a rootless lightvm gets it (to
+    measure what each layer costs: lightvm/bench/jailcost.py)."""
+    return os.environ.get(ENV, "on").lower() == "seccomp"
+
+
 def layers(binary: str) -> list[str]:
     """The layers a QEMU ``binary`` started by this process gets."""
     if not enabled():
         return []
     filtered = ["seccomp", "no_new_privs"] if sandbox_supported(binary) else []
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 or filter_only():
         return filtered
     return [*filtered, "uid", "no_capabilities", "chroot"]
 
@@ -73,7 +80,7 @@ def layers(binary: str) -> list[str]:
 def layers_drop_root() -> bool:
     """Whether a QEMU started now gives up root before its guest runs (so binds nothing
     privileged afterwards: a pooled shell's late port forward, for one)."""
-    return enabled() and os.geteuid() == 0
+    return enabled() and not filter_only() and os.geteuid() == 0
 
 
 def sandbox_supported(binary: str) -> bool:
@@ -134,7 +141,7 @@ def allocate(vm_id: str, binary: str) -> Jail:
                 "filter (build lightvm's QEMU: bash qemu/build.sh)",
                 file=sys.stderr,
             )
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 or filter_only():
         return Jail(None, sandbox)
     root = _empty_root()
     start = int.from_bytes(hashlib.sha256(vm_id.encode()).digest()[:4], "little") % UID_COUNT

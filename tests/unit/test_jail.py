@@ -1,0 +1,77 @@
+"""The jail's per-VM uids and arguments (lightvm/jail.py), without starting QEMU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightvm import jail
+
+
+@pytest.fixture
+def jail_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(jail.DIR_ENV, str(tmp_path / "jail"))
+    monkeypatch.delenv(jail.ENV, raising=False)
+    monkeypatch.setattr(jail, "sandbox_supported", lambda binary: True)
+    monkeypatch.setattr(jail.os, "geteuid", lambda: 0)
+    return tmp_path / "jail"
+
+
+def test_each_vm_gets_its_own_uid_and_the_layers(jail_dir: Path) -> None:
+    a, b = jail.allocate("vm-a", "qemu"), jail.allocate("vm-b", "qemu")
+    assert a.uid is not None and b.uid is not None and a.uid != b.uid
+    assert a.uid >= jail.UID_BASE and b.uid >= jail.UID_BASE
+    assert a.args == ("-sandbox", jail.SANDBOX, "-runas", f"{a.uid}:{a.uid}", "-chroot", str(jail_dir / "root"))
+    assert sorted(os.listdir(jail_dir / "uids")) == sorted([str(a.uid), str(b.uid)])
+    assert os.listdir(jail_dir / "root") == [] and (jail_dir / "root").stat().st_mode & 0o777 == 0o555
+    assert jail.uid_of(["qemu", "-nodefaults", *a.args, "-S"]) == a.uid and jail.uid_of(["qemu"]) is None
+    a.release()
+    assert os.listdir(jail_dir / "uids") == [str(b.uid)]
+
+
+def test_the_same_vm_id_probes_past_a_live_holder(jail_dir: Path) -> None:
+    first = jail.allocate("same", "qemu")
+    second = jail.allocate("same", "qemu")  # this process holds the first: alive, not stale
+    assert first.uid is not None and second.uid == first.uid + 1
+
+
+def test_a_dead_holders_uid_is_reused(jail_dir: Path) -> None:
+    first = jail.allocate("vm", "qemu")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    first.hand_to(dead.pid, 12345)  # the "QEMU" that held it is gone (and its start time is not this)
+    again = jail.allocate("vm", "qemu")
+    assert again.uid == first.uid  # the stale marker was taken over
+    assert (jail_dir / "uids" / str(again.uid)).read_text().split()[0] == str(os.getpid())
+
+
+def test_settings(jail_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(jail.ENV, "off")
+    assert jail.allocate("x", "qemu").args == () and jail.layers("qemu") == [] and not jail.layers_drop_root()
+    monkeypatch.setenv(jail.ENV, "seccomp")
+    only = jail.allocate("x", "qemu")
+    assert only.uid is None and only.args == ("-sandbox", jail.SANDBOX)
+    assert jail.layers("qemu") == ["seccomp", "no_new_privs"] and not jail.layers_drop_root()
+    monkeypatch.setenv(jail.ENV, "on")
+    monkeypatch.setattr(jail.os, "geteuid", lambda: 1000)  # rootless: the filter only
+    assert jail.allocate("x", "qemu").args == ("-sandbox", jail.SANDBOX) and not jail.layers_drop_root()
+    monkeypatch.setattr(jail.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(jail, "sandbox_supported", lambda binary: False)  # a QEMU without libseccomp
+    plain = jail.allocate("x", "qemu")
+    assert "-sandbox" not in plain.args and "-runas" in plain.args
+    assert jail.layers("qemu") == ["uid", "no_capabilities", "chroot"]
+
+
+def test_sandbox_probe_is_real_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIGHTVM_CACHE_DIR", str(tmp_path / "cache"))
+    fake = tmp_path / "qemu-no-seccomp"
+    fake.write_text('#!/bin/sh\n[ "$1" = -sandbox ] && { echo "There is no option group sandbox" >&2; exit 1; }\n')
+    fake.chmod(0o755)
+    assert jail.sandbox_supported(str(fake)) is False
+    fake.write_text("#!/bin/sh\nexit 0\n")  # another build: a new size and mtime, a new cache key
+    os.utime(fake, (1, 1))
+    assert jail.sandbox_supported(str(fake)) is True
