@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightvm import cgroups
 from lightvm import jail as jailmod
 from lightvm.devices import blk
 from lightvm.errors import ExistsError, GuestError, LightVMError, StateError
@@ -224,6 +225,8 @@ class Instance:
         config = machine_config(self.vmdir, self.record, extra_args=tuple(extra_args), **changes)
         jail = jailmod.allocate(self.record.id, config.binary)
         self.undo.push("jail uid", jail.release)
+        if jail.uid is not None:  # undone after the QEMU kill below: a cgroup with tasks stays
+            self.undo.push("cgroups", lambda: cgroups.release(self.record.id))
         machine = Machine(dataclasses.replace(config, jail_args=jail.args))
         with netns():
             machine.launch()
@@ -231,6 +234,8 @@ class Instance:
         self.machine = machine
         assert machine.process is not None
         jail.hand_to(machine.process.pid, machine.process.start_time)
+        if jail.uid is not None:  # the full jail: its cgroup limits too, before the guest runs (lightvm/cgroups.py)
+            cgroups.confine(self.record.id, machine.process.pid, int(self.record.spec.get("memory", 0)))
         # QEMU is initialising now (~20 ms); the host-side bookkeeping runs meanwhile.
         record = self.record
         record.pid, record.pid_start, record.argv = machine.process.pid, machine.process.start_time, machine.argv
@@ -436,6 +441,7 @@ def destroy(vmdir: VMDir, state_root: Path | None, hard: bool = False) -> None:
         uid = jailmod.uid_of(record.argv or [])
         if uid is not None:
             jailmod.release(uid)
+            cgroups.release(record.id)
         if state_root is not None and (record.devices.get("vifs") or record.devices.get("vifs_pending")):
             release_vifs(state_root, vmdir.name, record.devices)
         Path(record.noxs_path).unlink(missing_ok=True)

@@ -55,7 +55,7 @@ def guard_env() -> str:
     """``K=V ...`` of the leak guard's variables (its session marker, the session's NoXS
     dir and jail dir), for a command that does not inherit this environment: one run over SSH gets
     ``env <guard_env()> lightvm ...``, so that what it starts is this session's too."""
-    names = ("LIGHTVM_TEST_SESSION", "LIGHTVM_SHM_DIR", "LIGHTVM_JAIL_DIR")
+    names = ("LIGHTVM_TEST_SESSION", "LIGHTVM_SHM_DIR", "LIGHTVM_JAIL_DIR", "LIGHTVM_CGROUP_PARENT")
     return " ".join(f"{n}={shlex.quote(os.environ[n])}" for n in names if n in os.environ)
 
 

@@ -8,7 +8,9 @@ At configure time it marks the session:
   (lightvm.state.shm_dir), so anything in it is this session's. Mode 1777 like /dev/shm
   (the rootless tests drop to nobody); removed at the end.
 - ``LIGHTVM_JAIL_DIR=/run/lvtest-jail-<uuid>``: the jail's empty root and per-VM uid
-  markers (lightvm/jail.py) of this session's QEMUs; removed at the end.
+  markers (lightvm/jail.py) of this session's QEMUs; removed at the end;
+- ``LIGHTVM_CGROUP_PARENT=lvtest-<uuid>``: the parent of this session's VM cgroups
+  (lightvm/cgroups.py); removed at the end.
 
 Around each test, from the start of its setup to the end of its teardown, it takes a
 snapshot of what a lightvm test can leak and that is this session's for sure, however
@@ -26,6 +28,7 @@ many other pytest sessions run on the machine:
            them inside a namespace of theirs, which is checked instead
   socket   a unix socket file under a state dir registered during the test (harness)
   jail     a uid marker in the session's jail dir (a VM's uid not given back)
+  cgroup   a VM cgroup under the session's cgroup parent
 
 Anything there after the test that was not there before it is a leak: the test gets an
 error at teardown naming each one, and the guard removes them (SIGKILL, unlink, ip link
@@ -59,6 +62,8 @@ SESSION_ENV = "LIGHTVM_TEST_SESSION"
 SHM_ENV = "LIGHTVM_SHM_DIR"  # lightvm.state.SHM_ENV (not imported: this plugin needs no lightvm)
 SHM_ROOT = Path("/dev/shm")
 JAIL_ENV = "LIGHTVM_JAIL_DIR"  # lightvm.jail.DIR_ENV
+CGROUP_ENV = "LIGHTVM_CGROUP_PARENT"  # lightvm.cgroups.PARENT_ENV
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 NETNS_DIR = Path("/run/netns")
 GRACE_S = 3.0  # a process already killed may take a moment to exit
 # Session-long helpers Python itself may start: not a test's leak.
@@ -86,6 +91,7 @@ class LeakGuard:
         self.marker = f"{SESSION_ENV}={self.session_id}\0".encode()
         self.shm_dir = SHM_ROOT / f"lvtest-{self.session_id}"
         self.jail_dir = Path("/run") / f"lvtest-jail-{self.session_id}"
+        self.cgroup_parent = f"lvtest-{self.session_id}"
         self.pid = os.getpid()
         self.shm_mine = f"lvtest-{self.pid}-"  # tests/guestlib.py's regions
         self.name_re = re.compile(rf"^lv[a-z]*-?{self.pid}-")
@@ -102,6 +108,7 @@ class LeakGuard:
             (SESSION_ENV, self.session_id),
             (SHM_ENV, str(self.shm_dir)),
             (JAIL_ENV, str(self.jail_dir)),
+            (CGROUP_ENV, self.cgroup_parent),
         ):
             self.saved_env[key] = os.environ.get(key)
             os.environ[key] = value
@@ -116,6 +123,9 @@ class LeakGuard:
             failed = self.clean(leaks)
             shutil.rmtree(self.shm_dir, ignore_errors=True)
             shutil.rmtree(self.jail_dir, ignore_errors=True)
+            for parent in self._cgroup_parents():
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
         finally:
             for key, value in self.saved_env.items():
                 if value is None:
@@ -127,7 +137,14 @@ class LeakGuard:
     # -- what exists now --
 
     def snapshot(self, state_dirs: list[Path] | None = None) -> set[Leak]:
-        found = self.processes() | self.noxs_files() | self.namespaces() | self.links() | self.jail_markers()
+        found = (
+            self.processes()
+            | self.noxs_files()
+            | self.namespaces()
+            | self.links()
+            | self.jail_markers()
+            | self.cgroups()
+        )
         if state_dirs is None:
             state_dirs = _state_dirs()
         return found | self.sockets(state_dirs)
@@ -178,6 +195,19 @@ class LeakGuard:
             for n in names
         }
 
+    def _cgroup_parents(self) -> list[Path]:
+        """The session's cgroup parent in each hierarchy lightvm may use (v1 memory and pids, v2)."""
+        return [CGROUP_ROOT / h / self.cgroup_parent for h in ("memory", "pids", "")]
+
+    def cgroups(self) -> set[Leak]:
+        found = set()
+        for parent in self._cgroup_parents():
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(parent):
+                    if entry.is_dir():
+                        found.add(Leak("cgroup", entry.path, f"VM cgroup {entry.path}"))
+        return found
+
     def namespaces(self) -> set[Leak]:
         try:
             names = os.listdir(NETNS_DIR)
@@ -210,7 +240,7 @@ class LeakGuard:
         while any(leak.kind == "process" for leak in found) and time.monotonic() < deadline:
             time.sleep(0.05)
             found = leaks()
-        order = ("process", "socket", "noxs", "jail", "link", "netns")
+        order = ("process", "socket", "noxs", "jail", "cgroup", "link", "netns")
         return sorted(found, key=lambda leak: (order.index(leak.kind), leak.key))
 
     def clean(self, leaks: list[Leak]) -> list[str]:
@@ -221,6 +251,8 @@ class LeakGuard:
             try:
                 if leak.kind == "process":
                     self._kill(leak)
+                elif leak.kind == "cgroup":
+                    os.rmdir(leak.key)
                 elif leak.kind in ("noxs", "socket", "jail"):
                     path = Path(leak.key)
                     if path.is_dir() and not path.is_symlink():

@@ -114,6 +114,13 @@ def check_jail() -> Check:
         missing.append("seccomp filter: this QEMU was built without libseccomp")
     if "uid" not in on:
         missing.append("own uid, no capabilities, empty root: they need lightvm to run as root")
+    from lightvm import cgroups
+
+    why_not = cgroups.available() if "uid" in on else "they come with the full jail"
+    if why_not is None:
+        on = [*on, "cgroup limits"]
+    else:
+        missing.append(f"cgroup limits: {why_not}")
     detail = ", ".join(on) + (f"; not on: {'; '.join(missing)}" if missing else "")
     if missing:
         return Check("jail", "info", detail, "lightvm setup qemu" if "seccomp" not in on else None)

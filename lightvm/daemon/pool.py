@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightvm import jail
+from lightvm import cgroups, jail
 from lightvm.daemon import pool_nics
 from lightvm.daemon.adaptive import DEFAULT_IDLE_S, AdaptivePolicy
 from lightvm.daemon.shells import POOL_DIR, SHELL_OVERHEAD_MIB, ShellPool
@@ -182,6 +182,7 @@ class Shell:
         uid = jail.uid_of(self.record.argv or [])
         if uid is not None:
             jail.release(uid)
+            cgroups.release(self.record.id)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -1,6 +1,7 @@
 """The jail around QEMU (lightvm/jail.py), checked on the running processes: a VM's QEMU
 is not root, has no capabilities, runs under a seccomp filter with no_new_privs, sees an
-empty root, and every VM has a uid of its own; the same for a pooled VM and a restored
+empty root, sits in a cgroup of its own with memory and pids limits (lightvm/cgroups.py),
+and every VM has a uid of its own; the same for a pooled VM and a restored
 one. LIGHTVM_JAIL=off turns it off."""
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 import pytest
 from daemonlib import Lightvmd, wait_pool
+
+from lightvm import cgroups
 
 pytestmark = pytest.mark.functional
 
@@ -31,6 +34,15 @@ def _jailed(pid: int) -> int:
     assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0, status
     assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2", status
     assert os.listdir(f"/proc/{pid}/root") == []  # its root: an empty folder
+    # Its own cgroup with limits, where the host allows (this one does: rw cgroup v1).
+    parent = os.environ["LIGHTVM_CGROUP_PARENT"]
+    groups = dict(line.split(":", 2)[1:] for line in cgroups.of_pid(pid))
+    assert cgroups.available() is None
+    mine = groups.get("memory", "")
+    assert mine.startswith(f"/{parent}/") and groups.get("pids") == mine, groups
+    memory = Path("/sys/fs/cgroup/memory") / mine.lstrip("/")
+    assert int((memory / "memory.limit_in_bytes").read_text()) > cgroups.OVERHEAD_MIB << 20
+    assert (Path("/sys/fs/cgroup/pids") / mine.lstrip("/") / "pids.max").read_text().strip() == str(cgroups.PIDS_MAX)
     return uids.pop()
 
 
