@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     t0 = time.monotonic()
-    result = run(args.config, args.iterations)
+    result = run(args.config.resolve(), args.iterations)  # lightvmd has its own working dir
     cold, pooled = result["cold_ready_ms"], result["pooled_reply_ms"]
     print(
         f"{Path(result['config']).name}, TCG, {args.iterations} samples per cell, alternating; "
