@@ -17,7 +17,7 @@ import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     import socket
-    from typing import Protocol
+    from typing import Any, Protocol
 
     class LineConnection(Protocol):
         """What :func:`recv_line` needs: a socket, or a paramiko channel."""
@@ -92,15 +92,18 @@ def short_unix_path(path: str | os.PathLike[str]) -> tuple[str, int | None]:
     return f"/proc/self/fd/{dirfd}/{os.path.basename(text)}", dirfd
 
 
-def connect_unix(path: str | os.PathLike[str], timeout: float) -> socket.socket:
+def connect_unix(path: str | os.PathLike[str], timeout: float, module: Any = None) -> socket.socket:
     """A stream socket connected to the unix socket at ``path`` (any length: see
-    :func:`short_unix_path`), with ``timeout`` set on it.
+    :func:`short_unix_path`), with ``timeout`` set on it. ``module``: the socket module
+    to make it with (default ``socket``; the API client passes the lighter ``_socket``,
+    lightvm/daemon/proto.py).
 
     :raise OSError: it could not connect (the socket is closed).
     """
-    import socket
+    if module is None:
+        import socket as module
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock: socket.socket = module.socket(module.AF_UNIX, module.SOCK_STREAM | module.SOCK_CLOEXEC)
     address, dirfd = short_unix_path(path)
     try:
         sock.settimeout(timeout)

@@ -18,7 +18,7 @@ import os
 
 from lightvm import errors
 from lightvm.errors import LightVMError
-from lightvm.lineio import Deadline, recv_line, short_unix_path
+from lightvm.lineio import Deadline, connect_unix, recv_line
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -90,17 +90,7 @@ def connect_raw(path: str, timeout: float) -> _socket.socket:
 
     :raise OSError: it could not connect (the socket is closed).
     """
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-    address, dirfd = short_unix_path(path)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(address)
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        if dirfd is not None:
-            os.close(dirfd)
+    sock: _socket.socket = connect_unix(path, timeout, _socket)
     return sock
 
 
