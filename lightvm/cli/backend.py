@@ -54,7 +54,9 @@ if TYPE_CHECKING:
 
         def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]: ...
 
-        def migrate(self, request: dict[str, Any]) -> dict[str, Any]: ...
+        def migrate(
+            self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None
+        ) -> dict[str, Any]: ...
 
 
 ROUTED = ("create", "list", "info", "destroy", "shutdown", "pause", "unpause", "restore", "migrate")
@@ -140,7 +142,9 @@ class LocalBackend:
 
         return restore(self.ts, file, name=name, timeout=timeout).as_dict()
 
-    def migrate(self, request: dict[str, Any]) -> dict[str, Any]:
+    def migrate(
+        self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
         from pathlib import Path
 
         from lightvm.mobility import migrate
@@ -159,6 +163,7 @@ class LocalBackend:
             bandwidth_mib=request["bandwidth_mib"],
             downtime_ms=request["downtime_ms"],
             timeout=request["timeout"],
+            progress=progress,
         )
         return result.as_dict()
 
@@ -206,9 +211,30 @@ class DaemonBackend:
         result: dict[str, Any] = self.client.call("restore", request, timeout=timeout + 30.0)
         return result
 
-    def migrate(self, request: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self.client.call("migrate", request, timeout=request["timeout"] * 4 + 30.0)
-        return result
+    def migrate(
+        self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        timeout = request["timeout"] * 4 + 30.0
+        if progress is None:
+            result: dict[str, Any] = self.client.call("migrate", request, timeout=timeout)
+            return result
+        import json
+
+        from lightvm.daemon import proto
+
+        self.client.call("migrate", {**request, "progress": True}, timeout=timeout)  # {"stream": "progress"}
+        while True:  # progress lines, then the result or the error (lightvm/daemon/operations.py)
+            line = self.client.next_line(timeout)
+            if line is None:
+                raise proto.ApiError(f"lightvmd said nothing about the migration for {timeout:.0f} s")
+            message = json.loads(line)
+            if "progress" in message:
+                progress(message["progress"])
+            elif "result" in message:
+                done: dict[str, Any] = message["result"]
+                return done
+            else:
+                proto.raise_error(message.get("error"))
 
 
 def connect(args: argparse.Namespace) -> Client | None:

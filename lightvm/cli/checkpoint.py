@@ -134,6 +134,7 @@ def _register_migrate(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="deadline of each phase")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_migrate)
 
     # No help=: argparse leaves them out of the command list (run by `migrate` over SSH).
@@ -253,8 +254,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         "timeout": args.timeout,
     }
     with open_backend(args) as backend:
-        print_result(backend.migrate(request), args.json)
+        print_result(backend.migrate(request, None if args.quiet else print_progress), args.json)
     return 0
+
+
+def print_progress(p: dict[str, Any]) -> None:
+    """One stderr line per report of the running stream (every 0.25 s, and at its end)."""
+    mib = 1 << 20
+    line = f"migrate: {p['status']}: {p['transferred'] / mib:.1f} MiB sent"
+    if p["status"] != "completed":
+        line += f", {p['remaining'] / mib:.1f} MiB left of {p['total'] / mib:.1f}, {p['mbps']:.0f} Mbit/s"
+    if "downtime_ms" in p:
+        line += f"; downtime {p['downtime_ms']:.1f} ms"
+    print(line, file=sys.stderr, flush=True)
 
 
 def cmd_receive(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ of the reply (lightvm/daemon/api.py).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.daemon import api
+from lightvm.daemon.events import EventLog, Watcher
 from lightvm.daemon.pool import Pool
 from lightvm.daemon.restore_pool import IncomingFlavour, IncomingPool
 from lightvm.daemon.shells import POOL_DIR
@@ -38,6 +40,8 @@ class Operations:
     pool: Pool | None
     incoming: IncomingPool | None
     sessions: Sessions
+    events: EventLog
+    watcher: Watcher
     _tsc_hz: int
     _threads_lock: threading.Lock
     _finishing: dict[str, threading.Event]
@@ -58,6 +62,7 @@ class Operations:
             "migrate-in": self.op_migrate_in,
             "migrate": self.op_migrate,
             "ssh": self.op_ssh,
+            "events": self.op_events,
         }
 
     def _toolstack(self, timeout: float | None = None) -> Any:
@@ -162,8 +167,31 @@ class Operations:
             raise
         if finish is not None:
             deferred, name0 = finish, names[0]
-            return api.Deferred(out, lambda: self._finish(name0, deferred))
+
+            def after() -> None:  # the events too, after the reply (microseconds, but not on its path)
+                self._finish(name0, deferred)
+                self._created(out)
+
+            return api.Deferred(out, after)
+        self._created(out)
         return out
+
+    def _created(self, results: list[dict[str, Any]]) -> None:
+        for entry in results:
+            ready = (entry.get("boot_ms") or {}).get("ready")
+            self.events.emit("created", entry["name"], path=entry["path"], accel=entry["accel"])
+            self.events.emit("ready", entry["name"], boot_ms=ready, app=entry.get("app", ""))
+            if entry.get("pid"):
+                self.watcher.watch(entry["name"], int(entry["pid"]))
+
+    def op_events(self, args: dict[str, Any]) -> Any:
+        """The events after ``since`` (seq, default 0), of ``vm`` if given; with ``follow``,
+        the connection then streams each new one as a JSON line (lightvm/daemon/events.py)."""
+        from lightvm.daemon.events import stream
+
+        return stream(
+            self.events, _arg(args, "since", int) or 0, _arg(args, "vm", str), bool(_arg(args, "follow", bool))
+        )
 
     # A pool create answers at READY and completes its record right after (execute.py,
     # execute_deferred); operations on that name wait for it meanwhile.
@@ -239,7 +267,12 @@ class Operations:
         ts = self._toolstack()
         if _arg(args, "all", bool):
             self._settle()
-            return {"destroyed": ts.destroy_all()}
+            for vm in ts.list():
+                self.watcher.expect_exit(vm.name)
+            gone = ts.destroy_all()
+            for n in gone:
+                self.events.emit("destroyed", n)
+            return {"destroyed": gone}
         names = _arg(args, "names", list, required=True)
         if not all(isinstance(n, str) for n in names):
             raise SpecError("'names' must be a list of strings")
@@ -248,8 +281,10 @@ class Operations:
         done = []
         for n in names:
             try:
+                self.watcher.expect_exit(n)
                 ts.destroy(n)
                 done.append(n)
+                self.events.emit("destroyed", n)
             except LightVMError as exc:
                 errors.append(exc)
         if errors:
@@ -261,22 +296,28 @@ class Operations:
     def op_shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
         name = _arg(args, "name", str, required=True)
         self._settle([name])
+        self.watcher.expect_exit(name)
         ms = self._toolstack().shutdown(
             name,
             keep=bool(_arg(args, "keep", bool)),
             timeout=float(_arg(args, "timeout", (int, float)) or 5.0),
         )
+        self.events.emit("shutdown", name, ms=ms)
         return {"ms": ms}
 
     def op_pause(self, args: dict[str, Any]) -> dict[str, Any]:
         name = _arg(args, "name", str, required=True)
         self._settle([name])
-        return {"ms": self._toolstack().pause(name)}
+        ms = self._toolstack().pause(name)
+        self.events.emit("paused", name)
+        return {"ms": ms}
 
     def op_unpause(self, args: dict[str, Any]) -> dict[str, Any]:
         name = _arg(args, "name", str, required=True)
         self._settle([name])
-        return {"ms": self._toolstack().unpause(name)}
+        ms = self._toolstack().unpause(name)
+        self.events.emit("resumed", name)
+        return {"ms": ms}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -335,6 +376,8 @@ class Operations:
         out: dict[str, Any] = result.as_dict()
         out["path"] = "pool" if used_shell else "cold"
         out["daemon_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        self.events.emit("restored", result.name, file=file, path=out["path"])
+        self.watcher.watch(result.name, result.pid)
         return out
 
     def op_migrate_in(self, args: dict[str, Any]) -> api.Takeover:
@@ -359,6 +402,9 @@ class Operations:
             control = receive.Control(conn.fileno(), conn.sendall, rest)
             try:
                 receive.run_incoming(ts, prepared, server, control, name, timeout)
+                self.events.emit("migrated-in", name)
+                with contextlib.suppress(LightVMError):
+                    self.watcher.watch(name, int(ts.info(name).get("pid") or 0))
                 return control.rest()
             except Exception as exc:
                 self.log(f"migrate-in {name}: {exc}")
@@ -390,8 +436,36 @@ class Operations:
             remote_state_dir=_arg(args, "remote_state_dir", str),
         )
 
-    def op_migrate(self, args: dict[str, Any]) -> api.Deferred:
-        """Migrate a VM over this daemon's kept SSH connection to the destination."""
+    def op_migrate(self, args: dict[str, Any]) -> api.Deferred | api.Takeover:
+        """Migrate a VM over this daemon's kept SSH connection to the destination. With
+        ``progress``, the connection then carries ``{"progress": {...}}`` lines while the
+        stream runs and one ``{"result": ...}`` or ``{"error": ...}`` line at the end."""
+        if not _arg(args, "progress", bool):
+            out, after = self._migrate(args, None)
+            return api.Deferred(out, after)
+
+        def run(conn: socket.socket, rest: bytes) -> bytes | None:
+            def say(message: dict[str, Any]) -> None:
+                conn.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+            conn.settimeout(10.0)
+            try:
+                out, after = self._migrate(args, lambda p: say({"progress": p}))
+            except Exception as exc:  # the stream's reply, like a request's error
+                with contextlib.suppress(OSError):
+                    say({"error": api.error_body(exc)})
+                return rest
+            try:
+                say({"result": out})
+            finally:
+                after()
+            return rest
+
+        return api.Takeover({"stream": "progress"}, run)
+
+    def _migrate(
+        self, args: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None
+    ) -> tuple[dict[str, Any], Callable[[], None]]:
         from lightvm.daemon import ssh_sessions
         from lightvm.mobility import DEFAULT_BANDWIDTH_MIB, DEFAULT_DOWNTIME_MS
         from lightvm.mobility.migrate import MigrationError
@@ -417,11 +491,14 @@ class Operations:
             downtime_ms=int(_arg(args, "downtime_ms", int) or DEFAULT_DOWNTIME_MS),
             timeout=timeout,
             t0=t0,
+            progress=progress,
         )
         self._begin(name)  # list/info/destroy of the name wait for the teardown
 
         def after() -> None:
             t1 = time.perf_counter()
+            self.watcher.expect_exit(name)
+            self.events.emit("migrated", name, destination=target.target)
             try:
                 teardown()
             finally:
@@ -431,7 +508,7 @@ class Operations:
 
         out = result.as_dict()
         out["teardown_ms"] = None  # after the reply (see the log)
-        return api.Deferred(out, after)
+        return out, after
 
     def op_ssh(self, args: dict[str, Any]) -> Any:
         """Kept SSH sessions: ``action`` list (default), connect (open one now, with a

@@ -164,6 +164,22 @@ class Client:
             raise ApiError(f"lightvmd on {self.path}: {exc.strerror or exc}") from exc
         return line
 
+    def next_line(self, timeout: float) -> bytes | None:
+        """One more line of a streaming op (``events --follow``); None when none came
+        within ``timeout`` (the stream is idle, not broken).
+
+        :raise ApiError: the daemon hung up or the connection failed.
+        """
+        try:
+            line, self._buf = recv_line(self._sock, self._buf, Deadline(timeout))
+        except TimeoutError:
+            return None
+        except EOFError:
+            raise ApiError(f"lightvmd on {self.path} closed the connection") from None
+        except OSError as exc:
+            raise ApiError(f"lightvmd on {self.path}: {exc.strerror or exc}") from exc
+        return line
+
     def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
         """Send one request and return its ``result``.
 

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.daemon import api, sdnotify
+from lightvm.daemon.events import EventLog, Watcher, exit_kind
 from lightvm.daemon.operations import Operations
 from lightvm.daemon.pool import Pool, poolable
 from lightvm.daemon.restore_pool import IncomingFlavour, IncomingPool
@@ -107,6 +108,8 @@ class Daemon(Operations):
         self.pool: Pool | None = None
         self.incoming: IncomingPool | None = None
         self.sessions = Sessions(log)
+        self.events = EventLog()
+        self.watcher = Watcher(lambda vm, fields: self.events.emit(exit_kind(fields), vm, **fields))
         self._lock_fd: int | None = None
         self._listener: socket.socket | None = None
         self._threads: set[threading.Thread] = set()
@@ -174,6 +177,8 @@ class Daemon(Operations):
                 raise StateError(f"--incoming {path}: its VM has taps or disks; only user networking is prepared")
             self.incoming.learn(flavour)
         self.sessions.start()
+        self._watch_running()
+        self.watcher.start()
         self._bind()
         atomic_write(
             self.state.root / PID_NAME, json.dumps({"pid": os.getpid(), "start": proc_start_time(os.getpid())})
@@ -185,6 +190,14 @@ class Daemon(Operations):
         why = sdnotify.notify(ready=1, mainpid=os.getpid(), status=status)
         if why:
             self.log(why)
+
+    def _watch_running(self) -> None:
+        """Watch the QEMUs of VMs that run already (a previous daemon's, one-shot creates)."""
+        from lightvm.toolstack import Toolstack
+
+        for vm in Toolstack(self.state.root).list():
+            if vm.pid and vm.status in ("running", "paused"):
+                self.watcher.watch(vm.name, vm.pid)
 
     def _bind(self) -> None:
         path = api.socket_path(self.state.root)
@@ -287,6 +300,8 @@ class Daemon(Operations):
         for thread in threads:
             thread.join(max(0.0, end - time.monotonic()))
         self.sessions.stop()
+        self.events.close()  # ends the event streams
+        self.watcher.stop()
         if self.incoming is not None:
             self.incoming.stop()
         if self.pool is not None:

@@ -281,6 +281,7 @@ def migrate_warm(
     downtime_ms: int,
     timeout: float,
     t0: float,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Any, Callable[[], None]]:
     """Migrate ``name`` over a kept session: through a relay to the destination's lightvmd
     (``migrate-in``), or, with none there, a ``migrate-receive`` over the kept connection.
@@ -323,6 +324,7 @@ def migrate_warm(
             timeout,
             t0,
             defer_teardown=True,
+            progress=progress,
         )
     except MigrationError:
         if relay is not None:  # its conversation is in an unknown state: never reuse it

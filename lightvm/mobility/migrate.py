@@ -258,6 +258,7 @@ def migrate(
     downtime_ms: int = DEFAULT_DOWNTIME_MS,
     timeout: float = 30.0,
     log: Callable[[str], None] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> MigrateResult:
     """Live-migrate VM ``name`` to ``[user@]host``; destroy it here once it runs there.
 
@@ -283,7 +284,17 @@ def migrate(
             return lines, lines.receive(timeout, "the receiving side")
 
         result, lines, _ = migrate_over(
-            toolstack, name, target, transport, open_control, tunnel, bandwidth_mib, downtime_ms, timeout, t0
+            toolstack,
+            name,
+            target,
+            transport,
+            open_control,
+            tunnel,
+            bandwidth_mib,
+            downtime_ms,
+            timeout,
+            t0,
+            progress=progress,
         )
         lines.channel.close()
     finally:
@@ -315,6 +326,7 @@ def migrate_over(
     timeout: float,
     t0: float,
     defer_teardown: bool = False,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[MigrateResult, LineChannel, Callable[[], None] | None]:
     """The migration over an SSH ``transport``: ``open_control(hello)`` reaches a receiver
     on the destination (a new ``migrate-receive``, or lightvmd through a kept relay) and
@@ -349,7 +361,7 @@ def migrate_over(
         else:
             stream_out(machine, uri=f"tcp:{peer}:{dest_port}")
         started = True
-        info = wait_migration(machine, timeout, "migration", stall=STALL_S)
+        info = wait_migration(machine, timeout, "migration", stall=STALL_S, progress=progress)
         t_done = time.perf_counter()
         ready = lines.receive(timeout, "the guest to run on the destination")
         if not ready.get("ready"):

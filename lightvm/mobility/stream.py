@@ -161,8 +161,34 @@ class VerifiedFeed:
             )
 
 
-def wait_migration(machine: Machine, timeout: float, what: str, stall: float | None = None) -> dict[str, Any]:
+PROGRESS_EVERY = 0.25  # seconds between two progress reports of a running migration
+
+
+def progress_of(info: dict[str, Any]) -> dict[str, Any]:
+    """What a person watching a migration wants from a ``query-migrate`` answer."""
+    raw = info.get("ram")
+    ram: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    out = {
+        "status": str(info.get("status", "")),
+        "transferred": int(ram.get("transferred", 0)),
+        "remaining": int(ram.get("remaining", 0)),
+        "total": int(ram.get("total", 0)),
+        "mbps": float(ram.get("mbps", 0.0)),
+    }
+    if info.get("downtime") is not None:
+        out["downtime_ms"] = float(info["downtime"])
+    return out
+
+
+def wait_migration(
+    machine: Machine,
+    timeout: float,
+    what: str,
+    stall: float | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Poll ``query-migrate`` until the migration completes; its final answer.
+    ``progress`` gets :func:`progress_of` every PROGRESS_EVERY seconds and at the end.
 
     With ``stall``, a stream that sends nothing for that many seconds is cancelled (a cut
     network stalls TCP silently; QEMU itself would wait for minutes).
@@ -174,6 +200,7 @@ def wait_migration(machine: Machine, timeout: float, what: str, stall: float | N
     completed = False
     delay = MIGRATE_POLL
     sent, since = -1, time.monotonic()
+    reported = time.monotonic()
     while True:
         info = machine.qmp.execute("query-migrate", timeout=max(0.5, deadline.remaining()))
         status = str(info.get("status", "")) if isinstance(info, dict) else ""
@@ -185,6 +212,8 @@ def wait_migration(machine: Machine, timeout: float, what: str, stall: float | N
                 # total-time and downtime: ask again for the figures.
                 machine.qmp.pump(0.0005)
                 continue
+            if progress is not None:
+                progress(progress_of(info))
             return dict(info)
         if status in ("failed", "cancelled"):
             reason = str(info.get("error-desc", status))
@@ -193,6 +222,9 @@ def wait_migration(machine: Machine, timeout: float, what: str, stall: float | N
         now_sent = int(ram.get("transferred", 0)) if isinstance(ram, dict) else 0
         if now_sent != sent:
             sent, since = now_sent, time.monotonic()
+        if progress is not None and time.monotonic() - reported >= PROGRESS_EVERY:
+            reported = time.monotonic()
+            progress(progress_of(info))
         stalled = stall is not None and status == "active" and time.monotonic() - since > stall
         if deadline.expired() or stalled:
             with contextlib.suppress(QMPError):

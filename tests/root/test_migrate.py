@@ -51,8 +51,10 @@ def test_migrate_is_encrypted_unless_direct(hosts: TwoHosts) -> None:
     """The stream goes inside the SSH connection by default; --direct is plain TCP."""
     port = boot_daytime(hosts)
     before = hosts.a.guest("daytime")
-    result = json.loads(hosts.a.lv.ok(*hosts.migrate_args("daytime", "--json")).out)
+    run = hosts.a.lv.ok(*hosts.migrate_args("daytime", "--json"))
+    result = json.loads(run.out)
     assert result["tunnel"] and result["bytes"] > 0
+    assert re.search(r"migrate: completed: [0-9.]+ MiB sent; downtime [0-9.]+ ms", run.err), run.err
     assert hosts.a.lv.status() == {} and hosts.b.lv.status() == {"daytime": "running"}
     assert wait_until(lambda: hosts.b.daytime(port), timeout=20, interval=0.05)
     assert hosts.b.guest("daytime")["app_counter"] == before["app_counter"] + 1

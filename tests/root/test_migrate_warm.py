@@ -58,6 +58,8 @@ def _incoming_ready(h: Host) -> int:
 def _migrate_json(hs: TwoHosts, name: str, *extra: str) -> dict[str, Any]:
     result = hs.a.lv.ok(*hs.migrate_args(name, "--json", *extra))
     assert "via lightvmd" in result.err
+    # Progress streamed from lightvmd: at least the line at the stream's end, with the downtime.
+    assert re.search(r"migrate: completed: [0-9.]+ MiB sent; downtime [0-9.]+ ms", result.err), result.err
     return dict(json.loads(result.out))
 
 
