@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from lightvm.devices.tapfd import as_fds as as_tap_fds
 from lightvm.errors import LaunchError, MachineError, QMPError, StateError
 from lightvm.qemubin import qemu_binary
 from lightvm.qmp import QMPClient
@@ -366,21 +367,30 @@ class Machine:
         fd = self._listener.fileno()
         self.argv = build_argv(self.config, fd)
         spawn_setup()
+        # Taps as open fds (lightvm/devices/tapfd.py): QEMU needs no privilege for them.
+        # self.argv keeps ifname= (what a record and a checkpoint rebuild from).
+        try:
+            argv, taps = as_tap_fds(self.argv)
+        except OSError as exc:
+            raise LaunchError(f"cannot open a tap for QEMU: {exc.strerror or exc}") from exc
         try:
             # No preexec_fn: it would forbid vfork and cost a millisecond per spawn. A new
             # session keeps the VM out of the terminal's process group (Ctrl-C of the CLI
             # must not kill VMs it created); stdout/stderr go to a file so that nothing
             # waiting on the CLI's pipes waits for the VM too.
             popen = subprocess.Popen(
-                self.argv,
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=self._log,
-                pass_fds=(fd,),
+                pass_fds=(fd, *taps),
                 start_new_session=True,
             )
         except OSError as exc:
             raise LaunchError(f"cannot run {self.config.binary}: {exc.strerror or exc}") from exc
+        finally:
+            for tap in taps:
+                os.close(tap)
         self.process = ProcessHandle(popen.pid, proc_start_time(popen.pid), popen)
 
     def _post_launch(self) -> None:

@@ -8,6 +8,7 @@ bridge, the shells' taps, the VMs' taps; the daytime client runs there too.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -104,6 +105,15 @@ def test_pooled_nic_create_serves_and_never_repeats_an_address(ns: str, netd: tu
     taps = {n: r["devices"]["vifs"][0]["tap"] for n, r in records.items()}
     assert set(taps.values()) == shell_taps
     assert all("vifs_pending" not in r["devices"] for r in records.values())
+    # QEMU got its tap as an open fd (lightvm/devices/tapfd.py): no ifname= on the command
+    # line it runs with, /dev/net/tun among its fds; the record keeps ifname= (restores).
+    for vm in (a, cold):
+        cmdline = Path(f"/proc/{vm['pid']}/cmdline").read_bytes().split(b"\0")
+        netdev = next(arg.decode() for arg in cmdline if arg.startswith(b"tap,"))
+        assert "fd=" in netdev and "ifname=" not in netdev, netdev
+        fds = [os.readlink(f"/proc/{vm['pid']}/fd/{fd}") for fd in os.listdir(f"/proc/{vm['pid']}/fd")]
+        assert "/dev/net/tun" in fds, fds
+    assert any(arg.startswith("tap,") and f"ifname={taps['a']}" in arg for arg in records["a"]["argv"])
 
     assert _leases(d) == {"a": ips[0], "b": ips[1], "c": ips[2]}
 
