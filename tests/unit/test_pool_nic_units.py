@@ -155,3 +155,18 @@ def test_the_placeholder_page_names_each_shell_device() -> None:
     vifs = placeholder_vifs("0123456789abcdef", 2)
     assert [v.dev_mac for v in vifs] == [parse_mac(shellnet.device_mac("0123456789abcdef", i)) for i in (0, 1)]
     assert all(v.mac == v.dev_mac and v.ip == "0.0.0.0" for v in vifs)  # a valid vif with no address
+
+
+def test_low_published_ports_take_the_cold_path_when_the_jail_drops_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shell's QEMU adds a create's forwards after its jail gave up root, so it cannot
+    bind a host port below 1024: such a VM takes the cold path and says why."""
+    from lightvm import jail
+
+    low = spec(tmp_path, vifs=[{"publish": ["127.0.0.1:80:13"]}])
+    high = spec(tmp_path, vifs=[{"publish": ["8013:13"]}])
+    monkeypatch.setattr(jail, "layers_drop_root", lambda: True)
+    assert "below 1024" in (poolable(low) or "") and poolable(high) is None
+    monkeypatch.setattr(jail, "layers_drop_root", lambda: False)  # rootless or LIGHTVM_JAIL=off
+    assert poolable(low) is None
