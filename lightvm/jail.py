@@ -115,16 +115,17 @@ class Jail:
 
     uid: int | None  # None: rootless or off (no marker)
     args: tuple[str, ...]
+    vm_id: str = ""
 
     def hand_to(self, pid: int, start: int | None) -> None:
         """The QEMU ``pid`` holds the uid from now on (it outlives the creating process)."""
         if self.uid is not None:
             with contextlib.suppress(OSError):
-                _marker(self.uid).write_text(f"{pid} {start or 0}\n")
+                _marker(self.uid).write_text(f"{pid} {start or 0} {self.vm_id}\n")
 
     def release(self) -> None:
         if self.uid is not None:
-            release(self.uid)
+            release_vm(self.vm_id)
 
 
 def allocate(vm_id: str, binary: str) -> Jail:
@@ -145,7 +146,7 @@ def allocate(vm_id: str, binary: str) -> Jail:
         return Jail(None, sandbox)
     root = _empty_root()
     start = int.from_bytes(hashlib.sha256(vm_id.encode()).digest()[:4], "little") % UID_COUNT
-    me = f"{os.getpid()} {proc_start_time(os.getpid()) or 0}\n"
+    me = f"{os.getpid()} {proc_start_time(os.getpid()) or 0} {vm_id}\n"
     for step in range(UID_COUNT):
         uid = UID_BASE + (start + step) % UID_COUNT
         path = _marker(uid)
@@ -154,6 +155,8 @@ def allocate(vm_id: str, binary: str) -> Jail:
         except FileExistsError:
             if not _stale(path):
                 continue
+            with contextlib.suppress(OSError, IndexError):  # the dead holder's index entry
+                _by_vm(path.read_text().split()[2]).unlink(missing_ok=True)
             path.unlink(missing_ok=True)  # a dead holder's: take it (another taker loses the O_EXCL race)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -161,12 +164,29 @@ def allocate(vm_id: str, binary: str) -> Jail:
                 continue
         with os.fdopen(fd, "w") as f:
             f.write(me)
-        return Jail(uid, (*sandbox, "-runas", f"{uid}:{uid}", "-chroot", str(root)))
+        # The VM's index entry: destroy finds its uid by the VM's id alone (a create killed
+        # before its record named the uid leaves no other trace of it).
+        link = _by_vm(vm_id)
+        link.unlink(missing_ok=True)
+        os.symlink(str(uid), link)
+        return Jail(uid, (*sandbox, "-runas", f"{uid}:{uid}", "-chroot", str(root)), vm_id)
     raise OSError(f"no free jail uid in {UID_BASE}..{UID_BASE + UID_COUNT - 1}")
 
 
 def release(uid: int) -> None:
     _marker(uid).unlink(missing_ok=True)
+
+
+def release_vm(vm_id: str) -> None:
+    """Give back the uid of the VM whose record id is ``vm_id`` (nothing if it has none)."""
+    link = _by_vm(vm_id)
+    with contextlib.suppress(OSError, ValueError):
+        release(int(os.readlink(link)))
+    link.unlink(missing_ok=True)
+
+
+def _by_vm(vm_id: str) -> Path:
+    return jail_dir() / "vms" / vm_id
 
 
 def uid_of(argv: list[str]) -> int | None:
@@ -182,7 +202,7 @@ def _marker(uid: int) -> Path:
 
 def _stale(path: Path) -> bool:
     try:
-        pid_s, start_s = path.read_text().split()
+        pid_s, start_s = path.read_text().split()[:2]
         pid, start = int(pid_s), int(start_s)
     except (OSError, ValueError):
         return False  # being written (or unreadable): not ours to take
@@ -195,6 +215,7 @@ def _empty_root() -> Path:
     base = jail_dir()
     root = base / "root"
     (base / "uids").mkdir(mode=0o700, parents=True, exist_ok=True)
+    (base / "vms").mkdir(mode=0o700, exist_ok=True)
     root.mkdir(mode=0o555, exist_ok=True)
     return root
 
@@ -209,6 +230,7 @@ __all__ = [
     "layers",
     "layers_drop_root",
     "release",
+    "release_vm",
     "sandbox_supported",
     "uid_of",
 ]

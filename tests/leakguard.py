@@ -186,14 +186,13 @@ class LeakGuard:
         return found
 
     def jail_markers(self) -> set[Leak]:
-        try:
-            names = os.listdir(self.jail_dir / "uids")
-        except OSError:
-            return set()
-        return {
-            Leak("jail", str(self.jail_dir / "uids" / n), f"jail uid marker {n} (a VM's uid not given back)")
-            for n in names
-        }
+        found = set()
+        for kind in ("uids", "vms"):  # a uid's marker, and its index entry by VM id
+            with contextlib.suppress(OSError):
+                for n in os.listdir(self.jail_dir / kind):
+                    path = self.jail_dir / kind / n
+                    found.add(Leak("jail", str(path), f"jail {kind} entry {n} (a VM's uid not given back)"))
+        return found
 
     def _cgroup_parents(self) -> list[Path]:
         """The session's cgroup parent in each hierarchy lightvm may use (v1 memory and pids, v2)."""

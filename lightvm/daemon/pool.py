@@ -179,10 +179,8 @@ class Shell:
             with contextlib.suppress(LightVMError), net.NetContext.open(self.state_root) as ctx:
                 shellnet.delete_taps(taps, ctx)
         self.region.unlink()
-        uid = jail.uid_of(self.record.argv or [])
-        if uid is not None:
-            jail.release(uid)
-            cgroups.release(self.record.id)
+        jail.release_vm(self.record.id)
+        cgroups.release(self.record.id)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

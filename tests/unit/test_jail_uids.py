@@ -29,8 +29,11 @@ def test_each_vm_gets_its_own_uid_and_the_layers(jail_dir: Path) -> None:
     assert sorted(os.listdir(jail_dir / "uids")) == sorted([str(a.uid), str(b.uid)])
     assert os.listdir(jail_dir / "root") == [] and (jail_dir / "root").stat().st_mode & 0o777 == 0o555
     assert jail.uid_of(["qemu", "-nodefaults", *a.args, "-S"]) == a.uid and jail.uid_of(["qemu"]) is None
+    assert os.readlink(jail_dir / "vms" / "vm-a") == str(a.uid)  # found by the VM's id alone
     a.release()
-    assert os.listdir(jail_dir / "uids") == [str(b.uid)]
+    assert os.listdir(jail_dir / "uids") == [str(b.uid)] and os.listdir(jail_dir / "vms") == ["vm-b"]
+    jail.release_vm("vm-b")  # what destroy does, from the record's id
+    assert os.listdir(jail_dir / "uids") == [] == os.listdir(jail_dir / "vms")
 
 
 def test_the_same_vm_id_probes_past_a_live_holder(jail_dir: Path) -> None:
