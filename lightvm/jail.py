@@ -50,7 +50,6 @@ UID_BASE = 1_600_000_000  # above any login, system or subordinate (/etc/subuid)
 UID_COUNT = 1 << 20
 SANDBOX = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
 PROBE_TIMEOUT = 10.0
-_warned: set[str] = set()
 
 
 def jail_dir() -> Path:
@@ -106,6 +105,12 @@ def sandbox_supported(binary: str) -> bool:
     kept = dict(list(known.items())[-7:]) if isinstance(known, dict) else {}
     cache["seccomp"] = {**kept, key: ok}  # the last few builds: a rebuild is a new key
     hostfacts.save_cache(cache)
+    if not ok:  # said once per QEMU build, when it is first probed (host check says it always)
+        print(
+            f"lightvm: note: {path} has no seccomp support: its VMs run without the jail's syscall "
+            "filter (lightvm setup qemu builds lightvm's QEMU with it)",
+            file=sys.stderr,
+        )
     return ok
 
 
@@ -132,16 +137,7 @@ def allocate(vm_id: str, binary: str) -> Jail:
     """The jail for a new VM of QEMU ``binary`` (its record id picks where the uid search starts)."""
     if not enabled():
         return Jail(None, ())
-    sandbox: tuple[str, ...] = ("-sandbox", SANDBOX)
-    if not sandbox_supported(binary):
-        sandbox = ()
-        if binary not in _warned:
-            _warned.add(binary)
-            print(
-                f"lightvm: warning: {binary} has no seccomp support: QEMU runs without the jail's syscall "
-                "filter (build lightvm's QEMU: bash qemu/build.sh)",
-                file=sys.stderr,
-            )
+    sandbox: tuple[str, ...] = ("-sandbox", SANDBOX) if sandbox_supported(binary) else ()
     if os.geteuid() != 0 or filter_only():
         return Jail(None, sandbox)
     root = _empty_root()

@@ -211,6 +211,9 @@ class _Tunnel:
 
     def __init__(self, transport: Any, dest: tuple[str, int]) -> None:
         self.channel = transport.open_channel("direct-tcpip", dest, ("127.0.0.1", 0), timeout=10.0)
+        # A send that waits this long for the peer's window (a cut link: paramiko would wait
+        # forever) fails the pump, which closes QEMU's end: the migration fails, not hangs.
+        self.channel.settimeout(STALL_S)
         self.qemu_end, self._ours = socket.socketpair()
         self.error: str | None = None
         self._thread = threading.Thread(target=self._pump, name="migrate-tunnel", daemon=True)

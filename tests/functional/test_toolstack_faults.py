@@ -161,8 +161,9 @@ def test_qemu_refusing_to_start_is_one_line_and_leaves_nothing(lightvm: Any, tmp
     fake.write_text("#!/bin/sh\necho 'qemu-system-x86_64: -device ivshmem-plain: something is wrong' >&2\nexit 1\n")
     fake.chmod(0o755)
     lightvm.env["LIGHTVM_QEMU"] = str(fake)
+    lightvm.env["LIGHTVM_JAIL"] = "off"  # the fake is no QEMU: no seccomp probe (nor its note)
     result = lightvm.run("create", str(NOOP), "--accel", "tcg", "--timeout", "5")
-    del lightvm.env["LIGHTVM_QEMU"]
+    del lightvm.env["LIGHTVM_QEMU"], lightvm.env["LIGHTVM_JAIL"]
     assert result.code == 1, result.out
     assert result.err.count("\n") == 1, result.err
     assert result.err.startswith("lightvm: error: noop: "), result.err

@@ -43,7 +43,9 @@ def test_demo_two_migrations(need_net_admin: None, tmp_path: Path) -> None:
     assert [(r[0], r[1], r[2]) for r in rows] == [("1", "A", "B"), ("2", "B", "A")], done.stdout
     for _, _, _, total, downtime, handover, sent, client_gap, failed in rows:
         assert int(failed) == 0, done.stdout
-        assert float(sent) > 0 and float(total) > float(handover) > 0 and float(downtime) >= 0
+        # handover: stream complete -> guest running there, as the source saw it; it prints
+        # 0.0 when the destination's answer was already waiting (seen once)
+        assert float(sent) > 0 and float(total) > float(handover) >= 0 and float(downtime) >= 0
         # The client saw the VM move: a gap well over its 10 ms period would be a stalled
         # network (no announce: the old place's queries are lost for seconds).
         assert 0 < float(client_gap) < 1000.0, done.stdout

@@ -136,7 +136,9 @@ def _fail_warm(hs: TwoHosts, fault: Any) -> str:
     the stream flows: the command fails saying the VM keeps running at A, it does."""
     port = boot_daytime(hs)
     hs.a.lv.ok("daemon", "connect", *_ssh_args(hs))
-    proc = hs.a.lv.popen(*hs.migrate_args("daytime", "--bandwidth-mib", "0.05", "--timeout", "20"))
+    # Direct TCP, as in test_migrate.py's faults (a cut link through the SSH tunnel does
+    # not fail within 90 s yet: see docs/checkpoint.md, "Known limits").
+    proc = hs.a.lv.popen(*hs.migrate_args("daytime", "--direct", "--bandwidth-mib", "0.05", "--timeout", "20"))
     try:
         assert wait_until(lambda: _migrating(hs), timeout=60), "the stream never started"
         fault()
