@@ -181,6 +181,21 @@ def release_vm(vm_id: str) -> None:
     link.unlink(missing_ok=True)
 
 
+def sweep_stale() -> list[int]:
+    """Give back every uid whose holder is gone (what processes killed with their VMs'
+    QEMUs, e.g. a whole namespace, left); the uids freed."""
+    freed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(jail_dir() / "uids"):
+            path = Path(entry.path)
+            if entry.name.isdigit() and _stale(path):
+                with contextlib.suppress(OSError, IndexError):
+                    _by_vm(path.read_text().split()[2]).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+                freed.append(int(entry.name))
+    return freed
+
+
 def _by_vm(vm_id: str) -> Path:
     return jail_dir() / "vms" / vm_id
 
@@ -228,5 +243,6 @@ __all__ = [
     "release",
     "release_vm",
     "sandbox_supported",
+    "sweep_stale",
     "uid_of",
 ]

@@ -194,6 +194,11 @@ def reap_stale() -> list[str]:
         if p.is_dir() and dead(p.name):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(str(p))
+    if removed:  # their QEMUs' jail uids and cgroups (lightvm/jail.py, lightvm/cgroups.py)
+        from lightvm import cgroups, jail
+
+        removed += [f"jail uid {uid}" for uid in jail.sweep_stale()]
+        cgroups.sweep()
     return removed
 
 
