@@ -170,7 +170,8 @@ def allocate(vm_id: str, binary: str) -> Jail:
 
 
 def release(uid: int) -> None:
-    _marker(uid).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # e.g. a rootless destroy: nothing of the jail is its to remove
+        _marker(uid).unlink(missing_ok=True)
 
 
 def release_vm(vm_id: str) -> None:
@@ -178,7 +179,8 @@ def release_vm(vm_id: str) -> None:
     link = _by_vm(vm_id)
     with contextlib.suppress(OSError, ValueError):
         release(int(os.readlink(link)))
-    link.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        link.unlink(missing_ok=True)
 
 
 def sweep_stale() -> list[int]:

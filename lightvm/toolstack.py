@@ -261,6 +261,12 @@ class Toolstack:
         for n in names:
             with contextlib.suppress(LightVMError):
                 self.destroy(n)
+        # And what killed creates left in the jail (a uid taken by a process that died
+        # before its VM's record named it): lightvm/jail.py, lightvm/cgroups.py.
+        from lightvm import cgroups, jail
+
+        jail.sweep_stale()
+        cgroups.sweep()
         return names
 
     # ------------------------------------------------------------------ power

@@ -519,6 +519,9 @@ def discard_orphans(state: StateDir) -> list[str]:
         return []
     for entry in entries:
         destroy(VMDir(Path(entry.path)), state.root, hard=True)
+    if entries:  # uids of shells killed before their records named them
+        jail.sweep_stale()
+        cgroups.sweep()
     return [e.name for e in entries]
 
 
