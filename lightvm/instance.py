@@ -438,10 +438,9 @@ def destroy(vmdir: VMDir, state_root: Path | None, hard: bool = False) -> None:
         record = None
     if record is not None:
         kill_qemu(vmdir, record, hard)
-        jailmod.release_vm(record.id)  # by id: a create killed early recorded no argv
-        uid = jailmod.uid_of(record.argv or [])
-        if uid is not None:
-            jailmod.release(uid)
+        # By the VM's id, not the -runas on its command line: if its QEMU died, its uid may
+        # have been taken over since by another VM (lightvm/jail.py: stale markers).
+        jailmod.release_vm(record.id)
         cgroups.release(record.id)
         if state_root is not None and (record.devices.get("vifs") or record.devices.get("vifs_pending")):
             release_vifs(state_root, vmdir.name, record.devices)

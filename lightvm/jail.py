@@ -202,13 +202,6 @@ def _by_vm(vm_id: str) -> Path:
     return jail_dir() / "vms" / vm_id
 
 
-def uid_of(argv: list[str]) -> int | None:
-    """The jail uid on a recorded QEMU command line (``-runas UID:GID``), if any."""
-    with contextlib.suppress(ValueError, IndexError):
-        return int(argv[argv.index("-runas") + 1].split(":", 1)[0])
-    return None
-
-
 def _marker(uid: int) -> Path:
     return jail_dir() / "uids" / str(uid)
 
@@ -246,5 +239,4 @@ __all__ = [
     "release_vm",
     "sandbox_supported",
     "sweep_stale",
-    "uid_of",
 ]

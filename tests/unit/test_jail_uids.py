@@ -28,7 +28,6 @@ def test_each_vm_gets_its_own_uid_and_the_layers(jail_dir: Path) -> None:
     assert a.args == ("-sandbox", jail.SANDBOX, "-runas", f"{a.uid}:{a.uid}", "-chroot", str(jail_dir / "root"))
     assert sorted(os.listdir(jail_dir / "uids")) == sorted([str(a.uid), str(b.uid)])
     assert os.listdir(jail_dir / "root") == [] and (jail_dir / "root").stat().st_mode & 0o777 == 0o555
-    assert jail.uid_of(["qemu", "-nodefaults", *a.args, "-S"]) == a.uid and jail.uid_of(["qemu"]) is None
     assert os.readlink(jail_dir / "vms" / "vm-a") == str(a.uid)  # found by the VM's id alone
     a.release()
     assert os.listdir(jail_dir / "uids") == [str(b.uid)] and os.listdir(jail_dir / "vms") == ["vm-b"]
