@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lightvm import paths
+from lightvm.bench.split import daemon_answers, daemon_call
 from lightvm.daemon import api
 from lightvm.errors import LightVMError
 from lightvm.state import SHM_ENV
@@ -156,16 +157,10 @@ class Burst:
 
     def _answers(self) -> bool:
         assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise LightVMError(f"lightvmd exited: {self._log_tail()}")
-        try:
-            return bool(self.call("ping")["pid"] == self.proc.pid)
-        except api.DaemonUnavailable:
-            return False
+        return daemon_answers(self.proc, self.state, self._log_tail)
 
     def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
-        with api.Client.connect(self.state, timeout=5.0) as client:
-            return client.call(op, args, timeout=timeout)
+        return daemon_call(self.state, op, args, timeout)
 
     def wait_floor(self, timeout: float) -> bool:
         """Wait until the pool holds exactly its floor, nothing being prepared."""

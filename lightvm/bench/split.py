@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,25 @@ def read_daytime(port: int, timeout: float = QUERY_TIMEOUT_S) -> bytes:
     except OSError:
         return b""
     return data
+
+
+def daemon_call(state: Path, op: str, args: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
+    """One request to the bench's lightvmd on ``state`` (a connection of its own)."""
+    with api.Client.connect(state, timeout=5.0) as client:
+        return client.call(op, args, timeout=timeout)
+
+
+def daemon_answers(proc: subprocess.Popen[bytes], state: Path, log_tail: Callable[[], str]) -> bool:
+    """Whether the lightvmd ``proc`` serves ``state`` yet (for a wait_until).
+
+    :raise LightVMError: it exited (the end of its log says why).
+    """
+    if proc.poll() is not None:
+        raise LightVMError(f"lightvmd exited: {log_tail()}")
+    try:
+        return bool(daemon_call(state, "ping")["pid"] == proc.pid)
+    except api.DaemonUnavailable:
+        return False
 
 
 class SplitFleet:
@@ -128,16 +148,10 @@ class SplitFleet:
             raise
 
     def _answers(self) -> bool:
-        if self.proc.poll() is not None:
-            raise LightVMError(f"lightvmd exited: {self.log_path.read_text()[-500:]}")
-        try:
-            return bool(self.call("ping")["pid"] == self.proc.pid)
-        except api.DaemonUnavailable:
-            return False
+        return daemon_answers(self.proc, self.state, lambda: self.log_path.read_text()[-500:])
 
     def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
-        with api.Client.connect(self.state, timeout=5.0) as client:
-            return client.call(op, args, timeout=timeout)
+        return daemon_call(self.state, op, args, timeout)
 
     def _wait_pool_full(self, timeout: float = 60.0) -> None:
         def full() -> bool:
