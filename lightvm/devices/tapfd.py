@@ -15,9 +15,11 @@ offloads checksums and segmentation to the host like it did with ``ifname=``).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
+import time
 
 TUN_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
@@ -25,21 +27,34 @@ IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 IFNAMSIZ = 16
+BUSY_WAIT_S = 1.0
+BUSY_POLL_S = 0.005
 
 
-def open_tap(name: str) -> int:
+def open_tap(name: str, busy_for: float = BUSY_WAIT_S) -> int:
     """An fd attached to the existing tap ``name`` (close-on-exec; inherit it explicitly).
 
-    :raise OSError: no such tap, or no permission to attach to it.
+    EBUSY (another descriptor still attached) is retried for up to ``busy_for`` seconds:
+    seen once in 200 creates of a 2-core CI run, right after the tap was made (devd's own
+    descriptor closing); QEMU, opening the tap itself ~20 ms later, had that slack.
+
+    :raise OSError: no such tap, no permission to attach to it, or still busy.
     """
-    fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        ifreq = struct.pack(f"{IFNAMSIZ}sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
-        fcntl.ioctl(fd, TUNSETIFF, ifreq)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    ifreq = struct.pack(f"{IFNAMSIZ}sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+    deadline = time.monotonic() + busy_for
+    while True:
+        fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, TUNSETIFF, ifreq)
+            return fd
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+        except BaseException:
+            os.close(fd)
+            raise
+        time.sleep(BUSY_POLL_S)
 
 
 def as_fds(argv: list[str]) -> tuple[list[str], list[int]]:

@@ -45,3 +45,22 @@ def test_a_tap_that_cannot_be_opened_closes_what_was_opened(monkeypatch: pytest.
         tapfd.as_fds(["-netdev", "tap,id=a,ifname=ok", "-netdev", "tap,id=b,ifname=gone"])
     with pytest.raises(OSError):
         os.fstat(opened[0])  # closed again
+
+
+def test_a_busy_tap_is_retried_then_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def busy_twice(fd: int, request: int, arg: bytes) -> bytes:
+        calls.append(fd)
+        if len(calls) <= 2:
+            raise OSError(16, "Device or resource busy")
+        return arg
+
+    monkeypatch.setattr(tapfd, "TUN_DEVICE", os.devnull)
+    monkeypatch.setattr(tapfd.fcntl, "ioctl", busy_twice)
+    fd = tapfd.open_tap("lvbusy")
+    os.close(fd)
+    assert len(calls) == 3
+    monkeypatch.setattr(tapfd.fcntl, "ioctl", lambda fd, request, arg: (_ for _ in ()).throw(OSError(16, "busy")))
+    with pytest.raises(OSError, match="busy"):
+        tapfd.open_tap("lvbusy", busy_for=0.02)
