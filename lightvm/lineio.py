@@ -17,6 +17,7 @@ import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
     from typing import Any, Protocol
 
     class LineConnection(Protocol):
@@ -49,12 +50,18 @@ LINE_MAX = 1 << 20  # a JSON line of the API or the migration protocol is a few 
 
 
 def recv_line(
-    conn: LineConnection, buf: bytes, deadline: Deadline, max_wait: float | None = None, max_line: int = LINE_MAX
+    conn: LineConnection,
+    buf: bytes,
+    deadline: Deadline,
+    max_wait: float | None = None,
+    max_line: int = LINE_MAX,
+    on_idle: Callable[[], None] | None = None,
 ) -> tuple[bytes, bytes]:
     """Read from ``conn`` until ``buf`` holds a whole line; return the line (without its
     newline) and the bytes after it. Both newline-delimited JSON peers use it: the
     lightvmd API client and the migration control channel. ``max_wait`` caps each
-    blocking ``recv``.
+    blocking ``recv``; ``on_idle`` runs after each one that timed out and may raise to
+    give up early (what is read so far is then dropped with the connection).
 
     :raise TimeoutError: the deadline passed before a whole line arrived.
     :raise EOFError: the peer closed the connection.
@@ -71,6 +78,8 @@ def recv_line(
         try:
             chunk = conn.recv(65536)
         except TimeoutError:
+            if on_idle is not None:
+                on_idle()
             continue
         if not chunk:
             raise EOFError

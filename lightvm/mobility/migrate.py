@@ -54,6 +54,7 @@ from lightvm.toolstack import Toolstack
 from lightvm.util import Deadline, recv_line
 
 STALL_S = 5.0  # no byte sent for this long: the stream is dead (cut link), cancel it
+ABORT_JOIN_S = 1.0  # a failed migration's tunnel pump gets this long to stop by itself
 
 
 class MigrationError(LightVMError):
@@ -98,10 +99,13 @@ class LineChannel:
         self.channel.settimeout(10.0)
         self.channel.sendall(data)
 
-    def receive(self, timeout: float, what: str) -> dict[str, Any]:
-        """The next JSON line; :raise MigrationError: on timeout or a closed channel."""
+    def receive(self, timeout: float, what: str, check: Callable[[], None] | None = None) -> dict[str, Any]:
+        """The next JSON line; ``check`` runs every second of waiting and may raise to give up.
+
+        :raise MigrationError: on timeout or a closed channel.
+        """
         try:
-            line, self._buf = recv_line(self.channel, self._buf, Deadline(timeout), max_wait=1.0)
+            line, self._buf = recv_line(self.channel, self._buf, Deadline(timeout), max_wait=1.0, on_idle=check)
         except TimeoutError:
             raise MigrationError(f"destination: no answer ({what}) within {timeout:.1f} s") from None
         except EOFError:
@@ -210,12 +214,15 @@ class _Tunnel:
     """QEMU's outgoing stream through the SSH connection: socketpair <-> direct-tcpip channel."""
 
     def __init__(self, transport: Any, dest: tuple[str, int]) -> None:
+        self._transport = transport
         self.channel = transport.open_channel("direct-tcpip", dest, ("127.0.0.1", 0), timeout=10.0)
         # A send that waits this long for the peer's window (a cut link: paramiko would wait
         # forever) fails the pump, which closes QEMU's end: the migration fails, not hangs.
         self.channel.settimeout(STALL_S)
         self.qemu_end, self._ours = socket.socketpair()
         self.error: str | None = None
+        self._sending = False  # a chunk from QEMU is on its way into the SSH connection
+        self._moved = time.monotonic()  # when the pump last got bytes into it
         self._thread = threading.Thread(target=self._pump, name="migrate-tunnel", daemon=True)
         self._thread.start()
 
@@ -232,12 +239,52 @@ class _Tunnel:
                     continue
                 if not data:
                     break
-                self.channel.sendall(data)
+                # send(), not sendall(): every piece that goes through is progress that
+                # raise_if_stalled() can see, even at a few KiB/s.
+                self._moved, self._sending = time.monotonic(), True
+                while data:
+                    data = data[self.channel.send(data) :]
+                    self._moved = time.monotonic()
+                self._sending = False
             self.channel.shutdown_write()
         except (OSError, EOFError) as exc:
             self.error = str(exc) or type(exc).__name__
         finally:
             self._ours.close()
+
+    def raise_if_stalled(self) -> None:
+        """:raise MigrationError: the pump has held bytes it could not send for STALL_S.
+
+        QEMU may finish writing the whole stream into the socket and SSH buffers before a
+        cut link shows anywhere; the source then waits for the destination's answer while
+        its guest stands still. This is what notices that nothing moves any more.
+        """
+        if self._sending and time.monotonic() - self._moved > STALL_S:
+            raise MigrationError(
+                f"the stream stalled in the SSH connection: nothing sent for {STALL_S:.1f} s "
+                "(is the network to the destination down?)"
+            )
+
+    def abort(self) -> bool:
+        """Stop the pump after a failed migration; True if that took closing the SSH connection.
+
+        On a cut link the pump is not stuck on the channel's window (its timeout above) but
+        inside paramiko's transport, whose write retries a full socket for ever while
+        holding the transport's write lock; every other channel's close (the control
+        channel's, this one's) would then wait for ever too (measured: a veth cut during a
+        tunnelled migration hung the command). Only closing the transport frees it.
+        """
+        with contextlib.suppress(OSError):
+            self.qemu_end.close()
+        with contextlib.suppress(OSError):
+            self._ours.shutdown(socket.SHUT_RDWR)
+        self._thread.join(ABORT_JOIN_S)
+        if not self._thread.is_alive():
+            return False
+        with contextlib.suppress(Exception):
+            self._transport.close()
+        self._thread.join(ABORT_JOIN_S)
+        return True
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -260,7 +307,6 @@ def migrate(
     bandwidth_mib: float = DEFAULT_BANDWIDTH_MIB,
     downtime_ms: int = DEFAULT_DOWNTIME_MS,
     timeout: float = 30.0,
-    log: Callable[[str], None] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> MigrateResult:
     """Live-migrate VM ``name`` to ``[user@]host``; destroy it here once it runs there.
@@ -366,7 +412,8 @@ def migrate_over(
         started = True
         info = wait_migration(machine, timeout, "migration", stall=STALL_S, progress=progress)
         t_done = time.perf_counter()
-        ready = lines.receive(timeout, "the guest to run on the destination")
+        check = stream.raise_if_stalled if stream is not None else None
+        ready = lines.receive(timeout, "the guest to run on the destination", check)
         if not ready.get("ready"):
             raise MigrationError(f"destination: unexpected answer {ready}")
         t_ready = time.perf_counter()
@@ -382,7 +429,10 @@ def migrate_over(
             pass
         else:
             _resume_source(machine, started, paused, record.noxs_path)  # first: the VM runs on here
-            if isinstance(exc, QMPError) and lines is not None:
+            wedged = stream is not None and stream.abort()
+            if wedged and isinstance(exc, (LightVMError, OSError, EOFError)):
+                exc = MigrationError(f"{exc} (the SSH connection to {target} stopped moving data)")
+            elif isinstance(exc, QMPError) and lines is not None:
                 # The stream broke: did the receiver say why (its QEMU died, it gave up)?
                 said = lines.last_words(1.0)
                 if said:

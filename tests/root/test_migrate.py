@@ -79,21 +79,22 @@ def test_wrong_or_unknown_host_key_refused(hosts: TwoHosts, tmp_path: Path) -> N
     assert hosts.a.daytime(port)
 
 
-def _start_slow_migration(hs: TwoHosts) -> subprocess.Popen[str]:
+def _start_slow_migration(hs: TwoHosts, mode: str = "--direct") -> subprocess.Popen[str]:
     # 48 KiB/s: the ~200 KiB stream takes seconds, so the fault lands mid-stream. Direct
-    # TCP: a fault of the SSH connection alone must not be confused with one of the stream.
-    proc = hs.a.lv.popen(*hs.migrate_args("daytime", "--direct", "--bandwidth-mib", "0.05", "--timeout", "20"))
+    # TCP by default: a fault of the SSH connection alone must not be confused with one of
+    # the stream.
+    proc = hs.a.lv.popen(*hs.migrate_args("daytime", mode, "--bandwidth-mib", "0.05", "--timeout", "20"))
     assert wait_until(lambda: qemu_pids_mentioning(str(hs.b.lv.state_dir)), timeout=60), "receiver never started"
     return proc
 
 
-def _fail_mid_migration(hosts: TwoHosts, fault: Callable[[], object]) -> str:
+def _fail_mid_migration(hosts: TwoHosts, fault: Callable[[], object], mode: str = "--direct") -> str:
     """Boot daytime on A, start a slow migration to B, inject ``fault`` once the stream
     flows, and check what every mid-migration fault must leave: the command fails saying
     the VM keeps running on A, it does (daytime answers there), and B holds nothing.
     Returns the command's stderr for the fault's own checks."""
     port = boot_daytime(hosts)
-    proc = _start_slow_migration(hosts)
+    proc = _start_slow_migration(hosts, mode)
     try:
         assert wait_until(lambda: _migrating(hosts), timeout=60)
         fault()
@@ -113,6 +114,14 @@ def test_veth_cut_mid_migration(hosts: TwoHosts) -> None:
     # The link between the hosts is cut.
     err = _fail_mid_migration(hosts, lambda: run(["ip", "-n", hosts.a.ns, "link", "set", hosts.veth_a, "down"]))
     assert "stalled" in err and "network to the destination down" in err, err
+
+
+def test_veth_cut_mid_migration_through_the_tunnel(hosts: TwoHosts) -> None:
+    # The same cut with the stream inside the SSH connection (the default): the tunnel's
+    # pump blocks in the SSH transport's write; the migration must still fail in seconds.
+    cut = lambda: run(["ip", "-n", hosts.a.ns, "link", "set", hosts.veth_a, "down"])  # noqa: E731
+    err = _fail_mid_migration(hosts, cut, "--tunnel")
+    assert "stalled" in err, err
 
 
 def test_destination_qemu_killed(hosts: TwoHosts) -> None:
