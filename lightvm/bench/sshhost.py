@@ -41,6 +41,46 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def spawn_sshd(root: Path, addr: str, port: int, authorized: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
+    """An sshd for tests and benchmarks, listening on ``addr:port`` (inside ``netns`` if given):
+    a new host key (``root/ssh_host_ed25519_key``), its config and log in ``root``, keys from
+    ``authorized`` only, never the system's service or settings. Returns once it listens.
+
+    ``ClientAliveInterval 1``: a cut link must end the session (and with it the migration's
+    receiver) within seconds. ``LogLevel INFO``: "Server listening" tells that a start
+    inside a namespace is done (no connect from here).
+
+    :raise RuntimeError: sshd exited or did not listen within 10 s (its log quoted).
+    """
+    hostkey = root / "ssh_host_ed25519_key"
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)])
+    cfg = root / "sshd_config"
+    cfg.write_text(
+        f"Port {port}\nListenAddress {addr}\nHostKey {hostkey}\nPidFile {root}/sshd.pid\n"
+        f"AuthorizedKeysFile {authorized}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        "ClientAliveInterval 1\nClientAliveCountMax 3\nLogLevel INFO\n"
+    )
+    log = root / "sshd.log"
+    inside = ["ip", "netns", "exec", netns] if netns else []
+    proc = subprocess.Popen(
+        [*inside, str(SSHD), "-D", "-f", str(cfg), "-E", str(log)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def listening() -> bool:
+        return proc.poll() is not None or (log.exists() and "Server listening" in log.read_text())
+
+    if not wait_until(listening, timeout=10.0) or proc.poll() is not None:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        raise RuntimeError(f"sshd did not start: {log.read_text() if log.exists() else 'no log'}")
+    return proc
+
+
 def _run(argv: list[str], timeout: float = 60.0) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
@@ -80,43 +120,15 @@ class SshHost:
         self._made_run_sshd = False
 
     def start(self) -> None:
-        hostkey = self.root / "ssh_host_ed25519_key"
-        for k in (hostkey, self.key):
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(k)])
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)])
         authorized = self.root / "authorized_keys"
         authorized.write_text(Path(f"{self.key}.pub").read_text())
-        cfg = self.root / "sshd_config"
-        cfg.write_text(
-            f"Port {self.port}\nListenAddress {self.addr}\nHostKey {hostkey}\nPidFile {self.root}/sshd.pid\n"
-            f"AuthorizedKeysFile {authorized}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-            # INFO: "Server listening" tells a namespaced start is done (no connect from here)
-            f"ClientAliveInterval 1\nClientAliveCountMax 3\nLogLevel {'INFO' if self.netns else 'ERROR'}\n"
-        )
-        parts = Path(f"{hostkey}.pub").read_text().split()
-        self.known_hosts.write_text(f"[{self.addr}]:{self.port} {parts[0]} {parts[1]}\n")
-        if not Path("/run/sshd").exists():
+        if not Path("/run/sshd").exists():  # sshd's privilege separation dir
             Path("/run/sshd").mkdir(mode=0o755)
             self._made_run_sshd = True
-        log = self.root / "sshd.log"
-        self._sshd = subprocess.Popen(
-            [*self._inside(), str(SSHD), "-D", "-f", str(cfg), "-E", str(log)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def listening() -> bool:
-            if self._sshd is not None and self._sshd.poll() is not None:
-                raise RuntimeError(f"sshd exited: {log.read_text() if log.exists() else ''}")
-            if self.netns:
-                return log.exists() and "Server listening" in log.read_text()
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-            return False
-
-        if not wait_until(listening, timeout=10.0):
-            raise RuntimeError("sshd did not listen within 10 s")
+        self._sshd = spawn_sshd(self.root, self.addr, self.port, authorized, self.netns)
+        parts = (self.root / "ssh_host_ed25519_key.pub").read_text().split()
+        self.known_hosts.write_text(f"[{self.addr}]:{self.port} {parts[0]} {parts[1]}\n")
 
     def _inside(self) -> list[str]:
         return ["ip", "netns", "exec", self.netns] if self.netns else []

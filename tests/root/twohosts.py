@@ -27,13 +27,13 @@ from harness import LightVM, guard_env, qemu_pids_mentioning
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "functional"))
 from netclient import read_daytime_in
 
+from lightvm.bench.sshhost import SSHD, spawn_sshd
 from lightvm.daemon.server import read_pid
 from lightvm.state import noxs_file
 from lightvm.util import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DAYTIME = REPO / "examples" / "daytime.toml"
-SSHD = Path("/usr/sbin/sshd")
 SSH_PORT = 2222
 SUBNET = "10.213.77"  # .1 = host A, .2 = host B (a /30 inside the test's namespaces only)
 _counter = itertools.count()
@@ -79,28 +79,7 @@ class TwoHosts:
 
 
 def _sshd(host: Host, authorized: Path) -> None:
-    key = host.dir / "ssh_host_ed25519_key"
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
-    cfg = host.dir / "sshd_config"
-    cfg.write_text(
-        f"Port {SSH_PORT}\nListenAddress {host.addr}\nHostKey {key}\nPidFile {host.dir}/sshd.pid\n"
-        f"AuthorizedKeysFile {authorized}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-        # A cut link must end the session (and with it the receiver) within seconds.
-        "ClientAliveInterval 1\nClientAliveCountMax 3\nLogLevel INFO\n"
-    )
-    log = host.dir / "sshd.log"
-    host.sshd = subprocess.Popen(
-        ["ip", "netns", "exec", host.ns, str(SSHD), "-D", "-f", str(cfg), "-E", str(log)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    listening = wait_until(
-        lambda: "Server listening" in (log.read_text() if log.exists() else "") or host.sshd.poll() is not None,  # type: ignore[union-attr]
-        timeout=10,
-    )
-    assert listening and host.sshd.poll() is None, f"sshd did not start: {log.read_text() if log.exists() else ''}"
+    host.sshd = spawn_sshd(host.dir, host.addr, SSH_PORT, authorized, host.ns)
 
 
 @pytest.fixture
