@@ -88,9 +88,9 @@ def clone_meta(
     meta: dict[str, Any], name: str, index: int, publish: tuple[str, str, int, int] | None
 ) -> dict[str, Any]:
     """The template header ``meta`` with the identity of clone ``index`` named ``name``:
-    new MACs, the source's forwards replaced by ``publish`` (port + index) on vif 0."""
+    new MACs, the source's forwards replaced by ``publish`` (port + index) on vif 0. The
+    header keeps the source's name: restore gives a VM named otherwise a new uuid."""
     out = copy.deepcopy(meta)
-    out["name"] = name
     macs: dict[str, str] = {}
     for i, vif in enumerate(out["vifs"]):
         mac = clone_mac(name, i)
