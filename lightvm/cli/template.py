@@ -70,16 +70,37 @@ def cmd_template_create(args: argparse.Namespace) -> int:
 
 
 def cmd_clone(args: argparse.Namespace) -> int:
-    from lightvm.mobility.clone import clone
+    """Through lightvmd when one answers (its prepared shells of a template: no QEMU start)."""
+    from lightvm.cli.backend import connect
 
-    result = clone(toolstack(args), args.source, args.count, args.name, args.publish, timeout=args.timeout)
+    client = connect(args)
+    if client is None:
+        from lightvm.mobility.clone import clone
+
+        result = clone(toolstack(args), args.source, args.count, args.name, args.publish, timeout=args.timeout)
+        out = result.as_dict()
+    else:
+        import os
+
+        source = os.path.realpath(args.source) if os.path.exists(args.source) else args.source
+        request = {"source": source, "count": args.count, "name": args.name, "publish": args.publish}
+        try:
+            out = client.call("clone", {**request, "timeout": args.timeout}, timeout=args.timeout * args.count + 60)
+        finally:
+            client.close()
     if args.json:
-        print(json.dumps(result.as_dict()))
+        print(json.dumps(out))
         return 0
-    for c in result.clones:
+    _print_clones(out, client is not None)
+    return 0
+
+
+def _print_clones(result: dict[str, Any], routed: bool) -> None:
+    for c in result["clones"]:
         where = f", publish {c['publish']}" if c["publish"] else ""
         print(f"{c['name']}: running, pid {c['pid']}, mac {c['mac']}{where}")
-    made = f"template {result.template_ms:.1f} ms + " if result.template_ms else ""
-    n = len(result.clones)
-    print(f"{n} clones of {result.source} in {result.total_ms:.1f} ms ({made}clones {result.clone_ms:.1f} ms)")
-    return 0
+    made = f"template {result['template_ms']:.1f} ms + " if result["template_ms"] else ""
+    n, total, clones = len(result["clones"]), result["total_ms"], result["clone_ms"]
+    print(f"{n} clones of {result['source']} in {total:.1f} ms ({made}clones {clones:.1f} ms)")
+    if routed:
+        print(f"  path: lightvmd, {result['pool_hits']} of {n} from prepared shells of the template")

@@ -34,6 +34,7 @@ import re
 import shutil
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from lightvm.mobility.template import TemplateError, check_template, create_temp
 from lightvm.toolstack import Toolstack
 
 TEMPLATES_DIR = "templates"
+Prepare = Callable[[Path, str, dict[str, Any]], PreparedRestore]
 PREPARE_JOBS = 4  # QEMU starts in flight at once: each is ~20 ms of CPU; 2 cores here
 CLONE_MAX = 4096
 
@@ -143,6 +145,7 @@ def clone(
     publish: str | None = None,
     timeout: float = 10.0,
     jobs: int = PREPARE_JOBS,
+    prepare: Prepare | None = None,
 ) -> CloneResult:
     """Start ``count`` clones of ``source`` (a running VM's name, a checkpoint file or a
     template folder), all or none: a failure destroys the clones already made.
@@ -150,6 +153,10 @@ def clone(
     :raise SpecError: bad count, pattern or publish; a source on a tap network.
     :raise TemplateError, CheckpointError: the source cannot be made or used as a template.
     :raise ExistsError: a clone's name is taken.
+
+    ``prepare(tdir, name, meta)`` makes one clone's PreparedRestore (default: a QEMU
+    spawned now, :func:`~lightvm.mobility.template.prepare_from_template`; lightvmd takes
+    a prepared shell of the template, lightvm/daemon/templates.py).
     """
     t0 = time.perf_counter()
     if not 1 <= count <= CLONE_MAX:
@@ -173,7 +180,13 @@ def clone(
                 " which the guest does not re-read after a restore)"
             )
         names = clone_names(pattern, str(meta["name"]), count)
-        made = _start_all(toolstack, tdir, meta, names, forward, timeout, jobs)
+        if prepare is None:
+            from lightvm.mobility.template import prepare_from_template
+
+            def prepare(tdir: Path, name: str, meta: dict[str, Any]) -> PreparedRestore:
+                return prepare_from_template(toolstack, tdir, name, timeout, meta=meta)[0]
+
+        made = _start_all(toolstack, tdir, meta, names, forward, jobs, prepare)
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)  # the clones' mappings keep its pages
@@ -203,20 +216,18 @@ def _start_all(
     meta: dict[str, Any],
     names: list[str],
     forward: tuple[str, str, int, int] | None,
-    timeout: float,
     jobs: int,
+    prepare_one: Prepare,
 ) -> list[RestoreResult]:
     """Prepare every clone's QEMU (``jobs`` at a time), then feed each its device state
     and resume it; on any failure destroy every clone (prepared or running)."""
-    from lightvm.mobility.template import prepare_from_template
-
     metas = [clone_meta(meta, name, i, forward) for i, name in enumerate(names)]
     prepared: list[PreparedRestore | None] = [None] * len(names)
     done: list[RestoreResult] = []
     error: BaseException | None = None
 
     def prepare(i: int) -> None:
-        prepared[i] = prepare_from_template(toolstack, tdir, names[i], timeout, meta=metas[i])[0]
+        prepared[i] = prepare_one(tdir, names[i], metas[i])
 
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="clone") as pool:
