@@ -3,7 +3,7 @@ identity of its own.
 
 A clone is a VM started from a template (lightvm/mobility/template.py): its RAM maps the
 template's RAM file private, so N clones share every page none of them wrote. A running
-VM or a checkpoint is first made into a template in ``STATE/templates/.clone-ID``
+VM or a checkpoint is first made into a template in ``STATE/templates/.clone-ID.partial-PID``
 (the VM keeps running), which is deleted once the clones run: what keeps their pages
 alive is their own mappings (template.py's docstring), and the deletion on every clone
 command is the standing proof of it.
@@ -171,7 +171,9 @@ def clone(
         if not is_template(tdir):
             root = toolstack.state.root / TEMPLATES_DIR
             root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            temp = root / f".clone-{uuidlib.uuid4().hex[:12]}"
+            # Named like a partial build: if this process is killed, the next template build
+            # or clone in this folder removes it (template.py _clean_stale_dirs).
+            temp = root / f".clone-{uuidlib.uuid4().hex[:12]}.partial-{os.getpid()}"
             create_template(toolstack, source, temp)
             tdir = temp
         t_template = time.perf_counter()

@@ -49,7 +49,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import stat
 import struct
 import time
 import uuid as uuidlib
@@ -341,8 +340,6 @@ def check_template(tdir: Path) -> tuple[dict[str, Any], Any, int]:
             )
         if file_digest(fd, str(ram), layout.key) != info.get("ram_digest"):
             raise TemplateError(f"{ram}: corrupted template RAM: its digest does not match the template's header")
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise TemplateError(f"{ram}: not a regular file")
     except BaseException:
         os.close(fd)
         raise
