@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable
@@ -46,7 +47,7 @@ from lightvm.toolstack import Toolstack
 
 TEMPLATES_DIR = "templates"
 Prepare = Callable[[Path, str, dict[str, Any]], PreparedRestore]
-PREPARE_JOBS = 4  # QEMU starts in flight at once: each is ~20 ms of CPU; 2 cores here
+PREPARE_JOBS = 4  # clones in flight at once (a cold one starts a QEMU: ~20 ms of CPU; 2 cores here)
 CLONE_MAX = 4096
 
 
@@ -225,41 +226,49 @@ def _start_all(
     prepare_one: Prepare,
     base: int,
 ) -> list[RestoreResult]:
-    """Prepare every clone's QEMU (``jobs`` at a time), then feed each its device state
-    and resume it; on any failure destroy every clone (prepared or running)."""
+    """Start every clone, ``jobs`` at a time, each from prepare to running (a clone's
+    steps wait on its QEMU and guest most of the time: several in flight overlap those
+    waits); on any failure start no more and destroy every clone (prepared or running)."""
+    from lightvm.mobility.format import read_header
+    from lightvm.mobility.template import STATE
+
+    offset = read_header(tdir / STATE)[1]
     metas = [clone_meta(meta, name, i, forward, base) for i, name in enumerate(names)]
     prepared: list[PreparedRestore | None] = [None] * len(names)
-    done: list[RestoreResult] = []
+    done: list[RestoreResult | None] = [None] * len(names)
+    failed = threading.Event()
+
+    def start(i: int) -> None:
+        if failed.is_set():
+            return
+        try:
+            one = prepared[i] = prepare_one(tdir, names[i], metas[i])
+            done[i] = one.finish(tdir / STATE, offset)
+        except BaseException:
+            failed.set()
+            raise
+
     error: BaseException | None = None
-
-    def prepare(i: int) -> None:
-        prepared[i] = prepare_one(tdir, names[i], metas[i])
-
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="clone") as pool:
-            for future in [pool.submit(prepare, i) for i in range(len(names))]:
+            for future in [pool.submit(start, i) for i in range(len(names))]:
                 try:
                     future.result()
                 except BaseException as exc:  # keep the first; the others are cleaned below
                     error = error or exc
         if error is not None:
             raise error
-        from lightvm.mobility.format import read_header
-        from lightvm.mobility.template import STATE
-
-        offset = read_header(tdir / STATE)[1]
-        for p in prepared:
-            assert p is not None
-            done.append(p.finish(tdir / STATE, offset))
     except BaseException:
+        failed.set()
         for p in prepared:
             if p is not None:
-                p.abort()
+                p.abort()  # a no-op for a finished one
         for r in done:
-            with contextlib.suppress(LightVMError):
-                toolstack.destroy(r.name)
+            if r is not None:
+                with contextlib.suppress(LightVMError):
+                    toolstack.destroy(r.name)
         raise
-    return done
+    return [r for r in done if r is not None]
 
 
 __all__ = ["CloneResult", "TemplateError", "clone", "clone_mac", "clone_meta", "clone_names", "parse_publish"]
