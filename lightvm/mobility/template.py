@@ -310,6 +310,10 @@ def check_template(tdir: Path) -> tuple[dict[str, Any], Any, int]:
     tdir = Path(tdir)
     if not tdir.is_dir():
         raise TemplateError(f"{tdir}: not a template folder (no such folder)")
+    if not (tdir / STATE).exists():
+        raise TemplateError(
+            f"{tdir}: a folder, but not a template (no {STATE}); make one with `lightvm template create`"
+        )
     meta, layout = read_layout(tdir / STATE)
     info = meta.get("template")
     if not isinstance(info, dict) or info.get("version") != TEMPLATE_VERSION:
