@@ -175,3 +175,37 @@ def test_deleting_template_does_not_harm_clones(lightvm: Any, tmp_path: Path) ->
     lightvm.ok("clone", "daytime", "-n", "2", "--name", "k{i}")
     assert not list((lightvm.state_dir / "templates").iterdir())
     assert {k: v for k, v in lightvm.status().items() if k.startswith("k")} == {"k0": "running", "k1": "running"}
+
+
+def test_killed_template_build_leaves_nothing_the_next_build_keeps(lightvm: Any, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    daytime_vm(lightvm)
+    ckpt = tmp_path / "d.lvm"
+    lightvm.ok("save", "daytime", str(ckpt))
+    out = tmp_path / "tpl"
+    out.mkdir()
+    killed = False
+    for attempt in range(5):  # the build takes ~0.1-0.3 s: kill it while its partial folder exists
+        proc = lightvm.popen("template", "create", str(ckpt), str(out / f"t{attempt}"))
+        try:
+            seen = wait_until(lambda: any(p.name.startswith(".") for p in out.iterdir()), timeout=10, interval=0.002)
+            if seen and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+        finally:
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate(timeout=10)
+        if killed:
+            break
+    assert killed, "the build always finished before it could be killed"
+    assert [p for p in out.iterdir() if p.name.startswith(".")]  # its partial folder is left ...
+    lightvm.ok("template", "create", str(ckpt), str(out / "next"))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # ... and the next build removes it
+    lightvm.ok("destroy", "--all")  # the killed build's VM (its builder QEMU) goes like any VM's
+    assert lightvm.status() == {}
+    lightvm.ok("restore", str(out / "next"), "--name", "ok")
