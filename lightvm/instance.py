@@ -301,6 +301,7 @@ def spawn_shell(
     state_root: Path | None = None,
     nic_mode: str = "tap",
     disks: tuple[bool, ...] = (),
+    launch: dict[str, Any] | None = None,
 ) -> Instance:
     """Spawn one shell QEMU for the VM ``spec`` (a VMSpec dict) in ``root/ID`` (NoXS
     region for ``devices`` entries), QMP negotiated; its record is named ID.
@@ -314,7 +315,8 @@ def spawn_shell(
     virtio-net devices (lightvm/devices/shellnet.py), ``nic_mode`` ``tap`` (taps of the
     shell's own, made in ``state_root``'s networking context) or ``user`` (QEMU user
     networking), recorded as the shell's ``vifs``. ``disks``: that many virtio-blk devices
-    on placeholders (True: read-only), lightvm/devices/shellblk.py.
+    on placeholders (True: read-only), lightvm/devices/shellblk.py. ``launch``: other
+    MachineConfig fields (a template's RAM file, lightvm/mobility/template.py).
 
     :raise LightVMError: QEMU could not be started, or ``then`` failed.
     """
@@ -336,7 +338,7 @@ def spawn_shell(
             from lightvm.devices import shellblk
 
             args = [*args, *shellblk.shell_args(disks)]
-        machine = vm.launch((*extra_args, *args), netns, name=f"pool-{shell_id}", console_pipe=pipe)
+        machine = vm.launch((*extra_args, *args), netns, name=f"pool-{shell_id}", console_pipe=pipe, **(launch or {}))
         if nics and nic_mode == "tap":
             # Pending again: an execute leases addresses under the VM's name before its
             # record says so (deferred, pool.py), and a daemon killed in between leaves a

@@ -91,6 +91,15 @@ class MachineConfig:
     # The jail's -sandbox/-runas/-chroot (lightvm/jail.py): before -mon, so that the device
     # arguments a checkpoint keeps (mobility/format.py device_args) never carry them.
     jail_args: tuple[str, ...] = field(default=())
+    # Guest RAM from a file instead of a memfd (a template's RAM, lightvm/mobility/template.py):
+    # share=True maps it MAP_SHARED (the QEMU building a template writes the guest's RAM into
+    # it), False MAP_PRIVATE (a VM started from a template: copy-on-write from the page cache).
+    ram_path: Path | None = None
+    ram_share: bool = False
+    # An open fd of that file for QEMU to inherit (ram_path is then /proc/self/fd/N): QEMU maps
+    # the very inode lightvm checked, and needs no permission on the file (it opens it before
+    # -runas/-chroot, through its own fd table).
+    ram_fd: int | None = None
 
 
 def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
@@ -116,7 +125,9 @@ def build_argv(config: MachineConfig, qmp_fd: int) -> list[str]:
         # Guest RAM from a memfd: shmem has 4 KiB pages here, while QEMU's default
         # anonymous RAM is madvised to THP and loading the kernel zeroes a 2 MiB page.
         "-M", f"{config.machine},memory-backend=ram",
-        "-object", f"memory-backend-memfd,id=ram,size={config.memory_mib}M",
+        "-object", f"memory-backend-file,id=ram,mem-path={qemu_opt_escape(str(config.ram_path))},"
+                   f"size={config.memory_mib}M,share={'on' if config.ram_share else 'off'}" if config.ram_path
+        else f"memory-backend-memfd,id=ram,size={config.memory_mib}M",
         *accel,
         "-m", f"{config.memory_mib}M",
         "-smp", str(config.vcpus),
@@ -383,7 +394,7 @@ class Machine:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=self._log,
-                pass_fds=(fd, *taps),
+                pass_fds=(fd, *taps, *(() if self.config.ram_fd is None else (self.config.ram_fd,))),
                 start_new_session=True,
             )
         except OSError as exc:

@@ -115,8 +115,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
             action="append",
             default=[],
             type=Path,
-            metavar="CHECKPOINT",
-            help="prepare -incoming QEMUs for this checkpoint file's kind from the start (repeatable)",
+            metavar="CHECKPOINT|TEMPLATE",
+            help="prepare -incoming QEMUs for this checkpoint file's kind, or mapping this template folder's RAM, "
+            "from the start (repeatable)",
         )
         q.set_defaults(func=cmd_daemon_run if action == "run" else cmd_daemon_start)
         from lightvm.cli import daemonconf

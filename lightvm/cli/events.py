@@ -1,6 +1,6 @@
 """``lightvm events [VM] [--json] [--no-follow] [--since N]``: what lightvmd saw happen.
 
-Created, READY, paused, resumed, shutdown, destroyed, restored, migrated (away and in),
+Created, READY, paused, resumed, shutdown, destroyed, restored, cloned, migrated (away and in),
 crashed (QEMU died without being asked, with its exit status) and powered-off: the
 daemon's event log (lightvm/daemon/events.py). Served by lightvmd only: a one-shot
 lightvm has no process that outlives a command to watch VMs from.

@@ -72,11 +72,12 @@ def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_VersionAction, help="print lightvm's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from lightvm.cli import checkpoint, daemon, events, host, image, setup, vm
+    from lightvm.cli import checkpoint, daemon, events, host, image, setup, template, vm
 
     vm.register(sub, parent)
     daemon.register(sub, parent)
     checkpoint.register(sub, parent)
+    template.register(sub, parent)
     image.register(sub, parent)
     host.register(sub, parent)
     events.register(sub, parent)

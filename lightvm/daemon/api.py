@@ -44,9 +44,14 @@ Protocol, version 1:
                                                             demand_per_s, refills_per_s,
                                                             refill_ms, shrunk (docs/lightvmd.md,
                                                             "Adaptive pool")
-   restore     file* (absolute path of a checkpoint),       RestoreResult + "path": "pool"
-               name, timeout                                (a prepared -incoming shell) or
+   restore     file* (absolute path of a checkpoint or      RestoreResult + "path": "pool"
+               a template folder), name, timeout            (a prepared -incoming shell) or
                                                             "cold"
+   clone       source* (a VM's name, or the absolute path  CloneResult (clones: name, id, pid,
+               of a checkpoint or template folder), count,  mac, publish) + "pool_hits"
+               name (pattern, {name} {i}), publish
+               ([ADDR:]PORT:GUESTPORT: clone i PORT+i),
+               timeout
    migrate     name*, target* ([user@]host), port,          MigrateResult (the migration
                known_hosts, identity (absolute paths),      over this daemon's kept SSH
                remote_command, remote_state_dir, tunnel,    connection; lightvm/daemon/ssh_sessions.py)

@@ -59,6 +59,7 @@ class Operations:
             "unpause": self.op_unpause,
             "pool": self.op_pool,
             "restore": self.op_restore,
+            "clone": self.op_clone,
             "migrate-in": self.op_migrate_in,
             "migrate": self.op_migrate,
             "ssh": self.op_ssh,
@@ -366,6 +367,10 @@ class Operations:
             raise SpecError(f"file {file!r}: give an absolute path (the daemon has its own working dir)")
         name = _arg(args, "name", str)
         timeout = float(_arg(args, "timeout", (int, float)) or 10.0)
+        if os.path.isdir(file):  # a template folder (lightvm/daemon/templates.py)
+            from lightvm.daemon import templates
+
+            return templates.op_restore_template(self, file, name, timeout)
         meta, offset = read_header(Path(file))
         prepared, used_shell = self._prepare_restore(meta, name, file, timeout)
         try:
@@ -379,6 +384,11 @@ class Operations:
         self.events.emit("restored", result.name, file=file, path=out["path"])
         self.watcher.watch(result.name, result.pid)
         return out
+
+    def op_clone(self, args: dict[str, Any]) -> dict[str, Any]:
+        from lightvm.daemon import templates
+
+        return templates.op_clone(self, args)
 
     def op_migrate_in(self, args: dict[str, Any]) -> api.Takeover:
         """The receiving end of a migration: this connection becomes its control channel

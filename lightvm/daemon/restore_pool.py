@@ -31,6 +31,7 @@ discarded by the next one: :func:`lightvm.daemon.pool.discard_orphans`).
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -64,10 +65,15 @@ class IncomingFlavour:
     accel: str
     noxs_size: int
     device_args: tuple[str, ...]
+    # A template's shells map its RAM file (lightvm/mobility/template.py): the folder and the
+    # RAM digest its header names (a template rebuilt at the same path is another flavour).
+    template: str = ""
+    ram_digest: str = ""
 
     @classmethod
-    def of(cls, meta: dict[str, Any]) -> IncomingFlavour | None:
-        """The flavour of a checkpoint header, or None when it is not poolable (taps, disks)."""
+    def of(cls, meta: dict[str, Any], template: Path | None = None) -> IncomingFlavour | None:
+        """The flavour of a checkpoint header (of the template folder ``template``), or
+        None when it is not poolable (taps, disks)."""
         spec = meta.get("spec")
         args = meta.get("qemu_args")
         vifs = meta.get("vifs")
@@ -89,13 +95,16 @@ class IncomingFlavour:
                 accel=str(meta.get("accel", "tcg")),
                 noxs_size=int(meta["noxs_size"]),
                 device_args=normalise(args)[0],
+                template=str(template) if template is not None else "",
+                ram_digest=str(meta["template"]["ram_digest"]) if template is not None else "",
             )
         except (KeyError, TypeError, ValueError):
             return None
 
     def label(self) -> str:
         nets = sum(1 for a in self.device_args if a.startswith("user,"))
-        return f"{Path(self.kernel).name}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}/{nets}usernet"
+        kind = f"{Path(self.kernel).name}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}/{nets}usernet"
+        return f"{kind}/template {self.template}" if self.template else kind
 
     def cost_mib(self) -> int:
         return self.memory_mib + SHELL_OVERHEAD_MIB
@@ -153,7 +162,21 @@ def prepare_restore_shell(root: Path, flavour: IncomingFlavour, timeout: float =
         "cmdline": flavour.cmdline,
     }
     extra_args = (*flavour.device_args, "-incoming", "defer")
-    vm = spawn_shell(root, spec, flavour.accel, devices, extra_args, timeout, then=same_page_size)
+    if not flavour.template:
+        vm = spawn_shell(root, spec, flavour.accel, devices, extra_args, timeout, then=same_page_size)
+    else:  # the template checked now; QEMU inherits the RAM file's fd (template.py)
+        from lightvm.mobility.template import TemplateError, check_template
+
+        meta, _, ram_fd = check_template(Path(flavour.template))
+        try:
+            if meta["template"]["ram_digest"] != flavour.ram_digest:
+                raise TemplateError(f"{flavour.template}: the template changed since it was learned")
+            launch = {"ram_path": Path(f"/proc/self/fd/{ram_fd}"), "ram_share": False, "ram_fd": ram_fd}
+            vm = spawn_shell(
+                root, spec, flavour.accel, devices, extra_args, timeout, then=same_page_size, launch=launch
+            )
+        finally:
+            os.close(ram_fd)
     assert vm.machine is not None and vm.region is not None
     return IncomingShell(vm.record.id, flavour, vm.vmdir.path, vm.machine, vm.region, vm.record, time.monotonic())
 
@@ -166,11 +189,15 @@ def prepare_from_shell(
     where: str,
     timeout: float = 10.0,
     provisional: bool = False,
+    noxs_init: bytes | None = None,
 ) -> PreparedRestore:
     """Like :func:`lightvm.mobility.restore.prepare_incoming`, with an ``-incoming defer`` QEMU
     spawned ahead of time: the shell becomes the VM (its folder renamed to the VM's,
     or with ``provisional`` only at :meth:`PreparedRestore.commit`), its host forwards are
     added; the shell is consumed whatever happens.
+
+    ``noxs_init``: a template's saved NoXS region, written into the shell's before the
+    stream (its stream leaves the region out).
 
     :raise ExistsError: the name is taken. :raise LightVMError: a step failed (nothing is left).
     """
@@ -192,6 +219,11 @@ def prepare_from_shell(
     machine = shell.machine
     vm = Instance.of_shell(VMDir(shell.folder), record, shell.region, machine, state.root)
     with vm.steps(f"{vm_name}: restore", keep=(CheckpointError, GuestError)):
+        if noxs_init is not None:
+            vm.step = "write the template's NoXS region"
+            if len(noxs_init) != shell.region.size:
+                raise CheckpointError(f"the template's NoXS region is {len(noxs_init)} bytes, {shell.region.size} here")
+            shell.region.raw()[:] = noxs_init
         saved_args = [str(a) for a in meta.get("qemu_args") or []]
         record.pid, record.pid_start = shell.record.pid, shell.record.pid_start
         # The VM's own device args (MAC, forwards) in its record: a later save carries them.
@@ -209,6 +241,7 @@ def prepare_from_shell(
         page = page_from_json(meta["page"], vm_name, vm_uuid)
         prepared = PreparedRestore(state, vm, page, bool(meta.get("paused")), t0, timeout)
         prepared.pending_name = vm_name if provisional else None
+        prepared.ignore_shared = bool(shell.flavour.template)
         return prepared
 
 

@@ -172,7 +172,12 @@ class Daemon(Operations):
         for path in self.config.incoming_files:
             from lightvm.mobility.format import read_header
 
-            flavour = IncomingFlavour.of(read_header(path)[0])
+            if path.is_dir():  # a template folder: shells mapping its RAM (lightvm/daemon/templates.py)
+                from lightvm.daemon.templates import checked_template
+
+                flavour = IncomingFlavour.of(checked_template(path), path)
+            else:
+                flavour = IncomingFlavour.of(read_header(path)[0])
             if flavour is None:
                 raise StateError(f"--incoming {path}: its VM has taps or disks; only user networking is prepared")
             self.incoming.learn(flavour)

@@ -71,6 +71,7 @@ class PreparedRestore:
     done: bool = field(default=False)
     pending_name: str | None = None  # provisional: still in the pool folder until commit()
     steps: dict[str, float] = field(default_factory=dict)  # prepare's steps, ms since t0
+    ignore_shared: bool = False  # a template's device-state stream (lightvm/mobility/template.py)
 
     @property
     def vmdir(self) -> VMDir:
@@ -125,7 +126,7 @@ class PreparedRestore:
                 os.close(fd)
                 raise
             step = "load migration stream"
-            feed.start(self.machine)
+            feed.start(self.machine, self.ignore_shared)
             try:
                 wait_incoming(self.machine, self.timeout, f"{self.vmdir.name}: restore")
             except LightVMError as exc:
@@ -273,10 +274,20 @@ def _devices(vm: Instance, spec: VMSpec, meta: dict[str, Any]) -> tuple[list[str
 
 
 def prepare_incoming(
-    toolstack: Toolstack, meta: dict[str, Any], name: str | None, where: str, timeout: float = 10.0
+    toolstack: Toolstack,
+    meta: dict[str, Any],
+    name: str | None,
+    where: str,
+    timeout: float = 10.0,
+    launch: dict[str, Any] | None = None,
+    noxs_init: bytes | None = None,
 ) -> PreparedRestore:
     """Allocate a VM for the checkpoint described by ``meta`` and spawn its QEMU with
     ``-incoming defer``: devices and NoXS file ready, waiting for the stream.
+
+    A template (lightvm/mobility/template.py) passes ``launch`` (MachineConfig fields: its
+    RAM file) and ``noxs_init``, the NoXS region as saved: its stream leaves the region out
+    (``x-ignore-shared``), so the guest's half of the page is written into the new file here.
 
     :raise SpecError: the header's spec is not valid here (e.g. the kernel file is gone).
     :raise ExistsError: the name is taken.
@@ -295,9 +306,13 @@ def prepare_incoming(
         region = vm.create_region(ndev)
         if region.size != record.noxs_size:
             raise CheckpointError(f"NoXS region is {region.size} bytes here, {record.noxs_size} in the checkpoint")
+        if noxs_init is not None:
+            if len(noxs_init) != region.size:
+                raise CheckpointError(f"the template's NoXS region is {len(noxs_init)} bytes, {region.size} here")
+            region.raw()[:] = noxs_init
         vm.step = "prepare devices"
         extra_args, netns = _devices(vm, spec, meta)
-        machine = vm.launch((*extra_args, "-incoming", "defer"), netns)
+        machine = vm.launch((*extra_args, "-incoming", "defer"), netns, **(launch or {}))
         t_spawned = time.perf_counter()
         vm.step = "start QEMU"
         try:
@@ -313,6 +328,7 @@ def prepare_incoming(
 
 def restore(toolstack: Toolstack, path: Path, name: str | None = None, timeout: float = 10.0) -> RestoreResult:
     """Restore the VM saved in ``path`` (named as saved, or ``name``); the file is kept.
+    ``path`` may be a template folder (``lightvm template create``).
 
     :raise CheckpointError: the file is not a checkpoint this lightvm reads, or its stream fails.
     :raise ExistsError: a VM of that name exists.
@@ -320,6 +336,10 @@ def restore(toolstack: Toolstack, path: Path, name: str | None = None, timeout: 
     """
     t0 = time.perf_counter()
     path = Path(path)
+    if path.is_dir():  # a template folder (lightvm/mobility/template.py): same mechanism, RAM mapped private
+        from lightvm.mobility.template import restore_template
+
+        return restore_template(toolstack, path, name, timeout)
     meta, offset = read_header(path)
     prepared = prepare_incoming(toolstack, meta, name, str(path), timeout)
     prepared.t0 = t0

@@ -48,27 +48,34 @@ def outgoing(state: StateDir, name: str, verb: str = "save") -> tuple[VMDir, VMR
     return vmdir, record, status is VMStatus.PAUSED
 
 
-def want_events(machine: Machine) -> None:
+def want_events(machine: Machine, ignore_shared: bool = False) -> None:
     """Ask QEMU for MIGRATION events (queued, reply not awaited): the polls in
     :func:`wait_migration` and :func:`wait_incoming` then wake when the state changes
-    instead of at their next back-off step (a few ms of a ~5 ms migration)."""
-    machine.qmp.send("migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]})
+    instead of at their next back-off step (a few ms of a ~5 ms migration).
+
+    ``ignore_shared`` also sets ``x-ignore-shared`` (both ends of a template's stream:
+    RAM blocks mapped ``share=on`` are left out, the stream holds device state only;
+    lightvm/mobility/template.py)."""
+    caps = [{"capability": "events", "state": True}]
+    if ignore_shared:
+        caps.append({"capability": "x-ignore-shared", "state": True})
+    machine.qmp.send("migrate-set-capabilities", {"capabilities": caps})
 
 
-def stream_out(machine: Machine, fd: int | None = None, uri: str | None = None) -> None:
+def stream_out(machine: Machine, fd: int | None = None, uri: str | None = None, ignore_shared: bool = False) -> None:
     """Start the migration of ``machine``'s VM into ``fd`` (QEMU takes its own copy) or to ``uri``."""
     if fd is not None:
         machine.qmp.send_fd(fd, FDNAME)
         uri = f"fd:{FDNAME}"
-    want_events(machine)
+    want_events(machine, ignore_shared)
     machine.qmp.execute("migrate", {"uri": uri}, timeout=5.0)
 
 
-def stream_in(machine: Machine, fd: int) -> None:
+def stream_in(machine: Machine, fd: int, ignore_shared: bool = False) -> None:
     """Have ``machine``, an ``-incoming defer`` QEMU, load a migration stream from ``fd``
     (QEMU takes its own copy); :func:`wait_incoming` waits for the end of it."""
     machine.qmp.send_fd(fd, FDNAME)
-    want_events(machine)
+    want_events(machine, ignore_shared)
     machine.qmp.execute("migrate-incoming", {"uri": f"fd:{FDNAME}"}, timeout=5.0)
 
 
@@ -94,11 +101,12 @@ class VerifiedFeed:
             fcntl.fcntl(self.write_fd, F_SETPIPE_SZ, FEED_CHUNK)
         self.thread = threading.Thread(target=self._run, name="lightvm-ckpt-feed", daemon=True)
 
-    def start(self, machine: Machine) -> None:
+    def start(self, machine: Machine, ignore_shared: bool = False) -> None:
         """Hand QEMU the pipe's read end and start feeding it. The feed owns the file's fd
-        from its construction on: closed when the whole file was read, or here on failure."""
+        from its construction on: closed when the whole file was read, or here on failure.
+        ``ignore_shared``: a template's device-state stream (:func:`want_events`)."""
         try:
-            stream_in(machine, self.read_fd)
+            stream_in(machine, self.read_fd, ignore_shared)
         except BaseException:
             os.close(self.write_fd)
             os.close(self.fd)

@@ -1,0 +1,140 @@
+"""lightvmd's side of templates (lightvm/mobility/template.py): ``restore`` of a template
+folder and ``clone``, through prepared ``-incoming`` shells that map the template's RAM.
+
+A template is a flavour of the incoming pool (lightvm/daemon/restore_pool.py) of its
+own: its shells are spawned with the RAM file mapped private (checked when the shell is
+spawned, QEMU inherits the fd), so a restore or a clone taken from one is: check the
+template's header and files (digests remembered by file identity: microseconds once
+seen), write the saved NoXS region and the clone's identity into the shell's page, feed
+the ~70 KiB device state, ``cont``, wait for the guest's acknowledgement. No QEMU start,
+no RAM copied. A restore teaches the pool the template (like any checkpoint kind);
+``lightvm daemon start --incoming DIR`` does it up front, and ``--incoming-size N``
+keeps N shells of it (a clone of N takes N; beyond the ready ones, clones are spawned
+cold, as ``lightvm clone`` does without a daemon).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lightvm.daemon.restore_pool import IncomingFlavour, prepare_from_shell
+from lightvm.errors import SpecError
+
+if TYPE_CHECKING:
+    from lightvm.daemon.operations import Operations
+    from lightvm.mobility.restore import PreparedRestore
+
+
+class TemplateShells:
+    """Takes a template's shell for each VM started from it (or spawns one cold)."""
+
+    def __init__(self, ops: Operations, tdir: Path, checked: dict[str, Any], timeout: float) -> None:
+        self.ops, self.tdir, self.checked, self.timeout = ops, tdir, checked, timeout
+        self.flavour = IncomingFlavour.of(checked, tdir)
+        self.noxs = base64.b64decode(checked["template"]["noxs"])
+        self.lock = threading.Lock()
+        self.pool_hits = 0
+
+    def prepare(self, tdir: Path, name: str | None, meta: dict[str, Any]) -> PreparedRestore:
+        """One VM of the template, named ``name``, with the identity in ``meta``."""
+        from lightvm.mobility.template import prepare_from_template
+
+        incoming = self.ops.incoming
+        shell = incoming.take(self.flavour) if incoming is not None else None
+        ts = self.ops._toolstack(self.timeout)
+        if shell is None:
+            return prepare_from_template(ts, tdir, name, self.timeout, meta=meta)[0]
+        try:
+            with self.lock:
+                self.pool_hits += 1
+            return prepare_from_shell(ts, shell, meta, name, str(tdir), self.timeout, noxs_init=self.noxs)
+        finally:
+            assert incoming is not None
+            incoming.done()
+
+    def learn(self) -> None:
+        if self.ops.incoming is not None and self.flavour is not None:
+            self.ops.incoming.learn(self.flavour)  # the next VM of this template finds a shell
+
+
+def checked_template(tdir: Path) -> dict[str, Any]:
+    """The header of the template ``tdir`` once checked (template.py's check_template).
+
+    :raise TemplateError, CheckpointError: refused (nothing is spawned).
+    """
+    from lightvm.mobility.template import check_template
+
+    meta, _, fd = check_template(tdir)
+    os.close(fd)
+    return meta
+
+
+def op_restore_template(ops: Operations, file: str, name: str | None, timeout: float) -> dict[str, Any]:
+    """``restore`` of a template folder."""
+    from lightvm.mobility.format import read_header
+    from lightvm.mobility.template import STATE
+
+    t0 = time.perf_counter()
+    tdir = Path(file)
+    checked = checked_template(tdir)
+    shells = TemplateShells(ops, tdir, checked, timeout)
+    try:
+        prepared = shells.prepare(tdir, name, checked)
+        prepared.t0 = t0
+        result = prepared.finish(tdir / STATE, read_header(tdir / STATE)[1])
+    finally:
+        shells.learn()
+    out: dict[str, Any] = result.as_dict()
+    out["path"] = "pool" if shells.pool_hits else "cold"
+    out["daemon_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+    ops.events.emit("restored", result.name, file=file, path=out["path"])
+    ops.watcher.watch(result.name, result.pid)
+    return out
+
+
+def op_clone(ops: Operations, args: dict[str, Any]) -> dict[str, Any]:
+    """``clone``: source* (a VM's name, or the absolute path of a checkpoint or template
+    folder), count, name (pattern), publish, timeout -> CloneResult + pool_hits."""
+    from lightvm.mobility.clone import clone
+    from lightvm.mobility.template import is_template
+
+    source = args.get("source")
+    if not isinstance(source, str) or not source:
+        raise SpecError("clone: give source (a VM's name, or an absolute path)")
+    if os.sep in source and not os.path.isabs(source):
+        raise SpecError(f"source {source!r}: give an absolute path (the daemon has its own working dir)")
+    count = int(args.get("count") or 1)
+    pattern = str(args.get("name") or "{name}-{i}")
+    publish = args.get("publish")
+    timeout = float(args.get("timeout") or 10.0)
+    shells: list[TemplateShells] = []
+
+    def prepare(tdir: Path, name: str, meta: dict[str, Any]) -> PreparedRestore:
+        with lock:
+            if not shells:
+                shells.append(TemplateShells(ops, tdir, checked_template(tdir), timeout))
+        return shells[0].prepare(tdir, name, meta)
+
+    lock = threading.Lock()
+    ts = ops._toolstack(timeout)
+    try:
+        result = clone(
+            ts, source, count, pattern, publish if isinstance(publish, str) else None, timeout, prepare=prepare
+        )
+    finally:
+        if shells and is_template(source):  # a temporary template (from a VM) is not worth shells
+            shells[0].learn()
+    out: dict[str, Any] = result.as_dict()
+    out["pool_hits"] = shells[0].pool_hits if shells else 0
+    for c in result.clones:
+        ops.watcher.watch(c["name"], c["pid"])
+        ops.events.emit("cloned", c["name"], source=source)
+    return out
+
+
+__all__ = ["TemplateShells", "op_clone", "op_restore_template"]
