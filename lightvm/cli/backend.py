@@ -138,9 +138,9 @@ class LocalBackend:
         return self.ts.unpause(name)
 
     def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]:
-        from lightvm.mobility.restore import restore
+        from lightvm.mobility.template import restore_path
 
-        return restore(self.ts, file, name=name, timeout=timeout).as_dict()
+        return restore_path(self.ts, file, name=name, timeout=timeout).as_dict()
 
     def migrate(
         self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None

@@ -20,14 +20,25 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from lightvm.daemon.restore_pool import IncomingFlavour, prepare_from_shell
+from lightvm.daemon.events import EventLog, Watcher
+from lightvm.daemon.restore_pool import IncomingFlavour, IncomingPool, prepare_from_shell
 from lightvm.errors import SpecError
 
 if TYPE_CHECKING:
-    from lightvm.daemon.operations import Operations
     from lightvm.mobility.restore import PreparedRestore
+
+
+class Operations(Protocol):
+    """What this module uses of lightvmd's operations (lightvm/daemon/operations.py, which
+    calls in here: naming the class itself would make the two import each other)."""
+
+    incoming: IncomingPool | None
+    events: EventLog
+    watcher: Watcher
+
+    def _toolstack(self, timeout: float | None = None) -> Any: ...
 
 
 class TemplateShells:

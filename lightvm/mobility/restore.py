@@ -328,7 +328,7 @@ def prepare_incoming(
 
 def restore(toolstack: Toolstack, path: Path, name: str | None = None, timeout: float = 10.0) -> RestoreResult:
     """Restore the VM saved in ``path`` (named as saved, or ``name``); the file is kept.
-    ``path`` may be a template folder (``lightvm template create``).
+    A template folder goes through :func:`lightvm.mobility.template.restore_path`.
 
     :raise CheckpointError: the file is not a checkpoint this lightvm reads, or its stream fails.
     :raise ExistsError: a VM of that name exists.
@@ -336,10 +336,6 @@ def restore(toolstack: Toolstack, path: Path, name: str | None = None, timeout: 
     """
     t0 = time.perf_counter()
     path = Path(path)
-    if path.is_dir():  # a template folder (lightvm/mobility/template.py): same mechanism, RAM mapped private
-        from lightvm.mobility.template import restore_template
-
-        return restore_template(toolstack, path, name, timeout)
     meta, offset = read_header(path)
     prepared = prepare_incoming(toolstack, meta, name, str(path), timeout)
     prepared.t0 = t0

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.mobility.format import CheckpointError, Sealer, checkpoint_key, encode_header, read_layout
-from lightvm.mobility.restore import PreparedRestore, RestoreResult, prepare_incoming
+from lightvm.mobility.restore import PreparedRestore, RestoreResult, prepare_incoming, restore
 from lightvm.mobility.save import _seal, _write_all, clean_stale_partials, save
 from lightvm.mobility.stream import VerifiedFeed, stream_out, wait_incoming, wait_migration
 from lightvm.toolstack import Toolstack
@@ -395,6 +395,16 @@ def is_template(path: str | Path) -> bool:
     return (Path(path) / STATE).is_file()
 
 
+def restore_path(toolstack: Toolstack, path: Path, name: str | None = None, timeout: float = 10.0) -> RestoreResult:
+    """``lightvm restore PATH``: a checkpoint file (its RAM copied into the new QEMU), or a
+    template folder (its RAM mapped private). Here, not in restore.py, which the template
+    code builds on.
+    """
+    if Path(path).is_dir():
+        return restore_template(toolstack, Path(path), name, timeout)
+    return restore(toolstack, Path(path), name=name, timeout=timeout)
+
+
 __all__ = [
     "TemplateError",
     "TemplateResult",
@@ -403,5 +413,6 @@ __all__ = [
     "file_digest",
     "is_template",
     "prepare_from_template",
+    "restore_path",
     "restore_template",
 ]
