@@ -189,7 +189,8 @@ def unit_text(config: Path | None, state_dir: str | None) -> str:
 
 
 def cmd_daemon_unit(args: argparse.Namespace) -> int:
-    sys.stdout.write(unit_text(args.config, getattr(args, "state_dir", None)))
+    text = unit_text(args.config, getattr(args, "state_dir", None))
+    sys.stdout.write(json.dumps({"unit": text}) + "\n" if args.json else text)
     return 0
 
 
@@ -287,7 +288,10 @@ def cmd_daemon_start(args: argparse.Namespace) -> int:
     if info is None:
         proc.send_signal(signal.SIGTERM)
         raise StateError(f"lightvmd did not answer within {START_TIMEOUT:.0f} s (log: {log_path})")
-    print(f"lightvmd started (pid {proc.pid}) on {api.socket_path(root)}")
+    if args.json:
+        print(json.dumps({"action": "started", "pid": proc.pid, "socket": str(api.socket_path(root))}))
+    else:
+        print(f"lightvmd started (pid {proc.pid}) on {api.socket_path(root)}")
     return 0
 
 
@@ -297,13 +301,16 @@ def cmd_daemon_stop(args: argparse.Namespace) -> int:
     root = _state_root(args)
     running = read_pid(root)
     if running is None:
-        print(f"no lightvmd on {root}")
+        print(json.dumps({"action": "none", "pid": None}) if args.json else f"no lightvmd on {root}")
         return 0
     pid, start = running
     os.kill(pid, signal.SIGTERM)
     if not wait_until(lambda: not proc_alive(pid, start), timeout=STOP_TIMEOUT, interval=0.01, max_interval=0.1):
         raise StateError(f"lightvmd (pid {pid}) did not stop within {STOP_TIMEOUT:.0f} s")
-    print(f"lightvmd (pid {pid}) stopped; VMs keep running")
+    if args.json:
+        print(json.dumps({"action": "stopped", "pid": pid}))
+    else:
+        print(f"lightvmd (pid {pid}) stopped; VMs keep running")
     return 0
 
 

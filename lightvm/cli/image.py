@@ -112,5 +112,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from tinyx.image import store
 
     folder = store.remove(_store(args), args.name)
-    print(f"removed {folder}")
+    print(
+        json.dumps({"name": args.name, "action": "removed", "folder": str(folder)})
+        if args.json
+        else f"removed {folder}"
+    )
     return 0

@@ -32,18 +32,75 @@ examples:
 """
 
 
+# The global options: accepted before or after the command (and after a group's action,
+# ``lightvm network list --json``). Their default is SUPPRESS so that a subcommand's parser
+# does not overwrite a value given before it; main.fill_globals sets the
+# defaults after parsing.
+def _add_globals(p: argparse.ArgumentParser, count: int = 4) -> None:
+    """Add the first ``count`` global options to ``p``; one ``p`` already has (its own ``--json``
+    help, say) only loses its default, so that it cannot undo the same option given before
+    the command."""
+    known = p._option_string_actions
+    for flags, kwargs in (
+        (
+            ("--state-dir",),
+            {
+                "type": Path,
+                "help": "run dir holding the VMs' state (default: $LIGHTVM_STATE_DIR, /run/lightvm as root, "
+                "else $XDG_RUNTIME_DIR/lightvm)",
+            },
+        ),
+        (
+            ("--json",),
+            {
+                "action": "store_true",
+                "help": "print JSON (errors too: {error, kind, hint} on stdout; docs/cli.md)",
+            },
+        ),
+        (("-q", "--quiet"), {"action": "store_true", "help": "no progress lines or notes on stderr"}),
+        (
+            ("-v", "--verbose"),
+            {"action": "count", "help": "log the toolstack's steps on stderr (-vv: and QMP traffic)"},
+        ),
+    )[:count]:
+        present = [known[f] for f in flags if f in known]
+        if present:
+            for action in present:
+                action.default = argparse.SUPPRESS
+            continue
+        p.add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
+
+
 def _state_parent() -> argparse.ArgumentParser:
-    # --state-dir is accepted before or after the command; SUPPRESS keeps the
-    # subcommand's default from overwriting a value given before it.
+    """The parent parser of the commands: --state-dir (the other global options are added by
+    :func:`_globalize` once every command is registered, next to a command's own ``--json``)."""
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument(
-        "--state-dir",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="run dir holding the VMs' state (default: $LIGHTVM_STATE_DIR, /run/lightvm as root, "
-        "else $XDG_RUNTIME_DIR/lightvm)",
-    )
+    _add_globals(parent, count=1)
     return parent
+
+
+def _globalize(p: argparse.ArgumentParser) -> None:
+    """Give the global options to ``p`` and every (sub)command parser under it."""
+    _add_globals(p)
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in {id(c): c for c in action.choices.values()}.values():
+                _globalize(child)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are a JSON object on stdout under ``--json``
+    (exit status 2 still), like every other error of a ``--json`` command."""
+
+    json_errors = False  # set by main when the command line has --json
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if Parser.json_errors:
+            from lightvm.cli import output
+
+            output.print_error(message, "UsageError", f"{self.prog} --help", as_json=True)
+            self.exit(2)
+        super().error(message)
 
 
 class _VersionAction(argparse.Action):
@@ -63,7 +120,7 @@ class _VersionAction(argparse.Action):
 def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
     """The argument parser. ``with_network`` adds ``network`` (imports pyroute2: slow)."""
     parent = _state_parent()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lightvm",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -90,4 +147,8 @@ def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
         from lightvm.cli import network
 
         network.register(sub)
+    from lightvm.cli import completion
+
+    completion.register(sub, parent)
+    _globalize(parser)
     return parser

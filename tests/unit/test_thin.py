@@ -50,6 +50,10 @@ TAKEN = [
     ["shutdown", "a", "--keep", "--timeout", "1"],
     ["pause", "--state-dir", "/x", "a", "b"],
     ["unpause", "a"],
+    ["--json", "destroy", "a"],
+    ["-q", "create", "x.toml", "--json"],
+    ["pause", "a", "--quiet", "--json"],
+    ["--json", "list", "--json"],
 ]
 
 # Forms thin.parse leaves to argparse: help, versions, errors, and what it does not read.
@@ -89,6 +93,9 @@ LEFT = [
     ["--state-dir"],
     ["--state-dir", "/x"],
     ["nosuch"],
+    ["-v", "list"],
+    ["list", "-vv"],
+    ["-qv", "list"],
 ]
 
 
@@ -129,13 +136,17 @@ def test_thin_knows_every_option_and_default_of_the_routed_commands() -> None:
             if not action.option_strings:
                 assert action.dest == operand and action.nargs == (None if count == 1 else count), name
                 continue
+            if action.dest in ("state_dir", "json", "quiet", "verbose"):
+                # a global option: thin.GLOBALS, or (-v) left to argparse; no default in either
+                assert action.default == argparse.SUPPRESS, (name, action.dest)
+                for flag in action.option_strings:
+                    assert flag in ("-v", "--verbose") or thin.GLOBALS[flag][0] == action.dest, (name, flag)
+                continue
             for flag in action.option_strings:
-                if flag == thin.STATE_DIR:
-                    continue
                 assert options[flag][0] == action.dest, (name, flag)
             if action.dest in defaults:
                 assert defaults[action.dest] == action.default, (name, action.dest)
-            elif action.dest != "state_dir":
+            else:
                 assert action.dest == "publish" and action.default == [], (name, action.dest)
 
 
