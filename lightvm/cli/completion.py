@@ -12,7 +12,9 @@ completion function that reads it. What an operand completes to:
 - a choice (``--accel``, ``bench SUITE``): the choices.
 
 zsh runs the same function through its bashcompinit layer (with ksh_arrays, so the
-function's 0-based indexing holds). Install: docs/cli.md ("Shell completion").
+function's 0-based indexing holds, and sh_word_split); the function filters words itself
+since bashcompinit's ``compgen -W`` leaves that to zsh; file names come from ``compgen -f``
+(bash) or zsh's own globbing of the word being completed. Install: docs/cli.md ("Shell completion").
 """
 
 from __future__ import annotations
@@ -86,11 +88,10 @@ def spec(parser: argparse.ArgumentParser, path: str = ROOT) -> dict[str, dict[st
             if entry["operand"] == "choice":
                 entry["choices"][""] = [str(c) for c in action.choices or ()]
     if sub is not None:
-        seen: set[int] = set()
+        shown = {a.dest for a in sub._choices_actions}  # those with a help line: not internal ones
         for name, child in sub.choices.items():
-            if id(child) in seen:
-                continue  # an alias
-            seen.add(id(child))
+            if name not in shown:
+                continue  # an alias, or a command lightvm runs itself (migrate-receive)
             entry["subs"].append(name)
             table.update(spec(child, f"{path} {name}"))
     return table
@@ -132,6 +133,14 @@ _lightvm_vms() {
     "${cmd[@]}" 2>/dev/null | awk 'NR > 1 { print $1 }'
 }
 
+_lightvm_match() {
+    # The words of $1 starting with $2 (not compgen -W: zsh's bashcompinit one does not filter).
+    local w
+    for w in $1; do
+        case "$w" in "$2"*) echo "$w" ;; esac
+    done
+}
+
 _lightvm_kind() {
     # What the value of option $2 of command path $1 completes to (empty: it takes none).
     local pair
@@ -141,8 +150,9 @@ _lightvm_kind() {
 }
 
 _lightvm() {
-    [ -n "${ZSH_VERSION-}" ] && setopt local_options ksh_arrays
-    local cur="${COMP_WORDS[COMP_CWORD]}" path=lightvm state_dir="" i w kind want=""
+    # (not "path": in zsh that is $PATH)
+    [ -n "${ZSH_VERSION-}" ] && setopt local_options ksh_arrays sh_word_split
+    local cur="${COMP_WORDS[COMP_CWORD]}" cmdpath=lightvm state_dir="" i w kind want=""
     COMPREPLY=()
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
@@ -153,28 +163,28 @@ _lightvm() {
         fi
         case "$w" in
             --*=*) [ "${w%%=*}" = "--state-dir" ] && state_dir="${w#*=}"; continue ;;
-            -*) [ -n "$(_lightvm_kind "$path" "$w")" ] && want="$w"; continue ;;
+            -*) [ -n "$(_lightvm_kind "$cmdpath" "$w")" ] && want="$w"; continue ;;
         esac
-        case " ${_lightvm_subs[$path]} " in
-            *" $w "*) path="$path $w" ;;
+        case " ${_lightvm_subs[$cmdpath]} " in
+            *" $w "*) cmdpath="$cmdpath $w" ;;
         esac
     done
     if [ -n "$want" ]; then
-        kind="$(_lightvm_kind "$path" "$want")"
+        kind="$(_lightvm_kind "$cmdpath" "$want")"
     elif [[ "$cur" == -* ]]; then
-        COMPREPLY=($(compgen -W "${_lightvm_opts[$path]}" -- "$cur"))
+        COMPREPLY=($(_lightvm_match "${_lightvm_opts[$cmdpath]}" "$cur"))
         return 0
-    elif [ -n "${_lightvm_subs[$path]}" ]; then
-        COMPREPLY=($(compgen -W "${_lightvm_subs[$path]}" -- "$cur"))
+    elif [ -n "${_lightvm_subs[$cmdpath]}" ]; then
+        COMPREPLY=($(_lightvm_match "${_lightvm_subs[$cmdpath]}" "$cur"))
         return 0
     else
-        kind="${_lightvm_operand[$path]}"
+        kind="${_lightvm_operand[$cmdpath]}"
         want=""
     fi
     case "$kind" in
-        vm) COMPREPLY=($(compgen -W "$(_lightvm_vms "$state_dir")" -- "$cur")) ;;
+        vm) COMPREPLY=($(_lightvm_match "$(_lightvm_vms "$state_dir")" "$cur")) ;;
         file) COMPREPLY=($(compgen -f -- "$cur")) ;;
-        choice) COMPREPLY=($(compgen -W "${_lightvm_choices[$path|$want]}" -- "$cur")) ;;
+        choice) COMPREPLY=($(_lightvm_match "${_lightvm_choices[$cmdpath|$want]}" "$cur")) ;;
     esac
     return 0
 }

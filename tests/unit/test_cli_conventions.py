@@ -205,3 +205,26 @@ def test_verbose_logs_the_lightvm_loggers_on_stderr(capsys: pytest.CaptureFixtur
     finally:
         logger.setLevel(before[0])
         logger.handlers[:] = before[1]
+
+
+def test_completion_table_is_the_parser_s() -> None:
+    """Every command with a help line, its options and what its operand completes to."""
+    from lightvm.cli import completion
+
+    parser = cli.build_parser(with_network=True)
+    table = completion.spec(parser)
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    shown = [a.dest for a in sub._choices_actions]
+    assert table["lightvm"]["subs"] == shown and "migrate-receive" not in shown
+    assert table["lightvm network"]["subs"] == ["create", "list", "delete"]
+    for command in ("destroy", "pause", "unpause", "shutdown", "info", "console", "save", "migrate", "events"):
+        assert table[f"lightvm {command}"]["operand"] == "vm", command
+    assert table["lightvm create"]["operand"] == "file" and table["lightvm restore"]["operand"] == "file"
+    create = table["lightvm create"]
+    assert create["values"]["--accel"] == "choice" and create["choices"]["--accel"] == ["auto", "kvm", "tcg"]
+    assert create["values"]["--state-dir"] == "file" and "--json" not in create["values"]
+    assert table["lightvm completion"]["choices"][""] == ["bash", "zsh"]
+    assert table["lightvm daemon start"]["values"]["--pool"] == "file"
+    script = completion.bash_script(parser)
+    assert script.rstrip().endswith("complete -o filenames -F _lightvm lightvm")
+    assert completion.zsh_script(parser).startswith("#compdef lightvm\n")
