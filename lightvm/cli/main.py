@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             parser.Parser.json_errors = False
     fill_globals(args)
-    if args.verbose:
+    if args.verbose and not getattr(args, "own_logging", False):  # daemon run sets up its own
         from lightvm.cli import logsetup
 
         logsetup.configure(args.verbose)
