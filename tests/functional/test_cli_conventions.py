@@ -130,3 +130,41 @@ def test_zsh_completion(lightvm: Any, noop_vm: dict[str, Any], lightvm_on_path: 
         completed(f"lightvm --state-dir {lightvm.state_dir} unpause n")
         == f"lightvm --state-dir {lightvm.state_dir} unpause noop"
     )
+
+
+def test_verbose_logs_steps_and_qmp_on_stderr_only(lightvm: Any) -> None:
+    quiet = lightvm.ok("create", "noop", "--accel", "tcg", "--name", "a", "--json")
+    steps = lightvm.ok("-v", "create", "noop", "--accel", "tcg", "--name", "b", "--json")
+    qmp = lightvm.ok("create", "noop", "--accel", "tcg", "--name", "c", "--json", "-vv")
+    assert quiet.err == "" and [json.loads(x)["name"] for x in (quiet.out, steps.out, qmp.out)] == ["a", "b", "c"]
+    for step in ("create b: accel tcg", "b: create NoXS region", "b: launch QEMU", "b: write NoXS page", "b: boot"):
+        assert f"INFO  lightvm.toolstack: {step}" in steps.err, steps.err
+    assert "lightvm.qmp" not in steps.err
+    assert 'DEBUG lightvm.qmp: -> {"execute": "cont"' in qmp.err and "DEBUG lightvm.qmp: <- " in qmp.err
+    destroyed = lightvm.ok("-v", "destroy", "--all")
+    assert all(f"lightvm.toolstack: {n}: destroy" in destroyed.err for n in "abc")
+
+
+@pytest.mark.timeout(120)
+def test_daemon_log_of_a_started_daemon(lightvm: Any) -> None:
+    """`daemon start` logs to STATE/lightvmd.log; `daemon log` prints it, `-f` follows it."""
+    noop = Path(__file__).resolve().parents[2] / "examples" / "noop.toml"
+    lightvm.ok("daemon", "start", "--pool", str(noop), "--pool-size", "1", "--accel", "tcg", "-v")
+    follower = None
+    try:
+        log = lightvm.ok("daemon", "log").out
+        assert "INFO lightvm.daemon: serving " in log and "INFO lightvm.toolstack: " in log, log
+        follower = lightvm.popen("daemon", "log", "-f", "-n", "1", "--json")
+        assert follower.stdout is not None
+        assert json.loads(follower.stdout.readline())["line"]  # its last line: it is following now
+        lightvm.ok("create", "noop", "--accel", "tcg", "--name", "followed")
+        lightvm.ok("destroy", "followed")
+        assert follower.stdout is not None
+        while "followed: destroy" not in (line := json.loads(follower.stdout.readline())["line"]):
+            assert line  # a line of the daemon's, before the one looked for
+    finally:
+        if follower is not None:
+            follower.terminate()
+            follower.communicate(timeout=10)
+        lightvm.ok("daemon", "stop")
+    assert (lightvm.state_dir / "lightvmd.out").read_text() == ""  # nothing bypassed the log
