@@ -228,3 +228,21 @@ def test_completion_table_is_the_parser_s() -> None:
     script = completion.bash_script(parser)
     assert script.rstrip().endswith("complete -o filenames -F _lightvm lightvm")
     assert completion.zsh_script(parser).startswith("#compdef lightvm\n")
+
+
+def test_daemon_and_image_json_forms(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = str(tmp_path / "state")
+    assert cli.main(["--state-dir", state, "daemon", "stop", "--json"]) == 0
+    assert _lines(capsys.readouterr().out) == [{"action": "none", "pid": None}]
+    assert cli.main(["--json", "--state-dir", state, "daemon", "status"]) == 3  # as systemctl: not running
+    assert _lines(capsys.readouterr().out) == [{"running": False}]
+    assert cli.main(["daemon", "unit", "--json"]) == 0
+    (unit,) = _lines(capsys.readouterr().out)
+    assert "ExecStart=" in unit["unit"] and "daemon run" in unit["unit"]
+    store = tmp_path / "images"
+    (store / "app").mkdir(parents=True)
+    (store / "app" / "report.json").write_text("{}")
+    assert cli.main(["image", "rm", "app", "--store", str(store), "--json"]) == 0
+    assert _lines(capsys.readouterr().out) == [{"name": "app", "action": "removed", "folder": str(store / "app")}]
+    assert cli.main(["image", "rm", "app", "--store", str(store), "--json"]) == 1
+    assert _lines(capsys.readouterr().out)[0]["kind"] == "NotFoundError"
