@@ -271,6 +271,9 @@ COMMANDS = [
     ["pause", "a", "b"],
     ["unpause", "a"],
     ["shutdown", "a", "--keep"],
+    ["--json", "destroy", "a"],
+    ["-q", "pause", "a"],
+    ["info", "ghost", "--json"],
 ]
 
 
@@ -286,8 +289,12 @@ def test_same_output_as_the_full_path(
     assert thin_run == full_run
     assert thin_requests == daemon.requests  # the same requests, args and all
     code, out, err = thin_run
-    if "ghost" in argv or argv[-1] == "destroy":
+    if "--json" in argv and "ghost" in argv:
+        assert code == 1 and json.loads(out)["kind"] == "NotFoundError"
+    elif "ghost" in argv or argv[-1] == "destroy":
         assert code == 1 and err.strip().splitlines()[-1].startswith("lightvm: error: ")
+    elif "-q" in argv:
+        assert code == 0 and out and err == ""  # not even "via lightvmd"
     else:
         assert code == 0 and out and f"via lightvmd ({daemon.state}/lightvmd.sock)" in err
 
