@@ -246,3 +246,20 @@ def test_daemon_and_image_json_forms(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert _lines(capsys.readouterr().out) == [{"name": "app", "action": "removed", "folder": str(store / "app")}]
     assert cli.main(["image", "rm", "app", "--store", str(store), "--json"]) == 1
     assert _lines(capsys.readouterr().out)[0]["kind"] == "NotFoundError"
+
+
+def test_quiet_reaches_the_image_build(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`-q image build` builds without progress lines (tinyx/image's Options.quiet)."""
+    from tinyx.image import build
+
+    seen: list[bool] = []
+
+    def fake_build(opts: Any) -> tuple[Path, dict[str, Any]]:
+        seen.append(opts.quiet)
+        return Path("/img/app"), {"name": "app"}
+
+    monkeypatch.setattr(build, "build", fake_build)
+    for argv in (["-q", "image", "build", "app", "--json"], ["image", "build", "app", "--json"]):
+        assert cli.main(argv) == 0
+        assert json.loads(capsys.readouterr().out) == {"name": "app"}  # the report, indented
+    assert seen == [True, False]
