@@ -60,7 +60,7 @@ def _add_globals(p: argparse.ArgumentParser, count: int = 4) -> None:
         (("-q", "--quiet"), {"action": "store_true", "help": "no progress lines or notes on stderr"}),
         (
             ("-v", "--verbose"),
-            {"action": "count", "help": "log the toolstack's steps on stderr (-vv: and QMP traffic)"},
+            {"action": _CountVerbose, "help": "log the toolstack's steps on stderr (-vv: and QMP traffic)"},
         ),
     )[:count]:
         present = [known[f] for f in flags if f in known]
@@ -88,11 +88,31 @@ def _globalize(p: argparse.ArgumentParser) -> None:
                 _globalize(child)
 
 
+class _CountVerbose(argparse.Action):
+    """``-v``, counted over the whole command line: argparse's ``count`` would start again in
+    the subcommand's parser (its own namespace, copied over the top one's), so that ``-v
+    list -v`` gave 1. The count lives on :class:`Parser` for the one parse under way."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, *args: Any) -> None:
+        Parser.verbose_count += 1
+        setattr(namespace, self.dest, Parser.verbose_count)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse's parser, whose usage errors are a JSON object on stdout under ``--json``
     (exit status 2 still), like every other error of a ``--json`` command."""
 
     json_errors = False  # set by main when the command line has --json
+    verbose_count = 0  # -v seen so far in this parse (_CountVerbose)
+    top = False  # the top-level parser: a parse of it starts the count again
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self.top:
+            Parser.verbose_count = 0
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         if Parser.json_errors:
@@ -127,6 +147,7 @@ def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[parent],
     )
+    parser.top = True
     parser.add_argument("--version", action=_VersionAction, help="print lightvm's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from lightvm.cli import checkpoint, daemon, events, host, image, setup, vm

@@ -143,6 +143,8 @@ def test_every_command_takes_the_global_options_before_or_after() -> None:
     assert parse(["--state-dir", "/s", "network", "--json", "list"]).state_dir == Path("/s")
     assert parse(["-q", "image", "list"]).quiet is True
     assert parse(["host", "check", "-vv"]).verbose == 2
+    assert parse(["-v", "host", "check", "-v"]).verbose == 2  # counted over both sides
+    assert parse(["-v", "list"]).verbose == 1  # a new parse counts from 0
     assert parse(["migrate", "a", "h", "-q"]).quiet is True  # migrate's own -q is the global one
     # a value given before the command survives the subcommand's parser
     assert parse(["--json", "info", "a"]).json is True
