@@ -154,3 +154,43 @@ def test_follow_across_a_rotation(tmp_path: Path) -> None:
         proc.terminate()
         proc.communicate(timeout=10)
     assert proc.returncode == 143  # SIGTERM unwinds as 128 + 15 (lightvm/cli/main.py)
+
+
+def _fake_journalctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ``journalctl`` on PATH that writes its arguments, one a line, to a file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    args = tmp_path / "journalctl.args"
+    script = bin_dir / "journalctl"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {args}\necho "-- journal lines --"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return args
+
+
+def test_a_daemon_under_systemd_is_read_from_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """No log file, and the state dir's lightvmd (here: this process, by its pid file) runs in
+    a systemd service: ``daemon log`` is ``journalctl --unit`` of that service."""
+    from lightvm.daemon.server import PID_NAME
+    from lightvm.util import proc_start_time
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / PID_NAME).write_text(json.dumps({"pid": os.getpid(), "start": proc_start_time(os.getpid())}))
+    monkeypatch.setattr(daemonlog, "systemd_unit", lambda pid: "lightvmd.service" if pid == os.getpid() else None)
+    args = _fake_journalctl(tmp_path, monkeypatch)
+    assert cli.main(["--state-dir", str(state), "daemon", "log", "-n", "5"]) == 0
+    assert capfd.readouterr().out == "-- journal lines --\n"
+    assert args.read_text().split() == [
+        "--unit", "lightvmd.service", "--no-pager", "--output", "short-iso", "--lines", "5",
+    ]  # fmt: skip
+    assert cli.main(["--state-dir", str(state), "daemon", "log", "--json"]) == 0
+    assert args.read_text().split()[-2:] == ["--output", "json"]
+    assert cli.main(["--state-dir", str(state), "daemon", "log", "-f"]) == 0  # the fake one ends at once
+    assert args.read_text().split()[-1] == "--follow"
+    # the same daemon outside systemd: it logs to its own stderr, and the command says so
+    monkeypatch.setattr(daemonlog, "systemd_unit", lambda pid: None)
+    assert cli.main(["--state-dir", str(state), "daemon", "log"]) == 1
+    assert "logs to its own stderr" in capfd.readouterr().err
