@@ -43,6 +43,7 @@ from lightvm import cgroups
 from lightvm import jail as jailmod
 from lightvm.devices import blk
 from lightvm.errors import ExistsError, GuestError, LightVMError, StateError
+from lightvm.logs import INFO, log
 from lightvm.machine import MICROVM, Machine, MachineConfig, ProcessHandle
 from lightvm.noxs import NoxsRegion, VbdConfig, VifConfig, region_size_for
 from lightvm.state import StateDir, VMDir, VMRecord
@@ -110,7 +111,17 @@ class Instance:
         self.region: NoxsRegion | None = None
         self.machine: Machine | None = None
         self.undo = UndoStack()
-        self.step = "record state"
+        self._step = "record state"  # the first step, logged as such by the create
+
+    @property
+    def step(self) -> str:
+        """The step under way (named in the error a failure raises; logged at INFO: ``lightvm -v``)."""
+        return self._step
+
+    @step.setter
+    def step(self, name: str) -> None:
+        self._step = name
+        log(INFO, "lightvm.toolstack", "%s: %s", self.vmdir.name, name)
 
     @classmethod
     def of_shell(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.errors import QMPError
+from lightvm.logs import DEBUG, log
 from lightvm.util import Deadline, connect_unix, wait_readable
 
 DEFAULT_TIMEOUT = 5.0
@@ -89,6 +90,7 @@ class QMPClient:
         if arguments:
             msg["arguments"] = arguments
         data = json.dumps(msg).encode() + b"\n"
+        log(DEBUG, "lightvm.qmp", "-> %s", data[:-1].decode())
         try:
             # Tiny writes into an empty socket buffer: a blocking sendall with a timeout is fine.
             self._sock.settimeout(DEFAULT_TIMEOUT)
@@ -116,6 +118,7 @@ class QMPClient:
         cmd_id = self._next_id
         self._next_id += 1
         data = json.dumps({"execute": command, "arguments": arguments, "id": cmd_id}).encode() + b"\n"
+        log(DEBUG, "lightvm.qmp", "-> %s (fd %d attached)", data[:-1].decode(), fd)
         try:
             self._sock.settimeout(DEFAULT_TIMEOUT)
             # The fd rides on the first byte; QEMU attaches it to the command parsed from this message.
@@ -164,6 +167,7 @@ class QMPClient:
         return not self.closed_by_peer
 
     def _dispatch(self, line: bytes) -> None:
+        log(DEBUG, "lightvm.qmp", "<- %s", line.decode(errors="replace"))
         try:
             msg = json.loads(line)
         except ValueError:

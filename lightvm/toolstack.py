@@ -43,6 +43,7 @@ from lightvm.devices import blk
 from lightvm.errors import GuestError, LightVMError, NoxsError, QMPError, SpecError, StateError
 from lightvm.instance import Instance, attach, unrecorded_qemus
 from lightvm.instance import destroy as destroy_vmdir
+from lightvm.logs import INFO, log
 from lightvm.noxs import BootState, NoxsRegion, PageConfig, Sysctl, region_size_for
 from lightvm.resume import resume_stamped
 from lightvm.spec import VMSpec, check_name
@@ -141,6 +142,14 @@ class Toolstack:
         _check_host_memory(spec)
         choice = accelmod.select(accel)
         tsc_hz = hostfacts.tsc_hz()
+        log(
+            INFO,
+            "lightvm.toolstack",
+            "create %s: accel %s (%s)",
+            ", ".join(names),
+            choice.accel,
+            choice.reason or "asked",
+        )
         # The boot clock starts here: after the pure checks (spec, devices, accel verdict, the
         # cached TSC rate), at the first thing the create makes (one VM: its folder; with -n,
         # each VM's clock starts at its own first step after the batch's folders exist).
@@ -253,6 +262,7 @@ class Toolstack:
 
         :raise NotFoundError: no such VM.
         """
+        log(INFO, "lightvm.toolstack", "%s: destroy", name)
         destroy_vmdir(self.state.get(name), self.state.root)
 
     def destroy_all(self) -> list[str]:
@@ -331,6 +341,14 @@ class Toolstack:
         if status is not wanted:
             verb = "pause" if paused else "unpause"
             raise StateError(f"{name}: cannot {verb} a VM that is {status.value} (needs {wanted.value})")
+        log(
+            INFO,
+            "lightvm.toolstack",
+            "%s: %s (QMP %s)",
+            name,
+            "pause" if paused else "unpause",
+            "stop" if paused else "cont",
+        )
         machine = attach(vmdir, record, paused=not paused)
         try:
             if paused:

@@ -21,6 +21,7 @@ APT_PACKAGES=(
     debootstrap lz4      # Tinyx images: the base tree the app's packages go over; lz4 initramfs
     redis-tools          # the real redis-cli that talks to a Tinyx redis-server VM in tests
     strace               # tests/root/test_wheel_install.py: proves an installed wheel opens nothing in the checkout
+    zsh                  # tests/functional/test_cli_live.py: the zsh completion script, typed into a real zsh
 )
 
 need=()

@@ -265,7 +265,8 @@ class open_backend:  # lower case: called like the function it was (contextlib w
         self.client = connect(self.args)
         if self.client is None:
             return LocalBackend(self.args)
-        print(f"lightvm: via lightvmd ({self.client.path})", file=sys.stderr)
+        if not getattr(self.args, "quiet", False):
+            print(f"lightvm: via lightvmd ({self.client.path})", file=sys.stderr)
         self.args.served_by_lightvmd = True  # main may end the process without finalization
         return DaemonBackend(self.client)
 

@@ -119,7 +119,18 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
             help="prepare -incoming QEMUs for this checkpoint file's kind, or mapping this template folder's RAM, "
             "from the start (repeatable)",
         )
-        q.set_defaults(func=cmd_daemon_run if action == "run" else cmd_daemon_start)
+        if action == "run":
+            q.add_argument(
+                "--log-file",
+                type=Path,
+                metavar="FILE",
+                help="log to FILE, rotated (1 MiB, 3 backups) instead of stderr (`daemon start` "
+                "passes STATE/lightvmd.log); -v adds the toolstack's steps, -vv QMP traffic",
+            )
+        if action == "run":  # logs through lightvm/daemon/logsetup.py, not the CLI's -v set-up
+            q.set_defaults(func=cmd_daemon_run, own_logging=True)
+        else:
+            q.set_defaults(func=cmd_daemon_start)
         from lightvm.cli import daemonconf
 
         _CONFIGURABLE[action] = (q, daemonconf.take_defaults(q))
@@ -152,6 +163,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     q = dsub.add_parser("status", parents=[parent], help="is a daemon running; its pool")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_daemon_status)
+    from lightvm.cli import daemonlog
+
+    daemonlog.register(dsub, parent)
 
 
 def _daemon_argv(args: argparse.Namespace, root: Path) -> list[str]:
@@ -166,6 +180,9 @@ def _daemon_argv(args: argparse.Namespace, root: Path) -> list[str]:
     argv += ["--incoming-size", str(args.incoming_size)]
     for ckpt in args.incoming:
         argv += ["--incoming", str(Path(ckpt).resolve())]
+    from lightvm.daemon.server import LOG_NAME
+
+    argv += ["--log-file", str(root / LOG_NAME)] + ["-v"] * args.verbose
     return argv
 
 
@@ -190,14 +207,17 @@ def unit_text(config: Path | None, state_dir: str | None) -> str:
 
 
 def cmd_daemon_unit(args: argparse.Namespace) -> int:
-    sys.stdout.write(unit_text(args.config, getattr(args, "state_dir", None)))
+    text = unit_text(args.config, getattr(args, "state_dir", None))
+    sys.stdout.write(json.dumps({"unit": text}) + "\n" if args.json else text)
     return 0
 
 
 def cmd_daemon_run(args: argparse.Namespace) -> int:
+    from lightvm.daemon import logsetup
     from lightvm.daemon.server import DaemonConfig, run
 
     _configure(args)
+    handler = logsetup.configure(args.log_file, args.verbose)
     config = DaemonConfig(
         state_root=_state_root(args),
         group=args.group,
@@ -212,7 +232,10 @@ def cmd_daemon_run(args: argparse.Namespace) -> int:
         incoming_size=args.incoming_size,
         incoming_files=[Path(p).resolve() for p in args.incoming],
     )
-    return run(config)
+    try:
+        return run(config)
+    finally:
+        logsetup.unconfigure(handler)
 
 
 def cmd_daemon_connect(args: argparse.Namespace) -> int:
@@ -252,7 +275,7 @@ def _session_line(s: dict[str, Any]) -> str:
 
 def cmd_daemon_start(args: argparse.Namespace) -> int:
     from lightvm.daemon import api
-    from lightvm.daemon.server import LOG_NAME, read_pid
+    from lightvm.daemon.server import LOG_NAME, OUT_NAME, read_pid
 
     _configure(args)
     root = _state_root(args).resolve()
@@ -260,8 +283,10 @@ def cmd_daemon_start(args: argparse.Namespace) -> int:
     if running:
         raise StateError(f"lightvmd already runs on {root} (pid {running[0]})")
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    log_path = root / LOG_NAME
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    # its log goes to LOG_NAME (rotated, lightvm/daemon/logsetup.py); stdout/stderr, only what
+    # bypasses logging (a crash before the set-up, a traceback), to OUT_NAME, new per start
+    log_path, out_path = root / LOG_NAME, root / OUT_NAME
+    log = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         proc = subprocess.Popen(
             _daemon_argv(args, root),
@@ -276,7 +301,8 @@ def cmd_daemon_start(args: argparse.Namespace) -> int:
 
     def answers() -> dict[str, Any] | None:
         if proc.poll() is not None:
-            raise StateError(f"lightvmd exited at start ({proc.returncode}): {tail(log_path, 400)}")
+            said = " ".join(t for t in (tail(out_path, 400), tail(log_path, 400)) if t)
+            raise StateError(f"lightvmd exited at start ({proc.returncode}): {said}")
         try:
             with api.Client.connect(root, timeout=1.0) as client:
                 result: dict[str, Any] = client.call("ping", timeout=2.0)
@@ -288,7 +314,10 @@ def cmd_daemon_start(args: argparse.Namespace) -> int:
     if info is None:
         proc.send_signal(signal.SIGTERM)
         raise StateError(f"lightvmd did not answer within {START_TIMEOUT:.0f} s (log: {log_path})")
-    print(f"lightvmd started (pid {proc.pid}) on {api.socket_path(root)}")
+    if args.json:
+        print(json.dumps({"action": "started", "pid": proc.pid, "socket": str(api.socket_path(root))}))
+    else:
+        print(f"lightvmd started (pid {proc.pid}) on {api.socket_path(root)}")
     return 0
 
 
@@ -298,13 +327,16 @@ def cmd_daemon_stop(args: argparse.Namespace) -> int:
     root = _state_root(args)
     running = read_pid(root)
     if running is None:
-        print(f"no lightvmd on {root}")
+        print(json.dumps({"action": "none", "pid": None}) if args.json else f"no lightvmd on {root}")
         return 0
     pid, start = running
     os.kill(pid, signal.SIGTERM)
     if not wait_until(lambda: not proc_alive(pid, start), timeout=STOP_TIMEOUT, interval=0.01, max_interval=0.1):
         raise StateError(f"lightvmd (pid {pid}) did not stop within {STOP_TIMEOUT:.0f} s")
-    print(f"lightvmd (pid {pid}) stopped; VMs keep running")
+    if args.json:
+        print(json.dumps({"action": "stopped", "pid": pid}))
+    else:
+        print(f"lightvmd (pid {pid}) stopped; VMs keep running")
     return 0
 
 

@@ -62,7 +62,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     from tinyx.image.build import Options, build
 
     folder, report = build(
-        Options(app=args.app, out=args.output, compress=args.compress, rebuild=args.rebuild, init=args.init)
+        Options(
+            app=args.app,
+            out=args.output,
+            compress=args.compress,
+            rebuild=args.rebuild,
+            init=args.init,
+            quiet=args.quiet,  # the global -q: no progress lines on stderr
+        )
     )
     if args.json:
         print(json.dumps(report, indent=1))
@@ -112,5 +119,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from tinyx.image import store
 
     folder = store.remove(_store(args), args.name)
-    print(f"removed {folder}")
+    print(
+        json.dumps({"name": args.name, "action": "removed", "folder": str(folder)})
+        if args.json
+        else f"removed {folder}"
+    )
     return 0

@@ -2,10 +2,13 @@
 
 Exit status: 0 on success, 1 on a lightvm error (one line on stderr:
 ``lightvm: error: <what went wrong>``), 2 on a usage error, 130 when interrupted.
-Scriptable interface (kept stable): ``create --json`` prints one JSON object per VM
-(one line each) with ``name`` and ``boot_ms`` {qemu_up, resumed, guest_entry,
-devices_up, ready}; ``list --json`` prints a JSON array; ``--state-dir`` (or
-``$LIGHTVM_STATE_DIR``) keeps separate runs apart.
+Global options, before or after the command: ``--state-dir`` (or ``$LIGHTVM_STATE_DIR``)
+keeps separate runs apart, ``--json``, ``-q/--quiet``, ``-v/--verbose`` (stdlib logging on
+stderr; lightvm/cli/logsetup.py). Scriptable interface (kept stable, docs/cli.md):
+``create --json`` prints one JSON object per VM (one line each) with ``name`` and
+``boot_ms`` {qemu_up, resumed, guest_entry, devices_up, ready}; ``list --json`` prints a
+JSON array; under ``--json`` an error is one JSON object {error, kind, hint} on stdout
+(lightvm/cli/output.py), with the same exit status.
 """
 
 from __future__ import annotations
@@ -61,11 +64,33 @@ def main(argv: list[str] | None = None) -> int:
 
     args: Any = thin.parse(argv)  # a routed VM command in a form it knows, else None
     if args is None:
-        args = build_parser(with_network=_wants_network(argv)).parse_args(argv)
+        from lightvm.cli import parser
+
+        parser.Parser.json_errors = "--json" in argv
+        try:
+            args = build_parser(with_network=_wants_network(argv)).parse_args(argv)
+        finally:
+            parser.Parser.json_errors = False
+    fill_globals(args)
+    if args.verbose and not getattr(args, "own_logging", False):  # daemon run sets up its own
+        from lightvm.cli import logsetup
+
+        logsetup.configure(args.verbose)
     code = _run(args)
     if command_line and getattr(args, "served_by_lightvmd", False):
         _exit_now(code)
     return code
+
+
+# The global options' values when not given (argparse leaves them out: lightvm/cli/parser.py).
+GLOBAL_DEFAULTS = {"json": False, "quiet": False, "verbose": 0}
+
+
+def fill_globals(args: Any) -> None:
+    """Give ``args`` the global options it was not given (both parse paths leave them out)."""
+    for key, value in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, key):
+            setattr(args, key, value)
 
 
 def _exit_now(code: int) -> None:
@@ -95,11 +120,17 @@ def _run(args: Any) -> int:
         result: Any = args.func(args)
         return int(result or 0)
     except LightVMError as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"lightvm: error: {message}", file=sys.stderr)
+        from lightvm.cli import output
+
+        output.print_exception(exc, getattr(args, "json", False))
         return 1
     except KeyboardInterrupt:
-        print("lightvm: interrupted", file=sys.stderr)
+        if getattr(args, "json", False):
+            from lightvm.cli import output
+
+            output.print_error("interrupted", "Interrupted", output.HINTS["Interrupted"], as_json=True)
+        else:
+            print("lightvm: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 1

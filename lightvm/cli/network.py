@@ -21,7 +21,8 @@ from lightvm.state import default_state_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``network create/list/delete`` to the ``lightvm`` argument parser."""
+    """Add ``network create/list/delete`` to the ``lightvm`` argument parser (the global options,
+    --state-dir and --json among them, are added to each by lightvm/cli/parser.py)."""
     net = subparsers.add_parser("network", help="create, list and delete networks (bridge + subnet + IPAM)")
     sub = net.add_subparsers(dest="network_command", metavar="{create,list,delete}", required=True)
 
@@ -56,6 +57,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     with _devd() as devd:
         store = NetworkStore(_state_dir(args), ops=devd)
         record = store.create(args.name, args.subnet, nat=args.nat, mtu=args.mtu, bridge=args.bridge)
+    if getattr(args, "json", False):
+        print(json.dumps(_summary(record)))
+        return 0
     nat = ", NAT on" if record.nat else ""
     print(
         f"network {record.name}: {record.subnet} on bridge {record.bridge}, gateway {record.gateway}, "
@@ -101,6 +105,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     with _devd() as devd:
         record = NetworkStore(_state_dir(args), ops=devd).delete(args.name, force=args.force)
+    if getattr(args, "json", False):
+        print(json.dumps({**_summary(record), "action": "deleted"}))
+        return 0
     dropped = f" (dropped {len(record.leases)} leases)" if record.leases else ""
     print(f"network {record.name} deleted: bridge {record.bridge} removed{dropped}")
     return 0

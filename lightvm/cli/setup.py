@@ -16,6 +16,7 @@ lightvm/qemubin.py then finds the result at :func:`lightvm.paths.slim_qemu`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -74,7 +75,8 @@ def cmd_qemu(args: argparse.Namespace) -> int:
     from lightvm import qemubin
 
     script = build_script()
-    print(f"lightvm: building the slim QEMU with {script} (progress below)", file=sys.stderr, flush=True)
+    if not args.quiet:
+        print(f"lightvm: building the slim QEMU with {script} (progress below)", file=sys.stderr, flush=True)
     try:
         done = subprocess.run(["bash", str(script)], timeout=BUILD_TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
@@ -86,5 +88,5 @@ def cmd_qemu(args: argparse.Namespace) -> int:
     built = qemubin.slim_binary(paths.slim_qemu())
     if built is None:
         raise SetupError(f"{script} succeeded but {paths.slim_qemu()} is not an executable: report this")
-    print(built)
+    print(json.dumps({"qemu": str(built)}) if args.json else built)
     return 0

@@ -5,7 +5,8 @@ paying ~10x that to import argparse, every command group and the bench harness o
 build a parser for a dozen commands (docs/cli-startup.md). :func:`parse` reads ``create``,
 ``list``, ``info``, ``destroy``, ``shutdown``, ``pause`` and ``unpause`` (the routed
 commands of lightvm/cli/vm.py) in the forms people type, and gives the command the same
-attributes argparse would; whether lightvmd or this process then does the work is
+attributes argparse would (the global options --state-dir, --json and -q/--quiet
+before or after the command, as argparse takes them); whether lightvmd or this process then does the work is
 lightvm/cli/backend.py's choice, as on the full path.
 
 Anything else returns None and main builds the full parser: ``-h``, ``--version``, unknown
@@ -43,14 +44,13 @@ COMMANDS: dict[str, tuple[dict[str, Option], str | None, int | str, dict[str, An
             "--jobs": ("jobs", int),
             "--timeout": ("timeout", float),
             "--publish": ("publish", APPEND),
-            "--json": ("json", FLAG),
         },
         "config",
         1,
-        {"name": None, "accel": "auto", "count": 1, "jobs": None, "timeout": 10.0, "json": False},
+        {"name": None, "accel": "auto", "count": 1, "jobs": None, "timeout": 10.0},
     ),
-    "list": ({"--json": ("json", FLAG)}, None, 0, {"json": False}),
-    "info": ({"--json": ("json", FLAG)}, "name", 1, {"json": False}),
+    "list": ({}, None, 0, {}),
+    "info": ({}, "name", 1, {}),
     "destroy": ({"--all": ("all", FLAG)}, "names", "*", {"all": False}),
     "shutdown": (
         {"--keep": ("keep", FLAG), "--timeout": ("timeout", float)},
@@ -62,6 +62,15 @@ COMMANDS: dict[str, tuple[dict[str, Option], str | None, int | str, dict[str, An
     "unpause": ({}, "names", "+", {}),
 }
 STATE_DIR = "--state-dir"
+# The global options (lightvm/cli/parser.py), before or after the command; stored only when
+# given, as argparse does (main.fill_globals adds the rest). -v is left to argparse: a
+# command asking for logs pays for the parser (and logging) anyway.
+GLOBALS: dict[str, Option] = {
+    STATE_DIR: ("state_dir", str),
+    "--json": ("json", FLAG),
+    "-q": ("quiet", FLAG),
+    "--quiet": ("quiet", FLAG),
+}
 
 
 def _value(kind: Any, text: str) -> Any:
@@ -82,15 +91,15 @@ def parse(argv: list[str]) -> SimpleNamespace | None:
     """
     values: dict[str, Any] = {}
     i = 0
-    while i < len(argv) and argv[i] not in COMMANDS:  # before the command: --state-dir only
-        i = _option(argv, i, {STATE_DIR: ("state_dir", str)}, values)
+    while i < len(argv) and argv[i] not in COMMANDS:  # before the command: the global options
+        i = _option(argv, i, GLOBALS, values)
         if i < 0:
             return None
     if i >= len(argv):
         return None
     command = argv[i]
     options, operand, count, defaults = COMMANDS[command]
-    options = {**options, STATE_DIR: ("state_dir", str)}
+    options = {**options, **GLOBALS}
     for key, default in defaults.items():
         values.setdefault(key, default)
     if ("publish", APPEND) in options.values():

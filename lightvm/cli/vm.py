@@ -132,7 +132,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         def progress(result: dict[str, Any], done: int, count: int) -> None:
             if args.json:
                 print(json.dumps(result), flush=True)
-            elif count > 1:
+            elif count > 1 and not args.quiet:
                 ready = result["boot_ms"].get("ready") or 0
                 print(f"[{done}/{count}] {result['name']}: READY in {ready:.1f} ms", flush=True)
 
@@ -143,10 +143,12 @@ def cmd_create(args: argparse.Namespace) -> int:
             if backend.routed:  # lightvmd answers once for all
                 for r in results:
                     print(json.dumps(r), flush=True)
-            print_qemu_note()
+            if not args.quiet:
+                print_qemu_note()
             return 0
-        print_accel_note(args.accel, results)
-        print_qemu_note()
+        if not args.quiet:
+            print_accel_note(args.accel, results)
+            print_qemu_note()
         print_created(results, wall, backend)
     return 0
 
@@ -251,7 +253,10 @@ def cmd_destroy(args: argparse.Namespace) -> int:
         raise LightVMError("destroy: give VM names or --all (not both)")
     with open_backend(args) as backend:
         done, errors = backend.destroy(None if args.all else args.names)
-    if len(done) + len(errors) > 1:
+    if args.json:
+        for name in done:
+            print(json.dumps({"name": name, "action": "destroyed"}), flush=True)
+    elif len(done) + len(errors) > 1:
         print(f"destroyed {len(done)} VMs")
     if errors:
         raise LightVMError("; ".join(errors))
@@ -262,6 +267,9 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
     with open_backend(args) as backend:
         for name in args.names:
             ms = backend.shutdown(name, args.keep, args.timeout)
+            if args.json:
+                print(json.dumps({"name": name, "action": "shutdown", "ms": ms, "kept": args.keep}), flush=True)
+                continue
             print(f"{name}: powered off in {ms:.1f} ms" + (" (kept, halted)" if args.keep else ""))
     return 0
 
@@ -269,14 +277,24 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 def cmd_pause(args: argparse.Namespace) -> int:
     with open_backend(args) as backend:
         for name in args.names:
-            print(f"{name}: paused in {backend.pause(name):.2f} ms")
+            ms = backend.pause(name)
+            print(
+                json.dumps({"name": name, "action": "paused", "ms": ms})
+                if args.json
+                else f"{name}: paused in {ms:.2f} ms"
+            )
     return 0
 
 
 def cmd_unpause(args: argparse.Namespace) -> int:
     with open_backend(args) as backend:
         for name in args.names:
-            print(f"{name}: resumed in {backend.unpause(name):.2f} ms")
+            ms = backend.unpause(name)
+            print(
+                json.dumps({"name": name, "action": "resumed", "ms": ms})
+                if args.json
+                else f"{name}: resumed in {ms:.2f} ms"
+            )
     return 0
 
 
@@ -286,6 +304,8 @@ def cmd_console(args: argparse.Namespace) -> int:
 
     ts = toolstack(args)
     path = ts.console_path(args.name)
+    if args.json:
+        return _console_json(args.name, path, args.follow)
     out = sys.stdout.buffer
     try:
         with open(path, "rb") as f:
@@ -316,6 +336,20 @@ def cmd_console(args: argparse.Namespace) -> int:
                     return 0
     except FileNotFoundError:
         return 0  # the VM has printed nothing yet (or was just destroyed)
+
+
+def _console_json(name: str, path: os.PathLike[str] | str, follow: bool) -> int:
+    """``console --json``: the log so far as one object ({name, console}: bytes decoded as UTF-8,
+    undecodable ones replaced). Not with -f: a stream of guest bytes has no JSON form."""
+    if follow:
+        raise LightVMError("console: -f prints the guest's raw bytes; drop --json (or -f)")
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        text = ""  # the VM has printed nothing yet
+    print(json.dumps({"name": name, "console": text}))
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -8,7 +8,9 @@ Files in the state dir::
     STATE/lightvmd.lock   flock held for the daemon's whole life (one daemon per state dir)
     STATE/lightvmd.pid    {"pid", "start"} of the daemon (written after the socket is bound)
     STATE/lightvmd.sock   the API socket, 0600 (0660 and the group with --group)
-    STATE/lightvmd.log    stdout/stderr of a daemon started with `lightvm daemon start`
+    STATE/lightvmd.log    the log of a daemon started with `lightvm daemon start` (rotated:
+                          .1 .. .3, 1 MiB each; lightvm/daemon/logsetup.py); `lightvm daemon log`
+    STATE/lightvmd.out    its stdout/stderr: only what bypasses logging (a crash's traceback)
     STATE/pool/ID/        prepared shells (lightvm/daemon/shells.py)
 
 Threads, not asyncio: every connection is served by a thread of its own, so a slow
@@ -36,12 +38,12 @@ from __future__ import annotations
 import fcntl
 import grp
 import json
+import logging
 import os
 import queue
 import selectors
 import signal
 import socket
-import sys
 import threading
 import time
 import traceback
@@ -63,6 +65,7 @@ from lightvm.util import atomic_write, proc_alive, proc_start_time, short_unix_p
 PID_NAME = "lightvmd.pid"
 LOCK_NAME = "lightvmd.lock"
 LOG_NAME = "lightvmd.log"
+OUT_NAME = "lightvmd.out"
 STOP_GRACE = 15.0
 
 
@@ -83,8 +86,9 @@ class DaemonConfig:
 
 
 def _log(msg: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    print(f"lightvmd {stamp} {msg}", file=sys.stderr, flush=True)
+    """lightvmd's messages: logger ``lightvm.daemon`` at INFO, wherever lightvm/daemon/logsetup.py
+    sends it (the rotated STATE/lightvmd.log, the journal, or stderr)."""
+    logging.getLogger("lightvm.daemon").info(msg)
 
 
 def read_pid(state_root: Path) -> tuple[int, int | None] | None:

@@ -510,3 +510,28 @@ def test_network_cli_create_list_delete(
     with Devd(netns=nsname) as devd:
         assert devd.link("lv-cli") is None
         assert "lightvm_cli" not in devd.run(["nft", "list", "ruleset"])
+
+
+def test_network_cli_json(
+    nsname: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`network create/delete --json` print the network as `network list --json` does (docs/cli.md)."""
+    import json
+
+    from lightvm.cli import main as cli
+
+    monkeypatch.setenv("LIGHTVM_NETNS", nsname)
+
+    def run(*argv: str) -> dict[str, object]:
+        assert cli.main(["--state-dir", str(state_dir), *argv]) == 0
+        out: dict[str, object] = json.loads(capsys.readouterr().out)
+        return out
+
+    made = run("--json", "network", "create", "clj", "--subnet", "10.98.0.0/24")
+    assert (made["name"], made["bridge"], made["gateway"], made["capacity"]) == ("clj", "lv-clj", "10.98.0.1", 253)
+    assert cli.main(["--state-dir", str(state_dir), "network", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [made]  # the same object as network list's
+    deleted = run("network", "delete", "clj", "--json")
+    assert {**made, "action": "deleted"} == deleted
+    assert cli.main(["--state-dir", str(state_dir), "network", "delete", "clj", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["kind"] == "NotFoundError"

@@ -50,6 +50,10 @@ TAKEN = [
     ["shutdown", "a", "--keep", "--timeout", "1"],
     ["pause", "--state-dir", "/x", "a", "b"],
     ["unpause", "a"],
+    ["--json", "destroy", "a"],
+    ["-q", "create", "x.toml", "--json"],
+    ["pause", "a", "--quiet", "--json"],
+    ["--json", "list", "--json"],
 ]
 
 # Forms thin.parse leaves to argparse: help, versions, errors, and what it does not read.
@@ -89,6 +93,9 @@ LEFT = [
     ["--state-dir"],
     ["--state-dir", "/x"],
     ["nosuch"],
+    ["-v", "list"],
+    ["list", "-vv"],
+    ["-qv", "list"],
 ]
 
 
@@ -129,13 +136,17 @@ def test_thin_knows_every_option_and_default_of_the_routed_commands() -> None:
             if not action.option_strings:
                 assert action.dest == operand and action.nargs == (None if count == 1 else count), name
                 continue
+            if action.dest in ("state_dir", "json", "quiet", "verbose"):
+                # a global option: thin.GLOBALS, or (-v) left to argparse; no default in either
+                assert action.default == argparse.SUPPRESS, (name, action.dest)
+                for flag in action.option_strings:
+                    assert flag in ("-v", "--verbose") or thin.GLOBALS[flag][0] == action.dest, (name, flag)
+                continue
             for flag in action.option_strings:
-                if flag == thin.STATE_DIR:
-                    continue
                 assert options[flag][0] == action.dest, (name, flag)
             if action.dest in defaults:
                 assert defaults[action.dest] == action.default, (name, action.dest)
-            elif action.dest != "state_dir":
+            else:
                 assert action.dest == "publish" and action.default == [], (name, action.dest)
 
 
@@ -260,6 +271,9 @@ COMMANDS = [
     ["pause", "a", "b"],
     ["unpause", "a"],
     ["shutdown", "a", "--keep"],
+    ["--json", "destroy", "a"],
+    ["-q", "pause", "a"],
+    ["info", "ghost", "--json"],
 ]
 
 
@@ -275,8 +289,12 @@ def test_same_output_as_the_full_path(
     assert thin_run == full_run
     assert thin_requests == daemon.requests  # the same requests, args and all
     code, out, err = thin_run
-    if "ghost" in argv or argv[-1] == "destroy":
+    if "--json" in argv and "ghost" in argv:
+        assert code == 1 and json.loads(out)["kind"] == "NotFoundError"
+    elif "ghost" in argv or argv[-1] == "destroy":
         assert code == 1 and err.strip().splitlines()[-1].startswith("lightvm: error: ")
+    elif "-q" in argv:
+        assert code == 0 and out and err == ""  # not even "via lightvmd"
     else:
         assert code == 0 and out and f"via lightvmd ({daemon.state}/lightvmd.sock)" in err
 
