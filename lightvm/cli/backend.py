@@ -97,7 +97,7 @@ class LocalBackend:
     def create(self, request: dict[str, Any], progress: Progress) -> list[dict[str, Any]]:
         from lightvm.spec import load_spec
 
-        spec = load_spec(request["config"])
+        spec = load_spec(request["config"], overrides=request.get("overrides"))
         if request["publish"]:
             spec = spec.with_publish(request["publish"], request["count"])
         results = self.ts.create(
@@ -180,6 +180,8 @@ class DaemonBackend:
         args = {k: request[k] for k in ("name", "count", "accel", "timeout", "publish")}
         # the daemon has its own working dir; realpath is str(Path.resolve()) without pathlib
         args["config"] = os.path.realpath(request["config"])
+        if request.get("overrides"):
+            args["overrides"] = request["overrides"]  # checked again by lightvmd (spec.check_overrides)
         timeout = request["timeout"] * max(1, request["count"]) + 30.0
         results: list[dict[str, Any]] = self.client.call("create", args, timeout=timeout)
         return results  # one answer for all: no progress to report

@@ -47,7 +47,8 @@ COMMANDS: dict[str, tuple[dict[str, Option], str | None, int | str, dict[str, An
         },
         "config",
         1,
-        {"name": None, "accel": "auto", "count": 1, "jobs": None, "timeout": 10.0, "json": False},
+        # overrides: the KEY=VALUE operands, which argparse reads (a second operand: not taken here)
+        {"name": None, "accel": "auto", "count": 1, "jobs": None, "timeout": 10.0, "json": False, "overrides": []},
     ),
     "list": ({"--json": ("json", FLAG)}, None, 0, {"json": False}),
     "info": ({"--json": ("json", FLAG)}, "name", 1, {"json": False}),

@@ -71,6 +71,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = add_command(sub, parent, "create", cmd_create, "create and boot VMs from a config file", CREATE)
     config = "VM config file (.toml or chaos-style .json), or an example's name (daytime, noop: see lightvm host check)"
     p.add_argument("config", type=Path, help=config)
+    add_overrides(p)
     p.add_argument("--name", help="VM name (default: the config's name, else the file name)")
     p.add_argument(
         "--accel",
@@ -115,11 +116,19 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _fmt_ms(value: float | None) -> str:
-    return f"{value:8.1f} ms" if value is not None else "       - ms"
+def add_overrides(p: argparse.ArgumentParser) -> None:
+    """The KEY=VALUE operands after the config (``create`` and ``run``)."""
+    overrides = (
+        "replace a key of the config, as xl's key=value: name, kernel, firmware, memory, vcpus, cmdline, "
+        'initrd (e.g. memory=64M vcpus=2 cmdline="console=ttyS0"); checked as the file\'s keys are'
+    )
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=overrides)
 
 
-def cmd_create(args: argparse.Namespace) -> int:
+def create_request(args: argparse.Namespace) -> dict[str, Any]:
+    """What a create asks its backend for: the config resolved (a file, or a packaged
+    example's name), the overrides parsed and checked here (errors before any work, and
+    paths taken from this working dir), the options."""
     request = {k: getattr(args, k) for k in ("config", "name", "count", "accel", "jobs", "timeout", "publish")}
     if not os.path.exists(args.config) and os.sep not in str(args.config):
         # A bare name: the packaged example of that name (lightvm/paths.py; imported only
@@ -127,6 +136,20 @@ def cmd_create(args: argparse.Namespace) -> int:
         from lightvm.paths import resolve_config
 
         request["config"] = str(resolve_config(args.config))
+    overrides = getattr(args, "overrides", None)  # the thin path takes no overrides (argparse does)
+    if overrides:
+        from lightvm.spec import parse_overrides
+
+        request["overrides"] = parse_overrides(overrides)
+    return request
+
+
+def _fmt_ms(value: float | None) -> str:
+    return f"{value:8.1f} ms" if value is not None else "       - ms"
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    request = create_request(args)
     with open_backend(args) as backend:
 
         def progress(result: dict[str, Any], done: int, count: int) -> None:

@@ -105,7 +105,13 @@ class Operations:
             raise SpecError("'publish' must be a list of strings")
         if not 0 < timeout <= 3600:
             raise SpecError(f"timeout {timeout}: between 0 and 3600 s")
-        spec = self._load_spec(config)
+        overrides = _arg(args, "overrides", dict)
+        if overrides:  # checked again here (spec.check_overrides): a client's word is not enough
+            from lightvm.spec import load_spec
+
+            spec = load_spec(config, overrides=overrides)
+        else:
+            spec = self._load_spec(config)
         if publish:
             spec = spec.with_publish(publish, count)
         base = name or spec.name
