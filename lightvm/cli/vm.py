@@ -347,12 +347,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=1, default=str))
         return 0
-    for key in INFO_KEYS:
-        if key in info:
-            print(f"{key + ':':<13}{'-' if info[key] is None else info[key]}")
+    for line in info_lines(info):
+        print(line)
+    return 0
+
+
+def info_lines(info: dict[str, Any]) -> list[str]:
+    """``lightvm info``'s text: the one formatter of an info dict (Toolstack.info's, which
+    lightvmd's ``info`` replies unchanged), so the output is the same with or without the
+    daemon (tests/functional/test_info_parity.py)."""
+    lines = [f"{key + ':':<13}{'-' if info[key] is None else info[key]}" for key in INFO_KEYS if key in info]
     if info.get("spec"):
         spec = info["spec"]
-        print(
+        lines.append(
             f"{'spec:':<13}kernel {spec.get('kernel')}, {spec.get('memory')} MiB, {spec.get('vcpus')} vCPU, "
             f"cmdline {spec.get('cmdline')!r}, {len(spec.get('vifs', []))} vif(s), "
             f"{len(spec.get('disks', []))} disk(s)"
@@ -361,9 +368,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         from lightvm.bootsteps import BOOT_STEPS
 
         boot = info["boot_ms"]
-        print("boot:        " + ", ".join(f"{label} {boot[k]:.1f} ms" for k, label, _ in BOOT_STEPS if boot.get(k)))
+        steps = ", ".join(f"{label} {boot[k]:.1f} ms" for k, label, _ in BOOT_STEPS if boot.get(k))
+        lines.append(f"{'boot:':<13}{steps}")
     if info.get("guest"):
-        print("guest:       " + ", ".join(f"{k} {v}" for k, v in info["guest"].items()))
-    if info.get("exit_reason"):
-        print(f"{'exit:':<13}{info['exit_reason']}")
-    return 0
+        lines.append(f"{'guest:':<13}" + ", ".join(f"{k} {v}" for k, v in info["guest"].items()))
+    if info.get("exit_reason") or info.get("exit_status"):
+        seen = f" (QEMU {info['exit_status']}, seen by lightvmd)" if info.get("exit_status") else ""
+        lines.append(f"{'exit:':<13}{info.get('exit_reason') or 'QEMU exited'}{seen}")
+    return lines
