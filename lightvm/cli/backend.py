@@ -52,7 +52,9 @@ if TYPE_CHECKING:
 
         def unpause(self, name: str) -> float: ...
 
-        def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]: ...
+        def restore(
+            self, file: Path, name: str | None, timeout: float, progress: Callable[[dict[str, Any]], None] | None = None
+        ) -> dict[str, Any]: ...
 
         def migrate(
             self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None
@@ -137,10 +139,12 @@ class LocalBackend:
     def unpause(self, name: str) -> float:
         return self.ts.unpause(name)
 
-    def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]:
+    def restore(
+        self, file: Path, name: str | None, timeout: float, progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
         from lightvm.mobility.restore import restore
 
-        return restore(self.ts, file, name=name, timeout=timeout).as_dict()
+        return restore(self.ts, file, name=name, timeout=timeout, progress=progress).as_dict()
 
     def migrate(
         self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None
@@ -208,8 +212,12 @@ class DaemonBackend:
     def unpause(self, name: str) -> float:
         return float(self.client.call("unpause", {"name": name})["ms"])
 
-    def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]:
+    def restore(
+        self, file: Path, name: str | None, timeout: float, progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
         request = {"file": os.path.realpath(file), "name": name, "timeout": timeout}
+        if progress is not None:
+            return self._streamed("restore", request, timeout + 30.0, progress)
         result: dict[str, Any] = self.client.call("restore", request, timeout=timeout + 30.0)
         return result
 
@@ -220,15 +228,24 @@ class DaemonBackend:
         if progress is None:
             result: dict[str, Any] = self.client.call("migrate", request, timeout=timeout)
             return result
+        return self._streamed("migrate", request, timeout, progress)
+
+    def _streamed(
+        self, op: str, request: dict[str, Any], timeout: float, progress: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        """``op`` with ``progress``: lightvmd answers {"stream": "progress"}, then sends
+        progress lines and the result or the error (lightvm/daemon/operations.py)."""
         import json
 
         from lightvm.daemon import proto
 
-        self.client.call("migrate", {**request, "progress": True}, timeout=timeout)  # {"stream": "progress"}
-        while True:  # progress lines, then the result or the error (lightvm/daemon/operations.py)
+        first: dict[str, Any] = self.client.call(op, {**request, "progress": True}, timeout=timeout)
+        if first.get("stream") != "progress":
+            return first  # a lightvmd that does not stream this op's progress answered at once
+        while True:
             line = self.client.next_line(timeout)
             if line is None:
-                raise proto.ApiError(f"lightvmd said nothing about the migration for {timeout:.0f} s")
+                raise proto.ApiError(f"lightvmd said nothing about the {op} for {timeout:.0f} s")
             message = json.loads(line)
             if "progress" in message:
                 progress(message["progress"])

@@ -37,7 +37,8 @@ FOLLOW_POLL_MAX = 0.25
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     """Add ``run`` to the CLI's subparsers."""
-    p = sub.add_parser("run", parents=[parent], help="a quick VM: create, follow its console, destroy", description=RUN)
+    text = "a quick VM: create, follow its console, destroy"
+    p = vm.add_overrides_parser(sub, "run", parents=[parent], help=text, description=RUN)
     p.add_argument("target", metavar="IMAGE|CONFIG", help="image store name, example name, or config file")
     vm.add_overrides(p)
     p.add_argument("--memory", metavar="M", help="guest RAM, as the config's memory (64M, 1G)")

@@ -62,13 +62,40 @@ def add_command(
     return p
 
 
+def add_overrides_parser(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """``sub.add_parser`` for a command taking KEY=VALUE overrides anywhere after its
+    config (``create cfg --json memory=64M``): Python 3.11's argparse fills a ``nargs="*"``
+    positional only right after the positional before it, and calls what comes after an
+    option an unrecognized argument. The parser class is swapped for this one add_parser."""
+    import argparse
+
+    class OverridesParser(argparse.ArgumentParser):
+        def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+            ns, extras = super().parse_known_args(args, namespace)
+            late = [a for a in extras if "=" in a and not a.startswith("-")]
+            if late and isinstance(getattr(ns, "overrides", None), list):
+                ns.overrides = [*ns.overrides, *late]
+                extras = [a for a in extras if a not in late]
+            return ns, extras
+
+    saved = sub._parser_class
+    sub._parser_class = OverridesParser
+    try:
+        p: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    finally:
+        sub._parser_class = saved
+    return p
+
+
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     """Add the VM commands to the CLI's subparsers (lightvm/cli/thin.py parses the routed
     ones without argparse: an option added here is one it does not know, so it leaves such
     a command to argparse; tests/unit/test_thin.py compares the two)."""
     from pathlib import Path
 
-    p = add_command(sub, parent, "create", cmd_create, "create and boot VMs from a config file", CREATE)
+    text = "create and boot VMs from a config file"
+    p = add_overrides_parser(sub, "create", parents=[parent], help=text, description=CREATE)
+    p.set_defaults(func=cmd_create)
     config = "VM config file (.toml or chaos-style .json), or an example's name (daytime, noop: see lightvm host check)"
     p.add_argument("config", type=Path, help=config)
     add_overrides(p)
