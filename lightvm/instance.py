@@ -428,6 +428,9 @@ def unrecorded_qemus(record: VMRecord) -> list[int]:
     return found
 
 
+DESTROYING = "destroying"  # marker file in a VM's folder: its destroy has begun
+
+
 def destroy(vmdir: VMDir, state_root: Path | None, hard: bool = False) -> None:
     """Stop the QEMU of the VM (or shell) in ``vmdir`` and remove every trace of it: its
     vifs' host side (looked up in ``state_root``), NoXS file, QMP socket and folder.
@@ -437,6 +440,10 @@ def destroy(vmdir: VMDir, state_root: Path | None, hard: bool = False) -> None:
     except StateError:
         record = None
     if record is not None:
+        # Before the kill: a lightvmd watching this QEMU then tells a destroy by another
+        # process (a one-shot destroy, save, migrate) from a crash (daemon/server.py).
+        with contextlib.suppress(OSError):
+            (vmdir.path / DESTROYING).touch()
         kill_qemu(vmdir, record, hard)
         # By the VM's id, not the -runas on its command line: if its QEMU died, its uid may
         # have been taken over since by another VM (lightvm/jail.py: stale markers).

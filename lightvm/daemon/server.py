@@ -124,8 +124,17 @@ class Daemon(Operations):
     # ------------------------------------------------------------------ lifetime
 
     def _qemu_exited(self, vm: str, fields: dict[str, Any]) -> None:
-        """A VM's QEMU ended on its own (the watcher's thread): the event, and its exit
-        status kept in the VM's folder for ``info`` (with or without lightvmd)."""
+        """A VM's QEMU ended without lightvmd stopping it (the watcher's thread): the event,
+        and its exit status kept in the VM's folder for ``info`` (with or without lightvmd).
+        Another process's destroy (one-shot ``destroy``, ``save``, ``migrate``, the API
+        without the daemon) marks the folder first or has removed it: ``destroyed``, not
+        ``crashed``."""
+        from lightvm.instance import DESTROYING
+
+        folder = self.state.vms_root / vm
+        if not folder.is_dir() or (folder / DESTROYING).exists():
+            self.events.emit("destroyed", vm, by="another lightvm process", **fields)
+            return
         self.events.emit(exit_kind(fields), vm, **fields)
         try:
             self._toolstack().note_exit(vm, int(fields.get("pid") or 0), str(fields.get("status", "unknown")))
