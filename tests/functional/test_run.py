@@ -117,3 +117,23 @@ def test_errors_come_before_any_vm(lightvm: Any, tmp_path: Path) -> None:
     bad = lightvm.run("run", "noop", "--memory", "64X")
     assert bad.code == 1 and "override memory='64X': cannot parse size" in bad.err
     assert vms(lightvm) == []
+
+
+def test_run_through_lightvmd_follows_and_destroys(lightvmd: Any) -> None:
+    """The create (with its overrides) and the destroy go through lightvmd; the console
+    is the VM's file, read by the command."""
+    lightvmd.start(pool=None)
+    proc = start_run(lightvmd.lv, "vcpus=2")
+    try:
+        (vm,) = lightvmd.call("list")
+        assert (vm["name"], vm["vcpus"]) == ("noop", 2)
+        proc.send_signal(signal.SIGINT)
+        code, _, err = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert code == 130 and "via lightvmd" in err, err
+    assert lightvmd.call("list") == []
+    kinds = [e["event"] for e in lightvmd.call("events", {"vm": "noop"})]
+    assert kinds == ["created", "ready", "destroyed"]
