@@ -3,7 +3,8 @@
 Why a command of its own: trying an image meant ``create``, then ``console -f``, then
 ``destroy`` by name, and a forgotten VM kept its memory. ``run`` ties the VM's life to the
 command's: the VM is destroyed when the command ends, whether by Ctrl-C (or SIGTERM), the
-guest's poweroff or QEMU's death, unless ``-d`` leaves it running and prints its name.
+guest's poweroff, its app's end (a Tinyx image: ``run`` exits with the app's status) or
+QEMU's death, unless ``-d`` leaves it running and prints its name.
 
 What to run: a config file; else an image of the image store (``lightvm image list``:
 STORE/NAME/NAME.toml, as ``lightvm image build`` writes it); else a packaged example
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -28,7 +30,8 @@ from lightvm.errors import GuestError, LightVMError, NotFoundError
 RUN = (
     "Create a VM from IMAGE (an image of the image store: lightvm image list), an example's name (daytime, "
     "noop) or a CONFIG file, print its console as it runs, and destroy it when the command ends: Ctrl-C, "
-    "the guest's poweroff (exit status 0) or QEMU's death (1, with the reason). -d leaves it running and "
+    "the guest's poweroff (exit status 0), its app's end (a Tinyx image: the app's exit status) or QEMU's "
+    "death (1, with the reason). -d leaves it running and "
     "prints its name. Without --name, a name in use gets a -2, -3 ... suffix."
 )
 FOLLOW_POLL = 0.05
@@ -141,9 +144,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         follow(args, result["name"])
     finally:
         outcome = _destroy(args, result["name"])
-    if outcome is not None and outcome[0] != "halted":
-        raise GuestError(f"{result['name']}: {outcome[0]}: {outcome[1] or 'QEMU exited'}; the VM was destroyed")
-    return 0
+    if outcome is None or outcome[0] == "halted":
+        return 0
+    status = app_exit_status(outcome[1])
+    if status is not None:
+        print(f"lightvm: {result['name']}: the app exited with status {status}; the VM was destroyed", file=sys.stderr)
+        return status
+    raise GuestError(f"{result['name']}: {outcome[0]}: {outcome[1] or 'QEMU exited'}; the VM was destroyed")
+
+
+# A Tinyx guest's init (tinyx/init/app.c lv_app_describe) ends the VM when its app ends;
+# the VM's exit reason then carries the app's status, which `run` exits with, as
+# `docker run` does: a one-shot app is not a crash.
+_APP_EXIT = re.compile(r"guest error APP: app exited with status (\d+)")
+_APP_SIGNAL = re.compile(r"guest error APP: app killed by signal (\d+)")
+
+
+def app_exit_status(detail: str) -> int | None:
+    """The exit status ``run`` reports for a VM whose app ended: the app's own (128 + N
+    for a signal, as a shell says it), or None when the VM ended for another reason."""
+    if m := _APP_EXIT.search(detail or ""):
+        return int(m.group(1))
+    if m := _APP_SIGNAL.search(detail or ""):
+        return 128 + int(m.group(1))
+    return None
 
 
 def follow(args: argparse.Namespace, name: str) -> None:
