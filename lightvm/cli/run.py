@@ -127,7 +127,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if overrides:
         request["overrides"] = overrides
     with open_backend(args) as backend:
-        (result,) = backend.create(request, lambda r, done, count: None)
+        if backend.routed:
+            result, signum = _create_uninterrupted(backend, request)
+        else:  # in this process, an interrupted create removes what it made
+            (result,), signum = backend.create(request, lambda r, done, count: None), None
+    if signum is not None:  # Ctrl-C (or SIGTERM) while lightvmd created it: it exists now
+        _destroy(args, result["name"])
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
     vm.print_accel_note(args.accel, [result])
     if args.detach:
         print(result["name"])
@@ -168,6 +176,24 @@ def app_exit_status(detail: str) -> int | None:
     if m := _APP_SIGNAL.search(detail or ""):
         return 128 + int(m.group(1))
     return None
+
+
+def _create_uninterrupted(backend: Any, request: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """The create through lightvmd with SIGINT and SIGTERM held until its answer (and
+    which came, if one did): interrupted while waiting, this command would leave lightvmd
+    to finish a VM nobody would destroy. Bounded by the request's timeout."""
+    got: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        got.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        (result,) = backend.create(request, lambda r, done, count: None)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return result, (got[0] if got else None)
 
 
 def follow(args: argparse.Namespace, name: str) -> None:

@@ -5,6 +5,7 @@ the other Tinyx tests (tests/functional/tinyxlib.py)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 
 import pytest
 from tinyxlib import BUILD_TIMEOUT_S
+
+from lightvm.util import wait_until
 
 pytestmark = [pytest.mark.functional, pytest.mark.timeout(BUILD_TIMEOUT_S + 300)]
 
@@ -38,3 +41,26 @@ def test_run_exits_with_the_apps_status(lightvm: Any, tmp_path: Path, elf: str, 
     assert f"lvinit: app exited with status {status}" in result.out
     assert f"lightvm: {name}: the app exited with status {status}; the VM was destroyed" in result.err
     assert lightvm.ok("list", "--json").json() == []
+
+
+def test_ctrl_c_while_lightvmd_creates_still_destroys(lightvmd: Any, tmp_path: Path) -> None:
+    """Interrupted while lightvmd boots the VM (a Linux kernel: seconds under TCG), `run`
+    waits for the create's answer, then destroys the VM and exits 130: nothing is left."""
+    store = tmp_path / "images"
+    build(store, "/bin/true")
+    lightvmd.start(pool=None)
+    lightvmd.env["LIGHTVM_IMAGE_DIR"] = str(store)
+    proc = lightvmd.lv.popen("run", "true", "--accel", "tcg", "--timeout", "60")
+    try:
+        assert wait_until(lambda: (lightvmd.state_dir / "vms" / "true").is_dir(), timeout=60, interval=0.02)
+        assert lightvmd.call("list")[0]["status"] != "running"  # still booting
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert lightvmd.call("list") == []
+    kinds = [e["event"] for e in lightvmd.call("events", {"vm": "true"})]
+    assert kinds[:2] == ["created", "ready"] and kinds[-1] == "destroyed", kinds
