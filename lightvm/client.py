@@ -93,24 +93,9 @@ class Connection:
             return client.call(op, args, timeout=timeout)
 
     def _streamed(self, op: str, args: dict[str, Any], timeout: float, progress: Progress) -> dict[str, Any]:
-        """``op`` with ``"progress": true``: lightvmd answers {"stream": "progress"}, then
-        {"progress": ...} lines and one {"result": ...} or {"error": ...}."""
         with proto.Client.connect(self.state_dir, timeout=2.0) as client:
-            first: dict[str, Any] = client.call(op, {**args, "progress": True}, timeout=timeout)
-            if first.get("stream") != "progress":
-                return first
-            while True:
-                line = client.next_line(timeout)
-                if line is None:
-                    raise proto.ApiError(f"lightvmd said nothing about the {op} for {timeout:.0f} s")
-                message = json.loads(line)
-                if "progress" in message:
-                    progress(message["progress"])
-                elif "result" in message:
-                    result: dict[str, Any] = message["result"]
-                    return result
-                else:
-                    proto.raise_error(message.get("error"))
+            result: dict[str, Any] = client.call_with_progress(op, args, timeout, progress)
+            return result
 
     # ------------------------------------------------------------------ VMs
 

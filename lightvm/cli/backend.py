@@ -233,27 +233,8 @@ class DaemonBackend:
     def _streamed(
         self, op: str, request: dict[str, Any], timeout: float, progress: Callable[[dict[str, Any]], None]
     ) -> dict[str, Any]:
-        """``op`` with ``progress``: lightvmd answers {"stream": "progress"}, then sends
-        progress lines and the result or the error (lightvm/daemon/operations.py)."""
-        import json
-
-        from lightvm.daemon import proto
-
-        first: dict[str, Any] = self.client.call(op, {**request, "progress": True}, timeout=timeout)
-        if first.get("stream") != "progress":
-            return first  # a lightvmd that does not stream this op's progress answered at once
-        while True:
-            line = self.client.next_line(timeout)
-            if line is None:
-                raise proto.ApiError(f"lightvmd said nothing about the {op} for {timeout:.0f} s")
-            message = json.loads(line)
-            if "progress" in message:
-                progress(message["progress"])
-            elif "result" in message:
-                done: dict[str, Any] = message["result"]
-                return done
-            else:
-                proto.raise_error(message.get("error"))
+        result: dict[str, Any] = self.client.call_with_progress(op, request, timeout, progress)
+        return result
 
 
 def connect(args: argparse.Namespace) -> Client | None:
