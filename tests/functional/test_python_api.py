@@ -82,6 +82,16 @@ def test_the_same_calls_with_and_without_lightvmd(lightvmd: Lightvmd, tmp_path: 
     events = list(served.events(vm="b"))
     assert [e["event"] for e in events] == ["created", "ready", "paused", "resumed"]
     assert list(served.events(vm="a")) == []
+    # save (always in this process) and restore through lightvmd, with progress for both
+    saving: list[dict[str, Any]] = []
+    saved = served.save("a", tmp_path / "a.lvm", progress=saving.append)
+    assert saved["bytes"] == (tmp_path / "a.lvm").stat().st_size
+    assert saving[-1]["status"] == "completed" and saving[-1]["total"] >= 4 << 20
+    restoring: list[dict[str, Any]] = []
+    restored = served.restore(tmp_path / "a.lvm", progress=restoring.append)
+    lightvmd.seen_ids.add(restored["id"])
+    assert restored["name"] == "a" and restored["path"] == "cold"
+    assert restoring[-1]["status"] == "completed" and restoring[-1]["remaining"] == 0
     assert served.destroy("a") == ["a"] and direct.destroy("b") == ["b"]
     with pytest.raises(NotFoundError):
         served.info("a")
