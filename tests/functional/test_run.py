@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netclient import free_port, read_daytime
 from test_console_follow import read_until
+
+from lightvm.util import wait_until
 
 pytestmark = pytest.mark.functional
 
@@ -137,3 +140,9 @@ def test_run_through_lightvmd_follows_and_destroys(lightvmd: Any) -> None:
     assert lightvmd.call("list") == []
     kinds = [e["event"] for e in lightvmd.call("events", {"vm": "noop"})]
     assert kinds == ["created", "ready", "destroyed"]
+
+
+def test_run_publishes_a_port(lightvm: Any) -> None:
+    port = free_port()
+    assert lightvm.ok("run", "daytime", "--publish", f"127.0.0.1:{port}:13", "--accel", "tcg", "-d").out == "daytime\n"
+    assert wait_until(lambda: read_daytime("127.0.0.1", port), timeout=20, interval=0.05)
