@@ -429,6 +429,18 @@ def kill_qemu(vmdir: VMDir, record: VMRecord, hard: bool = False) -> None:
         handle.close()
 
 
+def reap_own_child(record: VMRecord) -> None:
+    """Reap the VM's QEMU if it is this process's child and has ended: a process that
+    created the VM and lives on (``lightvm run``, the Python API, lightvmd's cold path)
+    is its parent, and until the parent reaps it the zombie still counts as a task of
+    the VM's cgroup, which then cannot be removed (a /bin/true Tinyx VM's cgroups were
+    left behind by ``run`` before this). Checked by start time: never another process."""
+    if not record.pid or record.pid_start is None or proc_start_time(record.pid) != record.pid_start:
+        return
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(record.pid, os.WNOHANG)
+
+
 def unrecorded_qemus(record: VMRecord) -> list[int]:
     """The PIDs of QEMUs started with ``record``'s NoXS path (unique to the VM) on their
     command line: how a QEMU whose PID was never recorded is found (a create killed right
@@ -441,6 +453,9 @@ def unrecorded_qemus(record: VMRecord) -> list[int]:
     return found
 
 
+DESTROYING = "destroying"  # marker file in a VM's folder: its destroy has begun
+
+
 def destroy(vmdir: VMDir, state_root: Path | None, hard: bool = False) -> None:
     """Stop the QEMU of the VM (or shell) in ``vmdir`` and remove every trace of it: its
     vifs' host side (looked up in ``state_root``), NoXS file, QMP socket and folder.
@@ -450,7 +465,12 @@ def destroy(vmdir: VMDir, state_root: Path | None, hard: bool = False) -> None:
     except StateError:
         record = None
     if record is not None:
+        # Before the kill: a lightvmd watching this QEMU then tells a destroy by another
+        # process (a one-shot destroy, save, migrate) from a crash (daemon/server.py).
+        with contextlib.suppress(OSError):
+            (vmdir.path / DESTROYING).touch()
         kill_qemu(vmdir, record, hard)
+        reap_own_child(record)
         # By the VM's id, not the -runas on its command line: if its QEMU died, its uid may
         # have been taken over since by another VM (lightvm/jail.py: stale markers).
         jailmod.release_vm(record.id)

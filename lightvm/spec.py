@@ -136,8 +136,10 @@ class VMSpec:
         return dataclasses.replace(self, vifs=(first, *self.vifs[1:]))
 
 
-def load_spec(path: str | Path, check_kernel: bool = True) -> VMSpec:
-    """Read and validate a TOML or JSON config file.
+def load_spec(path: str | Path, check_kernel: bool = True, overrides: Mapping[str, Any] | None = None) -> VMSpec:
+    """Read and validate a TOML or JSON config file; ``overrides`` (``check_overrides``'s
+    result: ``create cfg.toml memory=64M``) replace the file's keys before the whole is
+    validated, so a combination the file alone would not have is refused too.
 
     :raise SpecError: naming the file and the key for any problem.
     """
@@ -149,7 +151,87 @@ def load_spec(path: str | Path, check_kernel: bool = True) -> VMSpec:
     except OSError as exc:
         raise SpecError(f"{path}: cannot read config: {exc.strerror}") from exc
     data = parse_text(raw, path)
+    if overrides:
+        data = {**data, **check_overrides(overrides)}
     return parse_spec(data, path, check_kernel=check_kernel)
+
+
+# The keys ``create``/``run`` take as KEY=VALUE overrides (as xl's ``xl create cfg key=value``):
+# the scalars. vifs and disks are tables, whose one-line form would be a second syntax.
+OVERRIDE_KEYS = ("name", "kernel", "firmware", "memory", "vcpus", "cmdline", "initrd")
+_PATH_KEYS = ("kernel", "firmware", "initrd")
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["memory=64M", "vcpus=2", "cmdline=a b"]`` -> checked overrides (:func:`check_overrides`).
+
+    Why here and not in the CLI: lightvmd receives the resulting mapping and checks it again
+    with :func:`check_overrides`, so both ends apply the same rules. Paths are made absolute
+    against this process's working dir (the daemon has its own).
+
+    :raise SpecError: an item that is not KEY=VALUE, an unknown key, or a bad value, naming the key.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise SpecError(f"override {item!r}: write KEY=VALUE (keys: {', '.join(OVERRIDE_KEYS)})")
+        if key in _PATH_KEYS and value:
+            value = os.path.abspath(value)
+        if key == "vcpus" and value.strip().isdigit():
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return check_overrides(out)
+
+
+def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Each override checked alone by the checks :func:`parse_spec` applies to the same key
+    (errors name ``override KEY=VALUE``, not the config file, which is not at fault);
+    memory comes back in MiB. The whole spec is validated again once they are applied.
+
+    :raise SpecError: an unknown key or a bad value, naming the key.
+    """
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        what = f"override {key}={value!r}"
+        if key not in OVERRIDE_KEYS:
+            extra = "; vifs and disks are set in the config file" if key in TOP_KEYS else ""
+            raise SpecError(f"{what}: unknown key {key!r} (keys: {', '.join(OVERRIDE_KEYS)}){extra}")
+        if key == "memory":
+            value = parse_memory(value, what)
+        elif key == "vcpus":
+            check_vcpus(value, what)
+        elif key == "cmdline":
+            check_cmdline(value, what)
+        elif key == "name":
+            if not isinstance(value, str):
+                raise SpecError(f"{what}: expected a string, got {_kind(value)}")
+            check_name(value, what)
+        else:  # a path
+            if not isinstance(value, str) or not value or not os.path.isabs(value):
+                raise SpecError(f"{what}: expected an absolute path, got {_kind(value)}")
+            if not os.path.isfile(value):
+                raise SpecError(f"{what}: {value} does not exist or is not a file")
+        out[key] = value
+    return out
+
+
+def check_vcpus(vcpus: object, what: str) -> None:
+    """:raise SpecError: ``vcpus`` is not an integer in 1..VCPUS_MAX."""
+    if not isinstance(vcpus, int) or isinstance(vcpus, bool):
+        raise SpecError(f"{what}: expected an integer, got {_kind(vcpus)}")
+    if not 1 <= vcpus <= VCPUS_MAX:
+        raise SpecError(f"{what}: {vcpus} is out of range 1..{VCPUS_MAX}")
+
+
+def check_cmdline(cmdline: object, what: str) -> None:
+    """:raise SpecError: ``cmdline`` is not a string that fits the NoXS page (no NUL)."""
+    if not isinstance(cmdline, str):
+        raise SpecError(f"{what}: expected a string, got {_kind(cmdline)}")
+    if len(cmdline.encode()) > CMDLINE_MAX or "\0" in cmdline:
+        raise SpecError(f"{what}: longer than {CMDLINE_MAX} bytes or contains NUL")
 
 
 def parse_text(raw: bytes, path: Path) -> dict[str, Any]:
@@ -224,15 +306,9 @@ def parse_spec(data: Mapping[str, Any], source: Path, check_kernel: bool = True)
     default_memory = LINUX_MEMORY_MIB if initrd is not None else 16
     memory = parse_memory(data.get("memory", default_memory), f"{where}: key 'memory'")
     vcpus = data.get("vcpus", 1)
-    if not isinstance(vcpus, int) or isinstance(vcpus, bool):
-        raise SpecError(f"{where}: key 'vcpus': expected an integer, got {_kind(vcpus)}")
-    if not 1 <= vcpus <= VCPUS_MAX:
-        raise SpecError(f"{where}: key 'vcpus': {vcpus} is out of range 1..{VCPUS_MAX}")
+    check_vcpus(vcpus, f"{where}: key 'vcpus'")
     cmdline = data.get("cmdline", "")
-    if not isinstance(cmdline, str):
-        raise SpecError(f"{where}: key 'cmdline': expected a string, got {_kind(cmdline)}")
-    if len(cmdline.encode()) > CMDLINE_MAX or "\0" in cmdline:
-        raise SpecError(f"{where}: key 'cmdline': longer than {CMDLINE_MAX} bytes or contains NUL")
+    check_cmdline(cmdline, f"{where}: key 'cmdline'")
 
     vifs = tuple(_parse_vif(item, f"{where}: key 'vifs[{i}]'") for i, item in enumerate(_list(data, "vifs", where)))
     disks = tuple(

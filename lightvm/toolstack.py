@@ -424,6 +424,9 @@ class Toolstack:
         if record is None:
             return out
         out.update({k: v for k, v in vars(record).items() if k not in ("argv",)})
+        exit_status = read_exit_status(vmdir, record)
+        if exit_status is not None:
+            out["exit_status"] = exit_status
         out["status"] = infos[name].status if name in infos else out["status"]
         if name in infos:
             out["pid"] = infos[name].pid  # also the PID of an incomplete VM's QEMU, found by list()
@@ -451,6 +454,31 @@ class Toolstack:
                 machine.release()
         return out
 
+    def note_exit(self, name: str, pid: int, status: str) -> bool:
+        """Remember how the QEMU ``pid`` of VM ``name`` ended (``status``: "killed by signal
+        9 (SIGKILL)"), as lightvmd's watcher saw it: only the parent reaping QEMU (or a
+        pidfd peek, daemon/events.py) can know it, and ``info`` with or without lightvmd
+        shows it from this file. A file of its own, not a record field: the record is
+        rewritten by other processes without a lock (reap, pause), which could drop it.
+        False when the VM is gone or is another QEMU's now (destroyed and created again).
+        """
+        try:
+            vmdir = self.state.get(name)
+            record = vmdir.read()
+        except LightVMError:
+            return False
+        if record is None or record.pid != pid:
+            return False
+        import json
+
+        from lightvm.util import atomic_write
+
+        try:
+            atomic_write(vmdir.path / EXIT_FILE, json.dumps({"pid": pid, "status": status}))
+        except OSError:
+            return False  # destroyed meanwhile
+        return True
+
     def console_path(self, name: str) -> Path:
         """:raise NotFoundError: no such VM."""
         return self.state.get(name).console_path
@@ -467,6 +495,22 @@ class Toolstack:
 
 
 # ---------------------------------------------------------------------- helpers
+
+EXIT_FILE = "exit.json"  # how the VM's QEMU ended, as lightvmd saw it (Toolstack.note_exit)
+
+
+def read_exit_status(vmdir: VMDir, record: VMRecord) -> str | None:
+    """The exit status :meth:`Toolstack.note_exit` kept for this record's QEMU, or None."""
+    import json
+
+    try:
+        data = json.loads((vmdir.path / EXIT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("pid") != record.pid or not isinstance(data.get("status"), str):
+        return None
+    status: str = data["status"]
+    return status
 
 
 def _check_host_memory(spec: VMSpec) -> None:

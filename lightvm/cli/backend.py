@@ -52,7 +52,9 @@ if TYPE_CHECKING:
 
         def unpause(self, name: str) -> float: ...
 
-        def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]: ...
+        def restore(
+            self, file: Path, name: str | None, timeout: float, progress: Callable[[dict[str, Any]], None] | None = None
+        ) -> dict[str, Any]: ...
 
         def migrate(
             self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None
@@ -97,7 +99,7 @@ class LocalBackend:
     def create(self, request: dict[str, Any], progress: Progress) -> list[dict[str, Any]]:
         from lightvm.spec import load_spec
 
-        spec = load_spec(request["config"])
+        spec = load_spec(request["config"], overrides=request.get("overrides"))
         if request["publish"]:
             spec = spec.with_publish(request["publish"], request["count"])
         results = self.ts.create(
@@ -137,10 +139,12 @@ class LocalBackend:
     def unpause(self, name: str) -> float:
         return self.ts.unpause(name)
 
-    def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]:
+    def restore(
+        self, file: Path, name: str | None, timeout: float, progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
         from lightvm.mobility.template import restore_path
 
-        return restore_path(self.ts, file, name=name, timeout=timeout).as_dict()
+        return restore_path(self.ts, file, name=name, timeout=timeout, progress=progress).as_dict()
 
     def migrate(
         self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None
@@ -180,6 +184,8 @@ class DaemonBackend:
         args = {k: request[k] for k in ("name", "count", "accel", "timeout", "publish")}
         # the daemon has its own working dir; realpath is str(Path.resolve()) without pathlib
         args["config"] = os.path.realpath(request["config"])
+        if request.get("overrides"):
+            args["overrides"] = request["overrides"]  # checked again by lightvmd (spec.check_overrides)
         timeout = request["timeout"] * max(1, request["count"]) + 30.0
         results: list[dict[str, Any]] = self.client.call("create", args, timeout=timeout)
         return results  # one answer for all: no progress to report
@@ -206,8 +212,12 @@ class DaemonBackend:
     def unpause(self, name: str) -> float:
         return float(self.client.call("unpause", {"name": name})["ms"])
 
-    def restore(self, file: Path, name: str | None, timeout: float) -> dict[str, Any]:
+    def restore(
+        self, file: Path, name: str | None, timeout: float, progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
         request = {"file": os.path.realpath(file), "name": name, "timeout": timeout}
+        if progress is not None:
+            return self._streamed("restore", request, timeout + 30.0, progress)
         result: dict[str, Any] = self.client.call("restore", request, timeout=timeout + 30.0)
         return result
 
@@ -218,23 +228,13 @@ class DaemonBackend:
         if progress is None:
             result: dict[str, Any] = self.client.call("migrate", request, timeout=timeout)
             return result
-        import json
+        return self._streamed("migrate", request, timeout, progress)
 
-        from lightvm.daemon import proto
-
-        self.client.call("migrate", {**request, "progress": True}, timeout=timeout)  # {"stream": "progress"}
-        while True:  # progress lines, then the result or the error (lightvm/daemon/operations.py)
-            line = self.client.next_line(timeout)
-            if line is None:
-                raise proto.ApiError(f"lightvmd said nothing about the migration for {timeout:.0f} s")
-            message = json.loads(line)
-            if "progress" in message:
-                progress(message["progress"])
-            elif "result" in message:
-                done: dict[str, Any] = message["result"]
-                return done
-            else:
-                proto.raise_error(message.get("error"))
+    def _streamed(
+        self, op: str, request: dict[str, Any], timeout: float, progress: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = self.client.call_with_progress(op, request, timeout, progress)
+        return result
 
 
 def connect(args: argparse.Namespace) -> Client | None:

@@ -24,6 +24,7 @@ EPILOG = """\
 examples:
   lightvm create examples/noop.toml            boot one VM, print the boot breakdown
   lightvm create examples/noop.toml -n 50      boot noop-0 .. noop-49
+  lightvm run daytime                          a quick VM: console follows, Ctrl-C destroys it
   lightvm list                                 what runs, what crashed
   lightvm shutdown noop                        clean guest poweroff, then destroy
   lightvm --state-dir /tmp/s create x.toml     keep this run apart from others
@@ -150,9 +151,10 @@ def build_parser(with_network: bool = True) -> argparse.ArgumentParser:
     parser.top = True
     parser.add_argument("--version", action=_VersionAction, help="print lightvm's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from lightvm.cli import checkpoint, daemon, events, host, image, setup, template, vm
+    from lightvm.cli import checkpoint, daemon, events, host, image, run, setup, template, vm
 
     vm.register(sub, parent)
+    run.register(sub, parent)
     daemon.register(sub, parent)
     checkpoint.register(sub, parent)
     template.register(sub, parent)

@@ -47,7 +47,8 @@ COMMANDS: dict[str, tuple[dict[str, Option], str | None, int | str, dict[str, An
         },
         "config",
         1,
-        {"name": None, "accel": "auto", "count": 1, "jobs": None, "timeout": 10.0},
+        # overrides: the KEY=VALUE operands, which argparse reads (a second operand: not taken here)
+        {"name": None, "accel": "auto", "count": 1, "jobs": None, "timeout": 10.0, "overrides": []},
     ),
     "list": ({}, None, 0, {}),
     "info": ({}, "name", 1, {}),

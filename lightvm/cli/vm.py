@@ -62,15 +62,43 @@ def add_command(
     return p
 
 
+def add_overrides_parser(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """``sub.add_parser`` for a command taking KEY=VALUE overrides anywhere after its
+    config (``create cfg --json memory=64M``): Python 3.11's argparse fills a ``nargs="*"``
+    positional only right after the positional before it, and calls what comes after an
+    option an unrecognized argument. The parser class is swapped for this one add_parser."""
+    import argparse
+
+    class OverridesParser(argparse.ArgumentParser):
+        def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+            ns, extras = super().parse_known_args(args, namespace)
+            late = [a for a in extras if "=" in a and not a.startswith("-")]
+            if late and isinstance(getattr(ns, "overrides", None), list):
+                ns.overrides = [*ns.overrides, *late]
+                extras = [a for a in extras if a not in late]
+            return ns, extras
+
+    saved = sub._parser_class
+    sub._parser_class = OverridesParser
+    try:
+        p: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    finally:
+        sub._parser_class = saved
+    return p
+
+
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     """Add the VM commands to the CLI's subparsers (lightvm/cli/thin.py parses the routed
     ones without argparse: an option added here is one it does not know, so it leaves such
     a command to argparse; tests/unit/test_thin.py compares the two)."""
     from pathlib import Path
 
-    p = add_command(sub, parent, "create", cmd_create, "create and boot VMs from a config file", CREATE)
+    text = "create and boot VMs from a config file"
+    p = add_overrides_parser(sub, "create", parents=[parent], help=text, description=CREATE)
+    p.set_defaults(func=cmd_create)
     config = "VM config file (.toml or chaos-style .json), or an example's name (daytime, noop: see lightvm host check)"
     p.add_argument("config", type=Path, help=config)
+    add_overrides(p)
     p.add_argument("--name", help="VM name (default: the config's name, else the file name)")
     p.add_argument(
         "--accel",
@@ -115,11 +143,19 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _fmt_ms(value: float | None) -> str:
-    return f"{value:8.1f} ms" if value is not None else "       - ms"
+def add_overrides(p: argparse.ArgumentParser) -> None:
+    """The KEY=VALUE operands after the config (``create`` and ``run``)."""
+    overrides = (
+        "replace a key of the config, as xl's key=value: name, kernel, firmware, memory, vcpus, cmdline, "
+        'initrd (e.g. memory=64M vcpus=2 cmdline="console=ttyS0"); checked as the file\'s keys are'
+    )
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=overrides)
 
 
-def cmd_create(args: argparse.Namespace) -> int:
+def create_request(args: argparse.Namespace) -> dict[str, Any]:
+    """What a create asks its backend for: the config resolved (a file, or a packaged
+    example's name), the overrides parsed and checked here (errors before any work, and
+    paths taken from this working dir), the options."""
     request = {k: getattr(args, k) for k in ("config", "name", "count", "accel", "jobs", "timeout", "publish")}
     if not os.path.exists(args.config) and os.sep not in str(args.config):
         # A bare name: the packaged example of that name (lightvm/paths.py; imported only
@@ -127,6 +163,20 @@ def cmd_create(args: argparse.Namespace) -> int:
         from lightvm.paths import resolve_config
 
         request["config"] = str(resolve_config(args.config))
+    overrides = getattr(args, "overrides", None)  # the thin path takes no overrides (argparse does)
+    if overrides:
+        from lightvm.spec import parse_overrides
+
+        request["overrides"] = parse_overrides(overrides)
+    return request
+
+
+def _fmt_ms(value: float | None) -> str:
+    return f"{value:8.1f} ms" if value is not None else "       - ms"
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    request = create_request(args)
     with open_backend(args) as backend:
 
         def progress(result: dict[str, Any], done: int, count: int) -> None:
@@ -358,12 +408,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=1, default=str))
         return 0
-    for key in INFO_KEYS:
-        if key in info:
-            print(f"{key + ':':<13}{'-' if info[key] is None else info[key]}")
+    for line in info_lines(info):
+        print(line)
+    return 0
+
+
+def info_lines(info: dict[str, Any]) -> list[str]:
+    """``lightvm info``'s text: the one formatter of an info dict (Toolstack.info's, which
+    lightvmd's ``info`` replies unchanged), so the output is the same with or without the
+    daemon (tests/functional/test_info_parity.py)."""
+    lines = [f"{key + ':':<13}{'-' if info[key] is None else info[key]}" for key in INFO_KEYS if key in info]
     if info.get("spec"):
         spec = info["spec"]
-        print(
+        lines.append(
             f"{'spec:':<13}kernel {spec.get('kernel')}, {spec.get('memory')} MiB, {spec.get('vcpus')} vCPU, "
             f"cmdline {spec.get('cmdline')!r}, {len(spec.get('vifs', []))} vif(s), "
             f"{len(spec.get('disks', []))} disk(s)"
@@ -372,9 +429,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         from lightvm.bootsteps import BOOT_STEPS
 
         boot = info["boot_ms"]
-        print("boot:        " + ", ".join(f"{label} {boot[k]:.1f} ms" for k, label, _ in BOOT_STEPS if boot.get(k)))
+        steps = ", ".join(f"{label} {boot[k]:.1f} ms" for k, label, _ in BOOT_STEPS if boot.get(k))
+        lines.append(f"{'boot:':<13}{steps}")
     if info.get("guest"):
-        print("guest:       " + ", ".join(f"{k} {v}" for k, v in info["guest"].items()))
-    if info.get("exit_reason"):
-        print(f"{'exit:':<13}{info['exit_reason']}")
-    return 0
+        lines.append(f"{'guest:':<13}" + ", ".join(f"{k} {v}" for k, v in info["guest"].items()))
+    if info.get("exit_reason") or info.get("exit_status"):
+        seen = f" (QEMU {info['exit_status']}, seen by lightvmd)" if info.get("exit_status") else ""
+        lines.append(f"{'exit:':<13}{info.get('exit_reason') or 'QEMU exited'}{seen}")
+    return lines

@@ -106,7 +106,13 @@ class Operations:
             raise SpecError("'publish' must be a list of strings")
         if not 0 < timeout <= 3600:
             raise SpecError(f"timeout {timeout}: between 0 and 3600 s")
-        spec = self._load_spec(config)
+        overrides = _arg(args, "overrides", dict)
+        if overrides:  # checked again here (spec.check_overrides): a client's word is not enough
+            from lightvm.spec import load_spec
+
+            spec = load_spec(config, overrides=overrides)
+        else:
+            spec = self._load_spec(config)
         if publish:
             spec = spec.with_publish(publish, count)
         base = name or spec.name
@@ -358,7 +364,30 @@ class Operations:
         if flavour is not None:
             self.incoming.learn(flavour)  # the next restore of this kind finds a shell
 
-    def op_restore(self, args: dict[str, Any]) -> dict[str, Any]:
+    def op_restore(self, args: dict[str, Any]) -> dict[str, Any] | api.Takeover:
+        """Restore a checkpoint file. With ``progress``, as ``migrate``'s: the connection
+        then carries ``{"progress": {...}}`` lines while QEMU loads the stream and one
+        ``{"result": ...}`` or ``{"error": ...}`` line at the end."""
+        if not _arg(args, "progress", bool):
+            return self._restore(args, None)
+
+        def run(conn: socket.socket, rest: bytes) -> bytes | None:
+            def say(message: dict[str, Any]) -> None:
+                conn.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+            conn.settimeout(10.0)
+            try:
+                out = self._restore(args, lambda p: say({"progress": p}))
+            except Exception as exc:  # the stream's reply, like a request's error
+                with contextlib.suppress(OSError):
+                    say({"error": api.error_body(exc)})
+                return rest
+            say({"result": out})
+            return rest
+
+        return api.Takeover({"stream": "progress"}, run)
+
+    def _restore(self, args: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
         from lightvm.mobility.format import read_header
 
         t0 = time.perf_counter()
@@ -375,7 +404,7 @@ class Operations:
         prepared, used_shell = self._prepare_restore(meta, name, file, timeout)
         try:
             prepared.t0 = t0
-            result = prepared.finish(Path(file), offset)
+            result = prepared.finish(Path(file), offset, progress)
         finally:
             self._restore_done(meta, used_shell)
         out: dict[str, Any] = result.as_dict()

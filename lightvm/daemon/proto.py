@@ -205,6 +205,32 @@ class Client:
         raise_error(reply.get("error"))
         return None  # unreachable
 
+    def call_with_progress(self, op: str, args: dict[str, Any], timeout: float, progress: Any) -> Any:
+        """``op`` (restore, migrate) with ``"progress": true``: lightvmd answers
+        ``{"stream": "progress"}``, then sends ``{"progress": {...}}`` lines, each given to
+        ``progress``, and one ``{"result": ...}`` (returned) or ``{"error": ...}`` (raised).
+        A daemon that does not stream the op answers with its result at once: returned.
+
+        :raise ApiError: nothing came for ``timeout`` seconds, or the connection failed.
+        """
+        first = self.call(op, {**args, "progress": True}, timeout=timeout)
+        if not isinstance(first, dict) or first.get("stream") != "progress":
+            return first
+        while True:
+            line = self.next_line(timeout)
+            if line is None:
+                raise ApiError(f"lightvmd said nothing about the {op} for {timeout:.0f} s")
+            try:
+                message = json.loads(line)
+            except ValueError:
+                raise ProtocolError(f"lightvmd sent a line that is not JSON: {line[:200]!r}") from None
+            if "progress" in message:
+                progress(message["progress"])
+            elif "result" in message:
+                return message["result"]
+            else:
+                raise_error(message.get("error"))
+
 
 __all__ = [
     "SOCKET_NAME",

@@ -113,7 +113,7 @@ class Daemon(Operations):
         self.incoming: IncomingPool | None = None
         self.sessions = Sessions(log)
         self.events = EventLog()
-        self.watcher = Watcher(lambda vm, fields: self.events.emit(exit_kind(fields), vm, **fields))
+        self.watcher = Watcher(self._qemu_exited)
         self._lock_fd: int | None = None
         self._listener: socket.socket | None = None
         self._threads: set[threading.Thread] = set()
@@ -126,6 +126,24 @@ class Daemon(Operations):
         self.handlers: dict[str, api.Handler] = self._handlers()
 
     # ------------------------------------------------------------------ lifetime
+
+    def _qemu_exited(self, vm: str, fields: dict[str, Any]) -> None:
+        """A VM's QEMU ended without lightvmd stopping it (the watcher's thread): the event,
+        and its exit status kept in the VM's folder for ``info`` (with or without lightvmd).
+        Another process's destroy (one-shot ``destroy``, ``save``, ``migrate``, the API
+        without the daemon) marks the folder first or has removed it: ``destroyed``, not
+        ``crashed``."""
+        from lightvm.instance import DESTROYING
+
+        folder = self.state.vms_root / vm
+        if not folder.is_dir() or (folder / DESTROYING).exists():
+            self.events.emit("destroyed", vm, by="another lightvm process", **fields)
+            return
+        self.events.emit(exit_kind(fields), vm, **fields)
+        try:
+            self._toolstack().note_exit(vm, int(fields.get("pid") or 0), str(fields.get("status", "unknown")))
+        except Exception as exc:  # the watcher thread must go on watching the other VMs
+            self.log(f"{vm}: cannot keep its exit status: {exc}")
 
     def setup(self) -> None:
         """Lock, clean, bind, record, start the pool.

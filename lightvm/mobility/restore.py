@@ -27,6 +27,7 @@ import dataclasses
 import os
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,10 +104,14 @@ class PreparedRestore:
         self.vm.vmdir = adopt(self.state, self.vmdir.path, self.pending_name, self.vm.machine, hint="")
         self.pending_name = None
 
-    def finish(self, path: Path, offset: int) -> RestoreResult:
+    def finish(
+        self, path: Path, offset: int, progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> RestoreResult:
         """Feed the stream at ``offset`` of ``path``, check the file's digest, rewrite the
         page, resume, wait for the guest. The guest runs nothing before the digest matched
         (QEMU loads into a paused VM: lightvm/mobility/stream.py's VerifiedFeed).
+        ``progress`` gets the feed's position (bytes, left, rate) every
+        stream.PROGRESS_EVERY seconds while QEMU loads, and once when the stream is in.
 
         :raise CheckpointError: the file is corrupted or the stream cannot be loaded
             (nothing of the VM is left; a corrupted file is the reason given first).
@@ -128,12 +133,15 @@ class PreparedRestore:
             step = "load migration stream"
             feed.start(self.machine, self.ignore_shared)
             try:
-                wait_incoming(self.machine, self.timeout, f"{self.vmdir.name}: restore")
+                check = feed.reporter(progress) if progress is not None else None
+                wait_incoming(self.machine, self.timeout, f"{self.vmdir.name}: restore", check=check)
             except LightVMError as exc:
                 feed.verify(2.0, mismatch_only=True)  # a corrupted file is the reason, not what QEMU made of it
                 raise qemu_reason(self.machine, exc) from exc
             step = "verify checkpoint"
             feed.verify(self.timeout)
+            if progress is not None:
+                progress(feed.progress("completed"))
             return self.resume(t1)
         except BaseException as exc:
             self.abort()
@@ -326,9 +334,16 @@ def prepare_incoming(
         return prepared
 
 
-def restore(toolstack: Toolstack, path: Path, name: str | None = None, timeout: float = 10.0) -> RestoreResult:
+def restore(
+    toolstack: Toolstack,
+    path: Path,
+    name: str | None = None,
+    timeout: float = 10.0,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> RestoreResult:
     """Restore the VM saved in ``path`` (named as saved, or ``name``); the file is kept.
     A template folder goes through :func:`lightvm.mobility.template.restore_path`.
+    ``progress``: as :meth:`PreparedRestore.finish`'s.
 
     :raise CheckpointError: the file is not a checkpoint this lightvm reads, or its stream fails.
     :raise ExistsError: a VM of that name exists.
@@ -339,7 +354,7 @@ def restore(toolstack: Toolstack, path: Path, name: str | None = None, timeout: 
     meta, offset = read_header(path)
     prepared = prepare_incoming(toolstack, meta, name, str(path), timeout)
     prepared.t0 = t0
-    return prepared.finish(path, offset)
+    return prepared.finish(path, offset, progress)
 
 
 __all__ = ["PreparedRestore", "RestoreResult", "prepare_incoming", "restore", "restore_identity"]

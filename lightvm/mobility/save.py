@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,17 @@ def _save_error(path: Path, exc: BaseException) -> CheckpointError:
     return CheckpointError(f"cannot save to {path}: {text}; the VM keeps running")
 
 
-def save(toolstack: Toolstack, name: str, path: Path, keep_running: bool = False, timeout: float = 30.0) -> SaveResult:
+def save(
+    toolstack: Toolstack,
+    name: str,
+    path: Path,
+    keep_running: bool = False,
+    timeout: float = 30.0,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> SaveResult:
     """Save VM ``name`` to ``path`` (a new file); destroy it unless ``keep_running``.
+    ``progress`` gets the stream's progress (stream.progress_of: bytes written, left,
+    rate) every stream.PROGRESS_EVERY seconds and at its end.
 
     On any failure the partial file is removed and the VM runs on as before.
 
@@ -121,7 +131,7 @@ def save(toolstack: Toolstack, name: str, path: Path, keep_running: bool = False
                 machine.qmp.execute("stop", timeout=5.0)
                 stopped = True
             stream_out(machine, fd)
-            wait_migration(machine, timeout, "save")
+            wait_migration(machine, timeout, "save", progress=progress)
             if keep_running and stopped:
                 # The checksum is not downtime; the guest's clock stood still while saving.
                 resume_stamped(machine, record.noxs_path)

@@ -96,6 +96,8 @@ class VerifiedFeed:
         self.path, self.fd, self.layout = path, fd, layout
         self.sealer = Sealer(layout.key)
         self.error: BaseException | None = None
+        self.fed = 0  # bytes of the stream handed to QEMU so far (written by the feed's thread)
+        self.started = time.monotonic()
         self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
         with contextlib.suppress(OSError):  # fewer wake-ups of QEMU's reader; 64 KiB works too
             fcntl.fcntl(self.write_fd, F_SETPIPE_SZ, FEED_CHUNK)
@@ -113,7 +115,35 @@ class VerifiedFeed:
             raise
         finally:
             os.close(self.read_fd)  # QEMU holds its own copy now
+        self.started = time.monotonic()
         self.thread.start()
+
+    def progress(self, status: str = "active") -> dict[str, Any]:
+        """Where the feed is, in :func:`progress_of`'s shape (what ``save`` and ``migrate``
+        report), for a restore's progress: bytes fed to QEMU, left, and the rate so far."""
+        total = self.layout.stream_len
+        fed = total if status == "completed" else min(self.fed, total)
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        return {
+            "status": status,
+            "transferred": fed,
+            "remaining": total - fed,
+            "total": total,
+            "mbps": fed * 8 / 1e6 / elapsed,
+        }
+
+    def reporter(self, progress: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """A ``check`` for :func:`wait_incoming` that gives ``progress`` the feed's
+        position every PROGRESS_EVERY seconds."""
+        last = [time.monotonic()]
+
+        def check() -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_EVERY:
+                last[0] = now
+                progress(self.progress())
+
+        return check
 
     def _run(self) -> None:
         buf = bytearray(FEED_CHUNK)
@@ -128,6 +158,7 @@ class VerifiedFeed:
                 if pos + n > self.layout.offset and qemu_reads:
                     qemu_reads = self._write(view[max(0, self.layout.offset - pos) : n])
                 pos += n
+                self.fed = max(0, pos - self.layout.offset)
         except BaseException as exc:  # reported by verify()
             self.error = exc
         finally:

@@ -52,6 +52,7 @@ import shutil
 import struct
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -395,14 +396,20 @@ def is_template(path: str | Path) -> bool:
     return (Path(path) / STATE).is_file()
 
 
-def restore_path(toolstack: Toolstack, path: Path, name: str | None = None, timeout: float = 10.0) -> RestoreResult:
+def restore_path(
+    toolstack: Toolstack,
+    path: Path,
+    name: str | None = None,
+    timeout: float = 10.0,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> RestoreResult:
     """``lightvm restore PATH``: a checkpoint file (its RAM copied into the new QEMU), or a
-    template folder (its RAM mapped private). Here, not in restore.py, which the template
-    code builds on.
+    template folder (its RAM mapped private: no stream worth a progress line). Here, not in
+    restore.py, which the template code builds on.
     """
     if Path(path).is_dir():
         return restore_template(toolstack, Path(path), name, timeout)
-    return restore(toolstack, Path(path), name=name, timeout=timeout)
+    return restore(toolstack, Path(path), name=name, timeout=timeout, progress=progress)
 
 
 __all__ = [

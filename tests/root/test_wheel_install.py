@@ -165,6 +165,7 @@ def test_installed_wheel_boots_daytime_without_the_checkout(run: Runner, venv: P
     assert seen.stdout.strip() == "False"
     assert (site / "lightvm" / "_data" / "images" / "build" / "daytime.elf").is_file()
     assert (site / "lightvm" / "_data" / "qemu" / "build.sh").is_file()  # for lightvm setup qemu
+    assert (site / "lightvm" / "py.typed").is_file()  # PEP 561: the Python API's types (docs/api.md)
 
     version = run("--version")
     assert re.fullmatch(r"lightvm \d+\.\d+\.\d+\S*\n", version.stdout), version.stdout
