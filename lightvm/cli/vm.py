@@ -66,10 +66,11 @@ def add_overrides_parser(sub: Any, name: str, **kwargs: Any) -> argparse.Argumen
     """``sub.add_parser`` for a command taking KEY=VALUE overrides anywhere after its
     config (``create cfg --json memory=64M``): Python 3.11's argparse fills a ``nargs="*"``
     positional only right after the positional before it, and calls what comes after an
-    option an unrecognized argument. The parser class is swapped for this one add_parser."""
-    import argparse
+    option an unrecognized argument. The parser class is swapped for this one add_parser,
+    derived from the one in use (lightvm's Parser: usage errors as JSON under --json)."""
+    saved = sub._parser_class
 
-    class OverridesParser(argparse.ArgumentParser):
+    class OverridesParser(saved):  # type: ignore[misc,valid-type]
         def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
             ns, extras = super().parse_known_args(args, namespace)
             late = [a for a in extras if "=" in a and not a.startswith("-")]
@@ -78,7 +79,6 @@ def add_overrides_parser(sub: Any, name: str, **kwargs: Any) -> argparse.Argumen
                 extras = [a for a in extras if a not in late]
             return ns, extras
 
-    saved = sub._parser_class
     sub._parser_class = OverridesParser
     try:
         p: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
