@@ -230,6 +230,11 @@ struct vnet;
  * success; on failure a message is printed and <0 returned
  * (NOXS_ERR_NO_DEVICE / NOXS_ERR_DEVICE negated). */
 int netif_up(struct net *n, unsigned vif_index);
+/* Run the stack's ARP and TCP server paths once on a scratch net whose frames
+ * go nowhere (warm.c): at a prepared shell's wait point, so that TCG has
+ * translated them before the VM's first client arrives. Returns the scratch
+ * net's statistics (NULL if it could not be set up). */
+const struct net_stats *net_warm(const uint8_t mac[6], uint64_t now_ns);
 /* After netif_up (an app calls it once it is READY): print the vif's line on
  * the console and announce the address (gratuitous ARP). */
 void netif_announce(struct net *n);

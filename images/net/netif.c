@@ -38,11 +38,14 @@ static void rx_one(void *ctx, const uint8_t *frame, size_t len)
 /* At a prepared shell's wait point (noxs.c), on the placeholder page: open the
  * virtio-net device the vif names (dev_mac) now, so that probing the transports,
  * resetting and setting up the device (and QEMU translating that code, under TCG)
- * are off the create's path; netif_up then finds it open (vnet_open). Nothing else
- * of the stack runs, and a failure here is only a missed head start. */
+ * are off the create's path; netif_up then finds it open (vnet_open). Then the
+ * stack's answer paths run once on a scratch net (warm.c): the VM's first client
+ * then finds them translated too. Nothing reaches the device, and a failure
+ * here is only a missed head start. */
 void noxs_vif_prewarm(const struct noxs_vif_info *vif)
 {
 	vnet_open(vif->dev_mac);
+	net_warm(vif->dev_mac, clock_ns());
 }
 
 int netif_up(struct net *n, unsigned vif_index)
