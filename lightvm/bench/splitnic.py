@@ -13,6 +13,10 @@ quiet before each pool sample (untimed). Needs root (taps) and ``ip`` (the names
 ``--net user``: the same with QEMU user networking, each create publishing its port 13
 on a free local port (the pool path adds the forward over QMP at execute); no root.
 
+``lightvm bench splitnic [--net tap|user] [--disk] [--iterations N] [--warmup N] [--out
+DIR]`` runs the same and writes DIR/results.json (with the run's metadata) and
+summary.txt.
+
 ``--disk``: a VM with a disk instead of a NIC (images/apps/disk.c, READY after it read
 its first and last sectors), its image put under the shell's device at execute
 (lightvm/devices/shellblk.py); no root.
@@ -223,6 +227,45 @@ def run(iterations: int, warmup: int, user: bool = False, disk: bool = False) ->
             subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=IP_TIMEOUT, check=False)
 
 
+def report(result: dict[str, Any]) -> str:
+    """The run's summary: per path the client's medians, the daemon's breakdown, when the
+    guest was woken and when the daytime line was read."""
+    pool, cold = result["pool"], result["cold"]
+    what = (
+        "the disk app with a read-only disk" if result["device"] == "disk" else f"daytime with a NIC ({result['net']})"
+    )
+    lines = [f"{what}, request -> READY reply at the client (TCG, N={result['iterations']} each, alternating):"]
+    for path, got in (("pool", pool), ("cold", cold)):
+        lines.append(
+            f"  {path}: median {got['median_ms']:.2f} ms (min {got['min_ms']:.2f}, max {got['max_ms']:.2f}); "
+            f"guest devices up {got['devices_up_median_ms']:.2f}, READY {got['ready_median_ms']:.2f} ms"
+        )
+    for path, got in (("pool", pool), ("cold", cold)):
+        if got["woken_median_ms"] is not None:
+            lines.append(
+                f"  {path}: guest woken (bell / cont) {got['woken_median_ms']:.2f} ms after the request (daemon)"
+            )
+        if got["answer_median_ms"] is not None:
+            lines.append(
+                f"  {path}: daytime line read over TCP {got['answer_median_ms']:.2f} ms after the request "
+                f"(max {got['answer_max_ms']:.2f})"
+            )
+    lines.append(f"  cold / pool: {cold['median_ms'] / pool['median_ms']:.1f}x; load {result['loadavg'][0]:.1f}")
+    lines.append(f"  e.g. {pool['example_network']}")
+    return "\n".join(lines)
+
+
+def write(result: dict[str, Any], meta: dict[str, Any], out: Path) -> Path:
+    """``out``/results.json (``meta`` and the run) and ``out``/summary.txt (:func:`report`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"meta": meta, **result}, indent=1))
+    tmp.replace(path)
+    (out / "summary.txt").write_text(report(result) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lightvm.bench.splitnic", description=__doc__.split("\n\n")[0])
     p.add_argument("--iterations", type=int, default=30)
@@ -232,21 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the JSON results here")
     args = p.parse_args(argv)
     result = run(args.iterations, args.warmup, user=args.net == "user", disk=args.disk)
-    pool, cold = result["pool"], result["cold"]
-    what = "the disk app with a read-only disk" if args.disk else f"daytime with a NIC ({args.net})"
-    print(f"{what}, request -> READY reply at the client (TCG, N={args.iterations} each, alternating):")
-    print(f"  pool: median {pool['median_ms']:.2f} ms (min {pool['min_ms']:.2f}, max {pool['max_ms']:.2f}); "
-          f"guest devices up {pool['devices_up_median_ms']:.2f}, READY {pool['ready_median_ms']:.2f} ms")  # fmt: skip
-    print(f"  cold: median {cold['median_ms']:.2f} ms (min {cold['min_ms']:.2f}, max {cold['max_ms']:.2f}); "
-          f"guest devices up {cold['devices_up_median_ms']:.2f}, READY {cold['ready_median_ms']:.2f} ms")  # fmt: skip
-    for path, got in (("pool", pool), ("cold", cold)):
-        if got["woken_median_ms"] is not None:
-            print(f"  {path}: guest woken (bell / cont) {got['woken_median_ms']:.2f} ms after the request (daemon)")
-        if got["answer_median_ms"] is not None:
-            print(f"  {path}: daytime line read over TCP {got['answer_median_ms']:.2f} ms after the request "
-                  f"(max {got['answer_max_ms']:.2f})")  # fmt: skip
-    print(f"  cold / pool: {cold['median_ms'] / pool['median_ms']:.1f}x; load {result['loadavg'][0]:.1f}")
-    print(f"  e.g. {pool['example_network']}")
+    print(report(result))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     return 0
