@@ -70,6 +70,7 @@ void app_main(void)
 	    udp_bind(&net, 13, daytime_udp, 0))
 		guest_fatal(NOXS_ERR_APP, "daytime: cannot listen");
 	noxs_ready("daytime");
+	netif_announce(&net);   /* after READY: not needed to serve (netif.c) */
 	for (;;)
 		idle_until(netif_poll(&net));
 }

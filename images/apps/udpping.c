@@ -103,6 +103,7 @@ void app_main(void)
 	int rc = netif_up(&net, 0);
 	if (rc < 0)
 		guest_fatal((uint32_t)-rc, "udpping: network vif 0 not available");
+	netif_announce(&net);
 	noxs_devices_up();
 
 	uint32_t sent = 0;

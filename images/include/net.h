@@ -226,10 +226,18 @@ struct vnet;
 
 /* Find the virtio-net device (virtio-mmio first, then virtio-pci) whose MAC
  * matches vif `vif_index`, bring it up, configure `n` from the vif (IP,
- * prefix, gateway, MTU), set the vif's fe_state to Connected and announce
- * the address. 0 on success; on failure a message is printed and <0
- * returned (NOXS_ERR_NO_DEVICE / NOXS_ERR_DEVICE negated). */
+ * prefix, gateway, MTU) and set the vif's fe_state to Connected. 0 on
+ * success; on failure a message is printed and <0 returned
+ * (NOXS_ERR_NO_DEVICE / NOXS_ERR_DEVICE negated). */
 int netif_up(struct net *n, unsigned vif_index);
+/* Run the stack's ARP and TCP server paths once on a scratch net whose frames
+ * go nowhere (warm.c): at a prepared shell's wait point, so that TCG has
+ * translated them before the VM's first client arrives. Returns the scratch
+ * net's statistics (NULL if it could not be set up). */
+const struct net_stats *net_warm(const uint8_t mac[6], uint64_t now_ns);
+/* After netif_up (an app calls it once it is READY): print the vif's line on
+ * the console and announce the address (gratuitous ARP). */
+void netif_announce(struct net *n);
 /* Receive everything pending, run the timers, update the vif counters;
  * return the deadline to pass to idle_until() (never far in the future when
  * the device has no interrupt and must be polled). */

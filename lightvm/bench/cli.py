@@ -49,8 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "(git describe, host, CPU, accel, QEMU version, every sample), summary.txt and PNG/SVG plots.",
     )
     p.add_argument(
-        "suite", choices=(*suite.SUITES, "burst", "replot"), metavar="SUITE",
+        "suite", choices=(*suite.SUITES, "burst", "splitnic", "replot"), metavar="SUITE",
         help=f"one of {', '.join(suite.SUITES)}; 'burst' (creates against lightvmd's adaptive pool); "
+        "'splitnic' (daytime with a NIC from lightvmd's pool next to cold, and its daytime line read); "
         "or 'replot RESULTS.json' to redraw a run's plots",
     )  # fmt: skip
     p.add_argument("results", nargs="?", type=Path, help=argparse.SUPPRESS)
@@ -101,6 +102,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--pool-idle", type=float, default=3.0, metavar="SECONDS",
         help="burst: the daemon's --pool-idle, how soon the grown pool shrinks after the burst (default 3)",
     )  # fmt: skip
+    p.add_argument(
+        "--net", choices=("tap", "user"), default="tap",
+        help="splitnic: the vif's networking (tap: root, a namespace of the run's own; user: --publish)",
+    )  # fmt: skip
+    p.add_argument("--disk", action="store_true", help="splitnic: a VM with a read-only disk instead of a NIC")
     p.set_defaults(func=cmd_bench)
 
 
@@ -242,6 +248,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.suite == "burst":
         return _cmd_burst(args)
+    if args.suite == "splitnic":
+        return _cmd_splitnic(args)
     opts = options(args)
     out = args.out or Path("bench-results") / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.suite}"
     path, results = run_suite(args.suite, opts, out, plots=not args.no_plots)
@@ -273,6 +281,28 @@ def _cmd_burst(args: argparse.Namespace) -> int:
     if not burst.ok(doc):
         print("lightvm: burst: client errors, a leak, or the pool did not shrink back (see above)", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_splitnic(args: argparse.Namespace) -> int:
+    """``lightvm bench splitnic``: pool and cold creates of a VM with a NIC (or a disk),
+    alternating in one daemon (lightvm/bench/splitnic.py). TCG only (the daemon's pool
+    is TCG here); ``--smoke``: 2 iterations, 1 warm-up."""
+    import time
+
+    from lightvm.bench import runner, splitnic
+
+    if args.accel == "kvm":
+        raise LightVMError("bench splitnic: TCG only (use --accel tcg or auto)")
+    iterations = 2 if args.smoke else args.iterations or 30
+    warmup = 1 if args.smoke else 3 if args.warmup is None else args.warmup
+    options = {"iterations": iterations, "warmup": warmup, "net": args.net, "disk": args.disk}
+    meta = runner.metadata("splitnic", "tcg", options)
+    result = splitnic.run(iterations, warmup, user=args.net == "user", disk=args.disk)
+    out = args.out or Path("bench-results") / f"{time.strftime('%Y%m%d-%H%M%S')}-splitnic"
+    path = splitnic.write(result, meta, out)
+    print(splitnic.report(result))
+    print(f"results: {path}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import multiprocessing
 import os
@@ -186,3 +187,27 @@ def test_without_cap_net_admin_errors_name_the_capability(need_net_admin: None) 
     assert child.exitcode == 0
     assert all(line.startswith("CapabilityError") for line in lines) and len(lines) == 2, lines
     assert all("CAP_NET_ADMIN" in line for line in lines), lines
+
+
+def test_hand_over_joins_the_bridge_in_one_request(devd: Devd) -> None:
+    """A pooled shell's tap (made on no bridge, at MTU 1500) given to a VM: the
+    hand-encoded request (lightvm/devices/rtlink.py) sets master, MTU, alias and up, in
+    the devd's namespace; a missing bridge or an index gone since fails clearly."""
+    bridge = devd.ensure_bridge("lvbr", 1400, bridge_alias("n"))
+    devd.create_tap("lvs-0", 1500, None, alias=tap_alias("shell1", 0))
+    devd.hand_over("lvs-0", "lvbr", 1400, tap_alias("vm1", 0))
+    info = devd.link("lvs-0")
+    assert info is not None
+    assert (info.master, info.mtu, info.alias, info.up) == (bridge, 1400, "lightvm:vm=vm1/0", True)
+    devd.hand_over("lvs-0", "lvbr", 1400, tap_alias("vm2", 0))  # again (another VM's alias): still one request
+    info = devd.link("lvs-0")
+    assert info is not None and info.alias == "lightvm:vm=vm2/0"
+    with pytest.raises(NetworkError, match="lvnone does not exist"):
+        devd.hand_over("lvs-0", "lvnone", 1400, tap_alias("vm3", 0))
+    from lightvm.devices import rtlink
+
+    assert devd._rt is not None
+    with pytest.raises(OSError) as refused:
+        rtlink.set_link(devd._rt, 999_999, bridge, 1400, "x")  # no such index: the kernel's errno
+    assert refused.value.errno == errno.ENODEV
+    assert devd.delete_tap("lvs-0") is True
