@@ -13,7 +13,7 @@ Pss (smaps_rollup; the guest's memfd RAM and NoXS page included), Anonymous, pag
 (VmPTE, which Pss leaves out), threads, and the idle CPU of the fleet over a window.
 The ksmd variants switch the host's KSM daemon on for their fleet only (run=1,
 use_zero_pages=1) and give back the previous settings afterwards, Ctrl-C included; their
-row waits for two full ksmd scans after the fleet is up and counts ksmd's own CPU.
+row waits for ``--ksm-scans`` (2) full ksmd scans after the fleet is up and counts ksmd's own CPU.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def ksmd_on() -> Iterator[None]:
             (KSM / "use_zero_pages").write_text(saved["use_zero_pages"])
 
 
-def child(app: str, vms: int, ksm: bool) -> dict[str, Any]:
+def child(app: str, vms: int, ksm: bool, scans: int = 2) -> dict[str, Any]:
     """Grow ``vms`` idle VMs of ``app``, weigh them, destroy them (in this process)."""
     from lightvm import machine
     from lightvm.bench.fleets import guest_spec
@@ -120,11 +120,11 @@ def child(app: str, vms: int, ksm: bool) -> dict[str, Any]:
             if len(pids) != vms:
                 raise LightVMError(f"memcuts: {vms} VMs created but {len(pids)} run")
             ksm_wait = 0.0
-            if ksm:  # two full scans after the last VM: every page of the fleet was seen twice
-                t0, target = time.monotonic(), int((KSM / "full_scans").read_text()) + 2
+            if ksm:  # full scans after the last VM: a page merges on its second sighting at the earliest
+                t0, target = time.monotonic(), int((KSM / "full_scans").read_text()) + scans
                 while int((KSM / "full_scans").read_text()) < target:
-                    if time.monotonic() - t0 > KSM_SCANS_TIMEOUT_S:
-                        raise LightVMError(f"ksmd did not finish two scans in {KSM_SCANS_TIMEOUT_S:.0f} s")
+                    if time.monotonic() - t0 > KSM_SCANS_TIMEOUT_S * scans:
+                        raise LightVMError(f"ksmd did not finish {scans} scans in {KSM_SCANS_TIMEOUT_S * scans:.0f} s")
                     time.sleep(0.5)  # a poll for ksmd's progress (a kernel thread)
                 ksm_wait = time.monotonic() - t0
             else:
@@ -143,13 +143,21 @@ def child(app: str, vms: int, ksm: bool) -> dict[str, Any]:
             ts.destroy_all()
 
 
-def run_variant(name: str, app: str, vms: int) -> dict[str, Any]:
+def run_variant(name: str, app: str, vms: int, scans: int = 2) -> dict[str, Any]:
     env_add, ksm, _ = VARIANTS[name]
     env = dict(os.environ, **env_add)
     env.pop("LIGHTVM_STATE_DIR", None)
     argv = [sys.executable, "-m", "lightvm.bench.memcuts", "--child", name, "--app", app, "--vms", str(vms)]
+    argv += ["--ksm-scans", str(scans)]
     with ksmd_on() if ksm else contextlib.nullcontext():
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=vms * 10 + 600, check=False)
+        proc = subprocess.run(
+            argv,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=vms * 10 + 600 + KSM_SCANS_TIMEOUT_S * scans,
+            check=False,
+        )
     if proc.returncode != 0:
         raise LightVMError(f"memcuts {name}: the child failed: {proc.stderr.strip()[-800:]}")
     return dict(json.loads(proc.stdout))
@@ -161,11 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--app", default="daytime")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--ksm-scans", type=int, default=2, help="full ksmd scans to wait for in the ksmd rows")
     p.add_argument("--out", type=Path)
     p.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.app, args.vms, VARIANTS[args.child][1])))
+        print(json.dumps(child(args.app, args.vms, VARIANTS[args.child][1], args.ksm_scans)))
         return 0
     names = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(names) - set(VARIANTS))
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         for name in names:
             print(f"round {r + 1}/{args.rounds}: {name} x {args.vms}", file=sys.stderr, flush=True)
-            rows[name].append(run_variant(name, args.app, args.vms))
+            rows[name].append(run_variant(name, args.app, args.vms, args.ksm_scans))
     keys = ("ready_ms", "pss_mib", "pte_mib", "anon_mib", "threads", "cpu_pct_fleet", "cpu_pct_ksmd")
     print(f"{args.vms} idle {args.app} VMs per variant, {args.rounds} rounds (medians):")
     print(f"{'variant':<12}" + "".join(f"{k:>15}" for k in keys))

@@ -89,3 +89,15 @@ def test_a_registered_variant_becomes_rows_after_lightvm_before_the_baselines(
     assert names.index("crun") > 2 and names.index("fork-exec") > 2
     with pytest.raises(LightVMError, match="registered already"):
         density.register(clone)
+
+
+def test_memcuts_weighs_page_tables_and_threads_per_process() -> None:
+    import os
+
+    from lightvm.bench import memcuts
+
+    one = memcuts.weigh([os.getpid()])
+    assert one["pss_mib"] > 1 and one["pte_mib"] > 0 and one["threads"] >= 1
+    assert one["pss_pte_mib"] == pytest.approx(one["pss_mib"] + one["pte_mib"])
+    with pytest.raises(LightVMError, match="no process"):
+        memcuts.weigh([])
