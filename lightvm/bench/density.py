@@ -125,6 +125,7 @@ class _Density:
         self.watchdog = fleetguard.Watchdog(self.limits)
         self.mib_per_vm = ASSUMED_MIB_PER_VM  # the projection's cost: the last measured Pss + page tables
         self._noxs_names: set[str] = set()
+        self._vm_ids: set[str] = set()  # every VM the fleet ran: its jail uid and cgroups must go
 
     def grow(self, variant: Variant, n: int) -> None:
         if self.variant is not variant or self.fleet is None:
@@ -180,6 +181,7 @@ class _Density:
                 for key, value in source.items():
                     if key in total:
                         total[key] += value
+        self._remember_ids()
         extra = self._noxs_bytes() if isinstance(self.fleet, LightvmColdFleet) else 0
         host = self.baseline_avail_kib - mem_available_kib()
         pss = (total["Pss"] * 1024 + extra) / n / 2**20
@@ -194,6 +196,13 @@ class _Density:
             "threads_per_vm": total["Threads"] / n,
             "host_mib_per_vm": host / n / 1024,
         }
+
+    def _remember_ids(self) -> None:
+        fleet = self.fleet
+        if isinstance(fleet, LightvmColdFleet):
+            self._vm_ids.update(info.id for info in fleet.ts.list() if info.id)
+        elif fleet is not None and hasattr(fleet, "call"):  # a lightvmd-backed fleet (split)
+            self._vm_ids.update(str(i["id"]) for i in fleet.call("list") if i.get("id"))
 
     def _noxs_bytes(self) -> int:
         assert isinstance(self.fleet, LightvmColdFleet)
@@ -227,8 +236,8 @@ class _Density:
             return
         marker = getattr(fleet, "marker", "")
         fleet.close()
-        left = fleetguard.leftovers(marker, sorted(self._noxs_names)) if marker else []
-        self._noxs_names = set()
+        left = fleetguard.leftovers(marker, sorted(self._noxs_names), sorted(self._vm_ids)) if marker else []
+        self._noxs_names, self._vm_ids = set(), set()
         if left:
             raise LightVMError(f"density: the fleet left {len(left)} things behind: {'; '.join(left[:5])}")
 

@@ -18,6 +18,7 @@ import os
 import resource
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,10 +142,17 @@ class Watchdog:
             raise FleetLimitError(f"density stopped: {self.reason}; the fleet was torn down")
 
 
-def leftovers(marker: str, shm_names: list[str]) -> list[str]:
+def leftovers(marker: str, shm_names: list[str], vm_ids: Sequence[str] = ()) -> list[str]:
     """What a closed fleet left: processes whose command line names ``marker`` (the fleet's
-    private state dir, which every VM's QEMU has in its arguments) and its /dev/shm files."""
+    private state dir, which every VM's QEMU has in its arguments), its /dev/shm files, and
+    for each of ``vm_ids`` its jail uid record and its cgroup folders."""
+    from lightvm import cgroups, jail
+
     out = []
+    for vm_id in vm_ids:
+        if jail._by_vm(vm_id).exists():
+            out.append(f"jail uid of VM {vm_id} still taken ({jail._by_vm(vm_id)})")
+        out += [f"cgroup {folder} remains" for folder in cgroups._folders(vm_id) if folder.exists()]
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue

@@ -68,6 +68,18 @@ def test_leftovers_finds_a_process_and_a_shm_file_of_the_fleet(tmp_path: Path) -
     assert fleetguard.leftovers(marker, [name]) == []
 
 
+def test_leftovers_finds_a_vms_jail_uid_record_and_cgroup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightvm import cgroups, jail
+
+    monkeypatch.setattr(jail, "jail_dir", lambda: tmp_path / "jail")
+    monkeypatch.setattr(cgroups, "_folders", lambda vm_id: [tmp_path / "cg" / vm_id])
+    (tmp_path / "jail" / "vms").mkdir(parents=True)
+    (tmp_path / "jail" / "vms" / "abc").write_text("1600000001\n")
+    (tmp_path / "cg" / "abc").mkdir(parents=True)
+    left = fleetguard.leftovers(str(tmp_path / "no-such-state"), [], ["abc", "gone"])
+    assert len(left) == 2 and "jail uid of VM abc" in left[0] and left[1].startswith("cgroup ")
+
+
 def test_status_fields_reads_page_tables_and_threads() -> None:
     fields = status_fields(1)
     assert fields["Threads"] >= 1 and fields["VmPTE"] >= 0
