@@ -14,6 +14,11 @@ Pss (smaps_rollup; the guest's memfd RAM and NoXS page included), Anonymous, pag
 The ksmd variants switch the host's KSM daemon on for their fleet only (run=1,
 use_zero_pages=1) and give back the previous settings afterwards, Ctrl-C included; their
 row waits for ``--ksm-scans`` (2) full ksmd scans after the fleet is up and counts ksmd's own CPU.
+
+``--env-variant NAME:KEY=VALUE[,KEY=VALUE...]`` adds a variant: lightvm as it is with more
+environment for the child, e.g. ``LIGHTVM_QEMU=BINARY`` to weigh another QEMU build
+against the current one, or ``LIGHTVM_BENCH_THP_OFF=1`` (no transparent huge pages in the
+QEMUs, PR_SET_THP_DISABLE, as the ``thp-off`` variant): docs/memory.md.
 """
 
 from __future__ import annotations
@@ -46,7 +51,10 @@ VARIANTS: dict[str, tuple[dict[str, str], bool, str]] = {
     ),
     "ksmd": ({}, True, "ksmd on: QEMU's mem-merge marks its RAM blocks (ROMs) mergeable"),
     "ksm-all": ({"LIGHTVM_KSM": "1"}, True, "ksmd on and LIGHTVM_KSM=1: the whole QEMU mergeable"),
+    "thp-off": ({"LIGHTVM_BENCH_THP_OFF": "1"}, False, "no transparent huge pages in QEMU (PR_SET_THP_DISABLE)"),
 }
+PR_SET_THP_DISABLE = 41  # linux/prctl.h
+BUILTIN = frozenset(VARIANTS)
 WINDOW_S = 10.0
 KSM_SCANS_TIMEOUT_S = 240.0
 
@@ -108,6 +116,13 @@ def child(app: str, vms: int, ksm: bool, scans: int = 2) -> dict[str, Any]:
 
     if os.environ.get("LIGHTVM_BENCH_TB_DEFAULT") == "1":
         machine.SMALL_GUEST_MIB = 0  # no guest is "small": QEMU's default translation buffer
+    if os.environ.get("LIGHTVM_BENCH_THP_OFF") == "1":
+        # No transparent huge pages for this process and the QEMUs it starts (inherited
+        # across fork and exec): a write to a MADV_HUGEPAGE ROM block then costs 4 KiB, not 2 MiB.
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0:
+            raise LightVMError(f"prctl(PR_SET_THP_DISABLE): {os.strerror(ctypes.get_errno())}")
     spec = guest_spec(app)
     with tempfile.TemporaryDirectory(prefix="lightvm-memcuts-") as tmp:
         ts = Toolstack(Path(tmp) / "state")
@@ -149,6 +164,8 @@ def run_variant(name: str, app: str, vms: int, scans: int = 2) -> dict[str, Any]
     env.pop("LIGHTVM_STATE_DIR", None)
     argv = [sys.executable, "-m", "lightvm.bench.memcuts", "--child", name, "--app", app, "--vms", str(vms)]
     argv += ["--ksm-scans", str(scans)]
+    if name not in BUILTIN:  # an --env-variant: the child knows it by its environment alone
+        argv[argv.index("--child") + 1] = "base"
     with ksmd_on() if ksm else contextlib.nullcontext():
         proc = subprocess.run(
             argv,
@@ -171,8 +188,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--ksm-scans", type=int, default=2, help="full ksmd scans to wait for in the ksmd rows")
     p.add_argument("--out", type=Path)
-    p.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--env-variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE...]",
+        help="one more variant: the base one with KEY=VALUE in QEMU's environment "
+        "(e.g. qemu-x:LIGHTVM_QEMU=/path/to/qemu-system-x86_64 to weigh another QEMU build)",
+    )
+    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    for spec in args.env_variant:
+        name, _, assignments = spec.partition(":")
+        env = dict(a.partition("=")[::2] for a in assignments.split(",") if "=" in a)
+        if not name or not env or "" in env:
+            raise SystemExit(f"--env-variant {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+        VARIANTS[name] = (env, False, assignments)
     if args.child:
         print(json.dumps(child(args.app, args.vms, VARIANTS[args.child][1], args.ksm_scans)))
         return 0
