@@ -128,6 +128,7 @@ class _Density:
         self._vm_ids: set[str] = set()  # every VM the fleet ran: its jail uid and cgroups must go
 
     def grow(self, variant: Variant, n: int) -> None:
+        self.watchdog.check()  # tripped during an earlier row: start no more VMs
         if self.variant is not variant or self.fleet is None:
             self.close()
             why = variant.available()
