@@ -55,20 +55,38 @@ class LightvmColdFleet:
 
     variant = "lightvm-cold"
 
-    def __init__(self, spec: VMSpec, accel: str) -> None:
+    def __init__(self, spec: VMSpec, accel: str, publish_port: int | None = None) -> None:
         from lightvm.toolstack import Toolstack
 
         self.spec = spec
         self.accel = accel
+        # publish_port: each VM's guest port forwarded to a 127.0.0.1 port of its own (user
+        # networking), so that query_all() can ask every one of them (density's `nc` check).
+        self.publish_port = publish_port
+        self.ports: list[int] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="lightvm-bench-state-")
+        self.marker = self._tmp.name  # in every QEMU's arguments (its console path)
         self.ts = Toolstack(Path(self._tmp.name) / "state")
         self.count = 0
         self.seq = 0
 
     def grow(self, count: int) -> None:
+        from lightvm.bench.split import free_port
+
         while self.count < count:
-            self.ts.create(self.spec, name=f"bg{self.count}", accel=self.accel)
+            spec = self.spec
+            if self.publish_port is not None:
+                port = free_port()
+                spec = spec.with_publish([f"127.0.0.1:{port}:{self.publish_port}"])
+                self.ports.append(port)
+            self.ts.create(spec, name=f"bg{self.count}", accel=self.accel)
             self.count += 1
+
+    def query_all(self) -> tuple[int, int]:
+        """Ask every published VM the time: (VMs that answered a daytime line, VMs asked)."""
+        from lightvm.bench.split import query_ports
+
+        return query_ports(self.ports)
 
     def measure(self) -> Sample:
         self.seq += 1
@@ -94,6 +112,7 @@ class LightvmColdFleet:
         with contextlib.suppress(LightVMError):
             self.ts.destroy_all()
         self.count = 0
+        self.ports = []
         self._tmp.cleanup()
 
 

@@ -33,6 +33,24 @@ def cpu_ticks(pid: int) -> int:
         return 0
 
 
+def status_fields(pid: int, keys: tuple[str, ...] = ("VmPTE", "Threads")) -> dict[str, int]:
+    """Numeric fields of /proc/PID/status (KiB for the Vm* ones); empty when the process is gone.
+
+    Why beside smaps_rollup: a process's page tables (VmPTE) are host memory that Pss
+    leaves out, and its thread count is what fills the host's pid table at scale.
+    """
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in keys:
+                    out[key] = int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
 def mem_available_kib() -> int:
     """MemAvailable of /proc/meminfo: what the host could still give, kernel memory counted."""
     with open("/proc/meminfo") as f:
@@ -57,4 +75,4 @@ def children_of(parent: int, needle: str = "") -> list[int]:
     return out
 
 
-__all__ = ["children_of", "cpu_ticks", "mem_available_kib", "smaps_rollup"]
+__all__ = ["children_of", "cpu_ticks", "mem_available_kib", "smaps_rollup", "status_fields"]
