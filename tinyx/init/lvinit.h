@@ -116,9 +116,14 @@ int lv_net_loopback(char *err, size_t errlen);
 /* The interface whose MAC is mac, waiting up to timeout_ms for it to appear.
  * 0 and ifname, or -1. */
 int lv_net_find(const uint8_t mac[6], char ifname[16], unsigned timeout_ms);
+/* A pool shell's NIC at its wait point: the interface whose MAC is mac (waiting up to
+ * timeout_ms), up without an address, so that the driver's open (and QEMU translating
+ * it) is done before a create. 0 and ifname, or -1 with err. */
+int lv_net_prewarm(const uint8_t mac[6], char ifname[16], unsigned timeout_ms, char *err, size_t errlen);
 /* The vif's MAC (if the NIC was found by dev_mac), MTU, address/prefix, up,
- * default route via the gateway if non-zero. 0, or -1 with err. */
-int lv_net_configure(const char *ifname, const struct lv_vif *vif, char *err, size_t errlen);
+ * default route via the gateway if non-zero; is_up: lv_net_prewarm did it already.
+ * Announced by a gratuitous ARP (arp_notify). 0, or -1 with err. */
+int lv_net_configure(const char *ifname, const struct lv_vif *vif, int is_up, char *err, size_t errlen);
 /* A counter from /sys/class/net/IFNAME/statistics/ (0 if unreadable). */
 uint64_t lv_net_stat(const char *ifname, const char *counter);
 
