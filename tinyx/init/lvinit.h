@@ -40,6 +40,8 @@ struct lv_app {
 	unsigned stop_timeout_ms;
 	unsigned prestart;             /* 1: a pool shell starts the app at its wait point */
 	const char *cwd;               /* NULL: "/" */
+	const char *probe_send;        /* NULL, or unescaped: the request a prestart rehearses */
+	const char *probe_expect;      /* what its answer holds (non-empty) */
 	unsigned argc, envc;
 	char *argv[LV_CONF_MAX_ARGS + 1];  /* NULL-terminated; point into buf */
 	char *env[LV_CONF_MAX_ENV + 1];    /* "KEY=VALUE" */
@@ -134,6 +136,9 @@ uint64_t lv_net_stat(const char *ifname, const char *counter);
 int lv_app_start(const struct lv_app *app, char *err, size_t errlen);
 /* 1 if 127.0.0.1:port accepts a connection (within timeout_ms), else 0. */
 int lv_app_accepts(unsigned port, unsigned timeout_ms);
+/* One exchange with 127.0.0.1:port: send, then read until the answer holds expect,
+ * EOF or timeout_ms. 1 if it did, else 0. */
+int lv_app_rehearse(unsigned port, const char *send, const char *expect, unsigned timeout_ms);
 /* "exited with status N" / "killed by signal N" for a waitpid status. */
 void lv_app_describe(int status, char *out, size_t outlen);
 

@@ -13,6 +13,7 @@
 #include <net/if_arp.h>
 #include <net/route.h>
 #include <netinet/in.h>
+#include <netinet/ip_icmp.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -212,6 +213,29 @@ int lv_net_prewarm(const uint8_t mac[6], char ifname[16], unsigned timeout_ms, c
 	return rc;
 }
 
+/* One ICMP echo request to the gateway, not waited for: sending it makes the guest ARP
+ * for the gateway, and that request teaches the host (or slirp) the VM's MAC and the
+ * guest the host's, so the first client's SYN and the guest's SYN-ACK need no ARP round
+ * trip (measured 1.5-43 ms under TCG before a pooled redis' first answer; docs/tinyx.md).
+ * Best effort: a failure costs only that round trip later. */
+static void greet_gateway(const uint8_t gw[4])
+{
+	struct icmphdr echo = { .type = ICMP_ECHO };
+	struct sockaddr_in to = { .sin_family = AF_INET };
+	uint32_t sum = 0;
+	echo.un.echo.id = htons(0x4c56);   /* "LV" */
+	for (const uint16_t *w = (const uint16_t *)&echo; w < (const uint16_t *)(&echo + 1); w++)
+		sum += *w;
+	sum = (sum & 0xffff) + (sum >> 16);
+	echo.checksum = (uint16_t)~(sum + (sum >> 16));
+	memcpy(&to.sin_addr, gw, 4);
+	int fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP);
+	if (fd < 0)
+		return;
+	(void)sendto(fd, &echo, sizeof(echo), MSG_DONTWAIT, (struct sockaddr *)&to, sizeof(to));
+	close(fd);
+}
+
 int lv_net_configure(const char *ifname, const struct lv_vif *v, int is_up, char *err, size_t errlen)
 {
 	static const uint8_t zero[6];
@@ -233,6 +257,8 @@ int lv_net_configure(const char *ifname, const struct lv_vif *v, int is_up, char
 	if (rc == 0 && new_mac && is_up)
 		rc = set_mac(fd, ifname, v->mac, err, errlen);
 	close(fd);
+	if (rc == 0 && memcmp(v->gateway, zero, 4) != 0)
+		greet_gateway(v->gateway);
 	return rc;
 }
 
