@@ -23,11 +23,13 @@ ATTEMPT_TIMEOUT_S = 2.0
 RETRY_S = 0.002
 
 
-def exchange(port: int, send: bytes, expect: bytes, timeout: float = ATTEMPT_TIMEOUT_S) -> bool:
-    """Send ``send`` to 127.0.0.1:``port``; True when the answer starts with ``expect``."""
+def exchange(
+    port: int, send: bytes, expect: bytes, timeout: float = ATTEMPT_TIMEOUT_S, host: str = "127.0.0.1"
+) -> bool:
+    """Send ``send`` to ``host``:``port``; True when the answer starts with ``expect``."""
     got = b""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
             sock.sendall(send)
             while len(got) < len(expect):
@@ -40,18 +42,20 @@ def exchange(port: int, send: bytes, expect: bytes, timeout: float = ATTEMPT_TIM
     return got.startswith(expect)
 
 
-def wait_serving(port: int, send: bytes, expect: bytes, t0: float, timeout: float = 60.0) -> float:
+def wait_serving(
+    port: int, send: bytes, expect: bytes, t0: float, timeout: float = 60.0, host: str = "127.0.0.1"
+) -> float:
     """Retry :func:`exchange` until it succeeds; the ms from ``t0`` (a perf_counter) to then.
 
     :raise LightVMError: no good answer within ``timeout`` s.
     """
     deadline = time.perf_counter() + timeout
     while True:
-        if exchange(port, send, expect):
+        if exchange(port, send, expect, host=host):
             return (time.perf_counter() - t0) * 1000
         if time.perf_counter() > deadline:
             raise LightVMError(
-                f"127.0.0.1:{port} did not answer {send!r} with {expect!r} within {timeout:.0f} s "
+                f"{host}:{port} did not answer {send!r} with {expect!r} within {timeout:.0f} s "
                 "(is the app up? see its console log)"
             )
         time.sleep(RETRY_S)  # a poll for a condition another process brings about

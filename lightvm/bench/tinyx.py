@@ -8,7 +8,9 @@ a cold cache minutes: progress on stderr). Then, one variant alive at a time
 
 - ``tinyx/serve/VARIANT``: from the start request to the first ``+PONG`` answered on a
   host port, for ``tinyx-cold`` (``Toolstack.create``, READY recorded too), ``tinyx-pool``
-  (a create request to a private lightvmd pooling the image; its reply recorded too) and
+  (a create request to a private lightvmd pooling the image; its reply recorded too),
+  ``tinyx-pool-bridge`` (the same pool with a tap NIC on a lightvm network in a private
+  namespace, answered on the VM's own address: no port forward; root) and
   ``crun`` (``crun run --detach`` of the unpacked image in the host's network namespace)
   and ``stock`` (QEMU spawned on Debian's cloud kernel, its initrd and a debootstrap root
   disk with Debian's redis-server: lightvm/bench/stockvm.py, tinyx/image/stock.py);
@@ -38,14 +40,15 @@ from typing import Any
 from lightvm.bench.runner import Benchmark, Result, Sample
 from lightvm.bench.stockvm import StockImage, StockVMs, build_stock
 from lightvm.bench.suite import SuiteOptions
-from lightvm.bench.tinyxfleets import ColdVMs, Containers, Image, PoolVMs
+from lightvm.bench.tinyxfleets import ColdVMs, Containers, Image, PoolBridgedVMs, PoolVMs
 from lightvm.errors import LightVMError
 
 APP = "redis-server"
 BUILD_TIMEOUT_S = 1800  # a cold cache: kernel build (~6 min here), debootstrap, apt
 REFERENCE = "tinyx-cold"
 STOCK = "stock"
-VARIANTS = ("tinyx-cold", "tinyx-pool", "crun", STOCK)
+BRIDGE = "tinyx-pool-bridge"
+VARIANTS = ("tinyx-cold", "tinyx-pool", BRIDGE, "crun", STOCK)
 MEMORY_VARIANTS = ("tinyx-cold", "tinyx-pool", "crun", STOCK)
 SIZE_VARIANTS = ("tinyx-cold", "crun", STOCK)
 MEMORY_ITERATIONS = 3  # at most: each is a boot plus the idle window, and PSS barely moves
@@ -82,7 +85,7 @@ class _Run:
         self._failed: LightVMError | None = None
         self._stock: StockImage | None = None
         self._stock_failed: LightVMError | None = None
-        self.fleet: ColdVMs | PoolVMs | Containers | StockVMs | None = None
+        self.fleet: ColdVMs | PoolVMs | PoolBridgedVMs | Containers | StockVMs | None = None
 
     def image(self) -> Image:
         if self._failed is not None:  # every row says why, without building again
@@ -118,6 +121,8 @@ class _Run:
             self.fleet = ColdVMs(image, self.opts.accel)
         elif variant == "tinyx-pool":
             self.fleet = PoolVMs(image, self.opts.accel)
+        elif variant == BRIDGE:
+            self.fleet = PoolBridgedVMs(image, self.opts.accel)
         elif variant == STOCK:
             self.fleet = StockVMs(self.stock(), self.opts.accel, image.send, image.expect)
         else:
@@ -212,7 +217,10 @@ def describe() -> dict[str, Any]:
         "app": APP,
         "variants": {
             "tinyx-cold": "Toolstack.create of the Tinyx image's VM, port published (QEMU user networking)",
-            "tinyx-pool": "create request to a private lightvmd pooling the image (one shell, app prestarted)",
+            "tinyx-pool": "create request to a private lightvmd pooling the image (one shell, app prestarted), "
+            "port published (QEMU user networking: a hostfwd added over QMP at execute)",
+            BRIDGE: "the same pool with a tap NIC on a lightvm network (bridge in a private namespace); "
+            "the client connects to the VM's own address from that namespace",
             "crun": "crun run --detach of the same image's files (initramfs unpacked), host network namespace",
             STOCK: "QEMU -M microvm (qboot, ACPI) on Debian's linux-image-cloud-amd64 bzImage + its initrd, "
             "root on a virtio-mmio raw ext4 disk (snapshot=on) of debootstrap bookworm + apt's redis-server "
@@ -228,7 +236,7 @@ def describe() -> dict[str, Any]:
             "ms": "serve: from the start request to the first +PONG (RESP over a socket, no redis-cli)",
             "ready": "tinyx-*: the boot record's READY, ms from the start of create (the init saw redis accept)",
             "create_ms": "tinyx-cold: the Toolstack.create call's wall time",
-            "reply_ms": "tinyx-pool: the create request to lightvmd's reply (sent at READY)",
+            "reply_ms": "tinyx-pool*: the create request to lightvmd's reply (sent at READY)",
             "crun_ms": "crun: crun run --detach until it exited",
             "pss_mib": "memory: sum of Pss over the instance's processes (QEMU; the container's)",
             "cpu_pct": "memory: their utime+stime over the window, % of one CPU",
@@ -286,7 +294,9 @@ def plot(results: list[Result], outdir: Path, subtitle: str = "") -> list[Path]:
         return next((r for r in results if r.name == name and not r.error), None)
 
     serve: list[tuple[str, list[float]]] = []
-    for variant, extra, label in (("tinyx-cold", "ready", "READY"), ("tinyx-pool", "reply_ms", "reply (READY)")):
+    for variant, extra, label in (
+        ("tinyx-cold", "ready", "READY"), ("tinyx-pool", "reply_ms", "reply (READY)"), (BRIDGE, "reply_ms", "reply")
+    ):  # fmt: skip
         r = row(f"tinyx/serve/{variant}")
         if r is not None:
             serve += [(f"{variant}\n{label}", r.values(extra)), (f"{variant}\n+PONG", r.values())]

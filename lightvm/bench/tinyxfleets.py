@@ -7,6 +7,10 @@ its start request to the app's first good answer on a host port.
 - :class:`PoolVMs`: a private lightvmd (:class:`lightvm.bench.split.SplitFleet`) pooling the
   image; a create request with ``publish`` takes a prepared shell (the app already started
   at the shell's wait point when the recipe says ``prestart``).
+- :class:`PoolBridgedVMs`: the same pool with a tap NIC on a lightvm network (root), in a
+  network namespace of the run's own (LIGHTVM_NETNS: the host's links are not touched);
+  the client connects to the VM's own address from inside that namespace (the bridge's
+  side, where the network's gateway address is): no port forward, no QEMU user networking.
 - :class:`Containers`: the same image's files (its initramfs unpacked with tinyx/cpio.py)
   as an OCI bundle run by crun in the host's network namespace, through the crun
   baseline's worker (lightvm/bench/crun.py: it is what makes crun work on this host's
@@ -23,6 +27,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -211,6 +216,111 @@ class PoolVMs:
 
     def close(self) -> None:
         self.fleet.close()
+
+
+BRIDGE_NETWORK = "tb"
+BRIDGE_SUBNET = "10.213.57.0/24"
+
+
+class PoolBridgedVMs(PoolVMs):
+    """The pool with a tap NIC on network ``tb`` (a bridge in a private namespace); the
+    client probes the VM's address from a thread inside that namespace. Root only."""
+
+    variant = "tinyx-pool-bridge"
+
+    def __init__(self, image: Image, accel: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from lightvm.bench.netsetup import private_netns
+        from lightvm.devices.netns import netns_path, setns
+
+        if os.geteuid() != 0:
+            raise LightVMError("tinyx-pool-bridge needs root (taps and a bridge); run the bench as root")
+        self.image = image
+        self.seq = 0
+        self._stack = contextlib.ExitStack()
+        try:
+            self._tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="lightvm-bench-tinyx-br-"))
+            ns = self._stack.enter_context(private_netns("lvtinyx"))
+            self.config = bridged_config(image, Path(self._tmp))
+            self.fleet = SplitFleet(
+                config=self.config, accel=accel, pool_size=1, env={"LIGHTVM_NETNS": ns, "LIGHTVM_NET_MODE": "tap"}
+            )
+            self._stack.callback(self.fleet.close)  # before the namespace goes (LIFO)
+            made = subprocess.run(
+                [sys.executable, "-m", "lightvm.cli", "--state-dir", str(self.fleet.state), "network", "create",
+                 BRIDGE_NETWORK, "--subnet", BRIDGE_SUBNET],
+                env=dict(self.fleet.env, LIGHTVM_NO_DAEMON="1"), capture_output=True, text=True, timeout=60,
+                check=False,
+            )  # fmt: skip
+            if made.returncode != 0:
+                raise LightVMError(f"network create {BRIDGE_NETWORK}: {made.stderr.strip()}")
+            nsfd = os.open(netns_path(ns), os.O_RDONLY | os.O_CLOEXEC)
+            self._stack.callback(os.close, nsfd)
+            # One thread that lives in the namespace: the client's sockets are made there.
+            self.client = ThreadPoolExecutor(1, "tinyx-br-client", initializer=setns, initargs=(nsfd,))
+            self._stack.callback(self.client.shutdown)
+            self.client.submit(int).result(timeout=10)  # the thread is in: a failed setns says so here
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _start(self) -> tuple[str, int, float, float, dict[str, Any]]:
+        fleet = self.fleet
+        fleet._wait_pool_full()  # untimed: a full, quiet pool
+        self.seq += 1
+        name = f"m{self.seq}"
+        args = {"config": str(self.config), "name": name, "accel": fleet.accel}
+        with api_client(fleet) as client:
+            client.call("ping")
+            t0 = time.perf_counter()
+            (result,) = client.call("create", args)
+            reply_ms = (time.perf_counter() - t0) * 1000
+        if result["path"] != "pool":
+            fleet.call("destroy", {"names": [name]})
+            raise LightVMError(f"the create took the {result['path']} path, not a pooled shell: {result}")
+        return name, 0, t0, reply_ms, result
+
+    def _serve(self, result: dict[str, Any], t0: float) -> float:
+        # "networking: tap; vif0: 10.213.57.2/24 gw ..." (the create's network line)
+        ip = str(result["network"]).split("vif0: ", 1)[1].split("/", 1)[0]
+        job = self.client.submit(wait_serving, self.image.port, self.image.send, self.image.expect, t0,
+                                 SERVE_TIMEOUT_S, ip)  # fmt: skip
+        return float(job.result(timeout=SERVE_TIMEOUT_S + 10))
+
+    def measure(self) -> Sample:
+        name, _, t0, reply_ms, result = self._start()
+        try:
+            ms = self._serve(result, t0)
+        finally:
+            self.fleet.call("destroy", {"names": [name]})
+        sample: Sample = {"ms": ms, "reply_ms": reply_ms}
+        sample.update({k: float(result["boot_ms"][k]) for k in BOOT_STEPS[1:] if result["boot_ms"].get(k)})
+        return sample
+
+    def idle(self, window_s: float) -> Sample:
+        name, _, t0, _, result = self._start()
+        try:
+            self._serve(result, t0)
+            self.fleet._wait_pool_full()
+            return idle_cost([int(result["pid"])], window_s)
+        finally:
+            self.fleet.call("destroy", {"names": [name]})
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def bridged_config(image: Image, folder: Path) -> Path:
+    """The image's VM config with its vif on network ``tb`` and absolute file paths."""
+    text = image.config.read_text()
+    for name in ("vmlinux", image.initramfs.name):
+        text = text.replace(f'"{name}"', f'"{image.folder / name}"')
+    if text.count("\n[[vifs]]\n") != 1:
+        raise LightVMError(f"{image.config}: expected one [[vifs]] table (the image's NIC)")
+    path = folder / image.config.name
+    path.write_text(text.replace("\n[[vifs]]\n", f'\n[[vifs]]\nnetwork = "{BRIDGE_NETWORK}"\n'))
+    return path
 
 
 def api_client(fleet: SplitFleet) -> Any:

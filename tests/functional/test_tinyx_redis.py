@@ -12,12 +12,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemonlib import Lightvmd, wait_pool
+from harness import Namespace
 from netclient import free_port
 from tinyxlib import build_image
 
@@ -73,15 +74,59 @@ def test_redis_over_user_networking_with_publish(lightvm: Any, redis_config: Pat
 @pytest.mark.root
 def test_redis_on_a_lightvm_network(lightvm: Any, netns: str, redis_config: Path, tmp_path: Path) -> None:
     lightvm.ok("network", "create", "rdnet", "--subnet", "10.214.9.0/24")
-    config = tmp_path / f"{APP}.toml"
+    config = on_network(redis_config, tmp_path, 'network = "rdnet"\nip = "10.214.9.20"\n')
+    (vm,) = lightvm.create(config)
+    assert vm["app"] == APP and "10.214.9.20" in vm["network"]
+    check_set_get(["-h", "10.214.9.20"], netns)
+
+
+def on_network(redis_config: Path, folder: Path, vif: str) -> Path:
+    """A copy of the generated config (absolute file paths) whose one NIC says ``vif``."""
+    config = folder / f"{APP}.toml"
     text = redis_config.read_text()
     for name in ("vmlinux", "initramfs.cpio"):  # the copy lives elsewhere: absolute paths
         text = text.replace(f'"{name}"', f'"{redis_config.parent / name}"')
     assert text.count("\n[[vifs]]\n") == 1  # the generated config's one NIC, user networking
-    config.write_text(text.replace("\n[[vifs]]\n", '\n[[vifs]]\nnetwork = "rdnet"\nip = "10.214.9.20"\n'))
-    (vm,) = lightvm.create(config)
-    assert vm["app"] == APP and "10.214.9.20" in vm["network"]
-    check_set_get(["-h", "10.214.9.20"], netns)
+    config.write_text(text.replace("\n[[vifs]]\n", "\n[[vifs]]\n" + vif))
+    return config
+
+
+@pytest.fixture
+def pool_ns(need_net_admin: None) -> Iterator[str]:
+    """A namespace for lightvmd's bridge and taps; requested before ``lightvmd`` so that it
+    is removed after the daemon and its VMs are gone."""
+    with Namespace("lvtp-") as made:
+        yield made.name
+
+
+@pytest.mark.root
+def test_redis_from_lightvmds_pool_on_a_lightvm_network(
+    pool_ns: str, lightvmd: Lightvmd, redis_config: Path, tmp_path: Path
+) -> None:
+    """Pooled Tinyx shells with a tap NIC: the guest brought its NIC up at the wait point
+    (lvinit's prewarm); a create hands the tap to the network's bridge, leases an address,
+    and the guest takes the VM's MAC and address: the host's redis-cli (in the namespace)
+    then talks to redis on the VM's own address, twice (a refilled shell the second time)."""
+    lightvmd.env.update(LIGHTVM_NETNS=pool_ns, LIGHTVM_NET_MODE="tap")
+    r = lightvmd.cli("network", "create", "rpn", "--subnet", "10.214.11.0/24")
+    assert r.returncode == 0, r.stderr
+    config = on_network(redis_config, tmp_path, 'network = "rpn"\n')
+    try:
+        lightvmd.start(pool=config, size=1)
+        wait_pool(lightvmd, 1, timeout=120)
+        ips = []
+        for name in ("b1", "b2"):
+            wait_pool(lightvmd, 1, timeout=120)  # a prepared shell (the second: the refill)
+            vm = lightvmd.create(name, config)
+            assert vm["path"] == "pool" and vm["app"] == APP, vm
+            ips.append(str(vm["network"]).split("vif0: ", 1)[1].split("/", 1)[0])
+            check_set_get(["-h", ips[-1]], pool_ns)
+        assert ips[0] != ips[1] and all(ip.startswith("10.214.11.") for ip in ips), ips
+    finally:
+        lightvmd.cli("destroy", "--all")
+        if lightvmd.proc is not None:
+            lightvmd.stop()
+        lightvmd.cli("network", "delete", "rpn", "--force")
 
 
 def test_redis_from_lightvmds_pool(lightvmd: Lightvmd, redis_config: Path) -> None:

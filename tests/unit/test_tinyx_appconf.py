@@ -19,6 +19,14 @@ def test_the_redis_recipe_gives_name_port_and_argv_in_order() -> None:
     assert text.startswith("#") and text.endswith("\n")
     assert "env" not in conf and "cwd" not in conf and "stop_timeout_ms" not in conf
     assert conf["prestart"] == ["1"]  # redis listens on 0.0.0.0: a pooled shell may start it early
+    # its [probe], escaped for the init: rehearsed once by a prestarting pool shell
+    assert conf["probe_send"] == ["PING\\r\\n"] and conf["probe_expect"] == ["+PONG"]
+
+
+def test_probe_escapes_are_the_inits() -> None:
+    assert appconf.escape("a\r\n\t\\ b=c\x01\x7fé") == "a\\r\\n\\t\\\\ b=c\\x01\\x7f\\xc3\\xa9"
+    r = Recipe(name="app", origin="t", package=None, command=("/x",), port=0, probe=None)
+    assert "probe_send" not in appconf.parse(appconf.render(r))
 
 
 def test_env_cwd_and_stop_timeout_lines() -> None:

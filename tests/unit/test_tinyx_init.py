@@ -88,6 +88,16 @@ def test_full_conf_is_what_the_init_runs(lvinit: Path, tmp_path: Path) -> None:
     ]
 
 
+def test_probe_is_unescaped_and_printed_back_as_written(lvinit: Path, tmp_path: Path) -> None:
+    """The request a prestarted app is sent once at the wait point: app.conf escapes, which the
+    init decodes (--check-conf prints them escaped again, so the round trip is visible)."""
+    text = BASE + "probe_send=PING\\r\\n\\t\\\\ \\x7f\\xC3\\xA9 a=b\nprobe_expect=+PONG\n"
+    got = lines(check_conf(lvinit, tmp_path, text))
+    assert ("probe_send", "PING\\r\\n\\t\\\\ \\x7f\\xc3\\xa9 a=b") in got
+    assert ("probe_expect", "+PONG") in got
+    assert not [kv for kv in lines(check_conf(lvinit, tmp_path, BASE)) if kv[0].startswith("probe")]
+
+
 def test_minimal_conf_gets_the_defaults(lvinit: Path, tmp_path: Path) -> None:
     got = lines(check_conf(lvinit, tmp_path, "name=a\nport=0\narg=/bin/a\n"))
     assert got == [
@@ -143,6 +153,14 @@ HOSTILE_CONFS: dict[str, tuple[str | bytes, str]] = {
     "stop_timeout_too_big": (BASE + "stop_timeout_ms=600001\n", "app.conf line 4: stop_timeout_ms must be 0..600000"),
     "prestart_two": (BASE + "prestart=2\n", "app.conf line 4: prestart must be 0 or 1"),
     "prestart_twice": (BASE + "prestart=1\nprestart=0\n", "app.conf line 5: a second prestart= line"),
+    "probe_bad_escape": (BASE + "probe_send=a\\q\nprobe_expect=b\n", "app.conf line 4: probe_send: bad escape or NUL"),
+    "probe_nul": (BASE + "probe_send=a\\x00\nprobe_expect=b\n", "app.conf line 4: probe_send: bad escape or NUL"),
+    "probe_short_hex": (BASE + "probe_send=x\nprobe_expect=\\x4\n", "app.conf line 5: probe_expect: bad escape"),
+    "probe_trailing_backslash": (BASE + "probe_send=x\\\n", "app.conf line 4: probe_send: bad escape or NUL"),
+    "probe_empty_expect": (BASE + "probe_send=x\nprobe_expect=\n", "app.conf line 5: probe_expect must not be empty"),
+    "probe_twice": (BASE + "probe_send=x\nprobe_send=y\n", "app.conf line 5: a second probe_send= line"),
+    "probe_alone": (BASE + "probe_send=x\n", "app.conf: probe_send= and probe_expect= go together"),
+    "probe_without_port": ("name=a\nport=0\narg=/x\nprobe_send=x\nprobe_expect=y\n", "app.conf: a probe needs a port"),
     "crlf": ("name=web\r\nport=80\r\n", "app.conf line 1: carriage return (use Unix line endings)"),
     "nul_byte": (b"name=web\nport=8\x000\n", "app.conf line 2: NUL byte"),
     "control_char": ("name=web\nport=80\narg=/bin/x\x1b[31m\n", "app.conf line 3: control character 0x1b"),

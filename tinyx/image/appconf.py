@@ -4,7 +4,10 @@ The format is the interface fixed between the image builder and the init: ``key=
 lines; ``name=`` (at most 15 bytes: the boot record's app name), ``port=`` (0: READY as
 soon as the app is started), one ``arg=`` per argv element in order (argv[0] first,
 absolute), then optional ``env=KEY=VALUE``, ``cwd=``, ``stop_timeout_ms=`` and
-``prestart=1`` lines.
+``prestart=1`` lines, and the recipe's ``[probe]`` as ``probe_send=`` / ``probe_expect=``
+(escaped: ``\\r \\n \\t \\\\ \\xHH``): a prestarted app gets that request once at the
+pool shell's wait point, so that its first client does not pay for its first request
+(docs/tinyx.md, "The wait point").
 ``#`` lines and empty lines are comments. A value runs to the end of its line, so it
 may hold '=' and spaces but no newline (the recipe parser refuses those).
 """
@@ -44,7 +47,21 @@ def render(recipe: Recipe) -> str:
         lines.append(f"stop_timeout_ms={recipe.stop_timeout_ms}")
     if recipe.prestart:
         lines.append("prestart=1")
+    if recipe.probe is not None and recipe.port:
+        if "\0" in recipe.probe.send + recipe.probe.expect:
+            raise TinyxError(f"{recipe.name}: the probe holds a NUL byte (the init's values are C strings)")
+        lines += [f"probe_send={escape(recipe.probe.send)}", f"probe_expect={escape(recipe.probe.expect)}"]
     return "\n".join(lines) + "\n"
+
+
+def escape(value: str) -> str:
+    """A probe value as app.conf holds it: one line, the init's escapes (lvinit's unescape)."""
+    named = {"\r": "\\r", "\n": "\\n", "\t": "\\t", "\\": "\\\\"}
+    out = []
+    for byte in value.encode():
+        ch = chr(byte)
+        out.append(named.get(ch) or (ch if 0x20 <= byte <= 0x7E else f"\\x{byte:02x}"))
+    return "".join(out)
 
 
 def parse(text: str) -> dict[str, list[str]]:

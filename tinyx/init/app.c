@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -121,6 +122,39 @@ int lv_app_accepts(unsigned port, unsigned timeout_ms)
 		    getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) == 0 && e == 0)
 			ok = 1;
 	}
+	close(fd);
+	return ok;
+}
+
+int lv_app_rehearse(unsigned port, const char *send, const char *expect, unsigned timeout_ms)
+{
+	struct sockaddr_in sin;
+	struct timeval tv = { (time_t)(timeout_ms / 1000u), (suseconds_t)(timeout_ms % 1000u) * 1000 };
+	char got[512];
+	size_t have = 0, len = strlen(send);
+	int ok = 0;
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_port = htons((uint16_t)port);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 0;
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0 ||
+	    connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0 || lv_write_all(fd, send, len) != 0)
+		goto out;
+	while (!ok && have < sizeof(got) - 1) {
+		ssize_t n = read(fd, got + have, sizeof(got) - 1 - have);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;   /* EOF, or the timeout (EAGAIN) */
+		have += (size_t)n;
+		got[have] = '\0';
+		ok = memmem(got, have, expect, strlen(expect)) != NULL;
+	}
+out:
 	close(fd);
 	return ok;
 }

@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -33,6 +34,24 @@ static void printable(const char *s, size_t max, char *out)
 	for (i = 0; i < max && s[i]; i++)
 		out[i] = s[i] >= ' ' && s[i] <= '~' ? s[i] : '?';
 	out[i] = '\0';
+}
+
+/* KEY=VALUE with VALUE escaped as app.conf writes it (\r \n \t \\ \xHH). */
+static void print_escaped(const char *key, const char *v)
+{
+	char out[3 * LV_CONF_MAX_LINE], *o = out;
+	for (; *v && o < out + sizeof(out) - 5; v++) {
+		unsigned char c = (unsigned char)*v;
+		const char *named = c == '\r' ? "\\r" : c == '\n' ? "\\n" : c == '\t' ? "\\t" : c == '\\' ? "\\\\" : NULL;
+		if (named)
+			o += sprintf(o, "%s", named);
+		else if (c < ' ' || c > '~')
+			o += sprintf(o, "\\x%02x", c);
+		else
+			*o++ = (char)c;
+	}
+	*o = '\0';
+	lv_out(1, "%s%s", key, out);
 }
 
 static int check_conf(const char *path)
@@ -59,6 +78,10 @@ static int check_conf(const char *path)
 	lv_out(1, "cwd=%s", app.cwd ? app.cwd : "/");
 	lv_out(1, "stop_timeout_ms=%u", app.stop_timeout_ms);
 	lv_out(1, "prestart=%u", app.prestart);
+	if (app.probe_send) {
+		print_escaped("probe_send=", app.probe_send);
+		print_escaped("probe_expect=", app.probe_expect);
+	}
 	lv_out(1, "argc=%u", app.argc);
 	for (unsigned i = 0; i < app.argc; i++)
 		lv_out(1, "arg=%s", app.argv[i]);

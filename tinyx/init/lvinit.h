@@ -40,6 +40,8 @@ struct lv_app {
 	unsigned stop_timeout_ms;
 	unsigned prestart;             /* 1: a pool shell starts the app at its wait point */
 	const char *cwd;               /* NULL: "/" */
+	const char *probe_send;        /* NULL, or unescaped: the request a prestart rehearses */
+	const char *probe_expect;      /* what its answer holds (non-empty) */
 	unsigned argc, envc;
 	char *argv[LV_CONF_MAX_ARGS + 1];  /* NULL-terminated; point into buf */
 	char *env[LV_CONF_MAX_ENV + 1];    /* "KEY=VALUE" */
@@ -116,9 +118,14 @@ int lv_net_loopback(char *err, size_t errlen);
 /* The interface whose MAC is mac, waiting up to timeout_ms for it to appear.
  * 0 and ifname, or -1. */
 int lv_net_find(const uint8_t mac[6], char ifname[16], unsigned timeout_ms);
+/* A pool shell's NIC at its wait point: the interface whose MAC is mac (waiting up to
+ * timeout_ms), up without an address, so that the driver's open (and QEMU translating
+ * it) is done before a create. 0 and ifname, or -1 with err. */
+int lv_net_prewarm(const uint8_t mac[6], char ifname[16], unsigned timeout_ms, char *err, size_t errlen);
 /* The vif's MAC (if the NIC was found by dev_mac), MTU, address/prefix, up,
- * default route via the gateway if non-zero. 0, or -1 with err. */
-int lv_net_configure(const char *ifname, const struct lv_vif *vif, char *err, size_t errlen);
+ * default route via the gateway if non-zero; is_up: lv_net_prewarm did it already.
+ * Announced by a gratuitous ARP (arp_notify). 0, or -1 with err. */
+int lv_net_configure(const char *ifname, const struct lv_vif *vif, int is_up, char *err, size_t errlen);
 /* A counter from /sys/class/net/IFNAME/statistics/ (0 if unreadable). */
 uint64_t lv_net_stat(const char *ifname, const char *counter);
 
@@ -129,6 +136,9 @@ uint64_t lv_net_stat(const char *ifname, const char *counter);
 int lv_app_start(const struct lv_app *app, char *err, size_t errlen);
 /* 1 if 127.0.0.1:port accepts a connection (within timeout_ms), else 0. */
 int lv_app_accepts(unsigned port, unsigned timeout_ms);
+/* One exchange with 127.0.0.1:port: send, then read until the answer holds expect,
+ * EOF or timeout_ms. 1 if it did, else 0. */
+int lv_app_rehearse(unsigned port, const char *send, const char *expect, unsigned timeout_ms);
 /* "exited with status N" / "killed by signal N" for a waitpid status. */
 void lv_app_describe(int status, char *out, size_t outlen);
 
