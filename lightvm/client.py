@@ -231,10 +231,18 @@ class Connection:
 
         :raise CheckpointError: the file cannot be written; no file is left, the VM runs on.
         """
+        from lightvm.daemon.events import notify_saved
         from lightvm.mobility.save import save
 
+        ts = self._toolstack()
         result = save(
-            self._toolstack(), name, Path(file), keep_running=keep_running, timeout=timeout, progress=progress
+            ts,
+            name,
+            Path(file),
+            keep_running=keep_running,
+            timeout=timeout,
+            progress=progress,
+            on_saved=lambda path: notify_saved(ts.state.root, name, str(path)),
         )
         return result.as_dict()
 
@@ -327,7 +335,7 @@ class Connection:
     # ------------------------------------------------------------------ events
 
     def events(self, vm: str | None = None, since: int = 0, follow: bool = False) -> Iterator[dict[str, Any]]:
-        """What lightvmd saw happen (created, ready, paused, resumed, destroyed, restored,
+        """What lightvmd saw happen (created, ready, paused, resumed, saved, destroyed, restored,
         migrated, crashed with its exit status, ...), each ``{"seq", "time", "event", "vm",
         ...}``: the past ones after ``since``; with ``follow``, then each new one as it
         happens until lightvmd stops (close the generator to stop earlier).

@@ -126,12 +126,22 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    """Not routed: lightvmd has no save operation."""
+    """Not routed: lightvmd has no save operation (it would write files as its own user
+    for anyone who can reach its socket); a lightvmd on the state dir is told afterwards."""
+    from lightvm.daemon.events import notify_saved
     from lightvm.mobility.save import save
 
     ts = toolstack(args)
     progress = None if args.quiet else ProgressLines("save")
-    result = save(ts, args.name, args.file, keep_running=args.keep_running, timeout=args.timeout, progress=progress)
+    result = save(
+        ts,
+        args.name,
+        args.file,
+        keep_running=args.keep_running,
+        timeout=args.timeout,
+        progress=progress,
+        on_saved=lambda path: notify_saved(ts.state.root, args.name, str(path)),
+    )
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0

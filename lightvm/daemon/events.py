@@ -14,7 +14,9 @@ Two parts:
 
 Kinds: ``created``, ``ready``, ``paused``, ``resumed``, ``shutdown``, ``destroyed``,
 ``restored``, ``migrated`` (left for another host), ``migrated-in``, ``crashed``,
-``powered-off``. ``save`` runs in the CLI's own process, not in lightvmd: no event.
+``powered-off``, ``saved``. ``save`` runs in the CLI's (or the API's) own process, not in
+lightvmd: that process tells lightvmd once the file is complete (:func:`notify_saved`, the
+``note`` op, before the saved VM is destroyed), so ``saved`` comes before ``destroyed``.
 """
 
 from __future__ import annotations
@@ -199,3 +201,37 @@ def exit_kind(fields: dict[str, Any]) -> str:
 
 
 __all__ = ["KEEP", "EventLog", "Watcher", "exit_kind", "exit_status", "stream"]
+
+
+NOTED = ("saved",)  # what another lightvm process may report through the ``note`` op
+
+
+def note(log: EventLog, vms_root: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """The ``note`` op: another lightvm process reports what it did to a VM of this state
+    dir that lightvmd cannot see (a one-shot ``save``). Only the kinds in NOTED, and only
+    for a VM that exists here: the event log says what happened, not what anyone claims."""
+    from lightvm.errors import NotFoundError, SpecError
+
+    kind, vm, file = args.get("event"), args.get("vm"), args.get("file")
+    if kind not in NOTED:
+        raise SpecError(f"note: event must be one of {', '.join(NOTED)}")
+    if not isinstance(vm, str) or not vm or "/" in vm or vm.startswith(".") or not (vms_root / vm).is_dir():
+        raise NotFoundError(f"note: no VM {vm!r} here")
+    if not isinstance(file, str) or not file:
+        raise SpecError("note: file (the checkpoint's path) is required")
+    log.emit(kind, vm, file=file, by="another lightvm process")
+    return {}
+
+
+def notify_saved(state_root: Any, vm: str, file: str) -> None:
+    """Tell a lightvmd on ``state_root``, if one runs, that ``vm`` was saved to ``file``
+    (its ``saved`` event). Best effort and quick: a save never fails or waits for this."""
+    from lightvm.daemon.proto import Client
+    from lightvm.errors import LightVMError
+
+    with contextlib.suppress(LightVMError, OSError):
+        client = Client.connect(state_root, timeout=0.5)
+        try:
+            client.call("note", {"event": "saved", "vm": vm, "file": file}, timeout=2.0)
+        finally:
+            client.close()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.daemon import api
-from lightvm.daemon.events import EventLog, Watcher
+from lightvm.daemon.events import EventLog, Watcher, note
 from lightvm.daemon.pool import Pool
 from lightvm.daemon.restore_pool import IncomingFlavour, IncomingPool
 from lightvm.daemon.shells import POOL_DIR
@@ -64,6 +64,7 @@ class Operations:
             "migrate": self.op_migrate,
             "ssh": self.op_ssh,
             "events": self.op_events,
+            "note": lambda args: note(self.events, self.state.vms_root, args),
         }
 
     def _toolstack(self, timeout: float | None = None) -> Any:

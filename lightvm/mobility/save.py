@@ -96,10 +96,12 @@ def save(
     keep_running: bool = False,
     timeout: float = 30.0,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    on_saved: Callable[[Path], None] | None = None,
 ) -> SaveResult:
     """Save VM ``name`` to ``path`` (a new file); destroy it unless ``keep_running``.
     ``progress`` gets the stream's progress (stream.progress_of: bytes written, left,
-    rate) every stream.PROGRESS_EVERY seconds and at its end.
+    rate) every stream.PROGRESS_EVERY seconds and at its end. ``on_saved(path)`` runs once
+    the file is complete, before the VM is destroyed (a lightvmd's ``saved`` event).
 
     On any failure the partial file is removed and the VM runs on as before.
 
@@ -160,6 +162,8 @@ def save(
         raise
     finally:
         machine.release()
+    if on_saved is not None:
+        on_saved(path)
     if not keep_running:
         toolstack.destroy(name)
     t_end = time.perf_counter()

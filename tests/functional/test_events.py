@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from daemonlib import NOOP, Lightvmd, wait_pool
 
+from lightvm.errors import NotFoundError, SpecError
 from lightvm.util import wait_until
 
 pytestmark = pytest.mark.functional
@@ -74,3 +75,32 @@ def test_events_follow_created_ready_destroyed_and_a_crash(lightvmd: Lightvmd, i
 def test_events_without_a_daemon_says_so(lightvm: object) -> None:
     r = lightvm.run("events", "--no-follow")  # type: ignore[attr-defined]
     assert r.code == 1 and "lightvm events needs lightvmd" in r.err and "lightvm daemon start" in r.err
+
+
+def test_a_one_shot_save_is_a_saved_event_before_destroyed(lightvmd: Lightvmd, tmp_path: Path) -> None:
+    """save runs in the CLI's process; it tells lightvmd once the file is complete, so the
+    log reads saved -> destroyed (and saved alone with --keep-running)."""
+    lightvmd.start(pool=NOOP, size=1)
+    wait_pool(lightvmd, 1)
+    lightvmd.create("s1")
+    lightvmd.create("s2")
+    kept, gone = tmp_path / "s1.lvm", tmp_path / "s2.lvm"
+    r = lightvmd.cli("save", "s1", str(kept), "--keep-running")
+    assert r.returncode == 0, r.stderr
+    r = lightvmd.cli("save", "s2", str(gone))
+    assert r.returncode == 0, r.stderr
+
+    def events() -> list[dict]:  # type: ignore[type-arg]
+        return lightvmd.call("events", {"since": 0})  # type: ignore[no-any-return]
+
+    assert wait_until(lambda: "destroyed" in _kinds(events(), "s2"), timeout=20), events()
+    assert _kinds(events(), "s1") == ["created", "ready", "saved"]
+    assert _kinds(events(), "s2") == ["created", "ready", "saved", "destroyed"]
+    saved = next(e for e in events() if e["event"] == "saved" and e["vm"] == "s1")
+    assert saved["file"] == str(kept) and saved["by"] == "another lightvm process"
+    # Only what lightvmd cannot see, and only for a VM it has.
+    with pytest.raises(SpecError, match="event must be one of saved"):
+        lightvmd.call("note", {"event": "crashed", "vm": "s1", "file": "x"})
+    with pytest.raises(NotFoundError, match="no VM 'nope' here"):
+        lightvmd.call("note", {"event": "saved", "vm": "nope", "file": "x"})
+    lightvmd.call("destroy", {"names": ["s1"]})

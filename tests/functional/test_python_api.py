@@ -44,7 +44,7 @@ def test_the_example_runs_through_lightvmd(lightvmd: Lightvmd) -> None:
     out = run_example(lightvmd.env, lightvmd.state_dir)
     assert "through lightvmd" in out.splitlines()[0], out
     # The save in the script's process destroyed the VM: lightvmd says destroyed, not crashed.
-    assert "api-demo: events created ready paused resumed destroyed restored\n" in out, out
+    assert "api-demo: events created ready paused resumed saved destroyed restored\n" in out, out
     assert lightvmd.call("list") == []
 
 

@@ -19,6 +19,7 @@ from lightvm.bench import density, fleetguard
 from lightvm.bench.boot import Variant
 from lightvm.bench.procfs import mem_available_kib, status_fields
 from lightvm.errors import LightVMError
+from lightvm.util import wait_until
 
 
 def test_preflight_refuses_a_fleet_the_memory_cannot_hold() -> None:
@@ -57,6 +58,9 @@ def test_leftovers_finds_a_process_and_a_shm_file_of_the_fleet(tmp_path: Path) -
     shm = Path("/dev/shm") / name
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
     try:
+        # Until the child has exec'd, its command line is still this process's.
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        assert wait_until(lambda: marker.encode() in cmdline.read_bytes(), timeout=10)
         shm.write_bytes(b"x")
         left = fleetguard.leftovers(marker, [name])
         assert any(f"pid {proc.pid} still runs" in x for x in left), left
