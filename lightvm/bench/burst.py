@@ -409,13 +409,10 @@ def ok(doc: dict[str, Any]) -> bool:
 
 
 def write(doc: dict[str, Any], meta: dict[str, Any], out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"meta": meta, **doc}, indent=1))
-    tmp.replace(path)
-    (out / "summary.txt").write_text(report(doc) + "\n")
-    return path
+    """``out``/results.json (``meta`` and the run) and ``out``/summary.txt (:func:`report`)."""
+    from lightvm.bench.runner import write_run
+
+    return write_run(out, meta, doc, report(doc))
 
 
 __all__ = ["Burst", "bench", "ok", "report", "summarize", "write"]

@@ -348,6 +348,18 @@ def metadata(suite: str, accel: str, options: Mapping[str, Any] | None = None) -
     }
 
 
+def write_run(out: Path, meta: Mapping[str, Any], doc: Mapping[str, Any], summary: str) -> Path:
+    """A suite with its own result shape (burst, splitnic): ``out``/results.json holding
+    ``{"meta": meta, **doc}`` (atomically) and ``out``/summary.txt; the results.json path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"meta": dict(meta), **doc}, indent=1))
+    tmp.replace(path)
+    (out / "summary.txt").write_text(summary + "\n")
+    return path
+
+
 def write_json(
     path: Path, meta: Mapping[str, Any], results: Sequence[Result], extra: Mapping[str, Any] | None = None
 ) -> None:

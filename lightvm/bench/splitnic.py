@@ -257,13 +257,9 @@ def report(result: dict[str, Any]) -> str:
 
 def write(result: dict[str, Any], meta: dict[str, Any], out: Path) -> Path:
     """``out``/results.json (``meta`` and the run) and ``out``/summary.txt (:func:`report`)."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"meta": meta, **result}, indent=1))
-    tmp.replace(path)
-    (out / "summary.txt").write_text(report(result) + "\n")
-    return path
+    from lightvm.bench.runner import write_run
+
+    return write_run(out, meta, result, report(result))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,8 +34,6 @@ RUN = (
     "death (1, with the reason). -d leaves it running and "
     "prints its name. Without --name, a name in use gets a -2, -3 ... suffix."
 )
-FOLLOW_POLL = 0.05
-FOLLOW_POLL_MAX = 0.25
 
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -198,36 +196,10 @@ def _create_uninterrupted(backend: Any, request: dict[str, Any]) -> tuple[dict[s
 
 def follow(args: argparse.Namespace, name: str) -> None:
     """Copy the VM's console log to stdout as it grows, until the VM stops running."""
-    from lightvm.util import wait_until
-
     ts = toolstack(args)
-    out = sys.stdout.buffer
     path = ts.console_path(name)
-
-    def alive() -> bool:
-        try:
-            return ts.is_alive(name)
-        except NotFoundError:
-            return False  # destroyed by someone else
-
     with open(path, "rb") if path.exists() else open(os.devnull, "rb") as f:
-        while True:
-
-            def more() -> tuple[bytes, bool] | None:
-                data = f.read()
-                running = alive()
-                return (data, running) if data or not running else None
-
-            got = wait_until(more, timeout=3600.0, interval=FOLLOW_POLL, max_interval=FOLLOW_POLL_MAX)
-            if got is None:
-                continue  # nothing for an hour: keep following
-            data, running = got
-            out.write(data)
-            out.flush()
-            if not running:
-                out.write(f.read())
-                out.flush()
-                return
+        vm.follow_console(f, lambda: vm.alive(ts, name), sys.stdout.buffer)
 
 
 def _destroy(args: argparse.Namespace, name: str) -> tuple[str, str] | None:

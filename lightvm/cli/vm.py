@@ -21,6 +21,7 @@ from lightvm.errors import LightVMError, NotFoundError
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
     from typing import Any
 
     from lightvm.cli.backend import Backend
@@ -350,8 +351,6 @@ def cmd_unpause(args: argparse.Namespace) -> int:
 
 def cmd_console(args: argparse.Namespace) -> int:
     """Not routed: the console log is a file this process reads."""
-    from lightvm.util import wait_until
-
     ts = toolstack(args)
     path = ts.console_path(args.name)
     if args.json:
@@ -361,31 +360,42 @@ def cmd_console(args: argparse.Namespace) -> int:
         with open(path, "rb") as f:
             out.write(f.read())
             out.flush()
-            if not args.follow:
-                return 0
-            while True:
-
-                def more() -> tuple[bytes, bool] | None:
-                    data = f.read()
-                    try:
-                        alive = ts.is_alive(args.name)
-                    except NotFoundError:
-                        alive = False  # destroyed while we followed
-                    return (data, alive) if data or not alive else None
-
-                # None when the (long) deadline passed with nothing new: keep following.
-                got = wait_until(more, timeout=3600.0, interval=0.05, max_interval=0.25)
-                if got is None:
-                    continue
-                data, alive = got
-                out.write(data)
-                out.flush()
-                if not alive:
-                    out.write(f.read())
-                    out.flush()
-                    return 0
+            if args.follow:
+                follow_console(f, lambda: alive(ts, args.name), out)
+            return 0
     except FileNotFoundError:
         return 0  # the VM has printed nothing yet (or was just destroyed)
+
+
+def alive(ts: Any, name: str) -> bool:
+    try:
+        return bool(ts.is_alive(name))
+    except NotFoundError:
+        return False  # destroyed by someone else while we followed
+
+
+def follow_console(f: Any, alive: Callable[[], bool], out: Any) -> None:
+    """Copy what is appended to the console log ``f`` to ``out`` until ``alive()`` says the
+    VM stopped running (then what it printed last): ``console -f`` and ``run``."""
+    from lightvm.util import wait_until
+
+    def more() -> tuple[bytes, bool] | None:
+        data = f.read()
+        running = alive()
+        return (data, running) if data or not running else None
+
+    while True:
+        # None when the (long) deadline passed with nothing new: keep following.
+        got = wait_until(more, timeout=3600.0, interval=0.05, max_interval=0.25)
+        if got is None:
+            continue
+        data, running = got
+        out.write(data)
+        out.flush()
+        if not running:
+            out.write(f.read())
+            out.flush()
+            return
 
 
 def _console_json(name: str, path: os.PathLike[str] | str, follow: bool) -> int:
