@@ -35,6 +35,7 @@ SOURCES = {
     "noxs-virtio/include": ("*.h",),
     "noxs-virtio/lib": ("*.c", "*.h"),
     "qemu": ("build.sh", "devices.mak"),  # `lightvm setup qemu` builds the slim QEMU with them
+    "qemu/patches": ("*.patch",),  # ... and applies these over Debian's source
 }
 
 

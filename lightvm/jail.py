@@ -23,7 +23,8 @@ Without root (a rootless lightvm) only the filter applies: -runas and -chroot ne
 only the filter. Which layers are on for this
 process: :func:`layers`. docs/security.md has the measured cost of each.
 
-Per-VM uids: a marker file ``JAIL_DIR/uids/UID`` (created O_EXCL) holds the PID and start
+Per-VM uids: a marker file ``JAIL_DIR/uids/UID`` (written aside, then hard-linked into place:
+it exists whole or not at all) holds the PID and start
 time of who uses it (the creating process, then the VM's QEMU); a marker whose process is
 gone is stale and reused. Markers are removed when a VM is destroyed or its create fails;
 a missed removal (kill -9) costs nothing but the file, reclaimed when probed.
@@ -37,6 +38,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,20 +148,14 @@ def allocate(vm_id: str, binary: str) -> Jail:
     for step in range(UID_COUNT):
         uid = UID_BASE + (start + step) % UID_COUNT
         path = _marker(uid)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
+        if not _claim(path, me):
             if not _stale(path):
                 continue
             with contextlib.suppress(OSError, IndexError):  # the dead holder's index entry
                 _by_vm(path.read_text().split()[2]).unlink(missing_ok=True)
-            path.unlink(missing_ok=True)  # a dead holder's: take it (another taker loses the O_EXCL race)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            except FileExistsError:
+            path.unlink(missing_ok=True)  # a dead holder's: take it (another taker loses the race)
+            if not _claim(path, me):
                 continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
         # The VM's index entry: destroy finds its uid by the VM's id alone (a create killed
         # before its record named the uid leaves no other trace of it).
         link = _by_vm(vm_id)
@@ -167,6 +163,28 @@ def allocate(vm_id: str, binary: str) -> Jail:
         os.symlink(str(uid), link)
         return Jail(uid, (*sandbox, "-runas", f"{uid}:{uid}", "-chroot", str(root)), vm_id)
     raise OSError(f"no free jail uid in {UID_BASE}..{UID_BASE + UID_COUNT - 1}")
+
+
+def _claim(path: Path, content: str) -> bool:
+    """Create marker ``path`` holding ``content``, unless it exists: written to a file of our
+    own, then hard-linked into place (link fails if the name exists), so a marker is never
+    seen empty; an O_EXCL create and a write would leave an empty one, never reclaimable,
+    for a process killed between the two (seen in a kill -9 test)."""
+    tmp = path.with_name(f"{NEW_PREFIX}{os.getpid()}-{path.name}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+NEW_PREFIX = ".new-"  # a marker being claimed: .new-PID-UID (its claimer killed: swept)
+EMPTY_STALE_S = 60.0
 
 
 def release(uid: int) -> None:
@@ -190,6 +208,11 @@ def sweep_stale() -> list[int]:
     with contextlib.suppress(OSError):
         for entry in os.scandir(jail_dir() / "uids"):
             path = Path(entry.path)
+            if entry.name.startswith(NEW_PREFIX):
+                claimer = entry.name[len(NEW_PREFIX) :].split("-")[0]
+                if claimer.isdigit() and proc_start_time(int(claimer)) is None:
+                    path.unlink(missing_ok=True)
+                continue
             if entry.name.isdigit() and _stale(path):
                 with contextlib.suppress(OSError, IndexError):
                     _by_vm(path.read_text().split()[2]).unlink(missing_ok=True)
@@ -208,10 +231,13 @@ def _marker(uid: int) -> Path:
 
 def _stale(path: Path) -> bool:
     try:
-        pid_s, start_s = path.read_text().split()[:2]
+        text = path.read_text()
+        if not text and time.time() - path.stat().st_mtime > EMPTY_STALE_S:
+            return True  # left empty by an older lightvm's create killed mid-claim
+        pid_s, start_s = text.split()[:2]
         pid, start = int(pid_s), int(start_s)
     except (OSError, ValueError):
-        return False  # being written (or unreadable): not ours to take
+        return False  # unreadable, or an older lightvm's marker being written: not ours to take
     current = proc_start_time(pid)
     return current is None or (start != 0 and current != start)  # gone, or its PID reused
 

@@ -6,9 +6,9 @@ because the slim build lives in a checkout's qemu/build. This runs the same qemu
 ~10 min on 2 cores the first time, a no-op check after) for either layout:
 
 - checkout: ``qemu/build.sh`` itself, into ``qemu/build/`` (what scripts/bootstrap.sh runs);
-- installed: the script and devices.mak the wheel ships, copied byte for byte into the cache
-  dir's ``qemu/`` (build.sh builds into the ``build/`` folder next to itself, and its own
-  bytes are part of its build hash, so it is never edited), into ``CACHE/qemu/build/``.
+- installed: the script, devices.mak and patches/ the wheel ships, copied byte for byte into
+  the cache dir's ``qemu/`` (build.sh builds into the ``build/`` folder next to itself, and
+  those bytes are its build hash, so they are never edited), into ``CACHE/qemu/build/``.
 
 lightvm/qemubin.py then finds the result at :func:`lightvm.paths.slim_qemu`.
 """
@@ -27,7 +27,7 @@ from lightvm import paths
 from lightvm.errors import SetupError
 
 BUILD_TIMEOUT = 3 * 3600.0  # a cold 2-core build is ~10 min; a loaded host is slower
-SCRIPT_FILES = ("build.sh", "devices.mak")
+SCRIPT_FILES = ("build.sh", "devices.mak")  # and every patches/*.patch shipped
 
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -52,16 +52,21 @@ def build_script() -> Path:
         return tree / "qemu" / "build.sh"
     shipped = paths.data_root() / "qemu"
     home = paths.qemu_home()
-    home.mkdir(parents=True, exist_ok=True)
+    (home / "patches").mkdir(parents=True, exist_ok=True)
     for name in SCRIPT_FILES:
+        if not (shipped / name).is_file():
+            raise SetupError(f"{shipped / name} is missing: reinstall lightvm (its wheel ships qemu/build.sh)")
+    patches = sorted(p.relative_to(shipped).as_posix() for p in (shipped / "patches").glob("*.patch"))
+    for stale in (home / "patches").glob("*.patch"):
+        if f"patches/{stale.name}" not in patches:
+            stale.unlink()  # a patch an older lightvm shipped would change the build
+    for name in [*SCRIPT_FILES, *patches]:
         source = shipped / name
-        if not source.is_file():
-            raise SetupError(f"{source} is missing: reinstall lightvm (its wheel ships qemu/build.sh)")
         data = source.read_bytes()
         target = home / name
         if target.is_file() and target.read_bytes() == data:
             continue
-        tmp = home / f".{name}.{os.getpid()}.tmp"
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             tmp.write_bytes(data)
             tmp.chmod(0o755)

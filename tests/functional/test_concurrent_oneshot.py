@@ -43,8 +43,9 @@ def test_concurrent_creates_and_destroys(lightvm: Any) -> None:
         assert code == 0, err
     same = sorted(code for code, _, _ in results[4:])
     assert same == [0, 1], results[4:]
-    loser_err = next(err for code, _, err in results[4:] if code == 1)
-    assert "same" in loser_err and "exists" in loser_err, loser_err
+    # Under --json an error is one JSON object on stdout (docs/cli.md).
+    loser = json.loads(next(out for code, out, _ in results[4:] if code == 1))
+    assert "same" in loser["error"] and "exists" in loser["error"] and loser["kind"] == "ExistsError", loser
 
     vms = [json.loads(out) for code, out, _ in results if code == 0]
     assert sorted(vm["name"] for vm in vms) == sorted([*names, "same"])

@@ -4,7 +4,7 @@ cache dir and run there, and qemubin then finds the slim QEMU in the cache.
 No compile here (a cold build is ~10 min on 2 cores): the cache's build folder is seeded with
 a link to the checkout's existing build of the same hash, so build.sh takes its real "already
 built" path (it checks the binary runs and points build/current at it). The hash is computed
-as build.sh computes it (Debian source version + build.sh + devices.mak), so a stale checkout
+as build.sh computes it (Debian source version + build.sh + devices.mak + patches), so a stale checkout
 build fails here with a clear message instead of starting a build.
 """
 
@@ -32,6 +32,8 @@ def build_hash(binary: Path) -> str:
     assert found, f"{binary} is not a lightvm slim build: {out!r}"
     data = f"debian-source qemu {found.group(1)}\n".encode()
     data += (CHECKOUT_QEMU / "build.sh").read_bytes() + (CHECKOUT_QEMU / "devices.mak").read_bytes()
+    for patch in sorted((CHECKOUT_QEMU / "patches").glob("*.patch")):
+        data += patch.read_bytes()
     return hashlib.sha256(data).hexdigest()[:16]
 
 
@@ -49,6 +51,9 @@ def test_setup_qemu_installed_layout(
     shipped.mkdir(parents=True)
     for name in ("build.sh", "devices.mak"):
         shutil.copy2(CHECKOUT_QEMU / name, shipped / name)
+    (shipped / "patches").mkdir()
+    for patch in (CHECKOUT_QEMU / "patches").glob("*.patch"):
+        shutil.copy2(patch, shipped / "patches" / patch.name)
     monkeypatch.setattr(paths, "PACKAGE", package)
     monkeypatch.setenv(hostfacts.CACHE_ENV, str(tmp_path / "cache"))
     assert paths.layout() == "installed"
@@ -62,6 +67,8 @@ def test_setup_qemu_installed_layout(
     assert out[-1] == str(built / "qemu-system-x86_64")
     assert qemubin.slim_binary(paths.slim_qemu()) == str(built / "qemu-system-x86_64")
     assert (tmp_path / "cache" / "qemu" / "build.sh").read_bytes() == (CHECKOUT_QEMU / "build.sh").read_bytes()
+    for patch in (CHECKOUT_QEMU / "patches").glob("*.patch"):
+        assert (tmp_path / "cache" / "qemu" / "patches" / patch.name).read_bytes() == patch.read_bytes()
 
 
 def test_setup_qemu_without_a_shipped_script(

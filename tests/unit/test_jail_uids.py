@@ -51,6 +51,28 @@ def test_a_dead_holders_uid_is_reused(jail_dir: Path) -> None:
     assert (jail_dir / "uids" / str(again.uid)).read_text().split()[0] == str(os.getpid())
 
 
+def test_a_create_killed_mid_claim_leaves_nothing_that_stays(jail_dir: Path) -> None:
+    """Markers are claimed by linking a written file into place: a kill -9 can leave only
+    the claimer's .new- file (swept once it is dead), never an empty marker; an empty one
+    an older lightvm left is taken back after a minute."""
+    first = jail.allocate("vm", "qemu")  # makes the folders
+    assert first.uid is not None
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    uids = jail_dir / "uids"
+    orphan = uids / f"{jail.NEW_PREFIX}{dead.pid}-{first.uid + 7}"
+    orphan.write_text(f"{dead.pid} 1 other\n")
+    mine = uids / f"{jail.NEW_PREFIX}{os.getpid()}-{first.uid + 8}"  # a live claimer's: kept
+    mine.write_text("x")
+    empty_old, empty_new = uids / str(first.uid + 9), uids / str(first.uid + 10)
+    empty_old.write_text("")
+    empty_new.write_text("")
+    os.utime(empty_old, (1, 1))
+    assert jail.sweep_stale() == [first.uid + 9]
+    assert sorted(os.listdir(uids)) == sorted([str(first.uid), mine.name, empty_new.name])
+    mine.unlink()
+
+
 def test_settings(jail_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(jail.ENV, "off")
     assert jail.allocate("x", "qemu").args == () and jail.layers("qemu") == [] and not jail.layers_drop_root()
