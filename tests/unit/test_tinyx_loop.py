@@ -268,3 +268,12 @@ def test_the_seeded_kernel_is_the_ordinary_builds_cache_entry(monkeypatch: pytes
     assert got == kb.BUILD / f"kernel-{key}" / "vmlinux" and got.read_bytes() == b"\x7fELF"
     assert json.loads((got.parent / "build.json").read_text())["key"] == key
     assert not list(kb.BUILD.glob("*.tmp"))
+
+
+def test_lightvm_image_kernel_loop_runs_the_loop_with_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightvm.cli import main as cli
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(loop, "main", lambda argv: seen.append(argv) or 7)
+    assert cli.main(["image", "kernel-loop", "redis-server", "--max-trims", "3", "--image", "/x"]) == 7
+    assert seen == [["redis-server", "--jobs", "2", "--image", "/x", "--max-trims", "3"]]
