@@ -2,10 +2,11 @@
 
     python -m tinyx.kernel.bootcmp IMAGE_DIR --variant base:: --variant tsc:KERNEL:"tsc=reliable" [--runs 8]
 
-A variant is NAME:KERNEL:EXTRA: KERNEL a vmlinux (empty: the image's own), EXTRA words
-appended to the kernel command line (the spec's ``cmdline``, after lightvm's own part,
-lightvm/linux.py). The variants are booted in turn (a, b, c, a, b, c, ...), so the load of
-a shared machine falls on all of them alike; each boot is ``lightvm create`` over user
+A variant is NAME:KERNEL:EXTRA[:FIRMWARE]: KERNEL a vmlinux (empty: the image's own), EXTRA
+words appended to the kernel command line (the spec's ``cmdline``, after lightvm's own part,
+lightvm/linux.py), FIRMWARE a ``-bios`` file (the spec's ``firmware``; empty: QEMU's own).
+The variants are booted in turn (a, b, c, a, b, c, ...), so the load of a shared machine
+falls on all of them alike; each boot is ``lightvm create`` over user
 networking with the app's port published, the recipe's probe, then ``destroy``.
 Per variant it prints medians [min-max] of: create -> guest entry (Linux's clock starts),
 lvinit's "kernel" figure (Linux's clock -> /init), /init -> READY, create -> READY, and the
@@ -40,7 +41,7 @@ def qemu_cpu_ms(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * 1000.0 / CLK_TCK
 
 
-def boot_once(image: Path, app: str, kernel: Path, extra: str) -> dict[str, float]:
+def boot_once(image: Path, app: str, kernel: Path, extra: str, firmware: str = "") -> dict[str, float]:
     """One create -> probe -> destroy; the figures of that boot."""
     recipe = resolve(app)
     assert recipe.probe is not None
@@ -49,7 +50,9 @@ def boot_once(image: Path, app: str, kernel: Path, extra: str) -> dict[str, floa
         spec = Path(tmp) / "vm.toml"
         spec.write_text(
             f'name = "cmp"\nkernel = "{kernel}"\ninitrd = "{image / "initramfs.cpio"}"\n'
-            f'memory = "{recipe.memory}M"\ncmdline = {json.dumps(extra)}\n[[vifs]]\n'
+            f'memory = "{recipe.memory}M"\ncmdline = {json.dumps(extra)}\n'
+            + (f"firmware = {json.dumps(str(Path(firmware).absolute()))}\n" if firmware else "")
+            + "[[vifs]]\n"
         )
         cli = [sys.executable, "-m", "lightvm.cli", "--state-dir", str(Path(tmp) / "state")]
         try:
@@ -91,15 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     app = args.app or image.name
     variants = []
     for v in args.variant:
-        name, kernel, extra = [*v.split(":", 2), "", ""][:3]
-        variants.append((name, Path(kernel).absolute() if kernel else image / "vmlinux", extra))
-    rows: dict[str, list[dict[str, float]]] = {n: [] for n, _, _ in variants}
-    fails: dict[str, int] = {n: 0 for n, _, _ in variants}
+        name, kernel, extra, firmware = [*v.split(":", 3), "", "", ""][:4]
+        variants.append((name, Path(kernel).absolute() if kernel else image / "vmlinux", extra, firmware))
+    rows: dict[str, list[dict[str, float]]] = {v[0]: [] for v in variants}
+    fails: dict[str, int] = {v[0]: 0 for v in variants}
     load0 = os.getloadavg()[0]
     for i in range(args.runs):
-        for name, kernel, extra in variants:
+        for name, kernel, extra, firmware in variants:
             try:
-                r = boot_once(image, app, kernel, extra)
+                r = boot_once(image, app, kernel, extra, firmware)
                 rows[name].append(r)
                 print(f"[bootcmp] run {i + 1} {name}: READY {r['ready']:.0f} ms", file=sys.stderr, flush=True)
             except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError, KeyError) as e:
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     cols = ("guest_entry", "kernel", "init_to_ready", "ready", "qemu_cpu")
     print(f"{'variant':14}" + "".join(f"{c:>22}" for c in cols) + "  failed")
-    for name, _, _ in variants:
+    for name, *_ in variants:
         got = rows[name]
         cells = []
         for c in cols:
