@@ -277,3 +277,34 @@ def test_lightvm_image_kernel_loop_runs_the_loop_with_its_arguments(monkeypatch:
     monkeypatch.setattr(loop, "main", lambda argv: seen.append(argv) or 7)
     assert cli.main(["image", "kernel-loop", "redis-server", "--max-trims", "3", "--image", "/x"]) == 7
     assert seen == [["redis-server", "--jobs", "2", "--image", "/x", "--max-trims", "3"]]
+
+
+def test_a_kernel_whose_console_loses_user_space_output_fails_the_step(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SERIAL_8250_PNP=n booted, served and answered the probe, but `lightvm console`
+    showed nothing after the kernel's own lines: the step checks lvinit's READY line."""
+    import subprocess
+
+    recipe = Recipe("app", "test", "app", ("/bin/app",), port=80, probe=Probe("PING\r\n", "+PONG"))
+    s = loopstep.Stepper.__new__(loopstep.Stepper)
+    s.recipe, s.initramfs = recipe, tmp_path / "initramfs.cpio"
+    consoles = {"quiet": "PCI: Fatal: No config space access function found\n", "ok": "lvinit: READY app (kernel 1)\n"}
+    calls: list[str] = []
+
+    def run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        cmd = argv[argv.index("--state-dir") + 2]
+        calls.append(cmd)
+        out = {"create": '{"boot_ms": {"ready": 900.0}}\n', "console": consoles[mode]}.get(cmd, "")
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    monkeypatch.setattr(loopstep.subprocess, "run", run)
+    monkeypatch.setattr(loopstep, "probe", lambda port, send, expect: b"+PONG\r\n")
+    monkeypatch.setattr(loopstep, "CONSOLE_WAIT", 0.3)
+    mode = "quiet"
+    stage, detail, ready = s.boot_and_probe(tmp_path / "vmlinux")
+    assert stage == "console" and "lvinit: READY" in detail and ready == 900.0
+    assert "shutdown" not in calls and calls[-1] == "destroy"  # the VM goes on every path
+    mode = "ok"
+    assert s.boot_and_probe(tmp_path / "vmlinux")[0] == "pass"
+    assert loopstep.console_ok(consoles["ok"]) and not loopstep.console_ok(consoles["quiet"])

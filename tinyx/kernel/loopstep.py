@@ -38,11 +38,13 @@ from tinyx.image.recipe import Recipe
 from tinyx.kernel import build as kb
 from tinyx.kernel.loop import StepResult
 
-STEP_FORMAT = "1"
+STEP_FORMAT = "2"  # 2: the console check
 BOOT_TIMEOUT = 60.0  # create -> READY under a loaded TCG machine
 PROBE_TIMEOUT = 10.0
 CLI_TIMEOUT = 120.0
 MARKER = ".lvloop-building"
+CONSOLE_MARK = "lvinit: READY"
+CONSOLE_WAIT = 5.0
 OBJ_SUFFIXES = (".o", ".a", ".cmd", ".tmp", ".S")
 
 
@@ -190,8 +192,9 @@ class Stepper:
 
     def boot_and_probe(self, kernel: Path) -> tuple[str, str, float]:
         """(stage, detail, READY ms): ``lightvm create`` the image with ``kernel``, the probe
-        over a published port, then ``lightvm shutdown`` (lvinit's clean poweroff must work
-        too); the VM and its state folder are removed on every path."""
+        over a published port, lvinit's READY line on the console (``lightvm console`` must
+        show user space's output), then ``lightvm shutdown`` (lvinit's clean poweroff must
+        work too); the VM and its state folder are removed on every path."""
         r = self.recipe
         assert r.probe is not None
         port = free_port()
@@ -215,6 +218,16 @@ class Stepper:
                 reply = probe(port, r.probe.send.encode(), r.probe.expect.encode())
                 if r.probe.expect.encode() not in reply:
                     return "probe", f"sent {r.probe.send!r}, got {reply[:200]!r}", ready
+                text = ""
+                deadline = time.monotonic() + CONSOLE_WAIT  # lvinit says READY on the console after the page
+                while not console_ok(text) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    con = subprocess.run(
+                        [*cli, "console", "lvloop"], capture_output=True, text=True, timeout=CLI_TIMEOUT
+                    )
+                    text = con.stdout
+                if not console_ok(text):
+                    return "console", f"no {CONSOLE_MARK!r} line on the console: {text[-300:]!r}", ready
                 s = subprocess.run([*cli, "shutdown", "lvloop"], capture_output=True, text=True, timeout=CLI_TIMEOUT)
                 if s.returncode != 0:
                     return "shutdown", (s.stderr or s.stdout)[-800:], ready
@@ -223,6 +236,14 @@ class Stepper:
                 return "boot", f"{e.cmd[4:6]} timed out", 0.0
             finally:
                 subprocess.run([*cli, "destroy", "--all"], capture_output=True, timeout=CLI_TIMEOUT)
+
+
+def console_ok(text: str) -> bool:
+    """Whether user space's output reached the serial console: lvinit's READY line. The
+    kernel's own lines are no proof: printk writes the UART by polling, user space through
+    the tty layer, which needs the UART's interrupt (SERIAL_8250_PNP=n boots, serves and
+    answers the probe, and its console shows nothing after the kernel's lines)."""
+    return CONSOLE_MARK in text
 
 
 def probe(port: int, send: bytes, expect: bytes, timeout: float = PROBE_TIMEOUT) -> bytes:
