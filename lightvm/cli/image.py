@@ -29,13 +29,20 @@ IMAGE = (
 )
 LIST = "List the images of the image store: name, size on disk, app, when built."
 RM = "Remove an image folder from the image store."
+LOOP = (
+    "The kernel trimming loop for APP (a recipe with a port and a [probe]): boot APP's image with the "
+    "platform kernel, add options from tinyx/kconfig/loop-candidates.txt while the probe fails, then "
+    "remove options while it passes; writes tinyx/kconfig/APP.config (used by `image build APP` from then "
+    "on) and its report APP.loop.txt/.json. Each step is an incremental kernel build (one object tree per "
+    "app) and a boot; every step is cached. Needs root, like image build. Same as python -m tinyx.kernel.loop."
+)
 
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     """Add ``image build|list|rm`` to the CLI's subparsers. ``parent`` (--state-dir) is
     not added: images live in the image store, not in a VM state dir."""
     image = sub.add_parser("image", help="build, list and remove Tinyx images (Linux + one app)", description=IMAGE)
-    isub = image.add_subparsers(dest="image_command", metavar="{build,list,rm}", required=True)
+    isub = image.add_subparsers(dest="image_command", metavar="{build,list,rm,kernel-loop}", required=True)
     store_help = "image store (default: $LIGHTVM_IMAGE_DIR, /var/lib/lightvm/images as root, else ~/.local/share/...)"
 
     p = isub.add_parser("build", help="build an image of a package, recipe or ELF file", description=BUILD)
@@ -56,6 +63,13 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--store", type=Path, metavar="DIR", help=store_help)
     p.set_defaults(func=cmd_rm)
+
+    p = isub.add_parser("kernel-loop", help="trim APP's kernel config with boots and its probe", description=LOOP)
+    p.add_argument("app", metavar="APP", help="recipe name (tinyx/apps/APP.toml) with a port and a [probe]")
+    p.add_argument("--image", type=Path, metavar="DIR", help="an image folder of APP (default: build one)")
+    p.add_argument("--max-trims", type=int, metavar="N", help="try at most N trim candidates (bounds the time)")
+    p.add_argument("--jobs", type=int, default=2, help="make -j (default 2)")
+    p.set_defaults(func=cmd_kernel_loop)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -90,6 +104,17 @@ def cmd_build(args: argparse.Namespace) -> int:
         print("  GUESSED (see report.txt): " + "; ".join(report["guessed"]), file=sys.stderr)
     print(f"  boot it:   lightvm create {folder / (report['name'] + '.toml')}")
     return 0
+
+
+def cmd_kernel_loop(args: argparse.Namespace) -> int:
+    from tinyx.kernel.loop import main
+
+    argv = [args.app, "--jobs", str(args.jobs)]
+    if args.image is not None:
+        argv += ["--image", str(args.image)]
+    if args.max_trims is not None:
+        argv += ["--max-trims", str(args.max_trims)]
+    return main(argv)
 
 
 def _store(args: argparse.Namespace) -> Path:

@@ -293,7 +293,7 @@ def test_linux_machine_config(tmp_path: Path) -> None:
     assert argv[argv.index("-initrd") + 1] == str(spec.initrd)
     assert "rtc=on" in argv[argv.index("-M") + 1]
     assert argv[argv.index("-append") + 1] == (
-        f"console=ttyS0 quiet random.trust_cpu=on tsc_early_khz={hostfacts.tsc_hz() // 1000} loglevel=3"
+        f"console=ttyS0 quiet random.trust_cpu=on tsc=reliable tsc_early_khz={hostfacts.tsc_hz() // 1000} loglevel=3"
     )
     assert argv[argv.index("-cpu") + 1] == "qemu64,+rdrand"  # TCG's RDRAND seeds the kernel's generator
     unikernel = VMRecord.new(

@@ -30,7 +30,7 @@ def key() -> str:
     return kb.cache_key("6.1.0-test", kb.DEFAULT_FRAGMENT.read_bytes(), Path(kb.__file__).read_bytes())
 
 
-def no_build() -> Path:
+def no_build(fragment: Path | None = None) -> Path:
     raise AssertionError("tinyx.kernel.build.build() must not run here")
 
 
@@ -66,7 +66,7 @@ def test_a_build_in_progress_elsewhere_is_waited_for(cache: Path, monkeypatch: p
 
 def test_a_stale_tmp_folder_is_not_waited_for(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     built = cache / "built-vmlinux"
-    monkeypatch.setattr(kb, "build", lambda: built)
+    monkeypatch.setattr(kb, "build", lambda fragment: built if fragment == kb.DEFAULT_FRAGMENT else None)
     tmp = cache / f"kernel-{key()}.tmp"
     (tmp / "obj").mkdir(parents=True)
     old = time.time() - ik.ACTIVE_WINDOW - 60
@@ -85,7 +85,7 @@ def test_a_build_that_stops_without_a_kernel_is_an_error(cache: Path, monkeypatc
 
 
 def test_a_kernel_build_error_becomes_a_tinyx_error(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail() -> Path:
+    def fail(fragment: Path) -> Path:
         raise kb.BuildError("make vmlinux failed")
 
     monkeypatch.setattr(kb, "build", fail)

@@ -218,7 +218,7 @@ def build(opts: Options) -> tuple[Path, dict[str, Any]]:
         with progress.step("init"):  # first: a missing init fails before minutes of apt
             init = init_binary(opts.init)
         with progress.step("kernel"):
-            kernel, _ = platform_kernel(progress)
+            kernel, _ = platform_kernel(progress, recipe.name)
         with progress.step("kernel pack"):
             shipped, ksizes, state = kpack.packed_kernel(kernel, cache.BUILD)
             progress.cache["kernel pack"] = state

@@ -1,4 +1,9 @@
-"""The platform kernel for the image: tinyx.kernel.build's cached vmlinux.
+"""The kernel for the image: tinyx.kernel.build's cached vmlinux.
+
+The fragment is the app's own, tinyx/kconfig/APP.config (what the kernel trimming loop,
+tinyx/kernel/loop.py, kept for APP), when there is one; else the platform fragment,
+tinyx/kconfig/qemu-microvm.config. The fragment's bytes are in the cache key, so an
+app's kernel and the platform kernel are separate cache entries.
 
 tinyx.kernel.build takes no lock: called while another process builds the same
 kernel, it would remove that build's ``kernel-<key>.tmp`` and start over (6 minutes
@@ -32,15 +37,30 @@ def _newest_mtime(top: Path) -> float:
     return newest
 
 
-def platform_kernel(progress: Progress) -> tuple[Path, str]:
-    """(vmlinux path, "cached" | "built" | "waited") of the platform kernel."""
+def kernel_fragment(app: str | None) -> Path:
+    """tinyx/kconfig/APP.config when the loop left one for ``app``, else the platform fragment."""
     from tinyx.kernel import build as kb
+
+    if app:
+        own = kb.DEFAULT_FRAGMENT.parent / f"{app}.config"
+        if own.is_file():
+            return own
+    return kb.DEFAULT_FRAGMENT
+
+
+def platform_kernel(progress: Progress, app: str | None = None) -> tuple[Path, str]:
+    """(vmlinux path, "cached" | "built" | "waited") of ``app``'s kernel (kernel_fragment)."""
+    from tinyx.kernel import build as kb
+
+    fragment = kernel_fragment(app)
+    if fragment != kb.DEFAULT_FRAGMENT:
+        progress.log(f"kernel config: {fragment.name} (the trimming loop's result for {app})")
 
     try:
         version = kb.source_version()
     except kb.BuildError as e:
         raise TinyxError(str(e)) from e
-    key = kb.cache_key(version, kb.DEFAULT_FRAGMENT.read_bytes(), Path(kb.__file__).read_bytes())
+    key = kb.cache_key(version, fragment.read_bytes(), Path(kb.__file__).read_bytes())
     vmlinux = kb.BUILD / f"kernel-{key}" / "vmlinux"
     tmp = kb.BUILD / f"kernel-{key}.tmp"
     if vmlinux.is_file():
@@ -66,6 +86,6 @@ def platform_kernel(progress: Progress) -> tuple[Path, str]:
         return vmlinux, "waited"
     progress.hit("kernel", "building", "tinyx.kernel.build: about 6 minutes on 2 cores")
     try:
-        return kb.build(), "built"
+        return kb.build(fragment), "built"
     except kb.BuildError as e:
         raise TinyxError(f"the platform kernel build failed: {e}") from e
