@@ -14,6 +14,13 @@ bash scripts/bootstrap.sh
 # bootstrap: booting a unikernel (the README's first command) does not need it.
 echo "== tinyx kernel (python -m tinyx.kernel.build)"
 timeout 3000 .venv/bin/python -m tinyx.kernel.build >/dev/null
+# ... and the kernel of each app the trimming loop left a config for (tinyx/kconfig/APP.config,
+# what `lightvm image build APP` boots: docs/tinyx-size.md, "The kernel trimming loop").
+for config in tinyx/kconfig/*.config; do
+    [ "$config" = tinyx/kconfig/qemu-microvm.config ] && continue
+    echo "== tinyx kernel for $(basename "$config" .config) (python -m tinyx.kernel.build --fragment $config)"
+    timeout 3000 .venv/bin/python -m tinyx.kernel.build --fragment "$config" >/dev/null
+done
 
 echo "== lint (ruff)"
 .venv/bin/ruff check lightvm tinyx tests tools images
