@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 import uuid as uuidlib
 from collections.abc import Callable
@@ -41,7 +40,7 @@ from lightvm.noxs import BootState, DevicePage, NoxsRegion, PageConfig
 from lightvm.spec import VMSpec, check_name, parse_spec
 from lightvm.state import StateDir, VMDir, VMRecord, VMStatus
 from lightvm.toolstack import Toolstack
-from lightvm.util import Deadline, open_regular
+from lightvm.util import Deadline
 
 
 @dataclass
@@ -124,12 +123,7 @@ class PreparedRestore:
             _, layout = read_layout(path)
             if layout.offset != offset:
                 raise CheckpointError(f"{path}: the file changed since its header was read; restore it again")
-            fd = open_regular(path)
-            try:
-                feed = VerifiedFeed(path, fd, layout)
-            except BaseException:
-                os.close(fd)
-                raise
+            feed = VerifiedFeed.open(path, layout)
             step = "load migration stream"
             feed.start(self.machine, self.ignore_shared)
             try:

@@ -103,6 +103,19 @@ class VerifiedFeed:
             fcntl.fcntl(self.write_fd, F_SETPIPE_SZ, FEED_CHUNK)
         self.thread = threading.Thread(target=self._run, name="lightvm-ckpt-feed", daemon=True)
 
+    @classmethod
+    def open(cls, path: Path, layout: Any) -> VerifiedFeed:
+        """The feed of checkpoint ``path`` (a regular file only: util.open_regular); the
+        file's fd is the feed's from here on, closed here if the feed cannot be made."""
+        from lightvm.util import open_regular
+
+        fd = open_regular(path)
+        try:
+            return cls(path, fd, layout)
+        except BaseException:
+            os.close(fd)
+            raise
+
     def start(self, machine: Machine, ignore_shared: bool = False) -> None:
         """Hand QEMU the pipe's read end and start feeding it. The feed owns the file's fd
         from its construction on: closed when the whole file was read, or here on failure.

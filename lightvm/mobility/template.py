@@ -226,12 +226,7 @@ def _build(toolstack: Toolstack, src: Path, meta: dict[str, Any], layout: Any, w
         quiet = dict(meta, qemu_args=without_forwards(list(meta.get("qemu_args") or [])))
         prepared = prepare_incoming(toolstack, quiet, builder, str(src), timeout, launch=launch)
         try:
-            fd = open_regular(src)
-            try:
-                feed = VerifiedFeed(src, fd, layout)
-            except BaseException:
-                os.close(fd)
-                raise
+            feed = VerifiedFeed.open(src, layout)
             feed.start(prepared.machine)
             wait_incoming(prepared.machine, timeout, f"template from {src}")
             feed.verify(timeout)
