@@ -23,12 +23,11 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from tinyx.image.recipe import resolve
-from tinyx.kernel.loopstep import free_port, probe
+from tinyx.kernel.loopstep import booted_image, probe
 
 READY_RE = re.compile(r"lvinit: READY .*\(kernel (\d+) ms, /init to READY (\d+) ms\)")
 TIMEOUT = 60.0
@@ -45,41 +44,24 @@ def boot_once(image: Path, app: str, kernel: Path, extra: str, firmware: str = "
     """One create -> probe -> destroy; the figures of that boot."""
     recipe = resolve(app)
     assert recipe.probe is not None
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="lvbootcmp-") as tmp:
-        spec = Path(tmp) / "vm.toml"
-        spec.write_text(
-            f'name = "cmp"\nkernel = "{kernel}"\ninitrd = "{image / "initramfs.cpio"}"\n'
-            f'memory = "{recipe.memory}M"\ncmdline = {json.dumps(extra)}\n'
-            + (f"firmware = {json.dumps(str(Path(firmware).absolute()))}\n" if firmware else "")
-            + "[[vifs]]\n"
-        )
-        cli = [sys.executable, "-m", "lightvm.cli", "--state-dir", str(Path(tmp) / "state")]
-        try:
-            p = subprocess.run(
-                [*cli, "create", str(spec), "--json", "--accel", "tcg", "--timeout", str(int(TIMEOUT)),
-                 "--publish", f"127.0.0.1:{port}:{recipe.port}"],
-                capture_output=True, text=True, timeout=TIMEOUT + 30,
-            )  # fmt: skip
-            if p.returncode != 0:
-                raise RuntimeError(f"create failed: {(p.stderr or p.stdout)[-500:]}")
-            vm = json.loads(p.stdout.strip().splitlines()[-1])
-            cpu = qemu_cpu_ms(int(vm["pid"]))
-            reply = probe(port, recipe.probe.send.encode(), recipe.probe.expect.encode())
-            if recipe.probe.expect.encode() not in reply:
-                raise RuntimeError(f"probe: got {reply[:100]!r}")
-            con = subprocess.run([*cli, "console", "cmp"], capture_output=True, text=True, timeout=30).stdout
-            m = READY_RE.search(con)
-            b = vm["boot_ms"]
-            return {
-                "guest_entry": b["guest_entry"],
-                "kernel": float(m.group(1)) if m else float("nan"),
-                "init_to_ready": float(m.group(2)) if m else float("nan"),
-                "ready": b["ready"],
-                "qemu_cpu": cpu,
-            }
-        finally:
-            subprocess.run([*cli, "destroy", "--all"], capture_output=True, timeout=120)
+    with booted_image(kernel, image / "initramfs.cpio", recipe, TIMEOUT, "cmp", extra, firmware) as (cli, p, port):
+        if p.returncode != 0:
+            raise RuntimeError(f"create failed: {(p.stderr or p.stdout)[-500:]}")
+        vm = json.loads(p.stdout.strip().splitlines()[-1])
+        cpu = qemu_cpu_ms(int(vm["pid"]))
+        reply = probe(port, recipe.probe.send.encode(), recipe.probe.expect.encode())
+        if recipe.probe.expect.encode() not in reply:
+            raise RuntimeError(f"probe: got {reply[:100]!r}")
+        con = subprocess.run([*cli, "console", "cmp"], capture_output=True, text=True, timeout=30).stdout
+        m = READY_RE.search(con)
+        b = vm["boot_ms"]
+        return {
+            "guest_entry": b["guest_entry"],
+            "kernel": float(m.group(1)) if m else float("nan"),
+            "init_to_ready": float(m.group(2)) if m else float("nan"),
+            "ready": b["ready"],
+            "qemu_cpu": cpu,
+        }
 
 
 def main(argv: list[str] | None = None) -> int:

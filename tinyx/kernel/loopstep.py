@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -197,20 +198,8 @@ class Stepper:
         work too); the VM and its state folder are removed on every path."""
         r = self.recipe
         assert r.probe is not None
-        port = free_port()
-        with tempfile.TemporaryDirectory(prefix="lvloop-") as tmp:
-            spec = Path(tmp) / "vm.toml"
-            spec.write_text(
-                f'name = "lvloop"\nkernel = "{kernel}"\ninitrd = "{self.initramfs}"\nmemory = "{r.memory}M"\n[[vifs]]\n'
-            )
-            state = Path(tmp) / "state"
-            cli = [sys.executable, "-m", "lightvm.cli", "--state-dir", str(state)]
-            try:
-                p = subprocess.run(
-                    [*cli, "create", str(spec), "--json", "--accel", "tcg", "--timeout", str(int(BOOT_TIMEOUT)),
-                     "--publish", f"127.0.0.1:{port}:{r.port}"],
-                    capture_output=True, text=True, timeout=BOOT_TIMEOUT + 30,
-                )  # fmt: skip
+        try:
+            with booted_image(kernel, self.initramfs, r, BOOT_TIMEOUT, "lvloop") as (cli, p, port):
                 if p.returncode != 0:
                     return "boot", (p.stderr or p.stdout)[-1500:], 0.0
                 vm = json.loads(p.stdout.strip().splitlines()[-1])
@@ -232,10 +221,38 @@ class Stepper:
                 if s.returncode != 0:
                     return "shutdown", (s.stderr or s.stdout)[-800:], ready
                 return "pass", "", ready
-            except subprocess.TimeoutExpired as e:
-                return "boot", f"{e.cmd[4:6]} timed out", 0.0
-            finally:
-                subprocess.run([*cli, "destroy", "--all"], capture_output=True, timeout=CLI_TIMEOUT)
+        except subprocess.TimeoutExpired as e:
+            return "boot", f"{e.cmd[4:6]} timed out", 0.0
+
+
+@contextlib.contextmanager
+def booted_image(
+    kernel: Path, initramfs: Path, recipe: Recipe, timeout: float, name: str, cmdline: str = "", firmware: str = ""
+) -> Iterator[tuple[list[str], subprocess.CompletedProcess[str], int]]:
+    """``lightvm create`` of an image (``kernel`` + ``initramfs``, the recipe's memory, one
+    user-net vif with the recipe's port published on 127.0.0.1) in a state dir of its own:
+    yields (the CLI's argv prefix for that state dir, the create's result, the host port);
+    every VM of it destroyed and the folder removed after. The loop's steps and
+    tinyx.kernel.bootcmp boot the same way."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
+        spec = Path(tmp) / "vm.toml"
+        spec.write_text(
+            f'name = "{name}"\nkernel = "{kernel}"\ninitrd = "{initramfs}"\nmemory = "{recipe.memory}M"\n'
+            + (f"cmdline = {json.dumps(cmdline)}\n" if cmdline else "")
+            + (f"firmware = {json.dumps(str(Path(firmware).absolute()))}\n" if firmware else "")
+            + "[[vifs]]\n"
+        )
+        cli = [sys.executable, "-m", "lightvm.cli", "--state-dir", str(Path(tmp) / "state")]
+        try:
+            p = subprocess.run(
+                [*cli, "create", str(spec), "--json", "--accel", "tcg", "--timeout", str(int(timeout)),
+                 "--publish", f"127.0.0.1:{port}:{recipe.port}"],
+                capture_output=True, text=True, timeout=timeout + 30,
+            )  # fmt: skip
+            yield cli, p, port
+        finally:
+            subprocess.run([*cli, "destroy", "--all"], capture_output=True, timeout=CLI_TIMEOUT)
 
 
 def console_ok(text: str) -> bool:
