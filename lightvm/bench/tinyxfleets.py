@@ -193,10 +193,14 @@ class PoolVMs:
             raise LightVMError(f"the create took the {result['path']} path, not a pooled shell: {result}")
         return name, port, t0, reply_ms, result
 
+    def _serve(self, result: dict[str, Any], t0: float, port: int) -> float:
+        """ms from ``t0`` to the app's first answer on the host's published ``port``."""
+        return wait_serving(port, self.image.send, self.image.expect, t0, SERVE_TIMEOUT_S)
+
     def measure(self) -> Sample:
         name, port, t0, reply_ms, result = self._start()
         try:
-            ms = wait_serving(port, self.image.send, self.image.expect, t0, SERVE_TIMEOUT_S)
+            ms = self._serve(result, t0, port)
         finally:
             self.fleet.call("destroy", {"names": [name]})
         sample: Sample = {"ms": ms, "reply_ms": reply_ms}
@@ -208,7 +212,7 @@ class PoolVMs:
         boot is not in the window)."""
         name, port, t0, _, result = self._start()
         try:
-            wait_serving(port, self.image.send, self.image.expect, t0, SERVE_TIMEOUT_S)
+            self._serve(result, t0, port)
             self.fleet._wait_pool_full()
             return idle_cost([int(result["pid"])], window_s)
         finally:
@@ -281,31 +285,12 @@ class PoolBridgedVMs(PoolVMs):
             raise LightVMError(f"the create took the {result['path']} path, not a pooled shell: {result}")
         return name, 0, t0, reply_ms, result
 
-    def _serve(self, result: dict[str, Any], t0: float) -> float:
+    def _serve(self, result: dict[str, Any], t0: float, port: int) -> float:
         # "networking: tap; vif0: 10.213.57.2/24 gw ..." (the create's network line)
         ip = str(result["network"]).split("vif0: ", 1)[1].split("/", 1)[0]
         job = self.client.submit(wait_serving, self.image.port, self.image.send, self.image.expect, t0,
                                  SERVE_TIMEOUT_S, ip)  # fmt: skip
         return float(job.result(timeout=SERVE_TIMEOUT_S + 10))
-
-    def measure(self) -> Sample:
-        name, _, t0, reply_ms, result = self._start()
-        try:
-            ms = self._serve(result, t0)
-        finally:
-            self.fleet.call("destroy", {"names": [name]})
-        sample: Sample = {"ms": ms, "reply_ms": reply_ms}
-        sample.update({k: float(result["boot_ms"][k]) for k in BOOT_STEPS[1:] if result["boot_ms"].get(k)})
-        return sample
-
-    def idle(self, window_s: float) -> Sample:
-        name, _, t0, _, result = self._start()
-        try:
-            self._serve(result, t0)
-            self.fleet._wait_pool_full()
-            return idle_cost([int(result["pid"])], window_s)
-        finally:
-            self.fleet.call("destroy", {"names": [name]})
 
     def close(self) -> None:
         self._stack.close()
