@@ -37,6 +37,10 @@ from lightvm.noxs import BootRecord, BootState, NoxsRegion
 from lightvm.util import Deadline, last_line, tail
 
 POLL_INTERVAL = 0.0002
+# A pool shell's guest woken by its bell writes READY within ~0.3-0.6 ms: polling it every
+# 50 us instead of 200 us measured ~70 us less from request to reply (docs/lightvmd.md).
+# A cold boot (tens of ms) keeps the coarser step: 4x the wake-ups would buy it nothing.
+WOKEN_POLL_INTERVAL = 0.00005
 REPLY_GRACE_S = 0.1  # after READY, for QMP replies still on their way
 
 
@@ -89,6 +93,7 @@ def boot(
     if meanwhile is not None:
         meanwhile()
     deadline = Deadline(timeout)
+    interval = WOKEN_POLL_INTERVAL if woken_at is not None else POLL_INTERVAL
     ready_state = int(BootState.READY)
     final_states = (int(BootState.ERROR), int(BootState.HALTED))
     while True:
@@ -98,7 +103,7 @@ def boot(
             break
         if state in final_states:
             raise _guest_failed(machine, region, "stopped during boot")
-        alive = qmp.pump(POLL_INTERVAL)
+        alive = qmp.pump(interval)
         if times.qemu_up is None and qmp.reply(negotiate_id) is not None:
             times.qemu_up = (time.perf_counter() - t0) * 1000
         if times.resumed is None and qmp.reply(cont_id) is not None:

@@ -91,6 +91,17 @@ def _log(msg: str) -> None:
     logging.getLogger("lightvm.daemon").info(msg)
 
 
+def qemu_note() -> str | None:
+    """The log line of a daemon whose microvm guests run on Debian's full QEMU (no slim
+    build, no override), or None. Said here, where the QEMUs are chosen: a client this
+    daemon serves does not check its own environment for it (lightvm/cli/vm.py, qemu_note)."""
+    from lightvm import qemubin
+
+    if os.environ.get(qemubin.ENV) or qemubin.slim_binary(qemubin.SLIM_QEMU) is not None:
+        return None
+    return f"qemu: {qemubin.explain('microvm', slim=qemubin.SLIM_QEMU)}"
+
+
 def read_pid(state_root: Path) -> tuple[int, int | None] | None:
     """(pid, start) of the daemon recorded in the state dir, if that process still runs."""
     try:
@@ -212,6 +223,9 @@ class Daemon(Operations):
         )
         flavours = self.pool.stats()["flavours"]
         self.log(f"serving {api.socket_path(self.state.root)} (pid {os.getpid()}); pool {flavours}")
+        note = qemu_note()
+        if note:
+            self.log(note)
         shells = ", ".join(f["flavour"] for f in flavours) or "none"
         status = f"serving {api.socket_path(self.state.root)}; pools: {shells}"
         why = sdnotify.notify(ready=1, mainpid=os.getpid(), status=status)

@@ -137,6 +137,25 @@ def test_debian_qemu_note_is_said_once(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert vm.qemu_note() is None  # a slim build runs: nothing to say
 
 
+def test_lightvmd_logs_the_qemu_note(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A create lightvmd serves no longer checks the client's QEMU: the daemon, which
+    chooses the QEMUs, says it in its log at every start."""
+    from lightvm import qemubin
+    from lightvm.daemon import server
+
+    monkeypatch.delenv(qemubin.ENV, raising=False)
+    monkeypatch.setattr(qemubin, "SLIM_QEMU", tmp_path / "no-slim-build")
+    monkeypatch.setattr(qemubin, "slim_binary", lambda slim=None: None)
+    note = server.qemu_note()
+    assert note is not None and "Debian's full build" in note and str(tmp_path / "no-slim-build") in note
+    assert server.qemu_note() == note  # a log line at each start, not once per cache dir
+    monkeypatch.setenv(qemubin.ENV, "/usr/bin/qemu-system-x86_64")
+    assert server.qemu_note() is None  # an override: the user chose
+    monkeypatch.delenv(qemubin.ENV)
+    monkeypatch.setattr(qemubin, "slim_binary", lambda slim=None: "/x/qemu-system-x86_64")
+    assert server.qemu_note() is None  # a slim build runs: nothing to say
+
+
 def test_host_check_reports_the_jail(monkeypatch: pytest.MonkeyPatch) -> None:
     from lightvm import jail
     from lightvm.cli import host

@@ -353,23 +353,33 @@ def test_usage_errors_and_help_are_argparse_s(tmp_path: Path, capsys: pytest.Cap
     assert "usage: lightvm list" in capsys.readouterr().out
 
 
-def test_the_thin_path_imports_no_parser(daemon: FakeDaemon) -> None:
-    """What makes it thin: a ``list`` through lightvmd imports neither argparse, the other
-    command groups, the bench harness, the toolstack, nor pathlib, typing or socket."""
+@pytest.mark.parametrize(
+    "argv", [["list", "--json"], ["create", "examples/noop.toml", "--json"], ["create", "examples/noop.toml"]]
+)
+def test_the_thin_path_imports_no_parser(daemon: FakeDaemon, argv: list[str]) -> None:
+    """What makes it thin: a ``list`` or ``create`` through lightvmd imports neither argparse,
+    the other command groups, the bench harness, the toolstack, nor pathlib, typing or
+    socket; nor, for create, the host-facts cache behind the QEMU note (ctypes)."""
     code = (
         "import sys; from lightvm.cli.main import main; rc = main(sys.argv[1:]); "
         "heavy = ('argparse', 'pathlib', 'typing', 'dataclasses', 'subprocess', 'socket', 'lightvm.cli.parser', "
-        "'lightvm.cli.daemon', 'lightvm.bench.cli', 'lightvm.toolstack', 'lightvm.daemon.api', 'lightvm.util'); "
+        "'lightvm.cli.daemon', 'lightvm.bench.cli', 'lightvm.toolstack', 'lightvm.daemon.api', 'lightvm.util', "
+        "'lightvm.hostfacts', 'lightvm.qemubin', 'ctypes'); "
         "print(rc, [m for m in heavy if m in sys.modules], file=sys.stderr)"
     )
     env = {k: v for k, v in os.environ.items() if k != "LIGHTVM_NO_DAEMON"}
     # -S: no site, whose .pth files (the editable install's finder) import pathlib themselves
     proc = subprocess.run(
-        [sys.executable, "-S", "-c", code, "--state-dir", str(daemon.state), "list", "--json"],
+        [sys.executable, "-S", "-c", code, "--state-dir", str(daemon.state), *argv],
         capture_output=True, text=True, timeout=60, env={**env, "PYTHONPATH": str(REPO)}, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)[0]["name"] == "a"
+    if argv[0] == "list":
+        assert json.loads(proc.stdout)[0]["name"] == "a"
+    elif "--json" in argv:
+        assert "name" in json.loads(proc.stdout.splitlines()[0])
+    else:
+        assert "READY" in proc.stdout, proc.stdout
     assert proc.stderr.strip().splitlines()[-1] == "0 []"
 
 

@@ -198,8 +198,10 @@ def test_wait_readable_above_fd_setsize() -> None:
         fd = os.dup2(a.fileno(), high)
         try:
             assert not wait_readable(fd, 0.01)
+            assert not wait_readable(fd, 0.0002)  # sub-millisecond: look, sleep, look
             b.sendall(b"x")
             assert wait_readable(fd, 1.0)
+            assert wait_readable(fd, 0.0002)
             assert wait_readable(a.fileno(), 0.0)  # below FD_SETSIZE: select()
         finally:
             os.close(fd)
