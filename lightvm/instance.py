@@ -128,9 +128,12 @@ class Instance:
         cls, vmdir: VMDir, record: VMRecord, region: NoxsRegion, machine: Machine, state_root: Path | None = None
     ) -> Instance:
         """The instance of a QEMU spawned earlier (a prepared shell): its undo kills the
-        QEMU and removes the NoXS file."""
+        QEMU, removes the NoXS file and gives back the jail uid and cgroups the shell's
+        launch took under ``record.id`` (a restore shell keeps its id as the VM's)."""
         vm = cls(vmdir, record, state_root)
         vm.region, vm.machine = region, machine
+        vm.undo.push("jail uid", lambda: jailmod.release_vm(record.id))
+        vm.undo.push("cgroups", lambda: cgroups.release(record.id))  # after the kill: LIFO
         vm.undo.push("NoXS region", region.close)
         vm.undo.push("NoXS file", region.unlink)
         vm.undo.push("QEMU", machine.kill)
