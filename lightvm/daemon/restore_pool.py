@@ -31,6 +31,7 @@ discarded by the next one: :func:`lightvm.daemon.pool.discard_orphans`).
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections import deque
@@ -136,6 +137,11 @@ class IncomingShell:
     region: NoxsRegion
     record: VMRecord
     prepared_at: float
+    # A template's shell loads the template's device state when it is prepared (the stream
+    # is the same for every VM of the template; the identity goes into the page at take
+    # time): the identity (stat_identity) of the state file it loaded, None for a shell
+    # still waiting for its stream.
+    loaded: tuple[int, ...] | None = None
 
     def discard(self) -> None:
         """Kill its QEMU, remove its NoXS file and folder."""
@@ -164,21 +170,53 @@ def prepare_restore_shell(root: Path, flavour: IncomingFlavour, timeout: float =
     extra_args = (*flavour.device_args, "-incoming", "defer")
     if not flavour.template:
         vm = spawn_shell(root, spec, flavour.accel, devices, extra_args, timeout, then=same_page_size)
-    else:  # the template checked now; QEMU inherits the RAM file's fd (template.py)
-        from lightvm.mobility.template import TemplateError, check_template
+        assert vm.machine is not None and vm.region is not None
+        return IncomingShell(vm.record.id, flavour, vm.vmdir.path, vm.machine, vm.region, vm.record, time.monotonic())
+    return prepare_template_shell(root, flavour, spec, devices, extra_args, same_page_size, timeout)
 
-        meta, _, ram_fd = check_template(Path(flavour.template))
-        try:
-            if meta["template"]["ram_digest"] != flavour.ram_digest:
-                raise TemplateError(f"{flavour.template}: the template changed since it was learned")
-            launch = {"ram_path": Path(f"/proc/self/fd/{ram_fd}"), "ram_share": False, "ram_fd": ram_fd}
-            vm = spawn_shell(
-                root, spec, flavour.accel, devices, extra_args, timeout, then=same_page_size, launch=launch
-            )
-        finally:
-            os.close(ram_fd)
+
+def prepare_template_shell(
+    root: Path,
+    flavour: IncomingFlavour,
+    spec: dict[str, Any],
+    devices: int,
+    extra_args: tuple[str, ...],
+    then: Callable[[Machine, NoxsRegion, str], None],
+    timeout: float,
+) -> IncomingShell:
+    """A shell of a template, checked now (QEMU inherits the RAM file's fd: template.py),
+    with the template's NoXS region written and its device state loaded: a VM taken from
+    it only gets its identity in the page and ``cont`` (the ~5 ms of feeding and loading
+    the stream are out of the request).
+
+    :raise LightVMError: the template is refused or QEMU could not load it (nothing is left).
+    """
+    from lightvm.mobility.restore import load_checkpoint
+    from lightvm.mobility.template import STATE, TemplateError, check_template, stat_identity
+
+    tdir = Path(flavour.template)
+    meta, layout, ram_fd = check_template(tdir)
+    try:
+        if meta["template"]["ram_digest"] != flavour.ram_digest:
+            raise TemplateError(f"{flavour.template}: the template changed since it was learned")
+        launch = {"ram_path": Path(f"/proc/self/fd/{ram_fd}"), "ram_share": False, "ram_fd": ram_fd}
+        vm = spawn_shell(root, spec, flavour.accel, devices, extra_args, timeout, then=then, launch=launch)
+    finally:
+        os.close(ram_fd)
     assert vm.machine is not None and vm.region is not None
-    return IncomingShell(vm.record.id, flavour, vm.vmdir.path, vm.machine, vm.region, vm.record, time.monotonic())
+    try:
+        loaded = stat_identity(tdir / STATE)  # before the load: a file replaced meanwhile never matches
+        noxs = base64.b64decode(meta["template"]["noxs"])
+        if len(noxs) != vm.region.size:
+            raise TemplateError(f"{tdir}: the template's NoXS region is {len(noxs)} bytes, {vm.region.size} here")
+        vm.region.raw()[:] = noxs
+        load_checkpoint(vm.machine, tdir / STATE, layout.offset, timeout, f"shell {vm.record.id}", ignore_shared=True)
+    except BaseException:
+        vm.abort()
+        raise
+    shell = IncomingShell(vm.record.id, flavour, vm.vmdir.path, vm.machine, vm.region, vm.record, time.monotonic())
+    shell.loaded = loaded
+    return shell
 
 
 def prepare_from_shell(
@@ -189,15 +227,14 @@ def prepare_from_shell(
     where: str,
     timeout: float = 10.0,
     provisional: bool = False,
-    noxs_init: bytes | None = None,
 ) -> PreparedRestore:
     """Like :func:`lightvm.mobility.restore.prepare_incoming`, with an ``-incoming defer`` QEMU
     spawned ahead of time: the shell becomes the VM (its folder renamed to the VM's,
     or with ``provisional`` only at :meth:`PreparedRestore.commit`), its host forwards are
     added; the shell is consumed whatever happens.
 
-    ``noxs_init``: a template's saved NoXS region, written into the shell's before the
-    stream (its stream leaves the region out).
+    A template's shell comes loaded (:func:`prepare_template_shell`): the PreparedRestore
+    only writes the page and resumes.
 
     :raise ExistsError: the name is taken. :raise LightVMError: a step failed (nothing is left).
     """
@@ -219,11 +256,6 @@ def prepare_from_shell(
     machine = shell.machine
     vm = Instance.of_shell(VMDir(shell.folder), record, shell.region, machine, state.root)
     with vm.steps(f"{vm_name}: restore", keep=(CheckpointError, GuestError)):
-        if noxs_init is not None:
-            vm.step = "write the template's NoXS region"
-            if len(noxs_init) != shell.region.size:
-                raise CheckpointError(f"the template's NoXS region is {len(noxs_init)} bytes, {shell.region.size} here")
-            shell.region.raw()[:] = noxs_init
         saved_args = [str(a) for a in meta.get("qemu_args") or []]
         record.pid, record.pid_start = shell.record.pid, shell.record.pid_start
         # The VM's own device args (MAC, forwards) in its record: a later save carries them.
@@ -242,6 +274,7 @@ def prepare_from_shell(
         prepared = PreparedRestore(state, vm, page, bool(meta.get("paused")), t0, timeout)
         prepared.pending_name = vm_name if provisional else None
         prepared.ignore_shared = bool(shell.flavour.template)
+        prepared.loaded = shell.loaded is not None
         return prepared
 
 
@@ -297,7 +330,12 @@ class IncomingPool(ShellPool[IncomingFlavour, IncomingShell]):
     def stats(self) -> list[dict[str, Any]]:
         with self._cond:
             return [
-                {"flavour": f.label(), "ready": len(q), "preparing": self._preparing.get(f, 0)}
+                {
+                    "flavour": f.label(),
+                    "ready": len(q),
+                    "loaded": sum(1 for s in q if s.loaded is not None),  # a template's, stream in
+                    "preparing": self._preparing.get(f, 0),
+                }
                 for f, q in self._shells.items()
             ]
 

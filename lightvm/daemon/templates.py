@@ -3,19 +3,19 @@ folder and ``clone``, through prepared ``-incoming`` shells that map the templat
 
 A template is a flavour of the incoming pool (lightvm/daemon/restore_pool.py) of its
 own: its shells are spawned with the RAM file mapped private (checked when the shell is
-spawned, QEMU inherits the fd), so a restore or a clone taken from one is: check the
-template's header and files (digests remembered by file identity: microseconds once
-seen), write the saved NoXS region and the clone's identity into the shell's page, feed
-the ~70 KiB device state, ``cont``, wait for the guest's acknowledgement. No QEMU start,
-no RAM copied. A restore teaches the pool the template (like any checkpoint kind);
-``lightvm daemon start --incoming DIR`` does it up front, and ``--incoming-size N``
-keeps N shells of it (a clone of N takes N; beyond the ready ones, clones are spawned
-cold, as ``lightvm clone`` does without a daemon).
+spawned, QEMU inherits the fd), the saved NoXS region written and the ~70 KiB device
+state loaded (the same for every VM of the template), so a restore or a clone taken from
+one is: check the template's header and files (digests remembered by file identity:
+microseconds once seen), write the VM's identity into the shell's page, ``cont``, wait
+for the guest's acknowledgement. No QEMU start, no stream, no RAM copied. A restore
+teaches the pool the template (like any checkpoint kind); ``lightvm daemon start
+--incoming DIR`` does it up front, and ``--incoming-size N`` keeps N shells of it (a
+clone of N takes N; beyond the ready ones, clones are spawned cold, as ``lightvm clone``
+does without a daemon).
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 import time
@@ -47,25 +47,32 @@ class TemplateShells:
     def __init__(self, ops: Operations, tdir: Path, checked: dict[str, Any], timeout: float) -> None:
         self.ops, self.tdir, self.checked, self.timeout = ops, tdir, checked, timeout
         self.flavour = IncomingFlavour.of(checked, tdir)
-        self.noxs = base64.b64decode(checked["template"]["noxs"])
         self.lock = threading.Lock()
         self.pool_hits = 0
 
     def prepare(self, tdir: Path, name: str | None, meta: dict[str, Any]) -> PreparedRestore:
         """One VM of the template, named ``name``, with the identity in ``meta``."""
-        from lightvm.mobility.template import prepare_from_template
+        from lightvm.mobility.template import STATE, prepare_from_template, stat_identity
 
         incoming = self.ops.incoming
         shell = incoming.take(self.flavour) if incoming is not None else None
         ts = self.ops._toolstack(self.timeout)
         if shell is None:
             return prepare_from_template(ts, tdir, name, self.timeout, meta=meta)[0]
+        assert incoming is not None
+        try:
+            same = shell.loaded == stat_identity(tdir / STATE)
+        except OSError:
+            same = False
+        if not same:  # it loaded another version of the state file (replaced since): cold
+            shell.discard()
+            incoming.done()
+            return prepare_from_template(ts, tdir, name, self.timeout, meta=meta)[0]
         try:
             with self.lock:
                 self.pool_hits += 1
-            return prepare_from_shell(ts, shell, meta, name, str(tdir), self.timeout, noxs_init=self.noxs)
+            return prepare_from_shell(ts, shell, meta, name, str(tdir), self.timeout)
         finally:
-            assert incoming is not None
             incoming.done()
 
     def learn(self) -> None:

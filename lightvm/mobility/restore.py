@@ -72,6 +72,7 @@ class PreparedRestore:
     pending_name: str | None = None  # provisional: still in the pool folder until commit()
     steps: dict[str, float] = field(default_factory=dict)  # prepare's steps, ms since t0
     ignore_shared: bool = False  # a template's device-state stream (lightvm/mobility/template.py)
+    loaded: bool = False  # the stream is in already (a template's loaded shell: lightvm/daemon/templates.py)
 
     @property
     def vmdir(self) -> VMDir:
@@ -111,38 +112,24 @@ class PreparedRestore:
         (QEMU loads into a paused VM: lightvm/mobility/stream.py's VerifiedFeed).
         ``progress`` gets the feed's position (bytes, left, rate) every
         stream.PROGRESS_EVERY seconds while QEMU loads, and once when the stream is in.
+        A ``loaded`` restore (a template's shell that loaded the stream when it was
+        prepared: lightvm/daemon/restore_pool.py) goes straight to the page and ``cont``.
 
         :raise CheckpointError: the file is corrupted or the stream cannot be loaded
             (nothing of the VM is left; a corrupted file is the reason given first).
         :raise GuestError: the guest does not come back (nothing of the VM is left).
         """
         t1 = time.perf_counter()
-        step = "open checkpoint"
-        feed: VerifiedFeed | None = None
         try:
-            _, layout = read_layout(path)
-            if layout.offset != offset:
-                raise CheckpointError(f"{path}: the file changed since its header was read; restore it again")
-            feed = VerifiedFeed.open(path, layout)
-            step = "load migration stream"
-            feed.start(self.machine, self.ignore_shared)
-            try:
-                check = feed.reporter(progress) if progress is not None else None
-                wait_incoming(self.machine, self.timeout, f"{self.vmdir.name}: restore", check=check)
-            except LightVMError as exc:
-                feed.verify(2.0, mismatch_only=True)  # a corrupted file is the reason, not what QEMU made of it
-                raise qemu_reason(self.machine, exc) from exc
-            step = "verify checkpoint"
-            feed.verify(self.timeout)
-            if progress is not None:
-                progress(feed.progress("completed"))
+            if not self.loaded:
+                load_checkpoint(self.machine, path, offset, self.timeout, self.vmdir.name, self.ignore_shared, progress)
             return self.resume(t1)
         except BaseException as exc:
             self.abort()
             if isinstance(exc, (GuestError, CheckpointError)):
                 raise
             if isinstance(exc, (OSError, LightVMError)):
-                raise CheckpointError(f"{self.vmdir.name}: restore from {path}: {step}: {exc}") from exc
+                raise CheckpointError(f"{self.vmdir.name}: restore from {path}: resume: {exc}") from exc
             raise
 
     def resume(self, t1: float) -> RestoreResult:
@@ -179,6 +166,46 @@ class PreparedRestore:
             return
         self.done = True
         self.vm.abort()
+
+
+def load_checkpoint(
+    machine: Machine,
+    path: Path,
+    offset: int,
+    timeout: float,
+    what: str,
+    ignore_shared: bool = False,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Feed the stream at ``offset`` of ``path`` into ``machine`` (an ``-incoming defer``
+    QEMU), wait until QEMU has loaded it and check the file's digest; the VM stays paused.
+    ``progress``: as :meth:`PreparedRestore.finish`'s.
+
+    :raise CheckpointError: the file is corrupted, changed, or its stream cannot be loaded
+        (a corrupted file is the reason given first). The caller cleans up the QEMU.
+    """
+    step = "open checkpoint"
+    try:
+        _, layout = read_layout(path)
+        if layout.offset != offset:
+            raise CheckpointError(f"{path}: the file changed since its header was read; restore it again")
+        feed = VerifiedFeed.open(path, layout)
+        step = "load migration stream"
+        feed.start(machine, ignore_shared)
+        try:
+            check = feed.reporter(progress) if progress is not None else None
+            wait_incoming(machine, timeout, f"{what}: restore", check=check)
+        except LightVMError as exc:
+            feed.verify(2.0, mismatch_only=True)  # a corrupted file is the reason, not what QEMU made of it
+            raise qemu_reason(machine, exc) from exc
+        step = "verify checkpoint"
+        feed.verify(timeout)
+        if progress is not None:
+            progress(feed.progress("completed"))
+    except (OSError, LightVMError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{what}: restore from {path}: {step}: {exc}") from exc
 
 
 def qemu_reason(machine: Machine, exc: LightVMError) -> LightVMError:
@@ -351,4 +378,4 @@ def restore(
     return prepared.finish(path, offset, progress)
 
 
-__all__ = ["PreparedRestore", "RestoreResult", "prepare_incoming", "restore", "restore_identity"]
+__all__ = ["PreparedRestore", "RestoreResult", "load_checkpoint", "prepare_incoming", "restore", "restore_identity"]

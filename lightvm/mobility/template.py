@@ -78,12 +78,25 @@ class TemplateError(CheckpointError):
 _DIGESTS: dict[tuple[Any, ...], str] = {}
 
 
+def identity_of(st: os.stat_result) -> tuple[int, ...]:
+    """What tells one version of a file from another: device, inode, size, mtime, ctime
+    (a write moves the ctime, which nobody can set back)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def stat_identity(path: Path) -> tuple[int, ...]:
+    """:func:`identity_of` the file at ``path``.
+
+    :raise OSError: it cannot be stat'ed."""
+    return identity_of(os.stat(path))
+
+
 def file_digest(fd: int, path: str, key: bytes | None) -> str:
     """The hex SHA-256 (HMAC-SHA256 with ``key``) of the open file ``fd``, remembered by the
     file's identity: a rewrite changes its ctime (module docstring)."""
     st = os.fstat(fd)
     keyid = hashlib.sha256(key).hexdigest() if key is not None else ""
-    ident = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, keyid)
+    ident = (path, *identity_of(st), keyid)
     known = _DIGESTS.get(ident)
     if known is not None:
         return known
@@ -417,4 +430,5 @@ __all__ = [
     "prepare_from_template",
     "restore_path",
     "restore_template",
+    "stat_identity",
 ]

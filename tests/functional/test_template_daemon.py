@@ -66,6 +66,31 @@ def test_restore_and_clone_from_template_shells(lightvmd: Lightvmd, tmp_path: Pa
         assert text is not None and guest_clock_error(text) <= 2.0
 
 
+def test_template_shells_hold_the_device_state_of_that_very_file(lightvmd: Lightvmd, tmp_path: Path) -> None:
+    """A template's shells load its device state before any request; a shell that loaded
+    another version of ``state.lvm`` (the file replaced since) is not used for it."""
+    lightvmd.start("--incoming-size", "1", pool=None)
+    tdir = tmp_path / "tpl" / "day.lvt"
+    port = _template(lightvmd, tdir)
+    assert lightvmd.cli("restore", str(tdir)).returncode == 0  # cold: teaches the daemon the template
+    assert lightvmd.cli("destroy", "day").returncode == 0
+    assert wait_until(lambda: _ready(lightvmd) >= 1, timeout=60, interval=0.05)
+    (shells,) = [f for f in lightvmd.call("ping")["incoming"] if "template" in f["flavour"]]
+    assert shells["loaded"] == shells["ready"] == 1
+
+    copy = tmp_path / "state.copy"
+    shutil.copy2(tdir / "state.lvm", copy)
+    os.replace(copy, tdir / "state.lvm")  # the same bytes, another file: the shell's is not it
+    r = lightvmd.cli("restore", str(tdir), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["path"] == "cold", r.stderr
+    assert wait_until(lambda: read_daytime("127.0.0.1", port), timeout=10, interval=0.05)
+    assert lightvmd.cli("destroy", "day").returncode == 0
+    assert wait_until(lambda: _ready(lightvmd) >= 1, timeout=60, interval=0.05)
+    r = lightvmd.cli("restore", str(tdir), "--json")  # the refilled shell loaded the new file
+    assert r.returncode == 0 and json.loads(r.stdout)["path"] == "pool", r.stderr
+    assert wait_until(lambda: read_daytime("127.0.0.1", port), timeout=10, interval=0.05)
+
+
 def test_daemon_refuses_altered_template(lightvmd: Lightvmd, tmp_path: Path) -> None:
     lightvmd.start("--incoming-size", "1", pool=None)
     tdir = tmp_path / "tpl" / "day.lvt"
