@@ -30,6 +30,12 @@ many other pytest sessions run on the machine:
   jail     a uid marker in the session's jail dir (a VM's uid not given back)
   cgroup   a VM cgroup under the session's cgroup parent
 
+Outside the session's own places, the session check also looks at the product's defaults
+(the jail dir /run/lightvm-jail and the cgroup parent ``lightvm``): a uid marker or VM
+cgroup that appeared there during the session came from a lightvm process that lost the
+session's environment (a command run over SSH, say), which the checks above cannot see:
+the run fails naming it (it is not removed: it may be another session's).
+
 Anything there after the test that was not there before it is a leak: the test gets an
 error at teardown naming each one, and the guard removes them (SIGKILL, unlink, ip link
 / netns del) so that one failure does not cascade. What a fixture wider than a test
@@ -64,6 +70,8 @@ SHM_ROOT = Path("/dev/shm")
 JAIL_ENV = "LIGHTVM_JAIL_DIR"  # lightvm.jail.DIR_ENV
 CGROUP_ENV = "LIGHTVM_CGROUP_PARENT"  # lightvm.cgroups.PARENT_ENV
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+DEFAULT_JAIL_DIR = Path("/run/lightvm-jail")  # lightvm.jail.DEFAULT_DIR
+DEFAULT_CGROUP_PARENT = "lightvm"  # lightvm.cgroups' default parent
 NETNS_DIR = Path("/run/netns")
 GRACE_S = 3.0  # a process already killed may take a moment to exit
 # Session-long helpers Python itself may start: not a test's leak.
@@ -98,6 +106,7 @@ class LeakGuard:
         self.saved_env: dict[str, str | None] = {}
         self.exempt: set[Leak] = set()
         self.at_start: set[Leak] = set()
+        self.defaults_at_start: set[str] = set()
         self.before: dict[str, set[Leak]] = {}
         self.state_dirs_before: dict[str, int] = {}
 
@@ -115,6 +124,7 @@ class LeakGuard:
         self.shm_dir.mkdir()
         self.shm_dir.chmod(0o1777)  # as /dev/shm itself: a test that drops to nobody makes its NoXS files here too
         self.at_start = self.snapshot()
+        self.defaults_at_start = self.in_defaults()
 
     def finish(self) -> str | None:
         """Remove the session's leaks, its NoXS dir, its variables; the report, if it leaked."""
@@ -132,7 +142,15 @@ class LeakGuard:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-        return self.report(leaks, failed, "the session") if leaks else None
+        stray = sorted(self.in_defaults() - self.defaults_at_start)
+        out = [self.report(leaks, failed, "the session")] if leaks else []
+        if stray:
+            out.append(
+                f"the session left {len(stray)} VM resource(s) in lightvm's default places, not its own"
+                " (a lightvm process ran without the session's LIGHTVM_JAIL_DIR / LIGHTVM_CGROUP_PARENT):"
+            )
+            out += [f"  {path}" for path in stray]
+        return "\n".join(out) or None
 
     # -- what exists now --
 
@@ -192,6 +210,18 @@ class LeakGuard:
                 for n in os.listdir(self.jail_dir / kind):
                     path = self.jail_dir / kind / n
                     found.add(Leak("jail", str(path), f"jail {kind} entry {n} (a VM's uid not given back)"))
+        return found
+
+    def in_defaults(self) -> set[str]:
+        """The uid markers and VM cgroups in lightvm's default jail dir and cgroup parent."""
+        found = set()
+        for kind in ("uids", "vms"):
+            with contextlib.suppress(OSError):
+                found |= {entry.path for entry in os.scandir(DEFAULT_JAIL_DIR / kind)}
+        for hierarchy in ("memory", "pids", ""):
+            with contextlib.suppress(OSError):
+                parent = CGROUP_ROOT / hierarchy / DEFAULT_CGROUP_PARENT
+                found |= {entry.path for entry in os.scandir(parent) if entry.is_dir()}
         return found
 
     def _cgroup_parents(self) -> list[Path]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -88,13 +89,29 @@ def _run(argv: list[str], timeout: float = 60.0) -> str:
     return done.stdout
 
 
+# Where lightvm keeps host resources and what it runs: the SSH side must use the same.
+SHARED_ENV = (
+    "LIGHTVM_JAIL",
+    "LIGHTVM_JAIL_DIR",
+    "LIGHTVM_CGROUP_PARENT",
+    "LIGHTVM_SHM_DIR",
+    "LIGHTVM_CACHE_DIR",
+    "LIGHTVM_IMAGE_DIR",
+    "LIGHTVM_QEMU",
+    "LIGHTVM_CHECKPOINT_KEY_FILE",
+)
+
+
 class SshHost:
     """sshd on ADDR:PORT (keys and config in ``root``), and lightvmd helpers.
 
     By default on 127.0.0.1 and a free port of this namespace; with ``netns`` the sshd,
     the lightvmds and every command of :meth:`start_daemon` run inside that network
     namespace, listening on ``addr`` there. ``env`` goes to the daemons and to the
-    remote command (sshd passes no environment).
+    remote command (sshd passes no environment), over this process's own settings of
+    :data:`SHARED_ENV`: the "remote" host is this machine, and a migrate-receive that
+    allocated jail uids, cgroups or NoXS files somewhere else than this process looks
+    (a test's private jail dir, say) would leave them behind unseen.
     """
 
     def __init__(
@@ -110,11 +127,11 @@ class SshHost:
         self.addr = addr
         self.netns = netns
         self.port = port or _free_port()
-        self.env = dict(env or {})
+        self.env = {k: os.environ[k] for k in SHARED_ENV if k in os.environ} | dict(env or {})
         self.key = root / "id_ed25519"
         self.known_hosts = root / "known_hosts"
         prefix = ["env", *(f"{k}={v}" for k, v in sorted(self.env.items()))] if self.env else []
-        self.remote_command = " ".join([*prefix, sys.executable, "-m", "lightvm.cli"])
+        self.remote_command = " ".join(shlex.quote(a) for a in [*prefix, sys.executable, "-m", "lightvm.cli"])
         self._sshd: subprocess.Popen[bytes] | None = None
         self._daemons: list[Path] = []
         self._made_run_sshd = False
