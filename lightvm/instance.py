@@ -257,16 +257,24 @@ class Instance:
         self.vmdir.write(record)
         return machine
 
-    def up(self, state: str, boot_ms: dict[str, float | None]) -> None:
+    def up(self, state: str, boot_ms: dict[str, float | None], gone_ok: bool = False) -> None:
         """The VM runs: record ``state`` and ``boot_ms``, drop the ``creating`` marker and
         let go of QEMU, the region and the network context (the VM outlives this process).
-        Nothing is undone from here on."""
+        Nothing is undone from here on. ``gone_ok``: a folder that cannot be written
+        (destroyed meanwhile, after a reply that came before this) is not an error.
+
+        :raise OSError: the record cannot be written (nothing is let go: the caller aborts).
+        """
         assert self.machine is not None and self.region is not None
         self.step = "record state"
         self.record.state = state
         self.record.boot_ms = boot_ms
-        self.vmdir.write(self.record)
-        self.vmdir.mark_created()
+        try:
+            self.vmdir.write(self.record)
+            self.vmdir.mark_created()
+        except OSError:
+            if not gone_ok:
+                raise
         self.machine.release()
         self.region.close()
         self.undo.run_only("network context")

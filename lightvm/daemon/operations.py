@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from lightvm.daemon import api
 from lightvm.daemon.events import EventLog, Watcher, note
+from lightvm.daemon.pending import Pending
 from lightvm.daemon.pool import Pool
 from lightvm.daemon.restore_pool import IncomingFlavour, IncomingPool
 from lightvm.daemon.shells import POOL_DIR
@@ -43,8 +43,7 @@ class Operations:
     events: EventLog
     watcher: Watcher
     _tsc_hz: int
-    _threads_lock: threading.Lock
-    _finishing: dict[str, threading.Event]
+    pending: Pending  # bookkeeping after a reply (lightvm/daemon/pending.py)
     _spec_cache: dict[str, tuple[tuple[Any, ...], Any]]
 
     def _handlers(self) -> dict[str, api.Handler]:
@@ -136,7 +135,7 @@ class Operations:
                     from lightvm.daemon.execute import execute_deferred
 
                     assert pool is not None
-                    self._begin(n)
+                    self.pending.begin(n)
                     try:
                         result, finish = execute_deferred(
                             shell, self.state, spec, n, self._tsc_hz, t0, timeout, pool.net_context
@@ -201,22 +200,8 @@ class Operations:
             self.events, _arg(args, "since", int) or 0, _arg(args, "vm", str), bool(_arg(args, "follow", bool))
         )
 
-    # A pool create answers at READY and completes its record right after (execute.py,
-    # execute_deferred); operations on that name wait for it meanwhile.
-
-    def _begin(self, name: str) -> None:
-        with self._threads_lock:
-            self._finishing[name] = threading.Event()
-
-    def _settled(self, name: str) -> None:
-        """The bookkeeping :meth:`_begin` announced for ``name`` is done."""
-        with self._threads_lock:
-            event = self._finishing.pop(name, None)
-        if event is not None:
-            event.set()
-
     def _end(self, name: str) -> None:
-        self._settled(name)
+        self.pending.settled(name)
         if self.pool is not None:
             self.pool.done()  # the refill may spawn again (taken in pool.take)
 
@@ -225,13 +210,6 @@ class Operations:
             finish()
         finally:
             self._end(name)
-
-    def _settle(self, names: list[str] | None = None) -> None:
-        """Wait (bounded) until the named VMs' (or all) pending bookkeeping is done."""
-        with self._threads_lock:
-            events = [e for n, e in self._finishing.items() if names is None or n in names]
-        for event in events:
-            event.wait(10.0)
 
     def _load_spec(self, config: str) -> Any:
         """``load_spec`` cached on the (config, kernel, firmware) files' identity and mtime:
@@ -262,19 +240,19 @@ class Operations:
         return spec
 
     def op_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        self._settle()  # a VM answered READY a moment ago lists as running, not creating
+        self.pending.wait()  # a VM answered READY a moment ago lists as running, not creating
         return [i.as_dict() for i in self._toolstack().list()]
 
     def op_info(self, args: dict[str, Any]) -> dict[str, Any]:
         name = _arg(args, "name", str, required=True)
-        self._settle([name])
+        self.pending.wait([name])
         info: dict[str, Any] = self._toolstack().info(name)
         return info
 
     def op_destroy(self, args: dict[str, Any]) -> dict[str, Any]:
         ts = self._toolstack()
         if _arg(args, "all", bool):
-            self._settle()
+            self.pending.wait()
             for vm in ts.list():
                 self.watcher.expect_exit(vm.name)
             gone = ts.destroy_all()
@@ -284,7 +262,7 @@ class Operations:
         names = _arg(args, "names", list, required=True)
         if not all(isinstance(n, str) for n in names):
             raise SpecError("'names' must be a list of strings")
-        self._settle(names)
+        self.pending.wait(names)
         errors = []
         done = []
         for n in names:
@@ -303,7 +281,7 @@ class Operations:
 
     def op_shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
         name = _arg(args, "name", str, required=True)
-        self._settle([name])
+        self.pending.wait([name])
         self.watcher.expect_exit(name)
         ms = self._toolstack().shutdown(
             name,
@@ -315,14 +293,14 @@ class Operations:
 
     def op_pause(self, args: dict[str, Any]) -> dict[str, Any]:
         name = _arg(args, "name", str, required=True)
-        self._settle([name])
+        self.pending.wait([name])
         ms = self._toolstack().pause(name)
         self.events.emit("paused", name)
         return {"ms": ms}
 
     def op_unpause(self, args: dict[str, Any]) -> dict[str, Any]:
         name = _arg(args, "name", str, required=True)
-        self._settle([name])
+        self.pending.wait([name])
         ms = self._toolstack().unpause(name)
         self.events.emit("resumed", name)
         return {"ms": ms}
@@ -365,7 +343,7 @@ class Operations:
         if flavour is not None:
             self.incoming.learn(flavour)  # the next restore of this kind finds a shell
 
-    def op_restore(self, args: dict[str, Any]) -> dict[str, Any] | api.Takeover:
+    def op_restore(self, args: dict[str, Any]) -> dict[str, Any] | api.Deferred | api.Takeover:
         """Restore a checkpoint file. With ``progress``, as ``migrate``'s: the connection
         then carries ``{"progress": {...}}`` lines while QEMU loads the stream and one
         ``{"result": ...}`` or ``{"error": ...}`` line at the end."""
@@ -383,12 +361,18 @@ class Operations:
                 with contextlib.suppress(OSError):
                     say({"error": api.error_body(exc)})
                 return rest
-            say({"result": out})
+            deferred = out if isinstance(out, api.Deferred) else None  # a template's: record after the answer
+            with contextlib.suppress(OSError):
+                say({"result": deferred.result if deferred is not None else out})
+            if deferred is not None:
+                deferred.after()
             return rest
 
         return api.Takeover({"stream": "progress"}, run)
 
-    def _restore(self, args: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    def _restore(
+        self, args: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None
+    ) -> dict[str, Any] | api.Deferred:
         from lightvm.mobility.format import read_header
 
         t0 = time.perf_counter()
@@ -514,7 +498,7 @@ class Operations:
         name = _arg(args, "name", str, required=True)
         target = self._target(args)
         timeout = float(_arg(args, "timeout", (int, float)) or 30.0)
-        self._settle([name])
+        self.pending.wait([name])
         ts = self._toolstack(timeout)
         try:
             session = self.sessions.get(target)
@@ -533,7 +517,7 @@ class Operations:
             t0=t0,
             progress=progress,
         )
-        self._begin(name)  # list/info/destroy of the name wait for the teardown
+        self.pending.begin(name)  # list/info/destroy of the name wait for the teardown
 
         def after() -> None:
             t1 = time.perf_counter()
@@ -542,7 +526,7 @@ class Operations:
             try:
                 teardown()
             finally:
-                self._settled(name)
+                self.pending.settled(name)
             self.log(f"migrated {name}: source removed {(time.perf_counter() - t1) * 1000:.1f} ms after the reply")
             session.keep_spare()
 

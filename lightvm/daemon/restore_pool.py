@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import os
 import time
+import uuid as uuidlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +86,8 @@ class IncomingFlavour:
         if spec.get("initrd"):  # a Linux guest's machine differs (lightvm/linux.py): cold restore
             return None
         if not all(isinstance(v, dict) and v.get("mode") == "user" for v in vifs):
+            return None
+        if template is not None and meta.get("paused"):  # its shells run their guest: cold
             return None
         try:
             return cls(
@@ -142,6 +145,7 @@ class IncomingShell:
     # time): the identity (stat_identity) of the state file it loaded, None for a shell
     # still waiting for its stream.
     loaded: tuple[int, ...] | None = None
+    running: bool = False  # a template's shell whose guest runs (prepare_template_shell)
 
     def discard(self) -> None:
         """Kill its QEMU, remove its NoXS file and folder."""
@@ -185,13 +189,19 @@ def prepare_template_shell(
     timeout: float,
 ) -> IncomingShell:
     """A shell of a template, checked now (QEMU inherits the RAM file's fd: template.py),
-    with the template's NoXS region written and its device state loaded: a VM taken from
-    it only gets its identity in the page and ``cont`` (the ~5 ms of feeding and loading
-    the stream are out of the request).
+    with the template's NoXS region written, its device state loaded, and its guest
+    running under a placeholder identity, idle: a VM taken from it only gets its
+    identity in the page (the guest follows as after any restore: it re-reads the page
+    and re-bases its clock). Out of the request: feeding and loading the stream (~5 ms),
+    ``cont``, and the guest's first steps in a new QEMU, whose code TCG translates on
+    first use (resuming a template's guest took 1.6-4.5 ms from ``cont`` to the guest's
+    acknowledgement; a shell's guest that already ran answers a page like a pooled
+    create's). A template saved paused is not pooled (IncomingFlavour.of).
 
     :raise LightVMError: the template is refused or QEMU could not load it (nothing is left).
     """
-    from lightvm.mobility.restore import load_checkpoint
+    from lightvm.mobility.format import page_from_json
+    from lightvm.mobility.restore import load_checkpoint, wait_guest_follows
     from lightvm.mobility.template import STATE, TemplateError, check_template, stat_identity
 
     tdir = Path(flavour.template)
@@ -210,12 +220,16 @@ def prepare_template_shell(
         if len(noxs) != vm.region.size:
             raise TemplateError(f"{tdir}: the template's NoXS region is {len(noxs)} bytes, {vm.region.size} here")
         vm.region.raw()[:] = noxs
-        load_checkpoint(vm.machine, tdir / STATE, layout.offset, timeout, f"shell {vm.record.id}", ignore_shared=True)
+        what = f"shell {vm.record.id}"
+        load_checkpoint(vm.machine, tdir / STATE, layout.offset, timeout, what, ignore_shared=True)
+        vm.region.write_config(page_from_json(meta["page"], what.replace(" ", "-"), uuidlib.uuid4()))
+        cont_id = vm.machine.resume(wait=False)
+        wait_guest_follows(vm.machine, vm.region, timeout, what, cont_id)
     except BaseException:
         vm.abort()
         raise
     shell = IncomingShell(vm.record.id, flavour, vm.vmdir.path, vm.machine, vm.region, vm.record, time.monotonic())
-    shell.loaded = loaded
+    shell.loaded, shell.running = loaded, True
     return shell
 
 
@@ -262,19 +276,16 @@ def prepare_from_shell(
         record.argv = [*machine.argv[: len(machine.argv) - len(shell.flavour.device_args) - 3], *saved_args, "-S"]
         if meta["vifs"]:
             record.devices["vifs"] = list(meta["vifs"])
-        vm.vmdir.write(record)
-        vm.step = "add host forwards"
-        for netdev, rule in normalise(saved_args)[1]:
-            said = machine.qmp.execute(
-                "human-monitor-command", {"command-line": f"hostfwd_add {netdev} {rule}"}, timeout=5.0
-            )
-            if isinstance(said, str) and said.strip():
-                raise LightVMError(f"hostfwd {rule}: {said.strip()}")
+        # The record is written once, when the VM runs (PreparedRestore.resume): until then
+        # the folder holds the shell's, which names the QEMU's PID and NoXS file, all a
+        # destroy after a kill -9 needs.
         page = page_from_json(meta["page"], vm_name, vm_uuid)
         prepared = PreparedRestore(state, vm, page, bool(meta.get("paused")), t0, timeout)
+        prepared.forwards = normalise(saved_args)[1]  # queued with cont (PreparedRestore.resume)
         prepared.pending_name = vm_name if provisional else None
         prepared.ignore_shared = bool(shell.flavour.template)
         prepared.loaded = shell.loaded is not None
+        prepared.running = shell.running
         return prepared
 
 

@@ -55,6 +55,7 @@ from typing import Any
 from lightvm.daemon import api, sdnotify
 from lightvm.daemon.events import EventLog, Watcher, exit_kind
 from lightvm.daemon.operations import Operations
+from lightvm.daemon.pending import Pending
 from lightvm.daemon.pool import Pool, poolable
 from lightvm.daemon.restore_pool import IncomingFlavour, IncomingPool
 from lightvm.daemon.ssh_sessions import Sessions
@@ -132,7 +133,7 @@ class Daemon(Operations):
         self._idle = 0  # workers waiting on the queue (under _threads_lock)
         self._queue: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
         self._tsc_hz = 0
-        self._finishing: dict[str, threading.Event] = {}
+        self.pending = Pending()
         self._spec_cache: dict[str, tuple[tuple[Any, ...], Any]] = {}
         self.handlers: dict[str, api.Handler] = self._handlers()
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 import uuid as uuidlib
 from collections.abc import Callable
@@ -73,6 +74,11 @@ class PreparedRestore:
     steps: dict[str, float] = field(default_factory=dict)  # prepare's steps, ms since t0
     ignore_shared: bool = False  # a template's device-state stream (lightvm/mobility/template.py)
     loaded: bool = False  # the stream is in already (a template's loaded shell: lightvm/daemon/templates.py)
+    running: bool = False  # ... and its guest runs (idle, placeholder identity): no cont
+    commit_on_resume: bool = False  # a provisional restore whose commit() is done while the guest wakes
+    forwards: list[tuple[str, str]] = field(default_factory=list)  # (netdev, rule) added at resume: a shell's
+    defer_record: bool = False  # resume() leaves the record to settle() (lightvmd: after its reply)
+    settle: Callable[[], None] = field(default=lambda: None)  # writes the record (set by resume)
 
     @property
     def vmdir(self) -> VMDir:
@@ -133,20 +139,51 @@ class PreparedRestore:
             raise
 
     def resume(self, t1: float) -> RestoreResult:
-        """After the stream is in: rewrite the page identity, ``cont``, wait for the guest.
+        """After the stream is in: add the host forwards, rewrite the page identity,
+        ``cont``, wait for the guest. With ``defer_record`` the VM's record is written by
+        :meth:`settle`, which the caller runs after it answered.
+
+        The QMP commands are queued, not waited on one by one, and what is not needed to
+        wake the guest comes after its wake-up (QEMU runs commands in order): ``cont``
+        (its reply came 1-3 ms after the request under TCG, the guest's acknowledgement
+        0.1 ms after that: the acknowledgement proves it worked), the NMI, then the host
+        forwards (~0.8 ms of QEMU's time each) and, with ``commit_on_resume``, the
+        folder's move to ``vms/NAME`` (~0.6 ms) while the guest wakes. The reply waits
+        for all of them: a forward QEMU refused, or a name taken meanwhile, fails the
+        restore after all.
 
         :raise LightVMError: QEMU or the guest fails (the caller aborts).
         """
+        qmp = self.machine.qmp
+        forwards: list[tuple[str, int]] = []
+
+        def meanwhile() -> None:  # while the guest wakes
+            forwards.extend(
+                (rule, qmp.send("human-monitor-command", {"command-line": f"hostfwd_add {netdev} {rule}"}))
+                for netdev, rule in self.forwards
+            )
+            if self.commit_on_resume:
+                self.commit()
+
         self.region.write_config(self.page)
-        if not self.paused:
-            self.machine.resume(wait=True)
-            wait_guest_follows(self.machine, self.region, self.timeout, self.vmdir.name)
+        if self.paused:
+            meanwhile()
+        else:
+            cont_id = None if self.running else self.machine.resume(wait=False)
+            wait_guest_follows(self.machine, self.region, self.timeout, self.vmdir.name, cont_id, meanwhile)
+        for rule, cmd_id in forwards:
+            said = qmp.wait(cmd_id, 5.0, "hostfwd_add")
+            if isinstance(said, str) and said.strip():
+                raise LightVMError(f"hostfwd {rule}: {said.strip()}")
         t_done = time.perf_counter()
         boot = self.region.boot_record()
         record = self.record
         ms = round((t_done - self.t0) * 1000, 3)
         state = VMStatus.PAUSED.value if self.paused else VMStatus.RUNNING.value
-        self.vm.up(state, {"ready": ms, "restore": ms, "resume": round((t_done - t1) * 1000, 3)})
+        boot_ms: dict[str, float | None] = {"ready": ms, "restore": ms, "resume": round((t_done - t1) * 1000, 3)}
+        self.settle = functools.partial(self.vm.up, state, boot_ms, gone_ok=self.defer_record)
+        if not self.defer_record:
+            self.settle()
         self.done = True
         assert record.pid is not None
         return RestoreResult(
@@ -224,11 +261,24 @@ def page_generation(region: NoxsRegion) -> int:
         del page
 
 
-def wait_guest_follows(machine: Machine, region: NoxsRegion, timeout: float, what: str) -> None:
+FOLLOW_POLL_S = 0.00005  # the boot record polled this often for the first FOLLOW_FAST_S ...
+FOLLOW_FAST_S = 0.05  # ... (a guest follows within ~1 ms), then backing off to 5 ms
+
+
+def wait_guest_follows(
+    machine: Machine,
+    region: NoxsRegion,
+    timeout: float,
+    what: str,
+    cont_id: int | None = None,
+    meanwhile: Callable[[], None] | None = None,
+) -> None:
     """Wake the guest (NMI doorbell) and wait until it has seen the rewritten page.
 
     The guest acknowledges a new page generation from its idle loop (and re-bases its
-    wall clock): proof that its vCPU runs the restored state, not a reboot.
+    wall clock): proof that its vCPU runs the restored state, not a reboot. ``cont_id``:
+    a ``cont`` queued and not waited on; its error reply fails the wait at once.
+    ``meanwhile`` runs once the wake-up is queued (its errors go up).
 
     :raise GuestError: the guest is not READY or does not follow within ``timeout``.
     """
@@ -236,18 +286,25 @@ def wait_guest_follows(machine: Machine, region: NoxsRegion, timeout: float, wha
     if region.rings_nmi_doorbell():
         with contextlib.suppress(QMPError):
             machine.qmp.send("inject-nmi")
+    if meanwhile is not None:
+        meanwhile()
     deadline = Deadline(timeout)
-    delay = 0.0002
+    fast_until = time.perf_counter() + FOLLOW_FAST_S
+    delay = FOLLOW_POLL_S
     while True:
         record = region.boot_record()
         if record.state is not BootState.READY:
             raise GuestError(f"{what}: guest is {record.state.name} after the restore, not READY: {record.message}")
         if record.generation_seen == generation:
             return
+        said = machine.qmp.reply(cont_id) if cont_id is not None else None
+        if said is not None and "error" in said:
+            raise GuestError(f"{what}: QEMU refused cont: {said['error'].get('desc', said['error'])}")
         if deadline.expired() or not machine.is_running():
             raise GuestError(f"{what}: guest did not resume within {timeout:.1f} s (page generation not seen)")
         machine.qmp.pump(delay)
-        delay = min(delay * 2, 0.005)
+        if time.perf_counter() >= fast_until:
+            delay = min(delay * 2, 0.005)
 
 
 def pinned_spec(spec: VMSpec, saved_vifs: list[dict[str, Any]]) -> VMSpec:

@@ -91,18 +91,31 @@ def test_template_shells_hold_the_device_state_of_that_very_file(lightvmd: Light
     assert wait_until(lambda: read_daytime("127.0.0.1", port), timeout=10, interval=0.05)
 
 
-def test_daemon_refuses_altered_template(lightvmd: Lightvmd, tmp_path: Path) -> None:
-    lightvmd.start("--incoming-size", "1", pool=None)
-    tdir = tmp_path / "tpl" / "day.lvt"
-    _template(lightvmd, tdir)
-    bad = tmp_path / "tpl" / "bad.lvt"
-    shutil.copytree(tdir, bad)
-    os.chmod(bad / "ram", 0o600)
-    with open(bad / "ram", "r+b") as f:
+def _flip_ram_byte(tdir: Path) -> None:
+    os.chmod(tdir / "ram", 0o600)
+    with open(tdir / "ram", "r+b") as f:
         f.seek(4096)
         byte = f.read(1)
         f.seek(4096)
         f.write(bytes([byte[0] ^ 0x5A]))
+
+
+def test_daemon_refuses_altered_template(lightvmd: Lightvmd, tmp_path: Path) -> None:
+    lightvmd.start("--incoming-size", "1", pool=None)
+    tdir = tmp_path / "tpl" / "day.lvt"
+    _template(lightvmd, tdir)
+    for _ in range(3):  # the daemon keeps the check of a template it has seen (templates.checked_layout)
+        assert lightvmd.cli("restore", str(tdir)).returncode == 0
+        assert lightvmd.cli("destroy", "day").returncode == 0
+    _flip_ram_byte(tdir)  # in place, after the check was kept: it is made again
+    r = lightvmd.cli("restore", str(tdir))
+    assert r.returncode == 1 and "corrupted template RAM" in r.stderr, r.stderr
+    _flip_ram_byte(tdir)  # back as it was: accepted again
+    assert lightvmd.cli("restore", str(tdir)).returncode == 0
+    assert lightvmd.cli("destroy", "day").returncode == 0
+    bad = tmp_path / "tpl" / "bad.lvt"
+    shutil.copytree(tdir, bad)
+    _flip_ram_byte(bad)
     r = lightvmd.cli("restore", str(bad))
     assert r.returncode == 1 and "corrupted template RAM" in r.stderr, r.stderr
     r = lightvmd.cli("clone", str(bad), "-n", "2")
