@@ -377,7 +377,8 @@ def cmd_daemon_status(args: argparse.Namespace) -> int:
         if pool.get("last_path"):
             print(f"  last create: path: {pool['last_path']}")
     for f in info.get("incoming") or []:
-        print(f"  incoming {f['flavour']}: {f['ready']} ready, {f['preparing']} preparing")
+        loaded = f" ({f['loaded']} with the template loaded)" if f.get("loaded") else ""
+        print(f"  incoming {f['flavour']}: {f['ready']} ready{loaded}, {f['preparing']} preparing")
     for s in info.get("ssh") or []:
         print(_session_line(s))
     return 0

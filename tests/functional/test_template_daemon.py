@@ -77,6 +77,8 @@ def test_template_shells_hold_the_device_state_of_that_very_file(lightvmd: Light
     assert wait_until(lambda: _ready(lightvmd) >= 1, timeout=60, interval=0.05)
     (shells,) = [f for f in lightvmd.call("ping")["incoming"] if "template" in f["flavour"]]
     assert shells["loaded"] == shells["ready"] == 1
+    status = lightvmd.cli("daemon", "status")
+    assert status.returncode == 0 and "1 ready (1 with the template loaded)" in status.stdout, status.stdout
 
     copy = tmp_path / "state.copy"
     shutil.copy2(tdir / "state.lvm", copy)
