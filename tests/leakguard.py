@@ -31,10 +31,11 @@ many other pytest sessions run on the machine:
   cgroup   a VM cgroup under the session's cgroup parent
 
 Outside the session's own places, the session check also looks at the product's defaults
-(the jail dir /run/lightvm-jail and the cgroup parent ``lightvm``): a uid marker or VM
-cgroup that appeared there during the session came from a lightvm process that lost the
-session's environment (a command run over SSH, say), which the checks above cannot see:
-the run fails naming it (it is not removed: it may be another session's).
+(the jail dir /run/lightvm-jail and the cgroup parent ``lightvm``): a uid marker whose
+QEMU is gone, or an empty VM cgroup, that appeared there during the session came from a
+lightvm process that lost the session's environment (a command run over SSH, say),
+which the checks above cannot see: the run fails naming it (it is not removed: it may be
+another session's). A VM running there (a developer's own) is not counted.
 
 Anything there after the test that was not there before it is a leak: the test gets an
 error at teardown naming each one, and the guard removes them (SIGKILL, unlink, ip link
@@ -91,6 +92,17 @@ class Leak:
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def _holder_alive(marker: Path) -> bool:
+    """Whether the process a jail uid marker names ("PID START VM_ID") still runs."""
+    try:
+        pid, start = (int(x) for x in marker.read_text().split()[:2])
+        stat_ = _read(f"/proc/{pid}/stat")
+    except (OSError, ValueError):
+        return False
+    rest = stat_[stat_.rfind(b")") + 2 :].split()
+    return rest[0] not in (b"Z", b"X") and (not start or int(rest[19]) == start)
 
 
 class LeakGuard:
@@ -213,15 +225,25 @@ class LeakGuard:
         return found
 
     def in_defaults(self) -> set[str]:
-        """The uid markers and VM cgroups in lightvm's default jail dir and cgroup parent."""
+        """The uid markers and VM cgroups in lightvm's default jail dir and cgroup parent
+        that no live VM holds (a VM running there, someone's own, is not a leak): a uid
+        marker ("PID START VM_ID") whose QEMU is gone, an index entry whose marker is, a
+        cgroup with no process."""
         found = set()
-        for kind in ("uids", "vms"):
-            with contextlib.suppress(OSError):
-                found |= {entry.path for entry in os.scandir(DEFAULT_JAIL_DIR / kind)}
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(DEFAULT_JAIL_DIR / "uids"):
+                if not _holder_alive(Path(entry.path)):
+                    found.add(entry.path)
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(DEFAULT_JAIL_DIR / "vms"):
+                if not _holder_alive(DEFAULT_JAIL_DIR / "uids" / os.path.basename(os.readlink(entry.path))):
+                    found.add(entry.path)
         for hierarchy in ("memory", "pids", ""):
             with contextlib.suppress(OSError):
-                parent = CGROUP_ROOT / hierarchy / DEFAULT_CGROUP_PARENT
-                found |= {entry.path for entry in os.scandir(parent) if entry.is_dir()}
+                for entry in os.scandir(CGROUP_ROOT / hierarchy / DEFAULT_CGROUP_PARENT):
+                    with contextlib.suppress(OSError):
+                        if entry.is_dir() and not _read(os.path.join(entry.path, "cgroup.procs")).strip():
+                            found.add(entry.path)
         return found
 
     def _cgroup_parents(self) -> list[Path]:
