@@ -244,8 +244,9 @@ def prepare_from_shell(
 ) -> PreparedRestore:
     """Like :func:`lightvm.mobility.restore.prepare_incoming`, with an ``-incoming defer`` QEMU
     spawned ahead of time: the shell becomes the VM (its folder renamed to the VM's,
-    or with ``provisional`` only at :meth:`PreparedRestore.commit`), its host forwards are
-    added; the shell is consumed whatever happens.
+    or with ``provisional`` only at :meth:`PreparedRestore.commit`), its host forwards go
+    in when it resumes (:meth:`PreparedRestore.resume` queues them with the guest's
+    wake-up); the shell is consumed whatever happens.
 
     A template's shell comes loaded (:func:`prepare_template_shell`): the PreparedRestore
     only writes the page and resumes.

@@ -3,11 +3,12 @@ folder and ``clone``, through prepared ``-incoming`` shells that map the templat
 
 A template is a flavour of the incoming pool (lightvm/daemon/restore_pool.py) of its
 own: its shells are spawned with the RAM file mapped private (checked when the shell is
-spawned, QEMU inherits the fd), the saved NoXS region written and the ~70 KiB device
-state loaded (the same for every VM of the template), so a restore or a clone taken from
-one is: check the template's header and files (digests remembered by file identity:
-microseconds once seen), write the VM's identity into the shell's page, ``cont``, wait
-for the guest's acknowledgement. No QEMU start, no stream, no RAM copied. A restore
+spawned, QEMU inherits the fd), the saved NoXS region written, the ~70 KiB device state
+loaded (the same for every VM of the template) and the guest resumed under a placeholder
+identity, idle (restore_pool.prepare_template_shell). A restore or a clone taken from one
+is: the template's check (kept per folder while its files keep their identity), the VM's
+identity written into the shell's page, the NMI doorbell, the guest's acknowledgement;
+the record after the reply. No QEMU start, no stream, no ``cont``, no RAM copied. A restore
 teaches the pool the template (like any checkpoint kind); ``lightvm daemon start
 --incoming DIR`` does it up front, and ``--incoming-size N`` keeps N shells of it (a
 clone of N takes N; beyond the ready ones, clones are spawned cold, as ``lightvm clone``
@@ -93,6 +94,7 @@ class TemplateShells:
 CHECKED_MAX = 64
 # template folder -> (identities of its files when the check passed, or None; header; offset)
 _CHECKED: dict[Path, tuple[tuple[Any, ...] | None, dict[str, Any], int]] = {}
+_CHECKED_LOCK = threading.Lock()  # the daemon's worker threads share it
 
 
 def _identities(tdir: Path, meta: dict[str, Any]) -> tuple[Any, ...]:
@@ -127,7 +129,8 @@ def checked_layout(tdir: Path) -> tuple[dict[str, Any], int]:
     """
     from lightvm.mobility.template import check_template
 
-    known = _CHECKED.get(tdir)
+    with _CHECKED_LOCK:
+        known = _CHECKED.get(tdir)
     before = None
     if known is not None:
         try:
@@ -142,9 +145,10 @@ def checked_layout(tdir: Path) -> tuple[dict[str, Any], int]:
         after = _identities(tdir, meta)
     except (OSError, KeyError, TypeError):
         after = None
-    if len(_CHECKED) >= CHECKED_MAX and tdir not in _CHECKED:
-        _CHECKED.pop(next(iter(_CHECKED)))  # the oldest (a clone of a VM uses a new folder each time)
-    _CHECKED[tdir] = (after if after is not None and after == before else None, meta, layout.offset)
+    with _CHECKED_LOCK:
+        if len(_CHECKED) >= CHECKED_MAX and tdir not in _CHECKED:
+            _CHECKED.pop(next(iter(_CHECKED)))  # the oldest (a clone of a VM uses a new folder each time)
+        _CHECKED[tdir] = (after if after is not None and after == before else None, meta, layout.offset)
     return meta, layout.offset
 
 
