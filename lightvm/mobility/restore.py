@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightvm.errors import GuestError, LaunchError, LightVMError, QMPError
+from lightvm.errors import GuestError, LaunchError, LightVMError, NetworkError, QMPError
 from lightvm.instance import Instance, NetNamespace, adopt
 from lightvm.machine import Machine
 from lightvm.mobility.format import CheckpointError, page_from_json, read_header, read_layout
@@ -119,7 +119,8 @@ class PreparedRestore:
         ``progress`` gets the feed's position (bytes, left, rate) every
         stream.PROGRESS_EVERY seconds while QEMU loads, and once when the stream is in.
         A ``loaded`` restore (a template's shell that loaded the stream when it was
-        prepared: lightvm/daemon/restore_pool.py) goes straight to the page and ``cont``.
+        prepared: lightvm/daemon/restore_pool.py) goes straight to the page (and ``cont``,
+        unless the shell's guest runs already).
 
         :raise CheckpointError: the file is corrupted or the stream cannot be loaded
             (nothing of the VM is left; a corrupted file is the reason given first).
@@ -132,7 +133,7 @@ class PreparedRestore:
             return self.resume(t1)
         except BaseException as exc:
             self.abort()
-            if isinstance(exc, (GuestError, CheckpointError)):
+            if isinstance(exc, (GuestError, CheckpointError, NetworkError)):
                 raise
             if isinstance(exc, (OSError, LightVMError)):
                 raise CheckpointError(f"{self.vmdir.name}: restore from {path}: resume: {exc}") from exc
@@ -174,7 +175,7 @@ class PreparedRestore:
         for rule, cmd_id in forwards:
             said = qmp.wait(cmd_id, 5.0, "hostfwd_add")
             if isinstance(said, str) and said.strip():
-                raise LightVMError(f"hostfwd {rule}: {said.strip()}")
+                raise NetworkError(f"{self.vmdir.name}: hostfwd {rule}: {said.strip()}; is the host port free?")
         t_done = time.perf_counter()
         boot = self.region.boot_record()
         record = self.record

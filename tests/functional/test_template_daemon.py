@@ -93,6 +93,32 @@ def test_template_shells_hold_the_device_state_of_that_very_file(lightvmd: Light
     assert wait_until(lambda: read_daytime("127.0.0.1", port), timeout=10, interval=0.05)
 
 
+def test_a_template_restore_whose_port_is_taken_fails_and_leaves_nothing(lightvmd: Lightvmd, tmp_path: Path) -> None:
+    """The forwards go in while the guest wakes (PreparedRestore.resume): one that QEMU
+    refuses still fails the restore, as a network error, and the taken shell is gone."""
+    import socket
+
+    lightvmd.start("--incoming-size", "1", pool=None)
+    tdir = tmp_path / "tpl" / "day.lvt"
+    port = _template(lightvmd, tdir)
+    assert lightvmd.cli("restore", str(tdir)).returncode == 0  # cold: teaches the daemon the template
+    assert lightvmd.cli("destroy", "day").returncode == 0
+    assert wait_until(lambda: _ready(lightvmd) >= 1, timeout=60, interval=0.05)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # over the last VM's TIME_WAIT
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        r = lightvmd.cli("restore", str(tdir), "--json")
+        assert r.returncode == 1, r.stdout
+        error = json.loads(r.stdout)
+        assert error["kind"] == "NetworkError" and "is the host port free" in error["error"], error
+        assert lightvmd.call("list") == []
+    assert wait_until(lambda: _ready(lightvmd) >= 1, timeout=60, interval=0.05)
+    r = lightvmd.cli("restore", str(tdir), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["path"] == "pool", r.stderr
+    assert wait_until(lambda: read_daytime("127.0.0.1", port), timeout=10, interval=0.05)
+
+
 def _flip_ram_byte(tdir: Path) -> None:
     os.chmod(tdir / "ram", 0o600)
     with open(tdir / "ram", "r+b") as f:
