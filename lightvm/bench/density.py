@@ -72,6 +72,13 @@ def _lightvm_split(opts: SuiteOptions) -> Fleet:
     return SplitFleet(app="noop", bg_app=opts.app, accel=opts.accel, publish=opts.app == "daytime")
 
 
+def _lightvm_clone(opts: SuiteOptions) -> Fleet:
+    from lightvm.bench.clonefleet import LightvmCloneFleet
+
+    port = DAYTIME_PORT if opts.app == "daytime" else None
+    return LightvmCloneFleet(guest_spec(opts.app), opts.accel, port)
+
+
 def _variants() -> list[Variant]:
     from lightvm.bench.boot import VARIANTS as BOOT
     from lightvm.bench.boot import Variant
@@ -79,6 +86,9 @@ def _variants() -> list[Variant]:
     mine = [
         Variant("lightvm-cold", "lightvm", _lightvm_cold, lambda: None, "Toolstack.create, cold path (NoXS, no pool)"),
         Variant("lightvm-split", "lightvm", _lightvm_split, lambda: None, "created through lightvmd (pool daemon)"),
+        Variant(
+            "lightvm-clone", "lightvm", _lightvm_clone, lambda: None, "clones of one template (its RAM mapped private)"
+        ),
     ]
     return [*mine, *(v for v in BOOT if v.kind == "baseline")]
 
@@ -100,9 +110,9 @@ def register(variant: Variant) -> None:
 
 
 def variants() -> list[Variant]:
-    """Every density variant: lightvm's cold and split, the registered ones, the baselines."""
+    """Every density variant: lightvm's cold, split and clones, the registered ones, the baselines."""
     base = _variants()
-    return [*base[:2], *_REGISTERED, *base[2:]]
+    return [*(v for v in base if v.kind == "lightvm"), *_REGISTERED, *(v for v in base if v.kind != "lightvm")]
 
 
 def _limits() -> fleetguard.Limits:

@@ -65,6 +65,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_run(count: int) -> int:
+    """A first port P with P .. P+count-1 free on 127.0.0.1 now (clones publish P+i).
+
+    :raise LightVMError: no such run was found in 100 tries.
+    """
+    for _ in range(100):
+        first = free_port()
+        if first + count > 65000:
+            continue
+        socks: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise LightVMError(f"no run of {count} free ports on 127.0.0.1")
+
+
 def read_daytime(port: int, timeout: float = QUERY_TIMEOUT_S) -> bytes:
     """One RFC 867 query to 127.0.0.1:``port``: the line the guest sent (b"" on any failure)."""
     data = b""

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.bench.runner import Benchmark, Result, Sample
-from lightvm.bench.split import daemon_answers, daemon_call, free_port, read_daytime
+from lightvm.bench.split import daemon_answers, daemon_call, free_port, free_port_run, read_daytime
 from lightvm.bench.suite import SuiteOptions
 from lightvm.errors import LightVMError
 from lightvm.util import wait_until
@@ -134,7 +134,7 @@ class _Templates:
             ms = (time.perf_counter() - t0) * 1000
             self._answered([self.port])
             return {"ms": ms}
-        first = _free_run(n)
+        first = free_port_run(n)
         ports = list(range(first, first + n))
         publish = f"127.0.0.1:{first}:13"
         t0 = time.perf_counter()
@@ -172,29 +172,6 @@ class _Templates:
         with contextlib.suppress(Exception):
             self._clean()
         self._tmp.cleanup()
-
-
-def _free_run(count: int) -> int:
-    """A first port P with P .. P+count-1 free on 127.0.0.1."""
-    import socket
-
-    for _ in range(100):
-        first = free_port()
-        if first + count > 65000:
-            continue
-        try:
-            socks = []
-            for p in range(first, first + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return first
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise LightVMError(f"no run of {count} free ports")
 
 
 def benchmarks(opts: SuiteOptions, stack: contextlib.ExitStack) -> list[Benchmark]:

@@ -47,13 +47,30 @@ def test_boot_smoke_with_every_baseline(images: Path, tmp_path: Path, clean_host
 @pytest.mark.timeout(600)  # ~35 s on the 2-core CI hosts
 def test_density_smoke(images: Path, tmp_path: Path, clean_host: None) -> None:
     run_suite("density", smoke_opts(), tmp_path)
-    variants = ("lightvm-cold", "lightvm-split", "libvirt", "crun", "fork-exec")
+    variants = ("lightvm-cold", "lightvm-split", "lightvm-clone", "libvirt", "crun", "fork-exec")
     expected = {f"density/{v}/{m}/n={n}" for v in variants for m in ("memory", "cpu") for n in VMS}
     doc = check_results(tmp_path, "density", expected)
     rows = {b["name"]: b for b in doc["benchmarks"]}
     pss = {v: rows[f"density/{v}/memory/n=2"]["summary"]["pss_mib_per_vm"]["median"] for v in variants}
     assert 1 < pss["lightvm-cold"] < 200, pss  # MiB per idle noop VM: QEMU + 4 MiB guest
+    assert 1 < pss["lightvm-clone"] < 200, pss  # a clone is a QEMU too; its guest RAM is the template's
     assert pss["fork-exec"] < pss["crun"] < pss["lightvm-cold"] < pss["libvirt"], pss  # libvirtd is counted
+
+
+def test_clone_fleet_grows_in_batches_and_every_clone_answers(images: Path, clean_host: None) -> None:
+    from lightvm.bench.clonefleet import LightvmCloneFleet
+    from lightvm.bench.fleets import guest_spec
+
+    fleet = LightvmCloneFleet(guest_spec("daytime"), "tcg", publish_port=13)
+    try:
+        fleet.grow(2)
+        fleet.grow(5)  # a second batch: its own names and ports
+        assert fleet.query_all() == (5, 5)
+        assert len(set(fleet.pids())) == 5 and len(set(fleet.ports)) == 5
+        assert fleet.measure()["ms"] > 0 and len(fleet.pids()) == 5  # the measured clone is gone again
+    finally:
+        fleet.close()
+    assert fleet.count == 0
 
 
 def test_net_smoke(tmp_path: Path, clean_host: None) -> None:
