@@ -11,36 +11,28 @@ wrote are counted once across the fleet (Pss), its own writes are its own.
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 import time
 from pathlib import Path
 
+from lightvm.bench.fleets import LightvmColdFleet
 from lightvm.bench.runner import Sample
-from lightvm.errors import LightVMError
 from lightvm.spec import VMSpec
 
 SOURCE = "tpl-src"
 TEMPLATE_DIR = "template"
 
 
-class LightvmCloneFleet:
-    """Clones of one template (see the module docstring)."""
+class LightvmCloneFleet(LightvmColdFleet):
+    """Clones of one template (see the module docstring); the cold fleet's state dir,
+    ports, check, pids and teardown."""
 
     variant = "lightvm-clone"
 
     def __init__(self, spec: VMSpec, accel: str, publish_port: int | None = None) -> None:
         from lightvm.mobility.template import create_template
-        from lightvm.toolstack import Toolstack
 
-        self.publish_port = publish_port
-        self.ports: list[int] = []
-        self._tmp = tempfile.TemporaryDirectory(prefix="lightvm-bench-clones-")
-        self.marker = self._tmp.name  # in every QEMU's arguments (its console path)
-        root = Path(self._tmp.name)
-        self.ts = Toolstack(root / "state")
-        self.tdir = root / TEMPLATE_DIR
-        self.count = 0
+        super().__init__(spec, accel, publish_port)
+        self.tdir = Path(self._tmp.name) / TEMPLATE_DIR
         self.batch = 0
         try:
             self.ts.create(spec, name=SOURCE, accel=accel)
@@ -68,12 +60,6 @@ class LightvmCloneFleet:
             self.ports += list(range(first, first + more))
         self.count = count
 
-    def query_all(self) -> tuple[int, int]:
-        """Ask every published clone the time: (clones that answered a daytime line, asked)."""
-        from lightvm.bench.split import query_ports
-
-        return query_ports(self.ports)
-
     def measure(self) -> Sample:
         """One more clone, timed from the call to its READY, then destroyed."""
         from lightvm.mobility.clone import clone
@@ -85,16 +71,6 @@ class LightvmCloneFleet:
         for made in result.clones:
             self.ts.destroy(str(made["name"]))
         return {"ms": wall, "wall_ms": wall}
-
-    def pids(self) -> list[int]:
-        return [info.pid for info in self.ts.list() if info.pid]
-
-    def close(self) -> None:
-        with contextlib.suppress(LightVMError):
-            self.ts.destroy_all()
-        self.count = 0
-        self.ports = []
-        self._tmp.cleanup()
 
 
 __all__ = ["LightvmCloneFleet"]

@@ -32,6 +32,17 @@ def _template(d: Lightvmd, tdir: Path) -> int:
     return port
 
 
+def _template_with_a_shell(d: Lightvmd, tdir: Path) -> int:
+    """A daemon keeping one shell of a new daytime template ``tdir``, ready (its first,
+    cold restore taught the daemon the template); the template's published port."""
+    d.start("--incoming-size", "1", pool=None)
+    port = _template(d, tdir)
+    assert d.cli("restore", str(tdir)).returncode == 0  # cold: teaches the daemon the template
+    assert d.cli("destroy", "day").returncode == 0
+    assert wait_until(lambda: _ready(d) >= 1, timeout=60, interval=0.05)
+    return port
+
+
 def _ready(d: Lightvmd) -> int:
     return sum(f["ready"] for f in d.call("ping")["incoming"] if "template" in f["flavour"] and not f["preparing"])
 
@@ -69,12 +80,8 @@ def test_restore_and_clone_from_template_shells(lightvmd: Lightvmd, tmp_path: Pa
 def test_template_shells_hold_the_device_state_of_that_very_file(lightvmd: Lightvmd, tmp_path: Path) -> None:
     """A template's shells load its device state before any request; a shell that loaded
     another version of ``state.lvm`` (the file replaced since) is not used for it."""
-    lightvmd.start("--incoming-size", "1", pool=None)
     tdir = tmp_path / "tpl" / "day.lvt"
-    port = _template(lightvmd, tdir)
-    assert lightvmd.cli("restore", str(tdir)).returncode == 0  # cold: teaches the daemon the template
-    assert lightvmd.cli("destroy", "day").returncode == 0
-    assert wait_until(lambda: _ready(lightvmd) >= 1, timeout=60, interval=0.05)
+    port = _template_with_a_shell(lightvmd, tdir)
     (shells,) = [f for f in lightvmd.call("ping")["incoming"] if "template" in f["flavour"]]
     assert shells["loaded"] == shells["ready"] == 1
     status = lightvmd.cli("daemon", "status")
@@ -98,12 +105,8 @@ def test_a_template_restore_whose_port_is_taken_fails_and_leaves_nothing(lightvm
     refuses still fails the restore, as a network error, and the taken shell is gone."""
     import socket
 
-    lightvmd.start("--incoming-size", "1", pool=None)
     tdir = tmp_path / "tpl" / "day.lvt"
-    port = _template(lightvmd, tdir)
-    assert lightvmd.cli("restore", str(tdir)).returncode == 0  # cold: teaches the daemon the template
-    assert lightvmd.cli("destroy", "day").returncode == 0
-    assert wait_until(lambda: _ready(lightvmd) >= 1, timeout=60, interval=0.05)
+    port = _template_with_a_shell(lightvmd, tdir)
     with socket.socket() as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # over the last VM's TIME_WAIT
         squatter.bind(("127.0.0.1", port))
