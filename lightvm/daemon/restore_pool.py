@@ -142,10 +142,9 @@ class IncomingShell:
     prepared_at: float
     # A template's shell loads the template's device state when it is prepared (the stream
     # is the same for every VM of the template; the identity goes into the page at take
-    # time): the identity (stat_identity) of the state file it loaded, None for a shell
-    # still waiting for its stream.
+    # time) and resumes its guest (prepare_template_shell): the identity (stat_identity)
+    # of the state file it loaded, None for a shell still waiting for its stream.
     loaded: tuple[int, ...] | None = None
-    running: bool = False  # a template's shell whose guest runs (prepare_template_shell)
 
     def discard(self) -> None:
         """Kill its QEMU, remove its NoXS file and folder."""
@@ -229,7 +228,7 @@ def prepare_template_shell(
         vm.abort()
         raise
     shell = IncomingShell(vm.record.id, flavour, vm.vmdir.path, vm.machine, vm.region, vm.record, time.monotonic())
-    shell.loaded, shell.running = loaded, True
+    shell.loaded = loaded
     return shell
 
 
@@ -285,8 +284,7 @@ def prepare_from_shell(
         prepared.forwards = normalise(saved_args)[1]  # queued with cont (PreparedRestore.resume)
         prepared.pending_name = vm_name if provisional else None
         prepared.ignore_shared = bool(shell.flavour.template)
-        prepared.loaded = shell.loaded is not None
-        prepared.running = shell.running
+        prepared.running = shell.loaded is not None
         return prepared
 
 

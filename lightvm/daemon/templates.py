@@ -50,7 +50,7 @@ class TemplateShells:
     """Takes a template's shell for each VM started from it (or spawns one cold)."""
 
     def __init__(self, ops: Operations, tdir: Path, checked: dict[str, Any], timeout: float) -> None:
-        self.ops, self.tdir, self.checked, self.timeout = ops, tdir, checked, timeout
+        self.ops, self.timeout = ops, timeout
         self.flavour = IncomingFlavour.of(checked, tdir)
         self.lock = threading.Lock()
         self.pool_hits = 0

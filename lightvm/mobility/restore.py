@@ -73,8 +73,9 @@ class PreparedRestore:
     pending_name: str | None = None  # provisional: still in the pool folder until commit()
     steps: dict[str, float] = field(default_factory=dict)  # prepare's steps, ms since t0
     ignore_shared: bool = False  # a template's device-state stream (lightvm/mobility/template.py)
-    loaded: bool = False  # the stream is in already (a template's loaded shell: lightvm/daemon/templates.py)
-    running: bool = False  # ... and its guest runs (idle, placeholder identity): no cont
+    # A template's prepared shell (lightvm/daemon/restore_pool.py): the stream is in and the
+    # guest runs already (idle, placeholder identity): no stream, no cont.
+    running: bool = False
     commit_on_resume: bool = False  # a provisional restore whose commit() is done while the guest wakes
     forwards: list[tuple[str, str]] = field(default_factory=list)  # (netdev, rule) added at resume: a shell's
     defer_record: bool = False  # resume() leaves the record to settle() (lightvmd: after its reply)
@@ -118,9 +119,9 @@ class PreparedRestore:
         (QEMU loads into a paused VM: lightvm/mobility/stream.py's VerifiedFeed).
         ``progress`` gets the feed's position (bytes, left, rate) every
         stream.PROGRESS_EVERY seconds while QEMU loads, and once when the stream is in.
-        A ``loaded`` restore (a template's shell that loaded the stream when it was
-        prepared: lightvm/daemon/restore_pool.py) goes straight to the page (and ``cont``,
-        unless the shell's guest runs already).
+        A ``running`` restore (a template's shell that loaded the stream and resumed its
+        guest when it was prepared: lightvm/daemon/restore_pool.py) goes straight to the
+        page.
 
         :raise CheckpointError: the file is corrupted or the stream cannot be loaded
             (nothing of the VM is left; a corrupted file is the reason given first).
@@ -128,7 +129,7 @@ class PreparedRestore:
         """
         t1 = time.perf_counter()
         try:
-            if not self.loaded:
+            if not self.running:
                 load_checkpoint(self.machine, path, offset, self.timeout, self.vmdir.name, self.ignore_shared, progress)
             return self.resume(t1)
         except BaseException as exc:
