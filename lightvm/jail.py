@@ -38,6 +38,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,8 +170,10 @@ def _claim(path: Path, content: str) -> bool:
     """Create marker ``path`` holding ``content``, unless it exists: written to a file of our
     own, then hard-linked into place (link fails if the name exists), so a marker is never
     seen empty; an O_EXCL create and a write would leave an empty one, never reclaimable,
-    for a process killed between the two (seen in a kill -9 test)."""
-    tmp = path.with_name(f"{NEW_PREFIX}{os.getpid()}-{path.name}")
+    for a process killed between the two (seen in a kill -9 test). The file's name holds
+    the thread too: two threads of one create (``-j``) probing the same uid would otherwise
+    share it, and one's O_TRUNC would empty the marker the other just linked."""
+    tmp = path.with_name(f"{NEW_PREFIX}{os.getpid()}-{threading.get_native_id()}-{path.name}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "w") as f:
@@ -183,7 +186,7 @@ def _claim(path: Path, content: str) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-NEW_PREFIX = ".new-"  # a marker being claimed: .new-PID-UID (its claimer killed: swept)
+NEW_PREFIX = ".new-"  # a marker being claimed: .new-PID-TID-UID (its claimer killed: swept)
 EMPTY_STALE_S = 60.0
 
 
@@ -210,8 +213,8 @@ def sweep_stale() -> list[int]:
             path = Path(entry.path)
             if entry.name.startswith(NEW_PREFIX):
                 claimer = entry.name[len(NEW_PREFIX) :].split("-")[0]
-                if claimer.isdigit() and proc_start_time(int(claimer)) is None:
-                    path.unlink(missing_ok=True)
+                if claimer.isdigit() and (proc_start_time(int(claimer)) is None or _older_than(path, EMPTY_STALE_S)):
+                    path.unlink(missing_ok=True)  # a claim lasts microseconds: an old one's claimer is gone
                 continue
             if entry.name.isdigit() and _stale(path):
                 with contextlib.suppress(OSError, IndexError):
@@ -229,10 +232,17 @@ def _marker(uid: int) -> Path:
     return jail_dir() / "uids" / str(uid)
 
 
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
+
+
 def _stale(path: Path) -> bool:
     try:
         text = path.read_text()
-        if not text and time.time() - path.stat().st_mtime > EMPTY_STALE_S:
+        if not text and _older_than(path, EMPTY_STALE_S):
             return True  # left empty by an older lightvm's create killed mid-claim
         pid_s, start_s = text.split()[:2]
         pid, start = int(pid_s), int(start_s)

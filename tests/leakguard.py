@@ -94,6 +94,19 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
+def _jail_entry_why(name: str) -> str:
+    """What a jail entry left at a test's end says: a uid not given back, or a claim in
+    flight (``.new-PID-...``: lightvm.jail._claim) and who its claimer is, if alive."""
+    if not name.startswith(".new-"):
+        return "a VM's uid not given back"
+    pid = name[len(".new-") :].split("-")[0]
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
+    except OSError:
+        return f"a uid claim whose claimer, PID {pid}, is gone: the sweep should have removed it"
+    return f"a uid claim in flight by the live PID {pid}: {command}"
+
+
 def _holder_alive(marker: Path) -> bool:
     """Whether the process a jail uid marker names ("PID START VM_ID") still runs."""
     try:
@@ -221,7 +234,7 @@ class LeakGuard:
             with contextlib.suppress(OSError):
                 for n in os.listdir(self.jail_dir / kind):
                     path = self.jail_dir / kind / n
-                    found.add(Leak("jail", str(path), f"jail {kind} entry {n} (a VM's uid not given back)"))
+                    found.add(Leak("jail", str(path), f"jail {kind} entry {n} ({_jail_entry_why(n)})"))
         return found
 
     def in_defaults(self) -> set[str]:

@@ -60,10 +60,13 @@ def test_a_create_killed_mid_claim_leaves_nothing_that_stays(jail_dir: Path) -> 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait(10)
     uids = jail_dir / "uids"
-    orphan = uids / f"{jail.NEW_PREFIX}{dead.pid}-{first.uid + 7}"
+    orphan = uids / f"{jail.NEW_PREFIX}{dead.pid}-{dead.pid}-{first.uid + 7}"
     orphan.write_text(f"{dead.pid} 1 other\n")
-    mine = uids / f"{jail.NEW_PREFIX}{os.getpid()}-{first.uid + 8}"  # a live claimer's: kept
+    mine = uids / f"{jail.NEW_PREFIX}{os.getpid()}-1-{first.uid + 8}"  # a live claimer's: kept
     mine.write_text("x")
+    old_claim = uids / f"{jail.NEW_PREFIX}{os.getpid()}-2-{first.uid + 11}"  # live PID, but a minute old: its PID reused
+    old_claim.write_text("x")
+    os.utime(old_claim, (1, 1))
     empty_old, empty_new = uids / str(first.uid + 9), uids / str(first.uid + 10)
     empty_old.write_text("")
     empty_new.write_text("")
@@ -71,6 +74,34 @@ def test_a_create_killed_mid_claim_leaves_nothing_that_stays(jail_dir: Path) -> 
     assert jail.sweep_stale() == [first.uid + 9]
     assert sorted(os.listdir(uids)) == sorted([str(first.uid), mine.name, empty_new.name])
     mine.unlink()
+
+
+def test_threads_racing_for_one_uid(jail_dir: Path) -> None:
+    """Threads of one process (create -j) claiming the same marker: exactly one wins, the
+    marker holds the winner's line, and no claim file is left (they once shared one name:
+    a loser's O_TRUNC emptied the winner's marker, or its link failed with ENOENT)."""
+    import threading
+
+    jail.allocate("vm", "qemu")  # makes the folders
+    uids = jail_dir / "uids"
+    for round_ in range(30):
+        path = uids / str(jail.UID_BASE + 100 + round_)
+        start = threading.Barrier(8)
+        won: list[str] = []
+
+        def claim(n: int, path: Path = path, start: threading.Barrier = start, won: list[str] = won) -> None:
+            start.wait(10)
+            if jail._claim(path, f"{os.getpid()} 0 vm-{n}\n"):
+                won.append(f"vm-{n}")
+
+        threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len(won) == 1, won
+        assert path.read_text().split()[2] == won[0]
+        assert not [n for n in os.listdir(uids) if n.startswith(jail.NEW_PREFIX)]
 
 
 def test_settings(jail_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
