@@ -210,7 +210,7 @@ def prepare_create_shell(
                 region,
                 shell_id,
                 console_bell=variant == WAITING,
-                vifs=pool_nics.placeholder_vifs(shell_id, flavour.nics),
+                vifs=pool_nics.placeholder_vifs(shell_id, flavour.nics, flavour.nic_mode),
             )
             pipe = machine.config.console_pipe
             if asleep and pipe is not None:

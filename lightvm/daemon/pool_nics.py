@@ -23,18 +23,27 @@ if TYPE_CHECKING:
 NetContextFactory = Callable[[], contextlib.AbstractContextManager["NetContext"]]
 
 
-def placeholder_vifs(shell_id: str, count: int) -> list[VifConfig]:
+def placeholder_vifs(shell_id: str, count: int, mode: str = "tap") -> list[VifConfig]:
     """The placeholder page's vifs of a shell with ``count`` NICs: each names its device
-    (``dev_mac``, and as ``mac``: a valid vif) and nothing else, so that a guest asleep on
-    the console bell brings the device up at its wait point (images/net/netif.c,
-    noxs_vif_prewarm): probing, resetting and setting up the device, and QEMU translating
-    that code, are then off the create's path (docs/lightvmd.md, the figures)."""
+    (``dev_mac``, and as ``mac``: a valid vif), so that a guest asleep on the console bell
+    brings the device up at its wait point (images/net/netif.c, noxs_vif_prewarm): probing,
+    resetting and setting up the device, and QEMU translating that code, are then off the
+    create's path (docs/lightvmd.md, the figures). User networking (``mode`` "user"): also
+    the address, prefix, gateway and MTU every such VM gets (lightvm.devices.net.user_vif),
+    which a Linux guest configures there (tinyx/init/main.c, prewarm_nics); a tap's
+    address is its VM's lease, known only at execute."""
     if not count:
         return []
-    from lightvm.devices.shellnet import device_mac
+    from lightvm.devices import net
+    from lightvm.devices.shellnet import SHELL_TAP_MTU, device_mac
 
     macs = [parse_mac(device_mac(shell_id, i)) for i in range(count)]
-    return [VifConfig(mac=m, dev_mac=m) for m in macs]
+    if mode != "user":
+        return [VifConfig(mac=m, dev_mac=m) for m in macs]
+    return [
+        VifConfig(mac=m, dev_mac=m, ip=net.USER_IP, prefix=net.USER_PREFIX, gateway=net.USER_GATEWAY, mtu=SHELL_TAP_MTU)
+        for m in macs
+    ]
 
 
 def hand_over(

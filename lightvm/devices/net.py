@@ -350,10 +350,13 @@ def prepare(
     raise NetworkError("unreachable")  # pragma: no cover
 
 
-def user_vif(vif: ValidVif, vm_name: str, index: int, forwards: tuple[PortForward, ...] = ()) -> PreparedVif:
-    """Vif ``index`` on QEMU user networking: the fixed guest address, a MAC from the VM's
-    name (or the spec's), ``forwards`` as host port forwards. Nothing on the host."""
-    mac = vif.mac or user_mac(vm_name, index)
+def user_vif(
+    vif: ValidVif, vm_name: str, index: int, forwards: tuple[PortForward, ...] = (), default_mac: str = ""
+) -> PreparedVif:
+    """Vif ``index`` on QEMU user networking: the fixed guest address, the spec's MAC, else
+    ``default_mac``, else one from the VM's name; ``forwards`` as host port forwards.
+    Nothing on the host."""
+    mac = vif.mac or default_mac or user_mac(vm_name, index)
     return PreparedVif(index, NetMode.USER, mac, USER_IP, USER_PREFIX, USER_GATEWAY, vif.mtu or 1500, publish=forwards)
 
 

@@ -19,10 +19,12 @@ become, but QEMU opens its tap and fixes its virtio-net device's MAC at spawn. S
   prepared shells"); the bridge learns the vif's MAC from the guest's first frame.
 
 User networking (QEMU's slirp: no host resources) is simpler: the shell gets
-``-netdev user`` at prepare (:func:`user_nics`), and at execute the vif gets its MAC from
-the VM's name as on the cold path (:func:`lightvm.devices.net.user_vif`) and its
-``--publish`` forwards over QMP, HMP ``hostfwd_add`` (:func:`add_forwards`), before the
-guest is woken. Only a create that publishes pays that QMP round trip.
+``-netdev user`` at prepare (:func:`user_nics`), and its placeholder page carries the
+address every user vif has, which a Linux guest sets up at its wait point. At execute the
+vif gets the device's MAC unless the spec names one (a cold VM's comes from its name:
+:func:`lightvm.devices.net.user_vif`), so that such a guest has nothing left to configure,
+and its ``--publish`` forwards over QMP, HMP ``hostfwd_add`` (:func:`add_forwards`),
+before the guest is woken. Only a create that publishes pays that QMP round trip.
 
 Why not set the device's MAC from the guest instead: a VIRTIO 1.0 device's config-space
 MAC is read-only (QEMU writes it back only for legacy devices), and the control queue's
@@ -95,14 +97,19 @@ def user_nics(shell_id: str, count: int) -> list[net.PreparedVif]:
 def hand_over_user(
     vifs: Sequence[net.ValidVif], nics: Sequence[net.PreparedVif], vm_name: str, machine: Machine
 ) -> list[net.PreparedVif]:
-    """Give a shell's user-networking ``nics`` to VM ``vm_name``: the vifs' MACs and
-    addresses as on the cold path, and their forwards added to QEMU (:func:`add_forwards`).
+    """Give a shell's user-networking ``nics`` to VM ``vm_name``: the vifs' addresses as on
+    the cold path, their forwards added to QEMU (:func:`add_forwards`), and as MAC the
+    spec's, else the shell device's own: the guest then keeps the MAC, address and route
+    it set at its wait point (lightvm.daemon.pool_nics.placeholder_vifs), where a MAC from
+    the VM's name (the cold path's) would cost a Linux guest its `ip` step under TCG, a
+    MAC change through virtio-net's control queue (docs/tinyx.md). Nothing but QEMU's
+    slirp sees a user vif's MAC.
 
     :raise NetworkError: a forward could not be set up (the host port is taken?).
     """
     if len(vifs) != len(nics):
         raise NetworkError(f"{vm_name}: {len(vifs)} vif(s) for a shell with {len(nics)} NIC(s)")
-    out = [net.user_vif(vif, vm_name, i, vif.publish) for i, vif in enumerate(vifs)]
+    out = [net.user_vif(vif, vm_name, i, vif.publish, default_mac=nic.mac) for i, (vif, nic) in enumerate(zip(vifs, nics))]
     for prepared in out:
         add_forwards(machine, prepared)
     return out

@@ -16,6 +16,7 @@ empty, hence the module's timeout).
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -374,5 +375,51 @@ def test_wait_point_until_the_real_page(kernel: Path, parts: tuple[bytes, bytes]
         rec = g.wait_boot_state(BootState.READY, timeout=30)
         page_gen = int.from_bytes(g.region.raw()[24:32], "little")
         assert rec.app == "sleeper" and rec.generation_seen == page_gen & 0xFFFFFFFF
+        g.region.request(Sysctl.POWEROFF)
+        assert g.wait_exit(timeout=30) == EXIT_POWEROFF
+
+
+@pytest.mark.parametrize("same_mac", [True, False], ids=["kept", "new-mac"])
+def test_user_nic_configured_at_the_wait_point(
+    kernel: Path, parts: tuple[bytes, bytes], tmp_path: Path, same_mac: bool
+) -> None:
+    """A user-networking pool shell (lightvm/daemon/pool_nics.py, placeholder_vifs): the
+    placeholder vif carries every such VM's address, which the init sets up at the wait
+    point; a VM whose vif says the same (the device's MAC) skips the `ip` step ("ip-kept"
+    in the init's steps line), one with another MAC gets it; both answer through slirp."""
+    from netclient import free_port
+
+    shell_mac, vm_mac = "5a:00:00:00:00:01", "52:54:00:13:00:09"
+    port = free_port()
+    nic = [
+        "-netdev",
+        f"user,id=n0,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:{port}-:7777",
+        "-device",
+        f"virtio-net-device,netdev=n0,mac={shell_mac}",
+    ]
+
+    def user_vif(mac: str, dev_mac: str) -> VifConfig:
+        return VifConfig(
+            mac=bytes.fromhex(mac.replace(":", "")), dev_mac=bytes.fromhex(dev_mac.replace(":", "")),
+            ip="10.0.2.15", prefix=24, gateway="10.0.2.2", mtu=1500,
+        )  # fmt: skip
+
+    hz = hostfacts.tsc_hz()
+    conf = "name=echo\nport=7777\nprestart=1\narg=/bin/busybox\narg=nc\narg=-ll\narg=-p\narg=7777\narg=-e\narg=/bin/cat\n"
+    placeholder = PageConfig(
+        name="pool-u", tsc_hz=hz, wait_config=True, console_bell=True, vifs=[user_vif(shell_mac, shell_mac)]
+    )
+    with guest(kernel, parts, tmp_path, conf, page=placeholder, nic=nic, console_bell=True) as g:
+        g.wait_boot_state(BootState.WAITING_BELL, timeout=BOOT_TIMEOUT)
+        assert g.region is not None
+        real = user_vif(shell_mac if same_mac else vm_mac, shell_mac)
+        g.region.write_config(PageConfig(name="user-1", tsc_hz=hz, nmi_doorbell=True, vifs=[real]))
+        g.ring()
+        g.wait_boot_state(BootState.READY, timeout=30)
+        steps = g.wait_console("lvinit: steps", timeout=10).split("lvinit: steps", 1)[1].splitlines()[0]
+        assert (" ip-kept " in steps) == same_mac, steps
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"through slirp\n")
+            assert s.recv(100) == b"through slirp\n"
         g.region.request(Sysctl.POWEROFF)
         assert g.wait_exit(timeout=30) == EXIT_POWEROFF

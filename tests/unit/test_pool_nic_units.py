@@ -123,7 +123,12 @@ def test_forwards_are_added_to_the_vifs_netdev() -> None:
         cast(Any, machine),
     )
     assert machine.qmp.lines == ["hostfwd_add n0 tcp:127.0.0.1:8013-:13", "hostfwd_add n0 udp::5353-:53"]
-    assert (vif.mac, vif.ip, vif.mode) == (net.user_mac("web", 0), net.USER_IP, net.NetMode.USER)  # as cold
+    # The address as cold; the shell device's MAC (the guest set it all at its wait point).
+    assert (vif.mac, vif.ip, vif.mode) == (shellnet.device_mac("0123456789abcdef", 0), net.USER_IP, net.NetMode.USER)
+    (pinned,) = shellnet.hand_over_user(
+        [net.ValidVif(mac="52:54:00:12:34:56")], shellnet.user_nics("0123456789abcdef", 1), "web", cast(Any, machine)
+    )
+    assert pinned.mac == "52:54:00:12:34:56"  # the spec's MAC wins
 
 
 def test_a_refused_forward_fails_the_hand_over() -> None:
@@ -155,6 +160,11 @@ def test_the_placeholder_page_names_each_shell_device() -> None:
     vifs = placeholder_vifs("0123456789abcdef", 2)
     assert [v.dev_mac for v in vifs] == [parse_mac(shellnet.device_mac("0123456789abcdef", i)) for i in (0, 1)]
     assert all(v.mac == v.dev_mac and v.ip == "0.0.0.0" for v in vifs)  # a valid vif with no address
+    # User networking: every VM's address, set up by the guest at its wait point.
+    (user,) = placeholder_vifs("0123456789abcdef", 1, "user")
+    assert (user.mac, user.ip, user.prefix, user.gateway, user.mtu) == (
+        vifs[0].mac, net.USER_IP, net.USER_PREFIX, net.USER_GATEWAY, 1500
+    )  # fmt: skip
 
 
 def test_low_published_ports_take_the_cold_path_when_the_jail_drops_root(

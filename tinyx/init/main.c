@@ -44,6 +44,7 @@ static sigset_t chld;
 static uint64_t tsc_start, mono_start_ns, tsc_hz;
 static char ifnames[NOXS_MAX_DEVICES][16];
 static uint8_t warm_macs[NOXS_MAX_DEVICES][6];   /* NICs up since the wait point, by device MAC */
+static struct lv_vif warm_vifs[NOXS_MAX_DEVICES]; /* what the wait point configured on them (ip 0: none) */
 static int lo_up;
 
 /* When the init's steps ended (CLOCK_MONOTONIC), printed after READY, off the boot path:
@@ -242,21 +243,38 @@ static void set_wall_clock(uint64_t host_ns, uint64_t tsc_then)
 
 /* ---- a pool shell's wait point (NOXS_FEAT_WAIT_CONFIG) ---- */
 
-/* The placeholder page's vifs name the shell's NICs (dev_mac): each goes up now, without
- * an address, so that a create only gives it the VM's MAC, address and route (measured:
- * ~10 ms of the execute under TCG were the driver's first open; docs/tinyx.md). A NIC
- * that does not appear is the shell's failure: ERROR before the wait point. */
+/* The placeholder page's vifs name the shell's NICs (dev_mac): each goes up now, so that
+ * a create only gives it the VM's MAC, address and route (measured: ~10 ms of the execute
+ * under TCG were the driver's first open; docs/tinyx.md). A placeholder vif with an
+ * address (user networking, where every VM's is the same) is configured with it now too:
+ * a VM whose vif says the same (the host gives it the device's MAC) then needs no `ip`
+ * step at all. A NIC that does not appear is the shell's failure: ERROR before the wait
+ * point. */
 static void prewarm_nics(void)
 {
 	char err[200];
+	static const uint8_t none[6];
 	for (unsigned i = 0; i < noxs.page.layout.n_vif; i++) {
 		const struct lv_vif *v = &noxs.page.vif[i];
-		static const uint8_t none[6];
 		const uint8_t *mac = memcmp(v->dev_mac, none, 6) != 0 ? v->dev_mac : v->mac;
 		if (lv_net_prewarm(mac, ifnames[i], NIC_WAIT_MS, err, sizeof(err)) != 0)
 			fatal(NOXS_ERR_NO_DEVICE, "vif %u at the wait point: %s", v->id, err);
 		memcpy(warm_macs[i], mac, 6);
+		if (memcmp(v->ip, none, 4) == 0)
+			continue;
+		if (lv_net_configure(ifnames[i], v, 1, err, sizeof(err)) != 0)
+			fatal(NOXS_ERR_DEVICE, "vif %u at the wait point: %s", v->id, err);
+		warm_vifs[i] = *v;
 	}
+}
+
+/* Whether the wait point already gave NIC i what vif v asks for. */
+static int configured_at_wait_point(unsigned i, const struct lv_vif *v)
+{
+	static const uint8_t none[4];
+	const struct lv_vif *w = &warm_vifs[i];
+	return memcmp(w->ip, none, 4) != 0 && memcmp(w->mac, v->mac, 6) == 0 && memcmp(w->ip, v->ip, 4) == 0 &&
+	       w->prefix == v->prefix && memcmp(w->gateway, v->gateway, 4) == 0 && w->mtu == v->mtu;
 }
 
 static void wait_point(void)
@@ -327,12 +345,13 @@ static void devices(void)
 			fatal(NOXS_ERR_NO_DEVICE, "vif %u: no network interface with MAC %s", v->id, mac);
 		}
 		step("nic");
-		if (lv_net_configure(ifnames[i], v, warm, err, sizeof(err)) != 0) {
+		int kept = warm && configured_at_wait_point(i, v);
+		if (!kept && lv_net_configure(ifnames[i], v, warm, err, sizeof(err)) != 0) {
 			lv_rec_fe(&ctrl->hdr, NOXS_STATE_CLOSED);
 			fatal(NOXS_ERR_DEVICE, "vif %u: %s", v->id, err);
 		}
 		lv_rec_fe(&ctrl->hdr, NOXS_STATE_CONNECTED);
-		step("ip");
+		step(kept ? "ip-kept" : "ip");
 	}
 }
 
