@@ -362,6 +362,8 @@ def test_wait_point_until_the_real_page(kernel: Path, parts: tuple[bytes, bytes]
         assert g.region is not None
         if bell:
             assert cpu_share(g) < 0.25  # asleep in read() on the console, no polling
+            # ... with the UART interrupting at the first byte (bell_rings_at_once said nothing)
+            assert "rx_trig_bytes" not in g.console(), g.console()
             beat = g.boot_record().heartbeat
             g.ring()  # the pool's rehearsal: wakes it, nothing new, back to sleep
             deadline = time.monotonic() + 10
