@@ -35,13 +35,13 @@ def placeholder_vifs(shell_id: str, count: int, mode: str = "tap") -> list[VifCo
     if not count:
         return []
     from lightvm.devices import net
-    from lightvm.devices.shellnet import SHELL_TAP_MTU, device_mac
+    from lightvm.devices.shellnet import device_mac
 
     macs = [parse_mac(device_mac(shell_id, i)) for i in range(count)]
     if mode != "user":
         return [VifConfig(mac=m, dev_mac=m) for m in macs]
     return [
-        VifConfig(mac=m, dev_mac=m, ip=net.USER_IP, prefix=net.USER_PREFIX, gateway=net.USER_GATEWAY, mtu=SHELL_TAP_MTU)
+        VifConfig(mac=m, dev_mac=m, ip=net.USER_IP, prefix=net.USER_PREFIX, gateway=net.USER_GATEWAY, mtu=net.USER_MTU)
         for m in macs
     ]
 

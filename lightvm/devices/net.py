@@ -55,6 +55,7 @@ USER_NET = "10.0.2.0/24"
 USER_IP = "10.0.2.15"
 USER_PREFIX = 24
 USER_GATEWAY = "10.0.2.2"
+USER_MTU = 1500  # a user vif's unless its spec says otherwise
 TAP_NAME_ATTEMPTS = 4
 VIF_KEYS = ("network", "bridge", "ip", "gateway", "mac", "mtu", "publish")
 _PUBLISH_RE = re.compile(
@@ -357,7 +358,9 @@ def user_vif(
     ``default_mac``, else one from the VM's name; ``forwards`` as host port forwards.
     Nothing on the host."""
     mac = vif.mac or default_mac or user_mac(vm_name, index)
-    return PreparedVif(index, NetMode.USER, mac, USER_IP, USER_PREFIX, USER_GATEWAY, vif.mtu or 1500, publish=forwards)
+    return PreparedVif(
+        index, NetMode.USER, mac, USER_IP, USER_PREFIX, USER_GATEWAY, vif.mtu or USER_MTU, publish=forwards
+    )
 
 
 def address(vif: ValidVif, vm_name: str, index: int, ctx: NetContext, undo: UndoStack) -> PreparedVif:

@@ -88,7 +88,7 @@ def user_nics(shell_id: str, count: int) -> list[net.PreparedVif]:
     """``count`` user-networking NICs for shell ``shell_id`` (no forwards: those are the VM's)."""
     return [
         net.PreparedVif(
-            i, net.NetMode.USER, device_mac(shell_id, i), net.USER_IP, net.USER_PREFIX, net.USER_GATEWAY, 1500
+            i, net.NetMode.USER, device_mac(shell_id, i), net.USER_IP, net.USER_PREFIX, net.USER_GATEWAY, net.USER_MTU
         )
         for i in range(count)
     ]
@@ -109,7 +109,8 @@ def hand_over_user(
     """
     if len(vifs) != len(nics):
         raise NetworkError(f"{vm_name}: {len(vifs)} vif(s) for a shell with {len(nics)} NIC(s)")
-    out = [net.user_vif(vif, vm_name, i, vif.publish, default_mac=nic.mac) for i, (vif, nic) in enumerate(zip(vifs, nics))]
+    pairs = enumerate(zip(vifs, nics, strict=True))
+    out = [net.user_vif(vif, vm_name, i, vif.publish, default_mac=nic.mac) for i, (vif, nic) in pairs]
     for prepared in out:
         add_forwards(machine, prepared)
     return out

@@ -407,7 +407,9 @@ def test_user_nic_configured_at_the_wait_point(
         )  # fmt: skip
 
     hz = hostfacts.tsc_hz()
-    conf = "name=echo\nport=7777\nprestart=1\narg=/bin/busybox\narg=nc\narg=-ll\narg=-p\narg=7777\narg=-e\narg=/bin/cat\n"
+    conf = (
+        "name=echo\nport=7777\nprestart=1\narg=/bin/busybox\narg=nc\narg=-ll\narg=-p\narg=7777\narg=-e\narg=/bin/cat\n"
+    )
     placeholder = PageConfig(
         name="pool-u", tsc_hz=hz, wait_config=True, console_bell=True, vifs=[user_vif(shell_mac, shell_mac)]
     )

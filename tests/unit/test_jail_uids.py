@@ -64,7 +64,9 @@ def test_a_create_killed_mid_claim_leaves_nothing_that_stays(jail_dir: Path) -> 
     orphan.write_text(f"{dead.pid} 1 other\n")
     mine = uids / f"{jail.NEW_PREFIX}{os.getpid()}-1-{first.uid + 8}"  # a live claimer's: kept
     mine.write_text("x")
-    old_claim = uids / f"{jail.NEW_PREFIX}{os.getpid()}-2-{first.uid + 11}"  # live PID, but a minute old: its PID reused
+    old_claim = (
+        uids / f"{jail.NEW_PREFIX}{os.getpid()}-2-{first.uid + 11}"
+    )  # live PID, but a minute old: its PID reused
     old_claim.write_text("x")
     os.utime(old_claim, (1, 1))
     empty_old, empty_new = uids / str(first.uid + 9), uids / str(first.uid + 10)
