@@ -224,7 +224,14 @@ def op_clone(ops: Operations, args: dict[str, Any]) -> dict[str, Any]:
     ts = ops._toolstack(timeout)
     try:
         result = clone(
-            ts, source, count, pattern, publish if isinstance(publish, str) else None, timeout, prepare=prepare
+            ts,
+            source,
+            count,
+            pattern,
+            publish if isinstance(publish, str) else None,
+            timeout,
+            prepare=prepare,
+            layout=checked_layout,  # kept per template: a clone request checks it once, not twice
         )
     finally:
         if shells:  # a temporary template (from a VM) is not worth shells

@@ -47,6 +47,7 @@ from lightvm.toolstack import Toolstack
 
 TEMPLATES_DIR = "templates"
 Prepare = Callable[[Path, str, dict[str, Any]], PreparedRestore]
+Layout = Callable[[Path], tuple[dict[str, Any], int]]  # a template -> its header, its stream's offset
 PREPARE_JOBS = 4  # clones in flight at once (a cold one starts a QEMU: ~20 ms of CPU; 2 cores here)
 CLONE_MAX = 4096
 
@@ -149,6 +150,7 @@ def clone(
     timeout: float = 10.0,
     jobs: int = PREPARE_JOBS,
     prepare: Prepare | None = None,
+    layout: Layout | None = None,
 ) -> CloneResult:
     """Start ``count`` clones of ``source`` (a running VM's name, a checkpoint file or a
     template folder), all or none: a failure destroys the clones already made.
@@ -159,7 +161,10 @@ def clone(
 
     ``prepare(tdir, name, meta)`` makes one clone's PreparedRestore (default: a QEMU
     spawned now, :func:`~lightvm.mobility.template.prepare_from_template`; lightvmd takes
-    a prepared shell of the template, lightvm/daemon/templates.py).
+    a prepared shell of the template, lightvm/daemon/templates.py). ``layout(tdir)`` checks
+    a template folder given as ``source`` (default :func:`checked_layout`: the whole check;
+    lightvmd passes the check it keeps per template); a template made here from a VM or a
+    checkpoint is always checked in full.
     """
     t0 = time.perf_counter()
     if not 1 <= count <= CLONE_MAX:
@@ -178,8 +183,7 @@ def clone(
             create_template(toolstack, source, temp)
             tdir = temp
         t_template = time.perf_counter()
-        meta, _, ram_fd = check_template(tdir)
-        os.close(ram_fd)
+        meta, offset = (layout if layout is not None and temp is None else checked_layout)(tdir)
         if any(v.get("mode") != "user" for v in meta["vifs"]):
             raise SpecError(
                 f"{source}: only VMs on user networking can be cloned (a clone on a tap network needs its own IP,"
@@ -192,7 +196,7 @@ def clone(
             def prepare(tdir: Path, name: str, meta: dict[str, Any]) -> PreparedRestore:
                 return prepare_from_template(toolstack, tdir, name, timeout, meta=meta)[0]
 
-        made = _start_all(toolstack, tdir, meta, names, forward, jobs, prepare, base)
+        made = _start_all(toolstack, tdir, meta, offset, names, forward, jobs, prepare, base)
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)  # the clones' mappings keep its pages
@@ -216,10 +220,22 @@ def clone(
     )
 
 
+def checked_layout(tdir: Path) -> tuple[dict[str, Any], int]:
+    """The header of template ``tdir`` after its whole check, and where its device-state
+    stream starts in ``state.lvm``.
+
+    :raise TemplateError, CheckpointError: refused.
+    """
+    meta, layout, ram_fd = check_template(tdir)
+    os.close(ram_fd)
+    return meta, int(layout.offset)
+
+
 def _start_all(
     toolstack: Toolstack,
     tdir: Path,
     meta: dict[str, Any],
+    offset: int,
     names: list[str],
     forward: tuple[str, str, int, int] | None,
     jobs: int,
@@ -229,10 +245,8 @@ def _start_all(
     """Start every clone, ``jobs`` at a time, each from prepare to running (a clone's
     steps wait on its QEMU and guest most of the time: several in flight overlap those
     waits); on any failure start no more and destroy every clone (prepared or running)."""
-    from lightvm.mobility.format import read_header
     from lightvm.mobility.template import STATE
 
-    offset = read_header(tdir / STATE)[1]
     metas = [clone_meta(meta, name, i, forward, base) for i, name in enumerate(names)]
     prepared: list[PreparedRestore | None] = [None] * len(names)
     done: list[RestoreResult | None] = [None] * len(names)

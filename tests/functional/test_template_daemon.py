@@ -141,7 +141,12 @@ def test_daemon_refuses_altered_template(lightvmd: Lightvmd, tmp_path: Path) -> 
     _flip_ram_byte(tdir)  # in place, after the check was kept: it is made again
     r = lightvmd.cli("restore", str(tdir))
     assert r.returncode == 1 and "corrupted template RAM" in r.stderr, r.stderr
+    r = lightvmd.cli("clone", str(tdir), "-n", "2")  # clones use the same kept check
+    assert r.returncode == 1 and "corrupted template RAM" in r.stderr, r.stderr
     _flip_ram_byte(tdir)  # back as it was: accepted again
+    r = lightvmd.cli("clone", str(tdir), "-n", "2", "--name", "ok-{i}")
+    assert r.returncode == 0, r.stderr
+    assert lightvmd.cli("destroy", "ok-0", "ok-1").returncode == 0
     assert lightvmd.cli("restore", str(tdir)).returncode == 0
     assert lightvmd.cli("destroy", "day").returncode == 0
     bad = tmp_path / "tpl" / "bad.lvt"
