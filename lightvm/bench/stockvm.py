@@ -1,7 +1,7 @@
 """The stock Debian baseline of ``lightvm bench tinyx``: redis on Debian's cloud kernel,
 its initrd and a debootstrap root disk (tinyx/image/stock.py builds them), booted by QEMU.
 
-How it boots (measured, docs/tinyx.md "The stock Debian baseline"): ``-M microvm`` with
+How it boots (measured, docs/tinyx-bench.md "The stock Debian baseline"): ``-M microvm`` with
 its default qboot firmware loading the bzImage and initrd given with ``-kernel`` and
 ``-initrd``; the disk and NIC are virtio-mmio devices, which microvm describes in ACPI
 (the kernel's virtio_mmio driver is built in, the initrd loads virtio_blk and
@@ -34,7 +34,7 @@ from lightvm.linux import LINUX_TCG_CPU, linux_cmdline
 from lightvm.qemubin import qemu_binary
 
 BUILD_TIMEOUT_S = 1800  # a cold cache: debootstrap (~4 min here), apt with the kernel and its initrd
-# A systemd boot under TCG on this 2-core host: 18-22 s quiet, up to 162 s at load 14 (docs/tinyx.md).
+# A systemd boot under TCG on this 2-core host: 18-22 s quiet, up to 162 s at load 14 (docs/tinyx-bench.md).
 SERVE_TIMEOUT_S = 300.0
 MACHINE = "microvm"  # QEMU's defaults: qboot, ACPI, RTC on
 MEMORY_MIB = 256

@@ -102,7 +102,7 @@ def hand_over_user(
     spec's, else the shell device's own: the guest then keeps the MAC, address and route
     it set at its wait point (lightvm.daemon.pool_nics.placeholder_vifs), where a MAC from
     the VM's name (the cold path's) would cost a Linux guest its `ip` step under TCG, a
-    MAC change through virtio-net's control queue (docs/tinyx.md). Nothing but QEMU's
+    MAC change through virtio-net's control queue (docs/tinyx-bench.md). Nothing but QEMU's
     slirp sees a user vif's MAC.
 
     :raise NetworkError: a forward could not be set up (the host port is taken?).

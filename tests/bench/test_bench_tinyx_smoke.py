@@ -10,7 +10,7 @@ nothing is left: no QEMU, lightvmd or crun worker of the run's temp dirs, no con
 whose root is there. Needs root (crun, the image build's chroot), like the other bench
 smoke tests, and the Tinyx caches under tinyx/build (scripts/test.sh builds the kernel);
 the stock image is built there at the first run (~5 min cold: debootstrap 235 s + 49 s here;
-docs/tinyx.md), then booted twice (its serve and memory rows: ~20 s each on a quiet host here,
+docs/tinyx-bench.md), then booted twice (its serve and memory rows: ~20 s each on a quiet host here,
 up to 2.5 min at load 14).
 """
 

@@ -5,7 +5,7 @@ bookworm`` root (the default variant, so systemd is the init), ``linux-image-clo
 installed in it (its postinst runs initramfs-tools, which writes Debian's own initrd)
 and the app's package installed from apt with its service enabled, as packaged. Only
 what is needed to reach the app from outside the guest is changed, and nothing else
-(docs/tinyx.md, "The stock Debian baseline"):
+(docs/tinyx-bench.md, "The stock Debian baseline"):
 
 - redis.conf: ``bind 0.0.0.0`` and ``protected-mode no`` (Debian's redis listens on
   127.0.0.1 and ::1 only, and would refuse a client from outside without a password);

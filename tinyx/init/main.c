@@ -48,7 +48,7 @@ static struct lv_vif warm_vifs[NOXS_MAX_DEVICES]; /* what the wait point configu
 static int lo_up;
 
 /* When the init's steps ended (CLOCK_MONOTONIC), printed after READY, off the boot path:
- * the guest's half of a cold boot or of a pooled create, broken down (docs/tinyx.md). */
+ * the guest's half of a cold boot or of a pooled create, broken down (docs/tinyx-bench.md). */
 #define MAX_STEPS 16u
 static struct { const char *what; uint64_t ns; } steps[MAX_STEPS];
 static unsigned n_steps;
@@ -245,7 +245,7 @@ static void set_wall_clock(uint64_t host_ns, uint64_t tsc_then)
 
 /* The placeholder page's vifs name the shell's NICs (dev_mac): each goes up now, so that
  * a create only gives it the VM's MAC, address and route (measured: ~10 ms of the execute
- * under TCG were the driver's first open; docs/tinyx.md). A placeholder vif with an
+ * under TCG were the driver's first open; docs/tinyx-bench.md). A placeholder vif with an
  * address (user networking, where every VM's is the same) is configured with it now too:
  * a VM whose vif says the same (the host gives it the device's MAC) then needs no `ip`
  * step at all. A NIC that does not appear is the shell's failure: ERROR before the wait
@@ -510,7 +510,7 @@ static void prestart_app(void)
 	lo_up = 1;
 	launch_app(0);
 	/* The app's first request costs it (and QEMU translating its code) ~10 ms more than
-	 * the next under TCG (docs/tinyx.md): the recipe's probe, once, before any client. */
+	 * the next under TCG (docs/tinyx-bench.md): the recipe's probe, once, before any client. */
 	if (app.probe_send && !lv_app_rehearse(app.port, app.probe_send, app.probe_expect, PROBE_REHEARSE_MS))
 		lv_say("probe rehearsal: no expected answer from port %u (not fatal)", app.port);
 }

@@ -216,7 +216,7 @@ int lv_net_prewarm(const uint8_t mac[6], char ifname[16], unsigned timeout_ms, c
 /* One ICMP echo request to the gateway, not waited for: sending it makes the guest ARP
  * for the gateway, and that request teaches the host (or slirp) the VM's MAC and the
  * guest the host's, so the first client's SYN and the guest's SYN-ACK need no ARP round
- * trip (measured 1.5-43 ms under TCG before a pooled redis' first answer; docs/tinyx.md).
+ * trip (measured 1.5-43 ms under TCG before a pooled redis' first answer; docs/tinyx-bench.md).
  * Best effort: a failure costs only that round trip later. */
 static void greet_gateway(const uint8_t gw[4])
 {
