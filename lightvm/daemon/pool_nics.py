@@ -34,16 +34,12 @@ def placeholder_vifs(shell_id: str, count: int, mode: str = "tap") -> list[VifCo
     address is its VM's lease, known only at execute."""
     if not count:
         return []
-    from lightvm.devices import net
-    from lightvm.devices.shellnet import device_mac
+    from lightvm.devices import net, shellnet
 
-    macs = [parse_mac(device_mac(shell_id, i)) for i in range(count)]
-    if mode != "user":
-        return [VifConfig(mac=m, dev_mac=m) for m in macs]
-    return [
-        VifConfig(mac=m, dev_mac=m, ip=net.USER_IP, prefix=net.USER_PREFIX, gateway=net.USER_GATEWAY, mtu=net.USER_MTU)
-        for m in macs
-    ]
+    if mode == "user":  # the shell's own user NICs, as the page of a VM that keeps them says them
+        return [net.noxs_config(n, dev_mac=n.mac) for n in shellnet.user_nics(shell_id, count)]
+    macs = [parse_mac(shellnet.device_mac(shell_id, i)) for i in range(count)]
+    return [VifConfig(mac=m, dev_mac=m) for m in macs]
 
 
 def hand_over(

@@ -127,7 +127,7 @@ def checked_layout(tdir: Path) -> tuple[dict[str, Any], int]:
 
     :raise TemplateError, CheckpointError: refused (nothing is spawned).
     """
-    from lightvm.mobility.template import check_template
+    from lightvm.mobility.template import check_layout
 
     with _CHECKED_LOCK:
         known = _CHECKED.get(tdir)
@@ -139,8 +139,7 @@ def checked_layout(tdir: Path) -> tuple[dict[str, Any], int]:
             before = None
         if before is not None and before == known[0]:
             return known[1], known[2]
-    meta, layout, fd = check_template(tdir)
-    os.close(fd)
+    meta, offset = check_layout(tdir)
     try:
         after = _identities(tdir, meta)
     except (OSError, KeyError, TypeError):
@@ -148,8 +147,8 @@ def checked_layout(tdir: Path) -> tuple[dict[str, Any], int]:
     with _CHECKED_LOCK:
         if len(_CHECKED) >= CHECKED_MAX and tdir not in _CHECKED:
             _CHECKED.pop(next(iter(_CHECKED)))  # the oldest (a clone of a VM uses a new folder each time)
-        _CHECKED[tdir] = (after if after is not None and after == before else None, meta, layout.offset)
-    return meta, layout.offset
+        _CHECKED[tdir] = (after if after is not None and after == before else None, meta, offset)
+    return meta, offset
 
 
 def checked_template(tdir: Path) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from typing import Any
 
 from lightvm.errors import LightVMError, SpecError
 from lightvm.mobility.restore import PreparedRestore, RestoreResult
-from lightvm.mobility.template import TemplateError, check_template, create_template, is_template
+from lightvm.mobility.template import TemplateError, check_layout, create_template, is_template
 from lightvm.toolstack import Toolstack
 
 TEMPLATES_DIR = "templates"
@@ -162,7 +162,7 @@ def clone(
     ``prepare(tdir, name, meta)`` makes one clone's PreparedRestore (default: a QEMU
     spawned now, :func:`~lightvm.mobility.template.prepare_from_template`; lightvmd takes
     a prepared shell of the template, lightvm/daemon/templates.py). ``layout(tdir)`` checks
-    a template folder given as ``source`` (default :func:`checked_layout`: the whole check;
+    a template folder given as ``source`` (default :func:`~lightvm.mobility.template.check_layout`: the whole check;
     lightvmd passes the check it keeps per template); a template made here from a VM or a
     checkpoint is always checked in full.
     """
@@ -183,7 +183,7 @@ def clone(
             create_template(toolstack, source, temp)
             tdir = temp
         t_template = time.perf_counter()
-        meta, offset = (layout if layout is not None and temp is None else checked_layout)(tdir)
+        meta, offset = (layout if layout is not None and temp is None else check_layout)(tdir)
         if any(v.get("mode") != "user" for v in meta["vifs"]):
             raise SpecError(
                 f"{source}: only VMs on user networking can be cloned (a clone on a tap network needs its own IP,"
@@ -218,17 +218,6 @@ def clone(
         clone_ms=(t_end - t_template) * 1000,
         total_ms=(t_end - t0) * 1000,
     )
-
-
-def checked_layout(tdir: Path) -> tuple[dict[str, Any], int]:
-    """The header of template ``tdir`` after its whole check, and where its device-state
-    stream starts in ``state.lvm``.
-
-    :raise TemplateError, CheckpointError: refused.
-    """
-    meta, layout, ram_fd = check_template(tdir)
-    os.close(ram_fd)
-    return meta, int(layout.offset)
 
 
 def _start_all(

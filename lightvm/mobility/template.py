@@ -359,6 +359,17 @@ def check_template(tdir: Path) -> tuple[dict[str, Any], Any, int]:
     return meta, layout, fd
 
 
+def check_layout(tdir: Path) -> tuple[dict[str, Any], int]:
+    """:func:`check_template` for a caller that maps no RAM itself: the header and where
+    the device-state stream starts in ``state.lvm``.
+
+    :raise TemplateError, CheckpointError: as check_template.
+    """
+    meta, layout, ram_fd = check_template(tdir)
+    os.close(ram_fd)
+    return meta, int(layout.offset)
+
+
 def prepare_from_template(
     toolstack: Toolstack,
     tdir: Path,
@@ -423,6 +434,7 @@ def restore_path(
 __all__ = [
     "TemplateError",
     "TemplateResult",
+    "check_layout",
     "check_template",
     "create_template",
     "file_digest",
