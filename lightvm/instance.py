@@ -318,7 +318,7 @@ def spawn_shell(
     extra_args: tuple[str, ...] = (),
     timeout: float = 10.0,
     console_bell: bool = False,
-    then: Callable[[Machine, NoxsRegion, str], None] | None = None,
+    then: Callable[[Instance], None] | None = None,
     nics: int = 0,
     state_root: Path | None = None,
     nic_mode: str = "tap",
@@ -330,10 +330,11 @@ def spawn_shell(
 
     Shared by the create pool (paused or waiting shells) and the restore/migration pool
     (``-incoming defer`` shells): the same folder, marker, record and cleanup rules as a
-    VM. ``then(machine, region, shell_id)`` runs last, inside the cleanup: if it raises,
-    nothing is left behind either. ``console_bell``: the console is a pipe chardev whose
-    input is the FIFO ``console.in`` (output still goes to console.log, through the
-    symlink ``console.out``), so the guest can be woken by a byte. ``nics``: that many
+    VM. ``then(instance)`` runs last, inside the cleanup (its steps may push undo on
+    ``instance.undo``): if it raises, nothing is left behind either. ``console_bell``:
+    the console is a pipe chardev whose input is the FIFO ``console.in`` (output still
+    goes to console.log, through the symlink ``console.out``), so the guest can be woken
+    by a byte. ``nics``: that many
     virtio-net devices (lightvm/devices/shellnet.py), ``nic_mode`` ``tap`` (taps of the
     shell's own, made in ``state_root``'s networking context) or ``user`` (QEMU user
     networking), recorded as the shell's ``vifs``. ``disks``: that many virtio-blk devices
@@ -353,7 +354,7 @@ def spawn_shell(
         # "creating" while it lives and "incomplete" if it was killed mid-execute.
         pid = os.getpid()
         atomic_write(vm.vmdir.creating_path, json.dumps({"pid": pid, "start": proc_start_time(pid)}))
-        region = vm.create_region(devices)
+        vm.create_region(devices)
         pipe = _make_console_pipe(vm.vmdir) if console_bell else None
         args, netns = vm.make_shell_nics(nics, nic_mode) if nics else ([], contextlib.nullcontext)
         if disks:
@@ -363,13 +364,14 @@ def spawn_shell(
         machine = vm.launch((*extra_args, *args), netns, name=f"pool-{shell_id}", console_pipe=pipe, **(launch or {}))
         if nics and nic_mode == "tap":
             # Pending again: an execute leases addresses under the VM's name before its
-            # record says so (deferred, pool.py), and a daemon killed in between leaves a
-            # folder whose destroy must look for those leases by name.
+            # record says so (deferred, pool.py), or hands it the shell's own (leased by
+            # ``then``, under the shell's id), and a daemon killed in between leaves a
+            # folder whose destroy must look for those leases by name and by id.
             vm.record.devices["vifs_pending"] = True
             vm.vmdir.write(vm.record)
         machine.qmp.negotiate(timeout=timeout)  # QEMU initialised: what is left is `cont` / the stream
         if then is not None:
-            then(machine, region, shell_id)
+            then(vm)
     vm.undo.run_only("network context")
     return vm
 
@@ -487,14 +489,17 @@ def destroy(vmdir: VMDir, state_root: Path | None, hard: bool = False) -> None:
         jailmod.release_vm(record.id)
         cgroups.release(record.id)
         if state_root is not None and (record.devices.get("vifs") or record.devices.get("vifs_pending")):
-            release_vifs(state_root, vmdir.name, record.devices)
+            release_vifs(state_root, vmdir.name, record.devices, record.id)
         Path(record.noxs_path).unlink(missing_ok=True)
     vmdir.qmp_path.unlink(missing_ok=True)
     shutil.rmtree(vmdir.path, ignore_errors=True)
 
 
-def release_vifs(state_root: Path, vm_name: str, devices: dict[str, Any]) -> None:
-    """Undo the host side of a VM's vifs as recorded in its ``devices``."""
+def release_vifs(state_root: Path, vm_name: str, devices: dict[str, Any], vm_id: str = "") -> None:
+    """Undo the host side of a VM's vifs as recorded in its ``devices``. ``vm_id``: the
+    record's id, under which a pooled VM's leases may still be while its vifs are
+    pending (its shell leased them at prepare, and the execute hands them to the VM's
+    name only after its reply: lightvm/daemon/pool_nics.py)."""
     saved = devices.get("vifs") or []
     pending = bool(devices.get("vifs_pending"))
     if not pending and all(v.get("mode") == "user" for v in saved):
@@ -505,6 +510,9 @@ def release_vifs(state_root: Path, vm_name: str, devices: dict[str, Any]) -> Non
         for data in saved:
             with contextlib.suppress(LightVMError):
                 net.release(net.PreparedVif.from_dict(data), vm_name, ctx)
+        if pending and vm_id and vm_id != vm_name:  # a pooled VM's leases its shell made (by id)
+            with contextlib.suppress(LightVMError):
+                ctx.store().release(vm_id, thorough=True)
         if pending:  # the create died before recording its vifs: find them by name (slower)
             with contextlib.suppress(LightVMError):
                 net.forget_vm(vm_name, ctx)

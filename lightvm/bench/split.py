@@ -134,6 +134,26 @@ def daemon_answers(proc: subprocess.Popen[bytes], state: Path, log_tail: Callabl
         return False
 
 
+def network_setup(name: str, subnet: str) -> Callable[[Path, dict[str, str]], None]:
+    """A :class:`SplitFleet` ``before_daemon`` step: network ``name`` made in the fleet's
+    state dir (the CLI, no daemon yet), so that the pool's shells lease their addresses
+    on it from the first one (lightvm/devices/shellnet.py), as on a host whose networks
+    outlive its lightvmd.
+
+    :raise LightVMError: the network could not be made."""
+
+    def make(state: Path, env: dict[str, str]) -> None:
+        made = subprocess.run(
+            [sys.executable, "-m", "lightvm.cli", "--state-dir", str(state), "network", "create", name,
+             "--subnet", subnet],
+            env=dict(env, LIGHTVM_NO_DAEMON="1"), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if made.returncode != 0:
+            raise LightVMError(f"network create {name}: {made.stderr.strip()}")
+
+    return make
+
+
 class SplitFleet:
     """lightvm split: a lightvmd with a pool; the sample is the client-side request -> READY."""
 
@@ -150,6 +170,7 @@ class SplitFleet:
         publish: bool = False,
         config: Path | None = None,
         env: dict[str, str] | None = None,
+        before_daemon: Callable[[Path, dict[str, str]], None] | None = None,
     ) -> None:
         self.settle = settle  # False: measure while the refill of the previous take runs
         # publish: each background VM's port 13 forwarded to its own 127.0.0.1 port (user
@@ -173,6 +194,12 @@ class SplitFleet:
         env = dict(os.environ, **(env or {}))
         env.pop("LIGHTVM_STATE_DIR", None)
         self.env = env
+        if before_daemon is not None:  # e.g. a network its shells lease on (network_setup)
+            try:
+                before_daemon(self.state, env)
+            except BaseException:
+                self._tmp.cleanup()
+                raise
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
         self.count = 0

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.bench.runner import REPO
-from lightvm.bench.split import SplitFleet, free_port
+from lightvm.bench.split import SplitFleet, free_port, network_setup
 from lightvm.daemon import api
 from lightvm.devices.netns import netns_path, thread_inside
 from lightvm.errors import LightVMError
@@ -177,14 +177,9 @@ def run(iterations: int, warmup: int, user: bool = False, disk: bool = False) ->
         else:
             _ip("-n", netns, "link", "set", "lo", "up")
             env = {"LIGHTVM_NETNS": netns, "LIGHTVM_NET_MODE": "tap"}
-            fleet = SplitFleet(config=_config(Path(folder.name), user), env=env)
-            cli = [sys.executable, "-m", "lightvm.cli", "--state-dir", str(fleet.state)]
-            made = subprocess.run(
-                [*cli, "network", "create", "bn", "--subnet", SUBNET],
-                env=dict(fleet.env, LIGHTVM_NO_DAEMON="1"), capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
-            if made.returncode != 0:
-                raise LightVMError(f"network create: {made.stderr.strip()}")
+            fleet = SplitFleet(
+                config=_config(Path(folder.name), user), env=env, before_daemon=network_setup("bn", SUBNET)
+            )
         samples: dict[str, list[dict[str, Any]]] = {"pool": [], "cold": []}
         for i in range(warmup + iterations):
             for path in ("pool", "cold") if i % 2 == 0 else ("cold", "pool"):  # alternate who goes first

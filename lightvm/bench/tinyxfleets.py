@@ -27,7 +27,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ from typing import Any
 
 from lightvm.bench.procfs import children_of, cpu_ticks, smaps_rollup
 from lightvm.bench.runner import Sample
-from lightvm.bench.split import SplitFleet, free_port
+from lightvm.bench.split import SplitFleet, free_port, network_setup
 from lightvm.bench.tcpprobe import wait_serving
 from lightvm.errors import LightVMError
 from lightvm.spec import load_spec
@@ -248,17 +247,13 @@ class PoolBridgedVMs(PoolVMs):
             ns = self._stack.enter_context(private_netns("lvtinyx"))
             self.config = bridged_config(image, Path(self._tmp))
             self.fleet = SplitFleet(
-                config=self.config, accel=accel, pool_size=1, env={"LIGHTVM_NETNS": ns, "LIGHTVM_NET_MODE": "tap"}
+                config=self.config,
+                accel=accel,
+                pool_size=1,
+                env={"LIGHTVM_NETNS": ns, "LIGHTVM_NET_MODE": "tap"},
+                before_daemon=network_setup(BRIDGE_NETWORK, BRIDGE_SUBNET),
             )
             self._stack.callback(self.fleet.close)  # before the namespace goes (LIFO)
-            made = subprocess.run(
-                [sys.executable, "-m", "lightvm.cli", "--state-dir", str(self.fleet.state), "network", "create",
-                 BRIDGE_NETWORK, "--subnet", BRIDGE_SUBNET],
-                env=dict(self.fleet.env, LIGHTVM_NO_DAEMON="1"), capture_output=True, text=True, timeout=60,
-                check=False,
-            )  # fmt: skip
-            if made.returncode != 0:
-                raise LightVMError(f"network create {BRIDGE_NETWORK}: {made.stderr.strip()}")
             nsfd = os.open(netns_path(ns), os.O_RDONLY | os.O_CLOEXEC)
             self._stack.callback(os.close, nsfd)
             # One thread that lives in the namespace: the client's sockets are made there.

@@ -51,8 +51,9 @@ def execute_deferred(
 
     With NICs (lightvm/devices/shellnet.py), before the page is written: the shell's taps
     join the VM's bridges and the addresses are leased under ``name`` (a failure releases
-    the leases and the discard deletes the taps), or the user netdevs get the VM's port
-    forwards (QMP; they go with the QEMU on failure).
+    the leases and the discard deletes the taps), or, if the shell leased them and joined
+    at prepare, its leases are only checked (handed to ``name`` in ``finish()``), or the
+    user netdevs get the VM's port forwards (QMP; they go with the QEMU on failure).
 
     :raise ExistsError: ``name`` is taken (the shell is discarded, never reused).
     :raise GuestError: the guest failed to boot.
@@ -76,7 +77,12 @@ def execute_deferred(
     try:
         ensure_free(state, name)  # the usual refusal, before the guest ever sees the name
         page = PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=not spec.is_linux)
-        if shell.nics:
+        if shell.leased:
+            # Leased and joined at prepare: only checked here; the leases become the VM's
+            # after the reply (finish), and the folder is claimed while the guest boots.
+            vifs = pool_nics.keep_leases(shell.leased, spec.vifs, shell.id, name, net_context, shell.state_root)
+            page.vifs = pool_nics.page_vifs(vifs, shell.nics)
+        elif shell.nics:
             # The name first (~0.1 ms more on this path): an address is leased under a
             # name that is ours (a one-shot create of the same name asking the allocator
             # for its vif would be handed the same lease, and our undo would release it),
@@ -113,6 +119,9 @@ def execute_deferred(
             record.state = VMStatus.RUNNING.value
             record.boot_ms = boot_ms
             record.devices["pool"] = {"shell": shell.id, "age_s": age_s}
+            if shell.leased:  # the shell's leases and taps, under the VM's name from here on
+                with contextlib.suppress(LightVMError):  # a lease gone meanwhile: destroy still finds the rest
+                    pool_nics.hand_leases(shell.leased, shell.id, name, net_context, shell.state_root)
             if vifs:  # the VM's vifs now: destroy releases their leases and taps
                 record.argv = pool_nics.record_vifs(record.devices, record.argv, vifs, shell.nics)
             if disks:  # as a cold VM's: a checkpoint rebuilds its QEMU from them

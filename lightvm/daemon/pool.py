@@ -45,8 +45,8 @@ from lightvm import cgroups, jail
 from lightvm.daemon import pool_nics
 from lightvm.daemon.adaptive import DEFAULT_IDLE_S, AdaptivePolicy
 from lightvm.daemon.shells import POOL_DIR, SHELL_OVERHEAD_MIB, ShellPool
-from lightvm.errors import GuestError, LightVMError
-from lightvm.instance import destroy, spawn_shell
+from lightvm.errors import AddressExhaustedError, GuestError, LightVMError, NotFoundError
+from lightvm.instance import Instance, destroy, spawn_shell
 from lightvm.machine import Machine
 from lightvm.noxs import BootState, NoxsRegion, PageConfig, VifConfig
 from lightvm.spec import VMSpec
@@ -81,6 +81,9 @@ class Flavour:
     nic_mode: str = ""  # "tap" or "user" (with nics)
     initrd: str = ""  # a Linux guest's initramfs (a Tinyx image): one kernel serves many images
     disks: tuple[bool, ...] = ()  # per disk: read-only? (fixed at prepare); the images are the VM's, set at execute
+    # Tap NICs whose vifs name a network and nothing else (pool_nics.pre_leasable): per
+    # NIC, the network its shell leases an address on and joins at prepare.
+    networks: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, spec: VMSpec, accel: str, net_mode: str = "tap") -> Flavour:
@@ -96,16 +99,27 @@ class Flavour:
             nic_mode=vif_kind(spec.vifs[0], net_mode) if spec.vifs else "",
             initrd=os.path.normpath(os.path.abspath(spec.initrd)) if spec.initrd else "",
             disks=tuple(d.readonly for d in spec.disks),
+            networks=_pre_leased_networks(spec, net_mode),
         )
 
     def label(self) -> str:
         nics = f"/{self.nics}{self.nic_mode}" if self.nics else ""
+        if self.networks:
+            nics += f"@{','.join(self.networks)}"
         image = f"+{Path(self.initrd).parent.name or Path(self.initrd).name}" if self.initrd else ""
         disks = f"/{len(self.disks)}disk({','.join('ro' if ro else 'rw' for ro in self.disks)})" if self.disks else ""
         return f"{Path(self.kernel).name}{image}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}{nics}{disks}"
 
     def cost_mib(self) -> int:
         return self.memory_mib + SHELL_OVERHEAD_MIB
+
+
+def _pre_leased_networks(spec: VMSpec, net_mode: str) -> tuple[str, ...]:
+    """Per tap vif, its network, if a shell can lease every vif's address at prepare."""
+    vifs = spec.vifs
+    if not vifs or vif_kind(vifs[0], net_mode) != "tap" or not all(pool_nics.pre_leasable(v) for v in vifs):
+        return ()
+    return tuple(str(v.network) for v in vifs)
 
 
 MIXED_NICS_REASON = "vifs of both kinds, taps and user networking (a shell's NICs are of one kind)"
@@ -152,6 +166,7 @@ class Shell:
     nics: list[PreparedVif] = field(default_factory=list)  # its NICs (shellnet.make_taps or user_nics)
     state_root: Path | None = None  # whose networks its taps join (with tap NICs)
     take_ms: float = 0.0  # how long the create that took it waited for it (Pool.take)
+    leased: list[PreparedVif] = field(default_factory=list)  # its taps' addresses, if leased at prepare
 
     def ring(self) -> float:
         """Wake the guest asleep at its wait point (one byte into its console's receiver);
@@ -178,6 +193,8 @@ class Shell:
 
             with contextlib.suppress(LightVMError), net.NetContext.open(self.state_root) as ctx:
                 shellnet.delete_taps(taps, ctx)
+                if self.leased:
+                    ctx.store().release(self.id)
         self.region.unlink()
         jail.release_vm(self.record.id)
         cgroups.release(self.record.id)
@@ -196,21 +213,35 @@ def prepare_create_shell(
     FIFO's write end to wake it; a guest that does not (BootState.WAITING, spinning) is
     stopped, as with STOPPED. ``flavour.nics``: the shell gets that many NICs of
     ``flavour.nic_mode``, its own taps in ``state_root``'s networking or user netdevs
-    (lightvm/devices/shellnet.py).
+    (lightvm/devices/shellnet.py); with ``flavour.networks`` its taps lease their
+    addresses and join their bridges now (the lease undone with the shell if a later
+    step fails), and the placeholder page carries those addresses.
 
     :raise LightVMError: QEMU could not be started, or the guest did not reach its wait
         point (nothing is left behind).
     """
     bell: list[int] = []
+    leased: list[PreparedVif] = []
 
-    def to_wait_point(machine: Machine, region: NoxsRegion, shell_id: str) -> None:
+    def to_wait_point(vm: Instance) -> None:
+        machine, region, shell_id = vm.machine, vm.region, vm.record.id
+        assert machine is not None and region is not None
+        if flavour.networks:
+            from lightvm.devices import net, shellnet
+
+            assert state_root is not None  # taps need it (spawn_shell refused otherwise)
+            taps = [net.PreparedVif.from_dict(v) for v in vm.record.devices["vifs"]]
+            # A network made after lightvmd started, or full: this shell leases at execute
+            # instead (which says why it cannot, if it still cannot); the next one tries again.
+            with net.NetContext.open(state_root) as ctx, contextlib.suppress(NotFoundError, AddressExhaustedError):
+                leased.extend(shellnet.lease_taps(taps, flavour.networks, shell_id, ctx, vm.undo))
         if variant in TO_WAIT_POINT:
             asleep = _boot_to_wait_point(
                 machine,
                 region,
                 shell_id,
                 console_bell=variant == WAITING,
-                vifs=pool_nics.placeholder_vifs(shell_id, flavour.nics, flavour.nic_mode),
+                vifs=pool_nics.placeholder_vifs(shell_id, flavour.nics, flavour.nic_mode, leased),
             )
             pipe = machine.config.console_pipe
             if asleep and pipe is not None:
@@ -249,6 +280,7 @@ def prepare_create_shell(
         bell[0] if bell else None,
         nics,
         state_root,
+        leased=leased,
     )
 
 

@@ -23,7 +23,21 @@ if TYPE_CHECKING:
 NetContextFactory = Callable[[], contextlib.AbstractContextManager["NetContext"]]
 
 
-def placeholder_vifs(shell_id: str, count: int, mode: str = "tap") -> list[VifConfig]:
+PRE_LEASE_BLOCKERS = ("bridge", "ip", "gateway", "mac", "mtu", "publish")
+PRE_LEASE_KEYS = ("network", *PRE_LEASE_BLOCKERS)
+
+
+def pre_leasable(vif: Any) -> bool:
+    """Whether a shell can lease tap vif ``vif``'s address at prepare: it names a network
+    and nothing else (a spec vif or a mapping; pure, on the execute path). A fixed address,
+    MAC, MTU or gateway is the VM's own, known only at execute."""
+    table: dict[str, Any] = vif if isinstance(vif, dict) else {k: getattr(vif, k, None) for k in PRE_LEASE_KEYS}
+    return bool(table.get("network")) and not any(table.get(key) for key in PRE_LEASE_BLOCKERS)
+
+
+def placeholder_vifs(
+    shell_id: str, count: int, mode: str = "tap", leased: Sequence[PreparedVif] = ()
+) -> list[VifConfig]:
     """The placeholder page's vifs of a shell with ``count`` NICs: each names its device
     (``dev_mac``, and as ``mac``: a valid vif), so that a guest asleep on the console bell
     brings the device up at its wait point (images/net/netif.c, noxs_vif_prewarm): probing,
@@ -31,11 +45,14 @@ def placeholder_vifs(shell_id: str, count: int, mode: str = "tap") -> list[VifCo
     create's path (docs/lightvmd.md, the figures). User networking (``mode`` "user"): also
     the address, prefix, gateway and MTU every such VM gets (lightvm.devices.net.user_vif),
     which a Linux guest configures there (tinyx/init/main.c, prewarm_nics); a tap's
-    address is its VM's lease, known only at execute."""
+    address is its VM's lease, known at prepare only when the shell ``leased`` it then
+    (shellnet.lease_taps), else at execute."""
     if not count:
         return []
     from lightvm.devices import net, shellnet
 
+    if leased:  # the VM's addresses already: its page will say exactly this
+        return [net.noxs_config(v, dev_mac=shellnet.device_mac(shell_id, v.index)) for v in leased]
     if mode == "user":  # the shell's own user NICs, as the page of a VM that keeps them says them
         return [net.noxs_config(n, dev_mac=n.mac) for n in shellnet.user_nics(shell_id, count)]
     macs = [parse_mac(shellnet.device_mac(shell_id, i)) for i in range(count)]
@@ -64,12 +81,55 @@ def hand_over(
     valid = [net.validate(v, f"vifs[{i}]") for i, v in enumerate(spec_vifs)]
     if not nics[0].tap:
         return shellnet.hand_over_user(valid, nics, name, machine)
+    with _context(net_context, state_root) as ctx:
+        return shellnet.hand_over(valid, nics, name, ctx, undo)
+
+
+def _context(
+    net_context: NetContextFactory | None, state_root: Path | None
+) -> contextlib.AbstractContextManager[NetContext]:
+    """The pool's kept context, else one opened for the call (in ``state_root``)."""
     if net_context is not None:
-        with net_context() as ctx:
-            return shellnet.hand_over(valid, nics, name, ctx, undo)
+        return net_context()
+    from lightvm.devices import net
+
     assert state_root is not None
-    with net.NetContext.open(state_root) as own:
-        return shellnet.hand_over(valid, nics, name, own, undo)
+    return net.NetContext.open(state_root)
+
+
+def keep_leases(
+    leased: Sequence[PreparedVif],
+    spec_vifs: Sequence[Any],
+    shell_id: str,
+    name: str,
+    net_context: NetContextFactory | None,
+    state_root: Path | None,
+) -> list[PreparedVif]:
+    """The execute of a shell that leased its taps' addresses at prepare: they are VM
+    ``name``'s vifs once checked (shellnet.keep_leases); nothing to lease or join.
+
+    :raise SpecError, NetworkError: a vif is malformed or asks for something else.
+    """
+    from lightvm.devices import net, shellnet
+
+    valid = [net.validate(v, f"vifs[{i}]") for i, v in enumerate(spec_vifs)]
+    with _context(net_context, state_root) as ctx:
+        return shellnet.keep_leases(valid, leased, shell_id, name, ctx)
+
+
+def hand_leases(
+    leased: Sequence[PreparedVif],
+    shell_id: str,
+    name: str,
+    net_context: NetContextFactory | None,
+    state_root: Path | None,
+) -> None:
+    """After the reply: the shell's leases and taps become VM ``name``'s
+    (shellnet.hand_leases). :raise LightVMError: as that."""
+    from lightvm.devices import shellnet
+
+    with _context(net_context, state_root) as ctx:
+        shellnet.hand_leases(leased, shell_id, name, ctx)
 
 
 def page_vifs(vifs: Sequence[PreparedVif], nics: Sequence[PreparedVif]) -> list[VifConfig]:
@@ -102,4 +162,14 @@ def summary(vifs: Sequence[PreparedVif]) -> str:
     return net.summary(vifs)
 
 
-__all__ = ["NetContextFactory", "hand_over", "page_vifs", "placeholder_vifs", "record_vifs", "summary"]
+__all__ = [
+    "NetContextFactory",
+    "hand_leases",
+    "hand_over",
+    "keep_leases",
+    "page_vifs",
+    "placeholder_vifs",
+    "pre_leasable",
+    "record_vifs",
+    "summary",
+]

@@ -159,9 +159,10 @@ def prepare_restore_shell(root: Path, flavour: IncomingFlavour, timeout: float =
     """
     devices = 1 + sum(1 for a in flavour.device_args if a.startswith("virtio-net"))
 
-    def same_page_size(machine: Machine, region: NoxsRegion, shell_id: str) -> None:
-        if region.size != flavour.noxs_size:
-            raise LightVMError(f"NoXS region is {region.size} bytes here, {flavour.noxs_size} in the checkpoint")
+    def same_page_size(vm: Instance) -> None:
+        assert vm.region is not None
+        if vm.region.size != flavour.noxs_size:
+            raise LightVMError(f"NoXS region is {vm.region.size} bytes here, {flavour.noxs_size} in the checkpoint")
 
     spec = {
         "kernel": flavour.kernel,
@@ -184,7 +185,7 @@ def prepare_template_shell(
     spec: dict[str, Any],
     devices: int,
     extra_args: tuple[str, ...],
-    then: Callable[[Machine, NoxsRegion, str], None],
+    then: Callable[[Instance], None],
     timeout: float,
 ) -> IncomingShell:
     """A shell of a template, checked now (QEMU inherits the RAM file's fd: template.py),

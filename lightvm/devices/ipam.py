@@ -194,7 +194,7 @@ class LeaseStore:
         """How many addresses of network ``name`` are leased."""
         self._config(name)
         ipdir = self._leases(name) / "ip"
-        return len(os.listdir(ipdir)) if ipdir.is_dir() else 0
+        return sum(1 for n in os.listdir(ipdir) if not n.startswith(".")) if ipdir.is_dir() else 0
 
     def lease(self, name: str, vm: str, vif: int, ip: str | None = None, mac: str | None = None) -> VifAddress:
         """Lease an address (and MAC) on network ``name`` to vif ``vif`` of ``vm``.
@@ -245,6 +245,42 @@ class LeaseStore:
                 stale.unlink(missing_ok=True)  # pointed at an address no longer ours
                 os.symlink(chosen, stale)
             return _address(record, new)
+
+    def holds(self, name: str, vm: str, vif: int, ip: str) -> bool:
+        """Whether vif ``vif`` of ``vm`` still holds ``ip`` on network ``name`` (one
+        readlink, no lock: a lease only changes hands under the lock, and a pooled shell's
+        lease is checked by the one process that will hand it over)."""
+        lease = self._read_lease(name, ip)
+        return lease is not None and lease.vm == vm and lease.vif == vif
+
+    def hand_lease(self, name: str, old_vm: str, vif: int, new_vm: str) -> str:
+        """Give vif ``vif``'s lease on network ``name`` from ``old_vm`` to ``new_vm`` (a
+        pooled shell's address, leased at prepare, becoming its VM's): same address and
+        MAC. Each step leaves a lease that release() of one of the two names frees: the
+        new index first, then the address entry replaced in one rename, the old index last.
+
+        :return: the address.
+        :raise NetworkError: ``old_vm`` holds no such lease, or ``new_vm`` holds one already.
+        """
+        _check_vm(old_vm, vif)
+        _check_vm(new_vm, vif)
+        with self.locked():
+            root = self._leases(name)
+            ip = self._index(root / "vm" / f"{old_vm}#{vif}")
+            lease = self._read_lease(name, ip) if ip else None
+            if lease is None or lease.vm != old_vm or lease.vif != vif:
+                raise NetworkError(f"network {name}: {old_vm} vif {vif} holds no lease to hand to {new_vm}")
+            new_index = root / "vm" / f"{new_vm}#{vif}"
+            if self._index(new_index):
+                raise NetworkError(f"network {name}: {new_vm} vif {vif} holds a lease already")
+            os.symlink(ip, new_index)
+            entry = root / "ip" / ip
+            staged = root / "ip" / f".{ip}.{new_vm}"  # dot names are not leases (leases() skips them)
+            staged.unlink(missing_ok=True)
+            os.symlink(f"{new_vm}#{vif}#{lease.mac}#{int(lease.fixed)}", staged)
+            os.replace(staged, entry)
+            (root / "vm" / f"{old_vm}#{vif}").unlink(missing_ok=True)
+            return ip
 
     def _check_mac_free(self, record: Subnet, mac: str) -> None:
         owner = self._read_lease(record.name, self._index(self._leases(record.name) / "mac" / mac))

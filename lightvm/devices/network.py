@@ -286,7 +286,8 @@ class NetworkStore(LeaseStore):
                 vms = sorted({lease.vm for lease in record.leases})
                 raise NetworkError(
                     f"network {name!r} has {len(record.leases)} leases (VMs {', '.join(vms[:5])}"
-                    f"{', ...' if len(vms) > 5 else ''}); destroy them or use --force"
+                    f"{', ...' if len(vms) > 5 else ''}); destroy them or use --force (a running lightvmd's "
+                    "prepared shells hold leases under their ids: they go when lightvmd stops)"
                 )
             ops = self.ops()
             if record.nat:

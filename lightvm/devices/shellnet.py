@@ -17,6 +17,14 @@ become, but QEMU opens its tap and fixes its virtio-net device's MAC at spawn. S
   answers as the vif's MAC, which QEMU lets through because virtio-net stays promiscuous
   unless the driver negotiates VIRTIO_NET_F_CTRL_RX (docs/qemu-notes.md, "NICs of
   prepared shells"); the bridge learns the vif's MAC from the guest's first frame.
+* ... or already at prepare, when the pool knows the VM's network (every vif names a
+  network and nothing else: lightvm.daemon.pool_nics.pre_leasable): the shell leases its
+  address under the shell's id and joins the bridge then (:func:`lease_taps`), its guest
+  is given that address on its placeholder page (a Linux guest configures it at its wait
+  point), and an execute only checks the lease is still the shell's
+  (:func:`keep_leases`); the lease becomes the VM's, and the tap takes its alias, after
+  the reply (:func:`hand_leases`). Until then a destroy finds the leases by the VM's id,
+  which is the shell's (lightvm.instance.release_vifs).
 
 User networking (QEMU's slirp: no host resources) is simpler: the shell gets
 ``-netdev user`` at prepare (:func:`user_nics`), and its placeholder page carries the
@@ -34,6 +42,7 @@ only QEMU would look at.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
@@ -171,6 +180,71 @@ def hand_over(
     return out
 
 
+def lease_taps(
+    taps: Sequence[net.PreparedVif], networks: Sequence[str], shell_id: str, ctx: net.NetContext, undo: UndoStack
+) -> list[net.PreparedVif]:
+    """At prepare: lease tap ``i`` an address on ``networks[i]`` under the shell's id (undo
+    on ``undo``: release) and put it on that network's bridge now, so that an execute
+    for a VM on those networks leases nothing and joins nothing (:func:`keep_leases`,
+    then :func:`hand_leases` after the reply). The VM's vifs, as the page will say them.
+
+    :raise NotFoundError: a network does not exist (nothing leased or joined).
+    :raise AddressExhaustedError: a network is full (likewise).
+    :raise NetworkError: the kernel refused (likewise).
+    """
+    devd, store = ctx.devd(), ctx.store()
+    out = []
+    mine = UndoStack()  # all or nothing: a failure leaves the taps unleased and on no bridge
+    try:
+        for tap, network in zip(taps, networks, strict=True):
+            prepared = net.address(net.ValidVif(network=network), shell_id, tap.index, ctx, mine)
+            devd.hand_over(tap.tap, prepared.bridge, prepared.mtu, tap_alias(shell_id, tap.index))
+            mine.push(f"detach {tap.tap}", functools.partial(devd.detach, tap.tap))
+            out.append(replace(prepared, tap=tap.tap))
+    except BaseException:
+        mine.unwind()
+        raise
+    mine.commit()
+    undo.push(f"leases of shell {shell_id}", lambda: store.release(shell_id))
+    return out
+
+
+def keep_leases(
+    vifs: Sequence[net.ValidVif], leased: Sequence[net.PreparedVif], shell_id: str, vm_name: str, ctx: net.NetContext
+) -> list[net.PreparedVif]:
+    """At execute: the vifs a shell leased at prepare (:func:`lease_taps`), as VM
+    ``vm_name``'s, once each is checked to be what the spec's vif asks (its network,
+    nothing fixed) and still the shell's (one readlink each: a network deleted and made
+    again since would hand the address out anew).
+
+    :raise NetworkError: a vif asks for something else, or a lease is gone.
+    """
+    if len(vifs) != len(leased):
+        raise NetworkError(f"{vm_name}: {len(vifs)} vif(s) for a shell with {len(leased)} NIC(s)")
+    store = ctx.store()
+    for index, (vif, mine) in enumerate(zip(vifs, leased, strict=True)):
+        if vif != net.ValidVif(network=mine.network):
+            raise NetworkError(f"vif {index}: the shell's NIC is on network {mine.network} with its own address")
+        assert mine.network is not None
+        if not store.holds(mine.network, shell_id, mine.index, mine.ip):
+            raise NetworkError(f"vif {index}: the shell's lease of {mine.ip} on network {mine.network} is gone")
+    return list(leased)
+
+
+def hand_leases(leased: Sequence[net.PreparedVif], shell_id: str, vm_name: str, ctx: net.NetContext) -> None:
+    """After an execute's reply: the leases the shell made become ``vm_name``'s (same
+    address and MAC: ipam.LeaseStore.hand_lease) and its taps take the VM's alias, so that
+    the VM is found by its name like any other (``lightvm network show``, forget_vm).
+
+    :raise NetworkError: a lease is gone, or the kernel refused.
+    """
+    store, devd = ctx.store(), ctx.devd()
+    for vif in leased:
+        assert vif.network is not None
+        store.hand_lease(vif.network, shell_id, vif.index, vm_name)
+        devd.hand_over(vif.tap, vif.bridge, vif.mtu, tap_alias(vm_name, vif.index))
+
+
 def delete_taps(taps: Sequence[net.PreparedVif], ctx: net.NetContext) -> None:
     """Delete a discarded shell's taps (missing is fine)."""
     devd = ctx.devd()
@@ -183,8 +257,11 @@ __all__ = [
     "add_forwards",
     "delete_taps",
     "device_mac",
+    "hand_leases",
     "hand_over",
     "hand_over_user",
+    "keep_leases",
+    "lease_taps",
     "make_taps",
     "user_nics",
     "vm_argv",

@@ -1,5 +1,8 @@
 """Pooled NICs: lightvmd's shells are prepared with a tap and a virtio-net device, and a
 create of a VM with a vif on a network takes the pool path (lightvm/devices/shellnet.py).
+A vif that names only its network has its address leased, and its tap joined, when the
+shell is prepared (under the shell's id, the VM's after the reply); one that fixes more
+(here an MTU) at execute: the tests that differ run both.
 
 Everything networked lives in a namespace of the test's (LIGHTVM_NETNS): the network's
 bridge, the shells' taps, the VMs' taps; the daytime client runs there too.
@@ -27,6 +30,8 @@ from lightvm.util import proc_alive, wait_until
 pytestmark = [pytest.mark.functional, pytest.mark.root]
 
 SUBNET = "10.213.31.0/24"
+# The vif's extra keys: none (the shell leases at prepare), an MTU (the execute leases).
+LEASED_AT = {"prepare": "", "execute": "mtu = 1400\n"}
 
 
 @pytest.fixture
@@ -37,15 +42,20 @@ def ns(need_net_admin: None) -> Iterator[str]:
         yield made.name
 
 
+@pytest.fixture(params=sorted(LEASED_AT))
+def leased_at(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def netd(ns: str, lightvmd: Lightvmd, images: Path, tmp_path: Path) -> Iterator[tuple[Lightvmd, Path]]:
+def netd(ns: str, lightvmd: Lightvmd, images: Path, tmp_path: Path, leased_at: str) -> Iterator[tuple[Lightvmd, Path]]:
     """lightvmd in ``ns`` with a network ``pn`` and a pool of daytime-with-a-NIC shells."""
     lightvmd.env["LIGHTVM_NETNS"] = ns
     lightvmd.env["LIGHTVM_NET_MODE"] = "tap"
     config = tmp_path / "daytime-net.toml"
     config.write_text(
         f'name = "day"\nkernel = "{images / "daytime.elf"}"\nfirmware = "{images / "lvfw.bin"}"\n'
-        'memory = "4M"\n[[vifs]]\nnetwork = "pn"\n'
+        f'memory = "4M"\n[[vifs]]\nnetwork = "pn"\n{LEASED_AT[leased_at]}'
     )
     r = lightvmd.cli("network", "create", "pn", "--subnet", SUBNET)
     assert r.returncode == 0, r.stderr
@@ -69,10 +79,24 @@ def _ip(vm: dict[str, Any]) -> str:
 
 
 def _leases(d: Lightvmd) -> dict[str, str]:
-    """VM name -> address leased on network pn."""
+    """VM (or shell id) -> address leased on network pn."""
     networks = json.loads(d.cli("network", "list", "--json").stdout)
     (pn,) = [n for n in networks if n["name"] == "pn"]
     return {lease["vm"]: lease["ip"] for lease in pn["leases"]}
+
+
+def _vm_leases(d: Lightvmd) -> dict[str, str]:
+    """The leases of VMs, not of the pool's shells (those are under the shells' ids)."""
+    leases = _leases(d)  # first: a shell that leased by then has its record in the pool by then
+    shells = {r["id"] for r in d.shell_records()}
+    return {vm: ip for vm, ip in leases.items() if vm not in shells}
+
+
+def _settled_leases(d: Lightvmd, names: set[str]) -> dict[str, str]:
+    """The VMs' leases once each of ``names`` holds its own: a pooled create's lease
+    becomes its VM's just after the reply."""
+    assert wait_until(lambda: names <= set(_vm_leases(d)), timeout=10.0, interval=0.02), _leases(d)
+    return _vm_leases(d)
 
 
 def _daytime(ns: str, ip: str) -> str:
@@ -80,13 +104,19 @@ def _daytime(ns: str, ip: str) -> str:
     return run_raw(argv, timeout=20).decode("ascii", "replace")
 
 
-def test_pooled_nic_create_serves_and_never_repeats_an_address(ns: str, netd: tuple[Lightvmd, Path]) -> None:
+def test_pooled_nic_create_serves_and_never_repeats_an_address(
+    ns: str, netd: tuple[Lightvmd, Path], leased_at: str
+) -> None:
     d, config = netd
     d.start(pool=config, size=2)
     stats = wait_pool(d, 2)
-    assert stats["flavours"][0]["flavour"].endswith("/1tap"), stats
-    shell_taps = {v["tap"] for r in d.shell_records() for v in r["devices"]["vifs"]}
+    flavour = stats["flavours"][0]["flavour"]
+    assert flavour.endswith("/1tap@pn" if leased_at == "prepare" else "/1tap"), stats
+    shells = d.shell_records()
+    shell_taps = {v["tap"] for r in shells for v in r["devices"]["vifs"]}
     assert len(shell_taps) == 2 and shell_taps <= set(_links(ns)), (shell_taps, _links(ns))
+    # Leased at prepare: each shell holds an address under its id, its tap on the bridge.
+    assert set(_leases(d)) == ({r["id"] for r in shells} if leased_at == "prepare" else set()), _leases(d)
 
     a = d.create("a", config)
     assert a["path"] == "pool", a
@@ -115,13 +145,14 @@ def test_pooled_nic_create_serves_and_never_repeats_an_address(ns: str, netd: tu
         assert "/dev/net/tun" in fds, fds
     assert any(arg.startswith("tap,") and f"ifname={taps['a']}" in arg for arg in records["a"]["argv"])
 
-    assert _leases(d) == {"a": ips[0], "b": ips[1], "c": ips[2]}
+    assert _settled_leases(d, {"a", "b", "c"}) == {"a": ips[0], "b": ips[1], "c": ips[2]}
+    assert len(set(_leases(d).values())) == len(_leases(d))  # shells' and VMs' addresses all differ
 
     # Destroy releases the address and the tap; the address goes to the next create.
     r = d.cli("destroy", "a")
     assert r.returncode == 0, r.stderr
     assert taps["a"] not in _links(ns)
-    assert _leases(d) == {"b": ips[1], "c": ips[2]}
+    assert _vm_leases(d) == {"b": ips[1], "c": ips[2]}
 
     # The CLI says which path it took, and the status the last create's.
     wait_pool(d, 2)
@@ -131,7 +162,7 @@ def test_pooled_nic_create_serves_and_never_repeats_an_address(ns: str, netd: tu
     assert parse_daytime(_daytime(ns, r.stdout.split("vif0: ", 1)[1].split("/", 1)[0]))
     status = d.cli("daemon", "status")
     assert "last create: path: pool" in status.stdout, status.stdout
-    leases = _leases(d)
+    leases = _settled_leases(d, {"b", "c", "e"})
     assert set(leases) == {"b", "c", "e"} and len(set(leases.values())) == 3, leases
 
 
@@ -148,6 +179,7 @@ def test_kill9_with_nic_shells_leaves_nothing(ns: str, netd: tuple[Lightvmd, Pat
 
     d.start(pool=None)
     assert not taps & set(_links(ns)), f"taps of the killed daemon's shells left: {taps & set(_links(ns))}"
+    assert not _leases(d), f"leases of the killed daemon's shells left: {_leases(d)}"
     assert wait_until(lambda: not any(proc_alive(p, s) for p, s in pids), timeout=10.0)
     assert not any(noxs_file(r["id"]).exists() for r in shells)
     assert not (d.state_dir / "pool").exists() or not any((d.state_dir / "pool").iterdir())
@@ -165,18 +197,22 @@ def test_a_pooled_tap_vm_survives_save_and_restore(ns: str, netd: tuple[Lightvmd
     assert r.returncode == 0, r.stderr
     r = d.cli("restore", str(ckpt))
     assert r.returncode == 0, r.stderr
-    assert _leases(d) == {"kept": ip}  # the same address, pinned by the restore
+    assert _settled_leases(d, {"kept"}) == {"kept": ip}  # the same address, pinned by the restore
     parse_daytime(_daytime(ns, ip))
 
 
 def test_kill9_mid_pooled_create_then_destroy_releases_lease_and_tap(
-    ns: str, netd: tuple[Lightvmd, Path], images: Path, tmp_path: Path
+    ns: str, netd: tuple[Lightvmd, Path], images: Path, tmp_path: Path, leased_at: str
 ) -> None:
     # stall never reports READY: the pooled create is in flight (lease taken, tap on the
-    # bridge, folder vms/NAME) when the daemon dies.
+    # bridge, folder vms/NAME) when the daemon dies. Leased at prepare, the lease is still
+    # the shell's (its id is the VM's record id): the execute hands it over after READY.
     d, _ = netd
     config = tmp_path / "stall-net.toml"
-    config.write_text(f'name = "stall"\nkernel = "{images / "stall.elf"}"\nmemory = "4M"\n[[vifs]]\nnetwork = "pn"\n')
+    config.write_text(
+        f'name = "stall"\nkernel = "{images / "stall.elf"}"\nmemory = "4M"\n'
+        f'[[vifs]]\nnetwork = "pn"\n{LEASED_AT[leased_at]}'
+    )
     d.start(pool=config, size=1)
     wait_pool(d, 1)
     (shell,) = d.shell_records()
@@ -187,7 +223,8 @@ def test_kill9_mid_pooled_create_then_destroy_releases_lease_and_tap(
     )
     try:
         vmdir = d.state_dir / "vms" / "stall"
-        assert wait_until(lambda: vmdir.is_dir() and "stall" in _leases(d), timeout=60.0, interval=0.02)
+        holder = shell["id"] if leased_at == "prepare" else "stall"
+        assert wait_until(lambda: vmdir.is_dir() and holder in _leases(d), timeout=60.0, interval=0.02)
         d.kill9()
         client.communicate(timeout=60)
     finally:
@@ -201,6 +238,6 @@ def test_kill9_mid_pooled_create_then_destroy_releases_lease_and_tap(
     assert listed["name"] == "stall" and listed["status"] == "incomplete", listed
     r = d.cli("destroy", "stall")
     assert r.returncode == 0, r.stderr
-    assert "stall" not in _leases(d)
+    assert not _leases(d), _leases(d)  # neither under the name nor under the shell's id
     assert tap not in _links(ns)
     assert not vmdir.exists() and not noxs_file(shell["id"]).exists()

@@ -260,6 +260,40 @@ def test_layout_is_one_entry_per_lease(tmp_path: Path) -> None:
     assert [sorted(os.listdir(root / d)) for d in ("ip", "vm", "mac")] == [[], [], []]
 
 
+def test_a_shell_s_lease_is_handed_to_its_vm_whole(tmp_path: Path) -> None:
+    # lightvmd's shells lease at prepare under their id; the VM they become takes it over.
+    s = store(tmp_path)
+    s.create("n", "10.1.0.0/24")
+    shell = s.lease("n", "0123456789abcdef", 0)
+    other = s.lease("n", "vm9", 0)
+    assert s.holds("n", "0123456789abcdef", 0, shell.ip) and not s.holds("n", "vm1", 0, shell.ip)
+    assert s.hand_lease("n", "0123456789abcdef", 0, "vm1") == shell.ip
+    root = tmp_path / "networks" / "n"
+    assert os.readlink(root / "ip" / shell.ip) == f"vm1#0#{shell.mac}#0"  # same address, same MAC
+    assert sorted(os.listdir(root / "vm")) == ["vm1#0", "vm9#0"]
+    assert sorted(os.listdir(root / "ip")) == sorted([shell.ip, other.ip])  # nothing staged is left
+    assert s.holds("n", "vm1", 0, shell.ip) and not s.holds("n", "0123456789abcdef", 0, shell.ip)
+    assert s.lease("n", "vm1", 0) == shell  # asking again: the lease it holds
+    assert s.release("0123456789abcdef") == 0
+    # Only what is held can be handed, and never over a lease the new owner has.
+    with pytest.raises(NetworkError, match="holds no lease"):
+        s.hand_lease("n", "0123456789abcdef", 0, "vm2")
+    with pytest.raises(NetworkError, match="holds a lease already"):
+        s.hand_lease("n", "vm1", 0, "vm9")
+    assert s.holds("n", "vm1", 0, shell.ip) and s.holds("n", "vm9", 0, other.ip)
+    assert s.release("vm1") == 1 and s.lease_count("n") == 1
+
+
+def test_a_staged_entry_left_by_a_crash_is_not_a_lease(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.create("n", "10.1.0.0/24")
+    held = s.lease("n", "shell", 0)
+    os.symlink(f"vm1#0#{held.mac}#0", tmp_path / "networks" / "n" / "ip" / f".{held.ip}.vm1")
+    assert s.lease_count("n") == 1 and [x.vm for x in s.get("n").leases] == ["shell"]
+    assert s.hand_lease("n", "shell", 0, "vm1") == held.ip  # and a new hand-over replaces it
+    assert [x.vm for x in s.get("n").leases] == ["vm1"]
+
+
 def test_thorough_release_finds_a_lease_whose_index_was_lost(tmp_path: Path) -> None:
     s = store(tmp_path)
     s.create("n", "10.1.0.0/24")

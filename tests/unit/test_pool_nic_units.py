@@ -1,5 +1,6 @@
-"""Pooled NICs without QEMU or root: which specs a NIC shell serves (the flavour), why the
-others go cold, the shell device's MAC, and the vif page's dev_mac."""
+"""Pooled NICs without QEMU or root: which specs a NIC shell serves (the flavour, and
+whether its shell can lease at prepare), why the others go cold, the shell device's MAC,
+and the vif page's dev_mac."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, cast
 
 import pytest
 
+from lightvm.daemon import pool_nics
 from lightvm.daemon.pool import MIXED_NICS_REASON, Flavour, poolable
 from lightvm.devices import net, shellnet
 from lightvm.errors import NetworkError
@@ -21,16 +23,49 @@ def spec(tmp_path: Path, **extra: Any) -> VMSpec:
     return parse_spec(data, tmp_path / "day.toml", check_kernel=False)
 
 
-def test_a_nic_flavour_counts_nics_and_ignores_where_they_go(tmp_path: Path) -> None:
+def test_a_nic_flavour_counts_nics_and_names_a_network_only_when_it_can_lease_there(tmp_path: Path) -> None:
     on_a = spec(tmp_path, vifs=[{"network": "a"}])
-    on_b = spec(tmp_path, vifs=[{"network": "b", "ip": "10.0.0.9"}], name="other")
+    fixed_ip = spec(tmp_path, vifs=[{"network": "b", "ip": "10.0.0.9"}], name="other")
+    fixed_mtu = spec(tmp_path, vifs=[{"network": "a", "mtu": 1400}])
     bridged = spec(tmp_path, vifs=[{"bridge": "br0", "ip": "10.1.0.2/24"}])
     flavour = Flavour.of(on_a, "tcg")
-    assert flavour.nics == 1 and flavour.label() == "daytime.elf/4M/1cpu/tcg/1tap"
-    # The bridge, address and name are set at execute: one shell serves all three.
-    assert Flavour.of(on_b, "tcg") == flavour == Flavour.of(bridged, "tcg")
+    # Only the network named: the shell leases its address there at prepare.
+    assert flavour.nics == 1 and flavour.networks == ("a",) and flavour.label() == "daytime.elf/4M/1cpu/tcg/1tap@a"
+    assert Flavour.of(spec(tmp_path, vifs=[{"network": "b"}]), "tcg").networks == ("b",)
+    # Anything fixed is the VM's, set at execute: one plain tap shell serves all of those.
+    plain = Flavour.of(fixed_ip, "tcg")
+    assert plain.networks == () and plain.label() == "daytime.elf/4M/1cpu/tcg/1tap"
+    assert plain == Flavour.of(fixed_mtu, "tcg") == Flavour.of(bridged, "tcg") != flavour
     assert Flavour.of(spec(tmp_path), "tcg") != flavour  # no NIC: another shell
     assert Flavour.of(spec(tmp_path), "tcg").label() == "daytime.elf/4M/1cpu/tcg"
+    # All vifs or none: one vif with an address of its own keeps the whole shell plain.
+    two = spec(tmp_path, vifs=[{"network": "a"}, {"network": "b", "mac": "52:54:00:00:00:09"}])
+    assert Flavour.of(two, "tcg").networks == ()
+    assert Flavour.of(spec(tmp_path, vifs=[{"network": "a"}, {"network": "b"}]), "tcg").networks == ("a", "b")
+    assert Flavour.of(on_a, "tcg", net_mode="user").networks == ()  # a rootless daemon has no taps
+
+
+def test_pre_leasable_reads_specs_and_mappings_alike(tmp_path: Path) -> None:
+    assert pool_nics.pre_leasable({"network": "a"})
+    assert pool_nics.pre_leasable(spec(tmp_path, vifs=[{"network": "a"}]).vifs[0])
+    for extra in ({"ip": "10.0.0.9"}, {"mac": "52:54:00:00:00:09"}, {"mtu": 1400}, {"gateway": "10.0.0.1"}):
+        assert not pool_nics.pre_leasable({"network": "a", **extra}), extra
+        assert not pool_nics.pre_leasable(spec(tmp_path, vifs=[{"network": "a", **extra}]).vifs[0]), extra
+    assert not pool_nics.pre_leasable({"bridge": "br0", "ip": "10.1.0.2/24"})
+    assert not pool_nics.pre_leasable({})
+
+
+def test_a_pre_leased_placeholder_page_says_the_vm_s_address_and_the_device_s_mac() -> None:
+    leased = [net.PreparedVif(0, net.NetMode.TAP, "52:54:0a:d5:1f:07", "10.213.31.7", 24, "10.213.31.1", 1500, "lvx-0")]
+    (vif,) = pool_nics.placeholder_vifs("0123456789abcdef", 1, "tap", leased)
+    assert (vif.ip, vif.prefix, vif.gateway, vif.mtu) == ("10.213.31.7", 24, "10.213.31.1", 1500)
+    assert vif.mac == parse_mac("52:54:0a:d5:1f:07")
+    assert vif.dev_mac == parse_mac(shellnet.device_mac("0123456789abcdef", 0))
+    # The execute's page for that VM says the same: a guest configured at its wait point keeps it.
+    nic = net.PreparedVif(0, net.NetMode.TAP, shellnet.device_mac("0123456789abcdef", 0), "0.0.0.0", 0, "0.0.0.0", 1500)
+    assert pool_nics.page_vifs(leased, [nic]) == [vif]
+    (plain,) = pool_nics.placeholder_vifs("0123456789abcdef", 1, "tap")
+    assert plain.ip == "0.0.0.0" and plain.mac == plain.dev_mac == vif.dev_mac
 
 
 def test_user_networking_is_a_flavour_of_its_own(tmp_path: Path) -> None:
@@ -53,7 +88,7 @@ def test_vifs_of_one_kind_are_poolable_mixed_are_not(tmp_path: Path) -> None:
     with_disks = spec(tmp_path, disks=[{"path": "d.img", "readonly": True}, {"path": "d.img"}], vifs=[{"network": "a"}])
     assert poolable(with_disks) is None  # disks too: lightvm/devices/shellblk.py
     flavour = Flavour.of(with_disks, "tcg")
-    assert flavour.disks == (True, False) and flavour.label().endswith("/1tap/2disk(ro,rw)")
+    assert flavour.disks == (True, False) and flavour.label().endswith("/1tap@a/2disk(ro,rw)")
 
 
 def test_shell_device_macs_are_unicast_local_and_distinct() -> None:
