@@ -83,11 +83,14 @@ def execute_deferred(
             vifs = pool_nics.keep_leases(shell.leased, spec.vifs, shell.id, name, net_context, shell.state_root)
             page.vifs = pool_nics.page_vifs(vifs, shell.nics)
         elif shell.nics:
-            # The name first (~0.1 ms more on this path): an address is leased under a
-            # name that is ours (a one-shot create of the same name asking the allocator
-            # for its vif would be handed the same lease, and our undo would release it),
-            # and a kill -9 from here on leaves vms/NAME, whose destroy finds the lease.
-            claim()
+            if shell.nics[0].tap:
+                # The name first (~0.1-0.3 ms more on this path): an address is leased under
+                # a name that is ours (a one-shot create of the same name asking the allocator
+                # for its vif would be handed the same lease, and our undo would release it),
+                # and a kill -9 from here on leaves vms/NAME, whose destroy finds the lease.
+                # User networking leases nothing (its forwards die with QEMU): it claims
+                # while the guest boots, as without NICs.
+                claim()
             vifs = pool_nics.hand_over(shell.nics, machine, shell.state_root, spec.vifs, name, net_context, undo)
             page.vifs = pool_nics.page_vifs(vifs, shell.nics)
         if spec.disks:  # the images under the shell's devices (lightvm/devices/shellblk.py)
