@@ -30,8 +30,12 @@ void app_main(void)
 	noxs_ready("dirty");
 	printf("DIRTY %u KiB\n", kib);
 	for (uint64_t pass = 1;; pass++) {
+		/* Never 0: a page whose one written byte is 0 again is all zeros, and a
+		 * migration sends a zero page as a flag, not 4 KiB (one pass in 256 would
+		 * then move almost nothing). */
+		uint8_t mark = (uint8_t)(pass % 255u + 1u);
 		for (unsigned off = 0; off < kib * 1024; off += 4096)
-			buffer[off] = (uint8_t)pass;
+			buffer[off] = mark;
 		noxs_count(pass);
 		idle_until(0);  /* deadline already passed: services sysctl, no sleep */
 	}
