@@ -9,8 +9,11 @@ ready, removes it and returns the sample, ``close()`` removes everything.
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -116,4 +119,24 @@ class LightvmColdFleet:
         self._tmp.cleanup()
 
 
-__all__ = ["Fleet", "LightvmColdFleet", "guest_spec"]
+def network_setup(name: str, subnet: str) -> Callable[[Path, dict[str, str]], None]:
+    """A :class:`lightvm.bench.split.SplitFleet` ``before_daemon`` step: network ``name``
+    made in the fleet's state dir (the CLI, no daemon yet), so that the pool's shells
+    lease their addresses on it from the first one (lightvm/devices/shellnet.py), as on
+    a host whose networks outlive its lightvmd.
+
+    :raise LightVMError: the network could not be made."""
+
+    def make(state: Path, env: dict[str, str]) -> None:
+        made = subprocess.run(
+            [sys.executable, "-m", "lightvm.cli", "--state-dir", str(state), "network", "create", name,
+             "--subnet", subnet],
+            env=dict(env, LIGHTVM_NO_DAEMON="1"), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if made.returncode != 0:
+            raise LightVMError(f"network create {name}: {made.stderr.strip()}")
+
+    return make
+
+
+__all__ = ["Fleet", "LightvmColdFleet", "guest_spec", "network_setup"]

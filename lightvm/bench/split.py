@@ -134,26 +134,6 @@ def daemon_answers(proc: subprocess.Popen[bytes], state: Path, log_tail: Callabl
         return False
 
 
-def network_setup(name: str, subnet: str) -> Callable[[Path, dict[str, str]], None]:
-    """A :class:`SplitFleet` ``before_daemon`` step: network ``name`` made in the fleet's
-    state dir (the CLI, no daemon yet), so that the pool's shells lease their addresses
-    on it from the first one (lightvm/devices/shellnet.py), as on a host whose networks
-    outlive its lightvmd.
-
-    :raise LightVMError: the network could not be made."""
-
-    def make(state: Path, env: dict[str, str]) -> None:
-        made = subprocess.run(
-            [sys.executable, "-m", "lightvm.cli", "--state-dir", str(state), "network", "create", name,
-             "--subnet", subnet],
-            env=dict(env, LIGHTVM_NO_DAEMON="1"), capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        if made.returncode != 0:
-            raise LightVMError(f"network create {name}: {made.stderr.strip()}")
-
-    return make
-
-
 class SplitFleet:
     """lightvm split: a lightvmd with a pool; the sample is the client-side request -> READY."""
 

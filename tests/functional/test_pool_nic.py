@@ -165,6 +165,10 @@ def test_pooled_nic_create_serves_and_never_repeats_an_address(
     leases = _settled_leases(d, {"b", "c", "e"})
     assert set(leases) == {"b", "c", "e"} and len(set(leases.values())) == 3, leases
 
+    # A daemon stopped the usual way gives its shells' addresses back; the VMs keep theirs.
+    d.stop()
+    assert _leases(d) == leases, _leases(d)
+
 
 def test_kill9_with_nic_shells_leaves_nothing(ns: str, netd: tuple[Lightvmd, Path]) -> None:
     d, config = netd
