@@ -334,12 +334,12 @@ def spawn_shell(
     ``instance.undo``): if it raises, nothing is left behind either. ``console_bell``:
     the console is a pipe chardev whose input is the FIFO ``console.in`` (output still
     goes to console.log, through the symlink ``console.out``), so the guest can be woken
-    by a byte. ``nics``: that many
-    virtio-net devices (lightvm/devices/shellnet.py), ``nic_mode`` ``tap`` (taps of the
-    shell's own, made in ``state_root``'s networking context) or ``user`` (QEMU user
-    networking), recorded as the shell's ``vifs``. ``disks``: that many virtio-blk devices
-    on placeholders (True: read-only), lightvm/devices/shellblk.py. ``launch``: other
-    MachineConfig fields (a template's RAM file, lightvm/mobility/template.py).
+    by a byte. ``nics``: that many virtio-net devices (lightvm/devices/shellnet.py),
+    ``nic_mode`` ``tap`` (taps of the shell's own, made in ``state_root``'s networking
+    context) or ``user`` (QEMU user networking), recorded as the shell's ``vifs``.
+    ``disks``: that many virtio-blk devices on placeholders (True: read-only),
+    lightvm/devices/shellblk.py. ``launch``: other MachineConfig fields (a template's RAM
+    file, lightvm/mobility/template.py).
 
     :raise LightVMError: QEMU could not be started, or ``then`` failed.
     """

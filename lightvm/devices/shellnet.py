@@ -50,13 +50,17 @@ from typing import TYPE_CHECKING
 
 from lightvm.devices import net
 from lightvm.devices.devd import tap_alias
-from lightvm.errors import ForeignLinkError, NetworkError
+from lightvm.errors import AddressExhaustedError, ForeignLinkError, NetworkError
 from lightvm.undo import UndoStack
 
 if TYPE_CHECKING:
     from lightvm.machine import Machine
 
 SHELL_TAP_MTU = 1500  # until execute sets the vif's
+# A shell leases at prepare only while its network keeps this many addresses free beyond
+# what it takes: a small network's last addresses stay for VMs (a one-shot create, a
+# cold path), not held by shells that may never be used.
+PRE_LEASE_RESERVE = 8
 
 
 def device_mac(shell_id: str, index: int) -> str:
@@ -189,10 +193,18 @@ def lease_taps(
     then :func:`hand_leases` after the reply). The VM's vifs, as the page will say them.
 
     :raise NotFoundError: a network does not exist (nothing leased or joined).
-    :raise AddressExhaustedError: a network is full (likewise).
+    :raise AddressExhaustedError: a network is full, or would keep fewer than
+        :data:`PRE_LEASE_RESERVE` free addresses (likewise).
     :raise NetworkError: the kernel refused (likewise).
     """
     devd, store = ctx.devd(), ctx.store()
+    for network in set(networks):
+        record = store.get(network)  # every lease read: at prepare, not on a create's path
+        free = record.capacity - len(record.leases) - list(networks).count(network)
+        if free < PRE_LEASE_RESERVE:
+            raise AddressExhaustedError(
+                f"network {network}: {free} addresses would stay free; its last {PRE_LEASE_RESERVE} are for VMs"
+            )
     out = []
     mine = UndoStack()  # all or nothing: a failure leaves the taps unleased and on no bridge
     try:
@@ -253,6 +265,7 @@ def delete_taps(taps: Sequence[net.PreparedVif], ctx: net.NetContext) -> None:
 
 
 __all__ = [
+    "PRE_LEASE_RESERVE",
     "SHELL_TAP_MTU",
     "add_forwards",
     "delete_taps",

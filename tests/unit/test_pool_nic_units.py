@@ -12,6 +12,7 @@ import pytest
 from lightvm.daemon import pool_nics
 from lightvm.daemon.pool import MIXED_NICS_REASON, Flavour, poolable
 from lightvm.devices import net, shellnet
+from lightvm.devices.ipam import mac_for_ip
 from lightvm.errors import NetworkError
 from lightvm.noxs import NoxsError, NoxsRegion, PageConfig, VifConfig, VifCtrl, parse_mac
 from lightvm.spec import VMSpec, parse_spec
@@ -215,3 +216,116 @@ def test_low_published_ports_take_the_cold_path_when_the_jail_drops_root(
     assert "below 1024" in (poolable(low) or "") and poolable(high) is None
     monkeypatch.setattr(jail, "layers_drop_root", lambda: False)  # rootless or LIGHTVM_JAIL=off
     assert poolable(low) is None
+
+
+class _Ops:
+    """The bridge side a NetworkStore drives, faked (no netlink, no root)."""
+
+    def ensure_bridge(self, name: str, mtu: int = 1500, alias: str = "", undo: UndoStack | None = None) -> int:
+        return 1
+
+    def ensure_address(self, ifname: str, iface: object, undo: UndoStack | None = None) -> None:
+        pass
+
+    def addresses(self) -> list[Any]:
+        return []
+
+    def ifindex(self, name: str) -> int | None:
+        return 1
+
+    def write_sysctl(self, key: str, value: str) -> None:
+        pass
+
+    def run(self, argv: list[str], stdin: str = "", timeout: float = 5.0) -> str:
+        return ""
+
+
+class _Devd:
+    """Where each tap was put (bridge, MTU, alias), as Devd.hand_over would."""
+
+    def __init__(self) -> None:
+        self.on: dict[str, tuple[str, int, str]] = {}
+
+    def ifindex(self, name: str) -> int | None:
+        return 1
+
+    def hand_over(self, tap: str, bridge: str, mtu: int, alias: str) -> None:
+        self.on[tap] = (bridge, mtu, alias)
+
+    def detach(self, tap: str) -> None:
+        self.on.pop(tap, None)
+
+
+class _Ctx:
+    def __init__(self, store: Any) -> None:
+        self._store, self._devd = store, _Devd()
+
+    def store(self) -> Any:
+        return self._store
+
+    def devd(self) -> _Devd:
+        return self._devd
+
+
+def _net_ctx(tmp_path: Path, subnets: dict[str, str]) -> _Ctx:
+    """A real allocator over ``subnets`` in ``tmp_path``, with the netlink side faked."""
+    from lightvm.devices.network import NetworkStore
+
+    store = NetworkStore(tmp_path, ops=cast(Any, _Ops()), host_addresses=lambda: [])
+    for name, subnet in subnets.items():
+        store.create(name, subnet)
+    return _Ctx(store)
+
+
+def _taps(shell: str, count: int) -> list[net.PreparedVif]:
+    return [
+        net.PreparedVif(i, net.NetMode.TAP, shellnet.device_mac(shell, i), "0.0.0.0", 0, "0.0.0.0", 1500, f"lvt-{i}")
+        for i in range(count)
+    ]
+
+
+def test_a_shell_leases_at_prepare_and_its_vm_takes_the_lease_over(tmp_path: Path) -> None:
+    ctx = _net_ctx(tmp_path, {"a": "10.9.0.0/24"})
+    store, shell = ctx.store(), "0123456789abcdef"
+    undo = UndoStack()
+    (vif,) = shellnet.lease_taps(_taps(shell, 1), ["a"], shell, cast(Any, ctx), undo)
+    assert (vif.network, vif.tap, vif.bridge) == ("a", "lvt-0", "lv-a") and vif.mac == mac_for_ip(vif.ip)
+    assert ctx.devd().on == {"lvt-0": ("lv-a", 1500, f"lightvm:vm={shell}/0")}  # on the bridge, as the shell
+    assert [(x.vm, x.ip) for x in store.get("a").leases] == [(shell, vif.ip)]
+    # The execute: checked, nothing leased; a vif asking for more is refused.
+    assert shellnet.keep_leases([net.ValidVif(network="a")], [vif], shell, "web", cast(Any, ctx)) == [vif]
+    with pytest.raises(NetworkError, match="its own address"):
+        shellnet.keep_leases([net.ValidVif(network="a", mtu=1400)], [vif], shell, "web", cast(Any, ctx))
+    # After the reply: the VM's name holds the same address, the tap carries its alias.
+    shellnet.hand_leases([vif], shell, "web", cast(Any, ctx))
+    assert [(x.vm, x.ip, x.mac) for x in store.get("a").leases] == [("web", vif.ip, vif.mac)]
+    assert ctx.devd().on["lvt-0"] == ("lv-a", 1500, "lightvm:vm=web/0")
+    undo.unwind()  # a shell's undo after the hand-over releases nothing of the VM's
+    assert [x.vm for x in store.get("a").leases] == ["web"]
+
+
+def test_a_lease_gone_since_prepare_fails_the_execute(tmp_path: Path) -> None:
+    ctx = _net_ctx(tmp_path, {"a": "10.9.0.0/24"})
+    shell = "0123456789abcdef"
+    (vif,) = shellnet.lease_taps(_taps(shell, 1), ["a"], shell, cast(Any, ctx), UndoStack())
+    ctx.store().release(shell)  # e.g. the network deleted and made again
+    with pytest.raises(NetworkError, match="is gone"):
+        shellnet.keep_leases([net.ValidVif(network="a")], [vif], shell, "web", cast(Any, ctx))
+
+
+def test_pre_leasing_is_all_or_nothing_and_leaves_a_small_network_s_last_addresses(tmp_path: Path) -> None:
+    from lightvm.errors import AddressExhaustedError, NotFoundError
+
+    ctx = _net_ctx(tmp_path, {"a": "10.9.0.0/24", "small": "10.9.1.0/28"})  # /28: 13 VM addresses
+    store, shell = ctx.store(), "0123456789abcdef"
+    with pytest.raises(NotFoundError):  # the second network does not exist: the first tap's lease goes too
+        shellnet.lease_taps(_taps(shell, 2), ["a", "nope"], shell, cast(Any, ctx), UndoStack())
+    assert store.get("a").leases == [] and ctx.devd().on == {}
+    for i in range(13 - shellnet.PRE_LEASE_RESERVE):
+        store.lease("small", f"vm{i}", 0)
+    with pytest.raises(AddressExhaustedError, match="are for VMs"):
+        shellnet.lease_taps(_taps(shell, 1), ["small"], shell, cast(Any, ctx), UndoStack())
+    assert shell not in {x.vm for x in store.get("small").leases} and ctx.devd().on == {}
+    store.release("vm0")
+    (vif,) = shellnet.lease_taps(_taps(shell, 1), ["small"], shell, cast(Any, ctx), UndoStack())
+    assert vif.network == "small"
