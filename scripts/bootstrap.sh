@@ -19,6 +19,7 @@ APT_PACKAGES=(
     xen-utils-4.17       # its real C xenstored: the XenStore baseline of `lightvm bench` (lightvm/bench/xenstore/store.py)
     linux-source-6.1 xz-utils flex bison bc libelf-dev libssl-dev  # the Tinyx kernel (tinyx/kernel/build.py)
     debootstrap lz4      # Tinyx images: the base tree the app's packages go over; lz4 initramfs
+    cpio                 # tests/unit/test_tinyx_cpio.py: GNU cpio reads back the archives tinyx/cpio.py writes
     redis-tools          # the real redis-cli that talks to a Tinyx redis-server VM in tests
     strace               # tests/root/test_wheel_install.py: proves an installed wheel opens nothing in the checkout
     zsh                  # tests/functional/test_cli_live.py: the zsh completion script, typed into a real zsh
