@@ -80,7 +80,8 @@ def execute_deferred(
         if shell.leased:
             # Leased and joined at prepare: only checked here; the leases become the VM's
             # after the reply (finish), and the folder is claimed while the guest boots.
-            vifs = pool_nics.keep_leases(shell.leased, spec.vifs, shell.id, name, net_context, shell.state_root)
+            assert shell.state_root is not None  # a shell with taps has one
+            vifs = pool_nics.keep_leases(shell.leased, spec.vifs, shell.id, name, shell.state_root)
             page.vifs = pool_nics.page_vifs(vifs, shell.nics)
         elif shell.nics:
             if shell.nics[0].tap:

@@ -98,23 +98,20 @@ def _context(
 
 
 def keep_leases(
-    leased: Sequence[PreparedVif],
-    spec_vifs: Sequence[Any],
-    shell_id: str,
-    name: str,
-    net_context: NetContextFactory | None,
-    state_root: Path | None,
+    leased: Sequence[PreparedVif], spec_vifs: Sequence[Any], shell_id: str, name: str, state_root: Path
 ) -> list[PreparedVif]:
     """The execute of a shell that leased its taps' addresses at prepare: they are VM
-    ``name``'s vifs once checked (shellnet.keep_leases); nothing to lease or join.
+    ``name``'s vifs once checked (shellnet.keep_leases) in ``state_root``'s allocator;
+    nothing to lease or join, so neither the pool's networking context (its lock, its
+    namespace) nor netlink.
 
     :raise SpecError, NetworkError: a vif is malformed or asks for something else.
     """
     from lightvm.devices import net, shellnet
+    from lightvm.devices.network import NetworkStore
 
     valid = [net.validate(v, f"vifs[{i}]") for i, v in enumerate(spec_vifs)]
-    with _context(net_context, state_root) as ctx:
-        return shellnet.keep_leases(valid, leased, shell_id, name, ctx)
+    return shellnet.keep_leases(valid, leased, shell_id, name, NetworkStore(state_root))
 
 
 def hand_leases(

@@ -54,6 +54,7 @@ from lightvm.errors import AddressExhaustedError, ForeignLinkError, NetworkError
 from lightvm.undo import UndoStack
 
 if TYPE_CHECKING:
+    from lightvm.devices.ipam import LeaseStore
     from lightvm.machine import Machine
 
 SHELL_TAP_MTU = 1500  # until execute sets the vif's
@@ -222,18 +223,17 @@ def lease_taps(
 
 
 def keep_leases(
-    vifs: Sequence[net.ValidVif], leased: Sequence[net.PreparedVif], shell_id: str, vm_name: str, ctx: net.NetContext
+    vifs: Sequence[net.ValidVif], leased: Sequence[net.PreparedVif], shell_id: str, vm_name: str, store: LeaseStore
 ) -> list[net.PreparedVif]:
     """At execute: the vifs a shell leased at prepare (:func:`lease_taps`), as VM
     ``vm_name``'s, once each is checked to be what the spec's vif asks (its network,
-    nothing fixed) and still the shell's (one readlink each: a network deleted and made
-    again since would hand the address out anew).
+    nothing fixed) and still the shell's in ``store`` (one readlink each, no lock, no
+    netlink: a network deleted and made again since would hand the address out anew).
 
     :raise NetworkError: a vif asks for something else, or a lease is gone.
     """
     if len(vifs) != len(leased):
         raise NetworkError(f"{vm_name}: {len(vifs)} vif(s) for a shell with {len(leased)} NIC(s)")
-    store = ctx.store()
     for index, (vif, mine) in enumerate(zip(vifs, leased, strict=True)):
         if vif != net.ValidVif(network=mine.network):
             raise NetworkError(f"vif {index}: the shell's NIC is on network {mine.network} with its own address")

@@ -293,9 +293,9 @@ def test_a_shell_leases_at_prepare_and_its_vm_takes_the_lease_over(tmp_path: Pat
     assert ctx.devd().on == {"lvt-0": ("lv-a", 1500, f"lightvm:vm={shell}/0")}  # on the bridge, as the shell
     assert [(x.vm, x.ip) for x in store.get("a").leases] == [(shell, vif.ip)]
     # The execute: checked, nothing leased; a vif asking for more is refused.
-    assert shellnet.keep_leases([net.ValidVif(network="a")], [vif], shell, "web", cast(Any, ctx)) == [vif]
+    assert shellnet.keep_leases([net.ValidVif(network="a")], [vif], shell, "web", ctx.store()) == [vif]
     with pytest.raises(NetworkError, match="its own address"):
-        shellnet.keep_leases([net.ValidVif(network="a", mtu=1400)], [vif], shell, "web", cast(Any, ctx))
+        shellnet.keep_leases([net.ValidVif(network="a", mtu=1400)], [vif], shell, "web", ctx.store())
     # After the reply: the VM's name holds the same address, the tap carries its alias.
     shellnet.hand_leases([vif], shell, "web", cast(Any, ctx))
     assert [(x.vm, x.ip, x.mac) for x in store.get("a").leases] == [("web", vif.ip, vif.mac)]
@@ -310,7 +310,7 @@ def test_a_lease_gone_since_prepare_fails_the_execute(tmp_path: Path) -> None:
     (vif,) = shellnet.lease_taps(_taps(shell, 1), ["a"], shell, cast(Any, ctx), UndoStack())
     ctx.store().release(shell)  # e.g. the network deleted and made again
     with pytest.raises(NetworkError, match="is gone"):
-        shellnet.keep_leases([net.ValidVif(network="a")], [vif], shell, "web", cast(Any, ctx))
+        shellnet.keep_leases([net.ValidVif(network="a")], [vif], shell, "web", ctx.store())
 
 
 def test_pre_leasing_is_all_or_nothing_and_leaves_a_small_network_s_last_addresses(tmp_path: Path) -> None:
