@@ -477,6 +477,10 @@ def destroy(vmdir: VMDir, state_root: Path | None, hard: bool = False) -> None:
         record = vmdir.read()
     except StateError:
         record = None
+    # A create that never finished (killed, or still running) may have been killed while it
+    # claimed a jail uid: its claim file, named after it, is found by no record (the sweep
+    # takes only a dead claimer's; one scan of the jail's uids, on this rare path only).
+    unfinished = vmdir.creating_path.exists()
     if record is not None:
         # Before the kill: a lightvmd watching this QEMU then tells a destroy by another
         # process (a one-shot destroy, save, migrate) from a crash (daemon/server.py).
@@ -493,6 +497,8 @@ def destroy(vmdir: VMDir, state_root: Path | None, hard: bool = False) -> None:
         Path(record.noxs_path).unlink(missing_ok=True)
     vmdir.qmp_path.unlink(missing_ok=True)
     shutil.rmtree(vmdir.path, ignore_errors=True)
+    if unfinished:
+        jailmod.sweep_stale()
 
 
 def release_vifs(state_root: Path, vm_name: str, devices: dict[str, Any], vm_id: str = "") -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -132,3 +133,25 @@ def test_sandbox_probe_is_real_and_cached(tmp_path: Path, monkeypatch: pytest.Mo
     fake.write_text("#!/bin/sh\nexit 0\n")  # another build: a new size and mtime, a new cache key
     os.utime(fake, (1, 1))
     assert jail.sandbox_supported(str(fake)) is True
+
+
+def test_destroying_a_vm_whose_create_died_takes_that_create_s_uid_claim(jail_dir: Path, tmp_path: Path) -> None:
+    # A create killed inside _claim (create -n 4 -j 2, kill -9: seen in CI) leaves its
+    # claim file, which no record names: the destroy of what it left sweeps it.
+    from lightvm.instance import destroy
+    from lightvm.state import VMDir
+
+    jail.allocate("kept", "qemu")  # a live holder: stays
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    pid = int(dead.stdout)
+    claim = jail_dir / "uids" / f"{jail.NEW_PREFIX}{pid}-{pid}-{jail.UID_BASE + 7}"
+    claim.write_text(f"{pid} 1 gone\n")
+    finished, unfinished = VMDir(tmp_path / "vms" / "done"), VMDir(tmp_path / "vms" / "half")
+    for vmdir in (finished, unfinished):
+        vmdir.path.mkdir(parents=True)
+    destroy(finished, None)
+    assert claim.exists()  # a finished VM's destroy scans nothing
+    unfinished.creating_path.write_text(json.dumps({"pid": pid, "start": 1}))
+    destroy(unfinished, None)
+    assert not claim.exists() and not unfinished.path.exists()
+    assert os.listdir(jail_dir / "vms") == ["kept"]
