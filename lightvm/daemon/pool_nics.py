@@ -18,7 +18,6 @@ from lightvm.undo import UndoStack
 
 if TYPE_CHECKING:
     from lightvm.devices.net import NetContext, PreparedVif
-    from lightvm.machine import Machine
 
 NetContextFactory = Callable[[], contextlib.AbstractContextManager["NetContext"]]
 
@@ -61,16 +60,16 @@ def placeholder_vifs(
 
 def hand_over(
     nics: Sequence[PreparedVif],
-    machine: Machine,
     state_root: Path | None,
     spec_vifs: Sequence[Any],
     name: str,
     net_context: NetContextFactory | None,
     undo: UndoStack,
 ) -> list[PreparedVif]:
-    """A shell's ``nics`` given to VM ``name`` with the spec's vifs: user netdevs get
-    their forwards (shellnet.hand_over_user); taps their bridges and leases (leases'
-    undo on ``undo``; shellnet.hand_over), in the context ``net_context()`` lends (the
+    """A shell's ``nics`` given to VM ``name`` with the spec's vifs: user vifs their
+    addresses (shellnet.hand_over_user; their forwards are the caller's to add:
+    shellnet.forward_rules); taps their bridges and leases (leases' undo on ``undo``;
+    shellnet.hand_over), in the context ``net_context()`` lends (the
     pool's, kept open), else in one opened for this call (~1 ms more: a netlink socket,
     in the namespace if there is one).
 
@@ -80,7 +79,7 @@ def hand_over(
 
     valid = [net.validate(v, f"vifs[{i}]") for i, v in enumerate(spec_vifs)]
     if not nics[0].tap:
-        return shellnet.hand_over_user(valid, nics, name, machine)
+        return shellnet.hand_over_user(valid, nics, name)
     with _context(net_context, state_root) as ctx:
         return shellnet.hand_over(valid, nics, name, ctx, undo)
 

@@ -31,8 +31,9 @@ User networking (QEMU's slirp: no host resources) is simpler: the shell gets
 address every user vif has, which a Linux guest sets up at its wait point. At execute the
 vif gets the device's MAC unless the spec names one (a cold VM's comes from its name:
 :func:`lightvm.devices.net.user_vif`), so that such a guest has nothing left to configure,
-and its ``--publish`` forwards over QMP, HMP ``hostfwd_add`` (:func:`add_forwards`),
-before the guest is woken. Only a create that publishes pays that QMP round trip.
+and its ``--publish`` forwards over QMP, HMP ``hostfwd_add`` (:func:`queue_forwards`),
+sent right after the guest is woken: QEMU adds them while the guest wakes, and the
+create answers once both are done. Only a create that publishes pays that QMP round trip.
 
 Why not set the device's MAC from the guest instead: a VIRTIO 1.0 device's config-space
 MAC is read-only (QEMU writes it back only for legacy devices), and the control queue's
@@ -109,43 +110,67 @@ def user_nics(shell_id: str, count: int) -> list[net.PreparedVif]:
 
 
 def hand_over_user(
-    vifs: Sequence[net.ValidVif], nics: Sequence[net.PreparedVif], vm_name: str, machine: Machine
+    vifs: Sequence[net.ValidVif], nics: Sequence[net.PreparedVif], vm_name: str
 ) -> list[net.PreparedVif]:
     """Give a shell's user-networking ``nics`` to VM ``vm_name``: the vifs' addresses as on
-    the cold path, their forwards added to QEMU (:func:`add_forwards`), and as MAC the
-    spec's, else the shell device's own: the guest then keeps the MAC, address and route
-    it set at its wait point (lightvm.daemon.pool_nics.placeholder_vifs), where a MAC from
-    the VM's name (the cold path's) would cost a Linux guest its `ip` step under TCG, a
-    MAC change through virtio-net's control queue (docs/tinyx-bench.md). Nothing but QEMU's
-    slirp sees a user vif's MAC.
+    the cold path, and as MAC the spec's, else the shell device's own: the guest then keeps
+    the MAC, address and route it set at its wait point
+    (lightvm.daemon.pool_nics.placeholder_vifs), where a MAC from the VM's name (the cold
+    path's) would cost a Linux guest its `ip` step under TCG, a MAC change through
+    virtio-net's control queue (docs/tinyx-bench.md). Nothing but QEMU's slirp sees a user
+    vif's MAC. Their forwards are QEMU's to add: :func:`forward_rules`.
 
-    :raise NetworkError: a forward could not be set up (the host port is taken?).
+    :raise NetworkError: the vifs do not match the shell's NICs.
     """
     if len(vifs) != len(nics):
         raise NetworkError(f"{vm_name}: {len(vifs)} vif(s) for a shell with {len(nics)} NIC(s)")
     pairs = enumerate(zip(vifs, nics, strict=True))
-    out = [net.user_vif(vif, vm_name, i, vif.publish, default_mac=nic.mac) for i, (vif, nic) in pairs]
-    for prepared in out:
-        add_forwards(machine, prepared)
-    return out
+    return [net.user_vif(vif, vm_name, i, vif.publish, default_mac=nic.mac) for i, (vif, nic) in pairs]
 
 
-def add_forwards(machine: Machine, prepared: net.PreparedVif, timeout: float = 2.0) -> None:
-    """Add ``prepared``'s port forwards to its running user netdev (HMP ``hostfwd_add``,
-    the same rule syntax as ``-netdev user,hostfwd=``). HMP answers errors as text, not
-    as a QMP error: anything it prints is one.
+# A forward to add to a running user netdev: (netdev id, hostfwd rule, what an error names).
+ForwardRule = tuple[str, str, str]
+
+
+def forward_rules(prepared: Sequence[net.PreparedVif]) -> list[ForwardRule]:
+    """The ``--publish`` forwards of user vifs ``prepared``, as :func:`queue_forwards` takes
+    them (the same rule syntax as ``-netdev user,hostfwd=``)."""
+    return [
+        (
+            vif.netdev_id,
+            f"{forward.proto}:{forward.host_addr}:{forward.host_port}-:{forward.guest_port}",
+            f"vif {vif.index}: cannot publish {forward}",
+        )
+        for vif in prepared
+        for forward in vif.publish
+    ]
+
+
+def queue_forwards(machine: Machine, rules: Sequence[ForwardRule]) -> list[tuple[str, int]]:
+    """Send HMP ``hostfwd_add`` for each rule without waiting: QEMU adds them while the
+    caller does other work (a pool shell's guest wakes meanwhile: QEMU's main loop runs
+    the command, its vCPU thread the guest). :func:`check_forwards` collects the answers.
+
+    :raise QMPError: the QMP socket is closed.
+    """
+    qmp = machine.qmp
+    return [
+        (what, qmp.send("human-monitor-command", {"command-line": f"hostfwd_add {netdev} {rule}"}))
+        for netdev, rule, what in rules
+    ]
+
+
+def check_forwards(machine: Machine, queued: Sequence[tuple[str, int]], timeout: float = 5.0) -> None:
+    """Wait for the answers to :func:`queue_forwards`. HMP answers errors as text, not as
+    a QMP error: anything it prints is one.
 
     :raise NetworkError: QEMU refused a forward.
+    :raise QMPError: no answer within ``timeout`` seconds, or QEMU exited.
     """
-    for forward in prepared.publish:
-        rule = f"{forward.proto}:{forward.host_addr}:{forward.host_port}-:{forward.guest_port}"
-        said = machine.qmp.execute(
-            "human-monitor-command", {"command-line": f"hostfwd_add {prepared.netdev_id} {rule}"}, timeout=timeout
-        )
+    for what, cmd_id in queued:
+        said = machine.qmp.wait(cmd_id, timeout, "hostfwd_add")
         if str(said or "").strip():
-            raise NetworkError(
-                f"vif {prepared.index}: cannot publish {forward}: {str(said).strip()}; is the host port free?"
-            )
+            raise NetworkError(f"{what}: {str(said).strip()}; is the host port free?")
 
 
 def vm_argv(argv: Sequence[str], vifs: Sequence[net.PreparedVif], nics: Sequence[net.PreparedVif]) -> list[str]:
@@ -267,15 +292,18 @@ def delete_taps(taps: Sequence[net.PreparedVif], ctx: net.NetContext) -> None:
 __all__ = [
     "PRE_LEASE_RESERVE",
     "SHELL_TAP_MTU",
-    "add_forwards",
+    "ForwardRule",
+    "check_forwards",
     "delete_taps",
     "device_mac",
+    "forward_rules",
     "hand_leases",
     "hand_over",
     "hand_over_user",
     "keep_leases",
     "lease_taps",
     "make_taps",
+    "queue_forwards",
     "user_nics",
     "vm_argv",
 ]

@@ -156,14 +156,13 @@ class PreparedRestore:
 
         :raise LightVMError: QEMU or the guest fails (the caller aborts).
         """
-        qmp = self.machine.qmp
+        from lightvm.devices.shellnet import check_forwards, queue_forwards
+
+        rules = [(netdev, rule, f"{self.vmdir.name}: hostfwd {rule}") for netdev, rule in self.forwards]
         forwards: list[tuple[str, int]] = []
 
         def meanwhile() -> None:  # while the guest wakes
-            forwards.extend(
-                (rule, qmp.send("human-monitor-command", {"command-line": f"hostfwd_add {netdev} {rule}"}))
-                for netdev, rule in self.forwards
-            )
+            forwards.extend(queue_forwards(self.machine, rules))
             if self.commit_on_resume:
                 self.commit()
 
@@ -173,10 +172,7 @@ class PreparedRestore:
         else:
             cont_id = None if self.running else self.machine.resume(wait=False)
             wait_guest_follows(self.machine, self.region, self.timeout, self.vmdir.name, cont_id, meanwhile)
-        for rule, cmd_id in forwards:
-            said = qmp.wait(cmd_id, 5.0, "hostfwd_add")
-            if isinstance(said, str) and said.strip():
-                raise NetworkError(f"{self.vmdir.name}: hostfwd {rule}: {said.strip()}; is the host port free?")
+        check_forwards(self.machine, forwards)
         t_done = time.perf_counter()
         boot = self.region.boot_record()
         record = self.record

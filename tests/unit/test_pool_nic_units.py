@@ -135,13 +135,21 @@ def test_noxs_config_carries_the_shell_device_mac() -> None:
 
 
 class FakeQMP:
+    """Queues commands as QEMU would and answers each with ``answer`` when waited for."""
+
     def __init__(self, answer: str) -> None:
         self.answer = answer
         self.lines: list[str] = []
+        self.waited: list[int] = []
 
-    def execute(self, command: str, arguments: dict[str, Any], timeout: float) -> str:
+    def send(self, command: str, arguments: dict[str, Any]) -> int:
         assert command == "human-monitor-command"
         self.lines.append(arguments["command-line"])
+        return len(self.lines)
+
+    def wait(self, cmd_id: int, timeout: float, command: str) -> str:
+        assert command == "hostfwd_add" and timeout > 0
+        self.waited.append(cmd_id)
         return self.answer
 
 
@@ -150,40 +158,50 @@ class FakeMachine:
         self.qmp = FakeQMP(answer)
 
 
-def test_forwards_are_added_to_the_vifs_netdev() -> None:
-    machine = FakeMachine()
-    (vif,) = shellnet.hand_over_user(
-        [net.ValidVif(publish=(net.parse_publish("127.0.0.1:8013:13"), net.parse_publish("5353:53/udp")))],
-        shellnet.user_nics("0123456789abcdef", 1),
-        "web",
-        cast(Any, machine),
-    )
-    assert machine.qmp.lines == ["hostfwd_add n0 tcp:127.0.0.1:8013-:13", "hostfwd_add n0 udp::5353-:53"]
+PUBLISH = (net.parse_publish("127.0.0.1:8013:13"), net.parse_publish("5353:53/udp"))
+
+
+def test_a_user_vif_keeps_the_shell_address_and_device_mac() -> None:
+    (vif,) = shellnet.hand_over_user([net.ValidVif(publish=PUBLISH)], shellnet.user_nics("0123456789abcdef", 1), "web")
     # The address as cold; the shell device's MAC (the guest set it all at its wait point).
     assert (vif.mac, vif.ip, vif.mode) == (shellnet.device_mac("0123456789abcdef", 0), net.USER_IP, net.NetMode.USER)
+    assert vif.publish == PUBLISH
     (pinned,) = shellnet.hand_over_user(
-        [net.ValidVif(mac="52:54:00:12:34:56")], shellnet.user_nics("0123456789abcdef", 1), "web", cast(Any, machine)
+        [net.ValidVif(mac="52:54:00:12:34:56")], shellnet.user_nics("0123456789abcdef", 1), "web"
     )
     assert pinned.mac == "52:54:00:12:34:56"  # the spec's MAC wins
+    assert shellnet.forward_rules([pinned]) == []
+    with pytest.raises(NetworkError, match=r"2 vif\(s\) for a shell with 1 NIC"):
+        shellnet.hand_over_user([net.ValidVif(), net.ValidVif()], shellnet.user_nics("0123456789abcdef", 1), "web")
 
 
-def test_a_refused_forward_fails_the_hand_over() -> None:
+def test_forwards_are_queued_on_the_vifs_netdev_then_checked() -> None:
+    machine = FakeMachine()
+    vifs = shellnet.hand_over_user(
+        [net.ValidVif(), net.ValidVif(publish=PUBLISH)], shellnet.user_nics("0123456789abcdef", 2), "web"
+    )
+    queued = shellnet.queue_forwards(cast(Any, machine), shellnet.forward_rules(vifs))
+    # Sent, not yet waited for: QEMU adds them while the caller's guest wakes.
+    assert machine.qmp.lines == ["hostfwd_add n1 tcp:127.0.0.1:8013-:13", "hostfwd_add n1 udp::5353-:53"]
+    assert machine.qmp.waited == []
+    shellnet.check_forwards(cast(Any, machine), queued)
+    assert machine.qmp.waited == [1, 2]
+
+
+def test_a_refused_forward_fails_the_check() -> None:
     machine = FakeMachine("Could not set up host forwarding rule 'tcp::8013-:13'\r\n")
-    with pytest.raises(NetworkError, match="cannot publish 8013->13/tcp: Could not set up"):
-        shellnet.hand_over_user(
-            [net.ValidVif(publish=(net.parse_publish("8013:13"),))],
-            shellnet.user_nics("0123456789abcdef", 1),
-            "web",
-            cast(Any, machine),
-        )
+    vifs = shellnet.hand_over_user(
+        [net.ValidVif(publish=(net.parse_publish("8013:13"),))], shellnet.user_nics("0123456789abcdef", 1), "web"
+    )
+    queued = shellnet.queue_forwards(cast(Any, machine), shellnet.forward_rules(vifs))
+    with pytest.raises(NetworkError, match=r"vif 0: cannot publish 8013->13/tcp: Could not set up .*host port free"):
+        shellnet.check_forwards(cast(Any, machine), queued)
 
 
 def test_the_vm_record_names_its_forwards_on_the_netdev() -> None:
     (nic,) = shellnet.user_nics("0123456789abcdef", 1)
     argv = ["qemu", "-mon", "x", *net.qemu_args(nic), "-S"]
-    (vif,) = shellnet.hand_over_user(
-        [net.ValidVif(publish=(net.parse_publish("8013:13"),))], [nic], "web", cast(Any, FakeMachine())
-    )
+    (vif,) = shellnet.hand_over_user([net.ValidVif(publish=(net.parse_publish("8013:13"),))], [nic], "web")
     out = shellnet.vm_argv(argv, [vif], [nic])
     assert out[4] == "user,id=n0,net=10.0.2.0/24,hostfwd=tcp::8013-:13"
     assert out[6] == f"virtio-net-device,netdev=n0,mac={nic.mac}"  # the device keeps the shell's MAC
