@@ -39,6 +39,23 @@ WARMUP = {"boot": 3}
 # most rows measured while it stole 20-38 % of the CPUs had medians 1.4-4x those of quiet rows.
 MAX_STEAL_PCT = {"boot": 10.0}
 
+# The options only some suites read: given to another suite, they would be ignored
+# without a word (a run that measured something else than asked), so they are refused.
+ONLY_FOR = {
+    "order": ("boot",),
+    "settle": ("boot", "template"),
+    "baselines": ("boot", "density"),
+    "memory_mib": ("checkpoint",),
+    "idle_window": ("density", "split", "tinyx"),
+    "stock_iterations": ("tinyx",),
+    "creates": ("burst",),
+    "initial_pool": ("burst",),
+    "clients": ("burst",),
+    "pool_idle": ("burst",),
+    "net": ("splitnic",),
+    "disk": ("splitnic",),
+}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``bench`` to the ``lightvm`` argument parser."""
@@ -67,14 +84,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--baselines",
         type=_name_list,
         default=None,
-        help="boot suite baselines to run, comma-separated "
+        help="boot, density: the baselines to run, comma-separated "
         "(default fork-exec,crun,libvirt,lightvm-xenstore; 'none' for none)",
     )
     p.add_argument("--app", default="noop", help="example guest the VMs boot (default noop)")
     p.add_argument(
         "--memory-mib", type=int, default=None, help="checkpoint: guest RAM of the VMs (default: the example's)"
     )
-    p.add_argument("--idle-window", type=float, default=None, help="density, tinyx: seconds of idle sampling (10)")
+    p.add_argument(
+        "--idle-window", type=float, default=None, help="density, split, tinyx: seconds of idle sampling (10)"
+    )
     p.add_argument(
         "--stock-iterations", type=int, default=None, metavar="N",
         help="tinyx: measured boots of the stock Debian VM per row (default 3; smoke 1, no warm-up)",
@@ -87,7 +106,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )  # fmt: skip
     p.add_argument(
         "--settle", type=float, default=None, metavar="SECONDS",
-        help="boot: pause after each row's set-up (fleet built or grown) before timing (default 1; smoke 0)",
+        help="boot, template: pause after each row's set-up (fleet built or grown, pool full) before timing "
+        "(default 1; smoke 0)",
     )  # fmt: skip
     p.add_argument(
         "--max-steal", type=float, default=None, metavar="PCT",
@@ -95,15 +115,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "during it (default 10 for boot; a negative value: never)",
     )  # fmt: skip
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
-    p.add_argument("--creates", type=int, default=10000, help="burst: creates in all (default 10000; smoke 40)")
-    p.add_argument("--initial-pool", type=int, default=4, help="burst: the pool's floor and start size (default 4)")
-    p.add_argument("--clients", type=int, default=1, help="burst: concurrent create -> destroy loops (default 1)")
+    p.add_argument("--creates", type=int, default=None, help="burst: creates in all (default 10000; smoke 40)")
+    p.add_argument("--initial-pool", type=int, default=None, help="burst: the pool's floor and start size (default 4)")
+    p.add_argument("--clients", type=int, default=None, help="burst: concurrent create -> destroy loops (default 1)")
     p.add_argument(
-        "--pool-idle", type=float, default=3.0, metavar="SECONDS",
+        "--pool-idle", type=float, default=None, metavar="SECONDS",
         help="burst: the daemon's --pool-idle, how soon the grown pool shrinks after the burst (default 3)",
     )  # fmt: skip
     p.add_argument(
-        "--net", choices=("tap", "user"), default="tap",
+        "--net", choices=("tap", "user"), default=None,
         help="splitnic: the vif's networking (tap: root, a namespace of the run's own; user: --publish)",
     )  # fmt: skip
     p.add_argument("--disk", action="store_true", help="splitnic: a VM with a read-only disk instead of a NIC")
@@ -236,6 +256,18 @@ def run_suite(name: str, opts: suite.SuiteOptions, out: Path, plots: bool = True
     return path, results
 
 
+def refuse_foreign_options(args: argparse.Namespace) -> None:
+    """:raise LightVMError: an option of :data:`ONLY_FOR` was given to a suite that does not read it."""
+    for dest, suites in ONLY_FOR.items():
+        value = getattr(args, dest)
+        if value is not None and value is not False and args.suite not in suites:
+            flag = "--" + dest.replace("_", "-")
+            raise LightVMError(
+                f"{flag}: only the {' and '.join(suites)} suite{'s' if len(suites) > 1 else ''} "
+                f"read{'' if len(suites) > 1 else 's'} it, not {args.suite}; leave it out"
+            )
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import time
 
@@ -246,6 +278,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(path)
         return 0
 
+    refuse_foreign_options(args)
     if args.suite == "burst":
         return _cmd_burst(args)
     if args.suite == "splitnic":
@@ -270,10 +303,13 @@ def _cmd_burst(args: argparse.Namespace) -> int:
     from lightvm.bench import burst, runner
 
     accel = accelmod.select(args.accel).accel
-    creates = 40 if args.smoke else args.creates
-    options = {"creates": creates, "initial_pool": args.initial_pool, "clients": args.clients, "app": args.app}
-    meta = runner.metadata("burst", accel, {**options, "pool_idle_s": args.pool_idle})
-    doc = burst.bench(creates, args.initial_pool, args.clients, args.pool_idle, app=args.app, accel=accel)
+    creates = 40 if args.smoke else 10000 if args.creates is None else args.creates
+    initial_pool = 4 if args.initial_pool is None else args.initial_pool
+    clients = 1 if args.clients is None else args.clients
+    pool_idle = 3.0 if args.pool_idle is None else args.pool_idle
+    options = {"creates": creates, "initial_pool": initial_pool, "clients": clients, "app": args.app}
+    meta = runner.metadata("burst", accel, {**options, "pool_idle_s": pool_idle})
+    doc = burst.bench(creates, initial_pool, clients, pool_idle, app=args.app, accel=accel)
     out = args.out or Path("bench-results") / f"{time.strftime('%Y%m%d-%H%M%S')}-burst"
     path = burst.write(doc, meta, out)
     print(burst.report(doc))
@@ -296,9 +332,10 @@ def _cmd_splitnic(args: argparse.Namespace) -> int:
         raise LightVMError("bench splitnic: TCG only (use --accel tcg or auto)")
     iterations = 2 if args.smoke else args.iterations or 30
     warmup = 1 if args.smoke else 3 if args.warmup is None else args.warmup
-    options = {"iterations": iterations, "warmup": warmup, "net": args.net, "disk": args.disk}
+    net = args.net or "tap"
+    options = {"iterations": iterations, "warmup": warmup, "net": net, "disk": args.disk}
     meta = runner.metadata("splitnic", "tcg", options)
-    result = splitnic.run(iterations, warmup, user=args.net == "user", disk=args.disk)
+    result = splitnic.run(iterations, warmup, user=net == "user", disk=args.disk)
     out = args.out or Path("bench-results") / f"{time.strftime('%Y%m%d-%H%M%S')}-splitnic"
     path = splitnic.write(result, meta, out)
     print(splitnic.report(result))
