@@ -169,8 +169,8 @@ def check_forwards(machine: Machine, queued: Sequence[tuple[str, int]], timeout:
     """
     for what, cmd_id in queued:
         said = machine.qmp.wait(cmd_id, timeout, "hostfwd_add")
-        if str(said or "").strip():
-            raise NetworkError(f"{what}: {str(said).strip()}; is the host port free?")
+        if isinstance(said, str) and said.strip():
+            raise NetworkError(f"{what}: {said.strip()}; is the host port free?")
 
 
 def vm_argv(argv: Sequence[str], vifs: Sequence[net.PreparedVif], nics: Sequence[net.PreparedVif]) -> list[str]:
