@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightvm import hostfacts
+from lightvm.errors import StateError
 from lightvm.util import proc_start_time
 
 ENV = "LIGHTVM_JAIL"
@@ -126,10 +127,34 @@ class Jail:
     vm_id: str = ""
 
     def hand_to(self, pid: int, start: int | None) -> None:
-        """The QEMU ``pid`` holds the uid from now on (it outlives the creating process)."""
-        if self.uid is not None:
-            with contextlib.suppress(OSError):
-                _marker(self.uid).write_text(f"{pid} {start or 0} {self.vm_id}\n")
+        """The QEMU ``pid`` holds the uid from now on (it outlives the creating process).
+
+        Only while the marker is still this create's: a destroy of the VM racing its create
+        (``destroy --all``) may have given the uid back (:func:`release_vm`) after
+        :func:`allocate`. Writing the marker again then would leave one naming this QEMU
+        that nothing gives back (the create's own release finds the VM's index entry gone),
+        or overwrite another VM's that took the uid meanwhile.
+
+        :raise StateError: the uid was given back meanwhile (the caller's undo kills QEMU).
+        """
+        if self.uid is None:
+            return
+        path = _marker(self.uid)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)  # no O_CREAT: a marker given back stays so
+        except FileNotFoundError:
+            raise StateError(f"VM {self.vm_id}: destroyed while it was created (its jail uid was given back)") from None
+        except OSError:
+            return  # unreadable: as before, the QEMU runs and the marker names its creator
+        with os.fdopen(fd, "r+") as f:
+            held = f.read().split()
+            if held[:1] != [str(os.getpid())] or held[2:3] != [self.vm_id]:
+                raise StateError(
+                    f"VM {self.vm_id}: destroyed while it was created (jail uid {self.uid} is another's now)"
+                )
+            f.seek(0)
+            f.truncate()
+            f.write(f"{pid} {start or 0} {self.vm_id}\n")
 
     def release(self) -> None:
         if self.uid is not None:

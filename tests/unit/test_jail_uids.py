@@ -155,3 +155,32 @@ def test_destroying_a_vm_whose_create_died_takes_that_create_s_uid_claim(jail_di
     destroy(unfinished, None)
     assert not claim.exists() and not unfinished.path.exists()
     assert os.listdir(jail_dir / "vms") == ["kept"]
+
+
+def test_a_destroy_racing_the_create_is_not_undone_by_hand_to(jail_dir: Path) -> None:
+    """`destroy --all` during a create gives the VM's uid back between allocate and the QEMU
+    launch (release_vm by the record's id); hand_to must not make the marker again (it
+    would name a QEMU that nothing gives back: the leak guard's "a VM's uid not given
+    back" in test_create_racing_destroy_all), nor overwrite the marker of a VM that took
+    the uid since."""
+    from lightvm.errors import StateError
+
+    raced = jail.allocate("vm", "qemu")
+    assert raced.uid is not None
+    jail.release_vm("vm")  # the racing destroy
+    with pytest.raises(StateError, match="destroyed while it was created"):
+        raced.hand_to(4242, 1)
+    assert os.listdir(jail_dir / "uids") == []  # still given back
+
+    taken = jail.allocate("vm", "qemu")
+    assert taken.uid is not None
+    marker = jail_dir / "uids" / str(taken.uid)
+    marker.write_text("1 0 another-vm\n")  # given back and claimed by another VM meanwhile
+    with pytest.raises(StateError, match="another's now"):
+        taken.hand_to(4242, 1)
+    assert marker.read_text() == "1 0 another-vm\n"
+
+    mine = jail.allocate("vm2", "qemu")  # the usual case: the QEMU holds it from now on
+    assert mine.uid is not None
+    mine.hand_to(4242, 7)
+    assert (jail_dir / "uids" / str(mine.uid)).read_text() == "4242 7 vm2\n"
