@@ -247,7 +247,10 @@ class Instance:
         self.undo.push("QEMU", machine.kill)
         self.machine = machine
         assert machine.process is not None
-        jail.hand_to(machine.process.pid, machine.process.start_time)
+        try:
+            jail.hand_to(machine.process.pid, machine.process.start_time)
+        except StateError:  # a destroy of this very VM ran meanwhile (destroy --all)
+            raise StateError(f"{self.vmdir.name}: destroyed while it was being created") from None
         if jail.uid is not None:  # the full jail: its cgroup limits too, before the guest runs (lightvm/cgroups.py)
             cgroups.confine(self.record.id, machine.process.pid, int(self.record.spec.get("memory", 0)))
         # QEMU is initialising now (~20 ms); the host-side bookkeeping runs meanwhile.
