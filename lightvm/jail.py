@@ -146,15 +146,19 @@ class Jail:
             raise StateError(f"VM {self.vm_id}: destroyed while it was created (its jail uid was given back)") from None
         except OSError:
             return  # unreadable: as before, the QEMU runs and the marker names its creator
-        with os.fdopen(fd, "r+") as f:
-            held = f.read().split()
+        try:
+            held = os.read(fd, 4096).decode(errors="replace").split()
             if held[:1] != [str(os.getpid())] or held[2:3] != [self.vm_id]:
                 raise StateError(
                     f"VM {self.vm_id}: destroyed while it was created (jail uid {self.uid} is another's now)"
                 )
-            f.seek(0)
-            f.truncate()
-            f.write(f"{pid} {start or 0} {self.vm_id}\n")
+            with contextlib.suppress(OSError):  # as before: unwritten, the marker names the creator
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{pid} {start or 0} {self.vm_id}\n".encode(), 0)
+        except OSError:
+            return  # unreadable: likewise
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         if self.uid is not None:
