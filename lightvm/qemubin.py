@@ -19,6 +19,7 @@ The libvirt baseline always uses Debian's binary (:data:`DEBIAN_QEMU`).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +30,7 @@ ENV = "LIGHTVM_QEMU"
 DEBIAN_QEMU = "qemu-system-x86_64"  # Debian's full build, found on PATH (/usr/bin)
 SLIM_QEMU = paths.slim_qemu()  # where this layout keeps the slim build (it may not exist)
 SLIM_MACHINES = frozenset({"microvm"})
+BUILDINFO = "BUILDINFO"  # written by qemu/build.sh next to the binary it installs
 
 
 def machine_type(machine: str) -> str:
@@ -74,3 +76,25 @@ def explain(machine: str = "microvm", env: Mapping[str, str] | None = None, slim
     if slim_binary(slim) is not None:
         return f"the slim build ({slim})"
     return f"Debian's full build (~17 ms slower to start): no slim build at {slim}; lightvm setup qemu builds one"
+
+
+@functools.cache
+def build_patches(binary: str) -> frozenset[str]:
+    """The ``qemu/patches/*.patch`` names a slim build was made with (``patches=`` in the
+    BUILDINFO next to it); empty for any other binary (Debian's, a wrapper script, a build
+    from before the line existed).
+
+    Why: some of our patches add options (microvm's ``x-virtio-transports``) that another
+    QEMU refuses, so the command line asks the build what it has. Read once per binary.
+    """
+    if not os.path.isabs(binary):  # a name found on PATH: Debian's, never ours
+        return frozenset()
+    try:
+        text = (Path(binary).resolve().parent / BUILDINFO).read_text(encoding="utf-8", errors="replace")
+    except (OSError, RuntimeError):  # no BUILDINFO there, or a symlink loop
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key == "patches":
+            return frozenset(value.split())
+    return frozenset()

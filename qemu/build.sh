@@ -249,7 +249,11 @@ install -m 0755 -s "$built" "$tmp/qemu-system-x86_64"
 # inside the repo would be one `find -L` away from trouble.)
 mkdir "$tmp/qemu-bundle"
 ln -s /usr "$tmp/qemu-bundle/usr"
-printf 'debian_source_version=%s\nconfigure=%s\n' "$version" "${CONFIGURE_FLAGS[*]}" >"$tmp/BUILDINFO"
+# patches= tells lightvm which of our QEMU options this build has (lightvm/qemubin.py).
+patch_names=()
+for p in ${PATCHES[@]+"${PATCHES[@]}"}; do patch_names+=("$(basename "$p")"); done
+printf 'debian_source_version=%s\nconfigure=%s\npatches=%s\n' "$version" "${CONFIGURE_FLAGS[*]}" \
+    "${patch_names[*]-}" >"$tmp/BUILDINFO"
 rm -rf "$dest"
 mv "$tmp" "$dest"
 # Replace the link atomically: a resolver never sees qemu/build/current missing.

@@ -164,6 +164,7 @@ def qemu_argv(
         binary=qemu_binary(machine),
         bios=firmware,
         console_pipe=console_pipe,
+        extra_args=tuple(extra),  # where build_argv puts devices (and counts virtio-mmio transports)
     )
     argv = build_argv(config, qmp_fd if qmp_fd is not None else -1)
     if region_path is None:
@@ -177,7 +178,8 @@ def qemu_argv(
     if not cmdline:  # the same to a guest; and QEMU refuses -append without -kernel, which a test leaves out
         _drop(argv, "-append", "")
     assert argv[-1] == "-S"
-    argv[-1:] = [*extra, *(["-S"] if paused else [])]
+    if not paused:
+        del argv[-1]
     return argv
 
 

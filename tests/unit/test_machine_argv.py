@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lightvm.errors import MachineError, StateError
-from lightvm.machine import MICROVM, QEMU_BINARY, Machine, MachineConfig, Runstate, build_argv
+from lightvm.machine import MICROVM, QEMU_BINARY, Machine, MachineConfig, Runstate, build_argv, virtio_mmio_devices
 
 
 def config(tmp_path: Path, **overrides: object) -> MachineConfig:
@@ -32,9 +32,18 @@ def opt(argv: list[str], flag: str) -> list[str]:
     return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
 
 
+def fake_build(tmp_path: Path, patches: str) -> str:
+    """A binary path whose BUILDINFO lists ``patches`` (as qemu/build.sh writes it)."""
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "BUILDINFO").write_text(f"debian_source_version=1:7.2\nconfigure=--x\npatches={patches}\n")
+    return str(build / "qemu-system-x86_64")
+
+
 def test_argv_for_tcg(tmp_path: Path) -> None:
     argv = build_argv(config(tmp_path), qmp_fd=7)
     assert argv[0] == QEMU_BINARY
+    argv = build_argv(config(tmp_path, binary=fake_build(tmp_path, "tb-htable.patch")), qmp_fd=7)
     assert argv[-1] == "-S"  # launched paused
     for flag in ("-nodefaults", "-no-user-config", "-no-reboot"):
         assert flag in argv
@@ -136,3 +145,27 @@ def test_ksm_opt_in_reaches_the_processes_we_start(value: str | None, merged: st
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True).stdout
     assert f"ksm_merge_any: {merged}" in out, out
+
+
+NIC = ["-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0,mac=52:54:00:00:00:01"]
+DISK = ["-drive", "if=none,id=d0,file=/x", "-device", "virtio-blk-device,drive=d0"]
+
+
+def test_virtio_mmio_devices_counts_only_virtio_mmio_devices() -> None:
+    assert virtio_mmio_devices([]) == 0
+    assert virtio_mmio_devices(["-device", "ivshmem-plain,memdev=noxs", "-device", "isa-debug-exit"]) == 0
+    assert virtio_mmio_devices(NIC + DISK) == 2
+    assert virtio_mmio_devices(["-device", "virtio-net-pci,netdev=n0"]) == 0  # PCI, not a transport
+
+
+@pytest.mark.parametrize(("extra", "transports"), [((), 0), (tuple(NIC), 1), (tuple(NIC + DISK), 2)])
+def test_slim_build_gets_one_transport_per_device(tmp_path: Path, extra: tuple[str, ...], transports: int) -> None:
+    binary = fake_build(tmp_path, "idle-memory.patch microvm-virtio-transports.patch")
+    argv = build_argv(config(tmp_path, binary=binary, extra_args=extra), qmp_fd=7)
+    assert opt(argv, "-M") == [f"{MICROVM},memory-backend=ram,x-virtio-transports={transports}"]
+
+
+def test_other_machine_types_get_no_transport_count(tmp_path: Path) -> None:
+    binary = fake_build(tmp_path, "microvm-virtio-transports.patch")
+    argv = build_argv(config(tmp_path, binary=binary, machine="q35", extra_args=tuple(NIC)), qmp_fd=7)
+    assert opt(argv, "-M") == ["q35,memory-backend=ram"]

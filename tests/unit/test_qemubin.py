@@ -94,3 +94,25 @@ def test_explain_says_why(tmp_path: Path) -> None:
     assert "no slim build at" in qemubin.explain("microvm", {}, missing)
     assert "$LIGHTVM_QEMU" in qemubin.explain("microvm", {ENV: "/x/qemu"}, missing)
     assert "no q35 board" in qemubin.explain("q35,accel=tcg", {}, missing)
+
+
+def test_build_patches_read_from_buildinfo(slim: Path) -> None:
+    (slim.resolve().parent / "BUILDINFO").write_text(
+        "debian_source_version=1:7.2\nconfigure=--x\npatches=a.patch microvm-virtio-transports.patch\n"
+    )
+    assert qemubin.build_patches(str(slim)) == {"a.patch", "microvm-virtio-transports.patch"}
+
+
+@pytest.mark.parametrize(
+    "buildinfo",
+    [None, "debian_source_version=1:7.2\nconfigure=--x\n", "patches=\n"],
+    ids=["no-buildinfo", "before-the-line-existed", "no-patches"],
+)
+def test_build_patches_empty_without_a_list(slim: Path, buildinfo: str | None) -> None:
+    if buildinfo is not None:
+        (slim.resolve().parent / "BUILDINFO").write_text(buildinfo)
+    assert qemubin.build_patches(str(slim)) == frozenset()
+
+
+def test_build_patches_of_a_path_name_is_empty() -> None:
+    assert qemubin.build_patches(DEBIAN_QEMU) == frozenset()  # found on PATH: Debian's
