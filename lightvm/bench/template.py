@@ -103,9 +103,28 @@ class _Templates:
         time.sleep(self.opts.settle_s)
 
     def _clean(self) -> None:
-        for name in self.ts.state.names():
-            with contextlib.suppress(LightVMError):
-                self.ts.destroy(name)
+        """Destroy every VM of the run (the last sample's), so names are free for the next.
+
+        A destroy that fails is tried again (lightvmd may still hold the VM a moment after
+        its reply); names left after three rounds fail the sample with the reasons, rather
+        than failing the next one with "already exists".
+        """
+        errors: dict[str, str] = {}
+        for attempt in range(3):
+            names = self.ts.state.names()
+            if not names:
+                return
+            if attempt:
+                time.sleep(0.2)
+            for name in names:
+                try:
+                    self.ts.destroy(name)
+                except LightVMError as exc:
+                    errors[name] = str(exc)
+        left = self.ts.state.names()
+        if left:
+            reasons = "; ".join(f"{n}: {errors.get(n, '?')}" for n in left[:3])
+            raise LightVMError(f"bench template: {len(left)} VMs of the last sample would not go ({reasons})")
 
     def measure(self, op: str, n: int) -> Sample:
         self._clean()
