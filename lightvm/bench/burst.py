@@ -231,18 +231,24 @@ class Burst:
                 with lock:
                     errors.append(f"{type(exc).__name__}: {exc}")
 
+        def sample_pool() -> None:
+            with contextlib.suppress(LightVMError, OSError):
+                stats = self.call("pool", timeout=10.0)
+                for f in stats["flavours"]:
+                    monitor.append(
+                        {
+                            "t": time.perf_counter() - start,
+                            "target": f["target"],
+                            "size": f["ready"] + f["preparing"],
+                        }
+                    )
+
         def watch() -> None:
+            # From the start, then every 0.2 s: a short burst may be over between two samples
+            # taken only while it runs, each of them catching the pool just emptied.
+            sample_pool()
             while not stop.wait(0.2):
-                with contextlib.suppress(LightVMError, OSError):
-                    stats = self.call("pool", timeout=10.0)
-                    for f in stats["flavours"]:
-                        monitor.append(
-                            {
-                                "t": time.perf_counter() - start,
-                                "target": f["target"],
-                                "size": f["ready"] + f["preparing"],
-                            }
-                        )
+                sample_pool()
                 with lock:
                     done = len(samples)
                 print(f"\rburst: {done}/{creates} creates", end="", file=sys.stderr, flush=True)
