@@ -33,6 +33,20 @@ static bool finished(const struct tcp_conn *c)
 	return c->state == ST_TIME_WAIT || c->state == ST_FIN_WAIT_2;
 }
 
+/* Has c's peer gone quiet long enough to be reset for a new SYN? No progress for
+ * IDLE_EVICT_NS, and, if data or a FIN of ours is in flight, sent again at least
+ * EVICT_AFTER_RETRIES times: a peer silent while our segment is lost is waiting
+ * for our retransmission, not holding the slot (under 5% loss, evicting after the
+ * first lost segment reset a working client now and then). A silent peer is
+ * evictable after a few RTOs; one holding its window shut (nothing in flight)
+ * after IDLE_EVICT_NS as before. */
+static bool quiet(const struct net *n, const struct tcp_conn *c)
+{
+	if (n->now - c->heard < IDLE_EVICT_NS)
+		return false;
+	return c->snd_una == c->snd_max || c->retries >= EVICT_AFTER_RETRIES;
+}
+
 /* Is a older than b for its kind (finished: by state age, TIME_WAIT before
  * FIN_WAIT_2; half-open: by state age; others: by last progress)? */
 static bool older(const struct tcp_conn *a, const struct tcp_conn *b)
@@ -57,8 +71,8 @@ static bool older(const struct tcp_conn *a, const struct tcp_conn *b)
  * one (TIME_WAIT, then FIN_WAIT_2: the app has closed it and the peer has
  * acknowledged everything we sent; all that is left is the peer's FIN), else
  * the oldest stale half-open one, else the connection whose peer has made no
- * progress for longest (at least IDLE_EVICT_NS: a silent peer, or one holding
- * its window shut; it is reset).
+ * progress for longest (a quiet() one: a silent peer, or one holding its window
+ * shut; it is reset).
  *
  * A young half-open slot is never taken: its peer may well have sent the
  * handshake's ACK (lost, or still queued), so the peer holds a connection we
@@ -101,7 +115,7 @@ struct tcp_conn *tcp_conn_alloc(struct net *n, uint32_t rip, bool proven, bool *
 				syn = c;
 			if (mine && older(c, own_syn))
 				own_syn = c;
-		} else if (n->now - c->heard >= IDLE_EVICT_NS) {
+		} else if (quiet(n, c)) {
 			if (older(c, idle))
 				idle = c;
 			if (mine && older(c, own_idle))

@@ -60,6 +60,8 @@ enum {
 					    dead or flooding peer, not a slow one */
 #define IDLE_EVICT_NS     (500 * MS)     /* no progress for this long: evictable when
 					    the table is full (never a fresh connection) */
+#define EVICT_AFTER_RETRIES 2u           /* ... and, with data in flight, sent again this
+					    often (tcp_conn.c quiet()) */
 #define DEFAULT_MSS       536u
 
 /* tcp.c */
