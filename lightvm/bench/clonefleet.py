@@ -44,7 +44,7 @@ class LightvmCloneFleet(LightvmColdFleet):
 
     def grow(self, count: int) -> None:
         """Clone the template until ``count`` clones run (one ``clone`` call for the rest)."""
-        from lightvm.bench.split import free_port_run
+        from lightvm.bench.ports import free_port_run
         from lightvm.mobility.clone import clone
 
         more = count - self.count

@@ -74,7 +74,7 @@ class LightvmColdFleet:
         self.seq = 0
 
     def grow(self, count: int) -> None:
-        from lightvm.bench.split import free_port
+        from lightvm.bench.ports import free_port
 
         while self.count < count:
             spec = self.spec

@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import signal
 import socket
 import statistics
@@ -43,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lightvm.bench.ports import free_port
 from lightvm.bench.procfs import cpu_ticks, mem_available_kib, smaps_rollup
 from lightvm.bench.runner import REPO, Benchmark, Result, Sample
 from lightvm.bench.suite import SuiteOptions
@@ -57,60 +57,6 @@ DAYTIME_PORT = 13
 QUERY_TIMEOUT_S = 5.0
 POOL_APP = "noop"  # the scale bar's measured guest (daytime with a NIC: splitnic.py)
 REFERENCE = "lightvm-split"  # the suite has one variant: the summary quotes no ratios
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (QEMU binds it for a hostfwd)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-RUN_PORTS_FROM = 10000  # runs of published ports are sought from here up to the ephemeral range
-
-
-def ephemeral_ports() -> tuple[int, int]:
-    """``net.ipv4.ip_local_port_range``: where the kernel picks client connections' ports."""
-    try:
-        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
-    return low, high
-
-
-def port_run_is_free(first: int, count: int) -> bool:
-    """Whether ports ``first`` .. ``first + count - 1`` on 127.0.0.1 are free for a listener
-    (bound with SO_REUSEADDR, as slirp binds its forwards)."""
-    socks: list[socket.socket] = []
-    try:
-        for port in range(first, first + count):
-            sock = socket.socket()
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def free_port_run(count: int) -> int:
-    """A first port P with P .. P+count-1 free on 127.0.0.1 now (clones publish P+i).
-
-    Sought below the ephemeral range: there, every finished client connection leaves its
-    port in TIME_WAIT for a minute, and a fleet's thousands of daytime queries made a free
-    run of 50 rare (1,000 clones failed to find one in 100 tries).
-
-    :raise LightVMError: no such run was found in 100 tries.
-    """
-    top = ephemeral_ports()[0] - count
-    for _ in range(100):
-        first = random.randrange(RUN_PORTS_FROM, top) if top > RUN_PORTS_FROM else free_port()
-        if first + count <= 65000 and port_run_is_free(first, count):
-            return first
-    raise LightVMError(f"no run of {count} free ports on 127.0.0.1")
 
 
 def read_daytime(port: int, timeout: float = QUERY_TIMEOUT_S) -> bytes:

@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.bench.fleets import network_setup
+from lightvm.bench.ports import free_port
 from lightvm.bench.runner import REPO
-from lightvm.bench.split import SplitFleet, free_port
+from lightvm.bench.split import SplitFleet
 from lightvm.daemon import api
 from lightvm.devices.netns import netns_path, thread_inside
 from lightvm.errors import LightVMError

@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from lightvm.bench.ports import free_port
 from lightvm.daemon import api
 from lightvm.util import wait_until
 
@@ -34,12 +34,6 @@ def unavailable() -> str | None:
     if not SSHD.exists():
         return "needs openssh-server (apt-get install openssh-server)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def spawn_sshd(root: Path, addr: str, port: int, authorized: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
@@ -126,7 +120,7 @@ class SshHost:
         root.mkdir(parents=True, exist_ok=True)
         self.addr = addr
         self.netns = netns
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.env = {k: os.environ[k] for k in SHARED_ENV if k in os.environ} | dict(env or {})
         self.key = root / "id_ed25519"
         self.known_hosts = root / "known_hosts"

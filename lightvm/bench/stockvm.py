@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightvm import hostfacts
+from lightvm.bench.ports import free_port
 from lightvm.bench.runner import Sample
-from lightvm.bench.split import free_port
 from lightvm.bench.tcpprobe import wait_serving
 from lightvm.errors import LightVMError
 from lightvm.linux import LINUX_TCG_CPU, linux_cmdline

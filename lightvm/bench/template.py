@@ -36,8 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lightvm.bench.ports import free_port, free_port_run
 from lightvm.bench.runner import Benchmark, Result, Sample
-from lightvm.bench.split import daemon_answers, daemon_call, free_port, free_port_run, read_daytime
+from lightvm.bench.split import daemon_answers, daemon_call, read_daytime
 from lightvm.bench.suite import SuiteOptions
 from lightvm.errors import LightVMError
 from lightvm.util import wait_until

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.bench.fleets import network_setup
+from lightvm.bench.ports import free_port
 from lightvm.bench.procfs import children_of, cpu_ticks, smaps_rollup
 from lightvm.bench.runner import Sample
-from lightvm.bench.split import SplitFleet, free_port
+from lightvm.bench.split import SplitFleet
 from lightvm.bench.tcpprobe import wait_serving
 from lightvm.errors import LightVMError
 from lightvm.spec import load_spec

@@ -1,10 +1,10 @@
-"""lightvm.bench.split's port runs (clones publish P .. P+N-1)."""
+"""lightvm.bench.ports: port runs (clones publish P .. P+N-1)."""
 
 from __future__ import annotations
 
 import socket
 
-from lightvm.bench.split import RUN_PORTS_FROM, ephemeral_ports, free_port_run, port_run_is_free
+from lightvm.bench.ports import RUN_PORTS_FROM, ephemeral_ports, free_port_run, port_run_is_free
 
 
 def test_a_listening_port_is_not_free() -> None:
