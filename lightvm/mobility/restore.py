@@ -149,8 +149,10 @@ class PreparedRestore:
         wake the guest comes after its wake-up (QEMU runs commands in order): ``cont``
         (its reply came 1-3 ms after the request under TCG, the guest's acknowledgement
         0.1 ms after that: the acknowledgement proves it worked), the NMI, then the host
-        forwards (~0.8 ms of QEMU's time each) and, with ``commit_on_resume``, the
-        folder's move to ``vms/NAME`` (~0.6 ms) while the guest wakes. The reply waits
+        forwards (a 0.13 ms round trip with qemu/patches/qmp-read-buffer.patch; 0.6-0.8 ms
+        of QEMU's time before it, which read a command a byte at a time) and, with
+        ``commit_on_resume``, the folder's move to ``vms/NAME`` (~0.6 ms) while the guest
+        wakes. The reply waits
         for all of them: a forward QEMU refused, or a name taken meanwhile, fails the
         restore after all.
 
