@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lightvm.bench.ports import ephemeral_ports
 from lightvm.bench.procfs import mem_available_kib
 from lightvm.errors import LightVMError
 
@@ -89,7 +90,7 @@ def preflight(n: int, mib_per_vm: float, limits: Limits, ports: bool = False) ->
         else:
             problems.append(f"open files: hard limit {hard} < {want} (ulimit -Hn)")
     if ports:
-        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        low, high = ephemeral_ports()
         if high - low < 2 * n:
             problems.append(f"net.ipv4.ip_local_port_range {low}-{high}: too few ports for {n} forwards")
     from lightvm.jail import UID_COUNT

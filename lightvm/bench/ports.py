@@ -22,10 +22,7 @@ RUN_PORTS_FROM = 10000  # runs of published ports are sought from here up to the
 
 def ephemeral_ports() -> tuple[int, int]:
     """``net.ipv4.ip_local_port_range``: where the kernel picks client connections' ports."""
-    try:
-        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
+    low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     return low, high
 
 
