@@ -73,6 +73,7 @@ uint32_t clock_source(void);
 void clock_rebase_wall(uint64_t host_time_ns, uint64_t tsc);
 void cmdline_init(void);
 void noxs_init(void);
+bool xs_wanted(void);   /* xs.c */
 uint64_t pci_bar_map_nodma(const struct pci_dev *d, unsigned bar, uint64_t *size);
 void noxs_service(void);
 void noxs_follow(void);   /* a new page generation: re-base the wall clock */

@@ -5,9 +5,18 @@
  */
 #include "guest.h"
 
+/* Word at a time: under TCG every guest instruction costs a few host ones, and a byte
+ * loop moving a 704-byte NoXS page took ~6 us (13 us from the ivshmem BAR) of a
+ * pooled create's wake-up. x86 allows unaligned words; may_alias keeps gcc's
+ * aliasing rules out of it. */
+typedef uint64_t __attribute__((may_alias, aligned(1))) word_t;
+
 void *memset(void *dst, int c, size_t n)
 {
 	unsigned char *d = dst;
+	uint64_t w = 0x0101010101010101ull * (unsigned char)c;
+	for (; n >= 8; n -= 8, d += 8)
+		*(word_t *)d = w;
 	while (n--)
 		*d++ = (unsigned char)c;
 	return dst;
@@ -17,6 +26,8 @@ void *memcpy(void *dst, const void *src, size_t n)
 {
 	unsigned char *d = dst;
 	const unsigned char *s = src;
+	for (; n >= 8; n -= 8, d += 8, s += 8)
+		*(word_t *)d = *(const word_t *)s;
 	while (n--)
 		*d++ = *s++;
 	return dst;
@@ -29,11 +40,19 @@ void *memmove(void *dst, const void *src, size_t n)
 	if (d == s || n == 0)
 		return dst;
 	if (d < s) {
+		/* each word is read before the write that may overlap its source */
+		for (; n >= 8; n -= 8, d += 8, s += 8)
+			*(word_t *)d = *(const word_t *)s;
 		while (n--)
 			*d++ = *s++;
 	} else {
 		d += n;
 		s += n;
+		for (; n >= 8; n -= 8) {
+			d -= 8;
+			s -= 8;
+			*(word_t *)d = *(const word_t *)s;
+		}
 		while (n--)
 			*--d = *--s;
 	}

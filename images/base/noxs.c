@@ -22,6 +22,9 @@ static bool bell_armed;     /* the console bell's interrupt is still on (a pool 
 static bool devices_said;   /* noxs_devices_up() ran: noxs_ready() says so */
 static bool doorbell;   /* NOXS_FEAT_NMI_DOORBELL of the page we follow */
 static uint64_t gen_seen;   /* the page generation our wall clock is based on */
+static struct noxs_sysctl_ctrl rehearsal;   /* what rehearse() writes instead of the page */
+
+static void record_ready(const char *app);
 
 static volatile uint64_t *generation_ptr(void)
 {
@@ -87,6 +90,59 @@ static int read_config(char *err, size_t errlen)
 	}
 }
 
+/* After the page was read: the boot record and the frontend states say we run
+ * (dry: only the boot record, a scratch one in a rehearsal). */
+static void announce(bool dry)
+{
+	volatile struct noxs_boot_record *b = &sys->boot;
+	doorbell = (snap.features & NOXS_FEAT_NMI_DOORBELL) != 0;
+	b->tsc_entry = boot_tsc_entry;
+	gen_seen = snap.generation;
+	b->generation_seen = (uint32_t)snap.generation;
+	for (unsigned i = 0; i < NOXS_APP_LEN; i++)
+		b->app[i] = 0;
+	size_t n = strnlen(guest_app_name, NOXS_APP_LEN);
+	for (size_t i = 0; i < n; i++)
+		b->app[i] = guest_app_name[i];
+	barrier();
+	b->state = NOXS_BOOT_BOOTING;
+
+	noxs_set_fe_state(&sys->hdr, NOXS_STATE_INITIALISED);
+	for (uint32_t i = 0; !dry && i < layout.n_vif; i++)
+		noxs_set_fe_state(&vifs[i].ctrl->hdr, NOXS_STATE_INITIALISED);
+	for (uint32_t i = 0; !dry && i < layout.n_vbd; i++)
+		noxs_set_fe_state(vbd_hdr[i], NOXS_STATE_INITIALISED);
+}
+
+/* A shell's guest, woken at its wait point (dry: the rehearsal before it): the
+ * real page, and the boot record says so. */
+static void take_identity(bool dry)
+{
+	char err[128];
+	if (read_config(err, sizeof(err)) != 0)
+		bad_page(err);
+	sys = (volatile struct noxs_sysctl_ctrl *)(region + layout.sysctl_offset);
+	if (dry)
+		sys = &rehearsal;
+	announce(dry);
+}
+
+/* Under TCG the first run of any code costs its translation (~5-10 us per block on
+ * these hosts): what a woken shell runs on its way to READY (the page read, the
+ * boot record, devices up and READY; the clock ran just before) runs once here,
+ * at prepare time, on the placeholder page and a scratch boot record
+ * (docs/execute-path.md). The NIC set-up and the app's own start are left. */
+static void rehearse(void)
+{
+	volatile struct noxs_sysctl_ctrl *real = sys;
+	take_identity(true);
+	(void)xs_wanted();
+	noxs_devices_up();
+	record_ready(guest_app_name);
+	devices_said = false;
+	sys = real;
+}
+
 void noxs_init(void)
 {
 	struct pci_dev dev;
@@ -110,7 +166,6 @@ void noxs_init(void)
 		bad_page(err);
 
 	sys = (volatile struct noxs_sysctl_ctrl *)(region + layout.sysctl_offset);
-	volatile struct noxs_boot_record *b = &sys->boot;
 	if (snap.features & NOXS_FEAT_WAIT_CONFIG) {
 		/* A prepared shell: say so, and wait for the host to write the real
 		 * page. Either it stops our vCPU here and resumes it after the
@@ -119,18 +174,18 @@ void noxs_init(void)
 		bool bell = (snap.features & NOXS_FEAT_CONSOLE_BELL) && console_bell_on();
 		if (bell) {
 			clock_pit_quiesce();   /* else QEMU's PIT timer wakes it 36 times a second */
-			/* Rehearse what runs right after the wait, on the placeholder (which
-			 * carries the host's TSC rate): under TCG the first run of code costs
-			 * its translation, and here that is off the create's path. Both run
-			 * again with the real page. */
+			/* The clock on the placeholder (it carries the host's TSC rate): the
+			 * NIC prewarm below may use it, and its code is then translated for
+			 * the create (guest_start runs both again on the real page). */
 			clock_init();
 			noxs_clock_ready();
 			/* and bring up the NICs the placeholder names (by dev_mac) */
 			for (uint32_t i = 0; i < layout.n_vif; i++)
 				noxs_vif_prewarm(&vifs[i]);
+			rehearse();
 		}
 		barrier();
-		b->state = bell ? NOXS_BOOT_WAITING_BELL : NOXS_BOOT_WAITING;
+		sys->boot.state = bell ? NOXS_BOOT_WAITING_BELL : NOXS_BOOT_WAITING;
 		/* No spinning once rung: under TCG every pause drops and retakes
 		 * QEMU's big lock, which starves the main loop that delivers the
 		 * interrupts (a wake-up then took 1-10 ms instead of ~0.05). The host
@@ -143,28 +198,10 @@ void noxs_init(void)
 				cpu_pause();
 		}
 		bell_armed = bell;   /* turned off by noxs_ready(): 4 I/O exits, ~0.2 ms under TCG */
-		if (read_config(err, sizeof(err)) != 0)
-			bad_page(err);
-		sys = (volatile struct noxs_sysctl_ctrl *)(region + layout.sysctl_offset);
-		b = &sys->boot;
+		take_identity(false);
+		return;
 	}
-	doorbell = (snap.features & NOXS_FEAT_NMI_DOORBELL) != 0;
-	b->tsc_entry = boot_tsc_entry;
-	gen_seen = snap.generation;
-	b->generation_seen = (uint32_t)snap.generation;
-	for (unsigned i = 0; i < NOXS_APP_LEN; i++)
-		b->app[i] = 0;
-	size_t n = strnlen(guest_app_name, NOXS_APP_LEN);
-	for (size_t i = 0; i < n; i++)
-		b->app[i] = guest_app_name[i];
-	barrier();
-	b->state = NOXS_BOOT_BOOTING;
-
-	noxs_set_fe_state(&sys->hdr, NOXS_STATE_INITIALISED);
-	for (uint32_t i = 0; i < layout.n_vif; i++)
-		noxs_set_fe_state(&vifs[i].ctrl->hdr, NOXS_STATE_INITIALISED);
-	for (uint32_t i = 0; i < layout.n_vbd; i++)
-		noxs_set_fe_state(vbd_hdr[i], NOXS_STATE_INITIALISED);
+	announce(false);
 }
 
 /* A guest without the network stack has nothing to bring up early (netif.c
@@ -249,7 +286,7 @@ void noxs_devices_up(void)
 	devices_said = true;   /* printed by noxs_ready(), after READY: off the boot path */
 }
 
-void noxs_ready(const char *app)
+static void record_ready(const char *app)
 {
 	if (sys) {
 		volatile struct noxs_boot_record *b = &sys->boot;
@@ -260,6 +297,11 @@ void noxs_ready(const char *app)
 		barrier();
 		b->state = NOXS_BOOT_READY;
 	}
+}
+
+void noxs_ready(const char *app)
+{
+	record_ready(app);
 	/* console_puts, not printf: printf's first use costs ~0.3 ms of TCG translation.
 	 * Every byte is an I/O exit (~3.5 us under TCG): the NoXS front-end prints
 	 * nothing of its own between the boot banner and READY. */

@@ -125,6 +125,16 @@ static bool has_flag(const char *cmdline, const char *flag)
 	return false;
 }
 
+/* Is the boot asking for the xenstore dance (lightvm.xs)? Scanned once: a shell's
+ * guest asks at prepare time (noxs.c, rehearse), and its create finds the answer. */
+bool xs_wanted(void)
+{
+	static int wanted = -1;
+	if (wanted < 0)
+		wanted = has_flag(boot_cmdline(), "lightvm.xs");
+	return wanted;
+}
+
 void xs_boot(void)
 {
 	static const char *const keys[] = {
@@ -134,7 +144,7 @@ void xs_boot(void)
 	};
 	char backend[96], state_path[112], watch[128];
 
-	if (!has_flag(boot_cmdline(), "lightvm.xs"))
+	if (!xs_wanted())
 		return;
 	outb(COM2 + 1, 0x00);   /* no UART interrupts */
 	outb(COM2 + 3, 0x03);   /* 8N1 */
