@@ -76,6 +76,7 @@ Protocol, version 1:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from collections.abc import Callable
@@ -96,6 +97,11 @@ from lightvm.errors import LightVMError
 
 MAX_REQUEST = 1 << 20  # 1 MiB: a request is a few hundred bytes; anything near this is abuse
 IDLE_TIMEOUT = 60.0
+# A Deferred's bookkeeping waits this long for the client to act on its reply (its next
+# request or its hang-up runs it at once): on 2 cores the record write right after the
+# reply took the CPU the client needed to wake up and read it, ~0.1 ms of a pooled
+# create (docs/execute-path.md).
+AFTER_GRACE_S = 0.002
 
 
 def socket_path(state_root: Path) -> Path:
@@ -199,6 +205,14 @@ def _handle(line: bytes, handlers: dict[str, Handler]) -> tuple[bytes, Callable[
         return response(req_id, exc=exc), None, None
 
 
+def _client_moment(conn: socket.socket) -> None:
+    """Wait up to :data:`AFTER_GRACE_S` for the client to send again or hang up."""
+    from lightvm.util import wait_readable
+
+    with contextlib.suppress(OSError, ValueError):  # a closed or broken socket: no wait
+        wait_readable(conn.fileno(), AFTER_GRACE_S)
+
+
 def serve_connection(conn: socket.socket, handlers: dict[str, Handler], log: Callable[[str], None]) -> None:
     """Serve one client until it hangs up, idles out, or breaks the framing."""
     conn.settimeout(IDLE_TIMEOUT)
@@ -235,6 +249,8 @@ def serve_connection(conn: socket.socket, handlers: dict[str, Handler], log: Cal
                 raise
             finally:
                 if after is not None:
+                    if b"\n" not in buf:
+                        _client_moment(conn)
                     try:
                         after()
                     except Exception as exc:  # bookkeeping after a reply must not kill the server

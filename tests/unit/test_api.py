@@ -98,3 +98,65 @@ def test_serve_connection_framing_and_size_limit() -> None:
 def test_connect_without_daemon_is_unavailable(tmp_path: Any) -> None:
     with pytest.raises(api.DaemonUnavailable):
         api.Client.connect(tmp_path)
+
+
+def _deferred_server(ran: list[str], ran_event: threading.Event) -> tuple[socket.socket, threading.Thread]:
+    def after() -> None:
+        ran.append("after")
+        ran_event.set()
+
+    handlers: dict[str, api.Handler] = {
+        "go": lambda args: api.Deferred({"a": 1}, after),
+        "seen": lambda args: list(ran),  # what had run when the next request was handled
+    }
+    a, b = socket.socketpair()
+    t = threading.Thread(target=api.serve_connection, args=(b, handlers, lambda msg: None), daemon=True)
+    t.start()
+    a.settimeout(10)
+    return a, t
+
+
+def _line(sock: socket.socket) -> dict[str, Any]:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        assert chunk
+        buf += chunk
+    return _reply(buf)
+
+
+@pytest.mark.parametrize("client_then", ["next request", "hang-up"])
+def test_deferred_work_runs_as_soon_as_the_client_acts(monkeypatch: pytest.MonkeyPatch, client_then: str) -> None:
+    """The bookkeeping after a reply waits for the client's next move (a grace that lets
+    the client wake and read on a busy host), never beyond it: a next request finds it
+    done, a hang-up runs it at once."""
+    monkeypatch.setattr(api, "AFTER_GRACE_S", 30.0)  # far longer than this test may take
+    ran: list[str] = []
+    done = threading.Event()
+    a, t = _deferred_server(ran, done)
+    a.sendall(b'{"v":1,"id":1,"op":"go"}\n')
+    assert _line(a)["result"] == {"a": 1}
+    assert ran == []  # the client has not acted yet: the work waits
+    if client_then == "next request":
+        a.sendall(b'{"v":1,"id":2,"op":"seen"}\n')
+        assert _line(a)["result"] == ["after"]
+    else:
+        a.close()
+    assert done.wait(5.0)
+    if client_then == "next request":
+        a.close()
+    t.join(5.0)
+    assert not t.is_alive()
+
+
+def test_deferred_work_runs_after_the_grace_when_the_client_stays_silent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api, "AFTER_GRACE_S", 0.05)
+    ran: list[str] = []
+    done = threading.Event()
+    a, t = _deferred_server(ran, done)
+    a.sendall(b'{"v":1,"id":1,"op":"go"}\n')
+    assert _line(a)["result"] == {"a": 1}
+    assert done.wait(5.0) and ran == ["after"]  # the connection still open, nothing sent
+    a.close()
+    t.join(5.0)
+    assert not t.is_alive()
