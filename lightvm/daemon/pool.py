@@ -65,6 +65,7 @@ BELL_BYTE = b"\n"
 # A create that finds no ready shell waits at most this long for one being prepared
 # (shells.ShellPool._take): longer means that prepare is stuck, and the cold path is surer.
 TAKE_WAIT_S = 0.5
+FLAVOUR_CACHE_MAX = 256  # specs remembered by Pool.take (as many as the daemon's spec cache)
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,11 @@ class Pool(ShellPool[Flavour, Shell]):
         self._paused_only: set[Flavour] = set()
         self.policy: AdaptivePolicy[Flavour] = AdaptivePolicy(self.size, self.max_shells, idle_s, parallel)
         self.take_wait_s = max(0.0, take_wait_s)
+        # (id(spec), accel) -> (spec, why not poolable, flavour): the daemon's spec cache hands
+        # out the same VMSpec while its files are unchanged, and on the execute path these two
+        # cost ~40 us of Python per create (docs/execute-path.md). The spec is kept alive
+        # in the entry, so its id is not reused while cached.
+        self._flavour_of: dict[tuple[int, str], tuple[VMSpec, str | None, Flavour]] = {}
 
     def why_cold(self, spec: VMSpec, accel: str) -> str:
         """Why a create of ``spec`` took the cold path (after :meth:`take` gave no shell)."""
@@ -431,10 +437,17 @@ class Pool(ShellPool[Flavour, Shell]):
         A shell comes with the pool marked busy (no refill spawns while its guest boots):
         the caller must call :meth:`done` once its execute is over, whatever happened.
         """
-        if poolable(spec, self.net_mode):
+        key = (id(spec), accel)
+        known = self._flavour_of.get(key)
+        if known is None or known[0] is not spec:
+            if len(self._flavour_of) >= FLAVOUR_CACHE_MAX:
+                self._flavour_of.clear()
+            flavour = Flavour.of(spec, accel, self.net_mode)
+            known = self._flavour_of[key] = (spec, poolable(spec, self.net_mode), flavour)
+        if known[1]:
             return None
         t0 = time.perf_counter()
-        shell = self._take(Flavour.of(spec, accel, self.net_mode), self.take_wait_s)
+        shell = self._take(known[2], self.take_wait_s)
         if shell is not None:
             shell.take_ms = (time.perf_counter() - t0) * 1000
         return shell

@@ -121,12 +121,16 @@ def test_name_taken_discards_the_shell(lightvmd: Lightvmd) -> None:
 
     lightvmd.start(size=1)
     wait_pool(lightvmd, 1)
-    lightvmd.create("dup")
+    first = lightvmd.create("dup")
     wait_pool(lightvmd, 1)
     (shell,) = lightvmd.shell_records()
-    with pytest.raises(ExistsError):
+    with pytest.raises(ExistsError, match="already exists"):
         lightvmd.create("dup")
     assert not proc_alive(shell["pid"], shell["pid_start"]) and not Path(shell["noxs_path"]).exists()
+    # The refusal comes while the shell's guest wakes (no devices: execute checks under the
+    # state lock then); the VM that has the name is untouched.
+    (vm,) = [v for v in lightvmd.call("list") if v["name"] == "dup"]
+    assert vm["status"] == "running" and vm["id"] == first["id"] and proc_alive(first["pid"], None)
     lightvmd.call("destroy", {"all": True})
 
 
