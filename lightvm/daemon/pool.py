@@ -171,9 +171,18 @@ class Shell:
 
     def ring(self) -> float:
         """Wake the guest asleep at its wait point (one byte into its console's receiver);
-        when it was rung (``time.perf_counter()``)."""
+        when it was rung (``time.perf_counter()``).
+
+        Then yield the CPU: the scheduler often queues QEMU's main loop, which delivers
+        the bell, on this very CPU (wake-affine) while the other one idles, and it then
+        waited for the daemon's Python to block: traced with uprobes (QEMU's fd_chr_read),
+        ring -> QEMU reading the byte took 270-440 us in 20 of 30 creates, 60-100 us
+        otherwise; with the yield, 69 us median (docs/execute-path.md). A no-op when
+        nothing else waits for this CPU.
+        """
         assert self.bell is not None
         os.write(self.bell, BELL_BYTE)
+        os.sched_yield()
         return time.perf_counter()
 
     def close_bell(self) -> None:
