@@ -118,7 +118,7 @@ def execute_deferred(
             shellblk.attach(machine, disks)
             page.vbds = [blk.noxs_config(d) for d in disks]
         shell.region.write_config(page)
-        woken_at = shell.ring() if shell.bell is not None else None
+        woken_at = shell.ring(yield_cpu=not forwards) if shell.bell is not None else None
         times, boot_record = boot(machine, shell.region, t0, timeout, woken_at, meanwhile=meanwhile)
         if queued:  # READY means serving: on its published ports too
             check_forwards(machine, queued)

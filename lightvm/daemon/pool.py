@@ -169,20 +169,23 @@ class Shell:
     take_ms: float = 0.0  # how long the create that took it waited for it (Pool.take)
     leased: list[PreparedVif] = field(default_factory=list)  # its taps' addresses, if leased at prepare
 
-    def ring(self) -> float:
+    def ring(self, yield_cpu: bool = True) -> float:
         """Wake the guest asleep at its wait point (one byte into its console's receiver);
         when it was rung (``time.perf_counter()``).
 
-        Then yield the CPU: the scheduler often queues QEMU's main loop, which delivers
-        the bell, on this very CPU (wake-affine) while the other one idles, and it then
-        waited for the daemon's Python to block: traced with uprobes (QEMU's fd_chr_read),
-        ring -> QEMU reading the byte took 270-440 us in 20 of 30 creates, 60-100 us
-        otherwise; with the yield, 69 us median (docs/execute-path.md). A no-op when
-        nothing else waits for this CPU.
+        ``yield_cpu``: then yield the CPU. The scheduler often queues QEMU's main loop,
+        which delivers the bell, on this very CPU (wake-affine) while the other one idles,
+        and it then waited for the daemon's Python to block: traced (python -m
+        lightvm.bench.ringtrace), bell -> QEMU reading the byte took 232 us (median) in
+        those creates, 50 us with the yield (docs/execute-path.md). Not when port forwards
+        are queued right after (user networking): QEMU's main loop then runs them at once,
+        under the big lock the woken vCPU needs (splitnic --net user: 2.05-2.15 ms without
+        the yield, 2.11-2.50 with it). A no-op when nothing else waits for this CPU.
         """
         assert self.bell is not None
         os.write(self.bell, BELL_BYTE)
-        os.sched_yield()
+        if yield_cpu:
+            os.sched_yield()
         return time.perf_counter()
 
     def close_bell(self) -> None:
