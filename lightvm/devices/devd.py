@@ -103,8 +103,22 @@ def bridge_alias(network: str) -> str:
     return f"{ALIAS_PREFIX}net={network}"
 
 
+_cap_net_admin: dict[int, bool] = {}  # pid -> the answer (a forked child asks again)
+
+
 def has_cap_net_admin() -> bool:
-    """True when this process really holds CAP_NET_ADMIN (CapEff bit 12)."""
+    """True when this process really holds CAP_NET_ADMIN (CapEff bit 12).
+
+    Read once per process: lightvm never changes its own capabilities, and a pooled
+    create with user networking asked on every reply (/proc/self/status: tens of us)."""
+    pid = os.getpid()
+    known = _cap_net_admin.get(pid)
+    if known is None:
+        known = _cap_net_admin[pid] = _read_cap_net_admin()
+    return known
+
+
+def _read_cap_net_admin() -> bool:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("CapEff:"):
