@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
 
-SUITES = ("boot", "density", "net", "checkpoint", "split", "tinyx", "cli", "template")
+SUITES = ("boot", "density", "net", "checkpoint", "split", "tinyx", "cli", "template", "qmp")
 # a suite whose module is not lightvm.bench.<name> (lightvm.bench.cli is the bench command)
 MODULES = {"cli": "clistart"}
 ORDERS = ("n", "variant")
