@@ -7,11 +7,11 @@ whether lightvmd or this process did the work; only what differs by nature (the
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
+from lightvm import jsonline
 from lightvm.cli import IMPORTED_AT
 from lightvm.cli.backend import open_backend, toolstack
 from lightvm.errors import LightVMError, NotFoundError
@@ -182,7 +182,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
         def progress(result: dict[str, Any], done: int, count: int) -> None:
             if args.json:
-                print(json.dumps(result), flush=True)
+                print(jsonline.dumps(result), flush=True)
             elif count > 1 and not args.quiet:
                 ready = result["boot_ms"].get("ready") or 0
                 print(f"[{done}/{count}] {result['name']}: READY in {ready:.1f} ms", flush=True)
@@ -193,7 +193,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         if args.json:
             if backend.routed:  # lightvmd answers once for all
                 for r in results:
-                    print(json.dumps(r), flush=True)
+                    print(jsonline.dumps(r), flush=True)
             if not args.quiet and not backend.routed:
                 print_qemu_note()
             return 0
@@ -287,6 +287,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     with open_backend(args) as backend:
         infos = backend.list_vms()
     if args.json:
+        import json  # only here: the thin path's JSON is lightvm.jsonline (no indent there)
+
         print(json.dumps(infos, indent=1))
         return 0
     if not infos:
@@ -310,7 +312,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
         done, errors = backend.destroy(None if args.all else args.names)
     if args.json:
         for name in done:
-            print(json.dumps({"name": name, "action": "destroyed"}), flush=True)
+            print(jsonline.dumps({"name": name, "action": "destroyed"}), flush=True)
     elif len(done) + len(errors) > 1:
         print(f"destroyed {len(done)} VMs")
     if errors:
@@ -323,7 +325,7 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
         for name in args.names:
             ms = backend.shutdown(name, args.keep, args.timeout)
             if args.json:
-                print(json.dumps({"name": name, "action": "shutdown", "ms": ms, "kept": args.keep}), flush=True)
+                print(jsonline.dumps({"name": name, "action": "shutdown", "ms": ms, "kept": args.keep}), flush=True)
                 continue
             print(f"{name}: powered off in {ms:.1f} ms" + (" (kept, halted)" if args.keep else ""))
     return 0
@@ -334,7 +336,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
         for name in args.names:
             ms = backend.pause(name)
             print(
-                json.dumps({"name": name, "action": "paused", "ms": ms})
+                jsonline.dumps({"name": name, "action": "paused", "ms": ms})
                 if args.json
                 else f"{name}: paused in {ms:.2f} ms"
             )
@@ -346,7 +348,7 @@ def cmd_unpause(args: argparse.Namespace) -> int:
         for name in args.names:
             ms = backend.unpause(name)
             print(
-                json.dumps({"name": name, "action": "resumed", "ms": ms})
+                jsonline.dumps({"name": name, "action": "resumed", "ms": ms})
                 if args.json
                 else f"{name}: resumed in {ms:.2f} ms"
             )
@@ -412,7 +414,7 @@ def _console_json(name: str, path: os.PathLike[str] | str, follow: bool) -> int:
             text = f.read().decode("utf-8", "replace")
     except FileNotFoundError:
         text = ""  # the VM has printed nothing yet
-    print(json.dumps({"name": name, "console": text}))
+    print(jsonline.dumps({"name": name, "console": text}))
     return 0
 
 
@@ -420,6 +422,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     with open_backend(args) as backend:
         info = backend.info(args.name)
     if args.json:
+        import json
+
         print(json.dumps(info, indent=1, default=str))
         return 0
     for line in info_lines(info):

@@ -1,6 +1,7 @@
 """The client half of the lightvmd API (lightvm/daemon/api.py has the protocol, numbered):
-the errors, the socket's name and :class:`Client`, importing only ``json``, ``errno``,
-``_socket``, :mod:`lightvm.lineio` (``os``, ``time``) and :mod:`lightvm.errors`.
+the errors, the socket's name and :class:`Client`, importing only ``errno``, ``_socket``,
+:mod:`lightvm.jsonline` (JSON through ``_json``, without ``json``), :mod:`lightvm.lineio`
+(``os``, ``time``) and :mod:`lightvm.errors`.
 
 Why apart from api.py: ``lightvm create``/``list`` through lightvmd is meant to cost no
 more than starting Python (docs/cli-startup.md), and every module the CLI imports on
@@ -13,10 +14,9 @@ from __future__ import annotations
 
 import _socket
 import errno
-import json
 import os
 
-from lightvm import errors
+from lightvm import errors, jsonline
 from lightvm.errors import LightVMError
 from lightvm.lineio import Deadline, connect_unix, recv_line
 
@@ -190,12 +190,12 @@ class Client:
         self._next += 1
         msg = {"v": VERSION, "id": req_id, "op": op, "args": args or {}}
         try:
-            self.send_raw(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+            self.send_raw(jsonline.dumps(msg, separators=(",", ":")).encode() + b"\n")
         except OSError as exc:
             raise ApiError(f"cannot send to lightvmd on {self.path}: {exc.strerror or exc}") from exc
         line = self.read_line(timeout)
         try:
-            reply = json.loads(line)
+            reply = jsonline.loads(line)
         except ValueError:
             raise ProtocolError(f"lightvmd sent a line that is not JSON: {line[:200]!r}") from None
         if not isinstance(reply, dict) or reply.get("id") != req_id:
@@ -221,7 +221,7 @@ class Client:
             if line is None:
                 raise ApiError(f"lightvmd said nothing about the {op} for {timeout:.0f} s")
             try:
-                message = json.loads(line)
+                message = jsonline.loads(line)
             except ValueError:
                 raise ProtocolError(f"lightvmd sent a line that is not JSON: {line[:200]!r}") from None
             if "progress" in message:
