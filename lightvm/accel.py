@@ -16,11 +16,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import os
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,40 +142,51 @@ def probe_boot(kernel: Path, accel: str, timeout: float) -> float:
 
     :raise LightVMError: if it does not reach READY in ``timeout`` seconds.
     """
+    from lightvm.boot import boot  # boot imports machine; keep the import graph acyclic
+
+    with scratch_machine(f"probe-{accel}", kernel, accel) as (machine, region):
+        t0 = time.perf_counter()
+        machine.launch()
+        times, _ = boot(machine, region, t0, timeout)
+        assert times.ready is not None
+        start = times.qemu_up if times.qemu_up is not None else 0.0
+        return times.ready - start
+
+
+@contextlib.contextmanager
+def scratch_machine(
+    name: str, kernel: Path, accel: str, extra_args: tuple[str, ...] = ()
+) -> Iterator[tuple[Machine, NoxsRegion]]:
+    """A throwaway QEMU (not launched yet) for a noop-like ``kernel``, on a NoXS page of its
+    own and a temporary folder, all removed on exit (the QEMU killed): what the probe
+    boots, and what the QMP benches (lightvm/bench/qmp.py) talk to."""
     import tempfile
     import uuid
 
-    from lightvm.boot import boot  # boot imports machine; keep the import graph acyclic
     from lightvm.state import SHM_PREFIX, shm_dir
 
-    tag = uuid.uuid4().hex[:12]
-    with tempfile.TemporaryDirectory(prefix="lightvm-probe-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"lightvm-{name}-") as tmp:
         work = Path(tmp)
-        shm = shm_dir() / f"{SHM_PREFIX}probe-{tag}"
-        size = region_size_for(1)
+        shm = shm_dir() / f"{SHM_PREFIX}{name}-{uuid.uuid4().hex[:12]}"
         region = NoxsRegion.create(shm, 1)
         try:
-            region.write_config(PageConfig(name=f"probe-{accel}", tsc_hz=hostfacts.tsc_hz()))
+            region.write_config(PageConfig(name=name, tsc_hz=hostfacts.tsc_hz()))
             config = MachineConfig(
-                name=f"probe-{accel}",
+                name=name,
                 kernel=kernel,
                 memory_mib=16,
                 vcpus=1,
                 cmdline="",
                 accel=accel,
                 noxs_path=shm,
-                noxs_size=size,
+                noxs_size=region_size_for(1),
                 console_path=work / "console.log",
                 qmp_path=work / "qmp.sock",
                 log_path=work / "qemu.log",
+                extra_args=extra_args,
             )
             with Machine(config) as machine:
-                t0 = time.perf_counter()
-                machine.launch()
-                times, _ = boot(machine, region, t0, timeout)
-                assert times.ready is not None
-                start = times.qemu_up if times.qemu_up is not None else 0.0
-                return times.ready - start
+                yield machine, region
         finally:
             region.close()
             region.unlink()

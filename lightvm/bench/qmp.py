@@ -20,8 +20,8 @@ qemu/patches/qmp-read-buffer.patch, so a command's cost grew with its length:
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,51 +35,31 @@ REFERENCE = "query-version"
 NETDEV = "net0"
 
 
+@contextlib.contextmanager
+def paused_qemu(name: str, accel: str = "tcg", extra_args: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A scratch QEMU on the noop guest (lightvm.accel.scratch_machine) started paused (-S),
+    its QMP negotiated: nothing runs in it but the monitor the QMP benches talk to.
+
+    :raise LightVMError: no guest kernel (the images are not built).
+    """
+    from lightvm import accel as accelmod
+
+    kernel = accelmod.probe_kernel()
+    if kernel is None:
+        raise LightVMError("no guest kernel (images/build/noop.elf, or $LIGHTVM_PROBE_KERNEL): make -C images")
+    with accelmod.scratch_machine(name, kernel, accel, extra_args) as (machine, _region):
+        machine.launch()  # paused (-S)
+        machine.qmp.wait(machine.qmp.negotiate_id or 0, timeout=10.0)
+        yield machine
+
+
 class _Monitor:
     """A paused QEMU with a user NIC and lightvm's negotiated QMP connection to it."""
 
     def __init__(self, accel: str) -> None:
-        from lightvm import accel as accelmod
-        from lightvm import hostfacts
-        from lightvm.machine import Machine, MachineConfig
-        from lightvm.noxs import NoxsRegion, PageConfig, region_size_for
-        from lightvm.state import SHM_PREFIX, shm_dir
-
-        kernel = accelmod.probe_kernel()
-        if kernel is None:
-            raise LightVMError("bench qmp: no guest kernel (images/build/noop.elf): make -C images")
-        self._tmp = tempfile.TemporaryDirectory(prefix="lightvm-bench-qmp-")
-        work = Path(self._tmp.name)
-        self._shm = shm_dir() / f"{SHM_PREFIX}benchqmp-{work.name[-8:]}"
-        self._region = NoxsRegion.create(self._shm, 1)
-        self.machine: Any = None
-        try:
-            self._region.write_config(PageConfig(name="benchqmp", tsc_hz=hostfacts.tsc_hz()))
-            config = MachineConfig(
-                name="benchqmp",
-                kernel=kernel,
-                memory_mib=16,
-                vcpus=1,
-                cmdline="",
-                accel=accel,
-                noxs_path=self._shm,
-                noxs_size=region_size_for(1),
-                console_path=work / "console.log",
-                qmp_path=work / "qmp.sock",
-                log_path=work / "qemu.log",
-                extra_args=(
-                    "-netdev",
-                    f"user,id={NETDEV},net=10.0.2.0/24",
-                    "-device",
-                    f"virtio-net-device,netdev={NETDEV}",
-                ),
-            )
-            self.machine = Machine(config)
-            self.machine.launch()  # paused (-S): nothing runs but the monitor
-            self.machine.qmp.wait(self.machine.qmp.negotiate_id or 0, timeout=10.0)
-        except BaseException:
-            self.close()
-            raise
+        self._stack = contextlib.ExitStack()
+        nic = ("-netdev", f"user,id={NETDEV},net=10.0.2.0/24", "-device", f"virtio-net-device,netdev={NETDEV}")
+        self.machine = self._stack.enter_context(paused_qemu("benchqmp", accel, nic))
 
     def round_trip(self, command: str, arguments: dict[str, Any] | None = None) -> tuple[float, Any]:
         t0 = time.perf_counter()
@@ -102,21 +82,13 @@ class _Monitor:
             ms, said = self.hmp(f"hostfwd_add {NETDEV} {rule}")
             if said.strip():
                 raise LightVMError(f"bench qmp: hostfwd_add {rule}: {said.strip()}")
-            _, said = self.hmp(f"hostfwd_remove {NETDEV} {rule.split('-')[0]}")
+            self.hmp(f"hostfwd_remove {NETDEV} {rule.split('-')[0]}")
         else:
             raise LightVMError(f"bench qmp: unknown row {variant!r}")
         return {"ms": ms}
 
     def close(self) -> None:
-        if self.machine is not None:
-            with contextlib.suppress(Exception):
-                self.machine.kill()
-            self.machine = None
-        with contextlib.suppress(Exception):
-            self._region.close()
-        with contextlib.suppress(OSError):
-            self._region.unlink()
-        self._tmp.cleanup()
+        self._stack.close()
 
 
 def benchmarks(opts: SuiteOptions, stack: contextlib.ExitStack) -> list[Benchmark]:

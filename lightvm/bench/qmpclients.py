@@ -18,7 +18,6 @@ import importlib.util
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,14 +84,9 @@ def import_ms(statement: str, runs: int = 5) -> float:
 
 
 def measure(rounds: int) -> dict[str, list[float]]:
-    from lightvm import accel, hostfacts
-    from lightvm.machine import Machine, MachineConfig
-    from lightvm.noxs import NoxsRegion, PageConfig, region_size_for
-    from lightvm.state import SHM_PREFIX, shm_dir
+    from lightvm.bench.qmp import paused_qemu
+    from lightvm.errors import LightVMError
 
-    kernel = accel.probe_kernel()
-    if kernel is None:
-        raise SystemExit("no guest kernel (images/build/noop.elf, or $LIGHTVM_PROBE_KERNEL): build the images")
     clients: dict[str, Callable[[Path], None]] = {"lightvm.qmp": ours}
     if have_qemu_qmp():
         clients["qemu.qmp.legacy"] = legacy
@@ -100,39 +94,19 @@ def measure(rounds: int) -> dict[str, list[float]]:
     else:
         print("qemu.qmp is not installed: measuring lightvm.qmp only (pip install qemu.qmp to compare)")
     times: dict[str, list[float]] = {name: [] for name in clients}
-    with tempfile.TemporaryDirectory(prefix="lightvm-qmpbench-") as tmp:
-        work = Path(tmp)
-        shm = shm_dir() / f"{SHM_PREFIX}qmpbench-{work.name[-8:]}"
-        region = NoxsRegion.create(shm, 1)
-        try:
-            region.write_config(PageConfig(name="qmpbench", tsc_hz=hostfacts.tsc_hz()))
-            config = MachineConfig(
-                name="qmpbench",
-                kernel=kernel,
-                memory_mib=16,
-                vcpus=1,
-                cmdline="",
-                accel="tcg",
-                noxs_path=shm,
-                noxs_size=region_size_for(1),
-                console_path=work / "console.log",
-                qmp_path=work / "qmp.sock",
-                log_path=work / "qemu.log",
-            )
-            with Machine(config) as machine:
-                machine.launch()  # paused (-S)
-                machine.qmp.wait(machine.qmp.negotiate_id or 0, timeout=5.0)
-                machine.disconnect()  # QEMU serves one client at a time: free it for the bench
-                for fn in clients.values():  # warm-up: imports, first-connection costs
-                    fn(config.qmp_path)
-                for _ in range(rounds):
-                    for name, fn in clients.items():
-                        t = time.perf_counter()
-                        fn(config.qmp_path)
-                        times[name].append((time.perf_counter() - t) * 1000)
-        finally:
-            region.close()
-            region.unlink()
+    try:
+        with paused_qemu("qmpbench") as machine:
+            qmp_path = machine.config.qmp_path
+            machine.disconnect()  # QEMU serves one client at a time: free it for the bench
+            for fn in clients.values():  # warm-up: imports, first-connection costs
+                fn(qmp_path)
+            for _ in range(rounds):
+                for name, fn in clients.items():
+                    t = time.perf_counter()
+                    fn(qmp_path)
+                    times[name].append((time.perf_counter() - t) * 1000)
+    except LightVMError as exc:
+        raise SystemExit(str(exc)) from None
     return times
 
 
