@@ -108,7 +108,6 @@ def _remove_probes() -> None:
 
 def trace(binary: Path, creates: int, warmup: int = 3) -> list[dict[str, Any]]:
     from lightvm.bench.split import SplitFleet
-    from lightvm.daemon import api
 
     _remove_probes()  # a run killed before its cleanup
     _add_probes(binary)
@@ -117,15 +116,7 @@ def trace(binary: Path, creates: int, warmup: int = 3) -> list[dict[str, Any]]:
         try:
 
             def create() -> None:
-                fleet._wait_pool_full()
-                fleet.seq += 1
-                name = f"t{fleet.seq}"
-                with api.Client.connect(fleet.state, timeout=5.0) as client:
-                    client.call("ping")
-                    os.getsid(0)  # the markers: a syscall nothing else here makes
-                    client.call("create", {"config": str(fleet.config), "name": name, "accel": "tcg"})
-                    os.getsid(0)
-                fleet.call("destroy", {"names": [name]})
+                fleet.measure(mark=lambda: os.getsid(0))  # the markers: a syscall nothing else here makes
 
             for _ in range(warmup):
                 create()

@@ -193,7 +193,10 @@ class SplitFleet:
             self.call("create", args, timeout=60.0 * n)
             self.count += n
 
-    def measure(self) -> Sample:
+    def measure(self, mark: Callable[[], object] | None = None) -> Sample:
+        """One pooled create, timed at the client from the request to the READY reply, then
+        destroyed. ``mark``: called right before and right after the timed request, outside
+        the timing (a tracer's markers: lightvm/bench/ringtrace.py)."""
         self._wait_pool_full()  # untimed: a full, quiet pool (no QEMU start competing)
         self.seq += 1
         name = f"m{self.seq}"
@@ -202,9 +205,13 @@ class SplitFleet:
             # accept this connection and hand it to a worker (two thread wake-ups that a
             # client keeping its connection pays once).
             client.call("ping")
+            if mark is not None:
+                mark()
             t0 = time.perf_counter()
             (result,) = client.call("create", {"config": str(self.config), "name": name, "accel": self.accel})
             wall = (time.perf_counter() - t0) * 1000
+            if mark is not None:
+                mark()
         sample: Sample = {"ms": wall, "pool": 1.0 if result["path"] == "pool" else 0.0}
         for step in POOL_BOOT_STEPS:
             value = result["boot_ms"].get(step)

@@ -94,6 +94,7 @@ from lightvm.daemon.proto import (  # the client side, apart so that the CLI's t
     raise_error,
 )
 from lightvm.errors import LightVMError
+from lightvm.util import wait_readable
 
 MAX_REQUEST = 1 << 20  # 1 MiB: a request is a few hundred bytes; anything near this is abuse
 IDLE_TIMEOUT = 60.0
@@ -207,8 +208,6 @@ def _handle(line: bytes, handlers: dict[str, Handler]) -> tuple[bytes, Callable[
 
 def _client_moment(conn: socket.socket) -> None:
     """Wait up to :data:`AFTER_GRACE_S` for the client to send again or hang up."""
-    from lightvm.util import wait_readable
-
     with contextlib.suppress(OSError, ValueError):  # a closed or broken socket: no wait
         wait_readable(conn.fileno(), AFTER_GRACE_S)
 
