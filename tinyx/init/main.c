@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/io.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -24,6 +25,8 @@
 #include <unistd.h>
 
 #include "lvinit.h"
+
+#include <linux/random.h>
 
 #define PCI "/sys/bus/pci/devices"
 #define SETTLE_MS      1000u   /* an odd/moving page generation, before BAD_PAGE */
@@ -463,8 +466,45 @@ static __attribute__((noreturn)) void stop(void)
 	power_off(LV_EXIT_CLEAN);
 }
 
+/* Every VM started from one snapshot (an image's snapshot, a template's clones) wakes
+ * with the same kernel random state: the CRNG would hand each the same bytes (TCP
+ * sequence numbers, getrandom()) until its next reseed, up to a minute later. The page's
+ * uuid is new per VM (uuid4, from the host's getrandom), so mixing it in with the times
+ * and reseeding at once makes their streams part. Not credited as entropy: the host
+ * knows it. Best effort: a failure is said on the console. */
+static void reseed_random(const struct noxs_device_page *pg, uint64_t host_ns, uint64_t tsc)
+{
+	uint8_t mix[sizeof(pg->uuid) + 2 * sizeof(uint64_t)];
+	memcpy(mix, (const void *)pg->uuid, sizeof(pg->uuid));
+	memcpy(mix + sizeof(pg->uuid), &host_ns, sizeof(host_ns));
+	memcpy(mix + sizeof(pg->uuid) + sizeof(host_ns), &tsc, sizeof(tsc));
+	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || lv_write_all(fd, mix, sizeof(mix)) != 0 || ioctl(fd, RNDRESEEDCRNG) != 0)
+		lv_say("page rewrite: reseeding the kernel's random state: %s", strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
+/* A rewritten page (restore, migration, a VM started from a snapshot) may carry another
+ * identity: the hostname follows the page's name, the random state is reseeded. Read
+ * into a copy: the layout the record hangs on stays the one read at boot, and a page
+ * that does not validate keeps the old identity (said, not fatal: the VM serves on). */
+static void take_identity(uint64_t host_ns, uint64_t tsc)
+{
+	static struct lv_page fresh;
+	char err[160], host[NOXS_NAME_LEN + 1];
+	if (lv_page_read(noxs.region, noxs.bytes, &fresh, SETTLE_MS, err, sizeof(err)) != 0) {
+		lv_say("page rewrite: %s (identity kept)", err);
+		return;
+	}
+	if (lv_page_hostname(&fresh, host) == 0 && sethostname(host, strlen(host)) != 0)
+		lv_say("sethostname %s: %s", host, strerror(errno));
+	reseed_random(&fresh.snap, host_ns, tsc);
+}
+
 /* The host's sysctl requests and page rewrites, as images/base/noxs.c's
- * noxs_service: POWEROFF, CRASH; a new generation re-bases the wall clock. */
+ * noxs_service: POWEROFF, CRASH; a new generation re-bases the wall clock and takes
+ * the page's identity (take_identity). */
 static void service(void)
 {
 	uint32_t req = lv_rec_requests(&noxs);
@@ -487,6 +527,7 @@ static void service(void)
 	if (lv_page_generation(noxs.region) != g1)
 		return;   /* mid-rewrite: the next pass */
 	set_wall_clock(host_ns, now);
+	take_identity(host_ns, now);
 	lv_rec_generation(&noxs, g1);
 }
 
