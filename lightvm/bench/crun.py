@@ -255,7 +255,7 @@ class _Worker:
         """``crun run --detach`` of a server's bundle, timed to its first good answer on
         127.0.0.1:``port`` (the container shares the host's network namespace). A container
         that does not answer within ``timeout`` s is deleted before the error is returned."""
-        from lightvm.bench.tcpprobe import wait_serving
+        from lightvm.tcpprobe import wait_serving
 
         with open(Path(bundle) / f"{cid}.log", "ab") as log:  # the app's own output, for errors
             t0 = time.perf_counter()

@@ -8,13 +8,9 @@ import socket
 from pathlib import Path
 
 from lightvm.errors import LightVMError
+from lightvm.tcpprobe import free_port
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (QEMU binds it for a hostfwd)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["RUN_PORTS_FROM", "ephemeral_ports", "free_port", "free_port_run", "port_run_is_free"]
 
 
 RUN_PORTS_FROM = 10000  # runs of published ports are sought from here up to the ephemeral range

@@ -28,10 +28,10 @@ from pathlib import Path
 from lightvm import hostfacts
 from lightvm.bench.ports import free_port
 from lightvm.bench.runner import Sample
-from lightvm.bench.tcpprobe import wait_serving
 from lightvm.errors import LightVMError
 from lightvm.linux import LINUX_TCG_CPU, linux_cmdline
 from lightvm.qemubin import qemu_binary
+from lightvm.tcpprobe import wait_serving
 
 BUILD_TIMEOUT_S = 1800  # a cold cache: debootstrap (~4 min here), apt with the kernel and its initrd
 # A systemd boot under TCG on this 2-core host: 18-22 s quiet, up to 162 s at load 14 (docs/tinyx-bench.md).

@@ -39,9 +39,9 @@ from lightvm.bench.ports import free_port
 from lightvm.bench.procfs import children_of, cpu_ticks, smaps_rollup
 from lightvm.bench.runner import Sample
 from lightvm.bench.split import SplitFleet
-from lightvm.bench.tcpprobe import wait_serving
 from lightvm.errors import LightVMError
 from lightvm.spec import load_spec
+from lightvm.tcpprobe import wait_serving
 
 BOOT_TIMEOUT_S = 60.0  # a Linux guest under TCG on a loaded 2-core host: ~1.3 s usually
 SERVE_TIMEOUT_S = 60.0

@@ -34,6 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lightvm.errors import TinyxError
+from lightvm.tcpprobe import free_port
 from tinyx.image import kpack
 from tinyx.image.recipe import Recipe
 from tinyx.kernel import build as kb
@@ -51,12 +52,6 @@ OBJ_SUFFIXES = (".o", ".a", ".cmd", ".tmp", ".S")
 
 def _log(msg: str) -> None:
     print(f"[tinyx-loop] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def recover_obj(obj: Path) -> int:
