@@ -142,9 +142,11 @@ class LocalBackend:
     def restore(
         self, file: Path, name: str | None, timeout: float, progress: Callable[[dict[str, Any]], None] | None = None
     ) -> dict[str, Any]:
-        from lightvm.mobility.template import restore_path
+        from lightvm.mobility.template import remembered_digests, restore_path
 
-        return restore_path(self.ts, file, name=name, timeout=timeout, progress=progress).as_dict()
+        self.ts.state.ensure()
+        with remembered_digests(self.ts.state.root):  # a template's files: hashed once per version
+            return restore_path(self.ts, file, name=name, timeout=timeout, progress=progress).as_dict()
 
     def migrate(
         self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None

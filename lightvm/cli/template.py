@@ -76,8 +76,12 @@ def cmd_clone(args: argparse.Namespace) -> int:
     client = connect(args)
     if client is None:
         from lightvm.mobility.clone import clone
+        from lightvm.mobility.template import remembered_digests
 
-        result = clone(toolstack(args), args.source, args.count, args.name, args.publish, timeout=args.timeout)
+        ts = toolstack(args)
+        ts.state.ensure()
+        with remembered_digests(ts.state.root):  # the template's files: hashed once per version
+            result = clone(ts, args.source, args.count, args.name, args.publish, timeout=args.timeout)
         out = result.as_dict()
     else:
         import os

@@ -196,7 +196,8 @@ def clone(
             def prepare(tdir: Path, name: str, meta: dict[str, Any]) -> PreparedRestore:
                 return prepare_from_template(toolstack, tdir, name, timeout, meta=meta)[0]
 
-        made = _start_all(toolstack, tdir, meta, offset, names, forward, jobs, prepare, base)
+        metas = [clone_meta(meta, name, i, forward, base) for i, name in enumerate(names)]
+        made = start_all(toolstack, tdir, list(zip(names, metas, strict=True)), offset, jobs, prepare)
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)  # the clones' mappings keep its pages
@@ -220,23 +221,22 @@ def clone(
     )
 
 
-def _start_all(
+def start_all(
     toolstack: Toolstack,
     tdir: Path,
-    meta: dict[str, Any],
+    vms: list[tuple[str, dict[str, Any]]],
     offset: int,
-    names: list[str],
-    forward: tuple[str, str, int, int] | None,
     jobs: int,
     prepare_one: Prepare,
-    base: int,
 ) -> list[RestoreResult]:
-    """Start every clone, ``jobs`` at a time, each from prepare to running (a clone's
+    """Start a VM from the template ``tdir`` per (name, header) of ``vms`` (the header
+    with the VM's identity: :func:`clone_meta`), ``jobs`` at a time, each from prepare to running (its
     steps wait on its QEMU and guest most of the time: several in flight overlap those
-    waits); on any failure start no more and destroy every clone (prepared or running)."""
+    waits); on any failure start no more and destroy every one (prepared or running)."""
     from lightvm.mobility.template import STATE
 
-    metas = [clone_meta(meta, name, i, forward, base) for i, name in enumerate(names)]
+    names = [name for name, _ in vms]
+    metas = [meta for _, meta in vms]
     prepared: list[PreparedRestore | None] = [None] * len(names)
     done: list[RestoreResult | None] = [None] * len(names)
     failed = threading.Event()
@@ -274,4 +274,13 @@ def _start_all(
     return [r for r in done if r is not None]
 
 
-__all__ = ["CloneResult", "TemplateError", "clone", "clone_mac", "clone_meta", "clone_names", "parse_publish"]
+__all__ = [
+    "CloneResult",
+    "TemplateError",
+    "clone",
+    "clone_mac",
+    "clone_meta",
+    "clone_names",
+    "parse_publish",
+    "start_all",
+]

@@ -54,6 +54,7 @@ class RestoreResult:
     heartbeat: int
     app_counter: int
     paused: bool
+    app: str = ""  # the guest's app, from its boot record
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -195,6 +196,7 @@ class PreparedRestore:
             heartbeat=boot.heartbeat,
             app_counter=boot.app_counter,
             paused=self.paused,
+            app=boot.app,
         )
 
     def abort(self) -> None:

@@ -33,7 +33,11 @@ clock) and resumes, as every restore does.
 Digests of big files (the RAM, QEMU: ~15 ms for the slim build) are remembered per
 process by the file's identity (device, inode, size, mtime, ctime): a file written again
 changes its ctime, which nobody can set back, so a daemon checks a template once and
-then in microseconds; a one-shot command pays the hash each time.
+then in microseconds. A one-shot command (clone, restore, a create from an image's
+snapshot) reads and writes them in its state dir (:func:`remembered_digests`): a digest
+from there is taken only when it is the one the template expects, any other answer is
+computed again from the file, so a stale or damaged entry costs a hash, never a wrong
+verdict.
 
 Deleting a template while VMs run from it does not harm them: each QEMU holds its
 mapping of the RAM file, which keeps the inode and its page-cache pages alive after the
@@ -47,12 +51,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import struct
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +80,10 @@ class TemplateError(CheckpointError):
 
 
 # (path, dev, ino, size, mtime_ns, ctime_ns, key digest) -> hex digest
-_DIGESTS: dict[tuple[Any, ...], str] = {}
+_DIGESTS: dict[tuple[Any, ...], str] = {}  # computed by this process
+_REMEMBERED: dict[tuple[Any, ...], str] = {}  # read from a state dir: trusted only when expected
+DIGESTS_FILE = "digests.json"
+DIGESTS_KEPT = 256  # entries a state dir keeps (the newest)
 
 
 def identity_of(st: os.stat_result) -> tuple[int, ...]:
@@ -91,15 +99,19 @@ def stat_identity(path: Path) -> tuple[int, ...]:
     return identity_of(os.stat(path))
 
 
-def file_digest(fd: int, path: str, key: bytes | None) -> str:
+def file_digest(fd: int, path: str, key: bytes | None, expect: str | None = None) -> str:
     """The hex SHA-256 (HMAC-SHA256 with ``key``) of the open file ``fd``, remembered by the
-    file's identity: a rewrite changes its ctime (module docstring)."""
+    file's identity: a rewrite changes its ctime (module docstring). ``expect``: the
+    digest the caller will compare with; a digest remembered in a state dir is used only
+    when it is that one."""
     st = os.fstat(fd)
     keyid = hashlib.sha256(key).hexdigest() if key is not None else ""
     ident = (path, *identity_of(st), keyid)
     known = _DIGESTS.get(ident)
     if known is not None:
         return known
+    if expect is not None and _REMEMBERED.get(ident) == expect:
+        return expect
     sealer = Sealer(key)
     buf = bytearray(CHUNK)
     view = memoryview(buf)
@@ -115,7 +127,7 @@ def file_digest(fd: int, path: str, key: bytes | None) -> str:
     return digest
 
 
-def path_digest(path: str | Path, key: bytes | None = None) -> str:
+def path_digest(path: str | Path, key: bytes | None = None, expect: str | None = None) -> str:
     """:func:`file_digest` of a file by name (QEMU's binary, a kernel).
 
     :raise TemplateError: it cannot be read.
@@ -125,9 +137,40 @@ def path_digest(path: str | Path, key: bytes | None = None) -> str:
     except (OSError, NotRegularFileError) as exc:
         raise TemplateError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from exc
     try:
-        return file_digest(fd, str(path), key)
+        return file_digest(fd, str(path), key, expect)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def remembered_digests(state_root: Path) -> Iterator[None]:
+    """Digests a one-shot command computed, kept in ``STATE/digests.json`` for the next
+    one: a create from an image's snapshot hashes its 128 MiB of RAM, its kernel, initramfs
+    and QEMU (~110 ms) once per file version instead of every time. Best effort both ways:
+    an unreadable or damaged file is an empty memo, a failed write is dropped (written as
+    a temporary file and renamed: concurrent commands lose entries, never corrupt it)."""
+    path = Path(state_root) / DIGESTS_FILE
+    try:
+        rows = json.loads(path.read_bytes())
+        for row in rows if isinstance(rows, list) else ():
+            if isinstance(row, list) and len(row) == 8 and all(isinstance(v, int | str) for v in row):
+                _REMEMBERED[tuple(row[:7])] = str(row[7])
+    except (OSError, ValueError):
+        pass
+    before = len(_DIGESTS)
+    try:
+        yield
+    finally:
+        if len(_DIGESTS) != before:
+            rows = [[*k, v] for k, v in {**_REMEMBERED, **_DIGESTS}.items()][-DIGESTS_KEPT:]
+            tmp = path.with_name(f".{DIGESTS_FILE}.{os.getpid()}")
+            with contextlib.suppress(OSError):
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    json.dump(rows, out)
+                os.rename(tmp, path)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def qemu_for_microvm() -> str:
@@ -308,11 +351,15 @@ def _unpin_noxs(fd: int, offset: int, noxs_size: int) -> None:
     os.pwrite(fd, bytes(8), offset + at + len(needle))
 
 
-def check_template(tdir: Path) -> tuple[dict[str, Any], Any, int]:
+def check_template(tdir: Path, image: dict[str, str] | None = None) -> tuple[dict[str, Any], Any, int]:
     """Check a template against its header and this host before anything is spawned:
     header digest and trailer (format.py), the RAM file's size and digest, the QEMU
     binary and the image files. Returns the header, the layout of ``state.lvm`` and an
     open fd of the RAM file (the caller closes it; QEMU inherits it).
+
+    ``image``: the image files to check against the header's digests (kind -> path)
+    instead of the paths the header names: an image's snapshot travels with its folder
+    (lightvm/mobility/snapshot.py), so its own files are the ones that must match.
 
     :raise TemplateError, CheckpointError: one line naming the file and what differs.
     """
@@ -329,15 +376,19 @@ def check_template(tdir: Path) -> tuple[dict[str, Any], Any, int]:
         raise TemplateError(f"{tdir / STATE}: not a lightvm template (version {TEMPLATE_VERSION}) header")
     qemu = info.get("qemu") or {}
     here = qemu_for_microvm()
-    if path_digest(here) != qemu.get("digest"):
+    if path_digest(here, expect=qemu.get("digest")) != qemu.get("digest"):
         raise TemplateError(
             f"{tdir}: the template was made with another QEMU ({qemu.get('binary')}), this host runs {here}:"
             " a template's device state loads only into the QEMU that wrote it; build it again here"
         )
-    for kind, entry in (info.get("image") or {}).items():
-        if path_digest(entry["path"]) != entry["digest"]:
+    saved = info.get("image") or {}
+    if image is not None and set(image) != set(saved):
+        raise TemplateError(f"{tdir}: made from an image of {', '.join(sorted(saved))}, not {', '.join(sorted(image))}")
+    for kind, entry in saved.items():
+        where = image[kind] if image is not None else entry["path"]
+        if path_digest(where, expect=entry["digest"]) != entry["digest"]:
             raise TemplateError(
-                f"{tdir}: the {kind} {entry['path']} changed since the template was made (its digest differs);"
+                f"{tdir}: the {kind} {where} is not the one the template was made with (its digest differs);"
                 " build the template again"
             )
     ram = tdir / str(info.get("ram", RAM))
@@ -351,7 +402,7 @@ def check_template(tdir: Path) -> tuple[dict[str, Any], Any, int]:
             raise TemplateError(
                 f"{ram}: truncated or extended template RAM ({size} bytes, saved {info.get('ram_size')})"
             )
-        if file_digest(fd, str(ram), layout.key) != info.get("ram_digest"):
+        if file_digest(fd, str(ram), layout.key, info.get("ram_digest")) != info.get("ram_digest"):
             raise TemplateError(f"{ram}: corrupted template RAM: its digest does not match the template's header")
     except BaseException:
         os.close(fd)
@@ -376,16 +427,18 @@ def prepare_from_template(
     name: str | None = None,
     timeout: float = 10.0,
     meta: dict[str, Any] | None = None,
+    image: dict[str, str] | None = None,
 ) -> tuple[PreparedRestore, Path, int]:
-    """Check ``tdir`` (:func:`check_template`) and spawn its VM's QEMU on ``-incoming
-    defer`` with the RAM file mapped private: a PreparedRestore whose ``finish(path,
-    offset)`` (the returned path and offset) feeds the device state and resumes.
-    ``meta``: the header with another identity (a clone's: lightvm/mobility/clone.py).
+    """Check ``tdir`` (:func:`check_template`, with ``image``) and spawn its VM's QEMU on
+    ``-incoming defer`` with the RAM file mapped private: a PreparedRestore whose
+    ``finish(path, offset)`` (the returned path and offset) feeds the device state and
+    resumes. ``meta``: the header with another identity (a clone's:
+    lightvm/mobility/clone.py).
 
     :raise TemplateError, CheckpointError: the template is refused (nothing spawned).
     :raise LightVMError: a step failed (nothing is left).
     """
-    checked, layout, ram_fd = check_template(tdir)
+    checked, layout, ram_fd = check_template(tdir, image)
     meta = checked if meta is None else meta
     try:
         noxs = base64.b64decode(checked["template"]["noxs"])
@@ -440,6 +493,7 @@ __all__ = [
     "file_digest",
     "is_template",
     "prepare_from_template",
+    "remembered_digests",
     "restore_path",
     "restore_template",
     "stat_identity",
