@@ -11,6 +11,7 @@ Two formats carry the same keys:
       vcpus = 1
       cmdline = ""
       initrd = "initramfs.cpio"                # Linux guests only (a Tinyx image: `lightvm image build`)
+      snapshot = "snapshot"                    # optional: start from this template when it fits
       [[vifs]]
       network = "lightvm0"                      # or bridge = "br0"; neither: user networking
       ip = "10.10.0.2/24"                       # also gateway, mac, mtu; publish = ["8013:13"]
@@ -54,7 +55,7 @@ CMDLINE_MAX = 2048
 NAME_MAX = 48
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-TOP_KEYS = ("name", "kernel", "firmware", "memory", "vcpus", "cmdline", "initrd", "vifs", "disks")
+TOP_KEYS = ("name", "kernel", "firmware", "memory", "vcpus", "cmdline", "initrd", "vifs", "disks", "snapshot")
 INITRD_MAX = 1 << 30
 FIRMWARE_MAX = 16 << 20
 CONFIG_MAX = 1 << 20  # a config file is a few hundred bytes; bounded read
@@ -100,6 +101,10 @@ class VMSpec:
     source: Path | None = field(default=None, compare=False)
     firmware: Path | None = None  # QEMU -bios image; None: QEMU's default firmware
     initrd: Path | None = None  # a Linux guest's initramfs; None: a unikernel
+    # A template of this very VM booted once (an image's snapshot, lightvm/mobility/snapshot.py):
+    # a one-shot create starts from it when it fits. Not checked here: a missing or stale
+    # snapshot makes the create boot instead, and say why.
+    snapshot: Path | None = None
 
     @property
     def is_linux(self) -> bool:
@@ -107,7 +112,7 @@ class VMSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able copy (absolute paths), as stored in the VM's state folder."""
-        return {
+        out = {
             "name": self.name,
             "kernel": str(self.kernel),
             "memory": self.memory_mib,
@@ -118,6 +123,9 @@ class VMSpec:
             "firmware": str(self.firmware) if self.firmware else None,
             "initrd": str(self.initrd) if self.initrd else None,
         }
+        if self.snapshot is not None:
+            out["snapshot"] = str(self.snapshot)
+        return out
 
     def with_name(self, name: str) -> VMSpec:
         check_name(name, what="name")
@@ -314,7 +322,13 @@ def parse_spec(data: Mapping[str, Any], source: Path, check_kernel: bool = True)
     disks = tuple(
         _parse_disk(item, f"{where}: key 'disks[{i}]'", base) for i, item in enumerate(_list(data, "disks", where))
     )
-    return VMSpec(name, kernel, memory, vcpus, cmdline, vifs, disks, source, firmware, initrd)
+    snapshot = None
+    if data.get("snapshot") is not None:
+        raw_snap = data["snapshot"]
+        if not isinstance(raw_snap, str) or not raw_snap:
+            raise SpecError(f"{where}: key 'snapshot': expected a folder path string, got {_kind(raw_snap)}")
+        snapshot = (base / raw_snap).resolve()
+    return VMSpec(name, kernel, memory, vcpus, cmdline, vifs, disks, source, firmware, initrd, snapshot)
 
 
 def _parse_initrd(raw: object, where: str, base: Path, check: bool) -> Path | None:

@@ -7,7 +7,9 @@ a cold cache minutes: progress on stderr). Then, one variant alive at a time
 (lightvm/bench/tinyxfleets.py has how each is started):
 
 - ``tinyx/serve/VARIANT``: from the start request to the first ``+PONG`` answered on a
-  host port, for ``tinyx-cold`` (``Toolstack.create``, READY recorded too), ``tinyx-pool``
+  host port, for ``tinyx-cold`` (``Toolstack.create``, READY recorded too),
+  ``tinyx-snapshot`` (the same VM started from the image's snapshot, as a one-shot create
+  of the image's config starts it), ``tinyx-pool``
   (a create request to a private lightvmd pooling the image; its reply recorded too),
   ``tinyx-pool-bridge`` (the same pool with a tap NIC on a lightvm network in a private
   namespace, answered on the VM's own address: no port forward; root) and
@@ -40,7 +42,7 @@ from typing import Any
 from lightvm.bench.runner import Benchmark, Result, Sample
 from lightvm.bench.stockvm import StockImage, StockVMs, build_stock
 from lightvm.bench.suite import SuiteOptions
-from lightvm.bench.tinyxfleets import ColdVMs, Containers, Image, PoolBridgedVMs, PoolVMs
+from lightvm.bench.tinyxfleets import ColdVMs, Containers, Image, PoolBridgedVMs, PoolVMs, SnapshotVMs
 from lightvm.errors import LightVMError
 
 APP = "redis-server"
@@ -48,8 +50,9 @@ BUILD_TIMEOUT_S = 1800  # a cold cache: kernel build (~6 min here), debootstrap,
 REFERENCE = "tinyx-cold"
 STOCK = "stock"
 BRIDGE = "tinyx-pool-bridge"
-VARIANTS = ("tinyx-cold", "tinyx-pool", BRIDGE, "crun", STOCK)
-MEMORY_VARIANTS = ("tinyx-cold", "tinyx-pool", "crun", STOCK)
+SNAPSHOT = "tinyx-snapshot"
+VARIANTS = ("tinyx-cold", SNAPSHOT, "tinyx-pool", BRIDGE, "crun", STOCK)
+MEMORY_VARIANTS = ("tinyx-cold", SNAPSHOT, "tinyx-pool", "crun", STOCK)
 SIZE_VARIANTS = ("tinyx-cold", "crun", STOCK)
 MEMORY_ITERATIONS = 3  # at most: each is a boot plus the idle window, and PSS barely moves
 STOCK_ITERATIONS = 3  # a stock boot is 10-60 s under TCG
@@ -58,12 +61,13 @@ SIZE_BAR = 10.0  # Tinyx kernel + initramfs at least this many times smaller tha
 SPEED_BAR = 5.0  # create -> first +PONG at least this many times faster than the stock image
 
 
-def build_image(out: Path) -> Image:
-    """``lightvm image build APP -o OUT`` (its progress on our stderr).
+def build_image(out: Path, accel: str = "auto") -> Image:
+    """``lightvm image build APP -o OUT --accel ACCEL`` (its snapshot made under the run's
+    accelerator; its progress on our stderr).
 
     :raise LightVMError: the build failed or timed out (its exit status says which).
     """
-    argv = [sys.executable, "-m", "lightvm.cli", "image", "build", APP, "-o", str(out)]
+    argv = [sys.executable, "-m", "lightvm.cli", "image", "build", APP, "-o", str(out), "--accel", accel]
     try:
         proc = subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=BUILD_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
@@ -85,7 +89,7 @@ class _Run:
         self._failed: LightVMError | None = None
         self._stock: StockImage | None = None
         self._stock_failed: LightVMError | None = None
-        self.fleet: ColdVMs | PoolVMs | PoolBridgedVMs | Containers | StockVMs | None = None
+        self.fleet: ColdVMs | SnapshotVMs | PoolVMs | PoolBridgedVMs | Containers | StockVMs | None = None
 
     def image(self) -> Image:
         if self._failed is not None:  # every row says why, without building again
@@ -93,7 +97,7 @@ class _Run:
         if self._image is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="lightvm-bench-tinyx-")
             try:
-                self._image = build_image(Path(self._tmp.name) / APP)
+                self._image = build_image(Path(self._tmp.name) / APP, self.opts.accel)
             except LightVMError as exc:
                 self._failed = exc
                 raise
@@ -119,6 +123,8 @@ class _Run:
         image = self.image()
         if variant == "tinyx-cold":
             self.fleet = ColdVMs(image, self.opts.accel)
+        elif variant == SNAPSHOT:
+            self.fleet = SnapshotVMs(image, self.opts.accel)
         elif variant == "tinyx-pool":
             self.fleet = PoolVMs(image, self.opts.accel)
         elif variant == BRIDGE:
@@ -217,6 +223,8 @@ def describe() -> dict[str, Any]:
         "app": APP,
         "variants": {
             "tinyx-cold": "Toolstack.create of the Tinyx image's VM, port published (QEMU user networking)",
+            SNAPSHOT: "the same VM from the image's snapshot (booted once by lightvm image build, kept serving): "
+            "create_from_snapshot, as a one-shot create; port published",
             "tinyx-pool": "create request to a private lightvmd pooling the image (one shell, app prestarted), "
             "port published (QEMU user networking: a hostfwd added over QMP at execute)",
             BRIDGE: "the same pool with a tap NIC on a lightvm network (bridge in a private namespace); "
@@ -234,8 +242,9 @@ def describe() -> dict[str, Any]:
         },
         "metrics": {
             "ms": "serve: from the start request to the first +PONG (RESP over a socket, no redis-cli)",
-            "ready": "tinyx-*: the boot record's READY, ms from the start of create (the init saw redis accept)",
-            "create_ms": "tinyx-cold: the Toolstack.create call's wall time",
+            "ready": "tinyx-*: the boot record's READY, ms from the start of create (the init saw redis accept; "
+            "tinyx-snapshot: the guest took its new page)",
+            "create_ms": "tinyx-cold, tinyx-snapshot: the create call's wall time",
             "reply_ms": "tinyx-pool*: the create request to lightvmd's reply (sent at READY)",
             "crun_ms": "crun: crun run --detach until it exited",
             "pss_mib": "memory: sum of Pss over the instance's processes (QEMU; the container's)",

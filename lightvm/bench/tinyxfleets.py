@@ -4,6 +4,8 @@ its start request to the app's first good answer on a host port.
 - :class:`ColdVMs`: ``Toolstack.create`` of the image's VM config with the app's port
   published (QEMU user networking), in a private state dir; the create returns at READY
   (the init saw the app accept), then the host probes the published port.
+- :class:`SnapshotVMs`: the same VM started from the image's snapshot (its VM booted once
+  by ``lightvm image build`` and kept serving), as a one-shot create does.
 - :class:`PoolVMs`: a private lightvmd (:class:`lightvm.bench.split.SplitFleet`) pooling the
   image; a create request with ``publish`` takes a prepared shell (the app already started
   at the shell's wait point when the recipe says ``prestart``).
@@ -166,6 +168,38 @@ class ColdVMs:
         with user_networking(), contextlib.suppress(LightVMError):
             self.ts.destroy_all()
         self._tmp.cleanup()
+
+
+class SnapshotVMs(ColdVMs):
+    """The image's snapshot (DIR/snapshot, made by ``lightvm image build``) started as a
+    one-shot create starts it (lightvm/mobility/snapshot.py ``create_from_snapshot``), port
+    published; destroy after. The digests of the snapshot's files are remembered by this
+    process after the first sample, as a one-shot command finds them in its state dir."""
+
+    variant = "tinyx-snapshot"
+
+    def __init__(self, image: Image, accel: str) -> None:
+        super().__init__(image, accel)
+        if self.spec.snapshot is None or not (self.spec.snapshot / "state.lvm").is_file():
+            raise LightVMError(f"{image.folder}: the image has no snapshot (built with --no-snapshot?)")
+
+    def _start(self) -> tuple[str, int, float, Any]:
+        from lightvm.mobility.snapshot import create_from_snapshot
+
+        self.seq += 1
+        name, port = f"s{self.seq}", free_port()
+        spec = self.spec.with_publish([f"127.0.0.1:{port}:{self.image.port}"])
+        t0 = time.perf_counter()
+        (result,) = create_from_snapshot(self.ts, spec, name, accel=self.accel, timeout=BOOT_TIMEOUT_S)
+        return name, port, t0, _Created(result["boot_ms"], int(result["pid"]))
+
+
+@dataclass(frozen=True)
+class _Created:
+    """What ColdVMs reads of a create's result: its boot steps and QEMU's pid."""
+
+    boot_ms: dict[str, Any]
+    pid: int
 
 
 class PoolVMs:

@@ -102,6 +102,13 @@ class LocalBackend:
         spec = load_spec(request["config"], overrides=request.get("overrides"))
         if request["publish"]:
             spec = spec.with_publish(request["publish"], request["count"])
+        if spec.snapshot is not None:  # an image's booted VM (lightvm/mobility/snapshot.py)
+            from lightvm.mobility.snapshot import create_or_boot
+
+            return create_or_boot(
+                self.ts, spec, request["name"], request["count"], request["accel"], request["timeout"],
+                request["jobs"], not request.get("no_snapshot"), progress,
+            )  # fmt: skip
         results = self.ts.create(
             spec,
             name=request["name"],

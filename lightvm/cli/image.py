@@ -52,6 +52,10 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--rebuild", action="store_true", help="reinstall the package instead of using its cache")
     p.add_argument("--init", type=Path, metavar="LVINIT", help="use this static init instead of building tinyx/init")
     p.add_argument("--json", action="store_true", help="print the build report as JSON on stdout")
+    no_snapshot = "do not boot the image once to keep it as DIR/snapshot (what one-shot creates start from)"
+    p.add_argument("--no-snapshot", action="store_true", help=no_snapshot)
+    accel = "the snapshot's accelerator: its VMs must run under the same (default: auto, as create)"
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto", help=accel)
     p.set_defaults(func=cmd_build)
 
     p = isub.add_parser("list", help="list built images", description=LIST)
@@ -83,6 +87,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             rebuild=args.rebuild,
             init=args.init,
             quiet=args.quiet,  # the global -q: no progress lines on stderr
+            snapshot=not args.no_snapshot,
+            accel=args.accel,
         )
     )
     if args.json:
@@ -102,6 +108,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"  built in   {report['total_seconds']:.1f} s (cache: {cache})")
     if report["guessed"]:
         print("  GUESSED (see report.txt): " + "; ".join(report["guessed"]), file=sys.stderr)
+    snap = report.get("snapshot") or {}
+    if snap.get("folder"):
+        print(
+            f"  snapshot   {snap['folder']}/: booted once ({snap['accel']}, READY in {snap['boot_ready_ms']:.0f} ms),"
+            f" {snap['ram_used_bytes'] / 2**20:.0f} MiB of RAM kept; creates start from it"
+        )
+    else:
+        print(f"  snapshot   none ({snap.get('why', 'not made')})")
     print(f"  boot it:   lightvm create {folder / (report['name'] + '.toml')}")
     return 0
 

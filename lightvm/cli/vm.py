@@ -114,6 +114,11 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     publish = "forward a host port to the first vif (user networking only; one VM)"
     p.add_argument("--publish", action="append", default=[], metavar="[ADDR:]HOSTPORT:GUESTPORT[/udp]", help=publish)
     p.add_argument("--json", action="store_true", help="print one JSON object per VM (one per line)")
+    no_snapshot = (
+        "boot even if the config names a snapshot (a Tinyx image's booted VM: one-shot creates start from it"
+        " when it fits, the app already serving)"
+    )
+    p.add_argument("--no-snapshot", action="store_true", help=no_snapshot)
 
     add_command(sub, parent, "list", cmd_list, "list VMs and their status", LIST).add_argument(
         "--json", action="store_true", help="print a JSON array"
@@ -158,6 +163,7 @@ def create_request(args: argparse.Namespace) -> dict[str, Any]:
     example's name), the overrides parsed and checked here (errors before any work, and
     paths taken from this working dir), the options."""
     request = {k: getattr(args, k) for k in ("config", "name", "count", "accel", "jobs", "timeout", "publish")}
+    request["no_snapshot"] = getattr(args, "no_snapshot", False)
     if not os.path.exists(args.config) and os.sep not in str(args.config):
         # A bare name: the packaged example of that name (lightvm/paths.py; imported only
         # here, since pathlib is a cost every thin-path create would pay otherwise).
@@ -278,8 +284,13 @@ def print_created(results: list[dict[str, Any]], wall: float, backend: Backend) 
     if backend.routed:
         why = f"{r['path_reason']}; " if r.get("path_reason") else ""
         print(f"  path: {r['path']} (lightvmd; {why}request -> READY reply {wall:.1f} ms at the client)")
+    elif r.get("path") == "snapshot":
+        where = r["path_reason"]
+        print(f"  path: snapshot (one-shot: started from {where}, the image's VM booted once; --no-snapshot boots)")
+        print(f"  (lightvm command: {(time.perf_counter() - IMPORTED_AT) * 1000:.1f} ms since its import)")
     else:
-        print("  path: cold (one-shot: no lightvmd answers on this state dir)")
+        why = f"; {r['path_reason']}" if r.get("path_reason") else ""
+        print(f"  path: cold (one-shot: no lightvmd answers on this state dir{why})")
         print(f"  (lightvm command: {(time.perf_counter() - IMPORTED_AT) * 1000:.1f} ms since its import)")
 
 

@@ -30,6 +30,10 @@ from lightvm.daemon.ssh_sessions import Sessions
 from lightvm.errors import LightVMError, SpecError
 from lightvm.state import StateDir
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from lightvm.spec import VMSpec
+
 
 class Operations:
     """The API's handlers; mixed into the Daemon, which provides the attributes below."""
@@ -150,12 +154,14 @@ class Operations:
                     take_ms: float | None = shell.take_ms
                 else:
                     reason = _cold_reason(pool, use_pool, spec, choice)
-                    (result,) = self._toolstack(timeout).create(spec, name=n, count=1, accel=choice)
-                    path, take_ms = "cold", None
+                    entry, path, unfit = self._unpooled(spec, n, choice, timeout)
+                    reason = "; ".join(r for r in (reason, unfit) if r)
+                    take_ms = None
                 if self.pool is not None:
                     self.pool.last_path = f"{path} ({reason})" if reason else path
                 made.append(n)
-                entry = result.as_dict()
+                if path == "pool":
+                    entry = result.as_dict()
                 entry["accel_reason"] = verdict.reason  # not the cold path's "requested" (it got kvm|tcg)
                 entry["path"] = path
                 if reason:
@@ -182,6 +188,16 @@ class Operations:
             return api.Deferred(out, after)
         self._created(out)
         return out
+
+    def _unpooled(self, spec: VMSpec, name: str, accel: str, timeout: float) -> tuple[dict[str, Any], str, str]:
+        """A create no shell served: (result, path, why its snapshot was not used)."""
+        if spec.snapshot is not None:  # an image's booted VM (lightvm/mobility/snapshot.py)
+            from lightvm.mobility.snapshot import create_or_boot
+
+            (entry,) = create_or_boot(self._toolstack(timeout), spec, name, 1, accel, timeout)
+            return entry, entry["path"], entry.get("path_reason", "")
+        (result,) = self._toolstack(timeout).create(spec, name=name, count=1, accel=accel)
+        return result.as_dict(), "cold", ""
 
     def _created(self, results: list[dict[str, Any]]) -> None:
         for entry in results:

@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -114,14 +115,17 @@ def test_build_redis_server_then_rebuild_from_the_cache(tmp_path: Path) -> None:
             "redis-server.toml",
             "report.json",
             "report.txt",
+            "snapshot",  # the VM booted once, probed and kept (lightvm/mobility/snapshot.py)
             "vmlinux",
         ]
+        assert sorted(p.name for p in (out / "snapshot").iterdir()) == ["ram", "state.lvm"]
         spec = tomllib.loads((out / "redis-server.toml").read_text())
         assert spec == {
             "name": "redis-server",
             "kernel": "vmlinux",
             "initrd": "initramfs.cpio",
             "memory": "128M",
+            "snapshot": "snapshot",
             "vifs": [{}],  # one NIC on user networking, as generated
         }
         from lightvm.spec import load_spec
@@ -143,8 +147,12 @@ def test_build_redis_server_then_rebuild_from_the_cache(tmp_path: Path) -> None:
         assert report["initramfs"]["bytes"] == (out / "initramfs.cpio").stat().st_size
         assert set(report["steps"]) >= {"kernel", "base tree", "apt install", "assemble", "pack"}
         assert report["guessed"] == []
+        snap = report["snapshot"]
+        assert snap["folder"] == "snapshot" and snap["probed"] and snap["accel"] in ("kvm", "tcg")
+        assert 0 < snap["ram_used_bytes"] < snap["ram_bytes"] == 128 << 20  # sparse: the pages written
         text = (out / "report.txt").read_text()
         assert "libraries (" in text and "redis-server" in text and "steps (s):" in text
+        assert "snapshot:   snapshot/, the VM booted once" in text
 
         members = read_newc((out / "initramfs.cpio").read_bytes())
         assert stat.S_ISREG(members["init"][0]) and members["init"][0] & 0o111
@@ -204,6 +212,8 @@ def test_a_host_elf_file_and_the_store_commands(tmp_path: Path) -> None:
     members = read_newc((env_out / "initramfs.cpio").read_bytes())
     assert stat.S_ISREG(members[resolve(members, "usr/bin/ls")][0])
     assert any(lib["name"] == "libselinux.so.1" for lib in report["libraries"])
+    assert report["snapshot"] == {"why": "the app has no port: a VM that runs to completion starts from its boot"}
+    assert not (env_out / "snapshot").exists() and "snapshot" not in (env_out / "ls.toml").read_text()
 
     listed = lightvm_image("list", "--store", str(store), "--json", timeout=60)
     assert listed.returncode == 0 and [i["name"] for i in json.loads(listed.stdout)] == ["ls"]
@@ -255,3 +265,52 @@ def test_a_package_without_a_recipe_gets_a_guessed_one_said_twice(tmp_path: Path
     assert unknown.returncode == 1
     assert "unknown Debian package 'no-such-package-tinyx'" in unknown.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.tmp").exists()
+
+
+def snapshot_boot_qemus(pid: int) -> list[int]:
+    """Live QEMU processes whose command line names build ``pid``'s snapshot state dir."""
+    mark = f"lightvm-snapshot-{pid}-".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if mark in cmd and b"qemu" in cmd and state != "Z":
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.timeout(600)
+def test_a_build_killed_while_it_boots_its_snapshot_leaves_nothing_after_the_next(tmp_path: Path) -> None:
+    """kill -9 of `lightvm image build` while its snapshot VM boots: that QEMU and its
+    state dir outlive it (nothing of the build ran again); the next build removes them,
+    and its own image and snapshot are whole."""
+    out = tmp_path / "redis"
+    argv = [sys.executable, "-m", "lightvm.cli.main", "image", "build", "redis-server", "-o", str(out)]
+    with subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO) as proc:
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:  # the cached build reaches the snapshot step in seconds
+                if "snapshot: booting the image once" in line:
+                    break
+            deadline = time.monotonic() + 30
+            while not snapshot_boot_qemus(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert snapshot_boot_qemus(proc.pid), "the snapshot boot's QEMU never started"
+        finally:
+            proc.kill()
+            proc.wait(30)
+    assert snapshot_boot_qemus(proc.pid)  # orphaned by the kill, as any VM outlives its CLI
+    stale = list(Path(tempfile.gettempdir()).glob(f"lightvm-snapshot-{proc.pid}-*"))
+    assert stale, "the killed build's state dir"
+    try:
+        again = lightvm_image("build", "redis-server", "-o", str(out), timeout=300)
+    finally:
+        clean_build_cache()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert snapshot_boot_qemus(proc.pid) == [] and not any(p.exists() for p in stale)
+    assert (out / "snapshot" / "state.lvm").is_file() and not out.with_name(out.name + ".tmp").exists()
+    no_leftovers(out)

@@ -62,12 +62,73 @@ def check_set_get(target: Sequence[str], netns: str | None = None) -> None:
 
 
 def test_redis_over_user_networking_with_publish(lightvm: Any, redis_config: Path) -> None:
+    """The image booted (--no-snapshot): Linux, lvinit, redis from scratch."""
     port = free_port()
-    (vm,) = lightvm.create(redis_config, "--publish", f"127.0.0.1:{port}:{REDIS_PORT}")
-    assert vm["app"] == APP and vm["boot_ms"]["ready"] > 0
+    (vm,) = lightvm.create(redis_config, "--no-snapshot", "--publish", f"127.0.0.1:{port}:{REDIS_PORT}")
+    assert vm["app"] == APP and vm["boot_ms"]["ready"] > 0 and vm["boot_ms"]["guest_entry"] > 0
+    assert vm["path"] == "cold" and vm["path_reason"] == "snapshot not used: --no-snapshot", vm
     assert "networking: user" in vm["network"]
     check_set_get(["-h", "127.0.0.1", "-p", str(port)])
     lightvm.ok("shutdown", vm["name"])  # the init stops redis and powers off cleanly
+    assert lightvm.list() == [] and lightvm.leftovers() == []
+
+
+def test_redis_from_the_images_snapshot(lightvm: Any, redis_config: Path) -> None:
+    """`lightvm image build` booted the image once and kept it (DIR/snapshot, named by the
+    config): a create starts from it, redis already serving. Two VMs from it are two VMs:
+    their own MAC, port, hostname and data, and each shuts down cleanly."""
+    assert 'snapshot = "snapshot"' in redis_config.read_text()
+    assert (redis_config.parent / "snapshot" / "state.lvm").is_file()
+    ports = [free_port(), free_port()]
+    vms = [
+        lightvm.create(redis_config, "--name", name, "--publish", f"127.0.0.1:{port}:{REDIS_PORT}")[0]
+        for name, port in zip(("snap1", "snap2"), ports, strict=True)
+    ]
+    for vm in vms:
+        assert vm["path"] == "snapshot" and vm["app"] == APP and vm["boot_ms"]["ready"] > 0, vm
+        assert vm["path_reason"] == str(redis_config.parent / "snapshot")
+    assert vms[0]["network"].split(" mac ", 1)[1][:17] != vms[1]["network"].split(" mac ", 1)[1][:17]
+    check_set_get(["-h", "127.0.0.1", "-p", str(ports[0])])
+    assert ping_until_pong(["-h", "127.0.0.1", "-p", str(ports[1])]) == "PONG"
+    assert redis_cli(["-h", "127.0.0.1", "-p", str(ports[1]), "GET", "greeting"]) == ""  # the first's key
+    consoles = lightvm.consoles()
+    assert "page rewrite" not in consoles and "sethostname" not in consoles, consoles  # lvinit took the identity
+    for vm in vms:
+        lightvm.ok("shutdown", vm["name"])  # the init stops redis and powers off, as after a boot
+    assert lightvm.list() == [] and lightvm.leftovers() == []
+
+
+def test_a_snapshot_that_does_not_fit_boots_and_says_why(lightvm: Any, redis_config: Path, tmp_path: Path) -> None:
+    """A moved image keeps its snapshot; another memory size, a flipped byte in the RAM file
+    or a truncated device state makes the create boot, naming the reason; nothing is left."""
+    image = tmp_path / "moved"
+    shutil.copytree(redis_config.parent, image)  # the copy's files are the ones checked
+    config = image / redis_config.name
+    (vm,) = lightvm.create(config, "--name", "moved")
+    assert vm["path"] == "snapshot", vm
+    lightvm.ok("destroy", "moved")
+
+    (vm,) = lightvm.create(config, "--name", "bigger", "memory=256M")
+    assert vm["path"] == "cold" and "memory is 256 here, 128 in the snapshot" in vm["path_reason"], vm
+    lightvm.ok("destroy", "bigger")
+
+    ram = image / "snapshot" / "ram"
+    ram.chmod(0o600)
+    with ram.open("r+b") as f:  # a byte the guest wrote: the kernel's first page of text
+        f.seek(0x1000000)
+        byte = f.read(1)
+        f.seek(0x1000000)
+        f.write(bytes([byte[0] ^ 0x40]))
+    (vm,) = lightvm.create(config, "--name", "flipped")
+    assert vm["path"] == "cold" and "corrupted template RAM" in vm["path_reason"], vm
+    lightvm.ok("destroy", "flipped")
+
+    state = image / "snapshot" / "state.lvm"
+    state.chmod(0o644)
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    (vm,) = lightvm.create(config, "--name", "truncated")
+    assert vm["path"] == "cold" and "state.lvm" in vm["path_reason"], vm
+    lightvm.ok("destroy", "truncated")
     assert lightvm.list() == [] and lightvm.leftovers() == []
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import types
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,8 @@ def test_local_backend_passes_the_request_and_the_results_carry_the_reason(
     local.ts = Toolstack()  # type: ignore[assignment]
     progressed: list[dict[str, Any]] = []
     request = {"config": tmp_path / "x.toml", "name": "v", "count": 1, "accel": "auto", "jobs": None, "publish": []}
-    monkeypatch.setattr("lightvm.spec.load_spec", lambda path, overrides=None: object())
+    spec = types.SimpleNamespace(snapshot=None)  # a config without a snapshot: the Toolstack boots it
+    monkeypatch.setattr("lightvm.spec.load_spec", lambda path, overrides=None: spec)
     (result,) = local.create(request, lambda r, done, count: progressed.append(r))
     assert seen["accel"] == "auto"  # the Toolstack resolves it (and keeps the reason)
     assert result["accel_reason"] == PVM and progressed == [result]

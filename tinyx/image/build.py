@@ -1,6 +1,10 @@
 """The image build pipeline: APP -> DIR/{vmlinux, initramfs.cpio, APP.toml, report.*}.
 
-    recipe -> init -> kernel -> base tree -> apt install -> busybox -> assemble -> pack -> output
+    recipe -> init -> kernel -> base tree -> apt install -> busybox -> assemble -> pack -> output -> snapshot
+
+The last step boots the image once and keeps that VM, serving, as DIR/snapshot
+(lightvm/mobility/snapshot.py): a one-shot ``lightvm create`` starts from it instead of
+booting. Apps without a port (run to completion) get none, nor does ``--no-snapshot``.
 
 Each cached step says "cached" or "building" on stderr and in the report. The cache
 steps (kernel, base tree, apt install, busybox) run under the cache lock; assembly
@@ -42,6 +46,8 @@ class Options:
     rebuild: bool = False
     init: Path | None = None  # an lvinit binary to use instead of building tinyx/init
     quiet: bool = False
+    snapshot: bool = True  # boot the image once and keep it as DIR/snapshot (an app with a port)
+    accel: str = "auto"  # the snapshot's accelerator: the one its VMs will run under
 
 
 def init_binary(override: Path | None) -> Path:
@@ -198,6 +204,33 @@ def _report(
     }
 
 
+def _snapshot(opts: Options, recipe: Recipe, spec: Path, progress: Progress) -> dict[str, Any]:
+    """Boot the image's VM once from ``spec`` and keep it as ``snapshot/`` beside it; what the
+    report says of it (``folder`` absent: none made, and ``why``).
+
+    :raise TinyxError: the boot or the snapshot failed (the caller removes the partial image).
+    """
+    if not opts.snapshot:
+        return {"why": "--no-snapshot"}
+    if not recipe.port:
+        return {"why": "the app has no port: a VM that runs to completion starts from its boot"}
+    from lightvm.mobility.snapshot import SNAPSHOT, make_snapshot
+
+    progress.log(f"snapshot: booting the image once ({opts.accel}), to keep it serving as {SNAPSHOT}/")
+    with progress.step("snapshot"):
+        try:
+            probe = (recipe.port, recipe.probe.send.encode(), recipe.probe.expect.encode()) if recipe.probe else None
+            made = make_snapshot(spec, spec.parent / SNAPSHOT, accel=opts.accel, probe=probe)
+        except LightVMError as exc:
+            hint = "`lightvm image build --no-snapshot` builds the image without one"
+            raise TinyxError(f"snapshot: {exc} ({hint})") from exc
+    progress.log(
+        f"snapshot: READY in {made['boot_ready_ms']:.0f} ms, kept in {made['seconds']:.1f} s "
+        f"({made['ram_used_bytes'] / 2**20:.0f} MiB of RAM written)"
+    )
+    return made
+
+
 def build(opts: Options) -> tuple[Path, dict[str, Any]]:
     """Build the image of ``opts.app``; returns (its folder, the report)."""
     progress = Progress(quiet=opts.quiet)
@@ -239,8 +272,14 @@ def build(opts: Options) -> tuple[Path, dict[str, Any]]:
                 shutil.copyfile(shipped, tmp_out / "vmlinux")
                 spec = tmp_out / f"{recipe.name}.toml"
                 what = f"package {recipe.package}" if recipe.package else f"host file {recipe.host_elf}"
-                spec.write_text(spec_text(recipe.name, what, dest / spec.name, initrd.name, recipe.memory, recipe.port))
+                text = spec_text(recipe.name, what, dest / spec.name, initrd.name, recipe.memory, recipe.port)
+                spec.write_text(text)
+            snap = _snapshot(opts, recipe, spec, progress)
+            if snap.get("folder"):
+                spec.write_text(spec_text(recipe.name, what, dest / spec.name, initrd.name, recipe.memory,
+                                          recipe.port, snapshot=snap["folder"]))  # fmt: skip
             report = _report(recipe, app, base, done, libs, initrd, raw_bytes, kernel, ksizes, progress)
+            report["snapshot"] = snap
             write_report(tmp_out, report)
             publish(tmp_out, dest)
         except BaseException:

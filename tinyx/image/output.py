@@ -22,7 +22,7 @@ name = "{name}"
 kernel = "vmlinux"
 initrd = "{initrd}"
 memory = "{memory}M"
-
+{snapshot}
 # A NIC, so that the host can reach the app{port_note}. As it is, QEMU user
 # networking (rootless): publish the port with `lightvm create ... --publish{publish}`.
 # On a lightvm network instead (root), name it here:
@@ -32,12 +32,20 @@ memory = "{memory}M"
 """
 
 
-def spec_text(name: str, what: str, path: Path, initrd: str, memory: int, port: int) -> str:
+SNAPSHOT_NOTE = """# The image's VM booted once and kept serving (`lightvm create` starts from it when the VM
+# fits it: user networking, this memory; else it boots and says why; --no-snapshot boots).
+snapshot = "{folder}"
+"""
+
+
+def spec_text(name: str, what: str, path: Path, initrd: str, memory: int, port: int, snapshot: str = "") -> str:
     port_note = f" (it serves TCP port {port})" if port else ""
     publish = f" 127.0.0.1:{port}:{port}" if port else " HOSTPORT:GUESTPORT"
+    snap = SNAPSHOT_NOTE.format(folder=snapshot) if snapshot else ""
     return SPEC.format(
-        name=name, what=what, path=path, initrd=initrd, memory=memory, port_note=port_note, publish=publish
-    )
+        name=name, what=what, path=path, initrd=initrd, memory=memory, port_note=port_note, publish=publish,
+        snapshot=snap,
+    )  # fmt: skip
 
 
 IMAGE_FILES = ("report.json", "report.txt", "vmlinux")
@@ -81,6 +89,16 @@ def _mb(n: int | None) -> str:
     return f"{n / 1e6:.2f} MB" if n is not None else "-"
 
 
+def _snapshot_line(snap: dict[str, Any]) -> str:
+    if not snap.get("folder"):
+        return f"snapshot:   none ({snap.get('why', 'not made')})"
+    return (
+        f"snapshot:   {snap['folder']}/, the VM booted once under {snap['accel']} (READY in "
+        f"{snap['boot_ready_ms']:.0f} ms): {_mb(snap['ram_used_bytes'])} of RAM written, "
+        f"{_mb(snap['state_bytes'])} of device state; one-shot creates start from it"
+    )
+
+
 def report_text(r: dict[str, Any]) -> str:
     """The human-readable report.txt."""
     app, ini, ker = r["app"], r["initramfs"], r["kernel"]
@@ -104,6 +122,7 @@ def report_text(r: dict[str, Any]) -> str:
         "            by origin: " + ", ".join(f"{k} {_mb(v)}" for k, v in ini["bytes_by_origin"].items()),
         f"            sha256 {ini['sha256']}",
         f"kernel + initramfs: {_mb(r['kernel_plus_initramfs_bytes'])} (the two files lightvm ships)",
+        _snapshot_line(r.get("snapshot") or {}),
         "",
     ]
     if r["guessed"]:
