@@ -27,8 +27,8 @@ Protocol, version 1:
    ==========  ===========================================  ==================================
    ping        -                                            {"daemon": "lightvmd", "pid", "v",
                                                              "started", "pool": {...}}
-   create      config* (absolute path of a TOML/JSON        [CreateResult + "path": "pool" or
-               config), name, count, accel, timeout,        "cold" (+ "path_reason": why)]
+   create      config* (absolute path of a TOML/JSON        [CreateResult + "path": "pool",
+               config), name, count, accel, timeout,        "snapshot" or "cold" (+ "path_reason")]
                publish [list], pool (bool, default true)    one per VM; a pool create also
                                                             has "pool_take_ms" (its wait for
                                                             a shell)

@@ -209,3 +209,19 @@ def test_redis_from_lightvmds_pool(lightvmd: Lightvmd, redis_config: Path) -> No
     check_set_get(["-h", "127.0.0.1", "-p", str(ports[1])])
     assert first["network"].split(" mac ", 1)[1][:17] != second["network"].split(" mac ", 1)[1][:17]
     print(f"pooled redis READY: {first['boot_ms']['ready']:.1f} ms, {second['boot_ms']['ready']:.1f} ms")
+
+
+def test_lightvmd_starts_an_unpooled_create_from_the_snapshot(lightvmd: Lightvmd, redis_config: Path) -> None:
+    """No shell of the image in lightvmd's pool: its create starts from the image's
+    snapshot (path: snapshot), redis already serving; the VM is the daemon's like any."""
+    lightvmd.start(pool=None)
+    port = free_port()
+    try:
+        vm = lightvmd.create("unpooled", redis_config, publish=[f"127.0.0.1:{port}:{REDIS_PORT}"])
+        assert vm["path"] == "snapshot" and vm["app"] == APP, vm
+        check_set_get(["-h", "127.0.0.1", "-p", str(port)])
+        assert [v["name"] for v in lightvmd.call("list")] == ["unpooled"]
+    finally:
+        lightvmd.cli("destroy", "--all")
+        if lightvmd.proc is not None:
+            lightvmd.stop()
