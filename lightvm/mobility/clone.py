@@ -18,8 +18,8 @@ re-bases its wall clock on it (the NMI doorbell wakes it at once) and acknowledg
 
 Only VMs on user networking (or none) are cloned: on a tap network a clone needs its own
 IP, which the guest configured at boot from its page and does not re-read (refused with
-a clear error). The guest's virtio-net keeps the template's MAC in its device state (a
-guest that re-reads its vif page could take the new one: not done); on user networking
+a clear error). A unikernel's virtio-net keeps the template's MAC in its device state
+(a Tinyx guest takes the clone's from its rewritten page: tinyx/init); on user networking
 every VM has a network of its own, so nobody sees two.
 """
 

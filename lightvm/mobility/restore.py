@@ -358,7 +358,11 @@ def _devices(vm: Instance, spec: VMSpec, meta: dict[str, Any]) -> tuple[list[str
         return list(stored_args), contextlib.nullcontext
     # Device entries are validated by the device modules when the taps are made.
     args, _, _, netns = vm.prepare_devices(spec)
-    return args, netns
+    # A VM started from an image's snapshot on a tap network (lightvm/mobility/snapshot.py):
+    # the stream holds the state of the snapshot's user netdevs ("slirp" sections), which
+    # QEMU loads only into netdevs of that kind; these have no device and forward nothing.
+    extra = meta.get("qemu_args_extra") or []
+    return [*args, *(str(a) for a in extra)], netns
 
 
 def prepare_incoming(

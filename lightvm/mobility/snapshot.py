@@ -18,15 +18,20 @@ check):
 - the image's files: the kernel, initramfs and firmware of the spec have the digests the
   snapshot was made with (its own folder's files, wherever the folder has moved);
 - the QEMU binary this host runs is the one that made it (its device state loads only there);
-- memory, vCPUs and command line as made; the same number of NICs, all on user networking
-  with the MTU as made and no fixed MAC (the guest configured its NIC at boot: a tap
-  network's address would be the snapshot's); no disks;
+- memory, vCPUs and command line as made; the same number of NICs; no disks;
+- user NICs without a fixed address or MAC; NICs on a lightvm network or bridge only when
+  the snapshot's guest configures a NIC again after a page rewrite (the header's note
+  :data:`TAKES_VIFS`, which ``lightvm image build`` sets: lvinit does);
 - the accelerator: the one this create would run is the one the snapshot was made under.
 
-Each VM from the snapshot gets its own name, uuid, MAC (on QEMU's command line and in its
-page) and the spec's ``publish`` forwards; the page's generation moves, so the Tinyx init
-re-bases the wall clock, takes the hostname and reseeds the kernel's random state from the
-page's new uuid (tinyx/init/main.c ``take_identity``). What VMs started from one snapshot
+Each VM from the snapshot gets its own name, uuid and the spec's ``publish`` forwards (on
+user networking the snapshot's MAC: every VM has a network of its own); on a tap network
+its own tap, leased address and MAC, made as a create makes them (the stream's state of
+the snapshot's user netdev goes into a restricted netdev with no device:
+:func:`_slirp_sinks`). The page's generation moves, so the Tinyx init re-bases the wall
+clock, takes the hostname, reseeds the kernel's random state from the page's new uuid and
+gives each changed NIC its new address, gateway, MTU and MAC (tinyx/init/main.c
+``take_identity``) before it acknowledges. What VMs started from one snapshot
 still share is the app's own state from before the snapshot: redis's hash seed and run id,
 for one (docs/tinyx.md, "Snapshots"). ``--no-snapshot`` (or an image built with it) boots a
 VM of its own from scratch.
@@ -35,8 +40,9 @@ VM of its own from scratch.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import os
-import secrets
 import shutil
 import tempfile
 import time
@@ -46,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.errors import LightVMError, SpecError
-from lightvm.mobility.clone import PREPARE_JOBS, clone_meta, start_all
+from lightvm.mobility.clone import PREPARE_JOBS, start_all
 from lightvm.mobility.format import CheckpointError, read_layout
 from lightvm.mobility.restore import PreparedRestore
 from lightvm.mobility.template import (
@@ -57,11 +63,15 @@ from lightvm.mobility.template import (
     is_template,
     prepare_from_template,
     remembered_digests,
+    without_forwards,
 )
 from lightvm.spec import VMSpec
 from lightvm.toolstack import Toolstack
 
 SNAPSHOT = "snapshot"  # the folder beside an image's files, and the spec key's value
+# In the template header's note: the snapshot's guest (lvinit) configures a NIC again when
+# a page rewrite changes its vif, so a VM from it may get a tap, an address and a MAC of its own.
+TAKES_VIFS = "guest_takes_vifs"
 
 
 class SnapshotUnfit(LightVMError):
@@ -85,17 +95,22 @@ def unfit_reason(spec: VMSpec, meta: dict[str, Any], accel: str) -> str | None:
     vifs = list(meta.get("vifs") or [])
     if len(vifs) != len(spec.vifs):
         return f"{len(spec.vifs)} NICs here, {len(vifs)} in the snapshot"
+    takes_vifs = bool(((meta.get("template") or {}).get("note") or {}).get(TAKES_VIFS))
     for i, (vif, made) in enumerate(zip(spec.vifs, vifs, strict=True)):
-        if vif.network or vif.bridge or made.get("mode") != "user":
-            return (
-                f"vif {i} is on a tap network; the guest configured its NIC when the snapshot was made,"
-                " so only user networking starts from one"
-            )
+        if made.get("mode") != "user":
+            return f"vif {i} was on a tap network when the snapshot was made (a snapshot is made on user networking)"
+        if vif.network or vif.bridge:
+            if not takes_vifs:
+                return (
+                    f"vif {i} is on a tap network, and this snapshot's guest does not take a new address after"
+                    " its start (made by an older lightvm: build the image again)"
+                )
+            continue  # its own tap, lease and MAC: the guest takes them from its page (tinyx/init)
         if vif.ip or vif.gateway:
             return f"vif {i} sets an address; user networking gives the guest {made.get('ip')}"
         if vif.mac:
-            return f"vif {i} sets a MAC; a VM from a snapshot gets a new one"
-        if vif.mtu is not None and vif.mtu != made.get("mtu"):
+            return f"vif {i} sets a MAC; on user networking a VM from a snapshot keeps the snapshot's"
+        if vif.mtu is not None and vif.mtu != made.get("mtu") and not takes_vifs:
             return f"vif {i} MTU is {vif.mtu} here, {made.get('mtu')} in the snapshot"
     if meta.get("accel") != accel:
         return f"it was made under {meta.get('accel')}, this create runs {accel}"
@@ -118,6 +133,28 @@ def _with_forwards(meta: dict[str, Any], spec: VMSpec) -> dict[str, Any]:
         meta["vifs"][i]["publish"] = [asdict(f) for f in forwards]
     meta["qemu_args"] = args
     return meta
+
+
+def _slirp_sinks(meta: dict[str, Any]) -> list[str]:
+    """A netdev-only user network per user NIC of the snapshot, restricted (no traffic in or
+    out) and attached to no device: QEMU saved each user netdev's state ("slirp" sections)
+    in the stream and refuses a stream with a section nothing here loads ("Invalid
+    argument"). Measured: a VM on a tap network does not start from the snapshot without them."""
+    users = [v for v in meta.get("vifs") or [] if v.get("mode") == "user"]
+    return [a for i in range(len(users)) for a in ("-netdev", f"user,id=snapshot-slirp{i},restrict=on")]
+
+
+def _page_takes_devices(prepared: PreparedRestore, meta: dict[str, Any]) -> None:
+    """The page of a VM from the snapshot whose NICs were made as a create makes them: each
+    vif's address, gateway, MTU and MAC from its new device, and as ``dev_mac`` the MAC the
+    snapshot's guest gave its NIC (lvinit finds the NIC by it and changes it)."""
+    from lightvm.mobility.format import vif_config
+    from lightvm.noxs import parse_mac
+
+    made = list(prepared.record.devices.get("vifs") or [])
+    old = [parse_mac(str(v["mac"])) for v in meta["vifs"]]
+    vifs = [dataclasses.replace(vif_config(d), dev_mac=old[i]) for i, d in enumerate(made)]
+    prepared.page = dataclasses.replace(prepared.page, vifs=vifs)
 
 
 def _network_line(meta: dict[str, Any]) -> str:
@@ -172,15 +209,29 @@ def create_from_snapshot(
     if reason is not None:
         raise SnapshotUnfit(reason)
     image = image_files(spec.to_dict())
-    base = secrets.randbits(24)
+    taps = any(v.network or v.bridge for v in spec.vifs)
     vms = []
-    for i, vm_name in enumerate(names):
-        one = clone_meta(meta, vm_name, i, None, base)
+    for vm_name in names:
+        # The header keeps the snapshot's name: restore gives a VM named otherwise a new uuid.
+        one = copy.deepcopy(meta)
         one["spec"] = spec.with_name(vm_name).to_dict()
-        vms.append((vm_name, _with_forwards(one, spec)))
+        if taps:  # devices made as a create makes them (taps, leases, MACs, forwards), not the snapshot's
+            one["vifs"], one["qemu_args"] = [], []
+            one["qemu_args_extra"] = _slirp_sinks(meta)
+        else:
+            # User networking: the snapshot's MAC is kept (every VM has a network of its own;
+            # a MAC change is ~25 ms of guest code run for the first time under TCG).
+            one["qemu_args"] = without_forwards(list(one.get("qemu_args") or []))
+            one = _with_forwards(one, spec)
+        vms.append((vm_name, one))
+    networks: dict[str, str] = {}
 
     def prepare(tdir: Path, vm_name: str, one: dict[str, Any]) -> PreparedRestore:
-        return prepare_from_template(toolstack, tdir, vm_name, timeout, meta=one, image=image)[0]
+        prepared = prepare_from_template(toolstack, tdir, vm_name, timeout, meta=one, image=image)[0]
+        if taps:
+            _page_takes_devices(prepared, meta)
+            networks[vm_name] = str(prepared.record.devices.get("summary", ""))
+        return prepared
 
     toolstack.state.ensure()
     with remembered_digests(toolstack.state.root):
@@ -195,7 +246,7 @@ def create_from_snapshot(
             "accel": choice.accel,
             "pid": r.pid,
             "app": r.app,
-            "network": _network_line(one),
+            "network": networks.get(r.name) or _network_line(one),
             "boot_ms": {"ready": round(r.restore_ms, 3), "restore": round(r.restore_ms, 3)},
             "accel_reason": choice.reason,
             "path": "snapshot",
@@ -312,7 +363,7 @@ def make_snapshot(
         try:
             if probe is not None and host_port:
                 wait_serving(host_port, probe[1], probe[2], t_ready, timeout)
-            made = create_template(ts, booted.name, dest, timeout=timeout)
+            made = create_template(ts, booted.name, dest, timeout=timeout, note={TAKES_VIFS: True})
         finally:
             with contextlib.suppress(LightVMError, OSError):
                 ts.destroy(booted.name)

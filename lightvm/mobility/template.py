@@ -221,9 +221,12 @@ def _clean_stale_dirs(directory: Path) -> None:
                 pass
 
 
-def create_template(toolstack: Toolstack, source: str, dest: Path, timeout: float = 30.0) -> TemplateResult:
+def create_template(
+    toolstack: Toolstack, source: str, dest: Path, timeout: float = 30.0, note: dict[str, Any] | None = None
+) -> TemplateResult:
     """Build the template ``dest`` (a new folder) from ``source``: a checkpoint file, or the
-    name of a running VM (saved ``--keep-running`` first; it keeps running).
+    name of a running VM (saved ``--keep-running`` first; it keeps running). ``note``: kept
+    in the header's ``template`` object as ``note`` (what made it: an image's snapshot).
 
     :raise TemplateError, CheckpointError: the source cannot be read, or a step failed
         (nothing is left: no partial folder, no VM).
@@ -246,7 +249,7 @@ def create_template(toolstack: Toolstack, source: str, dest: Path, timeout: floa
             src = work / "source.lvm"
             save(toolstack, source, src, keep_running=True, timeout=timeout)
         meta, layout = read_layout(src)
-        _build(toolstack, src, meta, layout, work, timeout)
+        _build(toolstack, src, meta, layout, work, timeout, note)
         (work / "source.lvm").unlink(missing_ok=True)
         os.chmod(work, 0o755)  # readable like an image; the files inside say who may write
         os.rename(work, dest)
@@ -263,7 +266,15 @@ def create_template(toolstack: Toolstack, source: str, dest: Path, timeout: floa
     )
 
 
-def _build(toolstack: Toolstack, src: Path, meta: dict[str, Any], layout: Any, work: Path, timeout: float) -> None:
+def _build(
+    toolstack: Toolstack,
+    src: Path,
+    meta: dict[str, Any],
+    layout: Any,
+    work: Path,
+    timeout: float,
+    note: dict[str, Any] | None = None,
+) -> None:
     """Load ``src`` into a QEMU whose RAM is ``work/ram`` (shared), then write the device
     state with ``x-ignore-shared`` into ``work/state.lvm``."""
     if meta.get("template"):
@@ -298,6 +309,8 @@ def _build(toolstack: Toolstack, src: Path, meta: dict[str, Any], layout: Any, w
                 "qemu": {"binary": qemu_for_microvm(), "digest": path_digest(qemu_for_microvm())},
                 "image": {k: {"path": p, "digest": path_digest(p)} for k, p in image_files(meta["spec"]).items()},
             }
+            if note is not None:
+                tmeta["template"]["note"] = note
             head = encode_header(tmeta, key)
             out = os.open(work / STATE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:

@@ -126,6 +126,10 @@ int lv_net_prewarm(const uint8_t mac[6], char ifname[16], unsigned timeout_ms, c
  * default route via the gateway if non-zero; is_up: lv_net_prewarm did it already.
  * Announced by a gratuitous ARP (arp_notify). 0, or -1 with err. */
 int lv_net_configure(const char *ifname, const struct lv_vif *vif, int is_up, char *err, size_t errlen);
+/* An up NIC configured as ``was`` takes ``vif``'s address, gateway, MTU and MAC (a page
+ * rewritten for a VM started from a snapshot). 0, or -1 with err. */
+int lv_net_reconfigure(const char *ifname, const struct lv_vif *was, const struct lv_vif *vif, char *err,
+                       size_t errlen);
 /* A counter from /sys/class/net/IFNAME/statistics/ (0 if unreadable). */
 uint64_t lv_net_stat(const char *ifname, const char *counter);
 

@@ -485,10 +485,20 @@ static void reseed_random(const struct noxs_device_page *pg, uint64_t host_ns, u
 		close(fd);
 }
 
+/* Whether a vif's page asks for another NIC configuration than the one it has. */
+static int vif_changed(const struct lv_vif *a, const struct lv_vif *b)
+{
+	return memcmp(a->mac, b->mac, 6) != 0 || memcmp(a->ip, b->ip, 4) != 0 || a->prefix != b->prefix ||
+	       memcmp(a->gateway, b->gateway, 4) != 0 || a->mtu != b->mtu;
+}
+
 /* A rewritten page (restore, migration, a VM started from a snapshot) may carry another
- * identity: the hostname follows the page's name, the random state is reseeded. Read
- * into a copy: the layout the record hangs on stays the one read at boot, and a page
- * that does not validate keeps the old identity (said, not fatal: the VM serves on). */
+ * identity: the hostname follows the page's name, the random state is reseeded, and a NIC
+ * whose vif page changed takes its new address, gateway, MTU and MAC (a snapshot's VMs
+ * each have their own). Read into a copy: the layout the record hangs on stays the one
+ * read at boot, and a page that does not validate keeps the old identity (said, not
+ * fatal: the VM serves on). Runs before the new generation is acknowledged, so the host's
+ * READY means the VM has it all. */
 static void take_identity(uint64_t host_ns, uint64_t tsc)
 {
 	static struct lv_page fresh;
@@ -500,6 +510,20 @@ static void take_identity(uint64_t host_ns, uint64_t tsc)
 	if (lv_page_hostname(&fresh, host) == 0 && sethostname(host, strlen(host)) != 0)
 		lv_say("sethostname %s: %s", host, strerror(errno));
 	reseed_random(&fresh.snap, host_ns, tsc);
+	unsigned n = fresh.layout.n_vif < noxs.page.layout.n_vif ? fresh.layout.n_vif : noxs.page.layout.n_vif;
+	for (unsigned i = 0; i < n; i++) {
+		struct lv_vif *was = &noxs.page.vif[i];
+		if (!ifnames[i][0] || !vif_changed(was, &fresh.vif[i]))
+			continue;
+		if (lv_net_reconfigure(ifnames[i], was, &fresh.vif[i], err, sizeof(err)) != 0) {
+			lv_say("page rewrite: vif %u: %s", fresh.vif[i].id, err);
+			continue;
+		}
+		uint32_t id = was->id, offset = was->offset;
+		*was = fresh.vif[i];
+		was->id = id;
+		was->offset = offset;   /* the control page stays the one the record uses */
+	}
 }
 
 /* The host's sysctl requests and page rewrites, as images/base/noxs.c's

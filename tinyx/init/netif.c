@@ -236,6 +236,35 @@ static void greet_gateway(const uint8_t gw[4])
 	close(fd);
 }
 
+/* A rewritten page (a VM started from a snapshot) gives an up NIC another address, MAC,
+ * gateway or MTU: the old default route goes first (its gateway may not be reachable
+ * from the new address), then the NIC is configured as at boot, the MAC last (its
+ * change is announced: arp_notify). ``was``: the config the NIC has now. */
+int lv_net_reconfigure(const char *ifname, const struct lv_vif *was, const struct lv_vif *v, char *err,
+                       size_t errlen)
+{
+	static const uint8_t zero[4];
+	struct lv_vif now = *v;
+	memcpy(now.dev_mac, was->mac, 6);   /* the NIC's MAC is the one it was given */
+	if (memcmp(was->gateway, zero, 4) != 0 && memcmp(was->gateway, v->gateway, 4) != 0) {
+		struct rtentry rt;
+		char dev[16];
+		int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+		memset(&rt, 0, sizeof(rt));
+		snprintf(dev, sizeof(dev), "%s", ifname);
+		set_sin(&rt.rt_dst, zero);
+		set_sin(&rt.rt_genmask, zero);
+		set_sin(&rt.rt_gateway, was->gateway);
+		rt.rt_flags = RTF_UP | RTF_GATEWAY;
+		rt.rt_dev = dev;
+		if (fd >= 0) {
+			(void)ioctl(fd, SIOCDELRT, &rt);   /* gone with the old address is fine */
+			close(fd);
+		}
+	}
+	return lv_net_configure(ifname, &now, 1, err, errlen);
+}
+
 int lv_net_configure(const char *ifname, const struct lv_vif *v, int is_up, char *err, size_t errlen)
 {
 	static const uint8_t zero[6];
