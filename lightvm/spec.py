@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightvm.errors import SpecError
+from lightvm.errors import LightVMError, SpecError
 from lightvm.linux import LINUX_MEMORY_MIB
 from lightvm.util import NotRegularFileError, open_regular, read_regular
 
@@ -346,6 +346,23 @@ def _parse_initrd(raw: object, where: str, base: Path, check: bool) -> Path | No
         if not path.is_file() or not 0 < st.st_size <= INITRD_MAX:
             raise SpecError(f"{where}: key 'initrd': {path} is not a file of 1 byte..1 GiB (size {st.st_size})")
     return path
+
+
+CREATE_MAX = 4096  # VMs one create makes at most (-n)
+
+
+def create_names(base: str, count: int) -> list[str]:
+    """The names ``create -n COUNT`` gives: ``base``, or ``base-0`` .. ``base-(COUNT-1)``.
+
+    :raise SpecError: an invalid name; :raise LightVMError: COUNT out of 1..CREATE_MAX.
+    """
+    check_name(base, "--name")
+    if not 1 <= count <= CREATE_MAX:
+        raise LightVMError(f"-n {count}: create between 1 and {CREATE_MAX} VMs at a time")
+    names = [base] if count == 1 else [f"{base}-{i}" for i in range(count)]
+    for n in names:
+        check_name(n, "VM name")
+    return names
 
 
 def check_name(name: str, what: str = "name") -> None:

@@ -46,7 +46,7 @@ from lightvm.instance import destroy as destroy_vmdir
 from lightvm.logs import INFO, log
 from lightvm.noxs import BootState, NoxsRegion, PageConfig, Sysctl, region_size_for
 from lightvm.resume import resume_stamped
-from lightvm.spec import VMSpec, check_name
+from lightvm.spec import VMSpec, create_names
 from lightvm.state import StateDir, VMDir, VMRecord, VMStatus, status_of
 from lightvm.util import tail
 
@@ -131,13 +131,7 @@ class Toolstack:
         :raise AccelError: the accelerator cannot be used.
         :raise LightVMError: a step failed; the message names the VM and the step.
         """
-        base = name or spec.name
-        check_name(base, "--name")
-        if not 1 <= count <= 4096:
-            raise LightVMError(f"-n {count}: create between 1 and 4096 VMs at a time")
-        names = [base] if count == 1 else [f"{base}-{i}" for i in range(count)]
-        for n in names:
-            check_name(n, "VM name")
+        names = create_names(name or spec.name, count)
         self._validate_devices(spec)
         _check_host_memory(spec)
         choice = accelmod.select(accel)

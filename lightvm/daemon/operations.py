@@ -93,7 +93,7 @@ class Operations:
     def op_create(self, args: dict[str, Any]) -> list[dict[str, Any]] | api.Deferred:
         t0 = time.perf_counter()
         from lightvm import accel as accelmod
-        from lightvm.spec import check_name
+        from lightvm.spec import create_names
 
         config = _arg(args, "config", str, required=True)
         if not os.path.isabs(config):
@@ -119,15 +119,9 @@ class Operations:
             spec = self._load_spec(config)
         if publish:
             spec = spec.with_publish(publish, count)
-        base = name or spec.name
-        check_name(base, "--name")
-        if not 1 <= count <= 4096:
-            raise LightVMError(f"-n {count}: create between 1 and 4096 VMs at a time")
+        names = create_names(name or spec.name, count)
         verdict = accelmod.select(accel)  # resolved once per request; its reason goes with each result
         choice = verdict.accel
-        names = [base] if count == 1 else [f"{base}-{i}" for i in range(count)]
-        for n in names:
-            check_name(n, "VM name")
         pool = self.pool if use_pool else None
         out: list[dict[str, Any]] = []
         made: list[str] = []

@@ -188,18 +188,12 @@ def create_from_snapshot(
     :raise LightVMError: a VM failed to come back (none of this call is left).
     """
     from lightvm import accel as accelmod
-    from lightvm.spec import check_name
+    from lightvm.spec import create_names
 
     folder = spec.snapshot
     if folder is None or not is_template(folder):
         raise SnapshotUnfit(f"no snapshot at {folder} (`lightvm image build` makes one)")
-    base_name = name or spec.name
-    check_name(base_name, "--name")
-    if not 1 <= count <= 4096:
-        raise LightVMError(f"-n {count}: create between 1 and 4096 VMs at a time")
-    names = [base_name] if count == 1 else [f"{base_name}-{i}" for i in range(count)]
-    for n in names:
-        check_name(n, "VM name")
+    names = create_names(name or spec.name, count)
     choice = accelmod.select(accel)
     try:
         meta, layout = read_layout(folder / STATE)
