@@ -195,6 +195,8 @@ class DaemonBackend:
         args["config"] = os.path.realpath(request["config"])
         if request.get("overrides"):
             args["overrides"] = request["overrides"]  # checked again by lightvmd (spec.check_overrides)
+        if request.get("no_snapshot"):
+            args["snapshot"] = False  # an unpooled create boots (the default: the config's snapshot)
         timeout = request["timeout"] * max(1, request["count"]) + 30.0
         results: list[dict[str, Any]] = self.client.call("create", args, timeout=timeout)
         return results  # one answer for all: no progress to report

@@ -29,9 +29,9 @@ Protocol, version 1:
                                                              "started", "pool": {...}}
    create      config* (absolute path of a TOML/JSON        [CreateResult + "path": "pool",
                config), name, count, accel, timeout,        "snapshot" or "cold" (+ "path_reason")]
-               publish [list], pool (bool, default true)    one per VM; a pool create also
-                                                            has "pool_take_ms" (its wait for
-                                                            a shell)
+               publish [list], pool (bool, default true),   one per VM; a pool create also
+               snapshot (bool, default true: an unpooled    has "pool_take_ms" (its wait for
+               create starts from the config's snapshot)    a shell)
    list        -                                            [VMInfo]
    info        name*                                        {record, status, guest, ...}
    destroy     names* [list] or all (bool)                  {"destroyed": [names]}

@@ -106,6 +106,7 @@ class Operations:
         publish = _arg(args, "publish", list) or []
         use_pool = _arg(args, "pool", bool)
         use_pool = True if use_pool is None else use_pool
+        use_snapshot = _arg(args, "snapshot", bool) is not False  # create --no-snapshot: False
         if not all(isinstance(p, str) for p in publish):
             raise SpecError("'publish' must be a list of strings")
         if not 0 < timeout <= 3600:
@@ -148,7 +149,7 @@ class Operations:
                     take_ms: float | None = shell.take_ms
                 else:
                     reason = _cold_reason(pool, use_pool, spec, choice)
-                    entry, path, unfit = self._unpooled(spec, n, choice, timeout)
+                    entry, path, unfit = self._unpooled(spec, n, choice, timeout, use_snapshot)
                     reason = "; ".join(r for r in (reason, unfit) if r)
                     take_ms = None
                 if self.pool is not None:
@@ -183,12 +184,15 @@ class Operations:
         self._created(out)
         return out
 
-    def _unpooled(self, spec: VMSpec, name: str, accel: str, timeout: float) -> tuple[dict[str, Any], str, str]:
+    def _unpooled(
+        self, spec: VMSpec, name: str, accel: str, timeout: float, use_snapshot: bool
+    ) -> tuple[dict[str, Any], str, str]:
         """A create no shell served: (result, path, why its snapshot was not used)."""
         if spec.snapshot is not None:  # an image's booted VM (lightvm/mobility/snapshot.py)
             from lightvm.mobility.snapshot import create_or_boot
 
-            (entry,) = create_or_boot(self._toolstack(timeout), spec, name, 1, accel, timeout)
+            ts = self._toolstack(timeout)
+            (entry,) = create_or_boot(ts, spec, name, 1, accel, timeout, use_snapshot=use_snapshot)
             return entry, entry["path"], entry.get("path_reason", "")
         (result,) = self._toolstack(timeout).create(spec, name=name, count=1, accel=accel)
         return result.as_dict(), "cold", ""

@@ -232,7 +232,8 @@ def test_redis_from_lightvmds_pool(lightvmd: Lightvmd, redis_config: Path) -> No
 
 def test_lightvmd_starts_an_unpooled_create_from_the_snapshot(lightvmd: Lightvmd, redis_config: Path) -> None:
     """No shell of the image in lightvmd's pool: its create starts from the image's
-    snapshot (path: snapshot), redis already serving; the VM is the daemon's like any."""
+    snapshot (path: snapshot), redis already serving; the VM is the daemon's like any.
+    Asked not to (`create --no-snapshot`), it boots and says why."""
     lightvmd.start(pool=None)
     port = free_port()
     try:
@@ -240,6 +241,8 @@ def test_lightvmd_starts_an_unpooled_create_from_the_snapshot(lightvmd: Lightvmd
         assert vm["path"] == "snapshot" and vm["app"] == APP, vm
         check_set_get(["-h", "127.0.0.1", "-p", str(port)])
         assert [v["name"] for v in lightvmd.call("list")] == ["unpooled"]
+        booted = lightvmd.create("booted", redis_config, snapshot=False)  # what `create --no-snapshot` sends
+        assert booted["path"] == "cold" and "snapshot not used: --no-snapshot" in booted["path_reason"], booted
     finally:
         lightvmd.cli("destroy", "--all")
         if lightvmd.proc is not None:
