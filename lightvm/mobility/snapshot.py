@@ -159,12 +159,11 @@ def _page_takes_devices(prepared: PreparedRestore, meta: dict[str, Any]) -> None
 
 def _network_line(meta: dict[str, Any]) -> str:
     """The create's networking line (lightvm/devices/net.py ``summary``'s shape), from the header."""
+    from lightvm.devices.net import PortForward
+
     parts = []
     for vif in meta.get("vifs") or []:
-        fwd = ", ".join(
-            f"{p['host_addr'] + ':' if p['host_addr'] else ''}{p['host_port']}->{p['guest_port']}/{p['proto']}"
-            for p in vif.get("publish") or []
-        )
+        fwd = ", ".join(str(PortForward(**p)) for p in vif.get("publish") or [])
         parts.append(
             f"vif{vif['index']}: {vif['ip']}/{vif['prefix']} gw {vif['gateway']} mac {vif['mac']} "
             f"(user networking{', publish ' + fwd if fwd else ''})"
