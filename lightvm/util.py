@@ -123,6 +123,23 @@ def proc_alive(pid: int | None, start_time: int | None) -> bool:
     return now is not None and (start_time is None or now == start_time)
 
 
+def owner_gone(pid_text: str) -> bool:
+    """True when ``pid_text``, the PID a file or folder was named with by the process that
+    made it, names no process: its maker was killed (``kill -9``: no ``finally`` ran) and
+    what it left may go. False for anything else: not a PID, this process, a live process,
+    or one we may not signal. A PID reused since keeps the leftover until that one exits
+    too: harmless, never a live maker's work removed."""
+    if not pid_text.isdigit() or int(pid_text) <= 0 or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def proc_cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

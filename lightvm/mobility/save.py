@@ -31,6 +31,7 @@ from lightvm.mobility.format import CheckpointError, Sealer, checkpoint_key, enc
 from lightvm.mobility.stream import outgoing, stream_out, wait_migration
 from lightvm.resume import resume_stamped
 from lightvm.toolstack import Toolstack
+from lightvm.util import owner_gone
 
 
 @dataclass
@@ -198,25 +199,12 @@ def clean_stale_partials(directory: Path) -> list[Path]:
     for entry in names:
         if not entry.startswith(PARTIAL_PREFIX) or PARTIAL_MARK not in entry:
             continue
-        pid_text = entry.rsplit(PARTIAL_MARK, 1)[1]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_exists(int(pid_text)):
+        if not owner_gone(entry.rsplit(PARTIAL_MARK, 1)[1]):
             continue
         with contextlib.suppress(FileNotFoundError, PermissionError, IsADirectoryError):
             (directory / entry).unlink()
             removed.append(directory / entry)
     return removed
-
-
-def _pid_exists(pid: int) -> bool:
-    if pid <= 0:
-        return True  # not a PID of ours: leave it alone
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 __all__ = ["SaveResult", "clean_stale_partials", "save"]

@@ -67,6 +67,7 @@ from lightvm.mobility.template import (
 )
 from lightvm.spec import VMSpec
 from lightvm.toolstack import Toolstack
+from lightvm.util import owner_gone
 
 SNAPSHOT = "snapshot"  # the folder beside an image's files, and the spec key's value
 # In the template header's note: the snapshot's guest (lvinit) configures a NIC again when
@@ -300,15 +301,10 @@ def clean_stale_boots() -> list[str]:
     with contextlib.suppress(OSError):
         for entry in os.scandir(tempfile.gettempdir()):
             pid = entry.name[len(BOOT_PREFIX) :].split("-", 1)[0]
-            if not (entry.name.startswith(BOOT_PREFIX) and pid.isdigit() and entry.is_dir(follow_symlinks=False)):
+            if not (entry.name.startswith(BOOT_PREFIX) and entry.is_dir(follow_symlinks=False)):
                 continue
-            try:
-                os.kill(int(pid), 0)
+            if not owner_gone(pid):
                 continue  # its builder is alive (another build running now)
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
             with contextlib.suppress(LightVMError, OSError):
                 Toolstack(Path(entry.path)).destroy_all()
             shutil.rmtree(entry.path, ignore_errors=True)

@@ -67,7 +67,7 @@ from lightvm.mobility.restore import PreparedRestore, RestoreResult, prepare_inc
 from lightvm.mobility.save import _seal, _write_all, clean_stale_partials, save
 from lightvm.mobility.stream import VerifiedFeed, stream_out, wait_incoming, wait_migration
 from lightvm.toolstack import Toolstack
-from lightvm.util import NotRegularFileError, open_regular
+from lightvm.util import NotRegularFileError, open_regular, owner_gone
 
 STATE = "state.lvm"
 RAM = "ram"
@@ -210,15 +210,8 @@ def _clean_stale_dirs(directory: Path) -> None:
             name = entry.name
             if not (name.startswith(".") and ".partial-" in name and entry.is_dir(follow_symlinks=False)):
                 continue
-            pid = name.rsplit(".partial-", 1)[1]
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
+            if owner_gone(name.rsplit(".partial-", 1)[1]):
                 shutil.rmtree(entry.path, ignore_errors=True)
-            except PermissionError:
-                pass
 
 
 def create_template(
