@@ -78,6 +78,7 @@ class LinkInfo:
     master: int  # ifindex of the bridge it is attached to, 0 if none
     up: bool
     alias: str
+    mac: str = ""  # IFLA_ADDRESS, lower case
 
     @property
     def ours(self) -> bool:
@@ -275,19 +276,29 @@ class Devd:
     # -- bridges --
 
     def ensure_bridge(
-        self, name: str, mtu: int = 1500, alias: str = ALIAS_PREFIX, undo: UndoStack | None = None
+        self,
+        name: str,
+        mtu: int = 1500,
+        alias: str = ALIAS_PREFIX,
+        undo: UndoStack | None = None,
+        mac: str | None = None,
     ) -> int:
         """Make sure bridge ``name`` exists, is ours (alias ``alias``), up, with ``mtu``.
 
+        :param mac: the bridge's own MAC, set and kept. Without one, Linux gives a bridge the
+            lowest MAC of its ports and changes it as ports come and go: when the port whose
+            MAC it was leaves (its VM destroyed), every guest that resolved the bridge's
+            address before sends to a MAC nobody has until its ARP entry expires.
         :return: the bridge's ifindex.
         :raise ForeignLinkError: a link by that name exists that is not this bridge.
         :raise NetworkError: netlink refused.
         """
+        want = {"address": mac.lower()} if mac else {}
         info = self.link(name)
         if info is not None:
             _require_ours(info, "bridge", alias)
-            if info.mtu != mtu or not info.up:
-                self._set(info.index, f"set bridge {name} mtu {mtu} up", mtu=mtu, state="up")
+            if info.mtu != mtu or not info.up or (mac and info.mac != mac.lower()):
+                self._set(info.index, f"set bridge {name} mtu {mtu} up", mtu=mtu, state="up", **want)
             return info.index
         try:
             self.ipr.link("add", ifname=name, kind="bridge")
@@ -300,7 +311,7 @@ class Devd:
             undo.push(f"create bridge {name}", lambda: self.delete_bridge(name, force=True))
         try:
             # No STP: a port forwards at once instead of after 2x15 s of learning.
-            self._set(index, f"configure bridge {name}", ifalias=alias, mtu=mtu, state="up")
+            self._set(index, f"configure bridge {name}", ifalias=alias, mtu=mtu, state="up", **want)
         except NetworkError:
             if undo is None:
                 self._delete_index(index)
@@ -528,6 +539,7 @@ def _link_info(msg: Any) -> LinkInfo:
         master=int(msg.get("IFLA_MASTER") or 0),
         up=bool(msg["flags"] & _IFF_UP),
         alias=msg.get("IFLA_IFALIAS") or "",
+        mac=(msg.get("IFLA_ADDRESS") or "").lower(),
     )
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lightvm.devices.devd import bridge_alias, check_ifname
-from lightvm.devices.ipam import Lease, LeaseStore
+from lightvm.devices.ipam import Lease, LeaseStore, mac_for_ip
 from lightvm.errors import CapabilityError, ExistsError, NetworkError, NotFoundError, SubnetConflictError
 from lightvm.undo import UndoStack
 
@@ -47,7 +47,9 @@ NFT_TIMEOUT = 5.0
 class NetOps(Protocol):
     """What a network needs from devd (a fake in unit tests, :class:`~lightvm.devices.devd.Devd` for real)."""
 
-    def ensure_bridge(self, name: str, mtu: int = ..., alias: str = ..., undo: UndoStack | None = ...) -> int: ...
+    def ensure_bridge(
+        self, name: str, mtu: int = ..., alias: str = ..., undo: UndoStack | None = ..., mac: str | None = ...
+    ) -> int: ...
     def delete_bridge(self, name: str, force: bool = ...) -> bool: ...
     def ensure_address(self, ifname: str, iface: ipaddress.IPv4Interface, undo: UndoStack | None = ...) -> None: ...
     def addresses(self) -> list[tuple[str, ipaddress.IPv4Interface]]: ...
@@ -81,6 +83,14 @@ class Network:
     @property
     def gateway_iface(self) -> ipaddress.IPv4Interface:
         return ipaddress.IPv4Interface(f"{self.gateway}/{self.prefix}")
+
+    @property
+    def gateway_mac(self) -> str:
+        """The bridge's MAC, fixed: the one a vif holding the gateway's address would get
+        (``52:54:`` + its bytes), which no VM holds. It stays when ports come and go and
+        when the bridge is made again (:meth:`NetworkStore.ensure_up`), so a guest's resolved
+        gateway, restored VMs' included, stays right."""
+        return mac_for_ip(self.gateway)
 
     @property
     def capacity(self) -> int:
@@ -265,7 +275,7 @@ class NetworkStore(LeaseStore):
                 created=time.time(),
             )
             with UndoStack() as undo:
-                ops.ensure_bridge(bridge, mtu, bridge_alias(name), undo=undo)
+                ops.ensure_bridge(bridge, mtu, bridge_alias(name), undo=undo, mac=record.gateway_mac)
                 ops.ensure_address(bridge, gateway, undo=undo)
                 if nat:
                     self._nat_up(ops, record, undo)
@@ -307,7 +317,7 @@ class NetworkStore(LeaseStore):
         if ops.ifindex(record.bridge) is not None:
             return record
         with self.locked(), UndoStack() as undo:
-            ops.ensure_bridge(record.bridge, record.mtu, bridge_alias(name), undo=undo)
+            ops.ensure_bridge(record.bridge, record.mtu, bridge_alias(name), undo=undo, mac=record.gateway_mac)
             ops.ensure_address(record.bridge, record.gateway_iface, undo=undo)
             if record.nat:
                 self._nat_down(ops, record)

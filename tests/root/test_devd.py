@@ -38,6 +38,37 @@ def test_bridge_create_is_idempotent_and_ours(devd: Devd) -> None:
     assert _names(devd) == set()
 
 
+def _mac(devd: Devd, name: str) -> str:
+    info = devd.link(name)
+    assert info is not None, name
+    return info.mac
+
+
+def test_a_bridge_given_a_mac_keeps_it_as_ports_come_and_go(devd: Devd) -> None:
+    """Without a MAC of its own a bridge takes its ports' lowest and changes it when that
+    port leaves: guests that resolved the gateway then send to a MAC nobody has."""
+    devd.ensure_bridge("lvbr", 1500, bridge_alias("n"))
+    devd.create_tap("lvt-0", 1500, "lvbr", alias=tap_alias("vm", 0))
+    port = devd.link("lvt-0")
+    assert port is not None and _mac(devd, "lvbr") == port.mac
+    devd.delete_tap("lvt-0")
+    devd.delete_bridge("lvbr")
+    mac = "52:54:0a:01:00:01"
+    devd.ensure_bridge("lvbr", 1500, bridge_alias("n"), mac=mac)
+    for i, low in enumerate(("02:00:00:00:00:01", "02:00:00:00:00:02")):
+        devd.create_tap(f"lvt-{i}", 1500, "lvbr", alias=tap_alias("vm", i))
+        devd.ipr.link("set", index=devd.ifindex(f"lvt-{i}"), address=low)
+        assert _mac(devd, "lvbr") == mac
+    devd.delete_tap("lvt-0")
+    assert _mac(devd, "lvbr") == mac
+    # An existing bridge with another MAC gets the one asked for.
+    devd.ipr.link("set", index=devd.ifindex("lvbr"), address="02:00:00:00:00:09")
+    devd.ensure_bridge("lvbr", 1500, bridge_alias("n"), mac=mac)
+    assert _mac(devd, "lvbr") == mac
+    devd.delete_tap("lvt-1")
+    devd.delete_bridge("lvbr")
+
+
 def test_foreign_links_are_never_adopted_or_deleted(devd: Devd, nsname: str) -> None:
     with IPRoute(netns=nsname) as ipr:
         ipr.link("add", ifname="br0", kind="bridge")

@@ -30,16 +30,20 @@ class FakeOps:
 
     def __init__(self, fail: str | None = None, foreign: set[str] | None = None) -> None:
         self.bridges: dict[str, str] = {}
+        self.macs: dict[str, str | None] = {}
         self.addrs: set[tuple[str, str]] = set()
         self.commands: list[list[str]] = []
         self.fail = fail
         self.foreign = foreign or set()
 
-    def ensure_bridge(self, name: str, mtu: int = 1500, alias: str = "", undo: UndoStack | None = None) -> int:
+    def ensure_bridge(
+        self, name: str, mtu: int = 1500, alias: str = "", undo: UndoStack | None = None, mac: str | None = None
+    ) -> int:
         if name in self.foreign:
             raise ForeignLinkError(f"{name} is not ours")
         if self.fail == "bridge":
             raise NetworkError("bridge refused")
+        self.macs[name] = mac
         if name not in self.bridges:
             self.bridges[name] = alias
             if undo is not None:
@@ -85,6 +89,9 @@ def test_create_persists_and_builds_the_bridge(tmp_path: Path) -> None:
     assert (net.bridge, net.gateway, net.prefix, net.mtu) == ("lv-default", "10.128.0.1", 16, 1400)
     assert ops.bridges == {"lv-default": "lightvm:net=default"}
     assert ops.addrs == {("lv-default", "10.128.0.1/16")}
+    # The bridge's MAC is fixed (not the lowest of its ports) and is what a vif at the
+    # gateway's address would get: no VM has it, and a re-made bridge gets it again.
+    assert ops.macs == {"lv-default": "52:54:0a:80:00:01"} and net.gateway_mac == mac_for_ip("10.128.0.1")
     again = store(tmp_path).get("default")  # a fresh store: state comes from disk
     assert again.subnet == "10.128.0.0/16" and again.capacity == 65533
     assert [n.name for n in store(tmp_path).networks()] == ["default"]

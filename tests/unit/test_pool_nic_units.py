@@ -239,7 +239,9 @@ def test_low_published_ports_take_the_cold_path_when_the_jail_drops_root(
 class _Ops:
     """The bridge side a NetworkStore drives, faked (no netlink, no root)."""
 
-    def ensure_bridge(self, name: str, mtu: int = 1500, alias: str = "", undo: UndoStack | None = None) -> int:
+    def ensure_bridge(
+        self, name: str, mtu: int = 1500, alias: str = "", undo: UndoStack | None = None, mac: str | None = None
+    ) -> int:
         return 1
 
     def ensure_address(self, ifname: str, iface: object, undo: UndoStack | None = None) -> None:
