@@ -419,10 +419,12 @@ def descendants(pid: int) -> list[int]:
 
 
 def unpack(initramfs: Path, rootfs: Path) -> tuple[int, int]:
-    """The initramfs' members as a directory tree; (bytes of its files and link targets, regular files)."""
+    """The initramfs' members (decompressed first, whatever its format) as a directory tree;
+    (bytes of its files and link targets, regular files)."""
     from tinyx import cpio
+    from tinyx.image.pack import archive_bytes
 
-    entries = cpio.read(initramfs.read_bytes())
+    entries = cpio.read(archive_bytes(initramfs))
     rootfs.mkdir(parents=True)
     cpio.extract(entries, rootfs)
     files = sum(1 for e in entries if stat.S_ISREG(e.mode))

@@ -15,7 +15,8 @@ from typing import Any
 BUILD = (
     "Build a Tinyx image of APP: a recipe name (tinyx/apps/APP.toml), a recipe file (.toml), any Debian "
     "package (its command is guessed, and said so), or a path to an ELF executable (taken with its "
-    "libraries from this host). Writes DIR/{vmlinux, initramfs.cpio, APP.toml, report.json, report.txt}; "
+    "libraries from this host). Writes DIR/{vmlinux, initramfs.cpio.lz4, APP.toml, report.json, report.txt} "
+    "and, for an app with a port, DIR/snapshot (the VM booted once, what creates start from); "
     "DIR defaults to the image store's APP folder. Needs root (debootstrap, chroot, overlayfs mounts) "
     "and apt access to deb.debian.org for the first build; later builds reuse tinyx/build/."
 )
@@ -48,7 +49,11 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = isub.add_parser("build", help="build an image of a package, recipe or ELF file", description=BUILD)
     p.add_argument("app", metavar="APP", help="recipe name, recipe .toml, Debian package or ELF path")
     p.add_argument("-o", "--output", type=Path, metavar="DIR", help="the image folder (default: STORE/APP)")
-    p.add_argument("--compress", choices=("none", "gzip", "lz4"), default="none", help="initramfs compression")
+    compress = (
+        "initramfs compression (default lz4: half the size of none and as fast to boot under TCG; "
+        "creates from the snapshot never unpack it; gzip is smaller and boots slower)"
+    )
+    p.add_argument("--compress", choices=("none", "gzip", "lz4"), default="lz4", help=compress)
     p.add_argument("--rebuild", action="store_true", help="reinstall the package instead of using its cache")
     p.add_argument("--init", type=Path, metavar="LVINIT", help="use this static init instead of building tinyx/init")
     p.add_argument("--json", action="store_true", help="print the build report as JSON on stdout")

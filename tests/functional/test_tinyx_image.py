@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tinyx.image import appconf, cache, mounts
+from tinyx.image.pack import archive_bytes
 from tinyx.image.proc import Progress
 from tinyx.kernel.build import BUILD
 
@@ -111,7 +112,7 @@ def test_build_redis_server_then_rebuild_from_the_cache(tmp_path: Path) -> None:
         assert "[tinyx-image" in first.stderr and "base tree:" in first.stderr and "apt install:" in first.stderr
 
         assert sorted(p.name for p in out.iterdir()) == [
-            "initramfs.cpio",
+            "initramfs.cpio.lz4",  # the default format (tinyx/image/pack.py)
             "redis-server.toml",
             "report.json",
             "report.txt",
@@ -123,7 +124,7 @@ def test_build_redis_server_then_rebuild_from_the_cache(tmp_path: Path) -> None:
         assert spec == {
             "name": "redis-server",
             "kernel": "vmlinux",
-            "initrd": "initramfs.cpio",
+            "initrd": "initramfs.cpio.lz4",
             "memory": "128M",
             "snapshot": "snapshot",
             "vifs": [{}],  # one NIC on user networking, as generated
@@ -144,7 +145,8 @@ def test_build_redis_server_then_rebuild_from_the_cache(tmp_path: Path) -> None:
         assert ker["loaded_bytes"] < ker["vmlinux_loaded_bytes"]
         assert report["kernel_plus_initramfs_bytes"] == ker["bytes"] + report["initramfs"]["bytes"]
         assert load_spec(out / "redis-server.toml").is_linux  # the packed file keeps its notes
-        assert report["initramfs"]["bytes"] == (out / "initramfs.cpio").stat().st_size
+        assert report["initramfs"]["bytes"] == (out / "initramfs.cpio.lz4").stat().st_size
+        assert report["initramfs"]["bytes"] < report["initramfs"]["uncompressed_bytes"]
         assert set(report["steps"]) >= {"kernel", "base tree", "apt install", "assemble", "pack"}
         assert report["guessed"] == []
         snap = report["snapshot"]
@@ -154,7 +156,7 @@ def test_build_redis_server_then_rebuild_from_the_cache(tmp_path: Path) -> None:
         assert "libraries (" in text and "redis-server" in text and "steps (s):" in text
         assert "snapshot:   snapshot/, the VM booted once" in text
 
-        members = read_newc((out / "initramfs.cpio").read_bytes())
+        members = read_newc(archive_bytes(out / "initramfs.cpio.lz4"))
         assert stat.S_ISREG(members["init"][0]) and members["init"][0] & 0o111
         for path in ("usr/bin/redis-server", "lib/x86_64-linux-gnu/libc.so.6"):
             real = resolve(members, path)
@@ -209,7 +211,7 @@ def test_a_host_elf_file_and_the_store_commands(tmp_path: Path) -> None:
     assert report["guessed"] and "port 0" in report["guessed"][0]  # ... and in the report
     assert report["app"]["package"] is None and report["packages"] == {}
     assert report["app"]["host_file_owner"].startswith("coreutils ")
-    members = read_newc((env_out / "initramfs.cpio").read_bytes())
+    members = read_newc(archive_bytes(env_out / "initramfs.cpio.lz4"))
     assert stat.S_ISREG(members[resolve(members, "usr/bin/ls")][0])
     assert any(lib["name"] == "libselinux.so.1" for lib in report["libraries"])
     assert report["snapshot"] == {"why": "the app has no port: a VM that runs to completion starts from its boot"}
@@ -260,7 +262,7 @@ def test_a_package_without_a_recipe_gets_a_guessed_one_said_twice(tmp_path: Path
     assert report["app"]["command"] == ["/usr/bin/hello"] and report["app"]["port"] == 0
     assert len(report["guessed"]) == 1 and "tinyx/apps/hello.toml" in report["guessed"][0]
     assert "GUESSED:" in (out / "report.txt").read_text()
-    conf = appconf.parse(read_newc((out / "initramfs.cpio").read_bytes())["etc/tinyx/app.conf"][1].decode())
+    conf = appconf.parse(read_newc(archive_bytes(out / "initramfs.cpio.lz4"))["etc/tinyx/app.conf"][1].decode())
     assert conf["arg"] == ["/usr/bin/hello"] and conf["port"] == ["0"]
     assert unknown.returncode == 1
     assert "unknown Debian package 'no-such-package-tinyx'" in unknown.stderr

@@ -164,7 +164,8 @@ def on_network(redis_config: Path, folder: Path, vif: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / f"{APP}.toml"
     text = redis_config.read_text()
-    for name in ("vmlinux", "initramfs.cpio", "snapshot"):  # the copy lives elsewhere: absolute paths
+    # The copy lives elsewhere: absolute paths.
+    for name in ("vmlinux", "initramfs.cpio", "initramfs.cpio.lz4", "snapshot"):
         text = text.replace(f'"{name}"', f'"{redis_config.parent / name}"')
     assert text.count("\n[[vifs]]\n") == 1  # the generated config's one NIC, user networking
     config.write_text(text.replace("\n[[vifs]]\n", "\n[[vifs]]\n" + vif))

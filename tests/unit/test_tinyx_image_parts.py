@@ -197,6 +197,19 @@ def test_pack_writes_and_compresses_the_archive(tmp_path: Path, fmt: str) -> Non
     elif fmt == "lz4":
         assert out.read_bytes()[:4] == b"\x02\x21\x4c\x18"  # the legacy frame Linux unpacks
     assert not raw.exists() or fmt == "none"
+    # What reads an image's archive (the bench's container row, the tests) gets it back whole,
+    # and finds it in the folder by its format's name.
+    assert pack.archive_bytes(out) == data
+    assert pack.find_initrd(tmp_path) == out
+
+
+def test_a_broken_archive_is_one_clear_error(tmp_path: Path) -> None:
+    for name in ("initramfs.cpio.lz4", "initramfs.cpio.gz"):
+        bad = tmp_path / name
+        bad.write_bytes(b"not compressed at all")
+        with pytest.raises(TinyxError, match="initramfs"):
+            pack.archive_bytes(bad)
+    assert pack.find_initrd(tmp_path / "nowhere") is None
 
 
 def test_the_image_folder_is_swapped_in_only_when_complete(tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
     python -m tinyx.kernel.bootcmp IMAGE_DIR --variant base:: --variant tsc:KERNEL:"tsc=reliable" [--runs 8]
 
-A variant is NAME:KERNEL:EXTRA[:FIRMWARE]: KERNEL a vmlinux (empty: the image's own), EXTRA
-words appended to the kernel command line (the spec's ``cmdline``, after lightvm's own part,
-lightvm/linux.py), FIRMWARE a ``-bios`` file (the spec's ``firmware``; empty: QEMU's own).
+A variant is NAME:KERNEL:EXTRA[:FIRMWARE[:INITRD]]: KERNEL a vmlinux (empty: the image's own),
+EXTRA words appended to the kernel command line (the spec's ``cmdline``, after lightvm's own
+part, lightvm/linux.py), FIRMWARE a ``-bios`` file (the spec's ``firmware``; empty: QEMU's
+own), INITRD an initramfs (empty: the image's own; e.g. another build's, to compare formats).
 The variants are booted in turn (a, b, c, a, b, c, ...), so the load of a shared machine
 falls on all of them alike; each boot is ``lightvm create`` over user
 networking with the app's port published, the recipe's probe, then ``destroy``.
@@ -26,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from tinyx.image.pack import find_initrd
 from tinyx.image.recipe import resolve
 from tinyx.kernel.loopstep import booted_image, probe
 
@@ -40,11 +42,16 @@ def qemu_cpu_ms(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * 1000.0 / CLK_TCK
 
 
-def boot_once(image: Path, app: str, kernel: Path, extra: str, firmware: str = "") -> dict[str, float]:
+def boot_once(
+    image: Path, app: str, kernel: Path, extra: str, firmware: str = "", initrd: Path | None = None
+) -> dict[str, float]:
     """One create -> probe -> destroy; the figures of that boot."""
     recipe = resolve(app)
     assert recipe.probe is not None
-    with booted_image(kernel, image / "initramfs.cpio", recipe, TIMEOUT, "cmp", extra, firmware) as (cli, p, port):
+    initrd = initrd or find_initrd(image)
+    if initrd is None:
+        raise RuntimeError(f"{image}: no initramfs")
+    with booted_image(kernel, initrd, recipe, TIMEOUT, "cmp", extra, firmware) as (cli, p, port):
         if p.returncode != 0:
             raise RuntimeError(f"create failed: {(p.stderr or p.stdout)[-500:]}")
         vm = json.loads(p.stdout.strip().splitlines()[-1])
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("image", type=Path, help="an image folder (lightvm image build APP -o DIR)")
     ap.add_argument("--app", default=None, help="the recipe (default: the folder's name)")
-    ap.add_argument("--variant", action="append", required=True, metavar="NAME:KERNEL:EXTRA")
+    ap.add_argument("--variant", action="append", required=True, metavar="NAME:KERNEL:EXTRA[:FIRMWARE[:INITRD]]")
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--json", type=Path, help="write every boot's figures here")
     args = ap.parse_args(argv)
@@ -76,15 +83,23 @@ def main(argv: list[str] | None = None) -> int:
     app = args.app or image.name
     variants = []
     for v in args.variant:
-        name, kernel, extra, firmware = [*v.split(":", 3), "", "", ""][:4]
-        variants.append((name, Path(kernel).absolute() if kernel else image / "vmlinux", extra, firmware))
+        name, kernel, extra, firmware, initrd = [*v.split(":", 4), "", "", "", ""][:5]
+        variants.append(
+            (
+                name,
+                Path(kernel).absolute() if kernel else image / "vmlinux",
+                extra,
+                firmware,
+                Path(initrd).absolute() if initrd else None,
+            )
+        )
     rows: dict[str, list[dict[str, float]]] = {v[0]: [] for v in variants}
     fails: dict[str, int] = {v[0]: 0 for v in variants}
     load0 = os.getloadavg()[0]
     for i in range(args.runs):
-        for name, kernel, extra, firmware in variants:
+        for name, kernel, extra, firmware, initrd in variants:
             try:
-                r = boot_once(image, app, kernel, extra, firmware)
+                r = boot_once(image, app, kernel, extra, firmware, initrd)
                 rows[name].append(r)
                 print(f"[bootcmp] run {i + 1} {name}: READY {r['ready']:.0f} ms", file=sys.stderr, flush=True)
             except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError, KeyError) as e:

@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     kconfig = paths.tinyx_package() / "kconfig"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("app", help="a recipe name (tinyx/apps/APP.toml) with a port and a [probe]")
-    ap.add_argument("--image", type=Path, help="an image folder of APP (its initramfs.cpio); default: build one")
+    ap.add_argument("--image", type=Path, help="an image folder of APP (its initramfs); default: build one")
     ap.add_argument("--max-trims", type=int, default=None, help="try at most N trim candidates (bounds the time)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--candidates", type=Path, default=kconfig / "loop-candidates.txt")
@@ -344,11 +344,11 @@ def main(argv: list[str] | None = None) -> int:
             from tinyx.image.build import Options, build
 
             image, _ = build(Options(app=args.app, out=kb.BUILD / f"kloop-{recipe.name}" / "image"))
-        initramfs = image / "initramfs.cpio"
-        if not initramfs.is_file():
-            raise TinyxError(
-                f"{image}: no initramfs.cpio (build it with lightvm image build {args.app}, --compress none)"
-            )
+        from tinyx.image.pack import find_initrd
+
+        initramfs = find_initrd(image)
+        if initramfs is None:
+            raise TinyxError(f"{image}: no initramfs.cpio[.lz4|.gz] (build it with lightvm image build {args.app})")
         stepper = Stepper(recipe, initramfs, args.jobs)
         platform = kb.DEFAULT_FRAGMENT.read_text()
         outcome = run_loop(platform, adds, trims, stepper, args.max_trims, log)
