@@ -358,11 +358,29 @@ def _devices(vm: Instance, spec: VMSpec, meta: dict[str, Any]) -> tuple[list[str
         return list(stored_args), contextlib.nullcontext
     # Device entries are validated by the device modules when the taps are made.
     args, _, _, netns = vm.prepare_devices(spec)
-    # A VM started from an image's snapshot on a tap network (lightvm/mobility/snapshot.py):
-    # the stream holds the state of the snapshot's user netdevs ("slirp" sections), which
-    # QEMU loads only into netdevs of that kind; these have no device and forward nothing.
-    extra = meta.get("qemu_args_extra") or []
+    # A VM started from an image's snapshot on a tap network (lightvm/mobility/snapshot.py),
+    # or saved after it: the stream holds the state of the snapshot's user netdevs ("slirp"
+    # sections), which QEMU loads only into netdevs of that kind; these have no device and
+    # forward nothing. A snapshot's header names them; a saved VM's command line has them.
+    extra = meta.get("qemu_args_extra") or deviceless_netdevs(stored_args if isinstance(stored_args, list) else [])
     return [*args, *(str(a) for a in extra)], netns
+
+
+def deviceless_netdevs(argv: list[str]) -> list[str]:
+    """The ``-netdev`` arguments of ``argv`` that no ``-device`` uses (``netdev=ID``): state
+    holders a VM carries from an image's snapshot (restricted user networks), kept as they
+    were. A netdev with a device is a vif, which a restore makes again."""
+
+    def option(value: str, key: str) -> str:
+        return next((o[len(key) + 1 :] for o in value.split(",") if o.startswith(key + "=")), "")
+
+    pairs = [(argv[i], str(argv[i + 1])) for i in range(len(argv) - 1) if argv[i] in ("-netdev", "-device")]
+    used = {option(value, "netdev") for flag, value in pairs if flag == "-device"}
+    out: list[str] = []
+    for flag, value in pairs:
+        if flag == "-netdev" and option(value, "id") and option(value, "id") not in used:
+            out += [flag, value]
+    return out
 
 
 def prepare_incoming(

@@ -53,12 +53,17 @@ def want_events(machine: Machine, ignore_shared: bool = False) -> None:
     :func:`wait_migration` and :func:`wait_incoming` then wake when the state changes
     instead of at their next back-off step (a few ms of a ~5 ms migration).
 
-    ``ignore_shared`` also sets ``x-ignore-shared`` (both ends of a template's stream:
-    RAM blocks mapped ``share=on`` are left out, the stream holds device state only;
-    lightvm/mobility/template.py)."""
-    caps = [{"capability": "events", "state": True}]
-    if ignore_shared:
-        caps.append({"capability": "x-ignore-shared", "state": True})
+    ``ignore_shared`` sets ``x-ignore-shared`` (both ends of a template's stream: RAM
+    blocks mapped ``share=on`` are left out, the stream holds device state only;
+    lightvm/mobility/template.py), and its absence clears it: a capability stays set in a
+    QEMU for its life, so a VM started from a template (set on its incoming side) saved or
+    migrated later would write a stream without its shared blocks (the NoXS region) and
+    marked "ignore-shared", which a plain restore refuses ("Capability x-ignore-shared is
+    off, but received capability is on")."""
+    caps = [
+        {"capability": "events", "state": True},
+        {"capability": "x-ignore-shared", "state": ignore_shared},
+    ]
     machine.qmp.send("migrate-set-capabilities", {"capabilities": caps})
 
 

@@ -177,6 +177,27 @@ def test_deleting_template_does_not_harm_clones(lightvm: Any, tmp_path: Path) ->
     assert {k: v for k, v in lightvm.status().items() if k.startswith("k")} == {"k0": "running", "k1": "running"}
 
 
+def test_a_saved_clone_restores_without_its_template(lightvm: Any, tmp_path: Path) -> None:
+    """A clone's QEMU loaded its stream with ``x-ignore-shared``, and QEMU keeps a capability
+    set: its saves used to leave out the NoXS region and be marked "ignore-shared", and
+    every restore of them failed ("Invalid argument"). A save now clears it: the file holds
+    all of the clone's memory and restores with the template gone."""
+    daytime_vm(lightvm)
+    tdir = tmp_path / "tpl" / "t"
+    lightvm.ok("template", "create", "daytime", str(tdir))
+    lightvm.ok("destroy", "daytime")
+    port = free_port()
+    lightvm.ok("clone", str(tdir), "--name", "c", "--publish", f"127.0.0.1:{port}:13")
+    assert wait_until(lambda: read_daytime("127.0.0.1", port), timeout=10, interval=0.05)
+    saved = tmp_path / "c.lvm"
+    lightvm.ok("save", "c", str(saved))
+    shutil.rmtree(tdir)
+    restored = json.loads(lightvm.ok("restore", str(saved), "--json").out)
+    assert restored["name"] == "c" and not restored["paused"]
+    reply = wait_until(lambda: read_daytime("127.0.0.1", port), timeout=10, interval=0.05)
+    assert reply is not None and guest_clock_error(reply) <= 2.0
+
+
 def test_killed_template_build_leaves_nothing_the_next_build_keeps(lightvm: Any, tmp_path: Path) -> None:
     import signal
     import subprocess

@@ -158,6 +158,14 @@ def test_redis_on_a_lightvm_network(lightvm: Any, netns: str, redis_config: Path
     for ip, mac in zip(ips, macs, strict=True):  # each answered with the MAC its page gave it
         assert f"{ip} " in neigh.stdout and mac in neigh.stdout.split(f"{ip} ", 1)[1].splitlines()[0], neigh.stdout
 
+    # Saved and restored, a VM from the snapshot keeps its address and its data: the restore
+    # carries the snapshot's user netdevs over from the file (their state is in the stream).
+    kept = redis_cli(["-h", ips[0], "GET", "greeting"], netns)
+    lightvm.ok("save", "snap-a", str(tmp_path / "snap-a.lvm"))
+    lightvm.ok("restore", str(tmp_path / "snap-a.lvm"))
+    assert ping_until_pong(["-h", ips[0]], netns) == "PONG"
+    assert redis_cli(["-h", ips[0], "GET", "greeting"], netns) == kept
+
 
 def on_network(redis_config: Path, folder: Path, vif: str) -> Path:
     """A copy of the generated config (absolute file paths) whose one NIC says ``vif``."""

@@ -159,3 +159,20 @@ def test_a_damaged_digest_file_is_an_empty_memo(tmp_path: Path, memo: None, cont
     rows = json.loads((tmp_path / template.DIGESTS_FILE).read_text())  # rewritten whole
     assert len(rows) == 1 and rows[0][0] == str(data)
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary file left
+
+
+def test_a_saved_vm_from_the_snapshot_keeps_its_deviceless_netdevs() -> None:
+    """What a restore carries over from a saved VM's command line: the netdevs no device uses
+    (the snapshot's restricted user networks, whose state the stream holds); vifs it makes
+    again, so they are not copied."""
+    from lightvm.mobility.restore import deviceless_netdevs
+
+    argv = [
+        "-netdev", "tap,id=n0,ifname=lvff168d-0,script=no,downscript=no",
+        "-device", "virtio-net-device,netdev=n0,mac=52:54:0a:d5:4d:02",
+        "-netdev", "user,id=snapshot-slirp0,restrict=on",
+        "-device", "virtio-blk-device,drive=d0",
+    ]  # fmt: skip
+    assert deviceless_netdevs(argv) == ["-netdev", "user,id=snapshot-slirp0,restrict=on"]
+    assert deviceless_netdevs(argv[:4]) == []  # a plain tap VM: nothing extra
+    assert deviceless_netdevs([]) == []
