@@ -66,6 +66,7 @@ class Image:
     kernel_bytes: int
     initramfs_bytes: int
     initramfs: Path
+    initramfs_raw_bytes: int  # the archive uncompressed (the same as initramfs_bytes with --compress none)
 
     @classmethod
     def load(cls, folder: Path) -> Image:
@@ -80,6 +81,7 @@ class Image:
                 folder, folder / f"{report['name']}.toml", int(app["port"]), probe["send"].encode(),
                 probe["expect"].encode(), int(report["kernel"]["bytes"]), int(report["initramfs"]["bytes"]),
                 folder / report["initramfs"]["file"],
+                int(report["initramfs"].get("uncompressed_bytes") or report["initramfs"]["bytes"]),
             )  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LightVMError(f"{folder}: not a complete Tinyx image ({exc}); rebuild it") from exc
