@@ -203,6 +203,15 @@ def test_pack_writes_and_compresses_the_archive(tmp_path: Path, fmt: str) -> Non
     assert pack.find_initrd(tmp_path) == out
 
 
+def test_a_missing_compressor_is_refused_before_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no lz4, no gzip here
+    with pytest.raises(TinyxError, match=r"lz4 is not installed: apt-get install lz4, or build with --compress none"):
+        pack.check_tool("lz4")
+    with pytest.raises(TinyxError, match="use one of none, gzip, lz4"):
+        pack.check_tool("zstd")
+    pack.check_tool("none")  # needs nothing
+
+
 def test_a_broken_archive_is_one_clear_error(tmp_path: Path) -> None:
     for name in ("initramfs.cpio.lz4", "initramfs.cpio.gz"):
         bad = tmp_path / name

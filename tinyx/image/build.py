@@ -234,8 +234,7 @@ def _snapshot(opts: Options, recipe: Recipe, spec: Path, progress: Progress) -> 
 def build(opts: Options) -> tuple[Path, dict[str, Any]]:
     """Build the image of ``opts.app``; returns (its folder, the report)."""
     progress = Progress(quiet=opts.quiet)
-    if opts.compress not in pack.COMPRESSORS:
-        raise TinyxError(f"--compress {opts.compress}: use one of {', '.join(pack.COMPRESSORS)}")
+    pack.check_tool(opts.compress)  # before minutes of work
     with progress.step("recipe"):
         recipe = resolve(opts.app)
     progress.log(f"{recipe.name}: {recipe.origin}" + (f", package {recipe.package}" if recipe.package else ""))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -34,6 +35,21 @@ COMPRESS_TIMEOUT = 600.0
 
 def initrd_name(compress: str) -> str:
     return "initramfs.cpio" + SUFFIX[compress]
+
+
+def check_tool(fmt: str) -> None:
+    """Refuse ``fmt`` when its compressor is not installed, before any build step runs.
+
+    :raise TinyxError: an unknown format, or its tool is missing (what to do, said).
+    """
+    if fmt not in COMPRESSORS:
+        raise TinyxError(f"--compress {fmt}: use one of {', '.join(COMPRESSORS)}")
+    argv = COMPRESSORS[fmt]
+    if argv is not None and shutil.which(argv[0]) is None:
+        raise TinyxError(
+            f"the initramfs is compressed with {argv[0]} ({fmt}, the default is {DEFAULT}) and {argv[0]} is not "
+            f"installed: apt-get install {argv[0]}, or build with --compress none"
+        )
 
 
 def find_initrd(image: Path) -> Path | None:
