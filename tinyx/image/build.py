@@ -42,7 +42,7 @@ from tinyx.image.recipe import Recipe, complete_generated, resolve
 class Options:
     app: str
     out: Path | None = None
-    compress: str = "lz4"  # pack.DEFAULT (the initramfs format; pack.py says why)
+    compress: str = pack.DEFAULT  # the initramfs format (lz4; pack.py says why)
     rebuild: bool = False
     init: Path | None = None  # an lvinit binary to use instead of building tinyx/init
     quiet: bool = False
