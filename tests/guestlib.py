@@ -436,7 +436,15 @@ def _dev(index: int, field: str) -> int:
     return DevicePage.devs.offset + index * ctypes.sizeof(DevEntry) + getattr(DevEntry, field).offset
 
 
-_VIF0 = 2 * 4096  # write_config: sysctl at page 1, the first vif at page 2
+VIF0_PAGE = 2 * PAGE_SIZE  # write_config: sysctl at page 1, the first vif at page 2
+
+
+def vif0_counter(raw: bytes | bytearray | memoryview, name: str) -> int:
+    """Vif 0's counter ``name`` (a VifCtrl field: rx_packets, tx_packets), as the guest keeps
+    it in a NoXS region's bytes (a Guest's ``region.raw()``, or a VM's NoXS file)."""
+    offset = VIF0_PAGE + getattr(VifCtrl, name).offset
+    return int.from_bytes(raw[offset : offset + 8], "little")
+
 
 # id -> (what to break in a region written by write_config(one vif), expected message)
 HOSTILE_PAGES: dict[str, tuple[Callable[[NoxsRegion], None], str]] = {
@@ -465,11 +473,11 @@ HOSTILE_PAGES: dict[str, tuple[Callable[[NoxsRegion], None], str]] = {
     "two_sysctl": (lambda r: _put(r, _dev(1, "type"), "I", int(DevType.SYSCTL)), "noxs: 2 sysctl devices"),
     "unknown_type": (lambda r: _put(r, _dev(1, "type"), "I", 77), "noxs: device 1: unknown type 77"),
     "generation_odd": (lambda r: _put(r, DevicePage.generation.offset, "Q", 7), "noxs: page generation never settles"),
-    "vif_bad_mtu": (lambda r: _put(r, _VIF0 + VifCtrl.mtu.offset, "H", 20), "noxs: vif 0: bad MTU 20"),
-    "vif_bad_prefix": (lambda r: _put(r, _VIF0 + VifCtrl.prefix.offset, "B", 33), "noxs: vif 0: bad prefix /33"),
-    "vif_multicast_mac": (lambda r: _put(r, _VIF0 + VifCtrl.mac.offset, "B", 0x01), "noxs: vif 0: bad MAC"),
+    "vif_bad_mtu": (lambda r: _put(r, VIF0_PAGE + VifCtrl.mtu.offset, "H", 20), "noxs: vif 0: bad MTU 20"),
+    "vif_bad_prefix": (lambda r: _put(r, VIF0_PAGE + VifCtrl.prefix.offset, "B", 33), "noxs: vif 0: bad prefix /33"),
+    "vif_multicast_mac": (lambda r: _put(r, VIF0_PAGE + VifCtrl.mac.offset, "B", 0x01), "noxs: vif 0: bad MAC"),
     "vif_multicast_dev_mac": (
-        lambda r: _put(r, _VIF0 + VifCtrl.dev_mac.offset, "B", 0x01),
+        lambda r: _put(r, VIF0_PAGE + VifCtrl.dev_mac.offset, "B", 0x01),
         "noxs: vif 0: bad dev_mac",
     ),
 }

@@ -28,16 +28,15 @@ from netclient import parse_daytime
 from nettools import Netns, peer_line, rawpeer, require_netns, stop_peers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from guestlib import EXIT_FATAL, EXIT_POWEROFF, QEMU, Guest, build_images
+from guestlib import EXIT_FATAL, EXIT_POWEROFF, QEMU, Guest, build_images, vif0_counter
 
-from lightvm.noxs import BootState, GuestErrorCode, PageConfig, Sysctl, VifConfig, VifCtrl, XenbusState
+from lightvm.noxs import BootState, GuestErrorCode, PageConfig, Sysctl, VifConfig, XenbusState
 
 pytestmark = [pytest.mark.functional, pytest.mark.root]
 
 GUEST_IP = "10.213.0.2"
 HOST_IP = "10.213.0.1"
 GUEST_MAC = "52:54:00:13:00:02"
-VIF0_PAGE = 2 * 4096  # write_config: device page, sysctl, then vif 0
 IMAGE_BUDGET = 480 * 1024
 MEMORY = "4M"  # every microvm guest here runs in 4 MiB, the paper's target
 
@@ -63,8 +62,7 @@ class Daytime:
 
     def vif_counter(self, name: str) -> int:
         assert self.guest.region is not None
-        offset = VIF0_PAGE + getattr(VifCtrl, name).offset
-        return int.from_bytes(self.guest.region.raw()[offset : offset + 8], "little")
+        return vif0_counter(self.guest.region.raw(), name)
 
     def alive(self) -> bool:
         return self.guest.proc is not None and self.guest.proc.poll() is None

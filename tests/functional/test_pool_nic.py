@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 from daemonlib import Lightvmd, wait_pool
+from guestlib import vif0_counter
 from harness import Namespace
 from netclient import parse_daytime
 from nettools import run_raw
 
-from lightvm.noxs import PAGE_SIZE, VifCtrl
 from lightvm.state import noxs_file
 from lightvm.util import proc_alive, wait_until
 
@@ -101,22 +101,21 @@ def _settled_leases(d: Lightvmd, names: set[str]) -> dict[str, str]:
     return _vm_leases(d)
 
 
+def _nc_daytime(ns: str, ip: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, "nc", "-w", "5", ip, "13"]
+
+
 def _daytime(ns: str, ip: str) -> str:
-    argv = ["ip", "netns", "exec", ns, "nc", "-w", "5", ip, "13"]
-    return run_raw(argv, timeout=20).decode("ascii", "replace")
+    return run_raw(_nc_daytime(ns, ip), timeout=20).decode("ascii", "replace")
 
 
 def _vif_counters(vm_id: str) -> dict[str, int]:
-    """Vif 0's counters as the guest keeps them in its NoXS file (device page, sysctl, vif 0)."""
+    """Vif 0's counters as the guest keeps them in its NoXS file."""
     try:
         raw = noxs_file(vm_id).read_bytes()
     except OSError as exc:
         return {"unreadable": exc.errno or 0}
-    base = 2 * PAGE_SIZE
-    return {
-        name: int.from_bytes(raw[base + getattr(VifCtrl, name).offset :][:8], "little")
-        for name in ("rx_packets", "tx_packets")
-    }
+    return {name: vif0_counter(raw, name) for name in ("rx_packets", "tx_packets")}
 
 
 def _ip_out(ns: str, *args: str) -> str:
@@ -129,7 +128,7 @@ def _served(d: Lightvmd, ns: str, vm: dict[str, Any]) -> None:
     then 5 s with no byte)."""
     ip = _ip(vm)
     before = _vif_counters(vm["id"])
-    argv = ["ip", "netns", "exec", ns, "nc", "-w", "5", ip, "13"]
+    argv = _nc_daytime(ns, ip)
     start = time.monotonic()
     first = subprocess.run(argv, capture_output=True, timeout=20, check=False)
     text = first.stdout.decode("ascii", "replace")

@@ -27,11 +27,11 @@ import pytest
 from nettools import Netns, require_netns
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from guestlib import EXIT_FATAL, EXIT_POWEROFF, QEMU, Guest
+from guestlib import EXIT_FATAL, EXIT_POWEROFF, QEMU, Guest, vif0_counter
 
 from lightvm import hostfacts
 from lightvm.machine import MICROVM
-from lightvm.noxs import BootState, GuestErrorCode, PageConfig, Sysctl, TscSource, VifConfig, VifCtrl, XenbusState
+from lightvm.noxs import BootState, GuestErrorCode, PageConfig, Sysctl, TscSource, VifConfig, XenbusState
 from tinyx import cpio
 from tinyx.init import build_init
 from tinyx.kernel.build import BUILD, build
@@ -43,7 +43,6 @@ GUEST_IP = "10.213.0.2"
 HOST_IP = "10.213.0.1"
 GUEST_MAC = "52:54:00:13:00:02"
 MTU = 1400
-VIF0_PAGE = 2 * 4096  # write_config: device page, sysctl, then vif 0
 MACHINE = MICROVM.replace("rtc=off", "rtc=on")  # what a Linux guest gets (docs/tinyx.md)
 MEMORY = "128M"
 APPLETS = ("sh", "cat", "echo", "false", "sleep", "hostname", "httpd", "nc")
@@ -172,8 +171,7 @@ def http_get(ns: Netns, path: str) -> str:
 
 def vif_counter(g: Guest, name: str) -> int:
     assert g.region is not None
-    offset = VIF0_PAGE + getattr(VifCtrl, name).offset
-    return int.from_bytes(g.region.raw()[offset : offset + 8], "little")
+    return vif0_counter(g.region.raw(), name)
 
 
 @pytest.mark.root
