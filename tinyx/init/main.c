@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -295,6 +296,45 @@ static void bell_rings_at_once(void)
 		close(fd);
 }
 
+/* /dev/urandom, opened once before any rewrite can come (before an image's snapshot is
+ * taken): after a restore every kernel path runs for the first time under TCG, and the
+ * open's path walk took 2.4-3.6 ms of the identity take (5 VMs from a snapshot). */
+static int urandom_fd = -1;
+
+static void open_urandom(void)
+{
+	if (urandom_fd < 0)
+		urandom_fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+}
+
+/* The console as the host's bell, for the VM's whole life: raw input (no line editing, no
+ * echo into the log, no signals from control bytes; the app's stdin is /dev/null, so the
+ * console's input is ours alone) and the receive interrupt at the first byte. A pool
+ * shell's wait point sleeps in read() on it; the serving loop (wait_host) wakes on it, so
+ * that a page rewrite after a restore (a VM started from a snapshot, a template's clone, a
+ * migration) is taken at once instead of at the next 15 ms poll. Set before an image's
+ * snapshot is taken, so every VM from the snapshot has it. */
+static int console_bell_on;
+
+static int console_bell_setup(void)
+{
+	struct termios raw;
+	if (console_bell_on)
+		return 1;
+	if (tcgetattr(0, &raw) != 0)
+		return 0;
+	raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO | ISIG | IEXTEN);
+	raw.c_iflag &= ~(tcflag_t)(IXON | ICRNL);
+	raw.c_cc[VMIN] = 1;
+	raw.c_cc[VTIME] = 0;
+	if (tcsetattr(0, TCSANOW, &raw) != 0)
+		return 0;
+	tcflush(0, TCIFLUSH);
+	bell_rings_at_once();
+	console_bell_on = 1;
+	return 1;
+}
+
 /* What a create makes us do right after the bell, done once before it with the values we
  * have: the placeholder page's name as hostname (the VM's replaces it), the wall clock set
  * to what it reads (a no-op). Under TCG each system call's kernel path is translated on its
@@ -318,22 +358,11 @@ static void wait_point(void)
 		return;
 	prewarm_nics();
 	rehearse_identity();
+	open_urandom();
 	uint64_t g = pg->generation;
-	struct termios saved, raw;
 	/* The bell: the host writes one byte to the console's receiver after the
 	 * rewrite. We sleep in read() on the console: no timer, no polling. */
-	int bell = (pg->features & NOXS_FEAT_CONSOLE_BELL) && tcgetattr(0, &saved) == 0;
-	if (bell) {
-		raw = saved;
-		raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO | ISIG | IEXTEN);
-		raw.c_iflag &= ~(tcflag_t)(IXON | ICRNL);
-		raw.c_cc[VMIN] = 1;
-		raw.c_cc[VTIME] = 0;
-		bell = tcsetattr(0, TCSANOW, &raw) == 0;
-		tcflush(0, TCIFLUSH);
-		if (bell)
-			bell_rings_at_once();
-	}
+	int bell = (pg->features & NOXS_FEAT_CONSOLE_BELL) && console_bell_setup();
 	lv_rec_state(&noxs, bell ? NOXS_BOOT_WAITING_BELL : NOXS_BOOT_WAITING);
 	while (lv_page_generation(noxs.region) == g) {
 		if (!bell) {
@@ -343,17 +372,15 @@ static void wait_point(void)
 		char buf[64];
 		ssize_t n = read(0, buf, sizeof(buf));
 		lv_rec_heartbeat(&noxs);   /* the host's rehearsal ring waits for this */
-		if (n < 0 && errno != EINTR) {
-			lv_say("console bell: read: %s; polling the page instead", strerror(errno));
-			tcsetattr(0, TCSANOW, &saved);
+		if (n == 0 || (n < 0 && errno != EINTR)) {
+			lv_say("console bell: read: %s; polling the page instead", n ? strerror(errno) : "end of input");
+			console_bell_on = 0;
 			bell = 0;
 		}
 	}
 	step("bell");
-	if (bell) {
+	if (bell)
 		tcflush(0, TCIFLUSH);
-		tcsetattr(0, TCSANOW, &saved);
-	}
 	read_page();
 	step("page");
 	set_wall_clock(noxs.page.snap.host_time_ns, noxs.page.tsc_at_read);
@@ -410,6 +437,31 @@ static void wait_events(unsigned ms)
 {
 	struct timespec ts = { ms / 1000u, (long)(ms % 1000u) * 1000000L };
 	(void)sigtimedwait(&chld, NULL, &ts);
+}
+
+/* The serving loop's sleep: as wait_events, and the host's console bell ends it too
+ * (console_bell_setup). Whether a bell byte came: the page is to be looked at now. */
+static int wait_host(unsigned ms)
+{
+	if (!console_bell_on) {
+		wait_events(ms);
+		return 0;
+	}
+	struct timespec ts = { ms / 1000u, (long)(ms % 1000u) * 1000000L };
+	struct pollfd con = { .fd = 0, .events = POLLIN, .revents = 0 };
+	sigset_t mask;
+	sigprocmask(SIG_SETMASK, NULL, &mask);
+	sigdelset(&mask, SIGCHLD);   /* a child's end interrupts the sleep (on_chld), reap() follows */
+	if (ppoll(&con, 1, &ts, &mask) <= 0)
+		return 0;
+	char buf[64];
+	ssize_t n = (con.revents & POLLIN) ? read(0, buf, sizeof(buf)) : -1;
+	if (n > 0)
+		return 1;
+	/* A console that hangs up or errs would wake us in a loop: back to the timed poll. */
+	lv_say("console bell: %s; the page is polled every %u ms", n == 0 ? "end of input" : "console error", POLL_MS);
+	console_bell_on = 0;
+	return 0;
 }
 
 /* Reap every child; the app's end is fatal unless we are stopping it. */
@@ -478,11 +530,10 @@ static void reseed_random(const struct noxs_device_page *pg, uint64_t host_ns, u
 	memcpy(mix, (const void *)pg->uuid, sizeof(pg->uuid));
 	memcpy(mix + sizeof(pg->uuid), &host_ns, sizeof(host_ns));
 	memcpy(mix + sizeof(pg->uuid) + sizeof(host_ns), &tsc, sizeof(tsc));
-	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
-	if (fd < 0 || lv_write_all(fd, mix, sizeof(mix)) != 0 || ioctl(fd, RNDRESEEDCRNG) != 0)
+	if (urandom_fd < 0)
+		open_urandom();
+	if (urandom_fd < 0 || lv_write_all(urandom_fd, mix, sizeof(mix)) != 0 || ioctl(urandom_fd, RNDRESEEDCRNG) != 0)
 		lv_say("page rewrite: reseeding the kernel's random state: %s", strerror(errno));
-	if (fd >= 0)
-		close(fd);
 }
 
 /* Whether a vif's page asks for another NIC configuration than the one it has. */
@@ -490,6 +541,34 @@ static int vif_changed(const struct lv_vif *a, const struct lv_vif *b)
 {
 	return memcmp(a->mac, b->mac, 6) != 0 || memcmp(a->ip, b->ip, 4) != 0 || a->prefix != b->prefix ||
 	       memcmp(a->gateway, b->gateway, 4) != 0 || a->mtu != b->mtu;
+}
+
+static void say_vifs(void)
+{
+	for (unsigned i = 0; i < noxs.page.layout.n_vif; i++) {
+		const struct lv_vif *v = &noxs.page.vif[i];
+		char mac[18], ip[16], gw[16];
+		lv_format_mac(v->mac, mac);
+		lv_format_ip(v->ip, ip);
+		lv_format_ip(v->gateway, gw);
+		lv_say("vif %u: %s %s %s/%u gw %s mtu %u", v->id, ifnames[i], mac, ip, v->prefix, gw, v->mtu);
+	}
+}
+
+/* After a page rewrite is acknowledged (a VM started from a snapshot, a restore, a
+ * migration): the console of such a VM starts here, so say who it now is. After the
+ * acknowledgement, as say_ready: the host's READY does not wait for these bytes. */
+static void say_identity(uint64_t generation, uint64_t started_ns, int rung)
+{
+	char host[NOXS_NAME_LEN + 1];
+	if (gethostname(host, sizeof(host)) != 0)
+		snprintf(host, sizeof(host), "?");
+	host[sizeof(host) - 1] = 0;
+	uint64_t us = (lv_now_ns() - started_ns) / 1000u;
+	lv_say("page generation %llu taken (%s): hostname %s, app %s, in %llu.%llu ms", (unsigned long long)generation,
+	       rung ? "woken by the console bell" : "seen at a poll", host, app.name, (unsigned long long)(us / 1000u),
+	       (unsigned long long)(us % 1000u / 100u));
+	say_vifs();
 }
 
 /* A rewritten page (restore, migration, a VM started from a snapshot) may carry another
@@ -529,7 +608,7 @@ static void take_identity(uint64_t host_ns, uint64_t tsc)
 /* The host's sysctl requests and page rewrites, as images/base/noxs.c's
  * noxs_service: POWEROFF, CRASH; a new generation re-bases the wall clock and takes
  * the page's identity (take_identity). */
-static void service(void)
+static void service(int rung)
 {
 	uint32_t req = lv_rec_requests(&noxs);
 	if (req & NOXS_SYSCTL_POWEROFF) {
@@ -550,9 +629,11 @@ static void service(void)
 	lv_barrier();
 	if (lv_page_generation(noxs.region) != g1)
 		return;   /* mid-rewrite: the next pass */
+	uint64_t started_ns = lv_now_ns();
 	set_wall_clock(host_ns, now);
 	take_identity(host_ns, now);
 	lv_rec_generation(&noxs, g1);
+	say_identity(g1, started_ns, rung);
 }
 
 /* Start the app and wait until its port accepts on 127.0.0.1 (at once with port=0),
@@ -568,7 +649,7 @@ static void launch_app(int obey_host)
 		wait_events(PROBE_EVERY_MS);
 		reap();
 		if (obey_host)
-			service();
+			service(0);
 	}
 }
 
@@ -600,14 +681,7 @@ static void prestart_app(void)
 static void say_ready(void)
 {
 	/* After READY: every console byte is an I/O exit, none on the boot path. */
-	for (unsigned i = 0; i < noxs.page.layout.n_vif; i++) {
-		const struct lv_vif *v = &noxs.page.vif[i];
-		char mac[18], ip[16], gw[16];
-		lv_format_mac(v->mac, mac);
-		lv_format_ip(v->ip, ip);
-		lv_format_ip(v->gateway, gw);
-		lv_say("vif %u: %s %s %s/%u gw %s mtu %u", v->id, ifnames[i], mac, ip, v->prefix, gw, v->mtu);
-	}
+	say_vifs();
 	uint64_t now = lv_now_ns();
 	lv_say("READY %s (kernel %llu ms, /init to READY %llu ms)", app.name,
 	       (unsigned long long)(mono_start_ns / 1000000u),
@@ -671,10 +745,12 @@ static __attribute__((noreturn)) void pid1(void)
 	}
 	step("ready");
 	say_ready();
+	console_bell_setup();
+	open_urandom();
 	for (unsigned pass = 1;; pass++) {
-		wait_events(POLL_MS);
+		int rung = wait_host(POLL_MS);
 		reap();
-		service();
+		service(rung);
 		lv_rec_heartbeat(&noxs);
 		if (pass % COUNTER_PASSES == 0)
 			counters();
