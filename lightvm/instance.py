@@ -358,7 +358,7 @@ def spawn_shell(
         pid = os.getpid()
         atomic_write(vm.vmdir.creating_path, json.dumps({"pid": pid, "start": proc_start_time(pid)}))
         vm.create_region(devices)
-        pipe = _make_console_pipe(vm.vmdir) if console_bell else None
+        pipe = make_console_pipe(vm.vmdir) if console_bell else None
         args, netns = vm.make_shell_nics(nics, nic_mode) if nics else ([], contextlib.nullcontext)
         if disks:
             from lightvm.devices import shellblk
@@ -379,7 +379,10 @@ def spawn_shell(
     return vm
 
 
-def _make_console_pipe(vmdir: VMDir) -> Path:
+BELL_BYTE = b"\n"  # what a console bell writes (the guest reads its console raw: any byte)
+
+
+def make_console_pipe(vmdir: VMDir) -> Path:
     """console.log (empty), console.out -> console.log, and the FIFO console.in: what
     QEMU's pipe chardev ``path=FOLDER/console`` opens (MachineConfig.console_pipe)."""
     base = vmdir.path / "console"
@@ -387,6 +390,24 @@ def _make_console_pipe(vmdir: VMDir) -> Path:
     base.with_suffix(".out").symlink_to(vmdir.console_path.name)
     os.mkfifo(base.with_suffix(".in"), 0o600)
     return base
+
+
+def ring_console_bell(pipe: Path) -> bool:
+    """Write one byte into the console input FIFO of ``pipe`` (MachineConfig.console_pipe):
+    a Linux guest's init wakes on it at once (tinyx/init/main.c, ``wait_host``) instead of
+    at its next poll of the page. Best effort: False when the FIFO is gone or full (QEMU
+    exited, or it has not read the last byte yet), and the guest sees the page at its poll.
+    """
+    try:
+        fd = os.open(pipe.with_suffix(".in"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.write(fd, BELL_BYTE) == 1
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def ensure_free(state: StateDir, name: str, hint: str = RENAME_HINT) -> None:

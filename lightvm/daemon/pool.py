@@ -46,7 +46,7 @@ from lightvm.daemon import pool_nics
 from lightvm.daemon.adaptive import DEFAULT_IDLE_S, AdaptivePolicy
 from lightvm.daemon.shells import POOL_DIR, SHELL_OVERHEAD_MIB, ShellPool
 from lightvm.errors import AddressExhaustedError, GuestError, LightVMError, NotFoundError
-from lightvm.instance import Instance, destroy, spawn_shell
+from lightvm.instance import BELL_BYTE, Instance, destroy, spawn_shell
 from lightvm.machine import Machine
 from lightvm.noxs import BootState, NoxsRegion, PageConfig, VifConfig
 from lightvm.spec import VMSpec
@@ -61,7 +61,6 @@ WAITING = "waiting"  # the guest booted to its wait point, asleep there until th
 STOPPED = "stopped"  # the guest booted to its wait point, then its vCPUs were stopped (QMP)
 VARIANTS = (PAUSED, WAITING, STOPPED)
 TO_WAIT_POINT = (WAITING, STOPPED)  # the variants whose guest boots to its wait point at prepare
-BELL_BYTE = b"\n"
 # A create that finds no ready shell waits at most this long for one being prepared
 # (shells.ShellPool._take): longer means that prepare is stuck, and the cold path is surer.
 TAKE_WAIT_S = 0.5

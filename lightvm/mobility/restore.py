@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lightvm.errors import GuestError, LaunchError, LightVMError, NetworkError, QMPError
-from lightvm.instance import Instance, NetNamespace, adopt
+from lightvm.instance import Instance, NetNamespace, adopt, make_console_pipe, ring_console_bell
 from lightvm.machine import Machine
 from lightvm.mobility.format import CheckpointError, page_from_json, read_header, read_layout
 from lightvm.mobility.stream import VerifiedFeed, wait_incoming
@@ -275,12 +275,15 @@ def wait_guest_follows(
     cont_id: int | None = None,
     meanwhile: Callable[[], None] | None = None,
 ) -> None:
-    """Wake the guest (NMI doorbell) and wait until it has seen the rewritten page.
+    """Wake the guest and wait until it has seen the rewritten page.
 
     The guest acknowledges a new page generation from its idle loop (and re-bases its
-    wall clock): proof that its vCPU runs the restored state, not a reboot. ``cont_id``:
-    a ``cont`` queued and not waited on; its error reply fails the wait at once.
-    ``meanwhile`` runs once the wake-up is queued (its errors go up).
+    wall clock): proof that its vCPU runs the restored state, not a reboot. The wake-up:
+    a unikernel's page promises the NMI doorbell; a Linux guest's init wakes on a byte in
+    its console (a console pipe, :func:`prepare_incoming`), else it sees the page at its
+    next poll, up to 15 ms later (tinyx/init/main.c). ``cont_id``: a ``cont`` queued and
+    not waited on; its error reply fails the wait at once. ``meanwhile`` runs once the
+    wake-up is queued (its errors go up).
 
     :raise GuestError: the guest is not READY or does not follow within ``timeout``.
     """
@@ -288,6 +291,8 @@ def wait_guest_follows(
     if region.rings_nmi_doorbell():
         with contextlib.suppress(QMPError):
             machine.qmp.send("inject-nmi")
+    elif machine.config.console_pipe is not None:
+        ring_console_bell(machine.config.console_pipe)
     if meanwhile is not None:
         meanwhile()
     deadline = Deadline(timeout)
@@ -422,7 +427,10 @@ def prepare_incoming(
             region.raw()[:] = noxs_init
         vm.step = "prepare devices"
         extra_args, netns = _devices(vm, spec, meta)
-        machine = vm.launch((*extra_args, "-incoming", "defer"), netns, **(launch or {}))
+        changes = dict(launch or {})
+        if spec.is_linux:  # its init wakes on a console byte: the rewritten page is taken at once
+            changes["console_pipe"] = make_console_pipe(vmdir)
+        machine = vm.launch((*extra_args, "-incoming", "defer"), netns, **changes)
         t_spawned = time.perf_counter()
         vm.step = "start QEMU"
         try:

@@ -9,6 +9,7 @@ build on a machine; scripts/test.sh builds the kernel before the tests).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -94,6 +95,12 @@ def test_redis_from_the_images_snapshot(lightvm: Any, redis_config: Path) -> Non
     assert redis_cli(["-h", "127.0.0.1", "-p", str(ports[1]), "GET", "greeting"]) == ""  # the first's key
     consoles = lightvm.consoles()
     assert "page rewrite" not in consoles and "sethostname" not in consoles, consoles  # lvinit took the identity
+    for vm in vms:
+        # Its console starts with whom it became, and the host's console bell woke the init
+        # (not its 15 ms poll of the page: tinyx/init/main.c, wait_host).
+        console = lightvm.ok("console", vm["name"]).out
+        said = rf"taken \(woken by the console bell\): hostname {vm['name']}, app {APP}, in "
+        assert re.search(said, console), console
     for vm in vms:
         lightvm.ok("shutdown", vm["name"])  # the init stops redis and powers off, as after a boot
     assert lightvm.list() == [] and lightvm.leftovers() == []
