@@ -79,6 +79,8 @@ static __attribute__((noreturn)) void power_off(unsigned code)
 		pause();
 }
 
+static void say_now(void);
+
 static __attribute__((noreturn, format(printf, 2, 3))) void fatal(uint32_t code, const char *fmt, ...)
 {
 	static int in_fatal;
@@ -86,6 +88,7 @@ static __attribute__((noreturn, format(printf, 2, 3))) void fatal(uint32_t code,
 	va_list ap;
 	if (in_fatal++)
 		power_off(LV_EXIT_FATAL);   /* failing while failing: just stop */
+	say_now();   /* what READY had to say, before why it ends */
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
@@ -485,6 +488,7 @@ static void reap(void)
 static __attribute__((noreturn)) void stop(void)
 {
 	char how[64] = "was not running";
+	say_now();
 	stopping = 1;
 	lv_rec_state(&noxs, NOXS_BOOT_STOPPING);
 	if (app_pid > 0) {
@@ -555,19 +559,30 @@ static void say_vifs(void)
 	}
 }
 
+/* What the init says after READY and after a page rewrite waits for the serving loop's
+ * first quiet pass (a sleep that ended without a bell, ~15 ms later): every console byte
+ * is an I/O exit, and a client's first request comes right after READY, on the same
+ * single vCPU (docs/tinyx.md, "The init"). */
+#define SAY_READY    1u
+#define SAY_IDENTITY 2u
+static unsigned say_pending;
+static uint64_t ready_ns;   /* CLOCK_MONOTONIC at READY: the READY line says it later */
+static struct {
+	uint64_t generation, us;
+	int rung;
+} taken;
+
 /* After a page rewrite is acknowledged (a VM started from a snapshot, a restore, a
- * migration): the console of such a VM starts here, so say who it now is. After the
- * acknowledgement, as say_ready: the host's READY does not wait for these bytes. */
-static void say_identity(uint64_t generation, uint64_t started_ns, int rung)
+ * migration): the console of such a VM starts here, so say who it now is. */
+static void say_identity(void)
 {
 	char host[NOXS_NAME_LEN + 1];
 	if (gethostname(host, sizeof(host)) != 0)
 		snprintf(host, sizeof(host), "?");
 	host[sizeof(host) - 1] = 0;
-	uint64_t us = (lv_now_ns() - started_ns) / 1000u;
-	lv_say("page generation %llu taken (%s): hostname %s, app %s, in %llu.%llu ms", (unsigned long long)generation,
-	       rung ? "woken by the console bell" : "seen at a poll", host, app.name, (unsigned long long)(us / 1000u),
-	       (unsigned long long)(us % 1000u / 100u));
+	lv_say("page generation %llu taken (%s): hostname %s, app %s, in %llu.%llu ms",
+	       (unsigned long long)taken.generation, taken.rung ? "woken by the console bell" : "seen at a poll", host,
+	       app.name, (unsigned long long)(taken.us / 1000u), (unsigned long long)(taken.us % 1000u / 100u));
 	say_vifs();
 }
 
@@ -633,7 +648,10 @@ static void service(int rung)
 	set_wall_clock(host_ns, now);
 	take_identity(host_ns, now);
 	lv_rec_generation(&noxs, g1);
-	say_identity(g1, started_ns, rung);
+	taken.generation = g1;
+	taken.us = (lv_now_ns() - started_ns) / 1000u;
+	taken.rung = rung;
+	say_pending |= SAY_IDENTITY;
 }
 
 /* Start the app and wait until its port accepts on 127.0.0.1 (at once with port=0),
@@ -680,12 +698,10 @@ static void prestart_app(void)
 
 static void say_ready(void)
 {
-	/* After READY: every console byte is an I/O exit, none on the boot path. */
 	say_vifs();
-	uint64_t now = lv_now_ns();
 	lv_say("READY %s (kernel %llu ms, /init to READY %llu ms)", app.name,
 	       (unsigned long long)(mono_start_ns / 1000000u),
-	       (unsigned long long)((now - mono_start_ns) / 1000000u));
+	       (unsigned long long)((ready_ns - mono_start_ns) / 1000000u));
 	/* ms since /init started, in tenths: "steps: fs 2.1 noxs 14.0 ..." */
 	char line[400];
 	size_t at = 0;
@@ -697,9 +713,21 @@ static void say_ready(void)
 	lv_say("steps (ms since /init):%s", line);
 }
 
+static void say_now(void)
+{
+	unsigned what = say_pending;
+	say_pending = 0;
+	if (what & SAY_READY)
+		say_ready();
+	if (what & SAY_IDENTITY)
+		say_identity();
+}
+
 static void on_chld(int sig)
 {
-	(void)sig;   /* never runs: SIGCHLD stays blocked; sigtimedwait takes it */
+	/* Nothing to do: SIGCHLD stays blocked but inside wait_host's ppoll, which it ends
+	 * (reap() follows there); elsewhere sigtimedwait takes it. */
+	(void)sig;
 }
 
 static __attribute__((noreturn)) void pid1(void)
@@ -744,13 +772,16 @@ static __attribute__((noreturn)) void pid1(void)
 		start_app();
 	}
 	step("ready");
-	say_ready();
+	ready_ns = lv_now_ns();
+	say_pending |= SAY_READY;
 	console_bell_setup();
 	open_urandom();
 	for (unsigned pass = 1;; pass++) {
 		int rung = wait_host(POLL_MS);
 		reap();
 		service(rung);
+		if (!rung)
+			say_now();
 		lv_rec_heartbeat(&noxs);
 		if (pass % COUNTER_PASSES == 0)
 			counters();

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tinyx.image.pack import find_initrd
 from tinyx.image.recipe import resolve
-from tinyx.kernel.loopstep import booted_image, probe
+from tinyx.kernel.loopstep import booted_image, probe, ready_console
 
 READY_RE = re.compile(r"lvinit: READY .*\(kernel (\d+) ms, /init to READY (\d+) ms\)")
 TIMEOUT = 60.0
@@ -59,7 +59,7 @@ def boot_once(
         reply = probe(port, recipe.probe.send.encode(), recipe.probe.expect.encode())
         if recipe.probe.expect.encode() not in reply:
             raise RuntimeError(f"probe: got {reply[:100]!r}")
-        con = subprocess.run([*cli, "console", "cmp"], capture_output=True, text=True, timeout=30).stdout
+        con = ready_console(cli, "cmp")
         m = READY_RE.search(con)
         b = vm["boot_ms"]
         return {

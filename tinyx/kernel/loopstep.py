@@ -202,14 +202,7 @@ class Stepper:
                 reply = probe(port, r.probe.send.encode(), r.probe.expect.encode())
                 if r.probe.expect.encode() not in reply:
                     return "probe", f"sent {r.probe.send!r}, got {reply[:200]!r}", ready
-                text = ""
-                deadline = time.monotonic() + CONSOLE_WAIT  # lvinit says READY on the console after the page
-                while not console_ok(text) and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                    con = subprocess.run(
-                        [*cli, "console", "lvloop"], capture_output=True, text=True, timeout=CLI_TIMEOUT
-                    )
-                    text = con.stdout
+                text = ready_console(cli, "lvloop")
                 if not console_ok(text):
                     return "console", f"no {CONSOLE_MARK!r} line on the console: {text[-300:]!r}", ready
                 s = subprocess.run([*cli, "shutdown", "lvloop"], capture_output=True, text=True, timeout=CLI_TIMEOUT)
@@ -256,6 +249,19 @@ def console_ok(text: str) -> bool:
     the tty layer, which needs the UART's interrupt (SERIAL_8250_PNP=n boots, serves and
     answers the probe, and its console shows nothing after the kernel's lines)."""
     return CONSOLE_MARK in text
+
+
+def ready_console(cli: list[str], name: str, timeout: float = CONSOLE_WAIT) -> str:
+    """VM ``name``'s console once it holds lvinit's READY line, or as it is after ``timeout``
+    s. lvinit writes its READY lines at its first quiet moment after READY (~15 ms later:
+    every console byte is an I/O exit, kept off a first client's way), and a boot's own lines
+    come before the page: the line is awaited, not expected at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = subprocess.run([*cli, "console", name], capture_output=True, text=True, timeout=CLI_TIMEOUT).stdout
+        if console_ok(text) or time.monotonic() >= deadline:
+            return text
+        time.sleep(0.2)  # a poll of another process's output
 
 
 def probe(port: int, send: bytes, expect: bytes, timeout: float = PROBE_TIMEOUT) -> bytes:
