@@ -392,6 +392,15 @@ def make_console_pipe(vmdir: VMDir) -> Path:
     return base
 
 
+def open_console_bell(pipe: Path) -> int:
+    """The write end of the console input FIFO of ``pipe`` (MachineConfig.console_pipe),
+    non-blocking: a bell never waits for the guest.
+
+    :raise OSError: no FIFO, or nobody reads it (ENXIO: QEMU is gone).
+    """
+    return os.open(pipe.with_suffix(".in"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
 def ring_console_bell(pipe: Path) -> bool:
     """Write one byte into the console input FIFO of ``pipe`` (MachineConfig.console_pipe):
     a Linux guest's init wakes on it at once (tinyx/init/main.c, ``wait_host``) instead of
@@ -399,7 +408,7 @@ def ring_console_bell(pipe: Path) -> bool:
     exited, or it has not read the last byte yet), and the guest sees the page at its poll.
     """
     try:
-        fd = os.open(pipe.with_suffix(".in"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_console_bell(pipe)
     except OSError:
         return False
     try:

@@ -46,7 +46,7 @@ from lightvm.daemon import pool_nics
 from lightvm.daemon.adaptive import DEFAULT_IDLE_S, AdaptivePolicy
 from lightvm.daemon.shells import POOL_DIR, SHELL_OVERHEAD_MIB, ShellPool
 from lightvm.errors import AddressExhaustedError, GuestError, LightVMError, NotFoundError
-from lightvm.instance import BELL_BYTE, Instance, destroy, spawn_shell
+from lightvm.instance import BELL_BYTE, Instance, destroy, open_console_bell, spawn_shell
 from lightvm.machine import Machine
 from lightvm.noxs import BootState, NoxsRegion, PageConfig, VifConfig
 from lightvm.spec import VMSpec
@@ -258,7 +258,7 @@ def prepare_create_shell(
             pipe = machine.config.console_pipe
             if asleep and pipe is not None:
                 # QEMU holds the FIFO open for reading: this open neither blocks nor fails.
-                bell.append(os.open(pipe.with_suffix(".in"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+                bell.append(open_console_bell(pipe))
                 _rehearse_bell(bell[0], region)
 
     vm = spawn_shell(

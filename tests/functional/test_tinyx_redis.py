@@ -99,13 +99,9 @@ def test_redis_from_the_images_snapshot(lightvm: Any, redis_config: Path) -> Non
         # Its console starts with whom it became, and the host's console bell woke the init
         # (not its 15 ms poll of the page: tinyx/init/main.c, wait_host). lvinit says it at
         # its first quiet moment after the rewrite: awaited, not expected at once.
-        said = rf"taken \(woken by the console bell\): hostname {vm['name']}, app {APP}, in "
-        console = ""
-        deadline = time.monotonic() + 5.0
-        while not re.search(said, console) and time.monotonic() < deadline:
-            time.sleep(0.05)  # a poll of the guest's console
-            console = lightvm.ok("console", vm["name"]).out
-        assert re.search(said, console), console
+        said = re.compile(rf"taken \(woken by the console bell\): hostname {vm['name']}, app {APP}, in ")
+        seen = wait_until(lambda name=vm["name"], said=said: said.search(lightvm.ok("console", name).out), 5.0, 0.05)
+        assert seen, lightvm.ok("console", vm["name"]).out
     for vm in vms:
         lightvm.ok("shutdown", vm["name"])  # the init stops redis and powers off, as after a boot
     assert lightvm.list() == [] and lightvm.leftovers() == []
