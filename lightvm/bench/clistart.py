@@ -10,8 +10,8 @@ variant        command
 python3        ``python3 -c pass``: this interpreter (``sys.executable``, the venv's python:
                the same start-up and site as the console script's), the reference
 python3-S      ``python3 -S -c pass``: without ``site`` (what its .pth files cost)
-stdlib-floor   ``python3 -c 'import re, errno, _json, _signal, _socket'``: the console script's
-               ``re`` and the thin path's standard modules, no lightvm module
+stdlib-floor   ``python3 -c 'import errno, _json, _signal, _socket'``: the thin path's standard
+               modules, no lightvm module (the command, bin/lightvm, imports no ``re``)
 fork-exec      a static binary (lightvm/bench/forkexec.py) that writes one byte and exits
 create-pool    ``lightvm create CONFIG --json`` through a private lightvmd, a pool hit
 list           ``lightvm list`` through it (the measured VM of create-pool is gone by then)
@@ -52,7 +52,7 @@ REFERENCE = "python3"
 VARIANTS = {
     "python3": "python3 -c pass with this interpreter (the venv's python: the console script's start-up)",
     "python3-S": "python3 -S -c pass: the same without site (the .pth files: an editable install's finder)",
-    "stdlib-floor": "python3 -c 'import re, errno, _json, _signal, _socket': what the thin path's stdlib adds",
+    "stdlib-floor": "python3 -c 'import errno, _json, _signal, _socket': what the thin path's stdlib adds",
     "fork-exec": "a static binary that writes one byte and exits",
     "create-pool": "lightvm create CONFIG --json through a private lightvmd, a pool hit",
     "list": "lightvm list through that lightvmd",
@@ -165,7 +165,7 @@ class CliRig:
         return self.paired(lambda: (self.run([sys.executable, "-S", "-c", "pass"])[0], {}))
 
     def stdlib_floor(self) -> Sample:
-        code = "import re, errno, _json, _signal, _socket"
+        code = "import errno, _json, _signal, _socket"
         return self.paired(lambda: (self.run([sys.executable, "-c", code])[0], {}))
 
     def fork_exec(self) -> Sample:

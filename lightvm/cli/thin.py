@@ -19,6 +19,8 @@ same namespace for each form, and that each option of vm.register is known here.
 
 from __future__ import annotations
 
+import sys
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
     from typing import Any
 
     Option = tuple[str, Any]  # (dest, kind)
+
+# types.SimpleNamespace, which sys.implementation is an instance of: importing `types` costs
+# ~0.2-0.3 ms of an installed wheel's ~9 ms `python3 -c pass` (docs/cli-startup.md).
+_NAMESPACE: type[SimpleNamespace] = type(sys.implementation)  # type: ignore[assignment]  # typeshed: _implementation
 
 FLAG = "flag"  # store_true
 APPEND = "append"  # action="append" of strings
@@ -134,12 +140,10 @@ def parse(argv: list[str]) -> SimpleNamespace | None:
     if operand is not None:
         values[operand] = operands[0] if count == 1 else operands
 
-    from types import SimpleNamespace
-
     from lightvm.cli import vm
 
     func: Callable[[Any], int] = getattr(vm, f"cmd_{command}")
-    return SimpleNamespace(command=command, func=func, **values)
+    return _NAMESPACE(command=command, func=func, **values)
 
 
 def _option(argv: list[str], i: int, options: dict[str, Option], values: dict[str, Any]) -> int:

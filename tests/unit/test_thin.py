@@ -383,6 +383,26 @@ def test_the_thin_path_imports_no_parser(daemon: FakeDaemon, argv: list[str]) ->
     assert proc.stderr.strip().splitlines()[-1] == "0 []"
 
 
+@pytest.mark.parametrize("argv", [["list"], ["create", "examples/noop.toml"]])
+def test_the_installed_command_imports_no_re(daemon: FakeDaemon, argv: list[str]) -> None:
+    """bin/lightvm, the script a wheel installs as ``lightvm`` (pip writes the interpreter
+    into its ``#!python`` line): a command lightvmd serves imports neither ``re`` (pip's
+    generated console-script wrapper did: ~5 ms of an installed wheel's start-up) nor
+    ``types``, ``enum``, ``json`` or ``signal``. ``-X importtime`` names every import, though
+    the command ends with ``os._exit``; ``-S``: no site (the editable finder imports ``re``)."""
+    script = REPO / "bin" / "lightvm"
+    assert script.read_text().startswith("#!python\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("LIGHTVM_NO_DAEMON", "LIGHTVM_STATE_DIR")}
+    proc = subprocess.run(
+        [sys.executable, "-S", "-X", "importtime", str(script), "--state-dir", str(daemon.state), *argv],
+        capture_output=True, text=True, timeout=60, env={**env, "PYTHONPATH": str(REPO)}, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert {"lightvm.cli.thin", "lightvm.daemon.proto"} <= imported  # served by the fake lightvmd
+    assert not imported & {"re", "enum", "types", "json", "signal"}, sorted(imported)
+
+
 @pytest.mark.parametrize("argv", [["list"], ["list", "--json"], ["info", "ghost"], ["create", "examples/noop.toml"]])
 def test_the_command_ends_without_finalization_with_the_same_output(
     daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
