@@ -87,11 +87,12 @@ def execute_deferred(
         claim()
 
     try:
-        if shell.nics or spec.disks:
-            # The usual refusal, before a guest with devices sees the name (its NIC would
-            # greet the network, its disk could be written). Without devices, claim()
-            # makes the same check under the state lock while the guest wakes, and a
-            # refusal there discards the shell just the same: ~50 us off the path.
+        if (shell.nics and shell.nics[0].tap) or spec.disks:
+            # The usual refusal, before a guest with devices sees the name (its tap would
+            # greet the network, its disk could be written). Otherwise (no devices, or
+            # user networking: only QEMU's slirp sees that NIC) claim() makes the same check
+            # under the state lock while the guest wakes, and a refusal there discards the
+            # shell just the same (its forwards go with its QEMU): ~50 us off the path.
             ensure_free(state, name)
         page = PageConfig(name=name, uuid=vm_uuid, tsc_hz=tsc_hz, nmi_doorbell=not spec.is_linux)
         if shell.leased:

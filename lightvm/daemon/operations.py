@@ -118,6 +118,7 @@ class Operations:
             spec = load_spec(config, overrides=overrides)
         else:
             spec = self._load_spec(config)
+        config_spec = spec  # what the pool keeps each flavour's verdict for (Pool.take)
         if publish:
             spec = spec.with_publish(publish, count)
         names = create_names(name or spec.name, count)
@@ -129,7 +130,7 @@ class Operations:
         finish: Callable[[], None] | None = None
         try:
             for n in names:
-                shell = pool.take(spec, choice) if pool is not None else None
+                shell = pool.take(spec, choice, config_spec) if pool is not None else None
                 if shell is not None:
                     from lightvm.daemon.execute import execute_deferred
 

@@ -141,6 +141,11 @@ def poolable(spec: VMSpec, net_mode: str = "tap") -> str | None:
     """
     if len({vif_kind(v, net_mode) for v in spec.vifs}) > 1:
         return MIXED_NICS_REASON
+    return _unpoolable_forwards(spec)
+
+
+def _unpoolable_forwards(spec: VMSpec) -> str | None:
+    """The part of :func:`poolable` that looks at the vifs' ``--publish`` forwards."""
     if jail.layers_drop_root() and any(_host_port(p) < 1024 for v in spec.vifs for p in v.publish):
         return "a published host port below 1024 (a shell's QEMU adds it after its jail dropped root)"
     return None
@@ -442,20 +447,28 @@ class Pool(ShellPool[Flavour, Shell]):
             with self._net.inside():
                 yield self._net
 
-    def take(self, spec: VMSpec, accel: str) -> Shell | None:
+    def take(self, spec: VMSpec, accel: str, config_spec: VMSpec | None = None) -> Shell | None:
         """A prepared shell for ``spec`` (removed from the pool), or None: use the cold path.
+
+        ``config_spec``: ``spec`` as its config file gave it, before the request's
+        ``--publish`` forwards were added (they change nothing in a shell). The flavour and
+        the verdict are kept per config spec (the daemon's spec cache hands out the same
+        object while the files are unchanged): keyed by ``spec``, a create with ``--publish``
+        (a new spec object each time) worked them out again on every create, ~0.1 ms of a
+        pooled daytime's execute with user networking (docs/execute-path.md).
 
         A shell comes with the pool marked busy (no refill spawns while its guest boots):
         the caller must call :meth:`done` once its execute is over, whatever happened.
         """
-        key = (id(spec), accel)
+        config_spec = spec if config_spec is None else config_spec
+        key = (id(config_spec), accel)
         known = self._flavour_of.get(key)
-        if known is None or known[0] is not spec:
+        if known is None or known[0] is not config_spec:
             if len(self._flavour_of) >= FLAVOUR_CACHE_MAX:
                 self._flavour_of.clear()
-            flavour = Flavour.of(spec, accel, self.net_mode)
-            known = self._flavour_of[key] = (spec, poolable(spec, self.net_mode), flavour)
-        if known[1]:
+            flavour = Flavour.of(config_spec, accel, self.net_mode)
+            known = self._flavour_of[key] = (config_spec, poolable(config_spec, self.net_mode), flavour)
+        if known[1] or (spec is not config_spec and _unpoolable_forwards(spec)):
             return None
         t0 = time.perf_counter()
         shell = self._take(known[2], self.take_wait_s)

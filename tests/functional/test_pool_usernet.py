@@ -13,7 +13,8 @@ import pytest
 from daemonlib import Lightvmd, wait_pool
 from netclient import parse_daytime, read_daytime
 
-from lightvm.errors import NetworkError
+from lightvm.errors import ExistsError, NetworkError
+from lightvm.util import proc_alive
 
 pytestmark = pytest.mark.functional
 
@@ -72,6 +73,30 @@ def test_a_pooled_vm_keeps_its_forwards_across_save_and_restore(
     assert r.returncode == 0, r.stderr
     text = read_daytime("127.0.0.1", port, timeout=5.0)
     assert text is not None, "the restored VM lost its forward"
+    parse_daytime(text)
+
+
+def test_a_taken_name_discards_the_user_networking_shell(lightvmd: Lightvmd, images: Path) -> None:
+    """With user networking the name is checked while the guest wakes (only QEMU's slirp
+    sees that NIC), as without devices: the same refusal, the shell gone with its QEMU
+    (and the forward it may have added), the VM with the name untouched."""
+    lightvmd.env["LIGHTVM_NET_MODE"] = "user"
+    lightvmd.start(pool=DAYTIME, size=1)
+    wait_pool(lightvmd, 1)
+    first_port, port = _free_port(), _free_port()
+    first = lightvmd.create("dup", DAYTIME, publish=[f"127.0.0.1:{first_port}:13"])
+    assert first["path"] == "pool", first
+    wait_pool(lightvmd, 1)
+    (shell,) = lightvmd.shell_records()
+    with pytest.raises(ExistsError, match="already exists"):
+        lightvmd.create("dup", DAYTIME, publish=[f"127.0.0.1:{port}:13"])
+    assert not proc_alive(shell["pid"], shell["pid_start"]) and not Path(shell["noxs_path"]).exists()
+    with socket.socket() as s:  # the refused create's forward went with its QEMU
+        s.bind(("127.0.0.1", port))
+    (vm,) = lightvmd.call("list")
+    assert (vm["name"], vm["status"], vm["id"]) == ("dup", "running", first["id"])
+    text = read_daytime("127.0.0.1", first_port, timeout=5.0)
+    assert text is not None, "the VM that has the name stopped answering"
     parse_daytime(text)
 
 
