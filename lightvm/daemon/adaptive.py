@@ -23,7 +23,7 @@ sizes it from what it sees, per flavour:
 Refills: up to ``parallel`` prepares at a time across flavours (default: the host's
 cores; a prepare is mostly CPU, so more than the cores only slows each of them), each
 going to the flavour furthest below its target, and only while the pool's memory
-(worst case per shell: :meth:`lightvm.daemon.pool.Flavour.cost_mib`) stays within the
+(worst case per shell: :meth:`lightvm.daemon.flavour.Flavour.cost_mib`) stays within the
 budget and its shell count within the maximum (:meth:`AdaptivePolicy.plan`).
 
 The policy is pure bookkeeping over a clock it is given: no threads, no QEMU. The pool

@@ -15,9 +15,10 @@ failed execute destroys it.
 A shell may have NICs, made at prepare and given to the VM at execute: taps of its own
 (the address from the network's allocator, the bridge and MTU set then) or QEMU user
 netdevs (the VM's port forwards added then); the vif's MAC goes in the page and the guest
-pairs its device by the device's own MAC (lightvm/devices/shellnet.py). Specs with disks,
-a Linux guest, or vifs of both kinds take the cold path and say why (``path: cold
-(REASON)``, :func:`poolable`).
+pairs its device by the device's own MAC (lightvm/devices/shellnet.py). Disks are
+placeholders at prepare, the VM's images at execute (lightvm/devices/shellblk.py). Specs
+with vifs of both kinds take the cold path and say why (``path: cold (REASON)``,
+:func:`lightvm.daemon.flavour.poolable`).
 
 How far a shell is prepared is its *variant* (``--pool-variant``): ``waiting`` (the
 default: the guest sleeps at its NOXS_FEAT_WAIT_CONFIG wait point until one byte on its
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from lightvm import cgroups, jail
 from lightvm.daemon import pool_nics
 from lightvm.daemon.adaptive import DEFAULT_IDLE_S, AdaptivePolicy
+from lightvm.daemon.flavour import Flavour, poolable, unpoolable_forwards
 from lightvm.daemon.shells import POOL_DIR, SHELL_OVERHEAD_MIB, ShellPool
 from lightvm.errors import AddressExhaustedError, GuestError, LightVMError, NotFoundError
 from lightvm.instance import BELL_BYTE, Instance, destroy, open_console_bell, spawn_shell
@@ -65,96 +67,6 @@ TO_WAIT_POINT = (WAITING, STOPPED)  # the variants whose guest boots to its wait
 # (shells.ShellPool._take): longer means that prepare is stuck, and the cold path is surer.
 TAKE_WAIT_S = 0.5
 FLAVOUR_CACHE_MAX = 256  # specs remembered by Pool.take (as many as the daemon's spec cache)
-
-
-@dataclass(frozen=True)
-class Flavour:
-    """What a shell must match to serve a create."""
-
-    kernel: str
-    firmware: str
-    memory_mib: int
-    vcpus: int
-    cmdline: str
-    accel: str
-    nics: int = 0  # NICs, made at prepare; their bridge, address and forwards are the VM's, set at execute
-    nic_mode: str = ""  # "tap" or "user" (with nics)
-    initrd: str = ""  # a Linux guest's initramfs (a Tinyx image): one kernel serves many images
-    disks: tuple[bool, ...] = ()  # per disk: read-only? (fixed at prepare); the images are the VM's, set at execute
-    # Tap NICs whose vifs name a network and nothing else (pool_nics.pre_leasable): per
-    # NIC, the network its shell leases an address on and joins at prepare.
-    networks: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, spec: VMSpec, accel: str, net_mode: str = "tap") -> Flavour:
-        return cls(
-            # normpath, not resolve(): no syscalls on the execute path; both sides agree.
-            kernel=os.path.normpath(os.path.abspath(spec.kernel)),
-            firmware=os.path.normpath(os.path.abspath(spec.firmware)) if spec.firmware else "",
-            memory_mib=spec.memory_mib,
-            vcpus=spec.vcpus,
-            cmdline=spec.cmdline,
-            accel=accel,
-            nics=len(spec.vifs),
-            nic_mode=vif_kind(spec.vifs[0], net_mode) if spec.vifs else "",
-            initrd=os.path.normpath(os.path.abspath(spec.initrd)) if spec.initrd else "",
-            disks=tuple(d.readonly for d in spec.disks),
-            networks=_pre_leased_networks(spec, net_mode),
-        )
-
-    def label(self) -> str:
-        nics = f"/{self.nics}{self.nic_mode}" if self.nics else ""
-        if self.networks:
-            nics += f"@{','.join(self.networks)}"
-        image = f"+{Path(self.initrd).parent.name or Path(self.initrd).name}" if self.initrd else ""
-        disks = f"/{len(self.disks)}disk({','.join('ro' if ro else 'rw' for ro in self.disks)})" if self.disks else ""
-        return f"{Path(self.kernel).name}{image}/{self.memory_mib}M/{self.vcpus}cpu/{self.accel}{nics}{disks}"
-
-    def cost_mib(self) -> int:
-        return self.memory_mib + SHELL_OVERHEAD_MIB
-
-
-def _pre_leased_networks(spec: VMSpec, net_mode: str) -> tuple[str, ...]:
-    """Per tap vif, its network, if a shell can lease every vif's address at prepare."""
-    vifs = spec.vifs
-    if not vifs or vif_kind(vifs[0], net_mode) != "tap" or not all(pool_nics.pre_leasable(v) for v in vifs):
-        return ()
-    return tuple(str(v.network) for v in vifs)
-
-
-MIXED_NICS_REASON = "vifs of both kinds, taps and user networking (a shell's NICs are of one kind)"
-
-
-def vif_kind(vif: Any, net_mode: str) -> str:
-    """``tap`` or ``user``: what a vif gets in a daemon with ``net_mode`` networking (a
-    vif with neither network nor bridge is user networking everywhere: net.prepare)."""
-    return "tap" if net_mode == "tap" and (vif.network or vif.bridge) else "user"
-
-
-def poolable(spec: VMSpec, net_mode: str = "tap") -> str | None:
-    """Why ``spec`` cannot use a shell, or None if it can. ``net_mode``: the networking
-    the daemon has (``tap`` with CAP_NET_ADMIN, else ``user``: lightvm/devices/net.py).
-
-    Vifs are poolable, all taps (made at prepare, on a bridge at execute) or all user
-    networking (forwards added at execute): lightvm/devices/shellnet.py. Disks too (a
-    placeholder at prepare, the image at execute): lightvm/devices/shellblk.py.
-    """
-    if len({vif_kind(v, net_mode) for v in spec.vifs}) > 1:
-        return MIXED_NICS_REASON
-    return _unpoolable_forwards(spec)
-
-
-def _unpoolable_forwards(spec: VMSpec) -> str | None:
-    """The part of :func:`poolable` that looks at the vifs' ``--publish`` forwards."""
-    if jail.layers_drop_root() and any(_host_port(p) < 1024 for v in spec.vifs for p in v.publish):
-        return "a published host port below 1024 (a shell's QEMU adds it after its jail dropped root)"
-    return None
-
-
-def _host_port(publish: str) -> int:
-    """HOSTPORT of ``[addr:]HOSTPORT:GUESTPORT[/proto]`` (0 if unreadable: net.parse_publish says why)."""
-    parts = publish.split("/", 1)[0].rsplit(":", 2)
-    return int(parts[-2]) if len(parts) >= 2 and parts[-2].isdigit() else 0
 
 
 @dataclass
@@ -468,7 +380,7 @@ class Pool(ShellPool[Flavour, Shell]):
                 self._flavour_of.clear()
             flavour = Flavour.of(config_spec, accel, self.net_mode)
             known = self._flavour_of[key] = (config_spec, poolable(config_spec, self.net_mode), flavour)
-        if known[1] or (spec is not config_spec and _unpoolable_forwards(spec)):
+        if known[1] or (spec is not config_spec and unpoolable_forwards(spec)):
             return None
         t0 = time.perf_counter()
         shell = self._take(known[2], self.take_wait_s)
@@ -597,10 +509,8 @@ def discard_orphans(state: StateDir) -> list[str]:
 __all__ = [
     "POOL_DIR",
     "SHELL_OVERHEAD_MIB",
-    "Flavour",
     "Pool",
     "Shell",
     "discard_orphans",
-    "poolable",
     "prepare_create_shell",
 ]

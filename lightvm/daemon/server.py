@@ -54,9 +54,10 @@ from typing import Any
 
 from lightvm.daemon import api, sdnotify
 from lightvm.daemon.events import EventLog, Watcher, exit_kind
+from lightvm.daemon.flavour import poolable
 from lightvm.daemon.operations import Operations
 from lightvm.daemon.pending import Pending
-from lightvm.daemon.pool import Pool, poolable
+from lightvm.daemon.pool import Pool
 from lightvm.daemon.restore_pool import IncomingFlavour, IncomingPool
 from lightvm.daemon.ssh_sessions import Sessions
 from lightvm.errors import SpecError, StateError

@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from lightvm.daemon import pool_nics
-from lightvm.daemon.pool import MIXED_NICS_REASON, Flavour, poolable
+from lightvm.daemon.flavour import MIXED_NICS_REASON, Flavour, poolable
 from lightvm.devices import net, shellnet
 from lightvm.devices.ipam import mac_for_ip
 from lightvm.errors import NetworkError

@@ -255,7 +255,7 @@ def test_initrd_makes_a_linux_guest(tmp_path: Path) -> None:
     assert spec.is_linux and spec.initrd == (tmp_path / "initramfs.cpio").resolve()
     assert spec.memory_mib == 128  # a Linux guest's default; a unikernel's stays 16
     assert spec.to_dict()["initrd"] == str(spec.initrd)
-    from lightvm.daemon.pool import poolable
+    from lightvm.daemon.flavour import poolable
 
     assert poolable(spec) is None  # lvinit has the wait point: lightvmd pools Tinyx shells too
     assert (
