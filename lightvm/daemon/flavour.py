@@ -2,8 +2,8 @@
 it) and :func:`poolable` (why a spec cannot use one).
 
 Apart from :mod:`lightvm.daemon.pool`, which prepares and keeps the shells, so that the
-matching rule reads on its own (the daemon's status, the pool and the execute path all
-ask it).
+matching rule reads on its own (lightvmd's start-up checks its ``--pool`` configs with it;
+the pool keys its shells by it and asks it at every take).
 """
 
 from __future__ import annotations

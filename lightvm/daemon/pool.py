@@ -367,7 +367,7 @@ class Pool(ShellPool[Flavour, Shell]):
         the verdict are kept per config spec (the daemon's spec cache hands out the same
         object while the files are unchanged): keyed by ``spec``, a create with ``--publish``
         (a new spec object each time) worked them out again on every create, ~0.1 ms of a
-        pooled daytime's execute with user networking (docs/execute-path.md).
+        pooled daytime's execute with user networking (docs/pool-nic-figures.md).
 
         A shell comes with the pool marked busy (no refill spawns while its guest boots):
         the caller must call :meth:`done` once its execute is over, whatever happened.
