@@ -534,8 +534,7 @@ static void reseed_random(const struct noxs_device_page *pg, uint64_t host_ns, u
 	memcpy(mix, (const void *)pg->uuid, sizeof(pg->uuid));
 	memcpy(mix + sizeof(pg->uuid), &host_ns, sizeof(host_ns));
 	memcpy(mix + sizeof(pg->uuid) + sizeof(host_ns), &tsc, sizeof(tsc));
-	if (urandom_fd < 0)
-		open_urandom();
+	open_urandom();   /* opened at the wait point or at READY already: a no-op then */
 	if (urandom_fd < 0 || lv_write_all(urandom_fd, mix, sizeof(mix)) != 0 || ioctl(urandom_fd, RNDRESEEDCRNG) != 0)
 		lv_say("page rewrite: reseeding the kernel's random state: %s", strerror(errno));
 }
