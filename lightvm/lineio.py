@@ -124,3 +124,33 @@ def connect_unix(path: str | os.PathLike[str], timeout: float, module: Any = Non
         if dirfd is not None:
             os.close(dirfd)
     return sock
+
+
+def listen_unix(path: str | os.PathLike[str], backlog: int) -> socket.socket:
+    """A stream socket listening at ``path`` (any length: see :func:`short_unix_path`), born
+    mode 0600: the umask is set around the bind, so there is no moment when another user
+    could connect. A socket file already at ``path`` is replaced: the caller owns the path
+    (it holds the state dir's lock, or its parent does).
+
+    :raise OSError: it could not bind or listen (no socket is left open).
+    """
+    import socket
+
+    try:  # noqa: SIM105  (contextlib: an import the CLI's thin path, which imports this module, avoids)
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    address, dirfd = short_unix_path(path)
+    old = os.umask(0o177)
+    try:
+        sock.bind(address)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+        if dirfd is not None:
+            os.close(dirfd)
+    return sock

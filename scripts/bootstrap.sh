@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
     qemu-system-x86      # the hypervisor we drive (qemu-system-x86_64, microvm)
-    gcc make binutils    # guest unikernels and the noxs-read tool
-    libc6-dev            # noxs-read is a static Linux program
+    gcc make binutils    # guest unikernels, the noxs-read tool and the `lightvm` launcher (bin/launcher.c)
+    libc6-dev            # noxs-read and the launcher are static Linux programs
     python3 python3-venv # the toolstack
     iproute2 nftables    # namespaces in tests; NAT for --nat networks
     iputils-ping netcat-openbsd busybox  # real clients for the guests in tests
@@ -46,7 +46,9 @@ if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import sys; assert sys.
     "$PY" -m venv .venv
 fi
 stamp=.venv/.lightvm-deps
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+# Again when what the install builds changed: the metadata, or the compiled `lightvm` launcher
+# (setup.py compiles bin/launcher.c into .venv/bin/lightvm; lightvm-py is the Python command).
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || setup.py -nt $stamp || bin/launcher.c -nt $stamp ]]; then
     echo "bootstrap: installing Python dependencies"
     timeout 900 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,bench,libvirt]'
     touch "$stamp"

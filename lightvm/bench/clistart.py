@@ -2,16 +2,18 @@
 
 Issue 12's bar for the CLI: ``lightvm create CONFIG`` through lightvmd (a pool hit) and
 ``lightvm list`` cost no more than ``python3 -c pass``. Each row times one command as a
-user runs it (the console script next to this interpreter, a fresh process, to its exit):
+user runs it (the ``lightvm`` next to this interpreter, a fresh process, to its exit: the
+compiled launcher, which lightvmd's warm CLI server runs the VM commands for, or in an
+install from before it, the Python script; docs/cli-startup.md "The launcher"):
 
 =============  ==============================================================================
 variant        command
 =============  ==============================================================================
 python3        ``python3 -c pass``: this interpreter (``sys.executable``, the venv's python:
-               the same start-up and site as the console script's), the reference
+               the same start-up and site as lightvm-py's), the reference
 python3-S      ``python3 -S -c pass``: without ``site`` (what its .pth files cost)
 stdlib-floor   ``python3 -c 'import errno, _json, _signal, _socket'``: the thin path's standard
-               modules, no lightvm module (the command, bin/lightvm, imports no ``re``)
+               modules, no lightvm module (the Python command, bin/lightvm-py, imports no ``re``)
 fork-exec      a static binary (lightvm/bench/forkexec.py) that writes one byte and exits
 create-pool    ``lightvm create CONFIG --json`` through a private lightvmd, a pool hit
 list           ``lightvm list`` through it (the measured VM of create-pool is gone by then)
@@ -50,7 +52,7 @@ from lightvm.errors import LightVMError
 
 REFERENCE = "python3"
 VARIANTS = {
-    "python3": "python3 -c pass with this interpreter (the venv's python: the console script's start-up)",
+    "python3": "python3 -c pass with this interpreter (the venv's python: the Python command's start-up)",
     "python3-S": "python3 -S -c pass: the same without site (the .pth files: an editable install's finder)",
     "stdlib-floor": "python3 -c 'import errno, _json, _signal, _socket': what the thin path's stdlib adds",
     "fork-exec": "a static binary that writes one byte and exits",
@@ -71,9 +73,9 @@ class CliRig:
 
         self.accel = opts.accel
         self.config = REPO / "examples" / f"{opts.app}.toml"
-        self.lightvm = Path(sys.executable).parent / "lightvm"  # the console script of this install
+        self.lightvm = Path(sys.executable).parent / "lightvm"  # the command of this install
         if not self.lightvm.is_file():
-            raise LightVMError(f"{self.lightvm}: no lightvm console script next to {sys.executable}; pip install it")
+            raise LightVMError(f"{self.lightvm}: no lightvm command next to {sys.executable}; pip install it")
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="lightvm-bench-cli-"))
         self.static = forkexec.build_static(Path(tmp))
         self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "LIGHTVM_NO_DAEMON")}
@@ -250,7 +252,7 @@ def compare(rev: str, iterations: int, app: str, accel: str, bytecode: bool = Tr
     """Alternating wall times of ``python3 -c pass`` and of ``lightvm list``, ``lightvm
     create`` (pool hit) and a one-shot ``lightvm create`` (no lightvmd on its state dir)
     from the tree of ``rev`` and from this checkout's, both through a
-    copy of the installed console script with PYTHONPATH on the tree (ahead of the
+    copy of the installed Python command (``lightvm-py``) with PYTHONPATH on the tree (ahead of the
     editable install's finder), against one private lightvmd; bytecode cached as in
     :class:`CliRig` (``bytecode`` False: PYTHONDONTWRITEBYTECODE=1 and no cache, so each
     lightvm module imported is compiled on every command, as in this project's sessions).
@@ -261,8 +263,12 @@ def compare(rev: str, iterations: int, app: str, accel: str, bytecode: bool = Tr
         opts = SuiteOptions(accel=accel, app=app)
         rig = CliRig(opts, stack)
         tmp = Path(rig.env["PYTHONPYCACHEPREFIX"]).parent
+        # The Python command (lightvm-py), not the launcher: a tree's code must run, and the
+        # launcher would hand the command to the warm server's (the installed tree's) or exec
+        # its own lightvm-py. An install from before the launcher has the script as lightvm.
+        python_command = rig.lightvm.with_name("lightvm-py")
         script = tmp / "lightvm"
-        script.write_bytes(rig.lightvm.read_bytes())
+        script.write_bytes((python_command if python_command.is_file() else rig.lightvm).read_bytes())
         script.chmod(0o755)
         trees = {rev: export_tree(rev, tmp / "before"), "this tree": REPO}
         envs = {label: dict(rig.env, PYTHONPATH=str(tree)) for label, tree in trees.items()}

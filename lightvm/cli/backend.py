@@ -248,8 +248,17 @@ class DaemonBackend:
         return result
 
 
+# A connection already open to the daemon the command's state dir names: lightvm/cli/warm.py's
+# child opens it to decide whether it may run the command, and the command then uses it.
+checked_client: Client | None = None
+
+
 def connect(args: argparse.Namespace) -> Client | None:
     """A connection to the state dir's daemon, or None (one-shot mode)."""
+    global checked_client
+    if checked_client is not None:
+        client, checked_client = checked_client, None
+        return client
     if os.environ.get("LIGHTVM_NO_DAEMON"):
         return None
     from lightvm.daemon import proto

@@ -27,6 +27,7 @@ from lightvm.daemon.pool import Pool
 from lightvm.daemon.restore_pool import IncomingFlavour, IncomingPool
 from lightvm.daemon.shells import POOL_DIR
 from lightvm.daemon.ssh_sessions import Sessions
+from lightvm.daemon.warmcli import WarmCLI
 from lightvm.errors import LightVMError, SpecError
 from lightvm.state import StateDir
 
@@ -46,6 +47,7 @@ class Operations:
     sessions: Sessions
     events: EventLog
     watcher: Watcher
+    warm_cli: WarmCLI
     _tsc_hz: int
     pending: Pending  # bookkeeping after a reply (lightvm/daemon/pending.py)
     _spec_cache: dict[str, tuple[tuple[Any, ...], Any]]
@@ -85,6 +87,7 @@ class Operations:
             "pool": self.pool.stats() if self.pool else None,
             "incoming": self.incoming.stats() if self.incoming else [],
             "ssh": self.sessions.stats(),
+            "warm_cli": self.warm_cli.stats(),
         }
 
     def op_pool(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -60,9 +60,11 @@ from lightvm.daemon.pending import Pending
 from lightvm.daemon.pool import Pool
 from lightvm.daemon.restore_pool import IncomingFlavour, IncomingPool
 from lightvm.daemon.ssh_sessions import Sessions
+from lightvm.daemon.warmcli import WarmCLI
 from lightvm.errors import SpecError, StateError
+from lightvm.lineio import listen_unix
 from lightvm.state import StateDir
-from lightvm.util import atomic_write, proc_alive, proc_start_time, short_unix_path
+from lightvm.util import atomic_write, proc_alive, proc_start_time
 
 PID_NAME = "lightvmd.pid"
 LOCK_NAME = "lightvmd.lock"
@@ -127,6 +129,7 @@ class Daemon(Operations):
         self.sessions = Sessions(log)
         self.events = EventLog()
         self.watcher = Watcher(self._qemu_exited)
+        self.warm_cli = WarmCLI(log)
         self._lock_fd: int | None = None
         self._listener: socket.socket | None = None
         self._threads: set[threading.Thread] = set()
@@ -223,6 +226,7 @@ class Daemon(Operations):
         atomic_write(
             self.state.root / PID_NAME, json.dumps({"pid": os.getpid(), "start": proc_start_time(os.getpid())})
         )
+        self.warm_cli.start(self.state.root)
         flavours = self.pool.stats()["flavours"]
         self.log(f"serving {api.socket_path(self.state.root)} (pid {os.getpid()}); pool {flavours}")
         note = qemu_note()
@@ -244,13 +248,11 @@ class Daemon(Operations):
 
     def _bind(self) -> None:
         path = api.socket_path(self.state.root)
-        path.unlink(missing_ok=True)  # only a dead daemon's: we hold the lock
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        address, dirfd = short_unix_path(path)
-        old = os.umask(0o177)  # born 0600: no window where others could connect
         try:
-            sock.bind(address)
-            sock.listen(128)
+            sock = listen_unix(path, 128)  # born 0600; a socket there is a dead daemon's: we hold the lock
+        except OSError as exc:
+            raise StateError(f"cannot serve {path}: {exc.strerror or exc}") from exc
+        try:
             if self.config.group:
                 try:
                     gid = grp.getgrnam(self.config.group).gr_gid
@@ -264,10 +266,6 @@ class Daemon(Operations):
         except BaseException:
             sock.close()
             raise
-        finally:
-            os.umask(old)
-            if dirfd is not None:
-                os.close(dirfd)
         self._listener = sock
 
     def serve_forever(self, wakeup_fd: int) -> None:
@@ -335,6 +333,7 @@ class Daemon(Operations):
             self._listener.close()
             self._listener = None
         api.socket_path(self.state.root).unlink(missing_ok=True)
+        self.warm_cli.stop()
         end = time.monotonic() + STOP_GRACE
         with self._threads_lock:
             threads = list(self._threads)

@@ -188,3 +188,35 @@ def test_kill9_mid_life_leaves_socket_cli_falls_back(lightvmd: Lightvmd) -> None
     assert wait_until(lambda: not proc_alive(pid, None), timeout=5.0)
     lightvmd.start(pool=None)  # takes over the stale socket and pid file
     assert lightvmd.call("ping")["pid"] == lightvmd.proc.pid  # type: ignore[union-attr]
+
+
+def _warm_cli_server(daemon_pid: int) -> int | None:
+    """lightvmd's warm CLI server (lightvm/daemon/warmcli.py): its child running lightvm.cli.warm."""
+    for task in os.listdir(f"/proc/{daemon_pid}/task"):
+        with open(f"/proc/{daemon_pid}/task/{task}/children") as f:
+            for child in map(int, f.read().split()):
+                with open(f"/proc/{child}/cmdline", "rb") as cmdline:
+                    if b"lightvm.cli.warm" in cmdline.read():
+                        return child
+    return None
+
+
+def test_the_warm_cli_server_lives_and_dies_with_lightvmd(lightvmd: Lightvmd) -> None:
+    """Started with lightvmd (STATE/cli.sock, 0600); gone with its socket when lightvmd is
+    killed with -9 (its lifetime pipe), and when it stops."""
+    sock = lightvmd.state_dir / "cli.sock"
+    for end in ("kill9", "stop"):
+        lightvmd.start(pool=None)
+        assert lightvmd.proc is not None
+        server = wait_until(lambda: _warm_cli_server(lightvmd.proc.pid), timeout=10.0)  # type: ignore[union-attr]
+        assert server, "lightvmd started no warm CLI server"
+        assert wait_until(sock.exists, timeout=30.0, interval=0.01)
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        assert lightvmd.call("ping")["warm_cli"] == {"pid": server}  # what `daemon status` shows
+        if end == "kill9":
+            lightvmd.kill9()  # its own socket and pid file stay: the next start takes them over
+        else:
+            assert lightvmd.stop() == 0
+        gone = wait_until(lambda pid=server: not proc_alive(pid, None), timeout=10.0)
+        assert gone, f"the warm CLI server outlived lightvmd ({end})"
+        assert not sock.exists(), end

@@ -113,12 +113,15 @@ class Runner:
         hide = [self.python, str(self.hider), *map(str, hidden_folders()), "--"]
         return ["unshare", "--mount", "--propagation", "private", "--", *hide, *argv]
 
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def __call__(self, *args: str, check: bool = True, command: str = "lightvm-py") -> subprocess.CompletedProcess[str]:
+        """``command ARGS``: by default ``lightvm-py``, the Python command, which the
+        ``lightvm`` launcher execs when lightvmd does not run it: strace stops following a
+        process at its first execve (``-b execve``), so a trace of the launcher would end there."""
         trace = self.work / f"strace-{len(self.traces)}.log"
         self.traces.append(trace)
         argv = self.hidden(
             "strace", "-f", "-qq", "-s", "4096", "-b", "execve", "-e", "trace=%file", "-o", str(trace),
-            str(self.venv / "bin" / "lightvm"), *args,
+            str(self.venv / "bin" / command), *args,
         )  # fmt: skip
         done = subprocess.run(
             argv, cwd=self.work, env=clean_env(self.work), capture_output=True, text=True, timeout=RUN_TIMEOUT
@@ -203,3 +206,27 @@ def test_installed_wheel_boots_daytime_without_the_checkout(run: Runner, venv: P
     forbidden = [str(f) for f in hidden_folders()]
     used = sorted(p for p in touched if any(p == f or p.startswith(f + "/") for f in forbidden))
     assert used == [], f"paths under the checkout were used: {used[:20]}"
+
+
+def test_installed_launcher_hands_vm_commands_to_lightvmds_warm_server(run: Runner, venv: Path) -> None:
+    """The installed ``lightvm`` is the compiled launcher and ``lightvm-py`` the Python
+    command pip wrote the interpreter into; with lightvmd running, ``list`` runs in its warm
+    CLI server (no ``lightvm-py`` started), and ``--version`` in ``lightvm-py``."""
+    command, script = venv / "bin" / "lightvm", venv / "bin" / "lightvm-py"
+    assert command.read_bytes()[:4] == b"\x7fELF"
+    assert script.read_text().splitlines()[0].startswith(f"#!{venv / 'bin' / 'python'}")  # python or python3
+    state = str(run.state)
+
+    def started_python_command(*args: str) -> bool:
+        run(*args, command="lightvm")
+        return f'execve("{script}"' in run.traces[-1].read_text()  # (the launcher reads its first line)
+
+    run("--state-dir", state, "daemon", "start")
+    try:
+        assert (run.state / "cli.sock").exists()
+        assert not started_python_command("--state-dir", state, "list"), "list did not run in the warm server"
+        assert json.loads(run("--state-dir", state, "list", "--json", command="lightvm").stdout) == []
+        assert started_python_command("--version")
+    finally:
+        run("--state-dir", state, "daemon", "stop", check=False)
+    assert not (run.state / "cli.sock").exists()

@@ -8,21 +8,17 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
+from clilib import FakeDaemon
 
 from lightvm.cli import main as cli
 from lightvm.cli import thin
 from lightvm.daemon import api, proto
-from lightvm.errors import NotFoundError
-from lightvm.lineio import short_unix_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -161,88 +157,6 @@ def test_socket_file_is_what_pathlib_prints(root: str) -> None:
 
 
 # ---------------------------------------------------------------- against a lightvmd
-
-
-class FakeDaemon:
-    """The real protocol (api.serve_connection) on STATE/lightvmd.sock, canned results."""
-
-    BOOT: ClassVar[dict[str, float | None]] = {
-        "qemu_up": None,
-        "resumed": 1.25,
-        "guest_entry": None,
-        "devices_up": 1.5,
-        "ready": 1.75,
-    }
-
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        self.requests: list[tuple[str, dict[str, Any]]] = []
-        self.many = 0  # list answers this many VMs more (a long output)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        address, dirfd = short_unix_path(api.socket_path(state))  # a deep state dir: via /proc/self/fd
-        try:
-            self.sock.bind(address)
-        finally:
-            if dirfd is not None:
-                os.close(dirfd)
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            api.serve_connection(conn, self.handlers(), lambda line: None)
-
-    def handlers(self) -> dict[str, api.Handler]:
-        def record(op: str, result: Any) -> api.Handler:
-            def handler(args: dict[str, Any]) -> Any:
-                self.requests.append((op, args))
-                if args.get("name") == "ghost" or "ghost" in args.get("names", []):
-                    raise NotFoundError(f"no VM named 'ghost' in {self.state} (see `lightvm list`)")
-                return result(args) if callable(result) else result
-
-            return handler
-
-        vm = {"name": "a", "status": "running", "id": "1", "pid": 7, "accel": "tcg", "memory_mib": 4, "vcpus": 1,
-              "created": 1.0, "ready_ms": 1.75, "detail": ""}  # fmt: skip
-
-        def created(args: dict[str, Any]) -> list[dict[str, Any]]:
-            return [{"name": args["name"] or "noop", "id": "1", "accel": "tcg", "accel_reason": "requested",
-                     "pid": 7, "app": "noop", "network": None, "boot_ms": self.BOOT, "path": "pool"}]  # fmt: skip
-
-        self.vms = [vm, *({**vm, "name": f"vm{i}"} for i in range(self.many))]
-        return {
-            "list": record("list", lambda args: self.vms),
-            "info": record("info", {**vm, "boot_ms": self.BOOT, "guest": {"state": "READY"}}),
-            "create": record("create", created),
-            "destroy": record("destroy", lambda args: {"destroyed": args.get("names", ["a"])}),
-            "pause": record("pause", {"ms": 0.5}),
-            "unpause": record("unpause", {"ms": 0.25}),
-            "shutdown": record("shutdown", {"ms": 3.0}),
-        }
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
-        self.thread.join(5)
-        api.socket_path(self.state).unlink(missing_ok=True)
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[FakeDaemon]:
-    fake = FakeDaemon(tmp_path)
-    try:
-        yield fake
-    finally:
-        fake.close()
 
 
 def _run(
@@ -385,12 +299,12 @@ def test_the_thin_path_imports_no_parser(daemon: FakeDaemon, argv: list[str]) ->
 
 @pytest.mark.parametrize("argv", [["list"], ["create", "examples/noop.toml"]])
 def test_the_installed_command_imports_no_re(daemon: FakeDaemon, argv: list[str]) -> None:
-    """bin/lightvm, the script a wheel installs as ``lightvm`` (pip writes the interpreter
-    into its ``#!python`` line): a command lightvmd serves imports neither ``re`` (pip's
+    """bin/lightvm-py, the Python command a wheel installs next to the ``lightvm`` launcher
+    (pip writes the interpreter into its ``#!python`` line): a command lightvmd serves imports neither ``re`` (pip's
     generated console-script wrapper did: ~5 ms of an installed wheel's start-up) nor
     ``types``, ``enum``, ``json`` or ``signal``. ``-X importtime`` names every import, though
     the command ends with ``os._exit``; ``-S``: no site (the editable finder imports ``re``)."""
-    script = REPO / "bin" / "lightvm"
+    script = REPO / "bin" / "lightvm-py"
     assert script.read_text().startswith("#!python\n")
     env = {k: v for k, v in os.environ.items() if k not in ("LIGHTVM_NO_DAEMON", "LIGHTVM_STATE_DIR")}
     proc = subprocess.run(
