@@ -17,7 +17,8 @@ the launcher execs ``lightvm-py``, before anything of the command ran:
   client lacks;
 - the client's ``lightvm-py`` names this server's interpreter (``sys.executable``, as pip
   wrote it) and its ``PYTHON*`` variables are this server's (but for those that only place
-  bytecode caches): the same installation, run the same way;
+  bytecode caches): the same installation, run the same way; and the files of the lightvm
+  modules this server loaded are unchanged (:class:`Sources`: not reinstalled or edited);
 - :func:`lightvm.cli.thin.parse` takes the command line (create, list, info, destroy,
   shutdown, pause, unpause in their plain forms): help, usage errors and every other
   command run in a process of their own;
@@ -165,6 +166,47 @@ def takes(request: Request, peer_uid: int) -> bool:
         and _python_env(request.env) == _python_env(os.environ)
         and thin.parse(request.argv) is not None
     )
+
+
+class Sources:
+    """The files of the lightvm modules this server loaded, as they were when it started.
+
+    Why: this server runs the code it imported, lightvm-py the files on disk. After a
+    reinstall (``pip install -U``) or an edit of a checkout, a command must not run the old
+    code here: :meth:`unchanged` is then False and the launcher runs lightvm-py (one
+    ``stat`` per file per command, ~20 files). lightvmd itself runs its old code until it
+    is restarted, which ends this server too.
+    """
+
+    def __init__(self, paths: list[str]) -> None:
+        self.stamps = {path: _stamp(path) for path in paths}
+        self.told = False
+
+    @classmethod
+    def loaded(cls) -> Sources:
+        """The files of every lightvm module imported now."""
+        paths = {
+            getattr(module, "__file__", None)
+            for name, module in sys.modules.items()
+            if name == "lightvm" or name.startswith("lightvm.")
+        }
+        return cls(sorted(p for p in paths if p))
+
+    def unchanged(self) -> bool:
+        changed = [path for path, stamp in self.stamps.items() if _stamp(path) != stamp]
+        if changed and not self.told:  # once, on lightvmd's stderr (STATE/lightvmd.out, the journal)
+            self.told = True
+            print(f"lightvm: warm CLI server: {changed[0]} changed since lightvmd started: commands "
+                  f"run lightvm-py until lightvmd is restarted", file=sys.stderr, flush=True)  # fmt: skip
+        return not changed
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def peer_uid(conn: socket.socket) -> int:
@@ -322,6 +364,7 @@ class Server:
         self.lifetime_fd = lifetime_fd
         self.poller = select.poll()
         self.by_fd: dict[int, Command] = {}  # a command's connection and pidfd
+        self.sources = Sources.loaded()
 
     def serve(self) -> None:
         """Serve until the lifetime pipe reports EOF (or an error)."""
@@ -366,7 +409,7 @@ class Server:
         request = None
         try:
             request = read_request(conn)
-            if request is None or not takes(request, peer_uid(conn)):
+            if request is None or not takes(request, peer_uid(conn)) or not self.sources.unchanged():
                 conn.sendall(FALLBACK)
                 conn.close()
                 return

@@ -289,3 +289,25 @@ def test_a_deep_state_dir_works_both_ways(bindir: Path, tmp_path: Path) -> None:
         warm_cli.stop()
         fake.close()
     assert not (deep / warm.SOCKET_NAME).exists()
+
+
+def test_a_changed_module_file_sends_commands_to_lightvm_py(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Sources: a file replaced (as pip does) or edited in place since the server loaded it
+    makes it refuse (the launcher then runs lightvm-py on the files as they are now), and
+    says why once on its stderr."""
+    module, other = tmp_path / "a.py", tmp_path / "b.py"
+    module.write_text("x = 1\n")
+    other.write_text("y = 1\n")
+    sources = warm.Sources([str(module), str(other)])
+    assert sources.unchanged()
+    replaced = tmp_path / "a.py.new"
+    replaced.write_text("x = 2\n")
+    os.replace(replaced, module)
+    assert not sources.unchanged() and not sources.unchanged()
+    assert capsys.readouterr().err.count("a.py changed since lightvmd started") == 1
+    edited = warm.Sources([str(other)])
+    with open(other, "a") as f:
+        f.write("z = 2\n")
+    assert not edited.unchanged()
+    assert warm.Sources.loaded().stamps  # the server's own modules: lightvm.cli.warm and what it imports
+    assert str(Path(warm.__file__)) in warm.Sources.loaded().stamps
