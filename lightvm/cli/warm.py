@@ -174,7 +174,7 @@ class Sources:
     Why: this server runs the code it imported, lightvm-py the files on disk. After a
     reinstall (``pip install -U``) or an edit of a checkout, a command must not run the old
     code here: :meth:`unchanged` is then False and the launcher runs lightvm-py (one
-    ``stat`` per file per command, ~20 files). lightvmd itself runs its old code until it
+    ``stat`` per file per command, the ~12 it imports). lightvmd itself runs its old code until it
     is restarted, which ends this server too.
     """
 

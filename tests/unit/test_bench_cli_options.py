@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,32 @@ def test_every_refused_option_is_a_real_one() -> None:
     assert set(cli.ONLY_FOR) <= set(defaults)
     # Not given reads as None (or False for a switch): what the check takes for "left out".
     assert all(defaults[dest] in (None, False) for dest in cli.ONLY_FOR)
+
+
+def test_plots_without_matplotlib_are_skipped_with_the_extra_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installed wheel without the ``bench`` extra: the numbers are written and stderr
+    says which package and extra the plots need (not "plots failed")."""
+
+    class Suite:
+        REFERENCE = "none"
+
+        @staticmethod
+        def benchmarks(opts: object, stack: object) -> list[object]:
+            return []
+
+        @staticmethod
+        def describe() -> str:
+            return "a suite with no rows"
+
+        @staticmethod
+        def plot(results: object, out: Path, subtitle: str) -> list[Path]:
+            raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    monkeypatch.setattr(cli.suite, "load", lambda name: Suite)
+    path, results = cli.run_suite("fake", cli.suite.SuiteOptions(accel="tcg"), tmp_path)
+    assert path.is_file() and results == []
+    err = capsys.readouterr().err
+    assert "plots skipped: matplotlib is not installed (pip install 'lightvm[bench]')" in err
+    assert "plots failed" not in err
