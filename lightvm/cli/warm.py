@@ -250,20 +250,28 @@ def _reopen_streams() -> None:
 def run_child(conn: socket.socket, request: Request, go: int) -> None:
     """The forked child: become the client, check that lightvmd serves the command, answer
     R, and run it once the server passes on the launcher's commit (a byte on ``go``); or
-    answer F, or see ``go`` closed (the launcher gave up), and end. Never returns."""
-    code = 0
+    answer F, or see ``go`` closed (the launcher gave up), and end. Never returns.
+
+    Nothing before the commit prints: whatever fails there, the launcher runs lightvm-py,
+    which reports it itself."""
+    client = None
     try:
         _become_client(request)
         args: Any = thin.parse(request.argv)  # a namespace as argparse's (takes() saw it parse)
-        client = backend.connect(args) if args is not None else None
-        if client is None:  # the work would be done in this process: not in lightvmd's service
+        if args is not None:
+            client = backend.connect(args)  # None: the work would be done in the caller's process
+        if client is None:
             conn.sendall(FALLBACK)
-            os._exit(0)
+            os._exit(NOT_RUN)
         conn.sendall(RUNNING)
         conn.close()
         if not select.select([go], [], [], COMMIT_TIMEOUT)[0] or os.read(go, 1) != COMMIT:
             os._exit(NOT_RUN)  # the launcher fell back, hung up or stalled: it runs the command, not us
         os.close(go)
+    except BaseException:
+        os._exit(NOT_RUN)
+    code = 0
+    try:
         backend.checked_client = client
         sys.argv = ["lightvm", *request.argv]
         code = cli_main.main(request.argv)
