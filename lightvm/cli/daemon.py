@@ -360,7 +360,9 @@ def cmd_daemon_status(args: argparse.Namespace) -> int:
     print(f"lightvmd: running, pid {info['pid']}, up {up:.0f} s, API v{info['v']}, {api.socket_path(root)}")
     warm_cli = (info.get("warm_cli") or {}).get("pid")
     if warm_cli:
-        print(f"  warm CLI server: pid {warm_cli} on {os.path.join(root, 'cli.sock')} (the launcher's VM commands)")
+        from lightvm.daemon.warmcli import SOCKET_NAME
+
+        print(f"  warm CLI server: pid {warm_cli} on {os.path.join(root, SOCKET_NAME)} (the launcher's VM commands)")
     else:
         print("  warm CLI server: not running (the lightvm command runs lightvm-py; see `lightvm daemon log`)")
     pool = info.get("pool") or {}

@@ -60,10 +60,10 @@ from typing import Any
 from lightvm.cli import backend, thin, vm  # noqa: F401  (vm: the thin path's commands)
 from lightvm.cli import main as cli_main
 from lightvm.daemon import proto  # noqa: F401  (the client the commands use)
+from lightvm.daemon.warmcli import SOCKET_NAME
 from lightvm.lineio import listen_unix
 
 MAGIC = b"lightvm-launch-1"
-SOCKET_NAME = "cli.sock"
 MAX_REQUEST = 4 << 20  # bytes: a larger command line and environment run in their own process
 HANDSHAKE_TIMEOUT = 1.0  # s: a client slower to send its request runs the command itself
 RELAYED_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT})

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 STOP_TIMEOUT = 2.0  # s: the server ends on EOF at once; past this it is killed
+SOCKET_NAME = "cli.sock"  # in the state dir, next to lightvmd.sock (bin/launcher.c names it too)
 
 
 class WarmCLI:
@@ -46,12 +47,12 @@ class WarmCLI:
         finally:
             os.close(read_end)
         self._lifetime = write_end
-        self.log(f"warm CLI server on {state_root / 'cli.sock'} (pid {self.proc.pid})")
+        self.log(f"warm CLI server on {state_root / SOCKET_NAME} (pid {self.proc.pid})")
 
     def stats(self) -> dict[str, Any]:
         """For ``daemon status``: the server's pid while it runs, else None."""
-        running = self.proc is not None and self.proc.poll() is None
-        return {"pid": self.proc.pid if running and self.proc is not None else None}
+        proc = self.proc
+        return {"pid": proc.pid if proc is not None and proc.poll() is None else None}
 
     def stop(self) -> None:
         """End the server (EOF on its pipe) and reap it."""
